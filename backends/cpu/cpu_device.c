@@ -1,0 +1,378 @@
+/* The cpu backend: host memory as device memory, a worker thread per queue, kernels on a thread
+ * pool bound to the machine's cores.
+ *
+ * A queue is a FIFO of commands drained by its own thread, so submission returns at once and
+ * work runs in order, exactly the contract the OpenCL and NPU queues have. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backends/cpu/cpu_kernels.h"
+#include "runtime/backend.h"
+#include "runtime/hwloc_topology.h"
+#include "runtime/log.h"
+
+typedef struct cpu_device {
+    moira_device_t base;
+    moira_threadpool_t *pool;
+} cpu_device_t;
+
+typedef struct cpu_buffer {
+    moira_buffer_t base;
+    void *data;
+    bool hwloc_allocated; /* freed with hwloc_free, else free */
+} cpu_buffer_t;
+
+typedef enum command_kind {
+    COMMAND_COPY,   /* memcpy: writes, reads and copies are all host memory here */
+    COMMAND_OP,
+    COMMAND_SIGNAL,
+    COMMAND_WAIT,
+} command_kind_t;
+
+typedef struct command {
+    command_kind_t kind;
+    struct command *next;
+    void *dst;
+    const void *src;
+    size_t bytes;
+    moira_op_launch_t launch;
+    unsigned char params[MOIRA_OP_MAX_PARAMS_BYTES];
+    moira_event_t *event; /* owned reference */
+} command_t;
+
+typedef struct cpu_queue {
+    moira_queue_t base;
+    pthread_t thread;
+    pthread_mutex_t mutex;
+    pthread_cond_t has_work;
+    pthread_cond_t idle;
+    command_t *head, *tail;
+    bool busy;
+    bool stopping;
+    moira_status_t failure; /* first asynchronous error, owned; reported by finish */
+} cpu_queue_t;
+
+static const moira_device_vtable_t cpu_vtable;
+
+/* Runs one command; an earlier failure turns later work into no-ops but still signals events. */
+static void execute_command(cpu_queue_t *queue, command_t *command) {
+    cpu_device_t *device = (cpu_device_t *)queue->base.device;
+    bool failed = queue->failure != MOIRA_OK_STATUS;
+    moira_status_t status = MOIRA_OK_STATUS;
+    switch (command->kind) {
+    case COMMAND_COPY:
+        if (!failed) memmove(command->dst, command->src, command->bytes);
+        break;
+    case COMMAND_OP:
+        if (!failed) {
+            command->launch.params = command->params;
+            status = moira_cpu_run_op(&command->launch, device->pool);
+        }
+        break;
+    case COMMAND_SIGNAL: {
+        moira_status_t failure = MOIRA_OK_STATUS;
+        if (failed)
+            failure = moira_status_make(moira_status_code(queue->failure), "%s",
+                                        moira_status_message(queue->failure));
+        moira_event_signal(command->event, failure);
+        break;
+    }
+    case COMMAND_WAIT:
+        status = moira_event_wait(command->event);
+        break;
+    }
+    if (command->event) moira_event_release(command->event);
+    if (status) {
+        pthread_mutex_lock(&queue->mutex);
+        if (!queue->failure)
+            queue->failure = status;
+        else
+            moira_status_free(status);
+        pthread_mutex_unlock(&queue->mutex);
+    }
+}
+
+static void *queue_main(void *raw) {
+    cpu_queue_t *queue = raw;
+    pthread_mutex_lock(&queue->mutex);
+    for (;;) {
+        while (!queue->head && !queue->stopping) pthread_cond_wait(&queue->has_work, &queue->mutex);
+        if (!queue->head && queue->stopping) break;
+        command_t *command = queue->head;
+        queue->head = command->next;
+        if (!queue->head) queue->tail = NULL;
+        queue->busy = true;
+        pthread_mutex_unlock(&queue->mutex);
+        execute_command(queue, command);
+        free(command);
+        pthread_mutex_lock(&queue->mutex);
+        queue->busy = false;
+        if (!queue->head) pthread_cond_broadcast(&queue->idle);
+    }
+    pthread_mutex_unlock(&queue->mutex);
+    return NULL;
+}
+
+static moira_status_t submit(moira_queue_t *base, command_t *command) {
+    cpu_queue_t *queue = (cpu_queue_t *)base;
+    pthread_mutex_lock(&queue->mutex);
+    if (queue->tail)
+        queue->tail->next = command;
+    else
+        queue->head = command;
+    queue->tail = command;
+    pthread_cond_signal(&queue->has_work);
+    pthread_mutex_unlock(&queue->mutex);
+    return MOIRA_OK_STATUS;
+}
+
+static moira_status_t new_command(command_kind_t kind, command_t **out_command) {
+    command_t *command = calloc(1, sizeof(*command));
+    if (!command) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "cpu queue: out of memory");
+    command->kind = kind;
+    *out_command = command;
+    return MOIRA_OK_STATUS;
+}
+
+static void *host_ptr(moira_buffer_t *buffer) {
+    return ((cpu_buffer_t *)buffer)->data;
+}
+
+static moira_status_t enqueue_memcpy(moira_queue_t *queue, void *dst, const void *src,
+                                     size_t bytes) {
+    command_t *command = NULL;
+    MOIRA_RETURN_IF_ERROR(new_command(COMMAND_COPY, &command));
+    command->dst = dst;
+    command->src = src;
+    command->bytes = bytes;
+    return submit(queue, command);
+}
+
+static moira_status_t cpu_enqueue_write(moira_queue_t *queue, moira_buffer_t *dst,
+                                        size_t dst_offset, const void *src, size_t bytes) {
+    return enqueue_memcpy(queue, (char *)host_ptr(dst) + dst_offset, src, bytes);
+}
+
+static moira_status_t cpu_enqueue_read(moira_queue_t *queue, moira_buffer_t *src,
+                                       size_t src_offset, void *dst, size_t bytes) {
+    return enqueue_memcpy(queue, dst, (char *)host_ptr(src) + src_offset, bytes);
+}
+
+static moira_status_t cpu_enqueue_copy(moira_queue_t *queue, moira_buffer_t *src,
+                                       size_t src_offset, moira_buffer_t *dst, size_t dst_offset,
+                                       size_t bytes) {
+    return enqueue_memcpy(queue, (char *)host_ptr(dst) + dst_offset,
+                          (char *)host_ptr(src) + src_offset, bytes);
+}
+
+/* Validation happens at submission so the caller gets the error, not a later finish. */
+static moira_status_t cpu_enqueue_op(moira_queue_t *queue, const moira_op_launch_t *launch) {
+    MOIRA_RETURN_IF_ERROR(moira_op_validate(launch));
+    command_t *command = NULL;
+    MOIRA_RETURN_IF_ERROR(new_command(COMMAND_OP, &command));
+    command->launch = *launch;
+    if (launch->params_size) memcpy(command->params, launch->params, launch->params_size);
+    return submit(queue, command);
+}
+
+static moira_status_t enqueue_event(moira_queue_t *queue, command_kind_t kind,
+                                    moira_event_t *event) {
+    command_t *command = NULL;
+    MOIRA_RETURN_IF_ERROR(new_command(kind, &command));
+    moira_event_retain(event);
+    command->event = event;
+    return submit(queue, command);
+}
+
+static moira_status_t cpu_enqueue_signal(moira_queue_t *queue, moira_event_t *event) {
+    return enqueue_event(queue, COMMAND_SIGNAL, event);
+}
+
+static moira_status_t cpu_enqueue_wait(moira_queue_t *queue, moira_event_t *event) {
+    return enqueue_event(queue, COMMAND_WAIT, event);
+}
+
+static moira_status_t cpu_queue_finish(moira_queue_t *base) {
+    cpu_queue_t *queue = (cpu_queue_t *)base;
+    pthread_mutex_lock(&queue->mutex);
+    while (queue->head || queue->busy) pthread_cond_wait(&queue->idle, &queue->mutex);
+    moira_status_t failure = queue->failure;
+    queue->failure = MOIRA_OK_STATUS;
+    pthread_mutex_unlock(&queue->mutex);
+    return failure;
+}
+
+static moira_status_t cpu_queue_create(moira_device_t *device, moira_queue_t **out_queue) {
+    cpu_queue_t *queue = calloc(1, sizeof(*queue));
+    if (!queue) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "cannot allocate a queue");
+    queue->base.device = device;
+    pthread_mutex_init(&queue->mutex, NULL);
+    pthread_cond_init(&queue->has_work, NULL);
+    pthread_cond_init(&queue->idle, NULL);
+    if (pthread_create(&queue->thread, NULL, queue_main, queue) != 0) {
+        free(queue);
+        return moira_status_make(MOIRA_CODE_DEVICE, "cannot start a queue thread");
+    }
+    *out_queue = &queue->base;
+    return MOIRA_OK_STATUS;
+}
+
+static void cpu_queue_destroy(moira_queue_t *base) {
+    cpu_queue_t *queue = (cpu_queue_t *)base;
+    moira_status_t failure = cpu_queue_finish(base);
+    if (failure) MOIRA_LOG_W("queue destroyed with an unreported error: %s",
+                             moira_status_message(failure));
+    moira_status_free(failure);
+    pthread_mutex_lock(&queue->mutex);
+    queue->stopping = true;
+    pthread_cond_signal(&queue->has_work);
+    pthread_mutex_unlock(&queue->mutex);
+    pthread_join(queue->thread, NULL);
+    pthread_mutex_destroy(&queue->mutex);
+    pthread_cond_destroy(&queue->has_work);
+    pthread_cond_destroy(&queue->idle);
+    free(queue);
+}
+
+/* Memory bound to the NUMA node the plan names, so experts sit next to the cores reading them. */
+static moira_status_t cpu_buffer_alloc(moira_device_t *device, size_t bytes, int numa_node,
+                                       moira_buffer_t **out_buffer) {
+    cpu_buffer_t *buffer = calloc(1, sizeof(*buffer));
+    if (!buffer) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "cannot allocate a buffer");
+    hwloc_topology_t topology;
+    moira_status_t status = numa_node >= 0 ? moira_hwloc_topology(&topology) : MOIRA_OK_STATUS;
+    hwloc_obj_t node = NULL;
+    if (!status && numa_node >= 0)
+        node = hwloc_get_numanode_obj_by_os_index(topology, (unsigned)numa_node);
+    moira_status_free(status);
+    if (node) {
+        buffer->data = hwloc_alloc_membind(topology, bytes, node->nodeset, HWLOC_MEMBIND_BIND,
+                                           HWLOC_MEMBIND_BYNODESET);
+        buffer->hwloc_allocated = buffer->data != NULL;
+    }
+    if (!buffer->data) {
+        size_t rounded = (bytes + 63) / 64 * 64;
+        buffer->data = aligned_alloc(64, rounded);
+    }
+    if (!buffer->data) {
+        free(buffer);
+        return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes",
+                                 device->info.name, bytes);
+    }
+    buffer->base.device = device;
+    buffer->base.size = bytes;
+    *out_buffer = &buffer->base;
+    return MOIRA_OK_STATUS;
+}
+
+static void cpu_buffer_free(moira_buffer_t *base) {
+    cpu_buffer_t *buffer = (cpu_buffer_t *)base;
+    if (buffer->hwloc_allocated) {
+        hwloc_topology_t topology;
+        moira_status_t status = moira_hwloc_topology(&topology);
+        if (!status) hwloc_free(topology, buffer->data, buffer->base.size);
+        moira_status_free(status);
+    } else {
+        free(buffer->data);
+    }
+    free(buffer);
+}
+
+static bool cpu_supports_op(const moira_device_t *device, int op, moira_dtype_t weight_dtype) {
+    (void)device;
+    return moira_cpu_supports_op(op, weight_dtype);
+}
+
+static void cpu_device_destroy(moira_device_t *base) {
+    cpu_device_t *device = (cpu_device_t *)base;
+    moira_threadpool_destroy(device->pool);
+    free(device);
+}
+
+/* Fills what hwloc knows: the processor's name, cores, NUMA nodes and memory. Peak figures are
+ * estimates (cores x clock x SIMD width) until a benchmark measures them. */
+static void describe_host(moira_device_info_t *info, int n_threads) {
+    info->kind = MOIRA_DEVICE_KIND_CPU;
+    info->numa_node = -1;
+    snprintf(info->model, sizeof(info->model), "host CPU");
+    hwloc_topology_t topology;
+    moira_status_t status = moira_hwloc_topology(&topology);
+    if (status) {
+        moira_status_free(status);
+        return;
+    }
+    hwloc_obj_t root = hwloc_get_root_obj(topology);
+    hwloc_obj_t package = hwloc_get_obj_by_type(topology, HWLOC_OBJ_PACKAGE, 0);
+    const char *model = package ? hwloc_obj_get_info_by_name(package, "CPUModel") : NULL;
+    if (!model) model = hwloc_obj_get_info_by_name(root, "CPUModel");
+    if (model) snprintf(info->model, sizeof(info->model), "%s", model);
+    const char *vendor = package ? hwloc_obj_get_info_by_name(package, "CPUVendor") : NULL;
+    if (vendor) snprintf(info->vendor, sizeof(info->vendor), "%s", vendor);
+    info->compute_units = hwloc_get_nbobjs_by_type(topology, HWLOC_OBJ_CORE);
+    int n_numa = hwloc_get_nbobjs_by_type(topology, HWLOC_OBJ_NUMANODE);
+    uint64_t memory = 0;
+    for (int i = 0; i < n_numa; i++)
+        memory += hwloc_get_obj_by_type(topology, HWLOC_OBJ_NUMANODE, (unsigned)i)->attr->numanode
+                      .local_memory;
+    info->memory_bytes = memory;
+    if (n_numa == 1) info->numa_node = 0;
+    /* 2 FMA ports x 16 f32 lanes x 2 flops at an assumed 2.5 GHz: an estimate, labelled so. */
+    double per_core_gflops = 2.0 * 16 * 2 * 2.5;
+    info->peak_tflops[MOIRA_DTYPE_F32] = info->compute_units * per_core_gflops / 1000.0;
+    info->peak_tflops[MOIRA_DTYPE_BF16] = info->peak_tflops[MOIRA_DTYPE_F32];
+    moira_device_info_add_detail(info, "numa_nodes", true, "%d", n_numa);
+    moira_device_info_add_detail(info, "threads", true, "%d", n_threads);
+    moira_device_info_add_detail(info, "hw_threads", true, "%d",
+                                 hwloc_get_nbobjs_by_type(topology, HWLOC_OBJ_PU));
+    moira_device_info_add_detail(info, "peak_is_estimate", true, "true");
+}
+
+/* MOIRA_CPU_THREADS overrides the thread count (default: one per physical core). */
+static int threads_from_env(void) {
+    const char *env = getenv("MOIRA_CPU_THREADS");
+    int n = env ? atoi(env) : 0;
+    return n > 0 && n <= 1024 ? n : 0;
+}
+
+static moira_status_t cpu_enumerate(moira_device_t **out_devices, int capacity, int *out_count) {
+    *out_count = 0;
+    if (capacity < 1) return MOIRA_OK_STATUS;
+    cpu_device_t *device = calloc(1, sizeof(*device));
+    if (!device) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "cannot allocate cpu device");
+    moira_status_t status = moira_threadpool_create(threads_from_env(), -1, &device->pool);
+    if (status) {
+        free(device);
+        return status;
+    }
+    device->base.vtable = &cpu_vtable;
+    describe_host(&device->base.info, moira_threadpool_size(device->pool));
+    out_devices[0] = &device->base;
+    *out_count = 1;
+    return MOIRA_OK_STATUS;
+}
+
+static const moira_device_vtable_t cpu_vtable = {
+    .destroy = cpu_device_destroy,
+    .buffer_alloc = cpu_buffer_alloc,
+    .buffer_free = cpu_buffer_free,
+    .buffer_host_ptr = host_ptr,
+    .queue_create = cpu_queue_create,
+    .queue_destroy = cpu_queue_destroy,
+    .enqueue_write = cpu_enqueue_write,
+    .enqueue_read = cpu_enqueue_read,
+    .enqueue_copy = cpu_enqueue_copy,
+    .enqueue_op = cpu_enqueue_op,
+    .enqueue_signal = cpu_enqueue_signal,
+    .enqueue_wait = cpu_enqueue_wait,
+    .queue_finish = cpu_queue_finish,
+    .supports_op = cpu_supports_op,
+};
+
+static const moira_backend_t cpu_backend = {.name = "cpu", .enumerate = cpu_enumerate};
+
+moira_status_t moira_backend_cpu_register(void) {
+    return moira_backend_register(&cpu_backend);
+}

@@ -1,0 +1,28 @@
+/* The `moira` command line: one file per verb, each a `main`-shaped function. */
+#ifndef MOIRA_CLI_CLI_H
+#define MOIRA_CLI_CLI_H
+
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "runtime/status.h"
+
+typedef int (*moira_cli_verb_fn)(int argc, char **argv);
+
+int moira_cli_devices(int argc, char **argv);
+int moira_cli_op(int argc, char **argv);
+int moira_cli_check(int argc, char **argv);
+int moira_cli_run(int argc, char **argv);
+
+/* Prints a usage error ("moira VERB: message; see moira VERB --help") and returns exit code 2. */
+int moira_cli_usage_error(const char *verb, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Parses a positive integer option value; false (after printing why) when it is not one. */
+bool moira_cli_parse_int(const char *verb, const char *option, const char *text, long long min,
+                         long long max, long long *out_value);
+
+/* Writes `text` as a JSON string literal (quotes and escapes included). */
+void moira_cli_json_string(FILE *out, const char *text);
+
+#endif

@@ -1,0 +1,86 @@
+/* Entry point of `moira`: finds the verb and hands it the rest of the command line. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/backend.h"
+#include "runtime/cli/cli.h"
+
+typedef struct verb {
+    const char *name;
+    moira_cli_verb_fn run;
+    const char *summary;
+} verb_t;
+
+static const verb_t verbs[] = {
+    {"devices", moira_cli_devices, "list the devices every backend found"},
+    {"op", moira_cli_op, "run one op (gate, moe, mla, layer) on a device from safetensors inputs"},
+    {"check", moira_cli_check, "compare every op on every backend against the reference"},
+    {"run", moira_cli_run, "run a model (the built-in default with no arguments)"},
+};
+
+static void print_usage(FILE *out) {
+    fprintf(out, "usage: moira VERB [options]   (moira VERB --help for a verb's options)\n\n");
+    fprintf(out, "Moira runs DeepSeek-style Mixture-of-Experts models on CPUs, OpenCL GPUs and\n"
+                 "Ascend-style NPUs, and proves every backend computes the same thing.\n\nverbs:\n");
+    for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
+        fprintf(out, "  %-8s %s\n", verbs[i].name, verbs[i].summary);
+    fprintf(out, "\nexit codes: 0 success, 1 a run or check failed, 2 bad usage or bad input\n");
+}
+
+int moira_cli_usage_error(const char *verb, const char *fmt, ...) {
+    fprintf(stderr, "moira %s: ", verb);
+    va_list args;
+    va_start(args, fmt);
+    vfprintf(stderr, fmt, args);
+    va_end(args);
+    fprintf(stderr, " (see moira %s --help)\n", verb);
+    return 2;
+}
+
+bool moira_cli_parse_int(const char *verb, const char *option, const char *text, long long min,
+                         long long max, long long *out_value) {
+    char *end = NULL;
+    long long value = text ? strtoll(text, &end, 10) : 0;
+    if (!text || !*text || *end || value < min || value > max) {
+        moira_cli_usage_error(verb, "%s expects an integer in [%lld, %lld], got \"%s\"", option,
+                              min, max, text ? text : "");
+        return false;
+    }
+    *out_value = value;
+    return true;
+}
+
+void moira_cli_json_string(FILE *out, const char *text) {
+    fputc('"', out);
+    for (const unsigned char *p = (const unsigned char *)text; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            fprintf(out, "\\%c", *p);
+        else if (*p < 0x20)
+            fprintf(out, "\\u%04x", *p);
+        else
+            fputc(*p, out);
+    }
+    fputc('"', out);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        print_usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        print_usage(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
+        if (strcmp(argv[1], verbs[i].name)) continue;
+        int code = verbs[i].run(argc - 1, argv + 1);
+        moira_runtime_shutdown();
+        return code;
+    }
+    fprintf(stderr, "moira: unknown verb \"%s\"\n\n", argv[1]);
+    print_usage(stderr);
+    return 2;
+}

@@ -1,0 +1,190 @@
+/* The device abstraction layer: devices, buffers, queues and op launches.
+ *
+ * The split follows ggml-backend and IREE's HAL. A backend (backend.h) enumerates devices. A
+ * device owns memory (buffers) and runs work submitted to its queues. Queues are asynchronous and
+ * in order; events (event.h) order work across queues and devices. Ops (ops/) describe their work
+ * as a moira_op_launch_t over device tensors; each backend implements the kernels and answers
+ * whether it supports an op for a weight dtype.
+ *
+ * Every object here has the same shape: a struct that a backend embeds as its first member, whose
+ * `vtable` points at the backend's functions. Callers only use the moira_* functions below. */
+#ifndef MOIRA_RUNTIME_DEVICE_H
+#define MOIRA_RUNTIME_DEVICE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "runtime/dtype.h"
+#include "runtime/event.h"
+#include "runtime/status.h"
+
+typedef enum moira_device_kind {
+    MOIRA_DEVICE_KIND_CPU = 0,
+    MOIRA_DEVICE_KIND_GPU,
+    MOIRA_DEVICE_KIND_NPU,
+} moira_device_kind_t;
+
+const char *moira_device_kind_name(moira_device_kind_t kind);
+
+#define MOIRA_DEVICE_MAX_DETAILS 24
+
+/* A backend-specific fact shown by `moira devices` ("l0c_bytes" = "131072"). */
+typedef struct moira_device_detail {
+    char key[32];
+    char value[96];
+    bool is_number; /* printed bare in JSON */
+} moira_device_detail_t;
+
+/* What a device reports about itself (DESIGN.md §3). Zero means unknown. */
+typedef struct moira_device_info {
+    char name[32];     /* "cpu:0", "opencl:1", "npu:0" */
+    char backend[16];  /* "cpu" */
+    int index;         /* INDEX in BACKEND:INDEX */
+    moira_device_kind_t kind;
+    char model[128];   /* "Intel(R) Xeon(R) Platinum 8480+" */
+    char vendor[64];
+    char driver_version[64];
+    uint64_t memory_bytes;
+    int compute_units;
+    double peak_tflops[MOIRA_DTYPE_COUNT]; /* by compute dtype; 0 = not supported or unknown */
+    double bandwidth_gbs;
+    char pci_bus_id[32]; /* "0000:3b:00.0", "" when unknown */
+    int numa_node;       /* -1 when unknown */
+    int n_details;
+    moira_device_detail_t details[MOIRA_DEVICE_MAX_DETAILS];
+} moira_device_info_t;
+
+typedef struct moira_device moira_device_t;
+typedef struct moira_buffer moira_buffer_t;
+typedef struct moira_queue moira_queue_t;
+
+/* A tensor in device memory: a window of a buffer. Rows (the second-to-last dimension) may be
+ * `row_stride` elements apart so kernels can read a column slice in place (MLA splits [c | k_pe]
+ * that way); the last dimension is always contiguous. fp8 weights keep their f32 block scales in
+ * the same buffer at `scale_offset` ([ceil(rows/128), ceil(cols/128)] per matrix). */
+typedef struct moira_dtensor {
+    moira_buffer_t *buffer; /* borrowed */
+    size_t offset;          /* bytes from the buffer's start */
+    moira_dtype_t dtype;
+    int rank;
+    int64_t shape[4];
+    int64_t row_stride;  /* elements between rows; 0 = contiguous (the last dimension) */
+    size_t scale_offset; /* fp8 only: bytes from the buffer's start to the block scales */
+} moira_dtensor_t;
+
+#define MOIRA_OP_MAX_OPERANDS 16
+#define MOIRA_OP_MAX_PARAMS_BYTES 1024
+
+/* One kernel launch: an op kind (ops/op.h), its parameters (copied at submission) and its
+ * operands, inputs then outputs, in the order ops/op.h defines for that op. */
+typedef struct moira_op_launch {
+    int op;
+    const void *params; /* borrowed until the launch is submitted */
+    size_t params_size;
+    int n_operands;
+    moira_dtensor_t operands[MOIRA_OP_MAX_OPERANDS];
+} moira_op_launch_t;
+
+typedef struct moira_device_vtable {
+    void (*destroy)(moira_device_t *device);
+    moira_status_t (*buffer_alloc)(moira_device_t *device, size_t bytes, int numa_node,
+                                   moira_buffer_t **out_buffer);
+    void (*buffer_free)(moira_buffer_t *buffer);
+    /* Host address of a buffer's memory when the host can touch it directly, else NULL. */
+    void *(*buffer_host_ptr)(moira_buffer_t *buffer);
+    moira_status_t (*queue_create)(moira_device_t *device, moira_queue_t **out_queue);
+    void (*queue_destroy)(moira_queue_t *queue);
+    moira_status_t (*enqueue_write)(moira_queue_t *queue, moira_buffer_t *dst, size_t dst_offset,
+                                    const void *src, size_t bytes);
+    moira_status_t (*enqueue_read)(moira_queue_t *queue, moira_buffer_t *src, size_t src_offset,
+                                   void *dst, size_t bytes);
+    moira_status_t (*enqueue_copy)(moira_queue_t *queue, moira_buffer_t *src, size_t src_offset,
+                                   moira_buffer_t *dst, size_t dst_offset, size_t bytes);
+    moira_status_t (*enqueue_op)(moira_queue_t *queue, const moira_op_launch_t *launch);
+    moira_status_t (*enqueue_signal)(moira_queue_t *queue, moira_event_t *event);
+    moira_status_t (*enqueue_wait)(moira_queue_t *queue, moira_event_t *event);
+    moira_status_t (*queue_finish)(moira_queue_t *queue);
+    bool (*supports_op)(const moira_device_t *device, int op, moira_dtype_t weight_dtype);
+} moira_device_vtable_t;
+
+struct moira_device {
+    const moira_device_vtable_t *vtable;
+    moira_device_info_t info;
+};
+
+struct moira_buffer {
+    moira_device_t *device; /* borrowed */
+    size_t size;
+};
+
+struct moira_queue {
+    moira_device_t *device; /* borrowed */
+};
+
+/* Allocates `bytes` of device memory, on NUMA node `numa_node` where the device has such a notion
+ * (-1: wherever the device likes). Caller frees with moira_buffer_free. */
+moira_status_t moira_buffer_alloc(moira_device_t *device, size_t bytes, int numa_node,
+                                  moira_buffer_t **out_buffer);
+void moira_buffer_free(moira_buffer_t *buffer);
+
+/* The buffer's host address when the host can use it directly (cpu backend), else NULL. */
+void *moira_buffer_host_ptr(moira_buffer_t *buffer);
+
+/* Creates an in-order queue on the device. Caller destroys it with moira_queue_destroy, which
+ * waits for the queue's work first. */
+moira_status_t moira_queue_create(moira_device_t *device, moira_queue_t **out_queue);
+void moira_queue_destroy(moira_queue_t *queue);
+
+/* Host -> device. `src` is borrowed until the queue has passed this point (moira_queue_finish or
+ * a signalled event). */
+moira_status_t moira_queue_write(moira_queue_t *queue, moira_buffer_t *dst, size_t dst_offset,
+                                 const void *src, size_t bytes);
+
+/* Device -> host. `dst` must stay valid until the queue has passed this point. */
+moira_status_t moira_queue_read(moira_queue_t *queue, moira_buffer_t *src, size_t src_offset,
+                                void *dst, size_t bytes);
+
+/* Device -> device on one device. Across devices use moira_copy_across. */
+moira_status_t moira_queue_copy(moira_queue_t *queue, moira_buffer_t *src, size_t src_offset,
+                                moira_buffer_t *dst, size_t dst_offset, size_t bytes);
+
+/* Submits a kernel launch. Operands are validated by the op (ops/); the params are copied. */
+moira_status_t moira_queue_launch(moira_queue_t *queue, const moira_op_launch_t *launch);
+
+/* Signals `event` when the queue reaches this point. The queue holds a reference meanwhile. */
+moira_status_t moira_queue_signal(moira_queue_t *queue, moira_event_t *event);
+
+/* Makes the queue wait for `event`, which may come from any device's queue. */
+moira_status_t moira_queue_wait(moira_queue_t *queue, moira_event_t *event);
+
+/* Blocks until all submitted work is done; returns the first asynchronous error, if any. */
+moira_status_t moira_queue_finish(moira_queue_t *queue);
+
+/* Copies between buffers of possibly different devices: directly on one device, else through a
+ * host staging buffer. Blocks until the copy is done. */
+moira_status_t moira_copy_across(moira_queue_t *src_queue, moira_buffer_t *src, size_t src_offset,
+                                 moira_queue_t *dst_queue, moira_buffer_t *dst, size_t dst_offset,
+                                 size_t bytes);
+
+/* Whether the device has a kernel for `op` (ops/op.h) with weights of `weight_dtype`. */
+bool moira_device_supports(const moira_device_t *device, int op, moira_dtype_t weight_dtype);
+
+/* Borrowed; valid while the device exists. */
+const moira_device_info_t *moira_device_info(const moira_device_t *device);
+
+/* Adds a detail line to a device's info (used by backends while describing a device). */
+void moira_device_info_add_detail(moira_device_info_t *info, const char *key, bool is_number,
+                                  const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* Bytes spanned by a device tensor from its offset (rows times row stride, plus fp8 scales are
+ * not counted). Used to validate that a tensor lies inside its buffer. */
+size_t moira_dtensor_span_bytes(const moira_dtensor_t *tensor);
+
+/* Number of elements. */
+int64_t moira_dtensor_numel(const moira_dtensor_t *tensor);
+
+/* Elements between rows (row_stride, or the last dimension when contiguous). */
+int64_t moira_dtensor_row_stride(const moira_dtensor_t *tensor);
+
+#endif

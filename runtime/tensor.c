@@ -1,0 +1,97 @@
+#include "runtime/tensor.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int64_t moira_tensor_numel(const moira_tensor_t *tensor) {
+    int64_t n = 1;
+    for (int i = 0; i < tensor->rank; i++) n *= tensor->shape[i];
+    return n;
+}
+
+size_t moira_tensor_nbytes(const moira_tensor_t *tensor) {
+    return (size_t)moira_tensor_numel(tensor) * moira_dtype_size(tensor->dtype);
+}
+
+moira_status_t moira_tensor_alloc(moira_dtype_t dtype, int rank, const int64_t *shape,
+                                  moira_tensor_t *out_tensor) {
+    memset(out_tensor, 0, sizeof(*out_tensor));
+    if (rank < 0 || rank > MOIRA_MAX_RANK)
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "tensor rank %d out of range", rank);
+    moira_tensor_t t = {.dtype = dtype, .rank = rank};
+    for (int i = 0; i < rank; i++) {
+        if (shape[i] < 0)
+            return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "negative tensor dimension");
+        t.shape[i] = shape[i];
+    }
+    size_t bytes = moira_tensor_nbytes(&t);
+    size_t rounded = (bytes + 63) / 64 * 64;
+    t.data = aligned_alloc(64, rounded ? rounded : 64);
+    if (!t.data)
+        return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "cannot allocate %zu bytes", bytes);
+    memset(t.data, 0, rounded ? rounded : 64);
+    t.owns_data = true;
+    *out_tensor = t;
+    return MOIRA_OK_STATUS;
+}
+
+moira_status_t moira_tensor_alloc_f32(int64_t rows, int64_t cols, moira_tensor_t *out_tensor) {
+    int64_t shape[2] = {rows, cols};
+    return moira_tensor_alloc(MOIRA_DTYPE_F32, 2, shape, out_tensor);
+}
+
+moira_tensor_t moira_tensor_view(moira_dtype_t dtype, int rank, const int64_t *shape, void *data) {
+    moira_tensor_t t = {.dtype = dtype, .rank = rank, .data = data};
+    for (int i = 0; i < rank && i < MOIRA_MAX_RANK; i++) t.shape[i] = shape[i];
+    return t;
+}
+
+void moira_tensor_release(moira_tensor_t *tensor) {
+    if (tensor->owns_data) free(tensor->data);
+    memset(tensor, 0, sizeof(*tensor));
+}
+
+bool moira_tensor_same_shape(const moira_tensor_t *a, const moira_tensor_t *b) {
+    if (a->rank != b->rank) return false;
+    for (int i = 0; i < a->rank; i++)
+        if (a->shape[i] != b->shape[i]) return false;
+    return true;
+}
+
+const char *moira_tensor_shape_str(const moira_tensor_t *tensor, char *buf, size_t buf_size) {
+    size_t used = (size_t)snprintf(buf, buf_size, "[");
+    for (int i = 0; i < tensor->rank && used < buf_size; i++)
+        used += (size_t)snprintf(buf + used, buf_size - used, "%s%lld", i ? ", " : "",
+                                 (long long)tensor->shape[i]);
+    if (used < buf_size) snprintf(buf + used, buf_size - used, "]");
+    return buf;
+}
+
+void moira_tensor_row_to_f32(const moira_tensor_t *tensor, int64_t row, float *dst) {
+    int64_t cols = tensor->rank >= 2 ? tensor->shape[tensor->rank - 1] : tensor->shape[0];
+    size_t elem = moira_dtype_size(tensor->dtype);
+    const char *src = (const char *)tensor->data + (size_t)(row * cols) * elem;
+    moira_convert_to_f32(tensor->dtype, src, dst, (size_t)cols);
+    if (tensor->dtype == MOIRA_DTYPE_F8_E4M3 && tensor->scale) {
+        const moira_tensor_t *s = tensor->scale;
+        int64_t scale_cols = s->shape[s->rank - 1];
+        const float *scales = (const float *)s->data + (row / MOIRA_FP8_BLOCK) * scale_cols;
+        for (int64_t c = 0; c < cols; c++) dst[c] *= scales[c / MOIRA_FP8_BLOCK];
+    }
+}
+
+moira_status_t moira_tensor_to_f32(const moira_tensor_t *tensor, moira_tensor_t *out_tensor) {
+    MOIRA_RETURN_IF_ERROR(
+        moira_tensor_alloc(MOIRA_DTYPE_F32, tensor->rank, tensor->shape, out_tensor));
+    if (tensor->rank < 2) {
+        moira_convert_to_f32(tensor->dtype, tensor->data, out_tensor->data,
+                             (size_t)moira_tensor_numel(tensor));
+        return MOIRA_OK_STATUS;
+    }
+    int64_t cols = tensor->shape[tensor->rank - 1];
+    int64_t rows = moira_tensor_numel(tensor) / (cols ? cols : 1);
+    for (int64_t r = 0; r < rows && cols; r++)
+        moira_tensor_row_to_f32(tensor, r, (float *)out_tensor->data + r * cols);
+    return MOIRA_OK_STATUS;
+}
