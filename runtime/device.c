@@ -148,6 +148,15 @@ void moira_device_info_add_detail(moira_device_info_t *info, const char *key, bo
     va_end(args);
 }
 
+double moira_precision_nmse_limit(moira_dtype_t precision) {
+    switch (precision) {
+    case MOIRA_DTYPE_F16: return 1e-4;
+    case MOIRA_DTYPE_BF16: return 2e-3;
+    case MOIRA_DTYPE_F8_E4M3: return 2e-2;
+    default: return 1e-6;
+    }
+}
+
 int64_t moira_dtensor_numel(const moira_dtensor_t *tensor) {
     int64_t n = 1;
     for (int i = 0; i < tensor->rank; i++) n *= tensor->shape[i];

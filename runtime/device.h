@@ -51,6 +51,9 @@ typedef struct moira_device_info {
     double bandwidth_gbs;
     char pci_bus_id[32]; /* "0000:3b:00.0", "" when unknown */
     int numa_node;       /* -1 when unknown */
+    /* The narrowest type the device computes in (f32 for cpu; bf16 for an NPU's cube): decides
+     * which of DESIGN.md §4's tolerances its results are held to. */
+    moira_dtype_t compute_precision;
     int n_details;
     moira_device_detail_t details[MOIRA_DEVICE_MAX_DETAILS];
 } moira_device_info_t;
@@ -176,6 +179,10 @@ const moira_device_info_t *moira_device_info(const moira_device_t *device);
 /* Adds a detail line to a device's info (used by backends while describing a device). */
 void moira_device_info_add_detail(moira_device_info_t *info, const char *key, bool is_number,
                                   const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* DESIGN.md §4's NMSE limit for results computed in `precision` (f32 1e-6, f16 1e-4, bf16 2e-3,
+ * fp8 2e-2). */
+double moira_precision_nmse_limit(moira_dtype_t precision);
 
 /* Bytes spanned by a device tensor from its offset (rows times row stride, plus fp8 scales are
  * not counted). Used to validate that a tensor lies inside its buffer. */

@@ -296,6 +296,7 @@ static void cpu_device_destroy(moira_device_t *base) {
  * estimates (cores x clock x SIMD width) until a benchmark measures them. */
 static void describe_host(moira_device_info_t *info, int n_threads) {
     info->kind = MOIRA_DEVICE_KIND_CPU;
+    info->compute_precision = MOIRA_DTYPE_F32;
     info->numa_node = -1;
     snprintf(info->model, sizeof(info->model), "host CPU");
     hwloc_topology_t topology;

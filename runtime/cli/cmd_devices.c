@@ -43,7 +43,8 @@ static void print_device_json(FILE *out, const moira_device_info_t *info) {
         moira_cli_json_string(out, info->pci_bus_id);
     else
         fprintf(out, "null");
-    fprintf(out, ", \"numa_node\": %d, \"details\": {", info->numa_node);
+    fprintf(out, ", \"numa_node\": %d, \"compute_precision\": \"%s\", \"details\": {",
+            info->numa_node, moira_dtype_name(info->compute_precision));
     for (int i = 0; i < info->n_details; i++) {
         const moira_device_detail_t *d = &info->details[i];
         fprintf(out, "%s", i ? ", " : "");
