@@ -1,5 +1,6 @@
 #include "runtime/tensor.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,4 +95,60 @@ moira_status_t moira_tensor_to_f32(const moira_tensor_t *tensor, moira_tensor_t 
     for (int64_t r = 0; r < rows && cols; r++)
         moira_tensor_row_to_f32(tensor, r, (float *)out_tensor->data + r * cols);
     return MOIRA_OK_STATUS;
+}
+
+static int64_t ceil_div(int64_t a, int64_t b) {
+    return (a + b - 1) / b;
+}
+
+/* One scale per 128x128 block so a single outlier costs precision only in its own block. */
+static void quantize_fp8_blocks(const float *src, int64_t rows, int64_t cols, uint8_t *dst,
+                                float *scales) {
+    int64_t block_cols = ceil_div(cols, MOIRA_FP8_BLOCK);
+    for (int64_t br = 0; br < ceil_div(rows, MOIRA_FP8_BLOCK); br++) {
+        int64_t r0 = br * MOIRA_FP8_BLOCK;
+        int64_t r1 = r0 + MOIRA_FP8_BLOCK < rows ? r0 + MOIRA_FP8_BLOCK : rows;
+        for (int64_t bc = 0; bc < block_cols; bc++) {
+            int64_t c0 = bc * MOIRA_FP8_BLOCK;
+            int64_t c1 = c0 + MOIRA_FP8_BLOCK < cols ? c0 + MOIRA_FP8_BLOCK : cols;
+            float amax = 0;
+            for (int64_t r = r0; r < r1; r++)
+                for (int64_t c = c0; c < c1; c++) amax = fmaxf(amax, fabsf(src[r * cols + c]));
+            float scale = amax > 0 ? amax / 448.0f : 1.0f;
+            scales[br * block_cols + bc] = scale;
+            for (int64_t r = r0; r < r1; r++)
+                for (int64_t c = c0; c < c1; c++)
+                    dst[r * cols + c] = moira_f32_to_fp8_e4m3(src[r * cols + c] / scale);
+        }
+    }
+}
+
+moira_status_t moira_tensor_convert(const moira_tensor_t *src, moira_dtype_t dtype,
+                                    moira_tensor_t *out_tensor, moira_tensor_t *out_scale) {
+    memset(out_tensor, 0, sizeof(*out_tensor));
+    memset(out_scale, 0, sizeof(*out_scale));
+    if (src->rank != 2 || !moira_dtype_is_float(dtype) || !moira_dtype_is_float(src->dtype))
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
+                                 "only 2-D float tensors convert between float types");
+    moira_tensor_t f32;
+    MOIRA_RETURN_IF_ERROR(moira_tensor_to_f32(src, &f32));
+    moira_status_t status = moira_tensor_alloc(dtype, 2, src->shape, out_tensor);
+    if (!status && dtype == MOIRA_DTYPE_F8_E4M3) {
+        int64_t scale_shape[2] = {ceil_div(src->shape[0], MOIRA_FP8_BLOCK),
+                                  ceil_div(src->shape[1], MOIRA_FP8_BLOCK)};
+        status = moira_tensor_alloc(MOIRA_DTYPE_F32, 2, scale_shape, out_scale);
+        if (!status) {
+            quantize_fp8_blocks(f32.data, src->shape[0], src->shape[1], out_tensor->data,
+                                out_scale->data);
+            out_tensor->scale = out_scale;
+        }
+    } else if (!status) {
+        moira_convert_from_f32(dtype, f32.data, out_tensor->data, (size_t)moira_tensor_numel(src));
+    }
+    moira_tensor_release(&f32);
+    if (status) {
+        moira_tensor_release(out_tensor);
+        moira_tensor_release(out_scale);
+    }
+    return status;
 }

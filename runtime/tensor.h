@@ -59,4 +59,11 @@ void moira_tensor_row_to_f32(const moira_tensor_t *tensor, int64_t row, float *d
  * Caller releases `out_tensor`. */
 moira_status_t moira_tensor_to_f32(const moira_tensor_t *tensor, moira_tensor_t *out_tensor);
 
+/* Converts a 2-D float tensor to `dtype` as new owned tensors. fp8 gets one scale per 128x128
+ * block (the block's largest magnitude maps to 448, as DeepSeek-V3 ships) in `out_scale`, F32
+ * [ceil(rows/128), ceil(cols/128)], and out_tensor->scale points at it, so `out_scale` must not
+ * move while `out_tensor` is used. Caller releases both (out_scale is zeroed for other dtypes). */
+moira_status_t moira_tensor_convert(const moira_tensor_t *src, moira_dtype_t dtype,
+                                    moira_tensor_t *out_tensor, moira_tensor_t *out_scale);
+
 #endif
