@@ -1,0 +1,1539 @@
+/* safetensors reader and writer.
+ *
+ * Why a hand-written JSON parser and not libyaml (the one parsing library Moira links): JSON is
+ * YAML flow syntax only in the common case. Tried against libyaml 0.2: it rejects the surrogate
+ * pairs ("\ud83d\ude00") that Python's json.dumps writes for any non-BMP character in a tensor
+ * name, it rejects keys longer than 1024 characters (YAML's implicit-key limit), and it accepts
+ * things no JSON header may hold (anchors and aliases, comments, unquoted strings), so it would be
+ * both too strict and too lax. The header has a small fixed shape, and a strict recursive-descent
+ * parser for it is a few hundred lines that check every byte. It also knows the byte offset of
+ * every error, which the messages report as "FILE:1:COL" (COL = byte offset within the JSON
+ * header + 1; the header is one line in every writer we know of).
+ *
+ * Safety model: everything about a file is validated in moira_safetensors_open (JSON syntax,
+ * dtypes, shapes, byte ranges, sizes, duplicate names, fp8 scale shapes), so the views it hands
+ * out can be read without further checks. Two tensors whose byte ranges overlap are allowed: the
+ * views are read-only, so overlap cannot corrupt anything (the Hugging Face library refuses them,
+ * which only matters to files Moira itself never writes). One hazard remains that no user-space
+ * check can exclude: another process truncating a file while it is mapped makes later reads fault
+ * (SIGBUS), as with every mmap-based loader. */
+#include "runtime/safetensors.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define INDEX_FILE_NAME "model.safetensors.index.json"
+#define JSON_MAX_DEPTH 64
+#define NO_ENTRY SIZE_MAX
+#define SHOWN_NAME_MAX 160
+
+typedef struct shard {
+    char *path; /* owned */
+    void *map;  /* owned mapping of the whole file */
+    size_t map_size;
+} shard_t;
+
+typedef struct entry {
+    char *name;               /* owned */
+    size_t shard;             /* index into shards */
+    moira_tensor_t view;      /* what find hands out; data borrowed from the mapping or `copy` */
+    void *copy;               /* owned aligned copy when the mapped data is misaligned */
+    moira_tensor_t scale_f32; /* owned F32 copy of this tensor when it is a BF16 block scale */
+} entry_t;
+
+struct moira_safetensors {
+    char *path;
+    shard_t *shards;
+    size_t shard_count, shard_cap;
+    entry_t *entries;
+    size_t count, entry_cap;
+    size_t *table; /* open addressing over entries, NO_ENTRY when empty; cap is a power of two */
+    size_t table_cap;
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* Small helpers                                                                              */
+
+/* Error messages quote names from untrusted files; control bytes and runaway lengths would make
+ * them unreadable, so they are escaped and cut (at a UTF-8 character boundary). */
+static const char *show_name(const char *name, char *buf, size_t buf_size) {
+    size_t o = 0;
+    for (size_t i = 0; name[i] && o + 8 < buf_size; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (o + 12 >= buf_size && (c & 0xC0) != 0x80) {
+            memcpy(buf + o, "...", 3);
+            o += 3;
+            break;
+        }
+        if (c < 0x20 || c == 0x7f)
+            o += (size_t)snprintf(buf + o, buf_size - o, "\\x%02x", c);
+        else
+            buf[o++] = (char)c;
+    }
+    buf[o] = '\0';
+    return buf;
+}
+
+static const char *shape_str(int rank, const int64_t *shape, char *buf, size_t buf_size) {
+    moira_tensor_t t = {.rank = rank};
+    for (int i = 0; i < rank && i < MOIRA_MAX_RANK; i++)
+        t.shape[i] = shape[i];
+    return moira_tensor_shape_str(&t, buf, buf_size);
+}
+
+/* The message every semantic problem with one tensor gets: "PATH: tensor NAME: ...". */
+static moira_status_t tensor_error(moira_code_t code, const char *path, const char *name,
+                                   const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static moira_status_t tensor_error(moira_code_t code, const char *path, const char *name,
+                                   const char *fmt, ...) {
+    char what[512], shown[SHOWN_NAME_MAX];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(what, sizeof(what), fmt, args);
+    va_end(args);
+    return moira_status_at(code, path, 0, 0, "tensor %s: %s", show_name(name, shown, sizeof(shown)),
+                           what);
+}
+
+/* The GNU strerror_r (this project builds with _GNU_SOURCE) returns the text; unlike strerror
+ * it is safe while other threads report errors too. */
+static moira_status_t errno_error_code(moira_code_t code, const char *path, const char *doing,
+                                       int err) {
+    char text[128];
+    return moira_status_at(code, path, 0, 0, "%s: %s", doing, strerror_r(err, text, sizeof(text)));
+}
+
+/* A missing file is NOT_FOUND (the user named something that is not there); the rest is IO. */
+static moira_status_t errno_error(const char *path, const char *doing, int err) {
+    moira_code_t code = (err == ENOENT || err == ENOTDIR) ? MOIRA_CODE_NOT_FOUND : MOIRA_CODE_IO;
+    return errno_error_code(code, path, doing, err);
+}
+
+static moira_status_t out_of_memory(const char *path) {
+    return moira_status_at(MOIRA_CODE_OUT_OF_MEMORY, path, 0, 0, "out of host memory");
+}
+
+static char *join_path(const char *dir, const char *name) {
+    char *out = NULL;
+    size_t len = strlen(dir);
+    bool slash = len > 0 && dir[len - 1] == '/';
+    if (asprintf(&out, "%s%s%s", dir, slash ? "" : "/", name) < 0) return NULL;
+    return out;
+}
+
+static uint64_t hash_name(const char *name) {
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
+        h ^= *p;
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+/* Length of the valid UTF-8 sequence at `s` (2 to 4 bytes; ASCII is handled by callers), or 0
+ * when it is malformed, overlong, a surrogate or beyond U+10FFFF: RFC 8259 requires UTF-8. */
+static size_t utf8_seq_len(const unsigned char *s, size_t avail) {
+    unsigned char c = s[0], lo = 0x80, hi = 0xBF;
+    size_t n;
+    if (c >= 0xC2 && c <= 0xDF) {
+        n = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        if (c == 0xE0) lo = 0xA0;
+        if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        if (c == 0xF0) lo = 0x90;
+        if (c == 0xF4) hi = 0x8F;
+    } else {
+        return 0;
+    }
+    if (avail < n || s[1] < lo || s[1] > hi) return 0;
+    for (size_t i = 2; i < n; i++)
+        if ((s[i] & 0xC0) != 0x80) return 0;
+    return n;
+}
+
+static size_t utf8_encode(uint32_t cp, char *out) {
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (char)(0xC0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xE0 | (cp >> 12));
+        out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        out[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    out[0] = (char)(0xF0 | (cp >> 18));
+    out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    out[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+static int cmp_str_ptr(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* A strict JSON parser (RFC 8259) over a byte range, with located errors                     */
+
+typedef struct json {
+    const char *text;
+    size_t len;
+    size_t pos;
+    const char *path; /* file named in messages */
+    bool one_line;    /* safetensors header: line 1, col = byte offset + 1 */
+} json_t;
+
+static moira_status_t json_error_at(const json_t *j, size_t offset, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static moira_status_t json_error_at(const json_t *j, size_t offset, const char *fmt, ...) {
+    char what[256];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(what, sizeof(what), fmt, args);
+    va_end(args);
+    size_t line = 1, col = offset + 1;
+    if (!j->one_line) {
+        col = 1;
+        for (size_t i = 0; i < offset && i < j->len; i++) {
+            if (j->text[i] == '\n') {
+                line++;
+                col = 1;
+            } else {
+                col++;
+            }
+        }
+    }
+    if (line > INT_MAX) line = INT_MAX;
+    if (col > INT_MAX) col = INT_MAX;
+    return moira_status_at(MOIRA_CODE_INVALID_INPUT, j->path, (int)line, (int)col, "%s%s",
+                           j->one_line ? "header: " : "", what);
+}
+
+static bool is_digit(int c) {
+    return c >= '0' && c <= '9';
+}
+
+/* Whether `c` can start a JSON value: lets callers tell "valid JSON of the wrong kind" (a
+ * semantic error about the tensor) from a syntax error. */
+static bool is_value_start(int c) {
+    return c == '{' || c == '[' || c == '"' || c == '-' || is_digit(c) || c == 't' || c == 'f' ||
+           c == 'n';
+}
+
+static int json_peek(json_t *j) {
+    while (j->pos < j->len) {
+        char c = j->text[j->pos];
+        if (c != ' ' && c != '\t' && c != '\n' && c != '\r') break;
+        j->pos++;
+    }
+    return j->pos < j->len ? (unsigned char)j->text[j->pos] : -1;
+}
+
+static moira_status_t json_unexpected(json_t *j, const char *expected) {
+    int c = json_peek(j);
+    const char *what = j->one_line ? "header" : "file";
+    if (c < 0)
+        return json_error_at(j, j->pos, "expected %s, found the end of the %s", expected, what);
+    if (c >= 0x20 && c < 0x7f)
+        return json_error_at(j, j->pos, "expected %s, found '%c'", expected, c);
+    return json_error_at(j, j->pos, "expected %s, found byte 0x%02x", expected, c);
+}
+
+static moira_status_t json_expect(json_t *j, char c, const char *expected) {
+    if (json_peek(j) != c) return json_unexpected(j, expected);
+    j->pos++;
+    return MOIRA_OK_STATUS;
+}
+
+static bool json_hex4(const json_t *j, size_t p, size_t end, uint32_t *out) {
+    if (end - p < 4) return false;
+    uint32_t v = 0;
+    for (size_t i = p; i < p + 4; i++) {
+        char c = j->text[i];
+        int d = is_digit(c)              ? c - '0'
+                : (c >= 'a' && c <= 'f') ? c - 'a' + 10
+                : (c >= 'A' && c <= 'F') ? c - 'A' + 10
+                                         : -1;
+        if (d < 0) return false;
+        v = v * 16 + (uint32_t)d;
+    }
+    *out = v;
+    return true;
+}
+
+/* Reads the string whose opening quote is at the cursor. With `out`, stores a new NUL-terminated
+ * UTF-8 copy (caller frees) and refuses "\u0000", which no C string can hold; without, it only
+ * validates. Decoding never grows the text, so the copy fits in the escaped length. */
+static moira_status_t json_string(json_t *j, char **out) {
+    const unsigned char *s = (const unsigned char *)j->text;
+    size_t start = j->pos, end = start + 1;
+    while (end < j->len && s[end] != '"')
+        end += s[end] == '\\' ? 2 : 1;
+    if (end >= j->len) return json_error_at(j, start, "unterminated string");
+    char *buf = NULL;
+    if (out) {
+        *out = NULL;
+        buf = malloc(end - start);
+        if (!buf) return out_of_memory(j->path);
+    }
+    size_t o = 0, p = start + 1;
+    moira_status_t status = MOIRA_OK_STATUS;
+    while (p < end) {
+        unsigned char c = s[p];
+        if (c < 0x20) {
+            status = json_error_at(j, p, "control byte 0x%02x inside a string", c);
+            goto fail;
+        }
+        if (c == '\\') {
+            unsigned char e = s[p + 1]; /* the scan above guarantees p + 1 < end */
+            char plain = 0;
+            switch (e) {
+            case '"':
+                plain = '"';
+                break;
+            case '\\':
+                plain = '\\';
+                break;
+            case '/':
+                plain = '/';
+                break;
+            case 'b':
+                plain = '\b';
+                break;
+            case 'f':
+                plain = '\f';
+                break;
+            case 'n':
+                plain = '\n';
+                break;
+            case 'r':
+                plain = '\r';
+                break;
+            case 't':
+                plain = '\t';
+                break;
+            case 'u':
+                break;
+            default:
+                if (e >= 0x20 && e < 0x7f)
+                    status = json_error_at(j, p, "invalid escape '\\%c'", e);
+                else
+                    status = json_error_at(j, p, "invalid escape before byte 0x%02x", e);
+                goto fail;
+            }
+            if (e != 'u') {
+                if (buf) buf[o++] = plain;
+                p += 2;
+                continue;
+            }
+            uint32_t cp, low;
+            if (!json_hex4(j, p + 2, end, &cp)) {
+                status = json_error_at(j, p, "'\\u' must be followed by four hex digits");
+                goto fail;
+            }
+            size_t escape_at = p;
+            p += 6;
+            if (cp >= 0xD800 && cp <= 0xDBFF) {
+                if (end - p >= 6 && s[p] == '\\' && s[p + 1] == 'u' &&
+                    json_hex4(j, p + 2, end, &low) && low >= 0xDC00 && low <= 0xDFFF) {
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+                    p += 6;
+                } else {
+                    status = json_error_at(j, escape_at, "unpaired UTF-16 surrogate \\u%04X", cp);
+                    goto fail;
+                }
+            } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+                status = json_error_at(j, escape_at, "unpaired UTF-16 surrogate \\u%04X", cp);
+                goto fail;
+            }
+            if (cp == 0 && out) {
+                status = json_error_at(j, escape_at, "\\u0000 (NUL) is not allowed in a name");
+                goto fail;
+            }
+            if (buf) o += utf8_encode(cp, buf + o);
+            continue;
+        }
+        if (c < 0x80) {
+            if (buf) buf[o++] = (char)c;
+            p++;
+            continue;
+        }
+        size_t n = utf8_seq_len(s + p, end - p);
+        if (!n) {
+            status = json_error_at(j, p, "invalid UTF-8 byte 0x%02x inside a string", c);
+            goto fail;
+        }
+        if (buf) memcpy(buf + o, s + p, n);
+        o += n;
+        p += n;
+    }
+    j->pos = end + 1;
+    if (buf) {
+        buf[o] = '\0';
+        *out = buf;
+    }
+    return MOIRA_OK_STATUS;
+fail:
+    free(buf);
+    return status;
+}
+
+/* Reads a number at the cursor (JSON grammar: no leading zeros, no '+', digits after '.'), and
+ * its value when it is an integer that fits in int64. */
+static moira_status_t json_number(json_t *j, bool *is_integer, bool *overflow, int64_t *value) {
+    const char *s = j->text;
+    size_t p = j->pos, n = j->len;
+    bool negative = false;
+    int64_t v = 0;
+    *is_integer = true;
+    *overflow = false;
+    if (p < n && s[p] == '-') {
+        negative = true;
+        p++;
+    }
+    if (p >= n || !is_digit(s[p])) return json_error_at(j, p, "expected a digit");
+    if (s[p] == '0') {
+        p++;
+        if (p < n && is_digit(s[p]))
+            return json_error_at(j, p, "numbers may not have leading zeros");
+    } else {
+        while (p < n && is_digit(s[p])) {
+            if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, s[p] - '0', &v))
+                *overflow = true;
+            p++;
+        }
+    }
+    if (p < n && s[p] == '.') {
+        *is_integer = false;
+        p++;
+        if (p >= n || !is_digit(s[p])) return json_error_at(j, p, "expected a digit after '.'");
+        while (p < n && is_digit(s[p]))
+            p++;
+    }
+    if (p < n && (s[p] == 'e' || s[p] == 'E')) {
+        *is_integer = false;
+        p++;
+        if (p < n && (s[p] == '+' || s[p] == '-')) p++;
+        if (p >= n || !is_digit(s[p]))
+            return json_error_at(j, p, "expected a digit in the exponent");
+        while (p < n && is_digit(s[p]))
+            p++;
+    }
+    j->pos = p;
+    *value = negative ? -v : v;
+    return MOIRA_OK_STATUS;
+}
+
+/* Object iteration. Call with *first true right after the '{' was consumed; each call stores the
+ * next key (caller frees; NULL `key` only validates it) and consumes its ':', or sets *done at the
+ * closing '}'. Trailing commas are refused, as JSON requires. */
+static moira_status_t json_next_key(json_t *j, bool *first, char **key, bool *done) {
+    int c = json_peek(j);
+    *done = false;
+    if (c == '}') {
+        j->pos++;
+        *done = true;
+        return MOIRA_OK_STATUS;
+    }
+    if (!*first) {
+        if (c != ',') return json_unexpected(j, "',' or '}'");
+        j->pos++;
+        c = json_peek(j);
+    }
+    *first = false;
+    if (c != '"') return json_unexpected(j, "a string key");
+    MOIRA_RETURN_IF_ERROR(json_string(j, key));
+    moira_status_t status = json_expect(j, ':', "':'");
+    if (status && key) {
+        free(*key);
+        *key = NULL;
+    }
+    return status;
+}
+
+/* Array iteration, like json_next_key: leaves the cursor on the next element, or sets *done. */
+static moira_status_t json_next_element(json_t *j, bool *first, bool *done) {
+    int c = json_peek(j);
+    *done = false;
+    if (c == ']' && *first) {
+        j->pos++;
+        *done = true;
+        return MOIRA_OK_STATUS;
+    }
+    if (!*first) {
+        if (c == ']') {
+            j->pos++;
+            *done = true;
+            return MOIRA_OK_STATUS;
+        }
+        if (c != ',') return json_unexpected(j, "',' or ']'");
+        j->pos++;
+        c = json_peek(j);
+    }
+    *first = false;
+    if (!is_value_start(c)) return json_unexpected(j, "a value");
+    return MOIRA_OK_STATUS;
+}
+
+static moira_status_t json_literal(json_t *j, const char *word) {
+    size_t n = strlen(word);
+    if (j->len - j->pos < n || memcmp(j->text + j->pos, word, n) != 0)
+        return json_unexpected(j, "a value");
+    j->pos += n;
+    return MOIRA_OK_STATUS;
+}
+
+/* Validates and skips one value of any kind; the depth limit keeps "[[[[..." from exhausting the
+ * stack. */
+static moira_status_t json_skip(json_t *j, int depth) {
+    if (depth > JSON_MAX_DEPTH)
+        return json_error_at(j, j->pos, "values nested deeper than %d levels", JSON_MAX_DEPTH);
+    int c = json_peek(j);
+    bool first = true, done = false, is_integer, overflow;
+    int64_t ignored;
+    switch (c) {
+    case '{':
+        j->pos++;
+        for (;;) {
+            MOIRA_RETURN_IF_ERROR(json_next_key(j, &first, NULL, &done));
+            if (done) return MOIRA_OK_STATUS;
+            MOIRA_RETURN_IF_ERROR(json_skip(j, depth + 1));
+        }
+    case '[':
+        j->pos++;
+        for (;;) {
+            MOIRA_RETURN_IF_ERROR(json_next_element(j, &first, &done));
+            if (done) return MOIRA_OK_STATUS;
+            MOIRA_RETURN_IF_ERROR(json_skip(j, depth + 1));
+        }
+    case '"':
+        return json_string(j, NULL);
+    case 't':
+        return json_literal(j, "true");
+    case 'f':
+        return json_literal(j, "false");
+    case 'n':
+        return json_literal(j, "null");
+    default:
+        if (c == '-' || is_digit(c)) return json_number(j, &is_integer, &overflow, &ignored);
+        return json_unexpected(j, "a value");
+    }
+}
+
+/* Reads an integer element. Valid JSON that is not an int64 (a string, a fraction, a huge number)
+ * leaves *ok false for the caller to report in terms of the tensor; bad syntax is an error here. */
+static moira_status_t json_int(json_t *j, int64_t *out, bool *ok) {
+    int c = json_peek(j);
+    *ok = false;
+    if (c == '-' || is_digit(c)) {
+        bool is_integer, overflow;
+        MOIRA_RETURN_IF_ERROR(json_number(j, &is_integer, &overflow, out));
+        *ok = is_integer && !overflow;
+        return MOIRA_OK_STATUS;
+    }
+    if (is_value_start(c)) return MOIRA_OK_STATUS;
+    return json_unexpected(j, "a value");
+}
+
+static moira_status_t json_end(json_t *j) {
+    if (json_peek(j) >= 0)
+        return json_error_at(j, j->pos, "unexpected data after the top-level object");
+    return MOIRA_OK_STATUS;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Reading                                                                                    */
+
+static moira_status_t push_entry(moira_safetensors_t *f, entry_t *e) {
+    if (f->count == f->entry_cap) {
+        size_t cap = f->entry_cap ? f->entry_cap * 2 : 64;
+        entry_t *grown = realloc(f->entries, cap * sizeof(*grown));
+        if (!grown) return out_of_memory(f->path);
+        f->entries = grown;
+        f->entry_cap = cap;
+    }
+    f->entries[f->count++] = *e;
+    return MOIRA_OK_STATUS;
+}
+
+/* "shape": an array of at most MOIRA_MAX_RANK non-negative integers. */
+static moira_status_t parse_shape(json_t *j, const char *name, int *rank, int64_t *shape) {
+    const char *kind = "\"shape\" must be an array of non-negative integers";
+    if (json_peek(j) != '[') {
+        if (is_value_start(json_peek(j)))
+            return tensor_error(MOIRA_CODE_INVALID_INPUT, j->path, name, "%s", kind);
+        return json_unexpected(j, "'['");
+    }
+    j->pos++;
+    bool first = true, done = false, ok;
+    *rank = 0;
+    for (;;) {
+        MOIRA_RETURN_IF_ERROR(json_next_element(j, &first, &done));
+        if (done) return MOIRA_OK_STATUS;
+        if (*rank == MOIRA_MAX_RANK)
+            return tensor_error(MOIRA_CODE_INVALID_INPUT, j->path, name,
+                                "shape has more than %d dimensions", MOIRA_MAX_RANK);
+        int64_t v;
+        MOIRA_RETURN_IF_ERROR(json_int(j, &v, &ok));
+        if (!ok) return tensor_error(MOIRA_CODE_INVALID_INPUT, j->path, name, "%s", kind);
+        if (v < 0)
+            return tensor_error(MOIRA_CODE_INVALID_INPUT, j->path, name,
+                                "shape has a negative dimension (%lld)", (long long)v);
+        shape[(*rank)++] = v;
+    }
+}
+
+/* "data_offsets": exactly two non-negative integers. */
+static moira_status_t parse_offsets(json_t *j, const char *name, int64_t *offsets) {
+    const char *kind = "\"data_offsets\" must be two non-negative integers [begin, end]";
+    if (json_peek(j) != '[') {
+        if (is_value_start(json_peek(j)))
+            return tensor_error(MOIRA_CODE_INVALID_INPUT, j->path, name, "%s", kind);
+        return json_unexpected(j, "'['");
+    }
+    j->pos++;
+    bool first = true, done = false, ok;
+    int n = 0;
+    for (;;) {
+        MOIRA_RETURN_IF_ERROR(json_next_element(j, &first, &done));
+        if (done) break;
+        if (n == 2) return tensor_error(MOIRA_CODE_INVALID_INPUT, j->path, name, "%s", kind);
+        int64_t v;
+        MOIRA_RETURN_IF_ERROR(json_int(j, &v, &ok));
+        if (!ok || v < 0) return tensor_error(MOIRA_CODE_INVALID_INPUT, j->path, name, "%s", kind);
+        offsets[n++] = v;
+    }
+    if (n != 2) return tensor_error(MOIRA_CODE_INVALID_INPUT, j->path, name, "%s", kind);
+    return MOIRA_OK_STATUS;
+}
+
+/* "__metadata__": free-form, but the format defines it as an object of strings. */
+static moira_status_t parse_metadata(json_t *j) {
+    const char *kind = "\"__metadata__\" must be an object whose values are strings";
+    if (json_peek(j) != '{') {
+        if (is_value_start(json_peek(j))) return json_error_at(j, j->pos, "%s", kind);
+        return json_unexpected(j, "'{'");
+    }
+    j->pos++;
+    bool first = true, done = false;
+    for (;;) {
+        MOIRA_RETURN_IF_ERROR(json_next_key(j, &first, NULL, &done));
+        if (done) return MOIRA_OK_STATUS;
+        if (json_peek(j) != '"') {
+            if (is_value_start(json_peek(j))) return json_error_at(j, j->pos, "%s", kind);
+            return json_unexpected(j, "a string");
+        }
+        MOIRA_RETURN_IF_ERROR(json_string(j, NULL));
+    }
+}
+
+/* One tensor's entry: checks its fields against each other and against the data section, then
+ * records the view. Takes ownership of `name`. */
+static moira_status_t parse_entry(moira_safetensors_t *f, json_t *j, size_t shard_index, char *name,
+                                  const unsigned char *data, uint64_t data_size) {
+    const char *path = j->path;
+    char *dtype_name = NULL;
+    int rank = -1;
+    int64_t shape[MOIRA_MAX_RANK] = {0}, offsets[2] = {0};
+    bool have_offsets = false;
+    moira_status_t status = MOIRA_OK_STATUS;
+    char shape_buf[128];
+
+    if (json_peek(j) != '{') {
+        if (is_value_start(json_peek(j)))
+            status = tensor_error(MOIRA_CODE_INVALID_INPUT, path, name,
+                                  "entry must be an object with dtype, shape and data_offsets");
+        else
+            status = json_unexpected(j, "'{'");
+        goto fail;
+    }
+    j->pos++;
+    bool first = true, done = false;
+    for (;;) {
+        char *key = NULL;
+        status = json_next_key(j, &first, &key, &done);
+        if (status || done) break;
+        bool repeated = false;
+        if (strcmp(key, "dtype") == 0) {
+            repeated = dtype_name != NULL;
+            if (!repeated && json_peek(j) != '"') {
+                status = is_value_start(json_peek(j))
+                             ? tensor_error(MOIRA_CODE_INVALID_INPUT, path, name,
+                                            "\"dtype\" must be a string")
+                             : json_unexpected(j, "a string");
+            } else if (!repeated) {
+                status = json_string(j, &dtype_name);
+            }
+        } else if (strcmp(key, "shape") == 0) {
+            repeated = rank >= 0;
+            if (!repeated) status = parse_shape(j, name, &rank, shape);
+        } else if (strcmp(key, "data_offsets") == 0) {
+            repeated = have_offsets;
+            if (!repeated) status = parse_offsets(j, name, offsets);
+            have_offsets = true;
+        } else {
+            status = json_skip(j, 2); /* fields a newer writer may add */
+        }
+        if (repeated)
+            status =
+                tensor_error(MOIRA_CODE_INVALID_INPUT, path, name, "\"%s\" appears twice", key);
+        free(key);
+        if (status) break;
+    }
+    if (status) goto fail;
+
+    const char *missing = !dtype_name     ? "dtype"
+                          : rank < 0      ? "shape"
+                          : !have_offsets ? "data_offsets"
+                                          : NULL;
+    if (missing) {
+        status = tensor_error(MOIRA_CODE_INVALID_INPUT, path, name, "missing \"%s\"", missing);
+        goto fail;
+    }
+    moira_dtype_t dtype;
+    if (!moira_dtype_from_name(dtype_name, &dtype)) {
+        char shown[SHOWN_NAME_MAX];
+        status = tensor_error(MOIRA_CODE_UNSUPPORTED, path, name,
+                              "dtype \"%s\" is not supported (Moira reads F32, F16, BF16, "
+                              "F8_E4M3, I32 and I64)",
+                              show_name(dtype_name, shown, sizeof(shown)));
+        goto fail;
+    }
+    int64_t numel = 1, nbytes;
+    for (int i = 0; i < rank; i++) {
+        if (__builtin_mul_overflow(numel, shape[i], &numel)) {
+            status = tensor_error(MOIRA_CODE_INVALID_INPUT, path, name,
+                                  "shape %s has more elements than fit in 64 bits",
+                                  shape_str(rank, shape, shape_buf, sizeof(shape_buf)));
+            goto fail;
+        }
+    }
+    if (__builtin_mul_overflow(numel, (int64_t)moira_dtype_size(dtype), &nbytes)) {
+        status = tensor_error(MOIRA_CODE_INVALID_INPUT, path, name,
+                              "shape %s is too large: its size overflows 64 bits",
+                              shape_str(rank, shape, shape_buf, sizeof(shape_buf)));
+        goto fail;
+    }
+    if (offsets[0] > offsets[1]) {
+        status = tensor_error(MOIRA_CODE_INVALID_INPUT, path, name,
+                              "data_offsets [%lld, %lld] end before they begin",
+                              (long long)offsets[0], (long long)offsets[1]);
+        goto fail;
+    }
+    if ((uint64_t)offsets[1] > data_size) {
+        status = tensor_error(MOIRA_CODE_INVALID_INPUT, path, name,
+                              "data_offsets [%lld, %lld] run past the end of the data section "
+                              "(%llu bytes)",
+                              (long long)offsets[0], (long long)offsets[1],
+                              (unsigned long long)data_size);
+        goto fail;
+    }
+    if (offsets[1] - offsets[0] != nbytes) {
+        status =
+            tensor_error(MOIRA_CODE_INVALID_INPUT, path, name,
+                         "data_offsets [%lld, %lld] hold %lld bytes, but %s %s needs %lld",
+                         (long long)offsets[0], (long long)offsets[1],
+                         (long long)(offsets[1] - offsets[0]), moira_dtype_name(dtype),
+                         shape_str(rank, shape, shape_buf, sizeof(shape_buf)), (long long)nbytes);
+        goto fail;
+    }
+
+    entry_t e = {.name = name, .shard = shard_index};
+    void *ptr = (void *)(data + offsets[0]);
+    size_t elem = moira_dtype_size(dtype);
+    if (nbytes > 0 && (uintptr_t)ptr % elem != 0) {
+        /* safetensors has no alignment rule; reading a float through a misaligned pointer is UB */
+        size_t rounded = ((size_t)nbytes + 63) / 64 * 64;
+        e.copy = aligned_alloc(64, rounded);
+        if (!e.copy) {
+            status = out_of_memory(path);
+            goto fail;
+        }
+        memcpy(e.copy, ptr, (size_t)nbytes);
+        ptr = e.copy;
+    }
+    e.view = moira_tensor_view(dtype, rank, shape, ptr);
+    status = push_entry(f, &e);
+    if (status) {
+        free(e.copy);
+        goto fail;
+    }
+    free(dtype_name);
+    return MOIRA_OK_STATUS;
+fail:
+    free(dtype_name);
+    free(name);
+    return status;
+}
+
+/* Walks the header object: "__metadata__" once, every other key a tensor. */
+static moira_status_t parse_header(moira_safetensors_t *f, size_t shard_index, const char *header,
+                                   size_t header_len, const unsigned char *data,
+                                   uint64_t data_size) {
+    json_t j = {
+        .text = header, .len = header_len, .path = f->shards[shard_index].path, .one_line = true};
+    if (json_peek(&j) != '{') {
+        if (is_value_start(json_peek(&j)))
+            return json_error_at(&j, j.pos, "the header must be a JSON object");
+        return json_unexpected(&j, "'{'");
+    }
+    j.pos++;
+    bool first = true, done = false, seen_metadata = false;
+    for (;;) {
+        char *key = NULL;
+        MOIRA_RETURN_IF_ERROR(json_next_key(&j, &first, &key, &done));
+        if (done) break;
+        if (strcmp(key, "__metadata__") == 0) {
+            if (seen_metadata) {
+                free(key);
+                return json_error_at(&j, j.pos, "\"__metadata__\" appears twice");
+            }
+            seen_metadata = true;
+            free(key);
+            MOIRA_RETURN_IF_ERROR(parse_metadata(&j));
+        } else {
+            MOIRA_RETURN_IF_ERROR(parse_entry(f, &j, shard_index, key, data, data_size));
+        }
+    }
+    return json_end(&j);
+}
+
+/* Maps one .safetensors file and adds its tensors. */
+static moira_status_t load_shard(moira_safetensors_t *f, const char *path) {
+    if (f->shard_count == f->shard_cap) {
+        size_t cap = f->shard_cap ? f->shard_cap * 2 : 4;
+        shard_t *grown = realloc(f->shards, cap * sizeof(*grown));
+        if (!grown) return out_of_memory(path);
+        f->shards = grown;
+        f->shard_cap = cap;
+    }
+    shard_t *shard = &f->shards[f->shard_count];
+    memset(shard, 0, sizeof(*shard));
+    shard->path = strdup(path);
+    if (!shard->path) return out_of_memory(path);
+    f->shard_count++; /* from here close() releases it */
+
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno_error(path, "cannot open", errno);
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int err = errno;
+        close(fd);
+        return errno_error(path, "cannot stat", err);
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
+                               "not a regular file, so not a safetensors file");
+    }
+    if (st.st_size < 8) {
+        close(fd);
+        return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
+                               "file is %lld bytes, shorter than the 8-byte header length that "
+                               "starts every safetensors file",
+                               (long long)st.st_size);
+    }
+    if ((uint64_t)st.st_size > SIZE_MAX) {
+        close(fd);
+        return moira_status_at(MOIRA_CODE_UNSUPPORTED, path, 0, 0,
+                               "file too large to map in this address space");
+    }
+    size_t size = (size_t)st.st_size;
+    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    int map_err = errno;
+    close(fd);
+    if (map == MAP_FAILED) return errno_error(path, "cannot map", map_err);
+    shard->map = map;
+    shard->map_size = size;
+
+    const unsigned char *bytes = map;
+    uint64_t header_len = 0;
+    for (int i = 7; i >= 0; i--)
+        header_len = header_len << 8 | bytes[i]; /* little-endian */
+    if (header_len > size - 8)
+        return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
+                               "header length %llu runs past the end of the file (%zu bytes): "
+                               "truncated or not a safetensors file",
+                               (unsigned long long)header_len, size);
+    if (header_len > MOIRA_SAFETENSORS_MAX_HEADER)
+        return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
+                               "header length %llu exceeds the limit of %u bytes",
+                               (unsigned long long)header_len, MOIRA_SAFETENSORS_MAX_HEADER);
+    size_t index = f->shard_count - 1;
+    return parse_header(f, index, (const char *)bytes + 8, (size_t)header_len,
+                        bytes + 8 + header_len, size - 8 - header_len);
+}
+
+static size_t lookup(const moira_safetensors_t *f, const char *name) {
+    if (!f->table_cap) return NO_ENTRY;
+    size_t mask = f->table_cap - 1;
+    for (size_t i = (size_t)hash_name(name) & mask;; i = (i + 1) & mask) {
+        size_t e = f->table[i];
+        if (e == NO_ENTRY || strcmp(f->entries[e].name, name) == 0) return e;
+    }
+}
+
+/* Indexes every tensor by name; a name seen twice (in one header or across shards) is an error,
+ * since which of the two a lookup returns would be arbitrary. */
+static moira_status_t build_table(moira_safetensors_t *f) {
+    size_t cap = 16;
+    while (cap < 2 * f->count)
+        cap *= 2;
+    f->table = malloc(cap * sizeof(*f->table));
+    if (!f->table) return out_of_memory(f->path);
+    for (size_t i = 0; i < cap; i++)
+        f->table[i] = NO_ENTRY;
+    f->table_cap = cap;
+    for (size_t e = 0; e < f->count; e++) {
+        const entry_t *entry = &f->entries[e];
+        size_t i = (size_t)hash_name(entry->name) & (cap - 1);
+        for (; f->table[i] != NO_ENTRY; i = (i + 1) & (cap - 1)) {
+            const entry_t *other = &f->entries[f->table[i]];
+            if (strcmp(other->name, entry->name) != 0) continue;
+            const char *path = f->shards[entry->shard].path;
+            if (other->shard == entry->shard)
+                return tensor_error(MOIRA_CODE_INVALID_INPUT, path, entry->name,
+                                    "duplicate name in the header");
+            return tensor_error(MOIRA_CODE_INVALID_INPUT, path, entry->name,
+                                "duplicate name: also in %s", f->shards[other->shard].path);
+        }
+        f->table[i] = e;
+    }
+    return MOIRA_OK_STATUS;
+}
+
+/* Ties each fp8 weight to its DeepSeek-V3 block scales (X.weight -> X.weight_scale_inv), checking
+ * the scale grid covers the weight exactly, so kernels can index scales without bounds checks. */
+static moira_status_t attach_scales(moira_safetensors_t *f) {
+    static const char suffix[] = "_scale_inv";
+    for (size_t e = 0; e < f->count; e++) {
+        entry_t *w = &f->entries[e];
+        size_t len = strlen(w->name);
+        if (w->view.dtype != MOIRA_DTYPE_F8_E4M3 || len < 7 ||
+            strcmp(w->name + len - 7, ".weight") != 0)
+            continue;
+        char *scale_name = malloc(len + sizeof(suffix));
+        if (!scale_name) return out_of_memory(f->path);
+        memcpy(scale_name, w->name, len);
+        memcpy(scale_name + len, suffix, sizeof(suffix));
+        size_t s_index = lookup(f, scale_name);
+        free(scale_name);
+        if (s_index == NO_ENTRY) continue;
+        entry_t *s = &f->entries[s_index];
+        const char *path = f->shards[s->shard].path;
+        char a[128], b[128], c[128];
+        if (s->view.dtype != MOIRA_DTYPE_F32 && s->view.dtype != MOIRA_DTYPE_BF16)
+            return tensor_error(MOIRA_CODE_INVALID_INPUT, path, s->name,
+                                "block scales must be F32 or BF16, not %s",
+                                moira_dtype_name(s->view.dtype));
+        if (w->view.rank != 2)
+            return tensor_error(MOIRA_CODE_INVALID_INPUT, f->shards[w->shard].path, w->name,
+                                "an fp8 weight with block scales must be 2-D, not %s",
+                                shape_str(w->view.rank, w->view.shape, a, sizeof(a)));
+        int64_t want[2] = {(w->view.shape[0] + MOIRA_FP8_BLOCK - 1) / MOIRA_FP8_BLOCK,
+                           (w->view.shape[1] + MOIRA_FP8_BLOCK - 1) / MOIRA_FP8_BLOCK};
+        if (s->view.rank != 2 || s->view.shape[0] != want[0] || s->view.shape[1] != want[1])
+            return tensor_error(MOIRA_CODE_INVALID_INPUT, path, s->name,
+                                "block scales of shape %s do not match weight %s %s "
+                                "(%dx%d blocks need %s)",
+                                shape_str(s->view.rank, s->view.shape, a, sizeof(a)), w->name,
+                                shape_str(2, w->view.shape, b, sizeof(b)), MOIRA_FP8_BLOCK,
+                                MOIRA_FP8_BLOCK, shape_str(2, want, c, sizeof(c)));
+        if (s->view.dtype == MOIRA_DTYPE_F32) {
+            w->view.scale = &s->view;
+            continue;
+        }
+        if (!s->scale_f32.data) {
+            MOIRA_RETURN_IF_ERROR(
+                moira_tensor_alloc(MOIRA_DTYPE_F32, 2, s->view.shape, &s->scale_f32));
+            moira_convert_to_f32(MOIRA_DTYPE_BF16, s->view.data, s->scale_f32.data,
+                                 (size_t)moira_tensor_numel(&s->view));
+        }
+        w->view.scale = &s->scale_f32;
+    }
+    return MOIRA_OK_STATUS;
+}
+
+/* Reads a small text file (index.json) whole; the header-size limit applies to it too. */
+static moira_status_t read_text_file(const char *path, char **out_text, size_t *out_len) {
+    *out_text = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno_error(path, "cannot open", errno);
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
+        (uint64_t)st.st_size > MOIRA_SAFETENSORS_MAX_HEADER) {
+        close(fd);
+        return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
+                               "not a regular file of at most %u bytes",
+                               MOIRA_SAFETENSORS_MAX_HEADER);
+    }
+    size_t len = (size_t)st.st_size, got = 0;
+    char *text = malloc(len + 1);
+    if (!text) {
+        close(fd);
+        return out_of_memory(path);
+    }
+    while (got < len) {
+        ssize_t n = read(fd, text + got, len - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            int err = n < 0 ? errno : EIO;
+            free(text);
+            close(fd);
+            return errno_error(path, "cannot read", err);
+        }
+        got += (size_t)n;
+    }
+    close(fd);
+    text[len] = '\0';
+    *out_text = text;
+    *out_len = len;
+    return MOIRA_OK_STATUS;
+}
+
+typedef struct weight_map {
+    char **names; /* owned */
+    char **files; /* owned */
+    size_t count, cap;
+} weight_map_t;
+
+static void weight_map_free(weight_map_t *m) {
+    for (size_t i = 0; i < m->count; i++) {
+        free(m->names[i]);
+        free(m->files[i]);
+    }
+    free(m->names);
+    free(m->files);
+}
+
+/* The index: {"metadata": {...}, "weight_map": {"tensor name": "shard file name", ...}}. */
+static moira_status_t parse_index(json_t *j, weight_map_t *m) {
+    if (json_peek(j) != '{') {
+        if (is_value_start(json_peek(j)))
+            return json_error_at(j, j->pos, "the index must be a JSON object");
+        return json_unexpected(j, "'{'");
+    }
+    j->pos++;
+    bool first = true, done = false, seen = false;
+    for (;;) {
+        char *key = NULL;
+        MOIRA_RETURN_IF_ERROR(json_next_key(j, &first, &key, &done));
+        if (done) break;
+        bool is_map = strcmp(key, "weight_map") == 0;
+        free(key);
+        if (!is_map) {
+            MOIRA_RETURN_IF_ERROR(json_skip(j, 1));
+            continue;
+        }
+        if (seen) return json_error_at(j, j->pos, "\"weight_map\" appears twice");
+        seen = true;
+        if (json_peek(j) != '{') return json_unexpected(j, "'{' (weight_map is an object)");
+        j->pos++;
+        bool first_entry = true;
+        for (;;) {
+            char *name = NULL, *file = NULL;
+            MOIRA_RETURN_IF_ERROR(json_next_key(j, &first_entry, &name, &done));
+            if (done) break;
+            if (json_peek(j) != '"') {
+                free(name);
+                return json_unexpected(j, "a shard file name string");
+            }
+            moira_status_t status = json_string(j, &file);
+            if (!status && m->count == m->cap) {
+                size_t cap = m->cap ? m->cap * 2 : 256;
+                char **names = realloc(m->names, cap * sizeof(*names));
+                if (names) m->names = names;
+                char **files = realloc(m->files, cap * sizeof(*files));
+                if (files) m->files = files;
+                if (names && files)
+                    m->cap = cap;
+                else
+                    status = out_of_memory(j->path);
+            }
+            if (status) {
+                free(name);
+                free(file);
+                return status;
+            }
+            m->names[m->count] = name;
+            m->files[m->count++] = file;
+        }
+    }
+    MOIRA_RETURN_IF_ERROR(json_end(j));
+    if (!seen) return moira_status_at(MOIRA_CODE_INVALID_INPUT, j->path, 0, 0, "no \"weight_map\"");
+    return MOIRA_OK_STATUS;
+}
+
+/* A sharded checkpoint: opens every shard the index names (eagerly: mapping costs no I/O, and
+ * it validates the whole checkpoint before any work starts), then checks the index agrees with
+ * what the shards hold. Tensors a shard holds but the index omits are kept. */
+static moira_status_t open_indexed(moira_safetensors_t *f, const char *dir,
+                                   const char *index_path) {
+    char *text = NULL;
+    size_t len = 0;
+    weight_map_t m = {0};
+    const char **distinct = NULL;
+    size_t *shard_of = NULL;
+    moira_status_t status = read_text_file(index_path, &text, &len);
+    if (status) return status;
+    json_t j = {.text = text, .len = len, .path = index_path, .one_line = false};
+    status = parse_index(&j, &m);
+    if (status) goto done;
+
+    /* Duplicate names in the index are as ambiguous as duplicates in a header. */
+    const char **sorted = malloc((m.count ? m.count : 1) * sizeof(*sorted));
+    if (!sorted) {
+        status = out_of_memory(index_path);
+        goto done;
+    }
+    memcpy(sorted, m.names, m.count * sizeof(*sorted));
+    qsort(sorted, m.count, sizeof(*sorted), cmp_str_ptr);
+    for (size_t i = 1; i < m.count && !status; i++)
+        if (strcmp(sorted[i - 1], sorted[i]) == 0)
+            status = tensor_error(MOIRA_CODE_INVALID_INPUT, index_path, sorted[i],
+                                  "listed twice in weight_map");
+    free(sorted);
+    if (status) goto done;
+
+    /* Distinct shard files, sorted, so shards open in their natural order (-00001-of-...). */
+    distinct = malloc((m.count ? m.count : 1) * sizeof(*distinct));
+    shard_of = malloc((m.count ? m.count : 1) * sizeof(*shard_of));
+    if (!distinct || !shard_of) {
+        status = out_of_memory(index_path);
+        goto done;
+    }
+    memcpy(distinct, m.files, m.count * sizeof(*distinct));
+    qsort(distinct, m.count, sizeof(*distinct), cmp_str_ptr);
+    size_t n_distinct = 0;
+    for (size_t i = 0; i < m.count; i++)
+        if (n_distinct == 0 || strcmp(distinct[n_distinct - 1], distinct[i]) != 0)
+            distinct[n_distinct++] = distinct[i];
+    for (size_t i = 0; i < m.count; i++) {
+        const char **hit =
+            bsearch(&m.files[i], distinct, n_distinct, sizeof(*distinct), cmp_str_ptr);
+        shard_of[i] = (size_t)(hit - distinct);
+    }
+    for (size_t k = 0; k < n_distinct; k++) {
+        const char *file = distinct[k];
+        if (!*file || strchr(file, '/') || strcmp(file, ".") == 0 || strcmp(file, "..") == 0) {
+            char shown[SHOWN_NAME_MAX];
+            status = moira_status_at(MOIRA_CODE_INVALID_INPUT, index_path, 0, 0,
+                                     "weight_map names shard \"%s\", which is not a plain file "
+                                     "name in this directory",
+                                     show_name(file, shown, sizeof(shown)));
+            goto done;
+        }
+        char *shard_path = join_path(dir, file);
+        if (!shard_path) {
+            status = out_of_memory(index_path);
+            goto done;
+        }
+        status = load_shard(f, shard_path);
+        free(shard_path);
+        if (status) {
+            if (moira_status_code(status) == MOIRA_CODE_NOT_FOUND)
+                status = moira_status_annotate(status, "%s names a missing shard", index_path);
+            goto done;
+        }
+    }
+    status = build_table(f);
+    if (status) goto done;
+    for (size_t i = 0; i < m.count; i++) {
+        size_t e = lookup(f, m.names[i]);
+        if (e == NO_ENTRY || f->entries[e].shard != shard_of[i]) {
+            status = tensor_error(MOIRA_CODE_INVALID_INPUT, index_path, m.names[i],
+                                  "weight_map places it in %s, which does not hold it", m.files[i]);
+            goto done;
+        }
+    }
+done:
+    free(distinct);
+    free(shard_of);
+    weight_map_free(&m);
+    free(text);
+    return status;
+}
+
+static bool has_suffix(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+/* A directory without an index is accepted when it holds exactly one .safetensors file: the
+ * common layout of small models, where guessing cannot go wrong. */
+static moira_status_t open_directory(moira_safetensors_t *f, const char *dir) {
+    char *index_path = join_path(dir, INDEX_FILE_NAME);
+    if (!index_path) return out_of_memory(dir);
+    struct stat st;
+    if (stat(index_path, &st) == 0) {
+        moira_status_t status = open_indexed(f, dir, index_path);
+        free(index_path);
+        return status;
+    }
+    free(index_path);
+    DIR *d = opendir(dir);
+    if (!d) return errno_error(dir, "cannot list directory", errno);
+    char *only = NULL;
+    size_t found = 0;
+    for (struct dirent *ent; (ent = readdir(d)) != NULL;) {
+        if (!has_suffix(ent->d_name, ".safetensors") || ent->d_name[0] == '.') continue;
+        if (found++ == 0) only = strdup(ent->d_name);
+    }
+    closedir(d);
+    moira_status_t status = MOIRA_OK_STATUS;
+    if (found == 0) {
+        status =
+            moira_status_at(MOIRA_CODE_NOT_FOUND, dir, 0, 0,
+                            "directory has neither %s nor a .safetensors file", INDEX_FILE_NAME);
+    } else if (found > 1) {
+        status = moira_status_at(MOIRA_CODE_INVALID_INPUT, dir, 0, 0,
+                                 "directory has %zu .safetensors files but no %s to say how they "
+                                 "fit together",
+                                 found, INDEX_FILE_NAME);
+    } else if (!only) {
+        status = out_of_memory(dir);
+    } else {
+        char *path = join_path(dir, only);
+        status = path ? load_shard(f, path) : out_of_memory(dir);
+        free(path);
+        if (!status) status = build_table(f);
+    }
+    free(only);
+    return status;
+}
+
+moira_status_t moira_safetensors_open(const char *path, moira_safetensors_t **out_file) {
+    if (!out_file)
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "safetensors_open: no out_file");
+    *out_file = NULL;
+    if (!path || !*path)
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "safetensors_open: empty path");
+    moira_safetensors_t *f = calloc(1, sizeof(*f));
+    if (!f) return out_of_memory(path);
+    f->path = strdup(path);
+    if (!f->path) {
+        free(f);
+        return out_of_memory(path);
+    }
+    struct stat st;
+    moira_status_t status;
+    if (stat(path, &st) != 0) {
+        status = errno_error(path, "cannot open", errno);
+    } else if (S_ISDIR(st.st_mode)) {
+        status = open_directory(f, path);
+    } else {
+        status = load_shard(f, path);
+        if (!status) status = build_table(f);
+    }
+    if (!status) status = attach_scales(f);
+    if (status) {
+        moira_safetensors_close(f);
+        return status;
+    }
+    *out_file = f;
+    return MOIRA_OK_STATUS;
+}
+
+void moira_safetensors_close(moira_safetensors_t *file) {
+    if (!file) return;
+    for (size_t i = 0; i < file->count; i++) {
+        free(file->entries[i].name);
+        free(file->entries[i].copy);
+        moira_tensor_release(&file->entries[i].scale_f32);
+    }
+    for (size_t i = 0; i < file->shard_count; i++) {
+        if (file->shards[i].map) munmap(file->shards[i].map, file->shards[i].map_size);
+        free(file->shards[i].path);
+    }
+    free(file->entries);
+    free(file->shards);
+    free(file->table);
+    free(file->path);
+    free(file);
+}
+
+const char *moira_safetensors_path(const moira_safetensors_t *file) {
+    return file ? file->path : NULL;
+}
+
+size_t moira_safetensors_count(const moira_safetensors_t *file) {
+    return file ? file->count : 0;
+}
+
+const char *moira_safetensors_name(const moira_safetensors_t *file, size_t index) {
+    if (!file || index >= file->count) return NULL;
+    return file->entries[index].name;
+}
+
+bool moira_safetensors_has(const moira_safetensors_t *file, const char *name) {
+    return file && name && lookup(file, name) != NO_ENTRY;
+}
+
+moira_status_t moira_safetensors_find(const moira_safetensors_t *file, const char *name,
+                                      const moira_tensor_t **out_tensor) {
+    if (out_tensor) *out_tensor = NULL;
+    if (!file || !name || !out_tensor)
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
+                                 "safetensors_find: file, name and out_tensor are required");
+    size_t e = lookup(file, name);
+    if (e == NO_ENTRY) {
+        char shown[SHOWN_NAME_MAX];
+        return moira_status_at(MOIRA_CODE_NOT_FOUND, file->path, 0, 0,
+                               "no tensor named \"%s\" (the file has %zu tensors)",
+                               show_name(name, shown, sizeof(shown)), file->count);
+    }
+    *out_tensor = &file->entries[e].view;
+    return MOIRA_OK_STATUS;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Writing                                                                                    */
+
+typedef struct text_buf {
+    char *data;
+    size_t len, cap;
+    bool failed;
+} text_buf_t;
+
+static void tb_append(text_buf_t *b, const char *s, size_t n) {
+    if (b->failed) return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *grown = realloc(b->data, cap);
+        if (!grown) {
+            b->failed = true;
+            return;
+        }
+        b->data = grown;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+}
+
+static void tb_printf(text_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void tb_printf(text_buf_t *b, const char *fmt, ...) {
+    char tmp[128];
+    va_list args;
+    va_start(args, fmt);
+    int n = vsnprintf(tmp, sizeof(tmp), fmt, args);
+    va_end(args);
+    if (n < 0 || (size_t)n >= sizeof(tmp)) {
+        b->failed = true;
+        return;
+    }
+    tb_append(b, tmp, (size_t)n);
+}
+
+/* JSON string escaping: quotes, backslashes and control bytes; UTF-8 passes through. */
+static void tb_json_string(text_buf_t *b, const char *s) {
+    tb_append(b, "\"", 1);
+    for (const char *p = s; *p; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '"' || c == '\\') {
+            char esc[2] = {'\\', (char)c};
+            tb_append(b, esc, 2);
+        } else if (c == '\n') {
+            tb_append(b, "\\n", 2);
+        } else if (c == '\t') {
+            tb_append(b, "\\t", 2);
+        } else if (c == '\r') {
+            tb_append(b, "\\r", 2);
+        } else if (c < 0x20) {
+            tb_printf(b, "\\u%04x", c);
+        } else {
+            tb_append(b, p, 1);
+        }
+    }
+    tb_append(b, "\"", 1);
+}
+
+static bool is_valid_utf8(const char *s) {
+    const unsigned char *p = (const unsigned char *)s;
+    size_t len = strlen(s);
+    for (size_t i = 0; i < len;) {
+        if (p[i] < 0x80) {
+            i++;
+            continue;
+        }
+        size_t n = utf8_seq_len(p + i, len - i);
+        if (!n) return false;
+        i += n;
+    }
+    return true;
+}
+
+static bool write_all(int fd, const void *data, size_t size) {
+    const char *p = data;
+    while (size > 0) {
+        size_t chunk = size > ((size_t)1 << 30) ? ((size_t)1 << 30) : size;
+        ssize_t n = write(fd, p, chunk);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            if (n == 0) errno = EIO;
+            return false;
+        }
+        p += n;
+        size -= (size_t)n;
+    }
+    return true;
+}
+
+/* Checks every tensor before anything touches the disk, and builds the header. */
+static moira_status_t build_write_header(const char *path, const moira_named_tensor_t *tensors,
+                                         size_t count, text_buf_t *header) {
+    uint64_t offset = 0;
+    /* The metadata Hugging Face's loaders look for, so Moira's outputs load there as well. */
+    static const char prefix[] = "{\"__metadata__\":{\"format\":\"pt\"}";
+    tb_append(header, prefix, sizeof(prefix) - 1);
+    for (size_t i = 0; i < count; i++) {
+        const char *name = tensors[i].name;
+        const moira_tensor_t *t = tensors[i].tensor;
+        if (!name || !*name)
+            return moira_status_at(MOIRA_CODE_INVALID_ARGUMENT, path, 0, 0,
+                                   "tensor %zu has no name", i);
+        if (!is_valid_utf8(name) || strcmp(name, "__metadata__") == 0)
+            return tensor_error(MOIRA_CODE_INVALID_ARGUMENT, path, name,
+                                "not a valid tensor name (must be UTF-8, not __metadata__)");
+        if (!t || (unsigned)t->dtype >= MOIRA_DTYPE_COUNT || t->rank < 0 ||
+            t->rank > MOIRA_MAX_RANK)
+            return tensor_error(MOIRA_CODE_INVALID_ARGUMENT, path, name,
+                                "missing tensor, unknown dtype or rank outside 0..%d",
+                                MOIRA_MAX_RANK);
+        int64_t numel = 1, nbytes;
+        for (int d = 0; d < t->rank; d++)
+            if (t->shape[d] < 0 || __builtin_mul_overflow(numel, t->shape[d], &numel))
+                return tensor_error(MOIRA_CODE_INVALID_ARGUMENT, path, name,
+                                    "negative or overflowing shape");
+        if (__builtin_mul_overflow(numel, (int64_t)moira_dtype_size(t->dtype), &nbytes) ||
+            (uint64_t)nbytes > SIZE_MAX)
+            return tensor_error(MOIRA_CODE_INVALID_ARGUMENT, path, name, "tensor too large");
+        if (nbytes > 0 && !t->data)
+            return tensor_error(MOIRA_CODE_INVALID_ARGUMENT, path, name, "tensor has no data");
+        uint64_t end;
+        if (__builtin_add_overflow(offset, (uint64_t)nbytes, &end))
+            return moira_status_at(MOIRA_CODE_INVALID_ARGUMENT, path, 0, 0, "data too large");
+        tb_append(header, ",", 1);
+        tb_json_string(header, name);
+        tb_printf(header, ":{\"dtype\":\"%s\",\"shape\":[", moira_dtype_name(t->dtype));
+        for (int d = 0; d < t->rank; d++)
+            tb_printf(header, "%s%lld", d ? "," : "", (long long)t->shape[d]);
+        tb_printf(header, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)offset,
+                  (unsigned long long)end);
+        offset = end;
+    }
+    tb_append(header, "}", 1);
+    while (!header->failed && header->len % 8 != 0)
+        tb_append(header, " ", 1);
+    if (header->failed) return out_of_memory(path);
+
+    /* Unique names, found by sorting a copy of the name pointers. */
+    const char **names = malloc((count ? count : 1) * sizeof(*names));
+    if (!names) return out_of_memory(path);
+    for (size_t i = 0; i < count; i++)
+        names[i] = tensors[i].name;
+    qsort(names, count, sizeof(*names), cmp_str_ptr);
+    moira_status_t status = MOIRA_OK_STATUS;
+    for (size_t i = 1; i < count && !status; i++)
+        if (strcmp(names[i - 1], names[i]) == 0)
+            status = tensor_error(MOIRA_CODE_INVALID_ARGUMENT, path, names[i], "name given twice");
+    free(names);
+    return status;
+}
+
+/* Best effort: makes the rename itself durable. A failure here cannot undo the rename, and the
+ * data is already synced, so it is not reported. */
+static void sync_parent_dir(const char *path) {
+    char *copy = strdup(path);
+    if (!copy) return;
+    char *slash = strrchr(copy, '/');
+    const char *dir = ".";
+    if (slash == copy)
+        dir = "/";
+    else if (slash) {
+        *slash = '\0';
+        dir = copy;
+    }
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        (void)fsync(fd);
+        close(fd);
+    }
+    free(copy);
+}
+
+moira_status_t moira_safetensors_write(const char *path, const moira_named_tensor_t *tensors,
+                                       size_t count) {
+    if (!path || !*path || (count > 0 && !tensors))
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
+                                 "safetensors_write: a path and the tensors are required");
+    text_buf_t header = {0};
+    moira_status_t status = build_write_header(path, tensors, count, &header);
+    if (status) {
+        free(header.data);
+        return status;
+    }
+    char *tmp = NULL;
+    if (asprintf(&tmp, "%s.tmp.XXXXXX", path) < 0) {
+        free(header.data);
+        return out_of_memory(path);
+    }
+    int fd = mkostemp(tmp, O_CLOEXEC);
+    if (fd < 0) {
+        status = errno_error_code(MOIRA_CODE_IO, path, "cannot create a temporary file next to it",
+                                  errno);
+        goto cleanup_text;
+    }
+    /* mkstemp makes the file 0600; keep an existing file's mode, or use the usual 0644. */
+    struct stat st;
+    mode_t mode = stat(path, &st) == 0 ? (st.st_mode & 07777) : 0644;
+    unsigned char len_bytes[8];
+    for (int i = 0; i < 8; i++)
+        len_bytes[i] = (unsigned char)((uint64_t)header.len >> (8 * i));
+    bool ok = fchmod(fd, mode) == 0 && write_all(fd, len_bytes, 8) &&
+              write_all(fd, header.data, header.len);
+    for (size_t i = 0; ok && i < count; i++)
+        ok = write_all(fd, tensors[i].tensor->data, moira_tensor_nbytes(tensors[i].tensor));
+    ok = ok && fsync(fd) == 0;
+    int err = errno;
+    if (close(fd) != 0 && ok) {
+        ok = false;
+        err = errno;
+    }
+    if (ok && rename(tmp, path) != 0) {
+        ok = false;
+        err = errno;
+    }
+    if (!ok) {
+        unlink(tmp);
+        status = errno_error_code(MOIRA_CODE_IO, path, "cannot write", err);
+        goto cleanup_text;
+    }
+    sync_parent_dir(path);
+cleanup_text:
+    free(tmp);
+    free(header.data);
+    return status;
+}

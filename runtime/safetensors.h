@@ -1,0 +1,73 @@
+/* safetensors I/O: the weight and activation file format (DESIGN.md §5, "Weights").
+ *
+ * A safetensors file is an 8-byte little-endian header length, a JSON header naming every tensor
+ * (dtype, shape, byte range), then the raw data. The reader maps the file read-only and hands out
+ * borrowed views into the mapping, so opening a model costs address space, not memory. A hostile
+ * or truncated file is an error (MOIRA_CODE_INVALID_INPUT, "PATH: tensor NAME: ..."), never a
+ * crash. The writer produces files the Hugging Face `safetensors` library reads, and writes them
+ * whole or not at all (temporary file, fsync, rename). */
+#ifndef MOIRA_RUNTIME_SAFETENSORS_H
+#define MOIRA_RUNTIME_SAFETENSORS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "runtime/status.h"
+#include "runtime/tensor.h"
+
+/* The largest JSON header the reader accepts (the Hugging Face library uses the same limit). */
+#define MOIRA_SAFETENSORS_MAX_HEADER (100u * 1000u * 1000u)
+
+/* An open file, or a sharded checkpoint directory seen as one set of tensors. Opaque. After open
+ * it is never modified, so any number of threads may look tensors up in it at once. */
+typedef struct moira_safetensors moira_safetensors_t;
+
+/* One tensor to write: `name` and `tensor` are borrowed for the duration of the call. */
+typedef struct moira_named_tensor {
+    const char *name;
+    const moira_tensor_t *tensor;
+} moira_named_tensor_t;
+
+/* Opens `path`, which is either a .safetensors file or a directory holding
+ * model.safetensors.index.json (every shard its "weight_map" names is opened) or exactly one
+ * *.safetensors file. Everything is validated up front, so later lookups cannot fail on a
+ * malformed file: bounds, sizes, duplicate names, dtypes (F32, F16, BF16, F8_E4M3, I32, I64; any
+ * other is MOIRA_CODE_UNSUPPORTED), and the block scales of fp8 weights. `path` is borrowed
+ * (copied). On success the caller owns `*out_file` and releases it with moira_safetensors_close;
+ * on failure `*out_file` is NULL. */
+moira_status_t moira_safetensors_open(const char *path, moira_safetensors_t **out_file);
+
+/* Unmaps the file(s) and frees every view handed out. Accepts NULL. */
+void moira_safetensors_close(moira_safetensors_t *file);
+
+/* The path given to open. Borrowed: valid until close. */
+const char *moira_safetensors_path(const moira_safetensors_t *file);
+
+/* Number of tensors (over all shards). */
+size_t moira_safetensors_count(const moira_safetensors_t *file);
+
+/* Name of tensor `index` (0 <= index < count), in header order, shard by shard; NULL when out of
+ * range. Borrowed: valid until close. */
+const char *moira_safetensors_name(const moira_safetensors_t *file, size_t index);
+
+/* Whether a tensor of that name exists; for optional weights, where a missing one is no error. */
+bool moira_safetensors_has(const moira_safetensors_t *file, const char *name);
+
+/* Looks a tensor up by name. `*out_tensor` is borrowed: a view (owns_data false) whose data points
+ * into the mapping (or into an aligned copy the file owns, when the file placed it at an offset not
+ * aligned to its element size), valid until close. An F8_E4M3 tensor `X.weight` with a companion
+ * `X.weight_scale_inv` gets `scale` set to that tensor as F32 [ceil(rows/128), ceil(cols/128)]
+ * (a BF16 scale is converted to an F32 copy the file owns). MOIRA_CODE_NOT_FOUND, naming the
+ * tensor and the file, when there is none; `*out_tensor` is then NULL. */
+moira_status_t moira_safetensors_find(const moira_safetensors_t *file, const char *name,
+                                      const moira_tensor_t **out_tensor);
+
+/* Writes `count` tensors, in the given order, to `path`: first to a temporary file next to it,
+ * then fsync and rename, so readers never see a partial file and on failure an existing `path` is
+ * left as it was. Names must be unique, non-empty valid UTF-8 and not "__metadata__"; tensors must
+ * have a known dtype, rank <= 4 and data for every byte. `tensors` and everything it points to
+ * are borrowed. */
+moira_status_t moira_safetensors_write(const char *path, const moira_named_tensor_t *tensors,
+                                       size_t count);
+
+#endif
