@@ -49,18 +49,13 @@ static void enumerate_backend(int b) {
     registry.n_devices += count;
 }
 
-moira_status_t moira_runtime_init(void) {
+void moira_runtime_enumerate(void) {
     pthread_mutex_lock(&registry_mutex);
-    moira_status_t status = MOIRA_OK_STATUS;
     if (!registry.initialised) {
-        status = moira_backends_register_builtin();
-        if (!status) {
-            for (int b = 0; b < registry.n_backends; b++) enumerate_backend(b);
-            registry.initialised = true;
-        }
+        for (int b = 0; b < registry.n_backends; b++) enumerate_backend(b);
+        registry.initialised = true;
     }
     pthread_mutex_unlock(&registry_mutex);
-    return status;
 }
 
 void moira_runtime_shutdown(void) {
@@ -82,7 +77,6 @@ moira_device_t *moira_device_at(int index) {
 
 moira_status_t moira_device_find(const char *name, moira_device_t **out_device) {
     *out_device = NULL;
-    MOIRA_RETURN_IF_ERROR(moira_runtime_init());
     char known[512] = "";
     size_t used = 0;
     for (int i = 0; i < registry.n_devices; i++) {

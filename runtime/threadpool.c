@@ -111,14 +111,13 @@ moira_status_t moira_threadpool_create(int n_threads, int numa_node,
     }
     for (int i = 1; i < pool->n_threads; i++) {
         worker_arg_t *arg = malloc(sizeof(*arg));
+        if (arg) *arg = (worker_arg_t){.pool = pool, .thread = i};
         if (!arg || pthread_create(&pool->workers[i], NULL, worker_main, arg) != 0) {
             free(arg);
             MOIRA_LOG_W("thread pool: could only start %d of %d threads", i, pool->n_threads);
             pool->n_threads = i;
             break;
         }
-        arg->pool = pool;
-        arg->thread = i;
     }
     *out_pool = pool;
     return MOIRA_OK_STATUS;

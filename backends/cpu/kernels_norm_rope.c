@@ -1,0 +1,94 @@
+/* Row-wise elementwise ops: RMSNORM and ROPE. Both are split over tokens. */
+#include "backends/cpu/kernels_common.h"
+
+#include <math.h>
+#include <string.h>
+
+typedef struct rows_ctx {
+    const moira_op_launch_t *launch;
+    const float *x;
+    float *y;
+    int64_t x_stride, y_stride, cols;
+} rows_ctx_t;
+
+/* The sum of squares is taken in double: it is one pass per row and makes the result exact to
+ * f32 rounding however long the row. x is fully read before y is written, so y may be x. */
+static void rmsnorm_rows(void *raw, int64_t begin, int64_t end, int thread) {
+    const rows_ctx_t *ctx = raw;
+    const moira_rmsnorm_params_t *params = ctx->launch->params;
+    const float *w = moira_cpu_f32(&ctx->launch->operands[1]);
+    (void)thread;
+    for (int64_t t = begin; t < end; t++) {
+        const float *x = ctx->x + t * ctx->x_stride;
+        float *y = ctx->y + t * ctx->y_stride;
+        double sum_squares = 0;
+        for (int64_t i = 0; i < ctx->cols; i++) sum_squares += (double)x[i] * x[i];
+        double inv_rms = 1.0 / sqrt(sum_squares / (double)ctx->cols + params->eps);
+        for (int64_t i = 0; i < ctx->cols; i++) y[i] = (float)(x[i] * inv_rms * w[i]);
+    }
+}
+
+moira_status_t moira_cpu_rmsnorm(const moira_op_launch_t *launch, moira_threadpool_t *pool) {
+    const moira_dtensor_t *x = &launch->operands[0];
+    const moira_dtensor_t *y = &launch->operands[2];
+    rows_ctx_t ctx = {
+        .launch = launch,
+        .x = moira_cpu_f32(x),
+        .y = moira_cpu_f32(y),
+        .x_stride = moira_dtensor_row_stride(x),
+        .y_stride = moira_dtensor_row_stride(y),
+        .cols = x->shape[1],
+    };
+    if (ctx.cols == 0) return MOIRA_OK_STATUS;
+    moira_threadpool_parallel_for(pool, x->shape[0], moira_cpu_grain(ctx.cols * 4), rmsnorm_rows,
+                                  &ctx);
+    return MOIRA_OK_STATUS;
+}
+
+/* Angles are formed and rotated in double: positions reach the hundreds of thousands, where an
+ * f32 angle would already be off by more than the tolerance. cos and sin are computed once per
+ * token and shared by its heads. Elements outside the rope slices are copied when y is not x. */
+static void rope_rows(void *raw, int64_t begin, int64_t end, int thread) {
+    const rows_ctx_t *ctx = raw;
+    const moira_rope_params_t *params = ctx->launch->params;
+    const int32_t *positions = moira_cpu_i32(&ctx->launch->operands[1]);
+    int pairs = params->rope_dim / 2;
+    double cosines[MOIRA_ROPE_MAX_PAIRS], sines[MOIRA_ROPE_MAX_PAIRS];
+    (void)thread;
+    for (int64_t t = begin; t < end; t++) {
+        const float *x = ctx->x + t * ctx->x_stride;
+        float *y = ctx->y + t * ctx->y_stride;
+        if (y != x) memcpy(y, x, (size_t)ctx->cols * sizeof(float));
+        for (int i = 0; i < pairs; i++) {
+            double angle = (double)positions[t] * params->inv_freq[i];
+            cosines[i] = cos(angle) * params->cos_sin_scale;
+            sines[i] = sin(angle) * params->cos_sin_scale;
+        }
+        for (int h = 0; h < params->n_heads; h++) {
+            float *slice = y + (int64_t)h * params->head_stride + params->rope_offset;
+            for (int i = 0; i < pairs; i++) {
+                double even = slice[2 * i], odd = slice[2 * i + 1];
+                slice[2 * i] = (float)(even * cosines[i] - odd * sines[i]);
+                slice[2 * i + 1] = (float)(even * sines[i] + odd * cosines[i]);
+            }
+        }
+    }
+}
+
+moira_status_t moira_cpu_rope(const moira_op_launch_t *launch, moira_threadpool_t *pool) {
+    const moira_rope_params_t *params = launch->params;
+    const moira_dtensor_t *x = &launch->operands[0];
+    const moira_dtensor_t *y = &launch->operands[2];
+    rows_ctx_t ctx = {
+        .launch = launch,
+        .x = moira_cpu_f32(x),
+        .y = moira_cpu_f32(y),
+        .x_stride = moira_dtensor_row_stride(x),
+        .y_stride = moira_dtensor_row_stride(y),
+        .cols = x->shape[1],
+    };
+    int64_t work_per_token = ctx.cols + (int64_t)params->n_heads * params->rope_dim * 4;
+    moira_threadpool_parallel_for(pool, x->shape[0], moira_cpu_grain(work_per_token), rope_rows,
+                                  &ctx);
+    return MOIRA_OK_STATUS;
+}
