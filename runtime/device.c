@@ -128,6 +128,11 @@ moira_status_t moira_copy_across(moira_queue_t *src_queue, moira_buffer_t *src, 
     return status;
 }
 
+bool moira_queue_modelled_us(moira_queue_t *queue, double *out_us) {
+    const moira_device_vtable_t *vtable = queue->device->vtable;
+    return vtable->queue_modelled_us && vtable->queue_modelled_us(queue, out_us);
+}
+
 bool moira_device_supports(const moira_device_t *device, int op, moira_dtype_t weight_dtype) {
     return device->vtable->supports_op(device, op, weight_dtype);
 }

@@ -109,6 +109,9 @@ typedef struct moira_device_vtable {
     moira_status_t (*enqueue_wait)(moira_queue_t *queue, moira_event_t *event);
     moira_status_t (*queue_finish)(moira_queue_t *queue);
     bool (*supports_op)(const moira_device_t *device, int op, moira_dtype_t weight_dtype);
+    /* Optional, NULL when the backend has no cost model (the npu has one): the modelled device
+     * time, in microseconds, of every op the queue has run so far. */
+    bool (*queue_modelled_us)(moira_queue_t *queue, double *out_us);
 } moira_device_vtable_t;
 
 struct moira_device {
@@ -169,6 +172,10 @@ moira_status_t moira_queue_finish(moira_queue_t *queue);
 moira_status_t moira_copy_across(moira_queue_t *src_queue, moira_buffer_t *src, size_t src_offset,
                                  moira_queue_t *dst_queue, moira_buffer_t *dst, size_t dst_offset,
                                  size_t bytes);
+
+/* The modelled device time (microseconds) of every op the queue has run, for backends with a
+ * cost model; false otherwise. Call on an idle queue (after moira_queue_finish). */
+bool moira_queue_modelled_us(moira_queue_t *queue, double *out_us);
 
 /* Whether the device has a kernel for `op` (ops/op.h) with weights of `weight_dtype`. */
 bool moira_device_supports(const moira_device_t *device, int op, moira_dtype_t weight_dtype);

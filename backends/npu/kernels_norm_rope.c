@@ -2,6 +2,7 @@
  * the UB, transformed in fp32 and copied out (ping-pong buffers so copy-in of row r+1 overlaps
  * row r's compute). */
 #include <math.h>
+#include <stdbool.h>
 
 #include "backends/npu/npu_kernels.h"
 
@@ -58,57 +59,69 @@ moira_status_t moira_npu_rmsnorm(moira_npu_machine_t *machine, const moira_op_la
                             rmsnorm_block, &job, report);
 }
 
+/* Columns of one rope pass: six row buffers share the UB. */
+#define ROPE_MAX_COLS 8192
+
 /* Rotating consecutive pairs is y = x * cos_row + gather(x, partner) * sin_row, where partner
  * swaps 2i and 2i+1 inside every head's rope slice, cos_row holds cos (1 outside the slices) and
- * sin_row holds -sin at even and +sin at odd positions (0 outside). The partner table is built
- * once per core; the cos/sin rows per token on the scalar unit from angles in double (a real
- * kernel reads such tables from GM; positions reach 10^5 where an f32 angle is too coarse). */
+ * sin_row holds -sin at even and +sin at odd positions (0 outside). Wide rows (all heads of a
+ * query) go through the UB in chunks of whole heads, so no pair is ever split. The tables are
+ * built per chunk on the scalar unit from angles in double (a CANN kernel reads such tables from
+ * GM; positions reach 10^5 where an f32 angle is too coarse). */
 static void rope_block(moira_npu_core_t *core, int block, int n_blocks, void *raw) {
     const rows_job_t *job = raw;
     const moira_rope_params_t *p = job->launch->params;
     const int32_t *positions = moira_npu_gm(&job->launch->operands[1]);
-    size_t row_bytes = moira_npu_ub_floats(job->cols);
-    moira_npu_region_t partner = moira_npu_alloc(core, MOIRA_NPU_UB, row_bytes);
-    moira_npu_region_t cos_row = moira_npu_alloc(core, MOIRA_NPU_UB, row_bytes);
-    moira_npu_region_t sin_row = moira_npu_alloc(core, MOIRA_NPU_UB, row_bytes);
-    moira_npu_region_t swapped = moira_npu_alloc(core, MOIRA_NPU_UB, row_bytes);
+    int64_t chunk = job->cols;
+    if (chunk > ROPE_MAX_COLS && p->head_stride > 0)
+        chunk = ROPE_MAX_COLS / p->head_stride * p->head_stride;
+    if (chunk < 1) chunk = job->cols;
+    size_t chunk_bytes = moira_npu_ub_floats(chunk);
+    moira_npu_region_t partner = moira_npu_alloc(core, MOIRA_NPU_UB, chunk_bytes);
+    moira_npu_region_t cos_row = moira_npu_alloc(core, MOIRA_NPU_UB, chunk_bytes);
+    moira_npu_region_t sin_row = moira_npu_alloc(core, MOIRA_NPU_UB, chunk_bytes);
+    moira_npu_region_t swapped = moira_npu_alloc(core, MOIRA_NPU_UB, chunk_bytes);
     moira_npu_region_t x[2];
-    for (int i = 0; i < 2; i++) x[i] = moira_npu_alloc(core, MOIRA_NPU_UB, row_bytes);
-    int32_t *index = moira_npu_scalar_ptr(core, partner, (size_t)job->cols * 4);
-    if (!index) return;
+    for (int i = 0; i < 2; i++) x[i] = moira_npu_alloc(core, MOIRA_NPU_UB, chunk_bytes);
     int pairs = p->rope_dim / 2;
-    for (int64_t i = 0; i < job->cols; i++) index[i] = (int32_t)i;
-    for (int h = 0; h < p->n_heads; h++)
-        for (int i = 0; i < pairs; i++) {
-            int64_t even = (int64_t)h * p->head_stride + p->rope_offset + 2 * i;
-            index[even] = (int32_t)(even + 1);
-            index[even + 1] = (int32_t)even;
-        }
-    moira_npu_scalar(core, (uint64_t)job->cols);
+    double cosines[MOIRA_ROPE_MAX_PAIRS], sines[MOIRA_ROPE_MAX_PAIRS];
     int ping = 0;
-    for (int64_t r = block; r < job->rows && moira_npu_ok(core); r += n_blocks, ping ^= 1) {
-        float *c = moira_npu_scalar_ptr(core, cos_row, (size_t)job->cols * 4);
-        float *s = moira_npu_scalar_ptr(core, sin_row, (size_t)job->cols * 4);
-        if (!c || !s) return;
-        for (int64_t i = 0; i < job->cols; i++) c[i] = 1.0f, s[i] = 0.0f;
+    for (int64_t r = block; r < job->rows && moira_npu_ok(core); r += n_blocks) {
         for (int i = 0; i < pairs; i++) {
             double angle = (double)positions[r] * p->inv_freq[i];
-            float cosine = (float)(cos(angle) * p->cos_sin_scale);
-            float sine = (float)(sin(angle) * p->cos_sin_scale);
-            for (int h = 0; h < p->n_heads; h++) {
-                int64_t even = (int64_t)h * p->head_stride + p->rope_offset + 2 * i;
-                c[even] = c[even + 1] = cosine;
-                s[even] = -sine;
-                s[even + 1] = sine;
-            }
+            cosines[i] = cos(angle) * p->cos_sin_scale;
+            sines[i] = sin(angle) * p->cos_sin_scale;
         }
-        moira_npu_scalar(core, (uint64_t)(job->cols + pairs * (20 + 4 * p->n_heads)));
-        moira_npu_copy_gm_to_ub(core, x[ping], job->x + r * job->x_stride, (size_t)job->cols * 4);
-        moira_npu_vgather(core, swapped, x[ping], partner, job->cols);
-        moira_npu_vbinary(core, MOIRA_NPU_VMUL, x[ping], x[ping], cos_row, job->cols);
-        moira_npu_vbinary(core, MOIRA_NPU_VMUL, swapped, swapped, sin_row, job->cols);
-        moira_npu_vbinary(core, MOIRA_NPU_VADD, x[ping], x[ping], swapped, job->cols);
-        moira_npu_copy_ub_to_gm(core, job->y + r * job->y_stride, x[ping], (size_t)job->cols * 4);
+        for (int64_t c0 = 0; c0 < job->cols && moira_npu_ok(core); c0 += chunk, ping ^= 1) {
+            int64_t n = job->cols - c0 < chunk ? job->cols - c0 : chunk;
+            int32_t *index = moira_npu_scalar_ptr(core, partner, (size_t)n * 4);
+            float *c = moira_npu_scalar_ptr(core, cos_row, (size_t)n * 4);
+            float *s = moira_npu_scalar_ptr(core, sin_row, (size_t)n * 4);
+            if (!index || !c || !s) return;
+            for (int64_t i = 0; i < n; i++) {
+                int64_t col = c0 + i;
+                int64_t head = p->n_heads == 1 ? 0 : col / p->head_stride;
+                int64_t within = (p->n_heads == 1 ? col : col % p->head_stride) - p->rope_offset;
+                index[i] = (int32_t)i;
+                c[i] = 1.0f;
+                s[i] = 0.0f;
+                if (head >= p->n_heads || within < 0 || within >= p->rope_dim) continue;
+                int64_t pair = within / 2;
+                bool even = within % 2 == 0;
+                index[i] = (int32_t)(even ? i + 1 : i - 1);
+                c[i] = (float)cosines[pair];
+                s[i] = (float)(even ? -sines[pair] : sines[pair]);
+            }
+            moira_npu_scalar(core, 6 * (uint64_t)n + 20 * (uint64_t)pairs);
+            moira_npu_copy_gm_to_ub(core, x[ping], job->x + r * job->x_stride + c0,
+                                    (size_t)n * 4);
+            moira_npu_vgather(core, swapped, x[ping], partner, n);
+            moira_npu_vbinary(core, MOIRA_NPU_VMUL, x[ping], x[ping], cos_row, n);
+            moira_npu_vbinary(core, MOIRA_NPU_VMUL, swapped, swapped, sin_row, n);
+            moira_npu_vbinary(core, MOIRA_NPU_VADD, x[ping], x[ping], swapped, n);
+            moira_npu_copy_ub_to_gm(core, job->y + r * job->y_stride + c0, x[ping],
+                                    (size_t)n * 4);
+        }
     }
 }
 

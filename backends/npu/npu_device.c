@@ -172,6 +172,11 @@ void moira_npu_queue_reports(moira_queue_t *base, moira_npu_launch_report_t *out
     if (out_last) *out_last = queue->last;
 }
 
+static bool npu_queue_modelled_us(moira_queue_t *queue, double *out_us) {
+    *out_us = ((npu_queue_t *)queue)->total.time_us;
+    return true;
+}
+
 static bool npu_supports_op(const moira_device_t *device, int op, moira_dtype_t weight_dtype) {
     (void)device;
     return moira_npu_supports_op(op, weight_dtype);
@@ -265,6 +270,7 @@ static const moira_device_vtable_t npu_vtable = {
     .enqueue_wait = npu_enqueue_wait,
     .queue_finish = npu_queue_finish,
     .supports_op = npu_supports_op,
+    .queue_modelled_us = npu_queue_modelled_us,
 };
 
 static const moira_backend_t npu_backend = {.name = "npu", .enumerate = npu_enumerate};

@@ -23,7 +23,8 @@ static const char op_help[] =
     "output F32 [T, D] (moe, mla, layer).\n\n"
     "  --backend DEVICE  device to run on (default cpu:0; see moira devices)\n"
     "  --decode          mla, layer: run one token at a time through the latent cache\n"
-    "  --verbose         print timings and what was loaded\n";
+    "  --verbose         print timings, what was loaded and per-launch device details\n"
+    "                    (npu: modelled device time and engine counts per kernel)\n";
 
 typedef enum op_choice { OP_GATE, OP_MOE, OP_MLA, OP_LAYER } op_choice_t;
 
@@ -53,7 +54,11 @@ static int parse_op_args(int argc, char **argv, op_args_t *args) {
         case 'w': args->weights = optarg; break;
         case 'b': args->backend = optarg; break;
         case 'd': args->decode = true; break;
-        case 'v': args->verbose = true; break;
+        case 'v':
+            args->verbose = true;
+            /* Backends report per-launch details (the npu's modelled device time) at info. */
+            if (moira_log_get_level() < MOIRA_LOG_INFO) moira_log_set_level(MOIRA_LOG_INFO);
+            break;
         case 'o': args->output = optarg; break;
         case 'l':
             if (!moira_cli_parse_int("op", "--layer", optarg, 0, 1 << 20, &args->layer)) return 2;

@@ -233,12 +233,16 @@ static moira_status_t run_model(const run_args_t *a, int *out_exit) {
     size_t slot = ((size_t)(t * d) * 4 + 255) / 256 * 256;
     if (!status) status = moira_buffer_alloc(m.dev, 2 * slot + (size_t)t * 4, -1, &m.io);
     if (!status) status = forward(&m); /* warm-up: first touches, thread start */
-    double run_s = 0;
+    double run_s = 0, modelled_before = 0, modelled_after = 0;
+    bool modelled = !status && moira_queue_modelled_us(m.queue, &modelled_before);
     for (long long i = 0; i < a->iters && !status; i++) {
         double start = now_seconds();
         status = forward(&m);
         run_s += now_seconds() - start;
     }
+    if (modelled) modelled = moira_queue_modelled_us(m.queue, &modelled_after);
+    double modelled_ms = modelled ? (modelled_after - modelled_before) / 1e3 / (double)a->iters
+                                  : 0;
     if (!status) status = reference_forward(&m);
     if (!status && a->output) {
         moira_named_tensor_t named = {.name = "output", .tensor = &m.out};
@@ -261,12 +265,14 @@ static moira_status_t run_model(const run_args_t *a, int *out_exit) {
             printf("{\"model\": \"%s\", \"device\": \"%s\", \"layers\": %lld, \"tokens\": %lld, "
                    "\"iters\": %lld, \"weight_dtype\": \"%s\", \"load_s\": %.4f, "
                    "\"ms_per_batch\": %.4f, \"tokens_per_s\": %.2f, \"nmse\": %.3g, "
-                   "\"limit\": %.3g, \"agreed\": %s}\n",
+                   "\"limit\": %.3g, \"agreed\": %s",
                    c->name, info->name, (long long)m.n_layers, (long long)t, a->iters,
                    moira_dtype_name(m.device[0].experts_w1.rank ? m.device[0].experts_w1.dtype
                                                                 : c->weight_dtype),
                    load_s, 1e3 * run_s / (double)a->iters, tokens_per_s, nmse, limit,
                    agreed ? "true" : "false");
+            if (modelled) printf(", \"modelled_device_ms_per_batch\": %.6f", modelled_ms);
+            printf("}\n");
         } else {
             printf("model   %s: %lld layers (%lld MoE), hidden %lld, %lld experts top-%lld, "
                    "MLA %lld heads\n",
@@ -282,6 +288,10 @@ static moira_status_t run_model(const run_args_t *a, int *out_exit) {
                    info->name, info->model, info->compute_units);
             printf("run     %lld tokens x %lld iters: %.3f ms per batch, %.1f tokens/s\n",
                    (long long)t, a->iters, 1e3 * run_s / (double)a->iters, tokens_per_s);
+            if (modelled)
+                printf("cost    %s cost model: %.4f ms device time per batch (summed over its "
+                       "kernel launches)\n",
+                       info->name, modelled_ms);
             printf("check   %s vs reference: NMSE %.3g (limit %.0e for %s) -> %s\n", info->name,
                    nmse, limit, moira_dtype_name(info->compute_precision),
                    agreed ? "agreed" : "DISAGREED");

@@ -1,0 +1,269 @@
+/* The npu emulator's own contract: FRACTAL_NZ offsets, local-buffer overflow and misalignment
+ * faults, Cube numerics and the cost model's counts, the ACL-shaped host API's error classes,
+ * and MOIRA_NPU_DEVICES parsing. The ops themselves are covered by the conformance suite. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backends/npu/acl.h"
+#include "backends/npu/cost_model.h"
+#include "backends/npu/davinci.h"
+#include "backends/npu/fractal_nz.h"
+#include "backends/npu/npu_device.h"
+#include "ops/op.h"
+#include "runtime/backend.h"
+#include "runtime/dtype.h"
+#include "tests/unit/testing.h"
+
+/* A 20 x 18 matrix pads to 32 x 32: fractal column block 0 holds rows 0..31 of columns 0..15,
+ * block 1 columns 16..31. Offsets worked out by hand from ((c / 16) * 32 + r) * 16 + c % 16. */
+static void check_fractal_nz(void) {
+    enum { ROWS = 20, COLS = 18 };
+    uint16_t matrix[ROWS * COLS], back[ROWS * COLS];
+    for (int r = 0; r < ROWS; r++)
+        for (int c = 0; c < COLS; c++) matrix[r * COLS + c] = (uint16_t)(r * 100 + c + 1);
+    CHECK(moira_npu_nz_elements(ROWS, COLS) == 1024);
+    CHECK(moira_npu_nz_index(ROWS, 0, 0) == 0);
+    CHECK(moira_npu_nz_index(ROWS, 0, 15) == 15);
+    CHECK(moira_npu_nz_index(ROWS, 1, 0) == 16);
+    CHECK(moira_npu_nz_index(ROWS, 17, 3) == 275);
+    CHECK(moira_npu_nz_index(ROWS, 0, 16) == 512);
+    CHECK(moira_npu_nz_index(ROWS, 19, 17) == 817);
+    uint16_t nz[1024];
+    memset(nz, 0xFF, sizeof(nz));
+    moira_npu_nz_pack16(matrix, COLS, ROWS, COLS, nz);
+    CHECK(nz[0] == 1 && nz[15] == 16 && nz[16] == 101 && nz[275] == 1704);
+    CHECK(nz[512] == 17 && nz[817] == 1918);
+    CHECK(nz[(0 * 32 + 20) * 16] == 0);  /* row padding */
+    CHECK(nz[(1 * 32 + 0) * 16 + 2] == 0); /* column padding */
+    moira_npu_nz_unpack16(nz, ROWS, COLS, back, COLS);
+    CHECK(memcmp(back, matrix, sizeof(matrix)) == 0);
+}
+
+static bool fault_mentions(moira_npu_core_t *core, const char *text) {
+    const char *message = moira_status_message(core->fault);
+    return core->fault && strstr(message, text) && strstr(message, "507015") &&
+           moira_status_code(core->fault) == MOIRA_CODE_DEVICE;
+}
+
+/* Faults are loud and sticky, as an AI core exception is. */
+static void check_faults(moira_npu_core_t *core) {
+    moira_npu_core_begin(core, "test_overflow");
+    moira_npu_region_t a = moira_npu_alloc(core, MOIRA_NPU_UB, 100 << 10);
+    CHECK(moira_npu_ok(core) && a.bytes == 100 << 10);
+    moira_npu_alloc(core, MOIRA_NPU_UB, 100 << 10);
+    CHECK_MSG(fault_mentions(core, "UB overflow"), "%s", moira_status_message(core->fault));
+
+    moira_npu_core_begin(core, "test_instruction_overflow");
+    moira_npu_region_t tail = {MOIRA_NPU_UB, (192 << 10) - 32, 64};
+    moira_npu_vdup(core, tail, 1.0f, 16);
+    CHECK_MSG(fault_mentions(core, "overflow"), "%s", moira_status_message(core->fault));
+
+    moira_npu_core_begin(core, "test_region_overflow");
+    moira_npu_region_t small = moira_npu_alloc(core, MOIRA_NPU_UB, 64);
+    moira_npu_vdup(core, small, 1.0f, 64); /* 256 bytes into a 64-byte operand */
+    CHECK_MSG(fault_mentions(core, "overflow"), "%s", moira_status_message(core->fault));
+
+    moira_npu_core_begin(core, "test_ub_misaligned");
+    moira_npu_region_t ub = moira_npu_alloc(core, MOIRA_NPU_UB, 1024);
+    moira_npu_vdup(core, moira_npu_sub(ub, 4, 512), 0.0f, 8);
+    CHECK_MSG(fault_mentions(core, "not 32-byte aligned"), "%s",
+              moira_status_message(core->fault));
+
+    moira_npu_core_begin(core, "test_l0a_misaligned");
+    moira_npu_region_t l1 = moira_npu_alloc(core, MOIRA_NPU_L1, 2048);
+    moira_npu_region_t l0a = moira_npu_alloc(core, MOIRA_NPU_L0A, 2048);
+    CHECK(moira_npu_ok(core) && l0a.bytes == 2048);
+    moira_npu_load_l0a(core, moira_npu_sub(l0a, 256, 512), l1, 16, 16);
+    CHECK_MSG(fault_mentions(core, "not 512-byte aligned"), "%s",
+              moira_status_message(core->fault));
+
+    moira_npu_core_begin(core, "test_wrong_buffer");
+    moira_npu_region_t in_ub = moira_npu_alloc(core, MOIRA_NPU_UB, 2048);
+    moira_npu_region_t in_l0c = moira_npu_alloc(core, MOIRA_NPU_L0C, 1024);
+    moira_npu_mmad(core, in_l0c, in_ub, in_ub, 16, 16, 16, false);
+    CHECK_MSG(fault_mentions(core, "expected L0A"), "%s", moira_status_message(core->fault));
+    /* Sticky: nothing runs after a fault. */
+    uint64_t repeats = core->cost.vector_repeats;
+    moira_npu_vdup(core, in_ub, 0.0f, 64);
+    CHECK(core->cost.vector_repeats == repeats);
+}
+
+/* M = N = K = 64 through GM -> L1 (ND2NZ) -> L0A/L0B -> Cube -> FIXPIPE: 4 x 4 x 4 = 64 fractal
+ * multiply-accumulates, and exact results for bf16-representable inputs. */
+static void check_cube_on_core(moira_npu_core_t *core) {
+    enum { N = 64 };
+    static float a[N * N], b[N * N], c[N * N];
+    for (int i = 0; i < N * N; i++) {
+        a[i] = (float)((i * 7) % 17 - 8) / 8.0f;
+        b[i] = (float)((i * 5) % 13 - 6) / 4.0f;
+    }
+    moira_npu_core_begin(core, "test_mmad");
+    moira_npu_region_t l1_a = moira_npu_alloc(core, MOIRA_NPU_L1, N * N * 2);
+    moira_npu_region_t l1_b = moira_npu_alloc(core, MOIRA_NPU_L1, N * N * 2);
+    moira_npu_region_t l0a = moira_npu_alloc(core, MOIRA_NPU_L0A, N * N * 2);
+    moira_npu_region_t l0b = moira_npu_alloc(core, MOIRA_NPU_L0B, N * N * 2);
+    moira_npu_region_t l0c = moira_npu_alloc(core, MOIRA_NPU_L0C, N * N * 4);
+    moira_npu_gm_matrix_t ga = {.data = (const unsigned char *)a, .dtype = MOIRA_DTYPE_F32,
+                                .rows = N, .cols = N, .row_stride = N, .row_map_div = 1};
+    moira_npu_gm_matrix_t gb = ga;
+    gb.data = (const unsigned char *)b;
+    moira_npu_load_nd2nz(core, l1_a, &ga, 0, 0, N, N);
+    moira_npu_load_nd2nz(core, l1_b, &gb, 0, 0, N, N); /* b as [n, k]: C = A B^T */
+    moira_npu_load_l0a(core, l0a, l1_a, N, N);
+    moira_npu_load_l0b(core, l0b, l1_b, N, N, true);
+    moira_npu_mmad(core, l0c, l0a, l0b, N, N, N, false);
+    moira_npu_fixpipe(core, c, MOIRA_DTYPE_F32, N, l0c, N, N, N, false);
+    CHECK_MSG(moira_npu_ok(core), "%s", moira_status_message(core->fault));
+    CHECK(core->cost.cube_fractals == 64);
+    CHECK(core->cost.mte2_bytes == 2 * N * N * 4);
+    CHECK(core->cost.mte1_bytes == 2 * N * N * 2);
+    CHECK(core->cost.mte3_bytes == N * N * 4);
+    int wrong = 0;
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < N; j++) {
+            double want = 0;
+            for (int k = 0; k < N; k++) want += (double)a[i * N + k] * b[j * N + k];
+            wrong += c[i * N + j] != (float)want;
+        }
+    CHECK_MSG(wrong == 0, "%d of %d Cube results differ from the exact product", wrong, N * N);
+}
+
+/* The model's arithmetic: 1800 fractals on one core at 1.8 GHz is 1 us, Cube-bound; traffic
+ * beyond what the cores' cycles allow is HBM-bound. */
+static void check_cost_model(void) {
+    moira_npu_spec_t spec = moira_npu_default_spec();
+    moira_npu_cost_t cores[2] = {{.cube_fractals = 1800, .vector_repeats = 1000}, {0}};
+    moira_npu_launch_report_t report;
+    moira_npu_report_launch(&spec, cores, 2, &report);
+    CHECK_NEAR(report.time_us, 1.0, 1e-9);
+    CHECK(!strcmp(report.bound, "cube") && report.cores_used == 1);
+    CHECK(report.total.cube_fractals == 1800 && report.total.vector_repeats == 1000);
+    CHECK_NEAR(moira_npu_peak_cube_tflops(&spec), 353.8944, 1e-6);
+}
+
+/* The same 64^3 GEMM as a LINEAR op on npu:0 through queues: the launch reports 64 fractals. */
+static void check_linear_on_device(void) {
+    moira_device_t *device = NULL;
+    CHECK_OK(moira_device_find("npu:0", &device));
+    if (!device) return;
+    CHECK(moira_device_info(device)->compute_precision == MOIRA_DTYPE_BF16);
+    enum { N = 64 };
+    static float x[N * N], w[N * N], y[N * N];
+    moira_test_fill_uniform(x, N * N, 3, -1, 1);
+    moira_test_fill_uniform(w, N * N, 4, -1, 1);
+    moira_queue_t *queue = NULL;
+    moira_buffer_t *buffer = NULL;
+    CHECK_OK(moira_queue_create(device, &queue));
+    CHECK_OK(moira_buffer_alloc(device, 3 * sizeof(x), -1, &buffer));
+    CHECK(moira_buffer_host_ptr(buffer) == NULL);
+    if (!queue || !buffer) return;
+    CHECK_OK(moira_queue_write(queue, buffer, 0, x, sizeof(x)));
+    CHECK_OK(moira_queue_write(queue, buffer, sizeof(x), w, sizeof(w)));
+    moira_linear_params_t params = {.beta = 0};
+    moira_op_launch_t launch = {.op = MOIRA_OP_LINEAR, .params = &params,
+                                .params_size = sizeof(params), .n_operands = 3};
+    int64_t offsets[3] = {0, sizeof(x), 2 * sizeof(x)};
+    for (int i = 0; i < 3; i++)
+        launch.operands[i] = (moira_dtensor_t){.buffer = buffer, .offset = (size_t)offsets[i],
+                                               .dtype = MOIRA_DTYPE_F32, .rank = 2,
+                                               .shape = {N, N}};
+    CHECK_OK(moira_queue_launch(queue, &launch));
+    CHECK_OK(moira_queue_read(queue, buffer, 2 * sizeof(x), y, sizeof(y)));
+    CHECK_OK(moira_queue_finish(queue));
+    moira_npu_launch_report_t last;
+    moira_npu_queue_reports(queue, NULL, &last);
+    CHECK_MSG(last.total.cube_fractals == 64, "%llu fractals",
+              (unsigned long long)last.total.cube_fractals);
+    CHECK(last.time_us > 0);
+    double modelled = 0;
+    CHECK(moira_queue_modelled_us(queue, &modelled) && modelled == last.time_us);
+    static double want[N * N];
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < N; j++) {
+            double sum = 0;
+            for (int k = 0; k < N; k++) sum += (double)x[i * N + k] * w[j * N + k];
+            want[i * N + j] = sum;
+        }
+    double nmse = moira_test_nmse(y, want, N * N);
+    CHECK_MSG(nmse < 1e-4 && nmse > 0, "bf16 Cube NMSE %.3g", nmse);
+    moira_buffer_free(buffer);
+    moira_queue_destroy(queue);
+}
+
+/* ACL's error classes reach Moira's codes; HBM is bounded; memcpy kinds are checked. */
+static void check_acl(void) {
+    moira_status_t status = moira_acl_status(MOIRA_ACL_ERROR_INVALID_PARAM, "x");
+    CHECK(moira_status_code(status) == MOIRA_CODE_INVALID_ARGUMENT);
+    CHECK(strstr(moira_status_message(status), "ACL error 100000 (ACL_ERROR_INVALID_PARAM)"));
+    moira_status_free(status);
+    moira_npu_spec_t spec = moira_npu_default_spec();
+    spec.hbm_bytes = 1 << 20;
+    moira_acl_device_t *device = NULL;
+    CHECK_OK(moira_acl_set_device(0, &spec, &device));
+    if (!device) return;
+    void *big = NULL, *small = NULL;
+    status = moira_acl_malloc(device, 2 << 20, &big);
+    CHECK(moira_status_code(status) == MOIRA_CODE_OUT_OF_MEMORY &&
+          strstr(moira_status_message(status), "207001"));
+    moira_status_free(status);
+    CHECK_OK(moira_acl_malloc(device, 1000, &small));
+    CHECK(((uintptr_t)small % 512) == 0 && moira_acl_memory_used(device) == 1024);
+    moira_acl_stream_t *stream = NULL;
+    CHECK_OK(moira_acl_create_stream(device, &stream));
+    if (stream && small) {
+        char host[64] = "hello", back[64] = {0};
+        CHECK_OK(moira_acl_memcpy_async(stream, small, host, 6, MOIRA_ACL_MEMCPY_HOST_TO_DEVICE));
+        CHECK_OK(moira_acl_memcpy_async(stream, back, small, 6, MOIRA_ACL_MEMCPY_DEVICE_TO_HOST));
+        moira_event_t *event = NULL;
+        CHECK_OK(moira_event_create(&event));
+        CHECK_OK(moira_acl_record_event(stream, event));
+        CHECK_OK(moira_event_wait(event));
+        moira_event_release(event);
+        CHECK_OK(moira_acl_synchronize_stream(stream));
+        CHECK(!strcmp(back, "hello"));
+        status = moira_acl_memcpy_async(stream, back, host, 6, MOIRA_ACL_MEMCPY_HOST_TO_DEVICE);
+        CHECK(moira_status_code(status) == MOIRA_CODE_INVALID_ARGUMENT &&
+              strstr(moira_status_message(status), "107009"));
+        moira_status_free(status);
+        status = moira_acl_memcpy_async(stream, small, host, 2048,
+                                        MOIRA_ACL_MEMCPY_HOST_TO_DEVICE);
+        CHECK(moira_status_code(status) == MOIRA_CODE_INVALID_ARGUMENT);
+        moira_status_free(status);
+    }
+    moira_acl_destroy_stream(stream);
+    moira_acl_free(device, small);
+    CHECK(moira_acl_memory_used(device) == 0);
+    moira_acl_reset_device(device);
+}
+
+static void check_env(void) {
+    int count = 0;
+    moira_npu_spec_t spec;
+    setenv("MOIRA_NPU_DEVICES", "2:8:16:800", 1);
+    CHECK_OK(moira_acl_configure_from_env(&count, &spec));
+    CHECK(count == 2 && spec.ai_cores == 8 && spec.hbm_bytes == 16ull << 30 &&
+          spec.hbm_gbs == 800);
+    setenv("MOIRA_NPU_DEVICES", "two", 1);
+    CHECK_CODE(moira_acl_configure_from_env(&count, &spec), MOIRA_CODE_INVALID_ARGUMENT);
+    unsetenv("MOIRA_NPU_DEVICES");
+    CHECK_OK(moira_acl_configure_from_env(&count, &spec));
+    CHECK(count == 1 && spec.ai_cores == 24 && spec.ub_bytes == 192 << 10);
+}
+
+int main(void) {
+    check_fractal_nz();
+    check_cost_model();
+    check_acl();
+    check_env();
+    moira_npu_spec_t spec = moira_npu_default_spec();
+    moira_npu_core_t core;
+    CHECK_OK(moira_npu_core_init(&core, 0, &spec));
+    check_faults(&core);
+    check_cube_on_core(&core);
+    moira_npu_core_release(&core);
+    CHECK_OK(moira_runtime_init());
+    check_linear_on_device();
+    moira_runtime_shutdown();
+    return moira_test_finish("test_npu");
+}
