@@ -16,19 +16,32 @@
 
 const char *moira_acl_error_name(moira_acl_error_t error) {
     switch (error) {
-    case MOIRA_ACL_SUCCESS: return "ACL_SUCCESS";
-    case MOIRA_ACL_ERROR_INVALID_PARAM: return "ACL_ERROR_INVALID_PARAM";
-    case MOIRA_ACL_ERROR_UNINITIALIZE: return "ACL_ERROR_UNINITIALIZE";
-    case MOIRA_ACL_ERROR_RT_PARAM_INVALID: return "ACL_ERROR_RT_PARAM_INVALID";
-    case MOIRA_ACL_ERROR_RT_INVALID_DEVICEID: return "ACL_ERROR_RT_INVALID_DEVICEID";
-    case MOIRA_ACL_ERROR_RT_INVALID_MEMCPY_KIND: return "ACL_ERROR_RT_INVALID_MEMCPY_KIND";
-    case MOIRA_ACL_ERROR_BAD_ALLOC: return "ACL_ERROR_BAD_ALLOC";
-    case MOIRA_ACL_ERROR_API_NOT_SUPPORT: return "ACL_ERROR_API_NOT_SUPPORT";
-    case MOIRA_ACL_ERROR_MEMORY_ADDRESS_UNALIGNED: return "ACL_ERROR_MEMORY_ADDRESS_UNALIGNED";
-    case MOIRA_ACL_ERROR_RT_MEMORY_ALLOCATION: return "ACL_ERROR_RT_MEMORY_ALLOCATION";
-    case MOIRA_ACL_ERROR_INTERNAL_ERROR: return "ACL_ERROR_INTERNAL_ERROR";
-    case MOIRA_ACL_ERROR_RT_FAILURE: return "ACL_ERROR_RT_FAILURE";
-    case MOIRA_ACL_ERROR_RT_AICORE_EXCEPTION: return "ACL_ERROR_RT_AICORE_EXCEPTION";
+    case MOIRA_ACL_SUCCESS:
+        return "ACL_SUCCESS";
+    case MOIRA_ACL_ERROR_INVALID_PARAM:
+        return "ACL_ERROR_INVALID_PARAM";
+    case MOIRA_ACL_ERROR_UNINITIALIZE:
+        return "ACL_ERROR_UNINITIALIZE";
+    case MOIRA_ACL_ERROR_RT_PARAM_INVALID:
+        return "ACL_ERROR_RT_PARAM_INVALID";
+    case MOIRA_ACL_ERROR_RT_INVALID_DEVICEID:
+        return "ACL_ERROR_RT_INVALID_DEVICEID";
+    case MOIRA_ACL_ERROR_RT_INVALID_MEMCPY_KIND:
+        return "ACL_ERROR_RT_INVALID_MEMCPY_KIND";
+    case MOIRA_ACL_ERROR_BAD_ALLOC:
+        return "ACL_ERROR_BAD_ALLOC";
+    case MOIRA_ACL_ERROR_API_NOT_SUPPORT:
+        return "ACL_ERROR_API_NOT_SUPPORT";
+    case MOIRA_ACL_ERROR_MEMORY_ADDRESS_UNALIGNED:
+        return "ACL_ERROR_MEMORY_ADDRESS_UNALIGNED";
+    case MOIRA_ACL_ERROR_RT_MEMORY_ALLOCATION:
+        return "ACL_ERROR_RT_MEMORY_ALLOCATION";
+    case MOIRA_ACL_ERROR_INTERNAL_ERROR:
+        return "ACL_ERROR_INTERNAL_ERROR";
+    case MOIRA_ACL_ERROR_RT_FAILURE:
+        return "ACL_ERROR_RT_FAILURE";
+    case MOIRA_ACL_ERROR_RT_AICORE_EXCEPTION:
+        return "ACL_ERROR_RT_AICORE_EXCEPTION";
     }
     return "ACL_ERROR_UNKNOWN";
 }
@@ -74,8 +87,7 @@ moira_npu_spec_t moira_npu_default_spec(void) {
 }
 
 /* Parses one positive number of the MOIRA_NPU_DEVICES list, or fails naming the whole value. */
-static moira_status_t parse_field(const char *value, const char **cursor, double max,
-                                  double *out) {
+static moira_status_t parse_field(const char *value, const char **cursor, double max, double *out) {
     char *end = NULL;
     errno = 0;
     double number = strtod(*cursor, &end);
@@ -225,7 +237,8 @@ static bool is_device_range(moira_acl_device_t *device, const void *ptr, size_t 
     bool inside = false;
     pthread_mutex_lock(&device->mutex);
     for (allocation_t *a = device->allocations; a && !inside; a = a->next)
-        inside = p >= a->base && p <= a->base + a->bytes && bytes <= (size_t)(a->base + a->bytes - p);
+        inside =
+            p >= a->base && p <= a->base + a->bytes && bytes <= (size_t)(a->base + a->bytes - p);
     pthread_mutex_unlock(&device->mutex);
     return inside;
 }
@@ -300,7 +313,8 @@ moira_status_t moira_acl_create_stream(moira_acl_device_t *device,
 
 moira_status_t moira_acl_synchronize_stream(moira_acl_stream_t *stream) {
     pthread_mutex_lock(&stream->mutex);
-    while (stream->head || stream->busy) pthread_cond_wait(&stream->idle, &stream->mutex);
+    while (stream->head || stream->busy)
+        pthread_cond_wait(&stream->idle, &stream->mutex);
     moira_status_t failure = stream->failure;
     stream->failure = MOIRA_OK_STATUS;
     pthread_mutex_unlock(&stream->mutex);
@@ -375,8 +389,8 @@ moira_status_t moira_acl_memcpy_async(moira_acl_stream_t *stream, void *dst, con
     copy_task_t *copy = malloc(sizeof(*copy));
     if (!copy) return moira_acl_status(MOIRA_ACL_ERROR_BAD_ALLOC, "cannot queue a copy");
     *copy = (copy_task_t){dst, src, bytes};
-    return moira_acl_stream_submit(stream,
-                                   (moira_acl_task_t){.run = run_copy, .release = free, .arg = copy});
+    return moira_acl_stream_submit(
+        stream, (moira_acl_task_t){.run = run_copy, .release = free, .arg = copy});
 }
 
 static void release_event(void *raw) {

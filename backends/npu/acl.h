@@ -103,8 +103,7 @@ typedef struct moira_acl_task {
     void *arg; /* owned by the task */
 } moira_acl_task_t;
 
-moira_status_t moira_acl_create_stream(moira_acl_device_t *device,
-                                       moira_acl_stream_t **out_stream);
+moira_status_t moira_acl_create_stream(moira_acl_device_t *device, moira_acl_stream_t **out_stream);
 /* Waits for the stream's work, then destroys it. An unreported failure is logged. */
 void moira_acl_destroy_stream(moira_acl_stream_t *stream);
 

@@ -66,9 +66,8 @@ void moira_npu_fault(moira_npu_core_t *core, const char *fmt, ...) {
     va_start(args, fmt);
     vsnprintf(message, sizeof(message), fmt, args);
     va_end(args);
-    core->fault = moira_acl_status(MOIRA_ACL_ERROR_RT_AICORE_EXCEPTION,
-                                   "AI core %d, kernel %s: %s", core->index,
-                                   core->kernel ? core->kernel : "?", message);
+    core->fault = moira_acl_status(MOIRA_ACL_ERROR_RT_AICORE_EXCEPTION, "AI core %d, kernel %s: %s",
+                                   core->index, core->kernel ? core->kernel : "?", message);
 }
 
 moira_npu_region_t moira_npu_alloc(moira_npu_core_t *core, moira_npu_mem_t mem, size_t bytes) {
@@ -102,7 +101,8 @@ static void *checked(moira_npu_core_t *core, moira_npu_region_t region, moira_np
         return NULL;
     }
     if (bytes > region.bytes || (size_t)region.offset + bytes > core->capacity[want]) {
-        moira_npu_fault(core, "%s: %zu bytes at %s 0x%x overflow the %u-byte operand (buffer "
+        moira_npu_fault(core,
+                        "%s: %zu bytes at %s 0x%x overflow the %u-byte operand (buffer "
                         "holds %u bytes)",
                         instruction, bytes, moira_npu_mem_name(want), region.offset, region.bytes,
                         core->capacity[want]);
@@ -144,7 +144,8 @@ static void read_row(const moira_npu_gm_matrix_t *src, int64_t row, int64_t col0
     moira_convert_to_f32(src->dtype, p, out, (size_t)cols);
     if (src->dtype != MOIRA_DTYPE_F8_E4M3) return;
     const float *scales = src->scales + (row / MOIRA_FP8_BLOCK) * src->scale_cols;
-    for (int64_t c = 0; c < cols; c++) out[c] *= scales[(col0 + c) / MOIRA_FP8_BLOCK];
+    for (int64_t c = 0; c < cols; c++)
+        out[c] *= scales[(col0 + c) / MOIRA_FP8_BLOCK];
 }
 
 void moira_npu_load_nd2nz(moira_npu_core_t *core, moira_npu_region_t dst,
@@ -172,8 +173,8 @@ void moira_npu_load_nd2nz(moira_npu_core_t *core, moira_npu_region_t dst,
     core->cost.mte2_bytes += (uint64_t)(rows * cols) * moira_dtype_size(src->dtype);
     if (src->row_map) core->cost.scalar_ops += (uint64_t)rows;
     if (src->dtype != MOIRA_DTYPE_BF16)
-        core->cost.vector_repeats += (uint64_t)(rows * cols + LANES_PER_REPEAT - 1) /
-                                     LANES_PER_REPEAT;
+        core->cost.vector_repeats +=
+            (uint64_t)(rows * cols + LANES_PER_REPEAT - 1) / LANES_PER_REPEAT;
 }
 
 void moira_npu_load_l0a(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu_region_t src,
@@ -241,7 +242,8 @@ void moira_npu_mmad(moira_npu_core_t *core, moira_npu_region_t c, moira_npu_regi
                 for (int r = 0; r < 16; r++)
                     for (int j = 0; j < 16; j++) {
                         float sum = 0;
-                        for (int kk = 0; kk < 16; kk++) sum += fa[r * 16 + kk] * fb[j * 16 + kk];
+                        for (int kk = 0; kk < 16; kk++)
+                            sum += fa[r * 16 + kk] * fb[j * 16 + kk];
                         acc[r * 16 + j] += sum;
                     }
                 core->cost.cube_fractals++;
@@ -301,11 +303,21 @@ void moira_npu_vbinary(moira_npu_core_t *core, moira_npu_vop_t op, moira_npu_reg
     if (!d || !x || !y) return;
     for (int64_t i = 0; i < count; i++) {
         switch (op) {
-        case MOIRA_NPU_VADD: d[i] = x[i] + y[i]; break;
-        case MOIRA_NPU_VSUB: d[i] = x[i] - y[i]; break;
-        case MOIRA_NPU_VMUL: d[i] = x[i] * y[i]; break;
-        case MOIRA_NPU_VDIV: d[i] = x[i] / y[i]; break;
-        case MOIRA_NPU_VMAX: d[i] = x[i] > y[i] ? x[i] : y[i]; break;
+        case MOIRA_NPU_VADD:
+            d[i] = x[i] + y[i];
+            break;
+        case MOIRA_NPU_VSUB:
+            d[i] = x[i] - y[i];
+            break;
+        case MOIRA_NPU_VMUL:
+            d[i] = x[i] * y[i];
+            break;
+        case MOIRA_NPU_VDIV:
+            d[i] = x[i] / y[i];
+            break;
+        case MOIRA_NPU_VMAX:
+            d[i] = x[i] > y[i] ? x[i] : y[i];
+            break;
         }
     }
     core->cost.vector_repeats += repeats(count);
@@ -316,7 +328,8 @@ void moira_npu_vmuls(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu_r
     float *d = vector_operand(core, dst, count, "Muls");
     const float *s = vector_operand(core, src, count, "Muls");
     if (!d || !s) return;
-    for (int64_t i = 0; i < count; i++) d[i] = s[i] * scalar;
+    for (int64_t i = 0; i < count; i++)
+        d[i] = s[i] * scalar;
     core->cost.vector_repeats += repeats(count);
 }
 
@@ -325,7 +338,8 @@ void moira_npu_vadds(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu_r
     float *d = vector_operand(core, dst, count, "Adds");
     const float *s = vector_operand(core, src, count, "Adds");
     if (!d || !s) return;
-    for (int64_t i = 0; i < count; i++) d[i] = s[i] + scalar;
+    for (int64_t i = 0; i < count; i++)
+        d[i] = s[i] + scalar;
     core->cost.vector_repeats += repeats(count);
 }
 
@@ -334,7 +348,8 @@ void moira_npu_vexp(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu_re
     float *d = vector_operand(core, dst, count, "Exp");
     const float *s = vector_operand(core, src, count, "Exp");
     if (!d || !s) return;
-    for (int64_t i = 0; i < count; i++) d[i] = expf(s[i]);
+    for (int64_t i = 0; i < count; i++)
+        d[i] = expf(s[i]);
     core->cost.vector_repeats += repeats(count);
 }
 
@@ -343,14 +358,16 @@ void moira_npu_vsigmoid(moira_npu_core_t *core, moira_npu_region_t dst, moira_np
     float *d = vector_operand(core, dst, count, "Sigmoid");
     const float *s = vector_operand(core, src, count, "Sigmoid");
     if (!d || !s) return;
-    for (int64_t i = 0; i < count; i++) d[i] = 1.0f / (1.0f + expf(-s[i]));
+    for (int64_t i = 0; i < count; i++)
+        d[i] = 1.0f / (1.0f + expf(-s[i]));
     core->cost.vector_repeats += 4 * repeats(count);
 }
 
 void moira_npu_vdup(moira_npu_core_t *core, moira_npu_region_t dst, float value, int64_t count) {
     float *d = vector_operand(core, dst, count, "Duplicate");
     if (!d) return;
-    for (int64_t i = 0; i < count; i++) d[i] = value;
+    for (int64_t i = 0; i < count; i++)
+        d[i] = value;
     core->cost.vector_repeats += repeats(count);
 }
 
@@ -358,7 +375,8 @@ void moira_npu_vdup(moira_npu_core_t *core, moira_npu_region_t dst, float value,
 static float tree_sum(const float *values, int64_t count) {
     if (count <= 8) {
         float sum = 0;
-        for (int64_t i = 0; i < count; i++) sum += values[i];
+        for (int64_t i = 0; i < count; i++)
+            sum += values[i];
         return sum;
     }
     int64_t half = count / 2;
@@ -398,7 +416,8 @@ void moira_npu_vgather(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu
             return;
         }
     }
-    for (int64_t i = 0; i < count; i++) d[i] = s[idx[i]];
+    for (int64_t i = 0; i < count; i++)
+        d[i] = s[idx[i]];
     core->cost.vector_repeats += repeats(count);
 }
 

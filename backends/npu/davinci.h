@@ -46,7 +46,7 @@ typedef struct moira_npu_region {
 /* One AI core's state. Kernels get a core from the launch and never keep it. */
 typedef struct moira_npu_core {
     int index;
-    const moira_npu_spec_t *spec;    /* borrowed */
+    const moira_npu_spec_t *spec;            /* borrowed */
     unsigned char *mem[MOIRA_NPU_MEM_COUNT]; /* owned: the local buffers */
     uint32_t capacity[MOIRA_NPU_MEM_COUNT], alignment[MOIRA_NPU_MEM_COUNT];
     uint32_t allocated[MOIRA_NPU_MEM_COUNT];
@@ -56,8 +56,7 @@ typedef struct moira_npu_core {
 } moira_npu_core_t;
 
 /* Allocates the local buffers of a core of `spec`. Release with moira_npu_core_release. */
-moira_status_t moira_npu_core_init(moira_npu_core_t *core, int index,
-                                   const moira_npu_spec_t *spec);
+moira_status_t moira_npu_core_init(moira_npu_core_t *core, int index, const moira_npu_spec_t *spec);
 void moira_npu_core_release(moira_npu_core_t *core);
 
 /* Starts a kernel on the core: buffers empty, counters zero, no fault. */
@@ -78,8 +77,7 @@ moira_npu_region_t moira_npu_alloc(moira_npu_core_t *core, moira_npu_mem_t mem, 
 /* The part of `region` from `byte_offset`, `bytes` long (checked when an instruction uses it). */
 static inline moira_npu_region_t moira_npu_sub(moira_npu_region_t region, size_t byte_offset,
                                                size_t bytes) {
-    return (moira_npu_region_t){region.mem, region.offset + (uint32_t)byte_offset,
-                                (uint32_t)bytes};
+    return (moira_npu_region_t){region.mem, region.offset + (uint32_t)byte_offset, (uint32_t)bytes};
 }
 
 /* Scalar-unit access to `bytes` of a region: the checked host address, or NULL after a fault.
@@ -107,8 +105,8 @@ typedef struct moira_npu_gm_matrix {
     const unsigned char *data; /* element (0, 0), borrowed */
     moira_dtype_t dtype;
     int64_t rows, cols, row_stride;
-    int64_t row_base; /* the operand starts at this row of the stored matrix (fp8 scales count
-                       * blocks from the stored matrix's row 0) */
+    int64_t row_base;    /* the operand starts at this row of the stored matrix (fp8 scales count
+                          * blocks from the stored matrix's row 0) */
     const float *scales; /* fp8 only: this matrix's [ceil(rows/128), ceil(cols/128)] scales */
     int64_t scale_cols;
     const int32_t *row_map; /* optional */

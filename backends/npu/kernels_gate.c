@@ -28,7 +28,8 @@ typedef struct gate_job {
  * the same rule as the reference, on the scalar unit. */
 static void top_indices(moira_npu_core_t *core, const float *values, int n, int count, int *out,
                         unsigned char *taken) {
-    for (int i = 0; i < n; i++) taken[i] = 0;
+    for (int i = 0; i < n; i++)
+        taken[i] = 0;
     for (int j = 0; j < count; j++) {
         int best = -1;
         for (int i = 0; i < n; i++)
@@ -61,7 +62,8 @@ static void load_weight_row(moira_npu_core_t *core, const gate_job_t *job, int64
     if (!bytes || !values) return;
     moira_convert_to_f32(MOIRA_DTYPE_F8_E4M3, bytes, values, (size_t)job->hidden);
     const float *scales = w->scales + (e / MOIRA_FP8_BLOCK) * w->scale_cols;
-    for (int64_t c = 0; c < job->hidden; c++) values[c] *= scales[c / MOIRA_FP8_BLOCK];
+    for (int64_t c = 0; c < job->hidden; c++)
+        values[c] *= scales[c / MOIRA_FP8_BLOCK];
     moira_npu_scalar(core, 2 * (uint64_t)job->hidden);
 }
 
@@ -79,12 +81,13 @@ static void gate_block(moira_npu_core_t *core, int block, int n_blocks, void *ra
                                  job->weight.dtype == MOIRA_DTYPE_F32 ? 32 : row_bytes);
     }
     moira_npu_region_t product = moira_npu_alloc(core, MOIRA_NPU_UB, row_bytes);
-    moira_npu_region_t logits = moira_npu_alloc(core, MOIRA_NPU_UB, expert_bytes * job->token_block);
+    moira_npu_region_t logits =
+        moira_npu_alloc(core, MOIRA_NPU_UB, expert_bytes * job->token_block);
     moira_npu_region_t scores = moira_npu_alloc(core, MOIRA_NPU_UB, expert_bytes);
     moira_npu_region_t chosen = moira_npu_alloc(core, MOIRA_NPU_UB, expert_bytes);
     moira_npu_region_t bias = moira_npu_alloc(core, MOIRA_NPU_UB, expert_bytes);
-    moira_npu_region_t group_scores = moira_npu_alloc(core, MOIRA_NPU_UB,
-                                                      moira_npu_ub_floats(p->n_group));
+    moira_npu_region_t group_scores =
+        moira_npu_alloc(core, MOIRA_NPU_UB, moira_npu_ub_floats(p->n_group));
     moira_npu_region_t order = moira_npu_alloc(core, MOIRA_NPU_UB, expert_bytes);
     moira_npu_region_t taken = moira_npu_alloc(core, MOIRA_NPU_UB, expert_bytes);
     moira_npu_region_t out_idx = moira_npu_alloc(core, MOIRA_NPU_UB, moira_npu_ub_floats(top_k));
@@ -94,8 +97,8 @@ static void gate_block(moira_npu_core_t *core, int block, int n_blocks, void *ra
     int ping = 0;
     for (int64_t chunk = block; chunk < n_chunks && moira_npu_ok(core); chunk += n_blocks) {
         int64_t t0 = chunk * job->token_block;
-        int n_tokens = (int)(job->tokens - t0 < job->token_block ? job->tokens - t0
-                                                                 : job->token_block);
+        int n_tokens =
+            (int)(job->tokens - t0 < job->token_block ? job->tokens - t0 : job->token_block);
         for (int t = 0; t < n_tokens; t++)
             moira_npu_copy_gm_to_ub(core, moira_npu_sub(x, t * row_bytes, row_bytes),
                                     job->x + (t0 + t) * job->hidden, (size_t)job->hidden * 4);
@@ -105,8 +108,7 @@ static void gate_block(moira_npu_core_t *core, int block, int n_blocks, void *ra
             load_weight_row(core, job, e, raw[ping], w[ping]);
             for (int t = 0; t < n_tokens; t++) {
                 moira_npu_vbinary(core, MOIRA_NPU_VMUL, product,
-                                  moira_npu_sub(x, t * row_bytes, row_bytes), w[ping],
-                                  job->hidden);
+                                  moira_npu_sub(x, t * row_bytes, row_bytes), w[ping], job->hidden);
                 logit[t * (expert_bytes / 4) + e] =
                     moira_npu_vreduce_sum(core, product, job->hidden);
             }
@@ -148,7 +150,8 @@ static void gate_block(moira_npu_core_t *core, int block, int n_blocks, void *ra
             }
             top_indices(core, sel, n_experts, top_k, ord, tk);
             float sum = 0;
-            for (int j = 0; j < top_k; j++) sum += s[ord[j]];
+            for (int j = 0; j < top_k; j++)
+                sum += s[ord[j]];
             float norm = p->norm_topk_prob ? 1.0f / (sum + 1e-20f) : 1.0f;
             for (int j = 0; j < top_k; j++) {
                 idx[j] = ord[j];
@@ -178,7 +181,8 @@ static void capacity_block(moira_npu_core_t *core, int block, int n_blocks, void
     moira_npu_region_t wts = moira_npu_alloc(core, MOIRA_NPU_UB, CAPACITY_CHUNK * 4);
     int32_t *taken = moira_npu_scalar_ptr(core, counts, (size_t)n_experts * 4);
     if (!taken) return;
-    for (int e = 0; e < n_experts; e++) taken[e] = 0;
+    for (int e = 0; e < n_experts; e++)
+        taken[e] = 0;
     int64_t assignments = job->tokens * job->params->top_k;
     for (int64_t a0 = 0; a0 < assignments && moira_npu_ok(core); a0 += CAPACITY_CHUNK) {
         int64_t n = assignments - a0 < CAPACITY_CHUNK ? assignments - a0 : CAPACITY_CHUNK;

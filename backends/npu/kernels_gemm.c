@@ -7,6 +7,7 @@
  * GM traffic and keeps one copy of every weight. */
 #include <stdlib.h>
 
+#include "backends/npu/fractal_nz.h"
 #include "backends/npu/npu_kernels.h"
 
 #define TILE_M 128
@@ -17,6 +18,7 @@ typedef struct gemm_job {
     const moira_npu_gemm_group_t *groups;
     int n_groups;
     bool accumulate;
+    int64_t tile_n;      /* TILE_N, or narrower when there are fewer output blocks than cores */
     int64_t *first_item; /* [n_groups + 1]: items of group g are first_item[g] .. [g+1]-1 */
     int64_t n_items;
 } gemm_job_t;
@@ -28,11 +30,11 @@ static int64_t ceil_div(int64_t a, int64_t b) {
 /* One 128x128 output block: K slices alternate between two L1/L0 buffer sets (ping-pong), the
  * Cube accumulating into one L0C block that FIXPIPE writes out at the end. */
 static void gemm_item(moira_npu_core_t *core, const moira_npu_gemm_group_t *g, int64_t m0,
-                      int64_t n0, bool accumulate, const moira_npu_region_t l1_a[2],
+                      int64_t n0, int64_t tile_n, bool accumulate, const moira_npu_region_t l1_a[2],
                       const moira_npu_region_t l1_b[2], const moira_npu_region_t l0a[2],
                       const moira_npu_region_t l0b[2], moira_npu_region_t l0c) {
     int64_t m = g->m - m0 < TILE_M ? g->m - m0 : TILE_M;
-    int64_t n = g->n - n0 < TILE_N ? g->n - n0 : TILE_N;
+    int64_t n = g->n - n0 < tile_n ? g->n - n0 : tile_n;
     int ping = 0;
     int64_t k0 = 0;
     do {
@@ -48,8 +50,8 @@ static void gemm_item(moira_npu_core_t *core, const moira_npu_gemm_group_t *g, i
         ping ^= 1;
         k0 += TILE_K;
     } while (k0 < g->k && moira_npu_ok(core));
-    moira_npu_fixpipe(core, g->c + m0 * g->c_stride + n0, MOIRA_DTYPE_F32, g->c_stride, l0c, m,
-                      m, n, accumulate);
+    moira_npu_fixpipe(core, g->c + m0 * g->c_stride + n0, MOIRA_DTYPE_F32, g->c_stride, l0c, m, m,
+                      n, accumulate);
 }
 
 static void gemm_block(moira_npu_core_t *core, int block, int n_blocks, void *raw) {
@@ -65,29 +67,43 @@ static void gemm_block(moira_npu_core_t *core, int block, int n_blocks, void *ra
     moira_npu_region_t l0c = moira_npu_alloc(core, MOIRA_NPU_L0C, (size_t)TILE_M * TILE_N * 4);
     int group = 0;
     for (int64_t item = block; item < job->n_items && moira_npu_ok(core); item += n_blocks) {
-        while (item >= job->first_item[group + 1]) group++;
+        while (item >= job->first_item[group + 1])
+            group++;
         const moira_npu_gemm_group_t *g = &job->groups[group];
         int64_t local = item - job->first_item[group];
-        int64_t n_tiles = ceil_div(g->n, TILE_N);
+        int64_t n_tiles = ceil_div(g->n, job->tile_n);
         moira_npu_scalar(core, 8); /* tiling arithmetic */
-        gemm_item(core, g, local / n_tiles * TILE_M, local % n_tiles * TILE_N, job->accumulate,
-                  l1_a, l1_b, l0a, l0b, l0c);
+        gemm_item(core, g, local / n_tiles * TILE_M, local % n_tiles * job->tile_n, job->tile_n,
+                  job->accumulate, l1_a, l1_b, l0a, l0b, l0c);
     }
 }
 
-moira_status_t moira_npu_gemm(moira_npu_machine_t *machine, const char *kernel,
-                              const moira_npu_gemm_group_t *groups, int n_groups,
-                              bool accumulate, moira_npu_launch_report_t *report) {
-    int64_t *first_item = malloc((size_t)(n_groups + 1) * sizeof(*first_item));
-    if (!first_item) return moira_acl_status(MOIRA_ACL_ERROR_BAD_ALLOC, "%s tiling", kernel);
+/* Output blocks of all groups with `tile_n`-wide blocks, written to first_item as prefix sums. */
+static int64_t count_items(const moira_npu_gemm_group_t *groups, int n_groups, int64_t tile_n,
+                           int64_t *first_item) {
     first_item[0] = 0;
     for (int g = 0; g < n_groups; g++) {
         int64_t items = groups[g].m > 0 && groups[g].n > 0
-                            ? ceil_div(groups[g].m, TILE_M) * ceil_div(groups[g].n, TILE_N)
+                            ? ceil_div(groups[g].m, TILE_M) * ceil_div(groups[g].n, tile_n)
                             : 0;
         first_item[g + 1] = first_item[g] + items;
     }
-    gemm_job_t job = {groups, n_groups, accumulate, first_item, first_item[n_groups]};
+    return first_item[n_groups];
+}
+
+/* Few output blocks (a decode step's handful of tokens) would leave cores idle: narrower blocks,
+ * down to one fractal wide, spread the weight's rows over more cores. */
+moira_status_t moira_npu_gemm(moira_npu_machine_t *machine, const char *kernel,
+                              const moira_npu_gemm_group_t *groups, int n_groups, bool accumulate,
+                              moira_npu_launch_report_t *report) {
+    int64_t *first_item = malloc((size_t)(n_groups + 1) * sizeof(*first_item));
+    if (!first_item) return moira_acl_status(MOIRA_ACL_ERROR_BAD_ALLOC, "%s tiling", kernel);
+    int64_t tile_n = TILE_N;
+    while (tile_n > MOIRA_NPU_FRACTAL &&
+           count_items(groups, n_groups, tile_n, first_item) < machine->spec.ai_cores)
+        tile_n /= 2;
+    gemm_job_t job = {groups, n_groups,   accumulate,
+                      tile_n, first_item, count_items(groups, n_groups, tile_n, first_item)};
     moira_status_t status = MOIRA_OK_STATUS;
     if (job.n_items > 0)
         status = moira_npu_launch(machine, kernel, moira_npu_blocks_for(machine, job.n_items),
@@ -117,15 +133,14 @@ moira_status_t moira_npu_linear(moira_npu_machine_t *machine, const moira_op_lau
     };
     bool accumulate = params->beta != 0;
     if (accumulate)
-        MOIRA_RETURN_IF_ERROR(moira_npu_scale_rows(machine, y_data, tokens, group.n, y_stride,
-                                                   params->beta, report));
+        MOIRA_RETURN_IF_ERROR(
+            moira_npu_scale_rows(machine, y_data, tokens, group.n, y_stride, params->beta, report));
     return moira_npu_gemm(machine, "linear", &group, 1, accumulate, report);
 }
 
 /* q_lat[t, h] = W_UK[h]^T q_nope[t, h]: per head a [T, nope] x [nope, L] GEMM whose right operand
  * is kv_b_proj's rows as they are ([k, n], transposed on the way into L0B). */
-moira_status_t moira_npu_mla_absorb_q(moira_npu_machine_t *machine,
-                                      const moira_op_launch_t *launch,
+moira_status_t moira_npu_mla_absorb_q(moira_npu_machine_t *machine, const moira_op_launch_t *launch,
                                       moira_npu_launch_report_t *report) {
     const moira_mla_params_t *p = launch->params;
     const moira_dtensor_t *q = &launch->operands[0], *w = &launch->operands[1];
@@ -151,8 +166,8 @@ moira_status_t moira_npu_mla_absorb_q(moira_npu_machine_t *machine,
             .k = p->nope_dim,
         };
     }
-    moira_status_t status = moira_npu_gemm(machine, "mla_absorb_q", groups, (int)heads, false,
-                                           report);
+    moira_status_t status =
+        moira_npu_gemm(machine, "mla_absorb_q", groups, (int)heads, false, report);
     free(groups);
     return status;
 }
@@ -184,8 +199,8 @@ moira_status_t moira_npu_mla_absorb_out(moira_npu_machine_t *machine,
             .k = latent,
         };
     }
-    moira_status_t status = moira_npu_gemm(machine, "mla_absorb_out", groups, (int)heads, false,
-                                           report);
+    moira_status_t status =
+        moira_npu_gemm(machine, "mla_absorb_out", groups, (int)heads, false, report);
     free(groups);
     return status;
 }

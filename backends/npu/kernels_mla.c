@@ -12,9 +12,9 @@
 #define SCORE_WORKSPACE_FLOATS (16ll << 20)
 
 typedef struct softmax_job {
-    float *scores;            /* [heads][queries][keys] */
+    float *scores; /* [heads][queries][keys] */
     int64_t rows, queries, keys;
-    const int32_t *positions; /* of the queries */
+    const int32_t *positions;     /* of the queries */
     const int32_t *key_positions; /* NULL: key s is at position s (the cache) */
     float scale;
 } softmax_job_t;
@@ -25,7 +25,8 @@ static void softmax_block(moira_npu_core_t *core, int block, int n_blocks, void 
     const softmax_job_t *job = raw;
     size_t row_bytes = moira_npu_ub_floats(job->keys);
     moira_npu_region_t row[2];
-    for (int i = 0; i < 2; i++) row[i] = moira_npu_alloc(core, MOIRA_NPU_UB, row_bytes);
+    for (int i = 0; i < 2; i++)
+        row[i] = moira_npu_alloc(core, MOIRA_NPU_UB, row_bytes);
     int ping = 0;
     for (int64_t r = block; r < job->rows && moira_npu_ok(core); r += n_blocks, ping ^= 1) {
         float *gm = job->scores + r * job->keys;
@@ -157,15 +158,26 @@ moira_status_t moira_npu_mla_attention(moira_npu_machine_t *machine,
         .heads = heads,
         .queries = tokens,
         .keys = tokens,
-        .q1 = q, .q1_head_step = q_head, .q1_stride = heads * q_head, .d1 = p->nope_dim,
-        .k1 = kv, .k1_head_step = kv_head, .k1_stride = heads * kv_head,
-        .q2 = q + p->nope_dim, .q2_head_step = q_head, .q2_stride = heads * q_head,
+        .q1 = q,
+        .q1_head_step = q_head,
+        .q1_stride = heads * q_head,
+        .d1 = p->nope_dim,
+        .k1 = kv,
+        .k1_head_step = kv_head,
+        .k1_stride = heads * kv_head,
+        .q2 = q + p->nope_dim,
+        .q2_head_step = q_head,
+        .q2_stride = heads * q_head,
         .d2 = p->rope_dim,
-        .k2 = moira_npu_gm(&operands[2]), .k2_head_step = 0,
+        .k2 = moira_npu_gm(&operands[2]),
+        .k2_head_step = 0,
         .k2_stride = moira_dtensor_row_stride(&operands[2]),
-        .values = kv + p->nope_dim, .values_head_step = kv_head, .values_stride = heads * kv_head,
+        .values = kv + p->nope_dim,
+        .values_head_step = kv_head,
+        .values_stride = heads * kv_head,
         .dv = p->v_dim,
-        .out = moira_npu_gm(&operands[4]), .out_head_step = p->v_dim,
+        .out = moira_npu_gm(&operands[4]),
+        .out_head_step = p->v_dim,
         .out_stride = heads * p->v_dim,
         .positions = moira_npu_gm(&operands[3]),
         .key_positions = moira_npu_gm(&operands[3]),
@@ -187,14 +199,27 @@ moira_status_t moira_npu_mla_decode_attention(moira_npu_machine_t *machine,
         .heads = heads,
         .queries = operands[0].shape[0],
         .keys = operands[2].shape[0],
-        .q1 = moira_npu_gm(&operands[0]), .q1_head_step = latent, .q1_stride = heads * latent,
+        .q1 = moira_npu_gm(&operands[0]),
+        .q1_head_step = latent,
+        .q1_stride = heads * latent,
         .d1 = latent,
-        .k1 = c, .k1_head_step = 0, .k1_stride = latent,
-        .q2 = q + p->nope_dim, .q2_head_step = q_head, .q2_stride = heads * q_head,
+        .k1 = c,
+        .k1_head_step = 0,
+        .k1_stride = latent,
+        .q2 = q + p->nope_dim,
+        .q2_head_step = q_head,
+        .q2_stride = heads * q_head,
         .d2 = p->rope_dim,
-        .k2 = moira_npu_gm(&operands[3]), .k2_head_step = 0, .k2_stride = p->rope_dim,
-        .values = c, .values_head_step = 0, .values_stride = latent, .dv = latent,
-        .out = moira_npu_gm(&operands[5]), .out_head_step = latent, .out_stride = heads * latent,
+        .k2 = moira_npu_gm(&operands[3]),
+        .k2_head_step = 0,
+        .k2_stride = p->rope_dim,
+        .values = c,
+        .values_head_step = 0,
+        .values_stride = latent,
+        .dv = latent,
+        .out = moira_npu_gm(&operands[5]),
+        .out_head_step = latent,
+        .out_stride = heads * latent,
         .positions = moira_npu_gm(&operands[4]),
         .key_positions = NULL,
         .scale = p->scale,

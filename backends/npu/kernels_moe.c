@@ -30,7 +30,8 @@ static void dispatch_block(moira_npu_core_t *core, int block, int n_blocks, void
     moira_npu_region_t one = moira_npu_alloc(core, MOIRA_NPU_UB, 32);
     int32_t *count = moira_npu_scalar_ptr(core, counts, (size_t)(n_experts + 1) * 4);
     if (!count) return;
-    for (int e = 0; e <= n_experts; e++) count[e] = 0;
+    for (int e = 0; e <= n_experts; e++)
+        count[e] = 0;
     for (int64_t a0 = 0; a0 < job->assignments && moira_npu_ok(core); a0 += INDEX_CHUNK) {
         int64_t n = job->assignments - a0 < INDEX_CHUNK ? job->assignments - a0 : INDEX_CHUNK;
         moira_npu_copy_gm_to_ub(core, idx, job->topk_idx + a0, (size_t)n * 4);
@@ -47,7 +48,8 @@ static void dispatch_block(moira_npu_core_t *core, int block, int n_blocks, void
         }
         moira_npu_scalar(core, (uint64_t)n);
     }
-    for (int e = 0; e < n_experts; e++) count[e + 1] += count[e];
+    for (int e = 0; e < n_experts; e++)
+        count[e + 1] += count[e];
     moira_npu_copy_ub_to_gm(core, job->offsets, counts, (size_t)(n_experts + 1) * 4);
     /* count[e] now walks expert e's next free row. */
     int32_t *one_row = moira_npu_scalar_ptr(core, one, 4);
@@ -76,8 +78,7 @@ static void dispatch_block(moira_npu_core_t *core, int block, int n_blocks, void
         moira_npu_copy_ub_to_gm(core, job->sorted_rows + row, one, 4);
 }
 
-moira_status_t moira_npu_moe_dispatch(moira_npu_machine_t *machine,
-                                      const moira_op_launch_t *launch,
+moira_status_t moira_npu_moe_dispatch(moira_npu_machine_t *machine, const moira_op_launch_t *launch,
                                       moira_npu_launch_report_t *report) {
     const moira_moe_dispatch_params_t *params = launch->params;
     dispatch_job_t job = {
@@ -100,13 +101,13 @@ moira_status_t moira_npu_moe_dispatch(moira_npu_machine_t *machine,
 static moira_status_t check_routing(const int32_t *offsets, int n_experts,
                                     const int32_t *sorted_rows, int64_t assignments) {
     if (offsets[0] < 0 || offsets[0] > assignments)
-        return moira_acl_status(MOIRA_ACL_ERROR_INVALID_PARAM,
-                                "moe_ffn: expert_offsets[0] = %d", offsets[0]);
+        return moira_acl_status(MOIRA_ACL_ERROR_INVALID_PARAM, "moe_ffn: expert_offsets[0] = %d",
+                                offsets[0]);
     for (int e = 0; e < n_experts; e++)
         if (offsets[e + 1] < offsets[e] || offsets[e + 1] > assignments)
             return moira_acl_status(MOIRA_ACL_ERROR_INVALID_PARAM,
-                                    "moe_ffn: expert_offsets[%d] = %d is not in [%d, %lld]",
-                                    e + 1, offsets[e + 1], offsets[e], (long long)assignments);
+                                    "moe_ffn: expert_offsets[%d] = %d is not in [%d, %lld]", e + 1,
+                                    offsets[e + 1], offsets[e], (long long)assignments);
     for (int64_t row = offsets[0]; row < offsets[n_experts]; row++)
         if (sorted_rows[row] < 0 || sorted_rows[row] >= assignments)
             return moira_acl_status(MOIRA_ACL_ERROR_INVALID_PARAM,
@@ -162,8 +163,8 @@ moira_status_t moira_npu_moe_ffn(moira_npu_machine_t *machine, const moira_op_la
     }
     float *h = gate + (int64_t)offsets[0] * inter;
     if (!status)
-        status = moira_npu_swiglu_activation(machine, h, up + (int64_t)offsets[0] * inter, h,
-                                             rows, inter, report);
+        status = moira_npu_swiglu_activation(machine, h, up + (int64_t)offsets[0] * inter, h, rows,
+                                             inter, report);
     for (int e = 0; e < n_experts && !status; e++) {
         groups[e] = (moira_npu_gemm_group_t){
             .a = moira_npu_gm_f32(gate + (int64_t)offsets[e] * inter, offsets[e + 1] - offsets[e],
@@ -198,7 +199,8 @@ static void combine_block(moira_npu_core_t *core, int block, int n_blocks, void 
     const combine_job_t *job = raw;
     moira_npu_region_t acc = moira_npu_alloc(core, MOIRA_NPU_UB, COMBINE_CHUNK * 4);
     moira_npu_region_t row[2];
-    for (int i = 0; i < 2; i++) row[i] = moira_npu_alloc(core, MOIRA_NPU_UB, COMBINE_CHUNK * 4);
+    for (int i = 0; i < 2; i++)
+        row[i] = moira_npu_alloc(core, MOIRA_NPU_UB, COMBINE_CHUNK * 4);
     moira_npu_region_t meta = moira_npu_alloc(core, MOIRA_NPU_UB, moira_npu_ub_floats(job->top_k));
     moira_npu_region_t wts = moira_npu_alloc(core, MOIRA_NPU_UB, moira_npu_ub_floats(job->top_k));
     int ping = 0;
@@ -237,8 +239,7 @@ static void combine_block(moira_npu_core_t *core, int block, int n_blocks, void 
     }
 }
 
-moira_status_t moira_npu_moe_combine(moira_npu_machine_t *machine,
-                                     const moira_op_launch_t *launch,
+moira_status_t moira_npu_moe_combine(moira_npu_machine_t *machine, const moira_op_launch_t *launch,
                                      moira_npu_launch_report_t *report) {
     const moira_moe_combine_params_t *params = launch->params;
     const moira_dtensor_t *operands = launch->operands;
@@ -270,8 +271,8 @@ moira_status_t moira_npu_swiglu(moira_npu_machine_t *machine, const moira_op_lau
     int64_t inter = operands[1].shape[0];
     if (tokens == 0) return MOIRA_OK_STATUS;
     void *workspace = NULL;
-    MOIRA_RETURN_IF_ERROR(moira_npu_workspace(machine, (size_t)(2 * tokens * inter) * 4,
-                                              &workspace));
+    MOIRA_RETURN_IF_ERROR(
+        moira_npu_workspace(machine, (size_t)(2 * tokens * inter) * 4, &workspace));
     float *gate = workspace, *up = gate + tokens * inter;
     moira_status_t status = MOIRA_OK_STATUS;
     for (int pass = 0; pass < 2 && !status; pass++) {
@@ -285,11 +286,11 @@ moira_status_t moira_npu_swiglu(moira_npu_machine_t *machine, const moira_op_lau
             .n = inter,
             .k = hidden,
         };
-        status = moira_npu_gemm(machine, pass == 0 ? "swiglu_gate" : "swiglu_up", &group, 1,
-                                false, report);
+        status = moira_npu_gemm(machine, pass == 0 ? "swiglu_gate" : "swiglu_up", &group, 1, false,
+                                report);
     }
-    if (!status) status = moira_npu_swiglu_activation(machine, gate, up, gate, tokens, inter,
-                                                      report);
+    if (!status)
+        status = moira_npu_swiglu_activation(machine, gate, up, gate, tokens, inter, report);
     if (!status && params->beta != 0)
         status = moira_npu_scale_rows(machine, y, tokens, hidden, hidden, params->beta, report);
     if (!status) {

@@ -35,7 +35,8 @@ static void rmsnorm_block(moira_npu_core_t *core, int block, int n_blocks, void 
     moira_npu_region_t w = moira_npu_alloc(core, MOIRA_NPU_UB, row_bytes);
     moira_npu_region_t squares = moira_npu_alloc(core, MOIRA_NPU_UB, row_bytes);
     moira_npu_region_t x[2];
-    for (int i = 0; i < 2; i++) x[i] = moira_npu_alloc(core, MOIRA_NPU_UB, row_bytes);
+    for (int i = 0; i < 2; i++)
+        x[i] = moira_npu_alloc(core, MOIRA_NPU_UB, row_bytes);
     moira_npu_copy_gm_to_ub(core, w, moira_npu_gm(&job->launch->operands[1]),
                             (size_t)job->cols * 4);
     int ping = 0;
@@ -72,8 +73,11 @@ static void rope_block(moira_npu_core_t *core, int block, int n_blocks, void *ra
     const rows_job_t *job = raw;
     const moira_rope_params_t *p = job->launch->params;
     const int32_t *positions = moira_npu_gm(&job->launch->operands[1]);
+    /* Rows that are exactly whole heads split between heads; any other row goes in one piece
+     * (a row too wide for the UB then faults as an overflow). */
     int64_t chunk = job->cols;
-    if (chunk > ROPE_MAX_COLS && p->head_stride > 0)
+    bool whole_heads = p->n_heads > 1 && job->cols == (int64_t)p->n_heads * p->head_stride;
+    if (chunk > ROPE_MAX_COLS && whole_heads)
         chunk = ROPE_MAX_COLS / p->head_stride * p->head_stride;
     if (chunk < 1) chunk = job->cols;
     size_t chunk_bytes = moira_npu_ub_floats(chunk);
@@ -82,45 +86,50 @@ static void rope_block(moira_npu_core_t *core, int block, int n_blocks, void *ra
     moira_npu_region_t sin_row = moira_npu_alloc(core, MOIRA_NPU_UB, chunk_bytes);
     moira_npu_region_t swapped = moira_npu_alloc(core, MOIRA_NPU_UB, chunk_bytes);
     moira_npu_region_t x[2];
-    for (int i = 0; i < 2; i++) x[i] = moira_npu_alloc(core, MOIRA_NPU_UB, chunk_bytes);
+    for (int i = 0; i < 2; i++)
+        x[i] = moira_npu_alloc(core, MOIRA_NPU_UB, chunk_bytes);
     int pairs = p->rope_dim / 2;
-    double cosines[MOIRA_ROPE_MAX_PAIRS], sines[MOIRA_ROPE_MAX_PAIRS];
+    /* Chunks start on head boundaries, so every chunk has the same pattern: the partner table
+     * and the 1 / 0 outside the rope slices are written once per core; per row only the slices'
+     * cos and sin change. */
+    int32_t *index = moira_npu_scalar_ptr(core, partner, (size_t)chunk * 4);
+    float *c = moira_npu_scalar_ptr(core, cos_row, (size_t)chunk * 4);
+    float *s = moira_npu_scalar_ptr(core, sin_row, (size_t)chunk * 4);
+    if (!index || !c || !s) return;
+    int64_t slice_heads = 0;
+    for (int64_t i = 0; i < chunk; i++) {
+        int64_t head = p->n_heads == 1 ? 0 : i / p->head_stride;
+        int64_t within = (p->n_heads == 1 ? i : i % p->head_stride) - p->rope_offset;
+        index[i] = (int32_t)i;
+        c[i] = 1.0f;
+        s[i] = 0.0f;
+        if (head >= p->n_heads || within < 0 || within >= p->rope_dim) continue;
+        index[i] = (int32_t)(within % 2 == 0 ? i + 1 : i - 1);
+        if (within == 0) slice_heads++;
+    }
+    moira_npu_scalar(core, 4 * (uint64_t)chunk);
     int ping = 0;
     for (int64_t r = block; r < job->rows && moira_npu_ok(core); r += n_blocks) {
         for (int i = 0; i < pairs; i++) {
             double angle = (double)positions[r] * p->inv_freq[i];
-            cosines[i] = cos(angle) * p->cos_sin_scale;
-            sines[i] = sin(angle) * p->cos_sin_scale;
+            float cosine = (float)(cos(angle) * p->cos_sin_scale);
+            float sine = (float)(sin(angle) * p->cos_sin_scale);
+            for (int64_t h = 0; h < slice_heads; h++) {
+                int64_t even = h * p->head_stride + p->rope_offset + 2 * i;
+                c[even] = c[even + 1] = cosine;
+                s[even] = -sine;
+                s[even + 1] = sine;
+            }
         }
+        moira_npu_scalar(core, (uint64_t)pairs * (20 + 4 * (uint64_t)slice_heads));
         for (int64_t c0 = 0; c0 < job->cols && moira_npu_ok(core); c0 += chunk, ping ^= 1) {
             int64_t n = job->cols - c0 < chunk ? job->cols - c0 : chunk;
-            int32_t *index = moira_npu_scalar_ptr(core, partner, (size_t)n * 4);
-            float *c = moira_npu_scalar_ptr(core, cos_row, (size_t)n * 4);
-            float *s = moira_npu_scalar_ptr(core, sin_row, (size_t)n * 4);
-            if (!index || !c || !s) return;
-            for (int64_t i = 0; i < n; i++) {
-                int64_t col = c0 + i;
-                int64_t head = p->n_heads == 1 ? 0 : col / p->head_stride;
-                int64_t within = (p->n_heads == 1 ? col : col % p->head_stride) - p->rope_offset;
-                index[i] = (int32_t)i;
-                c[i] = 1.0f;
-                s[i] = 0.0f;
-                if (head >= p->n_heads || within < 0 || within >= p->rope_dim) continue;
-                int64_t pair = within / 2;
-                bool even = within % 2 == 0;
-                index[i] = (int32_t)(even ? i + 1 : i - 1);
-                c[i] = (float)cosines[pair];
-                s[i] = (float)(even ? -sines[pair] : sines[pair]);
-            }
-            moira_npu_scalar(core, 6 * (uint64_t)n + 20 * (uint64_t)pairs);
-            moira_npu_copy_gm_to_ub(core, x[ping], job->x + r * job->x_stride + c0,
-                                    (size_t)n * 4);
+            moira_npu_copy_gm_to_ub(core, x[ping], job->x + r * job->x_stride + c0, (size_t)n * 4);
             moira_npu_vgather(core, swapped, x[ping], partner, n);
             moira_npu_vbinary(core, MOIRA_NPU_VMUL, x[ping], x[ping], cos_row, n);
             moira_npu_vbinary(core, MOIRA_NPU_VMUL, swapped, swapped, sin_row, n);
             moira_npu_vbinary(core, MOIRA_NPU_VADD, x[ping], x[ping], swapped, n);
-            moira_npu_copy_ub_to_gm(core, job->y + r * job->y_stride + c0, x[ping],
-                                    (size_t)n * 4);
+            moira_npu_copy_ub_to_gm(core, job->y + r * job->y_stride + c0, x[ping], (size_t)n * 4);
         }
     }
 }

@@ -91,15 +91,14 @@ static moira_status_t npu_enqueue_write(moira_queue_t *queue, moira_buffer_t *ds
                                   bytes, MOIRA_ACL_MEMCPY_HOST_TO_DEVICE);
 }
 
-static moira_status_t npu_enqueue_read(moira_queue_t *queue, moira_buffer_t *src,
-                                       size_t src_offset, void *dst, size_t bytes) {
+static moira_status_t npu_enqueue_read(moira_queue_t *queue, moira_buffer_t *src, size_t src_offset,
+                                       void *dst, size_t bytes) {
     return moira_acl_memcpy_async(((npu_queue_t *)queue)->stream, dst, hbm_at(src, src_offset),
                                   bytes, MOIRA_ACL_MEMCPY_DEVICE_TO_HOST);
 }
 
-static moira_status_t npu_enqueue_copy(moira_queue_t *queue, moira_buffer_t *src,
-                                       size_t src_offset, moira_buffer_t *dst, size_t dst_offset,
-                                       size_t bytes) {
+static moira_status_t npu_enqueue_copy(moira_queue_t *queue, moira_buffer_t *src, size_t src_offset,
+                                       moira_buffer_t *dst, size_t dst_offset, size_t bytes) {
     return moira_acl_memcpy_async(((npu_queue_t *)queue)->stream, hbm_at(dst, dst_offset),
                                   hbm_at(src, src_offset), bytes,
                                   MOIRA_ACL_MEMCPY_DEVICE_TO_DEVICE);
@@ -148,9 +147,9 @@ static moira_status_t npu_enqueue_op(moira_queue_t *base, const moira_op_launch_
     task->queue = (npu_queue_t *)base;
     task->launch = *launch;
     if (launch->params_size) memcpy(task->params, launch->params, launch->params_size);
-    return moira_acl_stream_submit(((npu_queue_t *)base)->stream,
-                                   (moira_acl_task_t){.run = run_op_task, .release = free,
-                                                      .arg = task});
+    return moira_acl_stream_submit(
+        ((npu_queue_t *)base)->stream,
+        (moira_acl_task_t){.run = run_op_task, .release = free, .arg = task});
 }
 
 static moira_status_t npu_enqueue_signal(moira_queue_t *queue, moira_event_t *event) {

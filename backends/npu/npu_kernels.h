@@ -19,7 +19,7 @@
 
 /* One device's compute side. */
 typedef struct moira_npu_machine {
-    moira_acl_device_t *acl;      /* borrowed: workspace comes from its HBM */
+    moira_acl_device_t *acl; /* borrowed: workspace comes from its HBM */
     moira_npu_spec_t spec;
     moira_npu_core_t *cores;      /* owned, spec.ai_cores of them */
     moira_npu_cost_t *block_cost; /* owned scratch: per-core counters of the running launch */
@@ -72,8 +72,8 @@ typedef struct moira_npu_gemm_group {
  * slices GM -> L1 -> L0A/L0B through ping-pong buffers into an L0C accumulator, then FIXPIPE
  * writes (or, with `accumulate`, atomically adds) the f32 block to C. */
 moira_status_t moira_npu_gemm(moira_npu_machine_t *machine, const char *kernel,
-                              const moira_npu_gemm_group_t *groups, int n_groups,
-                              bool accumulate, moira_npu_launch_report_t *report);
+                              const moira_npu_gemm_group_t *groups, int n_groups, bool accumulate,
+                              moira_npu_launch_report_t *report);
 
 /* y = beta * y for a [rows, cols] f32 matrix with `stride` (a vector kernel; beta 1 is a no-op
  * and beta 0 writes zeros). Used before an accumulating GEMM for a general beta. */
@@ -83,8 +83,8 @@ moira_status_t moira_npu_scale_rows(moira_npu_machine_t *machine, float *y, int6
 
 /* h = silu(gate) * up over [rows, cols] f32 matrices in GM (a vector kernel); h may be gate. */
 moira_status_t moira_npu_swiglu_activation(moira_npu_machine_t *machine, const float *gate,
-                                           const float *up, float *h, int64_t rows,
-                                           int64_t cols, moira_npu_launch_report_t *report);
+                                           const float *up, float *h, int64_t rows, int64_t cols,
+                                           moira_npu_launch_report_t *report);
 
 /* ---- Kernels, one per op (launch validated) ---- */
 

@@ -118,9 +118,9 @@ moira_npu_gm_matrix_t moira_npu_gm_matrix(const moira_dtensor_t *tensor, int64_t
     if (tensor->dtype == MOIRA_DTYPE_F8_E4M3) {
         int64_t scale_rows = (rows + MOIRA_FP8_BLOCK - 1) / MOIRA_FP8_BLOCK;
         m.scale_cols = (cols + MOIRA_FP8_BLOCK - 1) / MOIRA_FP8_BLOCK;
-        m.scales = (const float *)(((moira_npu_buffer_t *)tensor->buffer)->hbm +
-                                   tensor->scale_offset) +
-                   matrix * scale_rows * m.scale_cols;
+        m.scales =
+            (const float *)(((moira_npu_buffer_t *)tensor->buffer)->hbm + tensor->scale_offset) +
+            matrix * scale_rows * m.scale_cols;
     }
     return m;
 }
@@ -178,15 +178,15 @@ moira_status_t moira_npu_scale_rows(moira_npu_machine_t *machine, float *y, int6
                                     moira_npu_launch_report_t *report) {
     if (beta == 1.0f || rows == 0 || cols == 0) return MOIRA_OK_STATUS;
     rows_job_t job = {.y = y, .rows = rows, .cols = cols, .stride = stride, .beta = beta};
-    return moira_npu_launch(machine, "scale_rows", moira_npu_blocks_for(machine, rows),
-                            scale_block, &job, report);
+    return moira_npu_launch(machine, "scale_rows", moira_npu_blocks_for(machine, rows), scale_block,
+                            &job, report);
 }
 
 /* silu(g) * u = g * sigmoid(g) * u, three vector passes after Sigmoid. */
 static void swiglu_block(moira_npu_core_t *core, int block, int n_blocks, void *raw) {
     const rows_job_t *job = raw;
-    moira_npu_region_t g[2], u[2], s = moira_npu_alloc(core, MOIRA_NPU_UB,
-                                                       moira_npu_ub_floats(VECTOR_CHUNK));
+    moira_npu_region_t g[2], u[2],
+        s = moira_npu_alloc(core, MOIRA_NPU_UB, moira_npu_ub_floats(VECTOR_CHUNK));
     for (int i = 0; i < 2; i++) {
         g[i] = moira_npu_alloc(core, MOIRA_NPU_UB, moira_npu_ub_floats(VECTOR_CHUNK));
         u[i] = moira_npu_alloc(core, MOIRA_NPU_UB, moira_npu_ub_floats(VECTOR_CHUNK));
@@ -207,8 +207,8 @@ static void swiglu_block(moira_npu_core_t *core, int block, int n_blocks, void *
 }
 
 moira_status_t moira_npu_swiglu_activation(moira_npu_machine_t *machine, const float *gate,
-                                           const float *up, float *h, int64_t rows,
-                                           int64_t cols, moira_npu_launch_report_t *report) {
+                                           const float *up, float *h, int64_t rows, int64_t cols,
+                                           moira_npu_launch_report_t *report) {
     if (rows == 0 || cols == 0) return MOIRA_OK_STATUS;
     rows_job_t job = {.gate = gate, .up = up, .h = h, .rows = rows, .cols = cols};
     return moira_npu_launch(machine, "swiglu_activation", moira_npu_blocks_for(machine, rows),

@@ -21,7 +21,8 @@ static void check_fractal_nz(void) {
     enum { ROWS = 20, COLS = 18 };
     uint16_t matrix[ROWS * COLS], back[ROWS * COLS];
     for (int r = 0; r < ROWS; r++)
-        for (int c = 0; c < COLS; c++) matrix[r * COLS + c] = (uint16_t)(r * 100 + c + 1);
+        for (int c = 0; c < COLS; c++)
+            matrix[r * COLS + c] = (uint16_t)(r * 100 + c + 1);
     CHECK(moira_npu_nz_elements(ROWS, COLS) == 1024);
     CHECK(moira_npu_nz_index(ROWS, 0, 0) == 0);
     CHECK(moira_npu_nz_index(ROWS, 0, 15) == 15);
@@ -34,7 +35,7 @@ static void check_fractal_nz(void) {
     moira_npu_nz_pack16(matrix, COLS, ROWS, COLS, nz);
     CHECK(nz[0] == 1 && nz[15] == 16 && nz[16] == 101 && nz[275] == 1704);
     CHECK(nz[512] == 17 && nz[817] == 1918);
-    CHECK(nz[(0 * 32 + 20) * 16] == 0);  /* row padding */
+    CHECK(nz[(0 * 32 + 20) * 16] == 0);    /* row padding */
     CHECK(nz[(1 * 32 + 0) * 16 + 2] == 0); /* column padding */
     moira_npu_nz_unpack16(nz, ROWS, COLS, back, COLS);
     CHECK(memcmp(back, matrix, sizeof(matrix)) == 0);
@@ -67,8 +68,7 @@ static void check_faults(moira_npu_core_t *core) {
     moira_npu_core_begin(core, "test_ub_misaligned");
     moira_npu_region_t ub = moira_npu_alloc(core, MOIRA_NPU_UB, 1024);
     moira_npu_vdup(core, moira_npu_sub(ub, 4, 512), 0.0f, 8);
-    CHECK_MSG(fault_mentions(core, "not 32-byte aligned"), "%s",
-              moira_status_message(core->fault));
+    CHECK_MSG(fault_mentions(core, "not 32-byte aligned"), "%s", moira_status_message(core->fault));
 
     moira_npu_core_begin(core, "test_l0a_misaligned");
     moira_npu_region_t l1 = moira_npu_alloc(core, MOIRA_NPU_L1, 2048);
@@ -104,8 +104,12 @@ static void check_cube_on_core(moira_npu_core_t *core) {
     moira_npu_region_t l0a = moira_npu_alloc(core, MOIRA_NPU_L0A, N * N * 2);
     moira_npu_region_t l0b = moira_npu_alloc(core, MOIRA_NPU_L0B, N * N * 2);
     moira_npu_region_t l0c = moira_npu_alloc(core, MOIRA_NPU_L0C, N * N * 4);
-    moira_npu_gm_matrix_t ga = {.data = (const unsigned char *)a, .dtype = MOIRA_DTYPE_F32,
-                                .rows = N, .cols = N, .row_stride = N, .row_map_div = 1};
+    moira_npu_gm_matrix_t ga = {.data = (const unsigned char *)a,
+                                .dtype = MOIRA_DTYPE_F32,
+                                .rows = N,
+                                .cols = N,
+                                .row_stride = N,
+                                .row_map_div = 1};
     moira_npu_gm_matrix_t gb = ga;
     gb.data = (const unsigned char *)b;
     moira_npu_load_nd2nz(core, l1_a, &ga, 0, 0, N, N);
@@ -123,7 +127,8 @@ static void check_cube_on_core(moira_npu_core_t *core) {
     for (int i = 0; i < N; i++)
         for (int j = 0; j < N; j++) {
             double want = 0;
-            for (int k = 0; k < N; k++) want += (double)a[i * N + k] * b[j * N + k];
+            for (int k = 0; k < N; k++)
+                want += (double)a[i * N + k] * b[j * N + k];
             wrong += c[i * N + j] != (float)want;
         }
     CHECK_MSG(wrong == 0, "%d of %d Cube results differ from the exact product", wrong, N * N);
@@ -161,12 +166,14 @@ static void check_linear_on_device(void) {
     CHECK_OK(moira_queue_write(queue, buffer, 0, x, sizeof(x)));
     CHECK_OK(moira_queue_write(queue, buffer, sizeof(x), w, sizeof(w)));
     moira_linear_params_t params = {.beta = 0};
-    moira_op_launch_t launch = {.op = MOIRA_OP_LINEAR, .params = &params,
-                                .params_size = sizeof(params), .n_operands = 3};
+    moira_op_launch_t launch = {
+        .op = MOIRA_OP_LINEAR, .params = &params, .params_size = sizeof(params), .n_operands = 3};
     int64_t offsets[3] = {0, sizeof(x), 2 * sizeof(x)};
     for (int i = 0; i < 3; i++)
-        launch.operands[i] = (moira_dtensor_t){.buffer = buffer, .offset = (size_t)offsets[i],
-                                               .dtype = MOIRA_DTYPE_F32, .rank = 2,
+        launch.operands[i] = (moira_dtensor_t){.buffer = buffer,
+                                               .offset = (size_t)offsets[i],
+                                               .dtype = MOIRA_DTYPE_F32,
+                                               .rank = 2,
                                                .shape = {N, N}};
     CHECK_OK(moira_queue_launch(queue, &launch));
     CHECK_OK(moira_queue_read(queue, buffer, 2 * sizeof(x), y, sizeof(y)));
@@ -182,7 +189,8 @@ static void check_linear_on_device(void) {
     for (int i = 0; i < N; i++)
         for (int j = 0; j < N; j++) {
             double sum = 0;
-            for (int k = 0; k < N; k++) sum += (double)x[i * N + k] * w[j * N + k];
+            for (int k = 0; k < N; k++)
+                sum += (double)x[i * N + k] * w[j * N + k];
             want[i * N + j] = sum;
         }
     double nmse = moira_test_nmse(y, want, N * N);
@@ -226,8 +234,7 @@ static void check_acl(void) {
         CHECK(moira_status_code(status) == MOIRA_CODE_INVALID_ARGUMENT &&
               strstr(moira_status_message(status), "107009"));
         moira_status_free(status);
-        status = moira_acl_memcpy_async(stream, small, host, 2048,
-                                        MOIRA_ACL_MEMCPY_HOST_TO_DEVICE);
+        status = moira_acl_memcpy_async(stream, small, host, 2048, MOIRA_ACL_MEMCPY_HOST_TO_DEVICE);
         CHECK(moira_status_code(status) == MOIRA_CODE_INVALID_ARGUMENT);
         moira_status_free(status);
     }
@@ -242,8 +249,7 @@ static void check_env(void) {
     moira_npu_spec_t spec;
     setenv("MOIRA_NPU_DEVICES", "2:8:16:800", 1);
     CHECK_OK(moira_acl_configure_from_env(&count, &spec));
-    CHECK(count == 2 && spec.ai_cores == 8 && spec.hbm_bytes == 16ull << 30 &&
-          spec.hbm_gbs == 800);
+    CHECK(count == 2 && spec.ai_cores == 8 && spec.hbm_bytes == 16ull << 30 && spec.hbm_gbs == 800);
     setenv("MOIRA_NPU_DEVICES", "two", 1);
     CHECK_CODE(moira_acl_configure_from_env(&count, &spec), MOIRA_CODE_INVALID_ARGUMENT);
     unsetenv("MOIRA_NPU_DEVICES");
