@@ -148,9 +148,18 @@ static void read_row(const moira_npu_gm_matrix_t *src, int64_t row, int64_t col0
         out[c] *= scales[(col0 + c) / MOIRA_FP8_BLOCK];
 }
 
-void moira_npu_load_nd2nz(moira_npu_core_t *core, moira_npu_region_t dst,
+/* The Cube takes only the two 16-bit float types. */
+static bool cube_type_ok(moira_npu_core_t *core, moira_dtype_t cube_dtype, const char *what) {
+    if (cube_dtype == MOIRA_DTYPE_BF16 || cube_dtype == MOIRA_DTYPE_F16) return true;
+    moira_npu_fault(core, "%s: the Cube takes bf16 or f16, not %s", what,
+                    moira_dtype_name(cube_dtype));
+    return false;
+}
+
+void moira_npu_load_nd2nz(moira_npu_core_t *core, moira_npu_region_t dst, moira_dtype_t cube_dtype,
                           const moira_npu_gm_matrix_t *src, int64_t row0, int64_t col0,
                           int64_t rows, int64_t cols) {
+    if (!moira_npu_ok(core) || !cube_type_ok(core, cube_dtype, "ND2NZ")) return;
     size_t bytes = (size_t)moira_npu_nz_elements(rows, cols) * 2;
     uint16_t *l1 = checked(core, dst, MOIRA_NPU_L1, bytes, "DataCopy GM->L1 (ND2NZ)");
     if (!l1) return;
@@ -168,11 +177,13 @@ void moira_npu_load_nd2nz(moira_npu_core_t *core, moira_npu_region_t dst,
         if (src->row_map) row = src->row_map[row] / src->row_map_div;
         read_row(src, row, col0, cols, values);
         for (int64_t c = 0; c < cols; c++)
-            l1[moira_npu_nz_index(rows, r, c)] = moira_f32_to_bf16(values[c]);
+            l1[moira_npu_nz_index(rows, r, c)] = cube_dtype == MOIRA_DTYPE_BF16
+                                                     ? moira_f32_to_bf16(values[c])
+                                                     : moira_f32_to_f16(values[c]);
     }
     core->cost.mte2_bytes += (uint64_t)(rows * cols) * moira_dtype_size(src->dtype);
     if (src->row_map) core->cost.scalar_ops += (uint64_t)rows;
-    if (src->dtype != MOIRA_DTYPE_BF16)
+    if (src->dtype != cube_dtype)
         core->cost.vector_repeats +=
             (uint64_t)(rows * cols + LANES_PER_REPEAT - 1) / LANES_PER_REPEAT;
 }
@@ -212,11 +223,13 @@ void moira_npu_load_l0b(moira_npu_core_t *core, moira_npu_region_t dst, moira_np
     core->cost.mte1_bytes += bytes;
 }
 
-/* Products of two bf16 values are exact in f32, so the only rounding is the f32 accumulation, in
- * k order within each fractal and fractal by fractal along k, as the Cube's adder tree into L0C
- * does up to summation order. */
+/* Products of two bf16 (or two f16) values are exact in f32, so the only rounding is the f32
+ * accumulation, in k order within each fractal and fractal by fractal along k, as the Cube's adder
+ * tree into L0C does up to summation order. */
 void moira_npu_mmad(moira_npu_core_t *core, moira_npu_region_t c, moira_npu_region_t a,
-                    moira_npu_region_t b, int64_t m, int64_t k, int64_t n, bool accumulate) {
+                    moira_npu_region_t b, moira_dtype_t cube_dtype, int64_t m, int64_t k, int64_t n,
+                    bool accumulate) {
+    if (!moira_npu_ok(core) || !cube_type_ok(core, cube_dtype, "Mmad")) return;
     int64_t m1 = moira_npu_round16(m) / 16, k1 = moira_npu_round16(k) / 16;
     int64_t n1 = moira_npu_round16(n) / 16;
     const uint16_t *l0a = checked(core, a, MOIRA_NPU_L0A, (size_t)(m1 * k1) * 512, "Mmad A");
@@ -235,10 +248,8 @@ void moira_npu_mmad(moira_npu_core_t *core, moira_npu_region_t c, moira_npu_regi
             for (int64_t ki = 0; ki < k1; ki++) {
                 const uint16_t *fra = l0a + (mi * k1 + ki) * FRACTAL_ELEMS;
                 const uint16_t *frb = l0b + (ki * n1 + ni) * FRACTAL_ELEMS;
-                for (int i = 0; i < FRACTAL_ELEMS; i++) {
-                    fa[i] = moira_bf16_to_f32(fra[i]);
-                    fb[i] = moira_bf16_to_f32(frb[i]);
-                }
+                moira_convert_to_f32(cube_dtype, fra, fa, FRACTAL_ELEMS);
+                moira_convert_to_f32(cube_dtype, frb, fb, FRACTAL_ELEMS);
                 for (int r = 0; r < 16; r++)
                     for (int j = 0; j < 16; j++) {
                         float sum = 0;

@@ -13,8 +13,9 @@
  * Global memory (GM) is the HBM that moira_acl_malloc hands out; kernels address it with plain
  * pointers that moira_op_validate has already bounds-checked against their buffers.
  *
- * Numerics: the Cube multiplies bf16 inputs (moira_npu_load_nd2nz rounds to bf16 on the way into
- * L1) and accumulates in fp32 in L0C; Vector instructions compute in fp32. */
+ * Numerics: the Cube multiplies bf16 or fp16 inputs (moira_npu_load_nd2nz rounds to that type on
+ * the way into L1) and accumulates in fp32 in L0C; Vector instructions compute in fp32. The
+ * kernels feed the Cube bf16: activations arrive as f32 and bf16 keeps their range. */
 #ifndef MOIRA_BACKENDS_NPU_DAVINCI_H
 #define MOIRA_BACKENDS_NPU_DAVINCI_H
 
@@ -114,10 +115,11 @@ typedef struct moira_npu_gm_matrix {
 } moira_npu_gm_matrix_t;
 
 /* GM -> L1 with ND2NZ: rows [row0, row0 + rows) and columns [col0, col0 + cols) of `src` land in
- * `dst` as a bf16 NZ tile of round16(rows) x round16(cols), zero padded. Where the source is not
- * bf16 the conversion stands for the Vector Cast a CANN kernel runs in UB on the way (counted as
- * vector repeats); the layout change is what MTE2's ND2NZ mode does. */
-void moira_npu_load_nd2nz(moira_npu_core_t *core, moira_npu_region_t dst,
+ * `dst` as an NZ tile of `cube_dtype` (bf16 or f16), round16(rows) x round16(cols), zero padded.
+ * Where the source has another type the conversion stands for the Vector Cast a CANN kernel runs
+ * in UB on the way (counted as vector repeats); the layout change is what MTE2's ND2NZ mode does.
+ */
+void moira_npu_load_nd2nz(moira_npu_core_t *core, moira_npu_region_t dst, moira_dtype_t cube_dtype,
                           const moira_npu_gm_matrix_t *src, int64_t row0, int64_t col0,
                           int64_t rows, int64_t cols);
 
@@ -131,10 +133,12 @@ void moira_npu_load_l0a(moira_npu_core_t *core, moira_npu_region_t dst, moira_np
 void moira_npu_load_l0b(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu_region_t src,
                         int64_t k, int64_t n, bool src_is_nk);
 
-/* Cube: C[m, n] (f32, NZ in L0C) = (accumulate ? C : 0) + A[m, k] B[k, n], one 16x16x16 fractal
- * multiply-accumulate at a time. Dimensions are rounded up to 16 (the padding is zero). */
+/* Cube: C[m, n] (f32, NZ in L0C) = (accumulate ? C : 0) + A[m, k] B[k, n] with A and B of
+ * `cube_dtype` (bf16 or f16), one 16x16x16 fractal multiply-accumulate at a time. Dimensions are
+ * rounded up to 16 (the padding is zero). */
 void moira_npu_mmad(moira_npu_core_t *core, moira_npu_region_t c, moira_npu_region_t a,
-                    moira_npu_region_t b, int64_t m, int64_t k, int64_t n, bool accumulate);
+                    moira_npu_region_t b, moira_dtype_t cube_dtype, int64_t m, int64_t k, int64_t n,
+                    bool accumulate);
 
 /* L0C -> GM (FIXPIPE): the [m, n] corner of an f32 NZ tile with `tile_rows` rows, converted to
  * `dtype` (f32, f16 or bf16), written with `gm_stride` elements between rows; `atomic_add` adds

@@ -39,14 +39,14 @@ static void gemm_item(moira_npu_core_t *core, const moira_npu_gemm_group_t *g, i
     int64_t k0 = 0;
     do {
         int64_t k = g->k - k0 < TILE_K ? g->k - k0 : TILE_K;
-        moira_npu_load_nd2nz(core, l1_a[ping], &g->a, m0, k0, m, k);
+        moira_npu_load_nd2nz(core, l1_a[ping], MOIRA_DTYPE_BF16, &g->a, m0, k0, m, k);
         if (g->b_is_nk)
-            moira_npu_load_nd2nz(core, l1_b[ping], &g->b, n0, k0, n, k);
+            moira_npu_load_nd2nz(core, l1_b[ping], MOIRA_DTYPE_BF16, &g->b, n0, k0, n, k);
         else
-            moira_npu_load_nd2nz(core, l1_b[ping], &g->b, k0, n0, k, n);
+            moira_npu_load_nd2nz(core, l1_b[ping], MOIRA_DTYPE_BF16, &g->b, k0, n0, k, n);
         moira_npu_load_l0a(core, l0a[ping], l1_a[ping], m, k);
         moira_npu_load_l0b(core, l0b[ping], l1_b[ping], k, n, g->b_is_nk);
-        moira_npu_mmad(core, l0c, l0a[ping], l0b[ping], m, k, n, k0 > 0);
+        moira_npu_mmad(core, l0c, l0a[ping], l0b[ping], MOIRA_DTYPE_BF16, m, k, n, k0 > 0);
         ping ^= 1;
         k0 += TILE_K;
     } while (k0 < g->k && moira_npu_ok(core));

@@ -194,7 +194,7 @@ static void describe(moira_device_info_t *info, int index, const moira_npu_spec_
     snprintf(info->backend, sizeof(info->backend), "npu");
     info->index = index;
     info->kind = MOIRA_DEVICE_KIND_NPU;
-    snprintf(info->model, sizeof(info->model), "emulated Ascend-style DaVinci NPU (910B-like)");
+    snprintf(info->model, sizeof(info->model), "Ascend 910B-like DaVinci (emulated)");
     snprintf(info->vendor, sizeof(info->vendor), "Moira emulator");
     snprintf(info->driver_version, sizeof(info->driver_version), "moira-acl-emulator 1");
     info->memory_bytes = spec->hbm_bytes;

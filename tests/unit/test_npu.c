@@ -81,7 +81,7 @@ static void check_faults(moira_npu_core_t *core) {
     moira_npu_core_begin(core, "test_wrong_buffer");
     moira_npu_region_t in_ub = moira_npu_alloc(core, MOIRA_NPU_UB, 2048);
     moira_npu_region_t in_l0c = moira_npu_alloc(core, MOIRA_NPU_L0C, 1024);
-    moira_npu_mmad(core, in_l0c, in_ub, in_ub, 16, 16, 16, false);
+    moira_npu_mmad(core, in_l0c, in_ub, in_ub, MOIRA_DTYPE_BF16, 16, 16, 16, false);
     CHECK_MSG(fault_mentions(core, "expected L0A"), "%s", moira_status_message(core->fault));
     /* Sticky: nothing runs after a fault. */
     uint64_t repeats = core->cost.vector_repeats;
@@ -91,7 +91,7 @@ static void check_faults(moira_npu_core_t *core) {
 
 /* M = N = K = 64 through GM -> L1 (ND2NZ) -> L0A/L0B -> Cube -> FIXPIPE: 4 x 4 x 4 = 64 fractal
  * multiply-accumulates, and exact results for bf16-representable inputs. */
-static void check_cube_on_core(moira_npu_core_t *core) {
+static void check_cube_on_core(moira_npu_core_t *core, moira_dtype_t cube_dtype) {
     enum { N = 64 };
     static float a[N * N], b[N * N], c[N * N];
     for (int i = 0; i < N * N; i++) {
@@ -112,11 +112,11 @@ static void check_cube_on_core(moira_npu_core_t *core) {
                                 .row_map_div = 1};
     moira_npu_gm_matrix_t gb = ga;
     gb.data = (const unsigned char *)b;
-    moira_npu_load_nd2nz(core, l1_a, &ga, 0, 0, N, N);
-    moira_npu_load_nd2nz(core, l1_b, &gb, 0, 0, N, N); /* b as [n, k]: C = A B^T */
+    moira_npu_load_nd2nz(core, l1_a, cube_dtype, &ga, 0, 0, N, N);
+    moira_npu_load_nd2nz(core, l1_b, cube_dtype, &gb, 0, 0, N, N); /* b as [n, k]: C = A B^T */
     moira_npu_load_l0a(core, l0a, l1_a, N, N);
     moira_npu_load_l0b(core, l0b, l1_b, N, N, true);
-    moira_npu_mmad(core, l0c, l0a, l0b, N, N, N, false);
+    moira_npu_mmad(core, l0c, l0a, l0b, cube_dtype, N, N, N, false);
     moira_npu_fixpipe(core, c, MOIRA_DTYPE_F32, N, l0c, N, N, N, false);
     CHECK_MSG(moira_npu_ok(core), "%s", moira_status_message(core->fault));
     CHECK(core->cost.cube_fractals == 64);
@@ -132,6 +132,45 @@ static void check_cube_on_core(moira_npu_core_t *core) {
             wrong += c[i * N + j] != (float)want;
         }
     CHECK_MSG(wrong == 0, "%d of %d Cube results differ from the exact product", wrong, N * N);
+}
+
+/* The Cube's input rounding: 1 + 2^-10 survives in f16 (10 fraction bits) but is 1 in bf16 (7),
+ * so 16 of them sum to 16.015625 or 16; an f32 Cube input is refused. [k, n] operands in L1 go
+ * through the transposing L0B move. */
+static void check_cube_rounding(moira_npu_core_t *core) {
+    enum { N = 16 };
+    float a[N * N], ones[N * N], c[N * N];
+    for (int i = 0; i < N * N; i++)
+        a[i] = 1.0f + 0x1p-10f, ones[i] = 1.0f;
+    moira_dtype_t types[2] = {MOIRA_DTYPE_F16, MOIRA_DTYPE_BF16};
+    float want[2] = {16.015625f, 16.0f};
+    for (int t = 0; t < 2; t++) {
+        moira_npu_core_begin(core, "test_cube_rounding");
+        moira_npu_region_t l1_a = moira_npu_alloc(core, MOIRA_NPU_L1, 512);
+        moira_npu_region_t l1_b = moira_npu_alloc(core, MOIRA_NPU_L1, 512);
+        moira_npu_region_t l0a = moira_npu_alloc(core, MOIRA_NPU_L0A, 512);
+        moira_npu_region_t l0b = moira_npu_alloc(core, MOIRA_NPU_L0B, 512);
+        moira_npu_region_t l0c = moira_npu_alloc(core, MOIRA_NPU_L0C, 1024);
+        moira_npu_gm_matrix_t ga = {.data = (const unsigned char *)a,
+                                    .dtype = MOIRA_DTYPE_F32,
+                                    .rows = N,
+                                    .cols = N,
+                                    .row_stride = N,
+                                    .row_map_div = 1};
+        moira_npu_gm_matrix_t gb = ga;
+        gb.data = (const unsigned char *)ones;
+        moira_npu_load_nd2nz(core, l1_a, types[t], &ga, 0, 0, N, N);
+        moira_npu_load_nd2nz(core, l1_b, types[t], &gb, 0, 0, N, N);
+        moira_npu_load_l0a(core, l0a, l1_a, N, N);
+        moira_npu_load_l0b(core, l0b, l1_b, N, N, false);
+        moira_npu_mmad(core, l0c, l0a, l0b, types[t], N, N, N, false);
+        moira_npu_fixpipe(core, c, MOIRA_DTYPE_F32, N, l0c, N, N, N, false);
+        CHECK_MSG(moira_npu_ok(core), "%s", moira_status_message(core->fault));
+        CHECK_MSG(c[0] == want[t] && c[N * N - 1] == want[t], "%s Cube: %.9g",
+                  moira_dtype_name(types[t]), c[0]);
+        moira_npu_mmad(core, l0c, l0a, l0b, MOIRA_DTYPE_F32, N, N, N, false);
+        CHECK(fault_mentions(core, "the Cube takes bf16 or f16"));
+    }
 }
 
 /* The model's arithmetic: 1800 fractals on one core at 1.8 GHz is 1 us, Cube-bound; traffic
@@ -195,6 +234,38 @@ static void check_linear_on_device(void) {
         }
     double nmse = moira_test_nmse(y, want, N * N);
     CHECK_MSG(nmse < 1e-4 && nmse > 0, "bf16 Cube NMSE %.3g", nmse);
+    moira_buffer_free(buffer);
+    moira_queue_destroy(queue);
+}
+
+/* A kernel whose buffers do not fit its core's UB (an RMSNORM row of 20000 floats, four rows of
+ * UB) faults on the device; the fault reaches the caller at finish as an AI core exception. */
+static void check_fault_through_device(void) {
+    moira_device_t *device = NULL;
+    CHECK_OK(moira_device_find("npu:0", &device));
+    if (!device) return;
+    enum { COLS = 20000 };
+    moira_queue_t *queue = NULL;
+    moira_buffer_t *buffer = NULL;
+    CHECK_OK(moira_queue_create(device, &queue));
+    CHECK_OK(moira_buffer_alloc(device, 3 * COLS * 4, -1, &buffer));
+    if (!queue || !buffer) return;
+    moira_rmsnorm_params_t params = {.eps = 1e-6f};
+    moira_op_launch_t launch = {
+        .op = MOIRA_OP_RMSNORM, .params = &params, .params_size = sizeof(params), .n_operands = 3};
+    launch.operands[0] = (moira_dtensor_t){
+        .buffer = buffer, .dtype = MOIRA_DTYPE_F32, .rank = 2, .shape = {1, COLS}};
+    launch.operands[1] = (moira_dtensor_t){
+        .buffer = buffer, .offset = COLS * 4, .dtype = MOIRA_DTYPE_F32, .rank = 1, .shape = {COLS}};
+    launch.operands[2] = launch.operands[0];
+    launch.operands[2].offset = 2 * COLS * 4;
+    CHECK_OK(moira_queue_launch(queue, &launch));
+    moira_status_t status = moira_queue_finish(queue);
+    const char *message = moira_status_message(status);
+    CHECK_MSG(moira_status_code(status) == MOIRA_CODE_DEVICE && strstr(message, "507015") &&
+                  strstr(message, "UB overflow") && strstr(message, "rmsnorm"),
+              "%s", message);
+    moira_status_free(status);
     moira_buffer_free(buffer);
     moira_queue_destroy(queue);
 }
@@ -266,10 +337,13 @@ int main(void) {
     moira_npu_core_t core;
     CHECK_OK(moira_npu_core_init(&core, 0, &spec));
     check_faults(&core);
-    check_cube_on_core(&core);
+    check_cube_on_core(&core, MOIRA_DTYPE_BF16);
+    check_cube_on_core(&core, MOIRA_DTYPE_F16);
+    check_cube_rounding(&core);
     moira_npu_core_release(&core);
     CHECK_OK(moira_runtime_init());
     check_linear_on_device();
+    check_fault_through_device();
     moira_runtime_shutdown();
     return moira_test_finish("test_npu");
 }
