@@ -305,32 +305,102 @@ static float *vector_operand(moira_npu_core_t *core, moira_npu_region_t region, 
     return checked(core, region, MOIRA_NPU_UB, (size_t)count * 4, instruction);
 }
 
-void moira_npu_vbinary(moira_npu_core_t *core, moira_npu_vop_t op, moira_npu_region_t dst,
-                       moira_npu_region_t a, moira_npu_region_t b, int64_t count) {
+static float apply(moira_npu_vop_t op, float x, float y) {
+    switch (op) {
+    case MOIRA_NPU_VADD:
+        return x + y;
+    case MOIRA_NPU_VSUB:
+        return x - y;
+    case MOIRA_NPU_VMUL:
+        return x * y;
+    case MOIRA_NPU_VDIV:
+        return x / y;
+    case MOIRA_NPU_VMAX:
+        return x > y ? x : y;
+    }
+    return x;
+}
+
+/* f16 operands are widened, combined in f32 and rounded once: for these five operations that is
+ * the correctly rounded f16 result (f32 carries more than twice f16's precision). */
+void moira_npu_vbinary(moira_npu_core_t *core, moira_npu_vop_t op, moira_dtype_t dtype,
+                       moira_npu_region_t dst, moira_npu_region_t a, moira_npu_region_t b,
+                       int64_t count) {
     static const char *names[] = {"Add", "Sub", "Mul", "Div", "Max"};
-    float *d = vector_operand(core, dst, count, names[op]);
-    const float *x = vector_operand(core, a, count, names[op]);
-    const float *y = vector_operand(core, b, count, names[op]);
+    if (dtype != MOIRA_DTYPE_F32 && dtype != MOIRA_DTYPE_F16) {
+        moira_npu_fault(core, "%s: vector operands are f32 or f16, not %s", names[op],
+                        moira_dtype_name(dtype));
+        return;
+    }
+    size_t bytes = (size_t)count * moira_dtype_size(dtype);
+    void *d = checked(core, dst, MOIRA_NPU_UB, bytes, names[op]);
+    const void *x = checked(core, a, MOIRA_NPU_UB, bytes, names[op]);
+    const void *y = checked(core, b, MOIRA_NPU_UB, bytes, names[op]);
     if (!d || !x || !y) return;
+    if (dtype == MOIRA_DTYPE_F32) {
+        for (int64_t i = 0; i < count; i++)
+            ((float *)d)[i] = apply(op, ((const float *)x)[i], ((const float *)y)[i]);
+    } else {
+        for (int64_t i = 0; i < count; i++)
+            ((uint16_t *)d)[i] =
+                moira_f32_to_f16(apply(op, moira_f16_to_f32(((const uint16_t *)x)[i]),
+                                       moira_f16_to_f32(((const uint16_t *)y)[i])));
+    }
+    core->cost.vector_repeats += (bytes + 255) / 256;
+}
+
+/* Bytes of a packed bit mask for `count` elements, as the UB stores it (32-byte blocks). */
+static size_t mask_bytes(int64_t count) {
+    return ((size_t)(count + 7) / 8 + 31) / 32 * 32;
+}
+
+void moira_npu_vcompare_scalar(moira_npu_core_t *core, moira_npu_region_t mask,
+                               moira_npu_region_t src, moira_npu_cmp_t cmp, float scalar,
+                               int64_t count) {
+    const float *s = vector_operand(core, src, count, "CompareScalar");
+    uint8_t *m = checked(core, mask, MOIRA_NPU_UB, mask_bytes(count), "CompareScalar");
+    if (!s || !m) return;
+    memset(m, 0, mask_bytes(count));
     for (int64_t i = 0; i < count; i++) {
-        switch (op) {
-        case MOIRA_NPU_VADD:
-            d[i] = x[i] + y[i];
+        bool bit = false;
+        switch (cmp) {
+        case MOIRA_NPU_CMP_LT:
+            bit = s[i] < scalar;
             break;
-        case MOIRA_NPU_VSUB:
-            d[i] = x[i] - y[i];
+        case MOIRA_NPU_CMP_LE:
+            bit = s[i] <= scalar;
             break;
-        case MOIRA_NPU_VMUL:
-            d[i] = x[i] * y[i];
+        case MOIRA_NPU_CMP_GT:
+            bit = s[i] > scalar;
             break;
-        case MOIRA_NPU_VDIV:
-            d[i] = x[i] / y[i];
+        case MOIRA_NPU_CMP_GE:
+            bit = s[i] >= scalar;
             break;
-        case MOIRA_NPU_VMAX:
-            d[i] = x[i] > y[i] ? x[i] : y[i];
+        case MOIRA_NPU_CMP_EQ:
+            bit = s[i] == scalar;
             break;
         }
+        if (bit) m[i / 8] |= (uint8_t)(1u << (i % 8));
     }
+    core->cost.vector_repeats += repeats(count);
+}
+
+void moira_npu_vselect(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu_region_t mask,
+                       moira_npu_region_t src, float otherwise, int64_t count) {
+    float *d = vector_operand(core, dst, count, "Select");
+    const float *s = vector_operand(core, src, count, "Select");
+    const uint8_t *m = checked(core, mask, MOIRA_NPU_UB, mask_bytes(count), "Select");
+    if (!d || !s || !m) return;
+    for (int64_t i = 0; i < count; i++)
+        d[i] = (m[i / 8] >> (i % 8)) & 1 ? s[i] : otherwise;
+    core->cost.vector_repeats += repeats(count);
+}
+
+void moira_npu_vindex(moira_npu_core_t *core, moira_npu_region_t dst, float first, int64_t count) {
+    float *d = vector_operand(core, dst, count, "ArithProgression");
+    if (!d) return;
+    for (int64_t i = 0; i < count; i++)
+        d[i] = first + (float)i;
     core->cost.vector_repeats += repeats(count);
 }
 
@@ -438,7 +508,8 @@ void moira_npu_vcast(moira_npu_core_t *core, moira_npu_region_t dst, moira_dtype
     bool to_f32 = dst_dtype == MOIRA_DTYPE_F32 &&
                   (src_dtype == MOIRA_DTYPE_F16 || src_dtype == MOIRA_DTYPE_BF16);
     bool from_f32 = src_dtype == MOIRA_DTYPE_F32 && narrow_ok;
-    if (!to_f32 && !from_f32) {
+    bool int_to_f32 = src_dtype == MOIRA_DTYPE_I32 && dst_dtype == MOIRA_DTYPE_F32;
+    if (!to_f32 && !from_f32 && !int_to_f32) {
         moira_npu_fault(core, "Cast %s -> %s is not a vector cast", moira_dtype_name(src_dtype),
                         moira_dtype_name(dst_dtype));
         return;
@@ -447,9 +518,13 @@ void moira_npu_vcast(moira_npu_core_t *core, moira_npu_region_t dst, moira_dtype
     const void *s =
         checked(core, src, MOIRA_NPU_UB, (size_t)count * moira_dtype_size(src_dtype), "Cast");
     if (!d || !s) return;
-    if (to_f32)
+    if (int_to_f32) {
+        for (int64_t i = 0; i < count; i++)
+            ((float *)d)[i] = (float)((const int32_t *)s)[i];
+    } else if (to_f32) {
         moira_convert_to_f32(src_dtype, s, d, (size_t)count);
-    else
+    } else {
         moira_convert_from_f32(dst_dtype, s, d, (size_t)count);
+    }
     core->cost.vector_repeats += repeats(count);
 }

@@ -147,8 +147,9 @@ void moira_npu_fixpipe(moira_npu_core_t *core, void *gm, moira_dtype_t dtype, in
                        moira_npu_region_t src, int64_t tile_rows, int64_t m, int64_t n,
                        bool atomic_add);
 
-/* ---- Vector unit: f32 over the UB in 256-byte repeats (64 lanes); a partial last repeat runs
- * under a lane mask. Operands start 32-byte aligned and hold `count` elements. ---- */
+/* ---- Vector unit: f32 (and f16 for binary ops) over the UB in 256-byte repeats (64 f32 or 128
+ * f16 lanes); a partial last repeat runs under a lane mask. Operands start 32-byte aligned and
+ * hold `count` elements. ---- */
 
 typedef enum moira_npu_vop {
     MOIRA_NPU_VADD,
@@ -158,9 +159,31 @@ typedef enum moira_npu_vop {
     MOIRA_NPU_VMAX,
 } moira_npu_vop_t;
 
-/* dst = a OP b, elementwise. dst may be a or b. */
-void moira_npu_vbinary(moira_npu_core_t *core, moira_npu_vop_t op, moira_npu_region_t dst,
-                       moira_npu_region_t a, moira_npu_region_t b, int64_t count);
+/* dst = a OP b, elementwise, in `dtype` (f32 or f16). dst may be a or b. */
+void moira_npu_vbinary(moira_npu_core_t *core, moira_npu_vop_t op, moira_dtype_t dtype,
+                       moira_npu_region_t dst, moira_npu_region_t a, moira_npu_region_t b,
+                       int64_t count);
+
+typedef enum moira_npu_cmp {
+    MOIRA_NPU_CMP_LT,
+    MOIRA_NPU_CMP_LE,
+    MOIRA_NPU_CMP_GT,
+    MOIRA_NPU_CMP_GE,
+    MOIRA_NPU_CMP_EQ,
+} moira_npu_cmp_t;
+
+/* Bit i of `mask` = (src[i] CMP scalar) (CompareScalar): bits packed little-endian in bytes, the
+ * mask region holding ceil(count / 8) bytes rounded up to 32. */
+void moira_npu_vcompare_scalar(moira_npu_core_t *core, moira_npu_region_t mask,
+                               moira_npu_region_t src, moira_npu_cmp_t cmp, float scalar,
+                               int64_t count);
+
+/* dst[i] = mask bit i ? src[i] : otherwise (Select against a scalar). dst may be src. */
+void moira_npu_vselect(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu_region_t mask,
+                       moira_npu_region_t src, float otherwise, int64_t count);
+
+/* dst[i] = first + i (ArithProgression). */
+void moira_npu_vindex(moira_npu_core_t *core, moira_npu_region_t dst, float first, int64_t count);
 
 /* dst = src * scalar (Muls) and dst = src + scalar (Adds). */
 void moira_npu_vmuls(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu_region_t src,
@@ -187,7 +210,8 @@ float moira_npu_vreduce_max(moira_npu_core_t *core, moira_npu_region_t src, int6
 void moira_npu_vgather(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu_region_t src,
                        moira_npu_region_t index, int64_t count);
 
-/* Cast between f32 and a 16-bit float (f16/bf16) in the UB, rounding to nearest even. */
+/* Cast between f32 and a 16-bit float (f16/bf16) in the UB, rounding to nearest even, or from
+ * i32 to f32. */
 void moira_npu_vcast(moira_npu_core_t *core, moira_npu_region_t dst, moira_dtype_t dst_dtype,
                      moira_npu_region_t src, moira_dtype_t src_dtype, int64_t count);
 

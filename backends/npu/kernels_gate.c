@@ -107,7 +107,7 @@ static void gate_block(moira_npu_core_t *core, int block, int n_blocks, void *ra
         for (int64_t e = 0; e < n_experts; e++, ping ^= 1) {
             load_weight_row(core, job, e, raw[ping], w[ping]);
             for (int t = 0; t < n_tokens; t++) {
-                moira_npu_vbinary(core, MOIRA_NPU_VMUL, product,
+                moira_npu_vbinary(core, MOIRA_NPU_VMUL, MOIRA_DTYPE_F32, product,
                                   moira_npu_sub(x, t * row_bytes, row_bytes), w[ping], job->hidden);
                 logit[t * (expert_bytes / 4) + e] =
                     moira_npu_vreduce_sum(core, product, job->hidden);
@@ -125,7 +125,8 @@ static void gate_block(moira_npu_core_t *core, int block, int n_blocks, void *ra
                 moira_npu_vsigmoid(core, scores, row, n_experts);
             }
             if (job->bias)
-                moira_npu_vbinary(core, MOIRA_NPU_VADD, chosen, scores, bias, n_experts);
+                moira_npu_vbinary(core, MOIRA_NPU_VADD, MOIRA_DTYPE_F32, chosen, scores, bias,
+                                  n_experts);
             else
                 moira_npu_vadds(core, chosen, scores, 0.0f, n_experts);
             float *s = moira_npu_scalar_ptr(core, scores, (size_t)n_experts * 4);

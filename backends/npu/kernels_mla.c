@@ -19,28 +19,34 @@ typedef struct softmax_job {
     float scale;
 } softmax_job_t;
 
-/* One score row per step: Muls by the scale, masked keys set to -inf by the scalar unit, then
- * max, exp(x - max), sum and a reciprocal Muls. A row with no visible key becomes zeros. */
+/* One score row per step: Muls by the scale, then the causal mask as a vector Compare of the
+ * key positions against the query's position and a Select of -inf, then max, exp(x - max), sum
+ * and a reciprocal Muls. A row with no visible key becomes zeros. Key positions are built once
+ * per core: the cache's 0..S-1 (ArithProgression), or the tokens' positions (Cast from i32). */
 static void softmax_block(moira_npu_core_t *core, int block, int n_blocks, void *raw) {
     const softmax_job_t *job = raw;
     size_t row_bytes = moira_npu_ub_floats(job->keys);
+    moira_npu_region_t key_positions = moira_npu_alloc(core, MOIRA_NPU_UB, row_bytes);
+    moira_npu_region_t visible = moira_npu_alloc(core, MOIRA_NPU_UB, row_bytes / 32 + 32);
     moira_npu_region_t row[2];
     for (int i = 0; i < 2; i++)
         row[i] = moira_npu_alloc(core, MOIRA_NPU_UB, row_bytes);
+    if (job->key_positions) {
+        moira_npu_copy_gm_to_ub(core, row[0], job->key_positions, (size_t)job->keys * 4);
+        moira_npu_vcast(core, key_positions, MOIRA_DTYPE_F32, row[0], MOIRA_DTYPE_I32, job->keys);
+    } else {
+        moira_npu_vindex(core, key_positions, 0.0f, job->keys);
+    }
     int ping = 0;
     for (int64_t r = block; r < job->rows && moira_npu_ok(core); r += n_blocks, ping ^= 1) {
         float *gm = job->scores + r * job->keys;
         int64_t query = r % job->queries;
         moira_npu_copy_gm_to_ub(core, row[ping], gm, (size_t)job->keys * 4);
         moira_npu_vmuls(core, row[ping], row[ping], job->scale, job->keys);
-        float *s = moira_npu_scalar_ptr(core, row[ping], (size_t)job->keys * 4);
-        if (!s) return;
-        int32_t limit = job->positions[query];
-        for (int64_t k = 0; k < job->keys; k++) {
-            int64_t key_position = job->key_positions ? job->key_positions[k] : k;
-            if (key_position > limit) s[k] = -INFINITY;
-        }
-        moira_npu_scalar(core, (uint64_t)job->keys);
+        moira_npu_vcompare_scalar(core, visible, key_positions, MOIRA_NPU_CMP_LE,
+                                  (float)job->positions[query], job->keys);
+        moira_npu_vselect(core, row[ping], visible, row[ping], -INFINITY, job->keys);
+        moira_npu_scalar(core, 2);
         float max_score = moira_npu_vreduce_max(core, row[ping], job->keys);
         if (max_score == -INFINITY) {
             moira_npu_vdup(core, row[ping], 0.0f, job->keys);

@@ -225,13 +225,13 @@ static void combine_block(moira_npu_core_t *core, int block, int n_blocks, void 
                 moira_npu_copy_gm_to_ub(core, row[ping], job->ys + pos[j] * job->hidden + c0,
                                         (size_t)n * 4);
                 moira_npu_vmuls(core, row[ping], row[ping], w[j], n);
-                moira_npu_vbinary(core, MOIRA_NPU_VADD, acc, acc, row[ping], n);
+                moira_npu_vbinary(core, MOIRA_NPU_VADD, MOIRA_DTYPE_F32, acc, acc, row[ping], n);
             }
             float *y = job->y + t * job->hidden + c0;
             if (job->beta != 0) {
                 moira_npu_copy_gm_to_ub(core, row[ping], y, (size_t)n * 4);
                 moira_npu_vmuls(core, row[ping], row[ping], job->beta, n);
-                moira_npu_vbinary(core, MOIRA_NPU_VADD, acc, row[ping], acc, n);
+                moira_npu_vbinary(core, MOIRA_NPU_VADD, MOIRA_DTYPE_F32, acc, row[ping], acc, n);
             }
             moira_npu_copy_ub_to_gm(core, y, acc, (size_t)n * 4);
         }

@@ -42,12 +42,13 @@ static void rmsnorm_block(moira_npu_core_t *core, int block, int n_blocks, void 
     int ping = 0;
     for (int64_t r = block; r < job->rows && moira_npu_ok(core); r += n_blocks, ping ^= 1) {
         moira_npu_copy_gm_to_ub(core, x[ping], job->x + r * job->x_stride, (size_t)job->cols * 4);
-        moira_npu_vbinary(core, MOIRA_NPU_VMUL, squares, x[ping], x[ping], job->cols);
+        moira_npu_vbinary(core, MOIRA_NPU_VMUL, MOIRA_DTYPE_F32, squares, x[ping], x[ping],
+                          job->cols);
         float sum = moira_npu_vreduce_sum(core, squares, job->cols);
         float inv_rms = 1.0f / sqrtf(sum / (float)job->cols + params->eps);
         moira_npu_scalar(core, 4);
         moira_npu_vmuls(core, x[ping], x[ping], inv_rms, job->cols);
-        moira_npu_vbinary(core, MOIRA_NPU_VMUL, x[ping], x[ping], w, job->cols);
+        moira_npu_vbinary(core, MOIRA_NPU_VMUL, MOIRA_DTYPE_F32, x[ping], x[ping], w, job->cols);
         moira_npu_copy_ub_to_gm(core, job->y + r * job->y_stride, x[ping], (size_t)job->cols * 4);
     }
 }
@@ -126,9 +127,9 @@ static void rope_block(moira_npu_core_t *core, int block, int n_blocks, void *ra
             int64_t n = job->cols - c0 < chunk ? job->cols - c0 : chunk;
             moira_npu_copy_gm_to_ub(core, x[ping], job->x + r * job->x_stride + c0, (size_t)n * 4);
             moira_npu_vgather(core, swapped, x[ping], partner, n);
-            moira_npu_vbinary(core, MOIRA_NPU_VMUL, x[ping], x[ping], cos_row, n);
-            moira_npu_vbinary(core, MOIRA_NPU_VMUL, swapped, swapped, sin_row, n);
-            moira_npu_vbinary(core, MOIRA_NPU_VADD, x[ping], x[ping], swapped, n);
+            moira_npu_vbinary(core, MOIRA_NPU_VMUL, MOIRA_DTYPE_F32, x[ping], x[ping], cos_row, n);
+            moira_npu_vbinary(core, MOIRA_NPU_VMUL, MOIRA_DTYPE_F32, swapped, swapped, sin_row, n);
+            moira_npu_vbinary(core, MOIRA_NPU_VADD, MOIRA_DTYPE_F32, x[ping], x[ping], swapped, n);
             moira_npu_copy_ub_to_gm(core, job->y + r * job->y_stride + c0, x[ping], (size_t)n * 4);
         }
     }

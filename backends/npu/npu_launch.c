@@ -199,8 +199,8 @@ static void swiglu_block(moira_npu_core_t *core, int block, int n_blocks, void *
             moira_npu_copy_gm_to_ub(core, g[ping], job->gate + at, (size_t)n * 4);
             moira_npu_copy_gm_to_ub(core, u[ping], job->up + at, (size_t)n * 4);
             moira_npu_vsigmoid(core, s, g[ping], n);
-            moira_npu_vbinary(core, MOIRA_NPU_VMUL, g[ping], g[ping], s, n);
-            moira_npu_vbinary(core, MOIRA_NPU_VMUL, g[ping], g[ping], u[ping], n);
+            moira_npu_vbinary(core, MOIRA_NPU_VMUL, MOIRA_DTYPE_F32, g[ping], g[ping], s, n);
+            moira_npu_vbinary(core, MOIRA_NPU_VMUL, MOIRA_DTYPE_F32, g[ping], g[ping], u[ping], n);
             moira_npu_copy_ub_to_gm(core, job->h + at, g[ping], (size_t)n * 4);
         }
     }

@@ -173,6 +173,35 @@ static void check_cube_rounding(moira_npu_core_t *core) {
     }
 }
 
+/* Vector repeats are 256 bytes: 70 f32 lanes take two repeats (the second under a 6-lane mask),
+ * 256 f16 lanes two as well. Compare writes a bit mask that Select applies. */
+static void check_vector(moira_npu_core_t *core) {
+    moira_npu_core_begin(core, "test_vector");
+    moira_npu_region_t a = moira_npu_alloc(core, MOIRA_NPU_UB, 1024);
+    moira_npu_region_t b = moira_npu_alloc(core, MOIRA_NPU_UB, 1024);
+    moira_npu_region_t mask = moira_npu_alloc(core, MOIRA_NPU_UB, 32);
+    moira_npu_vindex(core, a, 0.0f, 70);
+    moira_npu_vdup(core, b, 2.0f, 70);
+    CHECK(core->cost.vector_repeats == 4);
+    moira_npu_vbinary(core, MOIRA_NPU_VMUL, MOIRA_DTYPE_F32, b, a, b, 70);
+    moira_npu_vcompare_scalar(core, mask, a, MOIRA_NPU_CMP_LE, 64.0f, 70);
+    moira_npu_vselect(core, b, mask, b, -1.0f, 70);
+    const float *out = moira_npu_scalar_ptr(core, b, 70 * 4);
+    const uint8_t *bits = moira_npu_scalar_ptr(core, mask, 32);
+    CHECK(out && out[3] == 6.0f && out[64] == 128.0f && out[65] == -1.0f && out[69] == -1.0f);
+    CHECK(bits && bits[0] == 0xFF && bits[8] == 0x01);
+    CHECK(core->cost.vector_repeats == 10);
+    uint16_t *halves = moira_npu_scalar_ptr(core, a, 512);
+    for (int i = 0; halves && i < 256; i++)
+        halves[i] = moira_f32_to_f16(1.0f + (float)i);
+    moira_npu_vbinary(core, MOIRA_NPU_VADD, MOIRA_DTYPE_F16, b, a, a, 256);
+    const uint16_t *sums = moira_npu_scalar_ptr(core, b, 512);
+    CHECK(sums && moira_f16_to_f32(sums[255]) == 512.0f);
+    CHECK(core->cost.vector_repeats == 12);
+    moira_npu_vbinary(core, MOIRA_NPU_VADD, MOIRA_DTYPE_BF16, b, a, a, 16);
+    CHECK(fault_mentions(core, "f32 or f16"));
+}
+
 /* The model's arithmetic: 1800 fractals on one core at 1.8 GHz is 1 us, Cube-bound; traffic
  * beyond what the cores' cycles allow is HBM-bound. */
 static void check_cost_model(void) {
@@ -340,6 +369,7 @@ int main(void) {
     check_cube_on_core(&core, MOIRA_DTYPE_BF16);
     check_cube_on_core(&core, MOIRA_DTYPE_F16);
     check_cube_rounding(&core);
+    check_vector(&core);
     moira_npu_core_release(&core);
     CHECK_OK(moira_runtime_init());
     check_linear_on_device();
