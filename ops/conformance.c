@@ -218,11 +218,11 @@ static moira_status_t layer_near_ties(host_case_t *h, float window, bool *tie) {
                                 &idx, &wt, &sel);
     for (int64_t row = 0; row < t && !status; row++) {
         float *s = (float *)sel.data + row * e, kth, next;
-        if (c->n_group > 1) {
+        if (c->n_group > 1 && c->n_group <= 256) {
             int64_t size = e / c->n_group;
             float groups[256];
             int take = w->moe.e_score_correction_bias && size >= 2 ? 2 : 1;
-            for (int64_t g = 0; g < c->n_group && g < 256; g++) {
+            for (int64_t g = 0; g < c->n_group; g++) {
                 float first, second;
                 boundary(s + g * size, size, 1, &first, &second);
                 groups[g] = take == 2 ? first + second : first;
