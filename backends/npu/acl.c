@@ -14,6 +14,7 @@
 
 #define HBM_ALIGN 512
 
+/* ACL's own spelling, so a message can be looked up in CANN's error reference. */
 const char *moira_acl_error_name(moira_acl_error_t error) {
     switch (error) {
     case MOIRA_ACL_SUCCESS:
@@ -55,6 +56,7 @@ static moira_code_t code_for(moira_acl_error_t error) {
     return MOIRA_CODE_DEVICE;
 }
 
+/* Every ACL failure leaves the backend as a Moira status that still names its ACL code. */
 moira_status_t moira_acl_status(moira_acl_error_t error, const char *fmt, ...) {
     char message[768];
     va_list args;
@@ -65,6 +67,7 @@ moira_status_t moira_acl_status(moira_acl_error_t error, const char *fmt, ...) {
                              moira_acl_error_name(error), message);
 }
 
+/* The 910B's published shape, the device users of DESIGN.md's topologies expect. */
 moira_npu_spec_t moira_npu_default_spec(void) {
     return (moira_npu_spec_t){
         .ai_cores = 24,
@@ -101,6 +104,7 @@ static moira_status_t parse_field(const char *value, const char **cursor, double
     return MOIRA_OK_STATUS;
 }
 
+/* Tests and planners need other shapes than the default without a topology file. */
 moira_status_t moira_acl_configure_from_env(int *out_count, moira_npu_spec_t *out_spec) {
     *out_spec = moira_npu_default_spec();
     *out_count = 1;
@@ -128,8 +132,8 @@ moira_status_t moira_acl_configure_from_env(int *out_count, moira_npu_spec_t *ou
 /* ---- Devices and memory ---- */
 
 typedef struct allocation {
-    struct allocation *next;
-    unsigned char *base;
+    struct allocation *next; /* owned by the list */
+    unsigned char *base;     /* owned: the host memory standing in for this HBM range */
     size_t bytes;
 } allocation_t;
 
@@ -141,6 +145,7 @@ struct moira_acl_device {
     uint64_t used;
 };
 
+/* Opening a device gives it an empty HBM ledger; kernels' cores are built by the machine. */
 moira_status_t moira_acl_set_device(int id, const moira_npu_spec_t *spec,
                                     moira_acl_device_t **out_device) {
     if (id < 0 || spec->ai_cores <= 0)
@@ -167,14 +172,18 @@ void moira_acl_reset_device(moira_acl_device_t *device) {
     free(device);
 }
 
+/* Kernels size their tiles from the shape of the device they run on. */
 const moira_npu_spec_t *moira_acl_device_spec(const moira_acl_device_t *device) {
     return &device->spec;
 }
 
+/* The id names the device in messages. */
 int moira_acl_device_id(const moira_acl_device_t *device) {
     return device->id;
 }
 
+/* HBM is accounted against the device's size before host memory backs it, so an
+ * over-large model fails as it would on the card. */
 moira_status_t moira_acl_malloc(moira_acl_device_t *device, size_t bytes, void **out_dev_ptr) {
     size_t rounded = (bytes + HBM_ALIGN - 1) / HBM_ALIGN * HBM_ALIGN;
     if (rounded == 0) rounded = HBM_ALIGN;
@@ -209,6 +218,7 @@ moira_status_t moira_acl_malloc(moira_acl_device_t *device, size_t bytes, void *
     return MOIRA_OK_STATUS;
 }
 
+/* Freeing an address that is not an allocation is ignored, as aclrtFree tolerates NULL. */
 void moira_acl_free(moira_acl_device_t *device, void *dev_ptr) {
     if (!dev_ptr) return;
     pthread_mutex_lock(&device->mutex);
@@ -224,6 +234,7 @@ void moira_acl_free(moira_acl_device_t *device, void *dev_ptr) {
     pthread_mutex_unlock(&device->mutex);
 }
 
+/* What the planner and tests compare against the device's HBM size. */
 uint64_t moira_acl_memory_used(moira_acl_device_t *device) {
     pthread_mutex_lock(&device->mutex);
     uint64_t used = device->used;
@@ -246,8 +257,8 @@ static bool is_device_range(moira_acl_device_t *device, const void *ptr, size_t 
 /* ---- Streams ---- */
 
 typedef struct task_node {
-    struct task_node *next;
-    moira_acl_task_t task;
+    struct task_node *next; /* owned by the stream's FIFO */
+    moira_acl_task_t task;  /* owned */
 } task_node_t;
 
 struct moira_acl_stream {
@@ -260,10 +271,12 @@ struct moira_acl_stream {
     moira_status_t failure; /* first failure, owned; handed out by synchronize */
 };
 
+/* A task frees its argument whether it ran or not. */
 static void release_task(moira_acl_task_t *task) {
     if (task->release) task->release(task->arg);
 }
 
+/* The stream's worker: tasks run in submission order, each told of the first earlier failure. */
 static void *stream_main(void *raw) {
     moira_acl_stream_t *stream = raw;
     pthread_mutex_lock(&stream->mutex);
@@ -292,6 +305,7 @@ static void *stream_main(void *raw) {
     return NULL;
 }
 
+/* One worker thread per stream keeps submissions asynchronous and ordered. */
 moira_status_t moira_acl_create_stream(moira_acl_device_t *device,
                                        moira_acl_stream_t **out_stream) {
     moira_acl_stream_t *stream = calloc(1, sizeof(*stream));
@@ -311,6 +325,7 @@ moira_status_t moira_acl_create_stream(moira_acl_device_t *device,
     return MOIRA_OK_STATUS;
 }
 
+/* Waits for the stream to drain and hands the caller its first failure. */
 moira_status_t moira_acl_synchronize_stream(moira_acl_stream_t *stream) {
     pthread_mutex_lock(&stream->mutex);
     while (stream->head || stream->busy)
@@ -321,6 +336,7 @@ moira_status_t moira_acl_synchronize_stream(moira_acl_stream_t *stream) {
     return failure;
 }
 
+/* Work already submitted finishes before the thread goes away. */
 void moira_acl_destroy_stream(moira_acl_stream_t *stream) {
     if (!stream) return;
     moira_status_t failure = moira_acl_synchronize_stream(stream);
@@ -339,6 +355,7 @@ void moira_acl_destroy_stream(moira_acl_stream_t *stream) {
     free(stream);
 }
 
+/* Appends to the FIFO and wakes the worker. */
 moira_status_t moira_acl_stream_submit(moira_acl_stream_t *stream, moira_acl_task_t task) {
     task_node_t *node = calloc(1, sizeof(*node));
     if (!node) {
@@ -357,22 +374,26 @@ moira_status_t moira_acl_stream_submit(moira_acl_stream_t *stream, moira_acl_tas
     return MOIRA_OK_STATUS;
 }
 
+/* Streams belong to one device, as in ACL. */
 moira_acl_device_t *moira_acl_stream_device(moira_acl_stream_t *stream) {
     return stream->device;
 }
 
 typedef struct copy_task {
-    void *dst;
-    const void *src;
+    void *dst;       /* borrowed until the copy has run */
+    const void *src; /* borrowed until the copy has run */
     size_t bytes;
 } copy_task_t;
 
+/* Copies are skipped after a failure: their inputs may be garbage. */
 static moira_status_t run_copy(void *raw, moira_status_t prior_failure) {
     copy_task_t *copy = raw;
     if (!prior_failure && copy->bytes) memmove(copy->dst, copy->src, copy->bytes);
     return MOIRA_OK_STATUS;
 }
 
+/* The kind is checked against the pointers, as aclrtMemcpy does, so a host pointer passed
+ * as device memory is an error, not a stray write. */
 moira_status_t moira_acl_memcpy_async(moira_acl_stream_t *stream, void *dst, const void *src,
                                       size_t bytes, moira_acl_memcpy_kind_t kind) {
     bool dst_device = kind != MOIRA_ACL_MEMCPY_DEVICE_TO_HOST;
@@ -393,6 +414,7 @@ moira_status_t moira_acl_memcpy_async(moira_acl_stream_t *stream, void *dst, con
         stream, (moira_acl_task_t){.run = run_copy, .release = free, .arg = copy});
 }
 
+/* Drops the reference the stream took at submission. */
 static void release_event(void *raw) {
     moira_event_release(raw);
 }
@@ -407,17 +429,20 @@ static moira_status_t run_record(void *raw, moira_status_t prior_failure) {
     return MOIRA_OK_STATUS;
 }
 
+/* Waits even after a failure, so the event's producer is never left behind. */
 static moira_status_t run_wait(void *raw, moira_status_t prior_failure) {
     (void)prior_failure;
     return moira_event_wait(raw);
 }
 
+/* The stream holds the event until it reaches the record point. */
 moira_status_t moira_acl_record_event(moira_acl_stream_t *stream, moira_event_t *event) {
     moira_event_retain(event);
     return moira_acl_stream_submit(
         stream, (moira_acl_task_t){.run = run_record, .release = release_event, .arg = event});
 }
 
+/* Events come from any backend's queue, so a stream can wait on a cpu queue's work. */
 moira_status_t moira_acl_stream_wait_event(moira_acl_stream_t *stream, moira_event_t *event) {
     moira_event_retain(event);
     return moira_acl_stream_submit(

@@ -3,6 +3,7 @@
 
 #include <stddef.h>
 
+/* Counters of several cores or launches add up field by field. */
 void moira_npu_cost_add(moira_npu_cost_t *into, const moira_npu_cost_t *add) {
     into->cube_fractals += add->cube_fractals;
     into->vector_repeats += add->vector_repeats;
@@ -35,6 +36,7 @@ double moira_npu_core_cycles(const moira_npu_spec_t *spec, const moira_npu_cost_
     return engines[best].cycles;
 }
 
+/* A launch ends when its slowest core does, unless HBM cannot feed the cores that fast. */
 void moira_npu_report_launch(const moira_npu_spec_t *spec, const moira_npu_cost_t *per_core,
                              int n_cores, moira_npu_launch_report_t *out_report) {
     moira_npu_launch_report_t report = {.bound = "idle"};
@@ -61,6 +63,7 @@ void moira_npu_report_launch(const moira_npu_spec_t *spec, const moira_npu_cost_
     *out_report = report;
 }
 
+/* An op of several launches runs them back to back; the engine that bounds most time wins. */
 void moira_npu_report_add(moira_npu_launch_report_t *into, const moira_npu_launch_report_t *add) {
     moira_npu_cost_add(&into->total, &add->total);
     if (add->cores_used > into->cores_used) into->cores_used = add->cores_used;

@@ -14,11 +14,13 @@
 #define FRACTAL_ELEMS (MOIRA_NPU_FRACTAL * MOIRA_NPU_FRACTAL)
 #define ND2NZ_MAX_COLS 512
 
+/* Names as Ascend's documentation writes them, for fault messages. */
 const char *moira_npu_mem_name(moira_npu_mem_t mem) {
     static const char *names[MOIRA_NPU_MEM_COUNT] = {"L1", "L0A", "L0B", "L0C", "UB"};
     return mem >= 0 && mem < MOIRA_NPU_MEM_COUNT ? names[mem] : "?";
 }
 
+/* Each buffer gets exactly its DaVinci capacity, so an overflow cannot land in a neighbour. */
 moira_status_t moira_npu_core_init(moira_npu_core_t *core, int index,
                                    const moira_npu_spec_t *spec) {
     memset(core, 0, sizeof(*core));
@@ -42,6 +44,7 @@ moira_status_t moira_npu_core_init(moira_npu_core_t *core, int index,
     return MOIRA_OK_STATUS;
 }
 
+/* Frees the buffers and any fault left over. */
 void moira_npu_core_release(moira_npu_core_t *core) {
     for (int m = 0; m < MOIRA_NPU_MEM_COUNT; m++) {
         free(core->mem[m]);
@@ -51,6 +54,7 @@ void moira_npu_core_release(moira_npu_core_t *core) {
     core->fault = MOIRA_OK_STATUS;
 }
 
+/* A kernel starts on an idle core: nothing allocated, nothing counted, no fault. */
 void moira_npu_core_begin(moira_npu_core_t *core, const char *kernel) {
     memset(core->allocated, 0, sizeof(core->allocated));
     memset(&core->cost, 0, sizeof(core->cost));
@@ -59,6 +63,7 @@ void moira_npu_core_begin(moira_npu_core_t *core, const char *kernel) {
     core->kernel = kernel;
 }
 
+/* The first fault is the one that explains the failure; later ones are its consequences. */
 void moira_npu_fault(moira_npu_core_t *core, const char *fmt, ...) {
     if (core->fault) return;
     char message[512];
@@ -70,6 +75,7 @@ void moira_npu_fault(moira_npu_core_t *core, const char *fmt, ...) {
                                    core->index, core->kernel ? core->kernel : "?", message);
 }
 
+/* A bump allocator per buffer, like TPipe::InitBuffer: regions are aligned for the buffer. */
 moira_npu_region_t moira_npu_alloc(moira_npu_core_t *core, moira_npu_mem_t mem, size_t bytes) {
     moira_npu_region_t empty = {mem, 0, 0};
     if (!moira_npu_ok(core)) return empty;
@@ -111,6 +117,7 @@ static void *checked(moira_npu_core_t *core, moira_npu_region_t region, moira_np
     return core->mem[want] + region.offset;
 }
 
+/* The scalar unit reads and writes local memory through the same checks as instructions. */
 void *moira_npu_scalar_ptr(moira_npu_core_t *core, moira_npu_region_t region, size_t bytes) {
     return checked(core, region, region.mem, bytes, "scalar access");
 }
@@ -127,6 +134,7 @@ void moira_npu_copy_gm_to_ub(moira_npu_core_t *core, moira_npu_region_t dst, con
     core->cost.mte2_bytes += bytes;
 }
 
+/* Only the bytes asked for leave the UB, so padding never reaches GM. */
 void moira_npu_copy_ub_to_gm(moira_npu_core_t *core, void *gm, moira_npu_region_t src,
                              size_t bytes) {
     unsigned char *ub = checked(core, src, MOIRA_NPU_UB, bytes, "DataCopyPad UB->GM");
@@ -156,6 +164,7 @@ static bool cube_type_ok(moira_npu_core_t *core, moira_dtype_t cube_dtype, const
     return false;
 }
 
+/* Rows are read in ND from GM (through the row map for gathered activations) and laid out NZ. */
 void moira_npu_load_nd2nz(moira_npu_core_t *core, moira_npu_region_t dst, moira_dtype_t cube_dtype,
                           const moira_npu_gm_matrix_t *src, int64_t row0, int64_t col0,
                           int64_t rows, int64_t cols) {
@@ -188,6 +197,7 @@ void moira_npu_load_nd2nz(moira_npu_core_t *core, moira_npu_region_t dst, moira_
             (uint64_t)(rows * cols + LANES_PER_REPEAT - 1) / LANES_PER_REPEAT;
 }
 
+/* L0A holds fractals row-block major, the order the Cube walks A. */
 void moira_npu_load_l0a(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu_region_t src,
                         int64_t m, int64_t k) {
     size_t bytes = (size_t)moira_npu_nz_elements(m, k) * 2;
@@ -204,6 +214,7 @@ void moira_npu_load_l0a(moira_npu_core_t *core, moira_npu_region_t dst, moira_np
     core->cost.mte1_bytes += bytes;
 }
 
+/* L0B holds fractals k-block major with each fractal transposed, the order the Cube walks B. */
 void moira_npu_load_l0b(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu_region_t src,
                         int64_t k, int64_t n, bool src_is_nk) {
     size_t bytes = (size_t)moira_npu_nz_elements(k, n) * 2;
@@ -265,6 +276,7 @@ void moira_npu_mmad(moira_npu_core_t *core, moira_npu_region_t c, moira_npu_regi
         }
 }
 
+/* FIXPIPE converts on the way out; atomic add lets split or residual results accumulate in GM. */
 void moira_npu_fixpipe(moira_npu_core_t *core, void *gm, moira_dtype_t dtype, int64_t gm_stride,
                        moira_npu_region_t src, int64_t tile_rows, int64_t m, int64_t n,
                        bool atomic_add) {
@@ -300,11 +312,13 @@ static uint64_t repeats(int64_t count) {
     return (uint64_t)(count + LANES_PER_REPEAT - 1) / LANES_PER_REPEAT;
 }
 
+/* f32 vector operands are checked like every other local access. */
 static float *vector_operand(moira_npu_core_t *core, moira_npu_region_t region, int64_t count,
                              const char *instruction) {
     return checked(core, region, MOIRA_NPU_UB, (size_t)count * 4, instruction);
 }
 
+/* One lane of a binary vector instruction. */
 static float apply(moira_npu_vop_t op, float x, float y) {
     switch (op) {
     case MOIRA_NPU_VADD:
@@ -354,6 +368,7 @@ static size_t mask_bytes(int64_t count) {
     return ((size_t)(count + 7) / 8 + 31) / 32 * 32;
 }
 
+/* Masks are how vector code branches: compare once, then select. */
 void moira_npu_vcompare_scalar(moira_npu_core_t *core, moira_npu_region_t mask,
                                moira_npu_region_t src, moira_npu_cmp_t cmp, float scalar,
                                int64_t count) {
@@ -385,6 +400,7 @@ void moira_npu_vcompare_scalar(moira_npu_core_t *core, moira_npu_region_t mask,
     core->cost.vector_repeats += repeats(count);
 }
 
+/* Applies a mask without branches, as the hardware does. */
 void moira_npu_vselect(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu_region_t mask,
                        moira_npu_region_t src, float otherwise, int64_t count) {
     float *d = vector_operand(core, dst, count, "Select");
@@ -396,6 +412,7 @@ void moira_npu_vselect(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu
     core->cost.vector_repeats += repeats(count);
 }
 
+/* Index vectors (key positions, offsets) without a trip through the scalar unit. */
 void moira_npu_vindex(moira_npu_core_t *core, moira_npu_region_t dst, float first, int64_t count) {
     float *d = vector_operand(core, dst, count, "ArithProgression");
     if (!d) return;
@@ -404,6 +421,7 @@ void moira_npu_vindex(moira_npu_core_t *core, moira_npu_region_t dst, float firs
     core->cost.vector_repeats += repeats(count);
 }
 
+/* Scaling by a scalar register, one repeat per 64 lanes. */
 void moira_npu_vmuls(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu_region_t src,
                      float scalar, int64_t count) {
     float *d = vector_operand(core, dst, count, "Muls");
@@ -414,6 +432,7 @@ void moira_npu_vmuls(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu_r
     core->cost.vector_repeats += repeats(count);
 }
 
+/* Adding a scalar register, one repeat per 64 lanes. */
 void moira_npu_vadds(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu_region_t src,
                      float scalar, int64_t count) {
     float *d = vector_operand(core, dst, count, "Adds");
@@ -424,6 +443,7 @@ void moira_npu_vadds(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu_r
     core->cost.vector_repeats += repeats(count);
 }
 
+/* Exp in fp32, as softmax needs. */
 void moira_npu_vexp(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu_region_t src,
                     int64_t count) {
     float *d = vector_operand(core, dst, count, "Exp");
@@ -434,6 +454,7 @@ void moira_npu_vexp(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu_re
     core->cost.vector_repeats += repeats(count);
 }
 
+/* Sigmoid is Muls, Exp, Adds and a reciprocal on the hardware: four repeats per 64 lanes. */
 void moira_npu_vsigmoid(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu_region_t src,
                         int64_t count) {
     float *d = vector_operand(core, dst, count, "Sigmoid");
@@ -444,6 +465,7 @@ void moira_npu_vsigmoid(moira_npu_core_t *core, moira_npu_region_t dst, moira_np
     core->cost.vector_repeats += 4 * repeats(count);
 }
 
+/* Fills a region with a scalar (zeroing accumulators, masking). */
 void moira_npu_vdup(moira_npu_core_t *core, moira_npu_region_t dst, float value, int64_t count) {
     float *d = vector_operand(core, dst, count, "Duplicate");
     if (!d) return;
@@ -464,6 +486,7 @@ static float tree_sum(const float *values, int64_t count) {
     return tree_sum(values, half) + tree_sum(values + half, count - half);
 }
 
+/* The sum leaves the vector unit for the scalar unit, which costs one extra step. */
 float moira_npu_vreduce_sum(moira_npu_core_t *core, moira_npu_region_t src, int64_t count) {
     const float *s = vector_operand(core, src, count, "ReduceSum");
     if (!s) return 0;
@@ -472,6 +495,7 @@ float moira_npu_vreduce_sum(moira_npu_core_t *core, moira_npu_region_t src, int6
     return tree_sum(s, count);
 }
 
+/* The maximum leaves the vector unit for the scalar unit, which costs one extra step. */
 float moira_npu_vreduce_max(moira_npu_core_t *core, moira_npu_region_t src, int64_t count) {
     const float *s = vector_operand(core, src, count, "ReduceMax");
     if (!s) return 0;
@@ -483,6 +507,7 @@ float moira_npu_vreduce_max(moira_npu_core_t *core, moira_npu_region_t src, int6
     return best;
 }
 
+/* Gathers within the UB by index; an index past the source is a fault, not a stray read. */
 void moira_npu_vgather(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu_region_t src,
                        moira_npu_region_t index, int64_t count) {
     float *d = vector_operand(core, dst, count, "Gather");
@@ -502,6 +527,7 @@ void moira_npu_vgather(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu
     core->cost.vector_repeats += repeats(count);
 }
 
+/* Only the casts the vector unit has: between f32 and the 16-bit floats, and i32 to f32. */
 void moira_npu_vcast(moira_npu_core_t *core, moira_npu_region_t dst, moira_dtype_t dst_dtype,
                      moira_npu_region_t src, moira_dtype_t src_dtype, int64_t count) {
     bool narrow_ok = dst_dtype == MOIRA_DTYPE_F16 || dst_dtype == MOIRA_DTYPE_BF16;

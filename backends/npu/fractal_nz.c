@@ -12,6 +12,7 @@ void moira_npu_nz_pack16(const uint16_t *src, int64_t src_stride, int64_t rows, 
             dst[moira_npu_nz_index(rows, r, c)] = src[r * src_stride + c];
 }
 
+/* Reading a Cube result or a packed weight back in row-major order. */
 void moira_npu_nz_unpack16(const uint16_t *src, int64_t rows, int64_t cols, uint16_t *dst,
                            int64_t dst_stride) {
     for (int64_t r = 0; r < rows; r++)

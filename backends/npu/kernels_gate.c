@@ -12,6 +12,7 @@
 #define GATE_MAX_TOKENS 16
 #define CAPACITY_CHUNK 4096
 
+/* GM addresses, borrowed for the launch. */
 typedef struct gate_job {
     const moira_gate_params_t *params;
     const float *x;
@@ -67,6 +68,8 @@ static void load_weight_row(moira_npu_core_t *core, const gate_job_t *job, int64
     moira_npu_scalar(core, 2 * (uint64_t)job->hidden);
 }
 
+/* One block routes chunks of tokens: logits against every expert row streamed through the UB
+ * (double-buffered), then scores, selection and weights per token. */
 static void gate_block(moira_npu_core_t *core, int block, int n_blocks, void *raw_job) {
     const gate_job_t *job = raw_job;
     const moira_gate_params_t *p = job->params;
@@ -206,6 +209,7 @@ static void capacity_block(moira_npu_core_t *core, int block, int n_blocks, void
     }
 }
 
+/* Tokens per chunk are sized to the UB; the capacity pass runs only when a factor is set. */
 moira_status_t moira_npu_gate(moira_npu_machine_t *machine, const moira_op_launch_t *launch,
                               moira_npu_launch_report_t *report) {
     const moira_dtensor_t *operands = launch->operands;

@@ -14,6 +14,7 @@
 #define TILE_N 128
 #define TILE_K 128
 
+/* Borrowed for the launch. */
 typedef struct gemm_job {
     const moira_npu_gemm_group_t *groups;
     int n_groups;
@@ -23,6 +24,7 @@ typedef struct gemm_job {
     int64_t n_items;
 } gemm_job_t;
 
+/* Tiles needed to cover `a` in steps of `b`. */
 static int64_t ceil_div(int64_t a, int64_t b) {
     return (a + b - 1) / b;
 }
@@ -54,6 +56,7 @@ static void gemm_item(moira_npu_core_t *core, const moira_npu_gemm_group_t *g, i
                       n, accumulate);
 }
 
+/* Each core takes every n_blocks-th output block across all groups, so busy experts spread. */
 static void gemm_block(moira_npu_core_t *core, int block, int n_blocks, void *raw) {
     const gemm_job_t *job = raw;
     moira_npu_region_t l1_a[2], l1_b[2], l0a[2], l0b[2];

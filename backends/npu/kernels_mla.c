@@ -11,6 +11,7 @@
 /* Score elements per head chunk: bounds the GM workspace to 64 MB. */
 #define SCORE_WORKSPACE_FLOATS (16ll << 20)
 
+/* GM addresses, borrowed for the launch. */
 typedef struct softmax_job {
     float *scores; /* [heads][queries][keys] */
     int64_t rows, queries, keys;
@@ -60,7 +61,8 @@ static void softmax_block(moira_npu_core_t *core, int block, int n_blocks, void 
     }
 }
 
-/* Where one head's operands live; the three GEMMs and the softmax are built from these. */
+/* Where one head's operands live (GM addresses, borrowed); the three GEMMs and the softmax are
+ * built from these. */
 typedef struct attention_shape {
     int64_t heads, queries, keys;
     /* scores = q1 k1^T + q2 k2^T: [queries, d1] x [keys, d1], and [queries, d2] x [keys, d2] */
@@ -76,6 +78,8 @@ typedef struct attention_shape {
     float scale;
 } attention_shape_t;
 
+/* Scores for a chunk of heads (two GEMMs, the second accumulating), the softmax, then the
+ * weighted values written straight into the output columns of each head. */
 static moira_status_t attention_heads(moira_npu_machine_t *machine, const attention_shape_t *a,
                                       int64_t h0, int64_t n_heads, float *scores,
                                       moira_npu_gemm_group_t *groups,
@@ -152,6 +156,7 @@ static moira_status_t attention(moira_npu_machine_t *machine, const attention_sh
     return status;
 }
 
+/* Prefill: keys and values are expanded per head in kv; k_pe is shared by all heads. */
 moira_status_t moira_npu_mla_attention(moira_npu_machine_t *machine,
                                        const moira_op_launch_t *launch,
                                        moira_npu_launch_report_t *report) {

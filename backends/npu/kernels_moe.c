@@ -10,6 +10,7 @@
 #define INDEX_CHUNK 4096
 #define COMBINE_CHUNK 4096
 
+/* GM addresses, borrowed for the launch (as in every kernel's job below). */
 typedef struct dispatch_job {
     const int32_t *topk_idx;
     int32_t *offsets, *sorted_rows, *assignment_pos;
@@ -78,6 +79,7 @@ static void dispatch_block(moira_npu_core_t *core, int block, int n_blocks, void
         moira_npu_copy_ub_to_gm(core, job->sorted_rows + row, one, 4);
 }
 
+/* The sort is one block: it is O(T*k) and feeds the GEMMs that dominate. */
 moira_status_t moira_npu_moe_dispatch(moira_npu_machine_t *machine, const moira_op_launch_t *launch,
                                       moira_npu_launch_report_t *report) {
     const moira_moe_dispatch_params_t *params = launch->params;
@@ -184,6 +186,7 @@ moira_status_t moira_npu_moe_ffn(moira_npu_machine_t *machine, const moira_op_la
     return status;
 }
 
+/* GM addresses, borrowed for the launch. */
 typedef struct combine_job {
     const float *ys;
     const int32_t *assignment_pos;
@@ -239,6 +242,7 @@ static void combine_block(moira_npu_core_t *core, int block, int n_blocks, void 
     }
 }
 
+/* Tokens are independent, so they spread over the cores. */
 moira_status_t moira_npu_moe_combine(moira_npu_machine_t *machine, const moira_op_launch_t *launch,
                                      moira_npu_launch_report_t *report) {
     const moira_moe_combine_params_t *params = launch->params;

@@ -6,6 +6,7 @@
 
 #include "backends/npu/npu_kernels.h"
 
+/* GM addresses, borrowed for the launch. */
 typedef struct rows_job {
     const moira_op_launch_t *launch;
     const float *x;
@@ -13,6 +14,7 @@ typedef struct rows_job {
     int64_t rows, cols, x_stride, y_stride;
 } rows_job_t;
 
+/* RMSNORM and ROPE share operand positions: x first, y third. */
 static rows_job_t rows_job(const moira_op_launch_t *launch) {
     const moira_dtensor_t *x = &launch->operands[0], *y = &launch->operands[2];
     return (rows_job_t){
@@ -53,6 +55,7 @@ static void rmsnorm_block(moira_npu_core_t *core, int block, int n_blocks, void 
     }
 }
 
+/* Rows spread over the cores; each core keeps the weight in its UB for all its rows. */
 moira_status_t moira_npu_rmsnorm(moira_npu_machine_t *machine, const moira_op_launch_t *launch,
                                  moira_npu_launch_report_t *report) {
     rows_job_t job = rows_job(launch);
@@ -135,6 +138,7 @@ static void rope_block(moira_npu_core_t *core, int block, int n_blocks, void *ra
     }
 }
 
+/* Rows spread over the cores. */
 moira_status_t moira_npu_rope(moira_npu_machine_t *machine, const moira_op_launch_t *launch,
                               moira_npu_launch_report_t *report) {
     rows_job_t job = rows_job(launch);

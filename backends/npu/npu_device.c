@@ -27,6 +27,7 @@ typedef struct npu_queue {
 
 static const moira_device_vtable_t npu_vtable;
 
+/* A buffer is one aclrtMalloc; NUMA placement means nothing to device memory. */
 static moira_status_t npu_buffer_alloc(moira_device_t *base, size_t bytes, int numa_node,
                                        moira_buffer_t **out_buffer) {
     npu_device_t *device = (npu_device_t *)base;
@@ -46,6 +47,7 @@ static moira_status_t npu_buffer_alloc(moira_device_t *base, size_t bytes, int n
     return MOIRA_OK_STATUS;
 }
 
+/* Returns the HBM to the device's ledger. */
 static void npu_buffer_free(moira_buffer_t *base) {
     moira_npu_buffer_t *buffer = (moira_npu_buffer_t *)base;
     moira_acl_free(((npu_device_t *)base->device)->acl, buffer->hbm);
@@ -58,6 +60,7 @@ static void *npu_buffer_host_ptr(moira_buffer_t *buffer) {
     return NULL;
 }
 
+/* A queue is an ACL stream plus the cost totals of what it ran. */
 static moira_status_t npu_queue_create(moira_device_t *base, moira_queue_t **out_queue) {
     npu_device_t *device = (npu_device_t *)base;
     npu_queue_t *queue = calloc(1, sizeof(*queue));
@@ -72,6 +75,7 @@ static moira_status_t npu_queue_create(moira_device_t *base, moira_queue_t **out
     return MOIRA_OK_STATUS;
 }
 
+/* Drains the stream, then reports the queue's modelled device time at info level. */
 static void npu_queue_destroy(moira_queue_t *base) {
     npu_queue_t *queue = (npu_queue_t *)base;
     moira_acl_destroy_stream(queue->stream);
@@ -81,22 +85,26 @@ static void npu_queue_destroy(moira_queue_t *base) {
     free(queue);
 }
 
+/* Device address of a byte of a buffer. */
 static unsigned char *hbm_at(moira_buffer_t *buffer, size_t offset) {
     return ((moira_npu_buffer_t *)buffer)->hbm + offset;
 }
 
+/* Host -> device is a H2D memcpy on the stream. */
 static moira_status_t npu_enqueue_write(moira_queue_t *queue, moira_buffer_t *dst,
                                         size_t dst_offset, const void *src, size_t bytes) {
     return moira_acl_memcpy_async(((npu_queue_t *)queue)->stream, hbm_at(dst, dst_offset), src,
                                   bytes, MOIRA_ACL_MEMCPY_HOST_TO_DEVICE);
 }
 
+/* Device -> host is a D2H memcpy on the stream. */
 static moira_status_t npu_enqueue_read(moira_queue_t *queue, moira_buffer_t *src, size_t src_offset,
                                        void *dst, size_t bytes) {
     return moira_acl_memcpy_async(((npu_queue_t *)queue)->stream, dst, hbm_at(src, src_offset),
                                   bytes, MOIRA_ACL_MEMCPY_DEVICE_TO_HOST);
 }
 
+/* Within one device, a D2D memcpy. */
 static moira_status_t npu_enqueue_copy(moira_queue_t *queue, moira_buffer_t *src, size_t src_offset,
                                        moira_buffer_t *dst, size_t dst_offset, size_t bytes) {
     return moira_acl_memcpy_async(((npu_queue_t *)queue)->stream, hbm_at(dst, dst_offset),
@@ -104,6 +112,7 @@ static moira_status_t npu_enqueue_copy(moira_queue_t *queue, moira_buffer_t *src
                                   MOIRA_ACL_MEMCPY_DEVICE_TO_DEVICE);
 }
 
+/* A kernel launch waiting on a stream; owned by its task. */
 typedef struct op_task {
     npu_queue_t *queue;
     moira_op_launch_t launch;
@@ -152,18 +161,22 @@ static moira_status_t npu_enqueue_op(moira_queue_t *base, const moira_op_launch_
         (moira_acl_task_t){.run = run_op_task, .release = free, .arg = task});
 }
 
+/* Signals map to recorded events. */
 static moira_status_t npu_enqueue_signal(moira_queue_t *queue, moira_event_t *event) {
     return moira_acl_record_event(((npu_queue_t *)queue)->stream, event);
 }
 
+/* Waits map to stream-waits-event. */
 static moira_status_t npu_enqueue_wait(moira_queue_t *queue, moira_event_t *event) {
     return moira_acl_stream_wait_event(((npu_queue_t *)queue)->stream, event);
 }
 
+/* Finish is stream synchronisation, which hands back the first failure. */
 static moira_status_t npu_queue_finish(moira_queue_t *queue) {
     return moira_acl_synchronize_stream(((npu_queue_t *)queue)->stream);
 }
 
+/* Tests read the counters of the last op and the totals. */
 void moira_npu_queue_reports(moira_queue_t *base, moira_npu_launch_report_t *out_total,
                              moira_npu_launch_report_t *out_last) {
     npu_queue_t *queue = (npu_queue_t *)base;
@@ -171,16 +184,19 @@ void moira_npu_queue_reports(moira_queue_t *base, moira_npu_launch_report_t *out
     if (out_last) *out_last = queue->last;
 }
 
+/* The generic report hook: what `moira run` sums per batch. */
 static bool npu_queue_modelled_us(moira_queue_t *queue, double *out_us) {
     *out_us = ((npu_queue_t *)queue)->total.time_us;
     return true;
 }
 
+/* Support depends on the op and weight type, not on the device's shape. */
 static bool npu_supports_op(const moira_device_t *device, int op, moira_dtype_t weight_dtype) {
     (void)device;
     return moira_npu_supports_op(op, weight_dtype);
 }
 
+/* The cores go first, then the device's memory (aclrtResetDevice). */
 static void npu_device_destroy(moira_device_t *base) {
     npu_device_t *device = (npu_device_t *)base;
     moira_npu_machine_destroy(device->machine);
@@ -232,6 +248,7 @@ static void describe(moira_device_info_t *info, int index, const moira_npu_spec_
                                  "busiest engine per core, slowest core, HBM floor");
 }
 
+/* Devices as MOIRA_NPU_DEVICES asks (one by default), each with its own cores. */
 static moira_status_t npu_enumerate(moira_device_t **out_devices, int capacity, int *out_count) {
     *out_count = 0;
     int count = 0;
@@ -274,6 +291,7 @@ static const moira_device_vtable_t npu_vtable = {
 
 static const moira_backend_t npu_backend = {.name = "npu", .enumerate = npu_enumerate};
 
+/* Called by the generated registry (CMake's MOIRA_BACKENDS). */
 moira_status_t moira_backend_npu_register(void) {
     return moira_backend_register(&npu_backend);
 }

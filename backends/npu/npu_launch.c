@@ -7,6 +7,7 @@
 #include "backends/npu/npu_kernels.h"
 #include "runtime/tensor.h"
 
+/* All cores' local buffers are allocated once per device, not per launch. */
 moira_status_t moira_npu_machine_create(moira_acl_device_t *acl, moira_npu_machine_t **out) {
     moira_npu_machine_t *machine = calloc(1, sizeof(*machine));
     if (!machine) return moira_acl_status(MOIRA_ACL_ERROR_BAD_ALLOC, "npu machine");
@@ -30,6 +31,7 @@ moira_status_t moira_npu_machine_create(moira_acl_device_t *acl, moira_npu_machi
     return MOIRA_OK_STATUS;
 }
 
+/* Threads stop before the cores they run are freed. */
 void moira_npu_machine_destroy(moira_npu_machine_t *machine) {
     if (!machine) return;
     if (machine->pool) moira_threadpool_destroy(machine->pool);
@@ -41,6 +43,7 @@ void moira_npu_machine_destroy(moira_npu_machine_t *machine) {
     free(machine);
 }
 
+/* Borrowed for the launch. */
 typedef struct launch_ctx {
     moira_npu_machine_t *machine;
     const char *kernel;
@@ -61,6 +64,8 @@ static void run_blocks(void *raw, int64_t begin, int64_t end, int thread) {
     }
 }
 
+/* Launches are serialised per device (streams share the cores); the first core fault fails
+ * the launch and the others are dropped as its consequences. */
 moira_status_t moira_npu_launch(moira_npu_machine_t *machine, const char *kernel, int n_blocks,
                                 moira_npu_block_fn fn, void *ctx,
                                 moira_npu_launch_report_t *report) {
@@ -85,24 +90,30 @@ moira_status_t moira_npu_launch(moira_npu_machine_t *machine, const char *kernel
     return fault;
 }
 
+/* No more blocks than cores, and no idle blocks beyond the work items. */
 int moira_npu_blocks_for(const moira_npu_machine_t *machine, int64_t items) {
     if (items < 1) return 1;
     return items < machine->spec.ai_cores ? (int)items : machine->spec.ai_cores;
 }
 
+/* Workspace is ordinary HBM, so it counts against the device's memory. */
 moira_status_t moira_npu_workspace(moira_npu_machine_t *machine, size_t bytes, void **out) {
     return moira_acl_malloc(machine->acl, bytes ? bytes : 1, out);
 }
 
+/* Returns workspace to the device's HBM. */
 void moira_npu_workspace_free(moira_npu_machine_t *machine, void *workspace) {
     moira_acl_free(machine->acl, workspace);
 }
 
+/* Kernels address GM through the buffer's allocation plus the tensor's offset. */
 void *moira_npu_gm(const moira_dtensor_t *tensor) {
     if (!tensor->buffer) return NULL;
     return ((moira_npu_buffer_t *)tensor->buffer)->hbm + tensor->offset;
 }
 
+/* Packed expert weights are [E, rows, cols]: matrix `matrix` starts matrix * rows rows in, and
+ * its fp8 scales matrix * ceil(rows / 128) scale rows in. */
 moira_npu_gm_matrix_t moira_npu_gm_matrix(const moira_dtensor_t *tensor, int64_t matrix) {
     int64_t rows = tensor->shape[tensor->rank - 2], cols = tensor->shape[tensor->rank - 1];
     int64_t stride = moira_dtensor_row_stride(tensor);
@@ -125,6 +136,7 @@ moira_npu_gm_matrix_t moira_npu_gm_matrix(const moira_dtensor_t *tensor, int64_t
     return m;
 }
 
+/* Activations and workspaces are plain f32 matrices. */
 moira_npu_gm_matrix_t moira_npu_gm_f32(const float *data, int64_t rows, int64_t cols,
                                        int64_t row_stride) {
     return (moira_npu_gm_matrix_t){
@@ -142,6 +154,7 @@ moira_npu_gm_matrix_t moira_npu_gm_f32(const float *data, int64_t rows, int64_t 
 /* Columns per UB pass of the row-wise vector kernels below. */
 #define VECTOR_CHUNK 4096
 
+/* GM addresses, borrowed for the launch. */
 typedef struct rows_job {
     float *y;
     const float *gate, *up;
@@ -173,6 +186,7 @@ static void scale_block(moira_npu_core_t *core, int block, int n_blocks, void *r
     }
 }
 
+/* beta 1 needs no pass at all; other values one vector pass before an accumulating GEMM. */
 moira_status_t moira_npu_scale_rows(moira_npu_machine_t *machine, float *y, int64_t rows,
                                     int64_t cols, int64_t stride, float beta,
                                     moira_npu_launch_report_t *report) {
@@ -206,6 +220,7 @@ static void swiglu_block(moira_npu_core_t *core, int block, int n_blocks, void *
     }
 }
 
+/* Rows spread over the cores. */
 moira_status_t moira_npu_swiglu_activation(moira_npu_machine_t *machine, const float *gate,
                                            const float *up, float *h, int64_t rows, int64_t cols,
                                            moira_npu_launch_report_t *report) {
