@@ -392,21 +392,36 @@ static moira_status_t run_copy(void *raw, moira_status_t prior_failure) {
     return MOIRA_OK_STATUS;
 }
 
-/* The kind is checked against the pointers, as aclrtMemcpy does, so a host pointer passed
- * as device memory is an error, not a stray write. */
-moira_status_t moira_acl_memcpy_async(moira_acl_stream_t *stream, void *dst, const void *src,
-                                      size_t bytes, moira_acl_memcpy_kind_t kind) {
+/* The checks every copy makes: a known kind whose device side lies inside one allocation. */
+static moira_status_t check_copy(moira_acl_device_t *device, void *dst, const void *src,
+                                 size_t bytes, moira_acl_memcpy_kind_t kind) {
     bool dst_device = kind != MOIRA_ACL_MEMCPY_DEVICE_TO_HOST;
     bool src_device = kind != MOIRA_ACL_MEMCPY_HOST_TO_DEVICE;
     if (kind < MOIRA_ACL_MEMCPY_HOST_TO_DEVICE || kind > MOIRA_ACL_MEMCPY_DEVICE_TO_DEVICE)
         return moira_acl_status(MOIRA_ACL_ERROR_RT_INVALID_MEMCPY_KIND, "memcpy kind %d",
                                 (int)kind);
-    if ((dst_device && !is_device_range(stream->device, dst, bytes)) ||
-        (src_device && !is_device_range(stream->device, src, bytes)))
+    if ((dst_device && !is_device_range(device, dst, bytes)) ||
+        (src_device && !is_device_range(device, src, bytes)))
         return moira_acl_status(MOIRA_ACL_ERROR_RT_INVALID_MEMCPY_KIND,
                                 "npu:%d: memcpy of %zu bytes (kind %d) touches memory outside "
                                 "the device's allocations",
-                                stream->device->id, bytes, (int)kind);
+                                device->id, bytes, (int)kind);
+    return MOIRA_OK_STATUS;
+}
+
+/* Synchronous copies serve setup code that has no stream yet, as aclrtMemcpy does. */
+moira_status_t moira_acl_memcpy(moira_acl_device_t *device, void *dst, const void *src,
+                                size_t bytes, moira_acl_memcpy_kind_t kind) {
+    MOIRA_RETURN_IF_ERROR(check_copy(device, dst, src, bytes, kind));
+    if (bytes) memmove(dst, src, bytes);
+    return MOIRA_OK_STATUS;
+}
+
+/* The kind is checked against the pointers, as aclrtMemcpy does, so a host pointer passed
+ * as device memory is an error, not a stray write. */
+moira_status_t moira_acl_memcpy_async(moira_acl_stream_t *stream, void *dst, const void *src,
+                                      size_t bytes, moira_acl_memcpy_kind_t kind) {
+    MOIRA_RETURN_IF_ERROR(check_copy(stream->device, dst, src, bytes, kind));
     copy_task_t *copy = malloc(sizeof(*copy));
     if (!copy) return moira_acl_status(MOIRA_ACL_ERROR_BAD_ALLOC, "cannot queue a copy");
     *copy = (copy_task_t){dst, src, bytes};
@@ -447,4 +462,22 @@ moira_status_t moira_acl_stream_wait_event(moira_acl_stream_t *stream, moira_eve
     moira_event_retain(event);
     return moira_acl_stream_submit(
         stream, (moira_acl_task_t){.run = run_wait, .release = release_event, .arg = event});
+}
+
+/* Events are the runtime's, so ACL code and Moira queues share them without translation. */
+moira_status_t moira_acl_create_event(moira_event_t **out_event) {
+    moira_status_t status = moira_event_create(out_event);
+    if (!status) return MOIRA_OK_STATUS;
+    moira_status_free(status);
+    return moira_acl_status(MOIRA_ACL_ERROR_BAD_ALLOC, "cannot create an event");
+}
+
+/* Drops the creator's reference; streams still holding the event keep it alive. */
+void moira_acl_destroy_event(moira_event_t *event) {
+    moira_event_release(event);
+}
+
+/* A host thread waiting for a point in a stream, with the stream's failure passed on. */
+moira_status_t moira_acl_synchronize_event(moira_event_t *event) {
+    return moira_event_wait(event);
 }

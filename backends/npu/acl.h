@@ -121,6 +121,20 @@ moira_acl_device_t *moira_acl_stream_device(moira_acl_stream_t *stream);
 moira_status_t moira_acl_memcpy_async(moira_acl_stream_t *stream, void *dst, const void *src,
                                       size_t bytes, moira_acl_memcpy_kind_t kind);
 
+/* Synchronous copy (aclrtMemcpy): the same checks as the asynchronous one, done when it returns. */
+moira_status_t moira_acl_memcpy(moira_acl_device_t *device, void *dst, const void *src,
+                                size_t bytes, moira_acl_memcpy_kind_t kind);
+
+/* ---- Events (aclrtCreateEvent / aclrtSynchronizeEvent / aclrtDestroyEvent). ACL events are
+ * Moira's events, so any backend's queue can record or wait for them. ---- */
+
+/* Caller destroys the event with moira_acl_destroy_event. */
+moira_status_t moira_acl_create_event(moira_event_t **out_event);
+void moira_acl_destroy_event(moira_event_t *event);
+
+/* Blocks until the event is recorded; returns the recording stream's failure, if any. */
+moira_status_t moira_acl_synchronize_event(moira_event_t *event);
+
 /* Records `event` when the stream reaches this point (aclrtRecordEvent); a failed stream passes
  * its failure to the event's waiters. The stream holds a reference meanwhile. */
 moira_status_t moira_acl_record_event(moira_acl_stream_t *stream, moira_event_t *event);

@@ -324,12 +324,17 @@ static void check_acl(void) {
         CHECK_OK(moira_acl_memcpy_async(stream, small, host, 6, MOIRA_ACL_MEMCPY_HOST_TO_DEVICE));
         CHECK_OK(moira_acl_memcpy_async(stream, back, small, 6, MOIRA_ACL_MEMCPY_DEVICE_TO_HOST));
         moira_event_t *event = NULL;
-        CHECK_OK(moira_event_create(&event));
+        CHECK_OK(moira_acl_create_event(&event));
         CHECK_OK(moira_acl_record_event(stream, event));
-        CHECK_OK(moira_event_wait(event));
-        moira_event_release(event);
+        CHECK_OK(moira_acl_synchronize_event(event));
+        moira_acl_destroy_event(event);
         CHECK_OK(moira_acl_synchronize_stream(stream));
         CHECK(!strcmp(back, "hello"));
+        char sync_back[8] = {0};
+        CHECK_OK(moira_acl_memcpy(device, sync_back, small, 6, MOIRA_ACL_MEMCPY_DEVICE_TO_HOST));
+        CHECK(!strcmp(sync_back, "hello"));
+        CHECK_CODE(moira_acl_memcpy(device, small, host, 6, MOIRA_ACL_MEMCPY_DEVICE_TO_DEVICE),
+                   MOIRA_CODE_INVALID_ARGUMENT);
         status = moira_acl_memcpy_async(stream, back, host, 6, MOIRA_ACL_MEMCPY_HOST_TO_DEVICE);
         CHECK(moira_status_code(status) == MOIRA_CODE_INVALID_ARGUMENT &&
               strstr(moira_status_message(status), "107009"));
