@@ -22,12 +22,15 @@ static void rmsnorm_rows(void *raw, int64_t begin, int64_t end, int thread) {
         const float *x = ctx->x + t * ctx->x_stride;
         float *y = ctx->y + t * ctx->y_stride;
         double sum_squares = 0;
-        for (int64_t i = 0; i < ctx->cols; i++) sum_squares += (double)x[i] * x[i];
+        for (int64_t i = 0; i < ctx->cols; i++)
+            sum_squares += (double)x[i] * x[i];
         double inv_rms = 1.0 / sqrt(sum_squares / (double)ctx->cols + params->eps);
-        for (int64_t i = 0; i < ctx->cols; i++) y[i] = (float)(x[i] * inv_rms * w[i]);
+        for (int64_t i = 0; i < ctx->cols; i++)
+            y[i] = (float)(x[i] * inv_rms * w[i]);
     }
 }
 
+/* Rows are cheap, so the grain keeps short batches on one thread. */
 moira_status_t moira_cpu_rmsnorm(const moira_op_launch_t *launch, moira_threadpool_t *pool) {
     const moira_dtensor_t *x = &launch->operands[0];
     const moira_dtensor_t *y = &launch->operands[2];
@@ -75,6 +78,7 @@ static void rope_rows(void *raw, int64_t begin, int64_t end, int thread) {
     }
 }
 
+/* Split over tokens: each token has its own angle, shared by its heads. */
 moira_status_t moira_cpu_rope(const moira_op_launch_t *launch, moira_threadpool_t *pool) {
     const moira_rope_params_t *params = launch->params;
     const moira_dtensor_t *x = &launch->operands[0];
