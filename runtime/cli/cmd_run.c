@@ -39,13 +39,13 @@ typedef struct run_args {
 
 static int parse_run_args(int argc, char **argv, run_args_t *a) {
     static const struct option options[] = {
-        {"model", required_argument, NULL, 'm'},    {"weights", required_argument, NULL, 'w'},
-        {"tokens", required_argument, NULL, 't'},   {"iters", required_argument, NULL, 'n'},
-        {"backend", required_argument, NULL, 'b'},  {"inputs", required_argument, NULL, 'i'},
-        {"output", required_argument, NULL, 'o'},   {"seed", required_argument, NULL, 's'},
-        {"json", no_argument, NULL, 'j'},           {"topology", required_argument, NULL, 'T'},
-        {"plan", required_argument, NULL, 'P'},     {"record-profile", required_argument, NULL, 'R'},
-        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0}};
+        {"model", required_argument, NULL, 'm'},   {"weights", required_argument, NULL, 'w'},
+        {"tokens", required_argument, NULL, 't'},  {"iters", required_argument, NULL, 'n'},
+        {"backend", required_argument, NULL, 'b'}, {"inputs", required_argument, NULL, 'i'},
+        {"output", required_argument, NULL, 'o'},  {"seed", required_argument, NULL, 's'},
+        {"json", no_argument, NULL, 'j'},          {"topology", required_argument, NULL, 'T'},
+        {"plan", required_argument, NULL, 'P'},    {"record-profile", required_argument, NULL, 'R'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0}};
     memset(a, 0, sizeof(*a));
     a->backend = "cpu:0";
     a->tokens = 32;
@@ -55,12 +55,24 @@ static int parse_run_args(int argc, char **argv, run_args_t *a) {
     int c;
     while ((c = getopt_long(argc, argv, "ho:", options, NULL)) != -1) {
         switch (c) {
-        case 'm': a->model = optarg; break;
-        case 'w': a->weights = optarg; break;
-        case 'b': a->backend = optarg; break;
-        case 'i': a->inputs = optarg; break;
-        case 'o': a->output = optarg; break;
-        case 'j': a->json = true; break;
+        case 'm':
+            a->model = optarg;
+            break;
+        case 'w':
+            a->weights = optarg;
+            break;
+        case 'b':
+            a->backend = optarg;
+            break;
+        case 'i':
+            a->inputs = optarg;
+            break;
+        case 'o':
+            a->output = optarg;
+            break;
+        case 'j':
+            a->json = true;
+            break;
         case 't':
             if (!moira_cli_parse_int("run", "--tokens", optarg, 1, 1 << 20, &a->tokens)) return 2;
             break;
@@ -73,11 +85,15 @@ static int parse_run_args(int argc, char **argv, run_args_t *a) {
         case 'T':
         case 'P':
         case 'R':
-            return moira_cli_usage_error("run", "%s needs the multi-device executor, which this "
-                                                "build does not have yet",
+            return moira_cli_usage_error("run",
+                                         "%s needs the multi-device executor, which this "
+                                         "build does not have yet",
                                          argv[optind - 2]);
-        case 'h': fputs(run_help, stdout); return -1;
-        default: return moira_cli_usage_error("run", "unknown option");
+        case 'h':
+            fputs(run_help, stdout);
+            return -1;
+        default:
+            return moira_cli_usage_error("run", "unknown option");
         }
     }
     if (optind < argc) return moira_cli_usage_error("run", "unexpected \"%s\"", argv[optind]);
@@ -91,9 +107,9 @@ typedef struct model_run {
     moira_model_config_t config;
     moira_safetensors_t *checkpoint, *inputs_file;
     int64_t n_layers;
-    moira_layer_weights_t *host;    /* n_layers; point into checkpoint or random */
-    moira_random_layer_t *random;   /* n_layers when random */
-    moira_device_layer_t *device;   /* n_layers */
+    moira_layer_weights_t *host;  /* n_layers; point into checkpoint or random */
+    moira_random_layer_t *random; /* n_layers when random */
+    moira_device_layer_t *device; /* n_layers */
     moira_device_t *dev;
     moira_queue_t *queue;
     moira_buffer_t *io;
@@ -103,8 +119,10 @@ typedef struct model_run {
 static void model_run_release(model_run_t *m) {
     for (int64_t l = 0; l < m->n_layers; l++) {
         if (m->device) moira_device_layer_release(&m->device[l]);
-        if (m->random) moira_random_layer_release(&m->random[l]);
-        else if (m->host) moira_layer_weights_free(&m->host[l]);
+        if (m->random)
+            moira_random_layer_release(&m->random[l]);
+        else if (m->host)
+            moira_layer_weights_free(&m->host[l]);
     }
     free(m->device);
     free(m->random);
@@ -140,13 +158,12 @@ static moira_status_t load_layers(model_run_t *m, const run_args_t *a) {
             MOIRA_RETURN_IF_ERROR(moira_layer_weights_find(m->checkpoint, prefix, c, l,
                                                            MOIRA_WEIGHTS_ALL, &m->host[l]));
         } else {
-            MOIRA_RETURN_IF_ERROR(moira_random_layer_create(c, l, (uint64_t)a->seed,
-                                                            c->weight_dtype, &m->random[l]));
+            MOIRA_RETURN_IF_ERROR(
+                moira_random_layer_create(c, l, (uint64_t)a->seed, c->weight_dtype, &m->random[l]));
             m->host[l] = m->random[l].weights;
         }
-        MOIRA_RETURN_IF_ERROR(moira_device_layer_upload(m->dev, m->queue, c, &m->host[l],
-                                                        MOIRA_WEIGHT_DTYPE_AS_STORED,
-                                                        &m->device[l]));
+        MOIRA_RETURN_IF_ERROR(moira_device_layer_upload(
+            m->dev, m->queue, c, &m->host[l], MOIRA_WEIGHT_DTYPE_AS_STORED, &m->device[l]));
     }
     return MOIRA_OK_STATUS;
 }
@@ -172,7 +189,8 @@ static moira_status_t load_inputs(model_run_t *m, const run_args_t *a) {
         moira_random_fill_uniform(m->x.data, (size_t)(t * d), (uint64_t)a->seed + 99, -1, 1);
     int64_t shape[1] = {t};
     MOIRA_RETURN_IF_ERROR(moira_tensor_alloc(MOIRA_DTYPE_I32, 1, shape, &m->positions));
-    for (int64_t i = 0; i < t; i++) ((int32_t *)m->positions.data)[i] = (int32_t)i;
+    for (int64_t i = 0; i < t; i++)
+        ((int32_t *)m->positions.data)[i] = (int32_t)i;
     return MOIRA_OK_STATUS;
 }
 
@@ -190,8 +208,8 @@ static moira_status_t forward(model_run_t *m) {
     for (int64_t l = 0; l < m->n_layers; l++)
         MOIRA_RETURN_IF_ERROR(moira_layer_run(m->queue, &m->config, l, &m->device[l], &act[l % 2],
                                               &pos, NULL, &act[(l + 1) % 2]));
-    MOIRA_RETURN_IF_ERROR(moira_queue_read(m->queue, m->io, (size_t)(m->n_layers % 2) * slot,
-                                           m->out.data, bytes));
+    MOIRA_RETURN_IF_ERROR(
+        moira_queue_read(m->queue, m->io, (size_t)(m->n_layers % 2) * slot, m->out.data, bytes));
     return moira_queue_finish(m->queue);
 }
 
@@ -270,9 +288,8 @@ static moira_status_t run_model(const run_args_t *a, int *out_exit) {
         } else {
             printf("model   %s: %lld layers (%lld MoE), hidden %lld, %lld experts top-%lld, "
                    "MLA %lld heads\n",
-                   c->name, (long long)m.n_layers,
-                   (long long)moira_model_config_moe_layer_count(c), (long long)d,
-                   (long long)c->n_routed_experts, (long long)c->num_experts_per_tok,
+                   c->name, (long long)m.n_layers, (long long)moira_model_config_moe_layer_count(c),
+                   (long long)d, (long long)c->n_routed_experts, (long long)c->num_experts_per_tok,
                    (long long)c->num_attention_heads);
             printf("weights %s (%s), loaded and uploaded in %.3f s\n",
                    a->weights ? a->weights : "seeded random",

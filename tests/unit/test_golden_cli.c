@@ -12,8 +12,8 @@
 #include "runtime/safetensors.h"
 #include "tests/unit/testing.h"
 
-static const char *golden_cases[] = {"gate_v2lite", "gate_v3",         "moe_v2lite", "moe_v2lite_bf16",
-                                     "moe_v3",      "mla_v2lite",      "mla_v3_yarn", "layer_v3"};
+static const char *golden_cases[] = {"gate_v2lite", "gate_v3",    "moe_v2lite",  "moe_v2lite_bf16",
+                                     "moe_v3",      "mla_v2lite", "mla_v3_yarn", "layer_v3"};
 
 static char work_dir[PATH_MAX];
 
@@ -50,7 +50,8 @@ static void compare_gate(const char *label, moira_safetensors_t *got, moira_safe
         bool same = true;
         for (int64_t j = 0; j < k; j++) {
             bool found = false;
-            for (int64_t m = 0; m < k; m++) found |= got_idx[r * k + j] == want_idx[r * k + m];
+            for (int64_t m = 0; m < k; m++)
+                found |= got_idx[r * k + j] == want_idx[r * k + m];
             same &= found;
         }
         if (same) continue;
@@ -58,12 +59,14 @@ static void compare_gate(const char *label, moira_safetensors_t *got, moira_safe
         float kth = sel[r * e + want_idx[r * k + k - 1]], next = -INFINITY;
         for (int64_t c = 0; c < e; c++) {
             bool chosen = false;
-            for (int64_t m = 0; m < k; m++) chosen |= want_idx[r * k + m] == c;
+            for (int64_t m = 0; m < k; m++)
+                chosen |= want_idx[r * k + m] == c;
             if (!chosen && sel[r * e + c] > next) next = sel[r * e + c];
         }
         if (fabsf(kth - next) > sqrt(limit) * fabsf(kth)) mismatched_tokens++;
     }
-    CHECK_MSG(mismatched_tokens == 0, "%s: %d tokens chose other experts", label, mismatched_tokens);
+    CHECK_MSG(mismatched_tokens == 0, "%s: %d tokens chose other experts", label,
+              mismatched_tokens);
     double nmse = moira_test_nmse_f32(gw->data, ww->data, (size_t)moira_tensor_numel(ww));
     CHECK_MSG(nmse <= limit, "%s: topk_weight NMSE %.3g > %.3g", label, nmse, limit);
     printf("%-28s topk sets match, weight NMSE %.3g\n", label, nmse);
@@ -87,8 +90,8 @@ static void check_case(const char *name, const moira_device_info_t *device, bool
     snprintf(op, sizeof(op), "%.*s", (int)strcspn(name, "_"), name);
     snprintf(label, sizeof(label), "%s %s%s", device->name, name, decode ? " --decode" : "");
     snprintf(out_path, sizeof(out_path), "%s/%s.out.safetensors", work_dir, name);
-    snprintf(want_path, sizeof(want_path), "%s/golden/%s.expected.safetensors",
-             MOIRA_TEST_DATA_DIR, name);
+    snprintf(want_path, sizeof(want_path), "%s/golden/%s.expected.safetensors", MOIRA_TEST_DATA_DIR,
+             name);
     unlink(out_path);
     int rc = run_moira_op(op, name, device->name, decode, out_path);
     CHECK_MSG(rc == 0, "%s: moira op exited %d", label, rc);
