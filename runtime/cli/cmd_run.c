@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "ops/device_layer.h"
 #include "ops/random_weights.h"
@@ -226,6 +227,51 @@ static moira_status_t reference_forward(model_run_t *m) {
     return status;
 }
 
+/* Bytes of one layer's matrices at `dtype` (norms and biases are negligible): what a run must
+ * hold on the host and again on the device. */
+static double layer_weight_bytes(const moira_model_config_t *c, int64_t layer,
+                                 moira_dtype_t dtype) {
+    double d = (double)c->hidden_size, h = (double)c->num_attention_heads;
+    double qk = (double)(c->qk_nope_head_dim + c->qk_rope_head_dim);
+    double q = c->q_lora_rank > 0 ? (double)c->q_lora_rank * (d + h * qk) : h * qk * d;
+    double attention = q + (double)(c->kv_lora_rank + c->qk_rope_head_dim) * d +
+                       h * (double)(c->qk_nope_head_dim + c->v_head_dim) * (double)c->kv_lora_rank +
+                       d * h * (double)c->v_head_dim;
+    double mlp = moira_model_config_is_moe_layer(c, layer)
+                     ? 3.0 * d * (double)c->moe_intermediate_size *
+                           (double)(c->n_routed_experts + c->n_shared_experts)
+                     : 3.0 * d * (double)c->intermediate_size;
+    return (attention + mlp) * (double)moira_dtype_size(dtype);
+}
+
+/* Refuses, before allocating anything, a model whose weights cannot fit: a full DeepSeek model
+ * with random weights would otherwise be killed by the kernel halfway through. */
+static moira_status_t check_fits(const moira_model_config_t *c, const run_args_t *a,
+                                 const moira_device_t *device) {
+    if (c->attention != MOIRA_ATTENTION_MLA)
+        return moira_status_make(MOIRA_CODE_UNSUPPORTED,
+                                 "%s uses GQA attention; moira run executes MLA models (its MoE "
+                                 "layers can still be planned with moira plan)",
+                                 c->name);
+    double total = 0;
+    for (int64_t l = 0; l < c->num_hidden_layers; l++)
+        total += layer_weight_bytes(c, l, c->weight_dtype);
+    double host = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    double device_memory = (double)moira_device_info(device)->memory_bytes;
+    /* Random weights live on the host and on the device; a checkpoint is mapped, not copied. */
+    double host_need = a->weights ? 0 : total;
+    if (total > device_memory || host_need + total > host)
+        return moira_status_make(
+            MOIRA_CODE_INVALID_ARGUMENT,
+            "%s needs %.1f GiB of %s weights%s; %s has %.1f GiB and the host "
+            "%.1f GiB (try a smaller model such as configs/models/"
+            "moira-tiny.yaml)",
+            c->name, total / (1 << 30), moira_dtype_name(c->weight_dtype),
+            a->weights ? "" : " (twice: random on the host, copied to the device)",
+            moira_device_info(device)->name, device_memory / (1 << 30), host / (1 << 30));
+    return MOIRA_OK_STATUS;
+}
+
 static double now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -242,6 +288,7 @@ static moira_status_t run_model(const run_args_t *a, int *out_exit) {
         moira_model_config_default(&m.config);
     if (!status) status = moira_runtime_init();
     if (!status) status = moira_device_find(a->backend, &m.dev);
+    if (!status) status = check_fits(&m.config, a, m.dev);
     if (!status) status = moira_queue_create(m.dev, &m.queue);
     double t0 = now_seconds();
     if (!status) status = load_inputs(&m, a);
