@@ -110,6 +110,56 @@ static void check_case(const char *name, const moira_device_info_t *device, bool
     if (want) moira_safetensors_close(want);
 }
 
+/* A checkpoint as users have it: weights under model.layers.N.* in their own file, activations
+ * in another. The golden layer is re-filed as layer 1 and run with --weights and --layer 1. */
+static void check_checkpoint_layout(void) {
+    char inputs_path[PATH_MAX], activations_path[PATH_MAX + 32], weights_path[PATH_MAX + 32];
+    char out_path[PATH_MAX + 32], want_path[PATH_MAX], command[6 * PATH_MAX];
+    snprintf(inputs_path, sizeof(inputs_path), "%s/golden/layer_v3.inputs.safetensors",
+             MOIRA_TEST_DATA_DIR);
+    snprintf(want_path, sizeof(want_path), "%s/golden/layer_v3.expected.safetensors",
+             MOIRA_TEST_DATA_DIR);
+    snprintf(activations_path, sizeof(activations_path), "%s/activations.safetensors", work_dir);
+    snprintf(weights_path, sizeof(weights_path), "%s/checkpoint.safetensors", work_dir);
+    snprintf(out_path, sizeof(out_path), "%s/checkpoint.out.safetensors", work_dir);
+    moira_safetensors_t *golden = NULL;
+    CHECK_OK(moira_safetensors_open(inputs_path, &golden));
+    if (!golden) return;
+    size_t n = moira_safetensors_count(golden);
+    moira_named_tensor_t *weights = calloc(n, sizeof(*weights));
+    char(*names)[256] = calloc(n, sizeof(*names));
+    moira_named_tensor_t activations = {0};
+    size_t n_weights = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *name = moira_safetensors_name(golden, i);
+        const moira_tensor_t *tensor = NULL;
+        CHECK_OK(moira_safetensors_find(golden, name, &tensor));
+        if (!strcmp(name, "hidden_states")) {
+            activations = (moira_named_tensor_t){.name = name, .tensor = tensor};
+            continue;
+        }
+        snprintf(names[n_weights], sizeof(names[n_weights]), "model.layers.1.%s", name);
+        weights[n_weights] = (moira_named_tensor_t){.name = names[n_weights], .tensor = tensor};
+        n_weights++;
+    }
+    CHECK_OK(moira_safetensors_write(weights_path, weights, n_weights));
+    CHECK_OK(moira_safetensors_write(activations_path, &activations, 1));
+    snprintf(command, sizeof(command),
+             "'%s' op layer --model '%s/golden/layer_v3.json' --inputs '%s' --weights '%s' "
+             "--layer 1 -o '%s'",
+             MOIRA_BINARY, MOIRA_TEST_DATA_DIR, activations_path, weights_path, out_path);
+    CHECK_MSG(system(command) == 0, "moira op with --weights and --layer failed");
+    moira_safetensors_t *got = NULL, *want = NULL;
+    CHECK_OK(moira_safetensors_open(out_path, &got));
+    CHECK_OK(moira_safetensors_open(want_path, &want));
+    if (got && want) compare_output("cpu:0 layer_v3 as layer 1", got, want, 1e-6);
+    moira_safetensors_close(got);
+    moira_safetensors_close(want);
+    moira_safetensors_close(golden);
+    free(weights);
+    free(names);
+}
+
 int main(void) {
     snprintf(work_dir, sizeof(work_dir), "/tmp/moira-golden-XXXXXX");
     if (!mkdtemp(work_dir)) return MOIRA_TEST_SKIP;
@@ -122,6 +172,7 @@ int main(void) {
                 check_case(golden_cases[c], device, true);
         }
     }
+    check_checkpoint_layout();
     char command[PATH_MAX + 16];
     snprintf(command, sizeof(command), "rm -rf '%s'", work_dir);
     if (system(command) != 0) fprintf(stderr, "could not remove %s\n", work_dir);
