@@ -62,10 +62,11 @@ static moira_dtensor_t row_slice(const moira_dtensor_t *t, int64_t row, int64_t 
     return s;
 }
 
-static moira_status_t launch(moira_queue_t *queue, int op, const void *params,
-                             size_t params_size, int n, const moira_dtensor_t *operands) {
+static moira_status_t launch(moira_queue_t *queue, int op, const void *params, size_t params_size,
+                             int n, const moira_dtensor_t *operands) {
     moira_op_launch_t l = {.op = op, .params = params, .params_size = params_size, .n_operands = n};
-    for (int i = 0; i < n; i++) l.operands[i] = operands[i];
+    for (int i = 0; i < n; i++)
+        l.operands[i] = operands[i];
     return moira_queue_launch(queue, &l);
 }
 
@@ -127,8 +128,8 @@ moira_status_t moira_gate_run(moira_queue_t *queue, const moira_model_config_t *
     if (!layer->gate.buffer)
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "gate: the layer has no router");
     moira_gate_params_t p = moira_gate_params_from_config(config);
-    moira_dtensor_t ops[] = {*x, layer->gate, layer->gate_bias, *topk_idx, *topk_weight,
-                             selection ? *selection : no_operand};
+    moira_dtensor_t ops[] = {*x,        layer->gate,  layer->gate_bias,
+                             *topk_idx, *topk_weight, selection ? *selection : no_operand};
     MOIRA_RETURN_IF_ERROR(launch(queue, MOIRA_OP_GATE, &p, sizeof(p), 6, ops));
     return moira_queue_finish(queue);
 }
@@ -163,20 +164,18 @@ moira_status_t moira_moe_run(moira_queue_t *queue, const moira_model_config_t *c
     flat_positions.rank = 1;
     flat_positions.shape[0] = t * k;
     moira_dtensor_t dispatch_ops[] = {idx, offsets, sorted_rows, flat_positions};
-    moira_dtensor_t ffn_ops[] = {*x,      layer->experts_w1, layer->experts_w3, layer->experts_w2,
-                                 offsets, sorted_rows,       ys};
+    moira_dtensor_t ffn_ops[] = {
+        *x, layer->experts_w1, layer->experts_w3, layer->experts_w2, offsets, sorted_rows, ys};
     moira_dtensor_t combine_ops[] = {ys, positions, weights, *y};
     moira_status_t status = launch(queue, MOIRA_OP_GATE, &gate, sizeof(gate), 6, gate_ops);
     if (!status)
-        status = launch(queue, MOIRA_OP_MOE_DISPATCH, &dispatch, sizeof(dispatch), 4,
-                        dispatch_ops);
+        status = launch(queue, MOIRA_OP_MOE_DISPATCH, &dispatch, sizeof(dispatch), 4, dispatch_ops);
     if (!status) status = launch(queue, MOIRA_OP_MOE_FFN, &ffn, sizeof(ffn), 7, ffn_ops);
     if (!status)
-        status =
-            launch(queue, MOIRA_OP_MOE_COMBINE, &combine, sizeof(combine), 4, combine_ops);
+        status = launch(queue, MOIRA_OP_MOE_COMBINE, &combine, sizeof(combine), 4, combine_ops);
     if (!status && layer->shared_w1.buffer)
-        status = swiglu(queue, *x, &layer->shared_w1, &layer->shared_w3, &layer->shared_w2, *y,
-                        1.0f);
+        status =
+            swiglu(queue, *x, &layer->shared_w1, &layer->shared_w3, &layer->shared_w2, *y, 1.0f);
     return finish(queue, &s, status);
 }
 
@@ -234,8 +233,8 @@ static moira_status_t mla_query(moira_queue_t *queue, const moira_model_config_t
         MOIRA_RETURN_IF_ERROR(linear(queue, *x, layer->q_proj, *out_q, 0.0f));
     }
     moira_rope_params_t rp;
-    MOIRA_RETURN_IF_ERROR(rope_params(config, (int32_t)h, (int32_t)qk,
-                                      (int32_t)config->qk_nope_head_dim, &rp));
+    MOIRA_RETURN_IF_ERROR(
+        rope_params(config, (int32_t)h, (int32_t)qk, (int32_t)config->qk_nope_head_dim, &rp));
     return rope(queue, &rp, *out_q, positions, *out_q);
 }
 
@@ -262,8 +261,8 @@ static moira_status_t mla_prefill(moira_queue_t *queue, const moira_model_config
     MOIRA_RETURN_IF_ERROR(rope_params(config, 1, (int32_t)r, 0, &rp));
     moira_dtensor_t k_pe = column_slice(&kv_a, l, r);
     MOIRA_RETURN_IF_ERROR(rope(queue, &rp, k_pe, positions, k_pe));
-    moira_dtensor_t kv = scratch_take(
-        s, MOIRA_DTYPE_F32, t, h * (config->qk_nope_head_dim + config->v_head_dim));
+    moira_dtensor_t kv =
+        scratch_take(s, MOIRA_DTYPE_F32, t, h * (config->qk_nope_head_dim + config->v_head_dim));
     MOIRA_RETURN_IF_ERROR(linear(queue, c, layer->kv_b_proj, kv, 0.0f));
     moira_mla_params_t p = mla_params(config, t);
     moira_dtensor_t ops[] = {q, kv, k_pe, *positions, attn};
@@ -280,10 +279,10 @@ static moira_status_t mla_decode(moira_queue_t *queue, const moira_model_config_
     int64_t t = q.shape[0], l = config->kv_lora_rank, r = config->qk_rope_head_dim;
     int64_t h = config->num_attention_heads;
     if (cache->length + t > cache->capacity)
-        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
-                                 "mla: %lld tokens do not fit a latent cache of %lld with %lld used",
-                                 (long long)t, (long long)cache->capacity,
-                                 (long long)cache->length);
+        return moira_status_make(
+            MOIRA_CODE_INVALID_ARGUMENT,
+            "mla: %lld tokens do not fit a latent cache of %lld with %lld used", (long long)t,
+            (long long)cache->capacity, (long long)cache->length);
     moira_dtensor_t c_rows = row_slice(&cache->c, cache->length, t);
     moira_dtensor_t pe_rows = row_slice(&cache->k_pe, cache->length, t);
     MOIRA_RETURN_IF_ERROR(
@@ -297,10 +296,9 @@ static moira_status_t mla_decode(moira_queue_t *queue, const moira_model_config_
     moira_dtensor_t o_lat = scratch_take(s, MOIRA_DTYPE_F32, t, h * l);
     moira_dtensor_t absorb_q[] = {q, layer->kv_b_proj, q_lat};
     MOIRA_RETURN_IF_ERROR(launch(queue, MOIRA_OP_MLA_ABSORB_Q, &p, sizeof(p), 3, absorb_q));
-    moira_dtensor_t attend[] = {q_lat,      q, row_slice(&cache->c, 0, len),
-                                row_slice(&cache->k_pe, 0, len), *positions, o_lat};
-    MOIRA_RETURN_IF_ERROR(
-        launch(queue, MOIRA_OP_MLA_DECODE_ATTENTION, &p, sizeof(p), 6, attend));
+    moira_dtensor_t attend[] = {
+        q_lat, q, row_slice(&cache->c, 0, len), row_slice(&cache->k_pe, 0, len), *positions, o_lat};
+    MOIRA_RETURN_IF_ERROR(launch(queue, MOIRA_OP_MLA_DECODE_ATTENTION, &p, sizeof(p), 6, attend));
     moira_dtensor_t absorb_out[] = {o_lat, layer->kv_b_proj, attn};
     MOIRA_RETURN_IF_ERROR(launch(queue, MOIRA_OP_MLA_ABSORB_OUT, &p, sizeof(p), 3, absorb_out));
     cache->length = len;
@@ -318,8 +316,8 @@ moira_status_t moira_mla_run(moira_queue_t *queue, const moira_model_config_t *c
     MOIRA_RETURN_IF_ERROR(scratch_open(layer->device, mla_scratch_bytes(config, t), &s));
     moira_dtensor_t q;
     moira_status_t status = mla_query(queue, config, layer, x, positions, &s, &q);
-    moira_dtensor_t kv_a = scratch_take(&s, MOIRA_DTYPE_F32, t,
-                                        config->kv_lora_rank + config->qk_rope_head_dim);
+    moira_dtensor_t kv_a =
+        scratch_take(&s, MOIRA_DTYPE_F32, t, config->kv_lora_rank + config->qk_rope_head_dim);
     moira_dtensor_t attn = scratch_take(&s, MOIRA_DTYPE_F32, t, h * config->v_head_dim);
     if (!status) status = linear(queue, *x, layer->kv_a_proj, kv_a, 0.0f);
     if (!status && cache)

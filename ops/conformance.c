@@ -9,7 +9,7 @@
 #include "ops/random_weights.h"
 #include "ops/reference.h"
 
-const char *const moira_conformance_ops[] = {"gate", "moe",   "mla", "mla_decode",
+const char *const moira_conformance_ops[] = {"gate",  "moe",          "mla", "mla_decode",
                                              "layer", "layer_decode", NULL};
 
 /* Model shapes: two real DeepSeek families scaled down (every feature of each kept: groups, bias,
@@ -83,14 +83,16 @@ static void compare_gate(const moira_tensor_t *got_idx, const moira_tensor_t *go
         bool same = true;
         for (int64_t j = 0; j < k && same; j++) {
             bool found = false;
-            for (int64_t m = 0; m < k; m++) found |= gi[row * k + j] == ri[row * k + m];
+            for (int64_t m = 0; m < k; m++)
+                found |= gi[row * k + j] == ri[row * k + m];
             same = found;
         }
         if (same) continue;
         float kth = INFINITY, next = -INFINITY;
         for (int64_t c = 0; c < e; c++) {
             bool chosen = false;
-            for (int64_t m = 0; m < k; m++) chosen |= ri[row * k + m] == c;
+            for (int64_t m = 0; m < k; m++)
+                chosen |= ri[row * k + m] == c;
             float s = sel[row * e + c];
             if (chosen && s < kth) kth = s;
             if (!chosen && s > next) next = s;
@@ -106,7 +108,8 @@ static void compare_gate(const moira_tensor_t *got_idx, const moira_tensor_t *go
     }
     r->nmse = den > 0 ? num / den : num;
     r->passed = differing == 0 && r->nmse <= r->limit && isfinite(r->nmse);
-    if (differing) snprintf(r->detail, sizeof(r->detail), "%d tokens chose other experts", differing);
+    if (differing)
+        snprintf(r->detail, sizeof(r->detail), "%d tokens chose other experts", differing);
 }
 
 static double nmse(const float *got, const float *ref, int64_t n) {
@@ -130,9 +133,10 @@ typedef struct host_case {
 
 static void host_case_release(host_case_t *h) {
     moira_random_layer_release(&h->layer);
-    moira_tensor_t *all[] = {&h->x, &h->ref, &h->positions, &h->ref_idx, &h->ref_weight,
-                             &h->selection};
-    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) moira_tensor_release(all[i]);
+    moira_tensor_t *all[] = {&h->x,       &h->ref,        &h->positions,
+                             &h->ref_idx, &h->ref_weight, &h->selection};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+        moira_tensor_release(all[i]);
 }
 
 static moira_status_t host_case_make(const shape_t *shape, const char *op, moira_dtype_t dtype,
@@ -145,19 +149,19 @@ static moira_status_t host_case_make(const shape_t *shape, const char *op, moira
     h->layer_index = !strncmp(op, "layer", 5) ? 0 : c->first_k_dense_replace;
     MOIRA_RETURN_IF_ERROR(moira_random_layer_create(c, h->layer_index, seed, dtype, &h->layer));
     MOIRA_RETURN_IF_ERROR(moira_tensor_alloc_f32(tokens, c->hidden_size, &h->x));
-    moira_random_fill_uniform(h->x.data, (size_t)(tokens * c->hidden_size), seed + 17, -1.0f,
-                              1.0f);
+    moira_random_fill_uniform(h->x.data, (size_t)(tokens * c->hidden_size), seed + 17, -1.0f, 1.0f);
     int64_t shape1[1] = {tokens};
     MOIRA_RETURN_IF_ERROR(moira_tensor_alloc(MOIRA_DTYPE_I32, 1, shape1, &h->positions));
-    for (int64_t t = 0; t < tokens; t++) ((int32_t *)h->positions.data)[t] = (int32_t)t;
+    for (int64_t t = 0; t < tokens; t++)
+        ((int32_t *)h->positions.data)[t] = (int32_t)t;
     const moira_layer_weights_t *w = &h->layer.weights;
     if (!strcmp(op, "gate")) {
         int64_t tk[2] = {tokens, c->num_experts_per_tok};
         MOIRA_RETURN_IF_ERROR(moira_tensor_alloc(MOIRA_DTYPE_I32, 2, tk, &h->ref_idx));
         MOIRA_RETURN_IF_ERROR(moira_tensor_alloc(MOIRA_DTYPE_F32, 2, tk, &h->ref_weight));
         MOIRA_RETURN_IF_ERROR(moira_tensor_alloc_f32(tokens, c->n_routed_experts, &h->selection));
-        return moira_ref_gate(c, &h->x, w->moe.gate, w->moe.e_score_correction_bias,
-                              &h->ref_idx, &h->ref_weight, &h->selection);
+        return moira_ref_gate(c, &h->x, w->moe.gate, w->moe.e_score_correction_bias, &h->ref_idx,
+                              &h->ref_weight, &h->selection);
     }
     MOIRA_RETURN_IF_ERROR(moira_tensor_alloc_f32(tokens, c->hidden_size, &h->ref));
     if (!strcmp(op, "moe")) return moira_ref_moe(c, &w->moe, &h->x, &h->ref);
@@ -283,9 +287,8 @@ static moira_status_t compare_layer(host_case_t *h, const float *got,
 }
 
 /* Runs the op on the device and compares. Device errors become a failed row, not an abort. */
-static moira_status_t device_case_run(moira_device_t *device, moira_queue_t *queue,
-                                      const char *op, host_case_t *h,
-                                      moira_conformance_result_t *r) {
+static moira_status_t device_case_run(moira_device_t *device, moira_queue_t *queue, const char *op,
+                                      host_case_t *h, moira_conformance_result_t *r) {
     const moira_model_config_t *c = &h->config;
     int64_t t = h->x.shape[0], d = c->hidden_size, k = c->num_experts_per_tok;
     moira_device_layer_t layer;
@@ -316,7 +319,8 @@ static moira_status_t device_case_run(moira_device_t *device, moira_queue_t *que
         if (!status) status = moira_gate_run(queue, c, &layer, &dx, &idx, &w, NULL);
         if (!status) status = moira_queue_read(queue, io, out_off, got.data, (size_t)(t * k) * 4);
         if (!status)
-            status = moira_queue_read(queue, io, out_off + x_bytes, got_w.data, (size_t)(t * k) * 4);
+            status =
+                moira_queue_read(queue, io, out_off + x_bytes, got_w.data, (size_t)(t * k) * 4);
     } else if (!status) {
         bool decode = strstr(op, "_decode") != NULL, whole = !strncmp(op, "layer", 5);
         if (decode) status = moira_mla_cache_create(device, c, t, &cache);
@@ -360,15 +364,19 @@ static moira_status_t append_result(moira_conformance_result_t **results, int *c
 /* The device op kinds a model op needs, to ask the device before running. */
 static bool device_supports(const moira_device_t *device, const char *op, moira_dtype_t dtype) {
     static const int gate_ops[] = {MOIRA_OP_GATE, -1};
-    static const int moe_ops[] = {MOIRA_OP_GATE, MOIRA_OP_MOE_DISPATCH, MOIRA_OP_MOE_FFN,
-                                  MOIRA_OP_MOE_COMBINE, MOIRA_OP_SWIGLU, -1};
-    static const int mla_ops[] = {MOIRA_OP_LINEAR, MOIRA_OP_RMSNORM, MOIRA_OP_ROPE,
-                                  MOIRA_OP_MLA_ATTENTION, MOIRA_OP_MLA_ABSORB_Q,
-                                  MOIRA_OP_MLA_DECODE_ATTENTION, MOIRA_OP_MLA_ABSORB_OUT, -1};
+    static const int moe_ops[] = {MOIRA_OP_GATE,        MOIRA_OP_MOE_DISPATCH, MOIRA_OP_MOE_FFN,
+                                  MOIRA_OP_MOE_COMBINE, MOIRA_OP_SWIGLU,       -1};
+    static const int mla_ops[] = {MOIRA_OP_LINEAR,         MOIRA_OP_RMSNORM,
+                                  MOIRA_OP_ROPE,           MOIRA_OP_MLA_ATTENTION,
+                                  MOIRA_OP_MLA_ABSORB_Q,   MOIRA_OP_MLA_DECODE_ATTENTION,
+                                  MOIRA_OP_MLA_ABSORB_OUT, -1};
     const int *lists[2] = {mla_ops, moe_ops};
-    if (!strcmp(op, "gate")) lists[0] = gate_ops, lists[1] = NULL;
-    else if (!strcmp(op, "moe")) lists[0] = moe_ops, lists[1] = NULL;
-    else if (!strncmp(op, "mla", 3)) lists[1] = NULL;
+    if (!strcmp(op, "gate"))
+        lists[0] = gate_ops, lists[1] = NULL;
+    else if (!strcmp(op, "moe"))
+        lists[0] = moe_ops, lists[1] = NULL;
+    else if (!strncmp(op, "mla", 3))
+        lists[1] = NULL;
     for (int l = 0; l < 2 && lists[l]; l++)
         for (const int *k = lists[l]; *k >= 0; k++)
             if (!moira_device_supports(device, *k, dtype)) return false;
@@ -403,8 +411,8 @@ moira_status_t moira_conformance_run(moira_device_t *device, const char *ops,
                     if (!r.skipped) {
                         host_case_t h;
                         status = host_case_make(&shapes[s], op, dtypes[di], r.tokens, seed++, &h);
-                        moira_status_t run = status ? MOIRA_OK_STATUS
-                                                    : device_case_run(device, queue, op, &h, &r);
+                        moira_status_t run =
+                            status ? MOIRA_OK_STATUS : device_case_run(device, queue, op, &h, &r);
                         if (run) {
                             r.passed = false;
                             r.nmse = NAN;

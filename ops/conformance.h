@@ -18,7 +18,7 @@ typedef struct moira_conformance_result {
     double nmse;  /* NMSE of the output (gate: of the weights) */
     double limit; /* the device's precision limit */
     bool passed;
-    bool skipped; /* the device does not support the op with this dtype */
+    bool skipped;     /* the device does not support the op with this dtype */
     char detail[160]; /* why it failed, or what was compared */
 } moira_conformance_result_t;
 

@@ -48,14 +48,12 @@ static moira_status_t fill_matrix(const moira_tensor_t *src, moira_dtype_t dtype
 
 /* Places `count` matrices of one shape as one [count, N, K] tensor (or [N, K] when count is 1
  * and `stack` is false). fp8 block scales follow the matrices. */
-static moira_status_t place_matrices(upload_t *u, const moira_tensor_t *const *mats,
-                                     int64_t count, bool stack, moira_dtensor_t *out) {
+static moira_status_t place_matrices(upload_t *u, const moira_tensor_t *const *mats, int64_t count,
+                                     bool stack, moira_dtensor_t *out) {
     const moira_tensor_t *first = mats[0];
-    moira_dtype_t dtype =
-        u->weight_dtype < 0 ? first->dtype : (moira_dtype_t)u->weight_dtype;
+    moira_dtype_t dtype = u->weight_dtype < 0 ? first->dtype : (moira_dtype_t)u->weight_dtype;
     if (!moira_dtype_is_float(dtype) || first->rank != 2)
-        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
-                                 "weights must be 2-D float matrices");
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "weights must be 2-D float matrices");
     int64_t rows = first->shape[0], cols = first->shape[1];
     size_t matrix_bytes = (size_t)(rows * cols) * moira_dtype_size(dtype);
     size_t scales_per = (size_t)(ceil_div(rows, MOIRA_FP8_BLOCK) * ceil_div(cols, MOIRA_FP8_BLOCK));
@@ -75,9 +73,8 @@ static moira_status_t place_matrices(upload_t *u, const moira_tensor_t *const *m
         float *scales = dtype == MOIRA_DTYPE_F8_E4M3
                             ? (float *)(u->staging + out->scale_offset) + (size_t)e * scales_per
                             : NULL;
-        MOIRA_RETURN_IF_ERROR(fill_matrix(mats[e], dtype,
-                                          u->staging + out->offset + (size_t)e * matrix_bytes,
-                                          scales));
+        MOIRA_RETURN_IF_ERROR(fill_matrix(
+            mats[e], dtype, u->staging + out->offset + (size_t)e * matrix_bytes, scales));
     }
     return MOIRA_OK_STATUS;
 }
@@ -100,8 +97,7 @@ static moira_status_t place_vector(upload_t *u, const moira_tensor_t *vec, moira
     out->shape[0] = n;
     out->offset = upload_reserve(u, (size_t)n * sizeof(float));
     if (u->staging)
-        moira_convert_to_f32(vec->dtype, vec->data, (float *)(u->staging + out->offset),
-                             (size_t)n);
+        moira_convert_to_f32(vec->dtype, vec->data, (float *)(u->staging + out->offset), (size_t)n);
     return MOIRA_OK_STATUS;
 }
 
@@ -148,12 +144,11 @@ static moira_status_t place_layer(upload_t *u, const moira_model_config_t *confi
 
 /* Points every placed tensor (non-zero rank) at the device buffer. */
 static void bind_buffer(moira_device_layer_t *l) {
-    moira_dtensor_t *all[] = {&l->input_norm, &l->post_norm,  &l->q_proj,     &l->q_a_proj,
-                              &l->q_a_norm,   &l->q_b_proj,   &l->kv_a_proj,  &l->kv_a_norm,
-                              &l->kv_b_proj,  &l->o_proj,     &l->gate,       &l->gate_bias,
-                              &l->experts_w1, &l->experts_w3, &l->experts_w2, &l->shared_w1,
-                              &l->shared_w3,  &l->shared_w2,  &l->mlp_w1,     &l->mlp_w3,
-                              &l->mlp_w2};
+    moira_dtensor_t *all[] = {
+        &l->input_norm, &l->post_norm,  &l->q_proj,     &l->q_a_proj,  &l->q_a_norm,  &l->q_b_proj,
+        &l->kv_a_proj,  &l->kv_a_norm,  &l->kv_b_proj,  &l->o_proj,    &l->gate,      &l->gate_bias,
+        &l->experts_w1, &l->experts_w3, &l->experts_w2, &l->shared_w1, &l->shared_w3, &l->shared_w2,
+        &l->mlp_w1,     &l->mlp_w3,     &l->mlp_w2};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
         if (all[i]->rank) all[i]->buffer = l->buffer;
 }
@@ -199,8 +194,8 @@ moira_status_t moira_mla_cache_create(moira_device_t *device, const moira_model_
     size_t c_aligned = (c_bytes + UPLOAD_ALIGN - 1) / UPLOAD_ALIGN * UPLOAD_ALIGN;
     size_t pe_bytes = (size_t)(capacity * config->qk_rope_head_dim) * sizeof(float);
     MOIRA_RETURN_IF_ERROR(moira_buffer_alloc(device, c_aligned + pe_bytes, -1, &out_cache->buffer));
-    out_cache->c = moira_dtensor_2d(out_cache->buffer, 0, MOIRA_DTYPE_F32, capacity,
-                                    config->kv_lora_rank);
+    out_cache->c =
+        moira_dtensor_2d(out_cache->buffer, 0, MOIRA_DTYPE_F32, capacity, config->kv_lora_rank);
     out_cache->k_pe = moira_dtensor_2d(out_cache->buffer, c_aligned, MOIRA_DTYPE_F32, capacity,
                                        config->qk_rope_head_dim);
     out_cache->capacity = capacity;

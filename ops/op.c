@@ -64,9 +64,10 @@ typedef struct op_rule {
 /* Parameter errors read "gate: top_k 9 exceeds n_experts 8"; the op name is added by the caller. */
 #define REQUIRE_PARAM(cond, ...)                                                                   \
     do {                                                                                           \
-        if (!(cond)) return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, __VA_ARGS__);          \
+        if (!(cond)) return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, __VA_ARGS__);           \
     } while (0)
 
+/* A negative eps can make the root of a zero row imaginary; NaN would poison every output. */
 static moira_status_t bind_rmsnorm(const void *raw, symbols_t *symbols) {
     const moira_rmsnorm_params_t *p = raw;
     (void)symbols;
@@ -75,12 +76,14 @@ static moira_status_t bind_rmsnorm(const void *raw, symbols_t *symbols) {
     return MOIRA_OK_STATUS;
 }
 
-/* Shared by every op whose only parameter is an accumulation factor. */
+/* Shared by every op whose only parameter is an accumulation factor: a NaN or infinite beta
+ * would poison y even where the caller meant to overwrite it. */
 static moira_status_t check_beta(float beta) {
     REQUIRE_PARAM(isfinite(beta), "beta %g must be finite", (double)beta);
     return MOIRA_OK_STATUS;
 }
 
+/* The three beta-only ops differ only in their struct type, hence three one-line adapters. */
 static moira_status_t bind_linear(const void *raw, symbols_t *symbols) {
     (void)symbols;
     return check_beta(((const moira_linear_params_t *)raw)->beta);
@@ -104,8 +107,7 @@ static moira_status_t bind_rope(const void *raw, symbols_t *symbols) {
     REQUIRE_PARAM(p->n_heads >= 1, "n_heads %d must be >= 1", p->n_heads);
     REQUIRE_PARAM(p->rope_dim >= 2 && p->rope_dim % 2 == 0 &&
                       p->rope_dim <= 2 * MOIRA_ROPE_MAX_PAIRS,
-                  "rope_dim %d must be even and in [2, %d]", p->rope_dim,
-                  2 * MOIRA_ROPE_MAX_PAIRS);
+                  "rope_dim %d must be even and in [2, %d]", p->rope_dim, 2 * MOIRA_ROPE_MAX_PAIRS);
     REQUIRE_PARAM(p->rope_offset >= 0, "rope_offset %d must be >= 0", p->rope_offset);
     REQUIRE_PARAM(p->n_heads == 1 || (int64_t)p->rope_offset + p->rope_dim <= p->head_stride,
                   "rope slice [%d, %d) does not fit in a head of stride %d", p->rope_offset,
@@ -116,6 +118,7 @@ static moira_status_t bind_rope(const void *raw, symbols_t *symbols) {
     return MOIRA_OK_STATUS;
 }
 
+/* The last head's rope slice must end inside the row, or the kernel would rotate past it. */
 static moira_status_t check_rope_row(const void *raw, const symbols_t *symbols) {
     const moira_rope_params_t *p = raw;
     int64_t end = (int64_t)(p->n_heads - 1) * p->head_stride + p->rope_offset + p->rope_dim;
@@ -126,6 +129,8 @@ static moira_status_t check_rope_row(const void *raw, const symbols_t *symbols) 
     return MOIRA_OK_STATUS;
 }
 
+/* Everything the router's selection loops rely on: enough experts in the kept groups for top_k,
+ * groups that tile the experts, and a known scoring function. */
 static moira_status_t bind_gate(const void *raw, symbols_t *symbols) {
     const moira_gate_params_t *p = raw;
     REQUIRE_PARAM(p->n_experts >= 1, "n_experts %d must be >= 1", p->n_experts);
@@ -148,6 +153,7 @@ static moira_status_t bind_gate(const void *raw, symbols_t *symbols) {
     return MOIRA_OK_STATUS;
 }
 
+/* n_experts sizes expert_offsets, the one shape topk_idx cannot tell. */
 static moira_status_t bind_dispatch(const void *raw, symbols_t *symbols) {
     const moira_moe_dispatch_params_t *p = raw;
     REQUIRE_PARAM(p->n_experts >= 1, "n_experts %d must be >= 1", p->n_experts);
@@ -155,6 +161,7 @@ static moira_status_t bind_dispatch(const void *raw, symbols_t *symbols) {
     return MOIRA_OK_STATUS;
 }
 
+/* top_k maps a sorted row's assignment index back to its token (a / k), so it fixes ys's rows. */
 static moira_status_t bind_moe_ffn(const void *raw, symbols_t *symbols) {
     const moira_moe_ffn_params_t *p = raw;
     REQUIRE_PARAM(p->top_k >= 1, "top_k %d must be >= 1", p->top_k);
@@ -185,6 +192,7 @@ static moira_status_t bind_mla(const void *raw, symbols_t *symbols) {
 }
 
 /* ops/op.h, restated as data. Keep the two in step. */
+/* clang-format off */
 static const op_rule_t op_rules[MOIRA_OP_COUNT] = {
     [MOIRA_OP_RMSNORM] = {
         "rmsnorm", sizeof(moira_rmsnorm_params_t), bind_rmsnorm, NULL, 3,
@@ -263,7 +271,9 @@ static const op_rule_t op_rules[MOIRA_OP_COUNT] = {
          {"W_kv_b", TYPE_WEIGHT, "B,L", 0},
          {"out", TYPE_F32, "T,H*v", OUTPUT}}},
 };
+/* clang-format on */
 
+/* Names live in the rule table so they cannot drift from it; "unknown" keeps logs printable. */
 const char *moira_op_name(int op) {
     if (op < 0 || op >= MOIRA_OP_COUNT) return "unknown";
     return op_rules[op].name;
@@ -302,6 +312,7 @@ static int split_shape(const char *shape, dim_expr_t dims[MAX_DIMS]) {
     return rank;
 }
 
+/* Only a lone symbol may be bound from a shape; "T*k" can only be checked. */
 static bool is_bare_symbol(dim_expr_t dim) {
     return dim.length == 1 && isalpha((unsigned char)dim.text[0]);
 }
@@ -324,25 +335,27 @@ static bool eval_dim(dim_expr_t dim, const symbols_t *symbols, int64_t *out_valu
             if (operand < 0) return false;
             i++;
         }
-        value = pending_op == '*' ? value * operand : value + operand;
+        bool overflow = pending_op == '*' ? __builtin_mul_overflow(value, operand, &value)
+                                          : __builtin_add_overflow(value, operand, &value);
+        if (overflow) value = INT64_MAX; /* matches no real dimension */
         if (i < dim.length) pending_op = dim.text[i++];
     }
     *out_value = value;
     return true;
 }
 
-/* "[13, 67]" */
+/* "[13, 67]", the way ops/op.h writes shapes, so messages read like the contract. */
 static void format_shape(const int64_t *shape, int rank, char *buf, size_t size) {
     size_t used = (size_t)snprintf(buf, size, "[");
     for (int i = 0; i < rank && used < size; i++)
-        used += (size_t)snprintf(buf + used, size - used, "%s%lld", i ? ", " : "",
-                                 (long long)shape[i]);
+        used +=
+            (size_t)snprintf(buf + used, size - used, "%s%lld", i ? ", " : "", (long long)shape[i]);
     if (used < size) snprintf(buf + used, size - used, "]");
 }
 
 /* The expected shape with known dimensions as numbers and the rest as their expressions. */
-static void format_expected(const dim_expr_t *dims, int rank, const symbols_t *symbols,
-                            char *buf, size_t size) {
+static void format_expected(const dim_expr_t *dims, int rank, const symbols_t *symbols, char *buf,
+                            size_t size) {
     size_t used = (size_t)snprintf(buf, size, "[");
     for (int i = 0; i < rank && used < size; i++) {
         int64_t value;
@@ -366,8 +379,7 @@ static shape_result_t unify_shape(const moira_dtensor_t *tensor, const char *sha
     int rank = split_shape(shape, dims);
     for (int i = 0; i < rank; i++) {
         int64_t unused;
-        if (!is_bare_symbol(dims[i]) && !eval_dim(dims[i], symbols, &unused))
-            return SHAPE_DEFERRED;
+        if (!is_bare_symbol(dims[i]) && !eval_dim(dims[i], symbols, &unused)) return SHAPE_DEFERRED;
     }
     if (tensor->rank != rank) return SHAPE_MISMATCH;
     for (int i = 0; i < rank; i++) {
@@ -418,27 +430,37 @@ static bool data_span(const moira_dtensor_t *tensor, size_t *out_bytes) {
 /* fp8 block scales: f32 [ceil(rows/128), ceil(cols/128)] per matrix. */
 static uint64_t fp8_scale_bytes(const moira_dtensor_t *tensor) {
     uint64_t matrices = 1;
-    for (int i = 0; i + 2 < tensor->rank; i++) matrices *= (uint64_t)tensor->shape[i];
+    for (int i = 0; i + 2 < tensor->rank; i++)
+        matrices *= (uint64_t)tensor->shape[i];
     uint64_t rows = (uint64_t)tensor->shape[tensor->rank - 2];
     uint64_t cols = (uint64_t)tensor->shape[tensor->rank - 1];
     return matrices * ((rows + MOIRA_FP8_BLOCK - 1) / MOIRA_FP8_BLOCK) *
            ((cols + MOIRA_FP8_BLOCK - 1) / MOIRA_FP8_BLOCK) * sizeof(float);
 }
 
+/* Weights may be any float type because every backend widens them as it reads; activations and
+ * indices have exactly one type so kernels can index them directly. */
 static bool type_accepts(operand_type_t type, moira_dtype_t dtype) {
     switch (type) {
-    case TYPE_F32: return dtype == MOIRA_DTYPE_F32;
-    case TYPE_I32: return dtype == MOIRA_DTYPE_I32;
-    case TYPE_WEIGHT: return moira_dtype_is_float(dtype);
+    case TYPE_F32:
+        return dtype == MOIRA_DTYPE_F32;
+    case TYPE_I32:
+        return dtype == MOIRA_DTYPE_I32;
+    case TYPE_WEIGHT:
+        return moira_dtype_is_float(dtype);
     }
     return false;
 }
 
+/* What an error message says was expected. */
 static const char *type_description(operand_type_t type) {
     switch (type) {
-    case TYPE_F32: return "F32";
-    case TYPE_I32: return "I32";
-    case TYPE_WEIGHT: return "a weight type (F32, F16, BF16, F8_E4M3)";
+    case TYPE_F32:
+        return "F32";
+    case TYPE_I32:
+        return "I32";
+    case TYPE_WEIGHT:
+        return "a weight type (F32, F16, BF16, F8_E4M3)";
     }
     return "?";
 }
@@ -479,8 +501,7 @@ static moira_status_t check_storage(const op_rule_t *rule, int index,
         return operand_error(rule, index, "offset %zu is not a multiple of its %zu-byte elements",
                              tensor->offset, element);
     size_t span;
-    if (!data_span(tensor, &span))
-        return operand_error(rule, index, "is too large to address");
+    if (!data_span(tensor, &span)) return operand_error(rule, index, "is too large to address");
     size_t size = tensor->buffer->size;
     if (tensor->offset > size || span > size - tensor->offset)
         return operand_error(rule, index, "bytes [%zu, %zu) lie outside its buffer of %zu bytes",
@@ -499,6 +520,7 @@ static moira_status_t check_storage(const op_rule_t *rule, int index,
 
 /* ---- Aliasing ---- */
 
+/* In-place ops are safe only when output and input are the very same elements. */
 static bool same_view(const moira_dtensor_t *a, const moira_dtensor_t *b) {
     if (a->buffer != b->buffer || a->offset != b->offset || a->dtype != b->dtype ||
         a->rank != b->rank || moira_dtensor_row_stride(a) != moira_dtensor_row_stride(b))
@@ -527,6 +549,8 @@ static bool views_overlap(const moira_dtensor_t *a, const moira_dtensor_t *b) {
     return !b_fits_after_a;
 }
 
+/* Kernels read inputs while writing outputs, so a written operand that shares memory with any
+ * other gives results that depend on thread timing; only the noted in-place cases are allowed. */
 static moira_status_t check_aliasing(const op_rule_t *rule, const moira_op_launch_t *launch) {
     for (int j = 0; j < rule->n_operands; j++) {
         const moira_dtensor_t *b = &launch->operands[j];
@@ -536,8 +560,7 @@ static moira_status_t check_aliasing(const op_rule_t *rule, const moira_op_launc
             bool either_written = (rule->operands[i].flags | rule->operands[j].flags) & OUTPUT;
             if (!a->buffer || !either_written || !views_overlap(a, b)) continue;
             if (i == 0 && (rule->operands[j].flags & IN_PLACE) && same_view(a, b)) continue;
-            return operand_error(rule, j, "overlaps operand %d (%s)%s", i,
-                                 rule->operands[i].name,
+            return operand_error(rule, j, "overlaps operand %d (%s)%s", i, rule->operands[i].name,
                                  rule->operands[j].flags & IN_PLACE ? " without being it" : "");
         }
     }
@@ -558,9 +581,8 @@ static moira_status_t check_shapes(const op_rule_t *rule, const moira_op_launch_
         for (int i = 0; i < rule->n_operands; i++) {
             const moira_dtensor_t *tensor = &launch->operands[i];
             if (done[i]) continue;
-            shape_result_t result = tensor->buffer
-                                        ? unify_shape(tensor, rule->operands[i].shape, symbols)
-                                        : SHAPE_OK;
+            shape_result_t result =
+                tensor->buffer ? unify_shape(tensor, rule->operands[i].shape, symbols) : SHAPE_OK;
             if (result == SHAPE_DEFERRED) continue;
             if (result == SHAPE_MISMATCH) {
                 dim_expr_t dims[MAX_DIMS];
@@ -581,15 +603,16 @@ static moira_status_t check_shapes(const op_rule_t *rule, const moira_op_launch_
     return MOIRA_OK_STATUS;
 }
 
+/* Cheapest and most basic checks first, so the message names the first real mistake: the
+ * launch's framing, the parameters, each operand's type, the shapes together, then memory. */
 moira_status_t moira_op_validate(const moira_op_launch_t *launch) {
     if (launch->op < 0 || launch->op >= MOIRA_OP_COUNT)
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "unknown op %d", launch->op);
     const op_rule_t *rule = &op_rules[launch->op];
     if (!launch->params || launch->params_size != rule->params_size)
-        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
-                                 "%s: params of %zu bytes%s, expected %zu", rule->name,
-                                 launch->params_size, launch->params ? "" : " (NULL)",
-                                 rule->params_size);
+        return moira_status_make(
+            MOIRA_CODE_INVALID_ARGUMENT, "%s: params of %zu bytes%s, expected %zu", rule->name,
+            launch->params_size, launch->params ? "" : " (NULL)", rule->params_size);
     if (launch->n_operands != rule->n_operands)
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "%s: %d operands, expected %d",
                                  rule->name, launch->n_operands, rule->n_operands);

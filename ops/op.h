@@ -98,9 +98,9 @@ typedef enum moira_scoring {
 typedef struct moira_gate_params {
     int32_t n_experts;
     int32_t top_k;
-    int32_t n_group;    /* 1 = no groups */
+    int32_t n_group; /* 1 = no groups */
     int32_t topk_group;
-    int32_t scoring;    /* moira_scoring_t */
+    int32_t scoring; /* moira_scoring_t */
     int32_t norm_topk_prob;
     float routed_scaling_factor;
     float capacity_factor; /* 0 = unlimited */

@@ -80,11 +80,11 @@ static moira_status_t make_attention(maker_t *m, const moira_model_config_t *c,
     } else {
         MOIRA_RETURN_IF_ERROR(make_matrix(m, h * qk, d, 1.0f, &w->q_proj));
     }
-    MOIRA_RETURN_IF_ERROR(make_matrix(m, c->kv_lora_rank + c->qk_rope_head_dim, d, 1.0f,
-                                      &w->kv_a_proj_with_mqa));
+    MOIRA_RETURN_IF_ERROR(
+        make_matrix(m, c->kv_lora_rank + c->qk_rope_head_dim, d, 1.0f, &w->kv_a_proj_with_mqa));
     MOIRA_RETURN_IF_ERROR(make_vector(m, c->kv_lora_rank, 1.0f, 0.1f, &w->kv_a_layernorm));
-    MOIRA_RETURN_IF_ERROR(make_matrix(m, h * (c->qk_nope_head_dim + c->v_head_dim),
-                                      c->kv_lora_rank, 1.0f, &w->kv_b_proj));
+    MOIRA_RETURN_IF_ERROR(make_matrix(m, h * (c->qk_nope_head_dim + c->v_head_dim), c->kv_lora_rank,
+                                      1.0f, &w->kv_b_proj));
     return make_matrix(m, d, h * c->v_head_dim, 0.5f, &w->o_proj);
 }
 

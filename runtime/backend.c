@@ -52,7 +52,8 @@ static void enumerate_backend(int b) {
 void moira_runtime_enumerate(void) {
     pthread_mutex_lock(&registry_mutex);
     if (!registry.initialised) {
-        for (int b = 0; b < registry.n_backends; b++) enumerate_backend(b);
+        for (int b = 0; b < registry.n_backends; b++)
+            enumerate_backend(b);
         registry.initialised = true;
     }
     pthread_mutex_unlock(&registry_mutex);
@@ -62,7 +63,8 @@ void moira_runtime_shutdown(void) {
     pthread_mutex_lock(&registry_mutex);
     for (int i = 0; i < registry.n_devices; i++)
         registry.devices[i]->vtable->destroy(registry.devices[i]);
-    for (int b = 0; b < registry.n_backends; b++) free(registry.unavailable[b]);
+    for (int b = 0; b < registry.n_backends; b++)
+        free(registry.unavailable[b]);
     memset(&registry, 0, sizeof(registry));
     pthread_mutex_unlock(&registry_mutex);
 }

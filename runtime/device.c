@@ -7,9 +7,12 @@
 
 const char *moira_device_kind_name(moira_device_kind_t kind) {
     switch (kind) {
-    case MOIRA_DEVICE_KIND_CPU: return "cpu";
-    case MOIRA_DEVICE_KIND_GPU: return "gpu";
-    case MOIRA_DEVICE_KIND_NPU: return "npu";
+    case MOIRA_DEVICE_KIND_CPU:
+        return "cpu";
+    case MOIRA_DEVICE_KIND_GPU:
+        return "gpu";
+    case MOIRA_DEVICE_KIND_NPU:
+        return "npu";
     }
     return "unknown";
 }
@@ -20,8 +23,8 @@ static moira_status_t check_range(const moira_buffer_t *buffer, size_t offset, s
     if (!buffer) return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "%s: null buffer", what);
     if (offset > buffer->size || bytes > buffer->size - offset)
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
-                                 "%s: range [%zu, %zu) outside a buffer of %zu bytes", what,
-                                 offset, offset + bytes, buffer->size);
+                                 "%s: range [%zu, %zu) outside a buffer of %zu bytes", what, offset,
+                                 offset + bytes, buffer->size);
     return MOIRA_OK_STATUS;
 }
 
@@ -91,8 +94,8 @@ moira_status_t moira_queue_launch(moira_queue_t *queue, const moira_op_launch_t 
             return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
                                      "op %d operand %d lives on %s, not on %s", launch->op, i,
                                      t->buffer->device->info.name, queue->device->info.name);
-        MOIRA_RETURN_IF_ERROR(check_range(t->buffer, t->offset, moira_dtensor_span_bytes(t),
-                                          "op operand"));
+        MOIRA_RETURN_IF_ERROR(
+            check_range(t->buffer, t->offset, moira_dtensor_span_bytes(t), "op operand"));
     }
     return queue->device->vtable->enqueue_op(queue, launch);
 }
@@ -155,16 +158,21 @@ void moira_device_info_add_detail(moira_device_info_t *info, const char *key, bo
 
 double moira_precision_nmse_limit(moira_dtype_t precision) {
     switch (precision) {
-    case MOIRA_DTYPE_F16: return 1e-4;
-    case MOIRA_DTYPE_BF16: return 2e-3;
-    case MOIRA_DTYPE_F8_E4M3: return 2e-2;
-    default: return 1e-6;
+    case MOIRA_DTYPE_F16:
+        return 1e-4;
+    case MOIRA_DTYPE_BF16:
+        return 2e-3;
+    case MOIRA_DTYPE_F8_E4M3:
+        return 2e-2;
+    default:
+        return 1e-6;
     }
 }
 
 int64_t moira_dtensor_numel(const moira_dtensor_t *tensor) {
     int64_t n = 1;
-    for (int i = 0; i < tensor->rank; i++) n *= tensor->shape[i];
+    for (int i = 0; i < tensor->rank; i++)
+        n *= tensor->shape[i];
     return n;
 }
 

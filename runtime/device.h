@@ -38,11 +38,11 @@ typedef struct moira_device_detail {
 
 /* What a device reports about itself (DESIGN.md §3). Zero means unknown. */
 typedef struct moira_device_info {
-    char name[32];     /* "cpu:0", "opencl:1", "npu:0" */
-    char backend[16];  /* "cpu" */
-    int index;         /* INDEX in BACKEND:INDEX */
+    char name[32];    /* "cpu:0", "opencl:1", "npu:0" */
+    char backend[16]; /* "cpu" */
+    int index;        /* INDEX in BACKEND:INDEX */
     moira_device_kind_t kind;
-    char model[128];   /* "Intel(R) Xeon(R) Platinum 8480+" */
+    char model[128]; /* "Intel(R) Xeon(R) Platinum 8480+" */
     char vendor[64];
     char driver_version[64];
     uint64_t memory_bytes;

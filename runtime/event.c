@@ -48,7 +48,8 @@ void moira_event_signal(moira_event_t *event, moira_status_t failure) {
 
 moira_status_t moira_event_wait(moira_event_t *event) {
     pthread_mutex_lock(&event->mutex);
-    while (!event->signalled) pthread_cond_wait(&event->done, &event->mutex);
+    while (!event->signalled)
+        pthread_cond_wait(&event->done, &event->mutex);
     moira_status_t copy = MOIRA_OK_STATUS;
     if (event->failure)
         copy = moira_status_make(moira_status_code(event->failure), "%s",

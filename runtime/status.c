@@ -89,28 +89,41 @@ const char *moira_status_message(moira_status_t status) {
 
 const char *moira_code_name(moira_code_t code) {
     switch (code) {
-    case MOIRA_CODE_OK: return "OK";
-    case MOIRA_CODE_INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-    case MOIRA_CODE_INVALID_INPUT: return "INVALID_INPUT";
-    case MOIRA_CODE_NOT_FOUND: return "NOT_FOUND";
-    case MOIRA_CODE_UNSUPPORTED: return "UNSUPPORTED";
-    case MOIRA_CODE_OUT_OF_MEMORY: return "OUT_OF_MEMORY";
-    case MOIRA_CODE_IO: return "IO";
-    case MOIRA_CODE_DEVICE: return "DEVICE";
-    case MOIRA_CODE_CHECK_FAILED: return "CHECK_FAILED";
-    case MOIRA_CODE_INTERNAL: return "INTERNAL";
+    case MOIRA_CODE_OK:
+        return "OK";
+    case MOIRA_CODE_INVALID_ARGUMENT:
+        return "INVALID_ARGUMENT";
+    case MOIRA_CODE_INVALID_INPUT:
+        return "INVALID_INPUT";
+    case MOIRA_CODE_NOT_FOUND:
+        return "NOT_FOUND";
+    case MOIRA_CODE_UNSUPPORTED:
+        return "UNSUPPORTED";
+    case MOIRA_CODE_OUT_OF_MEMORY:
+        return "OUT_OF_MEMORY";
+    case MOIRA_CODE_IO:
+        return "IO";
+    case MOIRA_CODE_DEVICE:
+        return "DEVICE";
+    case MOIRA_CODE_CHECK_FAILED:
+        return "CHECK_FAILED";
+    case MOIRA_CODE_INTERNAL:
+        return "INTERNAL";
     }
     return "UNKNOWN";
 }
 
 int moira_status_exit_code(moira_status_t status) {
     switch (moira_status_code(status)) {
-    case MOIRA_CODE_OK: return 0;
+    case MOIRA_CODE_OK:
+        return 0;
     case MOIRA_CODE_INVALID_ARGUMENT:
     case MOIRA_CODE_INVALID_INPUT:
     case MOIRA_CODE_NOT_FOUND:
-    case MOIRA_CODE_UNSUPPORTED: return 2;
-    default: return 1;
+    case MOIRA_CODE_UNSUPPORTED:
+        return 2;
+    default:
+        return 1;
     }
 }
 

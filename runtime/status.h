@@ -12,7 +12,8 @@
 
 typedef enum moira_code {
     MOIRA_CODE_OK = 0,
-    MOIRA_CODE_INVALID_ARGUMENT, /* the caller (or the user on the command line) asked for nonsense */
+    MOIRA_CODE_INVALID_ARGUMENT, /* the caller (or the user on the command line) asked for nonsense
+                                  */
     MOIRA_CODE_INVALID_INPUT,    /* a file's contents are malformed; carries file:line:col */
     MOIRA_CODE_NOT_FOUND,        /* a named file, tensor, device or key does not exist */
     MOIRA_CODE_UNSUPPORTED,      /* valid, but this device, dtype or build cannot do it */
@@ -28,7 +29,8 @@ typedef struct moira_status *moira_status_t;
 #define MOIRA_OK_STATUS ((moira_status_t)NULL)
 
 /* Makes a status with a printf-style message. Never fails: when memory is exhausted it returns a
- * static out-of-memory status that moira_status_free() knows not to free. Caller owns the result. */
+ * static out-of-memory status that moira_status_free() knows not to free. Caller owns the result.
+ */
 moira_status_t moira_status_make(moira_code_t code, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
@@ -62,7 +64,8 @@ int moira_status_exit_code(moira_status_t status);
 /* Releases a status. Accepts MOIRA_OK_STATUS. */
 void moira_status_free(moira_status_t status);
 
-/* Releases a status after printing it to stderr as "moira: CODE: message"; returns its exit code. */
+/* Releases a status after printing it to stderr as "moira: CODE: message"; returns its exit code.
+ */
 int moira_status_report(moira_status_t status);
 
 #define MOIRA_RETURN_IF_ERROR(expr)                                                                \

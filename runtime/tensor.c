@@ -7,7 +7,8 @@
 
 int64_t moira_tensor_numel(const moira_tensor_t *tensor) {
     int64_t n = 1;
-    for (int i = 0; i < tensor->rank; i++) n *= tensor->shape[i];
+    for (int i = 0; i < tensor->rank; i++)
+        n *= tensor->shape[i];
     return n;
 }
 
@@ -44,7 +45,8 @@ moira_status_t moira_tensor_alloc_f32(int64_t rows, int64_t cols, moira_tensor_t
 
 moira_tensor_t moira_tensor_view(moira_dtype_t dtype, int rank, const int64_t *shape, void *data) {
     moira_tensor_t t = {.dtype = dtype, .rank = rank, .data = data};
-    for (int i = 0; i < rank && i < MOIRA_MAX_RANK; i++) t.shape[i] = shape[i];
+    for (int i = 0; i < rank && i < MOIRA_MAX_RANK; i++)
+        t.shape[i] = shape[i];
     return t;
 }
 
@@ -78,7 +80,8 @@ void moira_tensor_row_to_f32(const moira_tensor_t *tensor, int64_t row, float *d
         const moira_tensor_t *s = tensor->scale;
         int64_t scale_cols = s->shape[s->rank - 1];
         const float *scales = (const float *)s->data + (row / MOIRA_FP8_BLOCK) * scale_cols;
-        for (int64_t c = 0; c < cols; c++) dst[c] *= scales[c / MOIRA_FP8_BLOCK];
+        for (int64_t c = 0; c < cols; c++)
+            dst[c] *= scales[c / MOIRA_FP8_BLOCK];
     }
 }
 
@@ -113,7 +116,8 @@ static void quantize_fp8_blocks(const float *src, int64_t rows, int64_t cols, ui
             int64_t c1 = c0 + MOIRA_FP8_BLOCK < cols ? c0 + MOIRA_FP8_BLOCK : cols;
             float amax = 0;
             for (int64_t r = r0; r < r1; r++)
-                for (int64_t c = c0; c < c1; c++) amax = fmaxf(amax, fabsf(src[r * cols + c]));
+                for (int64_t c = c0; c < c1; c++)
+                    amax = fmaxf(amax, fabsf(src[r * cols + c]));
             float scale = amax > 0 ? amax / 448.0f : 1.0f;
             scales[br * block_cols + bc] = scale;
             for (int64_t r = r0; r < r1; r++)

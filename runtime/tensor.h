@@ -20,7 +20,7 @@ typedef struct moira_tensor {
     moira_dtype_t dtype;
     int rank;
     int64_t shape[MOIRA_MAX_RANK];
-    void *data;                       /* borrowed unless owns_data */
+    void *data; /* borrowed unless owns_data */
     bool owns_data;
     const struct moira_tensor *scale; /* borrowed; fp8 block scales or NULL */
 } moira_tensor_t;

@@ -9,8 +9,8 @@
 
 struct moira_threadpool {
     int n_threads;
-    pthread_t *workers;      /* n_threads - 1 */
-    hwloc_cpuset_t *cpusets; /* one per thread; the caller's is applied only while it works */
+    pthread_t *workers;         /* n_threads - 1 */
+    hwloc_cpuset_t *cpusets;    /* one per thread; the caller's is applied only while it works */
     pthread_mutex_t loop_mutex; /* one parallel loop at a time */
     pthread_mutex_t mutex;
     pthread_cond_t start;
@@ -129,7 +129,8 @@ void moira_threadpool_destroy(moira_threadpool_t *pool) {
     pool->stopping = true;
     pthread_cond_broadcast(&pool->start);
     pthread_mutex_unlock(&pool->mutex);
-    for (int i = 1; i < pool->n_threads && pool->workers; i++) pthread_join(pool->workers[i], NULL);
+    for (int i = 1; i < pool->n_threads && pool->workers; i++)
+        pthread_join(pool->workers[i], NULL);
     for (int i = 0; pool->cpusets && i < pool->n_threads; i++)
         if (pool->cpusets[i]) hwloc_bitmap_free(pool->cpusets[i]);
     free(pool->cpusets);
@@ -170,7 +171,8 @@ void moira_threadpool_parallel_for(moira_threadpool_t *pool, int64_t n, int64_t 
     pthread_mutex_unlock(&pool->mutex);
     run_chunks(pool, 0);
     pthread_mutex_lock(&pool->mutex);
-    while (pool->running > 0) pthread_cond_wait(&pool->finished, &pool->mutex);
+    while (pool->running > 0)
+        pthread_cond_wait(&pool->finished, &pool->mutex);
     pthread_mutex_unlock(&pool->mutex);
     pthread_mutex_unlock(&pool->loop_mutex);
 }

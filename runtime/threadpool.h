@@ -17,8 +17,7 @@ typedef void (*moira_parallel_fn)(void *ctx, int64_t begin, int64_t end, int thr
 
 /* Creates a pool of `n_threads` (0: one per physical core of the machine, from hwloc), bound to
  * cores of NUMA node `numa_node` when it is >= 0. Caller destroys it. */
-moira_status_t moira_threadpool_create(int n_threads, int numa_node,
-                                       moira_threadpool_t **out_pool);
+moira_status_t moira_threadpool_create(int n_threads, int numa_node, moira_threadpool_t **out_pool);
 void moira_threadpool_destroy(moira_threadpool_t *pool);
 
 int moira_threadpool_size(const moira_threadpool_t *pool);

@@ -26,7 +26,7 @@ typedef struct cpu_buffer {
 } cpu_buffer_t;
 
 typedef enum command_kind {
-    COMMAND_COPY,   /* memcpy: writes, reads and copies are all host memory here */
+    COMMAND_COPY, /* memcpy: writes, reads and copies are all host memory here */
     COMMAND_OP,
     COMMAND_SIGNAL,
     COMMAND_WAIT,
@@ -99,7 +99,8 @@ static void *queue_main(void *raw) {
     cpu_queue_t *queue = raw;
     pthread_mutex_lock(&queue->mutex);
     for (;;) {
-        while (!queue->head && !queue->stopping) pthread_cond_wait(&queue->has_work, &queue->mutex);
+        while (!queue->head && !queue->stopping)
+            pthread_cond_wait(&queue->has_work, &queue->mutex);
         if (!queue->head && queue->stopping) break;
         command_t *command = queue->head;
         queue->head = command->next;
@@ -156,14 +157,13 @@ static moira_status_t cpu_enqueue_write(moira_queue_t *queue, moira_buffer_t *ds
     return enqueue_memcpy(queue, (char *)host_ptr(dst) + dst_offset, src, bytes);
 }
 
-static moira_status_t cpu_enqueue_read(moira_queue_t *queue, moira_buffer_t *src,
-                                       size_t src_offset, void *dst, size_t bytes) {
+static moira_status_t cpu_enqueue_read(moira_queue_t *queue, moira_buffer_t *src, size_t src_offset,
+                                       void *dst, size_t bytes) {
     return enqueue_memcpy(queue, dst, (char *)host_ptr(src) + src_offset, bytes);
 }
 
-static moira_status_t cpu_enqueue_copy(moira_queue_t *queue, moira_buffer_t *src,
-                                       size_t src_offset, moira_buffer_t *dst, size_t dst_offset,
-                                       size_t bytes) {
+static moira_status_t cpu_enqueue_copy(moira_queue_t *queue, moira_buffer_t *src, size_t src_offset,
+                                       moira_buffer_t *dst, size_t dst_offset, size_t bytes) {
     return enqueue_memcpy(queue, (char *)host_ptr(dst) + dst_offset,
                           (char *)host_ptr(src) + src_offset, bytes);
 }
@@ -198,7 +198,8 @@ static moira_status_t cpu_enqueue_wait(moira_queue_t *queue, moira_event_t *even
 static moira_status_t cpu_queue_finish(moira_queue_t *base) {
     cpu_queue_t *queue = (cpu_queue_t *)base;
     pthread_mutex_lock(&queue->mutex);
-    while (queue->head || queue->busy) pthread_cond_wait(&queue->idle, &queue->mutex);
+    while (queue->head || queue->busy)
+        pthread_cond_wait(&queue->idle, &queue->mutex);
     moira_status_t failure = queue->failure;
     queue->failure = MOIRA_OK_STATUS;
     pthread_mutex_unlock(&queue->mutex);
@@ -223,8 +224,8 @@ static moira_status_t cpu_queue_create(moira_device_t *device, moira_queue_t **o
 static void cpu_queue_destroy(moira_queue_t *base) {
     cpu_queue_t *queue = (cpu_queue_t *)base;
     moira_status_t failure = cpu_queue_finish(base);
-    if (failure) MOIRA_LOG_W("queue destroyed with an unreported error: %s",
-                             moira_status_message(failure));
+    if (failure)
+        MOIRA_LOG_W("queue destroyed with an unreported error: %s", moira_status_message(failure));
     moira_status_free(failure);
     pthread_mutex_lock(&queue->mutex);
     queue->stopping = true;
@@ -316,8 +317,8 @@ static void describe_host(moira_device_info_t *info, int n_threads) {
     int n_numa = hwloc_get_nbobjs_by_type(topology, HWLOC_OBJ_NUMANODE);
     uint64_t memory = 0;
     for (int i = 0; i < n_numa; i++)
-        memory += hwloc_get_obj_by_type(topology, HWLOC_OBJ_NUMANODE, (unsigned)i)->attr->numanode
-                      .local_memory;
+        memory += hwloc_get_obj_by_type(topology, HWLOC_OBJ_NUMANODE, (unsigned)i)
+                      ->attr->numanode.local_memory;
     info->memory_bytes = memory;
     if (n_numa == 1) info->numa_node = 0;
     /* 2 FMA ports x 16 f32 lanes x 2 flops at an assumed 2.5 GHz: an estimate, labelled so. */

@@ -39,7 +39,8 @@ const float *moira_cpu_weight_row(const moira_cpu_weight_t *weight, int64_t matr
         for (int64_t block = 0; block < weight->scale_cols; block++) {
             int64_t end = (block + 1) * MOIRA_FP8_BLOCK;
             if (end > weight->cols) end = weight->cols;
-            for (int64_t c = block * MOIRA_FP8_BLOCK; c < end; c++) scratch[c] *= scales[block];
+            for (int64_t c = block * MOIRA_FP8_BLOCK; c < end; c++)
+                scratch[c] *= scales[block];
         }
     }
     return scratch;
@@ -51,21 +52,26 @@ float moira_cpu_dot(const float *a, const float *b, int64_t n) {
     float partial[8] = {0};
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
-        for (int lane = 0; lane < 8; lane++) partial[lane] += a[i + lane] * b[i + lane];
+        for (int lane = 0; lane < 8; lane++)
+            partial[lane] += a[i + lane] * b[i + lane];
     float tail = 0;
-    for (; i < n; i++) tail += a[i] * b[i];
+    for (; i < n; i++)
+        tail += a[i] * b[i];
     return ((partial[0] + partial[4]) + (partial[1] + partial[5])) +
            ((partial[2] + partial[6]) + (partial[3] + partial[7])) + tail;
 }
 
 /* The portable version is a loop of dots; a SIMD version shares each weight load across rows. */
-void moira_cpu_dot_rows(const float *const *rows, int n_rows, const float *w, int64_t n,
-                        float *out, int64_t out_stride) {
-    for (int r = 0; r < n_rows; r++) out[r * out_stride] = moira_cpu_dot(rows[r], w, n);
+void moira_cpu_dot_rows(const float *const *rows, int n_rows, const float *w, int64_t n, float *out,
+                        int64_t out_stride) {
+    for (int r = 0; r < n_rows; r++)
+        out[r * out_stride] = moira_cpu_dot(rows[r], w, n);
 }
 
+/* The accumulate-a-scaled-row primitive of the absorbed MLA and combine paths. */
 void moira_cpu_axpy(float alpha, const float *x, float *y, int64_t n) {
-    for (int64_t i = 0; i < n; i++) y[i] += alpha * x[i];
+    for (int64_t i = 0; i < n; i++)
+        y[i] += alpha * x[i];
 }
 
 /* exp(-z) overflowing to infinity for very negative z gives -0, the right limit. */
@@ -87,6 +93,7 @@ moira_status_t moira_cpu_scratch_alloc(moira_threadpool_t *pool, size_t bytes_pe
     return MOIRA_OK_STATUS;
 }
 
+/* Clears the pointer so a second free is harmless. */
 void moira_cpu_scratch_free(moira_cpu_scratch_t *scratch) {
     free(scratch->base);
     scratch->base = NULL;

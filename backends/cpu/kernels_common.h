@@ -37,10 +37,10 @@ typedef struct moira_cpu_weight {
     const unsigned char *data;
     moira_dtype_t dtype;
     size_t element_size;
-    int64_t rows, cols;          /* of one matrix */
-    const float *scales;         /* fp8 only: [matrices][ceil(rows/128)][ceil(cols/128)] */
-    int64_t scale_cols;          /* ceil(cols/128) */
-    int64_t scales_per_matrix;   /* ceil(rows/128) * scale_cols */
+    int64_t rows, cols;        /* of one matrix */
+    const float *scales;       /* fp8 only: [matrices][ceil(rows/128)][ceil(cols/128)] */
+    int64_t scale_cols;        /* ceil(cols/128) */
+    int64_t scales_per_matrix; /* ceil(rows/128) * scale_cols */
 } moira_cpu_weight_t;
 
 moira_cpu_weight_t moira_cpu_weight_view(const moira_dtensor_t *tensor);
@@ -57,8 +57,8 @@ float moira_cpu_dot(const float *a, const float *b, int64_t n);
 
 /* out[r * out_stride] = dot(rows[r], w) for r < n_rows: one weight row against a block of
  * activation rows, so the weight row is read once per block. */
-void moira_cpu_dot_rows(const float *const *rows, int n_rows, const float *w, int64_t n,
-                        float *out, int64_t out_stride);
+void moira_cpu_dot_rows(const float *const *rows, int n_rows, const float *w, int64_t n, float *out,
+                        int64_t out_stride);
 
 /* y += alpha * x */
 void moira_cpu_axpy(float alpha, const float *x, float *y, int64_t n);
@@ -81,8 +81,7 @@ moira_status_t moira_cpu_scratch_alloc(moira_threadpool_t *pool, size_t bytes_pe
 void moira_cpu_scratch_free(moira_cpu_scratch_t *scratch);
 
 /* Thread `thread`'s region; carve it with moira_cpu_take. */
-static inline unsigned char *moira_cpu_scratch_at(const moira_cpu_scratch_t *scratch,
-                                                  int thread) {
+static inline unsigned char *moira_cpu_scratch_at(const moira_cpu_scratch_t *scratch, int thread) {
     return scratch->base + (size_t)thread * scratch->bytes_per_thread;
 }
 
@@ -129,12 +128,10 @@ moira_status_t moira_cpu_moe_dispatch(const moira_op_launch_t *launch, moira_thr
 moira_status_t moira_cpu_moe_ffn(const moira_op_launch_t *launch, moira_threadpool_t *pool);
 moira_status_t moira_cpu_moe_combine(const moira_op_launch_t *launch, moira_threadpool_t *pool);
 moira_status_t moira_cpu_swiglu(const moira_op_launch_t *launch, moira_threadpool_t *pool);
-moira_status_t moira_cpu_mla_attention(const moira_op_launch_t *launch,
-                                       moira_threadpool_t *pool);
+moira_status_t moira_cpu_mla_attention(const moira_op_launch_t *launch, moira_threadpool_t *pool);
 moira_status_t moira_cpu_mla_absorb_q(const moira_op_launch_t *launch, moira_threadpool_t *pool);
 moira_status_t moira_cpu_mla_decode_attention(const moira_op_launch_t *launch,
                                               moira_threadpool_t *pool);
-moira_status_t moira_cpu_mla_absorb_out(const moira_op_launch_t *launch,
-                                        moira_threadpool_t *pool);
+moira_status_t moira_cpu_mla_absorb_out(const moira_op_launch_t *launch, moira_threadpool_t *pool);
 
 #endif

@@ -13,10 +13,10 @@ typedef struct gate_ctx {
     const moira_gate_params_t *params;
     const float *x;
     moira_cpu_weight_t weight;
-    const float *bias;   /* NULL when absent */
+    const float *bias; /* NULL when absent */
     int32_t *topk_idx;
     float *topk_weight;
-    float *selection;    /* NULL when not wanted */
+    float *selection; /* NULL when not wanted */
     int64_t tokens, hidden;
     moira_cpu_scratch_t scratch;
 } gate_ctx_t;
@@ -25,7 +25,8 @@ typedef struct gate_ctx {
  * (the scan is ascending and only a strictly larger value replaces the best). NaNs never win a
  * comparison, so they are picked last, in index order. */
 static void top_indices(const double *values, int n, int count, int *out, unsigned char *taken) {
-    for (int i = 0; i < n; i++) taken[i] = 0;
+    for (int i = 0; i < n; i++)
+        taken[i] = 0;
     for (int j = 0; j < count; j++) {
         int best = -1;
         for (int i = 0; i < n; i++)
@@ -36,10 +37,10 @@ static void top_indices(const double *values, int n, int count, int *out, unsign
 }
 
 typedef struct gate_work {
-    double *scores;   /* [E] routing probabilities (orig) */
-    double *chosen;   /* [E] selection scores, biased and group-masked */
+    double *scores; /* [E] routing probabilities (orig) */
+    double *chosen; /* [E] selection scores, biased and group-masked */
     double *group_scores;
-    int *order;       /* [E] */
+    int *order; /* [E] */
     unsigned char *taken;
 } gate_work_t;
 
@@ -54,12 +55,16 @@ static void route_token(const gate_ctx_t *ctx, const float *logits, const gate_w
         double max_logit = -INFINITY, sum = 0;
         for (int e = 0; e < n_experts; e++)
             if (logits[e] > max_logit) max_logit = logits[e];
-        for (int e = 0; e < n_experts; e++) sum += scores[e] = exp(logits[e] - max_logit);
-        for (int e = 0; e < n_experts; e++) scores[e] /= sum;
+        for (int e = 0; e < n_experts; e++)
+            sum += scores[e] = exp(logits[e] - max_logit);
+        for (int e = 0; e < n_experts; e++)
+            scores[e] /= sum;
     } else {
-        for (int e = 0; e < n_experts; e++) scores[e] = 1.0 / (1.0 + exp(-(double)logits[e]));
+        for (int e = 0; e < n_experts; e++)
+            scores[e] = 1.0 / (1.0 + exp(-(double)logits[e]));
     }
-    for (int e = 0; e < n_experts; e++) chosen[e] = scores[e] + (ctx->bias ? ctx->bias[e] : 0.0);
+    for (int e = 0; e < n_experts; e++)
+        chosen[e] = scores[e] + (ctx->bias ? ctx->bias[e] : 0.0);
 
     if (p->n_group > 1) {
         int group_size = n_experts / p->n_group;
@@ -81,7 +86,8 @@ static void route_token(const gate_ctx_t *ctx, const float *logits, const gate_w
     float *weight = ctx->topk_weight + t * p->top_k;
     top_indices(chosen, n_experts, p->top_k, work->order, work->taken);
     double sum = 0;
-    for (int j = 0; j < p->top_k; j++) sum += scores[work->order[j]];
+    for (int j = 0; j < p->top_k; j++)
+        sum += scores[work->order[j]];
     double norm = p->norm_topk_prob ? 1.0 / (sum + 1e-20) : 1.0;
     for (int j = 0; j < p->top_k; j++) {
         idx[j] = work->order[j];
@@ -92,6 +98,8 @@ static void route_token(const gate_ctx_t *ctx, const float *logits, const gate_w
             ctx->selection[t * n_experts + e] = (float)chosen[e];
 }
 
+/* Logits for a block of tokens (each gate row widened once for the block), then each token's
+ * routing from its logits. */
 static void gate_blocks(void *raw, int64_t begin, int64_t end, int thread) {
     const gate_ctx_t *ctx = raw;
     int n_experts = ctx->params->n_experts;
@@ -108,9 +116,10 @@ static void gate_blocks(void *raw, int64_t begin, int64_t end, int thread) {
     const float *x_rows[GATE_TOKEN_BLOCK];
     for (int64_t block = begin; block < end; block++) {
         int64_t t0 = block * GATE_TOKEN_BLOCK;
-        int n_tokens = (int)(ctx->tokens - t0 < GATE_TOKEN_BLOCK ? ctx->tokens - t0
-                                                                 : GATE_TOKEN_BLOCK);
-        for (int t = 0; t < n_tokens; t++) x_rows[t] = ctx->x + (t0 + t) * ctx->hidden;
+        int n_tokens =
+            (int)(ctx->tokens - t0 < GATE_TOKEN_BLOCK ? ctx->tokens - t0 : GATE_TOKEN_BLOCK);
+        for (int t = 0; t < n_tokens; t++)
+            x_rows[t] = ctx->x + (t0 + t) * ctx->hidden;
         for (int e = 0; e < n_experts; e++) {
             const float *w = moira_cpu_weight_row(&ctx->weight, 0, e, weight_buf);
             moira_cpu_dot_rows(x_rows, n_tokens, w, ctx->hidden, logits + e, n_experts);
@@ -140,6 +149,8 @@ static moira_status_t apply_capacity(const gate_ctx_t *ctx) {
     return MOIRA_OK_STATUS;
 }
 
+/* Blocks of tokens in parallel; the capacity limit afterwards because it depends on every
+ * earlier token. */
 moira_status_t moira_cpu_gate(const moira_op_launch_t *launch, moira_threadpool_t *pool) {
     const moira_dtensor_t *operands = launch->operands;
     gate_ctx_t ctx = {
@@ -163,8 +174,7 @@ moira_status_t moira_cpu_gate(const moira_op_launch_t *launch, moira_threadpool_
     int64_t blocks = (ctx.tokens + GATE_TOKEN_BLOCK - 1) / GATE_TOKEN_BLOCK;
     int64_t tokens_per_block = ctx.tokens < GATE_TOKEN_BLOCK ? ctx.tokens : GATE_TOKEN_BLOCK;
     int64_t work_per_block = tokens_per_block * (int64_t)n_experts * ctx.hidden;
-    moira_threadpool_parallel_for(pool, blocks, moira_cpu_grain(work_per_block), gate_blocks,
-                                  &ctx);
+    moira_threadpool_parallel_for(pool, blocks, moira_cpu_grain(work_per_block), gate_blocks, &ctx);
     moira_cpu_scratch_free(&ctx.scratch);
     return apply_capacity(&ctx);
 }

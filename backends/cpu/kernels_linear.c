@@ -30,12 +30,11 @@ static void linear_items(void *raw, int64_t begin, int64_t end, int thread) {
             x_rows[t] = job->x + slice * job->x_batch_step + (t0 + t) * job->x_stride;
         float *y = job->y + slice * job->y_batch_step + t0 * job->y_stride;
         int64_t n0 = row_block * WEIGHT_ROW_BLOCK;
-        int64_t n1 = n0 + WEIGHT_ROW_BLOCK < job->out_features ? n0 + WEIGHT_ROW_BLOCK
-                                                               : job->out_features;
+        int64_t n1 =
+            n0 + WEIGHT_ROW_BLOCK < job->out_features ? n0 + WEIGHT_ROW_BLOCK : job->out_features;
         for (int64_t n = n0; n < n1; n++) {
             int64_t weight_row = job->weight_row0 + slice * job->weight_batch_rows + n;
-            const float *w =
-                moira_cpu_weight_row(job->weight, job->matrix, weight_row, weight_buf);
+            const float *w = moira_cpu_weight_row(job->weight, job->matrix, weight_row, weight_buf);
             moira_cpu_dot_rows(x_rows, n_tokens, w, job->in_features, dots, 1);
             for (int t = 0; t < n_tokens; t++) {
                 float *out = &y[t * job->y_stride + n];

@@ -16,6 +16,7 @@ typedef struct mla_dims {
     int64_t kv_width; /* H * (nope + v) */
 } mla_dims_t;
 
+/* Widened to int64 once, so index arithmetic never overflows int32 on large T * H * L. */
 static mla_dims_t mla_dims(const moira_mla_params_t *p) {
     return (mla_dims_t){
         .heads = p->n_heads,
@@ -36,7 +37,8 @@ static void softmax_weighted_sum(const double *scores, int64_t n_keys, const flo
     double max_score = -INFINITY;
     for (int64_t s = 0; s < n_keys; s++)
         if (scores[s] > max_score) max_score = scores[s];
-    for (int64_t j = 0; j < width; j++) out[j] = 0;
+    for (int64_t j = 0; j < width; j++)
+        out[j] = 0;
     if (max_score == -INFINITY) return;
     double sum = 0;
     for (int64_t s = 0; s < n_keys; s++) {
@@ -46,7 +48,8 @@ static void softmax_weighted_sum(const double *scores, int64_t n_keys, const flo
         moira_cpu_axpy((float)p, values + s * value_stride, out, width);
     }
     float inv_sum = (float)(1.0 / sum);
-    for (int64_t j = 0; j < width; j++) out[j] *= inv_sum;
+    for (int64_t j = 0; j < width; j++)
+        out[j] *= inv_sum;
 }
 
 typedef struct attention_ctx {
@@ -84,8 +87,8 @@ static void attention_items(void *raw, int64_t begin, int64_t end, int thread) {
     }
 }
 
-moira_status_t moira_cpu_mla_attention(const moira_op_launch_t *launch,
-                                       moira_threadpool_t *pool) {
+/* One item per (token, head): T * H items balance well even for a single long prompt. */
+moira_status_t moira_cpu_mla_attention(const moira_op_launch_t *launch, moira_threadpool_t *pool) {
     const moira_dtensor_t *operands = launch->operands;
     attention_ctx_t ctx = {
         .params = launch->params,
@@ -130,6 +133,7 @@ static void decode_items(void *raw, int64_t begin, int64_t end, int thread) {
     }
 }
 
+/* Decode has few tokens, so the items are again (token, head) pairs to use every thread. */
 moira_status_t moira_cpu_mla_decode_attention(const moira_op_launch_t *launch,
                                               moira_threadpool_t *pool) {
     const moira_dtensor_t *operands = launch->operands;
@@ -189,6 +193,7 @@ static void absorb_q_items(void *raw, int64_t begin, int64_t end, int thread) {
     }
 }
 
+/* Items are (head, token block): heads are independent and each reads its own kv_b_proj rows. */
 moira_status_t moira_cpu_mla_absorb_q(const moira_op_launch_t *launch, moira_threadpool_t *pool) {
     const moira_dtensor_t *operands = launch->operands;
     absorb_q_ctx_t ctx = {
@@ -204,16 +209,15 @@ moira_status_t moira_cpu_mla_absorb_q(const moira_op_launch_t *launch, moira_thr
         moira_cpu_scratch_alloc(pool, (size_t)d->latent * sizeof(float), &ctx.scratch));
     int64_t tokens_per_item = ctx.tokens < ABSORB_TOKEN_BLOCK ? ctx.tokens : ABSORB_TOKEN_BLOCK;
     int64_t work_per_item = tokens_per_item * d->nope * d->latent;
-    moira_threadpool_parallel_for(pool, d->heads * ctx.token_blocks,
-                                  moira_cpu_grain(work_per_item), absorb_q_items, &ctx);
+    moira_threadpool_parallel_for(pool, d->heads * ctx.token_blocks, moira_cpu_grain(work_per_item),
+                                  absorb_q_items, &ctx);
     moira_cpu_scratch_free(&ctx.scratch);
     return MOIRA_OK_STATUS;
 }
 
 /* out[t,h] = W_UV[h] o_lat[t,h]: one linear per head over its V rows of kv_b_proj, run as a
  * single batched linear so all heads share one parallel loop. */
-moira_status_t moira_cpu_mla_absorb_out(const moira_op_launch_t *launch,
-                                        moira_threadpool_t *pool) {
+moira_status_t moira_cpu_mla_absorb_out(const moira_op_launch_t *launch, moira_threadpool_t *pool) {
     const moira_dtensor_t *operands = launch->operands;
     mla_dims_t d = mla_dims(launch->params);
     moira_cpu_weight_t weight = moira_cpu_weight_view(&operands[1]);

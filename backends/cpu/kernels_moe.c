@@ -10,6 +10,7 @@
 /* Tokens per SWIGLU pass: bounds the intermediate activations to 2 x 64 x I floats. */
 #define SWIGLU_TOKEN_CHUNK 64
 
+/* Routing indices live in device memory and may be garbage; the message says which and where. */
 static moira_status_t bad_index(const char *op, const char *what, int64_t at, int64_t value,
                                 int64_t limit) {
     return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "%s: %s[%lld] = %lld outside [0, %lld)",
@@ -31,7 +32,8 @@ moira_status_t moira_cpu_moe_dispatch(const moira_op_launch_t *launch, moira_thr
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
                                  "moe_dispatch: %lld assignments overflow int32 rows",
                                  (long long)assignments);
-    for (int e = 0; e <= n_experts; e++) offsets[e] = 0;
+    for (int e = 0; e <= n_experts; e++)
+        offsets[e] = 0;
     for (int64_t a = 0; a < assignments; a++) {
         int32_t expert = topk_idx[a];
         if (expert == -1) continue;
@@ -39,10 +41,12 @@ moira_status_t moira_cpu_moe_dispatch(const moira_op_launch_t *launch, moira_thr
             return bad_index("moe_dispatch", "topk_idx", a, expert, n_experts);
         offsets[expert + 1]++;
     }
-    for (int e = 0; e < n_experts; e++) offsets[e + 1] += offsets[e];
+    for (int e = 0; e < n_experts; e++)
+        offsets[e + 1] += offsets[e];
     int32_t *next = malloc((size_t)(unsigned)n_experts * sizeof(*next));
     if (!next) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "moe_dispatch: out of memory");
-    for (int e = 0; e < n_experts; e++) next[e] = offsets[e];
+    for (int e = 0; e < n_experts; e++)
+        next[e] = offsets[e];
     for (int64_t a = 0; a < assignments; a++) {
         int32_t expert = topk_idx[a];
         if (expert == -1) {
@@ -53,7 +57,8 @@ moira_status_t moira_cpu_moe_dispatch(const moira_op_launch_t *launch, moira_thr
         sorted_rows[row] = (int32_t)a;
         assignment_pos[a] = row;
     }
-    for (int64_t row = offsets[n_experts]; row < assignments; row++) sorted_rows[row] = -1;
+    for (int64_t row = offsets[n_experts]; row < assignments; row++)
+        sorted_rows[row] = -1;
     free(next);
     return MOIRA_OK_STATUS;
 }
@@ -94,8 +99,10 @@ static void ffn_items(void *raw, int64_t begin, int64_t end, int thread) {
             const float *w3 = moira_cpu_weight_row(&ctx->w3, item->expert, j, weight_buf);
             moira_cpu_dot_rows(rows, n_rows, w3, hidden, up + j, inter);
         }
-        for (int64_t j = 0; j < n_rows * inter; j++) gate[j] = moira_cpu_silu(gate[j]) * up[j];
-        for (int r = 0; r < n_rows; r++) rows[r] = gate + r * inter;
+        for (int64_t j = 0; j < n_rows * inter; j++)
+            gate[j] = moira_cpu_silu(gate[j]) * up[j];
+        for (int r = 0; r < n_rows; r++)
+            rows[r] = gate + r * inter;
         float *out = ctx->ys + (int64_t)item->row_begin * hidden;
         for (int64_t d = 0; d < hidden; d++) {
             const float *w2 = moira_cpu_weight_row(&ctx->w2, item->expert, d, weight_buf);
@@ -112,8 +119,8 @@ static moira_status_t check_routing(const int32_t *offsets, int n_experts,
     for (int e = 0; e < n_experts; e++)
         if (offsets[e + 1] < offsets[e] || offsets[e + 1] > assignments)
             return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
-                                     "moe_ffn: expert_offsets[%d] = %d is not in [%d, %lld]",
-                                     e + 1, offsets[e + 1], offsets[e], (long long)assignments);
+                                     "moe_ffn: expert_offsets[%d] = %d is not in [%d, %lld]", e + 1,
+                                     offsets[e + 1], offsets[e], (long long)assignments);
     for (int64_t row = offsets[0]; row < offsets[n_experts]; row++)
         if (sorted_rows[row] < 0 || sorted_rows[row] >= assignments)
             return bad_index("moe_ffn", "sorted_rows", row, sorted_rows[row], assignments);
@@ -150,14 +157,14 @@ moira_status_t moira_cpu_moe_ffn(const moira_op_launch_t *launch, moira_threadpo
     int64_t n = 0;
     for (int e = 0; e < n_experts; e++)
         for (int32_t row = offsets[e]; row < offsets[e + 1]; row += FFN_ROW_BLOCK)
-            items[n++] = (ffn_item_t){e, row, offsets[e + 1] - row < FFN_ROW_BLOCK
-                                                  ? offsets[e + 1]
-                                                  : row + FFN_ROW_BLOCK};
+            items[n++] = (ffn_item_t){e, row,
+                                      offsets[e + 1] - row < FFN_ROW_BLOCK ? offsets[e + 1]
+                                                                           : row + FFN_ROW_BLOCK};
     ctx.items = items;
     int64_t widest = ctx.hidden > ctx.intermediate ? ctx.hidden : ctx.intermediate;
-    size_t scratch_bytes = MOIRA_CPU_ALIGN((size_t)widest * sizeof(float)) +
-                           2 * MOIRA_CPU_ALIGN((size_t)(FFN_ROW_BLOCK * ctx.intermediate) *
-                                               sizeof(float));
+    size_t scratch_bytes =
+        MOIRA_CPU_ALIGN((size_t)widest * sizeof(float)) +
+        2 * MOIRA_CPU_ALIGN((size_t)(FFN_ROW_BLOCK * ctx.intermediate) * sizeof(float));
     moira_status_t status = moira_cpu_scratch_alloc(pool, scratch_bytes, &ctx.scratch);
     if (!status) {
         int64_t work_per_item = FFN_ROW_BLOCK * 3 * ctx.hidden * ctx.intermediate;
@@ -186,18 +193,21 @@ static void combine_tokens(void *raw, int64_t begin, int64_t end, int thread) {
     float *sum = moira_cpu_take(&cursor, (size_t)ctx->hidden * sizeof(float));
     float beta = ctx->params->beta;
     for (int64_t t = begin; t < end; t++) {
-        for (int64_t d = 0; d < ctx->hidden; d++) sum[d] = 0;
+        for (int64_t d = 0; d < ctx->hidden; d++)
+            sum[d] = 0;
         for (int64_t j = 0; j < ctx->top_k; j++) {
             int32_t pos = ctx->assignment_pos[t * ctx->top_k + j];
             if (pos < 0) continue;
-            moira_cpu_axpy(ctx->topk_weight[t * ctx->top_k + j], ctx->ys + pos * ctx->hidden,
-                           sum, ctx->hidden);
+            moira_cpu_axpy(ctx->topk_weight[t * ctx->top_k + j], ctx->ys + pos * ctx->hidden, sum,
+                           ctx->hidden);
         }
         float *y = ctx->y + t * ctx->hidden;
-        for (int64_t d = 0; d < ctx->hidden; d++) y[d] = beta == 0 ? sum[d] : beta * y[d] + sum[d];
+        for (int64_t d = 0; d < ctx->hidden; d++)
+            y[d] = beta == 0 ? sum[d] : beta * y[d] + sum[d];
     }
 }
 
+/* assignment_pos is checked up front so the parallel part can trust it; tokens are independent. */
 moira_status_t moira_cpu_moe_combine(const moira_op_launch_t *launch, moira_threadpool_t *pool) {
     const moira_dtensor_t *operands = launch->operands;
     combine_ctx_t ctx = {
@@ -215,8 +225,8 @@ moira_status_t moira_cpu_moe_combine(const moira_op_launch_t *launch, moira_thre
         if (ctx.assignment_pos[a] < -1 || ctx.assignment_pos[a] >= assignments)
             return bad_index("moe_combine", "assignment_pos", a, ctx.assignment_pos[a],
                              assignments);
-    MOIRA_RETURN_IF_ERROR(moira_cpu_scratch_alloc(
-        pool, (size_t)ctx.hidden * sizeof(float), &ctx.scratch));
+    MOIRA_RETURN_IF_ERROR(
+        moira_cpu_scratch_alloc(pool, (size_t)ctx.hidden * sizeof(float), &ctx.scratch));
     moira_threadpool_parallel_for(pool, tokens, moira_cpu_grain(ctx.top_k * ctx.hidden + 1),
                                   combine_tokens, &ctx);
     moira_cpu_scratch_free(&ctx.scratch);
@@ -246,19 +256,32 @@ moira_status_t moira_cpu_swiglu(const moira_op_launch_t *launch, moira_threadpoo
     for (int64_t t0 = 0; t0 < tokens && !status; t0 += chunk) {
         int64_t n = tokens - t0 < chunk ? tokens - t0 : chunk;
         moira_cpu_linear_job_t project = {
-            .x = x + t0 * hidden, .x_stride = hidden, .weight = &w1,
-            .y = gate, .y_stride = inter,
-            .batch = 1, .tokens = n, .out_features = inter, .in_features = hidden,
+            .x = x + t0 * hidden,
+            .x_stride = hidden,
+            .weight = &w1,
+            .y = gate,
+            .y_stride = inter,
+            .batch = 1,
+            .tokens = n,
+            .out_features = inter,
+            .in_features = hidden,
         };
         status = moira_cpu_linear_run(pool, &project);
         project.weight = &w3;
         project.y = up;
         if (!status) status = moira_cpu_linear_run(pool, &project);
-        for (int64_t i = 0; i < n * inter; i++) gate[i] = moira_cpu_silu(gate[i]) * up[i];
+        for (int64_t i = 0; i < n * inter; i++)
+            gate[i] = moira_cpu_silu(gate[i]) * up[i];
         moira_cpu_linear_job_t down = {
-            .x = gate, .x_stride = inter, .weight = &w2,
-            .y = y + t0 * hidden, .y_stride = hidden,
-            .batch = 1, .tokens = n, .out_features = hidden, .in_features = inter,
+            .x = gate,
+            .x_stride = inter,
+            .weight = &w2,
+            .y = y + t0 * hidden,
+            .y_stride = hidden,
+            .batch = 1,
+            .tokens = n,
+            .out_features = hidden,
+            .in_features = inter,
             .beta = params->beta,
         };
         if (!status) status = moira_cpu_linear_run(pool, &down);

@@ -11,6 +11,21 @@ typedef struct rows_ctx {
     int64_t x_stride, y_stride, cols;
 } rows_ctx_t;
 
+/* Both ops read operand 0 and write operand 2, row by row. */
+static rows_ctx_t rows_ctx_make(const moira_op_launch_t *launch) {
+    const moira_dtensor_t *x = &launch->operands[0];
+    const moira_dtensor_t *y = &launch->operands[2];
+    rows_ctx_t ctx = {
+        .launch = launch,
+        .x = moira_cpu_f32(x),
+        .y = moira_cpu_f32(y),
+        .x_stride = moira_dtensor_row_stride(x),
+        .y_stride = moira_dtensor_row_stride(y),
+        .cols = x->shape[1],
+    };
+    return ctx;
+}
+
 /* The sum of squares is taken in double: it is one pass per row and makes the result exact to
  * f32 rounding however long the row. x is fully read before y is written, so y may be x. */
 static void rmsnorm_rows(void *raw, int64_t begin, int64_t end, int thread) {
@@ -22,23 +37,18 @@ static void rmsnorm_rows(void *raw, int64_t begin, int64_t end, int thread) {
         const float *x = ctx->x + t * ctx->x_stride;
         float *y = ctx->y + t * ctx->y_stride;
         double sum_squares = 0;
-        for (int64_t i = 0; i < ctx->cols; i++) sum_squares += (double)x[i] * x[i];
+        for (int64_t i = 0; i < ctx->cols; i++)
+            sum_squares += (double)x[i] * x[i];
         double inv_rms = 1.0 / sqrt(sum_squares / (double)ctx->cols + params->eps);
-        for (int64_t i = 0; i < ctx->cols; i++) y[i] = (float)(x[i] * inv_rms * w[i]);
+        for (int64_t i = 0; i < ctx->cols; i++)
+            y[i] = (float)(x[i] * inv_rms * w[i]);
     }
 }
 
+/* Rows are cheap, so the grain keeps short batches on one thread. */
 moira_status_t moira_cpu_rmsnorm(const moira_op_launch_t *launch, moira_threadpool_t *pool) {
     const moira_dtensor_t *x = &launch->operands[0];
-    const moira_dtensor_t *y = &launch->operands[2];
-    rows_ctx_t ctx = {
-        .launch = launch,
-        .x = moira_cpu_f32(x),
-        .y = moira_cpu_f32(y),
-        .x_stride = moira_dtensor_row_stride(x),
-        .y_stride = moira_dtensor_row_stride(y),
-        .cols = x->shape[1],
-    };
+    rows_ctx_t ctx = rows_ctx_make(launch);
     if (ctx.cols == 0) return MOIRA_OK_STATUS;
     moira_threadpool_parallel_for(pool, x->shape[0], moira_cpu_grain(ctx.cols * 4), rmsnorm_rows,
                                   &ctx);
@@ -75,18 +85,11 @@ static void rope_rows(void *raw, int64_t begin, int64_t end, int thread) {
     }
 }
 
+/* Split over tokens: each token has its own angle, shared by its heads. */
 moira_status_t moira_cpu_rope(const moira_op_launch_t *launch, moira_threadpool_t *pool) {
     const moira_rope_params_t *params = launch->params;
     const moira_dtensor_t *x = &launch->operands[0];
-    const moira_dtensor_t *y = &launch->operands[2];
-    rows_ctx_t ctx = {
-        .launch = launch,
-        .x = moira_cpu_f32(x),
-        .y = moira_cpu_f32(y),
-        .x_stride = moira_dtensor_row_stride(x),
-        .y_stride = moira_dtensor_row_stride(y),
-        .cols = x->shape[1],
-    };
+    rows_ctx_t ctx = rows_ctx_make(launch);
     int64_t work_per_token = ctx.cols + (int64_t)params->n_heads * params->rope_dim * 4;
     moira_threadpool_parallel_for(pool, x->shape[0], moira_cpu_grain(work_per_token), rope_rows,
                                   &ctx);

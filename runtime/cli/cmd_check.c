@@ -41,8 +41,10 @@ static int validate_lists(const char *backends, const char *ops) {
                 found |= !strcmp(item, info->name) || !strcmp(item, info->backend);
             }
             if (!found) {
-                fprintf(stderr, "moira check: no device or backend named \"%s\" "
-                                "(see moira devices)\n", item);
+                fprintf(stderr,
+                        "moira check: no device or backend named \"%s\" "
+                        "(see moira devices)\n",
+                        item);
                 return 2;
             }
         }
@@ -65,20 +67,23 @@ static void print_table(const moira_conformance_result_t *r, int n) {
     for (int i = 0; i < n; i++) {
         const char *verdict = r[i].skipped ? "skip" : r[i].passed ? "ok" : "FAIL";
         printf("%-10s %-13s %-14s %-8s %6lld %10.3g %9.1g  %s%s%s\n", r[i].device, r[i].op,
-               r[i].shape, moira_dtype_name(r[i].weight_dtype), (long long)r[i].tokens,
-               r[i].nmse, r[i].limit, verdict, r[i].detail[0] ? " " : "", r[i].detail);
+               r[i].shape, moira_dtype_name(r[i].weight_dtype), (long long)r[i].tokens, r[i].nmse,
+               r[i].limit, verdict, r[i].detail[0] ? " " : "", r[i].detail);
     }
 }
 
 static void print_json(const moira_conformance_result_t *r, int n, bool all_passed) {
     printf("{\"passed\": %s, \"rows\": [\n", all_passed ? "true" : "false");
     for (int i = 0; i < n; i++) {
-        printf("  {\"device\": \"%s\", \"op\": \"%s\", \"shape\": \"%s\", \"weight_dtype\": \"%s\", "
-               "\"tokens\": %lld, \"nmse\": %.6g, \"limit\": %.3g, \"result\": \"%s\", "
-               "\"detail\": ",
-               r[i].device, r[i].op, r[i].shape, moira_dtype_name(r[i].weight_dtype),
-               (long long)r[i].tokens, r[i].nmse, r[i].limit,
-               r[i].skipped ? "skip" : r[i].passed ? "ok" : "fail");
+        printf(
+            "  {\"device\": \"%s\", \"op\": \"%s\", \"shape\": \"%s\", \"weight_dtype\": \"%s\", "
+            "\"tokens\": %lld, \"nmse\": %.6g, \"limit\": %.3g, \"result\": \"%s\", "
+            "\"detail\": ",
+            r[i].device, r[i].op, r[i].shape, moira_dtype_name(r[i].weight_dtype),
+            (long long)r[i].tokens, r[i].nmse, r[i].limit,
+            r[i].skipped  ? "skip"
+            : r[i].passed ? "ok"
+                          : "fail");
         moira_cli_json_string(stdout, r[i].detail);
         printf("}%s\n", i + 1 < n ? "," : "");
     }
@@ -97,11 +102,20 @@ int moira_cli_check(int argc, char **argv) {
     int c;
     while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
         switch (c) {
-        case 'b': backends = optarg; break;
-        case 'o': ops = optarg; break;
-        case 'j': json = true; break;
-        case 'h': fputs(check_help, stdout); return 0;
-        default: return moira_cli_usage_error("check", "unknown option");
+        case 'b':
+            backends = optarg;
+            break;
+        case 'o':
+            ops = optarg;
+            break;
+        case 'j':
+            json = true;
+            break;
+        case 'h':
+            fputs(check_help, stdout);
+            return 0;
+        default:
+            return moira_cli_usage_error("check", "unknown option");
         }
     }
     if (optind < argc) return moira_cli_usage_error("check", "unexpected \"%s\"", argv[optind]);
@@ -122,9 +136,12 @@ int moira_cli_check(int argc, char **argv) {
     }
     int failed = 0, passed = 0, skipped = 0;
     for (int i = 0; i < count; i++) {
-        if (results[i].skipped) skipped++;
-        else if (results[i].passed) passed++;
-        else failed++;
+        if (results[i].skipped)
+            skipped++;
+        else if (results[i].passed)
+            passed++;
+        else
+            failed++;
     }
     if (json)
         print_json(results, count, failed == 0);

@@ -106,7 +106,8 @@ int moira_cli_devices(int argc, char **argv) {
     optind = 1;
     int c;
     while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
-        if (c == 'j') json = true;
+        if (c == 'j')
+            json = true;
         else if (c == 'h') {
             fputs(devices_help, stdout);
             return 0;

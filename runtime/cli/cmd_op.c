@@ -49,22 +49,37 @@ static int parse_op_args(int argc, char **argv, op_args_t *args) {
     int c;
     while ((c = getopt_long(argc, argv, "ho:", options, NULL)) != -1) {
         switch (c) {
-        case 'm': args->model = optarg; break;
-        case 'i': args->inputs = optarg; break;
-        case 'w': args->weights = optarg; break;
-        case 'b': args->backend = optarg; break;
-        case 'd': args->decode = true; break;
+        case 'm':
+            args->model = optarg;
+            break;
+        case 'i':
+            args->inputs = optarg;
+            break;
+        case 'w':
+            args->weights = optarg;
+            break;
+        case 'b':
+            args->backend = optarg;
+            break;
+        case 'd':
+            args->decode = true;
+            break;
         case 'v':
             args->verbose = true;
             /* Backends report per-launch details (the npu's modelled device time) at info. */
             if (moira_log_get_level() < MOIRA_LOG_INFO) moira_log_set_level(MOIRA_LOG_INFO);
             break;
-        case 'o': args->output = optarg; break;
+        case 'o':
+            args->output = optarg;
+            break;
         case 'l':
             if (!moira_cli_parse_int("op", "--layer", optarg, 0, 1 << 20, &args->layer)) return 2;
             break;
-        case 'h': fputs(op_help, stdout); return -1;
-        default: return moira_cli_usage_error("op", "unknown option");
+        case 'h':
+            fputs(op_help, stdout);
+            return -1;
+        default:
+            return moira_cli_usage_error("op", "unknown option");
         }
     }
     if (optind >= argc) return moira_cli_usage_error("op", "which op? gate, moe, mla or layer");
@@ -76,7 +91,8 @@ static int parse_op_args(int argc, char **argv, op_args_t *args) {
             known = true;
         }
     if (!known) return moira_cli_usage_error("op", "unknown op \"%s\"", argv[optind]);
-    if (optind + 1 < argc) return moira_cli_usage_error("op", "unexpected \"%s\"", argv[optind + 1]);
+    if (optind + 1 < argc)
+        return moira_cli_usage_error("op", "unexpected \"%s\"", argv[optind + 1]);
     if (!args->model) return moira_cli_usage_error("op", "--model is required");
     if (!args->inputs) return moira_cli_usage_error("op", "--inputs is required");
     if (!args->output) return moira_cli_usage_error("op", "-o OUT.safetensors is required");
@@ -117,7 +133,8 @@ static moira_status_t load_activations(op_session_t *s, const char *path,
                                        const moira_tensor_t **out_x) {
     const moira_tensor_t *x;
     MOIRA_RETURN_IF_ERROR(moira_safetensors_find(s->inputs, "hidden_states", &x));
-    if (x->dtype != MOIRA_DTYPE_F32 || x->rank != 2 || x->shape[1] != s->config.hidden_size || x->shape[0] < 1) {
+    if (x->dtype != MOIRA_DTYPE_F32 || x->rank != 2 || x->shape[1] != s->config.hidden_size ||
+        x->shape[0] < 1) {
         char shape[64];
         return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
                                "hidden_states is %s %s, expected F32 [T, %lld]",
@@ -132,7 +149,8 @@ static moira_status_t load_activations(op_session_t *s, const char *path,
     moira_status_t found = moira_safetensors_find(s->inputs, "positions", &given);
     if (moira_status_code(found) == MOIRA_CODE_NOT_FOUND) {
         moira_status_free(found);
-        for (int64_t t = 0; t < s->tokens; t++) pos[t] = (int32_t)t;
+        for (int64_t t = 0; t < s->tokens; t++)
+            pos[t] = (int32_t)t;
     } else if (found) {
         return found;
     } else {
@@ -143,7 +161,7 @@ static moira_status_t load_activations(op_session_t *s, const char *path,
                                    (long long)s->tokens);
         for (int64_t t = 0; t < s->tokens; t++) {
             int64_t p = given->dtype == MOIRA_DTYPE_I32 ? ((const int32_t *)given->data)[t]
-                                                       : ((const int64_t *)given->data)[t];
+                                                        : ((const int64_t *)given->data)[t];
             if (p < 0 || p > INT32_MAX)
                 return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
                                        "positions[%lld] = %lld is out of range", (long long)t,
@@ -157,10 +175,14 @@ static moira_status_t load_activations(op_session_t *s, const char *path,
 
 static unsigned parts_for(op_choice_t op) {
     switch (op) {
-    case OP_GATE: return MOIRA_WEIGHTS_GATE;
-    case OP_MOE: return MOIRA_WEIGHTS_MOE;
-    case OP_MLA: return MOIRA_WEIGHTS_MLA;
-    case OP_LAYER: return MOIRA_WEIGHTS_ALL;
+    case OP_GATE:
+        return MOIRA_WEIGHTS_GATE;
+    case OP_MOE:
+        return MOIRA_WEIGHTS_MOE;
+    case OP_MLA:
+        return MOIRA_WEIGHTS_MLA;
+    case OP_LAYER:
+        return MOIRA_WEIGHTS_ALL;
     }
     return MOIRA_WEIGHTS_ALL;
 }
@@ -172,26 +194,29 @@ static double seconds_since(const struct timespec *start) {
 }
 
 /* Runs the chosen op on the device and reads the results into `outputs` (owned by the caller). */
-static moira_status_t run_on_device(op_session_t *s, const op_args_t *args,
-                                    const moira_tensor_t *x, moira_tensor_t *outputs,
-                                    int *out_count) {
+static moira_status_t run_on_device(op_session_t *s, const op_args_t *args, const moira_tensor_t *x,
+                                    moira_tensor_t *outputs, int *out_count) {
     const moira_model_config_t *cfg = &s->config;
     int64_t t = s->tokens, d = cfg->hidden_size, k = cfg->num_experts_per_tok;
     int64_t e = cfg->n_routed_experts;
     size_t x_bytes = (size_t)(t * d) * 4, pos_bytes = (size_t)t * 4;
     size_t out_bytes = args->op == OP_GATE ? (size_t)(2 * t * k + t * e) * 4 : x_bytes;
-    MOIRA_RETURN_IF_ERROR(moira_buffer_alloc(s->device, x_bytes + pos_bytes + out_bytes + 512, -1, &s->io));
+    MOIRA_RETURN_IF_ERROR(
+        moira_buffer_alloc(s->device, x_bytes + pos_bytes + out_bytes + 512, -1, &s->io));
     size_t pos_off = (x_bytes + 255) / 256 * 256, out_off = (pos_off + pos_bytes + 255) / 256 * 256;
     moira_dtensor_t dx = moira_dtensor_2d(s->io, 0, MOIRA_DTYPE_F32, t, d);
     moira_dtensor_t dpos = moira_dtensor_2d(s->io, pos_off, MOIRA_DTYPE_I32, t, 1);
     dpos.rank = 1;
     MOIRA_RETURN_IF_ERROR(moira_queue_write(s->queue, s->io, 0, x->data, x_bytes));
-    MOIRA_RETURN_IF_ERROR(moira_queue_write(s->queue, s->io, pos_off, s->positions.data, pos_bytes));
+    MOIRA_RETURN_IF_ERROR(
+        moira_queue_write(s->queue, s->io, pos_off, s->positions.data, pos_bytes));
 
     if (args->op == OP_GATE) {
         moira_dtensor_t idx = moira_dtensor_2d(s->io, out_off, MOIRA_DTYPE_I32, t, k);
-        moira_dtensor_t w = moira_dtensor_2d(s->io, out_off + (size_t)(t * k) * 4, MOIRA_DTYPE_F32, t, k);
-        moira_dtensor_t sel = moira_dtensor_2d(s->io, out_off + (size_t)(2 * t * k) * 4, MOIRA_DTYPE_F32, t, e);
+        moira_dtensor_t w =
+            moira_dtensor_2d(s->io, out_off + (size_t)(t * k) * 4, MOIRA_DTYPE_F32, t, k);
+        moira_dtensor_t sel =
+            moira_dtensor_2d(s->io, out_off + (size_t)(2 * t * k) * 4, MOIRA_DTYPE_F32, t, e);
         MOIRA_RETURN_IF_ERROR(moira_gate_run(s->queue, cfg, &s->layer, &dx, &idx, &w, &sel));
         int64_t tk[2] = {t, k}, te[2] = {t, e};
         MOIRA_RETURN_IF_ERROR(moira_tensor_alloc(MOIRA_DTYPE_I32, 2, tk, &outputs[0]));
@@ -199,8 +224,12 @@ static moira_status_t run_on_device(op_session_t *s, const op_args_t *args,
         MOIRA_RETURN_IF_ERROR(moira_tensor_alloc(MOIRA_DTYPE_F32, 2, te, &outputs[2]));
         *out_count = 3;
         for (int i = 0; i < 3; i++)
-            MOIRA_RETURN_IF_ERROR(moira_queue_read(s->queue, s->io, out_off + (i == 0 ? 0 : i == 1 ? (size_t)(t * k) * 4 : (size_t)(2 * t * k) * 4),
-                                                   outputs[i].data, moira_tensor_nbytes(&outputs[i])));
+            MOIRA_RETURN_IF_ERROR(moira_queue_read(s->queue, s->io,
+                                                   out_off + (i == 0   ? 0
+                                                              : i == 1 ? (size_t)(t * k) * 4
+                                                                       : (size_t)(2 * t * k) * 4),
+                                                   outputs[i].data,
+                                                   moira_tensor_nbytes(&outputs[i])));
         return moira_queue_finish(s->queue);
     }
 
@@ -210,9 +239,11 @@ static moira_status_t run_on_device(op_session_t *s, const op_args_t *args,
     } else if (!args->decode) {
         int64_t layer_index = args->layer >= 0 ? args->layer : 0;
         if (args->op == OP_MLA)
-            MOIRA_RETURN_IF_ERROR(moira_mla_run(s->queue, cfg, &s->layer, &dx, &dpos, NULL, &y, 0.0f));
+            MOIRA_RETURN_IF_ERROR(
+                moira_mla_run(s->queue, cfg, &s->layer, &dx, &dpos, NULL, &y, 0.0f));
         else
-            MOIRA_RETURN_IF_ERROR(moira_layer_run(s->queue, cfg, layer_index, &s->layer, &dx, &dpos, NULL, &y));
+            MOIRA_RETURN_IF_ERROR(
+                moira_layer_run(s->queue, cfg, layer_index, &s->layer, &dx, &dpos, NULL, &y));
     } else {
         /* One token at a time through the latent cache: the path decode takes in serving. */
         const int32_t *pos = s->positions.data;
@@ -223,8 +254,7 @@ static moira_status_t run_on_device(op_session_t *s, const op_args_t *args,
         MOIRA_RETURN_IF_ERROR(moira_mla_cache_create(s->device, cfg, t, &s->cache));
         int64_t layer_index = args->layer >= 0 ? args->layer : 0;
         MOIRA_RETURN_IF_ERROR(moira_decode_tokens(s->queue, cfg, layer_index, &s->layer,
-                                                  args->op == OP_LAYER, &dx, &dpos, &s->cache,
-                                                  &y));
+                                                  args->op == OP_LAYER, &dx, &dpos, &s->cache, &y));
     }
     int64_t td[2] = {t, d};
     MOIRA_RETURN_IF_ERROR(moira_tensor_alloc(MOIRA_DTYPE_F32, 2, td, &outputs[0]));
@@ -278,7 +308,8 @@ static moira_status_t run_op(const op_args_t *args) {
     if (!status && args->verbose)
         fprintf(stderr, "moira op: %lld tokens on %s: load %.3f s, run %.3f s\n",
                 (long long)s.tokens, args->backend, load_s, run_s);
-    for (int i = 0; i < 3; i++) moira_tensor_release(&outputs[i]);
+    for (int i = 0; i < 3; i++)
+        moira_tensor_release(&outputs[i]);
     op_session_release(&s);
     return status;
 }

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "ops/device_layer.h"
 #include "ops/random_weights.h"
@@ -39,13 +40,13 @@ typedef struct run_args {
 
 static int parse_run_args(int argc, char **argv, run_args_t *a) {
     static const struct option options[] = {
-        {"model", required_argument, NULL, 'm'},    {"weights", required_argument, NULL, 'w'},
-        {"tokens", required_argument, NULL, 't'},   {"iters", required_argument, NULL, 'n'},
-        {"backend", required_argument, NULL, 'b'},  {"inputs", required_argument, NULL, 'i'},
-        {"output", required_argument, NULL, 'o'},   {"seed", required_argument, NULL, 's'},
-        {"json", no_argument, NULL, 'j'},           {"topology", required_argument, NULL, 'T'},
-        {"plan", required_argument, NULL, 'P'},     {"record-profile", required_argument, NULL, 'R'},
-        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0}};
+        {"model", required_argument, NULL, 'm'},   {"weights", required_argument, NULL, 'w'},
+        {"tokens", required_argument, NULL, 't'},  {"iters", required_argument, NULL, 'n'},
+        {"backend", required_argument, NULL, 'b'}, {"inputs", required_argument, NULL, 'i'},
+        {"output", required_argument, NULL, 'o'},  {"seed", required_argument, NULL, 's'},
+        {"json", no_argument, NULL, 'j'},          {"topology", required_argument, NULL, 'T'},
+        {"plan", required_argument, NULL, 'P'},    {"record-profile", required_argument, NULL, 'R'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0}};
     memset(a, 0, sizeof(*a));
     a->backend = "cpu:0";
     a->tokens = 32;
@@ -55,12 +56,24 @@ static int parse_run_args(int argc, char **argv, run_args_t *a) {
     int c;
     while ((c = getopt_long(argc, argv, "ho:", options, NULL)) != -1) {
         switch (c) {
-        case 'm': a->model = optarg; break;
-        case 'w': a->weights = optarg; break;
-        case 'b': a->backend = optarg; break;
-        case 'i': a->inputs = optarg; break;
-        case 'o': a->output = optarg; break;
-        case 'j': a->json = true; break;
+        case 'm':
+            a->model = optarg;
+            break;
+        case 'w':
+            a->weights = optarg;
+            break;
+        case 'b':
+            a->backend = optarg;
+            break;
+        case 'i':
+            a->inputs = optarg;
+            break;
+        case 'o':
+            a->output = optarg;
+            break;
+        case 'j':
+            a->json = true;
+            break;
         case 't':
             if (!moira_cli_parse_int("run", "--tokens", optarg, 1, 1 << 20, &a->tokens)) return 2;
             break;
@@ -73,11 +86,15 @@ static int parse_run_args(int argc, char **argv, run_args_t *a) {
         case 'T':
         case 'P':
         case 'R':
-            return moira_cli_usage_error("run", "%s needs the multi-device executor, which this "
-                                                "build does not have yet",
+            return moira_cli_usage_error("run",
+                                         "%s needs the multi-device executor, which this "
+                                         "build does not have yet",
                                          argv[optind - 2]);
-        case 'h': fputs(run_help, stdout); return -1;
-        default: return moira_cli_usage_error("run", "unknown option");
+        case 'h':
+            fputs(run_help, stdout);
+            return -1;
+        default:
+            return moira_cli_usage_error("run", "unknown option");
         }
     }
     if (optind < argc) return moira_cli_usage_error("run", "unexpected \"%s\"", argv[optind]);
@@ -91,9 +108,9 @@ typedef struct model_run {
     moira_model_config_t config;
     moira_safetensors_t *checkpoint, *inputs_file;
     int64_t n_layers;
-    moira_layer_weights_t *host;    /* n_layers; point into checkpoint or random */
-    moira_random_layer_t *random;   /* n_layers when random */
-    moira_device_layer_t *device;   /* n_layers */
+    moira_layer_weights_t *host;  /* n_layers; point into checkpoint or random */
+    moira_random_layer_t *random; /* n_layers when random */
+    moira_device_layer_t *device; /* n_layers */
     moira_device_t *dev;
     moira_queue_t *queue;
     moira_buffer_t *io;
@@ -103,8 +120,10 @@ typedef struct model_run {
 static void model_run_release(model_run_t *m) {
     for (int64_t l = 0; l < m->n_layers; l++) {
         if (m->device) moira_device_layer_release(&m->device[l]);
-        if (m->random) moira_random_layer_release(&m->random[l]);
-        else if (m->host) moira_layer_weights_free(&m->host[l]);
+        if (m->random)
+            moira_random_layer_release(&m->random[l]);
+        else if (m->host)
+            moira_layer_weights_free(&m->host[l]);
     }
     free(m->device);
     free(m->random);
@@ -140,13 +159,12 @@ static moira_status_t load_layers(model_run_t *m, const run_args_t *a) {
             MOIRA_RETURN_IF_ERROR(moira_layer_weights_find(m->checkpoint, prefix, c, l,
                                                            MOIRA_WEIGHTS_ALL, &m->host[l]));
         } else {
-            MOIRA_RETURN_IF_ERROR(moira_random_layer_create(c, l, (uint64_t)a->seed,
-                                                            c->weight_dtype, &m->random[l]));
+            MOIRA_RETURN_IF_ERROR(
+                moira_random_layer_create(c, l, (uint64_t)a->seed, c->weight_dtype, &m->random[l]));
             m->host[l] = m->random[l].weights;
         }
-        MOIRA_RETURN_IF_ERROR(moira_device_layer_upload(m->dev, m->queue, c, &m->host[l],
-                                                        MOIRA_WEIGHT_DTYPE_AS_STORED,
-                                                        &m->device[l]));
+        MOIRA_RETURN_IF_ERROR(moira_device_layer_upload(
+            m->dev, m->queue, c, &m->host[l], MOIRA_WEIGHT_DTYPE_AS_STORED, &m->device[l]));
     }
     return MOIRA_OK_STATUS;
 }
@@ -172,7 +190,8 @@ static moira_status_t load_inputs(model_run_t *m, const run_args_t *a) {
         moira_random_fill_uniform(m->x.data, (size_t)(t * d), (uint64_t)a->seed + 99, -1, 1);
     int64_t shape[1] = {t};
     MOIRA_RETURN_IF_ERROR(moira_tensor_alloc(MOIRA_DTYPE_I32, 1, shape, &m->positions));
-    for (int64_t i = 0; i < t; i++) ((int32_t *)m->positions.data)[i] = (int32_t)i;
+    for (int64_t i = 0; i < t; i++)
+        ((int32_t *)m->positions.data)[i] = (int32_t)i;
     return MOIRA_OK_STATUS;
 }
 
@@ -190,8 +209,8 @@ static moira_status_t forward(model_run_t *m) {
     for (int64_t l = 0; l < m->n_layers; l++)
         MOIRA_RETURN_IF_ERROR(moira_layer_run(m->queue, &m->config, l, &m->device[l], &act[l % 2],
                                               &pos, NULL, &act[(l + 1) % 2]));
-    MOIRA_RETURN_IF_ERROR(moira_queue_read(m->queue, m->io, (size_t)(m->n_layers % 2) * slot,
-                                           m->out.data, bytes));
+    MOIRA_RETURN_IF_ERROR(
+        moira_queue_read(m->queue, m->io, (size_t)(m->n_layers % 2) * slot, m->out.data, bytes));
     return moira_queue_finish(m->queue);
 }
 
@@ -206,6 +225,51 @@ static moira_status_t reference_forward(model_run_t *m) {
     }
     moira_tensor_release(&tmp);
     return status;
+}
+
+/* Bytes of one layer's matrices at `dtype` (norms and biases are negligible): what a run must
+ * hold on the host and again on the device. */
+static double layer_weight_bytes(const moira_model_config_t *c, int64_t layer,
+                                 moira_dtype_t dtype) {
+    double d = (double)c->hidden_size, h = (double)c->num_attention_heads;
+    double qk = (double)(c->qk_nope_head_dim + c->qk_rope_head_dim);
+    double q = c->q_lora_rank > 0 ? (double)c->q_lora_rank * (d + h * qk) : h * qk * d;
+    double attention = q + (double)(c->kv_lora_rank + c->qk_rope_head_dim) * d +
+                       h * (double)(c->qk_nope_head_dim + c->v_head_dim) * (double)c->kv_lora_rank +
+                       d * h * (double)c->v_head_dim;
+    double mlp = moira_model_config_is_moe_layer(c, layer)
+                     ? 3.0 * d * (double)c->moe_intermediate_size *
+                           (double)(c->n_routed_experts + c->n_shared_experts)
+                     : 3.0 * d * (double)c->intermediate_size;
+    return (attention + mlp) * (double)moira_dtype_size(dtype);
+}
+
+/* Refuses, before allocating anything, a model whose weights cannot fit: a full DeepSeek model
+ * with random weights would otherwise be killed by the kernel halfway through. */
+static moira_status_t check_fits(const moira_model_config_t *c, const run_args_t *a,
+                                 const moira_device_t *device) {
+    if (c->attention != MOIRA_ATTENTION_MLA)
+        return moira_status_make(MOIRA_CODE_UNSUPPORTED,
+                                 "%s uses GQA attention; moira run executes MLA models (its MoE "
+                                 "layers can still be planned with moira plan)",
+                                 c->name);
+    double total = 0;
+    for (int64_t l = 0; l < c->num_hidden_layers; l++)
+        total += layer_weight_bytes(c, l, c->weight_dtype);
+    double host = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    double device_memory = (double)moira_device_info(device)->memory_bytes;
+    /* Random weights live on the host and on the device; a checkpoint is mapped, not copied. */
+    double host_need = a->weights ? 0 : total;
+    if (total > device_memory || host_need + total > host)
+        return moira_status_make(
+            MOIRA_CODE_INVALID_ARGUMENT,
+            "%s needs %.1f GiB of %s weights%s; %s has %.1f GiB and the host "
+            "%.1f GiB (try a smaller model such as configs/models/"
+            "moira-tiny.yaml)",
+            c->name, total / (1 << 30), moira_dtype_name(c->weight_dtype),
+            a->weights ? "" : " (twice: random on the host, copied to the device)",
+            moira_device_info(device)->name, device_memory / (1 << 30), host / (1 << 30));
+    return MOIRA_OK_STATUS;
 }
 
 static double now_seconds(void) {
@@ -224,6 +288,7 @@ static moira_status_t run_model(const run_args_t *a, int *out_exit) {
         moira_model_config_default(&m.config);
     if (!status) status = moira_runtime_init();
     if (!status) status = moira_device_find(a->backend, &m.dev);
+    if (!status) status = check_fits(&m.config, a, m.dev);
     if (!status) status = moira_queue_create(m.dev, &m.queue);
     double t0 = now_seconds();
     if (!status) status = load_inputs(&m, a);
@@ -276,9 +341,8 @@ static moira_status_t run_model(const run_args_t *a, int *out_exit) {
         } else {
             printf("model   %s: %lld layers (%lld MoE), hidden %lld, %lld experts top-%lld, "
                    "MLA %lld heads\n",
-                   c->name, (long long)m.n_layers,
-                   (long long)moira_model_config_moe_layer_count(c), (long long)d,
-                   (long long)c->n_routed_experts, (long long)c->num_experts_per_tok,
+                   c->name, (long long)m.n_layers, (long long)moira_model_config_moe_layer_count(c),
+                   (long long)d, (long long)c->n_routed_experts, (long long)c->num_experts_per_tok,
                    (long long)c->num_attention_heads);
             printf("weights %s (%s), loaded and uploaded in %.3f s\n",
                    a->weights ? a->weights : "seeded random",

@@ -22,8 +22,9 @@ static const verb_t verbs[] = {
 
 static void print_usage(FILE *out) {
     fprintf(out, "usage: moira VERB [options]   (moira VERB --help for a verb's options)\n\n");
-    fprintf(out, "Moira runs DeepSeek-style Mixture-of-Experts models on CPUs, OpenCL GPUs and\n"
-                 "Ascend-style NPUs, and proves every backend computes the same thing.\n\nverbs:\n");
+    fprintf(out,
+            "Moira runs DeepSeek-style Mixture-of-Experts models on CPUs, OpenCL GPUs and\n"
+            "Ascend-style NPUs, and proves every backend computes the same thing.\n\nverbs:\n");
     for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
         fprintf(out, "  %-8s %s\n", verbs[i].name, verbs[i].summary);
     fprintf(out, "\nexit codes: 0 success, 1 a run or check failed, 2 bad usage or bad input\n");

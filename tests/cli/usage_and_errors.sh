@@ -61,6 +61,13 @@ expect 2 "check unknown backend" -- "$moira" check --backends nosuch
 expect 2 "check unknown op" -- "$moira" check --ops frob
 expect 2 "run bad --tokens" -- "$moira" run --tokens zero
 
+# Models that cannot run here are refused before anything is allocated.
+configs="$data/../../configs/models"
+expect 2 "GQA model" -- "$moira" run --model "$configs/qwen3-30b-a3b.yaml" --tokens 1
+expect_stderr 'GQA' "GQA refusal says why"
+expect 2 "model larger than memory" -- "$moira" run --model "$configs/deepseek-v3.yaml" --tokens 1
+expect_stderr 'GiB' "memory refusal names the sizes"
+
 # Bad input: a malformed model config is located at file:line:col.
 printf 'hidden_size: 64\nn_routed_experts: [1, 2]\n' >"$work/bad.yaml"
 expect 2 "malformed model config" -- "$moira" op moe --model "$work/bad.yaml" \

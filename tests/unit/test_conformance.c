@@ -23,10 +23,11 @@ int main(void) {
                       x->shape, moira_dtype_name(x->weight_dtype), (long long)x->tokens, x->nmse,
                       x->limit, x->detail);
         }
-        printf("%s: %d cases run, %d skipped\n", moira_device_info(moira_device_at(i))->name,
-               ran, count - ran);
+        printf("%s: %d cases run, %d skipped\n", moira_device_info(moira_device_at(i))->name, ran,
+               count - ran);
         /* A device that supports nothing would pass vacuously: demand real coverage. */
-        CHECK_MSG(ran > 0, "%s ran no conformance case", moira_device_info(moira_device_at(i))->name);
+        CHECK_MSG(ran > 0, "%s ran no conformance case",
+                  moira_device_info(moira_device_at(i))->name);
         free(results);
     }
     moira_runtime_shutdown();

@@ -70,8 +70,8 @@ static void check_launch_validation(moira_device_t *device) {
     CHECK_OK(moira_buffer_alloc(device, 1024, -1, &buffer));
     if (!queue || !buffer) return;
     moira_rmsnorm_params_t p = {.eps = 1e-6f};
-    moira_op_launch_t launch = {.op = MOIRA_OP_RMSNORM, .params = &p, .params_size = sizeof(p),
-                                .n_operands = 3};
+    moira_op_launch_t launch = {
+        .op = MOIRA_OP_RMSNORM, .params = &p, .params_size = sizeof(p), .n_operands = 3};
     for (int i = 0; i < 3; i++) {
         launch.operands[i].buffer = buffer;
         launch.operands[i].offset = (size_t)i * 128; /* disjoint x, w, y */
@@ -102,7 +102,8 @@ static void add_range(void *raw, int64_t begin, int64_t end, int thread) {
     sum_ctx_t *ctx = raw;
     (void)thread;
     long long local = 0;
-    for (int64_t i = begin; i < end; i++) local += i;
+    for (int64_t i = begin; i < end; i++)
+        local += i;
     atomic_fetch_add(&ctx->total, local);
     atomic_fetch_add(&ctx->calls, 1);
 }

@@ -12,8 +12,8 @@
 #include "runtime/safetensors.h"
 #include "tests/unit/testing.h"
 
-static const char *golden_cases[] = {"gate_v2lite", "gate_v3",         "moe_v2lite", "moe_v2lite_bf16",
-                                     "moe_v3",      "mla_v2lite",      "mla_v3_yarn", "layer_v3"};
+static const char *golden_cases[] = {"gate_v2lite", "gate_v3",    "moe_v2lite",  "moe_v2lite_bf16",
+                                     "moe_v3",      "mla_v2lite", "mla_v3_yarn", "layer_v3"};
 
 static char work_dir[PATH_MAX];
 
@@ -50,7 +50,8 @@ static void compare_gate(const char *label, moira_safetensors_t *got, moira_safe
         bool same = true;
         for (int64_t j = 0; j < k; j++) {
             bool found = false;
-            for (int64_t m = 0; m < k; m++) found |= got_idx[r * k + j] == want_idx[r * k + m];
+            for (int64_t m = 0; m < k; m++)
+                found |= got_idx[r * k + j] == want_idx[r * k + m];
             same &= found;
         }
         if (same) continue;
@@ -58,12 +59,14 @@ static void compare_gate(const char *label, moira_safetensors_t *got, moira_safe
         float kth = sel[r * e + want_idx[r * k + k - 1]], next = -INFINITY;
         for (int64_t c = 0; c < e; c++) {
             bool chosen = false;
-            for (int64_t m = 0; m < k; m++) chosen |= want_idx[r * k + m] == c;
+            for (int64_t m = 0; m < k; m++)
+                chosen |= want_idx[r * k + m] == c;
             if (!chosen && sel[r * e + c] > next) next = sel[r * e + c];
         }
         if (fabsf(kth - next) > sqrt(limit) * fabsf(kth)) mismatched_tokens++;
     }
-    CHECK_MSG(mismatched_tokens == 0, "%s: %d tokens chose other experts", label, mismatched_tokens);
+    CHECK_MSG(mismatched_tokens == 0, "%s: %d tokens chose other experts", label,
+              mismatched_tokens);
     double nmse = moira_test_nmse_f32(gw->data, ww->data, (size_t)moira_tensor_numel(ww));
     CHECK_MSG(nmse <= limit, "%s: topk_weight NMSE %.3g > %.3g", label, nmse, limit);
     printf("%-28s topk sets match, weight NMSE %.3g\n", label, nmse);
@@ -87,8 +90,8 @@ static void check_case(const char *name, const moira_device_info_t *device, bool
     snprintf(op, sizeof(op), "%.*s", (int)strcspn(name, "_"), name);
     snprintf(label, sizeof(label), "%s %s%s", device->name, name, decode ? " --decode" : "");
     snprintf(out_path, sizeof(out_path), "%s/%s.out.safetensors", work_dir, name);
-    snprintf(want_path, sizeof(want_path), "%s/golden/%s.expected.safetensors",
-             MOIRA_TEST_DATA_DIR, name);
+    snprintf(want_path, sizeof(want_path), "%s/golden/%s.expected.safetensors", MOIRA_TEST_DATA_DIR,
+             name);
     unlink(out_path);
     int rc = run_moira_op(op, name, device->name, decode, out_path);
     CHECK_MSG(rc == 0, "%s: moira op exited %d", label, rc);
@@ -107,6 +110,56 @@ static void check_case(const char *name, const moira_device_info_t *device, bool
     if (want) moira_safetensors_close(want);
 }
 
+/* A checkpoint as users have it: weights under model.layers.N.* in their own file, activations
+ * in another. The golden layer is re-filed as layer 1 and run with --weights and --layer 1. */
+static void check_checkpoint_layout(void) {
+    char inputs_path[PATH_MAX], activations_path[PATH_MAX + 32], weights_path[PATH_MAX + 32];
+    char out_path[PATH_MAX + 32], want_path[PATH_MAX], command[6 * PATH_MAX];
+    snprintf(inputs_path, sizeof(inputs_path), "%s/golden/layer_v3.inputs.safetensors",
+             MOIRA_TEST_DATA_DIR);
+    snprintf(want_path, sizeof(want_path), "%s/golden/layer_v3.expected.safetensors",
+             MOIRA_TEST_DATA_DIR);
+    snprintf(activations_path, sizeof(activations_path), "%s/activations.safetensors", work_dir);
+    snprintf(weights_path, sizeof(weights_path), "%s/checkpoint.safetensors", work_dir);
+    snprintf(out_path, sizeof(out_path), "%s/checkpoint.out.safetensors", work_dir);
+    moira_safetensors_t *golden = NULL;
+    CHECK_OK(moira_safetensors_open(inputs_path, &golden));
+    if (!golden) return;
+    size_t n = moira_safetensors_count(golden);
+    moira_named_tensor_t *weights = calloc(n, sizeof(*weights));
+    char(*names)[256] = calloc(n, sizeof(*names));
+    moira_named_tensor_t activations = {0};
+    size_t n_weights = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *name = moira_safetensors_name(golden, i);
+        const moira_tensor_t *tensor = NULL;
+        CHECK_OK(moira_safetensors_find(golden, name, &tensor));
+        if (!strcmp(name, "hidden_states")) {
+            activations = (moira_named_tensor_t){.name = name, .tensor = tensor};
+            continue;
+        }
+        snprintf(names[n_weights], sizeof(names[n_weights]), "model.layers.1.%s", name);
+        weights[n_weights] = (moira_named_tensor_t){.name = names[n_weights], .tensor = tensor};
+        n_weights++;
+    }
+    CHECK_OK(moira_safetensors_write(weights_path, weights, n_weights));
+    CHECK_OK(moira_safetensors_write(activations_path, &activations, 1));
+    snprintf(command, sizeof(command),
+             "'%s' op layer --model '%s/golden/layer_v3.json' --inputs '%s' --weights '%s' "
+             "--layer 1 -o '%s'",
+             MOIRA_BINARY, MOIRA_TEST_DATA_DIR, activations_path, weights_path, out_path);
+    CHECK_MSG(system(command) == 0, "moira op with --weights and --layer failed");
+    moira_safetensors_t *got = NULL, *want = NULL;
+    CHECK_OK(moira_safetensors_open(out_path, &got));
+    CHECK_OK(moira_safetensors_open(want_path, &want));
+    if (got && want) compare_output("cpu:0 layer_v3 as layer 1", got, want, 1e-6);
+    moira_safetensors_close(got);
+    moira_safetensors_close(want);
+    moira_safetensors_close(golden);
+    free(weights);
+    free(names);
+}
+
 int main(void) {
     snprintf(work_dir, sizeof(work_dir), "/tmp/moira-golden-XXXXXX");
     if (!mkdtemp(work_dir)) return MOIRA_TEST_SKIP;
@@ -119,6 +172,7 @@ int main(void) {
                 check_case(golden_cases[c], device, true);
         }
     }
+    check_checkpoint_layout();
     char command[PATH_MAX + 16];
     snprintf(command, sizeof(command), "rm -rf '%s'", work_dir);
     if (system(command) != 0) fprintf(stderr, "could not remove %s\n", work_dir);
