@@ -196,7 +196,8 @@ static moira_status_t layer_near_ties(host_case_t *h, float window, bool *tie) {
     const moira_model_config_t *c = &h->config;
     const moira_layer_weights_t *w = &h->layer.weights;
     int64_t t = h->x.shape[0], d = c->hidden_size, e = c->n_routed_experts;
-    for (int64_t i = 0; i < t; i++) tie[i] = false;
+    for (int64_t i = 0; i < t; i++)
+        tie[i] = false;
     if (!w->is_moe) return MOIRA_OK_STATUS;
     moira_model_config_t ungrouped = *c;
     ungrouped.n_group = 1;
@@ -214,7 +215,8 @@ static moira_status_t layer_near_ties(host_case_t *h, float window, bool *tie) {
     if (!status) {
         float *hs = attn.data;
         const float *x = h->x.data;
-        for (int64_t i = 0; i < t * d; i++) hs[i] += x[i];
+        for (int64_t i = 0; i < t * d; i++)
+            hs[i] += x[i];
         status = moira_ref_rmsnorm(&attn, w->post_attention_layernorm, c->rms_norm_eps, &normed);
     }
     if (!status)
@@ -235,13 +237,15 @@ static moira_status_t layer_near_ties(host_case_t *h, float window, bool *tie) {
             if (fabsf(kth - next) <= window * fabsf(kth)) tie[row] = true;
             for (int64_t g = 0; g < c->n_group; g++)
                 if (groups[g] < kth)
-                    for (int64_t i = 0; i < size; i++) s[g * size + i] = -INFINITY;
+                    for (int64_t i = 0; i < size; i++)
+                        s[g * size + i] = -INFINITY;
         }
         boundary(s, e, c->num_experts_per_tok, &kth, &next);
         if (fabsf(kth - next) <= window * fabsf(kth)) tie[row] = true;
     }
     moira_tensor_t *all[] = {&normed, &attn, &idx, &wt, &sel};
-    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) moira_tensor_release(all[i]);
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+        moira_tensor_release(all[i]);
     return status;
 }
 
@@ -279,8 +283,7 @@ static moira_status_t compare_layer(host_case_t *h, const float *got,
         double rest = den > 0 ? num / den : num;
         r->passed = rest <= r->limit;
         snprintf(r->detail, sizeof(r->detail),
-                 "NMSE %.3g without %d token(s) routed apart at a near tie", rest,
-                 excluded);
+                 "NMSE %.3g without %d token(s) routed apart at a near tie", rest, excluded);
     }
     free(tie);
     return status;

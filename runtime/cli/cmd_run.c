@@ -306,8 +306,7 @@ static moira_status_t run_model(const run_args_t *a, int *out_exit) {
         run_s += now_seconds() - start;
     }
     if (modelled) modelled = moira_queue_modelled_us(m.queue, &modelled_after);
-    double modelled_ms = modelled ? (modelled_after - modelled_before) / 1e3 / (double)a->iters
-                                  : 0;
+    double modelled_ms = modelled ? (modelled_after - modelled_before) / 1e3 / (double)a->iters : 0;
     if (!status) status = reference_forward(&m);
     if (!status && a->output) {
         moira_named_tensor_t named = {.name = "output", .tensor = &m.out};
