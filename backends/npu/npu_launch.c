@@ -5,6 +5,7 @@
 
 #include "backends/npu/npu_device.h"
 #include "backends/npu/npu_kernels.h"
+#include "runtime/log.h"
 #include "runtime/tensor.h"
 
 /* All cores' local buffers are allocated once per device, not per launch. */
@@ -86,6 +87,13 @@ moira_status_t moira_npu_launch(moira_npu_machine_t *machine, const char *kernel
     moira_npu_launch_report_t one;
     moira_npu_report_launch(&machine->spec, machine->block_cost, n_blocks, &one);
     pthread_mutex_unlock(&machine->mutex);
+    MOIRA_LOG_D("npu:%d: kernel %s on %d blocks: modelled %.3f us (%s-bound): %llu cube fractals, "
+                "%llu vector repeats, %llu scalar ops, MTE2 %llu B, MTE1 %llu B, MTE3 %llu B",
+                moira_acl_device_id(machine->acl), kernel, n_blocks, one.time_us, one.bound,
+                (unsigned long long)one.total.cube_fractals,
+                (unsigned long long)one.total.vector_repeats,
+                (unsigned long long)one.total.scalar_ops, (unsigned long long)one.total.mte2_bytes,
+                (unsigned long long)one.total.mte1_bytes, (unsigned long long)one.total.mte3_bytes);
     moira_npu_report_add(report, &one);
     return fault;
 }
