@@ -8,7 +8,8 @@
 #include "runtime/log.h"
 #include "runtime/tensor.h"
 
-/* All cores' local buffers are allocated once per device, not per launch. */
+/* Cores are described here but get their local buffers on their first launch, so a
+ * MOIRA_NPU_DEVICES of many large devices costs host memory only for the cores that work. */
 moira_status_t moira_npu_machine_create(moira_acl_device_t *acl, moira_npu_machine_t **out) {
     moira_npu_machine_t *machine = calloc(1, sizeof(*machine));
     if (!machine) return moira_acl_status(MOIRA_ACL_ERROR_BAD_ALLOC, "npu machine");
@@ -20,8 +21,6 @@ moira_status_t moira_npu_machine_create(moira_acl_device_t *acl, moira_npu_machi
     moira_status_t status = machine->cores && machine->block_cost
                                 ? MOIRA_OK_STATUS
                                 : moira_acl_status(MOIRA_ACL_ERROR_BAD_ALLOC, "npu cores");
-    for (int c = 0; c < n_cores && !status; c++)
-        status = moira_npu_core_init(&machine->cores[c], c, &machine->spec);
     if (!status) status = moira_threadpool_create(0, -1, &machine->pool);
     pthread_mutex_init(&machine->mutex, NULL);
     if (status) {
@@ -74,6 +73,14 @@ moira_status_t moira_npu_launch(moira_npu_machine_t *machine, const char *kernel
     if (n_blocks > machine->spec.ai_cores) n_blocks = machine->spec.ai_cores;
     launch_ctx_t launch = {machine, kernel, n_blocks, fn, ctx};
     pthread_mutex_lock(&machine->mutex);
+    for (int b = 0; b < n_blocks; b++) {
+        if (machine->cores[b].mem[0]) continue;
+        moira_status_t status = moira_npu_core_init(&machine->cores[b], b, &machine->spec);
+        if (status) {
+            pthread_mutex_unlock(&machine->mutex);
+            return status;
+        }
+    }
     moira_threadpool_parallel_for(machine->pool, n_blocks, 1, run_blocks, &launch);
     moira_status_t fault = MOIRA_OK_STATUS;
     for (int b = 0; b < n_blocks && !fault; b++) {
