@@ -90,14 +90,18 @@ moira_npu_spec_t moira_npu_default_spec(void) {
 }
 
 /* Parses one positive number of the MOIRA_NPU_DEVICES list, or fails naming the whole value. */
-static moira_status_t parse_field(const char *value, const char **cursor, double max, double *out) {
+static moira_status_t parse_field(const char *value, const char **cursor, double max, bool whole,
+                                  double *out) {
     char *end = NULL;
     errno = 0;
     double number = strtod(*cursor, &end);
-    if (end == *cursor || errno || !(number > 0) || number > max || (*end && *end != ':'))
+    bool dangling = *end == ':' && end[1] == '\0';
+    if (end == *cursor || errno || !(number > 0) || number > max || (*end && *end != ':') ||
+        dangling || (whole && number != (double)(long long)number))
         return moira_acl_status(MOIRA_ACL_ERROR_INVALID_PARAM,
                                 "MOIRA_NPU_DEVICES=\"%s\": expected COUNT[:AI_CORES[:HBM_GIB"
-                                "[:HBM_GBS]]] with positive numbers",
+                                "[:HBM_GBS]]]: whole COUNT <= 16 and AI_CORES <= 256, positive "
+                                "sizes",
                                 value);
     *out = number;
     *cursor = *end ? end + 1 : end;
@@ -112,20 +116,25 @@ moira_status_t moira_acl_configure_from_env(int *out_count, moira_npu_spec_t *ou
     if (!value || !*value) return MOIRA_OK_STATUS;
     const char *cursor = value;
     double number = 0;
-    MOIRA_RETURN_IF_ERROR(parse_field(value, &cursor, 16, &number));
+    MOIRA_RETURN_IF_ERROR(parse_field(value, &cursor, 16, true, &number));
     *out_count = (int)number;
     if (*cursor) {
-        MOIRA_RETURN_IF_ERROR(parse_field(value, &cursor, 256, &number));
+        MOIRA_RETURN_IF_ERROR(parse_field(value, &cursor, 256, true, &number));
         out_spec->ai_cores = (int)number;
     }
     if (*cursor) {
-        MOIRA_RETURN_IF_ERROR(parse_field(value, &cursor, 4096, &number));
+        MOIRA_RETURN_IF_ERROR(parse_field(value, &cursor, 4096, false, &number));
         out_spec->hbm_bytes = (uint64_t)(number * (double)(1ull << 30));
     }
     if (*cursor) {
-        MOIRA_RETURN_IF_ERROR(parse_field(value, &cursor, 1e6, &number));
+        MOIRA_RETURN_IF_ERROR(parse_field(value, &cursor, 1e6, false, &number));
         out_spec->hbm_gbs = number;
     }
+    if (*cursor)
+        return moira_acl_status(MOIRA_ACL_ERROR_INVALID_PARAM,
+                                "MOIRA_NPU_DEVICES=\"%s\": at most four fields "
+                                "(COUNT:AI_CORES:HBM_GIB:HBM_GBS)",
+                                value);
     return MOIRA_OK_STATUS;
 }
 

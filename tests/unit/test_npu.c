@@ -355,8 +355,11 @@ static void check_env(void) {
     setenv("MOIRA_NPU_DEVICES", "2:8:16:800", 1);
     CHECK_OK(moira_acl_configure_from_env(&count, &spec));
     CHECK(count == 2 && spec.ai_cores == 8 && spec.hbm_bytes == 16ull << 30 && spec.hbm_gbs == 800);
-    setenv("MOIRA_NPU_DEVICES", "two", 1);
-    CHECK_CODE(moira_acl_configure_from_env(&count, &spec), MOIRA_CODE_INVALID_ARGUMENT);
+    const char *bad[] = {"two", "1.5", "0", "2:300", "2:8:-1", "2:8:16:800:9", "2:"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        setenv("MOIRA_NPU_DEVICES", bad[i], 1);
+        CHECK_CODE(moira_acl_configure_from_env(&count, &spec), MOIRA_CODE_INVALID_ARGUMENT);
+    }
     unsetenv("MOIRA_NPU_DEVICES");
     CHECK_OK(moira_acl_configure_from_env(&count, &spec));
     CHECK(count == 1 && spec.ai_cores == 24 && spec.ub_bytes == 192 << 10);
