@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "placement/eplb_peer.h"
 #include "placement/plan.h"
 #include "tests/unit/testing.h"
 
@@ -109,6 +110,10 @@ static void test_eplb_example(void) {
         for (int e = 0; e < 12; e++) CHECK_NEAR(per_expert[e], load[e], 1e-6);
         double mm = layer_max_over_mean_by_hand(layer, t.n_targets);
         CHECK_NEAR(layer->cost.max_over_mean, mm, 1e-9);
+        /* The peer, EPLB's policy rewritten in C, reproduces EPLB's published figures. */
+        double gpu_load[8], peer = 0;
+        CHECK_OK(moira_eplb_hierarchical(load, 12, 16, 4, 2, 4, gpu_load, &peer));
+        CHECK_NEAR(peer, eplb[l], 0.0005);
         printf("  EPLB example layer %d: Moira max/mean %.3f (EPLB %.3f)\n", l, mm, eplb[l]);
         CHECK_MSG(mm <= eplb[l], "layer %d: max/mean %.4f above EPLB's %.3f", l, mm, eplb[l]);
     }
