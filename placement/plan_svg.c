@@ -1,6 +1,7 @@
 /* The plan as a picture: targets as columns (grouped by host), MoE layers as rows, each cell
- * shaded by the target's predicted time in that layer and labelled with its replica count; a
- * memory bar above each column and the layer's predicted time to the right of each row. */
+ * shaded by the tokens the target receives in that layer (its load) and labelled with its replica
+ * count; a memory bar above each column and the layer's predicted time to the right of each row.
+ * Hovering a cell shows its predicted time. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,7 +10,7 @@
 #include "placement/plan.h"
 
 #define LEFT_MARGIN 56
-#define TOP_MARGIN 64
+#define TOP_MARGIN 72
 #define NAME_BAND 96
 #define MEMORY_BAND 48
 #define RIGHT_BAND 150
@@ -20,8 +21,9 @@ typedef struct svg_ctx {
     const moira_topology_t *topology;
     const moira_model_config_t *model;
     double *time_us; /* layers x targets */
+    double *tokens;  /* layers x targets */
     int *replicas;   /* layers x targets */
-    double max_time;
+    double max_tokens;
     double max_layer_us;
     int cell_w, cell_h;
 } svg_ctx_t;
@@ -69,12 +71,14 @@ static void draw_header(FILE *out, const svg_ctx_t *ctx, int width) {
     fputs(" on ", out);
     escaped(out, ctx->plan->topology);
     fputs("</text>\n", out);
-    fprintf(out, "<text x=\"%d\" y=\"42\" font-size=\"12\" fill=\"#333\">%d MoE layers, %lld "
-            "experts + %lld redundant per layer; predicted %.1f us/layer; mean max/mean load "
-            "%.3f; link %.0f B/token; network %.0f B/token</text>\n",
+    fprintf(out, "<text x=\"%d\" y=\"40\" font-size=\"12\" fill=\"#333\">%d MoE layers, %lld "
+            "experts + %lld redundant per layer; predicted %.1f us per layer</text>\n",
             LEFT_MARGIN, ctx->plan->n_layers, (long long)ctx->plan->experts,
-            (long long)ctx->plan->redundant, summary.predicted_us_per_layer, summary.max_over_mean,
-            summary.link_bytes_per_token, summary.network_bytes_per_token);
+            (long long)ctx->plan->redundant, summary.predicted_us_per_layer);
+    fprintf(out, "<text x=\"%d\" y=\"56\" font-size=\"12\" fill=\"#333\">mean max/mean load "
+            "%.3f; %.3g link bytes and %.3g network bytes per token</text>\n",
+            LEFT_MARGIN, summary.max_over_mean, summary.link_bytes_per_token,
+            summary.network_bytes_per_token);
     (void)width;
 }
 
@@ -100,6 +104,9 @@ static void draw_columns(FILE *out, const svg_ctx_t *ctx) {
         fprintf(out, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\"/>\n", x + 2,
                 bar_top + bar_h - filled, bw, filled,
                 target->kind == MOIRA_TARGET_NUMA ? "#b8860b" : "#2e8b57");
+        if (ctx->cell_w >= 20)
+            fprintf(out, "<text x=\"%d\" y=\"%d\" font-size=\"8\" text-anchor=\"middle\">"
+                    "%.0f%%</text>\n", cx, bar_top + bar_h / 2 + 3, fraction * 100);
     }
     /* Host separators and names. */
     int grid_top = TOP_MARGIN + NAME_BAND + MEMORY_BAND;
@@ -130,14 +137,15 @@ static void draw_grid(FILE *out, const svg_ctx_t *ctx) {
         for (int t = 0; t < topo->n_targets; t++) {
             size_t i = (size_t)l * topo->n_targets + t;
             char color[16];
-            shade(ctx->max_time > 0 ? ctx->time_us[i] / ctx->max_time : 0, color, sizeof(color));
+            double fraction = ctx->max_tokens > 0 ? ctx->tokens[i] / ctx->max_tokens : 0;
+            shade(fraction, color, sizeof(color));
             fprintf(out, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\" "
                     "stroke=\"#fff\" stroke-width=\"0.5\"><title>layer %lld, %s: %d replicas, "
-                    "%.1f us</title></rect>\n",
+                    "%.0f tokens, %.1f us</title></rect>\n",
                     column_x(ctx, t), y, ctx->cell_w, ctx->cell_h, color, (long long)layer->layer,
-                    topo->targets[t].name, ctx->replicas[i], ctx->time_us[i]);
+                    topo->targets[t].name, ctx->replicas[i], ctx->tokens[i], ctx->time_us[i]);
             if (ctx->replicas[i] > 0 && ctx->cell_w >= 12 && ctx->cell_h >= 9) {
-                bool dark = ctx->max_time > 0 && ctx->time_us[i] / ctx->max_time > 0.55;
+                bool dark = fraction > 0.55;
                 fprintf(out, "<text x=\"%d\" y=\"%d\" font-size=\"%d\" text-anchor=\"middle\" "
                         "fill=\"%s\">%d</text>\n",
                         column_x(ctx, t) + ctx->cell_w / 2, y + ctx->cell_h - 2,
@@ -154,8 +162,8 @@ static void draw_grid(FILE *out, const svg_ctx_t *ctx) {
 }
 
 static void draw_legend(FILE *out, const svg_ctx_t *ctx, int y) {
-    fprintf(out, "<text x=\"%d\" y=\"%d\" font-size=\"11\">cell: predicted time of the target "
-            "in the layer (number = replicas)</text>\n", LEFT_MARGIN, y + 12);
+    fprintf(out, "<text x=\"%d\" y=\"%d\" font-size=\"11\">cell: tokens the target receives in "
+            "the layer (number = replicas it holds)</text>\n", LEFT_MARGIN, y + 12);
     for (int i = 0; i <= 20; i++) {
         char color[16];
         shade(i / 20.0, color, sizeof(color));
@@ -163,8 +171,8 @@ static void draw_legend(FILE *out, const svg_ctx_t *ctx, int y) {
                 LEFT_MARGIN + i * 10, y + 18, color);
     }
     fprintf(out, "<text x=\"%d\" y=\"%d\" font-size=\"10\">0</text>\n", LEFT_MARGIN, y + 42);
-    fprintf(out, "<text x=\"%d\" y=\"%d\" font-size=\"10\" text-anchor=\"end\">%.0f us</text>\n",
-            LEFT_MARGIN + 210, y + 42, ctx->max_time);
+    fprintf(out, "<text x=\"%d\" y=\"%d\" font-size=\"10\" text-anchor=\"end\">%.0f tokens"
+            "</text>\n", LEFT_MARGIN + 210, y + 42, ctx->max_tokens);
     fprintf(out, "<rect x=\"%d\" y=\"%d\" width=\"10\" height=\"12\" fill=\"#2e8b57\"/>"
             "<text x=\"%d\" y=\"%d\" font-size=\"10\">device memory used</text>\n",
             LEFT_MARGIN + 240, y + 18, LEFT_MARGIN + 254, y + 28);
@@ -205,11 +213,13 @@ moira_status_t moira_plan_write_svg(const moira_plan_t *plan, const moira_topolo
     ctx.model = model;
     size_t cells = (size_t)(plan->n_layers > 0 ? plan->n_layers : 1) * topology->n_targets + 1;
     ctx.time_us = calloc(cells, sizeof(double));
+    ctx.tokens = calloc(cells, sizeof(double));
     ctx.replicas = calloc(cells, sizeof(int));
     double *tokens = calloc((size_t)topology->n_targets + 1, sizeof(double));
     int *active = calloc((size_t)topology->n_targets + 1, sizeof(int));
-    if (!ctx.time_us || !ctx.replicas || !tokens || !active) {
+    if (!ctx.time_us || !ctx.tokens || !ctx.replicas || !tokens || !active) {
         free(ctx.time_us);
+        free(ctx.tokens);
         free(ctx.replicas);
         free(tokens);
         free(active);
@@ -230,7 +240,8 @@ moira_status_t moira_plan_write_svg(const moira_plan_t *plan, const moira_topolo
         for (int t = 0; t < topology->n_targets; t++) {
             double us = moira_cost_target_us(&cost, &topology->targets[t], tokens[t], active[t]);
             ctx.time_us[(size_t)l * topology->n_targets + t] = us;
-            if (us > ctx.max_time) ctx.max_time = us;
+            ctx.tokens[(size_t)l * topology->n_targets + t] = tokens[t];
+            if (tokens[t] > ctx.max_tokens) ctx.max_tokens = tokens[t];
         }
         if (layer->cost.predicted_us > ctx.max_layer_us) ctx.max_layer_us = layer->cost.predicted_us;
     }
@@ -244,6 +255,7 @@ moira_status_t moira_plan_write_svg(const moira_plan_t *plan, const moira_topolo
     if (ctx.cell_h < 6) ctx.cell_h = 6;
     moira_status_t status = moira_write_file_atomically(path, write_svg, &ctx);
     free(ctx.time_us);
+    free(ctx.tokens);
     free(ctx.replicas);
     free(tokens);
     free(active);
