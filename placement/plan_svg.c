@@ -62,7 +62,7 @@ static int column_x(const svg_ctx_t *ctx, int t) {
     return LEFT_MARGIN + t * ctx->cell_w;
 }
 
-static void draw_header(FILE *out, const svg_ctx_t *ctx, int width) {
+static void draw_header(FILE *out, const svg_ctx_t *ctx) {
     moira_plan_summary_t summary;
     moira_plan_summarise(ctx->plan, &summary);
     fprintf(out, "<text x=\"%d\" y=\"22\" font-size=\"16\" font-weight=\"bold\">Moira plan: ",
@@ -79,7 +79,6 @@ static void draw_header(FILE *out, const svg_ctx_t *ctx, int width) {
             "%.3f; %.3g link bytes and %.3g network bytes per token</text>\n",
             LEFT_MARGIN, summary.max_over_mean, summary.link_bytes_per_token,
             summary.network_bytes_per_token);
-    (void)width;
 }
 
 static void draw_columns(FILE *out, const svg_ctx_t *ctx) {
@@ -196,7 +195,7 @@ static bool write_svg(FILE *out, void *context) {
             "viewBox=\"0 0 %d %d\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n"
             "<rect width=\"100%%\" height=\"100%%\" fill=\"#fff\"/>\n",
             width, height, width, height);
-    draw_header(out, ctx, width);
+    draw_header(out, ctx);
     draw_columns(out, ctx);
     draw_grid(out, ctx);
     draw_legend(out, ctx, TOP_MARGIN + NAME_BAND + MEMORY_BAND + grid_h + 6);

@@ -334,7 +334,10 @@ typedef struct workspace {
     int64_t *max_copies;   /* per domain */
     int *domain;           /* targets of a domain */
     int *replicas;         /* replica indices of a domain */
-    int *expert_host;      /* hierarchical: host of each group's experts */
+    double *host_rate;     /* per host: TFLOP/s of its targets with room */
+    double *host_load;     /* per host: tokens of the groups packed there */
+    double *group_load;    /* per expert group */
+    int *group_order;      /* expert groups, heaviest first */
     double *scratch;       /* cost model scratch */
     int max_replicas;
 } workspace_t;
@@ -379,72 +382,76 @@ static moira_status_t plan_flat(workspace_t *w, const double *load, int64_t budg
     return assign_domain(s, w->domain, n_domain, w->replicas, s->n);
 }
 
-/* Hierarchical: expert groups go whole to hosts (heaviest group to the host it leaves least
- * loaded per TFLOP/s), then each host replicates and places its own experts. Returns false in
- * *out_feasible when the groups cannot be packed into the hosts' slots. */
-static moira_status_t plan_hierarchical(workspace_t *w, const double *load, int64_t budget,
-                                        bool *out_feasible) {
+/* Packs expert groups onto hosts, heaviest group first, each to the host it leaves least loaded
+ * per TFLOP/s among those with room for the whole group. Fills domain_of_expert with hosts and
+ * spare / max_copies with each host's free slots and targets. False when a group fits nowhere. */
+static bool pack_groups_on_hosts(workspace_t *w, const double *load) {
     layer_state_t *s = &w->state;
     const moira_topology_t *topo = s->topology;
     int hosts = topo->n_hosts;
     int64_t per_group = s->cost->experts_per_group;
     int64_t groups = s->experts / per_group;
-    *out_feasible = false;
-    double host_rate[hosts], host_load[hosts];
-    int64_t host_free[hosts], host_targets[hosts];
-    for (int h = 0; h < hosts; h++) host_rate[h] = host_load[h] = 0, host_free[h] = 0,
-                                    host_targets[h] = 0;
+    for (int h = 0; h < hosts; h++) {
+        w->host_rate[h] = w->host_load[h] = 0;
+        w->spare[h] = w->max_copies[h] = 0;
+    }
     for (int t = 0; t < s->n_targets; t++) {
         if (s->capacity[t] <= 0) continue;
         int h = topo->targets[t].host;
-        host_rate[h] += s->peak[t];
-        host_free[h] += s->capacity[t];
-        host_targets[h]++;
+        w->host_rate[h] += s->peak[t];
+        w->spare[h] += s->capacity[t];
+        w->max_copies[h]++;
     }
-    double group_load[groups];
-    int order[groups];
     for (int64_t g = 0; g < groups; g++) {
-        group_load[g] = 0;
-        for (int64_t e = g * per_group; e < (g + 1) * per_group; e++) group_load[g] += load[e];
-        order[g] = (int)g;
+        w->group_load[g] = 0;
+        for (int64_t e = g * per_group; e < (g + 1) * per_group; e++) w->group_load[g] += load[e];
+        w->group_order[g] = (int)g;
     }
     for (int64_t i = 1; i < groups; i++) /* insertion sort: heaviest first, stable */
-        for (int64_t j = i; j > 0 && group_load[order[j]] > group_load[order[j - 1]]; j--) {
-            int tmp = order[j];
-            order[j] = order[j - 1];
-            order[j - 1] = tmp;
+        for (int64_t j = i; j > 0 && w->group_load[w->group_order[j]] >
+                                         w->group_load[w->group_order[j - 1]];
+             j--) {
+            int tmp = w->group_order[j];
+            w->group_order[j] = w->group_order[j - 1];
+            w->group_order[j - 1] = tmp;
         }
     for (int64_t i = 0; i < groups; i++) {
-        int g = order[i], best = -1;
+        int g = w->group_order[i], best = -1;
+        double weight = w->group_load[g];
         for (int h = 0; h < hosts; h++) {
-            if (host_free[h] < per_group || host_rate[h] <= 0) continue;
-            if (best < 0 || (host_load[h] + group_load[g]) / host_rate[h] <
-                                (host_load[best] + group_load[g]) / host_rate[best])
+            if (w->spare[h] < per_group || w->host_rate[h] <= 0) continue;
+            if (best < 0 || (w->host_load[h] + weight) / w->host_rate[h] <
+                                (w->host_load[best] + weight) / w->host_rate[best])
                 best = h;
         }
-        if (best < 0) return MOIRA_OK_STATUS;
-        host_load[best] += group_load[g];
-        host_free[best] -= per_group;
+        if (best < 0) return false;
+        w->host_load[best] += weight;
+        w->spare[best] -= per_group;
         for (int64_t e = (int64_t)g * per_group; e < (g + 1) * per_group; e++)
             w->domain_of_expert[e] = best;
     }
-    for (int h = 0; h < hosts; h++) {
-        w->spare[h] = host_free[h];
-        w->max_copies[h] = host_targets[h];
-    }
+    return true;
+}
+
+/* Hierarchical: expert groups go whole to hosts, then each host replicates and places its own
+ * experts. *out_feasible is false when the groups cannot be packed into the hosts' slots. */
+static moira_status_t plan_hierarchical(workspace_t *w, const double *load, int64_t budget,
+                                        bool *out_feasible) {
+    layer_state_t *s = &w->state;
+    *out_feasible = pack_groups_on_hosts(w, load);
+    if (!*out_feasible) return MOIRA_OK_STATUS;
     reset_state(s);
     choose_counts(load, s->experts, w->domain_of_expert, w->spare, w->max_copies, budget,
                   w->counts);
     make_replicas(s, load, w->counts);
-    for (int h = 0; h < hosts; h++) {
+    for (int h = 0; h < s->topology->n_hosts; h++) {
         int n_domain = 0, n_replicas = 0;
         for (int t = 0; t < s->n_targets; t++)
-            if (s->capacity[t] > 0 && topo->targets[t].host == h) w->domain[n_domain++] = t;
+            if (s->capacity[t] > 0 && s->topology->targets[t].host == h) w->domain[n_domain++] = t;
         for (int r = 0; r < s->n; r++)
             if (w->domain_of_expert[s->expert[r]] == h) w->replicas[n_replicas++] = r;
         MOIRA_RETURN_IF_ERROR(assign_domain(s, w->domain, n_domain, w->replicas, n_replicas));
     }
-    *out_feasible = true;
     return MOIRA_OK_STATUS;
 }
 
@@ -623,6 +630,10 @@ static void free_workspace(workspace_t *w) {
     free(w->domain);
     free(w->replicas);
     free(w->scratch);
+    free(w->host_rate);
+    free(w->host_load);
+    free(w->group_load);
+    free(w->group_order);
 }
 
 static moira_status_t init_workspace(workspace_t *w, const moira_topology_t *topology,
@@ -655,9 +666,14 @@ static moira_status_t init_workspace(workspace_t *w, const moira_topology_t *top
     w->domain = calloc(nt, sizeof(int));
     w->replicas = calloc((size_t)max_replicas, sizeof(int));
     w->scratch = calloc(moira_cost_scratch_doubles(cost, topology), sizeof(double));
+    w->host_rate = calloc((size_t)topology->n_hosts + 1, sizeof(double));
+    w->host_load = calloc((size_t)topology->n_hosts + 1, sizeof(double));
+    w->group_load = calloc(ne, sizeof(double));
+    w->group_order = calloc(ne, sizeof(int));
     if (!capacity || !peak || !s->tokens || !s->active || !s->count || !s->holds || !s->now || !s->target ||
         !s->expert || !s->load || !w->counts || !w->domain_of_expert || !w->spare ||
-        !w->max_copies || !w->domain || !w->replicas || !w->scratch) {
+        !w->max_copies || !w->domain || !w->replicas || !w->scratch || !w->host_rate || !w->host_load ||
+        !w->group_load || !w->group_order) {
         free_workspace(w);
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "planner: out of memory");
     }

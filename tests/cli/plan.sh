@@ -117,5 +117,21 @@ expect_stderr 'does not fit' "fit message"
 ls "$work" | grep -q '\.tmp\.' && { failed=$((failed + 1)); echo "FAIL: temporary file left"; } ||
     passed=$((passed + 1))
 
+# The plan bench: Moira's plans are at least as balanced as the EPLB peer's on every skew.
+expect 0 "bench plan" -- "$moira" bench plan --tokens 16384
+if awk '/^zipf/ { n++; if ($3 > $4) bad++ } END { exit (n == 3 && !bad) ? 0 : 1 }' "$work/out"; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1))
+    echo "FAIL: bench plan: Moira less balanced than EPLB"
+    cat "$work/out"
+fi
+expect 0 "bench plan --json" -- "$moira" bench plan --json --tokens 4096
+grep -q '"eplb_max_over_mean"' "$work/out" && passed=$((passed + 1)) ||
+    { failed=$((failed + 1)); echo "FAIL: bench plan --json"; }
+expect 0 "bench --help" -- "$moira" bench --help
+expect 2 "bench unknown" -- "$moira" bench nosuch
+expect 2 "bench without a name" -- "$moira" bench
+
 echo "cli plan: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
