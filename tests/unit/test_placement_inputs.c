@@ -206,6 +206,34 @@ static void test_discovery(void) {
     moira_topology_free(&t);
 }
 
+/* DESIGN.md §5's example topology, verbatim: two hosts, the second discovered. */
+static void test_design_example(void) {
+    const char *text =
+        "name: mixed-box\n"
+        "hosts:\n"
+        "  - name: node0\n"
+        "    numa_nodes:\n"
+        "      - {id: 0, memory_gib: 512, bandwidth_gbs: 200, cores: 32, peak_tflops: {f32: 2.5, "
+        "bf16: 10}}\n"
+        "    devices:\n"
+        "      - {name: gpu0, kind: gpu, backend: opencl, select: \"opencl:0\", memory_gib: 192,\n"
+        "         bandwidth_gbs: 5300, peak_tflops: {f32: 163, bf16: 1307}, numa: 0, link_gbs: 64}\n"
+        "      - {name: npu0, kind: npu, backend: npu, memory_gib: 64, bandwidth_gbs: 1600,\n"
+        "         peak_tflops: {bf16: 354}, numa: 0, link_gbs: 32}\n"
+        "  - name: node1\n"
+        "    discover: true          # fill NUMA nodes and devices of the local machine\n"
+        "links:   [{between: [gpu0, npu0], bandwidth_gbs: 32}]\n"
+        "network: {bandwidth_gbs: 50, latency_us: 10}\n";
+    moira_topology_t t;
+    CHECK_OK(moira_topology_parse(text, strlen(text), "design.yaml", NULL, &t));
+    CHECK(t.n_hosts == 2 && t.hosts[1].discovered && !t.hosts[0].discovered);
+    CHECK(moira_topology_find_target(&t, "node0/numa0") == 0);
+    CHECK(!strcmp(t.targets[1].select, "opencl:0") && t.targets[1].memory_bytes == 192ull << 30);
+    CHECK(moira_topology_find_target(&t, "node1/numa0") >= 0);
+    CHECK(t.network_gbs == 50 && t.network_latency_us == 10);
+    moira_topology_free(&t);
+}
+
 static moira_model_config_t small_model(void) {
     const char *text = "name: small\nhidden_size: 64\nmoe_intermediate_size: 32\n"
                        "num_hidden_layers: 4\nfirst_k_dense_replace: 1\nintermediate_size: 128\n"
@@ -298,6 +326,7 @@ int main(void) {
     test_valid_topology();
     test_malformed_topologies();
     test_shipped_topologies();
+    test_design_example();
     test_discovery();
     test_profiles();
     test_synthesised_profiles();
