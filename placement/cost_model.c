@@ -29,16 +29,17 @@ double moira_cost_target_us(const moira_cost_model_t *cost, const moira_target_t
     if (tokens <= 0 && active_replicas == 0) return 0;
     double peak = moira_target_peak_tflops(target, cost->weight_dtype);
     double compute_us = peak > 0 ? tokens * cost->flops_per_token / (peak * 1e6) : 1e30;
-    double memory_us = target->bandwidth_gbs > 0 ? active_replicas * cost->expert_bytes /
-                                                       (target->bandwidth_gbs * 1e3)
-                                                 : 1e30;
+    double memory_us = target->bandwidth_gbs > 0
+                           ? active_replicas * cost->expert_bytes / (target->bandwidth_gbs * 1e3)
+                           : 1e30;
     double link_us = target->link_gbs > 0
                          ? moira_cost_link_bytes(cost, target, tokens) / (target->link_gbs * 1e3)
                          : 0;
     return (compute_us > memory_us ? compute_us : memory_us) + link_us;
 }
 
-size_t moira_cost_scratch_doubles(const moira_cost_model_t *cost, const moira_topology_t *topology) {
+size_t moira_cost_scratch_doubles(const moira_cost_model_t *cost,
+                                  const moira_topology_t *topology) {
     int64_t groups = cost->experts_per_group > 0 ? cost->experts / cost->experts_per_group : 1;
     return 3 * (size_t)topology->n_targets + (size_t)topology->n_hosts * (size_t)groups + 1;
 }
@@ -57,7 +58,8 @@ static void network_traffic(const moira_cost_model_t *cost, const moira_topology
         double host_bytes = 0;
         for (int64_t g = 0; g < groups; g++) {
             double group_load = 0;
-            for (int o = 0; o < hosts; o++) group_load += group_host_load[(size_t)o * groups + g];
+            for (int o = 0; o < hosts; o++)
+                group_load += group_host_load[(size_t)o * groups + g];
             double on_host = group_host_load[(size_t)h * groups + g];
             if (on_host <= 0) continue;
             double share = on_host / group_load * m;

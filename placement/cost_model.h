@@ -21,14 +21,14 @@
 
 /* A plain value. */
 typedef struct moira_cost_model {
-    double flops_per_token;     /* 6 D I */
-    double expert_bytes;        /* one routed expert's weights in weight_dtype (fp8 + scales) */
-    double activation_bytes;    /* D x 2: one token's hidden state in bf16, one way */
+    double flops_per_token;  /* 6 D I */
+    double expert_bytes;     /* one routed expert's weights in weight_dtype (fp8 + scales) */
+    double activation_bytes; /* D x 2: one token's hidden state in bf16, one way */
     moira_dtype_t weight_dtype;
-    int64_t experts;            /* E */
-    int64_t experts_per_group;  /* E / n_group (E when there are no groups) */
+    int64_t experts;                    /* E */
+    int64_t experts_per_group;          /* E / n_group (E when there are no groups) */
     double experts_per_group_per_token; /* m = k / topk_group, at least 1 */
-    int64_t experts_per_token;  /* k */
+    int64_t experts_per_token;          /* k */
 } moira_cost_model_t;
 
 void moira_cost_model_init(const moira_model_config_t *model, moira_cost_model_t *out);
@@ -44,7 +44,7 @@ double moira_cost_link_bytes(const moira_cost_model_t *cost, const moira_target_
 
 /* What one layer's placement costs. */
 typedef struct moira_layer_cost {
-    double predicted_us;  /* slowest target + network */
+    double predicted_us; /* slowest target + network */
     double slowest_target_us;
     double network_us;
     double max_over_mean; /* max / mean routed tokens over the targets holding replicas */

@@ -54,9 +54,9 @@ static moira_status_t add_numa_targets(moira_topology_t *topology, int host, hwl
         snprintf(t.backend, sizeof(t.backend), "cpu");
         t.memory_bytes = node->attr->numanode.local_memory;
         if (t.memory_bytes == 0 && n_nodes == 1) t.memory_bytes = root->total_memory;
-        t.cores = node->cpuset ? hwloc_get_nbobjs_inside_cpuset_by_type(hw, node->cpuset,
-                                                                        HWLOC_OBJ_CORE)
-                               : 0;
+        t.cores = node->cpuset
+                      ? hwloc_get_nbobjs_inside_cpuset_by_type(hw, node->cpuset, HWLOC_OBJ_CORE)
+                      : 0;
         t.bandwidth_gbs = numa_bandwidth_gbs(hw, node);
         double share = total_cores > 0 ? (double)t.cores / total_cores : 1.0 / n_nodes;
         for (int d = 0; d < MOIRA_DTYPE_COUNT; d++)
@@ -104,7 +104,8 @@ static moira_status_t add_device_targets(moira_topology_t *topology, int host, h
         snprintf(t.pci_bus_id, sizeof(t.pci_bus_id), "%s", info->pci_bus_id);
         t.memory_bytes = info->memory_bytes;
         t.bandwidth_gbs = info->bandwidth_gbs;
-        for (int d = 0; d < MOIRA_DTYPE_COUNT; d++) t.peak_tflops[d] = info->peak_tflops[d];
+        for (int d = 0; d < MOIRA_DTYPE_COUNT; d++)
+            t.peak_tflops[d] = info->peak_tflops[d];
         t.link_gbs = FALLBACK_LINK_GBS;
         t.numa = info->numa_node >= 0 ? info->numa_node : first_numa;
         locate_by_pci(hw, &t);

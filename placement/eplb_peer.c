@@ -9,7 +9,8 @@
 static void balanced_packing(const double *weight, int n, int packs, int *pack_of, int *order,
                              double *pack_weight, int *pack_items) {
     int per_pack = n / packs;
-    for (int i = 0; i < n; i++) order[i] = i;
+    for (int i = 0; i < n; i++)
+        order[i] = i;
     for (int i = 1; i < n; i++) /* insertion sort, stable, descending */
         for (int j = i; j > 0 && weight[order[j]] > weight[order[j - 1]]; j--) {
             int tmp = order[j];
@@ -85,7 +86,8 @@ moira_status_t moira_eplb_hierarchical(const double *load, int experts, int repl
     /* Step 1: groups to nodes by group tokens. */
     for (int g = 0; g < groups; g++) {
         x.weight[g] = 0;
-        for (int e = 0; e < group_size; e++) x.weight[g] += load[g * group_size + e];
+        for (int e = 0; e < group_size; e++)
+            x.weight[g] += load[g * group_size + e];
     }
     balanced_packing(x.weight, groups, nodes, x.pack_of, x.order, x.pack_weight, x.pack_items);
     memcpy(x.group_node, x.pack_of, sizeof(int) * (size_t)groups);
@@ -96,7 +98,8 @@ moira_status_t moira_eplb_hierarchical(const double *load, int experts, int repl
             int node = x.group_node[g];
             x.node_experts[node * per_node_experts + filled[node]++] = g * group_size + e;
         }
-    for (int i = 0; i < gpus; i++) out_gpu_load[i] = 0;
+    for (int i = 0; i < gpus; i++)
+        out_gpu_load[i] = 0;
     for (int node = 0; node < nodes; node++) {
         const int *mine = x.node_experts + node * per_node_experts;
         /* Step 2: replicate within the node: each extra copy to the expert with the most tokens

@@ -44,16 +44,19 @@ static void write_layer(moira_tree_writer_t *w, const moira_plan_layer_t *layer,
     moira_tree_map(w, false);
     for (int r = 0; r < layer->n_replicas;) {
         int t = layer->replica_target[r], end = r;
-        while (end < layer->n_replicas && layer->replica_target[end] == t) end++;
+        while (end < layer->n_replicas && layer->replica_target[end] == t)
+            end++;
         moira_tree_key(w, topology->targets[t].name);
         moira_tree_map(w, true);
         moira_tree_key(w, "experts");
         moira_tree_list(w, true);
-        for (int i = r; i < end; i++) moira_tree_int(w, layer->replica_expert[i]);
+        for (int i = r; i < end; i++)
+            moira_tree_int(w, layer->replica_expert[i]);
         moira_tree_close(w, false);
         moira_tree_key(w, "load");
         moira_tree_list(w, true);
-        for (int i = r; i < end; i++) moira_tree_double(w, layer->replica_load[i]);
+        for (int i = r; i < end; i++)
+            moira_tree_double(w, layer->replica_load[i]);
         moira_tree_close(w, false);
         moira_tree_close(w, true);
         r = end;
@@ -92,7 +95,8 @@ moira_status_t moira_plan_write_stream(const moira_plan_t *plan, const moira_top
     write_devices(&w, plan, topology);
     moira_tree_key(&w, "layers");
     moira_tree_list(&w, false);
-    for (int l = 0; l < plan->n_layers; l++) write_layer(&w, &plan->layers[l], topology);
+    for (int l = 0; l < plan->n_layers; l++)
+        write_layer(&w, &plan->layers[l], topology);
     moira_tree_close(&w, false);
     moira_plan_summary_t summary;
     moira_plan_summarise(plan, &summary);
@@ -202,8 +206,8 @@ static moira_status_t optional_number(load_ctx_t *ctx, const yaml_node_t *map, c
 
 static moira_status_t load_device_list(load_ctx_t *ctx, const yaml_node_t *devices) {
     moira_yaml_doc_t *doc = ctx->doc;
-    static const char *const keys[] = {"name",         "host",         "kind",      "backend",
-                                       "host_numa",    "memory_bytes", "used_bytes", NULL};
+    static const char *const keys[] = {"name",      "host",         "kind",       "backend",
+                                       "host_numa", "memory_bytes", "used_bytes", NULL};
     MOIRA_RETURN_IF_ERROR(moira_yaml_expect_sequence(doc, devices, "devices"));
     for (int i = 0; i < moira_yaml_length(devices); i++) {
         yaml_node_t *d = moira_yaml_item(doc, devices, i), *v = NULL;
@@ -266,8 +270,10 @@ static moira_status_t load_layer_device(load_ctx_t *ctx, moira_plan_layer_t *lay
     if (load) {
         MOIRA_RETURN_IF_ERROR(moira_yaml_expect_sequence(doc, load, "load"));
         if (moira_yaml_length(load) != n)
-            return moira_yaml_fail(doc, load, "load has %d entries but experts has %d (one per "
-                                   "replica)", moira_yaml_length(load), n);
+            return moira_yaml_fail(doc, load,
+                                   "load has %d entries but experts has %d (one per "
+                                   "replica)",
+                                   moira_yaml_length(load), n);
     }
     if (plan->slots > 0 && n > plan->slots)
         return moira_yaml_fail(doc, experts, "%d replicas on \"%s\" exceed slots %lld", n, name,
@@ -275,9 +281,10 @@ static moira_status_t load_layer_device(load_ctx_t *ctx, moira_plan_layer_t *lay
     ctx->used_bytes[t] += (int64_t)n * plan->expert_bytes;
     const moira_target_t *target = &ctx->topology->targets[t];
     if ((uint64_t)ctx->used_bytes[t] > target->memory_bytes)
-        return moira_yaml_fail(doc, experts, "\"%s\" would hold %lld bytes of experts by layer "
-                               "%lld, more than its %llu bytes of memory", name,
-                               (long long)ctx->used_bytes[t], (long long)layer->layer,
+        return moira_yaml_fail(doc, experts,
+                               "\"%s\" would hold %lld bytes of experts by layer "
+                               "%lld, more than its %llu bytes of memory",
+                               name, (long long)ctx->used_bytes[t], (long long)layer->layer,
                                (unsigned long long)target->memory_bytes);
     MOIRA_RETURN_IF_ERROR(reserve_replicas(layer, n));
     for (int i = 0; i < n; i++) {
@@ -303,8 +310,8 @@ static moira_status_t load_layer_device(load_ctx_t *ctx, moira_plan_layer_t *lay
 static moira_status_t load_layer(load_ctx_t *ctx, const yaml_node_t *node) {
     moira_yaml_doc_t *doc = ctx->doc;
     moira_plan_t *plan = ctx->plan;
-    static const char *const keys[] = {"layer",      "devices",      "max_over_mean",
-                                       "predicted_us", "link_bytes", "network_bytes", NULL};
+    static const char *const keys[] = {
+        "layer", "devices", "max_over_mean", "predicted_us", "link_bytes", "network_bytes", NULL};
     MOIRA_RETURN_IF_ERROR(moira_yaml_expect_mapping(doc, node, "a plan layer"));
     MOIRA_RETURN_IF_ERROR(moira_yaml_check_keys(doc, node, keys));
     moira_plan_layer_t *layer = &plan->layers[plan->n_layers];
@@ -320,20 +327,22 @@ static moira_status_t load_layer(load_ctx_t *ctx, const yaml_node_t *node) {
     MOIRA_RETURN_IF_ERROR(moira_yaml_expect_mapping(doc, devices, "a layer's devices"));
     for (yaml_node_pair_t *pair = devices->data.mapping.pairs.start;
          pair < devices->data.mapping.pairs.top; pair++)
-        MOIRA_RETURN_IF_ERROR(load_layer_device(
-            ctx, layer, yaml_document_get_node(&doc->document, pair->key),
-            yaml_document_get_node(&doc->document, pair->value)));
+        MOIRA_RETURN_IF_ERROR(
+            load_layer_device(ctx, layer, yaml_document_get_node(&doc->document, pair->key),
+                              yaml_document_get_node(&doc->document, pair->value)));
     unsigned char *covered = calloc((size_t)plan->experts, 1);
     if (!covered) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "plan: out of memory");
-    for (int r = 0; r < layer->n_replicas; r++) covered[layer->replica_expert[r]] = 1;
+    for (int r = 0; r < layer->n_replicas; r++)
+        covered[layer->replica_expert[r]] = 1;
     int64_t missing = -1;
     for (int64_t e = 0; e < plan->experts && missing < 0; e++)
         if (!covered[e]) missing = e;
     free(covered);
     if (missing >= 0)
-        return moira_yaml_fail(doc, devices, "layer %lld has no replica of expert %lld (every "
-                               "expert needs at least one)", (long long)layer->layer,
-                               (long long)missing);
+        return moira_yaml_fail(doc, devices,
+                               "layer %lld has no replica of expert %lld (every "
+                               "expert needs at least one)",
+                               (long long)layer->layer, (long long)missing);
     MOIRA_RETURN_IF_ERROR(optional_number(ctx, node, "max_over_mean", &layer->cost.max_over_mean));
     MOIRA_RETURN_IF_ERROR(optional_number(ctx, node, "predicted_us", &layer->cost.predicted_us));
     MOIRA_RETURN_IF_ERROR(optional_number(ctx, node, "link_bytes", &layer->cost.link_bytes));
@@ -345,17 +354,18 @@ static moira_status_t load_plan(load_ctx_t *ctx) {
     moira_yaml_doc_t *doc = ctx->doc;
     moira_plan_t *plan = ctx->plan;
     yaml_node_t *root = moira_yaml_root(doc), *v = NULL, *layers = NULL;
-    static const char *const keys[] = {"moira_plan", "topology",  "model", "experts",
-                                       "expert_bytes", "slots",   "redundant", "devices",
-                                       "layers",     "summary",   NULL};
+    static const char *const keys[] = {"moira_plan",   "topology", "model",     "experts",
+                                       "expert_bytes", "slots",    "redundant", "devices",
+                                       "layers",       "summary",  NULL};
     MOIRA_RETURN_IF_ERROR(moira_yaml_expect_mapping(doc, root, "a plan"));
     MOIRA_RETURN_IF_ERROR(moira_yaml_check_keys(doc, root, keys));
     int64_t version = 0;
     MOIRA_RETURN_IF_ERROR(moira_yaml_require(doc, root, "moira_plan", "a plan", &v));
-    MOIRA_RETURN_IF_ERROR(moira_yaml_int(doc, v, "moira_plan (the format version)", 1, 1, &version));
+    MOIRA_RETURN_IF_ERROR(
+        moira_yaml_int(doc, v, "moira_plan (the format version)", 1, 1, &version));
     MOIRA_RETURN_IF_ERROR(moira_yaml_require(doc, root, "topology", "a plan", &v));
-    MOIRA_RETURN_IF_ERROR(moira_yaml_string(doc, v, "topology", plan->topology,
-                                            sizeof(plan->topology)));
+    MOIRA_RETURN_IF_ERROR(
+        moira_yaml_string(doc, v, "topology", plan->topology, sizeof(plan->topology)));
     if (strcmp(plan->topology, ctx->topology->name))
         return moira_yaml_fail(doc, v, "the plan is for topology \"%s\", not \"%s\"",
                                plan->topology, ctx->topology->name);
@@ -364,8 +374,8 @@ static moira_status_t load_plan(load_ctx_t *ctx) {
     MOIRA_RETURN_IF_ERROR(moira_yaml_require(doc, root, "experts", "a plan", &v));
     MOIRA_RETURN_IF_ERROR(moira_yaml_int(doc, v, "experts", 1, MAX_PLAN_EXPERTS, &plan->experts));
     MOIRA_RETURN_IF_ERROR(moira_yaml_require(doc, root, "expert_bytes", "a plan", &v));
-    MOIRA_RETURN_IF_ERROR(moira_yaml_int(doc, v, "expert_bytes", 1, INT64_MAX / 4096,
-                                         &plan->expert_bytes));
+    MOIRA_RETURN_IF_ERROR(
+        moira_yaml_int(doc, v, "expert_bytes", 1, INT64_MAX / 4096, &plan->expert_bytes));
     if ((v = moira_yaml_get(doc, root, "slots")))
         MOIRA_RETURN_IF_ERROR(moira_yaml_int(doc, v, "slots", 0, MAX_PLAN_EXPERTS, &plan->slots));
     if ((v = moira_yaml_get(doc, root, "redundant")))
@@ -378,7 +388,8 @@ static moira_status_t load_plan(load_ctx_t *ctx) {
     if (n == 0) return moira_yaml_fail(doc, layers, "a plan needs at least one layer");
     plan->layers = calloc((size_t)n, sizeof(moira_plan_layer_t));
     if (!plan->layers) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "plan: out of memory");
-    for (int i = 0; i < n; i++) MOIRA_RETURN_IF_ERROR(load_layer(ctx, moira_yaml_item(doc, layers, i)));
+    for (int i = 0; i < n; i++)
+        MOIRA_RETURN_IF_ERROR(load_layer(ctx, moira_yaml_item(doc, layers, i)));
     return MOIRA_OK_STATUS;
 }
 

@@ -71,11 +71,13 @@ static void draw_header(FILE *out, const svg_ctx_t *ctx) {
     fputs(" on ", out);
     escaped(out, ctx->plan->topology);
     fputs("</text>\n", out);
-    fprintf(out, "<text x=\"%d\" y=\"40\" font-size=\"12\" fill=\"#333\">%d MoE layers, %lld "
+    fprintf(out,
+            "<text x=\"%d\" y=\"40\" font-size=\"12\" fill=\"#333\">%d MoE layers, %lld "
             "experts + %lld redundant per layer; predicted %.1f us per layer</text>\n",
             LEFT_MARGIN, ctx->plan->n_layers, (long long)ctx->plan->experts,
             (long long)ctx->plan->redundant, summary.predicted_us_per_layer);
-    fprintf(out, "<text x=\"%d\" y=\"56\" font-size=\"12\" fill=\"#333\">mean max/mean load "
+    fprintf(out,
+            "<text x=\"%d\" y=\"56\" font-size=\"12\" fill=\"#333\">mean max/mean load "
             "%.3f; %.3g link bytes and %.3g network bytes per token</text>\n",
             LEFT_MARGIN, summary.max_over_mean, summary.link_bytes_per_token,
             summary.network_bytes_per_token);
@@ -96,7 +98,8 @@ static void draw_columns(FILE *out, const svg_ctx_t *ctx) {
         double fraction = target->memory_bytes ? used / (double)target->memory_bytes : 0;
         int filled = (int)lround(fraction * bar_h);
         int bw = ctx->cell_w - 4 > 4 ? ctx->cell_w - 4 : 4;
-        fprintf(out, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"#eee\" "
+        fprintf(out,
+                "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"#eee\" "
                 "stroke=\"#999\" stroke-width=\"0.5\"><title>%s: %.1f of %.1f GiB</title></rect>\n",
                 x + 2, bar_top, bw, bar_h, target->name, used / 1073741824.0,
                 (double)target->memory_bytes / 1073741824.0);
@@ -104,8 +107,10 @@ static void draw_columns(FILE *out, const svg_ctx_t *ctx) {
                 bar_top + bar_h - filled, bw, filled,
                 target->kind == MOIRA_TARGET_NUMA ? "#b8860b" : "#2e8b57");
         if (ctx->cell_w >= 20)
-            fprintf(out, "<text x=\"%d\" y=\"%d\" font-size=\"8\" text-anchor=\"middle\">"
-                    "%.0f%%</text>\n", cx, bar_top + bar_h / 2 + 3, fraction * 100);
+            fprintf(out,
+                    "<text x=\"%d\" y=\"%d\" font-size=\"8\" text-anchor=\"middle\">"
+                    "%.0f%%</text>\n",
+                    cx, bar_top + bar_h / 2 + 3, fraction * 100);
     }
     /* Host separators and names. */
     int grid_top = TOP_MARGIN + NAME_BAND + MEMORY_BAND;
@@ -113,8 +118,10 @@ static void draw_columns(FILE *out, const svg_ctx_t *ctx) {
     for (int t = 0; t < topo->n_targets; t++) {
         if (t > 0 && topo->targets[t].host == topo->targets[t - 1].host) continue;
         int x = column_x(ctx, t);
-        fprintf(out, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"#c00\" "
-                "stroke-width=\"1.5\"/>\n", x, TOP_MARGIN, x, grid_bottom);
+        fprintf(out,
+                "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"#c00\" "
+                "stroke-width=\"1.5\"/>\n",
+                x, TOP_MARGIN, x, grid_bottom);
         fprintf(out, "<text x=\"%d\" y=\"%d\" font-size=\"11\" fill=\"#c00\">", x + 3,
                 TOP_MARGIN + 10);
         escaped(out, topo->hosts[topo->targets[t].host].name);
@@ -131,21 +138,24 @@ static void draw_grid(FILE *out, const svg_ctx_t *ctx) {
         const moira_plan_layer_t *layer = &ctx->plan->layers[l];
         int y = grid_top + l * ctx->cell_h;
         if (l % label_every == 0)
-            fprintf(out, "<text x=\"%d\" y=\"%d\" font-size=\"9\" text-anchor=\"end\">L%lld</text>\n",
+            fprintf(out,
+                    "<text x=\"%d\" y=\"%d\" font-size=\"9\" text-anchor=\"end\">L%lld</text>\n",
                     LEFT_MARGIN - 4, y + ctx->cell_h - 2, (long long)layer->layer);
         for (int t = 0; t < topo->n_targets; t++) {
             size_t i = (size_t)l * topo->n_targets + t;
             char color[16];
             double fraction = ctx->max_tokens > 0 ? ctx->tokens[i] / ctx->max_tokens : 0;
             shade(fraction, color, sizeof(color));
-            fprintf(out, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\" "
+            fprintf(out,
+                    "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\" "
                     "stroke=\"#fff\" stroke-width=\"0.5\"><title>layer %lld, %s: %d replicas, "
                     "%.0f tokens, %.1f us</title></rect>\n",
                     column_x(ctx, t), y, ctx->cell_w, ctx->cell_h, color, (long long)layer->layer,
                     topo->targets[t].name, ctx->replicas[i], ctx->tokens[i], ctx->time_us[i]);
             if (ctx->replicas[i] > 0 && ctx->cell_w >= 12 && ctx->cell_h >= 9) {
                 bool dark = fraction > 0.55;
-                fprintf(out, "<text x=\"%d\" y=\"%d\" font-size=\"%d\" text-anchor=\"middle\" "
+                fprintf(out,
+                        "<text x=\"%d\" y=\"%d\" font-size=\"%d\" text-anchor=\"middle\" "
                         "fill=\"%s\">%d</text>\n",
                         column_x(ctx, t) + ctx->cell_w / 2, y + ctx->cell_h - 2,
                         ctx->cell_h >= 12 ? 9 : 7, dark ? "#fff" : "#222", ctx->replicas[i]);
@@ -161,8 +171,10 @@ static void draw_grid(FILE *out, const svg_ctx_t *ctx) {
 }
 
 static void draw_legend(FILE *out, const svg_ctx_t *ctx, int y) {
-    fprintf(out, "<text x=\"%d\" y=\"%d\" font-size=\"11\">cell: tokens the target receives in "
-            "the layer (number = replicas it holds)</text>\n", LEFT_MARGIN, y + 12);
+    fprintf(out,
+            "<text x=\"%d\" y=\"%d\" font-size=\"11\">cell: tokens the target receives in "
+            "the layer (number = replicas it holds)</text>\n",
+            LEFT_MARGIN, y + 12);
     for (int i = 0; i <= 20; i++) {
         char color[16];
         shade(i / 20.0, color, sizeof(color));
@@ -170,15 +182,20 @@ static void draw_legend(FILE *out, const svg_ctx_t *ctx, int y) {
                 LEFT_MARGIN + i * 10, y + 18, color);
     }
     fprintf(out, "<text x=\"%d\" y=\"%d\" font-size=\"10\">0</text>\n", LEFT_MARGIN, y + 42);
-    fprintf(out, "<text x=\"%d\" y=\"%d\" font-size=\"10\" text-anchor=\"end\">%.0f tokens"
-            "</text>\n", LEFT_MARGIN + 210, y + 42, ctx->max_tokens);
-    fprintf(out, "<rect x=\"%d\" y=\"%d\" width=\"10\" height=\"12\" fill=\"#2e8b57\"/>"
+    fprintf(out,
+            "<text x=\"%d\" y=\"%d\" font-size=\"10\" text-anchor=\"end\">%.0f tokens"
+            "</text>\n",
+            LEFT_MARGIN + 210, y + 42, ctx->max_tokens);
+    fprintf(out,
+            "<rect x=\"%d\" y=\"%d\" width=\"10\" height=\"12\" fill=\"#2e8b57\"/>"
             "<text x=\"%d\" y=\"%d\" font-size=\"10\">device memory used</text>\n",
             LEFT_MARGIN + 240, y + 18, LEFT_MARGIN + 254, y + 28);
-    fprintf(out, "<rect x=\"%d\" y=\"%d\" width=\"10\" height=\"12\" fill=\"#b8860b\"/>"
+    fprintf(out,
+            "<rect x=\"%d\" y=\"%d\" width=\"10\" height=\"12\" fill=\"#b8860b\"/>"
             "<text x=\"%d\" y=\"%d\" font-size=\"10\">CPU memory used</text>\n",
             LEFT_MARGIN + 370, y + 18, LEFT_MARGIN + 384, y + 28);
-    fprintf(out, "<rect x=\"%d\" y=\"%d\" width=\"10\" height=\"12\" fill=\"#d95f02\"/>"
+    fprintf(out,
+            "<rect x=\"%d\" y=\"%d\" width=\"10\" height=\"12\" fill=\"#d95f02\"/>"
             "<text x=\"%d\" y=\"%d\" font-size=\"10\">layer predicted time</text>\n",
             LEFT_MARGIN + 490, y + 18, LEFT_MARGIN + 504, y + 28);
 }
@@ -190,7 +207,8 @@ static bool write_svg(FILE *out, void *context) {
     if (width < 720) width = 720;
     int grid_h = ctx->plan->n_layers * ctx->cell_h;
     int height = TOP_MARGIN + NAME_BAND + MEMORY_BAND + grid_h + BOTTOM_BAND;
-    fprintf(out, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+    fprintf(out,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
             "viewBox=\"0 0 %d %d\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n"
             "<rect width=\"100%%\" height=\"100%%\" fill=\"#fff\"/>\n",
@@ -242,7 +260,8 @@ moira_status_t moira_plan_write_svg(const moira_plan_t *plan, const moira_topolo
             ctx.tokens[(size_t)l * topology->n_targets + t] = tokens[t];
             if (tokens[t] > ctx.max_tokens) ctx.max_tokens = tokens[t];
         }
-        if (layer->cost.predicted_us > ctx.max_layer_us) ctx.max_layer_us = layer->cost.predicted_us;
+        if (layer->cost.predicted_us > ctx.max_layer_us)
+            ctx.max_layer_us = layer->cost.predicted_us;
     }
     int n = topology->n_targets > 0 ? topology->n_targets : 1;
     ctx.cell_w = 1200 / n;

@@ -58,12 +58,12 @@ typedef struct layer_state {
     const double *peak;      /* per target, TFLOP/s for this model's weights */
     int n_targets;
     int64_t experts;
-    double *tokens;          /* per target */
-    int *active;             /* per target: replicas with load */
-    int *count;              /* per target: replicas */
-    unsigned char *holds;    /* experts x targets */
-    cost_key_t *now;         /* per target: its key at the start of an improving step */
-    int n;                   /* replicas so far */
+    double *tokens;       /* per target */
+    int *active;          /* per target: replicas with load */
+    int *count;           /* per target: replicas */
+    unsigned char *holds; /* experts x targets */
+    cost_key_t *now;      /* per target: its key at the start of an improving step */
+    int n;                /* replicas so far */
     int *target;
     int32_t *expert;
     double *load;
@@ -106,7 +106,8 @@ static void unplace(layer_state_t *s, int r) {
  * an expert than its domain has targets. domain_of_expert[e] indexes spare[] and max_copies[]. */
 static void choose_counts(const double *load, int64_t experts, const int *domain_of_expert,
                           int64_t *spare, const int64_t *max_copies, int64_t budget, int *count) {
-    for (int64_t e = 0; e < experts; e++) count[e] = 1;
+    for (int64_t e = 0; e < experts; e++)
+        count[e] = 1;
     for (int64_t r = 0; r < budget; r++) {
         int64_t best = -1;
         for (int64_t e = 0; e < experts; e++) {
@@ -121,12 +122,11 @@ static void choose_counts(const double *load, int64_t experts, const int *domain
 }
 
 /* Largest load first, lower expert first on ties: the order greedy packing wants. */
-static const double *sort_loads;
-static const int32_t *sort_experts;
-static int by_load_descending(const void *pa, const void *pb) {
+static int by_load_descending(const void *pa, const void *pb, void *context) {
+    const layer_state_t *s = context;
     int a = *(const int *)pa, b = *(const int *)pb;
-    if (sort_loads[a] != sort_loads[b]) return sort_loads[a] > sort_loads[b] ? -1 : 1;
-    if (sort_experts[a] != sort_experts[b]) return sort_experts[a] < sort_experts[b] ? -1 : 1;
+    if (s->load[a] != s->load[b]) return s->load[a] > s->load[b] ? -1 : 1;
+    if (s->expert[a] != s->expert[b]) return s->expert[a] < s->expert[b] ? -1 : 1;
     return a - b;
 }
 
@@ -134,9 +134,7 @@ static int by_load_descending(const void *pa, const void *pb) {
  * of the domain with a free slot, preferring targets without a replica of the same expert. */
 static moira_status_t assign_greedy(layer_state_t *s, const int *domain, int n_domain,
                                     int *replicas, int n_replicas) {
-    sort_loads = s->load;
-    sort_experts = s->expert;
-    qsort(replicas, (size_t)n_replicas, sizeof(int), by_load_descending);
+    qsort_r(replicas, (size_t)n_replicas, sizeof(int), by_load_descending, s);
     for (int i = 0; i < n_replicas; i++) {
         int r = replicas[i], best = -1;
         bool best_duplicate = true;
@@ -183,10 +181,10 @@ static cost_key_t best_load_shift(const layer_state_t *s, int r, int q, double *
         double mid = 0.5 * (lo + hi);
         int active_a = s->active[a];
         int active_b = s->active[b] + (s->load[q] > 0 ? 0 : 1);
-        double ta = moira_cost_target_us(s->cost, &s->topology->targets[a], s->tokens[a] - mid,
-                                         active_a);
-        double tb = moira_cost_target_us(s->cost, &s->topology->targets[b], s->tokens[b] + mid,
-                                         active_b);
+        double ta =
+            moira_cost_target_us(s->cost, &s->topology->targets[a], s->tokens[a] - mid, active_a);
+        double tb =
+            moira_cost_target_us(s->cost, &s->topology->targets[b], s->tokens[b] + mid, active_b);
         if (ta > tb)
             lo = mid;
         else
@@ -233,9 +231,9 @@ static bool improve_once(layer_state_t *s, const int *domain, int n_domain, cons
             cost_key_t before = key_max(worst_key, s->now[t]);
             /* Move r to t. */
             if (s->count[t] < s->capacity[t] && *holds_at(s, s->expert[r], t) == 0) {
-                cost_key_t after = key_max(key_of(s, worst, s->tokens[worst] - lr,
-                                                  s->active[worst] - ar),
-                                           key_of(s, t, s->tokens[t] + lr, s->active[t] + ar));
+                cost_key_t after =
+                    key_max(key_of(s, worst, s->tokens[worst] - lr, s->active[worst] - ar),
+                            key_of(s, t, s->tokens[t] + lr, s->active[t] + ar));
                 if (key_compare(after, before) < 0 &&
                     (best_r < 0 || key_compare(after, best_pair) < 0)) {
                     best_r = r;
@@ -372,13 +370,15 @@ static moira_status_t plan_flat(workspace_t *w, const double *load, int64_t budg
             w->domain[n_domain++] = t;
             slots += s->capacity[t];
         }
-    for (int64_t e = 0; e < s->experts; e++) w->domain_of_expert[e] = 0;
+    for (int64_t e = 0; e < s->experts; e++)
+        w->domain_of_expert[e] = 0;
     w->spare[0] = slots - s->experts;
     w->max_copies[0] = n_domain;
     choose_counts(load, s->experts, w->domain_of_expert, w->spare, w->max_copies, budget,
                   w->counts);
     make_replicas(s, load, w->counts);
-    for (int r = 0; r < s->n; r++) w->replicas[r] = r;
+    for (int r = 0; r < s->n; r++)
+        w->replicas[r] = r;
     return assign_domain(s, w->domain, n_domain, w->replicas, s->n);
 }
 
@@ -404,12 +404,13 @@ static bool pack_groups_on_hosts(workspace_t *w, const double *load) {
     }
     for (int64_t g = 0; g < groups; g++) {
         w->group_load[g] = 0;
-        for (int64_t e = g * per_group; e < (g + 1) * per_group; e++) w->group_load[g] += load[e];
+        for (int64_t e = g * per_group; e < (g + 1) * per_group; e++)
+            w->group_load[g] += load[e];
         w->group_order[g] = (int)g;
     }
     for (int64_t i = 1; i < groups; i++) /* insertion sort: heaviest first, stable */
-        for (int64_t j = i; j > 0 && w->group_load[w->group_order[j]] >
-                                         w->group_load[w->group_order[j - 1]];
+        for (int64_t j = i;
+             j > 0 && w->group_load[w->group_order[j]] > w->group_load[w->group_order[j - 1]];
              j--) {
             int tmp = w->group_order[j];
             w->group_order[j] = w->group_order[j - 1];
@@ -460,7 +461,8 @@ static moira_status_t plan_in_order(workspace_t *w, const double *load, const in
                                     int n_order, bool round_robin) {
     layer_state_t *s = &w->state;
     reset_state(s);
-    for (int64_t e = 0; e < s->experts; e++) w->counts[e] = 1;
+    for (int64_t e = 0; e < s->experts; e++)
+        w->counts[e] = 1;
     make_replicas(s, load, w->counts);
     int next = 0;
     for (int r = 0; r < s->n; r++) {
@@ -479,12 +481,11 @@ static moira_status_t plan_in_order(workspace_t *w, const double *load, const in
 }
 
 /* Fastest first: peak for these weights, then bandwidth, then topology order. */
-static const moira_topology_t *sort_topology;
-static const double *sort_peak;
-static int by_speed_descending(const void *pa, const void *pb) {
+static int by_speed_descending(const void *pa, const void *pb, void *context) {
+    const layer_state_t *s = context;
     int a = *(const int *)pa, b = *(const int *)pb;
-    if (sort_peak[a] != sort_peak[b]) return sort_peak[a] > sort_peak[b] ? -1 : 1;
-    double ba = sort_topology->targets[a].bandwidth_gbs, bb = sort_topology->targets[b].bandwidth_gbs;
+    if (s->peak[a] != s->peak[b]) return s->peak[a] > s->peak[b] ? -1 : 1;
+    double ba = s->topology->targets[a].bandwidth_gbs, bb = s->topology->targets[b].bandwidth_gbs;
     if (ba != bb) return ba > bb ? -1 : 1;
     return a - b;
 }
@@ -498,9 +499,7 @@ static moira_status_t plan_baseline(workspace_t *w, const double *load,
         if (s->capacity[t] > 0 && (strategy != MOIRA_PLAN_ALL_CPU || cpu)) w->domain[n++] = t;
     }
     if (strategy == MOIRA_PLAN_FILL_FASTEST) {
-        sort_topology = s->topology;
-        sort_peak = s->peak;
-        qsort(w->domain, (size_t)n, sizeof(int), by_speed_descending);
+        qsort_r(w->domain, (size_t)n, sizeof(int), by_speed_descending, s);
     }
     if (n == 0)
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "no CPU memory to hold the experts");
@@ -538,9 +537,9 @@ static moira_status_t keep_if_better(workspace_t *w, moira_plan_layer_t *layer,
     moira_layer_cost_t cost;
     evaluate_state(w, &cost);
     double tol = 1e-9 * kept->predicted_us;
-    bool better = !*have_kept || cost.predicted_us < kept->predicted_us - tol ||
-                  (cost.predicted_us <= kept->predicted_us + tol &&
-                   cost.network_bytes < kept->network_bytes);
+    bool better =
+        !*have_kept || cost.predicted_us < kept->predicted_us - tol ||
+        (cost.predicted_us <= kept->predicted_us + tol && cost.network_bytes < kept->network_bytes);
     if (!better) return MOIRA_OK_STATUS;
     free(layer->replica_target);
     free(layer->replica_expert);
@@ -575,7 +574,8 @@ static moira_status_t improve_baseline(workspace_t *w, const double *load,
     int n_domain = 0;
     for (int t = 0; t < s->n_targets; t++)
         if (s->capacity[t] > 0) w->domain[n_domain++] = t;
-    for (int r = 0; r < s->n; r++) w->replicas[r] = r;
+    for (int r = 0; r < s->n; r++)
+        w->replicas[r] = r;
     int rounds = IMPROVE_ROUNDS_PER_TARGET * n_domain + s->n;
     while (rounds-- > 0 && improve_once(s, w->domain, n_domain, w->replicas, s->n)) {
     }
@@ -670,10 +670,10 @@ static moira_status_t init_workspace(workspace_t *w, const moira_topology_t *top
     w->host_load = calloc((size_t)topology->n_hosts + 1, sizeof(double));
     w->group_load = calloc(ne, sizeof(double));
     w->group_order = calloc(ne, sizeof(int));
-    if (!capacity || !peak || !s->tokens || !s->active || !s->count || !s->holds || !s->now || !s->target ||
-        !s->expert || !s->load || !w->counts || !w->domain_of_expert || !w->spare ||
-        !w->max_copies || !w->domain || !w->replicas || !w->scratch || !w->host_rate || !w->host_load ||
-        !w->group_load || !w->group_order) {
+    if (!capacity || !peak || !s->tokens || !s->active || !s->count || !s->holds || !s->now ||
+        !s->target || !s->expert || !s->load || !w->counts || !w->domain_of_expert || !w->spare ||
+        !w->max_copies || !w->domain || !w->replicas || !w->scratch || !w->host_rate ||
+        !w->host_load || !w->group_load || !w->group_order) {
         free_workspace(w);
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "planner: out of memory");
     }
@@ -706,10 +706,11 @@ moira_status_t moira_plan_make(const moira_topology_t *topology, const moira_mod
     int64_t experts = model->n_routed_experts;
     int64_t max_replicas = experts + options->redundant;
     workspace_t w;
-    MOIRA_RETURN_IF_ERROR(init_workspace(&w, topology, &cost, moe_layers, options->slots,
-                                         max_replicas));
+    MOIRA_RETURN_IF_ERROR(
+        init_workspace(&w, topology, &cost, moe_layers, options->slots, max_replicas));
     int64_t slots_total = 0;
-    for (int t = 0; t < topology->n_targets; t++) slots_total += w.state.capacity[t];
+    for (int t = 0; t < topology->n_targets; t++)
+        slots_total += w.state.capacity[t];
     moira_status_t status = MOIRA_OK_STATUS;
     if (slots_total < experts)
         status = moira_status_make(

@@ -95,8 +95,15 @@ static moira_status_t parse_profile(parse_ctx_t *ctx) {
     MOIRA_RETURN_IF_ERROR(moira_yaml_check_keys(doc, root, keys));
     int64_t version = 0, experts = 0;
     MOIRA_RETURN_IF_ERROR(moira_yaml_require(doc, root, "moira_profile", "a profile", &v));
-    MOIRA_RETURN_IF_ERROR(moira_yaml_int(doc, v, "moira_profile (the format version)", 1, 1,
-                                         &version));
+    MOIRA_RETURN_IF_ERROR(
+        moira_yaml_int(doc, v, "moira_profile (the format version)", 1, 1, &version));
+    if ((v = moira_yaml_get(doc, root, "model"))) {
+        char name[MOIRA_MODEL_CONFIG_NAME_MAX];
+        MOIRA_RETURN_IF_ERROR(moira_yaml_string(doc, v, "model", name, sizeof(name)));
+        if (strcmp(name, ctx->model->name))
+            return moira_yaml_fail(doc, v, "the profile was recorded for model \"%s\", not \"%s\"",
+                                   name, ctx->model->name);
+    }
     MOIRA_RETURN_IF_ERROR(moira_yaml_require(doc, root, "experts", "a profile", &v));
     MOIRA_RETURN_IF_ERROR(moira_yaml_int(doc, v, "experts", 1, 1 << 20, &experts));
     if (experts != ctx->model->n_routed_experts)
@@ -155,7 +162,8 @@ static uint64_t splitmix64(uint64_t *state) {
 static void round_to_tokens(const double *share, int64_t experts, int64_t total, double *out,
                             double *remainder) {
     double sum = 0;
-    for (int64_t e = 0; e < experts; e++) sum += share[e];
+    for (int64_t e = 0; e < experts; e++)
+        sum += share[e];
     int64_t given = 0;
     for (int64_t e = 0; e < experts; e++) {
         double exact = share[e] / sum * (double)total;
@@ -204,14 +212,16 @@ moira_status_t moira_profile_synthesise(const moira_model_config_t *model, const
     for (int r = 0; r < out->n_layers; r++) {
         /* Fisher-Yates shuffle seeded by the layer index decides which expert is hot. */
         uint64_t state = 0x6d6f697261ull ^ (uint64_t)out->layers[r] * 0x100000001b3ull;
-        for (int64_t e = 0; e < experts; e++) rank_of[e] = e;
+        for (int64_t e = 0; e < experts; e++)
+            rank_of[e] = e;
         for (int64_t e = experts - 1; e > 0; e--) {
             int64_t j = (int64_t)(splitmix64(&state) % (uint64_t)(e + 1));
             int64_t tmp = rank_of[e];
             rank_of[e] = rank_of[j];
             rank_of[j] = tmp;
         }
-        for (int64_t e = 0; e < experts; e++) share[e] = pow((double)(rank_of[e] + 1), -exponent);
+        for (int64_t e = 0; e < experts; e++)
+            share[e] = pow((double)(rank_of[e] + 1), -exponent);
         round_to_tokens(share, experts, tokens * model->num_experts_per_tok,
                         out->load + (size_t)r * experts, scratch);
     }

@@ -11,17 +11,17 @@
 
 /* Owns its arrays; release with moira_profile_free. */
 typedef struct moira_profile {
-    int64_t experts;  /* loads per layer */
+    int64_t experts; /* loads per layer */
     int n_layers;
-    int64_t *layers;  /* owned: the model layer index of each profiled layer, ascending */
-    double *load;     /* owned: n_layers x experts, row-major */
+    int64_t *layers; /* owned: the model layer index of each profiled layer, ascending */
+    double *load;    /* owned: n_layers x experts, row-major */
 } moira_profile_t;
 
-/* Reads a profile and checks it against `model`: `experts` equals n_routed_experts, every layer
- * is an MoE layer of the model and appears once, each load list has one non-negative count per
- * expert. MoE layers the file leaves out get the mean load of the layers it gives, so a profile
- * of a few layers still plans a whole model. Caller owns *out. Errors: NOT_FOUND, IO,
- * INVALID_INPUT at file:line:col. */
+/* Reads a profile and checks it against `model`: `model` (optional) names it, `experts` equals
+ * n_routed_experts, every layer is an MoE layer of the model and appears once, each load list has
+ * one non-negative count per expert. MoE layers the file leaves out get the mean load of the layers
+ * it gives, so a profile of a few layers still plans a whole model. Caller owns *out. Errors:
+ * NOT_FOUND, IO, INVALID_INPUT at file:line:col. */
 moira_status_t moira_profile_load(const char *path, const moira_model_config_t *model,
                                   moira_profile_t *out);
 

@@ -13,9 +13,12 @@
 
 const char *moira_target_kind_name(moira_target_kind_t kind) {
     switch (kind) {
-    case MOIRA_TARGET_NUMA: return "numa";
-    case MOIRA_TARGET_GPU: return "gpu";
-    case MOIRA_TARGET_NPU: return "npu";
+    case MOIRA_TARGET_NUMA:
+        return "numa";
+    case MOIRA_TARGET_GPU:
+        return "gpu";
+    case MOIRA_TARGET_NPU:
+        return "npu";
     }
     return "?";
 }
@@ -42,13 +45,14 @@ double moira_target_peak_tflops(const moira_target_t *target, moira_dtype_t weig
     return 0;
 }
 
-/* Arrays grow by doubling; a topology has at most a few hundred targets. */
+/* The array grows by doubling; a topology has at most a few hundred targets. */
 moira_status_t moira_topology_add_target(moira_topology_t *topology, const moira_target_t *target) {
-    if ((topology->n_targets & (topology->n_targets - 1)) == 0) {
-        size_t cap = topology->n_targets ? (size_t)topology->n_targets * 2 : 8;
-        moira_target_t *grown = realloc(topology->targets, cap * sizeof(*grown));
+    if (topology->n_targets == topology->targets_capacity) {
+        int cap = topology->targets_capacity ? topology->targets_capacity * 2 : 16;
+        moira_target_t *grown = realloc(topology->targets, (size_t)cap * sizeof(*grown));
         if (!grown) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "topology: out of memory");
         topology->targets = grown;
+        topology->targets_capacity = cap;
     }
     topology->targets[topology->n_targets++] = *target;
     return MOIRA_OK_STATUS;
@@ -103,8 +107,8 @@ static moira_status_t check_unique_name(parse_ctx_t *ctx, const yaml_node_t *at,
 
 static moira_status_t parse_numa_node(parse_ctx_t *ctx, int host, const yaml_node_t *node) {
     moira_yaml_doc_t *doc = ctx->doc;
-    static const char *const keys[] = {"id", "memory_gib", "bandwidth_gbs", "cores", "peak_tflops",
-                                       NULL};
+    static const char *const keys[] = {"id",    "memory_gib",  "bandwidth_gbs",
+                                       "cores", "peak_tflops", NULL};
     MOIRA_RETURN_IF_ERROR(moira_yaml_expect_mapping(doc, node, "a NUMA node"));
     MOIRA_RETURN_IF_ERROR(moira_yaml_check_keys(doc, node, keys));
     moira_target_t t;
@@ -153,9 +157,9 @@ static int first_numa_of_host(const moira_topology_t *topology, int host) {
 
 static moira_status_t parse_device(parse_ctx_t *ctx, int host, const yaml_node_t *node) {
     moira_yaml_doc_t *doc = ctx->doc;
-    static const char *const keys[] = {"name",          "kind",        "backend", "select",
-                                       "memory_gib",    "bandwidth_gbs", "peak_tflops", "numa",
-                                       "link_gbs",      "pci_bus_id",  NULL};
+    static const char *const keys[] = {"name",       "kind",          "backend",     "select",
+                                       "memory_gib", "bandwidth_gbs", "peak_tflops", "numa",
+                                       "link_gbs",   "pci_bus_id",    NULL};
     MOIRA_RETURN_IF_ERROR(moira_yaml_expect_mapping(doc, node, "a device"));
     MOIRA_RETURN_IF_ERROR(moira_yaml_check_keys(doc, node, keys));
     moira_target_t t;
@@ -167,7 +171,8 @@ static moira_status_t parse_device(parse_ctx_t *ctx, int host, const yaml_node_t
     MOIRA_RETURN_IF_ERROR(moira_yaml_require(doc, node, "name", "a device", &v));
     MOIRA_RETURN_IF_ERROR(moira_yaml_string(doc, v, "name", t.name, sizeof(t.name)));
     if (strchr(t.name, '/'))
-        return moira_yaml_fail(doc, v, "device names may not contain '/' (reserved for HOST/numaN)");
+        return moira_yaml_fail(doc, v,
+                               "device names may not contain '/' (reserved for HOST/numaN)");
     MOIRA_RETURN_IF_ERROR(check_unique_name(ctx, v, t.name));
 
     char text[32];
@@ -210,8 +215,10 @@ static moira_status_t parse_device(parse_ctx_t *ctx, int host, const yaml_node_t
         int64_t numa = 0;
         MOIRA_RETURN_IF_ERROR(moira_yaml_int(doc, v, "numa", 0, 4095, &numa));
         if (!host_has_numa(ctx->topology, host, (int)numa))
-            return moira_yaml_fail(doc, v, "numa %lld is out of range: host \"%s\" has no such "
-                                   "NUMA node", (long long)numa, ctx->topology->hosts[host].name);
+            return moira_yaml_fail(doc, v,
+                                   "numa %lld is out of range: host \"%s\" has no such "
+                                   "NUMA node",
+                                   (long long)numa, ctx->topology->hosts[host].name);
         t.numa = (int)numa;
     }
     return moira_topology_add_target(ctx->topology, &t);
@@ -315,7 +322,8 @@ static moira_status_t parse_topology(parse_ctx_t *ctx) {
     MOIRA_RETURN_IF_ERROR(moira_yaml_check_keys(doc, root, keys));
     yaml_node_t *v = NULL, *hosts = NULL;
     MOIRA_RETURN_IF_ERROR(moira_yaml_require(doc, root, "name", "a topology", &v));
-    MOIRA_RETURN_IF_ERROR(moira_yaml_string(doc, v, "name", topology->name, sizeof(topology->name)));
+    MOIRA_RETURN_IF_ERROR(
+        moira_yaml_string(doc, v, "name", topology->name, sizeof(topology->name)));
     MOIRA_RETURN_IF_ERROR(moira_yaml_require(doc, root, "hosts", "a topology", &hosts));
     MOIRA_RETURN_IF_ERROR(moira_yaml_expect_sequence(doc, hosts, "hosts"));
     int n_hosts = moira_yaml_length(hosts);
@@ -341,8 +349,10 @@ static moira_status_t parse_topology(parse_ctx_t *ctx) {
     yaml_node_t *network = moira_yaml_get(doc, root, "network");
     if (network) MOIRA_RETURN_IF_ERROR(parse_network(ctx, network));
     if (!network && n_hosts > 1)
-        return moira_yaml_fail(doc, root, "a topology with %d hosts needs a network "
-                               "{bandwidth_gbs, latency_us}", n_hosts);
+        return moira_yaml_fail(doc, root,
+                               "a topology with %d hosts needs a network "
+                               "{bandwidth_gbs, latency_us}",
+                               n_hosts);
     return MOIRA_OK_STATUS;
 }
 

@@ -29,17 +29,17 @@ const char *moira_target_kind_name(moira_target_kind_t kind);
 
 typedef struct moira_target {
     char name[MOIRA_TARGET_NAME_MAX]; /* "gpu0", or "node0/numa1" for CPU memory */
-    char backend[16];                   /* "opencl", "npu"; "cpu" for NUMA targets */
-    char select[64];                    /* binds to a real device at run time; "" when not given */
-    char pci_bus_id[32];                /* "" when unknown */
+    char backend[16];                 /* "opencl", "npu"; "cpu" for NUMA targets */
+    char select[64];                  /* binds to a real device at run time; "" when not given */
+    char pci_bus_id[32];              /* "" when unknown */
     moira_target_kind_t kind;
-    int host;                           /* index into moira_topology_t.hosts */
-    int numa;       /* NUMA node id: its own for CPU memory, the nearest one for a device; -1 none */
-    int cores;      /* CPU cores of a NUMA target; 0 for devices */
+    int host;  /* index into moira_topology_t.hosts */
+    int numa;  /* NUMA node id: its own for CPU memory, the nearest one for a device; -1 none */
+    int cores; /* CPU cores of a NUMA target; 0 for devices */
     uint64_t memory_bytes;
-    double bandwidth_gbs;                   /* memory bandwidth, GB/s (1e9 bytes/s) */
-    double peak_tflops[MOIRA_DTYPE_COUNT];  /* by compute dtype; 0 = not supported or unknown */
-    double link_gbs; /* device <-> host memory link; 0 for CPU memory (activations are local) */
+    double bandwidth_gbs;                  /* memory bandwidth, GB/s (1e9 bytes/s) */
+    double peak_tflops[MOIRA_DTYPE_COUNT]; /* by compute dtype; 0 = not supported or unknown */
+    double link_gbs;  /* device <-> host memory link; 0 for CPU memory (activations are local) */
     int line, column; /* where the file declared it; 0 when discovered or built in code */
 } moira_target_t;
 
@@ -59,6 +59,7 @@ typedef struct moira_topology {
     int n_hosts;
     moira_host_t *hosts; /* owned */
     int n_targets;
+    int targets_capacity;    /* allocated length of targets */
     moira_target_t *targets; /* owned; a host's NUMA targets first, then its devices */
     int n_links;
     moira_link_t *links; /* owned */

@@ -107,7 +107,8 @@ void moira_tree_close(moira_tree_writer_t *w, bool was_map) {
     }
     w->depth--;
     if (w->json) {
-        if (!w->flow[w->depth] && w->items[w->depth] > 0) fprintf(w->out, "\n%*s", 2 * w->depth, "");
+        if (!w->flow[w->depth] && w->items[w->depth] > 0)
+            fprintf(w->out, "\n%*s", 2 * w->depth, "");
         fputc(was_map ? '}' : ']', w->out);
         return;
     }
@@ -141,8 +142,8 @@ static void scalar(moira_tree_writer_t *w, const char *text, bool is_string) {
     yaml_event_t event;
     emit(w, &event,
          yaml_scalar_event_initialize(&event, NULL, NULL, (yaml_char_t *)text, (int)strlen(text), 1,
-                                      1, is_string ? YAML_ANY_SCALAR_STYLE
-                                                   : YAML_PLAIN_SCALAR_STYLE));
+                                      1,
+                                      is_string ? YAML_ANY_SCALAR_STYLE : YAML_PLAIN_SCALAR_STYLE));
 }
 
 void moira_tree_key(moira_tree_writer_t *w, const char *key) {

@@ -52,8 +52,8 @@ moira_status_t moira_yaml_doc_parse(const char *text, size_t len, const char *di
         out_doc->loaded = true;
         yaml_node_t *root = yaml_document_get_root_node(&out_doc->document);
         if (!root) {
-            status = moira_status_at(MOIRA_CODE_INVALID_INPUT, out_doc->file, 1, 1,
-                                     "empty %s file", what);
+            status = moira_status_at(MOIRA_CODE_INVALID_INPUT, out_doc->file, 1, 1, "empty %s file",
+                                     what);
         } else {
             /* A second document would be ignored silently; say so instead. */
             yaml_document_t next;
@@ -107,13 +107,14 @@ moira_status_t moira_yaml_doc_load(const char *path, const char *what, moira_yam
         len += got;
         if (got == 0) {
             if (ferror(f))
-                status = moira_status_at(MOIRA_CODE_IO, path, 0, 0, "cannot read: %s",
-                                         strerror(errno));
+                status =
+                    moira_status_at(MOIRA_CODE_IO, path, 0, 0, "cannot read: %s", strerror(errno));
             break;
         }
     }
     fclose(f);
-    if (!text && !status) status = moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "%s: out of memory", path);
+    if (!text && !status)
+        status = moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "%s: out of memory", path);
     if (!status) status = moira_yaml_doc_parse(text, len, path, what, out_doc);
     free(text);
     return status;
@@ -156,7 +157,8 @@ moira_status_t moira_yaml_check_keys(const moira_yaml_doc_t *doc, const yaml_nod
         const char *name = key_text(key);
         if (!name) return moira_yaml_fail(doc, key, "keys must be plain names");
         bool known = false;
-        for (const char *const *a = allowed; *a && !known; a++) known = !strcmp(*a, name);
+        for (const char *const *a = allowed; *a && !known; a++)
+            known = !strcmp(*a, name);
         if (!known) {
             char expected[400] = "";
             size_t used = 0;
@@ -215,8 +217,7 @@ moira_status_t moira_yaml_int(const moira_yaml_doc_t *doc, const yaml_node_t *no
     char *end = NULL;
     errno = 0;
     long long value = text ? strtoll(text, &end, 10) : 0;
-    if (!text || *end || errno)
-        return moira_yaml_fail(doc, node, "%s must be an integer", what);
+    if (!text || *end || errno) return moira_yaml_fail(doc, node, "%s must be an integer", what);
     if (value < min || value > max)
         return moira_yaml_fail(doc, node, "%s must be in [%lld, %lld], got %lld", what,
                                (long long)min, (long long)max, value);
@@ -231,7 +232,8 @@ moira_status_t moira_yaml_number(const moira_yaml_doc_t *doc, const yaml_node_t 
     double value = text ? strtod(text, &end) : 0;
     if (!text || *end || !isfinite(value))
         return moira_yaml_fail(doc, node, "%s must be a finite number", what);
-    if (value < min) return moira_yaml_fail(doc, node, "%s must be >= %g, got %g", what, min, value);
+    if (value < min)
+        return moira_yaml_fail(doc, node, "%s must be >= %g, got %g", what, min, value);
     *out_value = value;
     return MOIRA_OK_STATUS;
 }

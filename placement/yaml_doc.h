@@ -12,9 +12,9 @@
 #include "runtime/status.h"
 
 typedef struct moira_yaml_doc {
-    char file[512];       /* the name used in messages (a copy of the path) */
+    char file[512]; /* the name used in messages (a copy of the path) */
     yaml_document_t document;
-    bool loaded;          /* whether `document` must be deleted */
+    bool loaded; /* whether `document` must be deleted */
 } moira_yaml_doc_t;
 
 /* Reads and parses the single YAML document in `path`. `what` names the kind of file in messages

@@ -70,7 +70,8 @@ static moira_status_t bench_topology(moira_topology_t *out) {
         used += (size_t)snprintf(text + used, cap - used,
                                  "  - name: node%d\n    numa_nodes: [{id: 0, memory_gib: 0, "
                                  "bandwidth_gbs: 460.8, cores: 96, peak_tflops: {f32: 7.4}}]\n"
-                                 "    devices:\n", h);
+                                 "    devices:\n",
+                                 h);
         for (int g = 0; g < BENCH_GPUS_PER_HOST; g++)
             used += (size_t)snprintf(text + used, cap - used,
                                      "      - {name: n%dg%d, kind: gpu, backend: opencl, "
@@ -164,8 +165,8 @@ static int bench_plan(const bench_args_t *args) {
     } else {
         printf("bench plan: %s, %d MoE layers x %lld experts + %d redundant, %d hosts x %d GPUs, "
                "%lld tokens per batch\n",
-               model.name, layers, (long long)model.n_routed_experts, BENCH_REDUNDANT,
-               BENCH_HOSTS, BENCH_GPUS_PER_HOST, tokens);
+               model.name, layers, (long long)model.n_routed_experts, BENCH_REDUNDANT, BENCH_HOSTS,
+               BENCH_GPUS_PER_HOST, tokens);
         printf("%-10s %12s %14s %14s %12s %10s\n", "SKEW", "MOIRA S", "MOIRA MAX/MEAN",
                "EPLB MAX/MEAN", "EPLB S", "PRED US");
         for (int i = 0; i < 3; i++)
@@ -187,15 +188,24 @@ int moira_cli_bench(int argc, char **argv) {
     int c;
     while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
         switch (c) {
-        case 'b': args.backend = optarg; break;
-        case 'm': args.model = optarg; break;
-        case 'j': args.json = true; break;
+        case 'b':
+            args.backend = optarg;
+            break;
+        case 'm':
+            args.model = optarg;
+            break;
+        case 'j':
+            args.json = true;
+            break;
         case 't':
             if (!moira_cli_parse_int("bench", "--tokens", optarg, 1, 1LL << 30, &args.tokens))
                 return 2;
             break;
-        case 'h': print_bench_help(stdout); return 0;
-        default: return moira_cli_usage_error("bench", "unknown option \"%s\"", argv[optind - 1]);
+        case 'h':
+            print_bench_help(stdout);
+            return 0;
+        default:
+            return moira_cli_usage_error("bench", "unknown option \"%s\"", argv[optind - 1]);
         }
     }
     if (optind != argc - 1) return moira_cli_usage_error("bench", "give one bench NAME");

@@ -41,22 +41,31 @@ typedef struct plan_args {
 
 /* Returns 0 when parsed, else the exit code (help: -1 meaning "exit 0"). */
 static int parse_args(int argc, char **argv, plan_args_t *a) {
-    enum { OPT_TOPOLOGY = 256, OPT_MODEL, OPT_PROFILE, OPT_SKEW, OPT_TOKENS, OPT_REDUNDANT,
-           OPT_SLOTS, OPT_SVG, OPT_JSON, OPT_CHECK };
-    static const struct option options[] = {
-        {"topology", required_argument, NULL, OPT_TOPOLOGY},
-        {"model", required_argument, NULL, OPT_MODEL},
-        {"profile", required_argument, NULL, OPT_PROFILE},
-        {"skew", required_argument, NULL, OPT_SKEW},
-        {"tokens", required_argument, NULL, OPT_TOKENS},
-        {"redundant", required_argument, NULL, OPT_REDUNDANT},
-        {"slots", required_argument, NULL, OPT_SLOTS},
-        {"svg", required_argument, NULL, OPT_SVG},
-        {"json", no_argument, NULL, OPT_JSON},
-        {"check", required_argument, NULL, OPT_CHECK},
-        {"output", required_argument, NULL, 'o'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    enum {
+        OPT_TOPOLOGY = 256,
+        OPT_MODEL,
+        OPT_PROFILE,
+        OPT_SKEW,
+        OPT_TOKENS,
+        OPT_REDUNDANT,
+        OPT_SLOTS,
+        OPT_SVG,
+        OPT_JSON,
+        OPT_CHECK
+    };
+    static const struct option options[] = {{"topology", required_argument, NULL, OPT_TOPOLOGY},
+                                            {"model", required_argument, NULL, OPT_MODEL},
+                                            {"profile", required_argument, NULL, OPT_PROFILE},
+                                            {"skew", required_argument, NULL, OPT_SKEW},
+                                            {"tokens", required_argument, NULL, OPT_TOKENS},
+                                            {"redundant", required_argument, NULL, OPT_REDUNDANT},
+                                            {"slots", required_argument, NULL, OPT_SLOTS},
+                                            {"svg", required_argument, NULL, OPT_SVG},
+                                            {"json", no_argument, NULL, OPT_JSON},
+                                            {"check", required_argument, NULL, OPT_CHECK},
+                                            {"output", required_argument, NULL, 'o'},
+                                            {"help", no_argument, NULL, 'h'},
+                                            {NULL, 0, NULL, 0}};
     memset(a, 0, sizeof(*a));
     a->tokens = DEFAULT_SYNTHETIC_TOKENS;
     optind = 1;
@@ -64,14 +73,30 @@ static int parse_args(int argc, char **argv, plan_args_t *a) {
     int c;
     while ((c = getopt_long(argc, argv, "ho:", options, NULL)) != -1) {
         switch (c) {
-        case OPT_TOPOLOGY: a->topology_path = optarg; break;
-        case OPT_MODEL: a->model_path = optarg; break;
-        case OPT_PROFILE: a->profile_path = optarg; break;
-        case OPT_SKEW: a->skew = optarg; break;
-        case OPT_SVG: a->svg = optarg; break;
-        case OPT_JSON: a->json = true; break;
-        case OPT_CHECK: a->check = optarg; break;
-        case 'o': a->output = optarg; break;
+        case OPT_TOPOLOGY:
+            a->topology_path = optarg;
+            break;
+        case OPT_MODEL:
+            a->model_path = optarg;
+            break;
+        case OPT_PROFILE:
+            a->profile_path = optarg;
+            break;
+        case OPT_SKEW:
+            a->skew = optarg;
+            break;
+        case OPT_SVG:
+            a->svg = optarg;
+            break;
+        case OPT_JSON:
+            a->json = true;
+            break;
+        case OPT_CHECK:
+            a->check = optarg;
+            break;
+        case 'o':
+            a->output = optarg;
+            break;
         case OPT_TOKENS:
             if (!moira_cli_parse_int("plan", "--tokens", optarg, 1, 1LL << 30, &a->tokens))
                 return 2;
@@ -83,7 +108,9 @@ static int parse_args(int argc, char **argv, plan_args_t *a) {
         case OPT_SLOTS:
             if (!moira_cli_parse_int("plan", "--slots", optarg, 1, 1 << 20, &a->slots)) return 2;
             break;
-        case 'h': fputs(plan_help, stdout); return -1;
+        case 'h':
+            fputs(plan_help, stdout);
+            return -1;
         default:
             return moira_cli_usage_error("plan", "unknown option or missing value \"%s\"",
                                          argv[optind - 1]);
@@ -103,7 +130,8 @@ static moira_status_t gather_devices(moira_device_info_t **out_infos, int *out_c
     int n = moira_device_count();
     moira_device_info_t *infos = calloc((size_t)n + 1, sizeof(*infos));
     if (!infos) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "out of memory");
-    for (int i = 0; i < n; i++) infos[i] = *moira_device_info(moira_device_at(i));
+    for (int i = 0; i < n; i++)
+        infos[i] = *moira_device_info(moira_device_at(i));
     *out_infos = infos;
     *out_count = n;
     return MOIRA_OK_STATUS;
@@ -144,8 +172,8 @@ static void print_summary(FILE *out, const moira_plan_t *plan, const moira_topol
     }
     fprintf(out, "\nmean max/mean load %.3f; %.0f link bytes and %.0f network bytes per token\n",
             s.max_over_mean, s.link_bytes_per_token, s.network_bytes_per_token);
-    fprintf(out, "%-24s %-5s %-8s %9s %12s %12s\n", "DEVICE", "KIND", "HOST_NUMA",
-            "REPLICAS", "USED GiB", "MEMORY GiB");
+    fprintf(out, "%-24s %-5s %-8s %9s %12s %12s\n", "DEVICE", "KIND", "HOST_NUMA", "REPLICAS",
+            "USED GiB", "MEMORY GiB");
     for (int t = 0; t < topology->n_targets; t++) {
         const moira_target_t *target = &topology->targets[t];
         int replicas = 0;
@@ -180,10 +208,9 @@ static moira_status_t run_plan(const plan_args_t *a) {
     moira_plan_t plan;
     memset(&plan, 0, sizeof(plan));
     if (!status && !a->check) {
-        status = a->profile_path
-                     ? moira_profile_load(a->profile_path, &model, &profile)
-                     : moira_profile_synthesise(&model, a->skew ? a->skew : "uniform", a->tokens,
-                                                &profile);
+        status = a->profile_path ? moira_profile_load(a->profile_path, &model, &profile)
+                                 : moira_profile_synthesise(&model, a->skew ? a->skew : "uniform",
+                                                            a->tokens, &profile);
     }
     if (!status && a->check) {
         status = moira_plan_load(a->check, &topology, &plan);

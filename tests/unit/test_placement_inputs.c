@@ -13,18 +13,18 @@
 
 /* A small valid topology; tests replace one line to break it. Line numbers are 1-based. */
 static const char *const base_topology[] = {
-    "name: t",                                                                          /* 1 */
-    "hosts:",                                                                           /* 2 */
-    "  - name: h0",                                                                     /* 3 */
-    "    numa_nodes:",                                                                  /* 4 */
+    "name: t",                                                                              /* 1 */
+    "hosts:",                                                                               /* 2 */
+    "  - name: h0",                                                                         /* 3 */
+    "    numa_nodes:",                                                                      /* 4 */
     "      - {id: 0, memory_gib: 64, bandwidth_gbs: 100, cores: 8, peak_tflops: {f32: 1}}", /* 5 */
     "      - {id: 1, memory_gib: 64, bandwidth_gbs: 100, cores: 8, peak_tflops: {f32: 1}}", /* 6 */
-    "    devices:",                                                                     /* 7 */
-    "      - {name: g0, kind: gpu, backend: opencl, memory_gib: 16, bandwidth_gbs: 900,",  /* 8 */
-    "         peak_tflops: {f32: 20, bf16: 80}, numa: 1, link_gbs: 32}",                /* 9 */
-    "      - {name: n0, kind: npu, backend: npu, memory_gib: 32, bandwidth_gbs: 1600,",   /* 10 */
-    "         peak_tflops: {bf16: 300}, numa: 0, link_gbs: 32}",                         /* 11 */
-    "links: [{between: [g0, n0], bandwidth_gbs: 32}]",                                  /* 12 */
+    "    devices:",                                                                         /* 7 */
+    "      - {name: g0, kind: gpu, backend: opencl, memory_gib: 16, bandwidth_gbs: 900,",   /* 8 */
+    "         peak_tflops: {f32: 20, bf16: 80}, numa: 1, link_gbs: 32}",                    /* 9 */
+    "      - {name: n0, kind: npu, backend: npu, memory_gib: 32, bandwidth_gbs: 1600,",     /* 10 */
+    "         peak_tflops: {bf16: 300}, numa: 0, link_gbs: 32}",                            /* 11 */
+    "links: [{between: [g0, n0], bandwidth_gbs: 32}]",                                      /* 12 */
 };
 #define BASE_LINES (int)(sizeof(base_topology) / sizeof(base_topology[0]))
 
@@ -43,7 +43,8 @@ static char *topology_text(int replace, const char *with) {
 static void expect_topology_error(int replace, const char *with, int line, const char *token) {
     const char *text = topology_text(replace, with);
     const char *line_start = text;
-    for (int l = 1; l < line; l++) line_start = strchr(line_start, '\n') + 1;
+    for (int l = 1; l < line; l++)
+        line_start = strchr(line_start, '\n') + 1;
     const char *at = strstr(line_start, token);
     /* A token starting with a space names the value after that space. */
     int column = at ? (int)(at - line_start) + 1 + (token[0] == ' ') : -1;
@@ -92,8 +93,8 @@ static void test_malformed_topologies(void) {
                           "bandwidth_gbs: 1600,",
                           10, "g0");
     expect_topology_error(12, "links: [{between: [g0, gpu7], bandwidth_gbs: 32}]", 12, "gpu7");
-    expect_topology_error(9, "         peak_tflops: {f32: 20, bf16: 80}, numa: 2, link_gbs: 32}",
-                          9, "2,");
+    expect_topology_error(9, "         peak_tflops: {f32: 20, bf16: 80}, numa: 2, link_gbs: 32}", 9,
+                          "2,");
     expect_topology_error(6,
                           "      - {id: 0, memory_gib: 64, bandwidth_gbs: 100, cores: 8, "
                           "peak_tflops: {f32: 1}}",
@@ -217,7 +218,8 @@ static void test_design_example(void) {
         "bf16: 10}}\n"
         "    devices:\n"
         "      - {name: gpu0, kind: gpu, backend: opencl, select: \"opencl:0\", memory_gib: 192,\n"
-        "         bandwidth_gbs: 5300, peak_tflops: {f32: 163, bf16: 1307}, numa: 0, link_gbs: 64}\n"
+        "         bandwidth_gbs: 5300, peak_tflops: {f32: 163, bf16: 1307}, numa: 0, link_gbs: "
+        "64}\n"
         "      - {name: npu0, kind: npu, backend: npu, memory_gib: 64, bandwidth_gbs: 1600,\n"
         "         peak_tflops: {bf16: 354}, numa: 0, link_gbs: 32}\n"
         "  - name: node1\n"
@@ -281,11 +283,10 @@ static void test_profiles(void) {
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         moira_status_t status =
             moira_profile_parse(bad[i].text, strlen(bad[i].text), "p.yaml", &model, &p);
-        CHECK_MSG(moira_status_code(status) == MOIRA_CODE_INVALID_INPUT &&
-                      strncmp(moira_status_message(status), bad[i].where, strlen(bad[i].where)) ==
-                          0,
-                  "case %zu: expected %s..., got %s", i, bad[i].where,
-                  moira_status_message(status));
+        CHECK_MSG(
+            moira_status_code(status) == MOIRA_CODE_INVALID_INPUT &&
+                strncmp(moira_status_message(status), bad[i].where, strlen(bad[i].where)) == 0,
+            "case %zu: expected %s..., got %s", i, bad[i].where, moira_status_message(status));
         printf("  rejected: %s\n", moira_status_message(status));
         moira_status_free(status);
     }
@@ -297,7 +298,8 @@ static void test_synthesised_profiles(void) {
     CHECK_OK(moira_profile_synthesise(&model, "uniform", 1000, &p));
     CHECK(p.n_layers == 3 && p.layers[0] == 1 && p.layers[2] == 3);
     /* 1000 tokens x k=2 over 8 experts: exactly 250 each. */
-    for (int e = 0; e < 8; e++) CHECK(p.load[e] == 250);
+    for (int e = 0; e < 8; e++)
+        CHECK(p.load[e] == 250);
     moira_profile_free(&p);
     CHECK_OK(moira_profile_synthesise(&model, "zipf:1", 1000, &p));
     for (int r = 0; r < p.n_layers; r++) {

@@ -16,7 +16,8 @@ static const char topology_text[] =
     "name: box\n"
     "hosts:\n"
     "  - name: h\n"
-    "    numa_nodes: [{id: 0, memory_gib: 1, bandwidth_gbs: 100, cores: 8, peak_tflops: {bf16: 2}}]\n"
+    "    numa_nodes: [{id: 0, memory_gib: 1, bandwidth_gbs: 100, cores: 8, peak_tflops: {bf16: "
+    "2}}]\n"
     "    devices:\n"
     "      - {name: g0, kind: gpu, backend: opencl, memory_gib: 0.02, bandwidth_gbs: 900,\n"
     "         peak_tflops: {bf16: 100}, link_gbs: 32}\n"
@@ -80,7 +81,8 @@ static void test_round_trip(bool json) {
     svg[n] = '\0';
     if (f) fclose(f);
     CHECK(strncmp(svg, "<?xml", 5) == 0 && strstr(svg, "</svg>") != NULL);
-    for (int i = 0; i < t.n_targets; i++) CHECK(strstr(svg, t.targets[i].name) != NULL);
+    for (int i = 0; i < t.n_targets; i++)
+        CHECK(strstr(svg, t.targets[i].name) != NULL);
     unlink(path);
     moira_plan_free(&plan);
     moira_profile_free(&p);
@@ -89,21 +91,21 @@ static void test_round_trip(bool json) {
 
 /* A hand-written plan, with `line` replaced by `with` (1-based; 0 keeps it). */
 static const char *const plan_lines[] = {
-    "moira_plan: 1",                                         /* 1 */
-    "topology: box",                                         /* 2 */
-    "model: m",                                              /* 3 */
-    "experts: 4",                                            /* 4 */
-    "expert_bytes: 3145728",                                 /* 5 */
-    "slots: 3",                                              /* 6 */
-    "layers:",                                               /* 7 */
-    "  - layer: 0",                                          /* 8 */
-    "    devices:",                                          /* 9 */
-    "      g0: {experts: [0, 1], load: [30, 20]}",           /* 10 */
-    "      n0: {experts: [2, 3, 0], load: [10, 5, 35]}",     /* 11 */
-    "  - layer: 1",                                          /* 12 */
-    "    devices:",                                          /* 13 */
-    "      n0: {experts: [0, 1, 2], load: [1, 2, 3]}",       /* 14 */
-    "      h/numa0: {experts: [3]}",                         /* 15 */
+    "moira_plan: 1",                                     /* 1 */
+    "topology: box",                                     /* 2 */
+    "model: m",                                          /* 3 */
+    "experts: 4",                                        /* 4 */
+    "expert_bytes: 3145728",                             /* 5 */
+    "slots: 3",                                          /* 6 */
+    "layers:",                                           /* 7 */
+    "  - layer: 0",                                      /* 8 */
+    "    devices:",                                      /* 9 */
+    "      g0: {experts: [0, 1], load: [30, 20]}",       /* 10 */
+    "      n0: {experts: [2, 3, 0], load: [10, 5, 35]}", /* 11 */
+    "  - layer: 1",                                      /* 12 */
+    "    devices:",                                      /* 13 */
+    "      n0: {experts: [0, 1, 2], load: [1, 2, 3]}",   /* 14 */
+    "      h/numa0: {experts: [3]}",                     /* 15 */
 };
 
 static const char *plan_text(int line, const char *with) {
@@ -151,9 +153,11 @@ static void test_hand_written(void) {
     expect_plan_error(&t, 10, "      gpu9: {experts: [0, 1], load: [30, 20]}", "p.yaml:10:7: ");
     expect_plan_error(&t, 11, "      n0: {experts: [2, 3, 0, 1], load: [10, 5, 35, 1]}",
                       "p.yaml:11:21: ");
-    expect_plan_error(&t, 11, "      n0: {experts: [2, 3, 4], load: [10, 5, 35]}", "p.yaml:11:28: ");
+    expect_plan_error(&t, 11, "      n0: {experts: [2, 3, 4], load: [10, 5, 35]}",
+                      "p.yaml:11:28: ");
     expect_plan_error(&t, 11, "      n0: {experts: [2, 3, 0], load: [10, 5]}", "p.yaml:11:38: ");
-    expect_plan_error(&t, 11, "      n0: {experts: [2, 3, 3], load: [10, 5, 35]}", "p.yaml:11:28: ");
+    expect_plan_error(&t, 11, "      n0: {experts: [2, 3, 3], load: [10, 5, 35]}",
+                      "p.yaml:11:28: ");
     expect_plan_error(&t, 11, "      n0: {experts: [2, 3, 0], load: [10, 5, -35]}",
                       "p.yaml:11:46: ");
     expect_plan_error(&t, 12, "  - layer: 0", "p.yaml:12:12: ");

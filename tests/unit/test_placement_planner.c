@@ -107,7 +107,8 @@ static void test_eplb_example(void) {
             CHECK(per_gpu[i] == (t.targets[i].kind == MOIRA_TARGET_GPU ? 2 : 0));
         /* Every expert's tokens are all routed somewhere. */
         const double *load = moira_profile_layer_load(&p, layer->layer);
-        for (int e = 0; e < 12; e++) CHECK_NEAR(per_expert[e], load[e], 1e-6);
+        for (int e = 0; e < 12; e++)
+            CHECK_NEAR(per_expert[e], load[e], 1e-6);
         double mm = layer_max_over_mean_by_hand(layer, t.n_targets);
         CHECK_NEAR(layer->cost.max_over_mean, mm, 1e-9);
         /* The peer, EPLB's policy rewritten in C, reproduces EPLB's published figures. */
@@ -216,7 +217,8 @@ static void test_caps(void) {
     CHECK_OK(plan_with(&t, &m, &p, 2, 0, MOIRA_PLAN_BALANCED, &plan));
     for (int l = 0; l < plan.n_layers; l++) {
         int count[3] = {0};
-        for (int r = 0; r < plan.layers[l].n_replicas; r++) count[plan.layers[l].replica_target[r]]++;
+        for (int r = 0; r < plan.layers[l].n_replicas; r++)
+            count[plan.layers[l].replica_target[r]]++;
         CHECK(count[0] <= 3 && count[1] <= 3 && count[2] <= 4);
     }
     for (int i = 0; i < t.n_targets; i++)
@@ -225,7 +227,8 @@ static void test_caps(void) {
     CHECK_OK(plan_with(&t, &m, &p, 2, 3, MOIRA_PLAN_BALANCED, &plan));
     for (int l = 0; l < plan.n_layers; l++) {
         int count[3] = {0};
-        for (int r = 0; r < plan.layers[l].n_replicas; r++) count[plan.layers[l].replica_target[r]]++;
+        for (int r = 0; r < plan.layers[l].n_replicas; r++)
+            count[plan.layers[l].replica_target[r]]++;
         CHECK(count[2] <= 3);
     }
     moira_plan_free(&plan);
@@ -260,7 +263,8 @@ static void test_groups_and_determinism(void) {
     int split_groups = 0;
     for (int l = 0; l < a.n_layers; l++) {
         int host_of_group[8];
-        for (int g = 0; g < 8; g++) host_of_group[g] = -1;
+        for (int g = 0; g < 8; g++)
+            host_of_group[g] = -1;
         for (int r = 0; r < a.layers[l].n_replicas; r++) {
             int g = a.layers[l].replica_expert[r] / 32;
             int h = t.targets[a.layers[l].replica_target[r]].host;
