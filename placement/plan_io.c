@@ -278,14 +278,18 @@ static moira_status_t load_layer_device(load_ctx_t *ctx, moira_plan_layer_t *lay
     if (plan->slots > 0 && n > plan->slots)
         return moira_yaml_fail(doc, experts, "%d replicas on \"%s\" exceed slots %lld", n, name,
                                (long long)plan->slots);
-    ctx->used_bytes[t] += (int64_t)n * plan->expert_bytes;
+    /* Compared as counts so that no product can overflow: used_bytes never exceeds memory. */
     const moira_target_t *target = &ctx->topology->targets[t];
-    if ((uint64_t)ctx->used_bytes[t] > target->memory_bytes)
+    uint64_t room = (target->memory_bytes - (uint64_t)ctx->used_bytes[t]) /
+                    (uint64_t)plan->expert_bytes;
+    if ((uint64_t)n > room)
         return moira_yaml_fail(doc, experts,
-                               "\"%s\" would hold %lld bytes of experts by layer "
-                               "%lld, more than its %llu bytes of memory",
-                               name, (long long)ctx->used_bytes[t], (long long)layer->layer,
-                               (unsigned long long)target->memory_bytes);
+                               "\"%s\" would hold %lld more experts by layer %lld, but its memory "
+                               "(%llu bytes, %lld already used) has room for %llu",
+                               name, (long long)n, (long long)layer->layer,
+                               (unsigned long long)target->memory_bytes,
+                               (long long)ctx->used_bytes[t], (unsigned long long)room);
+    ctx->used_bytes[t] += (int64_t)n * plan->expert_bytes;
     MOIRA_RETURN_IF_ERROR(reserve_replicas(layer, n));
     for (int i = 0; i < n; i++) {
         int64_t e = 0;
@@ -298,7 +302,8 @@ static moira_status_t load_layer_device(load_ctx_t *ctx, moira_plan_layer_t *lay
                                        (long long)e, name);
         if (load)
             MOIRA_RETURN_IF_ERROR(
-                moira_yaml_number(doc, moira_yaml_item(doc, load, i), "a load", 0, &l));
+                moira_yaml_number_range(doc, moira_yaml_item(doc, load, i), "a load", 0,
+                                        MOIRA_MAX_TOKEN_COUNT, &l));
         int r = layer->n_replicas++;
         layer->replica_target[r] = t;
         layer->replica_expert[r] = (int32_t)e;

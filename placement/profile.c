@@ -71,7 +71,8 @@ static moira_status_t parse_layer(parse_ctx_t *ctx, const yaml_node_t *node) {
     double *dst = ctx->profile->load + (size_t)row * ctx->profile->experts;
     for (int e = 0; e < moira_yaml_length(load); e++)
         MOIRA_RETURN_IF_ERROR(
-            moira_yaml_number(doc, moira_yaml_item(doc, load, e), "a load count", 0, &dst[e]));
+            moira_yaml_number_range(doc, moira_yaml_item(doc, load, e), "a load count", 0,
+                                    MOIRA_MAX_TOKEN_COUNT, &dst[e]));
     return MOIRA_OK_STATUS;
 }
 

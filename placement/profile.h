@@ -9,6 +9,10 @@
 #include "runtime/model_config.h"
 #include "runtime/status.h"
 
+/* The largest token count a profile or plan may give one expert: far beyond any batch, small
+ * enough that sums of counts stay exact in a double. */
+#define MOIRA_MAX_TOKEN_COUNT 1e15
+
 /* Owns its arrays; release with moira_profile_free. */
 typedef struct moira_profile {
     int64_t experts; /* loads per layer */

@@ -238,6 +238,15 @@ moira_status_t moira_yaml_number(const moira_yaml_doc_t *doc, const yaml_node_t 
     return MOIRA_OK_STATUS;
 }
 
+moira_status_t moira_yaml_number_range(const moira_yaml_doc_t *doc, const yaml_node_t *node,
+                                       const char *what, double min, double max,
+                                       double *out_value) {
+    MOIRA_RETURN_IF_ERROR(moira_yaml_number(doc, node, what, min, out_value));
+    if (*out_value > max)
+        return moira_yaml_fail(doc, node, "%s must be <= %g, got %g", what, max, *out_value);
+    return MOIRA_OK_STATUS;
+}
+
 moira_status_t moira_yaml_bool(const moira_yaml_doc_t *doc, const yaml_node_t *node,
                                const char *what, bool *out_value) {
     const char *text = scalar_value(node);

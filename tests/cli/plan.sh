@@ -94,7 +94,8 @@ expect_stderr 'bad-topo.yaml:[0-9]+:[0-9]+: unknown backend "cuda"' "unknown bac
 sed 's/numa: 1,/numa: 7,/' "$configs/topologies/mi300x-8.yaml" >"$work/bad-numa.yaml"
 expect 2 "NUMA out of range" -- "$moira" plan --topology "$work/bad-numa.yaml"
 expect_stderr 'bad-numa.yaml:[0-9]+:[0-9]+: numa 7 is out of range' "NUMA located"
-printf 'moira_profile: 1\nexperts: 32\nlayers:\n  - {layer: 1, load: [1, 2]}\n' >"$work/bad-profile.yaml"
+printf 'moira_profile: 1\nexperts: 32\nlayers:\n  - {layer: 1, load: [1, 2]}\n' \
+    >"$work/bad-profile.yaml"
 expect 2 "short profile" -- "$moira" plan --profile "$work/bad-profile.yaml"
 expect_stderr 'bad-profile.yaml:4:22: load has 2 counts' "profile located"
 sed 's/^topology: mi300x-8/topology: mi300x-9/' "$work/mi300x-8.yaml" >"$work/bad-plan.yaml"

@@ -324,6 +324,46 @@ static void test_synthesised_profiles(void) {
     CHECK_CODE(moira_profile_synthesise(&model, "pareto", 1000, &p), MOIRA_CODE_INVALID_ARGUMENT);
 }
 
+/* Every prefix of a valid topology and of a valid profile loads or fails with a located input
+ * error; nothing crashes (the suite also runs under the sanitizers). */
+static void test_truncated_inputs(void) {
+    const char *text = topology_text(0, NULL);
+    size_t len = strlen(text);
+    int failures = 0;
+    for (size_t n = 0; n <= len; n++) {
+        moira_topology_t t;
+        moira_status_t status = moira_topology_parse(text, n, "cut.yaml", NULL, &t);
+        if (!status) {
+            moira_topology_free(&t);
+            continue;
+        }
+        if (moira_status_code(status) != MOIRA_CODE_INVALID_INPUT ||
+            strncmp(moira_status_message(status), "cut.yaml:", 9) != 0) {
+            failures++;
+            printf("  prefix %zu: %s\n", n, moira_status_message(status));
+        }
+        moira_status_free(status);
+    }
+    CHECK(failures == 0);
+    moira_model_config_t model = small_model();
+    const char *profile = "moira_profile: 1\nexperts: 8\nlayers:\n"
+                          "  - {layer: 1, load: [1, 2, 3, 4, 5, 6, 7, 8]}\n"
+                          "  - layer: 2\n    load: [3, 2, 1, 0, 5, 6, 7, 0]\n";
+    failures = 0;
+    for (size_t n = 0; n <= strlen(profile); n++) {
+        moira_profile_t p;
+        moira_status_t status = moira_profile_parse(profile, n, "cut.yaml", &model, &p);
+        if (!status) {
+            moira_profile_free(&p);
+            continue;
+        }
+        failures += moira_status_code(status) != MOIRA_CODE_INVALID_INPUT ||
+                    strncmp(moira_status_message(status), "cut.yaml:", 9) != 0;
+        moira_status_free(status);
+    }
+    CHECK(failures == 0);
+}
+
 int main(void) {
     test_valid_topology();
     test_malformed_topologies();
@@ -332,5 +372,6 @@ int main(void) {
     test_discovery();
     test_profiles();
     test_synthesised_profiles();
+    test_truncated_inputs();
     return moira_test_finish("test_placement_inputs");
 }

@@ -172,9 +172,53 @@ static void test_hand_written(void) {
     moira_topology_free(&t);
 }
 
+/* Every prefix of a valid plan, in both formats, is either a valid plan or an input error with a
+ * location: never a crash or another kind of failure (run under the sanitizers too). */
+static void test_truncated_plans(void) {
+    moira_topology_t t;
+    CHECK_OK(moira_topology_parse(topology_text, strlen(topology_text), "box.yaml", NULL, &t));
+    moira_model_config_t m;
+    CHECK_OK(moira_model_config_parse_string(model_text, strlen(model_text), "m", &m));
+    moira_profile_t p;
+    CHECK_OK(moira_profile_synthesise(&m, "zipf:1", 64, &p));
+    moira_plan_options_t options = {2, 0, MOIRA_PLAN_BALANCED};
+    moira_plan_t plan;
+    CHECK_OK(moira_plan_make(&t, &m, &p, &options, &plan));
+    for (int json = 0; json < 2; json++) {
+        char *text = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+        CHECK_OK(moira_plan_write_stream(&plan, &t, f, json));
+        fclose(f);
+        int valid = 0, located = 0;
+        for (size_t n = 0; n <= len; n++) {
+            moira_plan_t loaded;
+            moira_status_t status = moira_plan_parse(text, n, "cut.yaml", &t, &loaded);
+            if (!status) {
+                valid++;
+                moira_plan_free(&loaded);
+                continue;
+            }
+            bool ok = moira_status_code(status) == MOIRA_CODE_INVALID_INPUT &&
+                      strncmp(moira_status_message(status), "cut.yaml:", 9) == 0;
+            located += ok;
+            CHECK_MSG(ok, "prefix %zu: %s", n, moira_status_message(status));
+            moira_status_free(status);
+        }
+        CHECK(valid >= 1); /* at least the whole text */
+        printf("  %s prefixes: %d valid, %d located errors\n", json ? "JSON" : "YAML", valid,
+               located);
+        free(text);
+    }
+    moira_plan_free(&plan);
+    moira_profile_free(&p);
+    moira_topology_free(&t);
+}
+
 int main(void) {
     test_round_trip(false);
     test_round_trip(true);
     test_hand_written();
+    test_truncated_plans();
     return moira_test_finish("test_placement_plan_io");
 }
