@@ -37,6 +37,8 @@ static const moira_device_info_t *find_cpu_device(const moira_discovery_devices_
     return NULL;
 }
 
+/* Each hwloc NUMA node becomes a CPU-memory target named HOST/numaN: its memory, its cores, its
+ * bandwidth, and a share of the cpu device's peak by core count. */
 static moira_status_t add_numa_targets(moira_topology_t *topology, int host, hwloc_topology_t hw,
                                        const moira_discovery_devices_t *devices) {
     int n_nodes = hwloc_get_nbobjs_by_type(hw, HWLOC_OBJ_NUMANODE);
@@ -86,6 +88,8 @@ static void locate_by_pci(hwloc_topology_t hw, moira_target_t *t) {
     }
 }
 
+/* Every non-CPU device the backends enumerated becomes a target with the figures it reports,
+ * placed on the NUMA node its PCI bus id leads to. */
 static moira_status_t add_device_targets(moira_topology_t *topology, int host, hwloc_topology_t hw,
                                          const moira_discovery_devices_t *devices) {
     int first_numa = -1;

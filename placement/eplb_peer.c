@@ -38,6 +38,7 @@ typedef struct eplb_scratch {
     int *pack_of, *order, *pack_items, *node_experts, *count, *phy2log, *group_node;
 } eplb_scratch_t;
 
+/* Releases whatever alloc_scratch managed to allocate. */
 static void free_scratch(eplb_scratch_t *x) {
     free(x->weight);
     free(x->pack_weight);
@@ -50,6 +51,7 @@ static void free_scratch(eplb_scratch_t *x) {
     free(x->group_node);
 }
 
+/* Allocates every array one call needs up front, so the policy itself cannot fail midway. */
 static bool alloc_scratch(eplb_scratch_t *x, int experts, int replicas, int groups, int gpus) {
     size_t items = (size_t)(experts > replicas ? experts : replicas);
     size_t packs = (size_t)(gpus + groups + 1);

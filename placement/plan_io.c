@@ -9,6 +9,8 @@
 
 #define MAX_PLAN_EXPERTS (1 << 20)
 
+/* The plan's device list: every target with its host, where its host buffers go and how much of
+ * its memory the plan uses, so a reader sees capacity next to placement. */
 static void write_devices(moira_tree_writer_t *w, const moira_plan_t *plan,
                           const moira_topology_t *topology) {
     moira_tree_key(w, "devices");
@@ -35,6 +37,8 @@ static void write_devices(moira_tree_writer_t *w, const moira_plan_t *plan,
     moira_tree_close(w, false);
 }
 
+/* One layer: each target's replicas (experts and the tokens each receives) and the layer's
+ * predicted cost. Replicas of one target are contiguous in memory. */
 static void write_layer(moira_tree_writer_t *w, const moira_plan_layer_t *layer,
                         const moira_topology_t *topology) {
     moira_tree_map(w, false);
@@ -122,6 +126,7 @@ typedef struct write_ctx {
     bool json;
 } write_ctx_t;
 
+/* Adapts moira_plan_write_stream to the atomic file writer's callback. */
 static bool write_plan_to(FILE *out, void *context) {
     write_ctx_t *ctx = context;
     moira_status_t status = moira_plan_write_stream(ctx->plan, ctx->topology, out, ctx->json);
@@ -197,6 +202,7 @@ typedef struct load_ctx {
     int64_t *used_bytes; /* per target, accumulated while reading layers */
 } load_ctx_t;
 
+/* Reads `key` when present; hand-written plans may leave predictions out. */
 static moira_status_t optional_number(load_ctx_t *ctx, const yaml_node_t *map, const char *key,
                                       double *out) {
     yaml_node_t *v = moira_yaml_get(ctx->doc, map, key);
@@ -204,6 +210,8 @@ static moira_status_t optional_number(load_ctx_t *ctx, const yaml_node_t *map, c
     return moira_yaml_number(ctx->doc, v, key, 0, out);
 }
 
+/* The top-level devices list is informational, but its names and hosts must match the topology
+ * so that a plan for another machine is caught early. */
 static moira_status_t load_device_list(load_ctx_t *ctx, const yaml_node_t *devices) {
     moira_yaml_doc_t *doc = ctx->doc;
     static const char *const keys[] = {"name",      "host",         "kind",       "backend",
@@ -246,6 +254,8 @@ static moira_status_t reserve_replicas(moira_plan_layer_t *layer, int more) {
     return MOIRA_OK_STATUS;
 }
 
+/* One `DEVICE: {experts, load}` entry: the device must exist, its replicas must fit its slots
+ * and (summed over the layers read so far) its memory, and no expert may appear twice on it. */
 static moira_status_t load_layer_device(load_ctx_t *ctx, moira_plan_layer_t *layer,
                                         const yaml_node_t *key, const yaml_node_t *value) {
     moira_yaml_doc_t *doc = ctx->doc;
@@ -280,8 +290,8 @@ static moira_status_t load_layer_device(load_ctx_t *ctx, moira_plan_layer_t *lay
                                (long long)plan->slots);
     /* Compared as counts so that no product can overflow: used_bytes never exceeds memory. */
     const moira_target_t *target = &ctx->topology->targets[t];
-    uint64_t room = (target->memory_bytes - (uint64_t)ctx->used_bytes[t]) /
-                    (uint64_t)plan->expert_bytes;
+    uint64_t room =
+        (target->memory_bytes - (uint64_t)ctx->used_bytes[t]) / (uint64_t)plan->expert_bytes;
     if ((uint64_t)n > room)
         return moira_yaml_fail(doc, experts,
                                "\"%s\" would hold %lld more experts by layer %lld, but its memory "
@@ -301,9 +311,8 @@ static moira_status_t load_layer_device(load_ctx_t *ctx, moira_plan_layer_t *lay
                 return moira_yaml_fail(doc, item, "expert %lld appears twice on \"%s\"",
                                        (long long)e, name);
         if (load)
-            MOIRA_RETURN_IF_ERROR(
-                moira_yaml_number_range(doc, moira_yaml_item(doc, load, i), "a load", 0,
-                                        MOIRA_MAX_TOKEN_COUNT, &l));
+            MOIRA_RETURN_IF_ERROR(moira_yaml_number_range(doc, moira_yaml_item(doc, load, i),
+                                                          "a load", 0, MOIRA_MAX_TOKEN_COUNT, &l));
         int r = layer->n_replicas++;
         layer->replica_target[r] = t;
         layer->replica_expert[r] = (int32_t)e;
@@ -312,6 +321,7 @@ static moira_status_t load_layer_device(load_ctx_t *ctx, moira_plan_layer_t *lay
     return MOIRA_OK_STATUS;
 }
 
+/* One layer: its index is unique, and every logical expert has at least one replica. */
 static moira_status_t load_layer(load_ctx_t *ctx, const yaml_node_t *node) {
     moira_yaml_doc_t *doc = ctx->doc;
     moira_plan_t *plan = ctx->plan;
@@ -355,6 +365,7 @@ static moira_status_t load_layer(load_ctx_t *ctx, const yaml_node_t *node) {
     return MOIRA_OK_STATUS;
 }
 
+/* The whole document: header keys, then devices and layers, each located on error. */
 static moira_status_t load_plan(load_ctx_t *ctx) {
     moira_yaml_doc_t *doc = ctx->doc;
     moira_plan_t *plan = ctx->plan;
@@ -398,6 +409,7 @@ static moira_status_t load_plan(load_ctx_t *ctx) {
     return MOIRA_OK_STATUS;
 }
 
+/* Shared tail of _load and _parse: read, then run the checks planned plans also pass. */
 static moira_status_t finish_load(moira_yaml_doc_t *doc, const moira_topology_t *topology,
                                   moira_plan_t *out) {
     memset(out, 0, sizeof(*out));

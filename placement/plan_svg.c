@@ -58,10 +58,12 @@ static void escaped(FILE *out, const char *text) {
     }
 }
 
+/* Left edge of target t's column. */
 static int column_x(const svg_ctx_t *ctx, int t) {
     return LEFT_MARGIN + t * ctx->cell_w;
 }
 
+/* Title and the plan's headline figures, so the picture stands on its own. */
 static void draw_header(FILE *out, const svg_ctx_t *ctx) {
     moira_plan_summary_t summary;
     moira_plan_summarise(ctx->plan, &summary);
@@ -83,6 +85,7 @@ static void draw_header(FILE *out, const svg_ctx_t *ctx) {
             summary.network_bytes_per_token);
 }
 
+/* Column heads: target names, memory bars (used / total), and host boundaries in red. */
 static void draw_columns(FILE *out, const svg_ctx_t *ctx) {
     const moira_topology_t *topo = ctx->topology;
     int name_y = TOP_MARGIN + NAME_BAND - 4;
@@ -129,6 +132,7 @@ static void draw_columns(FILE *out, const svg_ctx_t *ctx) {
     }
 }
 
+/* The layer x target grid, plus each layer's predicted time as a bar on the right. */
 static void draw_grid(FILE *out, const svg_ctx_t *ctx) {
     const moira_topology_t *topo = ctx->topology;
     int grid_top = TOP_MARGIN + NAME_BAND + MEMORY_BAND;
@@ -170,6 +174,7 @@ static void draw_grid(FILE *out, const svg_ctx_t *ctx) {
     }
 }
 
+/* What the shades and colours mean. */
 static void draw_legend(FILE *out, const svg_ctx_t *ctx, int y) {
     fprintf(out,
             "<text x=\"%d\" y=\"%d\" font-size=\"11\">cell: tokens the target receives in "
@@ -200,6 +205,7 @@ static void draw_legend(FILE *out, const svg_ctx_t *ctx, int y) {
             LEFT_MARGIN + 490, y + 18, LEFT_MARGIN + 504, y + 28);
 }
 
+/* Writes the whole picture; called through the atomic file writer. */
 static bool write_svg(FILE *out, void *context) {
     const svg_ctx_t *ctx = context;
     int grid_w = ctx->topology->n_targets * ctx->cell_w;

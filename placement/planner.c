@@ -36,6 +36,8 @@ typedef struct cost_key {
     double norm;
 } cost_key_t;
 
+/* Orders keys by time, then by normalised load, treating differences within 1e-9 relative as
+ * ties so that rounding cannot make the search cycle. */
 static int key_compare(cost_key_t a, cost_key_t b) {
     double tol = 1e-9 * fmax(fabs(a.time), fabs(b.time));
     if (a.time < b.time - tol) return -1;
@@ -46,6 +48,7 @@ static int key_compare(cost_key_t a, cost_key_t b) {
     return 0;
 }
 
+/* The larger of two keys: what a pair of targets costs together. */
 static cost_key_t key_max(cost_key_t a, cost_key_t b) {
     return key_compare(a, b) >= 0 ? a : b;
 }
@@ -69,6 +72,7 @@ typedef struct layer_state {
     double *load;
 } layer_state_t;
 
+/* The key a target would have with `tokens` tokens over `active` replicas that receive any. */
 static cost_key_t key_of(const layer_state_t *s, int t, double tokens, int active) {
     cost_key_t k;
     k.time = moira_cost_target_us(s->cost, &s->topology->targets[t], tokens, active);
@@ -76,14 +80,17 @@ static cost_key_t key_of(const layer_state_t *s, int t, double tokens, int activ
     return k;
 }
 
+/* The key a target has now. */
 static cost_key_t key_now(const layer_state_t *s, int t) {
     return key_of(s, t, s->tokens[t], s->active[t]);
 }
 
+/* How many replicas of expert e target t holds: a target gains nothing from two copies. */
 static unsigned char *holds_at(layer_state_t *s, int32_t e, int t) {
     return &s->holds[(size_t)e * s->n_targets + t];
 }
 
+/* Puts replica r on target t, updating the target's totals. */
 static void place(layer_state_t *s, int r, int t) {
     s->target[r] = t;
     s->tokens[t] += s->load[r];
@@ -92,6 +99,7 @@ static void place(layer_state_t *s, int r, int t) {
     (*holds_at(s, s->expert[r], t))++;
 }
 
+/* Takes replica r off its target, undoing place(). */
 static void unplace(layer_state_t *s, int r) {
     int t = s->target[r];
     s->tokens[t] -= s->load[r];
@@ -314,6 +322,7 @@ static bool improve_once(layer_state_t *s, const int *domain, int n_domain, cons
     return true;
 }
 
+/* Greedy placement, then local search until nothing improves (or the round budget ends). */
 static moira_status_t assign_domain(layer_state_t *s, const int *domain, int n_domain,
                                     int *replicas, int n_replicas) {
     MOIRA_RETURN_IF_ERROR(assign_greedy(s, domain, n_domain, replicas, n_replicas));
@@ -340,6 +349,7 @@ typedef struct workspace {
     int max_replicas;
 } workspace_t;
 
+/* Empties every target before a new start. */
 static void reset_state(layer_state_t *s) {
     memset(s->tokens, 0, (size_t)s->n_targets * sizeof(double));
     memset(s->active, 0, (size_t)s->n_targets * sizeof(int));
@@ -490,6 +500,8 @@ static int by_speed_descending(const void *pa, const void *pb, void *context) {
     return a - b;
 }
 
+/* The naive placements: all CPU memory in round robin, or targets fastest first, filled in
+ * expert order. */
 static moira_status_t plan_baseline(workspace_t *w, const double *load,
                                     moira_plan_strategy_t strategy) {
     layer_state_t *s = &w->state;
@@ -525,6 +537,7 @@ static moira_status_t store_layer(const layer_state_t *s, moira_plan_layer_t *la
     return MOIRA_OK_STATUS;
 }
 
+/* The cost model's verdict on the current placement. */
 static void evaluate_state(workspace_t *w, moira_layer_cost_t *out) {
     layer_state_t *s = &w->state;
     moira_cost_layer(s->cost, s->topology, s->n, s->target, s->expert, s->load, w->scratch, out);
@@ -611,6 +624,7 @@ static moira_status_t plan_layer(workspace_t *w, const double *load, const moira
     return MOIRA_OK_STATUS;
 }
 
+/* Releases the workspace; accepts one that was only partly allocated. */
 static void free_workspace(workspace_t *w) {
     layer_state_t *s = &w->state;
     free(s->tokens);
@@ -636,6 +650,8 @@ static void free_workspace(workspace_t *w) {
     free(w->group_order);
 }
 
+/* Allocates the per-layer workspace once and works out each target's replicas per layer from
+ * its memory, the model and --slots. Targets that cannot be costed get no capacity. */
 static moira_status_t init_workspace(workspace_t *w, const moira_topology_t *topology,
                                      const moira_cost_model_t *cost, int64_t moe_layers,
                                      int64_t slots, int64_t max_replicas) {

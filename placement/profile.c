@@ -42,12 +42,14 @@ typedef struct parse_ctx {
     unsigned char *seen; /* per profile row: given by the file */
 } parse_ctx_t;
 
+/* The profile row holding model layer `layer`, or -1. */
 static int row_of_layer(const moira_profile_t *profile, int64_t layer) {
     for (int i = 0; i < profile->n_layers; i++)
         if (profile->layers[i] == layer) return i;
     return -1;
 }
 
+/* One `{layer, load}` entry: an MoE layer of the model, given once, one count per expert. */
 static moira_status_t parse_layer(parse_ctx_t *ctx, const yaml_node_t *node) {
     moira_yaml_doc_t *doc = ctx->doc;
     static const char *const keys[] = {"layer", "load", NULL};
@@ -70,9 +72,8 @@ static moira_status_t parse_layer(parse_ctx_t *ctx, const yaml_node_t *node) {
                                moira_yaml_length(load), (long long)ctx->profile->experts);
     double *dst = ctx->profile->load + (size_t)row * ctx->profile->experts;
     for (int e = 0; e < moira_yaml_length(load); e++)
-        MOIRA_RETURN_IF_ERROR(
-            moira_yaml_number_range(doc, moira_yaml_item(doc, load, e), "a load count", 0,
-                                    MOIRA_MAX_TOKEN_COUNT, &dst[e]));
+        MOIRA_RETURN_IF_ERROR(moira_yaml_number_range(
+            doc, moira_yaml_item(doc, load, e), "a load count", 0, MOIRA_MAX_TOKEN_COUNT, &dst[e]));
     return MOIRA_OK_STATUS;
 }
 
@@ -88,6 +89,7 @@ static void fill_missing_layers(parse_ctx_t *ctx, int given) {
     }
 }
 
+/* The whole document: format version, expert count matching the model, then the layers. */
 static moira_status_t parse_profile(parse_ctx_t *ctx) {
     moira_yaml_doc_t *doc = ctx->doc;
     yaml_node_t *root = moira_yaml_root(doc), *v = NULL, *layers = NULL;
@@ -121,6 +123,7 @@ static moira_status_t parse_profile(parse_ctx_t *ctx) {
     return MOIRA_OK_STATUS;
 }
 
+/* Shared tail of _load and _parse. */
 static moira_status_t finish_parse(moira_yaml_doc_t *doc, const moira_model_config_t *model,
                                    moira_profile_t *out) {
     moira_status_t status = allocate_for_model(model, out);

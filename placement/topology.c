@@ -85,6 +85,7 @@ static moira_status_t parse_peaks(parse_ctx_t *ctx, const yaml_node_t *node, moi
     return MOIRA_OK_STATUS;
 }
 
+/* `memory_gib` as bytes; negative or absurd sizes are errors at the value. */
 static moira_status_t parse_memory(parse_ctx_t *ctx, const yaml_node_t *node, uint64_t *out) {
     double gib = 0;
     MOIRA_RETURN_IF_ERROR(moira_yaml_number(ctx->doc, node, "memory_gib", 0, &gib));
@@ -105,6 +106,7 @@ static moira_status_t check_unique_name(parse_ctx_t *ctx, const yaml_node_t *at,
     return moira_yaml_fail(ctx->doc, at, "duplicate name \"%s\"", name);
 }
 
+/* One NUMA node of a host: a CPU-memory target named HOST/numaID. */
 static moira_status_t parse_numa_node(parse_ctx_t *ctx, int host, const yaml_node_t *node) {
     moira_yaml_doc_t *doc = ctx->doc;
     static const char *const keys[] = {"id",    "memory_gib",  "bandwidth_gbs",
@@ -147,6 +149,7 @@ static bool host_has_numa(const moira_topology_t *topology, int host, int numa) 
     return false;
 }
 
+/* A device without `numa:` keeps its host buffers on the host's first NUMA node. */
 static int first_numa_of_host(const moira_topology_t *topology, int host) {
     for (int i = 0; i < topology->n_targets; i++) {
         const moira_target_t *t = &topology->targets[i];
@@ -155,6 +158,7 @@ static int first_numa_of_host(const moira_topology_t *topology, int host) {
     return -1;
 }
 
+/* One GPU or NPU: kind and backend known and consistent, sizes positive, NUMA in range. */
 static moira_status_t parse_device(parse_ctx_t *ctx, int host, const yaml_node_t *node) {
     moira_yaml_doc_t *doc = ctx->doc;
     static const char *const keys[] = {"name",       "kind",          "backend",     "select",
@@ -224,6 +228,7 @@ static moira_status_t parse_device(parse_ctx_t *ctx, int host, const yaml_node_t
     return moira_topology_add_target(ctx->topology, &t);
 }
 
+/* One host: its name unique; NUMA nodes from the file or from discovery; then its devices. */
 static moira_status_t parse_host(parse_ctx_t *ctx, const yaml_node_t *node) {
     moira_yaml_doc_t *doc = ctx->doc;
     moira_topology_t *topology = ctx->topology;
@@ -266,6 +271,7 @@ static moira_status_t parse_host(parse_ctx_t *ctx, const yaml_node_t *node) {
     return MOIRA_OK_STATUS;
 }
 
+/* A direct link between two named devices of the topology. */
 static moira_status_t parse_link(parse_ctx_t *ctx, const yaml_node_t *node) {
     moira_yaml_doc_t *doc = ctx->doc;
     static const char *const keys[] = {"between", "bandwidth_gbs", NULL};
@@ -296,6 +302,7 @@ static moira_status_t parse_link(parse_ctx_t *ctx, const yaml_node_t *node) {
     return MOIRA_OK_STATUS;
 }
 
+/* The network between hosts: bandwidth (required) and latency. */
 static moira_status_t parse_network(parse_ctx_t *ctx, const yaml_node_t *node) {
     moira_yaml_doc_t *doc = ctx->doc;
     static const char *const keys[] = {"bandwidth_gbs", "latency_us", NULL};
@@ -313,6 +320,8 @@ static moira_status_t parse_network(parse_ctx_t *ctx, const yaml_node_t *node) {
     return MOIRA_OK_STATUS;
 }
 
+/* The whole document: name, hosts (at least one, some memory somewhere), links, network
+ * (required with several hosts). */
 static moira_status_t parse_topology(parse_ctx_t *ctx) {
     moira_yaml_doc_t *doc = ctx->doc;
     moira_topology_t *topology = ctx->topology;
@@ -356,6 +365,7 @@ static moira_status_t parse_topology(parse_ctx_t *ctx) {
     return MOIRA_OK_STATUS;
 }
 
+/* Shared tail of _load and _parse; frees what was built on error. */
 static moira_status_t finish_parse(moira_yaml_doc_t *doc, const moira_discovery_devices_t *devices,
                                    moira_topology_t *out) {
     memset(out, 0, sizeof(*out));

@@ -9,6 +9,7 @@ static int write_to_stream(void *data, unsigned char *buffer, size_t size) {
     return fwrite(buffer, 1, size, (FILE *)data) == size;
 }
 
+/* Hands an event to libyaml, remembering the first failure so callers check once at the end. */
 static void emit(moira_tree_writer_t *w, yaml_event_t *event, int initialized) {
     if (!initialized || !w->ok) {
         if (initialized) yaml_event_delete(event);
@@ -66,6 +67,7 @@ static void json_before_value(moira_tree_writer_t *w) {
     w->items[d]++;
 }
 
+/* Starts a mapping or list in either format. */
 static void open_container(moira_tree_writer_t *w, bool flow, bool map) {
     if (w->depth >= MOIRA_TREE_MAX_DEPTH) {
         w->ok = false;

@@ -32,6 +32,7 @@ static const bench_t benches[] = {
      "plan DeepSeek-V3 on 8 hosts x 8 GPUs with 64 redundant experts; compare with EPLB"},
 };
 
+/* Lists the benches from the table, so a new bench documents itself. */
 static void print_bench_help(FILE *out) {
     fprintf(out, "usage: moira bench NAME [--backend DEVICE] [--model FILE] [--tokens N] [--json]"
                  "\n\nbenches:\n");
@@ -39,6 +40,7 @@ static void print_bench_help(FILE *out) {
         fprintf(out, "  %-8s %s\n", benches[i].name, benches[i].summary);
 }
 
+/* Wall-clock seconds from a monotonic clock, for timing. */
 static double now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -130,6 +132,7 @@ static moira_status_t run_plan_case(const moira_topology_t *topology,
     return status;
 }
 
+/* Plans DeepSeek-V3 on the 8 x 8 cluster for three skews and prints Moira next to EPLB. */
 static int bench_plan(const bench_args_t *args) {
     moira_model_config_t model;
     moira_status_t status =

@@ -153,6 +153,8 @@ static double baseline_us(const moira_topology_t *topology, const moira_model_co
     return summary.predicted_us_per_layer;
 }
 
+/* The summary printed when the plan goes to a file: the prediction next to the two naive
+ * placements, balance, traffic, and each target's share of the replicas and memory. */
 static void print_summary(FILE *out, const moira_plan_t *plan, const moira_topology_t *topology,
                           double all_cpu_us, double fill_fastest_us) {
     moira_plan_summary_t s;
@@ -187,6 +189,7 @@ static void print_summary(FILE *out, const moira_plan_t *plan, const moira_topol
     }
 }
 
+/* Loads the inputs, plans (or checks a plan), writes what was asked for. */
 static moira_status_t run_plan(const plan_args_t *a) {
     moira_device_info_t *infos = NULL;
     int n_infos = 0;
