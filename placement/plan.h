@@ -90,6 +90,11 @@ int64_t moira_plan_target_used_bytes(const moira_plan_t *plan, int target);
 moira_status_t moira_plan_validate(const moira_plan_t *plan, const moira_topology_t *topology,
                                    const char *path);
 
+/* Checks a loaded plan against the model it is to run: the same number of experts and expert
+ * bytes, and exactly the model's MoE layers. `path` names the plan in messages. */
+moira_status_t moira_plan_check_model(const moira_plan_t *plan, const moira_model_config_t *model,
+                                      const char *path);
+
 /* Writes a plan as YAML (libyaml's emitter) or JSON, whole or not at all (temporary file and
  * rename). `path` "-" writes to stdout. */
 moira_status_t moira_plan_write(const moira_plan_t *plan, const moira_topology_t *topology,

@@ -193,6 +193,33 @@ moira_status_t moira_plan_validate(const moira_plan_t *plan, const moira_topolog
     return status;
 }
 
+moira_status_t moira_plan_check_model(const moira_plan_t *plan, const moira_model_config_t *model,
+                                      const char *path) {
+    const char *name = path ? path : "plan";
+    int64_t expert_bytes = moira_model_config_expert_bytes(model, model->weight_dtype);
+    if (plan->experts != model->n_routed_experts || plan->expert_bytes != expert_bytes)
+        return moira_status_make(MOIRA_CODE_INVALID_INPUT,
+                                 "%s places %lld experts of %lld bytes; model \"%s\" has %lld of "
+                                 "%lld bytes",
+                                 name, (long long)plan->experts, (long long)plan->expert_bytes,
+                                 model->name, (long long)model->n_routed_experts,
+                                 (long long)expert_bytes);
+    int64_t moe_layers = 0;
+    for (int l = 0; l < plan->n_layers; l++)
+        if (!moira_model_config_is_moe_layer(model, plan->layers[l].layer))
+            return moira_status_make(MOIRA_CODE_INVALID_INPUT,
+                                     "%s: layer %lld is not an MoE layer of model \"%s\"", name,
+                                     (long long)plan->layers[l].layer, model->name);
+        else
+            moe_layers++;
+    if (moe_layers != moira_model_config_moe_layer_count(model))
+        return moira_status_make(MOIRA_CODE_INVALID_INPUT,
+                                 "%s places %lld MoE layers; model \"%s\" has %lld", name,
+                                 (long long)moe_layers, model->name,
+                                 (long long)moira_model_config_moe_layer_count(model));
+    return MOIRA_OK_STATUS;
+}
+
 /* ---- Loading ---------------------------------------------------------------------------- */
 
 typedef struct load_ctx {

@@ -217,6 +217,7 @@ static moira_status_t run_plan(const plan_args_t *a) {
     }
     if (!status && a->check) {
         status = moira_plan_load(a->check, &topology, &plan);
+        if (!status && a->model_path) status = moira_plan_check_model(&plan, &model, a->check);
         if (!status && a->model_path) moira_plan_evaluate(&plan, &topology, &model);
     } else if (!status) {
         moira_plan_options_t options = {a->redundant, a->slots, MOIRA_PLAN_BALANCED};

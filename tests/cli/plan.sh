@@ -103,6 +103,10 @@ expect 2 "plan for another topology" -- "$moira" plan \
     --topology "$configs/topologies/mi300x-8.yaml" --check "$work/bad-plan.yaml"
 expect_stderr 'bad-plan.yaml:2:11: ' "plan located"
 
+expect 2 "plan for another model" -- "$moira" plan --topology "$configs/topologies/mi300x-8.yaml" \
+    --check "$work/mi300x-8.yaml" --model "$configs/models/deepseek-v3.yaml"
+expect_stderr 'places 32 experts' "model mismatch named"
+
 # A plan that cannot be made leaves an existing output untouched.
 cat >"$work/tiny.yaml" <<'YAML'
 name: tiny

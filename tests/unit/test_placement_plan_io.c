@@ -72,6 +72,10 @@ static void test_round_trip(bool json) {
     CHECK(json ? head[0] == '{' : strncmp(head, "moira_plan: 1", 13) == 0);
     CHECK_OK(moira_plan_load(path, &t, &loaded));
     CHECK(same_plans(&plan, &loaded));
+    CHECK_OK(moira_plan_check_model(&loaded, &m, path));
+    moira_model_config_t other;
+    CHECK_OK(moira_model_config_load(CONFIGS "models/deepseek-v2.yaml", &other));
+    CHECK_CODE(moira_plan_check_model(&loaded, &other, path), MOIRA_CODE_INVALID_INPUT);
     moira_plan_free(&loaded);
     /* The SVG is an SVG document that names every device. */
     CHECK_OK(moira_plan_write_svg(&plan, &t, &m, path));
