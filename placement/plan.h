@@ -73,6 +73,7 @@ int64_t moira_plan_target_capacity(const moira_target_t *target, int64_t moe_lay
 /* Plan-wide figures: means over layers of max_over_mean and predicted time, and per-token link
  * and network bytes for one pass through all MoE layers. */
 typedef struct moira_plan_summary {
+    double replicas_per_layer; /* experts plus the redundant replicas the planner chose to use */
     double max_over_mean;
     double predicted_us_per_layer;
     double link_bytes_per_token;

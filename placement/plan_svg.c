@@ -75,9 +75,11 @@ static void draw_header(FILE *out, const svg_ctx_t *ctx) {
     fputs("</text>\n", out);
     fprintf(out,
             "<text x=\"%d\" y=\"40\" font-size=\"12\" fill=\"#333\">%d MoE layers, %lld "
-            "experts + %lld redundant per layer; predicted %.1f us per layer</text>\n",
+            "experts in %.1f replicas per layer (%lld redundant allowed); predicted %.1f us per "
+            "layer</text>\n",
             LEFT_MARGIN, ctx->plan->n_layers, (long long)ctx->plan->experts,
-            (long long)ctx->plan->redundant, summary.predicted_us_per_layer);
+            summary.replicas_per_layer, (long long)ctx->plan->redundant,
+            summary.predicted_us_per_layer);
     fprintf(out,
             "<text x=\"%d\" y=\"56\" font-size=\"12\" fill=\"#333\">mean max/mean load "
             "%.3f; %.3g link bytes and %.3g network bytes per token</text>\n",

@@ -523,17 +523,29 @@ static moira_status_t store_layer(const layer_state_t *s, moira_plan_layer_t *la
     layer->replica_target = malloc((size_t)s->n * sizeof(int));
     layer->replica_expert = malloc((size_t)s->n * sizeof(int32_t));
     layer->replica_load = malloc((size_t)s->n * sizeof(double));
-    if (!layer->replica_target || !layer->replica_expert || !layer->replica_load)
+    /* Per expert: 1 when some replica receives tokens, 2 once a replica has been kept. */
+    unsigned char *expert_state = calloc((size_t)s->experts, 1);
+    if (!layer->replica_target || !layer->replica_expert || !layer->replica_load || !expert_state) {
+        free(expert_state);
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "planner: out of memory");
+    }
+    for (int r = 0; r < s->n; r++)
+        if (s->load[r] > 0) expert_state[s->expert[r]] = 1;
     layer->n_replicas = 0;
     for (int t = 0; t < s->n_targets; t++)
         for (int r = 0; r < s->n; r++) {
             if (s->target[r] != t) continue;
+            int32_t e = s->expert[r];
+            /* The search may have moved every token off a redundant replica: then the replica
+             * only costs memory, so the plan leaves it out ("within the redundancy budget"). */
+            if (s->load[r] <= 0 && (expert_state[e] == 1 || expert_state[e] == 2)) continue;
+            expert_state[e] = 2;
             int i = layer->n_replicas++;
             layer->replica_target[i] = t;
-            layer->replica_expert[i] = s->expert[r];
+            layer->replica_expert[i] = e;
             layer->replica_load[i] = s->load[r];
         }
+    free(expert_state);
     return MOIRA_OK_STATUS;
 }
 
@@ -786,6 +798,7 @@ void moira_plan_summarise(const moira_plan_t *plan, moira_plan_summary_t *out) {
     double tokens = 0;
     for (int l = 0; l < plan->n_layers; l++) {
         const moira_layer_cost_t *c = &plan->layers[l].cost;
+        out->replicas_per_layer += plan->layers[l].n_replicas;
         out->max_over_mean += c->max_over_mean;
         out->predicted_us_per_layer += c->predicted_us;
         out->link_bytes_per_token += c->link_bytes;
@@ -793,6 +806,7 @@ void moira_plan_summarise(const moira_plan_t *plan, moira_plan_summary_t *out) {
         if (c->tokens > tokens) tokens = c->tokens;
     }
     if (plan->n_layers > 0) {
+        out->replicas_per_layer /= plan->n_layers;
         out->max_over_mean /= plan->n_layers;
         out->predicted_us_per_layer /= plan->n_layers;
     }

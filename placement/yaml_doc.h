@@ -66,8 +66,7 @@ moira_status_t moira_yaml_number(const moira_yaml_doc_t *doc, const yaml_node_t 
                                  const char *what, double min, double *out_value);
 /* A number in [min, max], for values whose sums must stay finite (token counts). */
 moira_status_t moira_yaml_number_range(const moira_yaml_doc_t *doc, const yaml_node_t *node,
-                                       const char *what, double min, double max,
-                                       double *out_value);
+                                       const char *what, double min, double max, double *out_value);
 moira_status_t moira_yaml_bool(const moira_yaml_doc_t *doc, const yaml_node_t *node,
                                const char *what, bool *out_value);
 moira_status_t moira_yaml_string(const moira_yaml_doc_t *doc, const yaml_node_t *node,

@@ -159,9 +159,11 @@ static void print_summary(FILE *out, const moira_plan_t *plan, const moira_topol
                           double all_cpu_us, double fill_fastest_us) {
     moira_plan_summary_t s;
     moira_plan_summarise(plan, &s);
-    fprintf(out, "plan: %s on %s: %d MoE layers, %lld experts + %lld redundant per layer",
+    fprintf(out,
+            "plan: %s on %s: %d MoE layers, %lld experts in %.1f replicas per layer (%lld "
+            "redundant allowed)",
             plan->model, plan->topology, plan->n_layers, (long long)plan->experts,
-            (long long)plan->redundant);
+            s.replicas_per_layer, (long long)plan->redundant);
     if (plan->slots > 0) fprintf(out, ", at most %lld per device", (long long)plan->slots);
     fprintf(out, "\npredicted: %.1f us per layer", s.predicted_us_per_layer);
     if (all_cpu_us >= 0 || fill_fastest_us >= 0) {
