@@ -64,6 +64,51 @@ static void test_cost_model(void) {
     CHECK(moira_plan_target_capacity(&big, 3, 3145728, 7) == 7);
 }
 
+/* Network bytes by hand. Two hosts with one GPU each; 4 experts in 2 groups, k = 2, one group
+ * per token (m = k / topk_group = 2 experts of a group per token); D = 1024, so a token's hidden
+ * state is 2048 bytes each way, 4096 there and back, and half the tokens start on the other host.
+ * Loads 10, 10, 20, 20: group 0 is 20 assignments = 10 tokens, group 1 is 20 tokens.
+ *   Groups whole (0 on host 0, 1 on host 1): host 0 receives 10 tokens x 4096 x 1/2 = 20480
+ *   bytes, host 1 40960; 61440 in all; network time = busiest 40960 B / 10 GB/s = 4.096 us + 5.
+ *   Groups split (one expert of each on each host): each host receives, per group, a share
+ *   f x m = 1/2 x 2 = 1 of the group's tokens: 10 + 20 = 30 tokens x 2048 = 61440 bytes; 122880
+ *   in all: splitting groups doubles the traffic. */
+static void test_network_by_hand(void) {
+    const char *topo = "name: two\nhosts:\n"
+                       "  - name: a\n    numa_nodes: [{id: 0, memory_gib: 0, bandwidth_gbs: 1, "
+                       "cores: 1, peak_tflops: {f32: 1}}]\n    devices: [{name: ga, kind: gpu, "
+                       "backend: opencl, memory_gib: 1, bandwidth_gbs: 1000, peak_tflops: {bf16: "
+                       "100}, link_gbs: 50}]\n"
+                       "  - name: b\n    numa_nodes: [{id: 0, memory_gib: 0, bandwidth_gbs: 1, "
+                       "cores: 1, peak_tflops: {f32: 1}}]\n    devices: [{name: gb, kind: gpu, "
+                       "backend: opencl, memory_gib: 1, bandwidth_gbs: 1000, peak_tflops: {bf16: "
+                       "100}, link_gbs: 50}]\n"
+                       "network: {bandwidth_gbs: 10, latency_us: 5}\n";
+    moira_topology_t t;
+    CHECK_OK(moira_topology_parse(topo, strlen(topo), "two.yaml", NULL, &t));
+    moira_model_config_t m = parse_model(
+        "hidden_size: 1024\nmoe_intermediate_size: 512\nnum_hidden_layers: 1\n"
+        "num_attention_heads: 1\nkv_lora_rank: 8\nqk_nope_head_dim: 8\nqk_rope_head_dim: 8\n"
+        "v_head_dim: 8\nn_routed_experts: 4\nnum_experts_per_tok: 2\nn_group: 2\n"
+        "topk_group: 1\nweight_dtype: bf16\n");
+    moira_cost_model_t cost;
+    moira_cost_model_init(&m, &cost);
+    int ga = moira_topology_find_target(&t, "ga"), gb = moira_topology_find_target(&t, "gb");
+    double *scratch = calloc(moira_cost_scratch_doubles(&cost, &t), sizeof(double));
+    const int32_t experts[4] = {0, 1, 2, 3};
+    const double load[4] = {10, 10, 20, 20};
+    const int whole[4] = {ga, ga, gb, gb}, split[4] = {ga, gb, ga, gb};
+    moira_layer_cost_t c;
+    moira_cost_layer(&cost, &t, 4, whole, experts, load, scratch, &c);
+    CHECK_NEAR(c.network_bytes, 61440, 1e-6);
+    CHECK_NEAR(c.network_us, 40960 / 10e3 + 5, 1e-9);
+    CHECK_NEAR(c.tokens, 30, 1e-12);
+    moira_cost_layer(&cost, &t, 4, split, experts, load, scratch, &c);
+    CHECK_NEAR(c.network_bytes, 122880, 1e-6);
+    free(scratch);
+    moira_topology_free(&t);
+}
+
 static double layer_max_over_mean_by_hand(const moira_plan_layer_t *layer, int n_targets) {
     double load[64] = {0};
     int held[64] = {0};
@@ -282,6 +327,7 @@ static void test_groups_and_determinism(void) {
 
 int main(void) {
     test_cost_model();
+    test_network_by_hand();
     test_eplb_example();
     test_heterogeneous();
     test_all_cpu_by_hand();
