@@ -2,6 +2,7 @@
 
 #include <inttypes.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* libyaml writes through a callback so that errors on the stream are seen. */
@@ -121,7 +122,25 @@ void moira_tree_close(moira_tree_writer_t *w, bool was_map) {
         emit(w, &event, yaml_sequence_end_event_initialize(&event));
 }
 
-/* A scalar: JSON quotes strings and leaves numbers bare; YAML picks its own style. */
+/* Whether YAML readers would take this string for something else (a boolean, null or number) if
+ * it were written plain; such strings are quoted so that every reader sees a string. */
+static bool looks_typed(const char *text) {
+    static const char *const words[] = {"true", "false", "yes", "no", "on", "off",  "null",
+                                        "True", "False", "Yes", "No", "On", "Off",  "Null",
+                                        "TRUE", "FALSE", "YES", "NO", "ON", "OFF",  "NULL",
+                                        "~",    "y",     "n",   "Y",  "N",  ".inf", ".nan"};
+    for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+        if (!strcmp(text, words[i])) return true;
+    char *end = NULL;
+    if (*text) {
+        strtod(text, &end);
+        if (end && *end == '\0') return true;
+    }
+    return false;
+}
+
+/* A scalar: JSON quotes strings and leaves numbers bare; YAML picks its own style, quoting strings
+ * that would otherwise read as another type. */
 static void scalar(moira_tree_writer_t *w, const char *text, bool is_string) {
     if (w->json) {
         json_before_value(w);
@@ -141,11 +160,13 @@ static void scalar(moira_tree_writer_t *w, const char *text, bool is_string) {
         fputc('"', w->out);
         return;
     }
+    yaml_scalar_style_t style = !is_string          ? YAML_PLAIN_SCALAR_STYLE
+                                : looks_typed(text) ? YAML_SINGLE_QUOTED_SCALAR_STYLE
+                                                    : YAML_ANY_SCALAR_STYLE;
     yaml_event_t event;
     emit(w, &event,
          yaml_scalar_event_initialize(&event, NULL, NULL, (yaml_char_t *)text, (int)strlen(text), 1,
-                                      1,
-                                      is_string ? YAML_ANY_SCALAR_STYLE : YAML_PLAIN_SCALAR_STYLE));
+                                      1, style));
 }
 
 void moira_tree_key(moira_tree_writer_t *w, const char *key) {

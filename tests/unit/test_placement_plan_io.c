@@ -93,6 +93,46 @@ static void test_round_trip(bool json) {
     moira_topology_free(&t);
 }
 
+/* Names that YAML would otherwise read as something else (a boolean, a number, flow syntax) come
+ * back as the same names from both formats. */
+static void test_awkward_names(void) {
+    const char *text =
+        "name: \"odd: #1\"\nhosts:\n  - name: \"h-1\"\n    numa_nodes: [{id: 0, memory_gib: 1, "
+        "bandwidth_gbs: 100, cores: 8, peak_tflops: {f32: 1}}]\n    devices:\n"
+        "      - {name: \"opencl:0\", kind: gpu, backend: opencl, memory_gib: 1, bandwidth_gbs: "
+        "900, peak_tflops: {bf16: 80}, link_gbs: 32}\n"
+        "      - {name: \"gpu, [x]\", kind: gpu, backend: opencl, memory_gib: 1, bandwidth_gbs: "
+        "900, peak_tflops: {bf16: 80}, link_gbs: 32}\n"
+        "      - {name: \"true\", kind: npu, backend: npu, memory_gib: 1, bandwidth_gbs: 900, "
+        "peak_tflops: {bf16: 80}, link_gbs: 32}\n"
+        "      - {name: \"1e3\", kind: npu, backend: npu, memory_gib: 1, bandwidth_gbs: 900, "
+        "peak_tflops: {bf16: 80}, link_gbs: 32}\n";
+    moira_topology_t t;
+    CHECK_OK(moira_topology_parse(text, strlen(text), "odd.yaml", NULL, &t));
+    moira_model_config_t m;
+    CHECK_OK(moira_model_config_parse_string(model_text, strlen(model_text), "m", &m));
+    moira_profile_t p;
+    CHECK_OK(moira_profile_synthesise(&m, "zipf:1", 4096, &p));
+    moira_plan_options_t options = {4, 0, MOIRA_PLAN_BALANCED};
+    moira_plan_t plan;
+    CHECK_OK(moira_plan_make(&t, &m, &p, &options, &plan));
+    for (int json = 0; json < 2; json++) {
+        char *out = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&out, &len);
+        CHECK_OK(moira_plan_write_stream(&plan, &t, f, json));
+        fclose(f);
+        moira_plan_t loaded;
+        CHECK_OK(moira_plan_parse(out, len, "odd-plan", &t, &loaded));
+        CHECK(same_plans(&plan, &loaded));
+        moira_plan_free(&loaded);
+        free(out);
+    }
+    moira_plan_free(&plan);
+    moira_profile_free(&p);
+    moira_topology_free(&t);
+}
+
 /* A hand-written plan, with `line` replaced by `with` (1-based; 0 keeps it). */
 static const char *const plan_lines[] = {
     "moira_plan: 1",                                     /* 1 */
@@ -223,6 +263,7 @@ int main(void) {
     test_round_trip(false);
     test_round_trip(true);
     test_hand_written();
+    test_awkward_names();
     test_truncated_plans();
     return moira_test_finish("test_placement_plan_io");
 }
