@@ -37,6 +37,7 @@ run: deps
 
 bench: deps
 	$(MAKE) build
+	$(BUILD)/moira bench plan
 	$(BUILD)/moira bench moe
 	$(BUILD)/moira bench mla
 

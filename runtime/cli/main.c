@@ -18,6 +18,8 @@ static const verb_t verbs[] = {
     {"op", moira_cli_op, "run one op (gate, moe, mla, layer) on a device from safetensors inputs"},
     {"check", moira_cli_check, "compare every op on every backend against the reference"},
     {"run", moira_cli_run, "run a model (the built-in default with no arguments)"},
+    {"plan", moira_cli_plan, "place expert replicas on a topology's devices and CPU memory"},
+    {"bench", moira_cli_bench, "run a named benchmark against its peer (moira bench --help)"},
 };
 
 static void print_usage(FILE *out) {

@@ -34,7 +34,7 @@ expect_stderr() { # expect_stderr PATTERN DESCRIPTION
 }
 
 golden="$data/golden"
-for verb in devices op check run; do
+for verb in devices op check run plan bench; do
     expect 0 "$verb --help" -- "$moira" "$verb" --help
     grep -q "usage: moira $verb" "$work/out" && passed=$((passed + 1)) ||
         { failed=$((failed + 1)); echo "FAIL: $verb --help prints no usage"; }

@@ -1,0 +1,66 @@
+/* The cost model: how long one MoE layer takes on a placement (DESIGN.md §5, issue #5).
+ *
+ * Per target: max(compute, weight bytes touched / bandwidth) + activation transfer over its link.
+ *   compute          = routed tokens x 6 D I flops / peak (the three expert matmuls)
+ *   weights touched  = replicas that receive at least one token x expert bytes
+ *   link transfer    = routed tokens x D x 2 bytes (bf16 activations) x 2 (dispatch and combine)
+ *                      / link bandwidth; none for CPU memory, whose activations are already there
+ * Per layer: the slowest target, plus network time when experts span hosts. Tokens start evenly
+ * spread over hosts, so a fraction (H-1)/H of the traffic into a host crosses the network. A token
+ * whose experts of one group sit on one host is sent there once: group g on host h receives
+ * tokens_g x min(1, f x m) tokens, where tokens_g = load_g / m, m = k / topk_group experts per
+ * selected group, and f the share of g's load on h. Keeping groups whole is what saves traffic.
+ * Network time = the busiest host's inbound bytes / network bandwidth + latency. */
+#ifndef MOIRA_PLACEMENT_COST_MODEL_H
+#define MOIRA_PLACEMENT_COST_MODEL_H
+
+#include <stdint.h>
+
+#include "placement/topology.h"
+#include "runtime/model_config.h"
+
+/* A plain value. */
+typedef struct moira_cost_model {
+    double flops_per_token;  /* 6 D I */
+    double expert_bytes;     /* one routed expert's weights in weight_dtype (fp8 + scales) */
+    double activation_bytes; /* D x 2: one token's hidden state in bf16, one way */
+    moira_dtype_t weight_dtype;
+    int64_t experts;                    /* E */
+    int64_t experts_per_group;          /* E / n_group (E when there are no groups) */
+    double experts_per_group_per_token; /* m = k / topk_group, at least 1 */
+    int64_t experts_per_token;          /* k */
+} moira_cost_model_t;
+
+void moira_cost_model_init(const moira_model_config_t *model, moira_cost_model_t *out);
+
+/* Microseconds one target needs for `tokens` routed tokens over `active_replicas` replicas that
+ * receive any. A target with no tokens takes 0. */
+double moira_cost_target_us(const moira_cost_model_t *cost, const moira_target_t *target,
+                            double tokens, int active_replicas);
+
+/* Bytes a target's routed tokens move over its link to host memory (0 for CPU memory). */
+double moira_cost_link_bytes(const moira_cost_model_t *cost, const moira_target_t *target,
+                             double tokens);
+
+/* What one layer's placement costs. */
+typedef struct moira_layer_cost {
+    double predicted_us; /* slowest target + network */
+    double slowest_target_us;
+    double network_us;
+    double max_over_mean; /* max / mean routed tokens over the targets holding replicas */
+    double link_bytes;    /* all targets' link traffic */
+    double network_bytes; /* traffic between hosts */
+    double tokens;        /* tokens in the batch: total load / k */
+} moira_layer_cost_t;
+
+/* Evaluates one layer: replica r holds expert replica_expert[r] on target replica_target[r] and
+ * receives replica_load[r] tokens. `scratch` must hold 3 x n_targets + n_hosts x groups doubles
+ * (borrowed; see moira_cost_scratch_doubles). */
+void moira_cost_layer(const moira_cost_model_t *cost, const moira_topology_t *topology,
+                      int n_replicas, const int *replica_target, const int32_t *replica_expert,
+                      const double *replica_load, double *scratch, moira_layer_cost_t *out);
+
+/* Doubles moira_cost_layer's scratch needs. */
+size_t moira_cost_scratch_doubles(const moira_cost_model_t *cost, const moira_topology_t *topology);
+
+#endif

@@ -1,0 +1,825 @@
+/* The planner: replica counts and replica placement per MoE layer (plan.h). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "placement/plan.h"
+
+/* Local search stops after this many improving moves per target, a bound that keeps planning a
+ * 64-device cluster well under a second while leaving room to converge. */
+#define IMPROVE_ROUNDS_PER_TARGET 8
+/* A naive placement is searched from only when it starts within this factor of the best plan. */
+#define BASELINE_START_FACTOR 2.0
+
+void moira_plan_free(moira_plan_t *plan) {
+    for (int l = 0; l < plan->n_layers; l++) {
+        free(plan->layers[l].replica_target);
+        free(plan->layers[l].replica_expert);
+        free(plan->layers[l].replica_load);
+    }
+    free(plan->layers);
+    memset(plan, 0, sizeof(*plan));
+}
+
+int64_t moira_plan_target_capacity(const moira_target_t *target, int64_t moe_layers,
+                                   int64_t expert_bytes, int64_t slots) {
+    if (moe_layers <= 0 || expert_bytes <= 0) return 0;
+    int64_t cap = (int64_t)(target->memory_bytes / (uint64_t)moe_layers / (uint64_t)expert_bytes);
+    return slots > 0 && slots < cap ? slots : cap;
+}
+
+/* What the search compares: a target's predicted time, then its tokens per TFLOP/s, so that when
+ * times tie (weight-bound targets holding as many replicas) tokens are still balanced. */
+typedef struct cost_key {
+    double time;
+    double norm;
+} cost_key_t;
+
+/* Orders keys by time, then by normalised load, treating differences within 1e-9 relative as
+ * ties so that rounding cannot make the search cycle. */
+static int key_compare(cost_key_t a, cost_key_t b) {
+    double tol = 1e-9 * fmax(fabs(a.time), fabs(b.time));
+    if (a.time < b.time - tol) return -1;
+    if (a.time > b.time + tol) return 1;
+    tol = 1e-9 * fmax(fabs(a.norm), fabs(b.norm));
+    if (a.norm < b.norm - tol) return -1;
+    if (a.norm > b.norm + tol) return 1;
+    return 0;
+}
+
+/* The larger of two keys: what a pair of targets costs together. */
+static cost_key_t key_max(cost_key_t a, cost_key_t b) {
+    return key_compare(a, b) >= 0 ? a : b;
+}
+
+/* Everything one layer's search works on. Arrays are borrowed from the planner's workspace. */
+typedef struct layer_state {
+    const moira_topology_t *topology;
+    const moira_cost_model_t *cost;
+    const int64_t *capacity; /* per target */
+    const double *peak;      /* per target, TFLOP/s for this model's weights */
+    int n_targets;
+    int64_t experts;
+    double *tokens;       /* per target */
+    int *active;          /* per target: replicas with load */
+    int *count;           /* per target: replicas */
+    unsigned char *holds; /* experts x targets */
+    cost_key_t *now;      /* per target: its key at the start of an improving step */
+    int n;                /* replicas so far */
+    int *target;
+    int32_t *expert;
+    double *load;
+} layer_state_t;
+
+/* The key a target would have with `tokens` tokens over `active` replicas that receive any. */
+static cost_key_t key_of(const layer_state_t *s, int t, double tokens, int active) {
+    cost_key_t k;
+    k.time = moira_cost_target_us(s->cost, &s->topology->targets[t], tokens, active);
+    k.norm = tokens / s->peak[t];
+    return k;
+}
+
+/* The key a target has now. */
+static cost_key_t key_now(const layer_state_t *s, int t) {
+    return key_of(s, t, s->tokens[t], s->active[t]);
+}
+
+/* How many replicas of expert e target t holds: a target gains nothing from two copies. */
+static unsigned char *holds_at(layer_state_t *s, int32_t e, int t) {
+    return &s->holds[(size_t)e * s->n_targets + t];
+}
+
+/* Puts replica r on target t, updating the target's totals. */
+static void place(layer_state_t *s, int r, int t) {
+    s->target[r] = t;
+    s->tokens[t] += s->load[r];
+    s->active[t] += s->load[r] > 0;
+    s->count[t]++;
+    (*holds_at(s, s->expert[r], t))++;
+}
+
+/* Takes replica r off its target, undoing place(). */
+static void unplace(layer_state_t *s, int r) {
+    int t = s->target[r];
+    s->tokens[t] -= s->load[r];
+    s->active[t] -= s->load[r] > 0;
+    s->count[t]--;
+    (*holds_at(s, s->expert[r], t))--;
+    s->target[r] = -1;
+}
+
+/* Gives the `budget` extra replicas to the experts with the most tokens per replica (EPLB's
+ * replication rule), one at a time, within each domain's spare slots and never more replicas of
+ * an expert than its domain has targets. domain_of_expert[e] indexes spare[] and max_copies[]. */
+static void choose_counts(const double *load, int64_t experts, const int *domain_of_expert,
+                          int64_t *spare, const int64_t *max_copies, int64_t budget, int *count) {
+    for (int64_t e = 0; e < experts; e++)
+        count[e] = 1;
+    for (int64_t r = 0; r < budget; r++) {
+        int64_t best = -1;
+        for (int64_t e = 0; e < experts; e++) {
+            int d = domain_of_expert[e];
+            if (spare[d] <= 0 || count[e] >= max_copies[d] || load[e] <= 0) continue;
+            if (best < 0 || load[e] / count[e] > load[best] / count[best]) best = e;
+        }
+        if (best < 0) break;
+        count[best]++;
+        spare[domain_of_expert[best]]--;
+    }
+}
+
+/* Largest load first, lower expert first on ties: the order greedy packing wants. */
+static int by_load_descending(const void *pa, const void *pb, void *context) {
+    const layer_state_t *s = context;
+    int a = *(const int *)pa, b = *(const int *)pb;
+    if (s->load[a] != s->load[b]) return s->load[a] > s->load[b] ? -1 : 1;
+    if (s->expert[a] != s->expert[b]) return s->expert[a] < s->expert[b] ? -1 : 1;
+    return a - b;
+}
+
+/* Greedy: each replica, heaviest first, goes where it leaves the smallest cost key among targets
+ * of the domain with a free slot, preferring targets without a replica of the same expert. */
+static moira_status_t assign_greedy(layer_state_t *s, const int *domain, int n_domain,
+                                    int *replicas, int n_replicas) {
+    qsort_r(replicas, (size_t)n_replicas, sizeof(int), by_load_descending, s);
+    for (int i = 0; i < n_replicas; i++) {
+        int r = replicas[i], best = -1;
+        bool best_duplicate = true;
+        cost_key_t best_key = {0, 0};
+        for (int j = 0; j < n_domain; j++) {
+            int t = domain[j];
+            if (s->count[t] >= s->capacity[t]) continue;
+            bool duplicate = *holds_at(s, s->expert[r], t) > 0;
+            cost_key_t k = key_of(s, t, s->tokens[t] + s->load[r], s->active[t] + (s->load[r] > 0));
+            if (best < 0 || (best_duplicate && !duplicate) ||
+                (duplicate == best_duplicate && key_compare(k, best_key) < 0)) {
+                best = t;
+                best_key = k;
+                best_duplicate = duplicate;
+            }
+        }
+        if (best < 0)
+            return moira_status_make(MOIRA_CODE_INTERNAL, "planner: no slot left for a replica");
+        place(s, r, best);
+    }
+    return MOIRA_OK_STATUS;
+}
+
+/* The larger of the two targets' keys after moving `shift` tokens from replica r to replica q. */
+static cost_key_t keys_after_shift(const layer_state_t *s, int r, int q, double shift) {
+    int a = s->target[r], b = s->target[q];
+    double lr = s->load[r], lq = s->load[q];
+    int active_a = s->active[a] - (lr > 0) + (lr - shift > 0);
+    int active_b = s->active[b] - (lq > 0) + (lq + shift > 0);
+    return key_max(key_of(s, a, s->tokens[a] - shift, active_a),
+                   key_of(s, b, s->tokens[b] + shift, active_b));
+}
+
+/* The best amount of r's tokens to hand to q: all of them (r then reads no weights), or the
+ * amount that evens the two targets' times, found by bisection since one time falls and the
+ * other rises with the amount. */
+static cost_key_t best_load_shift(const layer_state_t *s, int r, int q, double *out_shift) {
+    int a = s->target[r], b = s->target[q];
+    double lr = s->load[r];
+    double best = lr;
+    cost_key_t best_key = keys_after_shift(s, r, q, lr);
+    double lo = 0, hi = lr;
+    for (int i = 0; i < 40; i++) {
+        double mid = 0.5 * (lo + hi);
+        int active_a = s->active[a];
+        int active_b = s->active[b] + (s->load[q] > 0 ? 0 : 1);
+        double ta =
+            moira_cost_target_us(s->cost, &s->topology->targets[a], s->tokens[a] - mid, active_a);
+        double tb =
+            moira_cost_target_us(s->cost, &s->topology->targets[b], s->tokens[b] + mid, active_b);
+        if (ta > tb)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    double even = 0.5 * (lo + hi);
+    if (even > 0 && even < lr) {
+        cost_key_t k = keys_after_shift(s, r, q, even);
+        if (key_compare(k, best_key) < 0) {
+            best = even;
+            best_key = k;
+        }
+    }
+    *out_shift = best;
+    return best_key;
+}
+
+/* One improving step: from the target with the largest key, move one of its replicas to another
+ * target of the domain or swap it with one there, taking the change that lowers the larger of
+ * the two targets' keys most. Returns false when nothing improves. */
+static bool improve_once(layer_state_t *s, const int *domain, int n_domain, const int *replicas,
+                         int n_replicas) {
+    int worst = -1;
+    cost_key_t worst_key = {0, 0};
+    for (int j = 0; j < n_domain; j++) {
+        cost_key_t k = key_now(s, domain[j]);
+        s->now[domain[j]] = k;
+        if (worst < 0 || key_compare(k, worst_key) > 0) {
+            worst = domain[j];
+            worst_key = k;
+        }
+    }
+    if (worst < 0) return false;
+    int best_r = -1, best_other = -1, best_t = -1;
+    cost_key_t best_pair = {0, 0};
+    for (int i = 0; i < n_replicas; i++) {
+        int r = replicas[i];
+        if (s->target[r] != worst) continue;
+        double lr = s->load[r];
+        int ar = lr > 0;
+        for (int j = 0; j < n_domain; j++) {
+            int t = domain[j];
+            if (t == worst) continue;
+            cost_key_t before = key_max(worst_key, s->now[t]);
+            /* Move r to t. */
+            if (s->count[t] < s->capacity[t] && *holds_at(s, s->expert[r], t) == 0) {
+                cost_key_t after =
+                    key_max(key_of(s, worst, s->tokens[worst] - lr, s->active[worst] - ar),
+                            key_of(s, t, s->tokens[t] + lr, s->active[t] + ar));
+                if (key_compare(after, before) < 0 &&
+                    (best_r < 0 || key_compare(after, best_pair) < 0)) {
+                    best_r = r;
+                    best_other = -1;
+                    best_t = t;
+                    best_pair = after;
+                }
+            }
+        }
+    }
+    /* Shift tokens from r to another replica q of the same expert: the runtime may route an
+     * expert's tokens to its replicas in any proportion, so loads need not split evenly. */
+    double best_shift = 0;
+    for (int i = 0; i < n_replicas; i++) {
+        int r = replicas[i];
+        if (s->target[r] != worst || s->load[r] <= 0) continue;
+        for (int k = 0; k < n_replicas; k++) {
+            int q = replicas[k], t = s->target[q];
+            if (t == worst || s->expert[q] != s->expert[r]) continue;
+            cost_key_t before = key_max(worst_key, s->now[t]);
+            double shift = 0;
+            cost_key_t after = best_load_shift(s, r, q, &shift);
+            if (shift > 0 && key_compare(after, before) < 0 &&
+                (best_r < 0 || key_compare(after, best_pair) < 0)) {
+                best_r = r;
+                best_other = q;
+                best_t = -1;
+                best_shift = shift;
+                best_pair = after;
+            }
+        }
+    }
+    /* Swaps cost the most to search; only when no move or shift helps. */
+    bool search_swaps = best_r < 0;
+    for (int i = 0; search_swaps && i < n_replicas; i++) {
+        int r = replicas[i];
+        if (s->target[r] != worst) continue;
+        double lr = s->load[r];
+        int ar = lr > 0;
+        /* Swap r with a replica q on another target. */
+        for (int k = 0; k < n_replicas; k++) {
+            int q = replicas[k], t = s->target[q];
+            if (t == worst || s->load[q] >= lr) continue;
+            if (*holds_at(s, s->expert[r], t) || *holds_at(s, s->expert[q], worst)) continue;
+            double lq = s->load[q];
+            int aq = lq > 0;
+            cost_key_t before = key_max(worst_key, s->now[t]);
+            cost_key_t after =
+                key_max(key_of(s, worst, s->tokens[worst] - lr + lq, s->active[worst] - ar + aq),
+                        key_of(s, t, s->tokens[t] + lr - lq, s->active[t] + ar - aq));
+            if (key_compare(after, before) < 0 &&
+                (best_r < 0 || key_compare(after, best_pair) < 0)) {
+                best_r = r;
+                best_other = q;
+                best_t = t;
+                best_pair = after;
+            }
+        }
+    }
+    if (best_r < 0) return false;
+    if (best_t < 0) {
+        int q = best_other, to = s->target[q];
+        unplace(s, best_r);
+        unplace(s, q);
+        s->load[best_r] -= best_shift;
+        s->load[q] += best_shift;
+        if (s->load[best_r] < 1e-9 * best_shift) s->load[best_r] = 0;
+        place(s, best_r, worst);
+        place(s, q, to);
+        return true;
+    }
+    unplace(s, best_r);
+    if (best_other >= 0) {
+        unplace(s, best_other);
+        place(s, best_other, worst);
+    }
+    place(s, best_r, best_t);
+    return true;
+}
+
+/* Greedy placement, then local search until nothing improves (or the round budget ends). */
+static moira_status_t assign_domain(layer_state_t *s, const int *domain, int n_domain,
+                                    int *replicas, int n_replicas) {
+    MOIRA_RETURN_IF_ERROR(assign_greedy(s, domain, n_domain, replicas, n_replicas));
+    int rounds = IMPROVE_ROUNDS_PER_TARGET * n_domain + n_replicas;
+    while (rounds-- > 0 && improve_once(s, domain, n_domain, replicas, n_replicas)) {
+    }
+    return MOIRA_OK_STATUS;
+}
+
+/* Workspace for one layer, reused across layers. Owned by the planner. */
+typedef struct workspace {
+    layer_state_t state;
+    int *counts;           /* per expert */
+    int *domain_of_expert; /* per expert */
+    int64_t *spare;        /* per domain (host, or one for flat) */
+    int64_t *max_copies;   /* per domain */
+    int *domain;           /* targets of a domain */
+    int *replicas;         /* replica indices of a domain */
+    double *host_rate;     /* per host: TFLOP/s of its targets with room */
+    double *host_load;     /* per host: tokens of the groups packed there */
+    double *group_load;    /* per expert group */
+    int *group_order;      /* expert groups, heaviest first */
+    double *scratch;       /* cost model scratch */
+    int max_replicas;
+} workspace_t;
+
+/* Empties every target before a new start. */
+static void reset_state(layer_state_t *s) {
+    memset(s->tokens, 0, (size_t)s->n_targets * sizeof(double));
+    memset(s->active, 0, (size_t)s->n_targets * sizeof(int));
+    memset(s->count, 0, (size_t)s->n_targets * sizeof(int));
+    memset(s->holds, 0, (size_t)s->experts * (size_t)s->n_targets);
+    s->n = 0;
+}
+
+/* Turns replica counts into replicas: expert e's load split evenly over its copies. */
+static void make_replicas(layer_state_t *s, const double *load, const int *counts) {
+    for (int64_t e = 0; e < s->experts; e++)
+        for (int c = 0; c < counts[e]; c++) {
+            s->expert[s->n] = (int32_t)e;
+            s->load[s->n] = load[e] / counts[e];
+            s->target[s->n] = -1;
+            s->n++;
+        }
+}
+
+/* Flat: every target is one domain. */
+static moira_status_t plan_flat(workspace_t *w, const double *load, int64_t budget) {
+    layer_state_t *s = &w->state;
+    reset_state(s);
+    int n_domain = 0;
+    int64_t slots = 0;
+    for (int t = 0; t < s->n_targets; t++)
+        if (s->capacity[t] > 0) {
+            w->domain[n_domain++] = t;
+            slots += s->capacity[t];
+        }
+    for (int64_t e = 0; e < s->experts; e++)
+        w->domain_of_expert[e] = 0;
+    w->spare[0] = slots - s->experts;
+    w->max_copies[0] = n_domain;
+    choose_counts(load, s->experts, w->domain_of_expert, w->spare, w->max_copies, budget,
+                  w->counts);
+    make_replicas(s, load, w->counts);
+    for (int r = 0; r < s->n; r++)
+        w->replicas[r] = r;
+    return assign_domain(s, w->domain, n_domain, w->replicas, s->n);
+}
+
+/* Packs expert groups onto hosts, heaviest group first, each to the host it leaves least loaded
+ * per TFLOP/s among those with room for the whole group. Fills domain_of_expert with hosts and
+ * spare / max_copies with each host's free slots and targets. False when a group fits nowhere. */
+static bool pack_groups_on_hosts(workspace_t *w, const double *load) {
+    layer_state_t *s = &w->state;
+    const moira_topology_t *topo = s->topology;
+    int hosts = topo->n_hosts;
+    int64_t per_group = s->cost->experts_per_group;
+    int64_t groups = s->experts / per_group;
+    for (int h = 0; h < hosts; h++) {
+        w->host_rate[h] = w->host_load[h] = 0;
+        w->spare[h] = w->max_copies[h] = 0;
+    }
+    for (int t = 0; t < s->n_targets; t++) {
+        if (s->capacity[t] <= 0) continue;
+        int h = topo->targets[t].host;
+        w->host_rate[h] += s->peak[t];
+        w->spare[h] += s->capacity[t];
+        w->max_copies[h]++;
+    }
+    for (int64_t g = 0; g < groups; g++) {
+        w->group_load[g] = 0;
+        for (int64_t e = g * per_group; e < (g + 1) * per_group; e++)
+            w->group_load[g] += load[e];
+        w->group_order[g] = (int)g;
+    }
+    for (int64_t i = 1; i < groups; i++) /* insertion sort: heaviest first, stable */
+        for (int64_t j = i;
+             j > 0 && w->group_load[w->group_order[j]] > w->group_load[w->group_order[j - 1]];
+             j--) {
+            int tmp = w->group_order[j];
+            w->group_order[j] = w->group_order[j - 1];
+            w->group_order[j - 1] = tmp;
+        }
+    for (int64_t i = 0; i < groups; i++) {
+        int g = w->group_order[i], best = -1;
+        double weight = w->group_load[g];
+        for (int h = 0; h < hosts; h++) {
+            if (w->spare[h] < per_group || w->host_rate[h] <= 0) continue;
+            if (best < 0 || (w->host_load[h] + weight) / w->host_rate[h] <
+                                (w->host_load[best] + weight) / w->host_rate[best])
+                best = h;
+        }
+        if (best < 0) return false;
+        w->host_load[best] += weight;
+        w->spare[best] -= per_group;
+        for (int64_t e = (int64_t)g * per_group; e < (g + 1) * per_group; e++)
+            w->domain_of_expert[e] = best;
+    }
+    return true;
+}
+
+/* Hierarchical: expert groups go whole to hosts, then each host replicates and places its own
+ * experts. *out_feasible is false when the groups cannot be packed into the hosts' slots. */
+static moira_status_t plan_hierarchical(workspace_t *w, const double *load, int64_t budget,
+                                        bool *out_feasible) {
+    layer_state_t *s = &w->state;
+    *out_feasible = pack_groups_on_hosts(w, load);
+    if (!*out_feasible) return MOIRA_OK_STATUS;
+    reset_state(s);
+    choose_counts(load, s->experts, w->domain_of_expert, w->spare, w->max_copies, budget,
+                  w->counts);
+    make_replicas(s, load, w->counts);
+    for (int h = 0; h < s->topology->n_hosts; h++) {
+        int n_domain = 0, n_replicas = 0;
+        for (int t = 0; t < s->n_targets; t++)
+            if (s->capacity[t] > 0 && s->topology->targets[t].host == h) w->domain[n_domain++] = t;
+        for (int r = 0; r < s->n; r++)
+            if (w->domain_of_expert[s->expert[r]] == h) w->replicas[n_replicas++] = r;
+        MOIRA_RETURN_IF_ERROR(assign_domain(s, w->domain, n_domain, w->replicas, n_replicas));
+    }
+    return MOIRA_OK_STATUS;
+}
+
+/* Baselines: one replica per expert, in expert order, filling targets in the given order. */
+static moira_status_t plan_in_order(workspace_t *w, const double *load, const int *order,
+                                    int n_order, bool round_robin) {
+    layer_state_t *s = &w->state;
+    reset_state(s);
+    for (int64_t e = 0; e < s->experts; e++)
+        w->counts[e] = 1;
+    make_replicas(s, load, w->counts);
+    int next = 0;
+    for (int r = 0; r < s->n; r++) {
+        int tried = 0;
+        while (tried < n_order && s->count[order[next]] >= s->capacity[order[next]]) {
+            next = (next + 1) % n_order;
+            tried++;
+        }
+        if (tried == n_order)
+            return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY,
+                                     "the baseline's targets cannot hold every expert");
+        place(s, r, order[next]);
+        if (round_robin) next = (next + 1) % n_order;
+    }
+    return MOIRA_OK_STATUS;
+}
+
+/* Fastest first: peak for these weights, then bandwidth, then topology order. */
+static int by_speed_descending(const void *pa, const void *pb, void *context) {
+    const layer_state_t *s = context;
+    int a = *(const int *)pa, b = *(const int *)pb;
+    if (s->peak[a] != s->peak[b]) return s->peak[a] > s->peak[b] ? -1 : 1;
+    double ba = s->topology->targets[a].bandwidth_gbs, bb = s->topology->targets[b].bandwidth_gbs;
+    if (ba != bb) return ba > bb ? -1 : 1;
+    return a - b;
+}
+
+/* The naive placements: all CPU memory in round robin, or targets fastest first, filled in
+ * expert order. */
+static moira_status_t plan_baseline(workspace_t *w, const double *load,
+                                    moira_plan_strategy_t strategy) {
+    layer_state_t *s = &w->state;
+    int n = 0;
+    for (int t = 0; t < s->n_targets; t++) {
+        bool cpu = s->topology->targets[t].kind == MOIRA_TARGET_NUMA;
+        if (s->capacity[t] > 0 && (strategy != MOIRA_PLAN_ALL_CPU || cpu)) w->domain[n++] = t;
+    }
+    if (strategy == MOIRA_PLAN_FILL_FASTEST) {
+        qsort_r(w->domain, (size_t)n, sizeof(int), by_speed_descending, s);
+    }
+    if (n == 0)
+        return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "no CPU memory to hold the experts");
+    return plan_in_order(w, load, w->domain, n, strategy == MOIRA_PLAN_ALL_CPU);
+}
+
+/* Copies the state's replicas into a plan layer, ordered by target (stable). */
+static moira_status_t store_layer(const layer_state_t *s, moira_plan_layer_t *layer) {
+    layer->replica_target = malloc((size_t)s->n * sizeof(int));
+    layer->replica_expert = malloc((size_t)s->n * sizeof(int32_t));
+    layer->replica_load = malloc((size_t)s->n * sizeof(double));
+    /* Per expert: 1 when some replica receives tokens, 2 once a replica has been kept. */
+    unsigned char *expert_state = calloc((size_t)s->experts, 1);
+    if (!layer->replica_target || !layer->replica_expert || !layer->replica_load || !expert_state) {
+        free(expert_state);
+        return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "planner: out of memory");
+    }
+    for (int r = 0; r < s->n; r++)
+        if (s->load[r] > 0) expert_state[s->expert[r]] = 1;
+    layer->n_replicas = 0;
+    for (int t = 0; t < s->n_targets; t++)
+        for (int r = 0; r < s->n; r++) {
+            if (s->target[r] != t) continue;
+            int32_t e = s->expert[r];
+            /* The search may have moved every token off a redundant replica: then the replica
+             * only costs memory, so the plan leaves it out ("within the redundancy budget"). */
+            if (s->load[r] <= 0 && (expert_state[e] == 1 || expert_state[e] == 2)) continue;
+            expert_state[e] = 2;
+            int i = layer->n_replicas++;
+            layer->replica_target[i] = t;
+            layer->replica_expert[i] = e;
+            layer->replica_load[i] = s->load[r];
+        }
+    free(expert_state);
+    return MOIRA_OK_STATUS;
+}
+
+/* The cost model's verdict on the current placement. */
+static void evaluate_state(workspace_t *w, moira_layer_cost_t *out) {
+    layer_state_t *s = &w->state;
+    moira_cost_layer(s->cost, s->topology, s->n, s->target, s->expert, s->load, w->scratch, out);
+}
+
+/* Keeps the state as the layer's plan when it predicts faster than what is kept (or, equally
+ * fast, moves fewer bytes over the network). */
+static moira_status_t keep_if_better(workspace_t *w, moira_plan_layer_t *layer,
+                                     moira_layer_cost_t *kept, bool *have_kept) {
+    moira_layer_cost_t cost;
+    evaluate_state(w, &cost);
+    double tol = 1e-9 * kept->predicted_us;
+    bool better =
+        !*have_kept || cost.predicted_us < kept->predicted_us - tol ||
+        (cost.predicted_us <= kept->predicted_us + tol && cost.network_bytes < kept->network_bytes);
+    if (!better) return MOIRA_OK_STATUS;
+    free(layer->replica_target);
+    free(layer->replica_expert);
+    free(layer->replica_load);
+    layer->replica_target = NULL;
+    layer->replica_expert = NULL;
+    layer->replica_load = NULL;
+    *kept = cost;
+    *have_kept = true;
+    return store_layer(&w->state, layer);
+}
+
+/* Local search over every target, starting from a naive placement: a second opinion that makes
+ * sure the planner never predicts worse than those baselines. */
+static moira_status_t improve_baseline(workspace_t *w, const double *load,
+                                       moira_plan_strategy_t strategy, double kept_us,
+                                       bool *out_placed) {
+    layer_state_t *s = &w->state;
+    moira_status_t status = plan_baseline(w, load, strategy);
+    *out_placed = status == MOIRA_OK_STATUS;
+    if (status) {
+        moira_status_free(status);
+        return MOIRA_OK_STATUS;
+    }
+    /* A start more than twice as slow as the plan in hand is not worth the search. */
+    moira_layer_cost_t start;
+    evaluate_state(w, &start);
+    if (start.predicted_us > BASELINE_START_FACTOR * kept_us) {
+        *out_placed = false;
+        return MOIRA_OK_STATUS;
+    }
+    int n_domain = 0;
+    for (int t = 0; t < s->n_targets; t++)
+        if (s->capacity[t] > 0) w->domain[n_domain++] = t;
+    for (int r = 0; r < s->n; r++)
+        w->replicas[r] = r;
+    int rounds = IMPROVE_ROUNDS_PER_TARGET * n_domain + s->n;
+    while (rounds-- > 0 && improve_once(s, w->domain, n_domain, w->replicas, s->n)) {
+    }
+    return MOIRA_OK_STATUS;
+}
+
+/* Plans one layer with the requested strategy. BALANCED tries several starts (flat greedy; with
+ * several hosts, groups kept on one host; the two naive placements improved by local search)
+ * and keeps the one predicted fastest. */
+static moira_status_t plan_layer(workspace_t *w, const double *load, const moira_plan_options_t *o,
+                                 moira_plan_layer_t *layer) {
+    layer_state_t *s = &w->state;
+    if (o->strategy != MOIRA_PLAN_BALANCED) {
+        MOIRA_RETURN_IF_ERROR(plan_baseline(w, load, o->strategy));
+        return store_layer(s, layer);
+    }
+    moira_layer_cost_t kept;
+    memset(&kept, 0, sizeof(kept));
+    bool have_kept = false;
+    MOIRA_RETURN_IF_ERROR(plan_flat(w, load, o->redundant));
+    MOIRA_RETURN_IF_ERROR(keep_if_better(w, layer, &kept, &have_kept));
+    if (s->topology->n_hosts > 1 && s->cost->experts_per_group < s->experts) {
+        bool feasible = false;
+        MOIRA_RETURN_IF_ERROR(plan_hierarchical(w, load, o->redundant, &feasible));
+        if (feasible) MOIRA_RETURN_IF_ERROR(keep_if_better(w, layer, &kept, &have_kept));
+    }
+    static const moira_plan_strategy_t baselines[] = {MOIRA_PLAN_ALL_CPU, MOIRA_PLAN_FILL_FASTEST};
+    for (size_t i = 0; i < sizeof(baselines) / sizeof(baselines[0]); i++) {
+        bool placed = false;
+        MOIRA_RETURN_IF_ERROR(improve_baseline(w, load, baselines[i], kept.predicted_us, &placed));
+        if (placed) MOIRA_RETURN_IF_ERROR(keep_if_better(w, layer, &kept, &have_kept));
+    }
+    return MOIRA_OK_STATUS;
+}
+
+/* Releases the workspace; accepts one that was only partly allocated. */
+static void free_workspace(workspace_t *w) {
+    layer_state_t *s = &w->state;
+    free(s->tokens);
+    free(s->active);
+    free(s->count);
+    free(s->holds);
+    free(s->now);
+    free(s->target);
+    free(s->expert);
+    free(s->load);
+    free((void *)s->capacity);
+    free((void *)s->peak);
+    free(w->counts);
+    free(w->domain_of_expert);
+    free(w->spare);
+    free(w->max_copies);
+    free(w->domain);
+    free(w->replicas);
+    free(w->scratch);
+    free(w->host_rate);
+    free(w->host_load);
+    free(w->group_load);
+    free(w->group_order);
+}
+
+/* Allocates the per-layer workspace once and works out each target's replicas per layer from
+ * its memory, the model and --slots. Targets that cannot be costed get no capacity. */
+static moira_status_t init_workspace(workspace_t *w, const moira_topology_t *topology,
+                                     const moira_cost_model_t *cost, int64_t moe_layers,
+                                     int64_t slots, int64_t max_replicas) {
+    memset(w, 0, sizeof(*w));
+    layer_state_t *s = &w->state;
+    int n = topology->n_targets;
+    size_t nt = (size_t)(n > 0 ? n : 1), ne = (size_t)cost->experts;
+    s->topology = topology;
+    s->cost = cost;
+    s->n_targets = n;
+    s->experts = cost->experts;
+    int64_t *capacity = calloc(nt, sizeof(int64_t));
+    double *peak = calloc(nt, sizeof(double));
+    s->capacity = capacity;
+    s->peak = peak;
+    s->tokens = calloc(nt, sizeof(double));
+    s->active = calloc(nt, sizeof(int));
+    s->count = calloc(nt, sizeof(int));
+    s->holds = calloc(ne * nt, 1);
+    s->now = calloc(nt, sizeof(cost_key_t));
+    s->target = calloc((size_t)max_replicas, sizeof(int));
+    s->expert = calloc((size_t)max_replicas, sizeof(int32_t));
+    s->load = calloc((size_t)max_replicas, sizeof(double));
+    w->counts = calloc(ne, sizeof(int));
+    w->domain_of_expert = calloc(ne, sizeof(int));
+    w->spare = calloc((size_t)topology->n_hosts + 1, sizeof(int64_t));
+    w->max_copies = calloc((size_t)topology->n_hosts + 1, sizeof(int64_t));
+    w->domain = calloc(nt, sizeof(int));
+    w->replicas = calloc((size_t)max_replicas, sizeof(int));
+    w->scratch = calloc(moira_cost_scratch_doubles(cost, topology), sizeof(double));
+    w->host_rate = calloc((size_t)topology->n_hosts + 1, sizeof(double));
+    w->host_load = calloc((size_t)topology->n_hosts + 1, sizeof(double));
+    w->group_load = calloc(ne, sizeof(double));
+    w->group_order = calloc(ne, sizeof(int));
+    if (!capacity || !peak || !s->tokens || !s->active || !s->count || !s->holds || !s->now ||
+        !s->target || !s->expert || !s->load || !w->counts || !w->domain_of_expert || !w->spare ||
+        !w->max_copies || !w->domain || !w->replicas || !w->scratch || !w->host_rate ||
+        !w->host_load || !w->group_load || !w->group_order) {
+        free_workspace(w);
+        return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "planner: out of memory");
+    }
+    for (int t = 0; t < n; t++) {
+        const moira_target_t *target = &topology->targets[t];
+        peak[t] = moira_target_peak_tflops(target, cost->weight_dtype);
+        bool usable = peak[t] > 0 && target->bandwidth_gbs > 0;
+        capacity[t] = usable ? moira_plan_target_capacity(target, moe_layers,
+                                                          (int64_t)cost->expert_bytes, slots)
+                             : 0;
+        if (capacity[t] > max_replicas) capacity[t] = max_replicas;
+    }
+    return MOIRA_OK_STATUS;
+}
+
+moira_status_t moira_plan_make(const moira_topology_t *topology, const moira_model_config_t *model,
+                               const moira_profile_t *profile, const moira_plan_options_t *options,
+                               moira_plan_t *out) {
+    memset(out, 0, sizeof(*out));
+    if (options->redundant < 0 || options->slots < 0)
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
+                                 "--redundant and --slots must not be negative");
+    if (profile->experts != model->n_routed_experts)
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
+                                 "the profile has %lld experts, the model %lld",
+                                 (long long)profile->experts, (long long)model->n_routed_experts);
+    moira_cost_model_t cost;
+    moira_cost_model_init(model, &cost);
+    int64_t moe_layers = moira_model_config_moe_layer_count(model);
+    int64_t experts = model->n_routed_experts;
+    int64_t max_replicas = experts + options->redundant;
+    workspace_t w;
+    MOIRA_RETURN_IF_ERROR(
+        init_workspace(&w, topology, &cost, moe_layers, options->slots, max_replicas));
+    int64_t slots_total = 0;
+    for (int t = 0; t < topology->n_targets; t++)
+        slots_total += w.state.capacity[t];
+    moira_status_t status = MOIRA_OK_STATUS;
+    if (slots_total < experts)
+        status = moira_status_make(
+            MOIRA_CODE_OUT_OF_MEMORY,
+            "model \"%s\" does not fit topology \"%s\": %lld experts per layer x %lld MoE layers "
+            "x %.1f MiB each, but the targets hold only %lld per layer%s",
+            model->name, topology->name, (long long)experts, (long long)moe_layers,
+            cost.expert_bytes / 1048576.0, (long long)slots_total,
+            options->slots > 0 ? " (--slots limits them)" : "");
+    snprintf(out->topology, sizeof(out->topology), "%s", topology->name);
+    snprintf(out->model, sizeof(out->model), "%s", model->name);
+    out->experts = experts;
+    out->expert_bytes = (int64_t)cost.expert_bytes;
+    out->slots = options->slots;
+    out->redundant = options->redundant;
+    if (!status) {
+        out->layers = calloc((size_t)(moe_layers > 0 ? moe_layers : 1), sizeof(moira_plan_layer_t));
+        if (!out->layers) status = moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "out of memory");
+    }
+    for (int64_t l = 0; !status && l < model->num_hidden_layers; l++) {
+        if (!moira_model_config_is_moe_layer(model, l)) continue;
+        const double *load = moira_profile_layer_load(profile, l);
+        if (!load) {
+            status = moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "the profile lacks layer %lld",
+                                       (long long)l);
+            break;
+        }
+        moira_plan_layer_t *layer = &out->layers[out->n_layers++];
+        layer->layer = l;
+        status = plan_layer(&w, load, options, layer);
+    }
+    free_workspace(&w);
+    if (!status) {
+        moira_plan_evaluate(out, topology, model);
+        status = moira_plan_validate(out, topology, NULL);
+    }
+    if (status) moira_plan_free(out);
+    return status;
+}
+
+void moira_plan_evaluate(moira_plan_t *plan, const moira_topology_t *topology,
+                         const moira_model_config_t *model) {
+    moira_cost_model_t cost;
+    moira_cost_model_init(model, &cost);
+    double *scratch = calloc(moira_cost_scratch_doubles(&cost, topology), sizeof(double));
+    if (!scratch) return;
+    for (int l = 0; l < plan->n_layers; l++) {
+        moira_plan_layer_t *layer = &plan->layers[l];
+        moira_cost_layer(&cost, topology, layer->n_replicas, layer->replica_target,
+                         layer->replica_expert, layer->replica_load, scratch, &layer->cost);
+    }
+    free(scratch);
+}
+
+void moira_plan_summarise(const moira_plan_t *plan, moira_plan_summary_t *out) {
+    memset(out, 0, sizeof(*out));
+    double tokens = 0;
+    for (int l = 0; l < plan->n_layers; l++) {
+        const moira_layer_cost_t *c = &plan->layers[l].cost;
+        out->replicas_per_layer += plan->layers[l].n_replicas;
+        out->max_over_mean += c->max_over_mean;
+        out->predicted_us_per_layer += c->predicted_us;
+        out->link_bytes_per_token += c->link_bytes;
+        out->network_bytes_per_token += c->network_bytes;
+        if (c->tokens > tokens) tokens = c->tokens;
+    }
+    if (plan->n_layers > 0) {
+        out->replicas_per_layer /= plan->n_layers;
+        out->max_over_mean /= plan->n_layers;
+        out->predicted_us_per_layer /= plan->n_layers;
+    }
+    if (tokens > 0) {
+        out->link_bytes_per_token /= tokens;
+        out->network_bytes_per_token /= tokens;
+    }
+}
+
+int64_t moira_plan_target_used_bytes(const moira_plan_t *plan, int target) {
+    int64_t used = 0;
+    for (int l = 0; l < plan->n_layers; l++)
+        for (int r = 0; r < plan->layers[l].n_replicas; r++)
+            if (plan->layers[l].replica_target[r] == target) used += plan->expert_bytes;
+    return used;
+}

@@ -1,0 +1,49 @@
+/* Expert load profiles (DESIGN.md §5): tokens routed to each expert of each MoE layer for one
+ * batch. Read from YAML (validated with file:line:col) or synthesised (uniform or Zipf skew). */
+#ifndef MOIRA_PLACEMENT_PROFILE_H
+#define MOIRA_PLACEMENT_PROFILE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "runtime/model_config.h"
+#include "runtime/status.h"
+
+/* The largest token count a profile or plan may give one expert: far beyond any batch, small
+ * enough that sums of counts stay exact in a double. */
+#define MOIRA_MAX_TOKEN_COUNT 1e15
+
+/* Owns its arrays; release with moira_profile_free. */
+typedef struct moira_profile {
+    int64_t experts; /* loads per layer */
+    int n_layers;
+    int64_t *layers; /* owned: the model layer index of each profiled layer, ascending */
+    double *load;    /* owned: n_layers x experts, row-major */
+} moira_profile_t;
+
+/* Reads a profile and checks it against `model`: `model` (optional) names it, `experts` equals
+ * n_routed_experts, every layer is an MoE layer of the model and appears once, each load list has
+ * one non-negative count per expert. MoE layers the file leaves out get the mean load of the layers
+ * it gives, so a profile of a few layers still plans a whole model. Caller owns *out. Errors:
+ * NOT_FOUND, IO, INVALID_INPUT at file:line:col. */
+moira_status_t moira_profile_load(const char *path, const moira_model_config_t *model,
+                                  moira_profile_t *out);
+
+/* As moira_profile_load, from text in memory. */
+moira_status_t moira_profile_parse(const char *text, size_t len, const char *display_name,
+                                   const moira_model_config_t *model, moira_profile_t *out);
+
+/* Synthesises a profile for every MoE layer of `model` from a skew: "uniform" (every expert gets
+ * tokens*k/E) or "zipf:S" (the expert of rank r gets a share proportional to 1/r^S; which expert
+ * has which rank is a fixed pseudo-random permutation per layer, so hot experts differ between
+ * layers). Counts are whole tokens summing to tokens*k per layer. Deterministic. Errors:
+ * INVALID_ARGUMENT for an unknown skew or S outside [0, 10]. Caller owns *out. */
+moira_status_t moira_profile_synthesise(const moira_model_config_t *model, const char *skew,
+                                        int64_t tokens, moira_profile_t *out);
+
+/* The loads of model layer `layer`, or NULL when the profile has none. Borrowed. */
+const double *moira_profile_layer_load(const moira_profile_t *profile, int64_t layer);
+
+void moira_profile_free(moira_profile_t *profile);
+
+#endif

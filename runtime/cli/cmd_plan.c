@@ -1,0 +1,255 @@
+/* `moira plan`: decide where every expert replica lives, write the plan, draw it. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "placement/plan.h"
+#include "placement/profile.h"
+#include "placement/topology.h"
+#include "runtime/backend.h"
+#include "runtime/cli/cli.h"
+
+/* Tokens in the batch a synthetic profile describes when --tokens is not given. */
+#define DEFAULT_SYNTHETIC_TOKENS 4096
+
+static const char plan_help[] =
+    "usage: moira plan [--topology FILE] [--model FILE] [--profile FILE | --skew uniform|zipf:S]\n"
+    "                  [--tokens N] [--redundant N] [--slots N] [-o PLAN.yaml] [--svg FILE]\n"
+    "                  [--json] [--check PLAN]\n\n"
+    "Places every expert replica of every MoE layer on the topology's GPUs, NPUs and CPU NUMA\n"
+    "memory so that each layer is predicted to finish as early as possible.\n\n"
+    "  --topology FILE   topology YAML (default: this machine, discovered with hwloc)\n"
+    "  --model FILE      model config, YAML or Hugging Face config.json (default: moira-tiny)\n"
+    "  --profile FILE    expert load profile (tokens per expert per MoE layer)\n"
+    "  --skew S          synthesise the profile instead: uniform (default) or zipf:S\n"
+    "  --tokens N        tokens in a synthesised batch (default 4096)\n"
+    "  --redundant N     extra replicas per layer for hot experts (default 0)\n"
+    "  --slots N         at most N replicas per device per layer (default: memory decides)\n"
+    "  -o FILE           write the plan there (else it goes to stdout)\n"
+    "  --json            write the plan as JSON (same structure as the YAML)\n"
+    "  --svg FILE        draw the plan: devices as columns, layers as rows\n"
+    "  --check PLAN      load and validate a plan against the topology instead of planning\n\n"
+    "With -o the standard output gets a summary, including the predicted time of two naive\n"
+    "placements (all experts in CPU memory; fastest device filled first) for comparison.\n";
+
+typedef struct plan_args {
+    const char *topology_path, *model_path, *profile_path, *skew, *output, *svg, *check;
+    long long tokens, redundant, slots;
+    bool json;
+} plan_args_t;
+
+/* Returns 0 when parsed, else the exit code (help: -1 meaning "exit 0"). */
+static int parse_args(int argc, char **argv, plan_args_t *a) {
+    enum {
+        OPT_TOPOLOGY = 256,
+        OPT_MODEL,
+        OPT_PROFILE,
+        OPT_SKEW,
+        OPT_TOKENS,
+        OPT_REDUNDANT,
+        OPT_SLOTS,
+        OPT_SVG,
+        OPT_JSON,
+        OPT_CHECK
+    };
+    static const struct option options[] = {{"topology", required_argument, NULL, OPT_TOPOLOGY},
+                                            {"model", required_argument, NULL, OPT_MODEL},
+                                            {"profile", required_argument, NULL, OPT_PROFILE},
+                                            {"skew", required_argument, NULL, OPT_SKEW},
+                                            {"tokens", required_argument, NULL, OPT_TOKENS},
+                                            {"redundant", required_argument, NULL, OPT_REDUNDANT},
+                                            {"slots", required_argument, NULL, OPT_SLOTS},
+                                            {"svg", required_argument, NULL, OPT_SVG},
+                                            {"json", no_argument, NULL, OPT_JSON},
+                                            {"check", required_argument, NULL, OPT_CHECK},
+                                            {"output", required_argument, NULL, 'o'},
+                                            {"help", no_argument, NULL, 'h'},
+                                            {NULL, 0, NULL, 0}};
+    memset(a, 0, sizeof(*a));
+    a->tokens = DEFAULT_SYNTHETIC_TOKENS;
+    optind = 1;
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "ho:", options, NULL)) != -1) {
+        switch (c) {
+        case OPT_TOPOLOGY:
+            a->topology_path = optarg;
+            break;
+        case OPT_MODEL:
+            a->model_path = optarg;
+            break;
+        case OPT_PROFILE:
+            a->profile_path = optarg;
+            break;
+        case OPT_SKEW:
+            a->skew = optarg;
+            break;
+        case OPT_SVG:
+            a->svg = optarg;
+            break;
+        case OPT_JSON:
+            a->json = true;
+            break;
+        case OPT_CHECK:
+            a->check = optarg;
+            break;
+        case 'o':
+            a->output = optarg;
+            break;
+        case OPT_TOKENS:
+            if (!moira_cli_parse_int("plan", "--tokens", optarg, 1, 1LL << 30, &a->tokens))
+                return 2;
+            break;
+        case OPT_REDUNDANT:
+            if (!moira_cli_parse_int("plan", "--redundant", optarg, 0, 1 << 20, &a->redundant))
+                return 2;
+            break;
+        case OPT_SLOTS:
+            if (!moira_cli_parse_int("plan", "--slots", optarg, 1, 1 << 20, &a->slots)) return 2;
+            break;
+        case 'h':
+            fputs(plan_help, stdout);
+            return -1;
+        default:
+            return moira_cli_usage_error("plan", "unknown option or missing value \"%s\"",
+                                         argv[optind - 1]);
+        }
+    }
+    if (optind < argc) return moira_cli_usage_error("plan", "unexpected \"%s\"", argv[optind]);
+    if (a->profile_path && a->skew)
+        return moira_cli_usage_error("plan", "give --profile or --skew, not both");
+    if (a->check && (a->profile_path || a->skew || a->output))
+        return moira_cli_usage_error("plan", "--check takes only --topology, --model and --svg");
+    return 0;
+}
+
+/* The devices the backends found, for discovery. Borrowed from the runtime. */
+static moira_status_t gather_devices(moira_device_info_t **out_infos, int *out_count) {
+    MOIRA_RETURN_IF_ERROR(moira_runtime_init());
+    int n = moira_device_count();
+    moira_device_info_t *infos = calloc((size_t)n + 1, sizeof(*infos));
+    if (!infos) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "out of memory");
+    for (int i = 0; i < n; i++)
+        infos[i] = *moira_device_info(moira_device_at(i));
+    *out_infos = infos;
+    *out_count = n;
+    return MOIRA_OK_STATUS;
+}
+
+/* Predicted time per layer of a naive strategy, or a negative number when it cannot place. */
+static double baseline_us(const moira_topology_t *topology, const moira_model_config_t *model,
+                          const moira_profile_t *profile, moira_plan_strategy_t strategy) {
+    moira_plan_options_t options = {0, 0, strategy};
+    moira_plan_t plan;
+    moira_status_t status = moira_plan_make(topology, model, profile, &options, &plan);
+    if (status) {
+        moira_status_free(status);
+        return -1;
+    }
+    moira_plan_summary_t summary;
+    moira_plan_summarise(&plan, &summary);
+    moira_plan_free(&plan);
+    return summary.predicted_us_per_layer;
+}
+
+/* The summary printed when the plan goes to a file: the prediction next to the two naive
+ * placements, balance, traffic, and each target's share of the replicas and memory. */
+static void print_summary(FILE *out, const moira_plan_t *plan, const moira_topology_t *topology,
+                          double all_cpu_us, double fill_fastest_us) {
+    moira_plan_summary_t s;
+    moira_plan_summarise(plan, &s);
+    fprintf(out,
+            "plan: %s on %s: %d MoE layers, %lld experts in %.1f replicas per layer (%lld "
+            "redundant allowed)",
+            plan->model, plan->topology, plan->n_layers, (long long)plan->experts,
+            s.replicas_per_layer, (long long)plan->redundant);
+    if (plan->slots > 0) fprintf(out, ", at most %lld per device", (long long)plan->slots);
+    fprintf(out, "\npredicted: %.1f us per layer", s.predicted_us_per_layer);
+    if (all_cpu_us >= 0 || fill_fastest_us >= 0) {
+        fprintf(out, " (");
+        if (all_cpu_us >= 0) fprintf(out, "all experts in CPU memory: %.1f us", all_cpu_us);
+        if (all_cpu_us >= 0 && fill_fastest_us >= 0) fprintf(out, "; ");
+        if (fill_fastest_us >= 0)
+            fprintf(out, "fastest device filled first: %.1f us", fill_fastest_us);
+        fprintf(out, ")");
+    }
+    fprintf(out, "\nmean max/mean load %.3f; %.0f link bytes and %.0f network bytes per token\n",
+            s.max_over_mean, s.link_bytes_per_token, s.network_bytes_per_token);
+    fprintf(out, "%-24s %-5s %-8s %9s %12s %12s\n", "DEVICE", "KIND", "HOST_NUMA", "REPLICAS",
+            "USED GiB", "MEMORY GiB");
+    for (int t = 0; t < topology->n_targets; t++) {
+        const moira_target_t *target = &topology->targets[t];
+        int replicas = 0;
+        for (int l = 0; l < plan->n_layers; l++)
+            for (int r = 0; r < plan->layers[l].n_replicas; r++)
+                replicas += plan->layers[l].replica_target[r] == t;
+        fprintf(out, "%-24s %-5s %-8d %9d %12.2f %12.2f\n", target->name,
+                moira_target_kind_name(target->kind), target->numa, replicas,
+                (double)moira_plan_target_used_bytes(plan, t) / 1073741824.0,
+                (double)target->memory_bytes / 1073741824.0);
+    }
+}
+
+/* Loads the inputs, plans (or checks a plan), writes what was asked for. */
+static moira_status_t run_plan(const plan_args_t *a) {
+    moira_device_info_t *infos = NULL;
+    int n_infos = 0;
+    MOIRA_RETURN_IF_ERROR(gather_devices(&infos, &n_infos));
+    moira_discovery_devices_t devices = {infos, n_infos};
+    moira_topology_t topology;
+    moira_status_t status = a->topology_path
+                                ? moira_topology_load(a->topology_path, &devices, &topology)
+                                : moira_topology_discover_local(&devices, &topology);
+    free(infos);
+    if (status) return status;
+    moira_model_config_t model;
+    if (a->model_path)
+        status = moira_model_config_load(a->model_path, &model);
+    else
+        moira_model_config_default(&model);
+    moira_profile_t profile;
+    memset(&profile, 0, sizeof(profile));
+    moira_plan_t plan;
+    memset(&plan, 0, sizeof(plan));
+    if (!status && !a->check) {
+        status = a->profile_path ? moira_profile_load(a->profile_path, &model, &profile)
+                                 : moira_profile_synthesise(&model, a->skew ? a->skew : "uniform",
+                                                            a->tokens, &profile);
+    }
+    if (!status && a->check) {
+        status = moira_plan_load(a->check, &topology, &plan);
+        if (!status && a->model_path) status = moira_plan_check_model(&plan, &model, a->check);
+        if (!status && a->model_path) moira_plan_evaluate(&plan, &topology, &model);
+    } else if (!status) {
+        moira_plan_options_t options = {a->redundant, a->slots, MOIRA_PLAN_BALANCED};
+        status = moira_plan_make(&topology, &model, &profile, &options, &plan);
+    }
+    if (!status && !a->check) {
+        if (a->output) {
+            status = moira_plan_write(&plan, &topology, a->output, a->json);
+            if (!status)
+                print_summary(stdout, &plan, &topology,
+                              baseline_us(&topology, &model, &profile, MOIRA_PLAN_ALL_CPU),
+                              baseline_us(&topology, &model, &profile, MOIRA_PLAN_FILL_FASTEST));
+        } else {
+            status = moira_plan_write_stream(&plan, &topology, stdout, a->json);
+        }
+    } else if (!status) {
+        printf("%s: valid plan for topology %s\n", a->check, topology.name);
+        print_summary(stdout, &plan, &topology, -1, -1);
+    }
+    if (!status && a->svg) status = moira_plan_write_svg(&plan, &topology, &model, a->svg);
+    moira_plan_free(&plan);
+    moira_profile_free(&profile);
+    moira_topology_free(&topology);
+    return status;
+}
+
+int moira_cli_plan(int argc, char **argv) {
+    plan_args_t args;
+    int code = parse_args(argc, argv, &args);
+    if (code) return code < 0 ? 0 : code;
+    moira_status_t status = run_plan(&args);
+    return status ? moira_status_report(status) : 0;
+}

@@ -1,0 +1,337 @@
+/* The planner and its cost model: hand-computed costs, EPLB's published example (Moira must be at
+ * least as balanced as EPLB's hierarchical policy), heterogeneous machines where it must clearly
+ * beat the two naive placements, hard memory and slot caps, groups kept on one host when the
+ * network is slow, and determinism. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "placement/eplb_peer.h"
+#include "placement/plan.h"
+#include "tests/unit/testing.h"
+
+#define CONFIGS MOIRA_TEST_DATA_DIR "/../../configs/"
+#define PLACEMENT MOIRA_TEST_DATA_DIR "/placement/"
+
+static moira_status_t plan_with(const moira_topology_t *t, const moira_model_config_t *m,
+                                const moira_profile_t *p, int64_t redundant, int64_t slots,
+                                moira_plan_strategy_t strategy, moira_plan_t *out) {
+    moira_plan_options_t options = {redundant, slots, strategy};
+    return moira_plan_make(t, m, p, &options, out);
+}
+
+static moira_model_config_t parse_model(const char *text) {
+    moira_model_config_t model;
+    CHECK_OK(moira_model_config_parse_string(text, strlen(text), "model", &model));
+    return model;
+}
+
+/* D = 1024, I = 512, bf16: expert bytes 3 x 512 x 1024 x 2 = 3,145,728; flops per token
+ * 6 x 1024 x 512 = 3,145,728. A GPU of 100 TFLOP/s, 1000 GB/s, 50 GB/s link with 1000 tokens
+ * over 2 active replicas: compute 1000 x 3145728 / 100e12 s = 31.45728 us, weights
+ * 2 x 3145728 / 1000e9 s = 6.291456 us, link 1000 x 2048 x 2 / 50e9 s = 81.92 us; total
+ * 31.45728 + 81.92 = 113.37728 us. With 10 tokens the weights dominate: 6.291456 + 0.8192. */
+static void test_cost_model(void) {
+    moira_model_config_t model = parse_model(
+        "hidden_size: 1024\nmoe_intermediate_size: 512\nnum_hidden_layers: 1\n"
+        "num_attention_heads: 1\nkv_lora_rank: 8\nqk_nope_head_dim: 8\nqk_rope_head_dim: 8\n"
+        "v_head_dim: 8\nn_routed_experts: 4\nnum_experts_per_tok: 2\nweight_dtype: bf16\n");
+    moira_cost_model_t cost;
+    moira_cost_model_init(&model, &cost);
+    CHECK(cost.expert_bytes == 3145728.0 && cost.flops_per_token == 3145728.0);
+    moira_target_t gpu;
+    memset(&gpu, 0, sizeof(gpu));
+    gpu.kind = MOIRA_TARGET_GPU;
+    gpu.peak_tflops[MOIRA_DTYPE_BF16] = 100;
+    gpu.bandwidth_gbs = 1000;
+    gpu.link_gbs = 50;
+    CHECK_NEAR(moira_cost_target_us(&cost, &gpu, 1000, 2), 113.37728, 1e-9);
+    CHECK_NEAR(moira_cost_target_us(&cost, &gpu, 10, 2), 6.291456 + 0.8192, 1e-9);
+    CHECK(moira_cost_target_us(&cost, &gpu, 0, 0) == 0);
+    /* CPU memory moves no activations over a link. */
+    moira_target_t numa = gpu;
+    numa.kind = MOIRA_TARGET_NUMA;
+    numa.link_gbs = 0;
+    CHECK_NEAR(moira_cost_target_us(&cost, &numa, 1000, 2), 31.45728, 1e-9);
+    CHECK(moira_cost_link_bytes(&cost, &numa, 1000) == 0);
+    CHECK(moira_cost_link_bytes(&cost, &gpu, 1000) == 1000.0 * 2048 * 2);
+    /* Capacity: 16 GiB over 3 layers of 3 MiB experts is floor(17179869184 / 3 / 3145728) = 1820
+     * replicas per layer, unless --slots is lower. */
+    moira_target_t big = gpu;
+    big.memory_bytes = 16ull << 30;
+    CHECK(moira_plan_target_capacity(&big, 3, 3145728, 0) == 1820);
+    CHECK(moira_plan_target_capacity(&big, 3, 3145728, 7) == 7);
+}
+
+/* Network bytes by hand. Two hosts with one GPU each; 4 experts in 2 groups, k = 2, one group
+ * per token (m = k / topk_group = 2 experts of a group per token); D = 1024, so a token's hidden
+ * state is 2048 bytes each way, 4096 there and back, and half the tokens start on the other host.
+ * Loads 10, 10, 20, 20: group 0 is 20 assignments = 10 tokens, group 1 is 20 tokens.
+ *   Groups whole (0 on host 0, 1 on host 1): host 0 receives 10 tokens x 4096 x 1/2 = 20480
+ *   bytes, host 1 40960; 61440 in all; network time = busiest 40960 B / 10 GB/s = 4.096 us + 5.
+ *   Groups split (one expert of each on each host): each host receives, per group, a share
+ *   f x m = 1/2 x 2 = 1 of the group's tokens: 10 + 20 = 30 tokens x 2048 = 61440 bytes; 122880
+ *   in all: splitting groups doubles the traffic. */
+static void test_network_by_hand(void) {
+    const char *topo = "name: two\nhosts:\n"
+                       "  - name: a\n    numa_nodes: [{id: 0, memory_gib: 0, bandwidth_gbs: 1, "
+                       "cores: 1, peak_tflops: {f32: 1}}]\n    devices: [{name: ga, kind: gpu, "
+                       "backend: opencl, memory_gib: 1, bandwidth_gbs: 1000, peak_tflops: {bf16: "
+                       "100}, link_gbs: 50}]\n"
+                       "  - name: b\n    numa_nodes: [{id: 0, memory_gib: 0, bandwidth_gbs: 1, "
+                       "cores: 1, peak_tflops: {f32: 1}}]\n    devices: [{name: gb, kind: gpu, "
+                       "backend: opencl, memory_gib: 1, bandwidth_gbs: 1000, peak_tflops: {bf16: "
+                       "100}, link_gbs: 50}]\n"
+                       "network: {bandwidth_gbs: 10, latency_us: 5}\n";
+    moira_topology_t t;
+    CHECK_OK(moira_topology_parse(topo, strlen(topo), "two.yaml", NULL, &t));
+    moira_model_config_t m = parse_model(
+        "hidden_size: 1024\nmoe_intermediate_size: 512\nnum_hidden_layers: 1\n"
+        "num_attention_heads: 1\nkv_lora_rank: 8\nqk_nope_head_dim: 8\nqk_rope_head_dim: 8\n"
+        "v_head_dim: 8\nn_routed_experts: 4\nnum_experts_per_tok: 2\nn_group: 2\n"
+        "topk_group: 1\nweight_dtype: bf16\n");
+    moira_cost_model_t cost;
+    moira_cost_model_init(&m, &cost);
+    int ga = moira_topology_find_target(&t, "ga"), gb = moira_topology_find_target(&t, "gb");
+    double *scratch = calloc(moira_cost_scratch_doubles(&cost, &t), sizeof(double));
+    const int32_t experts[4] = {0, 1, 2, 3};
+    const double load[4] = {10, 10, 20, 20};
+    const int whole[4] = {ga, ga, gb, gb}, split[4] = {ga, gb, ga, gb};
+    moira_layer_cost_t c;
+    moira_cost_layer(&cost, &t, 4, whole, experts, load, scratch, &c);
+    CHECK_NEAR(c.network_bytes, 61440, 1e-6);
+    CHECK_NEAR(c.network_us, 40960 / 10e3 + 5, 1e-9);
+    CHECK_NEAR(c.tokens, 30, 1e-12);
+    moira_cost_layer(&cost, &t, 4, split, experts, load, scratch, &c);
+    CHECK_NEAR(c.network_bytes, 122880, 1e-6);
+    free(scratch);
+    moira_topology_free(&t);
+}
+
+static double layer_max_over_mean_by_hand(const moira_plan_layer_t *layer, int n_targets) {
+    double load[64] = {0};
+    int held[64] = {0};
+    for (int r = 0; r < layer->n_replicas; r++) {
+        load[layer->replica_target[r]] += layer->replica_load[r];
+        held[layer->replica_target[r]]++;
+    }
+    double max = 0, sum = 0;
+    int n = 0;
+    for (int t = 0; t < n_targets; t++) {
+        if (!held[t]) continue;
+        n++;
+        sum += load[t];
+        if (load[t] > max) max = load[t];
+    }
+    return max / (sum / n);
+}
+
+/* EPLB's README example: 12 experts, 16 replicas (4 redundant), 4 groups, 2 nodes x 4 GPUs with
+ * 2 slots each. EPLB's hierarchical policy reaches max/mean 1.208 and 1.242. */
+static void test_eplb_example(void) {
+    moira_topology_t t;
+    moira_model_config_t m;
+    moira_profile_t p;
+    moira_plan_t plan;
+    CHECK_OK(moira_topology_load(PLACEMENT "eplb-topology.yaml", NULL, &t));
+    CHECK_OK(moira_model_config_load(PLACEMENT "eplb-model.yaml", &m));
+    CHECK_OK(moira_profile_load(PLACEMENT "eplb-profile.yaml", &m, &p));
+    CHECK_OK(plan_with(&t, &m, &p, 4, 2, MOIRA_PLAN_BALANCED, &plan));
+    const double eplb[2] = {1.208, 1.242};
+    for (int l = 0; l < plan.n_layers && l < 2; l++) {
+        const moira_plan_layer_t *layer = &plan.layers[l];
+        CHECK(layer->n_replicas == 16);
+        int per_gpu[64] = {0};
+        double per_expert[12] = {0};
+        for (int r = 0; r < layer->n_replicas; r++) {
+            per_gpu[layer->replica_target[r]]++;
+            per_expert[layer->replica_expert[r]] += layer->replica_load[r];
+        }
+        for (int i = 0; i < t.n_targets; i++)
+            CHECK(per_gpu[i] == (t.targets[i].kind == MOIRA_TARGET_GPU ? 2 : 0));
+        /* Every expert's tokens are all routed somewhere. */
+        const double *load = moira_profile_layer_load(&p, layer->layer);
+        for (int e = 0; e < 12; e++)
+            CHECK_NEAR(per_expert[e], load[e], 1e-6);
+        double mm = layer_max_over_mean_by_hand(layer, t.n_targets);
+        CHECK_NEAR(layer->cost.max_over_mean, mm, 1e-9);
+        /* The peer, EPLB's policy rewritten in C, reproduces EPLB's published figures. */
+        double gpu_load[8], peer = 0;
+        CHECK_OK(moira_eplb_hierarchical(load, 12, 16, 4, 2, 4, gpu_load, &peer));
+        CHECK_NEAR(peer, eplb[l], 0.0005);
+        printf("  EPLB example layer %d: Moira max/mean %.3f (EPLB %.3f)\n", l, mm, eplb[l]);
+        CHECK_MSG(mm <= eplb[l], "layer %d: max/mean %.4f above EPLB's %.3f", l, mm, eplb[l]);
+    }
+    moira_plan_free(&plan);
+    moira_profile_free(&p);
+    moira_topology_free(&t);
+}
+
+static double predicted(const moira_plan_t *plan) {
+    moira_plan_summary_t s;
+    moira_plan_summarise(plan, &s);
+    return s.predicted_us_per_layer;
+}
+
+/* On machines that mix fast small devices and slow large CPU memory, Moira's plan must predict
+ * clearly (at least 20%) less time than keeping all experts in CPU memory and than filling the
+ * fastest device first. */
+static void check_beats_baselines(const char *topology, const char *model_path, const char *skew,
+                                  int64_t redundant) {
+    moira_topology_t t;
+    moira_model_config_t m;
+    moira_profile_t p;
+    CHECK_OK(moira_topology_load(topology, NULL, &t));
+    CHECK_OK(moira_model_config_load(model_path, &m));
+    CHECK_OK(moira_profile_synthesise(&m, skew, 4096, &p));
+    moira_plan_t best, all_cpu, fastest;
+    CHECK_OK(plan_with(&t, &m, &p, redundant, 0, MOIRA_PLAN_BALANCED, &best));
+    CHECK_OK(plan_with(&t, &m, &p, 0, 0, MOIRA_PLAN_ALL_CPU, &all_cpu));
+    CHECK_OK(plan_with(&t, &m, &p, 0, 0, MOIRA_PLAN_FILL_FASTEST, &fastest));
+    printf("  %s, %s, %s: Moira %.1f us/layer, all in CPU memory %.1f, fastest first %.1f\n",
+           t.name, m.name, skew, predicted(&best), predicted(&all_cpu), predicted(&fastest));
+    CHECK(predicted(&best) < 0.8 * predicted(&all_cpu));
+    CHECK(predicted(&best) < 0.8 * predicted(&fastest));
+    /* The baselines are what they say: all CPU memory; expert order on the fastest target. */
+    for (int r = 0; r < all_cpu.layers[0].n_replicas; r++)
+        CHECK(t.targets[all_cpu.layers[0].replica_target[r]].kind == MOIRA_TARGET_NUMA);
+    CHECK(fastest.layers[0].replica_expert[0] == 0);
+    moira_plan_free(&best);
+    moira_plan_free(&all_cpu);
+    moira_plan_free(&fastest);
+    moira_profile_free(&p);
+    moira_topology_free(&t);
+}
+
+static void test_heterogeneous(void) {
+    check_beats_baselines(CONFIGS "topologies/intel-gpu-xeon.yaml",
+                          CONFIGS "models/deepseek-v2-lite.yaml", "zipf:1", 8);
+    check_beats_baselines(CONFIGS "topologies/mixed-amd-ascend-ddr.yaml",
+                          CONFIGS "models/deepseek-v2-lite.yaml", "zipf:1.2", 8);
+    check_beats_baselines(CONFIGS "topologies/mixed-amd-ascend-ddr.yaml",
+                          CONFIGS "models/qwen3-30b-a3b.yaml", "uniform", 0);
+    check_beats_baselines(CONFIGS "topologies/mi300x-8.yaml", CONFIGS "models/deepseek-v3.yaml",
+                          "zipf:1", 32);
+}
+
+/* A hand-checkable baseline: 4 experts in one 100 GB/s NUMA node of 1 TFLOP/s. With D = 1024,
+ * I = 512, bf16 and a uniform profile of 100 tokens x k = 2 (50 per expert): compute
+ * 200 x 3145728 / 1e12 s = 629.1456 us; weights 4 x 3145728 / 100e9 s = 125.82912 us. */
+static void test_all_cpu_by_hand(void) {
+    const char *topo = "name: one\nhosts:\n  - name: h\n    numa_nodes: [{id: 0, memory_gib: 1, "
+                       "bandwidth_gbs: 100, cores: 4, peak_tflops: {bf16: 1}}]\n";
+    moira_topology_t t;
+    CHECK_OK(moira_topology_parse(topo, strlen(topo), "one.yaml", NULL, &t));
+    moira_model_config_t m = parse_model(
+        "hidden_size: 1024\nmoe_intermediate_size: 512\nnum_hidden_layers: 1\n"
+        "num_attention_heads: 1\nkv_lora_rank: 8\nqk_nope_head_dim: 8\nqk_rope_head_dim: 8\n"
+        "v_head_dim: 8\nn_routed_experts: 4\nnum_experts_per_tok: 2\nweight_dtype: bf16\n");
+    moira_profile_t p;
+    CHECK_OK(moira_profile_synthesise(&m, "uniform", 100, &p));
+    moira_plan_t plan;
+    CHECK_OK(plan_with(&t, &m, &p, 0, 0, MOIRA_PLAN_ALL_CPU, &plan));
+    CHECK_NEAR(plan.layers[0].cost.predicted_us, 629.1456, 1e-9);
+    CHECK(plan.layers[0].cost.max_over_mean == 1.0);
+    moira_plan_free(&plan);
+    moira_profile_free(&p);
+    moira_topology_free(&t);
+}
+
+/* Memory is a hard cap: a GPU that holds 3 replicas per layer never gets a fourth, whatever the
+ * speed; --slots caps too; a model that cannot fit is refused. */
+static void test_caps(void) {
+    /* Expert bytes 3,145,728 x 2 MoE layers: 0.0234375 GiB holds 4 per layer (25,165,824 bytes
+     * = 8 x 3,145,728), 0.017578125 GiB holds 3 (18,874,368 = 6 x 3,145,728). */
+    const char *topo =
+        "name: caps\nhosts:\n  - name: h\n    numa_nodes: [{id: 0, memory_gib: 0.017578125, "
+        "bandwidth_gbs: 10, cores: 4, peak_tflops: {bf16: 1}}]\n    devices:\n"
+        "      - {name: fast, kind: gpu, backend: opencl, memory_gib: 0.017578125, "
+        "bandwidth_gbs: 5000, peak_tflops: {bf16: 1000}, link_gbs: 64}\n"
+        "      - {name: slow, kind: gpu, backend: opencl, memory_gib: 0.0234375, "
+        "bandwidth_gbs: 500, peak_tflops: {bf16: 100}, link_gbs: 16}\n";
+    moira_topology_t t;
+    CHECK_OK(moira_topology_parse(topo, strlen(topo), "caps.yaml", NULL, &t));
+    moira_model_config_t m = parse_model(
+        "hidden_size: 1024\nmoe_intermediate_size: 512\nnum_hidden_layers: 2\n"
+        "num_attention_heads: 1\nkv_lora_rank: 8\nqk_nope_head_dim: 8\nqk_rope_head_dim: 8\n"
+        "v_head_dim: 8\nn_routed_experts: 8\nnum_experts_per_tok: 2\nweight_dtype: bf16\n");
+    moira_profile_t p;
+    CHECK_OK(moira_profile_synthesise(&m, "zipf:1.5", 1000, &p));
+    moira_plan_t plan;
+    CHECK_OK(plan_with(&t, &m, &p, 2, 0, MOIRA_PLAN_BALANCED, &plan));
+    for (int l = 0; l < plan.n_layers; l++) {
+        int count[3] = {0};
+        for (int r = 0; r < plan.layers[l].n_replicas; r++)
+            count[plan.layers[l].replica_target[r]]++;
+        CHECK(count[0] <= 3 && count[1] <= 3 && count[2] <= 4);
+    }
+    for (int i = 0; i < t.n_targets; i++)
+        CHECK((uint64_t)moira_plan_target_used_bytes(&plan, i) <= t.targets[i].memory_bytes);
+    moira_plan_free(&plan);
+    CHECK_OK(plan_with(&t, &m, &p, 2, 3, MOIRA_PLAN_BALANCED, &plan));
+    for (int l = 0; l < plan.n_layers; l++) {
+        int count[3] = {0};
+        for (int r = 0; r < plan.layers[l].n_replicas; r++)
+            count[plan.layers[l].replica_target[r]]++;
+        CHECK(count[2] <= 3);
+    }
+    moira_plan_free(&plan);
+    /* 3 slots on each of 3 targets hold 9 >= 8 experts; 2 slots hold 6 < 8. */
+    CHECK_CODE(plan_with(&t, &m, &p, 0, 2, MOIRA_PLAN_BALANCED, &plan), MOIRA_CODE_OUT_OF_MEMORY);
+    moira_profile_free(&p);
+    moira_topology_free(&t);
+}
+
+/* With a slow network between two hosts, every expert group stays on one host (EPLB's
+ * hierarchical idea); the plan is the same every time. */
+static void test_groups_and_determinism(void) {
+    moira_topology_t t;
+    CHECK_OK(moira_topology_load(CONFIGS "topologies/two-host-mi300x.yaml", NULL, &t));
+    t.network_gbs = 1; /* a slow network makes splitting groups expensive */
+    moira_model_config_t m;
+    CHECK_OK(moira_model_config_load(CONFIGS "models/deepseek-v3.yaml", &m));
+    moira_profile_t p;
+    CHECK_OK(moira_profile_synthesise(&m, "zipf:0.8", 4096, &p));
+    moira_plan_t a, b;
+    CHECK_OK(plan_with(&t, &m, &p, 32, 0, MOIRA_PLAN_BALANCED, &a));
+    CHECK_OK(plan_with(&t, &m, &p, 32, 0, MOIRA_PLAN_BALANCED, &b));
+    bool same = a.n_layers == b.n_layers;
+    for (int l = 0; same && l < a.n_layers; l++) {
+        const moira_plan_layer_t *x = &a.layers[l], *y = &b.layers[l];
+        same = x->n_replicas == y->n_replicas &&
+               !memcmp(x->replica_target, y->replica_target, sizeof(int) * x->n_replicas) &&
+               !memcmp(x->replica_expert, y->replica_expert, sizeof(int32_t) * x->n_replicas) &&
+               !memcmp(x->replica_load, y->replica_load, sizeof(double) * x->n_replicas);
+    }
+    CHECK(same);
+    int split_groups = 0;
+    for (int l = 0; l < a.n_layers; l++) {
+        int host_of_group[8];
+        for (int g = 0; g < 8; g++)
+            host_of_group[g] = -1;
+        for (int r = 0; r < a.layers[l].n_replicas; r++) {
+            int g = a.layers[l].replica_expert[r] / 32;
+            int h = t.targets[a.layers[l].replica_target[r]].host;
+            if (host_of_group[g] >= 0 && host_of_group[g] != h) split_groups++;
+            host_of_group[g] = h;
+        }
+        CHECK(a.layers[l].n_replicas == 256 + 32);
+    }
+    CHECK_MSG(split_groups == 0, "%d replicas split their group across hosts", split_groups);
+    moira_plan_free(&a);
+    moira_plan_free(&b);
+    moira_profile_free(&p);
+    moira_topology_free(&t);
+}
+
+int main(void) {
+    test_cost_model();
+    test_network_by_hand();
+    test_eplb_example();
+    test_heterogeneous();
+    test_all_cpu_by_hand();
+    test_caps();
+    test_groups_and_determinism();
+    return moira_test_finish("test_placement_planner");
+}
