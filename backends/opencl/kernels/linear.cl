@@ -1,0 +1,66 @@
+/* Dense projections: LINEAR (and the batched form MLA_ABSORB_OUT uses) and the fused gate/up half
+ * of SWIGLU. Output tiles of TILE x TILE, with the activation and weight tiles staged in local
+ * memory so each element read from global memory is used TILE times. */
+
+#define TILE 16
+
+/* y[b] = beta * y[b] + x[b] W[b]^T over `batch` slices (get_global_id(2)). Slice b reads x rows
+ * at x_off + b * x_batch_step, weight rows w_row0 + b * w_batch_rows onwards of matrix `matrix`,
+ * and writes y at y_off + b * y_batch_step. */
+__kernel __attribute__((reqd_work_group_size(TILE, TILE, 1))) void
+moira_linear(__global const float *x, long x_off, long x_stride, long x_batch_step,
+             WEIGHT_PARAMS(w), long matrix, long w_row0, long w_batch_rows, __global float *y,
+             long y_off, long y_stride, long y_batch_step, int tokens, int out_features,
+             int in_features, float beta) {
+    __local float x_tile[TILE][TILE + 1];
+    __local float w_tile[TILE][TILE + 1];
+    int ln = get_local_id(0), lt = get_local_id(1);
+    int n0 = get_group_id(0) * TILE, t0 = get_group_id(1) * TILE;
+    long b = get_global_id(2);
+    __global const float *xb = x + x_off + b * x_batch_step;
+    long row_base = w_row0 + b * w_batch_rows;
+    float acc = 0.0f;
+    for (int k0 = 0; k0 < in_features; k0 += TILE) {
+        int k = k0 + ln;
+        x_tile[lt][ln] = t0 + lt < tokens && k < in_features ? xb[(t0 + lt) * x_stride + k] : 0.0f;
+        w_tile[lt][ln] = n0 + lt < out_features && k < in_features
+                             ? moira_weight_at(WEIGHT_PASS(w), matrix, row_base + n0 + lt, k)
+                             : 0.0f;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int kk = 0; kk < TILE; kk++) acc += x_tile[lt][kk] * w_tile[ln][kk];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    int t = t0 + lt, n = n0 + ln;
+    if (t < tokens && n < out_features) {
+        __global float *out = y + y_off + b * y_batch_step + (long)t * y_stride + n;
+        *out = beta == 0.0f ? acc : beta * *out + acc;
+    }
+}
+
+/* h = silu(x W1^T) * (x W3^T): both projections from one pass over the x tiles. */
+__kernel __attribute__((reqd_work_group_size(TILE, TILE, 1))) void
+moira_swiglu_up(__global const float *x, long x_off, WEIGHT_PARAMS(w1), WEIGHT_PARAMS(w3),
+                __global float *h, int tokens, int inter, int hidden) {
+    __local float x_tile[TILE][TILE + 1];
+    __local float g_tile[TILE][TILE + 1];
+    __local float u_tile[TILE][TILE + 1];
+    int ln = get_local_id(0), lt = get_local_id(1);
+    int n0 = get_group_id(0) * TILE, t0 = get_group_id(1) * TILE;
+    float gate = 0.0f, up = 0.0f;
+    for (int k0 = 0; k0 < hidden; k0 += TILE) {
+        int k = k0 + ln;
+        bool k_ok = k < hidden;
+        x_tile[lt][ln] = t0 + lt < tokens && k_ok ? x[x_off + (long)(t0 + lt) * hidden + k] : 0.0f;
+        bool n_ok = n0 + lt < inter && k_ok;
+        g_tile[lt][ln] = n_ok ? moira_weight_at(WEIGHT_PASS(w1), 0, n0 + lt, k) : 0.0f;
+        u_tile[lt][ln] = n_ok ? moira_weight_at(WEIGHT_PASS(w3), 0, n0 + lt, k) : 0.0f;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int kk = 0; kk < TILE; kk++) {
+            gate += x_tile[lt][kk] * g_tile[ln][kk];
+            up += x_tile[lt][kk] * u_tile[ln][kk];
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    int t = t0 + lt, n = n0 + ln;
+    if (t < tokens && n < inter) h[(long)t * inter + n] = moira_silu(gate) * up;
+}
