@@ -7,6 +7,8 @@
 #include "backends/opencl/opencl_internal.h"
 
 #define TILE 16         /* kernels/linear.cl and moe.cl */
+#define BLOCK 4         /* kernels/linear.cl: outputs per work-item per dimension */
+#define WIDE (TILE * BLOCK)
 #define NORM_GROUP 64   /* kernels/norm_rope.cl */
 #define ATTEND_GROUP 64 /* kernels/mla.cl */
 #define ATTEND_MAX_QUERY 2048
@@ -144,7 +146,7 @@ static moira_status_t run_linear(opencl_device_t *device, opencl_queue_t *queue,
     arg_int(&a, job->out_features);
     arg_int(&a, job->in_features);
     arg_float(&a, job->beta);
-    size_t global[3] = {round_up(job->out_features, TILE), round_up(job->tokens, TILE),
+    size_t global[3] = {round_up(job->out_features, WIDE) / BLOCK, round_up(job->tokens, WIDE) / BLOCK,
                         (size_t)job->batch};
     size_t local[3] = {TILE, TILE, 1};
     return enqueue(queue, &a, "moira_linear", 3, global, local);

@@ -4,36 +4,60 @@
 
 #define TILE 16
 
+/* Register blocking: each work-item owns BLOCK x BLOCK outputs spaced TILE apart, so a work-group
+ * covers a (TILE*BLOCK)^2 output tile and every value read from local memory feeds BLOCK
+ * multiply-adds. */
+#define BLOCK 4
+#define WIDE (TILE * BLOCK)
+
 /* y[b] = beta * y[b] + x[b] W[b]^T over `batch` slices (get_global_id(2)). Slice b reads x rows
  * at x_off + b * x_batch_step, weight rows w_row0 + b * w_batch_rows onwards of matrix `matrix`,
- * and writes y at y_off + b * y_batch_step. */
+ * and writes y at y_off + b * y_batch_step. Work-group (TILE, TILE) covers WIDE x WIDE outputs. */
 __kernel __attribute__((reqd_work_group_size(TILE, TILE, 1))) void
 moira_linear(__global const float *x, long x_off, long x_stride, long x_batch_step,
              WEIGHT_PARAMS(w), long matrix, long w_row0, long w_batch_rows, __global float *y,
              long y_off, long y_stride, long y_batch_step, int tokens, int out_features,
              int in_features, float beta) {
-    __local float x_tile[TILE][TILE + 1];
-    __local float w_tile[TILE][TILE + 1];
+    __local float x_tile[TILE][WIDE];
+    __local float w_tile[TILE][WIDE];
     int ln = get_local_id(0), lt = get_local_id(1);
-    int n0 = get_group_id(0) * TILE, t0 = get_group_id(1) * TILE;
+    int n0 = get_group_id(0) * WIDE, t0 = get_group_id(1) * WIDE;
     long b = get_global_id(2);
     __global const float *xb = x + x_off + b * x_batch_step;
     long row_base = w_row0 + b * w_batch_rows;
-    float acc = 0.0f;
+    float acc[BLOCK][BLOCK];
+    for (int i = 0; i < BLOCK; i++)
+        for (int j = 0; j < BLOCK; j++) acc[i][j] = 0.0f;
     for (int k0 = 0; k0 < in_features; k0 += TILE) {
         int k = k0 + ln;
-        x_tile[lt][ln] = t0 + lt < tokens && k < in_features ? xb[(t0 + lt) * x_stride + k] : 0.0f;
-        w_tile[lt][ln] = n0 + lt < out_features && k < in_features
-                             ? moira_weight_at(WEIGHT_PASS(w), matrix, row_base + n0 + lt, k)
-                             : 0.0f;
+        bool k_ok = k < in_features;
+        for (int r = 0; r < BLOCK; r++) {
+            int t = t0 + lt + r * TILE, n = n0 + lt + r * TILE;
+            x_tile[ln][lt + r * TILE] = t < tokens && k_ok ? xb[(long)t * x_stride + k] : 0.0f;
+            w_tile[ln][lt + r * TILE] =
+                n < out_features && k_ok
+                    ? moira_weight_at(WEIGHT_PASS(w), matrix, row_base + n, k)
+                    : 0.0f;
+        }
         barrier(CLK_LOCAL_MEM_FENCE);
-        for (int kk = 0; kk < TILE; kk++) acc += x_tile[lt][kk] * w_tile[ln][kk];
+        for (int kk = 0; kk < TILE; kk++) {
+            float a[BLOCK], c[BLOCK];
+            for (int i = 0; i < BLOCK; i++) a[i] = x_tile[kk][lt + i * TILE];
+            for (int j = 0; j < BLOCK; j++) c[j] = w_tile[kk][ln + j * TILE];
+            for (int i = 0; i < BLOCK; i++)
+                for (int j = 0; j < BLOCK; j++) acc[i][j] += a[i] * c[j];
+        }
         barrier(CLK_LOCAL_MEM_FENCE);
     }
-    int t = t0 + lt, n = n0 + ln;
-    if (t < tokens && n < out_features) {
-        __global float *out = y + y_off + b * y_batch_step + (long)t * y_stride + n;
-        *out = beta == 0.0f ? acc : beta * *out + acc;
+    for (int i = 0; i < BLOCK; i++) {
+        int t = t0 + lt + i * TILE;
+        if (t >= tokens) break;
+        for (int j = 0; j < BLOCK; j++) {
+            int n = n0 + ln + j * TILE;
+            if (n >= out_features) continue;
+            __global float *out = y + y_off + b * y_batch_step + (long)t * y_stride + n;
+            *out = beta == 0.0f ? acc[i][j] : beta * *out + acc[i][j];
+        }
     }
 }
 
