@@ -35,6 +35,8 @@ typedef enum opencl_kernel_id {
     MOIRA_OPENCL_KERNELS(MOIRA_OPENCL_KERNEL_ENUM) KERNEL_COUNT
 } opencl_kernel_id_t;
 
+#define MOIRA_OPENCL_MAX_GEMM_CHOICES 64
+
 typedef struct opencl_device {
     moira_device_t base;
     cl_platform_id platform;
@@ -52,6 +54,12 @@ typedef struct opencl_device {
      * argument setting and enqueueing across this device's queues. */
     pthread_mutex_t launch_mutex;
     cl_kernel kernels[KERNEL_COUNT];
+    /* LINEAR shapes measured so far and whether CLBlast won (guarded by launch_mutex). */
+    struct {
+        int64_t tokens, out_features, in_features;
+        bool use_clblast;
+    } gemm_choices[MOIRA_OPENCL_MAX_GEMM_CHOICES];
+    int n_gemm_choices;
 } opencl_device_t;
 
 typedef struct opencl_buffer {

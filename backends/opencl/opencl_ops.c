@@ -1,10 +1,16 @@
 /* The OpenCL launchers: one function per op kind (ops/op.h) that sets a kernel's arguments and
  * enqueues it, plus the temporary buffers some ops need (released at once; CL frees them when the
  * kernels using them are done). Launches arrive validated by moira_op_validate. */
+#include <clblast_c.h>
 #include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "backends/opencl/opencl_internal.h"
+#include "runtime/log.h"
 
 #define TILE 16         /* kernels/linear.cl and moe.cl */
 #define BLOCK 4         /* kernels/linear.cl: outputs per work-item per dimension */
@@ -127,7 +133,7 @@ typedef struct linear_job {
     float beta;
 } linear_job_t;
 
-static moira_status_t run_linear(opencl_device_t *device, opencl_queue_t *queue,
+static moira_status_t run_moira_linear(opencl_device_t *device, opencl_queue_t *queue,
                                  const linear_job_t *job) {
     args_t a = args_for(device, KERNEL_moira_linear);
     arg_mem(&a, job->x);
@@ -150,6 +156,133 @@ static moira_status_t run_linear(opencl_device_t *device, opencl_queue_t *queue,
                         (size_t)job->batch};
     size_t local[3] = {TILE, TILE, 1};
     return enqueue(queue, &a, "moira_linear", 3, global, local);
+}
+
+/* ---- CLBlast for dense projections ---- */
+
+/* Below this many multiply-adds a launch is too small for CLBlast to win and not worth the
+ * seconds its kernels take to compile on a CPU driver; the projections of real models are far
+ * above it. */
+#define CLBLAST_MIN_WORK ((int64_t)1 << 24)
+
+/* CLBlast takes plain row-major f32 matrices: one slice, f32 weights from row 0, and (because
+ * CLBlast may read C even when beta is 0) a contiguous y that can be zeroed first. */
+static bool clblast_eligible(const linear_job_t *job) {
+    if (job->batch != 1 || job->weight->dtype != MOIRA_DTYPE_F32 || job->matrix != 0 ||
+        job->w_row0 != 0)
+        return false;
+    if (job->beta == 0.0f && job->y_stride != job->out_features) return false;
+    return job->tokens * job->out_features * job->in_features >= CLBLAST_MIN_WORK;
+}
+
+static moira_status_t run_clblast_linear(opencl_queue_t *queue, const linear_job_t *job) {
+    if (job->beta == 0.0f) {
+        float zero = 0.0f;
+        cl_int code = clEnqueueFillBuffer(queue->queue, job->y, &zero, sizeof(zero),
+                                          (size_t)job->y_off * sizeof(float),
+                                          (size_t)(job->tokens * job->out_features) *
+                                              sizeof(float),
+                                          0, NULL, NULL);
+        if (code != CL_SUCCESS) return moira_opencl_error(code, "clEnqueueFillBuffer");
+    }
+    const moira_dtensor_t *w = job->weight;
+    CLBlastStatusCode code = CLBlastSgemm(
+        CLBlastLayoutRowMajor, CLBlastTransposeNo, CLBlastTransposeYes, (size_t)job->tokens,
+        (size_t)job->out_features, (size_t)job->in_features, 1.0f, job->x, (size_t)job->x_off,
+        (size_t)job->x_stride, moira_opencl_mem(w->buffer), w->offset / sizeof(float),
+        (size_t)job->in_features, job->beta, job->y, (size_t)job->y_off, (size_t)job->y_stride,
+        &queue->queue, NULL);
+    if (code != CLBlastSuccess)
+        return moira_status_make(MOIRA_CODE_DEVICE, "opencl: CLBlastSgemm %lldx%lldx%lld: %s (%d)",
+                                 (long long)job->tokens, (long long)job->out_features,
+                                 (long long)job->in_features,
+                                 code < 0 && code > -100 ? moira_opencl_error_name(code)
+                                                         : "CLBlast error",
+                                 (int)code);
+    return MOIRA_OK_STATUS;
+}
+
+static double seconds_now(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + now.tv_nsec * 1e-9;
+}
+
+/* Best of three runs after a warm-up (which for CLBlast includes compiling its kernels). */
+static moira_status_t time_linear(opencl_device_t *device, opencl_queue_t *queue,
+                                  const linear_job_t *job, bool clblast, double *out_seconds) {
+    double best = INFINITY;
+    for (int run = 0; run < 4; run++) {
+        double start = seconds_now();
+        MOIRA_RETURN_IF_ERROR(clblast ? run_clblast_linear(queue, job)
+                                      : run_moira_linear(device, queue, job));
+        cl_int code = clFinish(queue->queue);
+        if (code != CL_SUCCESS) return moira_opencl_error(code, "clFinish");
+        if (run > 0 && seconds_now() - start < best) best = seconds_now() - start;
+    }
+    *out_seconds = best;
+    return MOIRA_OK_STATUS;
+}
+
+/* MOIRA_OPENCL_GEMM=clblast|moira forces a side (benchmarks); otherwise each new shape is timed
+ * both ways once per process, into a scratch output so y is untouched, and the winner kept. */
+static moira_status_t choose_clblast(opencl_device_t *device, opencl_queue_t *queue,
+                                     const linear_job_t *job, bool *out_use_clblast) {
+    const char *forced = getenv("MOIRA_OPENCL_GEMM");
+    if (forced && (!strcmp(forced, "clblast") || !strcmp(forced, "moira"))) {
+        *out_use_clblast = !strcmp(forced, "clblast");
+        return MOIRA_OK_STATUS;
+    }
+    for (int i = 0; i < device->n_gemm_choices; i++)
+        if (device->gemm_choices[i].tokens == job->tokens &&
+            device->gemm_choices[i].out_features == job->out_features &&
+            device->gemm_choices[i].in_features == job->in_features) {
+            *out_use_clblast = device->gemm_choices[i].use_clblast;
+            return MOIRA_OK_STATUS;
+        }
+    *out_use_clblast = false;
+    if (device->n_gemm_choices == MOIRA_OPENCL_MAX_GEMM_CHOICES) return MOIRA_OK_STATUS;
+    cl_int code = CL_SUCCESS;
+    size_t y_bytes = (size_t)(job->tokens * job->out_features) * sizeof(float);
+    cl_mem scratch = clCreateBuffer(device->context, CL_MEM_READ_WRITE, y_bytes, NULL, &code);
+    if (code != CL_SUCCESS) return moira_opencl_error(code, "clCreateBuffer (gemm trial)");
+    linear_job_t trial = *job;
+    trial.y = scratch;
+    trial.y_off = 0;
+    trial.y_stride = job->out_features;
+    trial.beta = 0.0f;
+    double own = 0, peer = 0;
+    moira_status_t status = time_linear(device, queue, &trial, false, &own);
+    if (!status) status = time_linear(device, queue, &trial, true, &peer);
+    clReleaseMemObject(scratch);
+    if (status) {
+        /* CLBlast cannot run here (unsupported device, build failure): use our kernel. */
+        MOIRA_LOG_I("%s: CLBlast unavailable for linear: %s", device->base.info.name,
+                    moira_status_message(status));
+        moira_status_free(status);
+        peer = INFINITY;
+    }
+    bool use_clblast = peer < own;
+    MOIRA_LOG_I("%s: linear %lldx%lldx%lld: moira %.3f ms, CLBlast %.3f ms -> %s",
+                device->base.info.name, (long long)job->tokens, (long long)job->out_features,
+                (long long)job->in_features, own * 1e3, peer * 1e3,
+                use_clblast ? "CLBlast" : "moira");
+    int slot = device->n_gemm_choices++;
+    device->gemm_choices[slot].tokens = job->tokens;
+    device->gemm_choices[slot].out_features = job->out_features;
+    device->gemm_choices[slot].in_features = job->in_features;
+    device->gemm_choices[slot].use_clblast = use_clblast;
+    *out_use_clblast = use_clblast;
+    return MOIRA_OK_STATUS;
+}
+
+/* Large f32 projections go to whichever of CLBlast and moira_linear measured faster. */
+static moira_status_t run_linear(opencl_device_t *device, opencl_queue_t *queue,
+                                 const linear_job_t *job) {
+    bool use_clblast = false;
+    if (clblast_eligible(job))
+        MOIRA_RETURN_IF_ERROR(choose_clblast(device, queue, job, &use_clblast));
+    return use_clblast ? run_clblast_linear(queue, job) : run_moira_linear(device, queue, job);
 }
 
 static int64_t element_offset(const moira_dtensor_t *tensor) {

@@ -129,6 +129,49 @@ static void check_linear_dtype(moira_device_t *cpu, moira_device_t *device, moir
            moira_dtype_name(dtype), nmse);
 }
 
+/* The CLBlast path (forced, as the measured choice depends on the machine) on a projection big
+ * enough to be eligible: overwrite into contiguous y, and accumulate into a strided y. */
+static void check_linear_clblast(moira_device_t *cpu, moira_device_t *device) {
+    enum { T = 64, N = 512, K = 512, Y_STRIDE = 520 };
+    float *x = malloc(sizeof(float) * T * K), *w = malloc(sizeof(float) * N * K);
+    float *y0 = malloc(sizeof(float) * T * Y_STRIDE), *want = malloc(sizeof(float) * T * Y_STRIDE);
+    float *got = malloc(sizeof(float) * T * Y_STRIDE);
+    if (!x || !w || !y0 || !want || !got) return;
+    moira_test_fill_uniform(x, (size_t)T * K, 31, -1, 1);
+    moira_test_fill_uniform(w, (size_t)N * K, 32, -0.5f, 0.5f);
+    moira_test_fill_uniform(y0, (size_t)T * Y_STRIDE, 33, -1, 1);
+    setenv("MOIRA_OPENCL_GEMM", "clblast", 1);
+    for (int accumulate = 0; accumulate < 2; accumulate++) {
+        moira_linear_params_t params = {.beta = accumulate ? 1.0f : 0.0f};
+        moira_op_launch_t launch = {.op = MOIRA_OP_LINEAR, .params = &params,
+                                    .params_size = sizeof(params), .n_operands = 3};
+        launch.operands[0] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32, .rank = 2,
+                                               .shape = {T, K}};
+        launch.operands[1] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32, .rank = 2,
+                                               .shape = {N, K}};
+        launch.operands[2] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32, .rank = 2,
+                                               .shape = {T, N},
+                                               .row_stride = accumulate ? Y_STRIDE : 0};
+        const void *host[3] = {x, w, y0};
+        size_t sizes[3] = {sizeof(float) * T * K, sizeof(float) * N * K,
+                           sizeof(float) * T * Y_STRIDE};
+        size_t out_floats = accumulate ? (size_t)T * Y_STRIDE : (size_t)T * N;
+        run_on(cpu, launch, host, sizes, 2, want, out_floats * sizeof(float));
+        run_on(device, launch, host, sizes, 2, got, out_floats * sizeof(float));
+        double nmse = moira_test_nmse_f32(got, want, out_floats);
+        CHECK_MSG(nmse <= 1e-6, "%s CLBlast linear (beta %d): NMSE %.3g",
+                  moira_device_info(device)->name, accumulate, nmse);
+        printf("%s linear through CLBlast, beta %d: NMSE %.3g\n", moira_device_info(device)->name,
+               accumulate, nmse);
+    }
+    unsetenv("MOIRA_OPENCL_GEMM");
+    free(x);
+    free(w);
+    free(y0);
+    free(want);
+    free(got);
+}
+
 /* A fresh cache directory: the first `moira op` compiles (and says so), the second does not. */
 static void check_program_cache(const char *device_name) {
     char dir[] = "/tmp/moira-clcache-XXXXXX";
@@ -164,6 +207,7 @@ int main(void) {
         check_linear_dtype(cpu, device, MOIRA_DTYPE_F16);
         check_linear_dtype(cpu, device, MOIRA_DTYPE_BF16);
         check_linear_dtype(cpu, device, MOIRA_DTYPE_F8_E4M3);
+        check_linear_clblast(cpu, device);
         if (opencl_devices == 1) check_program_cache(moira_device_info(device)->name);
     }
     moira_runtime_shutdown();
