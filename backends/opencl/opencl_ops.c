@@ -16,6 +16,8 @@
 #define BLOCK 4         /* kernels/linear.cl: outputs per work-item per dimension */
 #define WIDE (TILE * BLOCK)
 #define NORM_GROUP 64   /* kernels/norm_rope.cl */
+#define MOE_TILE 8      /* kernels/moe.cl: rows per tile */
+#define MOE_COLUMNS 64  /* kernels/moe.cl: output columns per work-group */
 #define ATTEND_GROUP 64 /* kernels/mla.cl */
 #define ATTEND_MAX_QUERY 2048
 #define ATTEND_MAX_VALUE (ATTEND_GROUP * 16)
@@ -483,7 +485,7 @@ static moira_status_t op_moe_ffn(opencl_device_t *device, opencl_queue_t *queue,
     if (assignments == 0 || experts == 0) return MOIRA_OK_STATUS;
     if (assignments > INT32_MAX)
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "moe_ffn: too many assignments");
-    int64_t max_tiles = (assignments + TILE - 1) / TILE + experts;
+    int64_t max_tiles = (assignments + MOE_TILE - 1) / MOE_TILE + experts;
     cl_mem tiles = NULL, h = NULL;
     moira_status_t status = temp_buffer(device, (size_t)max_tiles * 2 * sizeof(int32_t), NULL,
                                         &tiles);
@@ -513,8 +515,8 @@ static moira_status_t op_moe_ffn(opencl_device_t *device, opencl_queue_t *queue,
         arg_int(&a, p->top_k);
         arg_int(&a, assignments);
         arg_int(&a, x->shape[0]);
-        size_t global[2] = {round_up(inter, TILE), (size_t)max_tiles * TILE};
-        size_t local[2] = {TILE, TILE};
+        size_t global[2] = {round_up(inter, MOE_COLUMNS), (size_t)max_tiles};
+        size_t local[2] = {MOE_COLUMNS, 1};
         status = enqueue(queue, &a, "moira_moe_up", 2, global, local);
     }
     if (!status) {
@@ -527,8 +529,8 @@ static moira_status_t op_moe_ffn(opencl_device_t *device, opencl_queue_t *queue,
         arg_int(&a, hidden);
         arg_int(&a, inter);
         arg_int(&a, assignments);
-        size_t global[2] = {round_up(hidden, TILE), (size_t)max_tiles * TILE};
-        size_t local[2] = {TILE, TILE};
+        size_t global[2] = {round_up(hidden, MOE_COLUMNS), (size_t)max_tiles};
+        size_t local[2] = {MOE_COLUMNS, 1};
         status = enqueue(queue, &a, "moira_moe_down", 2, global, local);
     }
     if (tiles) clReleaseMemObject(tiles);

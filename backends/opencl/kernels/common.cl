@@ -47,3 +47,23 @@ float moira_weight_at(WEIGHT_PARAMS(w), long matrix, long row, long col) {
 float moira_silu(float z) {
     return z / (1.0f + exp(-z));
 }
+
+/* Elements (row, col .. col+3) of a weight, widened: one vector load for f32/f16/bf16, four fp8
+ * bytes sharing one block scale (col is a multiple of 4, so the four never straddle a block). */
+float4 moira_weight_at4(WEIGHT_PARAMS(w), long matrix, long row, long col) {
+    long index = (matrix * w_rows + row) * w_cols + col;
+    __global const uchar *base = w + w_off;
+    if (w_dtype == MOIRA_DT_F32) return vload4(0, (__global const float *)base + index);
+    if (w_dtype == MOIRA_DT_F16) return vload_half4(0, (__global const half *)base + index);
+    if (w_dtype == MOIRA_DT_BF16)
+        return as_float4(convert_uint4(vload4(0, (__global const ushort *)base + index)) << 16);
+    long scale_cols = (w_cols + MOIRA_FP8_BLOCK - 1) / MOIRA_FP8_BLOCK;
+    long scales_per_matrix = (w_rows + MOIRA_FP8_BLOCK - 1) / MOIRA_FP8_BLOCK * scale_cols;
+    __global const float *scales = (__global const float *)(w + w_scale_off);
+    float scale = scales[matrix * scales_per_matrix + row / MOIRA_FP8_BLOCK * scale_cols +
+                         col / MOIRA_FP8_BLOCK];
+    uchar4 bytes = vload4(0, base + index);
+    return (float4)(moira_fp8_e4m3(bytes.x), moira_fp8_e4m3(bytes.y), moira_fp8_e4m3(bytes.z),
+                    moira_fp8_e4m3(bytes.w)) *
+           scale;
+}

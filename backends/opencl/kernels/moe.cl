@@ -1,7 +1,7 @@
 /* The expert path: MOE_DISPATCH, the grouped SwiGLU of MOE_FFN (a tile list, then one launch for
  * the gate/up half and one for the down half across all experts) and MOE_COMBINE. */
 
-#define MOE_TILE 16
+#define MOE_TILE 8
 
 /* A stable counting sort of the T*k assignments by expert, on one work-item: O(T*k + E), far
  * cheaper than the FFN it feeds. An index outside [0, E) is treated as dropped so a corrupt
@@ -60,73 +60,118 @@ int moe_tile_end(__global const int *offsets, long offsets_off, int expert, int 
     return min(end, row0 + MOE_TILE);
 }
 
-/* h[p] = silu(W1_e x[sorted_rows[p] / k]) * (W3_e x[...]) for the rows p of one tile (group
- * dimension 1) and a tile of I (group dimension 0). */
-__kernel __attribute__((reqd_work_group_size(MOE_TILE, MOE_TILE, 1))) void
+/* The grouped kernels: a work-group takes one tile (an expert and up to MOE_TILE of its rows,
+ * group dimension 1) and MOE_COLUMNS output columns (group dimension 0), one per work-item. The
+ * tile's input rows are staged in local memory MOE_CHUNK columns at a time; each work-item then
+ * streams its own weight row with 4-wide loads and updates all the tile's rows from it, so every
+ * weight element is read once per tile, whatever the tile's row count. */
+#define MOE_COLUMNS 64
+#define MOE_CHUNK 256
+
+/* h[p] = silu(W1_e x[sorted_rows[p] / k]) * (W3_e x[...]) for the rows p of one tile. */
+__kernel __attribute__((reqd_work_group_size(MOE_COLUMNS, 1, 1))) void
 moira_moe_up(__global const float *x, long x_off, WEIGHT_PARAMS(w1), WEIGHT_PARAMS(w3),
              __global const int *offsets, long offsets_off, __global const int *sorted_rows,
              long sorted_off, __global const int *tiles, __global float *h, int hidden,
              int inter, int top_k, int assignments, int tokens) {
-    __local float x_tile[MOE_TILE][MOE_TILE + 1];
-    __local float g_tile[MOE_TILE][MOE_TILE + 1];
-    __local float u_tile[MOE_TILE][MOE_TILE + 1];
+    __local float rows[MOE_TILE][MOE_CHUNK];
+    __local int row_token[MOE_TILE];
     int tile = get_group_id(1);
     int expert = tiles[2 * tile];
     if (expert < 0) return;
     int row0 = tiles[2 * tile + 1];
-    int row_end = moe_tile_end(offsets, offsets_off, expert, row0, assignments);
-    int ln = get_local_id(0), lt = get_local_id(1);
-    int n0 = get_group_id(0) * MOE_TILE;
-    int p = row0 + lt;
-    int token = p < row_end ? sorted_rows[sorted_off + p] / top_k : -1;
-    bool row_ok = token >= 0 && token < tokens;
-    float gate = 0.0f, up = 0.0f;
-    for (int k0 = 0; k0 < hidden; k0 += MOE_TILE) {
-        int k = k0 + ln;
-        bool k_ok = k < hidden;
-        x_tile[lt][ln] = row_ok && k_ok ? x[x_off + (long)token * hidden + k] : 0.0f;
-        bool n_ok = n0 + lt < inter && k_ok;
-        g_tile[lt][ln] = n_ok ? moira_weight_at(WEIGHT_PASS(w1), expert, n0 + lt, k) : 0.0f;
-        u_tile[lt][ln] = n_ok ? moira_weight_at(WEIGHT_PASS(w3), expert, n0 + lt, k) : 0.0f;
+    int n_rows = moe_tile_end(offsets, offsets_off, expert, row0, assignments) - row0;
+    int lid = get_local_id(0);
+    int n = get_group_id(0) * MOE_COLUMNS + lid;
+    if (lid < MOE_TILE) {
+        int token = lid < n_rows ? sorted_rows[sorted_off + row0 + lid] / top_k : -1;
+        row_token[lid] = token >= 0 && token < tokens ? token : -1;
+    }
+    float4 gate[MOE_TILE], up[MOE_TILE];
+    for (int r = 0; r < MOE_TILE; r++) gate[r] = up[r] = (float4)(0.0f);
+    float gate_tail[MOE_TILE], up_tail[MOE_TILE];
+    for (int r = 0; r < MOE_TILE; r++) gate_tail[r] = up_tail[r] = 0.0f;
+    for (int k0 = 0; k0 < hidden; k0 += MOE_CHUNK) {
+        int count = min(MOE_CHUNK, hidden - k0);
         barrier(CLK_LOCAL_MEM_FENCE);
-        for (int kk = 0; kk < MOE_TILE; kk++) {
-            gate += x_tile[lt][kk] * g_tile[ln][kk];
-            up += x_tile[lt][kk] * u_tile[ln][kk];
+        for (int i = lid; i < MOE_TILE * MOE_CHUNK; i += MOE_COLUMNS) {
+            int r = i / MOE_CHUNK, c = i % MOE_CHUNK;
+            int token = row_token[r];
+            rows[r][c] = token >= 0 && c < count ? x[x_off + (long)token * hidden + k0 + c] : 0.0f;
         }
         barrier(CLK_LOCAL_MEM_FENCE);
+        if (n < inter) {
+            int c = 0;
+            for (; c + 4 <= count; c += 4) {
+                float4 a = moira_weight_at4(WEIGHT_PASS(w1), expert, n, k0 + c);
+                float4 b = moira_weight_at4(WEIGHT_PASS(w3), expert, n, k0 + c);
+                for (int r = 0; r < MOE_TILE; r++) {
+                    float4 v = vload4(0, &rows[r][c]);
+                    gate[r] += v * a;
+                    up[r] += v * b;
+                }
+            }
+            for (; c < count; c++) {
+                float a = moira_weight_at(WEIGHT_PASS(w1), expert, n, k0 + c);
+                float b = moira_weight_at(WEIGHT_PASS(w3), expert, n, k0 + c);
+                for (int r = 0; r < MOE_TILE; r++) {
+                    gate_tail[r] += rows[r][c] * a;
+                    up_tail[r] += rows[r][c] * b;
+                }
+            }
+        }
     }
-    int n = n0 + ln;
-    if (p < row_end && n < inter) h[(long)p * inter + n] = moira_silu(gate) * up;
+    if (n >= inter) return;
+    for (int r = 0; r < n_rows; r++) {
+        float g = (gate[r].x + gate[r].y) + (gate[r].z + gate[r].w) + gate_tail[r];
+        float u = (up[r].x + up[r].y) + (up[r].z + up[r].w) + up_tail[r];
+        h[(long)(row0 + r) * inter + n] = moira_silu(g) * u;
+    }
 }
 
-/* ys[p] = W2_e h[p] for the rows of one tile and a tile of D. */
-__kernel __attribute__((reqd_work_group_size(MOE_TILE, MOE_TILE, 1))) void
+/* ys[p] = W2_e h[p] for the rows of one tile. */
+__kernel __attribute__((reqd_work_group_size(MOE_COLUMNS, 1, 1))) void
 moira_moe_down(__global const float *h, WEIGHT_PARAMS(w2), __global const int *offsets,
                long offsets_off, __global const int *tiles, __global float *ys, long ys_off,
                int hidden, int inter, int assignments) {
-    __local float h_tile[MOE_TILE][MOE_TILE + 1];
-    __local float w_tile[MOE_TILE][MOE_TILE + 1];
+    __local float rows[MOE_TILE][MOE_CHUNK];
     int tile = get_group_id(1);
     int expert = tiles[2 * tile];
     if (expert < 0) return;
     int row0 = tiles[2 * tile + 1];
-    int row_end = moe_tile_end(offsets, offsets_off, expert, row0, assignments);
-    int ln = get_local_id(0), lt = get_local_id(1);
-    int d0 = get_group_id(0) * MOE_TILE;
-    int p = row0 + lt;
-    float acc = 0.0f;
-    for (int k0 = 0; k0 < inter; k0 += MOE_TILE) {
-        int k = k0 + ln;
-        h_tile[lt][ln] = p < row_end && k < inter ? h[(long)p * inter + k] : 0.0f;
-        w_tile[lt][ln] = d0 + lt < hidden && k < inter
-                             ? moira_weight_at(WEIGHT_PASS(w2), expert, d0 + lt, k)
-                             : 0.0f;
-        barrier(CLK_LOCAL_MEM_FENCE);
-        for (int kk = 0; kk < MOE_TILE; kk++) acc += h_tile[lt][kk] * w_tile[ln][kk];
-        barrier(CLK_LOCAL_MEM_FENCE);
+    int n_rows = moe_tile_end(offsets, offsets_off, expert, row0, assignments) - row0;
+    int lid = get_local_id(0);
+    int d = get_group_id(0) * MOE_COLUMNS + lid;
+    float4 acc[MOE_TILE];
+    float acc_tail[MOE_TILE];
+    for (int r = 0; r < MOE_TILE; r++) {
+        acc[r] = (float4)(0.0f);
+        acc_tail[r] = 0.0f;
     }
-    int d = d0 + ln;
-    if (p < row_end && d < hidden) ys[ys_off + (long)p * hidden + d] = acc;
+    for (int k0 = 0; k0 < inter; k0 += MOE_CHUNK) {
+        int count = min(MOE_CHUNK, inter - k0);
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int i = lid; i < MOE_TILE * MOE_CHUNK; i += MOE_COLUMNS) {
+            int r = i / MOE_CHUNK, c = i % MOE_CHUNK;
+            rows[r][c] = r < n_rows && c < count ? h[(long)(row0 + r) * inter + k0 + c] : 0.0f;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (d < hidden) {
+            int c = 0;
+            for (; c + 4 <= count; c += 4) {
+                float4 a = moira_weight_at4(WEIGHT_PASS(w2), expert, d, k0 + c);
+                for (int r = 0; r < MOE_TILE; r++) acc[r] += vload4(0, &rows[r][c]) * a;
+            }
+            for (; c < count; c++) {
+                float a = moira_weight_at(WEIGHT_PASS(w2), expert, d, k0 + c);
+                for (int r = 0; r < MOE_TILE; r++) acc_tail[r] += rows[r][c] * a;
+            }
+        }
+    }
+    if (d >= hidden) return;
+    for (int r = 0; r < n_rows; r++)
+        ys[ys_off + (long)(row0 + r) * hidden + d] =
+            (acc[r].x + acc[r].y) + (acc[r].z + acc[r].w) + acc_tail[r];
 }
 
 /* y[t] = beta * y[t] + sum_j w[t,j] * ys[assignment_pos[t,j]], j in order, -1 skipped. */

@@ -1,0 +1,139 @@
+/* The CLBlast per-expert GEMM loop (clblast_peer.h). */
+#include "bench/clblast_peer.h"
+
+#undef CL_TARGET_OPENCL_VERSION
+#define CL_TARGET_OPENCL_VERSION 120
+#include <CL/cl.h>
+#include <clblast_c.h>
+#include <math.h>
+#include <stdlib.h>
+#include <time.h>
+
+struct moira_clblast_peer {
+    cl_context context;
+    cl_command_queue queue;
+};
+
+static moira_status_t peer_error(const char *what, int code) {
+    return moira_status_make(MOIRA_CODE_DEVICE, "CLBlast peer: %s failed (%d)", what, code);
+}
+
+/* Walks platforms in ICD order, counting devices, as the opencl backend names them. */
+moira_status_t moira_clblast_peer_open(int device_index, moira_clblast_peer_t **out_peer) {
+    cl_platform_id platforms[16];
+    cl_uint n_platforms = 0;
+    if (clGetPlatformIDs(16, platforms, &n_platforms) != CL_SUCCESS || n_platforms == 0)
+        return moira_status_make(MOIRA_CODE_NOT_FOUND, "CLBlast peer: no OpenCL platform");
+    if (n_platforms > 16) n_platforms = 16;
+    int seen = 0;
+    for (cl_uint p = 0; p < n_platforms; p++) {
+        cl_device_id ids[64];
+        cl_uint n = 0;
+        if (clGetDeviceIDs(platforms[p], CL_DEVICE_TYPE_ALL, 64, ids, &n) != CL_SUCCESS) continue;
+        if (n > 64) n = 64;
+        if (device_index >= seen + (int)n) {
+            seen += (int)n;
+            continue;
+        }
+        cl_device_id device = ids[device_index - seen];
+        moira_clblast_peer_t *peer = calloc(1, sizeof(*peer));
+        if (!peer) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "CLBlast peer");
+        cl_int code = CL_SUCCESS;
+        peer->context = clCreateContext(NULL, 1, &device, NULL, NULL, &code);
+        if (code == CL_SUCCESS)
+            peer->queue = clCreateCommandQueue(peer->context, device, 0, &code);
+        if (code != CL_SUCCESS) {
+            if (peer->context) clReleaseContext(peer->context);
+            free(peer);
+            return peer_error("creating a context and queue", code);
+        }
+        *out_peer = peer;
+        return MOIRA_OK_STATUS;
+    }
+    return moira_status_make(MOIRA_CODE_NOT_FOUND, "CLBlast peer: no OpenCL device %d",
+                             device_index);
+}
+
+void moira_clblast_peer_close(moira_clblast_peer_t *peer) {
+    if (!peer) return;
+    clReleaseCommandQueue(peer->queue);
+    clReleaseContext(peer->context);
+    free(peer);
+}
+
+/* A device buffer of `floats` f32 values, all `value`. */
+static cl_mem filled_buffer(moira_clblast_peer_t *peer, size_t floats, float value,
+                            cl_int *code) {
+    cl_mem mem = clCreateBuffer(peer->context, CL_MEM_READ_WRITE, floats * sizeof(float), NULL,
+                                code);
+    if (*code == CL_SUCCESS)
+        *code = clEnqueueFillBuffer(peer->queue, mem, &value, sizeof(value), 0,
+                                    floats * sizeof(float), 0, NULL, NULL);
+    return mem;
+}
+
+static double seconds_now(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + now.tv_nsec * 1e-9;
+}
+
+/* One pass of the loop; the first CLBlast error stops it. */
+static int run_loop(moira_clblast_peer_t *peer, const int32_t *rows, int n_experts,
+                    int64_t hidden, int64_t inter, cl_mem x, cl_mem w1, cl_mem w3, cl_mem w2,
+                    cl_mem gate, cl_mem up, cl_mem y) {
+    size_t row0 = 0;
+    size_t D = (size_t)hidden, I = (size_t)inter;
+    for (int e = 0; e < n_experts; e++) {
+        size_t n = (size_t)rows[e];
+        if (!n) continue;
+        size_t w_off = (size_t)e * I * D;
+        CLBlastStatusCode s = CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo,
+                                           CLBlastTransposeYes, n, I, D, 1.0f, x, row0 * D, D,
+                                           w1, w_off, D, 0.0f, gate, row0 * I, I, &peer->queue,
+                                           NULL);
+        if (s == CLBlastSuccess)
+            s = CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo, CLBlastTransposeYes, n, I,
+                             D, 1.0f, x, row0 * D, D, w3, w_off, D, 0.0f, up, row0 * I, I,
+                             &peer->queue, NULL);
+        if (s == CLBlastSuccess)
+            s = CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo, CLBlastTransposeYes, n, D,
+                             I, 1.0f, gate, row0 * I, I, w2, w_off, I, 0.0f, y, row0 * D, D,
+                             &peer->queue, NULL);
+        if (s != CLBlastSuccess) return (int)s;
+        row0 += n;
+    }
+    return clFinish(peer->queue);
+}
+
+moira_status_t moira_clblast_peer_moe(moira_clblast_peer_t *peer, const int32_t *rows,
+                                      int n_experts, int64_t hidden, int64_t inter,
+                                      int iterations, double *out_seconds) {
+    size_t assignments = 0;
+    for (int e = 0; e < n_experts; e++) assignments += (size_t)rows[e];
+    size_t weight_floats = (size_t)n_experts * (size_t)(hidden * inter);
+    cl_int code = CL_SUCCESS;
+    cl_mem mems[7] = {0};
+    mems[0] = filled_buffer(peer, assignments * (size_t)hidden + 1, 0.5f, &code);
+    for (int i = 1; i <= 3 && code == CL_SUCCESS; i++)
+        mems[i] = filled_buffer(peer, weight_floats, 0.01f, &code);
+    for (int i = 4; i <= 5 && code == CL_SUCCESS; i++)
+        mems[i] = filled_buffer(peer, assignments * (size_t)inter + 1, 0.0f, &code);
+    if (code == CL_SUCCESS) mems[6] = filled_buffer(peer, assignments * (size_t)hidden + 1, 0.0f,
+                                                    &code);
+    moira_status_t status = MOIRA_OK_STATUS;
+    if (code != CL_SUCCESS) status = peer_error("allocating buffers", code);
+    double best = INFINITY;
+    for (int it = 0; it <= iterations && !status; it++) {
+        double start = seconds_now();
+        int failed = run_loop(peer, rows, n_experts, hidden, inter, mems[0], mems[1], mems[2],
+                              mems[3], mems[4], mems[5], mems[6]);
+        if (failed) status = peer_error("CLBlastSgemm", failed);
+        double elapsed = seconds_now() - start;
+        if (it > 0 && elapsed < best) best = elapsed;
+    }
+    for (int i = 0; i < 7; i++)
+        if (mems[i]) clReleaseMemObject(mems[i]);
+    *out_seconds = best;
+    return status;
+}

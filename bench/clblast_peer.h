@@ -1,0 +1,28 @@
+/* The OpenCL benchmark peer: the same expert GEMMs as Moira's grouped MoE FFN, as a plain loop of
+ * CLBlast SGEMMs (one per projection per expert), on the same OpenCL device.
+ *
+ * The peer talks to OpenCL and CLBlast directly and shares nothing with Moira's backend: it finds
+ * the device by the backend's naming rule (opencl:N is the N-th device over all platforms, in ICD
+ * order), so the two are measured on the same hardware through independent code. */
+#ifndef MOIRA_BENCH_CLBLAST_PEER_H
+#define MOIRA_BENCH_CLBLAST_PEER_H
+
+#include <stdint.h>
+
+#include "runtime/status.h"
+
+typedef struct moira_clblast_peer moira_clblast_peer_t;
+
+/* Opens OpenCL device number `device_index`. Caller closes with moira_clblast_peer_close. */
+moira_status_t moira_clblast_peer_open(int device_index, moira_clblast_peer_t **out_peer);
+void moira_clblast_peer_close(moira_clblast_peer_t *peer);
+
+/* Times the per-expert loop: for every expert e with rows[e] > 0, three SGEMMs over its rows of
+ * a pre-gathered activation matrix: gate = x_e W1_e^T, up = x_e W3_e^T ([rows, I], K = D) and
+ * y_e = gate W2_e^T ([rows, D], K = I). Weights are f32, filled on the device. Returns the best
+ * seconds per iteration over `iterations` after one warm-up. */
+moira_status_t moira_clblast_peer_moe(moira_clblast_peer_t *peer, const int32_t *rows,
+                                      int n_experts, int64_t hidden, int64_t inter,
+                                      int iterations, double *out_seconds);
+
+#endif

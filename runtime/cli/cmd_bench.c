@@ -1,0 +1,261 @@
+/* `moira bench moe`: Moira's grouped expert GEMM (dispatch + grouped SwiGLU FFN + combine, one
+ * launch per stage) against its peer on the same device (DESIGN.md §7): for OpenCL devices, a
+ * per-expert loop of CLBlast SGEMMs over the same rows and shapes. */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bench/clblast_peer.h"
+#include "ops/op.h"
+#include "runtime/backend.h"
+#include "runtime/cli/cli.h"
+#include "runtime/model_config.h"
+
+static const char bench_help[] =
+    "usage: moira bench moe [--backend DEVICE] [--model FILE] [--tokens N] [--iters N] [--json]\n\n"
+    "Times the routed-expert path (dispatch, grouped SwiGLU FFN, combine) on a device with f32\n"
+    "weights and uniform random routing, and on OpenCL devices the same expert GEMMs as a\n"
+    "per-expert loop of CLBlast SGEMMs (its peer). Prints both and their ratio.\n\n"
+    "  --backend DEVICE  device to run on (default opencl:0)\n"
+    "  --model FILE      model config for the shape (default DeepSeek-V2-Lite: D 2048, I 1408,\n"
+    "                    64 experts, 6 per token)\n"
+    "  --tokens N        tokens per batch (default 64)\n"
+    "  --iters N         timed iterations, best kept (default 5)\n"
+    "  --json            one JSON object\n";
+
+typedef struct moe_shape {
+    int64_t hidden, inter, experts, top_k, tokens;
+} moe_shape_t;
+
+static double seconds_now(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + now.tv_nsec * 1e-9;
+}
+
+/* Every token picks top_k distinct experts from a fixed-seed generator: uniform load. */
+static void make_routing(const moe_shape_t *s, int32_t *idx, float *weights, int32_t *rows) {
+    uint64_t state = 0x9E3779B97F4A7C15ull;
+    for (int64_t e = 0; e < s->experts; e++) rows[e] = 0;
+    for (int64_t t = 0; t < s->tokens; t++)
+        for (int64_t j = 0; j < s->top_k; j++) {
+            int32_t expert;
+            bool taken;
+            do {
+                state = state * 6364136223846793005ull + 1442695040888963407ull;
+                expert = (int32_t)((state >> 33) % (uint64_t)s->experts);
+                taken = false;
+                for (int64_t m = 0; m < j; m++) taken |= idx[t * s->top_k + m] == expert;
+            } while (taken);
+            idx[t * s->top_k + j] = expert;
+            weights[t * s->top_k + j] = 1.0f / (float)s->top_k;
+            rows[expert]++;
+        }
+}
+
+static moira_dtensor_t view(moira_buffer_t *buffer, moira_dtype_t dtype, int rank, int64_t d0,
+                            int64_t d1, int64_t d2) {
+    moira_dtensor_t tensor = {.buffer = buffer, .dtype = dtype, .rank = rank};
+    tensor.shape[0] = d0;
+    tensor.shape[1] = d1;
+    tensor.shape[2] = d2;
+    return tensor;
+}
+
+enum { B_X, B_W1, B_W3, B_W2, B_IDX, B_TOPW, B_OFFSETS, B_SORTED, B_POS, B_YS, B_Y, B_COUNT };
+
+/* Uploads inputs and weights (each expert's matrices written from one host matrix), then times
+ * dispatch + FFN + combine; best seconds per iteration. */
+static moira_status_t time_moira(moira_device_t *device, const moe_shape_t *s, const int32_t *idx,
+                                 const float *topk_weight, int iterations, double *out_seconds) {
+    int64_t D = s->hidden, I = s->inter, E = s->experts, A = s->tokens * s->top_k;
+    size_t sizes[B_COUNT] = {
+        [B_X] = (size_t)(s->tokens * D) * 4, [B_W1] = (size_t)(E * I * D) * 4,
+        [B_W3] = (size_t)(E * I * D) * 4,   [B_W2] = (size_t)(E * D * I) * 4,
+        [B_IDX] = (size_t)A * 4,            [B_TOPW] = (size_t)A * 4,
+        [B_OFFSETS] = (size_t)(E + 1) * 4,  [B_SORTED] = (size_t)A * 4,
+        [B_POS] = (size_t)A * 4,            [B_YS] = (size_t)(A * D) * 4,
+        [B_Y] = (size_t)(s->tokens * D) * 4,
+    };
+    moira_buffer_t *b[B_COUNT] = {0};
+    moira_queue_t *queue = NULL;
+    float *host = malloc((size_t)(I * D > s->tokens * D ? I * D : s->tokens * D) * 4);
+    moira_status_t status = host ? moira_queue_create(device, &queue)
+                                 : moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "bench");
+    for (int i = 0; i < B_COUNT && !status; i++)
+        status = moira_buffer_alloc(device, sizes[i], -1, &b[i]);
+    if (!status) {
+        for (int64_t i = 0; i < I * D; i++) host[i] = (float)((i * 7919) % 2001 - 1000) * 1e-5f;
+        for (int64_t e = 0; e < E && !status; e++) {
+            size_t bytes = (size_t)(I * D) * 4;
+            status = moira_queue_write(queue, b[B_W1], (size_t)e * bytes, host, bytes);
+            if (!status) status = moira_queue_write(queue, b[B_W3], (size_t)e * bytes, host, bytes);
+            if (!status) status = moira_queue_write(queue, b[B_W2], (size_t)e * bytes, host, bytes);
+        }
+        if (!status) status = moira_queue_write(queue, b[B_X], 0, host, sizes[B_X]);
+        if (!status) status = moira_queue_write(queue, b[B_IDX], 0, idx, sizes[B_IDX]);
+        if (!status) status = moira_queue_write(queue, b[B_TOPW], 0, topk_weight, sizes[B_TOPW]);
+        if (!status) status = moira_queue_finish(queue);
+    }
+    moira_moe_dispatch_params_t dispatch_params = {.n_experts = (int32_t)E};
+    moira_moe_ffn_params_t ffn_params = {.top_k = (int32_t)s->top_k};
+    moira_moe_combine_params_t combine_params = {.beta = 0};
+    moira_op_launch_t dispatch = {.op = MOIRA_OP_MOE_DISPATCH, .params = &dispatch_params,
+                                  .params_size = sizeof(dispatch_params), .n_operands = 4,
+                                  .operands = {view(b[B_IDX], MOIRA_DTYPE_I32, 2, s->tokens,
+                                                    s->top_k, 0),
+                                               view(b[B_OFFSETS], MOIRA_DTYPE_I32, 1, E + 1, 0, 0),
+                                               view(b[B_SORTED], MOIRA_DTYPE_I32, 1, A, 0, 0),
+                                               view(b[B_POS], MOIRA_DTYPE_I32, 1, A, 0, 0)}};
+    moira_op_launch_t ffn = {.op = MOIRA_OP_MOE_FFN, .params = &ffn_params,
+                             .params_size = sizeof(ffn_params), .n_operands = 7,
+                             .operands = {view(b[B_X], MOIRA_DTYPE_F32, 2, s->tokens, D, 0),
+                                          view(b[B_W1], MOIRA_DTYPE_F32, 3, E, I, D),
+                                          view(b[B_W3], MOIRA_DTYPE_F32, 3, E, I, D),
+                                          view(b[B_W2], MOIRA_DTYPE_F32, 3, E, D, I),
+                                          view(b[B_OFFSETS], MOIRA_DTYPE_I32, 1, E + 1, 0, 0),
+                                          view(b[B_SORTED], MOIRA_DTYPE_I32, 1, A, 0, 0),
+                                          view(b[B_YS], MOIRA_DTYPE_F32, 2, A, D, 0)}};
+    moira_op_launch_t combine = {.op = MOIRA_OP_MOE_COMBINE, .params = &combine_params,
+                                 .params_size = sizeof(combine_params), .n_operands = 4,
+                                 .operands = {view(b[B_YS], MOIRA_DTYPE_F32, 2, A, D, 0),
+                                              view(b[B_POS], MOIRA_DTYPE_I32, 2, s->tokens,
+                                                   s->top_k, 0),
+                                              view(b[B_TOPW], MOIRA_DTYPE_F32, 2, s->tokens,
+                                                   s->top_k, 0),
+                                              view(b[B_Y], MOIRA_DTYPE_F32, 2, s->tokens, D, 0)}};
+    double best = INFINITY;
+    for (int it = 0; it <= iterations && !status; it++) {
+        double start = seconds_now();
+        status = moira_queue_launch(queue, &dispatch);
+        if (!status) status = moira_queue_launch(queue, &ffn);
+        if (!status) status = moira_queue_launch(queue, &combine);
+        moira_status_t finished = queue ? moira_queue_finish(queue) : MOIRA_OK_STATUS;
+        if (!status) status = finished;
+        else moira_status_free(finished);
+        double elapsed = seconds_now() - start;
+        if (it > 0 && elapsed < best) best = elapsed;
+    }
+    for (int i = 0; i < B_COUNT; i++)
+        if (b[i]) moira_buffer_free(b[i]);
+    if (queue) moira_queue_destroy(queue);
+    free(host);
+    *out_seconds = best;
+    return status;
+}
+
+static int bench_moe(const char *device_name, const char *model_path, long long tokens,
+                     long long iterations, bool json) {
+    moe_shape_t shape = {.hidden = 2048, .inter = 1408, .experts = 64, .top_k = 6,
+                         .tokens = tokens};
+    const char *model_name = "deepseek-v2-lite (built-in shape)";
+    moira_model_config_t config;
+    if (model_path) {
+        moira_status_t status = moira_model_config_load(model_path, &config);
+        if (status) return moira_status_report(status);
+        shape.hidden = config.hidden_size;
+        shape.inter = config.moe_intermediate_size;
+        shape.experts = config.n_routed_experts;
+        shape.top_k = config.num_experts_per_tok;
+        model_name = config.name;
+    }
+    moira_device_t *device = NULL;
+    moira_status_t status = moira_device_find(device_name, &device);
+    if (status) return moira_status_report(status);
+    int64_t assignments = shape.tokens * shape.top_k;
+    int32_t *idx = malloc((size_t)assignments * 4), *rows = malloc((size_t)shape.experts * 4);
+    float *weights = malloc((size_t)assignments * 4);
+    if (!idx || !rows || !weights) {
+        free(idx);
+        free(rows);
+        free(weights);
+        return moira_status_report(moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "bench"));
+    }
+    make_routing(&shape, idx, weights, rows);
+    double moira_seconds = 0, peer_seconds = NAN;
+    status = time_moira(device, &shape, idx, weights, (int)iterations, &moira_seconds);
+    const moira_device_info_t *info = moira_device_info(device);
+    bool has_peer = !strcmp(info->backend, "opencl");
+    if (!status && has_peer) {
+        moira_clblast_peer_t *peer = NULL;
+        status = moira_clblast_peer_open(info->index, &peer);
+        if (!status)
+            status = moira_clblast_peer_moe(peer, rows, (int)shape.experts, shape.hidden,
+                                            shape.inter, (int)iterations, &peer_seconds);
+        moira_clblast_peer_close(peer);
+    }
+    free(idx);
+    free(rows);
+    free(weights);
+    if (status) return moira_status_report(status);
+    double flops = 2.0 * (double)assignments * (double)shape.hidden * (double)shape.inter * 3.0;
+    double ratio = peer_seconds / moira_seconds;
+    if (json) {
+        printf("{\"bench\": \"moe\", \"device\": \"%s\", \"model\": ", info->name);
+        moira_cli_json_string(stdout, model_name);
+        printf(", \"hidden\": %lld, \"inter\": %lld, \"experts\": %lld, \"top_k\": %lld, "
+               "\"tokens\": %lld, \"moira_ms\": %.4f, \"moira_gflops\": %.3f",
+               (long long)shape.hidden, (long long)shape.inter, (long long)shape.experts,
+               (long long)shape.top_k, (long long)shape.tokens, moira_seconds * 1e3,
+               flops / moira_seconds * 1e-9);
+        if (has_peer)
+            printf(", \"peer\": \"CLBlast per-expert SGEMM loop\", \"peer_ms\": %.4f, "
+                   "\"peer_gflops\": %.3f, \"speedup\": %.3f",
+                   peer_seconds * 1e3, flops / peer_seconds * 1e-9, ratio);
+        printf("}\n");
+    } else {
+        printf("moe on %s (%s): D %lld, I %lld, %lld experts, top-%lld, %lld tokens, f32\n",
+               info->name, info->model, (long long)shape.hidden, (long long)shape.inter,
+               (long long)shape.experts, (long long)shape.top_k, (long long)shape.tokens);
+        printf("  moira grouped FFN (dispatch+ffn+combine): %9.3f ms  %8.2f GFLOP/s\n",
+               moira_seconds * 1e3, flops / moira_seconds * 1e-9);
+        if (has_peer)
+            printf("  CLBlast per-expert SGEMM loop:            %9.3f ms  %8.2f GFLOP/s\n"
+                   "  speedup (peer time / moira time):         %9.2fx\n",
+                   peer_seconds * 1e3, flops / peer_seconds * 1e-9, ratio);
+        else
+            printf("  (no peer for backend %s)\n", info->backend);
+    }
+    return 0;
+}
+
+int moira_cli_bench(int argc, char **argv) {
+    static const struct option options[] = {
+        {"backend", required_argument, NULL, 'b'}, {"model", required_argument, NULL, 'm'},
+        {"tokens", required_argument, NULL, 't'},  {"iters", required_argument, NULL, 'i'},
+        {"json", no_argument, NULL, 'j'},          {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *device = "opencl:0", *model = NULL;
+    long long tokens = 64, iterations = 5;
+    bool json = false;
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+        switch (c) {
+        case 'b': device = optarg; break;
+        case 'm': model = optarg; break;
+        case 't':
+            if (!moira_cli_parse_int("bench", "--tokens", optarg, 1, 1 << 20, &tokens)) return 2;
+            break;
+        case 'i':
+            if (!moira_cli_parse_int("bench", "--iters", optarg, 1, 1000, &iterations)) return 2;
+            break;
+        case 'j': json = true; break;
+        case 'h': fputs(bench_help, stdout); return 0;
+        default: return moira_cli_usage_error("bench", "unknown option");
+        }
+    }
+    if (optind >= argc) return moira_cli_usage_error("bench", "which benchmark? (moe)");
+    const char *name = argv[optind];
+    if (strcmp(name, "moe") != 0)
+        return moira_cli_usage_error("bench", "unknown benchmark \"%s\" (moe)", name);
+    moira_status_t status = moira_runtime_init();
+    if (status) return moira_status_report(status);
+    int rc = bench_moe(device, model, tokens, iterations, json);
+    moira_runtime_shutdown();
+    return rc;
+}
