@@ -17,7 +17,7 @@
 #define WIDE (TILE * BLOCK)
 #define NORM_GROUP 64   /* kernels/norm_rope.cl */
 #define MOE_TILE 8      /* kernels/moe.cl: rows per tile */
-#define MOE_COLUMNS 64  /* kernels/moe.cl: output columns per work-group */
+#define MOE_COLUMNS 128  /* kernels/moe.cl: output columns per work-group */
 #define ATTEND_GROUP 64 /* kernels/mla.cl */
 #define ATTEND_MAX_QUERY 2048
 #define ATTEND_MAX_VALUE (ATTEND_GROUP * 16)

@@ -65,7 +65,7 @@ int moe_tile_end(__global const int *offsets, long offsets_off, int expert, int 
  * tile's input rows are staged in local memory MOE_CHUNK columns at a time; each work-item then
  * streams its own weight row with 4-wide loads and updates all the tile's rows from it, so every
  * weight element is read once per tile, whatever the tile's row count. */
-#define MOE_COLUMNS 64
+#define MOE_COLUMNS 128
 #define MOE_CHUNK 256
 
 /* h[p] = silu(W1_e x[sorted_rows[p] / k]) * (W3_e x[...]) for the rows p of one tile. */
