@@ -137,3 +137,52 @@ moira_status_t moira_clblast_peer_moe(moira_clblast_peer_t *peer, const int32_t 
     *out_seconds = best;
     return status;
 }
+
+/* One pass of the per-head loop; the first CLBlast error stops it. */
+static int run_absorb_loop(moira_clblast_peer_t *peer, size_t T, size_t H, size_t nope,
+                           size_t rope, size_t v, size_t L, cl_mem q, cl_mem w, cl_mem q_lat,
+                           cl_mem o_lat, cl_mem out) {
+    for (size_t h = 0; h < H; h++) {
+        size_t k_rows = h * (nope + v) * L, v_rows = (h * (nope + v) + nope) * L;
+        CLBlastStatusCode s = CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo,
+                                           CLBlastTransposeNo, T, L, nope, 1.0f, q,
+                                           h * (nope + rope), H * (nope + rope), w, k_rows, L,
+                                           0.0f, q_lat, h * L, H * L, &peer->queue, NULL);
+        if (s == CLBlastSuccess)
+            s = CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo, CLBlastTransposeYes, T, v,
+                             L, 1.0f, o_lat, h * L, H * L, w, v_rows, L, 0.0f, out, h * v, H * v,
+                             &peer->queue, NULL);
+        if (s != CLBlastSuccess) return (int)s;
+    }
+    return clFinish(peer->queue);
+}
+
+moira_status_t moira_clblast_peer_mla_absorb(moira_clblast_peer_t *peer, int64_t tokens,
+                                             int64_t heads, int64_t nope, int64_t rope,
+                                             int64_t v_dim, int64_t latent, int iterations,
+                                             double *out_seconds) {
+    size_t T = (size_t)tokens, H = (size_t)heads, L = (size_t)latent;
+    cl_int code = CL_SUCCESS;
+    cl_mem mems[5] = {0};
+    mems[0] = filled_buffer(peer, T * H * (size_t)(nope + rope), 0.5f, &code);
+    if (code == CL_SUCCESS)
+        mems[1] = filled_buffer(peer, H * (size_t)(nope + v_dim) * L, 0.01f, &code);
+    if (code == CL_SUCCESS) mems[2] = filled_buffer(peer, T * H * L, 0.0f, &code);
+    if (code == CL_SUCCESS) mems[3] = filled_buffer(peer, T * H * L, 0.25f, &code);
+    if (code == CL_SUCCESS) mems[4] = filled_buffer(peer, T * H * (size_t)v_dim, 0.0f, &code);
+    moira_status_t status = MOIRA_OK_STATUS;
+    if (code != CL_SUCCESS) status = peer_error("allocating buffers", code);
+    double best = INFINITY;
+    for (int it = 0; it <= iterations && !status; it++) {
+        double start = seconds_now();
+        int failed = run_absorb_loop(peer, T, H, (size_t)nope, (size_t)rope, (size_t)v_dim, L,
+                                     mems[0], mems[1], mems[2], mems[3], mems[4]);
+        if (failed) status = peer_error("CLBlastSgemm", failed);
+        double elapsed = seconds_now() - start;
+        if (it > 0 && elapsed < best) best = elapsed;
+    }
+    for (int i = 0; i < 5; i++)
+        if (mems[i]) clReleaseMemObject(mems[i]);
+    *out_seconds = best;
+    return status;
+}

@@ -25,4 +25,13 @@ moira_status_t moira_clblast_peer_moe(moira_clblast_peer_t *peer, const int32_t 
                                       int n_experts, int64_t hidden, int64_t inter,
                                       int iterations, double *out_seconds);
 
+/* Times the per-head loop of MLA's absorbed decode projections, the same GEMMs as Moira's
+ * MLA_ABSORB_Q and MLA_ABSORB_OUT: for every head h, q_lat_h [T, L] = q_nope_h [T, nope] W_UK_h
+ * and out_h [T, v] = o_lat_h [T, L] W_UV_h^T, W_UK_h and W_UV_h being head h's k and v rows of
+ * kv_b_proj [H*(nope+v), L] (f32, filled on the device). Best seconds per iteration. */
+moira_status_t moira_clblast_peer_mla_absorb(moira_clblast_peer_t *peer, int64_t tokens,
+                                             int64_t heads, int64_t nope, int64_t rope,
+                                             int64_t v_dim, int64_t latent, int iterations,
+                                             double *out_seconds);
+
 #endif

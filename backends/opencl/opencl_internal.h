@@ -27,8 +27,7 @@
     X(moira_moe_up)                                                                                \
     X(moira_moe_down)                                                                              \
     X(moira_moe_combine)                                                                           \
-    X(moira_mla_attend)                                                                            \
-    X(moira_mla_absorb_q)
+    X(moira_mla_attend)
 
 #define MOIRA_OPENCL_KERNEL_ENUM(name) KERNEL_##name,
 typedef enum opencl_kernel_id {

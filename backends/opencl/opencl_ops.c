@@ -129,6 +129,7 @@ typedef struct linear_job {
     int64_t x_off, x_stride, x_batch_step;
     const moira_dtensor_t *weight;
     int64_t matrix, w_row0, w_batch_rows;
+    bool w_transposed; /* weight stored [in_features, out_features]: y = x W */
     cl_mem y;
     int64_t y_off, y_stride, y_batch_step;
     int64_t batch, tokens, out_features, in_features;
@@ -146,6 +147,7 @@ static moira_status_t run_moira_linear(opencl_device_t *device, opencl_queue_t *
     arg_long(&a, job->matrix);
     arg_long(&a, job->w_row0);
     arg_long(&a, job->w_batch_rows);
+    arg_int(&a, job->w_transposed);
     arg_mem(&a, job->y);
     arg_long(&a, job->y_off);
     arg_long(&a, job->y_stride);
@@ -171,7 +173,7 @@ static moira_status_t run_moira_linear(opencl_device_t *device, opencl_queue_t *
  * CLBlast may read C even when beta is 0) a contiguous y that can be zeroed first. */
 static bool clblast_eligible(const linear_job_t *job) {
     if (job->batch != 1 || job->weight->dtype != MOIRA_DTYPE_F32 || job->matrix != 0 ||
-        job->w_row0 != 0)
+        job->w_row0 != 0 || job->w_transposed)
         return false;
     if (job->beta == 0.0f && job->y_stride != job->out_features) return false;
     return job->tokens * job->out_features * job->in_features >= CLBLAST_MIN_WORK;
@@ -684,21 +686,25 @@ static moira_status_t op_mla_decode_attention(opencl_device_t *device, opencl_qu
     return run_attend(device, queue, &job);
 }
 
+/* q_lat[t,h] = q_nope[t,h] W_UK[h]: one x W linear per head (W_UK[h] is stored [nope, L]), as a
+ * single batched launch. */
 static moira_status_t op_mla_absorb_q(opencl_device_t *device, opencl_queue_t *queue,
                                       const moira_op_launch_t *launch) {
     const moira_mla_params_t *p = launch->params;
-    args_t a = args_for(device, KERNEL_moira_mla_absorb_q);
-    arg_tensor(&a, &launch->operands[0]);
-    arg_weight(&a, &launch->operands[1]);
-    arg_tensor(&a, &launch->operands[2]);
-    arg_int(&a, p->n_heads);
-    arg_int(&a, p->nope_dim);
-    arg_int(&a, p->rope_dim);
-    arg_int(&a, p->v_dim);
-    arg_int(&a, p->kv_lora_rank);
-    size_t global[3] = {(size_t)p->kv_lora_rank, (size_t)p->n_heads,
-                        (size_t)launch->operands[0].shape[0]};
-    return enqueue(queue, &a, "moira_mla_absorb_q", 3, global, NULL);
+    const moira_dtensor_t *q = &launch->operands[0], *q_lat = &launch->operands[2];
+    int64_t latent = p->kv_lora_rank;
+    linear_job_t job = {
+        .x = moira_opencl_mem(q->buffer), .x_off = element_offset(q),
+        .x_stride = (int64_t)p->n_heads * (p->nope_dim + p->rope_dim),
+        .x_batch_step = p->nope_dim + p->rope_dim,
+        .weight = &launch->operands[1], .w_row0 = 0, .w_batch_rows = p->nope_dim + p->v_dim,
+        .w_transposed = true,
+        .y = moira_opencl_mem(q_lat->buffer), .y_off = element_offset(q_lat),
+        .y_stride = p->n_heads * latent, .y_batch_step = latent,
+        .batch = p->n_heads, .tokens = q->shape[0], .out_features = latent,
+        .in_features = p->nope_dim,
+    };
+    return run_linear(device, queue, &job);
 }
 
 /* One linear per head over its V rows of kv_b_proj, as a single batched launch. */

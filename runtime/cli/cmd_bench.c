@@ -1,6 +1,8 @@
-/* `moira bench moe`: Moira's grouped expert GEMM (dispatch + grouped SwiGLU FFN + combine, one
- * launch per stage) against its peer on the same device (DESIGN.md §7): for OpenCL devices, a
- * per-expert loop of CLBlast SGEMMs over the same rows and shapes. */
+/* `moira bench moe|mla`: Moira's batched kernels against their peer on the same device (DESIGN.md
+ * §7). moe: the grouped expert GEMM (dispatch + grouped SwiGLU FFN + combine, one launch per
+ * stage) against a per-expert loop of CLBlast SGEMMs over the same rows and shapes. mla: the
+ * absorbed decode projections (MLA_ABSORB_Q + MLA_ABSORB_OUT, one launch each for all heads)
+ * against a per-head loop of CLBlast SGEMMs. The CLBlast peer exists for OpenCL devices. */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -15,13 +17,16 @@
 #include "runtime/model_config.h"
 
 static const char bench_help[] =
-    "usage: moira bench moe [--backend DEVICE] [--model FILE] [--tokens N] [--iters N] [--json]\n\n"
-    "Times the routed-expert path (dispatch, grouped SwiGLU FFN, combine) on a device with f32\n"
-    "weights and uniform random routing, and on OpenCL devices the same expert GEMMs as a\n"
-    "per-expert loop of CLBlast SGEMMs (its peer). Prints both and their ratio.\n\n"
+    "usage: moira bench moe|mla [--backend DEVICE] [--model FILE] [--tokens N] [--iters N]\n"
+    "                          [--json]\n\n"
+    "moe: times the routed-expert path (dispatch, grouped SwiGLU FFN, combine) with f32 weights\n"
+    "and uniform random routing; peer: the same expert GEMMs as a per-expert CLBlast SGEMM loop.\n"
+    "mla: times the absorbed decode projections (absorb_q, absorb_out) for all heads; peer: the\n"
+    "same GEMMs as a per-head CLBlast SGEMM loop. Peers run on OpenCL devices; prints both and\n"
+    "their ratio.\n\n"
     "  --backend DEVICE  device to run on (default opencl:0)\n"
     "  --model FILE      model config for the shape (default DeepSeek-V2-Lite: D 2048, I 1408,\n"
-    "                    64 experts, 6 per token)\n"
+    "                    64 experts, 6 per token; 16 heads, nope 128, rope 64, v 128, L 512)\n"
     "  --tokens N        tokens per batch (default 64)\n"
     "  --iters N         timed iterations, best kept (default 5)\n"
     "  --json            one JSON object\n";
@@ -222,6 +227,119 @@ static int bench_moe(const char *device_name, const char *model_path, long long 
     return 0;
 }
 
+/* Best seconds per iteration of MLA_ABSORB_Q then MLA_ABSORB_OUT over `tokens` tokens. */
+static moira_status_t time_moira_absorb(moira_device_t *device, const moira_mla_params_t *p,
+                                        int64_t tokens, int iterations, double *out_seconds) {
+    int64_t H = p->n_heads, L = p->kv_lora_rank;
+    int64_t q_width = H * (p->nope_dim + p->rope_dim), kv_rows = H * (p->nope_dim + p->v_dim);
+    size_t sizes[5] = {(size_t)(tokens * q_width) * 4, (size_t)(kv_rows * L) * 4,
+                       (size_t)(tokens * H * L) * 4, (size_t)(tokens * H * L) * 4,
+                       (size_t)(tokens * H * p->v_dim) * 4};
+    moira_buffer_t *b[5] = {0};
+    moira_queue_t *queue = NULL;
+    size_t largest = 0;
+    for (int i = 0; i < 5; i++) largest = sizes[i] > largest ? sizes[i] : largest;
+    float *host = malloc(largest);
+    moira_status_t status = host ? moira_queue_create(device, &queue)
+                                 : moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "bench");
+    for (int i = 0; i < 5 && !status; i++) status = moira_buffer_alloc(device, sizes[i], -1, &b[i]);
+    if (!status) {
+        for (size_t i = 0; i < largest / 4; i++) host[i] = (float)((i * 7919) % 2001 - 1000) * 1e-4f;
+        for (int i = 0; i < 4 && !status; i++) status = moira_queue_write(queue, b[i], 0, host, sizes[i]);
+        if (!status) status = moira_queue_finish(queue);
+    }
+    moira_op_launch_t absorb_q = {.op = MOIRA_OP_MLA_ABSORB_Q, .params = p,
+                                  .params_size = sizeof(*p), .n_operands = 3,
+                                  .operands = {view(b[0], MOIRA_DTYPE_F32, 2, tokens, q_width, 0),
+                                               view(b[1], MOIRA_DTYPE_F32, 2, kv_rows, L, 0),
+                                               view(b[2], MOIRA_DTYPE_F32, 2, tokens, H * L, 0)}};
+    moira_op_launch_t absorb_out = {
+        .op = MOIRA_OP_MLA_ABSORB_OUT, .params = p, .params_size = sizeof(*p), .n_operands = 3,
+        .operands = {view(b[3], MOIRA_DTYPE_F32, 2, tokens, H * L, 0),
+                     view(b[1], MOIRA_DTYPE_F32, 2, kv_rows, L, 0),
+                     view(b[4], MOIRA_DTYPE_F32, 2, tokens, H * p->v_dim, 0)}};
+    double best = INFINITY;
+    for (int it = 0; it <= iterations && !status; it++) {
+        double start = seconds_now();
+        status = moira_queue_launch(queue, &absorb_q);
+        if (!status) status = moira_queue_launch(queue, &absorb_out);
+        moira_status_t finished = queue ? moira_queue_finish(queue) : MOIRA_OK_STATUS;
+        if (!status) status = finished;
+        else moira_status_free(finished);
+        double elapsed = seconds_now() - start;
+        if (it > 0 && elapsed < best) best = elapsed;
+    }
+    for (int i = 0; i < 5; i++)
+        if (b[i]) moira_buffer_free(b[i]);
+    if (queue) moira_queue_destroy(queue);
+    free(host);
+    *out_seconds = best;
+    return status;
+}
+
+static int bench_mla(const char *device_name, const char *model_path, long long tokens,
+                     long long iterations, bool json) {
+    moira_mla_params_t p = {.n_heads = 16, .nope_dim = 128, .rope_dim = 64, .v_dim = 128,
+                            .kv_lora_rank = 512, .scale = 1.0f};
+    const char *model_name = "deepseek-v2-lite (built-in shape)";
+    moira_model_config_t config;
+    if (model_path) {
+        moira_status_t status = moira_model_config_load(model_path, &config);
+        if (status) return moira_status_report(status);
+        p.n_heads = (int32_t)config.num_attention_heads;
+        p.nope_dim = (int32_t)config.qk_nope_head_dim;
+        p.rope_dim = (int32_t)config.qk_rope_head_dim;
+        p.v_dim = (int32_t)config.v_head_dim;
+        p.kv_lora_rank = (int32_t)config.kv_lora_rank;
+        model_name = config.name;
+    }
+    moira_device_t *device = NULL;
+    moira_status_t status = moira_device_find(device_name, &device);
+    if (status) return moira_status_report(status);
+    const moira_device_info_t *info = moira_device_info(device);
+    double moira_seconds = 0, peer_seconds = NAN;
+    status = time_moira_absorb(device, &p, tokens, (int)iterations, &moira_seconds);
+    bool has_peer = !strcmp(info->backend, "opencl");
+    if (!status && has_peer) {
+        moira_clblast_peer_t *peer = NULL;
+        status = moira_clblast_peer_open(info->index, &peer);
+        if (!status)
+            status = moira_clblast_peer_mla_absorb(peer, tokens, p.n_heads, p.nope_dim,
+                                                   p.rope_dim, p.v_dim, p.kv_lora_rank,
+                                                   (int)iterations, &peer_seconds);
+        moira_clblast_peer_close(peer);
+    }
+    if (status) return moira_status_report(status);
+    double flops = 2.0 * (double)tokens * p.n_heads * p.kv_lora_rank * (p.nope_dim + p.v_dim);
+    double ratio = peer_seconds / moira_seconds;
+    if (json) {
+        printf("{\"bench\": \"mla\", \"device\": \"%s\", \"model\": ", info->name);
+        moira_cli_json_string(stdout, model_name);
+        printf(", \"heads\": %d, \"nope\": %d, \"v\": %d, \"kv_lora_rank\": %d, "
+               "\"tokens\": %lld, \"moira_ms\": %.4f, \"moira_gflops\": %.3f",
+               p.n_heads, p.nope_dim, p.v_dim, p.kv_lora_rank, tokens, moira_seconds * 1e3,
+               flops / moira_seconds * 1e-9);
+        if (has_peer)
+            printf(", \"peer\": \"CLBlast per-head SGEMM loop\", \"peer_ms\": %.4f, "
+                   "\"peer_gflops\": %.3f, \"speedup\": %.3f",
+                   peer_seconds * 1e3, flops / peer_seconds * 1e-9, ratio);
+        printf("}\n");
+    } else {
+        printf("mla absorbed projections on %s (%s): %d heads, nope %d, v %d, L %d, %lld tokens, "
+               "f32\n",
+               info->name, info->model, p.n_heads, p.nope_dim, p.v_dim, p.kv_lora_rank, tokens);
+        printf("  moira absorb_q + absorb_out:     %9.3f ms  %8.2f GFLOP/s\n",
+               moira_seconds * 1e3, flops / moira_seconds * 1e-9);
+        if (has_peer)
+            printf("  CLBlast per-head SGEMM loop:     %9.3f ms  %8.2f GFLOP/s\n"
+                   "  speedup (peer time / moira time): %8.2fx\n",
+                   peer_seconds * 1e3, flops / peer_seconds * 1e-9, ratio);
+        else
+            printf("  (no peer for backend %s)\n", info->backend);
+    }
+    return 0;
+}
+
 int moira_cli_bench(int argc, char **argv) {
     static const struct option options[] = {
         {"backend", required_argument, NULL, 'b'}, {"model", required_argument, NULL, 'm'},
@@ -249,13 +367,14 @@ int moira_cli_bench(int argc, char **argv) {
         default: return moira_cli_usage_error("bench", "unknown option");
         }
     }
-    if (optind >= argc) return moira_cli_usage_error("bench", "which benchmark? (moe)");
+    if (optind >= argc) return moira_cli_usage_error("bench", "which benchmark? (moe, mla)");
     const char *name = argv[optind];
-    if (strcmp(name, "moe") != 0)
-        return moira_cli_usage_error("bench", "unknown benchmark \"%s\" (moe)", name);
+    if (strcmp(name, "moe") != 0 && strcmp(name, "mla") != 0)
+        return moira_cli_usage_error("bench", "unknown benchmark \"%s\" (moe, mla)", name);
     moira_status_t status = moira_runtime_init();
     if (status) return moira_status_report(status);
-    int rc = bench_moe(device, model, tokens, iterations, json);
+    int rc = !strcmp(name, "moe") ? bench_moe(device, model, tokens, iterations, json)
+                                  : bench_mla(device, model, tokens, iterations, json);
     moira_runtime_shutdown();
     return rc;
 }

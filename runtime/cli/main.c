@@ -18,7 +18,7 @@ static const verb_t verbs[] = {
     {"op", moira_cli_op, "run one op (gate, moe, mla, layer) on a device from safetensors inputs"},
     {"check", moira_cli_check, "compare every op on every backend against the reference"},
     {"run", moira_cli_run, "run a model (the built-in default with no arguments)"},
-    {"bench", moira_cli_bench, "time an op against its peer on the same device (moe)"},
+    {"bench", moira_cli_bench, "time an op against its peer on the same device (moe, mla)"},
 };
 
 static void print_usage(FILE *out) {

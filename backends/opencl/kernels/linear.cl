@@ -12,12 +12,14 @@
 
 /* y[b] = beta * y[b] + x[b] W[b]^T over `batch` slices (get_global_id(2)). Slice b reads x rows
  * at x_off + b * x_batch_step, weight rows w_row0 + b * w_batch_rows onwards of matrix `matrix`,
- * and writes y at y_off + b * y_batch_step. Work-group (TILE, TILE) covers WIDE x WIDE outputs. */
+ * and writes y at y_off + b * y_batch_step. With w_transposed the slice's weight is stored
+ * [in_features, out_features] (y = x W, as MLA's absorbed query uses kv_b_proj). Work-group
+ * (TILE, TILE) covers WIDE x WIDE outputs. */
 __kernel __attribute__((reqd_work_group_size(TILE, TILE, 1))) void
 moira_linear(__global const float *x, long x_off, long x_stride, long x_batch_step,
-             WEIGHT_PARAMS(w), long matrix, long w_row0, long w_batch_rows, __global float *y,
-             long y_off, long y_stride, long y_batch_step, int tokens, int out_features,
-             int in_features, float beta) {
+             WEIGHT_PARAMS(w), long matrix, long w_row0, long w_batch_rows, int w_transposed,
+             __global float *y, long y_off, long y_stride, long y_batch_step, int tokens,
+             int out_features, int in_features, float beta) {
     __local float x_tile[TILE][WIDE];
     __local float w_tile[TILE][WIDE];
     int ln = get_local_id(0), lt = get_local_id(1);
@@ -34,10 +36,19 @@ moira_linear(__global const float *x, long x_off, long x_stride, long x_batch_st
         for (int r = 0; r < BLOCK; r++) {
             int t = t0 + lt + r * TILE, n = n0 + lt + r * TILE;
             x_tile[ln][lt + r * TILE] = t < tokens && k_ok ? xb[(long)t * x_stride + k] : 0.0f;
-            w_tile[ln][lt + r * TILE] =
-                n < out_features && k_ok
-                    ? moira_weight_at(WEIGHT_PASS(w), matrix, row_base + n, k)
-                    : 0.0f;
+            if (!w_transposed) {
+                w_tile[ln][lt + r * TILE] =
+                    n < out_features && k_ok
+                        ? moira_weight_at(WEIGHT_PASS(w), matrix, row_base + n, k)
+                        : 0.0f;
+            } else {
+                /* Neighbouring work-items take neighbouring columns of a stored row. */
+                int kt = k0 + lt, nt = n0 + ln + r * TILE;
+                w_tile[lt][ln + r * TILE] =
+                    nt < out_features && kt < in_features
+                        ? moira_weight_at(WEIGHT_PASS(w), matrix, row_base + kt, nt)
+                        : 0.0f;
+            }
         }
         barrier(CLK_LOCAL_MEM_FENCE);
         for (int kk = 0; kk < TILE; kk++) {

@@ -1,6 +1,6 @@
 /* Multi-head latent attention: one attention kernel serves both the naive prefill form
- * (MLA_ATTENTION) and the absorbed decode form (MLA_DECODE_ATTENTION), plus MLA_ABSORB_Q.
- * MLA_ABSORB_OUT is a batched moira_linear. */
+ * (MLA_ATTENTION) and the absorbed decode form (MLA_DECODE_ATTENTION). MLA_ABSORB_Q and
+ * MLA_ABSORB_OUT are batched moira_linear launches (one slice per head). */
 
 #define ATTEND_GROUP 64
 #define ATTEND_MAX_COLS_PER_ITEM 16 /* value width up to 1024 */
@@ -86,20 +86,4 @@ moira_mla_attend(__global const float *q1, long q1_off, long q1_tstride, long q1
         int col = lid + c * ATTEND_GROUP;
         if (col < v_width) out_row[col] = acc[c] * inv_sum;
     }
-}
-
-/* q_lat[t,h,l] = sum_i q_nope[t,h,i] * W_kv_b[h*(nope+v) + i, l]; one work-item per output,
- * neighbouring work-items reading neighbouring weight columns. */
-__kernel void moira_mla_absorb_q(__global const float *q, long q_off, WEIGHT_PARAMS(w),
-                                 __global float *q_lat, long q_lat_off, int n_heads,
-                                 int nope, int rope, int v_dim, int latent) {
-    int l = get_global_id(0);
-    int h = get_global_id(1);
-    long t = get_global_id(2);
-    if (l >= latent) return;
-    __global const float *q_nope = q + q_off + t * n_heads * (nope + rope) + h * (nope + rope);
-    long row0 = (long)h * (nope + v_dim);
-    float acc = 0.0f;
-    for (int i = 0; i < nope; i++) acc += q_nope[i] * moira_weight_at(WEIGHT_PASS(w), 0, row0 + i, l);
-    q_lat[q_lat_off + t * n_heads * latent + (long)h * latent + l] = acc;
 }
