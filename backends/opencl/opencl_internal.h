@@ -19,6 +19,7 @@
     X(moira_copy_rows)                                                                             \
     X(moira_rope)                                                                                  \
     X(moira_linear)                                                                                \
+    X(moira_linear_narrow)                                                                         \
     X(moira_swiglu_up)                                                                             \
     X(moira_gate_route)                                                                            \
     X(moira_gate_capacity)                                                                         \

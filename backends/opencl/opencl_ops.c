@@ -15,6 +15,9 @@
 #define TILE 16         /* kernels/linear.cl and moe.cl */
 #define BLOCK 4         /* kernels/linear.cl: outputs per work-item per dimension */
 #define WIDE (TILE * BLOCK)
+#define NARROW 4        /* kernels/linear.cl: tokens per work-item of moira_linear_narrow */
+/* Up to this many tokens the narrow kernel wins over WIDE x WIDE tiles (measured on PoCL). */
+#define NARROW_MAX_TOKENS 32
 #define NORM_GROUP 64   /* kernels/norm_rope.cl */
 #define MOE_TILE 8      /* kernels/moe.cl: rows per tile */
 #define MOE_COLUMNS 128  /* kernels/moe.cl: output columns per work-group */
@@ -137,8 +140,9 @@ typedef struct linear_job {
 } linear_job_t;
 
 static moira_status_t run_moira_linear(opencl_device_t *device, opencl_queue_t *queue,
-                                 const linear_job_t *job) {
-    args_t a = args_for(device, KERNEL_moira_linear);
+                                       const linear_job_t *job) {
+    bool narrow = job->tokens <= NARROW_MAX_TOKENS;
+    args_t a = args_for(device, narrow ? KERNEL_moira_linear_narrow : KERNEL_moira_linear);
     arg_mem(&a, job->x);
     arg_long(&a, job->x_off);
     arg_long(&a, job->x_stride);
@@ -156,8 +160,13 @@ static moira_status_t run_moira_linear(opencl_device_t *device, opencl_queue_t *
     arg_int(&a, job->out_features);
     arg_int(&a, job->in_features);
     arg_float(&a, job->beta);
-    size_t global[3] = {round_up(job->out_features, WIDE) / BLOCK, round_up(job->tokens, WIDE) / BLOCK,
-                        (size_t)job->batch};
+    if (narrow) {
+        size_t global[3] = {(size_t)job->out_features, round_up(job->tokens, NARROW) / NARROW,
+                            (size_t)job->batch};
+        return enqueue(queue, &a, "moira_linear_narrow", 3, global, NULL);
+    }
+    size_t global[3] = {round_up(job->out_features, WIDE) / BLOCK,
+                        round_up(job->tokens, WIDE) / BLOCK, (size_t)job->batch};
     size_t local[3] = {TILE, TILE, 1};
     return enqueue(queue, &a, "moira_linear", 3, global, local);
 }

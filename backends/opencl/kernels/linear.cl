@@ -72,6 +72,37 @@ moira_linear(__global const float *x, long x_off, long x_stride, long x_batch_st
     }
 }
 
+/* The same contract as moira_linear for a handful of tokens (decode), where a WIDE x WIDE tile
+ * would be mostly padding: one work-item per output column and NARROW tokens, streaming the
+ * weight once. */
+#define NARROW 4
+
+__kernel void moira_linear_narrow(__global const float *x, long x_off, long x_stride,
+                                  long x_batch_step, WEIGHT_PARAMS(w), long matrix, long w_row0,
+                                  long w_batch_rows, int w_transposed, __global float *y,
+                                  long y_off, long y_stride, long y_batch_step, int tokens,
+                                  int out_features, int in_features, float beta) {
+    int n = get_global_id(0);
+    int t0 = get_global_id(1) * NARROW;
+    long b = get_global_id(2);
+    if (n >= out_features) return;
+    int count = min(NARROW, tokens - t0);
+    __global const float *xb = x + x_off + b * x_batch_step + (long)t0 * x_stride;
+    long row_base = w_row0 + b * w_batch_rows;
+    float acc[NARROW];
+    for (int r = 0; r < NARROW; r++) acc[r] = 0.0f;
+    for (int k = 0; k < in_features; k++) {
+        float weight = w_transposed ? moira_weight_at(WEIGHT_PASS(w), matrix, row_base + k, n)
+                                    : moira_weight_at(WEIGHT_PASS(w), matrix, row_base + n, k);
+        for (int r = 0; r < NARROW; r++)
+            if (r < count) acc[r] += xb[(long)r * x_stride + k] * weight;
+    }
+    for (int r = 0; r < count; r++) {
+        __global float *out = y + y_off + b * y_batch_step + (long)(t0 + r) * y_stride + n;
+        *out = beta == 0.0f ? acc[r] : beta * *out + acc[r];
+    }
+}
+
 /* h = silu(x W1^T) * (x W3^T): both projections from one pass over the x tiles. */
 __kernel __attribute__((reqd_work_group_size(TILE, TILE, 1))) void
 moira_swiglu_up(__global const float *x, long x_off, WEIGHT_PARAMS(w1), WEIGHT_PARAMS(w3),
