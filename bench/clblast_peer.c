@@ -12,6 +12,11 @@
 struct moira_clblast_peer {
     cl_context context;
     cl_command_queue queue;
+    /* The prepared MoE problem (moira_clblast_peer_moe_prepare). */
+    int32_t *rows; /* owned */
+    int n_experts;
+    int64_t hidden, inter;
+    cl_mem mems[7]; /* x, W1, W3, W2, gate, up, y; owned */
 };
 
 static moira_status_t peer_error(const char *what, int code) {
@@ -56,6 +61,9 @@ moira_status_t moira_clblast_peer_open(int device_index, moira_clblast_peer_t **
 
 void moira_clblast_peer_close(moira_clblast_peer_t *peer) {
     if (!peer) return;
+    for (int i = 0; i < 7; i++)
+        if (peer->mems[i]) clReleaseMemObject(peer->mems[i]);
+    free(peer->rows);
     clReleaseCommandQueue(peer->queue);
     clReleaseContext(peer->context);
     free(peer);
@@ -106,36 +114,39 @@ static int run_loop(moira_clblast_peer_t *peer, const int32_t *rows, int n_exper
     return clFinish(peer->queue);
 }
 
-moira_status_t moira_clblast_peer_moe(moira_clblast_peer_t *peer, const int32_t *rows,
-                                      int n_experts, int64_t hidden, int64_t inter,
-                                      int iterations, double *out_seconds) {
+moira_status_t moira_clblast_peer_moe_prepare(moira_clblast_peer_t *peer, const int32_t *rows,
+                                              int n_experts, int64_t hidden, int64_t inter) {
     size_t assignments = 0;
     for (int e = 0; e < n_experts; e++) assignments += (size_t)rows[e];
+    peer->rows = malloc((size_t)n_experts * sizeof(*rows));
+    if (!peer->rows) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "CLBlast peer");
+    for (int e = 0; e < n_experts; e++) peer->rows[e] = rows[e];
+    peer->n_experts = n_experts;
+    peer->hidden = hidden;
+    peer->inter = inter;
     size_t weight_floats = (size_t)n_experts * (size_t)(hidden * inter);
     cl_int code = CL_SUCCESS;
-    cl_mem mems[7] = {0};
+    cl_mem *mems = peer->mems;
     mems[0] = filled_buffer(peer, assignments * (size_t)hidden + 1, 0.5f, &code);
     for (int i = 1; i <= 3 && code == CL_SUCCESS; i++)
         mems[i] = filled_buffer(peer, weight_floats, 0.01f, &code);
     for (int i = 4; i <= 5 && code == CL_SUCCESS; i++)
         mems[i] = filled_buffer(peer, assignments * (size_t)inter + 1, 0.0f, &code);
-    if (code == CL_SUCCESS) mems[6] = filled_buffer(peer, assignments * (size_t)hidden + 1, 0.0f,
-                                                    &code);
-    moira_status_t status = MOIRA_OK_STATUS;
-    if (code != CL_SUCCESS) status = peer_error("allocating buffers", code);
-    double best = INFINITY;
-    for (int it = 0; it <= iterations && !status; it++) {
-        double start = seconds_now();
-        int failed = run_loop(peer, rows, n_experts, hidden, inter, mems[0], mems[1], mems[2],
-                              mems[3], mems[4], mems[5], mems[6]);
-        if (failed) status = peer_error("CLBlastSgemm", failed);
-        double elapsed = seconds_now() - start;
-        if (it > 0 && elapsed < best) best = elapsed;
-    }
-    for (int i = 0; i < 7; i++)
-        if (mems[i]) clReleaseMemObject(mems[i]);
-    *out_seconds = best;
-    return status;
+    if (code == CL_SUCCESS)
+        mems[6] = filled_buffer(peer, assignments * (size_t)hidden + 1, 0.0f, &code);
+    if (code == CL_SUCCESS) code = clFinish(peer->queue);
+    if (code != CL_SUCCESS) return peer_error("allocating buffers", code);
+    return MOIRA_OK_STATUS;
+}
+
+moira_status_t moira_clblast_peer_moe_run(moira_clblast_peer_t *peer, double *out_seconds) {
+    cl_mem *m = peer->mems;
+    double start = seconds_now();
+    int failed = run_loop(peer, peer->rows, peer->n_experts, peer->hidden, peer->inter, m[0], m[1],
+                          m[2], m[3], m[4], m[5], m[6]);
+    *out_seconds = seconds_now() - start;
+    if (failed) return peer_error("CLBlastSgemm", failed);
+    return MOIRA_OK_STATUS;
 }
 
 /* One pass of the per-head loop; the first CLBlast error stops it. */

@@ -17,13 +17,15 @@ typedef struct moira_clblast_peer moira_clblast_peer_t;
 moira_status_t moira_clblast_peer_open(int device_index, moira_clblast_peer_t **out_peer);
 void moira_clblast_peer_close(moira_clblast_peer_t *peer);
 
-/* Times the per-expert loop: for every expert e with rows[e] > 0, three SGEMMs over its rows of
- * a pre-gathered activation matrix: gate = x_e W1_e^T, up = x_e W3_e^T ([rows, I], K = D) and
- * y_e = gate W2_e^T ([rows, D], K = I). Weights are f32, filled on the device. Returns the best
- * seconds per iteration over `iterations` after one warm-up. */
-moira_status_t moira_clblast_peer_moe(moira_clblast_peer_t *peer, const int32_t *rows,
-                                      int n_experts, int64_t hidden, int64_t inter,
-                                      int iterations, double *out_seconds);
+/* Prepares the per-expert loop: for every expert e with rows[e] > 0, three SGEMMs over its rows
+ * of a pre-gathered activation matrix: gate = x_e W1_e^T, up = x_e W3_e^T ([rows, I], K = D)
+ * and y_e = gate W2_e^T ([rows, D], K = I). Weights are f32, filled on the device. `rows` is
+ * copied. One problem per peer at a time; moira_clblast_peer_close frees it. */
+moira_status_t moira_clblast_peer_moe_prepare(moira_clblast_peer_t *peer, const int32_t *rows,
+                                              int n_experts, int64_t hidden, int64_t inter);
+
+/* Runs the prepared loop once to completion; its wall time in `out_seconds`. */
+moira_status_t moira_clblast_peer_moe_run(moira_clblast_peer_t *peer, double *out_seconds);
 
 /* Times the per-head loop of MLA's absorbed decode projections, the same GEMMs as Moira's
  * MLA_ABSORB_Q and MLA_ABSORB_OUT: for every head h, q_lat_h [T, L] = q_nope_h [T, nope] W_UK_h

@@ -73,9 +73,12 @@ static moira_dtensor_t view(moira_buffer_t *buffer, moira_dtype_t dtype, int ran
 enum { B_X, B_W1, B_W3, B_W2, B_IDX, B_TOPW, B_OFFSETS, B_SORTED, B_POS, B_YS, B_Y, B_COUNT };
 
 /* Uploads inputs and weights (each expert's matrices written from one host matrix), then times
- * dispatch + FFN + combine; best seconds per iteration. */
+ * dispatch + FFN + combine, alternating with one run of the prepared peer (when there is one) so
+ * that both see the same machine load; best seconds per iteration of each. */
 static moira_status_t time_moira(moira_device_t *device, const moe_shape_t *s, const int32_t *idx,
-                                 const float *topk_weight, int iterations, double *out_seconds) {
+                                 const float *topk_weight, int iterations,
+                                 moira_clblast_peer_t *peer, double *out_seconds,
+                                 double *out_peer_seconds) {
     int64_t D = s->hidden, I = s->inter, E = s->experts, A = s->tokens * s->top_k;
     size_t sizes[B_COUNT] = {
         [B_X] = (size_t)(s->tokens * D) * 4, [B_W1] = (size_t)(E * I * D) * 4,
@@ -132,7 +135,7 @@ static moira_status_t time_moira(moira_device_t *device, const moe_shape_t *s, c
                                               view(b[B_TOPW], MOIRA_DTYPE_F32, 2, s->tokens,
                                                    s->top_k, 0),
                                               view(b[B_Y], MOIRA_DTYPE_F32, 2, s->tokens, D, 0)}};
-    double best = INFINITY;
+    double best = INFINITY, peer_best = INFINITY;
     for (int it = 0; it <= iterations && !status; it++) {
         double start = seconds_now();
         status = moira_queue_launch(queue, &dispatch);
@@ -143,12 +146,17 @@ static moira_status_t time_moira(moira_device_t *device, const moe_shape_t *s, c
         else moira_status_free(finished);
         double elapsed = seconds_now() - start;
         if (it > 0 && elapsed < best) best = elapsed;
+        if (peer && !status) {
+            status = moira_clblast_peer_moe_run(peer, &elapsed);
+            if (it > 0 && elapsed < peer_best) peer_best = elapsed;
+        }
     }
     for (int i = 0; i < B_COUNT; i++)
         if (b[i]) moira_buffer_free(b[i]);
     if (queue) moira_queue_destroy(queue);
     free(host);
     *out_seconds = best;
+    *out_peer_seconds = peer ? peer_best : NAN;
     return status;
 }
 
@@ -181,17 +189,19 @@ static int bench_moe(const char *device_name, const char *model_path, long long 
     }
     make_routing(&shape, idx, weights, rows);
     double moira_seconds = 0, peer_seconds = NAN;
-    status = time_moira(device, &shape, idx, weights, (int)iterations, &moira_seconds);
     const moira_device_info_t *info = moira_device_info(device);
     bool has_peer = !strcmp(info->backend, "opencl");
-    if (!status && has_peer) {
-        moira_clblast_peer_t *peer = NULL;
+    moira_clblast_peer_t *peer = NULL;
+    if (has_peer) {
         status = moira_clblast_peer_open(info->index, &peer);
         if (!status)
-            status = moira_clblast_peer_moe(peer, rows, (int)shape.experts, shape.hidden,
-                                            shape.inter, (int)iterations, &peer_seconds);
-        moira_clblast_peer_close(peer);
+            status = moira_clblast_peer_moe_prepare(peer, rows, (int)shape.experts, shape.hidden,
+                                                    shape.inter);
     }
+    if (!status)
+        status = time_moira(device, &shape, idx, weights, (int)iterations, peer, &moira_seconds,
+                            &peer_seconds);
+    moira_clblast_peer_close(peer);
     free(idx);
     free(rows);
     free(weights);
@@ -297,18 +307,26 @@ static int bench_mla(const char *device_name, const char *model_path, long long 
     moira_status_t status = moira_device_find(device_name, &device);
     if (status) return moira_status_report(status);
     const moira_device_info_t *info = moira_device_info(device);
-    double moira_seconds = 0, peer_seconds = NAN;
-    status = time_moira_absorb(device, &p, tokens, (int)iterations, &moira_seconds);
+    double moira_seconds = INFINITY, peer_seconds = NAN;
     bool has_peer = !strcmp(info->backend, "opencl");
-    if (!status && has_peer) {
-        moira_clblast_peer_t *peer = NULL;
+    moira_clblast_peer_t *peer = NULL;
+    if (has_peer) {
         status = moira_clblast_peer_open(info->index, &peer);
-        if (!status)
-            status = moira_clblast_peer_mla_absorb(peer, tokens, p.n_heads, p.nope_dim,
-                                                   p.rope_dim, p.v_dim, p.kv_lora_rank,
-                                                   (int)iterations, &peer_seconds);
-        moira_clblast_peer_close(peer);
+        peer_seconds = INFINITY;
     }
+    /* Rounds alternate Moira and the peer (buffers are small enough to set up per round), so
+     * both see the same machine load; the best round of each is kept. */
+    for (long long round = 0; round < iterations && !status; round++) {
+        double seconds = 0;
+        status = time_moira_absorb(device, &p, tokens, 1, &seconds);
+        if (seconds < moira_seconds) moira_seconds = seconds;
+        if (!status && peer)
+            status = moira_clblast_peer_mla_absorb(peer, tokens, p.n_heads, p.nope_dim,
+                                                   p.rope_dim, p.v_dim, p.kv_lora_rank, 1,
+                                                   &seconds);
+        if (peer && seconds < peer_seconds) peer_seconds = seconds;
+    }
+    moira_clblast_peer_close(peer);
     if (status) return moira_status_report(status);
     double flops = 2.0 * (double)tokens * p.n_heads * p.kv_lora_rank * (p.nope_dim + p.v_dim);
     double ratio = peer_seconds / moira_seconds;
