@@ -45,8 +45,7 @@ moira_status_t moira_clblast_peer_open(int device_index, moira_clblast_peer_t **
         if (!peer) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "CLBlast peer");
         cl_int code = CL_SUCCESS;
         peer->context = clCreateContext(NULL, 1, &device, NULL, NULL, &code);
-        if (code == CL_SUCCESS)
-            peer->queue = clCreateCommandQueue(peer->context, device, 0, &code);
+        if (code == CL_SUCCESS) peer->queue = clCreateCommandQueue(peer->context, device, 0, &code);
         if (code != CL_SUCCESS) {
             if (peer->context) clReleaseContext(peer->context);
             free(peer);
@@ -70,10 +69,9 @@ void moira_clblast_peer_close(moira_clblast_peer_t *peer) {
 }
 
 /* A device buffer of `floats` f32 values, all `value`. */
-static cl_mem filled_buffer(moira_clblast_peer_t *peer, size_t floats, float value,
-                            cl_int *code) {
-    cl_mem mem = clCreateBuffer(peer->context, CL_MEM_READ_WRITE, floats * sizeof(float), NULL,
-                                code);
+static cl_mem filled_buffer(moira_clblast_peer_t *peer, size_t floats, float value, cl_int *code) {
+    cl_mem mem =
+        clCreateBuffer(peer->context, CL_MEM_READ_WRITE, floats * sizeof(float), NULL, code);
     if (*code == CL_SUCCESS)
         *code = clEnqueueFillBuffer(peer->queue, mem, &value, sizeof(value), 0,
                                     floats * sizeof(float), 0, NULL, NULL);
@@ -87,9 +85,9 @@ static double seconds_now(void) {
 }
 
 /* One pass of the loop; the first CLBlast error stops it. */
-static int run_loop(moira_clblast_peer_t *peer, const int32_t *rows, int n_experts,
-                    int64_t hidden, int64_t inter, cl_mem x, cl_mem w1, cl_mem w3, cl_mem w2,
-                    cl_mem gate, cl_mem up, cl_mem y) {
+static int run_loop(moira_clblast_peer_t *peer, const int32_t *rows, int n_experts, int64_t hidden,
+                    int64_t inter, cl_mem x, cl_mem w1, cl_mem w3, cl_mem w2, cl_mem gate,
+                    cl_mem up, cl_mem y) {
     size_t row0 = 0;
     size_t D = (size_t)hidden, I = (size_t)inter;
     for (int e = 0; e < n_experts; e++) {
@@ -97,9 +95,8 @@ static int run_loop(moira_clblast_peer_t *peer, const int32_t *rows, int n_exper
         if (!n) continue;
         size_t w_off = (size_t)e * I * D;
         CLBlastStatusCode s = CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo,
-                                           CLBlastTransposeYes, n, I, D, 1.0f, x, row0 * D, D,
-                                           w1, w_off, D, 0.0f, gate, row0 * I, I, &peer->queue,
-                                           NULL);
+                                           CLBlastTransposeYes, n, I, D, 1.0f, x, row0 * D, D, w1,
+                                           w_off, D, 0.0f, gate, row0 * I, I, &peer->queue, NULL);
         if (s == CLBlastSuccess)
             s = CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo, CLBlastTransposeYes, n, I,
                              D, 1.0f, x, row0 * D, D, w3, w_off, D, 0.0f, up, row0 * I, I,
@@ -117,10 +114,12 @@ static int run_loop(moira_clblast_peer_t *peer, const int32_t *rows, int n_exper
 moira_status_t moira_clblast_peer_moe_prepare(moira_clblast_peer_t *peer, const int32_t *rows,
                                               int n_experts, int64_t hidden, int64_t inter) {
     size_t assignments = 0;
-    for (int e = 0; e < n_experts; e++) assignments += (size_t)rows[e];
+    for (int e = 0; e < n_experts; e++)
+        assignments += (size_t)rows[e];
     peer->rows = malloc((size_t)n_experts * sizeof(*rows));
     if (!peer->rows) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "CLBlast peer");
-    for (int e = 0; e < n_experts; e++) peer->rows[e] = rows[e];
+    for (int e = 0; e < n_experts; e++)
+        peer->rows[e] = rows[e];
     peer->n_experts = n_experts;
     peer->hidden = hidden;
     peer->inter = inter;
@@ -150,15 +149,15 @@ moira_status_t moira_clblast_peer_moe_run(moira_clblast_peer_t *peer, double *ou
 }
 
 /* One pass of the per-head loop; the first CLBlast error stops it. */
-static int run_absorb_loop(moira_clblast_peer_t *peer, size_t T, size_t H, size_t nope,
-                           size_t rope, size_t v, size_t L, cl_mem q, cl_mem w, cl_mem q_lat,
-                           cl_mem o_lat, cl_mem out) {
+static int run_absorb_loop(moira_clblast_peer_t *peer, size_t T, size_t H, size_t nope, size_t rope,
+                           size_t v, size_t L, cl_mem q, cl_mem w, cl_mem q_lat, cl_mem o_lat,
+                           cl_mem out) {
     for (size_t h = 0; h < H; h++) {
         size_t k_rows = h * (nope + v) * L, v_rows = (h * (nope + v) + nope) * L;
-        CLBlastStatusCode s = CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo,
-                                           CLBlastTransposeNo, T, L, nope, 1.0f, q,
-                                           h * (nope + rope), H * (nope + rope), w, k_rows, L,
-                                           0.0f, q_lat, h * L, H * L, &peer->queue, NULL);
+        CLBlastStatusCode s =
+            CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo, CLBlastTransposeNo, T, L, nope,
+                         1.0f, q, h * (nope + rope), H * (nope + rope), w, k_rows, L, 0.0f, q_lat,
+                         h * L, H * L, &peer->queue, NULL);
         if (s == CLBlastSuccess)
             s = CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo, CLBlastTransposeYes, T, v,
                              L, 1.0f, o_lat, h * L, H * L, w, v_rows, L, 0.0f, out, h * v, H * v,

@@ -16,9 +16,9 @@
 
 #include "backends/opencl/opencl_internal.h"
 
-#include <CL/cl_ext.h>
 #include "runtime/backend.h"
 #include "runtime/log.h"
+#include <CL/cl_ext.h>
 
 /* Kept stable: changing them changes the cache key, which is what should happen. */
 static const char program_options[] = "-cl-std=CL1.2";
@@ -27,35 +27,81 @@ static const moira_device_vtable_t opencl_vtable;
 
 /* ---- Errors ---- */
 
+typedef struct cl_error_name {
+    cl_int code;
+    const char *name;
+} cl_error_name_t;
+
+#define CL_ERROR(c)                                                                                \
+    { c, #c }
+static const cl_error_name_t cl_error_names[] = {
+    CL_ERROR(CL_SUCCESS),
+    CL_ERROR(CL_DEVICE_NOT_FOUND),
+    CL_ERROR(CL_DEVICE_NOT_AVAILABLE),
+    CL_ERROR(CL_COMPILER_NOT_AVAILABLE),
+    CL_ERROR(CL_MEM_OBJECT_ALLOCATION_FAILURE),
+    CL_ERROR(CL_OUT_OF_RESOURCES),
+    CL_ERROR(CL_OUT_OF_HOST_MEMORY),
+    CL_ERROR(CL_PROFILING_INFO_NOT_AVAILABLE),
+    CL_ERROR(CL_MEM_COPY_OVERLAP),
+    CL_ERROR(CL_IMAGE_FORMAT_MISMATCH),
+    CL_ERROR(CL_IMAGE_FORMAT_NOT_SUPPORTED),
+    CL_ERROR(CL_BUILD_PROGRAM_FAILURE),
+    CL_ERROR(CL_MAP_FAILURE),
+    CL_ERROR(CL_MISALIGNED_SUB_BUFFER_OFFSET),
+    CL_ERROR(CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST),
+    CL_ERROR(CL_COMPILE_PROGRAM_FAILURE),
+    CL_ERROR(CL_LINKER_NOT_AVAILABLE),
+    CL_ERROR(CL_LINK_PROGRAM_FAILURE),
+    CL_ERROR(CL_DEVICE_PARTITION_FAILED),
+    CL_ERROR(CL_KERNEL_ARG_INFO_NOT_AVAILABLE),
+    CL_ERROR(CL_INVALID_VALUE),
+    CL_ERROR(CL_INVALID_DEVICE_TYPE),
+    CL_ERROR(CL_INVALID_PLATFORM),
+    CL_ERROR(CL_INVALID_DEVICE),
+    CL_ERROR(CL_INVALID_CONTEXT),
+    CL_ERROR(CL_INVALID_QUEUE_PROPERTIES),
+    CL_ERROR(CL_INVALID_COMMAND_QUEUE),
+    CL_ERROR(CL_INVALID_HOST_PTR),
+    CL_ERROR(CL_INVALID_MEM_OBJECT),
+    CL_ERROR(CL_INVALID_IMAGE_FORMAT_DESCRIPTOR),
+    CL_ERROR(CL_INVALID_IMAGE_SIZE),
+    CL_ERROR(CL_INVALID_SAMPLER),
+    CL_ERROR(CL_INVALID_BINARY),
+    CL_ERROR(CL_INVALID_BUILD_OPTIONS),
+    CL_ERROR(CL_INVALID_PROGRAM),
+    CL_ERROR(CL_INVALID_PROGRAM_EXECUTABLE),
+    CL_ERROR(CL_INVALID_KERNEL_NAME),
+    CL_ERROR(CL_INVALID_KERNEL_DEFINITION),
+    CL_ERROR(CL_INVALID_KERNEL),
+    CL_ERROR(CL_INVALID_ARG_INDEX),
+    CL_ERROR(CL_INVALID_ARG_VALUE),
+    CL_ERROR(CL_INVALID_ARG_SIZE),
+    CL_ERROR(CL_INVALID_KERNEL_ARGS),
+    CL_ERROR(CL_INVALID_WORK_DIMENSION),
+    CL_ERROR(CL_INVALID_WORK_GROUP_SIZE),
+    CL_ERROR(CL_INVALID_WORK_ITEM_SIZE),
+    CL_ERROR(CL_INVALID_GLOBAL_OFFSET),
+    CL_ERROR(CL_INVALID_EVENT_WAIT_LIST),
+    CL_ERROR(CL_INVALID_EVENT),
+    CL_ERROR(CL_INVALID_OPERATION),
+    CL_ERROR(CL_INVALID_GL_OBJECT),
+    CL_ERROR(CL_INVALID_BUFFER_SIZE),
+    CL_ERROR(CL_INVALID_MIP_LEVEL),
+    CL_ERROR(CL_INVALID_GLOBAL_WORK_SIZE),
+    CL_ERROR(CL_INVALID_PROPERTY),
+    CL_ERROR(CL_INVALID_IMAGE_DESCRIPTOR),
+    CL_ERROR(CL_INVALID_COMPILER_OPTIONS),
+    CL_ERROR(CL_INVALID_LINKER_OPTIONS),
+    CL_ERROR(CL_INVALID_DEVICE_PARTITION_COUNT),
+    CL_ERROR(CL_PLATFORM_NOT_FOUND_KHR),
+};
+#undef CL_ERROR
+
+/* Names as the CL headers spell them, so a user can search for the error. */
 const char *moira_opencl_error_name(cl_int code) {
-    switch (code) {
-#define NAME(c) case c: return #c;
-        NAME(CL_SUCCESS) NAME(CL_DEVICE_NOT_FOUND) NAME(CL_DEVICE_NOT_AVAILABLE)
-        NAME(CL_COMPILER_NOT_AVAILABLE) NAME(CL_MEM_OBJECT_ALLOCATION_FAILURE)
-        NAME(CL_OUT_OF_RESOURCES) NAME(CL_OUT_OF_HOST_MEMORY) NAME(CL_PROFILING_INFO_NOT_AVAILABLE)
-        NAME(CL_MEM_COPY_OVERLAP) NAME(CL_IMAGE_FORMAT_MISMATCH)
-        NAME(CL_IMAGE_FORMAT_NOT_SUPPORTED) NAME(CL_BUILD_PROGRAM_FAILURE) NAME(CL_MAP_FAILURE)
-        NAME(CL_MISALIGNED_SUB_BUFFER_OFFSET) NAME(CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST)
-        NAME(CL_COMPILE_PROGRAM_FAILURE) NAME(CL_LINKER_NOT_AVAILABLE) NAME(CL_LINK_PROGRAM_FAILURE)
-        NAME(CL_DEVICE_PARTITION_FAILED) NAME(CL_KERNEL_ARG_INFO_NOT_AVAILABLE)
-        NAME(CL_INVALID_VALUE) NAME(CL_INVALID_DEVICE_TYPE) NAME(CL_INVALID_PLATFORM)
-        NAME(CL_INVALID_DEVICE) NAME(CL_INVALID_CONTEXT) NAME(CL_INVALID_QUEUE_PROPERTIES)
-        NAME(CL_INVALID_COMMAND_QUEUE) NAME(CL_INVALID_HOST_PTR) NAME(CL_INVALID_MEM_OBJECT)
-        NAME(CL_INVALID_IMAGE_FORMAT_DESCRIPTOR) NAME(CL_INVALID_IMAGE_SIZE)
-        NAME(CL_INVALID_SAMPLER) NAME(CL_INVALID_BINARY) NAME(CL_INVALID_BUILD_OPTIONS)
-        NAME(CL_INVALID_PROGRAM) NAME(CL_INVALID_PROGRAM_EXECUTABLE) NAME(CL_INVALID_KERNEL_NAME)
-        NAME(CL_INVALID_KERNEL_DEFINITION) NAME(CL_INVALID_KERNEL) NAME(CL_INVALID_ARG_INDEX)
-        NAME(CL_INVALID_ARG_VALUE) NAME(CL_INVALID_ARG_SIZE) NAME(CL_INVALID_KERNEL_ARGS)
-        NAME(CL_INVALID_WORK_DIMENSION) NAME(CL_INVALID_WORK_GROUP_SIZE)
-        NAME(CL_INVALID_WORK_ITEM_SIZE) NAME(CL_INVALID_GLOBAL_OFFSET)
-        NAME(CL_INVALID_EVENT_WAIT_LIST) NAME(CL_INVALID_EVENT) NAME(CL_INVALID_OPERATION)
-        NAME(CL_INVALID_GL_OBJECT) NAME(CL_INVALID_BUFFER_SIZE) NAME(CL_INVALID_MIP_LEVEL)
-        NAME(CL_INVALID_GLOBAL_WORK_SIZE) NAME(CL_INVALID_PROPERTY)
-        NAME(CL_INVALID_IMAGE_DESCRIPTOR) NAME(CL_INVALID_COMPILER_OPTIONS)
-        NAME(CL_INVALID_LINKER_OPTIONS) NAME(CL_INVALID_DEVICE_PARTITION_COUNT)
-        NAME(CL_PLATFORM_NOT_FOUND_KHR)
-#undef NAME
-    }
+    for (size_t i = 0; i < sizeof(cl_error_names) / sizeof(cl_error_names[0]); i++)
+        if (cl_error_names[i].code == code) return cl_error_names[i].name;
     return "CL error (unknown code)";
 }
 
@@ -71,7 +117,7 @@ moira_status_t moira_opencl_error(cl_int code, const char *what) {
 #define CL_CHECK(call, what)                                                                       \
     do {                                                                                           \
         cl_int cl_check_code_ = (call);                                                            \
-        if (cl_check_code_ != CL_SUCCESS) return moira_opencl_error(cl_check_code_, what);        \
+        if (cl_check_code_ != CL_SUCCESS) return moira_opencl_error(cl_check_code_, what);         \
     } while (0)
 
 /* ---- Program: embedded source, disk cache, build ---- */
@@ -80,7 +126,8 @@ moira_status_t moira_opencl_error(cl_int code, const char *what) {
  * costs a rebuild, see load_cached_program). */
 static uint64_t fnv1a(uint64_t hash, const void *data, size_t length) {
     const unsigned char *bytes = data;
-    for (size_t i = 0; i < length; i++) hash = (hash ^ bytes[i]) * 0x100000001b3ull;
+    for (size_t i = 0; i < length; i++)
+        hash = (hash ^ bytes[i]) * 0x100000001b3ull;
     return hash;
 }
 
@@ -173,7 +220,8 @@ static void save_program(opencl_device_t *device, cl_program program, const char
     if (!binary) return;
     unsigned char *binaries[1] = {binary};
     char temp[4300];
-    if ((size_t)snprintf(temp, sizeof(temp), "%.4200s.%d.tmp", path, (int)getpid()) >= sizeof(temp)) {
+    if ((size_t)snprintf(temp, sizeof(temp), "%.4200s.%d.tmp", path, (int)getpid()) >=
+        sizeof(temp)) {
         free(binary);
         return;
     }
@@ -290,12 +338,12 @@ static moira_status_t opencl_buffer_alloc(moira_device_t *base, size_t bytes, in
     opencl_buffer_t *buffer = calloc(1, sizeof(*buffer));
     if (!buffer) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "cannot allocate a buffer");
     cl_int code = CL_SUCCESS;
-    buffer->mem = clCreateBuffer(device->context, CL_MEM_READ_WRITE, bytes ? bytes : 1, NULL,
-                                 &code);
+    buffer->mem =
+        clCreateBuffer(device->context, CL_MEM_READ_WRITE, bytes ? bytes : 1, NULL, &code);
     if (code != CL_SUCCESS) {
         free(buffer);
-        return moira_status_annotate(moira_opencl_error(code, "clCreateBuffer"),
-                                     "%s: %zu bytes", base->info.name, bytes);
+        return moira_status_annotate(moira_opencl_error(code, "clCreateBuffer"), "%s: %zu bytes",
+                                     base->info.name, bytes);
     }
     buffer->base.device = base;
     buffer->base.size = bytes;
@@ -388,12 +436,12 @@ static moira_status_t opencl_enqueue_read(moira_queue_t *base, moira_buffer_t *s
 /* CL refuses overlapping copies within one buffer (memmove semantics are wanted), so those go
  * through a temporary buffer. */
 static moira_status_t opencl_enqueue_copy(moira_queue_t *base, moira_buffer_t *src,
-                                          size_t src_offset, moira_buffer_t *dst,
-                                          size_t dst_offset, size_t bytes) {
+                                          size_t src_offset, moira_buffer_t *dst, size_t dst_offset,
+                                          size_t bytes) {
     opencl_queue_t *queue = (opencl_queue_t *)base;
     cl_mem src_mem = moira_opencl_mem(src), dst_mem = moira_opencl_mem(dst);
-    bool overlap = src_mem == dst_mem && src_offset < dst_offset + bytes &&
-                   dst_offset < src_offset + bytes;
+    bool overlap =
+        src_mem == dst_mem && src_offset < dst_offset + bytes && dst_offset < src_offset + bytes;
     if (!overlap) {
         CL_CHECK(clEnqueueCopyBuffer(queue->queue, src_mem, dst_mem, src_offset, dst_offset, bytes,
                                      0, NULL, NULL),
@@ -406,8 +454,8 @@ static moira_status_t opencl_enqueue_copy(moira_queue_t *base, moira_buffer_t *s
     CL_CHECK(code, "clCreateBuffer");
     code = clEnqueueCopyBuffer(queue->queue, src_mem, temp, src_offset, 0, bytes, 0, NULL, NULL);
     if (code == CL_SUCCESS)
-        code = clEnqueueCopyBuffer(queue->queue, temp, dst_mem, 0, dst_offset, bytes, 0, NULL,
-                                   NULL);
+        code =
+            clEnqueueCopyBuffer(queue->queue, temp, dst_mem, 0, dst_offset, bytes, 0, NULL, NULL);
     clReleaseMemObject(temp); /* freed by CL once the copies using it are done */
     CL_CHECK(code, "clEnqueueCopyBuffer");
     return MOIRA_OK_STATUS;
@@ -576,8 +624,7 @@ static void describe_device(opencl_device_t *device, int index) {
     bool fp64 = extensions && strstr(extensions, "cl_khr_fp64");
     if (extensions && strstr(extensions, "cl_khr_pci_bus_info")) {
         cl_device_pci_bus_info_khr bus = {0};
-        if (clGetDeviceInfo(id, CL_DEVICE_PCI_BUS_INFO_KHR, sizeof(bus), &bus, NULL) ==
-            CL_SUCCESS)
+        if (clGetDeviceInfo(id, CL_DEVICE_PCI_BUS_INFO_KHR, sizeof(bus), &bus, NULL) == CL_SUCCESS)
             snprintf(info->pci_bus_id, sizeof(info->pci_bus_id), "%04x:%02x:%02x.%x",
                      bus.pci_domain, bus.pci_bus, bus.pci_device, bus.pci_function);
     }
@@ -600,8 +647,7 @@ static moira_status_t new_device(cl_platform_id platform, cl_device_id id, int i
     opencl_device_t *device = calloc(1, sizeof(*device));
     if (!device) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "cannot allocate a device");
     cl_int code = CL_SUCCESS;
-    cl_context_properties properties[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)platform,
-                                          0};
+    cl_context_properties properties[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)platform, 0};
     device->context = clCreateContext(properties, 1, &id, NULL, NULL, &code);
     if (code != CL_SUCCESS) {
         free(device);
@@ -624,16 +670,14 @@ static moira_status_t new_device(cl_platform_id platform, cl_device_id id, int i
 /* Every device of every platform, in the ICD loader's order. No platform (no ICD, or a loader
  * without drivers) is an error the registry reports as the backend being unavailable; a device
  * whose context cannot be made is skipped with a warning. */
-static moira_status_t opencl_enumerate(moira_device_t **out_devices, int capacity,
-                                       int *out_count) {
+static moira_status_t opencl_enumerate(moira_device_t **out_devices, int capacity, int *out_count) {
     *out_count = 0;
     cl_uint n_platforms = 0;
     cl_int code = clGetPlatformIDs(0, NULL, &n_platforms);
     if (code != CL_SUCCESS || n_platforms == 0)
-        return moira_status_make(MOIRA_CODE_UNSUPPORTED,
-                                 "no OpenCL platform found (ICD loader: %s)",
-                                 code == CL_SUCCESS ? "no drivers installed"
-                                                    : moira_opencl_error_name(code));
+        return moira_status_make(
+            MOIRA_CODE_UNSUPPORTED, "no OpenCL platform found (ICD loader: %s)",
+            code == CL_SUCCESS ? "no drivers installed" : moira_opencl_error_name(code));
     cl_platform_id platforms[16];
     if (n_platforms > 16) n_platforms = 16;
     CL_CHECK(clGetPlatformIDs(n_platforms, platforms, NULL), "clGetPlatformIDs");

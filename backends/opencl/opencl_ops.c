@@ -12,15 +12,15 @@
 #include "backends/opencl/opencl_internal.h"
 #include "runtime/log.h"
 
-#define TILE 16         /* kernels/linear.cl and moe.cl */
-#define BLOCK 4         /* kernels/linear.cl: outputs per work-item per dimension */
+#define TILE 16 /* kernels/linear.cl and moe.cl */
+#define BLOCK 4 /* kernels/linear.cl: outputs per work-item per dimension */
 #define WIDE (TILE * BLOCK)
-#define NARROW 4        /* kernels/linear.cl: tokens per work-item of moira_linear_narrow */
+#define NARROW 4 /* kernels/linear.cl: tokens per work-item of moira_linear_narrow */
 /* Up to this many tokens the narrow kernel wins over WIDE x WIDE tiles (measured on PoCL). */
 #define NARROW_MAX_TOKENS 32
 #define NORM_GROUP 64   /* kernels/norm_rope.cl */
 #define MOE_TILE 8      /* kernels/moe.cl: rows per tile */
-#define MOE_COLUMNS 128  /* kernels/moe.cl: output columns per work-group */
+#define MOE_COLUMNS 128 /* kernels/moe.cl: output columns per work-group */
 #define ATTEND_GROUP 64 /* kernels/mla.cl */
 #define ATTEND_MAX_QUERY 2048
 #define ATTEND_MAX_VALUE (ATTEND_GROUP * 16)
@@ -77,10 +77,14 @@ static void arg_tensor(args_t *a, const moira_dtensor_t *tensor) {
 /* kernels/common.cl's dtype codes. */
 static int weight_dtype_code(moira_dtype_t dtype) {
     switch (dtype) {
-    case MOIRA_DTYPE_F16: return 1;
-    case MOIRA_DTYPE_BF16: return 2;
-    case MOIRA_DTYPE_F8_E4M3: return 3;
-    default: return 0;
+    case MOIRA_DTYPE_F16:
+        return 1;
+    case MOIRA_DTYPE_BF16:
+        return 2;
+    case MOIRA_DTYPE_F8_E4M3:
+        return 3;
+    default:
+        return 0;
     }
 }
 
@@ -191,27 +195,23 @@ static bool clblast_eligible(const linear_job_t *job) {
 static moira_status_t run_clblast_linear(opencl_queue_t *queue, const linear_job_t *job) {
     if (job->beta == 0.0f) {
         float zero = 0.0f;
-        cl_int code = clEnqueueFillBuffer(queue->queue, job->y, &zero, sizeof(zero),
-                                          (size_t)job->y_off * sizeof(float),
-                                          (size_t)(job->tokens * job->out_features) *
-                                              sizeof(float),
-                                          0, NULL, NULL);
+        cl_int code = clEnqueueFillBuffer(
+            queue->queue, job->y, &zero, sizeof(zero), (size_t)job->y_off * sizeof(float),
+            (size_t)(job->tokens * job->out_features) * sizeof(float), 0, NULL, NULL);
         if (code != CL_SUCCESS) return moira_opencl_error(code, "clEnqueueFillBuffer");
     }
     const moira_dtensor_t *w = job->weight;
-    CLBlastStatusCode code = CLBlastSgemm(
-        CLBlastLayoutRowMajor, CLBlastTransposeNo, CLBlastTransposeYes, (size_t)job->tokens,
-        (size_t)job->out_features, (size_t)job->in_features, 1.0f, job->x, (size_t)job->x_off,
-        (size_t)job->x_stride, moira_opencl_mem(w->buffer), w->offset / sizeof(float),
-        (size_t)job->in_features, job->beta, job->y, (size_t)job->y_off, (size_t)job->y_stride,
-        &queue->queue, NULL);
+    CLBlastStatusCode code =
+        CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo, CLBlastTransposeYes,
+                     (size_t)job->tokens, (size_t)job->out_features, (size_t)job->in_features, 1.0f,
+                     job->x, (size_t)job->x_off, (size_t)job->x_stride, moira_opencl_mem(w->buffer),
+                     w->offset / sizeof(float), (size_t)job->in_features, job->beta, job->y,
+                     (size_t)job->y_off, (size_t)job->y_stride, &queue->queue, NULL);
     if (code != CLBlastSuccess)
-        return moira_status_make(MOIRA_CODE_DEVICE, "opencl: CLBlastSgemm %lldx%lldx%lld: %s (%d)",
-                                 (long long)job->tokens, (long long)job->out_features,
-                                 (long long)job->in_features,
-                                 code < 0 && code > -100 ? moira_opencl_error_name(code)
-                                                         : "CLBlast error",
-                                 (int)code);
+        return moira_status_make(
+            MOIRA_CODE_DEVICE, "opencl: CLBlastSgemm %lldx%lldx%lld: %s (%d)",
+            (long long)job->tokens, (long long)job->out_features, (long long)job->in_features,
+            code < 0 && code > -100 ? moira_opencl_error_name(code) : "CLBlast error", (int)code);
     return MOIRA_OK_STATUS;
 }
 
@@ -411,9 +411,16 @@ static moira_status_t op_gate(opencl_device_t *device, opencl_queue_t *queue,
         status = temp_buffer(device, score_bytes, NULL, &chosen_scratch);
     if (!status) {
         linear_job_t job = {
-            .x = moira_opencl_mem(x->buffer), .x_off = element_offset(x),
-            .x_stride = x->shape[1], .weight = w, .y = scores, .y_stride = experts,
-            .batch = 1, .tokens = tokens, .out_features = experts, .in_features = x->shape[1],
+            .x = moira_opencl_mem(x->buffer),
+            .x_off = element_offset(x),
+            .x_stride = x->shape[1],
+            .weight = w,
+            .y = scores,
+            .y_stride = experts,
+            .batch = 1,
+            .tokens = tokens,
+            .out_features = experts,
+            .in_features = x->shape[1],
         };
         status = run_linear(device, queue, &job);
     }
@@ -498,8 +505,8 @@ static moira_status_t op_moe_ffn(opencl_device_t *device, opencl_queue_t *queue,
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "moe_ffn: too many assignments");
     int64_t max_tiles = (assignments + MOE_TILE - 1) / MOE_TILE + experts;
     cl_mem tiles = NULL, h = NULL;
-    moira_status_t status = temp_buffer(device, (size_t)max_tiles * 2 * sizeof(int32_t), NULL,
-                                        &tiles);
+    moira_status_t status =
+        temp_buffer(device, (size_t)max_tiles * 2 * sizeof(int32_t), NULL, &tiles);
     if (!status)
         status = temp_buffer(device, (size_t)(assignments * inter) * sizeof(float), NULL, &h);
     if (!status) {
@@ -577,8 +584,7 @@ static moira_status_t op_swiglu(opencl_device_t *device, opencl_queue_t *queue,
     int64_t tokens = x->shape[0], hidden = x->shape[1], inter = w1->shape[0];
     if (tokens == 0) return MOIRA_OK_STATUS;
     cl_mem h = NULL;
-    MOIRA_RETURN_IF_ERROR(
-        temp_buffer(device, (size_t)(tokens * inter) * sizeof(float), NULL, &h));
+    MOIRA_RETURN_IF_ERROR(temp_buffer(device, (size_t)(tokens * inter) * sizeof(float), NULL, &h));
     args_t a = args_for(device, KERNEL_moira_swiglu_up);
     arg_tensor(&a, x);
     arg_weight(&a, w1);
@@ -592,9 +598,16 @@ static moira_status_t op_swiglu(opencl_device_t *device, opencl_queue_t *queue,
     moira_status_t status = enqueue(queue, &a, "moira_swiglu_up", 2, global, local);
     if (!status) {
         linear_job_t job = {
-            .x = h, .x_stride = inter, .weight = w2,
-            .y = moira_opencl_mem(y->buffer), .y_off = element_offset(y), .y_stride = hidden,
-            .batch = 1, .tokens = tokens, .out_features = hidden, .in_features = inter,
+            .x = h,
+            .x_stride = inter,
+            .weight = w2,
+            .y = moira_opencl_mem(y->buffer),
+            .y_off = element_offset(y),
+            .y_stride = hidden,
+            .batch = 1,
+            .tokens = tokens,
+            .out_features = hidden,
+            .in_features = inter,
             .beta = p->beta,
         };
         status = run_linear(device, queue, &job);
@@ -667,9 +680,15 @@ static moira_status_t op_mla_attention(opencl_device_t *device, opencl_queue_t *
         .k2 = {&launch->operands[2], 0, moira_dtensor_row_stride(&launch->operands[2]), 0},
         .v = {kv, p->nope_dim, kv_width, p->nope_dim + p->v_dim},
         .out = {&launch->operands[4], 0, (int64_t)p->n_heads * p->v_dim, p->v_dim},
-        .n1 = p->nope_dim, .n2 = p->rope_dim, .v_width = p->v_dim,
-        .n_keys = q->shape[0], .tokens = q->shape[0], .heads = p->n_heads,
-        .positions = &launch->operands[3], .decode_mode = 0, .scale = p->scale,
+        .n1 = p->nope_dim,
+        .n2 = p->rope_dim,
+        .v_width = p->v_dim,
+        .n_keys = q->shape[0],
+        .tokens = q->shape[0],
+        .heads = p->n_heads,
+        .positions = &launch->operands[3],
+        .decode_mode = 0,
+        .scale = p->scale,
     };
     return run_attend(device, queue, &job);
 }
@@ -688,9 +707,15 @@ static moira_status_t op_mla_decode_attention(opencl_device_t *device, opencl_qu
         .k2 = {&launch->operands[3], 0, p->rope_dim, 0},
         .v = {c, 0, latent, 0},
         .out = {&launch->operands[5], 0, p->n_heads * latent, latent},
-        .n1 = latent, .n2 = p->rope_dim, .v_width = latent,
-        .n_keys = c->shape[0], .tokens = q_lat->shape[0], .heads = p->n_heads,
-        .positions = &launch->operands[4], .decode_mode = 1, .scale = p->scale,
+        .n1 = latent,
+        .n2 = p->rope_dim,
+        .v_width = latent,
+        .n_keys = c->shape[0],
+        .tokens = q_lat->shape[0],
+        .heads = p->n_heads,
+        .positions = &launch->operands[4],
+        .decode_mode = 1,
+        .scale = p->scale,
     };
     return run_attend(device, queue, &job);
 }
@@ -703,14 +728,21 @@ static moira_status_t op_mla_absorb_q(opencl_device_t *device, opencl_queue_t *q
     const moira_dtensor_t *q = &launch->operands[0], *q_lat = &launch->operands[2];
     int64_t latent = p->kv_lora_rank;
     linear_job_t job = {
-        .x = moira_opencl_mem(q->buffer), .x_off = element_offset(q),
+        .x = moira_opencl_mem(q->buffer),
+        .x_off = element_offset(q),
         .x_stride = (int64_t)p->n_heads * (p->nope_dim + p->rope_dim),
         .x_batch_step = p->nope_dim + p->rope_dim,
-        .weight = &launch->operands[1], .w_row0 = 0, .w_batch_rows = p->nope_dim + p->v_dim,
+        .weight = &launch->operands[1],
+        .w_row0 = 0,
+        .w_batch_rows = p->nope_dim + p->v_dim,
         .w_transposed = true,
-        .y = moira_opencl_mem(q_lat->buffer), .y_off = element_offset(q_lat),
-        .y_stride = p->n_heads * latent, .y_batch_step = latent,
-        .batch = p->n_heads, .tokens = q->shape[0], .out_features = latent,
+        .y = moira_opencl_mem(q_lat->buffer),
+        .y_off = element_offset(q_lat),
+        .y_stride = p->n_heads * latent,
+        .y_batch_step = latent,
+        .batch = p->n_heads,
+        .tokens = q->shape[0],
+        .out_features = latent,
         .in_features = p->nope_dim,
     };
     return run_linear(device, queue, &job);
@@ -723,13 +755,20 @@ static moira_status_t op_mla_absorb_out(opencl_device_t *device, opencl_queue_t 
     const moira_dtensor_t *o_lat = &launch->operands[0], *out = &launch->operands[2];
     int64_t latent = p->kv_lora_rank;
     linear_job_t job = {
-        .x = moira_opencl_mem(o_lat->buffer), .x_off = element_offset(o_lat),
-        .x_stride = p->n_heads * latent, .x_batch_step = latent,
-        .weight = &launch->operands[1], .w_row0 = p->nope_dim,
+        .x = moira_opencl_mem(o_lat->buffer),
+        .x_off = element_offset(o_lat),
+        .x_stride = p->n_heads * latent,
+        .x_batch_step = latent,
+        .weight = &launch->operands[1],
+        .w_row0 = p->nope_dim,
         .w_batch_rows = p->nope_dim + p->v_dim,
-        .y = moira_opencl_mem(out->buffer), .y_off = element_offset(out),
-        .y_stride = (int64_t)p->n_heads * p->v_dim, .y_batch_step = p->v_dim,
-        .batch = p->n_heads, .tokens = o_lat->shape[0], .out_features = p->v_dim,
+        .y = moira_opencl_mem(out->buffer),
+        .y_off = element_offset(out),
+        .y_stride = (int64_t)p->n_heads * p->v_dim,
+        .y_batch_step = p->v_dim,
+        .batch = p->n_heads,
+        .tokens = o_lat->shape[0],
+        .out_features = p->v_dim,
         .in_features = latent,
     };
     return run_linear(device, queue, &job);

@@ -44,7 +44,8 @@ static double seconds_now(void) {
 /* Every token picks top_k distinct experts from a fixed-seed generator: uniform load. */
 static void make_routing(const moe_shape_t *s, int32_t *idx, float *weights, int32_t *rows) {
     uint64_t state = 0x9E3779B97F4A7C15ull;
-    for (int64_t e = 0; e < s->experts; e++) rows[e] = 0;
+    for (int64_t e = 0; e < s->experts; e++)
+        rows[e] = 0;
     for (int64_t t = 0; t < s->tokens; t++)
         for (int64_t j = 0; j < s->top_k; j++) {
             int32_t expert;
@@ -53,7 +54,8 @@ static void make_routing(const moe_shape_t *s, int32_t *idx, float *weights, int
                 state = state * 6364136223846793005ull + 1442695040888963407ull;
                 expert = (int32_t)((state >> 33) % (uint64_t)s->experts);
                 taken = false;
-                for (int64_t m = 0; m < j; m++) taken |= idx[t * s->top_k + m] == expert;
+                for (int64_t m = 0; m < j; m++)
+                    taken |= idx[t * s->top_k + m] == expert;
             } while (taken);
             idx[t * s->top_k + j] = expert;
             weights[t * s->top_k + j] = 1.0f / (float)s->top_k;
@@ -81,11 +83,16 @@ static moira_status_t time_moira(moira_device_t *device, const moe_shape_t *s, c
                                  double *out_peer_seconds) {
     int64_t D = s->hidden, I = s->inter, E = s->experts, A = s->tokens * s->top_k;
     size_t sizes[B_COUNT] = {
-        [B_X] = (size_t)(s->tokens * D) * 4, [B_W1] = (size_t)(E * I * D) * 4,
-        [B_W3] = (size_t)(E * I * D) * 4,   [B_W2] = (size_t)(E * D * I) * 4,
-        [B_IDX] = (size_t)A * 4,            [B_TOPW] = (size_t)A * 4,
-        [B_OFFSETS] = (size_t)(E + 1) * 4,  [B_SORTED] = (size_t)A * 4,
-        [B_POS] = (size_t)A * 4,            [B_YS] = (size_t)(A * D) * 4,
+        [B_X] = (size_t)(s->tokens * D) * 4,
+        [B_W1] = (size_t)(E * I * D) * 4,
+        [B_W3] = (size_t)(E * I * D) * 4,
+        [B_W2] = (size_t)(E * D * I) * 4,
+        [B_IDX] = (size_t)A * 4,
+        [B_TOPW] = (size_t)A * 4,
+        [B_OFFSETS] = (size_t)(E + 1) * 4,
+        [B_SORTED] = (size_t)A * 4,
+        [B_POS] = (size_t)A * 4,
+        [B_YS] = (size_t)(A * D) * 4,
         [B_Y] = (size_t)(s->tokens * D) * 4,
     };
     moira_buffer_t *b[B_COUNT] = {0};
@@ -96,7 +103,8 @@ static moira_status_t time_moira(moira_device_t *device, const moe_shape_t *s, c
     for (int i = 0; i < B_COUNT && !status; i++)
         status = moira_buffer_alloc(device, sizes[i], -1, &b[i]);
     if (!status) {
-        for (int64_t i = 0; i < I * D; i++) host[i] = (float)((i * 7919) % 2001 - 1000) * 1e-5f;
+        for (int64_t i = 0; i < I * D; i++)
+            host[i] = (float)((i * 7919) % 2001 - 1000) * 1e-5f;
         for (int64_t e = 0; e < E && !status; e++) {
             size_t bytes = (size_t)(I * D) * 4;
             status = moira_queue_write(queue, b[B_W1], (size_t)e * bytes, host, bytes);
@@ -111,15 +119,19 @@ static moira_status_t time_moira(moira_device_t *device, const moe_shape_t *s, c
     moira_moe_dispatch_params_t dispatch_params = {.n_experts = (int32_t)E};
     moira_moe_ffn_params_t ffn_params = {.top_k = (int32_t)s->top_k};
     moira_moe_combine_params_t combine_params = {.beta = 0};
-    moira_op_launch_t dispatch = {.op = MOIRA_OP_MOE_DISPATCH, .params = &dispatch_params,
-                                  .params_size = sizeof(dispatch_params), .n_operands = 4,
-                                  .operands = {view(b[B_IDX], MOIRA_DTYPE_I32, 2, s->tokens,
-                                                    s->top_k, 0),
-                                               view(b[B_OFFSETS], MOIRA_DTYPE_I32, 1, E + 1, 0, 0),
-                                               view(b[B_SORTED], MOIRA_DTYPE_I32, 1, A, 0, 0),
-                                               view(b[B_POS], MOIRA_DTYPE_I32, 1, A, 0, 0)}};
-    moira_op_launch_t ffn = {.op = MOIRA_OP_MOE_FFN, .params = &ffn_params,
-                             .params_size = sizeof(ffn_params), .n_operands = 7,
+    moira_op_launch_t dispatch = {
+        .op = MOIRA_OP_MOE_DISPATCH,
+        .params = &dispatch_params,
+        .params_size = sizeof(dispatch_params),
+        .n_operands = 4,
+        .operands = {view(b[B_IDX], MOIRA_DTYPE_I32, 2, s->tokens, s->top_k, 0),
+                     view(b[B_OFFSETS], MOIRA_DTYPE_I32, 1, E + 1, 0, 0),
+                     view(b[B_SORTED], MOIRA_DTYPE_I32, 1, A, 0, 0),
+                     view(b[B_POS], MOIRA_DTYPE_I32, 1, A, 0, 0)}};
+    moira_op_launch_t ffn = {.op = MOIRA_OP_MOE_FFN,
+                             .params = &ffn_params,
+                             .params_size = sizeof(ffn_params),
+                             .n_operands = 7,
                              .operands = {view(b[B_X], MOIRA_DTYPE_F32, 2, s->tokens, D, 0),
                                           view(b[B_W1], MOIRA_DTYPE_F32, 3, E, I, D),
                                           view(b[B_W3], MOIRA_DTYPE_F32, 3, E, I, D),
@@ -127,14 +139,15 @@ static moira_status_t time_moira(moira_device_t *device, const moe_shape_t *s, c
                                           view(b[B_OFFSETS], MOIRA_DTYPE_I32, 1, E + 1, 0, 0),
                                           view(b[B_SORTED], MOIRA_DTYPE_I32, 1, A, 0, 0),
                                           view(b[B_YS], MOIRA_DTYPE_F32, 2, A, D, 0)}};
-    moira_op_launch_t combine = {.op = MOIRA_OP_MOE_COMBINE, .params = &combine_params,
-                                 .params_size = sizeof(combine_params), .n_operands = 4,
-                                 .operands = {view(b[B_YS], MOIRA_DTYPE_F32, 2, A, D, 0),
-                                              view(b[B_POS], MOIRA_DTYPE_I32, 2, s->tokens,
-                                                   s->top_k, 0),
-                                              view(b[B_TOPW], MOIRA_DTYPE_F32, 2, s->tokens,
-                                                   s->top_k, 0),
-                                              view(b[B_Y], MOIRA_DTYPE_F32, 2, s->tokens, D, 0)}};
+    moira_op_launch_t combine = {
+        .op = MOIRA_OP_MOE_COMBINE,
+        .params = &combine_params,
+        .params_size = sizeof(combine_params),
+        .n_operands = 4,
+        .operands = {view(b[B_YS], MOIRA_DTYPE_F32, 2, A, D, 0),
+                     view(b[B_POS], MOIRA_DTYPE_I32, 2, s->tokens, s->top_k, 0),
+                     view(b[B_TOPW], MOIRA_DTYPE_F32, 2, s->tokens, s->top_k, 0),
+                     view(b[B_Y], MOIRA_DTYPE_F32, 2, s->tokens, D, 0)}};
     double best = INFINITY, peer_best = INFINITY;
     for (int it = 0; it <= iterations && !status; it++) {
         double start = seconds_now();
@@ -142,8 +155,10 @@ static moira_status_t time_moira(moira_device_t *device, const moe_shape_t *s, c
         if (!status) status = moira_queue_launch(queue, &ffn);
         if (!status) status = moira_queue_launch(queue, &combine);
         moira_status_t finished = queue ? moira_queue_finish(queue) : MOIRA_OK_STATUS;
-        if (!status) status = finished;
-        else moira_status_free(finished);
+        if (!status)
+            status = finished;
+        else
+            moira_status_free(finished);
         double elapsed = seconds_now() - start;
         if (it > 0 && elapsed < best) best = elapsed;
         if (peer && !status) {
@@ -162,8 +177,8 @@ static moira_status_t time_moira(moira_device_t *device, const moe_shape_t *s, c
 
 static int bench_moe(const char *device_name, const char *model_path, long long tokens,
                      long long iterations, bool json) {
-    moe_shape_t shape = {.hidden = 2048, .inter = 1408, .experts = 64, .top_k = 6,
-                         .tokens = tokens};
+    moe_shape_t shape = {
+        .hidden = 2048, .inter = 1408, .experts = 64, .top_k = 6, .tokens = tokens};
     const char *model_name = "deepseek-v2-lite (built-in shape)";
     moira_model_config_t config;
     if (model_path) {
@@ -248,23 +263,32 @@ static moira_status_t time_moira_absorb(moira_device_t *device, const moira_mla_
     moira_buffer_t *b[5] = {0};
     moira_queue_t *queue = NULL;
     size_t largest = 0;
-    for (int i = 0; i < 5; i++) largest = sizes[i] > largest ? sizes[i] : largest;
+    for (int i = 0; i < 5; i++)
+        largest = sizes[i] > largest ? sizes[i] : largest;
     float *host = malloc(largest);
     moira_status_t status = host ? moira_queue_create(device, &queue)
                                  : moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "bench");
-    for (int i = 0; i < 5 && !status; i++) status = moira_buffer_alloc(device, sizes[i], -1, &b[i]);
+    for (int i = 0; i < 5 && !status; i++)
+        status = moira_buffer_alloc(device, sizes[i], -1, &b[i]);
     if (!status) {
-        for (size_t i = 0; i < largest / 4; i++) host[i] = (float)((i * 7919) % 2001 - 1000) * 1e-4f;
-        for (int i = 0; i < 4 && !status; i++) status = moira_queue_write(queue, b[i], 0, host, sizes[i]);
+        for (size_t i = 0; i < largest / 4; i++)
+            host[i] = (float)((i * 7919) % 2001 - 1000) * 1e-4f;
+        for (int i = 0; i < 4 && !status; i++)
+            status = moira_queue_write(queue, b[i], 0, host, sizes[i]);
         if (!status) status = moira_queue_finish(queue);
     }
-    moira_op_launch_t absorb_q = {.op = MOIRA_OP_MLA_ABSORB_Q, .params = p,
-                                  .params_size = sizeof(*p), .n_operands = 3,
+    moira_op_launch_t absorb_q = {.op = MOIRA_OP_MLA_ABSORB_Q,
+                                  .params = p,
+                                  .params_size = sizeof(*p),
+                                  .n_operands = 3,
                                   .operands = {view(b[0], MOIRA_DTYPE_F32, 2, tokens, q_width, 0),
                                                view(b[1], MOIRA_DTYPE_F32, 2, kv_rows, L, 0),
                                                view(b[2], MOIRA_DTYPE_F32, 2, tokens, H * L, 0)}};
     moira_op_launch_t absorb_out = {
-        .op = MOIRA_OP_MLA_ABSORB_OUT, .params = p, .params_size = sizeof(*p), .n_operands = 3,
+        .op = MOIRA_OP_MLA_ABSORB_OUT,
+        .params = p,
+        .params_size = sizeof(*p),
+        .n_operands = 3,
         .operands = {view(b[3], MOIRA_DTYPE_F32, 2, tokens, H * L, 0),
                      view(b[1], MOIRA_DTYPE_F32, 2, kv_rows, L, 0),
                      view(b[4], MOIRA_DTYPE_F32, 2, tokens, H * p->v_dim, 0)}};
@@ -274,8 +298,10 @@ static moira_status_t time_moira_absorb(moira_device_t *device, const moira_mla_
         status = moira_queue_launch(queue, &absorb_q);
         if (!status) status = moira_queue_launch(queue, &absorb_out);
         moira_status_t finished = queue ? moira_queue_finish(queue) : MOIRA_OK_STATUS;
-        if (!status) status = finished;
-        else moira_status_free(finished);
+        if (!status)
+            status = finished;
+        else
+            moira_status_free(finished);
         double elapsed = seconds_now() - start;
         if (it > 0 && elapsed < best) best = elapsed;
     }
@@ -289,8 +315,12 @@ static moira_status_t time_moira_absorb(moira_device_t *device, const moira_mla_
 
 static int bench_mla(const char *device_name, const char *model_path, long long tokens,
                      long long iterations, bool json) {
-    moira_mla_params_t p = {.n_heads = 16, .nope_dim = 128, .rope_dim = 64, .v_dim = 128,
-                            .kv_lora_rank = 512, .scale = 1.0f};
+    moira_mla_params_t p = {.n_heads = 16,
+                            .nope_dim = 128,
+                            .rope_dim = 64,
+                            .v_dim = 128,
+                            .kv_lora_rank = 512,
+                            .scale = 1.0f};
     const char *model_name = "deepseek-v2-lite (built-in shape)";
     moira_model_config_t config;
     if (model_path) {
@@ -321,9 +351,8 @@ static int bench_mla(const char *device_name, const char *model_path, long long 
         status = time_moira_absorb(device, &p, tokens, 1, &seconds);
         if (seconds < moira_seconds) moira_seconds = seconds;
         if (!status && peer)
-            status = moira_clblast_peer_mla_absorb(peer, tokens, p.n_heads, p.nope_dim,
-                                                   p.rope_dim, p.v_dim, p.kv_lora_rank, 1,
-                                                   &seconds);
+            status = moira_clblast_peer_mla_absorb(peer, tokens, p.n_heads, p.nope_dim, p.rope_dim,
+                                                   p.v_dim, p.kv_lora_rank, 1, &seconds);
         if (peer && seconds < peer_seconds) peer_seconds = seconds;
     }
     moira_clblast_peer_close(peer);
@@ -346,8 +375,8 @@ static int bench_mla(const char *device_name, const char *model_path, long long 
         printf("mla absorbed projections on %s (%s): %d heads, nope %d, v %d, L %d, %lld tokens, "
                "f32\n",
                info->name, info->model, p.n_heads, p.nope_dim, p.v_dim, p.kv_lora_rank, tokens);
-        printf("  moira absorb_q + absorb_out:     %9.3f ms  %8.2f GFLOP/s\n",
-               moira_seconds * 1e3, flops / moira_seconds * 1e-9);
+        printf("  moira absorb_q + absorb_out:     %9.3f ms  %8.2f GFLOP/s\n", moira_seconds * 1e3,
+               flops / moira_seconds * 1e-9);
         if (has_peer)
             printf("  CLBlast per-head SGEMM loop:     %9.3f ms  %8.2f GFLOP/s\n"
                    "  speedup (peer time / moira time): %8.2fx\n",
@@ -360,9 +389,12 @@ static int bench_mla(const char *device_name, const char *model_path, long long 
 
 int moira_cli_bench(int argc, char **argv) {
     static const struct option options[] = {
-        {"backend", required_argument, NULL, 'b'}, {"model", required_argument, NULL, 'm'},
-        {"tokens", required_argument, NULL, 't'},  {"iters", required_argument, NULL, 'i'},
-        {"json", no_argument, NULL, 'j'},          {"help", no_argument, NULL, 'h'},
+        {"backend", required_argument, NULL, 'b'},
+        {"model", required_argument, NULL, 'm'},
+        {"tokens", required_argument, NULL, 't'},
+        {"iters", required_argument, NULL, 'i'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *device = "opencl:0", *model = NULL;
@@ -372,17 +404,26 @@ int moira_cli_bench(int argc, char **argv) {
     int c;
     while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
         switch (c) {
-        case 'b': device = optarg; break;
-        case 'm': model = optarg; break;
+        case 'b':
+            device = optarg;
+            break;
+        case 'm':
+            model = optarg;
+            break;
         case 't':
             if (!moira_cli_parse_int("bench", "--tokens", optarg, 1, 1 << 20, &tokens)) return 2;
             break;
         case 'i':
             if (!moira_cli_parse_int("bench", "--iters", optarg, 1, 1000, &iterations)) return 2;
             break;
-        case 'j': json = true; break;
-        case 'h': fputs(bench_help, stdout); return 0;
-        default: return moira_cli_usage_error("bench", "unknown option");
+        case 'j':
+            json = true;
+            break;
+        case 'h':
+            fputs(bench_help, stdout);
+            return 0;
+        default:
+            return moira_cli_usage_error("bench", "unknown option");
         }
     }
     if (optind >= argc) return moira_cli_usage_error("bench", "which benchmark? (moe, mla)");

@@ -53,7 +53,8 @@ static void run_on(moira_device_t *device, moira_op_launch_t launch, const void 
     CHECK_OK(moira_queue_launch(queue, &launch));
     CHECK_OK(moira_queue_read(queue, buffers[output], 0, out, out_bytes));
     CHECK_OK(moira_queue_finish(queue));
-    for (int i = 0; i < launch.n_operands; i++) moira_buffer_free(buffers[i]);
+    for (int i = 0; i < launch.n_operands; i++)
+        moira_buffer_free(buffers[i]);
     moira_queue_destroy(queue);
 }
 
@@ -63,13 +64,14 @@ static void check_rope_far_positions(moira_device_t *cpu, moira_device_t *device
     static float x[T * STRIDE], want[T * STRIDE], got[T * STRIDE];
     int32_t positions[T] = {0, 1, 4095, 163839, 1000003, 2097151};
     moira_test_fill_uniform(x, T * STRIDE, 11, -1, 1);
-    moira_rope_params_t params = {.n_heads = 3, .head_stride = 12, .rope_offset = 4,
-                                  .rope_dim = 8, .cos_sin_scale = 1.25f};
-    for (int i = 0; i < 4; i++) params.inv_freq[i] = pow(10000.0, -2.0 * i / 8) * 0.8;
-    moira_op_launch_t launch = {.op = MOIRA_OP_ROPE, .params = &params,
-                                .params_size = sizeof(params), .n_operands = 3};
-    launch.operands[0] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32, .rank = 2, .shape = {T, C},
-                                           .row_stride = STRIDE};
+    moira_rope_params_t params = {
+        .n_heads = 3, .head_stride = 12, .rope_offset = 4, .rope_dim = 8, .cos_sin_scale = 1.25f};
+    for (int i = 0; i < 4; i++)
+        params.inv_freq[i] = pow(10000.0, -2.0 * i / 8) * 0.8;
+    moira_op_launch_t launch = {
+        .op = MOIRA_OP_ROPE, .params = &params, .params_size = sizeof(params), .n_operands = 3};
+    launch.operands[0] = (moira_dtensor_t){
+        .dtype = MOIRA_DTYPE_F32, .rank = 2, .shape = {T, C}, .row_stride = STRIDE};
     launch.operands[1] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_I32, .rank = 1, .shape = {T}};
     launch.operands[2] = launch.operands[0];
     const void *host[3] = {x, positions, x};
@@ -94,8 +96,7 @@ static void check_rope_far_positions(moira_device_t *cpu, moira_device_t *device
 /* y = beta * y + x W^T with narrow weights, x and y column slices of wider rows. */
 static void check_linear_dtype(moira_device_t *cpu, moira_device_t *device, moira_dtype_t dtype) {
     enum { T = 37, N = 150, K = 300, X_STRIDE = 310, Y_STRIDE = 160 };
-    static float x[T * X_STRIDE], w[N * K], y0[T * Y_STRIDE], want[T * Y_STRIDE],
-        got[T * Y_STRIDE];
+    static float x[T * X_STRIDE], w[N * K], y0[T * Y_STRIDE], want[T * Y_STRIDE], got[T * Y_STRIDE];
     static unsigned char weight_bytes[N * K * 4 + 4096];
     moira_test_fill_uniform(x, T * X_STRIDE, 21, -1, 1);
     moira_test_fill_uniform(w, N * K, 22, -0.5f, 0.5f);
@@ -110,14 +111,20 @@ static void check_linear_dtype(moira_device_t *cpu, moira_device_t *device, moir
         weight_size = scale_offset + sizeof(scales);
     }
     moira_linear_params_t params = {.beta = 1.0f};
-    moira_op_launch_t launch = {.op = MOIRA_OP_LINEAR, .params = &params,
-                                .params_size = sizeof(params), .n_operands = 3};
-    launch.operands[0] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32, .rank = 2, .shape = {T, K},
-                                           .row_stride = X_STRIDE, .offset = 8 * sizeof(float)};
-    launch.operands[1] = (moira_dtensor_t){.dtype = dtype, .rank = 2, .shape = {N, K},
-                                           .scale_offset = scale_offset};
-    launch.operands[2] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32, .rank = 2, .shape = {T, N},
-                                           .row_stride = Y_STRIDE, .offset = 4 * sizeof(float)};
+    moira_op_launch_t launch = {
+        .op = MOIRA_OP_LINEAR, .params = &params, .params_size = sizeof(params), .n_operands = 3};
+    launch.operands[0] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32,
+                                           .rank = 2,
+                                           .shape = {T, K},
+                                           .row_stride = X_STRIDE,
+                                           .offset = 8 * sizeof(float)};
+    launch.operands[1] =
+        (moira_dtensor_t){.dtype = dtype, .rank = 2, .shape = {N, K}, .scale_offset = scale_offset};
+    launch.operands[2] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32,
+                                           .rank = 2,
+                                           .shape = {T, N},
+                                           .row_stride = Y_STRIDE,
+                                           .offset = 4 * sizeof(float)};
     const void *host[3] = {x, weight_bytes, y0};
     size_t sizes[3] = {sizeof(x), weight_size, sizeof(y0)};
     run_on(cpu, launch, host, sizes, 2, want, sizeof(want));
@@ -143,13 +150,16 @@ static void check_linear_clblast(moira_device_t *cpu, moira_device_t *device) {
     setenv("MOIRA_OPENCL_GEMM", "clblast", 1);
     for (int accumulate = 0; accumulate < 2; accumulate++) {
         moira_linear_params_t params = {.beta = accumulate ? 1.0f : 0.0f};
-        moira_op_launch_t launch = {.op = MOIRA_OP_LINEAR, .params = &params,
-                                    .params_size = sizeof(params), .n_operands = 3};
-        launch.operands[0] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32, .rank = 2,
-                                               .shape = {T, K}};
-        launch.operands[1] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32, .rank = 2,
-                                               .shape = {N, K}};
-        launch.operands[2] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32, .rank = 2,
+        moira_op_launch_t launch = {.op = MOIRA_OP_LINEAR,
+                                    .params = &params,
+                                    .params_size = sizeof(params),
+                                    .n_operands = 3};
+        launch.operands[0] =
+            (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32, .rank = 2, .shape = {T, K}};
+        launch.operands[1] =
+            (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32, .rank = 2, .shape = {N, K}};
+        launch.operands[2] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32,
+                                               .rank = 2,
                                                .shape = {T, N},
                                                .row_stride = accumulate ? Y_STRIDE : 0};
         const void *host[3] = {x, w, y0};

@@ -54,7 +54,8 @@ __kernel void moira_gate_route(__global float *scores, __global float *chosen, l
             __global const float *group = sel + g * group_size;
             int first = gate_next_best(group, group_size, -1);
             float score = group[first];
-            if (has_bias && group_size >= 2) score += group[gate_next_best(group, group_size, first)];
+            if (has_bias && group_size >= 2)
+                score += group[gate_next_best(group, group_size, first)];
             group_scores[g] = score;
         }
         for (int g = 0; g < n_group; g++) {
