@@ -45,7 +45,8 @@ moira_mla_attend(__global const float *q1, long q1_off, long q1_tstride, long q1
     for (int s0 = 0; s0 < key_count; s0 += ATTEND_GROUP) {
         int s = s0 + lid;
         float score = -INFINITY;
-        bool visible = s < key_count && (decode_mode || positions[positions_off + s] <= my_position);
+        bool visible =
+            s < key_count && (decode_mode || positions[positions_off + s] <= my_position);
         if (visible) {
             __global const float *key1 = k1_head + (long)s * k1_sstride;
             __global const float *key2 = k2 + k2_off + (long)s * k2_sstride;
