@@ -19,6 +19,7 @@ struct moira_clblast_peer {
     cl_mem mems[7]; /* x, W1, W3, W2, gate, up, y; owned */
 };
 
+/* CL and CLBlast codes both land here; the number is what their docs list. */
 static moira_status_t peer_error(const char *what, int code) {
     return moira_status_make(MOIRA_CODE_DEVICE, "CLBlast peer: %s failed (%d)", what, code);
 }
@@ -58,6 +59,7 @@ moira_status_t moira_clblast_peer_open(int device_index, moira_clblast_peer_t **
                              device_index);
 }
 
+/* Frees the prepared problem, the queue and the context. */
 void moira_clblast_peer_close(moira_clblast_peer_t *peer) {
     if (!peer) return;
     for (int i = 0; i < 7; i++)
@@ -78,6 +80,7 @@ static cl_mem filled_buffer(moira_clblast_peer_t *peer, size_t floats, float val
     return mem;
 }
 
+/* A monotonic clock for the timings. */
 static double seconds_now(void) {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
@@ -111,6 +114,7 @@ static int run_loop(moira_clblast_peer_t *peer, const int32_t *rows, int n_exper
     return clFinish(peer->queue);
 }
 
+/* Fills on the device (no host upload), so preparing costs seconds, not minutes. */
 moira_status_t moira_clblast_peer_moe_prepare(moira_clblast_peer_t *peer, const int32_t *rows,
                                               int n_experts, int64_t hidden, int64_t inter) {
     size_t assignments = 0;
@@ -138,6 +142,7 @@ moira_status_t moira_clblast_peer_moe_prepare(moira_clblast_peer_t *peer, const 
     return MOIRA_OK_STATUS;
 }
 
+/* Wall time from the first SGEMM's submission to the queue draining. */
 moira_status_t moira_clblast_peer_moe_run(moira_clblast_peer_t *peer, double *out_seconds) {
     cl_mem *m = peer->mems;
     double start = seconds_now();
@@ -167,6 +172,7 @@ static int run_absorb_loop(moira_clblast_peer_t *peer, size_t T, size_t H, size_
     return clFinish(peer->queue);
 }
 
+/* Small buffers: set up per call, one warm-up pass, then the timed ones. */
 moira_status_t moira_clblast_peer_mla_absorb(moira_clblast_peer_t *peer, int64_t tokens,
                                              int64_t heads, int64_t nope, int64_t rope,
                                              int64_t v_dim, int64_t latent, int iterations,

@@ -105,6 +105,7 @@ const char *moira_opencl_error_name(cl_int code) {
     return "CL error (unknown code)";
 }
 
+/* Allocation failures map to OUT_OF_MEMORY so callers can tell "too big" from "broken". */
 moira_status_t moira_opencl_error(cl_int code, const char *what) {
     moira_code_t kind = code == CL_OUT_OF_RESOURCES || code == CL_OUT_OF_HOST_MEMORY ||
                                 code == CL_MEM_OBJECT_ALLOCATION_FAILURE
@@ -131,6 +132,7 @@ static uint64_t fnv1a(uint64_t hash, const void *data, size_t length) {
     return hash;
 }
 
+/* Hashes the terminator too, so ("ab", "c") and ("a", "bc") give different keys. */
 static uint64_t hash_string(uint64_t hash, const char *text) {
     return fnv1a(hash, text, strlen(text) + 1);
 }
@@ -258,6 +260,7 @@ static moira_status_t build_failure(opencl_device_t *device, cl_program program,
     return status;
 }
 
+/* A monotonic clock for the progress line's timing. */
 static double seconds_now(void) {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
@@ -289,6 +292,7 @@ static moira_status_t compile_program(opencl_device_t *device, const char *cache
     return MOIRA_OK_STATUS;
 }
 
+/* The cached binary when the driver accepts it, else a compile from source; then every kernel. */
 static moira_status_t build_once(opencl_device_t *device) {
     char path[4200];
     bool cacheable = cache_path(device, path, sizeof(path));
@@ -331,6 +335,7 @@ moira_status_t moira_opencl_ensure_program(opencl_device_t *device) {
 
 /* ---- Buffers ---- */
 
+/* One cl_mem per buffer; the NUMA hint means nothing to a discrete or driver-managed device. */
 static moira_status_t opencl_buffer_alloc(moira_device_t *base, size_t bytes, int numa_node,
                                           moira_buffer_t **out_buffer) {
     opencl_device_t *device = (opencl_device_t *)base;
@@ -351,6 +356,7 @@ static moira_status_t opencl_buffer_alloc(moira_device_t *base, size_t bytes, in
     return MOIRA_OK_STATUS;
 }
 
+/* CL keeps the memory alive until queued work using it is done, so freeing never races. */
 static void opencl_buffer_free(moira_buffer_t *base) {
     opencl_buffer_t *buffer = (opencl_buffer_t *)base;
     clReleaseMemObject(buffer->mem);
@@ -365,6 +371,7 @@ static void *opencl_buffer_host_ptr(moira_buffer_t *buffer) {
 
 /* ---- Queues ---- */
 
+/* An in-order command queue: the moira queue contract is exactly CL's default ordering. */
 static moira_status_t opencl_queue_create(moira_device_t *base, moira_queue_t **out_queue) {
     opencl_device_t *device = (opencl_device_t *)base;
     opencl_queue_t *queue = calloc(1, sizeof(*queue));
@@ -391,6 +398,7 @@ static void record_failure(opencl_queue_t *queue, moira_status_t failure) {
     pthread_mutex_unlock(&queue->failure_mutex);
 }
 
+/* clFinish, then the first recorded asynchronous error (a failed foreign event) wins. */
 static moira_status_t opencl_queue_finish(moira_queue_t *base) {
     opencl_queue_t *queue = (opencl_queue_t *)base;
     cl_int code = clFinish(queue->queue);
@@ -403,6 +411,7 @@ static moira_status_t opencl_queue_finish(moira_queue_t *base) {
     return MOIRA_OK_STATUS;
 }
 
+/* Waits for the queue's work first, as moira_queue_destroy promises. */
 static void opencl_queue_destroy(moira_queue_t *base) {
     opencl_queue_t *queue = (opencl_queue_t *)base;
     moira_status_t failure = opencl_queue_finish(base);
@@ -424,6 +433,7 @@ static moira_status_t opencl_enqueue_write(moira_queue_t *base, moira_buffer_t *
     return MOIRA_OK_STATUS;
 }
 
+/* Non-blocking: the contract keeps `dst` valid until the queue passes this point. */
 static moira_status_t opencl_enqueue_read(moira_queue_t *base, moira_buffer_t *src,
                                           size_t src_offset, void *dst, size_t bytes) {
     opencl_queue_t *queue = (opencl_queue_t *)base;
@@ -568,11 +578,13 @@ static moira_status_t opencl_enqueue_wait(moira_queue_t *base, moira_event_t *ev
 
 /* ---- Devices ---- */
 
+/* The same answer for every OpenCL device: every kernel works in f32 on every dtype. */
 static bool opencl_supports_op(const moira_device_t *device, int op, moira_dtype_t weight_dtype) {
     (void)device;
     return moira_opencl_supports_op(op, weight_dtype);
 }
 
+/* Kernels and program before the context that owns them. */
 static void opencl_device_destroy(moira_device_t *base) {
     opencl_device_t *device = (opencl_device_t *)base;
     for (int k = 0; k < KERNEL_COUNT; k++)
@@ -585,6 +597,7 @@ static void opencl_device_destroy(moira_device_t *base) {
     free(device);
 }
 
+/* A string query, empty when the driver does not answer (some omit optional fields). */
 static void device_string(cl_device_id id, cl_device_info what, char *out, size_t size) {
     out[0] = '\0';
     if (clGetDeviceInfo(id, what, size, out, NULL) != CL_SUCCESS) out[0] = '\0';
@@ -642,6 +655,7 @@ static void describe_device(opencl_device_t *device, int index) {
     moira_device_info_add_detail(info, "max_clock_mhz", true, "%u", clock_mhz);
 }
 
+/* One context per device, so a failing device cannot take the others down. */
 static moira_status_t new_device(cl_platform_id platform, cl_device_id id, int index,
                                  moira_device_t **out_device) {
     opencl_device_t *device = calloc(1, sizeof(*device));
@@ -726,6 +740,7 @@ static const moira_device_vtable_t opencl_vtable = {
 
 static const moira_backend_t opencl_backend = {.name = "opencl", .enumerate = opencl_enumerate};
 
+/* Called by the generated registry (backends/registry_builtin.c.in). */
 moira_status_t moira_backend_opencl_register(void) {
     return moira_backend_register(&opencl_backend);
 }

@@ -35,19 +35,23 @@ typedef struct args {
     cl_int error;
 } args_t;
 
+/* Starts argument setting for one of the device's kernels. */
 static args_t args_for(opencl_device_t *device, opencl_kernel_id_t id) {
     return (args_t){.kernel = device->kernels[id]};
 }
 
+/* Sets the next argument unless an earlier one already failed. */
 static void arg(args_t *a, size_t size, const void *value) {
     if (a->error == CL_SUCCESS) a->error = clSetKernelArg(a->kernel, a->next, size, value);
     a->next++;
 }
 
+/* A buffer argument; NULL stands for an absent optional operand. */
 static void arg_mem(args_t *a, cl_mem mem) {
     arg(a, sizeof(cl_mem), mem ? &mem : NULL);
 }
 
+/* The fixed-width CL types keep host and kernel argument sizes equal on every platform. */
 static void arg_long(args_t *a, int64_t value) {
     cl_long v = value;
     arg(a, sizeof(v), &v);
@@ -98,6 +102,7 @@ static void arg_weight(args_t *a, const moira_dtensor_t *weight) {
     arg_long(a, weight->shape[weight->rank - 1]);
 }
 
+/* Global sizes must be multiples of the work-group size. */
 static size_t round_up(int64_t value, size_t multiple) {
     return ((size_t)value + multiple - 1) / multiple * multiple;
 }
@@ -143,6 +148,7 @@ typedef struct linear_job {
     float beta;
 } linear_job_t;
 
+/* Small token counts take the narrow kernel, larger ones the register-blocked tiles. */
 static moira_status_t run_moira_linear(opencl_device_t *device, opencl_queue_t *queue,
                                        const linear_job_t *job) {
     bool narrow = job->tokens <= NARROW_MAX_TOKENS;
@@ -192,6 +198,7 @@ static bool clblast_eligible(const linear_job_t *job) {
     return job->tokens * job->out_features * job->in_features >= CLBLAST_MIN_WORK;
 }
 
+/* y = beta * y + x W^T as one row-major SGEMM (W transposed in place by CLBlast's flag). */
 static moira_status_t run_clblast_linear(opencl_queue_t *queue, const linear_job_t *job) {
     if (job->beta == 0.0f) {
         float zero = 0.0f;
@@ -215,6 +222,7 @@ static moira_status_t run_clblast_linear(opencl_queue_t *queue, const linear_job
     return MOIRA_OK_STATUS;
 }
 
+/* A monotonic clock for the CLBlast-or-not measurement. */
 static double seconds_now(void) {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
@@ -298,10 +306,12 @@ static moira_status_t run_linear(opencl_device_t *device, opencl_queue_t *queue,
     return use_clblast ? run_clblast_linear(queue, job) : run_moira_linear(device, queue, job);
 }
 
+/* Kernels index f32/i32 buffers by element, not byte. */
 static int64_t element_offset(const moira_dtensor_t *tensor) {
     return (int64_t)(tensor->offset / moira_dtype_size(tensor->dtype));
 }
 
+/* LINEAR: plain or strided x and y, any float weight dtype. */
 static moira_status_t op_linear(opencl_device_t *device, opencl_queue_t *queue,
                                 const moira_op_launch_t *launch) {
     const moira_linear_params_t *params = launch->params;
@@ -326,6 +336,7 @@ static moira_status_t op_linear(opencl_device_t *device, opencl_queue_t *queue,
 
 /* ---- Norm and rope ---- */
 
+/* RMSNORM: one work-group per row; y may be x. */
 static moira_status_t op_rmsnorm(opencl_device_t *device, opencl_queue_t *queue,
                                  const moira_op_launch_t *launch) {
     const moira_rmsnorm_params_t *params = launch->params;
@@ -343,6 +354,7 @@ static moira_status_t op_rmsnorm(opencl_device_t *device, opencl_queue_t *queue,
     return enqueue(queue, &a, "moira_rmsnorm", 2, global, local);
 }
 
+/* Whether rope writes in place (then no copy of unrotated columns is needed). */
 static bool same_view(const moira_dtensor_t *a, const moira_dtensor_t *b) {
     return a->buffer == b->buffer && a->offset == b->offset &&
            moira_dtensor_row_stride(a) == moira_dtensor_row_stride(b);
@@ -470,6 +482,7 @@ static moira_status_t op_gate(opencl_device_t *device, opencl_queue_t *queue,
 
 /* ---- MoE ---- */
 
+/* MOE_DISPATCH on one work-item: a stable counting sort is sequential and cheap. */
 static moira_status_t op_moe_dispatch(opencl_device_t *device, opencl_queue_t *queue,
                                       const moira_op_launch_t *launch) {
     const moira_moe_dispatch_params_t *p = launch->params;
@@ -556,6 +569,7 @@ static moira_status_t op_moe_ffn(opencl_device_t *device, opencl_queue_t *queue,
     return status;
 }
 
+/* MOE_COMBINE: one work-item per output element, experts summed in selection order. */
 static moira_status_t op_moe_combine(opencl_device_t *device, opencl_queue_t *queue,
                                      const moira_op_launch_t *launch) {
     const moira_moe_combine_params_t *p = launch->params;
@@ -633,6 +647,7 @@ typedef struct attend_job {
     float scale;
 } attend_job_t;
 
+/* Buffer, element offset and row stride (and head stride where the kernel takes one). */
 static void arg_attend(args_t *a, const attend_operand_t *operand, bool with_head_stride) {
     arg_mem(a, moira_opencl_mem(operand->tensor->buffer));
     arg_long(a, element_offset(operand->tensor) + operand->extra_offset);
@@ -640,6 +655,7 @@ static void arg_attend(args_t *a, const attend_operand_t *operand, bool with_hea
     if (with_head_stride) arg_long(a, operand->head_stride);
 }
 
+/* Refuses widths beyond the kernel's local buffers rather than overrunning them. */
 static moira_status_t run_attend(opencl_device_t *device, opencl_queue_t *queue,
                                  const attend_job_t *job) {
     if (job->n1 + job->n2 > ATTEND_MAX_QUERY || job->v_width > ATTEND_MAX_VALUE)
@@ -667,6 +683,7 @@ static moira_status_t run_attend(opencl_device_t *device, opencl_queue_t *queue,
     return enqueue(queue, &a, "moira_mla_attend", 2, global, local);
 }
 
+/* Prefill: q_nope . k_nope + q_pe . k_pe over kv rows, values from kv's v part. */
 static moira_status_t op_mla_attention(opencl_device_t *device, opencl_queue_t *queue,
                                        const moira_op_launch_t *launch) {
     const moira_mla_params_t *p = launch->params;
@@ -693,6 +710,7 @@ static moira_status_t op_mla_attention(opencl_device_t *device, opencl_queue_t *
     return run_attend(device, queue, &job);
 }
 
+/* Decode: q_lat . c + q_pe . k_pe over the latent cache, values are c itself. */
 static moira_status_t op_mla_decode_attention(opencl_device_t *device, opencl_queue_t *queue,
                                               const moira_op_launch_t *launch) {
     const moira_mla_params_t *p = launch->params;
@@ -779,6 +797,7 @@ static moira_status_t op_mla_absorb_out(opencl_device_t *device, opencl_queue_t 
 typedef moira_status_t (*op_fn)(opencl_device_t *device, opencl_queue_t *queue,
                                 const moira_op_launch_t *launch);
 
+/* One launcher per op kind; an empty slot would make supports_op answer false. */
 static const op_fn ops[MOIRA_OP_COUNT] = {
     [MOIRA_OP_RMSNORM] = op_rmsnorm,
     [MOIRA_OP_LINEAR] = op_linear,
@@ -794,6 +813,7 @@ static const op_fn ops[MOIRA_OP_COUNT] = {
     [MOIRA_OP_MLA_ABSORB_OUT] = op_mla_absorb_out,
 };
 
+/* The launch was validated at submission (opencl_enqueue_op). */
 moira_status_t moira_opencl_run_op(opencl_device_t *device, opencl_queue_t *queue,
                                    const moira_op_launch_t *launch) {
     op_fn fn = ops[launch->op];

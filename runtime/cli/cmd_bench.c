@@ -35,6 +35,7 @@ typedef struct moe_shape {
     int64_t hidden, inter, experts, top_k, tokens;
 } moe_shape_t;
 
+/* A monotonic clock for the timings. */
 static double seconds_now(void) {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
@@ -63,6 +64,7 @@ static void make_routing(const moe_shape_t *s, int32_t *idx, float *weights, int
         }
 }
 
+/* A contiguous device tensor of rank 1-3 over a whole buffer. */
 static moira_dtensor_t view(moira_buffer_t *buffer, moira_dtype_t dtype, int rank, int64_t d0,
                             int64_t d1, int64_t d2) {
     moira_dtensor_t tensor = {.buffer = buffer, .dtype = dtype, .rank = rank};
@@ -175,6 +177,7 @@ static moira_status_t time_moira(moira_device_t *device, const moe_shape_t *s, c
     return status;
 }
 
+/* The moe benchmark: shape from --model or DeepSeek-V2-Lite, peer on OpenCL devices. */
 static int bench_moe(const char *device_name, const char *model_path, long long tokens,
                      long long iterations, bool json) {
     moe_shape_t shape = {
@@ -313,6 +316,7 @@ static moira_status_t time_moira_absorb(moira_device_t *device, const moira_mla_
     return status;
 }
 
+/* The mla benchmark: the absorbed decode projections, rounds alternating with the peer. */
 static int bench_mla(const char *device_name, const char *model_path, long long tokens,
                      long long iterations, bool json) {
     moira_mla_params_t p = {.n_heads = 16,
@@ -387,6 +391,7 @@ static int bench_mla(const char *device_name, const char *model_path, long long 
     return 0;
 }
 
+/* `moira bench NAME [options]`. */
 int moira_cli_bench(int argc, char **argv) {
     static const struct option options[] = {
         {"backend", required_argument, NULL, 'b'},

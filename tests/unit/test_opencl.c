@@ -202,6 +202,7 @@ static void check_program_cache(const char *device_name) {
     if (system(command) != 0) fprintf(stderr, "could not remove %s\n", dir);
 }
 
+/* The runtime check needs no device; the rest runs on every OpenCL device found. */
 int main(void) {
     check_missing_runtime();
     CHECK_OK(moira_runtime_init());
