@@ -21,7 +21,14 @@
 #include <CL/cl_ext.h>
 
 /* Kept stable: changing them changes the cache key, which is what should happen. */
-static const char program_options[] = "-cl-std=CL1.2";
+static const char base_program_options[] = "-cl-std=CL1.2";
+
+/* The build options: the base ones plus MOIRA_OPENCL_BUILD_OPTIONS (extra defines or driver
+ * flags; part of the cache key like everything else that changes the binary). */
+static void program_options(char *out, size_t size) {
+    const char *extra = getenv("MOIRA_OPENCL_BUILD_OPTIONS");
+    snprintf(out, size, "%s%s%s", base_program_options, extra ? " " : "", extra ? extra : "");
+}
 
 static const moira_device_vtable_t opencl_vtable;
 
@@ -162,7 +169,9 @@ static bool cache_path(const opencl_device_t *device, char *out, size_t size) {
     key = hash_string(key, device->base.info.model);
     key = hash_string(key, device->base.info.driver_version);
     key = hash_string(key, device->device_version);
-    key = hash_string(key, program_options);
+    char options[1024];
+    program_options(options, sizeof(options));
+    key = hash_string(key, options);
     key = fnv1a(key, moira_opencl_kernel_source, moira_opencl_kernel_source_length);
     return (size_t)snprintf(out, size, "%s/opencl-%016llx.bin", dir, (unsigned long long)key) <
            size;
@@ -203,7 +212,9 @@ static cl_program load_cached_program(opencl_device_t *device, const char *path)
         if (program) clReleaseProgram(program);
         return NULL;
     }
-    if (clBuildProgram(program, 1, &device->device, program_options, NULL, NULL) != CL_SUCCESS) {
+    char options[1024];
+    program_options(options, sizeof(options));
+    if (clBuildProgram(program, 1, &device->device, options, NULL, NULL) != CL_SUCCESS) {
         clReleaseProgram(program);
         return NULL;
     }
@@ -279,7 +290,9 @@ static moira_status_t compile_program(opencl_device_t *device, const char *cache
             device->base.info.name, device->base.info.model);
     fflush(stderr);
     double start = seconds_now();
-    code = clBuildProgram(program, 1, &device->device, program_options, NULL, NULL);
+    char options[1024];
+    program_options(options, sizeof(options));
+    code = clBuildProgram(program, 1, &device->device, options, NULL, NULL);
     fprintf(stderr, " %s in %.1f s\n", code == CL_SUCCESS ? "done" : "FAILED",
             seconds_now() - start);
     if (code != CL_SUCCESS) {

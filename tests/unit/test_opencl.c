@@ -182,7 +182,8 @@ static void check_linear_clblast(moira_device_t *cpu, moira_device_t *device) {
     free(got);
 }
 
-/* A fresh cache directory: the first `moira op` compiles (and says so), the second does not. */
+/* A fresh cache directory: the first `moira op` compiles (and says so), the second does not;
+ * and a build that fails reports its CL error and log. */
 static void check_program_cache(const char *device_name) {
     char dir[] = "/tmp/moira-clcache-XXXXXX";
     if (!mkdtemp(dir)) return;
@@ -198,6 +199,17 @@ static void check_program_cache(const char *device_name) {
     rc = run_capture(command, output, sizeof(output));
     CHECK_MSG(rc == 0 && !strstr(output, "compiling OpenCL kernels"),
               "second run (rc %d) should load the cached program:\n%s", rc, output);
+    /* A failing build names the CL error and shows the driver's build log. */
+    snprintf(
+        command, sizeof(command),
+        "MOIRA_OPENCL_BUILD_OPTIONS=-DMOIRA_BUILD_SELFTEST_ERROR XDG_CACHE_HOME='%s' '%s' op "
+        "gate --model '%s/golden/gate_v3.json' --inputs '%s/golden/gate_v3.inputs.safetensors' "
+        "--backend %s -o '%s/out.safetensors' 2>&1",
+        dir, MOIRA_BINARY, MOIRA_TEST_DATA_DIR, MOIRA_TEST_DATA_DIR, device_name, dir);
+    rc = run_capture(command, output, sizeof(output));
+    CHECK_MSG(rc != 0 && strstr(output, "CL_BUILD_PROGRAM_FAILURE") &&
+                  strstr(output, "build log") && strstr(output, "a deliberate build failure"),
+              "a failed build (rc %d) should report its log:\n%s", rc, output);
     snprintf(command, sizeof(command), "rm -rf '%s'", dir);
     if (system(command) != 0) fprintf(stderr, "could not remove %s\n", dir);
 }

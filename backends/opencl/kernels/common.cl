@@ -6,6 +6,12 @@
  * scales (f32 [ceil(rows/128), ceil(cols/128)] per matrix, same buffer) and the rows and columns
  * of one matrix. Arithmetic is f32 throughout. */
 
+/* Lets the tests (and anyone checking their driver) see how a failed build is reported:
+ * MOIRA_OPENCL_BUILD_OPTIONS=-DMOIRA_BUILD_SELFTEST_ERROR must fail with this in the build log. */
+#ifdef MOIRA_BUILD_SELFTEST_ERROR
+#error "MOIRA_BUILD_SELFTEST_ERROR: a deliberate build failure"
+#endif
+
 #define MOIRA_DT_F32 0
 #define MOIRA_DT_F16 1
 #define MOIRA_DT_BF16 2
