@@ -91,7 +91,20 @@ __kernel void moira_linear_narrow(__global const float *x, long x_off, long x_st
     long row_base = w_row0 + b * w_batch_rows;
     float acc[NARROW];
     for (int r = 0; r < NARROW; r++) acc[r] = 0.0f;
-    for (int k = 0; k < in_features; k++) {
+    int k = 0;
+    if (!w_transposed) {
+        /* Each work-item streams its own weight row: 4-wide loads along it. */
+        float4 acc4[NARROW];
+        for (int r = 0; r < NARROW; r++) acc4[r] = (float4)(0.0f);
+        for (; k + 4 <= in_features; k += 4) {
+            float4 weight = moira_weight_at4(WEIGHT_PASS(w), matrix, row_base + n, k);
+            for (int r = 0; r < NARROW; r++)
+                if (r < count) acc4[r] += vload4(0, xb + (long)r * x_stride + k) * weight;
+        }
+        for (int r = 0; r < NARROW; r++)
+            acc[r] = (acc4[r].x + acc4[r].y) + (acc4[r].z + acc4[r].w);
+    }
+    for (; k < in_features; k++) {
         float weight = w_transposed ? moira_weight_at(WEIGHT_PASS(w), matrix, row_base + k, n)
                                     : moira_weight_at(WEIGHT_PASS(w), matrix, row_base + n, k);
         for (int r = 0; r < NARROW; r++)
