@@ -21,6 +21,7 @@
     X(moira_linear)                                                                                \
     X(moira_linear_narrow)                                                                         \
     X(moira_swiglu_up)                                                                             \
+    X(moira_silu_mul)                                                                              \
     X(moira_gate_route)                                                                            \
     X(moira_gate_capacity)                                                                         \
     X(moira_moe_dispatch)                                                                          \

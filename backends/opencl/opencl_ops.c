@@ -588,7 +588,9 @@ static moira_status_t op_moe_combine(opencl_device_t *device, opencl_queue_t *qu
     return enqueue(queue, &a, "moira_moe_combine", 2, global, NULL);
 }
 
-/* h = silu(x W1^T) * (x W3^T) in one launch, then y = beta * y + h W2^T. */
+/* h = silu(x W1^T) * (x W3^T), then y = beta * y + h W2^T. Many tokens: the fused tiled
+ * gate/up kernel. Few tokens (decode): two narrow linears and an elementwise pass, since a tile
+ * of 16 tokens would be mostly padding. */
 static moira_status_t op_swiglu(opencl_device_t *device, opencl_queue_t *queue,
                                 const moira_op_launch_t *launch) {
     const moira_swiglu_params_t *p = launch->params;
@@ -597,36 +599,53 @@ static moira_status_t op_swiglu(opencl_device_t *device, opencl_queue_t *queue,
     const moira_dtensor_t *y = &launch->operands[4];
     int64_t tokens = x->shape[0], hidden = x->shape[1], inter = w1->shape[0];
     if (tokens == 0) return MOIRA_OK_STATUS;
-    cl_mem h = NULL;
-    MOIRA_RETURN_IF_ERROR(temp_buffer(device, (size_t)(tokens * inter) * sizeof(float), NULL, &h));
-    args_t a = args_for(device, KERNEL_moira_swiglu_up);
-    arg_tensor(&a, x);
-    arg_weight(&a, w1);
-    arg_weight(&a, w3);
-    arg_mem(&a, h);
-    arg_int(&a, tokens);
-    arg_int(&a, inter);
-    arg_int(&a, hidden);
-    size_t global[2] = {round_up(inter, TILE), round_up(tokens, TILE)};
-    size_t local[2] = {TILE, TILE};
-    moira_status_t status = enqueue(queue, &a, "moira_swiglu_up", 2, global, local);
+    bool narrow = tokens <= NARROW_MAX_TOKENS;
+    size_t h_bytes = (size_t)(tokens * inter) * sizeof(float);
+    cl_mem h = NULL, up = NULL;
+    moira_status_t status = temp_buffer(device, h_bytes, NULL, &h);
+    if (!status && narrow) status = temp_buffer(device, h_bytes, NULL, &up);
+    linear_job_t project = {
+        .x = moira_opencl_mem(x->buffer), .x_off = element_offset(x), .x_stride = hidden,
+        .weight = w1, .y = h, .y_stride = inter,
+        .batch = 1, .tokens = tokens, .out_features = inter, .in_features = hidden,
+    };
+    if (!status && narrow) {
+        status = run_linear(device, queue, &project);
+        project.weight = w3;
+        project.y = up;
+        if (!status) status = run_linear(device, queue, &project);
+        if (!status) {
+            args_t a = args_for(device, KERNEL_moira_silu_mul);
+            arg_mem(&a, h);
+            arg_mem(&a, up);
+            arg_long(&a, tokens * inter);
+            size_t global[1] = {(size_t)(tokens * inter)};
+            status = enqueue(queue, &a, "moira_silu_mul", 1, global, NULL);
+        }
+    } else if (!status) {
+        args_t a = args_for(device, KERNEL_moira_swiglu_up);
+        arg_tensor(&a, x);
+        arg_weight(&a, w1);
+        arg_weight(&a, w3);
+        arg_mem(&a, h);
+        arg_int(&a, tokens);
+        arg_int(&a, inter);
+        arg_int(&a, hidden);
+        size_t global[2] = {round_up(inter, TILE), round_up(tokens, TILE)};
+        size_t local[2] = {TILE, TILE};
+        status = enqueue(queue, &a, "moira_swiglu_up", 2, global, local);
+    }
     if (!status) {
         linear_job_t job = {
-            .x = h,
-            .x_stride = inter,
-            .weight = w2,
-            .y = moira_opencl_mem(y->buffer),
-            .y_off = element_offset(y),
-            .y_stride = hidden,
-            .batch = 1,
-            .tokens = tokens,
-            .out_features = hidden,
-            .in_features = inter,
+            .x = h, .x_stride = inter, .weight = w2,
+            .y = moira_opencl_mem(y->buffer), .y_off = element_offset(y), .y_stride = hidden,
+            .batch = 1, .tokens = tokens, .out_features = hidden, .in_features = inter,
             .beta = p->beta,
         };
         status = run_linear(device, queue, &job);
     }
-    clReleaseMemObject(h);
+    if (h) clReleaseMemObject(h);
+    if (up) clReleaseMemObject(up);
     return status;
 }
 

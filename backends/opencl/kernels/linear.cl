@@ -143,3 +143,10 @@ moira_swiglu_up(__global const float *x, long x_off, WEIGHT_PARAMS(w1), WEIGHT_P
     int t = t0 + lt, n = n0 + ln;
     if (t < tokens && n < inter) h[(long)t * inter + n] = moira_silu(gate) * up;
 }
+
+/* gate = silu(gate) * up, elementwise: the middle of SWIGLU when its projections ran as separate
+ * narrow linears (few tokens). */
+__kernel void moira_silu_mul(__global float *gate, __global const float *up, long count) {
+    long i = get_global_id(0);
+    if (i < count) gate[i] = moira_silu(gate[i]) * up[i];
+}
