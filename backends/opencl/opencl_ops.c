@@ -107,7 +107,13 @@ static size_t round_up(int64_t value, size_t multiple) {
     return ((size_t)value + multiple - 1) / multiple * multiple;
 }
 
-/* Enqueues with `local` NULL (driver's choice) or fixed; empty ranges are skipped. */
+/* The work-group size of the simple one-dimensional kernels. Every launch names its work-group
+ * size: a driver that compiles per work-group size (PoCL) then builds one variant per kernel
+ * rather than one per problem shape, which keeps first runs short and its cache small. Global
+ * sizes are rounded up to it; the kernels check their bounds. */
+#define GROUP_1D 64
+
+/* Enqueues a launch; empty ranges are skipped (CL refuses them). */
 static moira_status_t enqueue(opencl_queue_t *queue, args_t *a, const char *name, cl_uint dims,
                               const size_t *global, const size_t *local) {
     if (a->error != CL_SUCCESS)
@@ -171,9 +177,10 @@ static moira_status_t run_moira_linear(opencl_device_t *device, opencl_queue_t *
     arg_int(&a, job->in_features);
     arg_float(&a, job->beta);
     if (narrow) {
-        size_t global[3] = {(size_t)job->out_features, round_up(job->tokens, NARROW) / NARROW,
-                            (size_t)job->batch};
-        return enqueue(queue, &a, "moira_linear_narrow", 3, global, NULL);
+        size_t global[3] = {round_up(job->out_features, GROUP_1D),
+                            round_up(job->tokens, NARROW) / NARROW, (size_t)job->batch};
+        size_t local[3] = {GROUP_1D, 1, 1};
+        return enqueue(queue, &a, "moira_linear_narrow", 3, global, local);
     }
     size_t global[3] = {round_up(job->out_features, WIDE) / BLOCK,
                         round_up(job->tokens, WIDE) / BLOCK, (size_t)job->batch};
@@ -375,8 +382,9 @@ static moira_status_t op_rope(opencl_device_t *device, opencl_queue_t *queue,
         arg_tensor(&a, y);
         arg_long(&a, moira_dtensor_row_stride(y));
         arg_int(&a, cols);
-        size_t global[2] = {(size_t)cols, (size_t)tokens};
-        MOIRA_RETURN_IF_ERROR(enqueue(queue, &a, "moira_copy_rows", 2, global, NULL));
+        size_t global[2] = {round_up(cols, GROUP_1D), (size_t)tokens};
+        size_t local[2] = {GROUP_1D, 1};
+        MOIRA_RETURN_IF_ERROR(enqueue(queue, &a, "moira_copy_rows", 2, global, local));
     }
     int pairs = params->rope_dim / 2;
     float freqs[2 * MOIRA_ROPE_MAX_PAIRS];
@@ -396,8 +404,9 @@ static moira_status_t op_rope(opencl_device_t *device, opencl_queue_t *queue,
     arg_int(&a, params->rope_offset);
     arg_int(&a, pairs);
     arg_float(&a, params->cos_sin_scale);
-    size_t global[3] = {(size_t)pairs, (size_t)params->n_heads, (size_t)tokens};
-    moira_status_t status = enqueue(queue, &a, "moira_rope", 3, global, NULL);
+    size_t global[3] = {round_up(pairs, GROUP_1D), (size_t)params->n_heads, (size_t)tokens};
+    size_t local[3] = {GROUP_1D, 1, 1};
+    moira_status_t status = enqueue(queue, &a, "moira_rope", 3, global, local);
     clReleaseMemObject(freq_mem);
     return status;
 }
@@ -456,8 +465,10 @@ static moira_status_t op_gate(opencl_device_t *device, opencl_queue_t *queue,
         arg_int(&a, p->scoring);
         arg_int(&a, p->norm_topk_prob);
         arg_float(&a, p->routed_scaling_factor);
-        size_t global[1] = {(size_t)tokens};
-        status = enqueue(queue, &a, "moira_gate_route", 1, global, NULL);
+        arg_int(&a, tokens);
+        size_t global[1] = {round_up(tokens, GROUP_1D)};
+        size_t local[1] = {GROUP_1D};
+        status = enqueue(queue, &a, "moira_gate_route", 1, global, local);
     }
     int32_t capacity = moira_gate_capacity(p, tokens);
     if (!status && capacity != INT32_MAX) {
@@ -470,8 +481,8 @@ static moira_status_t op_gate(opencl_device_t *device, opencl_queue_t *queue,
             arg_int(&a, experts);
             arg_int(&a, tokens * p->top_k);
             arg_int(&a, capacity);
-            size_t global[1] = {1};
-            status = enqueue(queue, &a, "moira_gate_capacity", 1, global, NULL);
+            size_t one[1] = {1};
+            status = enqueue(queue, &a, "moira_gate_capacity", 1, one, one);
         }
     }
     if (scores) clReleaseMemObject(scores);
@@ -498,8 +509,8 @@ static moira_status_t op_moe_dispatch(opencl_device_t *device, opencl_queue_t *q
     arg_tensor(&a, &launch->operands[1]);
     arg_tensor(&a, &launch->operands[2]);
     arg_tensor(&a, &launch->operands[3]);
-    size_t global[1] = {1};
-    return enqueue(queue, &a, "moira_moe_dispatch", 1, global, NULL);
+    size_t one[1] = {1};
+    return enqueue(queue, &a, "moira_moe_dispatch", 1, one, one);
 }
 
 /* Three launches whatever the expert count: the tile list, the gate/up half for every expert's
@@ -529,8 +540,8 @@ static moira_status_t op_moe_ffn(opencl_device_t *device, opencl_queue_t *queue,
         arg_int(&a, assignments);
         arg_mem(&a, tiles);
         arg_int(&a, max_tiles);
-        size_t global[1] = {1};
-        status = enqueue(queue, &a, "moira_moe_tiles", 1, global, NULL);
+        size_t one[1] = {1};
+        status = enqueue(queue, &a, "moira_moe_tiles", 1, one, one);
     }
     if (!status) {
         args_t a = args_for(device, KERNEL_moira_moe_up);
@@ -584,8 +595,9 @@ static moira_status_t op_moe_combine(opencl_device_t *device, opencl_queue_t *qu
     arg_int(&a, pos->shape[1]);
     arg_int(&a, ys->shape[0]);
     arg_float(&a, p->beta);
-    size_t global[2] = {(size_t)y->shape[1], (size_t)y->shape[0]};
-    return enqueue(queue, &a, "moira_moe_combine", 2, global, NULL);
+    size_t global[2] = {round_up(y->shape[1], GROUP_1D), (size_t)y->shape[0]};
+    size_t local[2] = {GROUP_1D, 1};
+    return enqueue(queue, &a, "moira_moe_combine", 2, global, local);
 }
 
 /* h = silu(x W1^T) * (x W3^T), then y = beta * y + h W2^T. Many tokens: the fused tiled
@@ -619,8 +631,9 @@ static moira_status_t op_swiglu(opencl_device_t *device, opencl_queue_t *queue,
             arg_mem(&a, h);
             arg_mem(&a, up);
             arg_long(&a, tokens * inter);
-            size_t global[1] = {(size_t)(tokens * inter)};
-            status = enqueue(queue, &a, "moira_silu_mul", 1, global, NULL);
+            size_t global[1] = {round_up(tokens * inter, GROUP_1D)};
+            size_t local[1] = {GROUP_1D};
+            status = enqueue(queue, &a, "moira_silu_mul", 1, global, local);
         }
     } else if (!status) {
         args_t a = args_for(device, KERNEL_moira_swiglu_up);

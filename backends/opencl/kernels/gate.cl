@@ -30,8 +30,9 @@ __kernel void moira_gate_route(__global float *scores, __global float *chosen, l
                                __global int *topk_idx, long idx_off, __global float *topk_weight,
                                long weight_off, int n_experts, int top_k, int n_group,
                                int topk_group, int scoring, int norm_topk_prob,
-                               float routed_scaling_factor) {
+                               float routed_scaling_factor, int tokens) {
     long t = get_global_id(0);
+    if (t >= tokens) return;
     __global float *s = scores + t * n_experts;
     __global float *sel = chosen + chosen_off + t * n_experts;
     if (scoring == 0) {
