@@ -68,6 +68,24 @@ int moe_tile_end(__global const int *offsets, long offsets_off, int expert, int 
 #define MOE_COLUMNS 128
 #define MOE_CHUNK 256
 
+/* The inner loops of the grouped kernels over the first ROWS rows of a tile, 4 reduction
+ * elements at a time (ROWS a constant, so the accumulators stay in registers). */
+#define MOE_UP_STEP(ROWS)                                                                          \
+    for (; c + 4 <= count; c += 4) {                                                               \
+        float4 a = moira_weight_at4(WEIGHT_PASS(w1), expert, n, k0 + c);                          \
+        float4 b = moira_weight_at4(WEIGHT_PASS(w3), expert, n, k0 + c);                          \
+        for (int r = 0; r < (ROWS); r++) {                                                         \
+            float4 v = vload4(0, &rows[r][c]);                                                     \
+            gate[r] += v * a;                                                                      \
+            up[r] += v * b;                                                                        \
+        }                                                                                          \
+    }
+#define MOE_DOWN_STEP(ROWS)                                                                        \
+    for (; c + 4 <= count; c += 4) {                                                               \
+        float4 a = moira_weight_at4(WEIGHT_PASS(w2), expert, d, k0 + c);                          \
+        for (int r = 0; r < (ROWS); r++) acc[r] += vload4(0, &rows[r][c]) * a;                    \
+    }
+
 /* h[p] = silu(W1_e x[sorted_rows[p] / k]) * (W3_e x[...]) for the rows p of one tile. */
 __kernel __attribute__((reqd_work_group_size(MOE_COLUMNS, 1, 1))) void
 moira_moe_up(__global const float *x, long x_off, WEIGHT_PARAMS(w1), WEIGHT_PARAMS(w3),
@@ -105,22 +123,11 @@ moira_moe_up(__global const float *x, long x_off, WEIGHT_PARAMS(w1), WEIGHT_PARA
             /* Tiles of at most half the rows (common: a few tokens per expert) skip the
              * empty half; the bound is a constant in each loop so accumulators stay in
              * registers. (A further quarter-tile case measured slower on PoCL.) */
-#define MOE_UP_STEP(ROWS)                                                                          \
-    for (; c + 4 <= count; c += 4) {                                                               \
-        float4 a = moira_weight_at4(WEIGHT_PASS(w1), expert, n, k0 + c);                          \
-        float4 b = moira_weight_at4(WEIGHT_PASS(w3), expert, n, k0 + c);                          \
-        for (int r = 0; r < (ROWS); r++) {                                                         \
-            float4 v = vload4(0, &rows[r][c]);                                                     \
-            gate[r] += v * a;                                                                      \
-            up[r] += v * b;                                                                        \
-        }                                                                                          \
-    }
             if (n_rows <= MOE_TILE / 2) {
                 MOE_UP_STEP(MOE_TILE / 2)
             } else {
                 MOE_UP_STEP(MOE_TILE)
             }
-#undef MOE_UP_STEP
             for (; c < count; c++) {
                 float a = moira_weight_at(WEIGHT_PASS(w1), expert, n, k0 + c);
                 float b = moira_weight_at(WEIGHT_PASS(w3), expert, n, k0 + c);
@@ -168,17 +175,11 @@ moira_moe_down(__global const float *h, WEIGHT_PARAMS(w2), __global const int *o
         barrier(CLK_LOCAL_MEM_FENCE);
         if (d < hidden) {
             int c = 0;
-#define MOE_DOWN_STEP(ROWS)                                                                        \
-    for (; c + 4 <= count; c += 4) {                                                               \
-        float4 a = moira_weight_at4(WEIGHT_PASS(w2), expert, d, k0 + c);                          \
-        for (int r = 0; r < (ROWS); r++) acc[r] += vload4(0, &rows[r][c]) * a;                    \
-    }
             if (n_rows <= MOE_TILE / 2) {
                 MOE_DOWN_STEP(MOE_TILE / 2)
             } else {
                 MOE_DOWN_STEP(MOE_TILE)
             }
-#undef MOE_DOWN_STEP
             for (; c < count; c++) {
                 float a = moira_weight_at(WEIGHT_PASS(w2), expert, d, k0 + c);
                 for (int r = 0; r < MOE_TILE; r++) acc_tail[r] += rows[r][c] * a;
