@@ -136,6 +136,90 @@ static void check_linear_dtype(moira_device_t *cpu, moira_device_t *device, moir
            moira_dtype_name(dtype), nmse);
 }
 
+/* Sizes that are not multiples of the kernels' 4-wide loads, so their scalar tails run too: a
+ * narrow (few-token) linear with K = 301, and the grouped FFN with D = 37, I = 21. */
+static void check_odd_tails(moira_device_t *cpu, moira_device_t *device, moira_dtype_t dtype) {
+    enum { T = 3, N = 45, K = 301 };
+    static float x[T * K], w[N * K], want[T * N], got[T * N];
+    static unsigned char weight_bytes[N * K * 4 + 4096];
+    moira_test_fill_uniform(x, T * K, 41, -1, 1);
+    moira_test_fill_uniform(w, N * K, 42, -0.5f, 0.5f);
+    moira_convert_from_f32(dtype, w, weight_bytes, (size_t)N * K);
+    size_t data_bytes = (size_t)N * K * moira_dtype_size(dtype);
+    size_t scale_offset = (data_bytes + 15) / 16 * 16;
+    float scales[3] = {0.5f, 2.0f, 1.25f}; /* [1, 3] blocks */
+    memcpy(weight_bytes + scale_offset, scales, sizeof(scales));
+    moira_linear_params_t params = {.beta = 0};
+    moira_op_launch_t launch = {
+        .op = MOIRA_OP_LINEAR, .params = &params, .params_size = sizeof(params), .n_operands = 3};
+    launch.operands[0] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32, .rank = 2, .shape = {T, K}};
+    launch.operands[1] =
+        (moira_dtensor_t){.dtype = dtype, .rank = 2, .shape = {N, K}, .scale_offset = scale_offset};
+    launch.operands[2] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32, .rank = 2, .shape = {T, N}};
+    const void *host[3] = {x, weight_bytes, NULL};
+    size_t sizes[3] = {sizeof(x), scale_offset + sizeof(scales), sizeof(want)};
+    run_on(cpu, launch, host, sizes, 2, want, sizeof(want));
+    run_on(device, launch, host, sizes, 2, got, sizeof(got));
+    double nmse = moira_test_nmse_f32(got, want, T * N);
+    CHECK_MSG(nmse <= 1e-6, "%s narrow linear K=301 %s: NMSE %.3g", moira_device_info(device)->name,
+              moira_dtype_name(dtype), nmse);
+
+    /* Grouped FFN: 3 experts, 11 tokens, top-2, routing sorted on the host. */
+    enum { E = 3, TT = 11, KK = 2, D = 37, I = 21, A = TT * KK };
+    static float fx[TT * D], fw[E * I * D], ys_want[A * D], ys_got[A * D];
+    static unsigned char w1[E * I * D * 4 + 4096], w3[E * I * D * 4 + 4096],
+        w2[E * D * I * 4 + 4096];
+    int32_t offsets[E + 1] = {0}, sorted_rows[A];
+    moira_test_fill_uniform(fx, TT * D, 43, -1, 1);
+    unsigned char *weights[3] = {w1, w3, w2};
+    size_t weight_data = (size_t)E * I * D * moira_dtype_size(dtype);
+    size_t weight_scales_at = (weight_data + 15) / 16 * 16;
+    float expert_scales[E] = {1.0f, 0.75f, 1.5f}; /* one 128x128 block per expert matrix */
+    for (int m = 0; m < 3; m++) {
+        moira_test_fill_uniform(fw, E * I * D, 44 + (uint64_t)m, -0.5f, 0.5f);
+        moira_convert_from_f32(dtype, fw, weights[m], (size_t)E * I * D);
+        memcpy(weights[m] + weight_scales_at, expert_scales, sizeof(expert_scales));
+    }
+    int32_t expert_of[A];
+    for (int a = 0; a < A; a++)
+        expert_of[a] = (a * 7 + a / KK) % E;
+    for (int a = 0; a < A; a++)
+        offsets[expert_of[a] + 1]++;
+    for (int e = 0; e < E; e++)
+        offsets[e + 1] += offsets[e];
+    int32_t next[E];
+    for (int e = 0; e < E; e++)
+        next[e] = offsets[e];
+    for (int a = 0; a < A; a++)
+        sorted_rows[next[expert_of[a]]++] = a;
+    moira_moe_ffn_params_t ffn_params = {.top_k = KK};
+    moira_op_launch_t ffn = {.op = MOIRA_OP_MOE_FFN,
+                             .params = &ffn_params,
+                             .params_size = sizeof(ffn_params),
+                             .n_operands = 7};
+    ffn.operands[0] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32, .rank = 2, .shape = {TT, D}};
+    ffn.operands[1] = (moira_dtensor_t){
+        .dtype = dtype, .rank = 3, .shape = {E, I, D}, .scale_offset = weight_scales_at};
+    ffn.operands[2] = ffn.operands[1];
+    ffn.operands[3] = (moira_dtensor_t){
+        .dtype = dtype, .rank = 3, .shape = {E, D, I}, .scale_offset = weight_scales_at};
+    ffn.operands[4] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_I32, .rank = 1, .shape = {E + 1}};
+    ffn.operands[5] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_I32, .rank = 1, .shape = {A}};
+    ffn.operands[6] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32, .rank = 2, .shape = {A, D}};
+    const void *ffn_host[7] = {fx, w1, w3, w2, offsets, sorted_rows, NULL};
+    size_t weight_bytes_total = weight_scales_at + sizeof(expert_scales);
+    size_t ffn_sizes[7] = {sizeof(fx),         weight_bytes_total, weight_bytes_total,
+                           weight_bytes_total, sizeof(offsets),    sizeof(sorted_rows),
+                           sizeof(ys_want)};
+    run_on(cpu, ffn, ffn_host, ffn_sizes, 6, ys_want, sizeof(ys_want));
+    run_on(device, ffn, ffn_host, ffn_sizes, 6, ys_got, sizeof(ys_got));
+    nmse = moira_test_nmse_f32(ys_got, ys_want, A * D);
+    CHECK_MSG(nmse <= 1e-6, "%s moe_ffn D=37 I=21 %s: NMSE %.3g", moira_device_info(device)->name,
+              moira_dtype_name(dtype), nmse);
+    printf("%s odd tails (%s): narrow linear and grouped FFN NMSE %.3g\n",
+           moira_device_info(device)->name, moira_dtype_name(dtype), nmse);
+}
+
 /* The CLBlast path (forced, as the measured choice depends on the machine) on a projection big
  * enough to be eligible: overwrite into contiguous y, and accumulate into a strided y. */
 static void check_linear_clblast(moira_device_t *cpu, moira_device_t *device) {
@@ -231,6 +315,9 @@ int main(void) {
         check_linear_dtype(cpu, device, MOIRA_DTYPE_BF16);
         check_linear_dtype(cpu, device, MOIRA_DTYPE_F8_E4M3);
         check_linear_clblast(cpu, device);
+        check_odd_tails(cpu, device, MOIRA_DTYPE_F32);
+        check_odd_tails(cpu, device, MOIRA_DTYPE_BF16);
+        check_odd_tails(cpu, device, MOIRA_DTYPE_F8_E4M3);
         if (opencl_devices == 1) check_program_cache(moira_device_info(device)->name);
     }
     moira_runtime_shutdown();
