@@ -220,6 +220,78 @@ static void check_odd_tails(moira_device_t *cpu, moira_device_t *device, moira_d
            moira_device_info(device)->name, moira_dtype_name(dtype), nmse);
 }
 
+/* Attention over more keys than one work-group block (64), so the online softmax rescales:
+ * prefill over 150 tokens, and decode over a 150-row latent cache. */
+static void check_long_attention(moira_device_t *cpu, moira_device_t *device) {
+    enum { T = 150, H = 2, NOPE = 16, ROPE = 8, V = 12, L = 40 };
+    enum { Q = H * (NOPE + ROPE), B = H * (NOPE + V) };
+    static float q[T * Q], kv[T * B], k_pe[T * ROPE], out_want[T * H * L], out_got[T * H * L];
+    static float q_lat[T * H * L], c[T * L];
+    int32_t positions[T];
+    for (int t = 0; t < T; t++)
+        positions[t] = t;
+    moira_test_fill_uniform(q, T * Q, 51, -1, 1);
+    moira_test_fill_uniform(kv, T * B, 52, -1, 1);
+    moira_test_fill_uniform(k_pe, T * ROPE, 53, -1, 1);
+    moira_test_fill_uniform(q_lat, T * H * L, 54, -1, 1);
+    moira_test_fill_uniform(c, T * L, 55, -1, 1);
+    moira_mla_params_t params = {.n_heads = H,
+                                 .nope_dim = NOPE,
+                                 .rope_dim = ROPE,
+                                 .v_dim = V,
+                                 .kv_lora_rank = L,
+                                 .cache_len = T,
+                                 .scale = 0.3f};
+    moira_op_launch_t prefill = {.op = MOIRA_OP_MLA_ATTENTION,
+                                 .params = &params,
+                                 .params_size = sizeof(params),
+                                 .n_operands = 5};
+    prefill.operands[0] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32, .rank = 2, .shape = {T, Q}};
+    prefill.operands[1] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32, .rank = 2, .shape = {T, B}};
+    prefill.operands[2] =
+        (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32, .rank = 2, .shape = {T, ROPE}};
+    prefill.operands[3] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_I32, .rank = 1, .shape = {T}};
+    prefill.operands[4] =
+        (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32, .rank = 2, .shape = {T, H * V}};
+    const void *prefill_host[5] = {q, kv, k_pe, positions, NULL};
+    size_t prefill_sizes[5] = {sizeof(q), sizeof(kv), sizeof(k_pe), sizeof(positions),
+                               sizeof(float) * T * H * V};
+    size_t out_bytes = sizeof(float) * T * H * V;
+    run_on(cpu, prefill, prefill_host, prefill_sizes, 4, out_want, out_bytes);
+    run_on(device, prefill, prefill_host, prefill_sizes, 4, out_got, out_bytes);
+    double nmse = moira_test_nmse_f32(out_got, out_want, (size_t)T * H * V);
+    CHECK_MSG(nmse <= 1e-6, "%s mla_attention over %d keys: NMSE %.3g",
+              moira_device_info(device)->name, T, nmse);
+    printf("%s mla_attention over %d keys: NMSE %.3g\n", moira_device_info(device)->name, T, nmse);
+
+    enum { TD = 3 };
+    int32_t decode_positions[TD] = {10, 70, 149};
+    moira_op_launch_t decode = {.op = MOIRA_OP_MLA_DECODE_ATTENTION,
+                                .params = &params,
+                                .params_size = sizeof(params),
+                                .n_operands = 6};
+    decode.operands[0] =
+        (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32, .rank = 2, .shape = {TD, H * L}};
+    decode.operands[1] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32, .rank = 2, .shape = {TD, Q}};
+    decode.operands[2] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32, .rank = 2, .shape = {T, L}};
+    decode.operands[3] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32, .rank = 2, .shape = {T, ROPE}};
+    decode.operands[4] = (moira_dtensor_t){.dtype = MOIRA_DTYPE_I32, .rank = 1, .shape = {TD}};
+    decode.operands[5] =
+        (moira_dtensor_t){.dtype = MOIRA_DTYPE_F32, .rank = 2, .shape = {TD, H * L}};
+    const void *decode_host[6] = {q_lat, q, c, k_pe, decode_positions, NULL};
+    size_t decode_sizes[6] = {
+        sizeof(float) * TD * H * L, sizeof(float) * TD * Q,    sizeof(c), sizeof(k_pe),
+        sizeof(decode_positions),   sizeof(float) * TD * H * L};
+    size_t o_bytes = sizeof(float) * TD * H * L;
+    run_on(cpu, decode, decode_host, decode_sizes, 5, out_want, o_bytes);
+    run_on(device, decode, decode_host, decode_sizes, 5, out_got, o_bytes);
+    nmse = moira_test_nmse_f32(out_got, out_want, (size_t)TD * H * L);
+    CHECK_MSG(nmse <= 1e-6, "%s mla_decode_attention over %d cache rows: NMSE %.3g",
+              moira_device_info(device)->name, T, nmse);
+    printf("%s mla_decode_attention over %d cache rows: NMSE %.3g\n",
+           moira_device_info(device)->name, T, nmse);
+}
+
 /* The CLBlast path (forced, as the measured choice depends on the machine) on a projection big
  * enough to be eligible: overwrite into contiguous y, and accumulate into a strided y. */
 static void check_linear_clblast(moira_device_t *cpu, moira_device_t *device) {
@@ -316,6 +388,7 @@ int main(void) {
         check_linear_dtype(cpu, device, MOIRA_DTYPE_F8_E4M3);
         check_linear_clblast(cpu, device);
         check_odd_tails(cpu, device, MOIRA_DTYPE_F32);
+        check_long_attention(cpu, device);
         check_odd_tails(cpu, device, MOIRA_DTYPE_BF16);
         check_odd_tails(cpu, device, MOIRA_DTYPE_F8_E4M3);
         if (opencl_devices == 1) check_program_cache(moira_device_info(device)->name);
