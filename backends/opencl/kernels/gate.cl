@@ -37,16 +37,20 @@ __kernel void moira_gate_route(__global float *scores, __global float *chosen, l
     __global float *sel = chosen + chosen_off + t * n_experts;
     if (scoring == 0) {
         float max_logit = -INFINITY, sum = 0.0f;
-        for (int e = 0; e < n_experts; e++) max_logit = fmax(max_logit, s[e]);
+        for (int e = 0; e < n_experts; e++)
+            max_logit = fmax(max_logit, s[e]);
         for (int e = 0; e < n_experts; e++) {
             s[e] = exp(s[e] - max_logit);
             sum += s[e];
         }
-        for (int e = 0; e < n_experts; e++) s[e] /= sum;
+        for (int e = 0; e < n_experts; e++)
+            s[e] /= sum;
     } else {
-        for (int e = 0; e < n_experts; e++) s[e] = 1.0f / (1.0f + exp(-s[e]));
+        for (int e = 0; e < n_experts; e++)
+            s[e] = 1.0f / (1.0f + exp(-s[e]));
     }
-    for (int e = 0; e < n_experts; e++) sel[e] = s[e] + (has_bias ? bias[bias_off + e] : 0.0f);
+    for (int e = 0; e < n_experts; e++)
+        sel[e] = s[e] + (has_bias ? bias[bias_off + e] : 0.0f);
 
     if (n_group > 1) {
         int group_size = n_experts / n_group;
@@ -64,7 +68,8 @@ __kernel void moira_gate_route(__global float *scores, __global float *chosen, l
             for (int o = 0; o < n_group; o++)
                 ahead += gate_ranks_before(group_scores[o], o, group_scores[g], g);
             if (ahead >= topk_group)
-                for (int e = g * group_size; e < (g + 1) * group_size; e++) sel[e] = -INFINITY;
+                for (int e = g * group_size; e < (g + 1) * group_size; e++)
+                    sel[e] = -INFINITY;
         }
     }
 
@@ -78,7 +83,8 @@ __kernel void moira_gate_route(__global float *scores, __global float *chosen, l
         sum += s[previous];
     }
     float norm = norm_topk_prob ? 1.0f / (sum + 1e-20f) : 1.0f;
-    for (int j = 0; j < top_k; j++) weight[j] = s[idx[j]] * norm * routed_scaling_factor;
+    for (int j = 0; j < top_k; j++)
+        weight[j] = s[idx[j]] * norm * routed_scaling_factor;
 }
 
 /* First come, first served in token order, then in each token's selection order; one work-item.
@@ -86,7 +92,8 @@ __kernel void moira_gate_route(__global float *scores, __global float *chosen, l
 __kernel void moira_gate_capacity(__global int *topk_idx, long idx_off, __global float *topk_weight,
                                   long weight_off, __global int *taken, int n_experts,
                                   int assignments, int capacity) {
-    for (int e = 0; e < n_experts; e++) taken[e] = 0;
+    for (int e = 0; e < n_experts; e++)
+        taken[e] = 0;
     for (int a = 0; a < assignments; a++) {
         int expert = topk_idx[idx_off + a];
         if (expert < 0) continue;

@@ -29,7 +29,8 @@ moira_linear(__global const float *x, long x_off, long x_stride, long x_batch_st
     long row_base = w_row0 + b * w_batch_rows;
     float acc[BLOCK][BLOCK];
     for (int i = 0; i < BLOCK; i++)
-        for (int j = 0; j < BLOCK; j++) acc[i][j] = 0.0f;
+        for (int j = 0; j < BLOCK; j++)
+            acc[i][j] = 0.0f;
     for (int k0 = 0; k0 < in_features; k0 += TILE) {
         int k = k0 + ln;
         bool k_ok = k < in_features;
@@ -53,10 +54,13 @@ moira_linear(__global const float *x, long x_off, long x_stride, long x_batch_st
         barrier(CLK_LOCAL_MEM_FENCE);
         for (int kk = 0; kk < TILE; kk++) {
             float a[BLOCK], c[BLOCK];
-            for (int i = 0; i < BLOCK; i++) a[i] = x_tile[kk][lt + i * TILE];
-            for (int j = 0; j < BLOCK; j++) c[j] = w_tile[kk][ln + j * TILE];
             for (int i = 0; i < BLOCK; i++)
-                for (int j = 0; j < BLOCK; j++) acc[i][j] += a[i] * c[j];
+                a[i] = x_tile[kk][lt + i * TILE];
+            for (int j = 0; j < BLOCK; j++)
+                c[j] = w_tile[kk][ln + j * TILE];
+            for (int i = 0; i < BLOCK; i++)
+                for (int j = 0; j < BLOCK; j++)
+                    acc[i][j] += a[i] * c[j];
         }
         barrier(CLK_LOCAL_MEM_FENCE);
     }
@@ -90,12 +94,14 @@ __kernel void moira_linear_narrow(__global const float *x, long x_off, long x_st
     __global const float *xb = x + x_off + b * x_batch_step + (long)t0 * x_stride;
     long row_base = w_row0 + b * w_batch_rows;
     float acc[NARROW];
-    for (int r = 0; r < NARROW; r++) acc[r] = 0.0f;
+    for (int r = 0; r < NARROW; r++)
+        acc[r] = 0.0f;
     int k = 0;
     if (!w_transposed) {
         /* Each work-item streams its own weight row: 4-wide loads along it. */
         float4 acc4[NARROW];
-        for (int r = 0; r < NARROW; r++) acc4[r] = (float4)(0.0f);
+        for (int r = 0; r < NARROW; r++)
+            acc4[r] = (float4)(0.0f);
         for (; k + 4 <= in_features; k += 4) {
             float4 weight = moira_weight_at4(WEIGHT_PASS(w), matrix, row_base + n, k);
             for (int r = 0; r < NARROW; r++)

@@ -11,12 +11,14 @@ __kernel void moira_moe_dispatch(__global const int *topk_idx, long idx_off, int
                                  __global int *sorted_rows, long sorted_off,
                                  __global int *assignment_pos, long pos_off) {
     __global int *off = offsets + offsets_off;
-    for (int e = 0; e <= n_experts; e++) off[e] = 0;
+    for (int e = 0; e <= n_experts; e++)
+        off[e] = 0;
     for (int a = 0; a < assignments; a++) {
         int expert = topk_idx[idx_off + a];
         if (expert >= 0 && expert < n_experts) off[expert + 1]++;
     }
-    for (int e = 0; e < n_experts; e++) off[e + 1] += off[e];
+    for (int e = 0; e < n_experts; e++)
+        off[e + 1] += off[e];
     /* The offsets themselves serve as per-expert cursors (each ends one expert further on) and
      * are shifted back afterwards, which keeps the kernel free of scratch memory. */
     for (int a = 0; a < assignments; a++) {
@@ -31,9 +33,11 @@ __kernel void moira_moe_dispatch(__global const int *topk_idx, long idx_off, int
         assignment_pos[pos_off + a] = row;
     }
     /* off[e] now holds the old off[e + 1]: shift back. */
-    for (int e = n_experts; e > 0; e--) off[e] = off[e - 1];
+    for (int e = n_experts; e > 0; e--)
+        off[e] = off[e - 1];
     off[0] = 0;
-    for (int row = off[n_experts]; row < assignments; row++) sorted_rows[sorted_off + row] = -1;
+    for (int row = off[n_experts]; row < assignments; row++)
+        sorted_rows[sorted_off + row] = -1;
 }
 
 /* Cuts every expert's rows into tiles of MOE_TILE: tiles[2i] = expert, tiles[2i+1] = first row;
@@ -50,7 +54,8 @@ __kernel void moira_moe_tiles(__global const int *offsets, long offsets_off, int
             tiles[2 * n + 1] = r;
         }
     }
-    for (; n < max_tiles; n++) tiles[2 * n] = -1;
+    for (; n < max_tiles; n++)
+        tiles[2 * n] = -1;
 }
 
 /* The row range of a tile: [row0, row_end). */
@@ -72,8 +77,8 @@ int moe_tile_end(__global const int *offsets, long offsets_off, int expert, int 
  * elements at a time (ROWS a constant, so the accumulators stay in registers). */
 #define MOE_UP_STEP(ROWS)                                                                          \
     for (; c + 4 <= count; c += 4) {                                                               \
-        float4 a = moira_weight_at4(WEIGHT_PASS(w1), expert, n, k0 + c);                          \
-        float4 b = moira_weight_at4(WEIGHT_PASS(w3), expert, n, k0 + c);                          \
+        float4 a = moira_weight_at4(WEIGHT_PASS(w1), expert, n, k0 + c);                           \
+        float4 b = moira_weight_at4(WEIGHT_PASS(w3), expert, n, k0 + c);                           \
         for (int r = 0; r < (ROWS); r++) {                                                         \
             float4 v = vload4(0, &rows[r][c]);                                                     \
             gate[r] += v * a;                                                                      \
@@ -82,16 +87,17 @@ int moe_tile_end(__global const int *offsets, long offsets_off, int expert, int 
     }
 #define MOE_DOWN_STEP(ROWS)                                                                        \
     for (; c + 4 <= count; c += 4) {                                                               \
-        float4 a = moira_weight_at4(WEIGHT_PASS(w2), expert, d, k0 + c);                          \
-        for (int r = 0; r < (ROWS); r++) acc[r] += vload4(0, &rows[r][c]) * a;                    \
+        float4 a = moira_weight_at4(WEIGHT_PASS(w2), expert, d, k0 + c);                           \
+        for (int r = 0; r < (ROWS); r++)                                                           \
+            acc[r] += vload4(0, &rows[r][c]) * a;                                                  \
     }
 
 /* h[p] = silu(W1_e x[sorted_rows[p] / k]) * (W3_e x[...]) for the rows p of one tile. */
 __kernel __attribute__((reqd_work_group_size(MOE_COLUMNS, 1, 1))) void
 moira_moe_up(__global const float *x, long x_off, WEIGHT_PARAMS(w1), WEIGHT_PARAMS(w3),
              __global const int *offsets, long offsets_off, __global const int *sorted_rows,
-             long sorted_off, __global const int *tiles, __global float *h, int hidden,
-             int inter, int top_k, int assignments, int tokens) {
+             long sorted_off, __global const int *tiles, __global float *h, int hidden, int inter,
+             int top_k, int assignments, int tokens) {
     __local float rows[MOE_TILE][MOE_CHUNK];
     __local int row_token[MOE_TILE];
     int tile = get_group_id(1);
@@ -106,9 +112,11 @@ moira_moe_up(__global const float *x, long x_off, WEIGHT_PARAMS(w1), WEIGHT_PARA
         row_token[lid] = token >= 0 && token < tokens ? token : -1;
     }
     float4 gate[MOE_TILE], up[MOE_TILE];
-    for (int r = 0; r < MOE_TILE; r++) gate[r] = up[r] = (float4)(0.0f);
+    for (int r = 0; r < MOE_TILE; r++)
+        gate[r] = up[r] = (float4)(0.0f);
     float gate_tail[MOE_TILE], up_tail[MOE_TILE];
-    for (int r = 0; r < MOE_TILE; r++) gate_tail[r] = up_tail[r] = 0.0f;
+    for (int r = 0; r < MOE_TILE; r++)
+        gate_tail[r] = up_tail[r] = 0.0f;
     for (int k0 = 0; k0 < hidden; k0 += MOE_CHUNK) {
         int count = min(MOE_CHUNK, hidden - k0);
         barrier(CLK_LOCAL_MEM_FENCE);
@@ -182,7 +190,8 @@ moira_moe_down(__global const float *h, WEIGHT_PARAMS(w2), __global const int *o
             }
             for (; c < count; c++) {
                 float a = moira_weight_at(WEIGHT_PASS(w2), expert, d, k0 + c);
-                for (int r = 0; r < MOE_TILE; r++) acc_tail[r] += rows[r][c] * a;
+                for (int r = 0; r < MOE_TILE; r++)
+                    acc_tail[r] += rows[r][c] * a;
             }
         }
     }

@@ -12,7 +12,8 @@ moira_rmsnorm(__global const float *x, long x_off, long x_stride, __global const
     long t = get_group_id(1);
     __global const float *row = x + x_off + t * x_stride;
     float sum = 0.0f;
-    for (int i = lid; i < cols; i += NORM_GROUP) sum += row[i] * row[i];
+    for (int i = lid; i < cols; i += NORM_GROUP)
+        sum += row[i] * row[i];
     partial[lid] = sum;
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int half_width = NORM_GROUP / 2; half_width > 0; half_width /= 2) {
@@ -21,12 +22,13 @@ moira_rmsnorm(__global const float *x, long x_off, long x_stride, __global const
     }
     float inv_rms = rsqrt(partial[0] / (float)cols + eps);
     __global float *out = y + y_off + t * y_stride;
-    for (int i = lid; i < cols; i += NORM_GROUP) out[i] = row[i] * inv_rms * w[w_off + i];
+    for (int i = lid; i < cols; i += NORM_GROUP)
+        out[i] = row[i] * inv_rms * w[w_off + i];
 }
 
 /* Copies rows when rope writes to a different tensor than it reads. */
-__kernel void moira_copy_rows(__global const float *x, long x_off, long x_stride,
-                              __global float *y, long y_off, long y_stride, int cols) {
+__kernel void moira_copy_rows(__global const float *x, long x_off, long x_stride, __global float *y,
+                              long y_off, long y_stride, int cols) {
     int c = get_global_id(0);
     long t = get_global_id(1);
     if (c < cols) y[y_off + t * y_stride + c] = x[x_off + t * x_stride + c];
@@ -44,8 +46,8 @@ __kernel void moira_copy_rows(__global const float *x, long x_off, long x_stride
  * accurate to a few f32 ulps of pi, without needing fp64 on the device. */
 __kernel void moira_rope(__global float *y, long y_off, long y_stride,
                          __global const int *positions, long positions_off,
-                         __global const float *freqs, int n_heads, int head_stride,
-                         int rope_offset, int pairs, float cos_sin_scale) {
+                         __global const float *freqs, int n_heads, int head_stride, int rope_offset,
+                         int pairs, float cos_sin_scale) {
     int i = get_global_id(0);
     int h = get_global_id(1);
     long t = get_global_id(2);
