@@ -617,9 +617,16 @@ static moira_status_t op_swiglu(opencl_device_t *device, opencl_queue_t *queue,
     moira_status_t status = temp_buffer(device, h_bytes, NULL, &h);
     if (!status && narrow) status = temp_buffer(device, h_bytes, NULL, &up);
     linear_job_t project = {
-        .x = moira_opencl_mem(x->buffer), .x_off = element_offset(x), .x_stride = hidden,
-        .weight = w1, .y = h, .y_stride = inter,
-        .batch = 1, .tokens = tokens, .out_features = inter, .in_features = hidden,
+        .x = moira_opencl_mem(x->buffer),
+        .x_off = element_offset(x),
+        .x_stride = hidden,
+        .weight = w1,
+        .y = h,
+        .y_stride = inter,
+        .batch = 1,
+        .tokens = tokens,
+        .out_features = inter,
+        .in_features = hidden,
     };
     if (!status && narrow) {
         status = run_linear(device, queue, &project);
@@ -650,9 +657,16 @@ static moira_status_t op_swiglu(opencl_device_t *device, opencl_queue_t *queue,
     }
     if (!status) {
         linear_job_t job = {
-            .x = h, .x_stride = inter, .weight = w2,
-            .y = moira_opencl_mem(y->buffer), .y_off = element_offset(y), .y_stride = hidden,
-            .batch = 1, .tokens = tokens, .out_features = hidden, .in_features = inter,
+            .x = h,
+            .x_stride = inter,
+            .weight = w2,
+            .y = moira_opencl_mem(y->buffer),
+            .y_off = element_offset(y),
+            .y_stride = hidden,
+            .batch = 1,
+            .tokens = tokens,
+            .out_features = hidden,
+            .in_features = inter,
             .beta = p->beta,
         };
         status = run_linear(device, queue, &job);
