@@ -20,6 +20,7 @@
     X(moira_rope)                                                                                  \
     X(moira_linear)                                                                                \
     X(moira_linear_narrow)                                                                         \
+    X(moira_linear_rows)                                                                           \
     X(moira_swiglu_up)                                                                             \
     X(moira_silu_mul)                                                                              \
     X(moira_gate_route)                                                                            \

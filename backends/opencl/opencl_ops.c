@@ -18,10 +18,12 @@
 #define NARROW 4 /* kernels/linear.cl: tokens per work-item of moira_linear_narrow */
 /* Up to this many tokens the narrow kernel wins over WIDE x WIDE tiles (measured on PoCL). */
 #define NARROW_MAX_TOKENS 32
-#define NORM_GROUP 64   /* kernels/norm_rope.cl */
-#define MOE_TILE 8      /* kernels/moe.cl: rows per tile */
-#define MOE_COLUMNS 128 /* kernels/moe.cl: output columns per work-group */
-#define ATTEND_GROUP 64 /* kernels/mla.cl */
+#define ROWS_TILE 8      /* kernels/linear.cl: tokens per work-group of moira_linear_rows */
+#define ROWS_COLUMNS 128 /* kernels/linear.cl: output columns per work-group of it */
+#define NORM_GROUP 64    /* kernels/norm_rope.cl */
+#define MOE_TILE 8       /* kernels/moe.cl: rows per tile */
+#define MOE_COLUMNS 128  /* kernels/moe.cl: output columns per work-group */
+#define ATTEND_GROUP 64  /* kernels/mla.cl */
 #define ATTEND_MAX_QUERY 2048
 #define ATTEND_MAX_VALUE (ATTEND_GROUP * 16)
 #define GATE_MAX_GROUPS 64
@@ -158,6 +160,30 @@ typedef struct linear_job {
 static moira_status_t run_moira_linear(opencl_device_t *device, opencl_queue_t *queue,
                                        const linear_job_t *job) {
     bool narrow = job->tokens <= NARROW_MAX_TOKENS;
+    if (!narrow && !job->w_transposed) {
+        /* Many tokens, weight rows streamed per work-item (kernels/linear.cl). */
+        args_t a = args_for(device, KERNEL_moira_linear_rows);
+        arg_mem(&a, job->x);
+        arg_long(&a, job->x_off);
+        arg_long(&a, job->x_stride);
+        arg_long(&a, job->x_batch_step);
+        arg_weight(&a, job->weight);
+        arg_long(&a, job->matrix);
+        arg_long(&a, job->w_row0);
+        arg_long(&a, job->w_batch_rows);
+        arg_mem(&a, job->y);
+        arg_long(&a, job->y_off);
+        arg_long(&a, job->y_stride);
+        arg_long(&a, job->y_batch_step);
+        arg_int(&a, job->tokens);
+        arg_int(&a, job->out_features);
+        arg_int(&a, job->in_features);
+        arg_float(&a, job->beta);
+        size_t global[3] = {round_up(job->out_features, ROWS_COLUMNS),
+                            round_up(job->tokens, ROWS_TILE) / ROWS_TILE, (size_t)job->batch};
+        size_t local[3] = {ROWS_COLUMNS, 1, 1};
+        return enqueue(queue, &a, "moira_linear_rows", 3, global, local);
+    }
     args_t a = args_for(device, narrow ? KERNEL_moira_linear_narrow : KERNEL_moira_linear);
     arg_mem(&a, job->x);
     arg_long(&a, job->x_off);

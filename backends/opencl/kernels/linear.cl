@@ -76,6 +76,63 @@ moira_linear(__global const float *x, long x_off, long x_stride, long x_batch_st
     }
 }
 
+/* The same contract as moira_linear (weights not transposed) with the grouped FFN's layout: a
+ * work-group takes ROWS_TILE tokens (group dimension 1) and ROWS_COLUMNS output columns, one per
+ * work-item; the tokens' activations are staged in local memory ROWS_CHUNK elements at a time
+ * and each work-item streams its own weight row with 4-wide loads. */
+#define ROWS_TILE 8
+#define ROWS_COLUMNS 128
+#define ROWS_CHUNK 256
+
+__kernel __attribute__((reqd_work_group_size(ROWS_COLUMNS, 1, 1))) void
+moira_linear_rows(__global const float *x, long x_off, long x_stride, long x_batch_step,
+                  WEIGHT_PARAMS(w), long matrix, long w_row0, long w_batch_rows, __global float *y,
+                  long y_off, long y_stride, long y_batch_step, int tokens, int out_features,
+                  int in_features, float beta) {
+    __local float rows[ROWS_TILE][ROWS_CHUNK];
+    int lid = get_local_id(0);
+    int n = get_group_id(0) * ROWS_COLUMNS + lid;
+    int t0 = get_group_id(1) * ROWS_TILE;
+    long b = get_global_id(2);
+    int n_rows = min(ROWS_TILE, tokens - t0);
+    __global const float *xb = x + x_off + b * x_batch_step + (long)t0 * x_stride;
+    long row = w_row0 + b * w_batch_rows + n;
+    float4 acc[ROWS_TILE];
+    float acc_tail[ROWS_TILE];
+    for (int r = 0; r < ROWS_TILE; r++) {
+        acc[r] = (float4)(0.0f);
+        acc_tail[r] = 0.0f;
+    }
+    for (int k0 = 0; k0 < in_features; k0 += ROWS_CHUNK) {
+        int count = min(ROWS_CHUNK, in_features - k0);
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int i = lid; i < ROWS_TILE * ROWS_CHUNK; i += ROWS_COLUMNS) {
+            int r = i / ROWS_CHUNK, c = i % ROWS_CHUNK;
+            rows[r][c] = r < n_rows && c < count ? xb[(long)r * x_stride + k0 + c] : 0.0f;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (n < out_features) {
+            int c = 0;
+            for (; c + 4 <= count; c += 4) {
+                float4 a = moira_weight_at4(WEIGHT_PASS(w), matrix, row, k0 + c);
+                for (int r = 0; r < ROWS_TILE; r++)
+                    acc[r] += vload4(0, &rows[r][c]) * a;
+            }
+            for (; c < count; c++) {
+                float a = moira_weight_at(WEIGHT_PASS(w), matrix, row, k0 + c);
+                for (int r = 0; r < ROWS_TILE; r++)
+                    acc_tail[r] += rows[r][c] * a;
+            }
+        }
+    }
+    if (n >= out_features) return;
+    for (int r = 0; r < n_rows; r++) {
+        float sum = (acc[r].x + acc[r].y) + (acc[r].z + acc[r].w) + acc_tail[r];
+        __global float *out = y + y_off + b * y_batch_step + (long)(t0 + r) * y_stride + n;
+        *out = beta == 0.0f ? sum : beta * *out + sum;
+    }
+}
+
 /* The same contract as moira_linear for a handful of tokens (decode), where a WIDE x WIDE tile
  * would be mostly padding: one work-item per output column and NARROW tokens, streaming the
  * weight once. */
