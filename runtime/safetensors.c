@@ -39,8 +39,9 @@
 
 typedef struct shard {
     char *path; /* owned */
-    void *map;  /* owned mapping of the whole file */
+    void *map;  /* owned mapping of the whole file, or a heap copy when `heap` */
     size_t map_size;
+    bool heap; /* `map` came from malloc (moira_safetensors_open_memory), not mmap */
 } shard_t;
 
 typedef struct entry {
@@ -817,8 +818,8 @@ static moira_status_t parse_header(moira_safetensors_t *f, size_t shard_index, c
     return json_end(&j);
 }
 
-/* Maps one .safetensors file and adds its tensors. */
-static moira_status_t load_shard(moira_safetensors_t *f, const char *path) {
+/* Makes room for one more shard and records its path; close() releases it from then on. */
+static moira_status_t add_shard(moira_safetensors_t *f, const char *path, shard_t **out_shard) {
     if (f->shard_count == f->shard_cap) {
         size_t cap = f->shard_cap ? f->shard_cap * 2 : 4;
         shard_t *grown = realloc(f->shards, cap * sizeof(*grown));
@@ -830,8 +831,44 @@ static moira_status_t load_shard(moira_safetensors_t *f, const char *path) {
     memset(shard, 0, sizeof(*shard));
     shard->path = strdup(path);
     if (!shard->path) return out_of_memory(path);
-    f->shard_count++; /* from here close() releases it */
+    f->shard_count++;
+    *out_shard = shard;
+    return MOIRA_OK_STATUS;
+}
 
+/* Reads the 8-byte header length and the header of the last shard added, whose bytes are
+ * already in memory (mapped or copied), and adds its tensors. */
+static moira_status_t parse_shard_bytes(moira_safetensors_t *f) {
+    size_t index = f->shard_count - 1;
+    const shard_t *shard = &f->shards[index];
+    const char *path = shard->path;
+    const unsigned char *bytes = shard->map;
+    size_t size = shard->map_size;
+    if (size < 8)
+        return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
+                               "file is %zu bytes, shorter than the 8-byte header length that "
+                               "starts every safetensors file",
+                               size);
+    uint64_t header_len = 0;
+    for (int i = 7; i >= 0; i--)
+        header_len = header_len << 8 | bytes[i]; /* little-endian */
+    if (header_len > size - 8)
+        return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
+                               "header length %llu runs past the end of the file (%zu bytes): "
+                               "truncated or not a safetensors file",
+                               (unsigned long long)header_len, size);
+    if (header_len > MOIRA_SAFETENSORS_MAX_HEADER)
+        return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
+                               "header length %llu exceeds the limit of %u bytes",
+                               (unsigned long long)header_len, MOIRA_SAFETENSORS_MAX_HEADER);
+    return parse_header(f, index, (const char *)bytes + 8, (size_t)header_len,
+                        bytes + 8 + header_len, size - 8 - header_len);
+}
+
+/* Maps one .safetensors file and adds its tensors. */
+static moira_status_t load_shard(moira_safetensors_t *f, const char *path) {
+    shard_t *shard = NULL;
+    MOIRA_RETURN_IF_ERROR(add_shard(f, path, &shard));
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return errno_error(path, "cannot open", errno);
     struct stat st;
@@ -864,23 +901,7 @@ static moira_status_t load_shard(moira_safetensors_t *f, const char *path) {
     if (map == MAP_FAILED) return errno_error(path, "cannot map", map_err);
     shard->map = map;
     shard->map_size = size;
-
-    const unsigned char *bytes = map;
-    uint64_t header_len = 0;
-    for (int i = 7; i >= 0; i--)
-        header_len = header_len << 8 | bytes[i]; /* little-endian */
-    if (header_len > size - 8)
-        return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
-                               "header length %llu runs past the end of the file (%zu bytes): "
-                               "truncated or not a safetensors file",
-                               (unsigned long long)header_len, size);
-    if (header_len > MOIRA_SAFETENSORS_MAX_HEADER)
-        return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
-                               "header length %llu exceeds the limit of %u bytes",
-                               (unsigned long long)header_len, MOIRA_SAFETENSORS_MAX_HEADER);
-    size_t index = f->shard_count - 1;
-    return parse_header(f, index, (const char *)bytes + 8, (size_t)header_len,
-                        bytes + 8 + header_len, size - 8 - header_len);
+    return parse_shard_bytes(f);
 }
 
 static size_t lookup(const moira_safetensors_t *f, const char *name) {
@@ -1034,6 +1055,7 @@ static moira_status_t parse_index(json_t *j, weight_map_t *m) {
     }
     j->pos++;
     bool first = true, done = false, seen = false;
+    size_t map_at = 0;
     for (;;) {
         char *key = NULL;
         MOIRA_RETURN_IF_ERROR(json_next_key(j, &first, &key, &done));
@@ -1047,6 +1069,7 @@ static moira_status_t parse_index(json_t *j, weight_map_t *m) {
         if (seen) return json_error_at(j, j->pos, "\"weight_map\" appears twice");
         seen = true;
         if (json_peek(j) != '{') return json_unexpected(j, "'{' (weight_map is an object)");
+        map_at = j->pos;
         j->pos++;
         bool first_entry = true;
         for (;;) {
@@ -1080,6 +1103,9 @@ static moira_status_t parse_index(json_t *j, weight_map_t *m) {
     }
     MOIRA_RETURN_IF_ERROR(json_end(j));
     if (!seen) return moira_status_at(MOIRA_CODE_INVALID_INPUT, j->path, 0, 0, "no \"weight_map\"");
+    /* An index of nothing would open as a model without weights and fail later, far from here. */
+    if (m->count == 0)
+        return json_error_at(j, map_at, "\"weight_map\" is empty: it must name every tensor");
     return MOIRA_OK_STATUS;
 }
 
@@ -1221,6 +1247,19 @@ static moira_status_t open_directory(moira_safetensors_t *f, const char *dir) {
     return status;
 }
 
+/* The common end of both opens: ties fp8 weights to their scales, then hands the file out, or
+ * releases it on any error. */
+static moira_status_t finish_open(moira_safetensors_t *f, moira_status_t status,
+                                  moira_safetensors_t **out_file) {
+    if (!status) status = attach_scales(f);
+    if (status) {
+        moira_safetensors_close(f);
+        return status;
+    }
+    *out_file = f;
+    return MOIRA_OK_STATUS;
+}
+
 moira_status_t moira_safetensors_open(const char *path, moira_safetensors_t **out_file) {
     if (!out_file)
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "safetensors_open: no out_file");
@@ -1244,13 +1283,35 @@ moira_status_t moira_safetensors_open(const char *path, moira_safetensors_t **ou
         status = load_shard(f, path);
         if (!status) status = build_table(f);
     }
-    if (!status) status = attach_scales(f);
-    if (status) {
-        moira_safetensors_close(f);
-        return status;
+    return finish_open(f, status, out_file);
+}
+
+moira_status_t moira_safetensors_open_memory(const char *name, const void *bytes, size_t size,
+                                             moira_safetensors_t **out_file) {
+    if (!out_file)
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "safetensors_open: no out_file");
+    *out_file = NULL;
+    if (!name || !*name || (!bytes && size > 0))
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
+                                 "safetensors_open_memory: a name and the bytes are required");
+    moira_safetensors_t *f = calloc(1, sizeof(*f));
+    if (!f) return out_of_memory(name);
+    f->path = strdup(name);
+    shard_t *shard = NULL;
+    moira_status_t status = f->path ? add_shard(f, name, &shard) : out_of_memory(name);
+    if (!status) {
+        /* Exactly `size` bytes, so a sanitizer sees any read past the end of the "file". */
+        shard->map = malloc(size ? size : 1);
+        shard->heap = true;
+        shard->map_size = size;
+        if (!shard->map) status = out_of_memory(name);
     }
-    *out_file = f;
-    return MOIRA_OK_STATUS;
+    if (!status) {
+        if (size) memcpy(shard->map, bytes, size);
+        status = parse_shard_bytes(f);
+    }
+    if (!status) status = build_table(f);
+    return finish_open(f, status, out_file);
 }
 
 void moira_safetensors_close(moira_safetensors_t *file) {
@@ -1261,7 +1322,10 @@ void moira_safetensors_close(moira_safetensors_t *file) {
         moira_tensor_release(&file->entries[i].scale_f32);
     }
     for (size_t i = 0; i < file->shard_count; i++) {
-        if (file->shards[i].map) munmap(file->shards[i].map, file->shards[i].map_size);
+        if (file->shards[i].heap)
+            free(file->shards[i].map);
+        else if (file->shards[i].map)
+            munmap(file->shards[i].map, file->shards[i].map_size);
         free(file->shards[i].path);
     }
     free(file->entries);

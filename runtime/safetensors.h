@@ -37,6 +37,13 @@ typedef struct moira_named_tensor {
  * on failure `*out_file` is NULL. */
 moira_status_t moira_safetensors_open(const char *path, moira_safetensors_t **out_file);
 
+/* Parses a safetensors file held in memory, with every check moira_safetensors_open makes.
+ * The bytes are copied (into exactly `size` bytes of heap, so a sanitizer catches any read past
+ * the end); `name` stands for the path in messages. Used where the bytes did not come from a
+ * file, and by the fuzz targets. Ownership as moira_safetensors_open. */
+moira_status_t moira_safetensors_open_memory(const char *name, const void *bytes, size_t size,
+                                             moira_safetensors_t **out_file);
+
 /* Unmaps the file(s) and frees every view handed out. Accepts NULL. */
 void moira_safetensors_close(moira_safetensors_t *file);
 
