@@ -32,6 +32,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "runtime/atomic_file.h"
+
 #define INDEX_FILE_NAME "model.safetensors.index.json"
 #define JSON_MAX_DEPTH 64
 #define NO_ENTRY SIZE_MAX
@@ -1449,22 +1451,6 @@ static bool is_valid_utf8(const char *s) {
     return true;
 }
 
-static bool write_all(int fd, const void *data, size_t size) {
-    const char *p = data;
-    while (size > 0) {
-        size_t chunk = size > ((size_t)1 << 30) ? ((size_t)1 << 30) : size;
-        ssize_t n = write(fd, p, chunk);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-            if (n == 0) errno = EIO;
-            return false;
-        }
-        p += n;
-        size -= (size_t)n;
-    }
-    return true;
-}
-
 /* Checks every tensor before anything touches the disk, and builds the header. */
 static moira_status_t build_write_header(const char *path, const moira_named_tensor_t *tensors,
                                          size_t count, text_buf_t *header) {
@@ -1527,27 +1513,6 @@ static moira_status_t build_write_header(const char *path, const moira_named_ten
     return status;
 }
 
-/* Best effort: makes the rename itself durable. A failure here cannot undo the rename, and the
- * data is already synced, so it is not reported. */
-static void sync_parent_dir(const char *path) {
-    char *copy = strdup(path);
-    if (!copy) return;
-    char *slash = strrchr(copy, '/');
-    const char *dir = ".";
-    if (slash == copy)
-        dir = "/";
-    else if (slash) {
-        *slash = '\0';
-        dir = copy;
-    }
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        (void)fsync(fd);
-        close(fd);
-    }
-    free(copy);
-}
-
 moira_status_t moira_safetensors_write(const char *path, const moira_named_tensor_t *tensors,
                                        size_t count) {
     if (!path || !*path || (count > 0 && !tensors))
@@ -1559,45 +1524,26 @@ moira_status_t moira_safetensors_write(const char *path, const moira_named_tenso
         free(header.data);
         return status;
     }
-    char *tmp = NULL;
-    if (asprintf(&tmp, "%s.tmp.XXXXXX", path) < 0) {
+    moira_atomic_file_t out;
+    status = moira_atomic_open(path, &out);
+    if (status) {
         free(header.data);
-        return out_of_memory(path);
+        return status;
     }
-    int fd = mkostemp(tmp, O_CLOEXEC);
-    if (fd < 0) {
-        status = errno_error_code(MOIRA_CODE_IO, path, "cannot create a temporary file next to it",
-                                  errno);
-        goto cleanup_text;
-    }
-    /* mkstemp makes the file 0600; keep an existing file's mode, or use the usual 0644. */
-    struct stat st;
-    mode_t mode = stat(path, &st) == 0 ? (st.st_mode & 07777) : 0644;
     unsigned char len_bytes[8];
     for (int i = 0; i < 8; i++)
         len_bytes[i] = (unsigned char)((uint64_t)header.len >> (8 * i));
-    bool ok = fchmod(fd, mode) == 0 && write_all(fd, len_bytes, 8) &&
-              write_all(fd, header.data, header.len);
-    for (size_t i = 0; ok && i < count; i++)
-        ok = write_all(fd, tensors[i].tensor->data, moira_tensor_nbytes(tensors[i].tensor));
-    ok = ok && fsync(fd) == 0;
-    int err = errno;
-    if (close(fd) != 0 && ok) {
-        ok = false;
-        err = errno;
+    bool ok = fwrite(len_bytes, 1, 8, out.stream) == 8 &&
+              fwrite(header.data, 1, header.len, out.stream) == header.len;
+    for (size_t i = 0; ok && i < count; i++) {
+        size_t nbytes = moira_tensor_nbytes(tensors[i].tensor);
+        ok = nbytes == 0 || fwrite(tensors[i].tensor->data, 1, nbytes, out.stream) == nbytes;
     }
-    if (ok && rename(tmp, path) != 0) {
-        ok = false;
-        err = errno;
-    }
-    if (!ok) {
-        unlink(tmp);
-        status = errno_error_code(MOIRA_CODE_IO, path, "cannot write", err);
-        goto cleanup_text;
-    }
-    sync_parent_dir(path);
-cleanup_text:
-    free(tmp);
     free(header.data);
-    return status;
+    if (!ok) {
+        int err = errno;
+        moira_atomic_abort(&out);
+        return errno_error_code(MOIRA_CODE_IO, path, "cannot write", err);
+    }
+    return moira_atomic_commit(&out);
 }
