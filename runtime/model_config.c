@@ -1021,6 +1021,11 @@ void moira_model_config_default(moira_model_config_t *out_config) {
     c->weight_dtype = MOIRA_DTYPE_BF16;
 }
 
+/* DESIGN.md §4's ym(f, m): YaRN's attention-temperature correction. */
+static double yarn_mscale(double factor, double mscale) {
+    return factor <= 1 ? 1.0 : 0.1 * mscale * log(factor) + 1.0;
+}
+
 /* The location of the first of two fields that came from the file, else of the top mapping,
  * else none (a config built in code). */
 static moira_config_mark_t locate(const moira_model_config_t *c, enum slot a, enum slot b) {
@@ -1187,6 +1192,19 @@ moira_status_t moira_model_config_validate(const moira_model_config_t *c, const 
         if (!isfinite(r->mscale) || !isfinite(r->mscale_all_dim))
             return INVALID(SLOT_mscale, SLOT_rope_scaling,
                            "rope_scaling.mscale and mscale_all_dim must be finite");
+        /* The kernels multiply cos and sin by ym(f, mscale) / ym(f, mscale_all_dim) and the
+         * softmax scale by ym(f, mscale_all_dim)^2: each must be a positive, finite number. */
+        double m = yarn_mscale(r->factor, r->mscale);
+        double m_all = yarn_mscale(r->factor, r->mscale_all_dim);
+        double ratio = m / m_all, squared = m_all * m_all;
+        if (!(m > 0) || !isfinite(m) || !(m_all > 0) || !isfinite(ratio) || !(ratio > 0) ||
+            !isfinite(squared) || !(squared > 0))
+            return INVALID(r->mscale_all_dim != 0 ? SLOT_mscale_all_dim : SLOT_mscale,
+                           SLOT_rope_scaling,
+                           "rope_scaling.mscale (%g) and mscale_all_dim (%g) with factor %g give "
+                           "YaRN corrections 0.1 * m * ln(factor) + 1 of %g and %g; both must "
+                           "be positive and their ratio and squares finite",
+                           r->mscale, r->mscale_all_dim, r->factor, m, m_all);
     }
 
     if ((int)c->weight_dtype < 0 || (int)c->weight_dtype >= (int)MOIRA_DTYPE_COUNT ||
@@ -1243,11 +1261,6 @@ int64_t moira_model_config_moe_layer_count(const moira_model_config_t *config) {
     if (config->n_routed_experts <= 0 || freq <= 0 || first < 0 || end <= first) return 0;
     /* Multiples of freq in [first, end). */
     return (end + freq - 1) / freq - (first + freq - 1) / freq;
-}
-
-/* DESIGN.md §4's ym(f, m): YaRN's attention-temperature correction. */
-static double yarn_mscale(double factor, double mscale) {
-    return factor <= 1 ? 1.0 : 0.1 * mscale * log(factor) + 1.0;
 }
 
 double moira_model_config_attention_scale(const moira_model_config_t *config) {
