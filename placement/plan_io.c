@@ -127,9 +127,11 @@ typedef struct write_ctx {
 } write_ctx_t;
 
 /* Adapts moira_plan_write_stream to the atomic file writer's callback. */
-static moira_status_t write_plan_to(FILE *out, void *context) {
+static bool write_plan_to(FILE *out, void *context) {
     write_ctx_t *ctx = context;
-    return moira_plan_write_stream(ctx->plan, ctx->topology, out, ctx->json);
+    moira_status_t status = moira_plan_write_stream(ctx->plan, ctx->topology, out, ctx->json);
+    moira_status_free(status);
+    return status == MOIRA_OK_STATUS;
 }
 
 moira_status_t moira_plan_write(const moira_plan_t *plan, const moira_topology_t *topology,

@@ -298,9 +298,12 @@ typedef struct svg_args {
 } svg_args_t;
 
 /* Adapts moira_plan_write_svg_stream to the atomic file writer's callback. */
-static moira_status_t write_svg_to(FILE *out, void *context) {
+static bool write_svg_to(FILE *out, void *context) {
     const svg_args_t *args = context;
-    return moira_plan_write_svg_stream(args->plan, args->topology, args->model, out);
+    moira_status_t status =
+        moira_plan_write_svg_stream(args->plan, args->topology, args->model, out);
+    moira_status_free(status);
+    return status == MOIRA_OK_STATUS;
 }
 
 moira_status_t moira_plan_write_svg(const moira_plan_t *plan, const moira_topology_t *topology,

@@ -133,10 +133,9 @@ moira_status_t moira_write_file_atomically(const char *path, moira_stream_writer
                                            void *context) {
     moira_atomic_file_t file;
     MOIRA_RETURN_IF_ERROR(moira_atomic_open(path, &file));
-    moira_status_t status = write(file.stream, context);
-    if (status) {
+    if (!write(file.stream, context)) {
         moira_atomic_abort(&file);
-        return status;
+        return moira_status_at(MOIRA_CODE_IO, path, 0, 0, "cannot write");
     }
     return moira_atomic_commit(&file);
 }

@@ -34,9 +34,9 @@ moira_status_t moira_atomic_commit(moira_atomic_file_t *file);
  * file already committed or aborted, or zeroed. */
 void moira_atomic_abort(moira_atomic_file_t *file);
 
-/* One output in one call: `write` produces the contents into the stream; its error (or a write
- * error of the stream) aborts the file and is returned. */
-typedef moira_status_t (*moira_stream_writer_fn)(FILE *out, void *context);
+/* One output in one call: `write` produces the contents into the stream and returns false on
+ * failure, which (like a write error of the stream) aborts the file: IO naming the path. */
+typedef bool (*moira_stream_writer_fn)(FILE *out, void *context);
 moira_status_t moira_write_file_atomically(const char *path, moira_stream_writer_fn write,
                                            void *context);
 
