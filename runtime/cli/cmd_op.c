@@ -118,11 +118,13 @@ typedef struct op_session {
     moira_tensor_t positions; /* owned i32 [T] */
 } op_session_t;
 
+/* The queue goes first: destroying it waits for work still queued (after a failure, copies into
+ * `io` from `positions` may be pending), so nothing it touches is freed under it. */
 static void op_session_release(op_session_t *s) {
+    moira_queue_destroy(s->queue);
     moira_mla_cache_release(&s->cache);
     moira_buffer_free(s->io);
     if (s->have_layer) moira_device_layer_release(&s->layer);
-    moira_queue_destroy(s->queue);
     if (s->have_host_weights) moira_layer_weights_free(&s->host_weights);
     if (s->weights_file && s->weights_file != s->inputs) moira_safetensors_close(s->weights_file);
     if (s->inputs) moira_safetensors_close(s->inputs);

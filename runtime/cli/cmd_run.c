@@ -117,7 +117,9 @@ typedef struct model_run {
     moira_tensor_t x, positions, out, ref;
 } model_run_t;
 
+/* The queue goes first: destroying it waits for queued work that may still use the buffers. */
 static void model_run_release(model_run_t *m) {
+    moira_queue_destroy(m->queue);
     for (int64_t l = 0; l < m->n_layers; l++) {
         if (m->device) moira_device_layer_release(&m->device[l]);
         if (m->random)
@@ -129,7 +131,6 @@ static void model_run_release(model_run_t *m) {
     free(m->random);
     free(m->host);
     moira_buffer_free(m->io);
-    moira_queue_destroy(m->queue);
     if (m->checkpoint) moira_safetensors_close(m->checkpoint);
     if (m->inputs_file) moira_safetensors_close(m->inputs_file);
     moira_tensor_release(&m->x);

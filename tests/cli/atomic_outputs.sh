@@ -3,14 +3,7 @@
 # folder, a path through a file) fails without leaving the output or a temporary behind, a plan
 # and its picture are written together or not at all, and written files get the usual mode.
 set -u
-moira="$1"
-data="$2"
-golden="$data/golden"
-placement="$data/placement"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-passed=0
-failed=0
+source "$(dirname "$0")/harness.bash" "$@"
 umask 022
 
 check() { # check DESCRIPTION -- test-command...

@@ -6,20 +6,8 @@
 # manifest gives and leave no output file (nor a temporary) behind. Every file in the folder must
 # be in the manifest, so none goes untested.
 set -u
-moira="$1"
-data="$2"
+source "$(dirname "$0")/harness.bash" "$@"
 hostile="$data/hostile"
-golden="$data/golden"
-placement="$data/placement"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-passed=0
-failed=0
-
-fail() {
-    failed=$((failed + 1))
-    echo "FAIL: $*"
-}
 
 # The command line that makes VERB read FILE, writing to the outputs under $work/out.
 command_for() { # command_for VERB FILE
