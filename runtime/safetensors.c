@@ -1162,12 +1162,15 @@ static moira_status_t open_indexed(moira_safetensors_t *f, const char *dir,
     }
     for (size_t k = 0; k < n_distinct; k++) {
         const char *file = distinct[k];
-        if (!*file || strchr(file, '/') || strcmp(file, ".") == 0 || strcmp(file, "..") == 0) {
+        /* A name too long for the file system is bad input too, not an I/O error (fuzz). */
+        if (!*file || strchr(file, '/') || strcmp(file, ".") == 0 || strcmp(file, "..") == 0 ||
+            strlen(file) > NAME_MAX) {
             char shown[SHOWN_NAME_MAX];
             status = moira_status_at(MOIRA_CODE_INVALID_INPUT, index_path, 0, 0,
                                      "weight_map names shard \"%s\", which is not a plain file "
-                                     "name in this directory",
-                                     show_name(file, shown, sizeof(shown)));
+                                     "name in this directory%s",
+                                     show_name(file, shown, sizeof(shown)),
+                                     strlen(file) > NAME_MAX ? " (longer than NAME_MAX)" : "");
             goto done;
         }
         char *shard_path = join_path(dir, file);
