@@ -21,6 +21,7 @@ static void replay_file(const char *path) {
     replayed++;
 }
 
+/* qsort's order for replay_dir: by path, so every run replays in the same order. */
 static int compare_names(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
@@ -46,7 +47,8 @@ static void replay_dir(const char *dir) {
         sprintf(names[n++], "%s/%s", dir, e->d_name);
     }
     closedir(d);
-    qsort(names, n, sizeof(*names), compare_names);
+    /* An empty directory leaves `names` NULL, which qsort must not be given even for 0 items. */
+    if (n > 1) qsort(names, n, sizeof(*names), compare_names);
     for (size_t i = 0; i < n; i++) {
         struct stat st;
         if (stat(names[i], &st) == 0 && S_ISREG(st.st_mode)) replay_file(names[i]);
