@@ -77,9 +77,12 @@ static void print_layers(const run_result_t *r) {
         printf("%-6lld %-6s %-9s %9.3f %9.3f ", (long long)layer->layer,
                layer->is_moe ? "moe" : "dense", moira_device_info(layer->home)->name,
                1e3 * per_batch(s, layer->wall_s), 1e3 * per_batch(s, layer->home_s));
-        if (layer->is_moe)
+        if (layer->is_moe && layer->plan_predicted_us > 0)
             printf("%11.3f %13.3f %8.3f\n", 1e3 * per_batch(s, layer->experts_s),
                    1e-3 * per_batch(s, layer->predicted_us), 1e-3 * layer->plan_predicted_us);
+        else if (layer->is_moe) /* a hand-written plan without loads predicts nothing */
+            printf("%11.3f %13.3f %8s\n", 1e3 * per_batch(s, layer->experts_s),
+                   1e-3 * per_batch(s, layer->predicted_us), "-");
         else
             printf("%11s %13s %8s\n", "-", "-", "-");
     }
