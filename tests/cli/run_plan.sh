@@ -12,32 +12,7 @@ data="$2"
 exec_data="$data/exec"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-passed=0
-failed=0
-
-expect() { # expect CODE DESCRIPTION -- command...
-    local want="$1" what="$2"
-    shift 3
-    "$@" >"$work/out" 2>"$work/err"
-    local got=$?
-    if [ "$got" -eq "$want" ]; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        echo "FAIL: $what: exit $got, expected $want"
-        sed 's/^/  | /' "$work/err" | head -5
-    fi
-}
-
-check() { # check DESCRIPTION PATTERN FILE
-    if grep -qE -- "$2" "$3"; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        echo "FAIL: $1: $3 lacks /$2/"
-        sed 's/^/  | /' "$3" | head -8
-    fi
-}
+source "$(dirname "$0")/lib/expect.bash"
 
 expect 0 "run --help" -- "$moira" run --help
 check "help names --plan" "--plan FILE" "$work/out"
