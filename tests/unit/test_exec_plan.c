@@ -88,35 +88,6 @@ static int run_command(const char *command) {
     return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }
 
-/* The expert load the reference router gives layer 1: its input is layer 0's reference output,
- * routed on rmsnorm(h) where h = x + mla(rmsnorm(x)). */
-static void reference_load(const moira_model_config_t *c, const moira_layer_weights_t *layer1,
-                           const moira_tensor_t *x1, const moira_tensor_t *positions,
-                           double *load) {
-    moira_tensor_t a, m, idx, w;
-    int64_t t = x1->shape[0], d = x1->shape[1], k = c->num_experts_per_tok;
-    int64_t shape[2] = {t, k};
-    CHECK_OK(moira_tensor_alloc_f32(t, d, &a));
-    CHECK_OK(moira_tensor_alloc_f32(t, d, &m));
-    CHECK_OK(moira_tensor_alloc(MOIRA_DTYPE_I32, 2, shape, &idx));
-    CHECK_OK(moira_tensor_alloc_f32(t, k, &w));
-    if (moira_test_failures) return;
-    CHECK_OK(moira_ref_rmsnorm(x1, layer1->input_layernorm, c->rms_norm_eps, &a));
-    CHECK_OK(moira_ref_mla(c, &layer1->mla, &a, positions, &m));
-    float *h = m.data;
-    for (int64_t i = 0; i < t * d; i++)
-        h[i] += ((const float *)x1->data)[i];
-    CHECK_OK(moira_ref_rmsnorm(&m, layer1->post_attention_layernorm, c->rms_norm_eps, &a));
-    CHECK_OK(moira_ref_gate(c, &a, layer1->moe.gate, layer1->moe.e_score_correction_bias, &idx, &w,
-                            NULL));
-    for (int64_t i = 0; i < t * k; i++)
-        if (((int32_t *)idx.data)[i] >= 0) load[((int32_t *)idx.data)[i]] += 1;
-    moira_tensor_release(&a);
-    moira_tensor_release(&m);
-    moira_tensor_release(&idx);
-    moira_tensor_release(&w);
-}
-
 /* The --json summary: each of the three targets on the device the topology selects, with tokens
  * served and its own check passed, and the whole run agreed. */
 static void check_summary(const char *path) {
@@ -198,7 +169,7 @@ static void run_plan(const moira_model_config_t *c, moira_random_layer_t *layers
     /* The fp64 reference, layer by layer; layer 1's input also gives the expected load. */
     double expected_load[64] = {0};
     CHECK_OK(moira_ref_layer(c, 0, &layers[0].weights, &x, &positions, &tmp, false));
-    reference_load(c, &layers[1].weights, &tmp, &positions, expected_load);
+    CHECK_OK(moira_test_reference_moe_load(c, &layers[1].weights, &tmp, &positions, expected_load));
     CHECK_OK(moira_ref_layer(c, 1, &layers[1].weights, &tmp, &positions, &ref, false));
     moira_safetensors_t *out = NULL;
     const moira_tensor_t *got = NULL;
