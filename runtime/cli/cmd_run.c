@@ -105,8 +105,9 @@ static int parse_run_args(int argc, char **argv, run_args_t *a) {
     return 0;
 }
 
-/* The output against the reference, held to the least precise device's limit (the home device
- * and every device holding experts); every device's own check must pass too. */
+/* Every layer against the reference on its own input, held to the least precise device's limit
+ * (the home device and every device holding experts); every device's own check must pass too.
+ * The end-to-end NMSE is reported beside it. */
 static void judge(const run_model_t *m, const run_placement_t *p, const moira_exec_stats_t *stats,
                   run_result_t *r) {
     const moira_device_info_t *home = moira_device_info(p->home);
@@ -123,14 +124,8 @@ static void judge(const run_model_t *m, const run_placement_t *p, const moira_ex
         }
         if (t->checked && !(t->check_nmse <= t->check_limit)) devices_agreed = false;
     }
-    double num = 0, den = 0;
-    const float *got = m->out.data, *want = m->reference.data;
-    for (int64_t i = 0; i < moira_tensor_numel(&m->out); i++) {
-        num += ((double)got[i] - want[i]) * ((double)got[i] - want[i]);
-        den += (double)want[i] * want[i];
-    }
-    r->nmse = den > 0 ? num / den : num;
-    r->agreed = devices_agreed && r->nmse <= r->limit;
+    r->nmse = run_model_nmse(&m->out, &m->reference);
+    r->agreed = devices_agreed && r->layer_nmse <= r->limit;
 }
 
 /* What the run leaves behind on request: the output tensor and the observed load profile. */
@@ -151,10 +146,12 @@ static moira_status_t write_outputs(const run_args_t *a, run_model_t *m,
 /* A checked warm-up forward (first touches, kernel builds, the device checks), then the timed
  * iterations. */
 static moira_status_t run_forwards(const run_args_t *a, run_model_t *m, moira_executor_t *ex) {
-    MOIRA_RETURN_IF_ERROR(moira_executor_forward(ex, &m->x, &m->positions, &m->out, true));
+    MOIRA_RETURN_IF_ERROR(
+        moira_executor_forward(ex, &m->x, &m->positions, &m->out, true, m->layer_inputs));
     moira_executor_reset_stats(ex);
     for (long long i = 0; i < a->iters; i++)
-        MOIRA_RETURN_IF_ERROR(moira_executor_forward(ex, &m->x, &m->positions, &m->out, false));
+        MOIRA_RETURN_IF_ERROR(
+            moira_executor_forward(ex, &m->x, &m->positions, &m->out, false, NULL));
     return MOIRA_OK_STATUS;
 }
 
@@ -189,6 +186,7 @@ static moira_status_t run_model(const run_args_t *a, int *out_exit) {
     result.load_s = moira_now_seconds() - start;
     if (!status) status = run_forwards(a, &m, ex);
     if (!status) status = run_model_reference(&m);
+    if (!status) status = run_model_layer_check(&m, &result.layer_nmse, &result.worst_layer);
     if (!status) status = write_outputs(a, &m, ex);
     if (!status) {
         result.stats = moira_executor_stats(ex);

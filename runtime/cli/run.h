@@ -50,6 +50,7 @@ typedef struct run_model {
     moira_layer_weights_t *layers;               /* owned array: point into checkpoint or random */
     moira_random_layer_t *random;                /* owned array when the weights are random */
     moira_tensor_t x, positions, out, reference; /* owned */
+    moira_tensor_t *layer_inputs; /* owned array of n_layers [T, D]: each layer's input as run */
 } run_model_t;
 
 /* Refuses, before allocating anything, a model `moira run` cannot hold: GQA attention, or
@@ -65,6 +66,16 @@ moira_status_t run_model_load_weights(run_model_t *model, const run_args_t *args
 
 /* The fp64 reference of the whole model on the host, into model->reference. */
 moira_status_t run_model_reference(run_model_t *model);
+
+/* NMSE of `got` against `want` (same shapes, f32); NaN when either holds one. */
+double run_model_nmse(const moira_tensor_t *got, const moira_tensor_t *want);
+
+/* Every layer against the fp64 reference on the input the run gave it (layer_inputs): the
+ * worst NMSE and its layer. Unlike the end-to-end comparison, a layer's error is not compounded
+ * by the layers before it, nor by a near tie in a later router that rounding tipped the other
+ * way (which DESIGN.md §4 allows). */
+moira_status_t run_model_layer_check(const run_model_t *model, double *out_worst_nmse,
+                                     int64_t *out_worst_layer);
 
 void run_model_release(run_model_t *model);
 
@@ -82,9 +93,12 @@ typedef struct run_result {
     const run_placement_t *placement;
     const moira_exec_stats_t *stats;
     double load_s;
-    double nmse, limit;       /* the output against the reference; the least precise limit */
-    const char *limit_device; /* the device whose precision set the limit */
-    bool agreed;              /* the output and every device's check within their limits */
+    double limit;             /* the least precise device's NMSE limit */
+    const char *limit_device; /* the device whose precision set it */
+    double layer_nmse;        /* the worst layer against the reference on its own input */
+    int64_t worst_layer;
+    double nmse; /* the output against the end-to-end reference (informative) */
+    bool agreed; /* every layer and every device's check within their limits */
 } run_result_t;
 
 /* The readable summary: model, plan, the device table (experts held, tokens served, busy ms,

@@ -26,6 +26,9 @@ void run_model_release(run_model_t *m) {
     moira_tensor_release(&m->positions);
     moira_tensor_release(&m->out);
     moira_tensor_release(&m->reference);
+    for (int64_t l = 0; m->layer_inputs && l < m->n_layers; l++)
+        moira_tensor_release(&m->layer_inputs[l]);
+    free(m->layer_inputs);
     memset(m, 0, sizeof(*m));
 }
 
@@ -123,6 +126,11 @@ moira_status_t run_model_load_weights(run_model_t *m, const run_args_t *a) {
     if (!m->layers)
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "cannot allocate %lld layers",
                                  (long long)m->n_layers);
+    m->layer_inputs = calloc((size_t)m->n_layers, sizeof(*m->layer_inputs));
+    if (!m->layer_inputs) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "out of memory");
+    for (int64_t l = 0; l < m->n_layers; l++)
+        MOIRA_RETURN_IF_ERROR(
+            moira_tensor_alloc_f32(m->x.shape[0], c->hidden_size, &m->layer_inputs[l]));
     if (a->weights) {
         MOIRA_RETURN_IF_ERROR(moira_safetensors_open(a->weights, &m->checkpoint));
     } else {
@@ -169,5 +177,37 @@ moira_status_t run_model_reference(run_model_t *m) {
         if (!status) memcpy(m->reference.data, tmp.data, moira_tensor_nbytes(&tmp));
     }
     moira_tensor_release(&tmp);
+    return status;
+}
+
+double run_model_nmse(const moira_tensor_t *got, const moira_tensor_t *want) {
+    const float *a = got->data, *b = want->data;
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < moira_tensor_numel(want); i++) {
+        double diff = (double)a[i] - (double)b[i];
+        num += diff * diff;
+        den += (double)b[i] * (double)b[i];
+    }
+    return den > 0 ? num / den : num;
+}
+
+moira_status_t run_model_layer_check(const run_model_t *m, double *out_worst_nmse,
+                                     int64_t *out_worst_layer) {
+    *out_worst_nmse = 0;
+    *out_worst_layer = 0;
+    moira_tensor_t want;
+    MOIRA_RETURN_IF_ERROR(moira_tensor_alloc_f32(m->x.shape[0], m->x.shape[1], &want));
+    moira_status_t status = MOIRA_OK_STATUS;
+    for (int64_t l = 0; l < m->n_layers && !status; l++) {
+        status = moira_ref_layer(&m->config, l, &m->layers[l], &m->layer_inputs[l], &m->positions,
+                                 &want, false);
+        const moira_tensor_t *got = l + 1 < m->n_layers ? &m->layer_inputs[l + 1] : &m->out;
+        double nmse = status ? 0 : run_model_nmse(got, &want);
+        if (!(nmse <= *out_worst_nmse)) { /* a NaN, once seen, stays the worst */
+            *out_worst_nmse = nmse;
+            *out_worst_layer = l;
+        }
+    }
+    moira_tensor_release(&want);
     return status;
 }

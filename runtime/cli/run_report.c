@@ -101,9 +101,13 @@ void run_report_text(const run_result_t *r) {
                    "launches; BUSY is the emulator's wall time)\n",
                    moira_device_info(t->device)->name, 1e-3 * per_batch(s, t->modelled_us));
     }
-    printf("check   output vs reference: NMSE %.3g (limit %.0e, the least precise device %s) -> "
-           "%s\n",
-           r->nmse, r->limit, r->limit_device, r->agreed ? "agreed" : "DISAGREED");
+    printf("check   every layer vs the reference on its input: worst NMSE %.3g (layer %lld), limit "
+           "%.0e of the least precise device %s -> %s\n",
+           r->layer_nmse, (long long)r->worst_layer, r->limit, r->limit_device,
+           r->agreed ? "agreed" : "DISAGREED");
+    printf("        end to end over %lld layers: NMSE %.3g (errors compound, and a router's near "
+           "tie may tip either way)\n",
+           (long long)r->model->n_layers, r->nmse);
 }
 
 /* A NaN (a device that produced one) is written as the string "nan", never as a number. */
@@ -190,7 +194,9 @@ moira_status_t run_report_json(const run_result_t *r) {
     json_number(&w, "home_bytes", per_batch(s, s->home_bytes));
     json_devices(&w, r);
     json_layers(&w, r);
-    json_number(&w, "nmse", r->nmse);
+    json_number(&w, "layer_nmse", r->layer_nmse);
+    json_number(&w, "worst_layer", (double)r->worst_layer);
+    json_number(&w, "end_to_end_nmse", r->nmse);
     json_number(&w, "limit", r->limit);
     json_string(&w, "limit_device", r->limit_device);
     moira_tree_key(&w, "agreed");

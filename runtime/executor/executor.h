@@ -89,10 +89,12 @@ void moira_executor_destroy(moira_executor_t *executor);
 /* Runs x (f32 [T, D], T <= max_tokens) at `positions` (i32 [T]) through every layer (prefill)
  * into `out` (f32 [T, D], allocated by the caller). With `check_devices`, every target's expert
  * outputs of every MoE layer are also compared with the fp64 reference for the same inputs and
- * routing (moira_exec_stats_t.targets[].check_*). Blocks. */
+ * routing (moira_exec_stats_t.targets[].check_*). `layer_inputs`, when not NULL, is an array of
+ * num_hidden_layers caller-allocated f32 [T, D] tensors that receive each layer's input, so a
+ * caller can check every layer against the reference on the same input. Blocks. */
 moira_status_t moira_executor_forward(moira_executor_t *executor, const moira_tensor_t *x,
                                       const moira_tensor_t *positions, moira_tensor_t *out,
-                                      bool check_devices);
+                                      bool check_devices, moira_tensor_t *layer_inputs);
 
 /* What one target did, summed over the forwards since the last reset. */
 typedef struct moira_exec_target_stats {

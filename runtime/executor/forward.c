@@ -188,8 +188,14 @@ static void record_check(moira_executor_t *e) {
 
 moira_status_t moira_executor_forward(moira_executor_t *e, const moira_tensor_t *x,
                                       const moira_tensor_t *positions, moira_tensor_t *out,
-                                      bool check_devices) {
+                                      bool check_devices, moira_tensor_t *layer_inputs) {
     MOIRA_RETURN_IF_ERROR(check_batch(e, x, positions, out));
+    for (int64_t l = 0; layer_inputs && l < e->n_layers; l++)
+        if (!moira_tensor_same_shape(&layer_inputs[l], x) ||
+            layer_inputs[l].dtype != MOIRA_DTYPE_F32)
+            return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
+                                     "executor: layer input %lld must be shaped as x",
+                                     (long long)l);
     int64_t t = x->shape[0], d = e->model->hidden_size, k = e->model->num_experts_per_tok;
     e->forwards++;
     memcpy(e->act, x->data, (size_t)(t * d) * sizeof(float));
@@ -201,6 +207,7 @@ moira_status_t moira_executor_forward(moira_executor_t *e, const moira_tensor_t 
         exec_layer_t *layer = &e->layers[l];
         moira_exec_layer_stats_t *stats = &e->stats.layers[l];
         home_views_t v = home_views(layer->home, t, d, k);
+        if (layer_inputs) memcpy(layer_inputs[l].data, e->act, (size_t)(t * d) * sizeof(float));
         double layer_start = moira_now_seconds();
         if (layer->is_moe) {
             status = run_moe_layer(e, layer, &v, positions, check_devices, stats);

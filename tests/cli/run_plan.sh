@@ -30,7 +30,8 @@ check "device table" "^DEVICE +RUNS ON +EXPERTS +TOKENS +ASSIGNED +BUSY ms +PRED
 check "cpu memory row" "^[^ ]+/numa[0-9]+ +cpu:0 +[0-9]+ " "$work/out"
 check "home row" "^home +cpu:0 " "$work/out"
 check "layer table" "^LAYER +KIND +HOME +WALL ms" "$work/out"
-check "reference check" "^check +output vs reference: NMSE .* -> agreed" "$work/out"
+check "reference check" "^check +every layer vs the reference on its input: worst NMSE .* -> agreed" "$work/out"
+check "end-to-end NMSE" "^ +end to end over 4 layers: NMSE " "$work/out"
 
 expect 0 "run --json" -- "$moira" run --tokens 8 --iters 1 --json
 check "json devices" '"devices": \[' "$work/out"

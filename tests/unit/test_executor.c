@@ -78,7 +78,7 @@ static void forward_and_check(const fixture_t *f, moira_executor_t *ex, int64_t 
     for (int64_t i = 0; i < t; i++)
         ((int32_t *)positions.data)[i] = (int32_t)i;
     moira_executor_reset_stats(ex);
-    CHECK_OK(moira_executor_forward(ex, &x, &positions, &out, true));
+    CHECK_OK(moira_executor_forward(ex, &x, &positions, &out, true, NULL));
     double load[8] = {0};
     reference(f, &x, &positions, &ref, load);
     double nmse = moira_test_nmse_f32(out.data, ref.data, (size_t)(t * d));
