@@ -26,6 +26,7 @@ static moira_status_t place_experts(moira_staging_t *s, void *context) {
     return moira_staging_place_matrices(s, p + 2 * u->n, u->n, true, &u->layout->w2);
 }
 
+/* The chosen experts' matrices are gathered by pointer, then staged like a whole layer. */
 moira_status_t moira_device_experts_upload(moira_device_t *device, moira_queue_t *queue,
                                            const moira_moe_weights_t *host, const int32_t *experts,
                                            int64_t n, int numa_node, int weight_dtype,
@@ -64,21 +65,25 @@ moira_status_t moira_device_experts_upload(moira_device_t *device, moira_queue_t
     return MOIRA_OK_STATUS;
 }
 
+/* One buffer holds all three stacks. */
 void moira_device_experts_release(moira_device_experts_t *experts) {
     moira_buffer_free(experts->buffer);
     memset(experts, 0, sizeof(*experts));
 }
 
+/* Each window 256-byte aligned, as in the weight buffers. */
 static size_t workspace_round(size_t bytes) {
     return (bytes + WORKSPACE_ALIGN - 1) / WORKSPACE_ALIGN * WORKSPACE_ALIGN;
 }
 
+/* Computed the same way moira_moe_workspace_at carves, so the two cannot disagree. */
 size_t moira_moe_workspace_bytes(int64_t tokens, int64_t top_k, int64_t n_experts, int64_t hidden) {
     size_t rows = (size_t)(tokens * top_k);
     return workspace_round((size_t)(n_experts + 1) * 4) + 2 * workspace_round(rows * 4) +
            workspace_round(rows * (size_t)hidden * 4);
 }
 
+/* Carved per call, so a buffer sized for the largest batch serves every smaller one. */
 moira_moe_workspace_t moira_moe_workspace_at(moira_buffer_t *buffer, size_t offset, int64_t tokens,
                                              int64_t top_k, int64_t n_experts, int64_t hidden) {
     moira_moe_workspace_t w;
@@ -95,6 +100,7 @@ moira_moe_workspace_t moira_moe_workspace_at(moira_buffer_t *buffer, size_t offs
     return w;
 }
 
+/* Three launches and no wait: the caller decides when to finish the queue. */
 moira_status_t moira_moe_experts_enqueue(moira_queue_t *queue, const moira_dtensor_t *w1,
                                          const moira_dtensor_t *w3, const moira_dtensor_t *w2,
                                          const moira_dtensor_t *x, const moira_dtensor_t *topk_idx,

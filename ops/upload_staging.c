@@ -13,6 +13,7 @@ static size_t staging_reserve(moira_staging_t *s, size_t bytes) {
     return offset;
 }
 
+/* fp8 block scales cover partial blocks at the edges. */
 static int64_t ceil_div(int64_t a, int64_t b) {
     return (a + b - 1) / b;
 }
@@ -40,6 +41,7 @@ static moira_status_t fill_matrix(const moira_tensor_t *src, moira_dtype_t dtype
     return MOIRA_OK_STATUS;
 }
 
+/* Stacking experts [n, rows, cols] is what lets the grouped FFN run them in one launch. */
 moira_status_t moira_staging_place_matrices(moira_staging_t *s, const moira_tensor_t *const *mats,
                                             int64_t count, bool stack, moira_dtensor_t *out) {
     const moira_tensor_t *first = mats[0];
@@ -71,6 +73,7 @@ moira_status_t moira_staging_place_matrices(moira_staging_t *s, const moira_tens
     return MOIRA_OK_STATUS;
 }
 
+/* Absent optional weights (q_proj with q_lora) stay zeroed operands. */
 moira_status_t moira_staging_place_matrix(moira_staging_t *s, const moira_tensor_t *mat,
                                           moira_dtensor_t *out) {
     if (!mat) {
@@ -80,6 +83,7 @@ moira_status_t moira_staging_place_matrix(moira_staging_t *s, const moira_tensor
     return moira_staging_place_matrices(s, &mat, 1, false, out);
 }
 
+/* Kernels read norm weights and biases as f32 whatever the checkpoint stores. */
 moira_status_t moira_staging_place_vector(moira_staging_t *s, const moira_tensor_t *vec,
                                           moira_dtensor_t *out) {
     memset(out, 0, sizeof(*out));
@@ -94,6 +98,7 @@ moira_status_t moira_staging_place_vector(moira_staging_t *s, const moira_tensor
     return MOIRA_OK_STATUS;
 }
 
+/* Measure, fill, allocate, copy: one device buffer and one host-to-device copy per upload. */
 moira_status_t moira_staging_upload(moira_device_t *device, moira_queue_t *queue, int numa_node,
                                     int weight_dtype, moira_staging_place_fn place, void *context,
                                     moira_buffer_t **out_buffer) {

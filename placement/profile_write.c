@@ -45,6 +45,7 @@ static bool write_profile_to(FILE *out, void *context) {
     return moira_tree_end(&w);
 }
 
+/* Whole or not at all, like every output file (DESIGN.md §6). */
 moira_status_t moira_profile_write(const moira_profile_t *profile, const char *model_name,
                                    const char *path) {
     profile_write_ctx_t ctx = {profile, model_name};

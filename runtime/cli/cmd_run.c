@@ -203,6 +203,7 @@ static moira_status_t run_model(const run_args_t *a, int *out_exit) {
     return status;
 }
 
+/* Usage errors exit before anything starts; a status carries its own exit code. */
 int moira_cli_run(int argc, char **argv) {
     run_args_t args;
     int rc = parse_run_args(argc, argv, &args);

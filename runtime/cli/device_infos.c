@@ -5,6 +5,7 @@
 #include "runtime/backend.h"
 #include "runtime/cli/cli.h"
 
+/* Discovery takes one contiguous array of infos; the runtime keeps each inside its device. */
 moira_status_t moira_cli_device_infos(moira_device_info_t **out_infos, int *out_count) {
     MOIRA_RETURN_IF_ERROR(moira_runtime_init());
     int n = moira_device_count();

@@ -11,6 +11,7 @@
 /* Models whose weights exceed this get a progress line while they load and upload. */
 #define PROGRESS_MIN_BYTES (256.0 * 1048576.0)
 
+/* Random weights own their tensors; a checkpoint's are views of the mapped file. */
 void run_model_release(run_model_t *m) {
     for (int64_t l = 0; l < m->n_layers; l++) {
         if (m->random)
@@ -51,6 +52,7 @@ static void layer_weight_bytes(const moira_model_config_t *c, int64_t layer, moi
     *out_rest = (attention + rest) * size;
 }
 
+/* An estimate from the config alone, for the progress line before anything is loaded. */
 double run_model_weight_bytes(const moira_model_config_t *c) {
     double total = 0;
     for (int64_t l = 0; l < c->num_hidden_layers; l++) {
@@ -61,6 +63,7 @@ double run_model_weight_bytes(const moira_model_config_t *c) {
     return total;
 }
 
+/* A full DeepSeek model with random weights would otherwise be killed by the kernel half way. */
 moira_status_t run_model_check_fits(const moira_model_config_t *c, const run_args_t *a,
                                     const moira_device_t *home) {
     if (c->attention != MOIRA_ATTENTION_MLA)
@@ -92,6 +95,7 @@ moira_status_t run_model_check_fits(const moira_model_config_t *c, const run_arg
     return MOIRA_OK_STATUS;
 }
 
+/* The batch decides the token count the plan is made for, so it is read before placement. */
 moira_status_t run_model_load_inputs(run_model_t *m, const run_args_t *a) {
     int64_t d = m->config.hidden_size, t = a->tokens;
     const moira_tensor_t *given = NULL;
@@ -119,6 +123,7 @@ moira_status_t run_model_load_inputs(run_model_t *m, const run_args_t *a) {
     return MOIRA_OK_STATUS;
 }
 
+/* Host weights only; the executor uploads them where the plan says. */
 moira_status_t run_model_load_weights(run_model_t *m, const run_args_t *a) {
     const moira_model_config_t *c = &m->config;
     m->n_layers = c->num_hidden_layers;
@@ -157,6 +162,7 @@ moira_status_t run_model_load_weights(run_model_t *m, const run_args_t *a) {
     return MOIRA_OK_STATUS;
 }
 
+/* Quiet for small models, so tests and the default run print no noise. */
 void run_progress(void *context, int64_t layers_done, int64_t layers, double bytes_uploaded) {
     double total = *(const double *)context;
     if (total < PROGRESS_MIN_BYTES) return;
@@ -166,6 +172,7 @@ void run_progress(void *context, int64_t layers_done, int64_t layers, double byt
     if (layers_done == layers) fputc('\n', stderr);
 }
 
+/* The fp64 reference shares no code with the executor: what a user can trust. */
 moira_status_t run_model_reference(run_model_t *m) {
     moira_tensor_t tmp;
     MOIRA_RETURN_IF_ERROR(moira_tensor_alloc_f32(m->x.shape[0], m->x.shape[1], &tmp));
@@ -180,6 +187,7 @@ moira_status_t run_model_reference(run_model_t *m) {
     return status;
 }
 
+/* DESIGN.md §4's NMSE; a NaN on either side makes it NaN, which no limit accepts. */
 double run_model_nmse(const moira_tensor_t *got, const moira_tensor_t *want) {
     const float *a = got->data, *b = want->data;
     double num = 0, den = 0;
@@ -191,6 +199,7 @@ double run_model_nmse(const moira_tensor_t *got, const moira_tensor_t *want) {
     return den > 0 ? num / den : num;
 }
 
+/* Layer l's output is layer l+1's recorded input (the last one's is the model output). */
 moira_status_t run_model_layer_check(const run_model_t *m, double *out_worst_nmse,
                                      int64_t *out_worst_layer) {
     *out_worst_nmse = 0;

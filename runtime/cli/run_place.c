@@ -9,6 +9,7 @@
 #include "runtime/cli/cli.h"
 #include "runtime/cli/run.h"
 
+/* Accepts a zeroed or half-filled placement. */
 void run_placement_free(run_placement_t *p) {
     moira_exec_binding_free(&p->binding);
     moira_plan_free(&p->plan);
@@ -47,6 +48,7 @@ static moira_status_t load_topology(const run_args_t *a, bool single_device,
     return status;
 }
 
+/* Everything here reads files and the device list only; no weight has been read yet. */
 moira_status_t run_place(const run_args_t *a, const moira_model_config_t *model, int64_t tokens,
                          run_placement_t *out) {
     memset(out, 0, sizeof(*out));

@@ -11,12 +11,14 @@ static double per_batch(const moira_exec_stats_t *s, double value) {
     return s->forwards > 0 ? value / (double)s->forwards : 0;
 }
 
+/* A checkpoint may store another dtype than the config names; show what was loaded. */
 static const char *weights_dtype_name(const run_result_t *r) {
     const moira_layer_weights_t *first = &r->model->layers[0];
     return moira_dtype_name(first->mla.kv_b_proj ? first->mla.kv_b_proj->dtype
                                                  : r->model->config.weight_dtype);
 }
 
+/* What ran, from what, and the headline speed, before the tables. */
 static void print_header(const run_result_t *r) {
     const moira_model_config_t *c = &r->model->config;
     const moira_exec_stats_t *s = r->stats;
@@ -88,6 +90,7 @@ static void print_layers(const run_result_t *r) {
     }
 }
 
+/* The tables, then the npu's modelled time (its wall time is an emulator's), then the verdict. */
 void run_report_text(const run_result_t *r) {
     const moira_exec_stats_t *s = r->stats;
     print_header(r);
@@ -119,11 +122,13 @@ static void json_number(moira_tree_writer_t *w, const char *key, double value) {
         moira_tree_double(w, value);
 }
 
+/* Key and value in one call keeps the JSON writers below readable. */
 static void json_string(moira_tree_writer_t *w, const char *key, const char *value) {
     moira_tree_key(w, key);
     moira_tree_string(w, value);
 }
 
+/* The device table's rows, per batch like the text. */
 static void json_devices(moira_tree_writer_t *w, const run_result_t *r) {
     const moira_exec_stats_t *s = r->stats;
     moira_tree_key(w, "devices");
@@ -153,6 +158,7 @@ static void json_devices(moira_tree_writer_t *w, const run_result_t *r) {
     moira_tree_close(w, false);
 }
 
+/* The layer table's rows, per batch like the text. */
 static void json_layers(moira_tree_writer_t *w, const run_result_t *r) {
     const moira_exec_stats_t *s = r->stats;
     moira_tree_key(w, "layers");
@@ -175,6 +181,7 @@ static void json_layers(moira_tree_writer_t *w, const run_result_t *r) {
     moira_tree_close(w, false);
 }
 
+/* One JSON object on stdout, for scripts (tests read it with the YAML reader). */
 moira_status_t run_report_json(const run_result_t *r) {
     const moira_exec_stats_t *s = r->stats;
     moira_tree_writer_t w;

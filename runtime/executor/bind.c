@@ -9,6 +9,7 @@
 #include "runtime/backend.h"
 #include "runtime/executor/executor.h"
 
+/* Frees what moira_exec_bind allocated; the devices belong to the runtime. */
 void moira_exec_binding_free(moira_exec_binding_t *binding) {
     free(binding->devices);
     free(binding->replicas);
@@ -24,6 +25,7 @@ static bool contains_ignoring_case(const char *haystack, const char *needle) {
     return false;
 }
 
+/* A backend-specific fact ("platform") or "", so select can match an OpenCL platform name. */
 static const char *device_detail(const moira_device_info_t *info, const char *key) {
     for (int i = 0; i < info->n_details; i++)
         if (!strcmp(info->details[i].key, key)) return info->details[i].value;
@@ -89,11 +91,11 @@ static moira_status_t check_expert_ops(const moira_device_t *device, const moira
     return MOIRA_OK_STATUS;
 }
 
+/* Asked before any weight moves, so a home device without a kernel fails early and by name. */
 moira_status_t moira_exec_check_home(const moira_device_t *device,
                                      const moira_model_config_t *model) {
-    static const int ops[] = {MOIRA_OP_RMSNORM,      MOIRA_OP_LINEAR,  MOIRA_OP_ROPE,
-                              MOIRA_OP_GATE,         MOIRA_OP_SWIGLU,  MOIRA_OP_MLA_ATTENTION,
-                              MOIRA_OP_MOE_DISPATCH, MOIRA_OP_MOE_FFN, MOIRA_OP_MOE_COMBINE};
+    static const int ops[] = {MOIRA_OP_RMSNORM, MOIRA_OP_LINEAR, MOIRA_OP_ROPE,
+                              MOIRA_OP_GATE,    MOIRA_OP_SWIGLU, MOIRA_OP_MLA_ATTENTION};
     for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
         if (!moira_device_supports(device, ops[i], model->weight_dtype))
             return moira_status_make(MOIRA_CODE_UNSUPPORTED, "%s has no %s kernel for %s weights",
@@ -150,6 +152,7 @@ static moira_status_t bind_targets(const moira_topology_t *topology, const moira
     return check_device_memory(b, topology, plan, name);
 }
 
+/* Allocates the per-target arrays, then binds; on failure nothing is left to free. */
 moira_status_t moira_exec_bind(const moira_topology_t *topology, const moira_plan_t *plan,
                                const moira_model_config_t *model, const char *plan_path,
                                moira_exec_binding_t *out) {

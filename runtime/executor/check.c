@@ -35,6 +35,8 @@ static moira_status_t add_expert(const moira_moe_weights_t *moe, int32_t expert,
     return MOIRA_OK_STATUS;
 }
 
+/* Accumulates over the MoE layers of one forward, so the verdict covers every layer the target
+ * served. */
 moira_status_t moira_exec_check_target(const moira_executor_t *e, const exec_layer_t *layer,
                                        exec_target_t *target) {
     int64_t k = target->top_k, d = target->hidden, rows = target->rows;

@@ -7,6 +7,7 @@
 
 #define EXEC_ALIGN 256
 
+/* Windows of one buffer start 256-byte aligned, enough for every backend's vector loads. */
 static size_t round_up(size_t bytes) {
     return (bytes + EXEC_ALIGN - 1) / EXEC_ALIGN * EXEC_ALIGN;
 }
@@ -234,6 +235,8 @@ static moira_status_t open_all(moira_executor_t *e, const moira_exec_config_t *c
     return status;
 }
 
+/* Everything is built up front so a forward allocates nothing; a failure part way tears down what
+ * was built. */
 moira_status_t moira_executor_create(const moira_exec_config_t *config, moira_executor_t **out) {
     *out = NULL;
     if (config->max_tokens < 1 || config->max_tokens > INT32_MAX)
@@ -256,6 +259,7 @@ moira_status_t moira_executor_create(const moira_exec_config_t *config, moira_ex
     return MOIRA_OK_STATUS;
 }
 
+/* A layer's device memory and bookkeeping; its queues are idle by now. */
 static void close_layer(exec_layer_t *layer, int n_targets) {
     moira_device_layer_release(&layer->weights);
     for (int i = 0; layer->experts && i < n_targets; i++)
@@ -269,6 +273,7 @@ static void close_layer(exec_layer_t *layer, int n_targets) {
     free(layer->expert_load);
 }
 
+/* Stops the worker before its queue and memory go, so no stage can touch them. */
 static void close_target(exec_target_t *target) {
     moira_exec_worker_stop(&target->worker);
     moira_queue_destroy(target->queue);
@@ -281,6 +286,7 @@ static void close_target(exec_target_t *target) {
     free(target->token);
 }
 
+/* Accepts a half-built executor (creation failed part way). */
 void moira_executor_destroy(moira_executor_t *e) {
     if (!e) return;
     for (int64_t l = 0; e->layers && l < e->n_layers; l++)

@@ -11,6 +11,8 @@ typedef struct home_views {
     moira_dtensor_t x, h, normed, out, idx, weight, positions;
 } home_views_t;
 
+/* Views cut to this batch: the buffer is sized for max_tokens, the op contracts want exact shapes.
+ */
 static home_views_t home_views(const exec_home_t *home, int64_t t, int64_t d, int64_t k) {
     home_views_t v;
     v.x = moira_dtensor_2d(home->buffer, 0, MOIRA_DTYPE_F32, t, d);
@@ -186,6 +188,7 @@ static void record_check(moira_executor_t *e) {
     }
 }
 
+/* The residual stream stays on the host between layers (e->act), so layers may change home. */
 moira_status_t moira_executor_forward(moira_executor_t *e, const moira_tensor_t *x,
                                       const moira_tensor_t *positions, moira_tensor_t *out,
                                       bool check_devices, moira_tensor_t *layer_inputs) {

@@ -5,6 +5,8 @@
 
 #include "runtime/executor/executor_internal.h"
 
+/* The prediction uses the load the layer really saw, so predicted and measured compare like with
+ * like. */
 void moira_exec_measure_layer(moira_executor_t *e, const exec_layer_t *layer,
                               moira_exec_layer_stats_t *stats) {
     const moira_plan_layer_t *plan = layer->plan;
@@ -31,6 +33,7 @@ void moira_exec_measure_layer(moira_executor_t *e, const exec_layer_t *layer,
     }
 }
 
+/* Borrowed, so a report reads the numbers without copying the arrays. */
 const moira_exec_stats_t *moira_executor_stats(const moira_executor_t *e) {
     return &e->stats;
 }
@@ -56,6 +59,7 @@ void moira_executor_reset_stats(moira_executor_t *e) {
     }
 }
 
+/* In the planner's own profile form, so `moira plan --profile` reads what a run saw. */
 moira_status_t moira_executor_observed_profile(const moira_executor_t *e, moira_profile_t *out) {
     memset(out, 0, sizeof(*out));
     int n = 0;

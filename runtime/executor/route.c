@@ -44,6 +44,8 @@ static int64_t row_for_token(exec_target_t *target, int32_t t, int64_t k) {
     return row;
 }
 
+/* Host work between the router and the devices: replica choice, then each target's rows and their
+ * inputs. */
 void moira_exec_route(moira_executor_t *e, exec_layer_t *layer, int64_t tokens) {
     int64_t k = e->model->num_experts_per_tok, d = e->model->hidden_size;
     const moira_plan_layer_t *plan = layer->plan;

@@ -28,6 +28,8 @@ static moira_status_t enqueue_stage(exec_target_t *target) {
                             (size_t)rows * row_bytes);
 }
 
+/* Runs on the target's worker; the wall time from first enqueue to finish is the target's busy
+ * time. */
 void moira_exec_stage(void *context) {
     exec_target_t *target = context;
     double start = moira_now_seconds();

@@ -23,6 +23,7 @@ static void *worker_main(void *raw) {
     return NULL;
 }
 
+/* One thread per target for the executor's lifetime: no thread start per layer. */
 moira_status_t moira_exec_worker_start(moira_exec_worker_t *w) {
     memset(w, 0, sizeof(*w));
     pthread_mutex_init(&w->mutex, NULL);
@@ -36,6 +37,7 @@ moira_status_t moira_exec_worker_start(moira_exec_worker_t *w) {
     return MOIRA_OK_STATUS;
 }
 
+/* Never blocks: the caller goes on to post the other targets' stages. */
 void moira_exec_worker_post(moira_exec_worker_t *w, moira_exec_job_fn job, void *context) {
     pthread_mutex_lock(&w->mutex);
     w->job = job;
@@ -44,6 +46,7 @@ void moira_exec_worker_post(moira_exec_worker_t *w, moira_exec_job_fn job, void 
     pthread_mutex_unlock(&w->mutex);
 }
 
+/* The join point of a layer: the host needs every target's partial sums. */
 void moira_exec_worker_wait(moira_exec_worker_t *w) {
     pthread_mutex_lock(&w->mutex);
     while (w->job)
@@ -51,6 +54,7 @@ void moira_exec_worker_wait(moira_exec_worker_t *w) {
     pthread_mutex_unlock(&w->mutex);
 }
 
+/* Lets a posted job finish first, so no stage is cut off half way. */
 void moira_exec_worker_stop(moira_exec_worker_t *w) {
     if (!w->started) return;
     pthread_mutex_lock(&w->mutex);
