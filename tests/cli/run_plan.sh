@@ -51,6 +51,19 @@ expect 0 "plan --profile" -- "$moira" plan --profile "$work/p.yaml" --redundant 
 expect 0 "run the new plan" -- "$moira" run --plan "$work/replan.yaml" --tokens 16 --iters 1
 check "ran the new plan" "^plan +.*replan.yaml \(topology local\)" "$work/out"
 
+# The hand-written plan over opencl:0, npu:0 and CPU memory with the npu as home device: every
+# row served tokens and agreed with the reference (needs an OpenCL device; PoCL in CI).
+if "$moira" devices | grep -q "^opencl:0 "; then
+    expect 0 "exec plan, npu home" -- "$moira" run --topology "$exec_data/topology.yaml" \
+        --model "$exec_data/model.yaml" --plan "$exec_data/plan.yaml" --backend npu:0 --tokens 40
+    for row in "box/numa0 +cpu:0" "gpu0 +opencl:0" "npu0 +npu:0"; do
+        check "exec plan row $row" "^$row +[0-9]+ +[1-9][0-9]* .* agreed$" "$work/out"
+    done
+    check "exec plan home" "^home +npu:0 " "$work/out"
+else
+    echo "note: no opencl:0 here; the mixed-device plan is left to test_exec_plan (skipped too)"
+fi
+
 # Bad plans are refused before anything runs (exit 2), and leave outputs untouched.
 topology="$exec_data/topology.yaml"
 model="$exec_data/model.yaml"

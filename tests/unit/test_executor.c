@@ -5,8 +5,8 @@
  *   - The output matches the fp64 reference (ops/reference.c) within the f32 limit, for two batch
  *     sizes through one executor; every target's own check passes.
  *   - The observed profile is the load the reference router gives.
- *   - Binding refuses a device this machine lacks, a plan over two hosts and a plan for another
- *     model. */
+ *   - Binding refuses a device this machine lacks, a plan over two hosts, a plan for another
+ *     model, and a plan that fits the topology's (claimed) memory but not the real device's. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -184,6 +184,30 @@ static void check_refusals(const fixture_t *f) {
     moira_topology_free(&topology);
 }
 
+/* DeepSeek-V3's experts fit a topology that claims a petabyte of CPU memory, not this machine. */
+static void check_device_memory_refusal(void) {
+    static const char huge[] = "name: huge\nhosts:\n  - name: box\n    numa_nodes:\n"
+                               "      - {id: 0, memory_gib: 1000000, bandwidth_gbs: 100, cores: 1, "
+                               "peak_tflops: {f32: 1}}\n";
+    moira_model_config_t v3;
+    CHECK_OK(
+        moira_model_config_load(MOIRA_TEST_DATA_DIR "/../../configs/models/deepseek-v3.yaml", &v3));
+    moira_topology_t topology;
+    moira_profile_t profile;
+    moira_plan_t plan;
+    moira_exec_binding_t binding;
+    CHECK_OK(moira_topology_parse(huge, sizeof(huge) - 1, "huge.yaml", NULL, &topology));
+    CHECK_OK(moira_profile_synthesise(&v3, "uniform", 64, &profile));
+    moira_plan_options_t options = {0, 0, MOIRA_PLAN_BALANCED};
+    CHECK_OK(moira_plan_make(&topology, &v3, &profile, &options, &plan));
+    if (moira_test_failures) return;
+    CHECK_CODE(moira_exec_bind(&topology, &plan, &v3, "huge-plan.yaml", &binding),
+               MOIRA_CODE_INVALID_INPUT);
+    moira_plan_free(&plan);
+    moira_profile_free(&profile);
+    moira_topology_free(&topology);
+}
+
 int main(void) {
     fixture_t f;
     memset(&f, 0, sizeof(f));
@@ -208,6 +232,7 @@ int main(void) {
                   "a ten times faster target should take most, not all: %lld / %lld",
                   (long long)unequal[0], (long long)unequal[1]);
         check_refusals(&f);
+        check_device_memory_refusal();
     }
     for (int l = 0; l < 2; l++)
         moira_random_layer_release(&f.layers[l]);
