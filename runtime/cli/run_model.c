@@ -124,6 +124,20 @@ moira_status_t run_model_load_inputs(run_model_t *m, const run_args_t *a) {
 }
 
 /* Host weights only; the executor uploads them where the plan says. */
+/* On a terminal one line rewritten in place; in a log a line per tenth of the layers, so the log
+ * stays readable. `bytes` < 0 leaves the byte count out. */
+static void progress_line(const char *what, int64_t done, int64_t of, double bytes, double total) {
+    bool terminal = isatty(STDERR_FILENO);
+    if (!terminal && done != 1 && done != of && 10 * done / of == 10 * (done - 1) / of) return;
+    fprintf(stderr, "%smoira run: %s, layer %lld of %lld", terminal ? "\r" : "", what,
+            (long long)done, (long long)of);
+    if (bytes >= 0)
+        fprintf(stderr, " (%.2f of ~%.2f GiB)", bytes / 1073741824.0, total / 1073741824.0);
+    else
+        fprintf(stderr, " (~%.2f GiB in all)", total / 1073741824.0);
+    if (!terminal || done == of) fputc('\n', stderr);
+}
+
 moira_status_t run_model_load_weights(run_model_t *m, const run_args_t *a) {
     const moira_model_config_t *c = &m->config;
     m->n_layers = c->num_hidden_layers;
@@ -142,11 +156,11 @@ moira_status_t run_model_load_weights(run_model_t *m, const run_args_t *a) {
         m->random = calloc((size_t)m->n_layers, sizeof(*m->random));
         if (!m->random) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "out of memory");
     }
-    bool large = run_model_weight_bytes(c) >= PROGRESS_MIN_BYTES;
+    double total = run_model_weight_bytes(c);
     for (int64_t l = 0; l < m->n_layers; l++) {
-        if (large)
-            fprintf(stderr, "\rmoira run: reading weights, layer %lld of %lld", (long long)l + 1,
-                    (long long)m->n_layers);
+        if (total >= PROGRESS_MIN_BYTES)
+            progress_line(m->checkpoint ? "reading weights" : "making random weights", l + 1,
+                          m->n_layers, -1, total);
         if (m->checkpoint) {
             char prefix[48];
             snprintf(prefix, sizeof(prefix), "model.layers.%lld.", (long long)l);
@@ -158,18 +172,14 @@ moira_status_t run_model_load_weights(run_model_t *m, const run_args_t *a) {
             m->layers[l] = m->random[l].weights;
         }
     }
-    if (large) fputc('\n', stderr);
     return MOIRA_OK_STATUS;
 }
 
 /* Quiet for small models, so tests and the default run print no noise. */
 void run_progress(void *context, int64_t layers_done, int64_t layers, double bytes_uploaded) {
     double total = *(const double *)context;
-    if (total < PROGRESS_MIN_BYTES) return;
-    fprintf(stderr, "\rmoira run: uploading weights, layer %lld of %lld (%.2f of ~%.2f GiB)",
-            (long long)layers_done, (long long)layers, bytes_uploaded / 1073741824.0,
-            total / 1073741824.0);
-    if (layers_done == layers) fputc('\n', stderr);
+    if (total >= PROGRESS_MIN_BYTES)
+        progress_line("uploading weights", layers_done, layers, bytes_uploaded, total);
 }
 
 /* The fp64 reference shares no code with the executor: what a user can trust. */
