@@ -3,7 +3,7 @@
 # folder, a path through a file) fails without leaving the output or a temporary behind, a plan
 # and its picture are written together or not at all, and written files get the usual mode.
 set -u
-source "$(dirname "$0")/harness.bash" "$@"
+source "$(dirname "$0")/lib/harness.bash" "$@"
 umask 022
 
 check() { # check DESCRIPTION -- test-command...

@@ -5,7 +5,7 @@
 # right exit code (1 for a failed run, 2 for bad usage), no output file, and no crash, hang or
 # sanitizer report; the same command without the fault must then succeed.
 set -u
-source "$(dirname "$0")/harness.bash" "$@"
+source "$(dirname "$0")/lib/harness.bash" "$@"
 show_on_fail="$work/err"
 
 # run_command DESCRIPTION -- command...: runs it with a fresh, empty output folder; $got is its exit

@@ -6,7 +6,7 @@
 # manifest gives and leave no output file (nor a temporary) behind. Every file in the folder must
 # be in the manifest, so none goes untested.
 set -u
-source "$(dirname "$0")/harness.bash" "$@"
+source "$(dirname "$0")/lib/harness.bash" "$@"
 hostile="$data/hostile"
 
 # The command line that makes VERB read FILE, writing to the outputs under $work/out.
