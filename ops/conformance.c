@@ -348,6 +348,10 @@ static moira_status_t device_case_run(moira_device_t *device, moira_queue_t *que
         r->nmse = nmse(got.data, h->ref.data, t * d);
         r->passed = r->nmse <= r->limit;
     }
+    /* After a failure part way (a kernel that would not build), the writes of the host case and
+     * the reads into `got` may still be queued: drain them before anything they touch is freed.
+     * The first error is the one reported. */
+    if (status) moira_status_free(moira_queue_finish(queue));
     moira_mla_cache_release(&cache);
     moira_buffer_free(io);
     moira_device_layer_release(&layer);

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Device faults, injected through MOIRA_FAULT (runtime/fault.h): every device allocation of an op
-# and of a model run failing in turn, an OpenCL program that fails to build, a device that is gone
-# after enumeration, and a device that does not exist. Each must end in a clear error with the
-# right exit code (1 for a failed run, 2 for bad usage), no output file, and no crash, hang or
-# sanitizer report; the same command without the fault must then succeed.
+# Device faults, injected through MOIRA_FAULT (runtime/fault.h): every device allocation of an op,
+# a single-device run and a run over a plan (the executor) failing in turn, an OpenCL program that
+# fails to build, a device that is gone between planning and running, and a device that does not
+# exist. Each must end in a clear error with the right exit code (1 for a failed run, 2 for bad
+# usage), no output file, and no crash, hang or sanitizer report; the same command with one fault
+# fewer must then succeed and write its output.
 set -u
 source "$(dirname "$0")/lib/harness.bash" "$@"
 show_on_fail="$work/err"
@@ -56,13 +57,12 @@ op_layer=(op layer --decode --model "$golden/layer_v3.json" --inputs "$golden/la
 
 # Every allocation fails in turn, until the command needs fewer than N and succeeds (with its
 # output written, when it writes one).
-sweep() { # sweep DEVICE DESCRIPTION OUTPUT -- command... (the command gets --backend DEVICE)
+sweep() { # sweep WHERE DESCRIPTION OUTPUT -- command...
     local device="$1" what="$2" output="$3"
     shift 4
     local n
     for n in $(seq 1 100); do
-        MOIRA_FAULT=alloc:$n run_command "$what on $device, allocation $n fails" -- \
-            "$@" --backend "$device"
+        MOIRA_FAULT=alloc:$n run_command "$what on $device, allocation $n fails" -- "$@"
         [ "$got" -ne 0 ] || break
         expect 1 "out of device memory .*injected" "$what on $device, allocation $n fails"
         [ "$got" -eq 1 ] || return
@@ -78,10 +78,11 @@ sweep() { # sweep DEVICE DESCRIPTION OUTPUT -- command... (the command gets --ba
 }
 
 for device in $devices; do
-    sweep "$device" "op moe" moe.safetensors -- "$moira" "${op_moe[@]}" -o "$work/out/moe.safetensors"
+    sweep "$device" "op moe" moe.safetensors -- \
+        "$moira" "${op_moe[@]}" -o "$work/out/moe.safetensors" --backend "$device"
     sweep "$device" "op layer --decode" layer.safetensors -- \
-        "$moira" "${op_layer[@]}" -o "$work/out/layer.safetensors"
-    sweep "$device" "run" "" -- "$moira" run --tokens 4 --iters 1
+        "$moira" "${op_layer[@]}" -o "$work/out/layer.safetensors" --backend "$device"
+    sweep "$device" "run" "" -- "$moira" run --tokens 4 --iters 1 --backend "$device"
 done
 # From one allocation on, all fail: the first failure is reported, the rest never reached.
 MOIRA_FAULT=alloc:1+ run_case 1 "alloc:1\+, allocation 1\)" "every allocation fails" -- \
@@ -101,6 +102,22 @@ for device in $devices; do
 done
 MOIRA_FAULT=lost:npu:0 run_case 0 "" "op on cpu:0 with npu:0 lost" -- \
     "$moira" "${op_moe[@]}" --backend cpu:0 -o "$work/out/moe.safetensors"
+# A plan over opencl:0, npu:0 and CPU memory (tests/data/exec): every allocation of the executor
+# fails in turn, and each device of the plan is gone between planning and running, with the
+# recorded profile never written.
+exec_data="$data/exec"
+run_plan=(run --topology "$exec_data/topology.yaml" --model "$exec_data/model.yaml"
+    --plan "$exec_data/plan.yaml" --tokens 4 --iters 1 --record-profile "$work/out/profile.yaml")
+if echo "$devices" | grep -q opencl:0; then
+    sweep "the exec-box plan" "run --plan" profile.yaml -- "$moira" "${run_plan[@]}"
+    for device in opencl:0 npu:0; do
+        MOIRA_FAULT=lost:$device run_case 1 "$device: the device is gone" \
+            "run --plan with $device lost" -- "$moira" "${run_plan[@]}"
+    done
+else
+    echo "no opencl:0: the exec-box plan is not run here"
+fi
+
 # A device that does not exist at all is bad usage.
 run_case 2 'no device named "opencl:9"' "op on a missing device" -- \
     "$moira" "${op_moe[@]}" --backend opencl:9 -o "$work/out/moe.safetensors"
