@@ -1516,19 +1516,14 @@ static moira_status_t build_write_header(const char *path, const moira_named_ten
     return status;
 }
 
-moira_status_t moira_safetensors_write(const char *path, const moira_named_tensor_t *tensors,
-                                       size_t count) {
-    if (!path || !*path || (count > 0 && !tensors))
-        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
-                                 "safetensors_write: a path and the tensors are required");
+moira_status_t moira_safetensors_write_stream(const char *path, FILE *out,
+                                              const moira_named_tensor_t *tensors, size_t count) {
+    if (!path || !*path || !out || (count > 0 && !tensors))
+        return moira_status_make(
+            MOIRA_CODE_INVALID_ARGUMENT,
+            "safetensors_write: a path, a stream and the tensors are required");
     text_buf_t header = {0};
     moira_status_t status = build_write_header(path, tensors, count, &header);
-    if (status) {
-        free(header.data);
-        return status;
-    }
-    moira_atomic_file_t out;
-    status = moira_atomic_open(path, &out);
     if (status) {
         free(header.data);
         return status;
@@ -1536,17 +1531,29 @@ moira_status_t moira_safetensors_write(const char *path, const moira_named_tenso
     unsigned char len_bytes[8];
     for (int i = 0; i < 8; i++)
         len_bytes[i] = (unsigned char)((uint64_t)header.len >> (8 * i));
-    bool ok = fwrite(len_bytes, 1, 8, out.stream) == 8 &&
-              fwrite(header.data, 1, header.len, out.stream) == header.len;
+    bool ok =
+        fwrite(len_bytes, 1, 8, out) == 8 && fwrite(header.data, 1, header.len, out) == header.len;
     for (size_t i = 0; ok && i < count; i++) {
         size_t nbytes = moira_tensor_nbytes(tensors[i].tensor);
-        ok = nbytes == 0 || fwrite(tensors[i].tensor->data, 1, nbytes, out.stream) == nbytes;
+        ok = nbytes == 0 || fwrite(tensors[i].tensor->data, 1, nbytes, out) == nbytes;
     }
+    int err = errno;
     free(header.data);
-    if (!ok) {
-        int err = errno;
+    if (!ok) return errno_error_code(MOIRA_CODE_IO, path, "cannot write", err);
+    return MOIRA_OK_STATUS;
+}
+
+moira_status_t moira_safetensors_write(const char *path, const moira_named_tensor_t *tensors,
+                                       size_t count) {
+    if (!path || !*path)
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
+                                 "safetensors_write: a path and the tensors are required");
+    moira_atomic_file_t out;
+    MOIRA_RETURN_IF_ERROR(moira_atomic_open(path, &out));
+    moira_status_t status = moira_safetensors_write_stream(path, out.stream, tensors, count);
+    if (status) {
         moira_atomic_abort(&out);
-        return errno_error_code(MOIRA_CODE_IO, path, "cannot write", err);
+        return status;
     }
     return moira_atomic_commit(&out);
 }

@@ -11,6 +11,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 
 #include "runtime/status.h"
 #include "runtime/tensor.h"
@@ -76,5 +77,11 @@ moira_status_t moira_safetensors_find(const moira_safetensors_t *file, const cha
  * are borrowed. */
 moira_status_t moira_safetensors_write(const char *path, const moira_named_tensor_t *tensors,
                                        size_t count);
+
+/* The same file's bytes written into `out` (borrowed; typically an output of runtime/atomic_file
+ * that the caller commits together with others); `path` only names the file in messages. On
+ * error part of the file may be in the stream: the caller aborts it. */
+moira_status_t moira_safetensors_write_stream(const char *path, FILE *out,
+                                              const moira_named_tensor_t *tensors, size_t count);
 
 #endif

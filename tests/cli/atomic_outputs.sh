@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every output is written whole or not at all (DESIGN.md §6): a write that cannot happen (a missing
 # folder, a path through a file) fails without leaving the output or a temporary behind, a plan
-# and its picture are written together or not at all, and written files get the usual mode.
+# and its picture (and a run's output and its recorded profile) are written together or not at
+# all, and written files get the usual mode.
 set -u
 source "$(dirname "$0")/lib/harness.bash" "$@"
 umask 022
@@ -43,6 +44,13 @@ echo previous >"$work/keep.yaml"
 run 1 "replan with an unwritable --svg" -- "$moira" "${plan_args[@]}" -o "$work/keep.yaml" \
     --svg "$work/afile/plan.svg"
 check "an existing plan is left as it was" -- [ "$(cat "$work/keep.yaml")" = previous ]
+# A run's output and its recorded load profile together: a bad --record-profile path leaves no
+# output either.
+run_args=(run --model "$golden/layer_v3.json" --inputs "$golden/layer_v3.inputs.safetensors"
+    --iters 1)
+run 1 "run with an unwritable --record-profile" -- "$moira" "${run_args[@]}" \
+    -o "$work/run.safetensors" --record-profile "$work/missing/profile.yaml"
+check "no run output without its profile" -- [ ! -e "$work/run.safetensors" ]
 run 2 "plan --check of a bad plan" -- "$moira" plan \
     --topology "$placement/eplb-topology.yaml" --check "$work/keep.yaml" --svg "$work/x.svg"
 check "no picture of a bad plan" -- [ ! -e "$work/x.svg" ]
@@ -50,10 +58,14 @@ check "no picture of a bad plan" -- [ ! -e "$work/x.svg" ]
 # Successful writes: whole files with the mode a new file gets under umask 022.
 run 0 "op" -- "$moira" "${op_args[@]}" -o "$work/gate.safetensors"
 run 0 "plan with picture" -- "$moira" "${plan_args[@]}" -o "$work/plan.yaml" --svg "$work/plan.svg"
-for f in gate.safetensors plan.yaml plan.svg; do
+run 0 "run with profile" -- "$moira" "${run_args[@]}" -o "$work/run.safetensors" \
+    --record-profile "$work/profile.yaml"
+for f in gate.safetensors plan.yaml plan.svg run.safetensors profile.yaml; do
     check "$f has mode 644" -- [ "$(stat -c %a "$work/$f")" = 644 ]
 done
 check "plan.svg is a whole picture" -- grep -q '</svg>' "$work/plan.svg"
+run 0 "the recorded profile plans" -- "$moira" plan --model "$golden/layer_v3.json" \
+    --profile "$work/profile.yaml" -o "$work/replan.yaml"
 run 0 "plan --check reads the plan back" -- "$moira" plan \
     --topology "$placement/eplb-topology.yaml" --check "$work/plan.yaml"
 check "no temporaries left anywhere" -- no_temporaries
