@@ -1,11 +1,19 @@
 # Thin wrapper over CMake: `make run`, `make test`, `make bench`. See README.md.
 BUILD ?= build
+SANITIZE_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+# Seconds each fuzz target runs under `make fuzz` (FUZZ_TARGETS picks some; default all).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 DEB_PACKAGES = cmake gcc pkg-config ocl-icd-opencl-dev opencl-headers pocl-opencl-icd \
                libclblast-dev libhwloc-dev libyaml-dev libopenblas-dev
 
-.PHONY: all deps build test run bench sanitize format clean
+# Only `make fuzz` needs these: clang and its libFuzzer runtime (Debian bookworm: clang-14's).
+FUZZ_PACKAGES = clang libclang-rt-14-dev
+
+.PHONY: all deps build test run bench sanitize test-sanitize fuzz format clean
 
 all: build
 
@@ -42,11 +50,22 @@ bench: deps
 	$(BUILD)/moira bench mla
 
 # The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer, in its own build folder.
-sanitize: deps
-	$(MAKE) test BUILD=build-asan CMAKE_FLAGS="-DMOIRA_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug"
+test-sanitize: deps
+	$(MAKE) test BUILD=$(SANITIZE_BUILD) CMAKE_FLAGS="-DMOIRA_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug"
+
+sanitize: test-sanitize
+
+# libFuzzer targets of tests/fuzz, built with clang (+ ASan/UBSan) in their own folder and run one
+# after the other for FUZZ_SECONDS each; crashers land in $(FUZZ_BUILD)/fuzz-artifacts/.
+fuzz: deps
+	$(MAKE) deps DEB_PACKAGES="$(FUZZ_PACKAGES)"
+	[ -f $(FUZZ_BUILD)/CMakeCache.txt ] || cmake -S . -B $(FUZZ_BUILD) -DCMAKE_C_COMPILER=clang \
+	  -DMOIRA_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target moira_fuzzers
+	tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h' '*.cl')
 
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) $(SANITIZE_BUILD) $(FUZZ_BUILD)

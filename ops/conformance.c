@@ -8,6 +8,7 @@
 #include "ops/device_layer.h"
 #include "ops/random_weights.h"
 #include "ops/reference.h"
+#include "runtime/log.h"
 
 const char *const moira_conformance_ops[] = {"gate",  "moe",          "mla", "mla_decode",
                                              "layer", "layer_decode", NULL};
@@ -347,6 +348,10 @@ static moira_status_t device_case_run(moira_device_t *device, moira_queue_t *que
         r->nmse = nmse(got.data, h->ref.data, t * d);
         r->passed = r->nmse <= r->limit;
     }
+    /* After a failure part way (a kernel that would not build), the writes of the host case and
+     * the reads into `got` may still be queued: drain them before anything they touch is freed.
+     * The first error is the one reported. */
+    if (status) moira_status_free(moira_queue_finish(queue));
     moira_mla_cache_release(&cache);
     moira_buffer_free(io);
     moira_device_layer_release(&layer);
@@ -392,6 +397,7 @@ moira_status_t moira_conformance_run(moira_device_t *device, const char *ops,
     moira_queue_t *queue = NULL;
     MOIRA_RETURN_IF_ERROR(moira_queue_create(device, &queue));
     moira_status_t status = MOIRA_OK_STATUS;
+    bool reported_failure = false; /* the first failed case's whole message went to stderr */
     uint64_t seed = 1;
     for (int o = 0; moira_conformance_ops[o] && !status; o++) {
         const char *op = moira_conformance_ops[o];
@@ -420,6 +426,9 @@ moira_status_t moira_conformance_run(moira_device_t *device, const char *ops,
                             r.passed = false;
                             r.nmse = NAN;
                             snprintf(r.detail, sizeof(r.detail), "%s", moira_status_message(run));
+                            /* The table cell is short; a driver's build log is not. */
+                            if (!reported_failure) MOIRA_LOG_E("%s", moira_status_message(run));
+                            reported_failure = true;
                             moira_status_free(run);
                         }
                         host_case_release(&h);

@@ -27,7 +27,9 @@ extern const char *const moira_conformance_ops[];
 
 /* Runs every case whose op is in `ops` (comma-separated; NULL for all) on `device`. Results are
  * appended to `*results` (grown with realloc; caller frees) and counted in `*count`. A failing
- * comparison is a result, not an error; the status reports only what prevented running. */
+ * comparison is a result, not an error; the status reports only what prevented running. A case
+ * the device failed to run keeps a short reason in its detail; the first such failure is also
+ * logged whole on stderr (an OpenCL build log does not fit a table cell). */
 moira_status_t moira_conformance_run(moira_device_t *device, const char *ops,
                                      moira_conformance_result_t **results, int *count);
 

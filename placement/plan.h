@@ -13,6 +13,7 @@
 #include "placement/cost_model.h"
 #include "placement/profile.h"
 #include "placement/topology.h"
+#include "runtime/atomic_file.h"
 #include "runtime/model_config.h"
 
 /* One MoE layer. Replicas are ordered by target index, then as placed. Arrays are owned. */
@@ -120,12 +121,11 @@ moira_status_t moira_plan_parse(const char *text, size_t len, const char *displa
 moira_status_t moira_plan_write_svg(const moira_plan_t *plan, const moira_topology_t *topology,
                                     const moira_model_config_t *model, const char *path);
 
-void moira_plan_free(moira_plan_t *plan);
+/* Draws the plan into an open stream (for writing it together with other outputs). */
+moira_status_t moira_plan_write_svg_stream(const moira_plan_t *plan,
+                                           const moira_topology_t *topology,
+                                           const moira_model_config_t *model, FILE *out);
 
-/* Writes `size` bytes produced by `write` to `path` through a temporary file in the same folder
- * and a rename, so readers never see a partial file (atomic_file.c). */
-typedef bool (*moira_stream_writer_fn)(FILE *out, void *context);
-moira_status_t moira_write_file_atomically(const char *path, moira_stream_writer_fn write,
-                                           void *context);
+void moira_plan_free(moira_plan_t *plan);
 
 #endif

@@ -229,8 +229,9 @@ static bool write_svg(FILE *out, void *context) {
     return !ferror(out);
 }
 
-moira_status_t moira_plan_write_svg(const moira_plan_t *plan, const moira_topology_t *topology,
-                                    const moira_model_config_t *model, const char *path) {
+moira_status_t moira_plan_write_svg_stream(const moira_plan_t *plan,
+                                           const moira_topology_t *topology,
+                                           const moira_model_config_t *model, FILE *out) {
     svg_ctx_t ctx;
     memset(&ctx, 0, sizeof(ctx));
     ctx.plan = plan;
@@ -279,11 +280,34 @@ moira_status_t moira_plan_write_svg(const moira_plan_t *plan, const moira_topolo
     ctx.cell_h = 900 / rows;
     if (ctx.cell_h > 22) ctx.cell_h = 22;
     if (ctx.cell_h < 6) ctx.cell_h = 6;
-    moira_status_t status = moira_write_file_atomically(path, write_svg, &ctx);
+    moira_status_t status = write_svg(out, &ctx)
+                                ? MOIRA_OK_STATUS
+                                : moira_status_make(MOIRA_CODE_IO, "cannot write the plan picture");
     free(ctx.time_us);
     free(ctx.tokens);
     free(ctx.replicas);
     free(tokens);
     free(active);
     return status;
+}
+
+typedef struct svg_args {
+    const moira_plan_t *plan;
+    const moira_topology_t *topology;
+    const moira_model_config_t *model;
+} svg_args_t;
+
+/* Adapts moira_plan_write_svg_stream to the atomic file writer's callback. */
+static bool write_svg_to(FILE *out, void *context) {
+    const svg_args_t *args = context;
+    moira_status_t status =
+        moira_plan_write_svg_stream(args->plan, args->topology, args->model, out);
+    moira_status_free(status);
+    return status == MOIRA_OK_STATUS;
+}
+
+moira_status_t moira_plan_write_svg(const moira_plan_t *plan, const moira_topology_t *topology,
+                                    const moira_model_config_t *model, const char *path) {
+    svg_args_t args = {plan, topology, model};
+    return moira_write_file_atomically(path, write_svg_to, &args);
 }

@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "runtime/model_config.h"
 #include "runtime/status.h"
@@ -49,6 +50,11 @@ const double *moira_profile_layer_load(const moira_profile_t *profile, int64_t l
  * --profile` reads back. Counts are written as whole numbers when they are. */
 moira_status_t moira_profile_write(const moira_profile_t *profile, const char *model_name,
                                    const char *path);
+
+/* The same YAML written into `out` (borrowed; typically an output of runtime/atomic_file that
+ * the caller commits together with others); `path` only names the file in messages. */
+moira_status_t moira_profile_write_stream(const moira_profile_t *profile, const char *model_name,
+                                          const char *path, FILE *out);
 
 void moira_profile_free(moira_profile_t *profile);
 

@@ -51,3 +51,11 @@ moira_status_t moira_profile_write(const moira_profile_t *profile, const char *m
     profile_write_ctx_t ctx = {profile, model_name};
     return moira_write_file_atomically(path, write_profile_to, &ctx);
 }
+
+/* For a caller that commits this output together with others (moira run -o --record-profile). */
+moira_status_t moira_profile_write_stream(const moira_profile_t *profile, const char *model_name,
+                                          const char *path, FILE *out) {
+    profile_write_ctx_t ctx = {profile, model_name};
+    if (write_profile_to(out, &ctx)) return MOIRA_OK_STATUS;
+    return moira_status_at(MOIRA_CODE_IO, path, 0, 0, "cannot write");
+}

@@ -7,6 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/suggest.h"
+#include "runtime/yaml_text.h"
+
 /* Placement files are small; anything larger is not one of them. */
 #define MAX_PLACEMENT_FILE_BYTES (256L << 20)
 
@@ -29,11 +32,12 @@ moira_status_t moira_yaml_fail(const moira_yaml_doc_t *doc, const yaml_node_t *n
 }
 
 /* libyaml's own parse errors carry the position of the problem; keep it. */
-static moira_status_t parser_failure(const moira_yaml_doc_t *doc, const yaml_parser_t *parser) {
+static moira_status_t parser_failure(const moira_yaml_doc_t *doc, const yaml_parser_t *parser,
+                                     const char *text, size_t len) {
     char message[512];
-    snprintf(message, sizeof(message), "YAML syntax error: %s%s%s",
+    snprintf(message, sizeof(message), "YAML syntax error: %s%s%s%s",
              parser->problem ? parser->problem : "malformed", parser->context ? " " : "",
-             parser->context ? parser->context : "");
+             parser->context ? parser->context : "", moira_yaml_hint(parser, text, len));
     return fail_at(doc, parser->problem_mark, message);
 }
 
@@ -41,13 +45,14 @@ moira_status_t moira_yaml_doc_parse(const char *text, size_t len, const char *di
                                     const char *what, moira_yaml_doc_t *out_doc) {
     memset(out_doc, 0, sizeof(*out_doc));
     snprintf(out_doc->file, sizeof(out_doc->file), "%s", display_name ? display_name : "<input>");
+    MOIRA_RETURN_IF_ERROR(moira_yaml_check_depth(text, len, out_doc->file));
     yaml_parser_t parser;
     if (!yaml_parser_initialize(&parser))
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "cannot start the YAML parser");
     yaml_parser_set_input_string(&parser, (const unsigned char *)(text ? text : ""), len);
     moira_status_t status = MOIRA_OK_STATUS;
     if (!yaml_parser_load(&parser, &out_doc->document)) {
-        status = parser_failure(out_doc, &parser);
+        status = parser_failure(out_doc, &parser, text, len);
     } else {
         out_doc->loaded = true;
         yaml_node_t *root = yaml_document_get_root_node(&out_doc->document);
@@ -58,7 +63,7 @@ moira_status_t moira_yaml_doc_parse(const char *text, size_t len, const char *di
             /* A second document would be ignored silently; say so instead. */
             yaml_document_t next;
             if (!yaml_parser_load(&parser, &next)) {
-                status = parser_failure(out_doc, &parser);
+                status = parser_failure(out_doc, &parser, text, len);
             } else {
                 yaml_node_t *next_root = yaml_document_get_root_node(&next);
                 if (next_root) {
@@ -160,6 +165,10 @@ moira_status_t moira_yaml_check_keys(const moira_yaml_doc_t *doc, const yaml_nod
         for (const char *const *a = allowed; *a && !known; a++)
             known = !strcmp(*a, name);
         if (!known) {
+            const char *meant = moira_suggest(name, allowed);
+            if (meant)
+                return moira_yaml_fail(doc, key, "unknown key \"%s\" (did you mean \"%s\"?)", name,
+                                       meant);
             char expected[400] = "";
             size_t used = 0;
             for (const char *const *a = allowed; *a && used < sizeof(expected); a++)

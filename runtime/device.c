@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/fault.h"
+
 const char *moira_device_kind_name(moira_device_kind_t kind) {
     switch (kind) {
     case MOIRA_DEVICE_KIND_CPU:
@@ -31,6 +33,8 @@ static moira_status_t check_range(const moira_buffer_t *buffer, size_t offset, s
 moira_status_t moira_buffer_alloc(moira_device_t *device, size_t bytes, int numa_node,
                                   moira_buffer_t **out_buffer) {
     *out_buffer = NULL;
+    MOIRA_RETURN_IF_ERROR(moira_fault_device_lost(device, "allocating memory"));
+    MOIRA_RETURN_IF_ERROR(moira_fault_alloc(device, bytes));
     return device->vtable->buffer_alloc(device, bytes ? bytes : 1, numa_node, out_buffer);
 }
 
@@ -44,6 +48,7 @@ void *moira_buffer_host_ptr(moira_buffer_t *buffer) {
 
 moira_status_t moira_queue_create(moira_device_t *device, moira_queue_t **out_queue) {
     *out_queue = NULL;
+    MOIRA_RETURN_IF_ERROR(moira_fault_device_lost(device, "creating a queue"));
     return device->vtable->queue_create(device, out_queue);
 }
 
@@ -97,6 +102,7 @@ moira_status_t moira_queue_launch(moira_queue_t *queue, const moira_op_launch_t 
         MOIRA_RETURN_IF_ERROR(
             check_range(t->buffer, t->offset, moira_dtensor_span_bytes(t), "op operand"));
     }
+    MOIRA_RETURN_IF_ERROR(moira_fault_device_lost(queue->device, "launching a kernel"));
     return queue->device->vtable->enqueue_op(queue, launch);
 }
 

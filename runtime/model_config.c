@@ -10,6 +10,10 @@
 #include <sys/stat.h>
 #include <yaml.h>
 
+#include "runtime/log.h"
+#include "runtime/suggest.h"
+#include "runtime/yaml_text.h"
+
 /* Where each value's mark is kept in moira_model_config_t.marks. The names are the config keys,
  * so the key table below can be written with one macro per key. */
 enum slot {
@@ -155,11 +159,56 @@ static const key_spec_t rope_keys[] = {
     ROPE_KEY(mscale_all_dim, KIND_DOUBLE),
 };
 
+/* Hugging Face config.json keys that do not change what Moira computes. A JSON config may carry
+ * any key (Hugging Face's schema is open); a YAML config is Moira's own schema, where an unknown
+ * key is an error so that a typo cannot silently fall back to a default, except these, so that a
+ * config.json pasted into YAML still loads. */
+static const char *const ignored_hf_keys[] = {
+    "architectures",
+    "attention_bias",
+    "attention_dropout",
+    "auto_map",
+    "aux_loss_alpha",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "ep_size",
+    "hidden_act",
+    "initializer_range",
+    "max_window_layers",
+    "mlp_only_layers",
+    "num_nextn_predict_layers",
+    "output_router_logits",
+    "pretraining_tp",
+    "router_aux_loss_coef",
+    "seq_aux",
+    "sliding_window",
+    "tie_word_embeddings",
+    "topk_method",
+    "transformers_version",
+    "use_cache",
+    "use_sliding_window",
+    NULL,
+};
+
+/* JSON keys Moira does not read but that look like a misspelling of one it does: warned about
+ * once the whole mapping is read, when the key they resemble is absent. */
+#define MAX_NEAR_MISSES 8
+
+typedef struct near_miss {
+    yaml_mark_t mark;
+    const key_spec_t *meant;
+    char key[48];
+} near_miss_t;
+
 /* State of one parse. Everything it points at is borrowed. */
 typedef struct parse_ctx {
     const char *file; /* for messages */
     const char *text;
     size_t len;
+    bool json; /* the text is JSON (a Hugging Face config.json): unknown keys are allowed */
+    near_miss_t near_misses[MAX_NEAR_MISSES];
+    int n_near_misses;
     yaml_document_t *doc;
     moira_model_config_t *cfg;
     bool present[SLOT_COUNT]; /* given with a non-null value */
@@ -323,6 +372,59 @@ static const key_spec_t *find_key(const key_spec_t *table, size_t count, const c
     for (size_t i = 0; i < count; i++)
         if (!strcmp(table[i].key, key)) return &table[i];
     return NULL;
+}
+
+/* The key of `table` that `key` is most likely a misspelling of, or NULL. */
+static const key_spec_t *suggest_key(const key_spec_t *table, size_t count, const char *key) {
+    const char *names[64];
+    size_t n = 0;
+    for (size_t i = 0; i < count && n + 1 < sizeof(names) / sizeof(names[0]); i++)
+        names[n++] = table[i].key;
+    names[n] = NULL;
+    const char *meant = moira_suggest(key, names);
+    return meant ? find_key(table, count, meant) : NULL;
+}
+
+/* A key no table knows. YAML: an error naming the key it resembles (Hugging Face keys that do
+ * not change the math excepted). JSON: allowed, remembered when it resembles a key Moira reads. */
+static moira_status_t unknown_key(parse_ctx_t *ctx, const yaml_node_t *key, const char *k,
+                                  const key_spec_t *table, size_t count, const char *prefix) {
+    const key_spec_t *meant = suggest_key(table, count, k);
+    if (ctx->json) {
+        if (meant && ctx->n_near_misses < MAX_NEAR_MISSES && strlen(k) < 48) {
+            near_miss_t *miss = &ctx->near_misses[ctx->n_near_misses++];
+            miss->mark = key->start_mark;
+            miss->meant = meant;
+            snprintf(miss->key, sizeof(miss->key), "%s", k);
+        }
+        return MOIRA_OK_STATUS;
+    }
+    if (!prefix) {
+        for (const char *const *hf = ignored_hf_keys; *hf; hf++)
+            if (!strcmp(*hf, k)) return MOIRA_OK_STATUS;
+    }
+    char buf[96];
+    if (meant)
+        return FAIL_AT(ctx, key->start_mark, "unknown key %s%s%s (did you mean \"%s\"?)",
+                       describe(key, buf, sizeof(buf)), prefix ? " in " : "", prefix ? prefix : "",
+                       meant->key);
+    return FAIL_AT(ctx, key->start_mark,
+                   "unknown key %s%s%s (a model config takes the Hugging Face DeepSeek names; "
+                   "see DESIGN.md section 5)",
+                   describe(key, buf, sizeof(buf)), prefix ? " in " : "", prefix ? prefix : "");
+}
+
+/* Warns about JSON keys that resemble a key Moira reads which the file does not give: Moira
+ * ignores them and uses the default, which is probably not what the author meant. */
+static void warn_near_misses(const parse_ctx_t *ctx) {
+    for (int i = 0; i < ctx->n_near_misses; i++) {
+        const near_miss_t *miss = &ctx->near_misses[i];
+        if (ctx->cfg->marks[miss->meant->slot].line != 0) continue;
+        moira_config_mark_t at = mark_of(miss->mark);
+        MOIRA_LOG_W("%s:%d:%d: key \"%s\" is not one Moira reads (did you mean \"%s\"?); "
+                    "%s keeps its default",
+                    ctx->file, at.line, at.column, miss->key, miss->meant->key, miss->meant->key);
+    }
 }
 
 static moira_status_t parse_mapping(parse_ctx_t *ctx, const yaml_node_t *mapping,
@@ -499,7 +601,10 @@ static moira_status_t parse_mapping(parse_ctx_t *ctx, const yaml_node_t *mapping
             return FAIL_AT(ctx, key->start_mark, "keys must be plain strings, got %s",
                            describe(key, buf, sizeof(buf)));
         const key_spec_t *spec = find_key(table, count, k);
-        if (!spec) continue;
+        if (!spec) {
+            MOIRA_RETURN_IF_ERROR(unknown_key(ctx, key, k, table, count, prefix));
+            continue;
+        }
         char full[96];
         if (prefix)
             snprintf(full, sizeof(full), "%s.%s", prefix, k);
@@ -639,11 +744,7 @@ static moira_status_t check_required(parse_ctx_t *ctx) {
  * config.json with one would be rejected by every JSON tool, so when the text is JSON (it opens
  * with '{' or '[') Moira rejects it too rather than accept a file its users' tools refuse. */
 static moira_status_t check_json_trailing_commas(parse_ctx_t *ctx) {
-    size_t i = 0;
-    if (ctx->len >= 3 && !memcmp(ctx->text, "\xEF\xBB\xBF", 3)) i = 3;
-    while (i < ctx->len && ctx->text[i] && strchr(" \t\r\n", ctx->text[i]))
-        i++;
-    if (i >= ctx->len || (ctx->text[i] != '{' && ctx->text[i] != '[')) return MOIRA_OK_STATUS;
+    if (!ctx->json) return MOIRA_OK_STATUS;
 
     yaml_parser_t parser;
     if (!yaml_parser_initialize(&parser))
@@ -670,6 +771,16 @@ static moira_status_t check_json_trailing_commas(parse_ctx_t *ctx) {
     return status;
 }
 
+/* Whether the text is JSON: its first character (after a byte-order mark and white space) opens
+ * an object or array. YAML configs never start so. */
+static bool looks_like_json(const char *text, size_t len) {
+    size_t i = 0;
+    if (len >= 3 && !memcmp(text, "\xEF\xBB\xBF", 3)) i = 3;
+    while (i < len && text[i] && strchr(" \t\r\n", text[i]))
+        i++;
+    return i < len && (text[i] == '{' || text[i] == '[');
+}
+
 /* Turns a libyaml failure into a located status. Reader errors (bad encoding, control
  * characters) carry only a byte offset, so the line and column are counted from the text. */
 static moira_status_t yaml_failure(parse_ctx_t *ctx, const yaml_parser_t *parser) {
@@ -677,6 +788,7 @@ static moira_status_t yaml_failure(parse_ctx_t *ctx, const yaml_parser_t *parser
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "%s: out of memory while parsing",
                                  ctx->file);
     const char *problem = parser->problem ? parser->problem : "malformed YAML";
+    const char *hint = moira_yaml_hint(parser, ctx->text, ctx->len);
     if (parser->error == YAML_READER_ERROR) {
         moira_config_mark_t at = {1, 1};
         for (size_t i = 0; i < parser->problem_offset && i < ctx->len; i++) {
@@ -691,10 +803,10 @@ static moira_status_t yaml_failure(parse_ctx_t *ctx, const yaml_parser_t *parser
     }
     if (parser->context) {
         moira_config_mark_t context_at = mark_of(parser->context_mark);
-        return FAIL_AT(ctx, parser->problem_mark, "%s (%s started at %d:%d)", problem,
-                       parser->context, context_at.line, context_at.column);
+        return FAIL_AT(ctx, parser->problem_mark, "%s (%s started at %d:%d)%s", problem,
+                       parser->context, context_at.line, context_at.column, hint);
     }
-    return FAIL_AT(ctx, parser->problem_mark, "%s", problem);
+    return FAIL_AT(ctx, parser->problem_mark, "%s%s", problem, hint);
 }
 
 static void set_defaults(moira_model_config_t *cfg) {
@@ -741,6 +853,7 @@ static moira_status_t parse_document(parse_ctx_t *ctx, yaml_parser_t *parser,
 
     MOIRA_RETURN_IF_ERROR(
         parse_mapping(ctx, root, top_keys, sizeof(top_keys) / sizeof(top_keys[0]), NULL));
+    warn_near_misses(ctx);
 
     /* Hugging Face GQA models (Qwen3-MoE) have key/value heads and no latent rank. */
     if (!ctx->present[SLOT_attention] && ctx->present[SLOT_num_key_value_heads] &&
@@ -773,7 +886,9 @@ moira_status_t moira_model_config_parse_string(const char *text, size_t len,
     ctx.cfg = out_config;
     ctx.block_count = -1;
     set_defaults(out_config);
+    ctx.json = looks_like_json(ctx.text, ctx.len);
 
+    MOIRA_RETURN_IF_ERROR(moira_yaml_check_depth(ctx.text, ctx.len, ctx.file));
     MOIRA_RETURN_IF_ERROR(check_json_trailing_commas(&ctx));
 
     yaml_parser_t parser;
@@ -904,6 +1019,11 @@ void moira_model_config_default(moira_model_config_t *out_config) {
     c->rope_scaling.mscale = 1.0;
     c->rope_scaling.mscale_all_dim = 1.0;
     c->weight_dtype = MOIRA_DTYPE_BF16;
+}
+
+/* DESIGN.md §4's ym(f, m): YaRN's attention-temperature correction. */
+static double yarn_mscale(double factor, double mscale) {
+    return factor <= 1 ? 1.0 : 0.1 * mscale * log(factor) + 1.0;
 }
 
 /* The location of the first of two fields that came from the file, else of the top mapping,
@@ -1072,6 +1192,19 @@ moira_status_t moira_model_config_validate(const moira_model_config_t *c, const 
         if (!isfinite(r->mscale) || !isfinite(r->mscale_all_dim))
             return INVALID(SLOT_mscale, SLOT_rope_scaling,
                            "rope_scaling.mscale and mscale_all_dim must be finite");
+        /* The kernels multiply cos and sin by ym(f, mscale) / ym(f, mscale_all_dim) and the
+         * softmax scale by ym(f, mscale_all_dim)^2: each must be a positive, finite number. */
+        double m = yarn_mscale(r->factor, r->mscale);
+        double m_all = yarn_mscale(r->factor, r->mscale_all_dim);
+        double ratio = m / m_all, squared = m_all * m_all;
+        if (!(m > 0) || !isfinite(m) || !(m_all > 0) || !isfinite(ratio) || !(ratio > 0) ||
+            !isfinite(squared) || !(squared > 0))
+            return INVALID(r->mscale_all_dim != 0 ? SLOT_mscale_all_dim : SLOT_mscale,
+                           SLOT_rope_scaling,
+                           "rope_scaling.mscale (%g) and mscale_all_dim (%g) with factor %g give "
+                           "YaRN corrections 0.1 * m * ln(factor) + 1 of %g and %g; both must "
+                           "be positive and their ratio and squares finite",
+                           r->mscale, r->mscale_all_dim, r->factor, m, m_all);
     }
 
     if ((int)c->weight_dtype < 0 || (int)c->weight_dtype >= (int)MOIRA_DTYPE_COUNT ||
@@ -1128,11 +1261,6 @@ int64_t moira_model_config_moe_layer_count(const moira_model_config_t *config) {
     if (config->n_routed_experts <= 0 || freq <= 0 || first < 0 || end <= first) return 0;
     /* Multiples of freq in [first, end). */
     return (end + freq - 1) / freq - (first + freq - 1) / freq;
-}
-
-/* DESIGN.md §4's ym(f, m): YaRN's attention-temperature correction. */
-static double yarn_mscale(double factor, double mscale) {
-    return factor <= 1 ? 1.0 : 0.1 * mscale * log(factor) + 1.0;
 }
 
 double moira_model_config_attention_scale(const moira_model_config_t *config) {

@@ -32,6 +32,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "runtime/atomic_file.h"
+
 #define INDEX_FILE_NAME "model.safetensors.index.json"
 #define JSON_MAX_DEPTH 64
 #define NO_ENTRY SIZE_MAX
@@ -39,8 +41,9 @@
 
 typedef struct shard {
     char *path; /* owned */
-    void *map;  /* owned mapping of the whole file */
+    void *map;  /* owned mapping of the whole file, or a heap copy when `heap` */
     size_t map_size;
+    bool heap; /* `map` came from malloc (moira_safetensors_open_memory), not mmap */
 } shard_t;
 
 typedef struct entry {
@@ -817,8 +820,8 @@ static moira_status_t parse_header(moira_safetensors_t *f, size_t shard_index, c
     return json_end(&j);
 }
 
-/* Maps one .safetensors file and adds its tensors. */
-static moira_status_t load_shard(moira_safetensors_t *f, const char *path) {
+/* Makes room for one more shard and records its path; close() releases it from then on. */
+static moira_status_t add_shard(moira_safetensors_t *f, const char *path, shard_t **out_shard) {
     if (f->shard_count == f->shard_cap) {
         size_t cap = f->shard_cap ? f->shard_cap * 2 : 4;
         shard_t *grown = realloc(f->shards, cap * sizeof(*grown));
@@ -830,8 +833,44 @@ static moira_status_t load_shard(moira_safetensors_t *f, const char *path) {
     memset(shard, 0, sizeof(*shard));
     shard->path = strdup(path);
     if (!shard->path) return out_of_memory(path);
-    f->shard_count++; /* from here close() releases it */
+    f->shard_count++;
+    *out_shard = shard;
+    return MOIRA_OK_STATUS;
+}
 
+/* Reads the 8-byte header length and the header of the last shard added, whose bytes are
+ * already in memory (mapped or copied), and adds its tensors. */
+static moira_status_t parse_shard_bytes(moira_safetensors_t *f) {
+    size_t index = f->shard_count - 1;
+    const shard_t *shard = &f->shards[index];
+    const char *path = shard->path;
+    const unsigned char *bytes = shard->map;
+    size_t size = shard->map_size;
+    if (size < 8)
+        return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
+                               "file is %zu bytes, shorter than the 8-byte header length that "
+                               "starts every safetensors file",
+                               size);
+    uint64_t header_len = 0;
+    for (int i = 7; i >= 0; i--)
+        header_len = header_len << 8 | bytes[i]; /* little-endian */
+    if (header_len > size - 8)
+        return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
+                               "header length %llu runs past the end of the file (%zu bytes): "
+                               "truncated or not a safetensors file",
+                               (unsigned long long)header_len, size);
+    if (header_len > MOIRA_SAFETENSORS_MAX_HEADER)
+        return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
+                               "header length %llu exceeds the limit of %u bytes",
+                               (unsigned long long)header_len, MOIRA_SAFETENSORS_MAX_HEADER);
+    return parse_header(f, index, (const char *)bytes + 8, (size_t)header_len,
+                        bytes + 8 + header_len, size - 8 - header_len);
+}
+
+/* Maps one .safetensors file and adds its tensors. */
+static moira_status_t load_shard(moira_safetensors_t *f, const char *path) {
+    shard_t *shard = NULL;
+    MOIRA_RETURN_IF_ERROR(add_shard(f, path, &shard));
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return errno_error(path, "cannot open", errno);
     struct stat st;
@@ -864,23 +903,7 @@ static moira_status_t load_shard(moira_safetensors_t *f, const char *path) {
     if (map == MAP_FAILED) return errno_error(path, "cannot map", map_err);
     shard->map = map;
     shard->map_size = size;
-
-    const unsigned char *bytes = map;
-    uint64_t header_len = 0;
-    for (int i = 7; i >= 0; i--)
-        header_len = header_len << 8 | bytes[i]; /* little-endian */
-    if (header_len > size - 8)
-        return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
-                               "header length %llu runs past the end of the file (%zu bytes): "
-                               "truncated or not a safetensors file",
-                               (unsigned long long)header_len, size);
-    if (header_len > MOIRA_SAFETENSORS_MAX_HEADER)
-        return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
-                               "header length %llu exceeds the limit of %u bytes",
-                               (unsigned long long)header_len, MOIRA_SAFETENSORS_MAX_HEADER);
-    size_t index = f->shard_count - 1;
-    return parse_header(f, index, (const char *)bytes + 8, (size_t)header_len,
-                        bytes + 8 + header_len, size - 8 - header_len);
+    return parse_shard_bytes(f);
 }
 
 static size_t lookup(const moira_safetensors_t *f, const char *name) {
@@ -1034,6 +1057,7 @@ static moira_status_t parse_index(json_t *j, weight_map_t *m) {
     }
     j->pos++;
     bool first = true, done = false, seen = false;
+    size_t map_at = 0;
     for (;;) {
         char *key = NULL;
         MOIRA_RETURN_IF_ERROR(json_next_key(j, &first, &key, &done));
@@ -1047,6 +1071,7 @@ static moira_status_t parse_index(json_t *j, weight_map_t *m) {
         if (seen) return json_error_at(j, j->pos, "\"weight_map\" appears twice");
         seen = true;
         if (json_peek(j) != '{') return json_unexpected(j, "'{' (weight_map is an object)");
+        map_at = j->pos;
         j->pos++;
         bool first_entry = true;
         for (;;) {
@@ -1080,6 +1105,9 @@ static moira_status_t parse_index(json_t *j, weight_map_t *m) {
     }
     MOIRA_RETURN_IF_ERROR(json_end(j));
     if (!seen) return moira_status_at(MOIRA_CODE_INVALID_INPUT, j->path, 0, 0, "no \"weight_map\"");
+    /* An index of nothing would open as a model without weights and fail later, far from here. */
+    if (m->count == 0)
+        return json_error_at(j, map_at, "\"weight_map\" is empty: it must name every tensor");
     return MOIRA_OK_STATUS;
 }
 
@@ -1134,12 +1162,15 @@ static moira_status_t open_indexed(moira_safetensors_t *f, const char *dir,
     }
     for (size_t k = 0; k < n_distinct; k++) {
         const char *file = distinct[k];
-        if (!*file || strchr(file, '/') || strcmp(file, ".") == 0 || strcmp(file, "..") == 0) {
+        /* A name too long for the file system is bad input too, not an I/O error (fuzz). */
+        if (!*file || strchr(file, '/') || strcmp(file, ".") == 0 || strcmp(file, "..") == 0 ||
+            strlen(file) > NAME_MAX) {
             char shown[SHOWN_NAME_MAX];
             status = moira_status_at(MOIRA_CODE_INVALID_INPUT, index_path, 0, 0,
                                      "weight_map names shard \"%s\", which is not a plain file "
-                                     "name in this directory",
-                                     show_name(file, shown, sizeof(shown)));
+                                     "name in this directory%s",
+                                     show_name(file, shown, sizeof(shown)),
+                                     strlen(file) > NAME_MAX ? " (longer than NAME_MAX)" : "");
             goto done;
         }
         char *shard_path = join_path(dir, file);
@@ -1221,6 +1252,19 @@ static moira_status_t open_directory(moira_safetensors_t *f, const char *dir) {
     return status;
 }
 
+/* The common end of both opens: ties fp8 weights to their scales, then hands the file out, or
+ * releases it on any error. */
+static moira_status_t finish_open(moira_safetensors_t *f, moira_status_t status,
+                                  moira_safetensors_t **out_file) {
+    if (!status) status = attach_scales(f);
+    if (status) {
+        moira_safetensors_close(f);
+        return status;
+    }
+    *out_file = f;
+    return MOIRA_OK_STATUS;
+}
+
 moira_status_t moira_safetensors_open(const char *path, moira_safetensors_t **out_file) {
     if (!out_file)
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "safetensors_open: no out_file");
@@ -1244,13 +1288,35 @@ moira_status_t moira_safetensors_open(const char *path, moira_safetensors_t **ou
         status = load_shard(f, path);
         if (!status) status = build_table(f);
     }
-    if (!status) status = attach_scales(f);
-    if (status) {
-        moira_safetensors_close(f);
-        return status;
+    return finish_open(f, status, out_file);
+}
+
+moira_status_t moira_safetensors_open_memory(const char *name, const void *bytes, size_t size,
+                                             moira_safetensors_t **out_file) {
+    if (!out_file)
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "safetensors_open: no out_file");
+    *out_file = NULL;
+    if (!name || !*name || (!bytes && size > 0))
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
+                                 "safetensors_open_memory: a name and the bytes are required");
+    moira_safetensors_t *f = calloc(1, sizeof(*f));
+    if (!f) return out_of_memory(name);
+    f->path = strdup(name);
+    shard_t *shard = NULL;
+    moira_status_t status = f->path ? add_shard(f, name, &shard) : out_of_memory(name);
+    if (!status) {
+        /* Exactly `size` bytes, so a sanitizer sees any read past the end of the "file". */
+        shard->map = malloc(size ? size : 1);
+        shard->heap = true;
+        shard->map_size = size;
+        if (!shard->map) status = out_of_memory(name);
     }
-    *out_file = f;
-    return MOIRA_OK_STATUS;
+    if (!status) {
+        if (size) memcpy(shard->map, bytes, size);
+        status = parse_shard_bytes(f);
+    }
+    if (!status) status = build_table(f);
+    return finish_open(f, status, out_file);
 }
 
 void moira_safetensors_close(moira_safetensors_t *file) {
@@ -1261,7 +1327,10 @@ void moira_safetensors_close(moira_safetensors_t *file) {
         moira_tensor_release(&file->entries[i].scale_f32);
     }
     for (size_t i = 0; i < file->shard_count; i++) {
-        if (file->shards[i].map) munmap(file->shards[i].map, file->shards[i].map_size);
+        if (file->shards[i].heap)
+            free(file->shards[i].map);
+        else if (file->shards[i].map)
+            munmap(file->shards[i].map, file->shards[i].map_size);
         free(file->shards[i].path);
     }
     free(file->entries);
@@ -1385,22 +1454,6 @@ static bool is_valid_utf8(const char *s) {
     return true;
 }
 
-static bool write_all(int fd, const void *data, size_t size) {
-    const char *p = data;
-    while (size > 0) {
-        size_t chunk = size > ((size_t)1 << 30) ? ((size_t)1 << 30) : size;
-        ssize_t n = write(fd, p, chunk);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-            if (n == 0) errno = EIO;
-            return false;
-        }
-        p += n;
-        size -= (size_t)n;
-    }
-    return true;
-}
-
 /* Checks every tensor before anything touches the disk, and builds the header. */
 static moira_status_t build_write_header(const char *path, const moira_named_tensor_t *tensors,
                                          size_t count, text_buf_t *header) {
@@ -1463,77 +1516,44 @@ static moira_status_t build_write_header(const char *path, const moira_named_ten
     return status;
 }
 
-/* Best effort: makes the rename itself durable. A failure here cannot undo the rename, and the
- * data is already synced, so it is not reported. */
-static void sync_parent_dir(const char *path) {
-    char *copy = strdup(path);
-    if (!copy) return;
-    char *slash = strrchr(copy, '/');
-    const char *dir = ".";
-    if (slash == copy)
-        dir = "/";
-    else if (slash) {
-        *slash = '\0';
-        dir = copy;
-    }
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        (void)fsync(fd);
-        close(fd);
-    }
-    free(copy);
-}
-
-moira_status_t moira_safetensors_write(const char *path, const moira_named_tensor_t *tensors,
-                                       size_t count) {
-    if (!path || !*path || (count > 0 && !tensors))
-        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
-                                 "safetensors_write: a path and the tensors are required");
+moira_status_t moira_safetensors_write_stream(const char *path, FILE *out,
+                                              const moira_named_tensor_t *tensors, size_t count) {
+    if (!path || !*path || !out || (count > 0 && !tensors))
+        return moira_status_make(
+            MOIRA_CODE_INVALID_ARGUMENT,
+            "safetensors_write: a path, a stream and the tensors are required");
     text_buf_t header = {0};
     moira_status_t status = build_write_header(path, tensors, count, &header);
     if (status) {
         free(header.data);
         return status;
     }
-    char *tmp = NULL;
-    if (asprintf(&tmp, "%s.tmp.XXXXXX", path) < 0) {
-        free(header.data);
-        return out_of_memory(path);
-    }
-    int fd = mkostemp(tmp, O_CLOEXEC);
-    if (fd < 0) {
-        status = errno_error_code(MOIRA_CODE_IO, path, "cannot create a temporary file next to it",
-                                  errno);
-        goto cleanup_text;
-    }
-    /* mkstemp makes the file 0600; keep an existing file's mode, or use the usual 0644. */
-    struct stat st;
-    mode_t mode = stat(path, &st) == 0 ? (st.st_mode & 07777) : 0644;
     unsigned char len_bytes[8];
     for (int i = 0; i < 8; i++)
         len_bytes[i] = (unsigned char)((uint64_t)header.len >> (8 * i));
-    bool ok = fchmod(fd, mode) == 0 && write_all(fd, len_bytes, 8) &&
-              write_all(fd, header.data, header.len);
-    for (size_t i = 0; ok && i < count; i++)
-        ok = write_all(fd, tensors[i].tensor->data, moira_tensor_nbytes(tensors[i].tensor));
-    ok = ok && fsync(fd) == 0;
+    bool ok =
+        fwrite(len_bytes, 1, 8, out) == 8 && fwrite(header.data, 1, header.len, out) == header.len;
+    for (size_t i = 0; ok && i < count; i++) {
+        size_t nbytes = moira_tensor_nbytes(tensors[i].tensor);
+        ok = nbytes == 0 || fwrite(tensors[i].tensor->data, 1, nbytes, out) == nbytes;
+    }
     int err = errno;
-    if (close(fd) != 0 && ok) {
-        ok = false;
-        err = errno;
-    }
-    if (ok && rename(tmp, path) != 0) {
-        ok = false;
-        err = errno;
-    }
-    if (!ok) {
-        unlink(tmp);
-        status = errno_error_code(MOIRA_CODE_IO, path, "cannot write", err);
-        goto cleanup_text;
-    }
-    sync_parent_dir(path);
-cleanup_text:
-    free(tmp);
     free(header.data);
-    return status;
+    if (!ok) return errno_error_code(MOIRA_CODE_IO, path, "cannot write", err);
+    return MOIRA_OK_STATUS;
+}
+
+moira_status_t moira_safetensors_write(const char *path, const moira_named_tensor_t *tensors,
+                                       size_t count) {
+    if (!path || !*path)
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
+                                 "safetensors_write: a path and the tensors are required");
+    moira_atomic_file_t out;
+    MOIRA_RETURN_IF_ERROR(moira_atomic_open(path, &out));
+    moira_status_t status = moira_safetensors_write_stream(path, out.stream, tensors, count);
+    if (status) {
+        moira_atomic_abort(&out);
+        return status;
+    }
+    return moira_atomic_commit(&out);
 }

@@ -11,6 +11,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 
 #include "runtime/status.h"
 #include "runtime/tensor.h"
@@ -36,6 +37,13 @@ typedef struct moira_named_tensor {
  * (copied). On success the caller owns `*out_file` and releases it with moira_safetensors_close;
  * on failure `*out_file` is NULL. */
 moira_status_t moira_safetensors_open(const char *path, moira_safetensors_t **out_file);
+
+/* Parses a safetensors file held in memory, with every check moira_safetensors_open makes.
+ * The bytes are copied (into exactly `size` bytes of heap, so a sanitizer catches any read past
+ * the end); `name` stands for the path in messages. Used where the bytes did not come from a
+ * file, and by the fuzz targets. Ownership as moira_safetensors_open. */
+moira_status_t moira_safetensors_open_memory(const char *name, const void *bytes, size_t size,
+                                             moira_safetensors_t **out_file);
 
 /* Unmaps the file(s) and frees every view handed out. Accepts NULL. */
 void moira_safetensors_close(moira_safetensors_t *file);
@@ -69,5 +77,11 @@ moira_status_t moira_safetensors_find(const moira_safetensors_t *file, const cha
  * are borrowed. */
 moira_status_t moira_safetensors_write(const char *path, const moira_named_tensor_t *tensors,
                                        size_t count);
+
+/* The same file's bytes written into `out` (borrowed; typically an output of runtime/atomic_file
+ * that the caller commits together with others); `path` only names the file in messages. On
+ * error part of the file may be in the stream: the caller aborts it. */
+moira_status_t moira_safetensors_write_stream(const char *path, FILE *out,
+                                              const moira_named_tensor_t *tensors, size_t count);
 
 #endif

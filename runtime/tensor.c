@@ -156,3 +156,18 @@ moira_status_t moira_tensor_convert(const moira_tensor_t *src, moira_dtype_t dty
     }
     return status;
 }
+
+int64_t moira_tensor_first_nonfinite(const moira_tensor_t *tensor) {
+    if (!moira_dtype_is_float(tensor->dtype)) return -1;
+    int64_t n = moira_tensor_numel(tensor);
+    size_t elem = moira_dtype_size(tensor->dtype);
+    float chunk[256];
+    for (int64_t start = 0; start < n; start += 256) {
+        size_t count = (size_t)(n - start < 256 ? n - start : 256);
+        moira_convert_to_f32(tensor->dtype, (const char *)tensor->data + (size_t)start * elem,
+                             chunk, count);
+        for (size_t i = 0; i < count; i++)
+            if (!isfinite(chunk[i])) return start + (int64_t)i;
+    }
+    return -1;
+}

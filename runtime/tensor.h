@@ -51,6 +51,12 @@ bool moira_tensor_same_shape(const moira_tensor_t *a, const moira_tensor_t *b);
 /* Writes "[24, 64]" into `buf`. Returns `buf`. */
 const char *moira_tensor_shape_str(const moira_tensor_t *tensor, char *buf, size_t buf_size);
 
+/* Row-major index of the first element of a float tensor that is NaN or infinite, or -1 when
+ * every element is finite (always -1 for integer tensors). Activations read from files are
+ * checked with it: a NaN has no place in a top-k and turns every output it reaches into NaN, so
+ * it is refused as bad input rather than computed into garbage that exits 0. */
+int64_t moira_tensor_first_nonfinite(const moira_tensor_t *tensor);
+
 /* Converts row `row` of a 2-D float tensor (any float dtype, fp8 with its block scales applied)
  * into `dst` (cols floats). The weight-reading primitive the reference kernels share. */
 void moira_tensor_row_to_f32(const moira_tensor_t *tensor, int64_t row, float *dst);

@@ -17,6 +17,7 @@
 #include "backends/opencl/opencl_internal.h"
 
 #include "runtime/backend.h"
+#include "runtime/fault.h"
 #include "runtime/log.h"
 #include <CL/cl_ext.h>
 
@@ -24,10 +25,13 @@
 static const char base_program_options[] = "-cl-std=CL1.2";
 
 /* The build options: the base ones plus MOIRA_OPENCL_BUILD_OPTIONS (extra defines or driver
- * flags; part of the cache key like everything else that changes the binary). */
+ * flags; part of the cache key like everything else that changes the binary) and the define an
+ * injected build fault (MOIRA_FAULT=opencl-build, runtime/fault.h) switches on. */
 static void program_options(char *out, size_t size) {
     const char *extra = getenv("MOIRA_OPENCL_BUILD_OPTIONS");
-    snprintf(out, size, "%s%s%s", base_program_options, extra ? " " : "", extra ? extra : "");
+    const char *fault = moira_fault_opencl_build_options();
+    snprintf(out, size, "%s%s%s%s%s", base_program_options, extra ? " " : "", extra ? extra : "",
+             *fault ? " " : "", fault);
 }
 
 static const moira_device_vtable_t opencl_vtable;

@@ -1,6 +1,7 @@
 /* `moira op gate|moe|mla|layer`: one op on one device, from safetensors in to safetensors out.
  * The tool users reach for when a backend disagrees with their PyTorch dump. */
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,11 +118,13 @@ typedef struct op_session {
     moira_tensor_t positions; /* owned i32 [T] */
 } op_session_t;
 
+/* The queue goes first: destroying it waits for work still queued (after a failure, copies into
+ * `io` from `positions` may be pending), so nothing it touches is freed under it. */
 static void op_session_release(op_session_t *s) {
+    moira_queue_destroy(s->queue);
     moira_mla_cache_release(&s->cache);
     moira_buffer_free(s->io);
     if (s->have_layer) moira_device_layer_release(&s->layer);
-    moira_queue_destroy(s->queue);
     if (s->have_host_weights) moira_layer_weights_free(&s->host_weights);
     if (s->weights_file && s->weights_file != s->inputs) moira_safetensors_close(s->weights_file);
     if (s->inputs) moira_safetensors_close(s->inputs);
@@ -140,6 +143,14 @@ static moira_status_t load_activations(op_session_t *s, const char *path,
                                "hidden_states is %s %s, expected F32 [T, %lld]",
                                moira_dtype_name(x->dtype), moira_tensor_shape_str(x, shape, 64),
                                (long long)s->config.hidden_size);
+    }
+    int64_t bad = moira_tensor_first_nonfinite(x);
+    if (bad >= 0) {
+        float value = ((const float *)x->data)[bad];
+        return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
+                               "hidden_states[%lld, %lld] is %s; inputs must be finite numbers",
+                               (long long)(bad / x->shape[1]), (long long)(bad % x->shape[1]),
+                               isnan(value) ? "NaN" : "infinite");
     }
     s->tokens = x->shape[0];
     int64_t shape[1] = {s->tokens};

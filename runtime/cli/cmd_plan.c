@@ -178,6 +178,30 @@ static void print_summary(FILE *out, const moira_plan_t *plan, const moira_topol
     }
 }
 
+/* The plan file (-o, not with --check) and its picture (--svg) are written together: both
+ * temporaries are filled before either is renamed into place, so a failure in either (a missing
+ * folder, a full disk) leaves neither output behind. */
+static moira_status_t write_outputs(const plan_args_t *a, const moira_plan_t *plan,
+                                    const moira_topology_t *topology,
+                                    const moira_model_config_t *model) {
+    const char *plan_path = a->check ? NULL : a->output;
+    moira_atomic_file_t plan_file, svg_file;
+    memset(&plan_file, 0, sizeof(plan_file));
+    memset(&svg_file, 0, sizeof(svg_file));
+    moira_status_t status = MOIRA_OK_STATUS;
+    if (plan_path) status = moira_atomic_open(plan_path, &plan_file);
+    if (!status && a->svg) status = moira_atomic_open(a->svg, &svg_file);
+    if (!status && plan_path)
+        status = moira_plan_write_stream(plan, topology, plan_file.stream, a->json);
+    if (!status && a->svg)
+        status = moira_plan_write_svg_stream(plan, topology, model, svg_file.stream);
+    if (!status && plan_path) status = moira_atomic_commit(&plan_file);
+    if (!status && a->svg) status = moira_atomic_commit(&svg_file);
+    moira_atomic_abort(&plan_file);
+    moira_atomic_abort(&svg_file);
+    return status;
+}
+
 /* Loads the inputs, plans (or checks a plan), writes what was asked for. */
 static moira_status_t run_plan(const plan_args_t *a) {
     moira_device_info_t *infos = NULL;
@@ -212,21 +236,17 @@ static moira_status_t run_plan(const plan_args_t *a) {
         moira_plan_options_t options = {a->redundant, a->slots, MOIRA_PLAN_BALANCED};
         status = moira_plan_make(&topology, &model, &profile, &options, &plan);
     }
-    if (!status && !a->check) {
-        if (a->output) {
-            status = moira_plan_write(&plan, &topology, a->output, a->json);
-            if (!status)
-                print_summary(stdout, &plan, &topology,
-                              baseline_us(&topology, &model, &profile, MOIRA_PLAN_ALL_CPU),
-                              baseline_us(&topology, &model, &profile, MOIRA_PLAN_FILL_FASTEST));
-        } else {
-            status = moira_plan_write_stream(&plan, &topology, stdout, a->json);
-        }
-    } else if (!status) {
+    if (!status && !a->check && !a->output)
+        status = moira_plan_write_stream(&plan, &topology, stdout, a->json);
+    if (!status) status = write_outputs(a, &plan, &topology, &model);
+    if (!status && !a->check && a->output) {
+        print_summary(stdout, &plan, &topology,
+                      baseline_us(&topology, &model, &profile, MOIRA_PLAN_ALL_CPU),
+                      baseline_us(&topology, &model, &profile, MOIRA_PLAN_FILL_FASTEST));
+    } else if (!status && a->check) {
         printf("%s: valid plan for topology %s\n", a->check, topology.name);
         print_summary(stdout, &plan, &topology, -1, -1);
     }
-    if (!status && a->svg) status = moira_plan_write_svg(&plan, &topology, &model, a->svg);
     moira_plan_free(&plan);
     moira_profile_free(&profile);
     moira_topology_free(&topology);

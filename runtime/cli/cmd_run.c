@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/atomic_file.h"
 #include "runtime/backend.h"
 #include "runtime/cli/cli.h"
 #include "runtime/cli/run.h"
@@ -128,17 +129,31 @@ static void judge(const run_model_t *m, const run_placement_t *p, const moira_ex
     r->agreed = devices_agreed && r->layer_nmse <= r->limit;
 }
 
-/* What the run leaves behind on request: the output tensor and the observed load profile. */
+/* What the run leaves behind on request: the output tensor and the observed load profile,
+ * written together or not at all (both temporaries are written before either is renamed), so a
+ * failure never leaves one without the other. */
 static moira_status_t write_outputs(const run_args_t *a, run_model_t *m,
                                     const moira_executor_t *executor) {
-    if (a->output) {
-        moira_named_tensor_t named = {.name = "output", .tensor = &m->out};
-        MOIRA_RETURN_IF_ERROR(moira_safetensors_write(a->output, &named, 1));
-    }
-    if (!a->record_profile) return MOIRA_OK_STATUS;
+    moira_atomic_file_t output_file, profile_file;
+    memset(&output_file, 0, sizeof(output_file));
+    memset(&profile_file, 0, sizeof(profile_file));
     moira_profile_t profile;
-    MOIRA_RETURN_IF_ERROR(moira_executor_observed_profile(executor, &profile));
-    moira_status_t status = moira_profile_write(&profile, m->config.name, a->record_profile);
+    memset(&profile, 0, sizeof(profile));
+    moira_status_t status = MOIRA_OK_STATUS;
+    if (a->record_profile) status = moira_executor_observed_profile(executor, &profile);
+    if (!status && a->output) status = moira_atomic_open(a->output, &output_file);
+    if (!status && a->record_profile) status = moira_atomic_open(a->record_profile, &profile_file);
+    if (!status && a->output) {
+        moira_named_tensor_t named = {.name = "output", .tensor = &m->out};
+        status = moira_safetensors_write_stream(a->output, output_file.stream, &named, 1);
+    }
+    if (!status && a->record_profile)
+        status = moira_profile_write_stream(&profile, m->config.name, a->record_profile,
+                                            profile_file.stream);
+    if (!status && a->output) status = moira_atomic_commit(&output_file);
+    if (!status && a->record_profile) status = moira_atomic_commit(&profile_file);
+    moira_atomic_abort(&output_file);
+    moira_atomic_abort(&profile_file);
     moira_profile_free(&profile);
     return status;
 }

@@ -273,10 +273,17 @@ static void close_layer(exec_layer_t *layer, int n_targets) {
     free(layer->expert_load);
 }
 
-/* Stops the worker before its queue and memory go, so no stage can touch them. */
-static void close_target(exec_target_t *target) {
+/* Stops the worker, then destroys its queue (which waits for work still queued), so no stage
+ * and no queued kernel can touch the target's or the layers' memory once it goes. */
+static void stop_target(exec_target_t *target) {
     moira_exec_worker_stop(&target->worker);
     moira_queue_destroy(target->queue);
+    target->queue = NULL;
+}
+
+/* Frees what a target held, stopping it first (a no-op when already stopped). */
+static void close_target(exec_target_t *target) {
+    stop_target(target);
     moira_buffer_free(target->workspace);
     moira_status_free(target->status);
     free(target->x);
@@ -289,6 +296,14 @@ static void close_target(exec_target_t *target) {
 /* Accepts a half-built executor (creation failed part way). */
 void moira_executor_destroy(moira_executor_t *e) {
     if (!e) return;
+    /* Workers and queues stop before any memory goes: after a failure part way, queued kernels
+     * may still read the layers' weights and write the homes' buffers. */
+    for (int i = 0; e->targets && i < e->n_targets; i++)
+        stop_target(&e->targets[i]);
+    for (int i = 0; i < e->n_homes; i++) {
+        moira_queue_destroy(e->homes[i].queue);
+        e->homes[i].queue = NULL;
+    }
     for (int64_t l = 0; e->layers && l < e->n_layers; l++)
         close_layer(&e->layers[l], e->n_targets);
     for (int i = 0; e->targets && i < e->n_targets; i++)
