@@ -9,7 +9,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "backends/cpu/cpu_buffer.h"
 #include "backends/cpu/cpu_kernels.h"
+#include "backends/cpu/packed_weights.h"
 #include "runtime/backend.h"
 #include "runtime/hwloc_topology.h"
 #include "runtime/log.h"
@@ -18,12 +20,6 @@ typedef struct cpu_device {
     moira_device_t base;
     moira_threadpool_t *pool;
 } cpu_device_t;
-
-typedef struct cpu_buffer {
-    moira_buffer_t base;
-    void *data;
-    bool hwloc_allocated; /* freed with hwloc_free, else free */
-} cpu_buffer_t;
 
 typedef enum command_kind {
     COMMAND_COPY, /* memcpy: writes, reads and copies are all host memory here */
@@ -38,6 +34,8 @@ typedef struct command {
     void *dst;
     const void *src;
     size_t bytes;
+    moira_cpu_buffer_t *dst_buffer; /* borrowed; NULL when dst is caller memory */
+    size_t dst_offset;
     moira_op_launch_t launch;
     unsigned char params[MOIRA_OP_MAX_PARAMS_BYTES];
     moira_event_t *event; /* owned reference */
@@ -57,6 +55,17 @@ typedef struct cpu_queue {
 
 static const moira_device_vtable_t cpu_vtable;
 
+/* An op's outputs may overwrite weights that were packed (an unusual but legal aliasing): their
+ * packed copies must go, like after a write. */
+static void forget_outputs(const moira_op_launch_t *launch) {
+    for (int i = 0; i < launch->n_operands; i++) {
+        const moira_dtensor_t *t = &launch->operands[i];
+        if (t->buffer && moira_op_operand_is_output(launch->op, i))
+            moira_cpu_buffer_written((moira_cpu_buffer_t *)t->buffer, t->offset,
+                                     moira_dtensor_span_bytes(t));
+    }
+}
+
 /* Runs one command; an earlier failure turns later work into no-ops but still signals events. */
 static void execute_command(cpu_queue_t *queue, command_t *command) {
     cpu_device_t *device = (cpu_device_t *)queue->base.device;
@@ -65,11 +74,14 @@ static void execute_command(cpu_queue_t *queue, command_t *command) {
     switch (command->kind) {
     case COMMAND_COPY:
         if (!failed) memmove(command->dst, command->src, command->bytes);
+        if (!failed && command->dst_buffer)
+            moira_cpu_buffer_written(command->dst_buffer, command->dst_offset, command->bytes);
         break;
     case COMMAND_OP:
         if (!failed) {
             command->launch.params = command->params;
             status = moira_cpu_run_op(&command->launch, device->pool);
+            forget_outputs(&command->launch);
         }
         break;
     case COMMAND_SIGNAL: {
@@ -139,32 +151,35 @@ static moira_status_t new_command(command_kind_t kind, command_t **out_command) 
 }
 
 static void *host_ptr(moira_buffer_t *buffer) {
-    return ((cpu_buffer_t *)buffer)->data;
+    return ((moira_cpu_buffer_t *)buffer)->memory.data;
 }
 
-static moira_status_t enqueue_memcpy(moira_queue_t *queue, void *dst, const void *src,
-                                     size_t bytes) {
+/* `dst_buffer` (NULL for reads into caller memory) is told about the write once it is done. */
+static moira_status_t enqueue_memcpy(moira_queue_t *queue, moira_buffer_t *dst_buffer,
+                                     size_t dst_offset, void *dst, const void *src, size_t bytes) {
     command_t *command = NULL;
     MOIRA_RETURN_IF_ERROR(new_command(COMMAND_COPY, &command));
     command->dst = dst;
     command->src = src;
     command->bytes = bytes;
+    command->dst_buffer = (moira_cpu_buffer_t *)dst_buffer;
+    command->dst_offset = dst_offset;
     return submit(queue, command);
 }
 
 static moira_status_t cpu_enqueue_write(moira_queue_t *queue, moira_buffer_t *dst,
                                         size_t dst_offset, const void *src, size_t bytes) {
-    return enqueue_memcpy(queue, (char *)host_ptr(dst) + dst_offset, src, bytes);
+    return enqueue_memcpy(queue, dst, dst_offset, (char *)host_ptr(dst) + dst_offset, src, bytes);
 }
 
 static moira_status_t cpu_enqueue_read(moira_queue_t *queue, moira_buffer_t *src, size_t src_offset,
                                        void *dst, size_t bytes) {
-    return enqueue_memcpy(queue, dst, (char *)host_ptr(src) + src_offset, bytes);
+    return enqueue_memcpy(queue, NULL, 0, dst, (char *)host_ptr(src) + src_offset, bytes);
 }
 
 static moira_status_t cpu_enqueue_copy(moira_queue_t *queue, moira_buffer_t *src, size_t src_offset,
                                        moira_buffer_t *dst, size_t dst_offset, size_t bytes) {
-    return enqueue_memcpy(queue, (char *)host_ptr(dst) + dst_offset,
+    return enqueue_memcpy(queue, dst, dst_offset, (char *)host_ptr(dst) + dst_offset,
                           (char *)host_ptr(src) + src_offset, bytes);
 }
 
@@ -238,31 +253,19 @@ static void cpu_queue_destroy(moira_queue_t *base) {
     free(queue);
 }
 
-/* Memory bound to the NUMA node the plan names, so experts sit next to the cores reading them. */
+/* Memory bound to the NUMA node the plan names, so experts sit next to the cores reading them;
+ * their packed copies go to the same node. */
 static moira_status_t cpu_buffer_alloc(moira_device_t *device, size_t bytes, int numa_node,
                                        moira_buffer_t **out_buffer) {
-    cpu_buffer_t *buffer = calloc(1, sizeof(*buffer));
-    if (!buffer) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "cannot allocate a buffer");
-    hwloc_topology_t topology;
-    moira_status_t status = numa_node >= 0 ? moira_hwloc_topology(&topology) : MOIRA_OK_STATUS;
-    hwloc_obj_t node = NULL;
-    if (!status && numa_node >= 0)
-        node = hwloc_get_numanode_obj_by_os_index(topology, (unsigned)numa_node);
-    moira_status_free(status);
-    if (node) {
-        buffer->data = hwloc_alloc_membind(topology, bytes, node->nodeset, HWLOC_MEMBIND_BIND,
-                                           HWLOC_MEMBIND_BYNODESET);
-        buffer->hwloc_allocated = buffer->data != NULL;
-    }
-    if (!buffer->data) {
-        size_t rounded = (bytes + 63) / 64 * 64;
-        buffer->data = aligned_alloc(64, rounded);
-    }
-    if (!buffer->data) {
+    moira_cpu_buffer_t *buffer = calloc(1, sizeof(*buffer));
+    if (!buffer || !moira_cpu_host_alloc(bytes, numa_node, &buffer->memory)) {
         free(buffer);
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes",
                                  device->info.name, bytes);
     }
+    buffer->numa_node = numa_node;
+    pthread_mutex_init(&buffer->packed_mutex, NULL);
+    atomic_init(&buffer->packed, NULL);
     buffer->base.device = device;
     buffer->base.size = bytes;
     *out_buffer = &buffer->base;
@@ -270,16 +273,18 @@ static moira_status_t cpu_buffer_alloc(moira_device_t *device, size_t bytes, int
 }
 
 static void cpu_buffer_free(moira_buffer_t *base) {
-    cpu_buffer_t *buffer = (cpu_buffer_t *)base;
-    if (buffer->hwloc_allocated) {
-        hwloc_topology_t topology;
-        moira_status_t status = moira_hwloc_topology(&topology);
-        if (!status) hwloc_free(topology, buffer->data, buffer->base.size);
-        moira_status_free(status);
-    } else {
-        free(buffer->data);
-    }
+    moira_cpu_buffer_t *buffer = (moira_cpu_buffer_t *)base;
+    moira_cpu_buffer_drop_packed(buffer);
+    pthread_mutex_destroy(&buffer->packed_mutex);
+    moira_cpu_host_free(&buffer->memory);
     free(buffer);
+}
+
+/* Packs expert weights when a layer is uploaded, so the first token does not pay for it. */
+static moira_status_t cpu_prepare_weights(moira_device_t *base, int op,
+                                          const moira_dtensor_t *weights, int n_weights) {
+    cpu_device_t *device = (cpu_device_t *)base;
+    return moira_cpu_prepare_weights(device->pool, op, weights, n_weights);
 }
 
 static bool cpu_supports_op(const moira_device_t *device, int op, moira_dtype_t weight_dtype) {
@@ -371,6 +376,7 @@ static const moira_device_vtable_t cpu_vtable = {
     .enqueue_wait = cpu_enqueue_wait,
     .queue_finish = cpu_queue_finish,
     .supports_op = cpu_supports_op,
+    .prepare_weights = cpu_prepare_weights,
 };
 
 static const moira_backend_t cpu_backend = {.name = "cpu", .enumerate = cpu_enumerate};
