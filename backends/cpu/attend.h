@@ -9,6 +9,7 @@
 #ifndef MOIRA_BACKENDS_CPU_ATTEND_H
 #define MOIRA_BACKENDS_CPU_ATTEND_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "backends/cpu/cpu_isa.h"
@@ -25,6 +26,10 @@ typedef struct moira_cpu_attend {
     int64_t k_a_stride, k_b_stride, v_stride;
     int64_t dim_a, dim_b, dim_v;
     float scale;
+    /* The queries transposed, [dim_a + dim_b][16]: step d of q_a then of q_b holds that element
+     * of every query (zero for missing queries). moira_cpu_attend_keys builds it in its scratch
+     * once per call, so a score kernel may read 16 queries with one load. */
+    const float *q_t;
 } moira_cpu_attend_t;
 
 typedef struct moira_cpu_attend_kernels {
@@ -59,8 +64,13 @@ void moira_cpu_attend_begin(const moira_cpu_attend_t *a, moira_cpu_attend_state_
 /* Which keys each query sees in a block: visible(ctx, query, key) for key in [key0, key0 + n). */
 typedef int (*moira_cpu_attend_visible_fn)(const void *ctx, int query, int64_t key);
 
+/* Floats of scratch moira_cpu_attend_keys needs for queries of these dimensions: scores and
+ * weights of one key block, and the transposed queries. */
+size_t moira_cpu_attend_scratch_floats(int64_t dim_a, int64_t dim_b);
+
 /* Folds keys [key0, key0 + n_keys) into the state, block by block. `visible` NULL: all keys
- * visible. `scratch` holds 2 * MOIRA_CPU_ATTEND_KEYS * 16 floats. */
+ * visible. `scratch` (64-byte aligned) holds moira_cpu_attend_scratch_floats(dim_a, dim_b)
+ * floats. */
 void moira_cpu_attend_keys(const moira_cpu_attend_kernels_t *kernels, const moira_cpu_attend_t *a,
                            moira_cpu_attend_state_t *state, int64_t key0, int64_t n_keys,
                            moira_cpu_attend_visible_fn visible, const void *visible_ctx,

@@ -19,6 +19,24 @@ void moira_cpu_attend_begin(const moira_cpu_attend_t *a, moira_cpu_attend_state_
     memset(out, 0, (size_t)(a->n_queries * a->dim_v) * sizeof(float));
 }
 
+/* Callers size their per-thread scratch from this, so the transposed queries always fit. */
+size_t moira_cpu_attend_scratch_floats(int64_t dim_a, int64_t dim_b) {
+    return (size_t)(2 * MOIRA_CPU_ATTEND_KEYS + dim_a + dim_b) * MOIRA_CPU_ATTEND_QUERIES;
+}
+
+/* q_t[d][i] = query i's element d (q_a's, then q_b's), zero past the last query: built once per
+ * call, it lets the score kernels read all 16 queries' element d with one aligned load. */
+static void transpose_queries(const moira_cpu_attend_t *a, float *q_t) {
+    const int Q = MOIRA_CPU_ATTEND_QUERIES;
+    memset(q_t, 0, (size_t)((a->dim_a + a->dim_b) * Q) * sizeof(float));
+    for (int i = 0; i < a->n_queries; i++) {
+        for (int64_t d = 0; d < a->dim_a; d++)
+            q_t[d * Q + i] = a->q_a[i][d];
+        for (int64_t d = 0; d < a->dim_b; d++)
+            q_t[(a->dim_a + d) * Q + i] = a->q_b[i][d];
+    }
+}
+
 /* Per block: scores, masking, the new running max per query, exp(score - max) as weights, the
  * old sums and outputs rescaled by exp(old max - new max), then the weighted values. Masked keys
  * and queries that have seen no key get weight exactly 0. */
@@ -28,6 +46,11 @@ void moira_cpu_attend_keys(const moira_cpu_attend_kernels_t *kernels, const moir
                            float *scratch) {
     const int Q = MOIRA_CPU_ATTEND_QUERIES;
     float *scores = scratch, *p = scratch + MOIRA_CPU_ATTEND_KEYS * Q;
+    float *q_t = p + MOIRA_CPU_ATTEND_KEYS * Q;
+    transpose_queries(a, q_t);
+    moira_cpu_attend_t with_t = *a;
+    with_t.q_t = q_t;
+    a = &with_t;
     for (int64_t block = key0; block < key0 + n_keys; block += MOIRA_CPU_ATTEND_KEYS) {
         int n = key0 + n_keys - block < MOIRA_CPU_ATTEND_KEYS ? (int)(key0 + n_keys - block)
                                                               : MOIRA_CPU_ATTEND_KEYS;

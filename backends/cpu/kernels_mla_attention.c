@@ -20,10 +20,6 @@
 /* Cache rows per decode item, at least: 256 rows of DeepSeek's c and k_pe are 576 KB. */
 #define MIN_CHUNK_KEYS 256
 
-static size_t attend_scratch_floats(void) {
-    return 2 * MOIRA_CPU_ATTEND_KEYS * MOIRA_CPU_ATTEND_QUERIES;
-}
-
 /* ---- Prefill ---- */
 
 typedef struct prefill_ctx {
@@ -54,7 +50,8 @@ static void prefill_items(void *raw, int64_t begin, int64_t end, int thread) {
     const moira_cpu_mla_dims_t *d = &ctx->d;
     unsigned char *cursor = moira_cpu_scratch_at(&ctx->scratch, thread);
     float *out = moira_cpu_take(&cursor, (size_t)(Q_BLOCK * d->v) * sizeof(float));
-    float *scratch = moira_cpu_take(&cursor, attend_scratch_floats() * sizeof(float));
+    float *scratch =
+        moira_cpu_take(&cursor, moira_cpu_attend_scratch_floats(d->nope, d->rope) * sizeof(float));
     for (int64_t item = begin; item < end; item++) {
         int64_t h = item / ctx->query_blocks, t0 = item % ctx->query_blocks * Q_BLOCK;
         moira_cpu_attend_t a = {
@@ -106,8 +103,9 @@ moira_status_t moira_cpu_mla_attention(const moira_op_launch_t *launch, moira_th
     };
     if (ctx.tokens == 0) return MOIRA_OK_STATUS;
     ctx.query_blocks = (ctx.tokens + Q_BLOCK - 1) / Q_BLOCK;
-    size_t scratch = MOIRA_CPU_ALIGN((size_t)(Q_BLOCK * ctx.d.v) * sizeof(float)) +
-                     MOIRA_CPU_ALIGN(attend_scratch_floats() * sizeof(float));
+    size_t scratch =
+        MOIRA_CPU_ALIGN((size_t)(Q_BLOCK * ctx.d.v) * sizeof(float)) +
+        MOIRA_CPU_ALIGN(moira_cpu_attend_scratch_floats(ctx.d.nope, ctx.d.rope) * sizeof(float));
     MOIRA_RETURN_IF_ERROR(moira_cpu_scratch_alloc(pool, scratch, &ctx.scratch));
     int64_t work = Q_BLOCK * ctx.tokens * (ctx.d.nope + ctx.d.rope + ctx.d.v);
     moira_threadpool_parallel_for(pool, ctx.d.heads * ctx.query_blocks, moira_cpu_grain(work),
@@ -247,7 +245,9 @@ moira_status_t moira_cpu_mla_decode_attention(const moira_op_launch_t *launch,
     ctx.part_out = malloc(lanes * (size_t)ctx.d.latent * sizeof(float) + 1);
     moira_status_t status =
         ctx.part_max && ctx.part_sum && ctx.part_out
-            ? moira_cpu_scratch_alloc(pool, attend_scratch_floats() * sizeof(float), &ctx.scratch)
+            ? moira_cpu_scratch_alloc(
+                  pool, moira_cpu_attend_scratch_floats(ctx.d.latent, ctx.d.rope) * sizeof(float),
+                  &ctx.scratch)
             : moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "mla_decode_attention: out of memory");
     if (!status) {
         moira_threadpool_parallel_for(pool, items, 1, decode_items, &ctx);

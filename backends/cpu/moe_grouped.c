@@ -12,6 +12,7 @@
 
 #include "backends/cpu/kernels_common.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,6 +43,7 @@ typedef struct ctx {
     const item_t *items;
 } ctx_t;
 
+/* Points tile row r at activation row `index`, in whichever form the tile reads. */
 static void set_row(moira_cpu_tile_t *tile, int r, const rows_t *rows, int64_t index) {
     if (rows->f32) {
         tile->x[r] = rows->f32 + index * rows->stride;
@@ -51,6 +53,7 @@ static void set_row(moira_cpu_tile_t *tile, int r, const rows_t *rows, int64_t i
     }
 }
 
+/* The tile of the weights' dtype from the launch's instruction-set table. */
 static moira_cpu_tile_fn tile_fn(const ctx_t *ctx, const moira_cpu_packed_t *packed) {
     return packed->dtype == MOIRA_DTYPE_F32 ? ctx->job->kernels->f32 : ctx->job->kernels->bf16;
 }
@@ -125,6 +128,7 @@ typedef struct split_ctx {
     void (*split)(const float *x, int64_t n, uint16_t *hi, uint16_t *lo);
 } split_ctx_t;
 
+/* Rows are split independently, so the pool takes them in blocks. */
 static void split_rows(void *raw, int64_t begin, int64_t end, int thread) {
     const split_ctx_t *ctx = raw;
     (void)thread;
@@ -156,10 +160,50 @@ static int64_t make_items(const moira_cpu_grouped_ffn_t *job, int64_t count, int
     return n;
 }
 
+/* One spare scratch block kept between launches. A prefill launch needs tens of MB of scratch
+ * (h and its bf16 split); a fresh allocation of that size is a fresh mmap whose every page
+ * faults and is zeroed on first touch, which cost about a tenth of a 512-token launch. The spare
+ * is the largest block freed so far; a launch that finds it taken or too small allocates. It stays
+ * allocated (and reachable) until the process ends. */
+static struct {
+    pthread_mutex_t mutex;
+    void *block; /* owned, or NULL */
+    size_t bytes;
+} spare = {PTHREAD_MUTEX_INITIALIZER, NULL, 0};
+
+/* The spare when it is big enough (its pages already mapped), else a new block. */
+static void *scratch_take(size_t bytes) {
+    void *block = NULL;
+    pthread_mutex_lock(&spare.mutex);
+    if (spare.block && spare.bytes >= bytes) {
+        block = spare.block;
+        spare.block = NULL;
+    }
+    pthread_mutex_unlock(&spare.mutex);
+    return block ? block : aligned_alloc(64, MOIRA_CPU_ALIGN(bytes));
+}
+
+/* Keeps the larger of `block` and the current spare, frees the other. */
+static void scratch_give(void *block, size_t bytes) {
+    pthread_mutex_lock(&spare.mutex);
+    if (!spare.block || spare.bytes < bytes) {
+        void *old = spare.block;
+        spare.block = block;
+        spare.bytes = bytes;
+        block = old;
+    }
+    pthread_mutex_unlock(&spare.mutex);
+    free(block);
+}
+
+/* Scratch regions are 64-byte aligned so every one starts on a cache line. */
 static size_t floats_bytes(int64_t n) {
     return MOIRA_CPU_ALIGN((size_t)n * sizeof(float));
 }
 
+/* Sizes one scratch block for everything (x split, h, h split, items), runs stage 1 over
+ * (expert, gate/up pairs) items, splits h where bf16 tiles need it, then stage 2 over (expert,
+ * down panels) items. */
 moira_status_t moira_cpu_grouped_ffn_run(moira_threadpool_t *pool,
                                          const moira_cpu_grouped_ffn_t *job) {
     int64_t n_rows = job->offsets[job->n_experts] - job->offsets[0];
@@ -183,7 +227,8 @@ moira_status_t moira_cpu_grouped_ffn_run(moira_threadpool_t *pool,
     size_t items_bytes = MOIRA_CPU_ALIGN(
         (size_t)(job->n_experts * (per_expert1 > per_expert2 ? per_expert1 : per_expert2)) *
         sizeof(item_t));
-    unsigned char *scratch = aligned_alloc(64, x_bytes + h_bytes + h_split_bytes + items_bytes);
+    size_t scratch_bytes = x_bytes + h_bytes + h_split_bytes + items_bytes;
+    unsigned char *scratch = scratch_take(scratch_bytes);
     if (!scratch)
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "moe_ffn: cannot allocate scratch");
     unsigned char *cursor = scratch;
@@ -223,6 +268,6 @@ moira_status_t moira_cpu_grouped_ffn_run(moira_threadpool_t *pool,
                      (uint16_t *)ctx.h_rows.hi, (uint16_t *)ctx.h_rows.lo, ctx.h_stride);
     n_items = make_items(job, panel_count, PANELS_PER_ITEM, items);
     moira_threadpool_parallel_for(pool, n_items, 1, down_items, &ctx);
-    free(scratch);
+    scratch_give(scratch, scratch_bytes);
     return MOIRA_OK_STATUS;
 }
