@@ -2,6 +2,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "ops/device_experts.h"
 #include "ops/device_layer.h"
 #include "ops/rope.h"
 
@@ -62,36 +63,29 @@ static moira_dtensor_t row_slice(const moira_dtensor_t *t, int64_t row, int64_t 
     return s;
 }
 
-static moira_status_t launch(moira_queue_t *queue, int op, const void *params, size_t params_size,
-                             int n, const moira_dtensor_t *operands) {
-    moira_op_launch_t l = {.op = op, .params = params, .params_size = params_size, .n_operands = n};
-    for (int i = 0; i < n; i++)
-        l.operands[i] = operands[i];
-    return moira_queue_launch(queue, &l);
-}
-
 static const moira_dtensor_t no_operand;
 
 static moira_status_t rmsnorm(moira_queue_t *queue, const moira_model_config_t *config,
                               moira_dtensor_t x, moira_dtensor_t w, moira_dtensor_t y) {
     moira_rmsnorm_params_t p = {.eps = (float)config->rms_norm_eps};
     moira_dtensor_t ops[] = {x, w, y};
-    return launch(queue, MOIRA_OP_RMSNORM, &p, sizeof(p), 3, ops);
+    return moira_launch_op(queue, MOIRA_OP_RMSNORM, &p, sizeof(p), 3, ops);
 }
 
 static moira_status_t linear(moira_queue_t *queue, moira_dtensor_t x, moira_dtensor_t w,
                              moira_dtensor_t y, float beta) {
     moira_linear_params_t p = {.beta = beta};
     moira_dtensor_t ops[] = {x, w, y};
-    return launch(queue, MOIRA_OP_LINEAR, &p, sizeof(p), 3, ops);
+    return moira_launch_op(queue, MOIRA_OP_LINEAR, &p, sizeof(p), 3, ops);
 }
 
-static moira_status_t swiglu(moira_queue_t *queue, moira_dtensor_t x, const moira_dtensor_t *w1,
-                             const moira_dtensor_t *w3, const moira_dtensor_t *w2,
-                             moira_dtensor_t y, float beta) {
+moira_status_t moira_swiglu_enqueue(moira_queue_t *queue, const moira_dtensor_t *x,
+                                    const moira_dtensor_t *w1, const moira_dtensor_t *w3,
+                                    const moira_dtensor_t *w2, const moira_dtensor_t *y,
+                                    float beta) {
     moira_swiglu_params_t p = {.beta = beta};
-    moira_dtensor_t ops[] = {x, *w1, *w3, *w2, y};
-    return launch(queue, MOIRA_OP_SWIGLU, &p, sizeof(p), 5, ops);
+    moira_dtensor_t ops[] = {*x, *w1, *w3, *w2, *y};
+    return moira_launch_op(queue, MOIRA_OP_SWIGLU, &p, sizeof(p), 5, ops);
 }
 
 /* Waits for the queue, then frees the scratch whatever happened, keeping the first error. */
@@ -130,7 +124,7 @@ moira_status_t moira_gate_run(moira_queue_t *queue, const moira_model_config_t *
     moira_gate_params_t p = moira_gate_params_from_config(config);
     moira_dtensor_t ops[] = {*x,        layer->gate,  layer->gate_bias,
                              *topk_idx, *topk_weight, selection ? *selection : no_operand};
-    MOIRA_RETURN_IF_ERROR(launch(queue, MOIRA_OP_GATE, &p, sizeof(p), 6, ops));
+    MOIRA_RETURN_IF_ERROR(moira_launch_op(queue, MOIRA_OP_GATE, &p, sizeof(p), 6, ops));
     return moira_queue_finish(queue);
 }
 
@@ -141,41 +135,21 @@ moira_status_t moira_moe_run(moira_queue_t *queue, const moira_model_config_t *c
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "moe: the layer has no MoE weights");
     int64_t t = x->shape[0], d = x->shape[1];
     int64_t k = config->num_experts_per_tok, e = config->n_routed_experts;
-    size_t bytes = 3 * tensor_bytes(t, k) + tensor_bytes(1, e + 1) + tensor_bytes(t * k, 1) +
-                   tensor_bytes(t * k, d);
+    size_t bytes = 2 * tensor_bytes(t, k) + moira_moe_workspace_bytes(t, k, e, d);
     scratch_t s;
     MOIRA_RETURN_IF_ERROR(scratch_open(layer->device, bytes, &s));
     moira_dtensor_t idx = scratch_take(&s, MOIRA_DTYPE_I32, t, k);
     moira_dtensor_t weights = scratch_take(&s, MOIRA_DTYPE_F32, t, k);
-    moira_dtensor_t offsets = scratch_take(&s, MOIRA_DTYPE_I32, 1, e + 1);
-    moira_dtensor_t sorted_rows = scratch_take(&s, MOIRA_DTYPE_I32, t * k, 1);
-    moira_dtensor_t positions = scratch_take(&s, MOIRA_DTYPE_I32, t, k);
-    moira_dtensor_t ys = scratch_take(&s, MOIRA_DTYPE_F32, t * k, d);
-    offsets.rank = 1;
-    offsets.shape[0] = e + 1;
-    sorted_rows.rank = 1;
-
+    moira_moe_workspace_t ws = moira_moe_workspace_at(s.buffer, s.used, t, k, e, d);
     moira_gate_params_t gate = moira_gate_params_from_config(config);
-    moira_moe_dispatch_params_t dispatch = {.n_experts = (int32_t)e};
-    moira_moe_ffn_params_t ffn = {.top_k = (int32_t)k};
-    moira_moe_combine_params_t combine = {.beta = beta};
     moira_dtensor_t gate_ops[] = {*x, layer->gate, layer->gate_bias, idx, weights, no_operand};
-    moira_dtensor_t flat_positions = positions; /* dispatch sees [T*k], combine [T, k] */
-    flat_positions.rank = 1;
-    flat_positions.shape[0] = t * k;
-    moira_dtensor_t dispatch_ops[] = {idx, offsets, sorted_rows, flat_positions};
-    moira_dtensor_t ffn_ops[] = {
-        *x, layer->experts_w1, layer->experts_w3, layer->experts_w2, offsets, sorted_rows, ys};
-    moira_dtensor_t combine_ops[] = {ys, positions, weights, *y};
-    moira_status_t status = launch(queue, MOIRA_OP_GATE, &gate, sizeof(gate), 6, gate_ops);
+    moira_status_t status = moira_launch_op(queue, MOIRA_OP_GATE, &gate, sizeof(gate), 6, gate_ops);
     if (!status)
-        status = launch(queue, MOIRA_OP_MOE_DISPATCH, &dispatch, sizeof(dispatch), 4, dispatch_ops);
-    if (!status) status = launch(queue, MOIRA_OP_MOE_FFN, &ffn, sizeof(ffn), 7, ffn_ops);
-    if (!status)
-        status = launch(queue, MOIRA_OP_MOE_COMBINE, &combine, sizeof(combine), 4, combine_ops);
+        status = moira_moe_experts_enqueue(queue, &layer->experts_w1, &layer->experts_w3,
+                                           &layer->experts_w2, x, &idx, &weights, &ws, y, beta);
     if (!status && layer->shared_w1.buffer)
-        status =
-            swiglu(queue, *x, &layer->shared_w1, &layer->shared_w3, &layer->shared_w2, *y, 1.0f);
+        status = moira_swiglu_enqueue(queue, x, &layer->shared_w1, &layer->shared_w3,
+                                      &layer->shared_w2, y, 1.0f);
     return finish(queue, &s, status);
 }
 
@@ -200,7 +174,7 @@ static moira_status_t rope_params(const moira_model_config_t *config, int32_t n_
 static moira_status_t rope(moira_queue_t *queue, const moira_rope_params_t *p, moira_dtensor_t x,
                            const moira_dtensor_t *positions, moira_dtensor_t y) {
     moira_dtensor_t ops[] = {x, *positions, y};
-    return launch(queue, MOIRA_OP_ROPE, p, sizeof(*p), 3, ops);
+    return moira_launch_op(queue, MOIRA_OP_ROPE, p, sizeof(*p), 3, ops);
 }
 
 static moira_mla_params_t mla_params(const moira_model_config_t *config, int64_t cache_len) {
@@ -266,7 +240,7 @@ static moira_status_t mla_prefill(moira_queue_t *queue, const moira_model_config
     MOIRA_RETURN_IF_ERROR(linear(queue, c, layer->kv_b_proj, kv, 0.0f));
     moira_mla_params_t p = mla_params(config, t);
     moira_dtensor_t ops[] = {q, kv, k_pe, *positions, attn};
-    return launch(queue, MOIRA_OP_MLA_ATTENTION, &p, sizeof(p), 5, ops);
+    return moira_launch_op(queue, MOIRA_OP_MLA_ATTENTION, &p, sizeof(p), 5, ops);
 }
 
 /* Absorbed form: append the tokens' c and roped k_pe to the cache, fold kv_b_proj into the query
@@ -295,12 +269,15 @@ static moira_status_t mla_decode(moira_queue_t *queue, const moira_model_config_
     moira_dtensor_t q_lat = scratch_take(s, MOIRA_DTYPE_F32, t, h * l);
     moira_dtensor_t o_lat = scratch_take(s, MOIRA_DTYPE_F32, t, h * l);
     moira_dtensor_t absorb_q[] = {q, layer->kv_b_proj, q_lat};
-    MOIRA_RETURN_IF_ERROR(launch(queue, MOIRA_OP_MLA_ABSORB_Q, &p, sizeof(p), 3, absorb_q));
+    MOIRA_RETURN_IF_ERROR(
+        moira_launch_op(queue, MOIRA_OP_MLA_ABSORB_Q, &p, sizeof(p), 3, absorb_q));
     moira_dtensor_t attend[] = {
         q_lat, q, row_slice(&cache->c, 0, len), row_slice(&cache->k_pe, 0, len), *positions, o_lat};
-    MOIRA_RETURN_IF_ERROR(launch(queue, MOIRA_OP_MLA_DECODE_ATTENTION, &p, sizeof(p), 6, attend));
+    MOIRA_RETURN_IF_ERROR(
+        moira_launch_op(queue, MOIRA_OP_MLA_DECODE_ATTENTION, &p, sizeof(p), 6, attend));
     moira_dtensor_t absorb_out[] = {o_lat, layer->kv_b_proj, attn};
-    MOIRA_RETURN_IF_ERROR(launch(queue, MOIRA_OP_MLA_ABSORB_OUT, &p, sizeof(p), 3, absorb_out));
+    MOIRA_RETURN_IF_ERROR(
+        moira_launch_op(queue, MOIRA_OP_MLA_ABSORB_OUT, &p, sizeof(p), 3, absorb_out));
     cache->length = len;
     return MOIRA_OK_STATUS;
 }
@@ -328,6 +305,28 @@ moira_status_t moira_mla_run(moira_queue_t *queue, const moira_model_config_t *c
     return finish(queue, &s, status);
 }
 
+moira_status_t moira_layer_attention_run(moira_queue_t *queue, const moira_model_config_t *config,
+                                         const moira_device_layer_t *layer,
+                                         const moira_dtensor_t *x, const moira_dtensor_t *positions,
+                                         moira_mla_cache_t *cache, const moira_dtensor_t *h,
+                                         const moira_dtensor_t *normed) {
+    if (!layer->has_norms)
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "layer: the layer has no norms");
+    size_t bytes = (size_t)(x->shape[0] * x->shape[1]) * sizeof(float);
+    /* h = x + mla(rmsnorm(x)): the residual rides on beta = 1; `normed` holds rmsnorm(x) first. */
+    moira_status_t status = rmsnorm(queue, config, *x, layer->input_norm, *normed);
+    if (!status)
+        status = moira_queue_copy(queue, x->buffer, x->offset, h->buffer, h->offset, bytes);
+    if (!status) status = moira_mla_run(queue, config, layer, normed, positions, cache, h, 1.0f);
+    if (!status) status = rmsnorm(queue, config, *h, layer->post_norm, *normed);
+    moira_status_t done = moira_queue_finish(queue);
+    if (status) {
+        moira_status_free(done);
+        return status;
+    }
+    return done;
+}
+
 moira_status_t moira_layer_run(moira_queue_t *queue, const moira_model_config_t *config,
                                int64_t layer_index, const moira_device_layer_t *layer,
                                const moira_dtensor_t *x, const moira_dtensor_t *positions,
@@ -340,17 +339,16 @@ moira_status_t moira_layer_run(moira_queue_t *queue, const moira_model_config_t 
     moira_dtensor_t normed = scratch_take(&s, MOIRA_DTYPE_F32, t, d);
     moira_dtensor_t h = scratch_take(&s, MOIRA_DTYPE_F32, t, d);
     size_t bytes = (size_t)(t * d) * sizeof(float);
-    /* h = x + mla(rmsnorm(x)); out = h + mlp(rmsnorm(h)): residuals ride on beta = 1. */
-    moira_status_t status = rmsnorm(queue, config, *x, layer->input_norm, normed);
-    if (!status) status = moira_queue_copy(queue, x->buffer, x->offset, h.buffer, h.offset, bytes);
-    if (!status) status = moira_mla_run(queue, config, layer, &normed, positions, cache, &h, 1.0f);
-    if (!status) status = rmsnorm(queue, config, h, layer->post_norm, normed);
+    /* out = h + mlp(rmsnorm(h)): the residual rides on beta = 1. */
+    moira_status_t status =
+        moira_layer_attention_run(queue, config, layer, x, positions, cache, &h, &normed);
     if (!status)
         status = moira_queue_copy(queue, h.buffer, h.offset, out->buffer, out->offset, bytes);
     if (!status && moira_model_config_is_moe_layer(config, layer_index))
         status = moira_moe_run(queue, config, layer, &normed, out, 1.0f);
     else if (!status)
-        status = swiglu(queue, normed, &layer->mlp_w1, &layer->mlp_w3, &layer->mlp_w2, *out, 1.0f);
+        status = moira_swiglu_enqueue(queue, &normed, &layer->mlp_w1, &layer->mlp_w3,
+                                      &layer->mlp_w2, out, 1.0f);
     return finish(queue, &s, status);
 }
 

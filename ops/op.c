@@ -646,3 +646,13 @@ moira_status_t moira_op_validate(const moira_op_launch_t *launch) {
             MOIRA_RETURN_IF_ERROR(check_storage(rule, i, &launch->operands[i]));
     return check_aliasing(rule, launch);
 }
+
+moira_status_t moira_launch_op(moira_queue_t *queue, int op, const void *params, size_t params_size,
+                               int n, const moira_dtensor_t *operands) {
+    if (n < 0 || n > MOIRA_OP_MAX_OPERANDS)
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "%s: %d operands", moira_op_name(op),
+                                 n);
+    moira_op_launch_t l = {.op = op, .params = params, .params_size = params_size, .n_operands = n};
+    memcpy(l.operands, operands, (size_t)n * sizeof(*operands));
+    return moira_queue_launch(queue, &l);
+}

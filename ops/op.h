@@ -139,6 +139,11 @@ typedef struct moira_mla_params {
 /* Capacity per expert for `tokens` tokens: ceil(c * T * k / E), or INT32_MAX when c == 0. */
 int32_t moira_gate_capacity(const moira_gate_params_t *params, int64_t tokens);
 
+/* Submits op `op` with `params` (copied) over `n` operands (copied) to `queue`: the short form
+ * of filling a moira_op_launch_t for moira_queue_launch. */
+moira_status_t moira_launch_op(moira_queue_t *queue, int op, const void *params, size_t params_size,
+                               int n, const moira_dtensor_t *operands);
+
 /* Checks a launch's operand count, dtypes and shapes against this header's contract, so that
  * every backend can trust what it receives. Returns INVALID_ARGUMENT naming the op and operand. */
 moira_status_t moira_op_validate(const moira_op_launch_t *launch);

@@ -130,8 +130,8 @@ moira_status_t moira_topology_discover_host(moira_topology_t *topology, int host
     return add_device_targets(topology, host_index, hw, devices);
 }
 
-moira_status_t moira_topology_discover_local(const moira_discovery_devices_t *devices,
-                                             moira_topology_t *out) {
+/* A topology of one host named after this machine, with no targets yet. */
+static moira_status_t local_host_topology(const char *name, moira_topology_t *out) {
     memset(out, 0, sizeof(*out));
     out->hosts = calloc(1, sizeof(moira_host_t));
     if (!out->hosts) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "out of memory");
@@ -142,8 +142,46 @@ moira_status_t moira_topology_discover_local(const moira_discovery_devices_t *de
         snprintf(hostname, sizeof(hostname), "local");
     hostname[sizeof(hostname) - 1] = '\0';
     snprintf(out->hosts[0].name, sizeof(out->hosts[0].name), "%s", hostname);
-    snprintf(out->name, sizeof(out->name), "local");
+    snprintf(out->name, sizeof(out->name), "%s", name);
+    return MOIRA_OK_STATUS;
+}
+
+moira_status_t moira_topology_discover_local(const moira_discovery_devices_t *devices,
+                                             moira_topology_t *out) {
+    MOIRA_RETURN_IF_ERROR(local_host_topology("local", out));
     moira_status_t status = moira_topology_discover_host(out, 0, devices);
+    if (status) moira_topology_free(out);
+    return status;
+}
+
+/* Whatever figure a device cannot report gets discovery's conservative fallback, so that even
+ * a device that reports nothing (PoCL) can be costed when the user asks to run on it alone. */
+moira_status_t moira_topology_for_device(const moira_device_info_t *info, moira_topology_t *out) {
+    char name[MOIRA_TOPOLOGY_NAME_MAX];
+    snprintf(name, sizeof(name), "%s", info->name);
+    MOIRA_RETURN_IF_ERROR(local_host_topology(name, out));
+    moira_target_t t;
+    memset(&t, 0, sizeof(t));
+    bool cpu = !strcmp(info->backend, "cpu");
+    t.kind = cpu                                   ? MOIRA_TARGET_NUMA
+             : info->kind == MOIRA_DEVICE_KIND_NPU ? MOIRA_TARGET_NPU
+                                                   : MOIRA_TARGET_GPU;
+    snprintf(t.name, sizeof(t.name), "%s", info->name);
+    snprintf(t.backend, sizeof(t.backend), "%s", info->backend);
+    snprintf(t.select, sizeof(t.select), "%s", info->name);
+    snprintf(t.pci_bus_id, sizeof(t.pci_bus_id), "%s", info->pci_bus_id);
+    t.numa = info->numa_node;
+    t.cores = cpu ? info->compute_units : 0;
+    t.memory_bytes = info->memory_bytes;
+    t.bandwidth_gbs = info->bandwidth_gbs > 0 ? info->bandwidth_gbs : FALLBACK_NUMA_BANDWIDTH_GBS;
+    for (int d = 0; d < MOIRA_DTYPE_COUNT; d++)
+        t.peak_tflops[d] = info->peak_tflops[d];
+    if (moira_target_peak_tflops(&t, MOIRA_DTYPE_F32) <= 0) {
+        int units = info->compute_units > 0 ? info->compute_units : 1;
+        t.peak_tflops[MOIRA_DTYPE_F32] = FALLBACK_CORE_TFLOPS * units;
+    }
+    t.link_gbs = cpu ? 0 : FALLBACK_LINK_GBS;
+    moira_status_t status = moira_topology_add_target(out, &t);
     if (status) moira_topology_free(out);
     return status;
 }

@@ -44,6 +44,12 @@ moira_status_t moira_profile_synthesise(const moira_model_config_t *model, const
 /* The loads of model layer `layer`, or NULL when the profile has none. Borrowed. */
 const double *moira_profile_layer_load(const moira_profile_t *profile, int64_t layer);
 
+/* Writes `profile` as YAML (DESIGN.md §5) naming `model_name` (may be NULL), whole or not at all
+ * (temporary file and rename); what `moira run --record-profile` records and `moira plan
+ * --profile` reads back. Counts are written as whole numbers when they are. */
+moira_status_t moira_profile_write(const moira_profile_t *profile, const char *model_name,
+                                   const char *path);
+
 void moira_profile_free(moira_profile_t *profile);
 
 #endif

@@ -93,6 +93,11 @@ moira_status_t moira_topology_parse(const char *text, size_t len, const char *di
 moira_status_t moira_topology_discover_local(const moira_discovery_devices_t *devices,
                                              moira_topology_t *out);
 
+/* A topology of this machine with one target: `info`'s device, named after it and selecting it
+ * (a cpu-backend device becomes CPU memory), with discovery's fallbacks for figures it does not
+ * report. What `moira run --backend DEVICE` plans for. `info` is borrowed. Caller owns *out. */
+moira_status_t moira_topology_for_device(const moira_device_info_t *info, moira_topology_t *out);
+
 /* Appends the local machine's NUMA nodes and devices to `topology` as host `host_index`
  * (discover.c). Uses hwloc: NUMA nodes, their memory and cores, bandwidth from hwloc's memory
  * attributes when the platform reports them, and joins each device to its NUMA node by PCI bus

@@ -194,3 +194,7 @@ void moira_tree_double(moira_tree_writer_t *w, double value) {
     snprintf(text, sizeof(text), "%.9g", value);
     scalar(w, text, false);
 }
+
+void moira_tree_bool(moira_tree_writer_t *w, bool value) {
+    scalar(w, value ? "true" : "false", false);
+}

@@ -36,6 +36,8 @@ void moira_tree_key(moira_tree_writer_t *w, const char *key);
 
 void moira_tree_string(moira_tree_writer_t *w, const char *value);
 void moira_tree_int(moira_tree_writer_t *w, int64_t value);
+/* true / false, unquoted in both formats. */
+void moira_tree_bool(moira_tree_writer_t *w, bool value);
 /* Finite doubles with up to 9 significant digits. */
 void moira_tree_double(moira_tree_writer_t *w, double value);
 

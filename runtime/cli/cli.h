@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 
+#include "runtime/device.h"
 #include "runtime/status.h"
 
 typedef int (*moira_cli_verb_fn)(int argc, char **argv);
@@ -23,6 +24,10 @@ int moira_cli_usage_error(const char *verb, const char *fmt, ...)
 /* Parses a positive integer option value; false (after printing why) when it is not one. */
 bool moira_cli_parse_int(const char *verb, const char *option, const char *text, long long min,
                          long long max, long long *out_value);
+
+/* A copy of every enumerated device's info (initialising the runtime first), for topology
+ * discovery. Caller frees *out_infos. */
+moira_status_t moira_cli_device_infos(moira_device_info_t **out_infos, int *out_count);
 
 /* Writes `text` as a JSON string literal (quotes and escapes included). */
 void moira_cli_json_string(FILE *out, const char *text);

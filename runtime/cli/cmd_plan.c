@@ -124,19 +124,6 @@ static int parse_args(int argc, char **argv, plan_args_t *a) {
     return 0;
 }
 
-/* The devices the backends found, for discovery. Borrowed from the runtime. */
-static moira_status_t gather_devices(moira_device_info_t **out_infos, int *out_count) {
-    MOIRA_RETURN_IF_ERROR(moira_runtime_init());
-    int n = moira_device_count();
-    moira_device_info_t *infos = calloc((size_t)n + 1, sizeof(*infos));
-    if (!infos) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "out of memory");
-    for (int i = 0; i < n; i++)
-        infos[i] = *moira_device_info(moira_device_at(i));
-    *out_infos = infos;
-    *out_count = n;
-    return MOIRA_OK_STATUS;
-}
-
 /* Predicted time per layer of a naive strategy, or a negative number when it cannot place. */
 static double baseline_us(const moira_topology_t *topology, const moira_model_config_t *model,
                           const moira_profile_t *profile, moira_plan_strategy_t strategy) {
@@ -195,7 +182,7 @@ static void print_summary(FILE *out, const moira_plan_t *plan, const moira_topol
 static moira_status_t run_plan(const plan_args_t *a) {
     moira_device_info_t *infos = NULL;
     int n_infos = 0;
-    MOIRA_RETURN_IF_ERROR(gather_devices(&infos, &n_infos));
+    MOIRA_RETURN_IF_ERROR(moira_cli_device_infos(&infos, &n_infos));
     moira_discovery_devices_t devices = {infos, n_infos};
     moira_topology_t topology;
     moira_status_t status = a->topology_path

@@ -17,7 +17,9 @@ static const verb_t verbs[] = {
     {"devices", moira_cli_devices, "list the devices every backend found"},
     {"op", moira_cli_op, "run one op (gate, moe, mla, layer) on a device from safetensors inputs"},
     {"check", moira_cli_check, "compare every op on every backend against the reference"},
-    {"run", moira_cli_run, "run a model (the built-in default with no arguments)"},
+    {"run", moira_cli_run,
+     "run a model, its experts where a plan puts them (bare: the default model, planned "
+     "here)"},
     {"plan", moira_cli_plan, "place expert replicas on a topology's devices and CPU memory"},
     {"bench", moira_cli_bench, "run a named benchmark against its peer (moira bench --help)"},
 };

@@ -7,18 +7,7 @@ moira="$1"
 data="$2"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-passed=0
-failed=0
-
-check() { # check DESCRIPTION PATTERN FILE
-    if grep -qE -- "$2" "$3"; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        echo "FAIL: $1: $3 lacks /$2/"
-        sed 's/^/  | /' "$3" | head -8
-    fi
-}
+source "$(dirname "$0")/lib/expect.bash"
 
 run() { # run DESCRIPTION -- command...: must exit 0
     local what="$1"

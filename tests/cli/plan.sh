@@ -8,32 +8,7 @@ data="$2"
 configs="$data/../../configs"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-passed=0
-failed=0
-
-expect() { # expect CODE DESCRIPTION -- command...
-    local want="$1" what="$2"
-    shift 3
-    "$@" >"$work/out" 2>"$work/err"
-    local got=$?
-    if [ "$got" -eq "$want" ]; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        echo "FAIL: $what: exit $got, expected $want"
-        sed 's/^/  | /' "$work/err" | head -5
-    fi
-}
-
-expect_stderr() { # expect_stderr PATTERN DESCRIPTION
-    if grep -qE -- "$1" "$work/err"; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        echo "FAIL: $2: stderr lacks /$1/"
-        sed 's/^/  | /' "$work/err" | head -5
-    fi
-}
+source "$(dirname "$0")/lib/expect.bash"
 
 expect 0 "plan --help" -- "$moira" plan --help
 grep -q "usage: moira plan" "$work/out" && passed=$((passed + 1)) ||

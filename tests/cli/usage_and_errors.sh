@@ -6,32 +6,7 @@ moira="$1"
 data="$2"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-passed=0
-failed=0
-
-expect() { # expect CODE DESCRIPTION -- command...
-    local want="$1" what="$2"
-    shift 3
-    "$@" >"$work/out" 2>"$work/err"
-    local got=$?
-    if [ "$got" -eq "$want" ]; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        echo "FAIL: $what: exit $got, expected $want"
-        sed 's/^/  | /' "$work/err" | head -5
-    fi
-}
-
-expect_stderr() { # expect_stderr PATTERN DESCRIPTION
-    if grep -qE -- "$1" "$work/err"; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        echo "FAIL: $2: stderr lacks /$1/"
-        sed 's/^/  | /' "$work/err" | head -5
-    fi
-}
+source "$(dirname "$0")/lib/expect.bash"
 
 golden="$data/golden"
 for verb in devices op check run plan bench; do

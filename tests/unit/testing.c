@@ -4,6 +4,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 
+#include "ops/reference.h"
+
 int moira_test_failures = 0;
 int moira_test_checks = 0;
 
@@ -59,4 +61,41 @@ int moira_test_finish(const char *name) {
     int passed = moira_test_checks - moira_test_failures;
     printf("%s: %d passed, %d failed\n", name, passed, moira_test_failures);
     return moira_test_failures ? 1 : 0;
+}
+
+/* The steps of moira_ref_layer up to its router, so the test knows the routing independently of
+ * whatever recorded it. */
+static moira_status_t reference_route(const moira_model_config_t *c,
+                                      const moira_layer_weights_t *layer, const moira_tensor_t *x,
+                                      const moira_tensor_t *positions, moira_tensor_t *a,
+                                      moira_tensor_t *m, moira_tensor_t *idx, moira_tensor_t *w) {
+    MOIRA_RETURN_IF_ERROR(moira_ref_rmsnorm(x, layer->input_layernorm, c->rms_norm_eps, a));
+    MOIRA_RETURN_IF_ERROR(moira_ref_mla(c, &layer->mla, a, positions, m));
+    float *h = m->data;
+    for (int64_t i = 0; i < moira_tensor_numel(x); i++)
+        h[i] += ((const float *)x->data)[i];
+    MOIRA_RETURN_IF_ERROR(
+        moira_ref_rmsnorm(m, layer->post_attention_layernorm, c->rms_norm_eps, a));
+    return moira_ref_gate(c, a, layer->moe.gate, layer->moe.e_score_correction_bias, idx, w, NULL);
+}
+
+moira_status_t moira_test_reference_moe_load(const moira_model_config_t *c,
+                                             const moira_layer_weights_t *layer,
+                                             const moira_tensor_t *x,
+                                             const moira_tensor_t *positions, double *load) {
+    int64_t t = x->shape[0], d = x->shape[1], k = c->num_experts_per_tok;
+    int64_t shape[2] = {t, k};
+    moira_tensor_t a = {0}, m = {0}, idx = {0}, w = {0};
+    moira_status_t status = moira_tensor_alloc_f32(t, d, &a);
+    if (!status) status = moira_tensor_alloc_f32(t, d, &m);
+    if (!status) status = moira_tensor_alloc(MOIRA_DTYPE_I32, 2, shape, &idx);
+    if (!status) status = moira_tensor_alloc_f32(t, k, &w);
+    if (!status) status = reference_route(c, layer, x, positions, &a, &m, &idx, &w);
+    for (int64_t i = 0; !status && i < t * k; i++)
+        if (((int32_t *)idx.data)[i] >= 0) load[((int32_t *)idx.data)[i]] += 1;
+    moira_tensor_release(&a);
+    moira_tensor_release(&m);
+    moira_tensor_release(&idx);
+    moira_tensor_release(&w);
+    return status;
 }

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ops/weights.h"
 #include "runtime/status.h"
 
 #define MOIRA_TEST_SKIP 77
@@ -69,6 +70,15 @@ double moira_test_nmse_f32(const float *got, const float *ref, size_t n);
 
 /* Deterministic uniform values in [lo, hi). */
 void moira_test_fill_uniform(float *dst, size_t n, uint64_t seed, float lo, float hi);
+
+/* Adds to load[e] the (token, expert) assignments the fp64 reference router makes for expert e of
+ * MoE decoder layer `layer` given that layer's input x (f32 [T, D]): routed on
+ * rmsnorm(h, post_attention_layernorm) where h = x + mla(rmsnorm(x, input_layernorm)). What a
+ * recorded load profile must say. `load` has n_routed_experts entries. */
+moira_status_t moira_test_reference_moe_load(const moira_model_config_t *config,
+                                             const moira_layer_weights_t *layer,
+                                             const moira_tensor_t *x,
+                                             const moira_tensor_t *positions, double *load);
 
 /* Prints the summary line ("N passed, N failed") and returns the process exit code. */
 int moira_test_finish(const char *name);

@@ -1,0 +1,19 @@
+/* The enumerated devices as placement's discovery takes them (placement never calls into the
+ * device layer itself). */
+#include <stdlib.h>
+
+#include "runtime/backend.h"
+#include "runtime/cli/cli.h"
+
+/* Discovery takes one contiguous array of infos; the runtime keeps each inside its device. */
+moira_status_t moira_cli_device_infos(moira_device_info_t **out_infos, int *out_count) {
+    MOIRA_RETURN_IF_ERROR(moira_runtime_init());
+    int n = moira_device_count();
+    moira_device_info_t *infos = calloc((size_t)n + 1, sizeof(*infos));
+    if (!infos) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "out of memory");
+    for (int i = 0; i < n; i++)
+        infos[i] = *moira_device_info(moira_device_at(i));
+    *out_infos = infos;
+    *out_count = n;
+    return MOIRA_OK_STATUS;
+}

@@ -1,0 +1,79 @@
+/* `moira run`: deciding where everything runs, and refusing what cannot run, before any weight
+ * is loaded (runtime/cli/run.h). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "placement/profile.h"
+#include "runtime/backend.h"
+#include "runtime/cli/cli.h"
+#include "runtime/cli/run.h"
+
+/* Accepts a zeroed or half-filled placement. */
+void run_placement_free(run_placement_t *p) {
+    moira_exec_binding_free(&p->binding);
+    moira_plan_free(&p->plan);
+    moira_topology_free(&p->topology);
+    free(p->homes);
+    memset(p, 0, sizeof(*p));
+}
+
+/* A plan made here: Moira's planner for a uniform load of the batch's tokens, no redundancy. */
+static moira_status_t make_plan(const moira_topology_t *topology, const moira_model_config_t *model,
+                                int64_t tokens, moira_plan_t *out) {
+    moira_profile_t profile;
+    MOIRA_RETURN_IF_ERROR(moira_profile_synthesise(model, "uniform", tokens, &profile));
+    moira_plan_options_t options = {0, 0, MOIRA_PLAN_BALANCED};
+    moira_status_t status = moira_plan_make(topology, model, &profile, &options, out);
+    moira_profile_free(&profile);
+    return status;
+}
+
+/* The topology the plan is for: --backend alone makes a one-device machine; else --topology, or
+ * this machine discovered. */
+static moira_status_t load_topology(const run_args_t *a, bool single_device,
+                                    moira_topology_t *out) {
+    if (single_device) {
+        moira_device_t *device = NULL;
+        MOIRA_RETURN_IF_ERROR(moira_device_find(a->backend, &device));
+        return moira_topology_for_device(moira_device_info(device), out);
+    }
+    moira_device_info_t *infos = NULL;
+    int n = 0;
+    MOIRA_RETURN_IF_ERROR(moira_cli_device_infos(&infos, &n));
+    moira_discovery_devices_t devices = {infos, n};
+    moira_status_t status = a->topology ? moira_topology_load(a->topology, &devices, out)
+                                        : moira_topology_discover_local(&devices, out);
+    free(infos);
+    return status;
+}
+
+/* Everything here reads files and the device list only; no weight has been read yet. */
+moira_status_t run_place(const run_args_t *a, const moira_model_config_t *model, int64_t tokens,
+                         run_placement_t *out) {
+    memset(out, 0, sizeof(*out));
+    bool single_device = a->backend && !a->topology && !a->plan;
+    moira_status_t status = load_topology(a, single_device, &out->topology);
+    if (!status && a->plan) {
+        status = moira_plan_load(a->plan, &out->topology, &out->plan);
+        if (!status) moira_plan_evaluate(&out->plan, &out->topology, model);
+        snprintf(out->source, sizeof(out->source), "%s (topology %s)", a->plan, out->topology.name);
+    } else if (!status) {
+        status = make_plan(&out->topology, model, tokens, &out->plan);
+        snprintf(out->source, sizeof(out->source), "%s for a uniform load of %lld tokens%s%s",
+                 single_device ? "every expert on one device" : "planned here", (long long)tokens,
+                 a->topology ? " on " : " on this machine", a->topology ? a->topology : "");
+    }
+    if (!status)
+        status = moira_exec_bind(&out->topology, &out->plan, model, a->plan, &out->binding);
+    if (!status) status = moira_device_find(a->backend ? a->backend : "cpu:0", &out->home);
+    if (!status) status = moira_exec_check_home(out->home, model);
+    if (!status) {
+        out->homes = calloc((size_t)model->num_hidden_layers + 1, sizeof(*out->homes));
+        if (!out->homes) status = moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "out of memory");
+        for (int64_t l = 0; out->homes && l < model->num_hidden_layers; l++)
+            out->homes[l] = out->home;
+    }
+    if (status) run_placement_free(out);
+    return status;
+}

@@ -1,0 +1,313 @@
+/* Building an executor: home devices, targets and layers, with their weights uploaded; and
+ * taking it apart. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/executor/executor_internal.h"
+
+#define EXEC_ALIGN 256
+
+/* Windows of one buffer start 256-byte aligned, enough for every backend's vector loads. */
+static size_t round_up(size_t bytes) {
+    return (bytes + EXEC_ALIGN - 1) / EXEC_ALIGN * EXEC_ALIGN;
+}
+
+/* The home of `device`, creating it (queue and activation buffer for max_tokens) on first use. */
+static moira_status_t home_for(moira_executor_t *e, moira_device_t *device, exec_home_t **out) {
+    for (int i = 0; i < e->n_homes; i++)
+        if (e->homes[i].device == device) {
+            *out = &e->homes[i];
+            return MOIRA_OK_STATUS;
+        }
+    exec_home_t *home = &e->homes[e->n_homes++];
+    home->device = device;
+    home->positions_written = -1;
+    int64_t t = e->max_tokens, d = e->model->hidden_size, k = e->model->num_experts_per_tok;
+    size_t act = round_up((size_t)(t * d) * 4), route = round_up((size_t)(t * k) * 4);
+    home->off_h = act;
+    home->off_normed = 2 * act;
+    home->off_out = 3 * act;
+    home->off_idx = 4 * act;
+    home->off_weight = 4 * act + route;
+    home->off_positions = 4 * act + 2 * route;
+    MOIRA_RETURN_IF_ERROR(moira_queue_create(device, &home->queue));
+    MOIRA_RETURN_IF_ERROR(moira_buffer_alloc(device, home->off_positions + round_up((size_t)t * 4),
+                                             -1, &home->buffer));
+    *out = home;
+    return MOIRA_OK_STATUS;
+}
+
+/* The most replicas one target holds in any layer: its workspace's expert count. */
+static int64_t max_local_experts(const moira_plan_t *plan, int target) {
+    int64_t most = 0;
+    for (int l = 0; l < plan->n_layers; l++) {
+        int64_t n = 0;
+        for (int r = 0; r < plan->layers[l].n_replicas; r++)
+            n += plan->layers[l].replica_target[r] == target;
+        if (n > most) most = n;
+    }
+    return most;
+}
+
+/* A target's queue, device workspace, host staging and worker, sized for max_tokens rows. */
+static moira_status_t open_target(moira_executor_t *e, int target_index, moira_device_t *device,
+                                  exec_target_t *target) {
+    const moira_target_t *info = &e->topology->targets[target_index];
+    int64_t t = e->max_tokens, d = e->model->hidden_size, k = e->model->num_experts_per_tok;
+    target->target = target_index;
+    target->info = info;
+    target->device = device;
+    target->numa_node =
+        info->kind == MOIRA_TARGET_NUMA && !strcmp(moira_device_info(device)->backend, "cpu")
+            ? info->numa
+            : -1;
+    target->top_k = k;
+    target->hidden = d;
+    size_t act = round_up((size_t)(t * d) * 4), route = round_up((size_t)(t * k) * 4);
+    target->off_idx = act;
+    target->off_weight = act + route;
+    target->off_y = act + 2 * route;
+    target->off_moe = 2 * act + 2 * route;
+    int64_t experts = max_local_experts(e->plan, target_index);
+    size_t bytes = target->off_moe + moira_moe_workspace_bytes(t, k, experts, d);
+    target->x = malloc((size_t)(t * d) * sizeof(float));
+    target->y = malloc((size_t)(t * d) * sizeof(float));
+    target->idx = malloc((size_t)(t * k) * sizeof(int32_t));
+    target->weight = malloc((size_t)(t * k) * sizeof(float));
+    target->token = malloc((size_t)t * sizeof(int32_t));
+    if (!target->x || !target->y || !target->idx || !target->weight || !target->token)
+        return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "executor: out of memory");
+    MOIRA_RETURN_IF_ERROR(moira_queue_create(device, &target->queue));
+    MOIRA_RETURN_IF_ERROR(moira_buffer_alloc(device, bytes, target->numa_node, &target->workspace));
+    return moira_exec_worker_start(&target->worker);
+}
+
+/* Replica bookkeeping of one MoE layer: each replica's target and local number, each expert's
+ * replicas, and the per-forward load arrays. */
+static moira_status_t index_replicas(moira_executor_t *e, exec_layer_t *layer,
+                                     const int *exec_of_target) {
+    const moira_plan_layer_t *plan = layer->plan;
+    int64_t experts = e->model->n_routed_experts;
+    size_t n = (size_t)plan->n_replicas;
+    layer->replica_exec = calloc(n, sizeof(int32_t));
+    layer->replica_slot = calloc(n, sizeof(int32_t));
+    layer->expert_first = calloc((size_t)experts + 1, sizeof(int32_t));
+    layer->expert_replicas = calloc(n, sizeof(int32_t));
+    layer->replica_rows = calloc(n, sizeof(double));
+    layer->expert_load = calloc((size_t)experts, sizeof(double));
+    int *slots = calloc((size_t)e->n_targets + 1, sizeof(int));
+    if (!layer->replica_exec || !layer->replica_slot || !layer->expert_first ||
+        !layer->expert_replicas || !layer->replica_rows || !layer->expert_load || !slots) {
+        free(slots);
+        return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "executor: out of memory");
+    }
+    for (size_t r = 0; r < n; r++) {
+        int exec = exec_of_target[plan->replica_target[r]];
+        layer->replica_exec[r] = exec;
+        layer->replica_slot[r] = slots[exec]++;
+        layer->expert_first[plan->replica_expert[r] + 1]++;
+    }
+    free(slots);
+    for (int64_t x = 0; x < experts; x++)
+        layer->expert_first[x + 1] += layer->expert_first[x];
+    int32_t *fill = calloc((size_t)experts + 1, sizeof(int32_t));
+    if (!fill) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "executor: out of memory");
+    for (size_t r = 0; r < n; r++) {
+        int32_t x = plan->replica_expert[r];
+        layer->expert_replicas[layer->expert_first[x] + fill[x]++] = (int32_t)r;
+    }
+    free(fill);
+    return MOIRA_OK_STATUS;
+}
+
+/* Each target's share of the layer's experts, in plan order, to its device. */
+static moira_status_t upload_experts(moira_executor_t *e, exec_layer_t *layer,
+                                     double *bytes_uploaded) {
+    const moira_plan_layer_t *plan = layer->plan;
+    layer->experts = calloc((size_t)e->n_targets, sizeof(moira_device_experts_t));
+    int32_t *picked = calloc((size_t)plan->n_replicas + 1, sizeof(int32_t));
+    moira_status_t status = layer->experts && picked ? MOIRA_OK_STATUS
+                                                     : moira_status_make(MOIRA_CODE_OUT_OF_MEMORY,
+                                                                         "executor: out of memory");
+    for (int i = 0; !status && i < e->n_targets; i++) {
+        exec_target_t *target = &e->targets[i];
+        int64_t n = 0;
+        for (int r = 0; r < plan->n_replicas; r++)
+            if (layer->replica_exec[r] == i) picked[n++] = plan->replica_expert[r];
+        if (n == 0) continue;
+        status = moira_device_experts_upload(
+            target->device, target->queue, &e->weights[layer->index].moe, picked, n,
+            target->numa_node, MOIRA_WEIGHT_DTYPE_AS_STORED, &layer->experts[i]);
+        if (!status) *bytes_uploaded += (double)layer->experts[i].buffer->size;
+    }
+    free(picked);
+    return status;
+}
+
+/* One layer: its home part to its home device, its routed experts to their targets. */
+static moira_status_t open_layer(moira_executor_t *e, const moira_exec_config_t *config,
+                                 int64_t index, const int *exec_of_target, double *bytes_uploaded) {
+    exec_layer_t *layer = &e->layers[index];
+    layer->index = index;
+    layer->is_moe = moira_model_config_is_moe_layer(e->model, index);
+    MOIRA_RETURN_IF_ERROR(home_for(e, config->home_devices[index], &layer->home));
+    moira_layer_weights_t home_part = e->weights[index];
+    if (layer->is_moe) {
+        for (int l = 0; l < e->plan->n_layers; l++)
+            if (e->plan->layers[l].layer == index) layer->plan = &e->plan->layers[l];
+        if (!layer->plan)
+            return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "the plan has no layer %lld",
+                                     (long long)index);
+        /* The home device gets the router and shared experts, not the routed experts. */
+        home_part.moe.expert_gate_proj = NULL;
+        home_part.moe.expert_up_proj = NULL;
+        home_part.moe.expert_down_proj = NULL;
+        home_part.moe.owns_arrays = false;
+    }
+    MOIRA_RETURN_IF_ERROR(moira_device_layer_upload(layer->home->device, layer->home->queue,
+                                                    e->model, &home_part,
+                                                    MOIRA_WEIGHT_DTYPE_AS_STORED, &layer->weights));
+    *bytes_uploaded += (double)layer->weights.buffer->size;
+    if (!layer->is_moe) return MOIRA_OK_STATUS;
+    MOIRA_RETURN_IF_ERROR(index_replicas(e, layer, exec_of_target));
+    return upload_experts(e, layer, bytes_uploaded);
+}
+
+/* Host staging, scratch and stats arrays, all sized once. */
+static moira_status_t allocate(moira_executor_t *e, const moira_exec_config_t *config) {
+    const moira_model_config_t *m = config->model;
+    int64_t t = config->max_tokens, d = m->hidden_size, k = m->num_experts_per_tok;
+    int n_topology = config->topology->n_targets;
+    e->n_layers = m->num_hidden_layers;
+    for (int i = 0; i < n_topology; i++)
+        e->n_targets += config->binding->devices[i] != NULL;
+    e->targets = calloc((size_t)e->n_targets + 1, sizeof(exec_target_t));
+    e->homes = calloc((size_t)e->n_layers + 1, sizeof(exec_home_t));
+    e->layers = calloc((size_t)e->n_layers + 1, sizeof(exec_layer_t));
+    e->act = malloc((size_t)(t * d) * sizeof(float));
+    e->normed = malloc((size_t)(t * d) * sizeof(float));
+    e->idx = malloc((size_t)(t * k) * sizeof(int32_t));
+    e->weight = malloc((size_t)(t * k) * sizeof(float));
+    e->cost_scratch =
+        calloc(moira_cost_scratch_doubles(&e->cost, config->topology), sizeof(double));
+    e->target_rows = calloc((size_t)n_topology + 1, sizeof(double));
+    e->target_active = calloc((size_t)n_topology + 1, sizeof(int));
+    e->stats.targets = calloc((size_t)e->n_targets + 1, sizeof(moira_exec_target_stats_t));
+    e->stats.layers = calloc((size_t)e->n_layers + 1, sizeof(moira_exec_layer_stats_t));
+    if (!e->targets || !e->homes || !e->layers || !e->act || !e->normed || !e->idx || !e->weight ||
+        !e->cost_scratch || !e->target_rows || !e->target_active || !e->stats.targets ||
+        !e->stats.layers)
+        return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "executor: out of memory");
+    e->stats.n_targets = e->n_targets;
+    e->stats.n_layers = (int)e->n_layers;
+    return MOIRA_OK_STATUS;
+}
+
+/* Targets (in topology order), then layers one by one, reporting progress. */
+static moira_status_t open_all(moira_executor_t *e, const moira_exec_config_t *config) {
+    MOIRA_RETURN_IF_ERROR(allocate(e, config));
+    int n_topology = config->topology->n_targets;
+    int *exec_of_target = calloc((size_t)n_topology + 1, sizeof(int));
+    if (!exec_of_target) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "out of memory");
+    moira_status_t status = MOIRA_OK_STATUS;
+    int next = 0;
+    for (int t = 0; t < n_topology && !status; t++) {
+        exec_of_target[t] = -1;
+        if (!config->binding->devices[t]) continue;
+        exec_of_target[t] = next;
+        status = open_target(e, t, config->binding->devices[t], &e->targets[next]);
+        e->stats.targets[next].target = t;
+        e->stats.targets[next].device = config->binding->devices[t];
+        e->stats.targets[next].replicas = config->binding->replicas[t];
+        next++;
+    }
+    double uploaded = 0;
+    for (int64_t l = 0; l < e->n_layers && !status; l++) {
+        status = open_layer(e, config, l, exec_of_target, &uploaded);
+        e->stats.layers[l].layer = l;
+        e->stats.layers[l].is_moe = e->layers[l].is_moe;
+        e->stats.layers[l].home = config->home_devices[l];
+        if (!status && config->progress)
+            config->progress(config->progress_context, l + 1, e->n_layers, uploaded);
+    }
+    free(exec_of_target);
+    if (!status) moira_executor_reset_stats(e);
+    return status;
+}
+
+/* Everything is built up front so a forward allocates nothing; a failure part way tears down what
+ * was built. */
+moira_status_t moira_executor_create(const moira_exec_config_t *config, moira_executor_t **out) {
+    *out = NULL;
+    if (config->max_tokens < 1 || config->max_tokens > INT32_MAX)
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "executor: max_tokens %lld",
+                                 (long long)config->max_tokens);
+    moira_executor_t *e = calloc(1, sizeof(*e));
+    if (!e) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "executor: out of memory");
+    e->model = config->model;
+    e->weights = config->weights;
+    e->topology = config->topology;
+    e->plan = config->plan;
+    e->max_tokens = config->max_tokens;
+    moira_cost_model_init(config->model, &e->cost);
+    moira_status_t status = open_all(e, config);
+    if (status) {
+        moira_executor_destroy(e);
+        return status;
+    }
+    *out = e;
+    return MOIRA_OK_STATUS;
+}
+
+/* A layer's device memory and bookkeeping; its queues are idle by now. */
+static void close_layer(exec_layer_t *layer, int n_targets) {
+    moira_device_layer_release(&layer->weights);
+    for (int i = 0; layer->experts && i < n_targets; i++)
+        moira_device_experts_release(&layer->experts[i]);
+    free(layer->experts);
+    free(layer->replica_exec);
+    free(layer->replica_slot);
+    free(layer->expert_first);
+    free(layer->expert_replicas);
+    free(layer->replica_rows);
+    free(layer->expert_load);
+}
+
+/* Stops the worker before its queue and memory go, so no stage can touch them. */
+static void close_target(exec_target_t *target) {
+    moira_exec_worker_stop(&target->worker);
+    moira_queue_destroy(target->queue);
+    moira_buffer_free(target->workspace);
+    moira_status_free(target->status);
+    free(target->x);
+    free(target->y);
+    free(target->idx);
+    free(target->weight);
+    free(target->token);
+}
+
+/* Accepts a half-built executor (creation failed part way). */
+void moira_executor_destroy(moira_executor_t *e) {
+    if (!e) return;
+    for (int64_t l = 0; e->layers && l < e->n_layers; l++)
+        close_layer(&e->layers[l], e->n_targets);
+    for (int i = 0; e->targets && i < e->n_targets; i++)
+        close_target(&e->targets[i]);
+    for (int i = 0; i < e->n_homes; i++) {
+        moira_queue_destroy(e->homes[i].queue);
+        moira_buffer_free(e->homes[i].buffer);
+    }
+    free(e->layers);
+    free(e->targets);
+    free(e->homes);
+    free(e->act);
+    free(e->normed);
+    free(e->idx);
+    free(e->weight);
+    free(e->cost_scratch);
+    free(e->target_rows);
+    free(e->target_active);
+    free(e->stats.targets);
+    free(e->stats.layers);
+    free(e);
+}

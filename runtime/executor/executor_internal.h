@@ -1,0 +1,106 @@
+/* The executor's insides, shared by its files: creation (executor_create.c), routing (route.c),
+ * the device stage (stage.c), the forward pass (forward.c), the reference check (check.c) and
+ * the measurements (measure.c). Not for use outside runtime/executor/. */
+#ifndef MOIRA_RUNTIME_EXECUTOR_EXECUTOR_INTERNAL_H
+#define MOIRA_RUNTIME_EXECUTOR_EXECUTOR_INTERNAL_H
+
+#include "ops/device_experts.h"
+#include "ops/device_layer.h"
+#include "placement/cost_model.h"
+#include "runtime/clock.h"
+#include "runtime/executor/executor.h"
+#include "runtime/executor/worker.h"
+
+/* One target the plan puts experts on, with what it needs to serve them. */
+typedef struct exec_target {
+    int target;                 /* topology index */
+    const moira_target_t *info; /* borrowed from the topology */
+    moira_device_t *device;     /* borrowed */
+    int numa_node;              /* where its expert memory is bound; -1: the device decides */
+    int64_t top_k, hidden;      /* k and D of the model */
+    moira_queue_t *queue;       /* owned */
+    moira_buffer_t *workspace;  /* owned: x, topk_idx, topk_weight, y, then the moe workspace */
+    size_t off_idx, off_weight, off_y, off_moe;
+    /* Host staging of one layer, sized for max_tokens rows (owned). */
+    float *x;       /* [rows, D] the tokens it serves */
+    int32_t *idx;   /* [rows, k] local expert numbers, -1 where another target serves */
+    float *weight;  /* [rows, k] routing weights */
+    float *y;       /* [rows, D] its partial sums */
+    int32_t *token; /* [rows] which token each row is */
+    /* The layer in flight. */
+    int64_t rows, assignments;
+    const moira_device_experts_t *experts; /* borrowed from the layer */
+    moira_status_t status;                 /* owned: the stage's result */
+    double stage_s;
+    moira_exec_worker_t worker;
+    double modelled_base_us; /* the queue's modelled time at the last reset */
+    double check_num, check_den;
+} exec_target_t;
+
+/* A device that runs layers' home work, with its activations for one batch. */
+typedef struct exec_home {
+    moira_device_t *device; /* borrowed */
+    moira_queue_t *queue;   /* owned */
+    moira_buffer_t *buffer; /* owned: the tensors below for max_tokens, cut to T per forward */
+    size_t off_h, off_normed, off_out, off_idx, off_weight, off_positions;
+    int64_t positions_written; /* the forward whose positions the buffer holds */
+} exec_home_t;
+
+/* One decoder layer. */
+typedef struct exec_layer {
+    int64_t index;
+    bool is_moe;
+    exec_home_t *home;               /* borrowed from the executor */
+    moira_device_layer_t weights;    /* owned: the home device's part of the layer */
+    const moira_plan_layer_t *plan;  /* borrowed; NULL for a dense layer */
+    moira_device_experts_t *experts; /* owned: one per exec target (empty where it holds none) */
+    int32_t *replica_exec;           /* owned: per plan replica, its exec target */
+    int32_t *replica_slot;           /* owned: per plan replica, its local expert number */
+    int32_t *expert_first;           /* owned [E+1]: expert e's replicas are */
+    int32_t *expert_replicas;        /* owned:  expert_replicas[expert_first[e] .. first[e+1]) */
+    double *replica_rows;            /* owned: assignments each replica served, last forward */
+    double *expert_load;             /* owned [E]: assignments per expert, last forward */
+} exec_layer_t;
+
+struct moira_executor {
+    const moira_model_config_t *model;    /* borrowed */
+    const moira_layer_weights_t *weights; /* borrowed */
+    const moira_topology_t *topology;     /* borrowed */
+    const moira_plan_t *plan;             /* borrowed */
+    moira_cost_model_t cost;
+    double *cost_scratch; /* owned */
+    double *target_rows;  /* owned [n_targets]: routing's running assignments */
+    int *target_active;   /* owned [n_targets]: routing's running replicas with any */
+    int64_t max_tokens;
+    int n_targets;
+    exec_target_t *targets; /* owned */
+    int n_homes;
+    exec_home_t *homes; /* owned */
+    int64_t n_layers;
+    exec_layer_t *layers; /* owned */
+    /* Host staging of the home side (owned): activations [max_tokens, D], routing [.., k]. */
+    float *act, *normed, *weight;
+    int32_t *idx;
+    int64_t forwards; /* ever run, for positions_written */
+    moira_exec_stats_t stats;
+};
+
+/* Routes the layer's assignments (executor->idx / weight, T tokens) to replicas and fills every
+ * target's rows, local expert numbers, weights and tokens (route.c). */
+void moira_exec_route(moira_executor_t *executor, exec_layer_t *layer, int64_t tokens);
+
+/* Runs one target's stage on its worker: upload, dispatch, grouped FFN, combine, download
+ * (stage.c). `context` is the exec_target_t. Sets its status and stage_s. */
+void moira_exec_stage(void *context);
+
+/* Adds the fp64 reference's verdict on the target's partial sums of this layer to its check
+ * accumulators (check.c). */
+moira_status_t moira_exec_check_target(const moira_executor_t *executor, const exec_layer_t *layer,
+                                       exec_target_t *target);
+
+/* Adds one MoE layer's observed load, the cost model's prediction for it, and the targets'
+ * counters to the stats (measure.c). */
+void moira_exec_measure_layer(moira_executor_t *executor, const exec_layer_t *layer,
+                              moira_exec_layer_stats_t *stats);
+
+#endif

@@ -1,0 +1,231 @@
+/* The forward pass: layer after layer, each dense layer whole on its home device, each MoE layer
+ * split between its home device and the targets holding its experts (executor.h has the
+ * picture). The residual stream lives on the host between layers, so consecutive layers may
+ * have different home devices. */
+#include <string.h>
+
+#include "runtime/executor/executor_internal.h"
+
+/* A home's activations cut to T tokens. */
+typedef struct home_views {
+    moira_dtensor_t x, h, normed, out, idx, weight, positions;
+} home_views_t;
+
+/* Views cut to this batch: the buffer is sized for max_tokens, the op contracts want exact shapes.
+ */
+static home_views_t home_views(const exec_home_t *home, int64_t t, int64_t d, int64_t k) {
+    home_views_t v;
+    v.x = moira_dtensor_2d(home->buffer, 0, MOIRA_DTYPE_F32, t, d);
+    v.h = moira_dtensor_2d(home->buffer, home->off_h, MOIRA_DTYPE_F32, t, d);
+    v.normed = moira_dtensor_2d(home->buffer, home->off_normed, MOIRA_DTYPE_F32, t, d);
+    v.out = moira_dtensor_2d(home->buffer, home->off_out, MOIRA_DTYPE_F32, t, d);
+    v.idx = moira_dtensor_2d(home->buffer, home->off_idx, MOIRA_DTYPE_I32, t, k);
+    v.weight = moira_dtensor_2d(home->buffer, home->off_weight, MOIRA_DTYPE_F32, t, k);
+    v.positions = moira_dtensor_2d(home->buffer, home->off_positions, MOIRA_DTYPE_I32, t, 1);
+    v.positions.rank = 1;
+    return v;
+}
+
+/* Keeps the first error, releasing later ones. */
+static moira_status_t first_error(moira_status_t kept, moira_status_t next) {
+    if (kept) {
+        moira_status_free(next);
+        return kept;
+    }
+    return next;
+}
+
+/* Sends the residual stream (and, once per forward, the positions) to the layer's home. */
+static moira_status_t send_to_home(moira_executor_t *e, exec_home_t *home, const home_views_t *v,
+                                   const moira_tensor_t *positions) {
+    size_t bytes = (size_t)moira_dtensor_numel(&v->x) * sizeof(float);
+    MOIRA_RETURN_IF_ERROR(moira_queue_write(home->queue, home->buffer, 0, e->act, bytes));
+    e->stats.home_bytes += (double)bytes;
+    if (home->positions_written == e->forwards) return MOIRA_OK_STATUS;
+    home->positions_written = e->forwards;
+    size_t position_bytes = (size_t)v->positions.shape[0] * sizeof(int32_t);
+    e->stats.home_bytes += (double)position_bytes;
+    return moira_queue_write(home->queue, home->buffer, home->off_positions, positions->data,
+                             position_bytes);
+}
+
+/* A dense layer, whole on its home device. */
+static moira_status_t run_dense_layer(moira_executor_t *e, exec_layer_t *layer,
+                                      const home_views_t *v, const moira_tensor_t *positions) {
+    exec_home_t *home = layer->home;
+    MOIRA_RETURN_IF_ERROR(send_to_home(e, home, v, positions));
+    MOIRA_RETURN_IF_ERROR(moira_layer_run(home->queue, e->model, layer->index, &layer->weights,
+                                          &v->x, &v->positions, NULL, &v->out));
+    size_t bytes = (size_t)moira_dtensor_numel(&v->out) * sizeof(float);
+    e->stats.home_bytes += (double)bytes;
+    MOIRA_RETURN_IF_ERROR(
+        moira_queue_read(home->queue, home->buffer, home->off_out, e->act, bytes));
+    return moira_queue_finish(home->queue);
+}
+
+/* Home, first half: attention, post-attention norm and router, then the router's choices and the
+ * normalised activations come back to the host for routing. */
+static moira_status_t run_home_front(moira_executor_t *e, exec_layer_t *layer,
+                                     const home_views_t *v, const moira_tensor_t *positions) {
+    exec_home_t *home = layer->home;
+    MOIRA_RETURN_IF_ERROR(send_to_home(e, home, v, positions));
+    MOIRA_RETURN_IF_ERROR(moira_layer_attention_run(home->queue, e->model, &layer->weights, &v->x,
+                                                    &v->positions, NULL, &v->h, &v->normed));
+    MOIRA_RETURN_IF_ERROR(moira_gate_run(home->queue, e->model, &layer->weights, &v->normed,
+                                         &v->idx, &v->weight, NULL));
+    size_t act = (size_t)moira_dtensor_numel(&v->normed) * sizeof(float);
+    size_t route = (size_t)moira_dtensor_numel(&v->idx) * 4;
+    MOIRA_RETURN_IF_ERROR(
+        moira_queue_read(home->queue, home->buffer, home->off_normed, e->normed, act));
+    MOIRA_RETURN_IF_ERROR(
+        moira_queue_read(home->queue, home->buffer, home->off_idx, e->idx, route));
+    MOIRA_RETURN_IF_ERROR(
+        moira_queue_read(home->queue, home->buffer, home->off_weight, e->weight, route));
+    e->stats.home_bytes += (double)(act + 2 * route);
+    return moira_queue_finish(home->queue);
+}
+
+/* Home, second half, while the targets run: out = h + shared(normed), back to the host. */
+static moira_status_t run_home_back(moira_executor_t *e, exec_layer_t *layer,
+                                    const home_views_t *v) {
+    exec_home_t *home = layer->home;
+    const moira_device_layer_t *w = &layer->weights;
+    size_t bytes = (size_t)moira_dtensor_numel(&v->out) * sizeof(float);
+    moira_status_t status = moira_queue_copy(home->queue, home->buffer, home->off_h, home->buffer,
+                                             home->off_out, bytes);
+    if (!status && w->shared_w1.buffer)
+        status = moira_swiglu_enqueue(home->queue, &v->normed, &w->shared_w1, &w->shared_w3,
+                                      &w->shared_w2, &v->out, 1.0f);
+    if (!status) status = moira_queue_read(home->queue, home->buffer, home->off_out, e->act, bytes);
+    e->stats.home_bytes += (double)bytes;
+    return first_error(status, moira_queue_finish(home->queue));
+}
+
+/* Adds every target's partial sums into the residual stream on the host. */
+static void combine_on_host(moira_executor_t *e) {
+    int64_t d = e->model->hidden_size;
+    for (int i = 0; i < e->n_targets; i++) {
+        const exec_target_t *target = &e->targets[i];
+        for (int64_t row = 0; row < target->rows; row++) {
+            float *dst = e->act + (int64_t)target->token[row] * d;
+            const float *src = target->y + row * d;
+            for (int64_t c = 0; c < d; c++)
+                dst[c] += src[c];
+        }
+    }
+}
+
+/* An MoE layer across its home device and its targets. */
+static moira_status_t run_moe_layer(moira_executor_t *e, exec_layer_t *layer, const home_views_t *v,
+                                    const moira_tensor_t *positions, bool check,
+                                    moira_exec_layer_stats_t *stats) {
+    double start = moira_now_seconds();
+    MOIRA_RETURN_IF_ERROR(run_home_front(e, layer, v, positions));
+    moira_exec_route(e, layer, v->x.shape[0]);
+    double handed = moira_now_seconds();
+    for (int i = 0; i < e->n_targets; i++)
+        if (e->targets[i].rows > 0)
+            moira_exec_worker_post(&e->targets[i].worker, moira_exec_stage, &e->targets[i]);
+    moira_status_t status = run_home_back(e, layer, v);
+    double home_done = moira_now_seconds();
+    for (int i = 0; i < e->n_targets; i++) {
+        exec_target_t *target = &e->targets[i];
+        if (target->rows == 0) continue;
+        moira_exec_worker_wait(&target->worker);
+        if (target->status)
+            status = first_error(status,
+                                 moira_status_annotate(target->status, "layer %lld on %s (%s)",
+                                                       (long long)layer->index, target->info->name,
+                                                       moira_device_info(target->device)->name));
+        target->status = MOIRA_OK_STATUS;
+    }
+    double done = moira_now_seconds();
+    stats->home_s += home_done - start; /* routing on the host included */
+    stats->experts_s += done - handed;
+    if (status) return status;
+    combine_on_host(e);
+    for (int i = 0; check && i < e->n_targets; i++)
+        MOIRA_RETURN_IF_ERROR(moira_exec_check_target(e, layer, &e->targets[i]));
+    moira_exec_measure_layer(e, layer, stats);
+    return MOIRA_OK_STATUS;
+}
+
+/* Shapes of the batch against what the executor was built for. */
+static moira_status_t check_batch(const moira_executor_t *e, const moira_tensor_t *x,
+                                  const moira_tensor_t *positions, const moira_tensor_t *out) {
+    int64_t d = e->model->hidden_size;
+    bool ok = x->dtype == MOIRA_DTYPE_F32 && x->rank == 2 && x->shape[1] == d && x->shape[0] >= 1 &&
+              x->shape[0] <= e->max_tokens && out->dtype == MOIRA_DTYPE_F32 &&
+              moira_tensor_same_shape(x, out) && positions->dtype == MOIRA_DTYPE_I32 &&
+              moira_tensor_numel(positions) == x->shape[0];
+    if (ok) return MOIRA_OK_STATUS;
+    return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
+                             "executor: x and out must be F32 [T, %lld] with 1 <= T <= %lld and "
+                             "positions I32 [T]",
+                             (long long)d, (long long)e->max_tokens);
+}
+
+/* The devices' own cost models (the npu's), read while every queue is idle. */
+static void read_modelled_time(moira_executor_t *e) {
+    for (int i = 0; i < e->n_targets; i++) {
+        double us = 0;
+        moira_exec_target_stats_t *s = &e->stats.targets[i];
+        s->has_modelled = moira_queue_modelled_us(e->targets[i].queue, &us);
+        if (s->has_modelled) s->modelled_us = us - e->targets[i].modelled_base_us;
+    }
+}
+
+/* After a checked forward: each target's NMSE against the reference and its device's limit. */
+static void record_check(moira_executor_t *e) {
+    for (int i = 0; i < e->n_targets; i++) {
+        const exec_target_t *target = &e->targets[i];
+        moira_exec_target_stats_t *s = &e->stats.targets[i];
+        s->checked = target->check_den > 0 || target->check_num > 0;
+        s->check_nmse =
+            target->check_den > 0 ? target->check_num / target->check_den : target->check_num;
+        s->check_limit =
+            moira_precision_nmse_limit(moira_device_info(target->device)->compute_precision);
+    }
+}
+
+/* The residual stream stays on the host between layers (e->act), so layers may change home. */
+moira_status_t moira_executor_forward(moira_executor_t *e, const moira_tensor_t *x,
+                                      const moira_tensor_t *positions, moira_tensor_t *out,
+                                      bool check_devices, moira_tensor_t *layer_inputs) {
+    MOIRA_RETURN_IF_ERROR(check_batch(e, x, positions, out));
+    for (int64_t l = 0; layer_inputs && l < e->n_layers; l++)
+        if (!moira_tensor_same_shape(&layer_inputs[l], x) ||
+            layer_inputs[l].dtype != MOIRA_DTYPE_F32)
+            return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
+                                     "executor: layer input %lld must be shaped as x",
+                                     (long long)l);
+    int64_t t = x->shape[0], d = e->model->hidden_size, k = e->model->num_experts_per_tok;
+    e->forwards++;
+    memcpy(e->act, x->data, (size_t)(t * d) * sizeof(float));
+    for (int i = 0; i < e->n_targets; i++)
+        e->targets[i].check_num = e->targets[i].check_den = 0;
+    double start = moira_now_seconds();
+    moira_status_t status = MOIRA_OK_STATUS;
+    for (int64_t l = 0; l < e->n_layers && !status; l++) {
+        exec_layer_t *layer = &e->layers[l];
+        moira_exec_layer_stats_t *stats = &e->stats.layers[l];
+        home_views_t v = home_views(layer->home, t, d, k);
+        if (layer_inputs) memcpy(layer_inputs[l].data, e->act, (size_t)(t * d) * sizeof(float));
+        double layer_start = moira_now_seconds();
+        if (layer->is_moe) {
+            status = run_moe_layer(e, layer, &v, positions, check_devices, stats);
+        } else {
+            status = run_dense_layer(e, layer, &v, positions);
+            stats->home_s += moira_now_seconds() - layer_start;
+        }
+        stats->wall_s += moira_now_seconds() - layer_start;
+    }
+    if (status) return status;
+    memcpy(out->data, e->act, (size_t)(t * d) * sizeof(float));
+    e->stats.forwards++;
+    e->stats.tokens += t;
+    e->stats.wall_s += moira_now_seconds() - start;
+    read_modelled_time(e);
+    if (check_devices) record_check(e);
+    return MOIRA_OK_STATUS;
+}
