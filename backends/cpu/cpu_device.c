@@ -11,6 +11,7 @@
 
 #include "backends/cpu/cpu_buffer.h"
 #include "backends/cpu/cpu_kernels.h"
+#include "backends/cpu/gemm.h"
 #include "backends/cpu/packed_weights.h"
 #include "runtime/backend.h"
 #include "runtime/hwloc_topology.h"
@@ -107,6 +108,8 @@ static void execute_command(cpu_queue_t *queue, command_t *command) {
     }
 }
 
+/* The queue's worker thread: commands run one at a time in submission order, which is what makes
+ * a queue ordered; `idle` wakes finish() when the list drains. */
 static void *queue_main(void *raw) {
     cpu_queue_t *queue = raw;
     pthread_mutex_lock(&queue->mutex);
@@ -129,6 +132,7 @@ static void *queue_main(void *raw) {
     return NULL;
 }
 
+/* Appends under the lock and wakes the worker; enqueueing never blocks on the work itself. */
 static moira_status_t submit(moira_queue_t *base, command_t *command) {
     cpu_queue_t *queue = (cpu_queue_t *)base;
     pthread_mutex_lock(&queue->mutex);
@@ -142,6 +146,7 @@ static moira_status_t submit(moira_queue_t *base, command_t *command) {
     return MOIRA_OK_STATUS;
 }
 
+/* Commands are zeroed so optional fields (event, buffer) start empty. */
 static moira_status_t new_command(command_kind_t kind, command_t **out_command) {
     command_t *command = calloc(1, sizeof(*command));
     if (!command) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "cpu queue: out of memory");
@@ -150,6 +155,7 @@ static moira_status_t new_command(command_kind_t kind, command_t **out_command) 
     return MOIRA_OK_STATUS;
 }
 
+/* cpu buffers are host memory, so the runtime may read them in place. */
 static void *host_ptr(moira_buffer_t *buffer) {
     return ((moira_cpu_buffer_t *)buffer)->memory.data;
 }
@@ -167,16 +173,19 @@ static moira_status_t enqueue_memcpy(moira_queue_t *queue, moira_buffer_t *dst_b
     return submit(queue, command);
 }
 
+/* A host-to-buffer copy; the buffer is told afterwards so stale packed copies are dropped. */
 static moira_status_t cpu_enqueue_write(moira_queue_t *queue, moira_buffer_t *dst,
                                         size_t dst_offset, const void *src, size_t bytes) {
     return enqueue_memcpy(queue, dst, dst_offset, (char *)host_ptr(dst) + dst_offset, src, bytes);
 }
 
+/* A buffer-to-host copy; nothing in the buffer changes. */
 static moira_status_t cpu_enqueue_read(moira_queue_t *queue, moira_buffer_t *src, size_t src_offset,
                                        void *dst, size_t bytes) {
     return enqueue_memcpy(queue, NULL, 0, dst, (char *)host_ptr(src) + src_offset, bytes);
 }
 
+/* Buffer to buffer on the same device: one memcpy in queue order. */
 static moira_status_t cpu_enqueue_copy(moira_queue_t *queue, moira_buffer_t *src, size_t src_offset,
                                        moira_buffer_t *dst, size_t dst_offset, size_t bytes) {
     return enqueue_memcpy(queue, dst, dst_offset, (char *)host_ptr(dst) + dst_offset,
@@ -193,6 +202,7 @@ static moira_status_t cpu_enqueue_op(moira_queue_t *queue, const moira_op_launch
     return submit(queue, command);
 }
 
+/* Signals and waits share one command kind each, with the event referenced until it runs. */
 static moira_status_t enqueue_event(moira_queue_t *queue, command_kind_t kind,
                                     moira_event_t *event) {
     command_t *command = NULL;
@@ -202,14 +212,18 @@ static moira_status_t enqueue_event(moira_queue_t *queue, command_kind_t kind,
     return submit(queue, command);
 }
 
+/* Marks the event when everything enqueued before it has run. */
 static moira_status_t cpu_enqueue_signal(moira_queue_t *queue, moira_event_t *event) {
     return enqueue_event(queue, COMMAND_SIGNAL, event);
 }
 
+/* Holds the queue until another queue (possibly another device) signals the event. */
 static moira_status_t cpu_enqueue_wait(moira_queue_t *queue, moira_event_t *event) {
     return enqueue_event(queue, COMMAND_WAIT, event);
 }
 
+/* Blocks until the queue is empty and idle, and hands back the first failure since the last
+ * finish. */
 static moira_status_t cpu_queue_finish(moira_queue_t *base) {
     cpu_queue_t *queue = (cpu_queue_t *)base;
     pthread_mutex_lock(&queue->mutex);
@@ -221,6 +235,7 @@ static moira_status_t cpu_queue_finish(moira_queue_t *base) {
     return failure;
 }
 
+/* One worker thread per queue; kernels themselves run on the device's shared pool. */
 static moira_status_t cpu_queue_create(moira_device_t *device, moira_queue_t **out_queue) {
     cpu_queue_t *queue = calloc(1, sizeof(*queue));
     if (!queue) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "cannot allocate a queue");
@@ -236,6 +251,7 @@ static moira_status_t cpu_queue_create(moira_device_t *device, moira_queue_t **o
     return MOIRA_OK_STATUS;
 }
 
+/* Drains the queue before stopping its worker, so no enqueued command is lost. */
 static void cpu_queue_destroy(moira_queue_t *base) {
     cpu_queue_t *queue = (cpu_queue_t *)base;
     moira_status_t failure = cpu_queue_finish(base);
@@ -272,6 +288,7 @@ static moira_status_t cpu_buffer_alloc(moira_device_t *device, size_t bytes, int
     return MOIRA_OK_STATUS;
 }
 
+/* Packed copies go with the buffer they were made from. */
 static void cpu_buffer_free(moira_buffer_t *base) {
     moira_cpu_buffer_t *buffer = (moira_cpu_buffer_t *)base;
     moira_cpu_buffer_drop_packed(buffer);
@@ -287,11 +304,13 @@ static moira_status_t cpu_prepare_weights(moira_device_t *base, int op,
     return moira_cpu_prepare_weights(device->pool, op, weights, n_weights);
 }
 
+/* The cpu runs every op in every weight dtype (narrow dtypes are widened in the kernels). */
 static bool cpu_supports_op(const moira_device_t *device, int op, moira_dtype_t weight_dtype) {
     (void)device;
     return moira_cpu_supports_op(op, weight_dtype);
 }
 
+/* Stops the pool the kernels run on, then frees the device. */
 static void cpu_device_destroy(moira_device_t *base) {
     cpu_device_t *device = (cpu_device_t *)base;
     moira_threadpool_destroy(device->pool);
@@ -302,7 +321,8 @@ static void cpu_device_destroy(moira_device_t *base) {
  * estimates (cores x clock x SIMD width) until a benchmark measures them. */
 static void describe_host(moira_device_info_t *info, int n_threads) {
     info->kind = MOIRA_DEVICE_KIND_CPU;
-    info->compute_precision = MOIRA_DTYPE_F32;
+    /* bf16 math (gemm.h) makes bf16-weight GEMMs the least precise path, so it sets the limit. */
+    info->compute_precision = moira_cpu_bf16_math_rounded() ? MOIRA_DTYPE_BF16 : MOIRA_DTYPE_F32;
     info->numa_node = -1;
     snprintf(info->model, sizeof(info->model), "host CPU");
     hwloc_topology_t topology;
@@ -335,6 +355,9 @@ static void describe_host(moira_device_info_t *info, int n_threads) {
     moira_device_info_add_detail(info, "hw_threads", true, "%d",
                                  hwloc_get_nbobjs_by_type(topology, HWLOC_OBJ_PU));
     moira_device_info_add_detail(info, "peak_is_estimate", true, "true");
+    moira_device_info_add_detail(info, "isa", true, "%s", moira_cpu_isa_name(moira_cpu_isa_best()));
+    moira_device_info_add_detail(info, "bf16_math", true, "%s",
+                                 moira_cpu_bf16_math_rounded() ? "bf16" : "f32");
 }
 
 /* MOIRA_CPU_THREADS overrides the thread count (default: one per physical core). */
@@ -344,6 +367,8 @@ static int threads_from_env(void) {
     return n > 0 && n <= 1024 ? n : 0;
 }
 
+/* One cpu device for the whole host, its pool bound to the cores (MOIRA_CPU_THREADS overrides
+ * the count). */
 static moira_status_t cpu_enumerate(moira_device_t **out_devices, int capacity, int *out_count) {
     *out_count = 0;
     if (capacity < 1) return MOIRA_OK_STATUS;
@@ -381,6 +406,7 @@ static const moira_device_vtable_t cpu_vtable = {
 
 static const moira_backend_t cpu_backend = {.name = "cpu", .enumerate = cpu_enumerate};
 
+/* Called from the generated registry (backends/registry_builtin.c.in). */
 moira_status_t moira_backend_cpu_register(void) {
     return moira_backend_register(&cpu_backend);
 }

@@ -49,6 +49,8 @@ typedef void (*moira_cpu_tile_fn)(const moira_cpu_tile_t *tile);
 typedef enum moira_cpu_bf16_input {
     MOIRA_CPU_BF16_INPUT_F32 = 0, /* f32 rows, padded with a zero to even length */
     MOIRA_CPU_BF16_INPUT_SPLIT,   /* bf16 high + low parts (x = hi + lo to 2^-16 relative) */
+    MOIRA_CPU_BF16_INPUT_ROUNDED, /* the same planes, of which only the high part (x rounded to
+                                     bf16) is read: bf16 math, twice the rate of the split */
 } moira_cpu_bf16_input_t;
 
 typedef struct moira_cpu_gemm_kernels {
@@ -63,11 +65,22 @@ typedef struct moira_cpu_gemm_kernels {
 /* The kernels of one instruction set (it must be supported: see moira_cpu_isa_supported). */
 const moira_cpu_gemm_kernels_t *moira_cpu_gemm_kernels(moira_cpu_isa_t isa);
 
+/* Whether bf16-weight GEMMs may round their activations to bf16 (MOIRA_CPU_BF16_MATH=bf16 on a
+ * CPU with AVX512_BF16). Off by default: the cpu device then computes in f32 (DESIGN.md §4's
+ * 1e-6 limit). On, the device reports bf16 compute precision (limit 2e-3) and bf16 weights run
+ * at the vdpbf16ps rate, as AMX or oneDNN bf16 GEMMs do. */
+bool moira_cpu_bf16_math_rounded(void);
+
+/* The kernels a launch uses: the best instruction set (moira_cpu_isa_best), with the rounded
+ * bf16 tile when moira_cpu_bf16_math_rounded(). */
+const moira_cpu_gemm_kernels_t *moira_cpu_gemm_kernels_for_launch(void);
+
 /* Per instruction set; each lives in its own file compiled with that set's flags. */
 extern const moira_cpu_gemm_kernels_t moira_cpu_gemm_portable;
 extern const moira_cpu_gemm_kernels_t moira_cpu_gemm_avx2;
 extern const moira_cpu_gemm_kernels_t moira_cpu_gemm_avx512;
 extern const moira_cpu_gemm_kernels_t moira_cpu_gemm_avx512_bf16;
+extern const moira_cpu_gemm_kernels_t moira_cpu_gemm_avx512_bf16_rounded;
 
 /* The AVX-512 f32 tile, which the AVX512_BF16 table shares. */
 void moira_cpu_avx512_f32_tile(const moira_cpu_tile_t *tile);

@@ -6,6 +6,7 @@
  * weight bytes. Compiled with AVX512_BF16 flags; used only where the CPU has them. */
 #include "backends/cpu/simd_avx512.h"
 
+#include <stdbool.h>
 #include <string.h>
 
 /* Broadcasts the activation pair p (two bf16 in one 32-bit word) of a row. */
@@ -15,8 +16,12 @@ static inline __m512bh pair_broadcast(const uint16_t *row, int64_t p) {
     return (__m512bh)_mm512_set1_epi32((int)word);
 }
 
-static inline __attribute__((always_inline)) void split_tile(const moira_cpu_tile_t *tile,
-                                                             const int rows, const int streams) {
+/* Every weight pair meets the activation's high part and, when `split`, its low part too: two
+ * vdpbf16ps per 32 weights, f32-accurate; without the low part it is bf16 math (activations
+ * rounded to bf16, chosen with MOIRA_CPU_BF16_MATH=bf16, see gemm.h), one vdpbf16ps per 32
+ * weights. `split` is a constant in each instance, so the unused branch disappears. */
+static inline __attribute__((always_inline)) void
+pair_tile(const moira_cpu_tile_t *tile, const int rows, const int streams, const bool split) {
     __m512 acc[MOIRA_CPU_TILE_ROWS][MOIRA_CPU_TILE_STREAMS];
     const uint16_t *const *hi = (const uint16_t *const *)tile->x;
     const uint16_t *const *lo = (const uint16_t *const *)tile->x_lo;
@@ -29,13 +34,30 @@ static inline __attribute__((always_inline)) void split_tile(const moira_cpu_til
             wv[s] = (__m512bh)_mm512_loadu_si512(w[s] + 32 * p);
 #pragma GCC unroll 8
         for (int r = 0; r < rows; r++) {
-            __m512bh xh = pair_broadcast(hi[r], p), xl = pair_broadcast(lo[r], p);
+            __m512bh xh = pair_broadcast(hi[r], p);
 #pragma GCC unroll 8
             for (int s = 0; s < streams; s++)
-                acc[r][s] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[r][s], xh, wv[s]), xl, wv[s]);
+                acc[r][s] = _mm512_dpbf16_ps(acc[r][s], xh, wv[s]);
+            if (split) {
+                __m512bh xl = pair_broadcast(lo[r], p);
+#pragma GCC unroll 8
+                for (int s = 0; s < streams; s++)
+                    acc[r][s] = _mm512_dpbf16_ps(acc[r][s], xl, wv[s]);
+            }
         }
     }
     moira_avx512_tile_store(tile, acc, rows, streams);
+}
+
+/* The two instances the tile tables are made of. */
+static inline __attribute__((always_inline)) void split_tile(const moira_cpu_tile_t *tile,
+                                                             const int rows, const int streams) {
+    pair_tile(tile, rows, streams, true);
+}
+
+static inline __attribute__((always_inline)) void rounded_tile(const moira_cpu_tile_t *tile,
+                                                               const int rows, const int streams) {
+    pair_tile(tile, rows, streams, false);
 }
 
 /* hi = bf16(x) and lo = bf16(x - hi), both rounded to nearest even by vcvtneps2bf16; where hi is
@@ -56,11 +78,20 @@ static void split_bf16(const float *x, int64_t n, uint16_t *hi, uint16_t *lo) {
 }
 
 MOIRA_CPU_TILE_TABLE(split_tile, split_run)
+MOIRA_CPU_TILE_TABLE(rounded_tile, rounded_run)
 
 const moira_cpu_gemm_kernels_t moira_cpu_gemm_avx512_bf16 = {
     .isa = MOIRA_CPU_ISA_AVX512_BF16,
     .f32 = moira_cpu_avx512_f32_tile,
     .bf16 = split_run,
     .bf16_input = MOIRA_CPU_BF16_INPUT_SPLIT,
+    .split_bf16 = split_bf16,
+};
+
+const moira_cpu_gemm_kernels_t moira_cpu_gemm_avx512_bf16_rounded = {
+    .isa = MOIRA_CPU_ISA_AVX512_BF16,
+    .f32 = moira_cpu_avx512_f32_tile,
+    .bf16 = rounded_run,
+    .bf16_input = MOIRA_CPU_BF16_INPUT_ROUNDED,
     .split_bf16 = split_bf16,
 };

@@ -3,6 +3,7 @@
 #include "backends/cpu/gemm.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "runtime/dtype.h"
@@ -18,6 +19,18 @@ const moira_cpu_gemm_kernels_t *moira_cpu_gemm_kernels(moira_cpu_isa_t isa) {
     default:
         return &moira_cpu_gemm_portable;
     }
+}
+
+/* Read per call, like MOIRA_CPU_ISA, so a test or a comparison can switch it in one process. */
+bool moira_cpu_bf16_math_rounded(void) {
+    const char *env = getenv("MOIRA_CPU_BF16_MATH");
+    return env && !strcmp(env, "bf16") && moira_cpu_isa_best() == MOIRA_CPU_ISA_AVX512_BF16;
+}
+
+/* One place decides, so the kernels and the device's reported precision cannot disagree. */
+const moira_cpu_gemm_kernels_t *moira_cpu_gemm_kernels_for_launch(void) {
+    if (moira_cpu_bf16_math_rounded()) return &moira_cpu_gemm_avx512_bf16_rounded;
+    return moira_cpu_gemm_kernels(moira_cpu_isa_best());
 }
 
 /* A sub-tile's outputs start 16 columns further per stream, or per gate/up pair for SWIGLU. */

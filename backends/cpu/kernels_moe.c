@@ -154,7 +154,7 @@ static moira_status_t packed_ffn(const moira_op_launch_t *launch, moira_threadpo
             .offsets = moira_cpu_i32(&operands[4]),
             .sorted_rows = moira_cpu_i32(&operands[5]),
             .ys = moira_cpu_f32(&operands[6]),
-            .kernels = moira_cpu_gemm_kernels(moira_cpu_isa_best()),
+            .kernels = moira_cpu_gemm_kernels_for_launch(),
         };
         status = moira_cpu_grouped_ffn_run(pool, &job);
         *out_ran = true;

@@ -210,7 +210,7 @@ moira_status_t moira_cpu_grouped_ffn_run(moira_threadpool_t *pool,
     if (n_rows == 0 || job->hidden == 0) return MOIRA_OK_STATUS;
     bool bf16 = job->w1->dtype == MOIRA_DTYPE_BF16;
     ctx_t ctx = {.job = job,
-                 .split = bf16 && job->kernels->bf16_input == MOIRA_CPU_BF16_INPUT_SPLIT,
+                 .split = bf16 && job->kernels->bf16_input != MOIRA_CPU_BF16_INPUT_F32,
                  .row0 = job->offsets[0],
                  .h_stride = job->w1->panels * MOIRA_CPU_PANEL};
     /* bf16 pairs read an even number of activations: x gets a zero column when D is odd. */
