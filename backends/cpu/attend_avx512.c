@@ -9,12 +9,18 @@
 /* Keys per score group: 8 accumulators of 16 queries each, enough independent FMAs to hide
  * their latency. */
 #define SCORE_KEYS 8
-
 /* acc[j] (lane i) += sum over d < n of q_t[d][i] * k[j][d]: one load of the 16 queries' element
- * d serves all the keys, each key element is a broadcast operand of its FMA. */
-static inline __attribute__((always_inline)) void dots(const float *q_t, const float *const k[],
-                                                       int64_t n, __m512 acc[SCORE_KEYS]) {
+ * d serves all the keys, each key element is a broadcast operand of its FMA. Every 16 elements
+ * (a cache line) it prefetches the same line of the key SCORE_KEYS rows on (`stride` floats
+ * apart), so the next group's rows are on their way while this one computes: decode streams a
+ * cache far larger than L2. */
+static inline __attribute__((always_inline)) void
+dots(const float *q_t, const float *const k[], int64_t n, int64_t stride, __m512 acc[SCORE_KEYS]) {
     for (int64_t d = 0; d < n; d++) {
+        if ((d & 15) == 0)
+#pragma GCC unroll 8
+            for (int j = 0; j < SCORE_KEYS; j++)
+                _mm_prefetch((const char *)(k[j] + d + SCORE_KEYS * stride), _MM_HINT_T0);
         __m512 qv = _mm512_loadu_ps(q_t + d * MOIRA_CPU_ATTEND_QUERIES);
 #pragma GCC unroll 8
         for (int j = 0; j < SCORE_KEYS; j++)
@@ -40,8 +46,8 @@ static void scores(const moira_cpu_attend_t *a, int64_t key0, int n_keys, float 
 #pragma GCC unroll 8
         for (int j = 0; j < SCORE_KEYS; j++)
             acc[j] = _mm512_setzero_ps();
-        dots(a->q_t, ka, a->dim_a, acc);
-        dots(q_tb, kb, a->dim_b, acc);
+        dots(a->q_t, ka, a->dim_a, a->k_a_stride, acc);
+        dots(q_tb, kb, a->dim_b, a->k_b_stride, acc);
 #pragma GCC unroll 8
         for (int j = 0; j < SCORE_KEYS; j++)
             if (j < nj)
