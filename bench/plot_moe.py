@@ -2,7 +2,10 @@
 """GFLOP/s against tokens for Moira and its peer, from `moira bench moe --json`.
 
 Usage: build/moira bench moe --json > moe.json
-       python3 bench/plot_moe.py moe.json bench/moe_cpu.svg [TITLE]
+       python3 bench/plot_moe.py OUT.svg TITLE moe.json [more.json=LABEL ...]
+
+Further files add Moira's bf16 line of another run under LABEL (for example the same bench with
+MOIRA_CPU_BF16_MATH=bf16); the peer's line comes from the first file.
 
 Moira's GFLOP/s is the row's "gflops"; the peer's is the same FLOP count over its own time,
 gflops * moira_us / peer_us. The peer always runs f32 weights, so its line is drawn from the f32
@@ -13,34 +16,45 @@ import json
 import math
 import sys
 
-WIDTH, HEIGHT = 780, 460
-LEFT, RIGHT, TOP, BOTTOM = 70, 230, 50, 60
+WIDTH, HEIGHT = 820, 460
+LEFT, RIGHT, TOP, BOTTOM = 70, 270, 50, 60
 COLORS = {"moira f32": "#1f77b4", "moira bf16": "#2ca02c", "peer": "#d62728"}
+EXTRA_COLORS = ["#9467bd", "#ff7f0e", "#8c564b"]
 
 
-def series(rows):
-    """(tokens, GFLOP/s) lists per line, from the moe rows."""
-    lines = {"moira f32": [], "moira bf16": [], "peer": [], "peer (bf16 rounds)": []}
+def series(rows, label=None):
+    """(tokens, GFLOP/s) lists per line, from the moe rows; with a label only Moira's bf16 line
+    (what a math mode such as MOIRA_CPU_BF16_MATH changes)."""
+    lines = {}
     for row in rows:
-        if row["bench"] != "moe" or not row["moira_us"]:
+        if row["bench"] != "moe" or not row["moira_us"] or (label and row["dtype"] != "bf16"):
             continue
         tokens, gflops = row["tokens"], row["gflops"]
-        lines["moira " + row["dtype"]].append((tokens, gflops))
-        if row["peer_us"]:
+        name = "moira " + row["dtype"] + (", " + label if label else "")
+        lines.setdefault(name, []).append((tokens, gflops))
+        if row["peer_us"] and not label:
             peer = gflops * row["moira_us"] / row["peer_us"]
             key = "peer" if row["dtype"] == "f32" else "peer (bf16 rounds)"
-            lines[key].append((tokens, peer))
-    return {k: sorted(v) for k, v in lines.items() if v}
+            lines.setdefault(key, []).append((tokens, peer))
+    return {k: sorted(v) for k, v in lines.items()}
 
 
 def main():
-    source, target = sys.argv[1], sys.argv[2]
-    title = sys.argv[3] if len(sys.argv) > 3 else "moe: GFLOP/s against tokens"
+    target, title, source = sys.argv[1], sys.argv[2], sys.argv[3]
     with open(source) as f:
         rows = json.load(f)["rows"]
+    lines = series(rows)
+    labels = {}
+    for i, extra in enumerate(sys.argv[4:]):
+        path, _, label = extra.partition("=")
+        with open(path) as f:
+            more = series(json.load(f)["rows"], label or path)
+        for key, line in more.items():
+            lines[key] = line
+            COLORS[key] = EXTRA_COLORS[(i + len(labels)) % len(EXTRA_COLORS)]
+            labels[key] = "Moira, bf16 weights, " + (label or path)
     peer_name = next((r["peer"] for r in rows if r.get("peer")), "peer")
     peer_name = {"openblas": "OpenBLAS", "clblast": "CLBlast"}.get(peer_name, peer_name)
-    lines = series(rows)
     points = [p for line in lines.values() for p in line]
     x_lo, x_hi = min(p[0] for p in points), max(p[0] for p in points)
     y_lo = 10 ** math.floor(math.log10(min(p[1] for p in points)))
@@ -82,10 +96,14 @@ def main():
     out.append(f'<text x="18" y="{(TOP + HEIGHT - BOTTOM) / 2}" text-anchor="middle" '
                f'transform="rotate(-90 18 {(TOP + HEIGHT - BOTTOM) / 2})">GFLOP/s (log scale)'
                f'</text>')
-    labels = {"moira f32": "Moira, f32 weights", "moira bf16": "Moira, bf16 weights",
+    labels.update({"moira f32": "Moira, f32 weights", "moira bf16": "Moira, bf16 weights",
               "peer": f"{peer_name} loop, f32 weights",
-              "peer (bf16 rounds)": "  same loop, timed in bf16 rounds"}
-    for i, (key, line) in enumerate(lines.items()):
+              "peer (bf16 rounds)": "  same loop, timed in bf16 rounds"})
+    order = ["moira f32", "moira bf16"] + [k for k in lines if k.startswith("moira ") and
+                                           k not in ("moira f32", "moira bf16")]
+    order += ["peer", "peer (bf16 rounds)"]
+    for i, key in enumerate(k for k in order if k in lines):
+        line = lines[key]
         color = COLORS.get(key, COLORS["peer"])
         dashed = ' stroke-dasharray="5,4"' if key.startswith("peer") else ""
         if key != "peer (bf16 rounds)":
