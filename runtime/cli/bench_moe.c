@@ -427,6 +427,8 @@ int moira_bench_moe(const moira_bench_args_t *args) {
                      run.peer.threads);
         } else if (!strcmp(run.peer.name, "clblast")) {
             snprintf(peer, sizeof(peer), "per-expert CLBlast SGEMM loop, f32 weights");
+        } else if (!strcmp(info->backend, "cpu")) {
+            moira_openblas_describe(peer, sizeof(peer)); /* why there is none */
         }
         snprintf(title, sizeof(title),
                  "moe on %s (%s): %s shape, D %lld, I %lld, %lld experts, top-%lld; best of %lld "
