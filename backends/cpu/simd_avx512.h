@@ -59,7 +59,9 @@ moira_avx512_tile_store(const moira_cpu_tile_t *tile, __m512 acc[][MOIRA_CPU_TIL
     for (int r = 0; r < rows; r++) {
         float *row = tile->out + r * tile->out_stride;
         if (tile->epilogue == MOIRA_CPU_EPILOGUE_SWIGLU) {
-#pragma GCC unroll 8
+            /* No unroll pragma: with one stream this loop is empty, and a Debug build (-O0)
+             * warns that it ignores the annotation, which -Werror turns into an error. At -O2
+             * the constant trip count (0 to 2) is unrolled anyway. */
             for (int q = 0; q < streams / 2; q++)
                 _mm512_mask_storeu_ps(row + 16 * q, moira_avx512_cols_mask(16 * q, tile->out_cols),
                                       moira_avx512_swiglu(acc[r][2 * q], acc[r][2 * q + 1]));
