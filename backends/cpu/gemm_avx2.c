@@ -29,6 +29,7 @@ static inline __m256 exp_avx2(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
 }
 
+/* silu(g) * u for the SWIGLU epilogue, 8 lanes at a time. */
 static inline __m256 swiglu_avx2(__m256 gate, __m256 up) {
     __m256 e = exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), gate));
     return _mm256_div_ps(_mm256_mul_ps(gate, up), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
@@ -47,6 +48,7 @@ static inline void store8(float *row, int col, int cols, __m256 v) {
     }
 }
 
+/* Stores a sub-tile through its epilogue; always inlined with constant counts like the tiles. */
 static inline __attribute__((always_inline)) void store_tile(const moira_cpu_tile_t *tile,
                                                              __m256 acc[SUB_ROWS][SUB_STREAMS][2],
                                                              int rows, int streams) {
@@ -68,14 +70,22 @@ static inline __attribute__((always_inline)) void store_tile(const moira_cpu_til
     }
 }
 
-static inline __attribute__((always_inline)) void f32_sub(const moira_cpu_tile_t *tile,
-                                                          const int rows, const int streams) {
-    __m256 acc[SUB_ROWS][SUB_STREAMS][2];
+/* Zeroes a sub-tile's accumulators (always inlined, so they stay in registers). */
+static inline __attribute__((always_inline)) void zero_tile(__m256 acc[SUB_ROWS][SUB_STREAMS][2],
+                                                            const int rows, const int streams) {
 #pragma GCC unroll 8
     for (int r = 0; r < rows; r++)
 #pragma GCC unroll 8
         for (int s = 0; s < streams; s++)
             acc[r][s][0] = acc[r][s][1] = _mm256_setzero_ps();
+}
+
+/* Up to 2 rows x 2 streams of f32 panels: each step broadcasts one activation per row and loads
+ * each stream's 16 weights as two ymm halves. */
+static inline __attribute__((always_inline)) void f32_sub(const moira_cpu_tile_t *tile,
+                                                          const int rows, const int streams) {
+    __m256 acc[SUB_ROWS][SUB_STREAMS][2];
+    zero_tile(acc, rows, streams);
     const float *x0 = tile->x[0], *x1 = tile->x[rows > 1];
     const float *w[SUB_STREAMS] = {tile->panels[0], tile->panels[streams > 1]};
     for (int64_t k = 0; k < tile->depth; k++) {
@@ -97,11 +107,7 @@ static inline __attribute__((always_inline)) void f32_sub(const moira_cpu_tile_t
 static inline __attribute__((always_inline)) void bf16_sub(const moira_cpu_tile_t *tile,
                                                            const int rows, const int streams) {
     __m256 acc[SUB_ROWS][SUB_STREAMS][2];
-#pragma GCC unroll 8
-    for (int r = 0; r < rows; r++)
-#pragma GCC unroll 8
-        for (int s = 0; s < streams; s++)
-            acc[r][s][0] = acc[r][s][1] = _mm256_setzero_ps();
+    zero_tile(acc, rows, streams);
     const float *x[SUB_ROWS] = {tile->x[0], tile->x[rows > 1]};
     const uint16_t *w[SUB_STREAMS] = {tile->panels[0], tile->panels[streams > 1]};
     const __m256i high_half = _mm256_set1_epi32((int)0xFFFF0000u);
@@ -132,21 +138,25 @@ MOIRA_CPU_TILE_INSTANCE(bf16_sub, 1, 2)
 MOIRA_CPU_TILE_INSTANCE(bf16_sub, 2, 1)
 MOIRA_CPU_TILE_INSTANCE(bf16_sub, 2, 2)
 
+/* One sub-tile of at most 2 x 2, picked by shape so every instance has constant counts. */
 static void f32_one(const moira_cpu_tile_t *tile) {
     static const moira_cpu_tile_fn shapes[2][2] = {{f32_sub_1x1, f32_sub_1x2},
                                                    {f32_sub_2x1, f32_sub_2x2}};
     shapes[tile->rows - 1][tile->streams - 1](tile);
 }
 
+/* The bf16 sub-tile of the same shape. */
 static void bf16_one(const moira_cpu_tile_t *tile) {
     static const moira_cpu_tile_fn shapes[2][2] = {{bf16_sub_1x1, bf16_sub_1x2},
                                                    {bf16_sub_2x1, bf16_sub_2x2}};
     shapes[tile->rows - 1][tile->streams - 1](tile);
 }
 
+/* 16 ymm registers hold at most a 2 x 2 sub-tile, so whole tiles run as sub-tiles. */
 static void f32_run(const moira_cpu_tile_t *tile) {
     moira_cpu_tile_split(tile, SUB_ROWS, SUB_STREAMS, f32_one);
 }
+/* The same split for bf16 panels. */
 static void bf16_run(const moira_cpu_tile_t *tile) {
     moira_cpu_tile_split(tile, SUB_ROWS, SUB_STREAMS, bf16_one);
 }

@@ -23,6 +23,7 @@ static void store(const moira_cpu_tile_t *tile, float acc[][MOIRA_CPU_TILE_STREA
     }
 }
 
+/* Plain loops accumulating in f32, in the same order as the SIMD tiles per output. */
 static void f32_run(const moira_cpu_tile_t *tile) {
     float acc[MOIRA_CPU_TILE_ROWS][MOIRA_CPU_TILE_STREAMS * 16];
     memset(acc, 0, sizeof(acc));

@@ -67,6 +67,7 @@ static void describe(const moira_dtensor_t *weight, moira_cpu_packed_t *packed) 
     packed->panel_bytes = (size_t)packed->depth * 64;
 }
 
+/* Two requests share a packed copy only when they describe the same bytes the same way. */
 static bool same_window(const moira_cpu_packed_t *a, const moira_cpu_packed_t *b) {
     return a->offset == b->offset && a->dtype == b->dtype && a->matrices == b->matrices &&
            a->rows == b->rows && a->cols == b->cols;
@@ -114,6 +115,8 @@ moira_status_t moira_cpu_packed_acquire(moira_threadpool_t *pool, const moira_dt
     return status;
 }
 
+/* Any write may change weights a packed copy was made from; dropping is cheap, repacking happens
+ * on the next use. */
 void moira_cpu_buffer_written(moira_cpu_buffer_t *buffer, size_t offset, size_t bytes) {
     if (!atomic_load(&buffer->packed) || !bytes) return;
     pthread_mutex_lock(&buffer->packed_mutex);
@@ -131,10 +134,12 @@ void moira_cpu_buffer_written(moira_cpu_buffer_t *buffer, size_t offset, size_t 
     pthread_mutex_unlock(&buffer->packed_mutex);
 }
 
+/* A buffer being freed takes its packed copies with it (kernels holding one keep it alive). */
 void moira_cpu_buffer_drop_packed(moira_cpu_buffer_t *buffer) {
     moira_cpu_buffer_written(buffer, 0, SIZE_MAX);
 }
 
+/* Packing at upload keeps the cost out of the first timed launch. */
 moira_status_t moira_cpu_prepare_weights(moira_threadpool_t *pool, int op,
                                          const moira_dtensor_t *weights, int n_weights) {
     if (op != MOIRA_OP_MOE_FFN) return MOIRA_OK_STATUS;
