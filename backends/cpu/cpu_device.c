@@ -355,8 +355,9 @@ static void describe_host(moira_device_info_t *info, int n_threads) {
     moira_device_info_add_detail(info, "hw_threads", true, "%d",
                                  hwloc_get_nbobjs_by_type(topology, HWLOC_OBJ_PU));
     moira_device_info_add_detail(info, "peak_is_estimate", true, "true");
-    moira_device_info_add_detail(info, "isa", true, "%s", moira_cpu_isa_name(moira_cpu_isa_best()));
-    moira_device_info_add_detail(info, "bf16_math", true, "%s",
+    moira_device_info_add_detail(info, "isa", false, "%s",
+                                 moira_cpu_isa_name(moira_cpu_isa_best()));
+    moira_device_info_add_detail(info, "bf16_math", false, "%s",
                                  moira_cpu_bf16_math_rounded() ? "bf16" : "f32");
 }
 
