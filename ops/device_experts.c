@@ -61,6 +61,14 @@ moira_status_t moira_device_experts_upload(moira_device_t *device, moira_queue_t
     layout.device = device;
     layout.n_experts = n;
     layout.w1.buffer = layout.w3.buffer = layout.w2.buffer = layout.buffer;
+    /* As for a whole layer: the device may keep its own layout of the experts (the cpu packs GEMM
+     * panels, on the buffer's NUMA node), built now rather than inside the first timed launch. */
+    moira_dtensor_t stacks[3] = {layout.w1, layout.w3, layout.w2};
+    status = moira_device_prepare_weights(device, MOIRA_OP_MOE_FFN, stacks, 3);
+    if (status) {
+        moira_buffer_free(layout.buffer);
+        return status;
+    }
     *out_experts = layout;
     return MOIRA_OK_STATUS;
 }

@@ -87,6 +87,15 @@ moira_status_t moira_device_layer_upload(moira_device_t *device, moira_queue_t *
                                                &context, &layout.buffer));
     layout.device = device;
     bind_buffer(&layout);
+    if (layout.has_moe) {
+        /* The device may keep the experts in its own layout too (the cpu packs GEMM panels). */
+        moira_dtensor_t experts[3] = {layout.experts_w1, layout.experts_w3, layout.experts_w2};
+        moira_status_t status = moira_device_prepare_weights(device, MOIRA_OP_MOE_FFN, experts, 3);
+        if (status) {
+            moira_buffer_free(layout.buffer);
+            return status;
+        }
+    }
     *out_layer = layout;
     return MOIRA_OK_STATUS;
 }

@@ -279,6 +279,13 @@ const char *moira_op_name(int op) {
     return op_rules[op].name;
 }
 
+/* From the rule table, so backends never restate which operands an op writes. */
+bool moira_op_operand_is_output(int op, int operand) {
+    if (op < 0 || op >= MOIRA_OP_COUNT || operand < 0 || operand >= op_rules[op].n_operands)
+        return false;
+    return (op_rules[op].operands[operand].flags & OUTPUT) != 0;
+}
+
 /* capacity_factor arrives as a float, so a configured 1.1 is really 1.10000002: a product that
  * lands within float rounding above an integer means that integer, not the next one up. */
 int32_t moira_gate_capacity(const moira_gate_params_t *params, int64_t tokens) {

@@ -11,6 +11,7 @@
 #ifndef MOIRA_OPS_OP_H
 #define MOIRA_OPS_OP_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "runtime/device.h"
@@ -70,6 +71,9 @@ typedef enum moira_op_kind {
 
 /* Static name ("rmsnorm", "linear", ...). */
 const char *moira_op_name(int op);
+
+/* Whether operand `operand` of op `op` is one the op writes. */
+bool moira_op_operand_is_output(int op, int operand);
 
 typedef struct moira_rmsnorm_params {
     float eps;

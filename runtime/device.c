@@ -142,6 +142,12 @@ bool moira_queue_modelled_us(moira_queue_t *queue, double *out_us) {
     return vtable->queue_modelled_us && vtable->queue_modelled_us(queue, out_us);
 }
 
+moira_status_t moira_device_prepare_weights(moira_device_t *device, int op,
+                                            const moira_dtensor_t *weights, int n_weights) {
+    if (!device->vtable->prepare_weights) return MOIRA_OK_STATUS;
+    return device->vtable->prepare_weights(device, op, weights, n_weights);
+}
+
 bool moira_device_supports(const moira_device_t *device, int op, moira_dtype_t weight_dtype) {
     return device->vtable->supports_op(device, op, weight_dtype);
 }

@@ -112,6 +112,11 @@ typedef struct moira_device_vtable {
     /* Optional, NULL when the backend has no cost model (the npu has one): the modelled device
      * time, in microseconds, of every op the queue has run so far. */
     bool (*queue_modelled_us)(moira_queue_t *queue, double *out_us);
+    /* Optional, NULL when the backend reads weights as uploaded: builds the device's own layout
+     * of weights that `op` reads (the cpu packs expert matrices into GEMM panels), so the first
+     * launch does not pay for it. */
+    moira_status_t (*prepare_weights)(moira_device_t *device, int op,
+                                      const moira_dtensor_t *weights, int n_weights);
 } moira_device_vtable_t;
 
 struct moira_device {
@@ -176,6 +181,13 @@ moira_status_t moira_copy_across(moira_queue_t *src_queue, moira_buffer_t *src, 
 /* The modelled device time (microseconds) of every op the queue has run, for backends with a
  * cost model; false otherwise. Call on an idle queue (after moira_queue_finish). */
 bool moira_queue_modelled_us(moira_queue_t *queue, double *out_us);
+
+/* Lets the device prepare weights that `op` (ops/op.h) will read, given in the op's operand order
+ * (MOE_FFN: W1, W3, W2), once they are written and the queue that wrote them has finished. The
+ * weights keep their plain layout for every other reader; a device may keep a copy in its own
+ * layout beside them. A no-op for devices that do not need it. */
+moira_status_t moira_device_prepare_weights(moira_device_t *device, int op,
+                                            const moira_dtensor_t *weights, int n_weights);
 
 /* Whether the device has a kernel for `op` (ops/op.h) with weights of `weight_dtype`. */
 bool moira_device_supports(const moira_device_t *device, int op, moira_dtype_t weight_dtype);

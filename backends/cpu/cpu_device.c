@@ -9,7 +9,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "backends/cpu/cpu_buffer.h"
 #include "backends/cpu/cpu_kernels.h"
+#include "backends/cpu/gemm.h"
+#include "backends/cpu/packed_weights.h"
 #include "runtime/backend.h"
 #include "runtime/hwloc_topology.h"
 #include "runtime/log.h"
@@ -18,12 +21,6 @@ typedef struct cpu_device {
     moira_device_t base;
     moira_threadpool_t *pool;
 } cpu_device_t;
-
-typedef struct cpu_buffer {
-    moira_buffer_t base;
-    void *data;
-    bool hwloc_allocated; /* freed with hwloc_free, else free */
-} cpu_buffer_t;
 
 typedef enum command_kind {
     COMMAND_COPY, /* memcpy: writes, reads and copies are all host memory here */
@@ -38,6 +35,8 @@ typedef struct command {
     void *dst;
     const void *src;
     size_t bytes;
+    moira_cpu_buffer_t *dst_buffer; /* borrowed; NULL when dst is caller memory */
+    size_t dst_offset;
     moira_op_launch_t launch;
     unsigned char params[MOIRA_OP_MAX_PARAMS_BYTES];
     moira_event_t *event; /* owned reference */
@@ -57,6 +56,17 @@ typedef struct cpu_queue {
 
 static const moira_device_vtable_t cpu_vtable;
 
+/* An op's outputs may overwrite weights that were packed (an unusual but legal aliasing): their
+ * packed copies must go, like after a write. */
+static void forget_outputs(const moira_op_launch_t *launch) {
+    for (int i = 0; i < launch->n_operands; i++) {
+        const moira_dtensor_t *t = &launch->operands[i];
+        if (t->buffer && moira_op_operand_is_output(launch->op, i))
+            moira_cpu_buffer_written((moira_cpu_buffer_t *)t->buffer, t->offset,
+                                     moira_dtensor_span_bytes(t));
+    }
+}
+
 /* Runs one command; an earlier failure turns later work into no-ops but still signals events. */
 static void execute_command(cpu_queue_t *queue, command_t *command) {
     cpu_device_t *device = (cpu_device_t *)queue->base.device;
@@ -65,11 +75,14 @@ static void execute_command(cpu_queue_t *queue, command_t *command) {
     switch (command->kind) {
     case COMMAND_COPY:
         if (!failed) memmove(command->dst, command->src, command->bytes);
+        if (!failed && command->dst_buffer)
+            moira_cpu_buffer_written(command->dst_buffer, command->dst_offset, command->bytes);
         break;
     case COMMAND_OP:
         if (!failed) {
             command->launch.params = command->params;
             status = moira_cpu_run_op(&command->launch, device->pool);
+            forget_outputs(&command->launch);
         }
         break;
     case COMMAND_SIGNAL: {
@@ -95,6 +108,8 @@ static void execute_command(cpu_queue_t *queue, command_t *command) {
     }
 }
 
+/* The queue's worker thread: commands run one at a time in submission order, which is what makes
+ * a queue ordered; `idle` wakes finish() when the list drains. */
 static void *queue_main(void *raw) {
     cpu_queue_t *queue = raw;
     pthread_mutex_lock(&queue->mutex);
@@ -117,6 +132,7 @@ static void *queue_main(void *raw) {
     return NULL;
 }
 
+/* Appends under the lock and wakes the worker; enqueueing never blocks on the work itself. */
 static moira_status_t submit(moira_queue_t *base, command_t *command) {
     cpu_queue_t *queue = (cpu_queue_t *)base;
     pthread_mutex_lock(&queue->mutex);
@@ -130,6 +146,7 @@ static moira_status_t submit(moira_queue_t *base, command_t *command) {
     return MOIRA_OK_STATUS;
 }
 
+/* Commands are zeroed so optional fields (event, buffer) start empty. */
 static moira_status_t new_command(command_kind_t kind, command_t **out_command) {
     command_t *command = calloc(1, sizeof(*command));
     if (!command) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "cpu queue: out of memory");
@@ -138,33 +155,40 @@ static moira_status_t new_command(command_kind_t kind, command_t **out_command) 
     return MOIRA_OK_STATUS;
 }
 
+/* cpu buffers are host memory, so the runtime may read them in place. */
 static void *host_ptr(moira_buffer_t *buffer) {
-    return ((cpu_buffer_t *)buffer)->data;
+    return ((moira_cpu_buffer_t *)buffer)->memory.data;
 }
 
-static moira_status_t enqueue_memcpy(moira_queue_t *queue, void *dst, const void *src,
-                                     size_t bytes) {
+/* `dst_buffer` (NULL for reads into caller memory) is told about the write once it is done. */
+static moira_status_t enqueue_memcpy(moira_queue_t *queue, moira_buffer_t *dst_buffer,
+                                     size_t dst_offset, void *dst, const void *src, size_t bytes) {
     command_t *command = NULL;
     MOIRA_RETURN_IF_ERROR(new_command(COMMAND_COPY, &command));
     command->dst = dst;
     command->src = src;
     command->bytes = bytes;
+    command->dst_buffer = (moira_cpu_buffer_t *)dst_buffer;
+    command->dst_offset = dst_offset;
     return submit(queue, command);
 }
 
+/* A host-to-buffer copy; the buffer is told afterwards so stale packed copies are dropped. */
 static moira_status_t cpu_enqueue_write(moira_queue_t *queue, moira_buffer_t *dst,
                                         size_t dst_offset, const void *src, size_t bytes) {
-    return enqueue_memcpy(queue, (char *)host_ptr(dst) + dst_offset, src, bytes);
+    return enqueue_memcpy(queue, dst, dst_offset, (char *)host_ptr(dst) + dst_offset, src, bytes);
 }
 
+/* A buffer-to-host copy; nothing in the buffer changes. */
 static moira_status_t cpu_enqueue_read(moira_queue_t *queue, moira_buffer_t *src, size_t src_offset,
                                        void *dst, size_t bytes) {
-    return enqueue_memcpy(queue, dst, (char *)host_ptr(src) + src_offset, bytes);
+    return enqueue_memcpy(queue, NULL, 0, dst, (char *)host_ptr(src) + src_offset, bytes);
 }
 
+/* Buffer to buffer on the same device: one memcpy in queue order. */
 static moira_status_t cpu_enqueue_copy(moira_queue_t *queue, moira_buffer_t *src, size_t src_offset,
                                        moira_buffer_t *dst, size_t dst_offset, size_t bytes) {
-    return enqueue_memcpy(queue, (char *)host_ptr(dst) + dst_offset,
+    return enqueue_memcpy(queue, dst, dst_offset, (char *)host_ptr(dst) + dst_offset,
                           (char *)host_ptr(src) + src_offset, bytes);
 }
 
@@ -178,6 +202,7 @@ static moira_status_t cpu_enqueue_op(moira_queue_t *queue, const moira_op_launch
     return submit(queue, command);
 }
 
+/* Signals and waits share one command kind each, with the event referenced until it runs. */
 static moira_status_t enqueue_event(moira_queue_t *queue, command_kind_t kind,
                                     moira_event_t *event) {
     command_t *command = NULL;
@@ -187,14 +212,18 @@ static moira_status_t enqueue_event(moira_queue_t *queue, command_kind_t kind,
     return submit(queue, command);
 }
 
+/* Marks the event when everything enqueued before it has run. */
 static moira_status_t cpu_enqueue_signal(moira_queue_t *queue, moira_event_t *event) {
     return enqueue_event(queue, COMMAND_SIGNAL, event);
 }
 
+/* Holds the queue until another queue (possibly another device) signals the event. */
 static moira_status_t cpu_enqueue_wait(moira_queue_t *queue, moira_event_t *event) {
     return enqueue_event(queue, COMMAND_WAIT, event);
 }
 
+/* Blocks until the queue is empty and idle, and hands back the first failure since the last
+ * finish. */
 static moira_status_t cpu_queue_finish(moira_queue_t *base) {
     cpu_queue_t *queue = (cpu_queue_t *)base;
     pthread_mutex_lock(&queue->mutex);
@@ -206,6 +235,7 @@ static moira_status_t cpu_queue_finish(moira_queue_t *base) {
     return failure;
 }
 
+/* One worker thread per queue; kernels themselves run on the device's shared pool. */
 static moira_status_t cpu_queue_create(moira_device_t *device, moira_queue_t **out_queue) {
     cpu_queue_t *queue = calloc(1, sizeof(*queue));
     if (!queue) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "cannot allocate a queue");
@@ -221,6 +251,7 @@ static moira_status_t cpu_queue_create(moira_device_t *device, moira_queue_t **o
     return MOIRA_OK_STATUS;
 }
 
+/* Drains the queue before stopping its worker, so no enqueued command is lost. */
 static void cpu_queue_destroy(moira_queue_t *base) {
     cpu_queue_t *queue = (cpu_queue_t *)base;
     moira_status_t failure = cpu_queue_finish(base);
@@ -238,55 +269,48 @@ static void cpu_queue_destroy(moira_queue_t *base) {
     free(queue);
 }
 
-/* Memory bound to the NUMA node the plan names, so experts sit next to the cores reading them. */
+/* Memory bound to the NUMA node the plan names, so experts sit next to the cores reading them;
+ * their packed copies go to the same node. */
 static moira_status_t cpu_buffer_alloc(moira_device_t *device, size_t bytes, int numa_node,
                                        moira_buffer_t **out_buffer) {
-    cpu_buffer_t *buffer = calloc(1, sizeof(*buffer));
-    if (!buffer) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "cannot allocate a buffer");
-    hwloc_topology_t topology;
-    moira_status_t status = numa_node >= 0 ? moira_hwloc_topology(&topology) : MOIRA_OK_STATUS;
-    hwloc_obj_t node = NULL;
-    if (!status && numa_node >= 0)
-        node = hwloc_get_numanode_obj_by_os_index(topology, (unsigned)numa_node);
-    moira_status_free(status);
-    if (node) {
-        buffer->data = hwloc_alloc_membind(topology, bytes, node->nodeset, HWLOC_MEMBIND_BIND,
-                                           HWLOC_MEMBIND_BYNODESET);
-        buffer->hwloc_allocated = buffer->data != NULL;
-    }
-    if (!buffer->data) {
-        size_t rounded = (bytes + 63) / 64 * 64;
-        buffer->data = aligned_alloc(64, rounded);
-    }
-    if (!buffer->data) {
+    moira_cpu_buffer_t *buffer = calloc(1, sizeof(*buffer));
+    if (!buffer || !moira_cpu_host_alloc(bytes, numa_node, &buffer->memory)) {
         free(buffer);
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes",
                                  device->info.name, bytes);
     }
+    buffer->numa_node = numa_node;
+    pthread_mutex_init(&buffer->packed_mutex, NULL);
+    atomic_init(&buffer->packed, NULL);
     buffer->base.device = device;
     buffer->base.size = bytes;
     *out_buffer = &buffer->base;
     return MOIRA_OK_STATUS;
 }
 
+/* Packed copies go with the buffer they were made from. */
 static void cpu_buffer_free(moira_buffer_t *base) {
-    cpu_buffer_t *buffer = (cpu_buffer_t *)base;
-    if (buffer->hwloc_allocated) {
-        hwloc_topology_t topology;
-        moira_status_t status = moira_hwloc_topology(&topology);
-        if (!status) hwloc_free(topology, buffer->data, buffer->base.size);
-        moira_status_free(status);
-    } else {
-        free(buffer->data);
-    }
+    moira_cpu_buffer_t *buffer = (moira_cpu_buffer_t *)base;
+    moira_cpu_buffer_drop_packed(buffer);
+    pthread_mutex_destroy(&buffer->packed_mutex);
+    moira_cpu_host_free(&buffer->memory);
     free(buffer);
 }
 
+/* Packs expert weights when a layer is uploaded, so the first token does not pay for it. */
+static moira_status_t cpu_prepare_weights(moira_device_t *base, int op,
+                                          const moira_dtensor_t *weights, int n_weights) {
+    cpu_device_t *device = (cpu_device_t *)base;
+    return moira_cpu_prepare_weights(device->pool, op, weights, n_weights);
+}
+
+/* The cpu runs every op in every weight dtype (narrow dtypes are widened in the kernels). */
 static bool cpu_supports_op(const moira_device_t *device, int op, moira_dtype_t weight_dtype) {
     (void)device;
     return moira_cpu_supports_op(op, weight_dtype);
 }
 
+/* Stops the pool the kernels run on, then frees the device. */
 static void cpu_device_destroy(moira_device_t *base) {
     cpu_device_t *device = (cpu_device_t *)base;
     moira_threadpool_destroy(device->pool);
@@ -297,7 +321,8 @@ static void cpu_device_destroy(moira_device_t *base) {
  * estimates (cores x clock x SIMD width) until a benchmark measures them. */
 static void describe_host(moira_device_info_t *info, int n_threads) {
     info->kind = MOIRA_DEVICE_KIND_CPU;
-    info->compute_precision = MOIRA_DTYPE_F32;
+    /* bf16 math (gemm.h) makes bf16-weight GEMMs the least precise path, so it sets the limit. */
+    info->compute_precision = moira_cpu_bf16_math_rounded() ? MOIRA_DTYPE_BF16 : MOIRA_DTYPE_F32;
     info->numa_node = -1;
     snprintf(info->model, sizeof(info->model), "host CPU");
     hwloc_topology_t topology;
@@ -330,6 +355,10 @@ static void describe_host(moira_device_info_t *info, int n_threads) {
     moira_device_info_add_detail(info, "hw_threads", true, "%d",
                                  hwloc_get_nbobjs_by_type(topology, HWLOC_OBJ_PU));
     moira_device_info_add_detail(info, "peak_is_estimate", true, "true");
+    moira_device_info_add_detail(info, "isa", false, "%s",
+                                 moira_cpu_isa_name(moira_cpu_isa_best()));
+    moira_device_info_add_detail(info, "bf16_math", false, "%s",
+                                 moira_cpu_bf16_math_rounded() ? "bf16" : "f32");
 }
 
 /* MOIRA_CPU_THREADS overrides the thread count (default: one per physical core). */
@@ -339,6 +368,8 @@ static int threads_from_env(void) {
     return n > 0 && n <= 1024 ? n : 0;
 }
 
+/* One cpu device for the whole host, its pool bound to the cores (MOIRA_CPU_THREADS overrides
+ * the count). */
 static moira_status_t cpu_enumerate(moira_device_t **out_devices, int capacity, int *out_count) {
     *out_count = 0;
     if (capacity < 1) return MOIRA_OK_STATUS;
@@ -371,10 +402,12 @@ static const moira_device_vtable_t cpu_vtable = {
     .enqueue_wait = cpu_enqueue_wait,
     .queue_finish = cpu_queue_finish,
     .supports_op = cpu_supports_op,
+    .prepare_weights = cpu_prepare_weights,
 };
 
 static const moira_backend_t cpu_backend = {.name = "cpu", .enumerate = cpu_enumerate};
 
+/* Called from the generated registry (backends/registry_builtin.c.in). */
 moira_status_t moira_backend_cpu_register(void) {
     return moira_backend_register(&cpu_backend);
 }

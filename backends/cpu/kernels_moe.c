@@ -5,6 +5,8 @@
 
 #include <stdlib.h>
 
+#include "backends/cpu/moe_grouped.h"
+
 /* Sorted rows per MOE_FFN work item: each expert weight row is widened once per block. */
 #define FFN_ROW_BLOCK 16
 /* Tokens per SWIGLU pass: bounds the intermediate activations to 2 x 64 x I floats. */
@@ -127,13 +129,54 @@ static moira_status_t check_routing(const int32_t *offsets, int n_experts,
     return MOIRA_OK_STATUS;
 }
 
-/* Work items are (expert, block of its rows) across all experts in one parallel loop; the pool
+/* The grouped path over packed weights (moe_grouped.c), when all three weights have a packed
+ * form: *out_ran says whether it ran. */
+static moira_status_t packed_ffn(const moira_op_launch_t *launch, moira_threadpool_t *pool,
+                                 bool *out_ran) {
+    const moira_moe_ffn_params_t *params = launch->params;
+    const moira_dtensor_t *operands = launch->operands;
+    moira_cpu_packed_t *packed[3] = {NULL, NULL, NULL};
+    moira_status_t status = MOIRA_OK_STATUS;
+    *out_ran = false;
+    for (int i = 0; i < 3 && !status; i++)
+        status = moira_cpu_packed_acquire(pool, &operands[1 + i], &packed[i]);
+    if (!status && packed[0] && packed[1] && packed[2]) {
+        moira_cpu_grouped_ffn_t job = {
+            .x = moira_cpu_f32(&operands[0]),
+            .tokens = operands[0].shape[0],
+            .hidden = operands[0].shape[1],
+            .inter = operands[1].shape[1],
+            .top_k = params->top_k,
+            .w1 = packed[0],
+            .w3 = packed[1],
+            .w2 = packed[2],
+            .n_experts = (int)operands[1].shape[0],
+            .offsets = moira_cpu_i32(&operands[4]),
+            .sorted_rows = moira_cpu_i32(&operands[5]),
+            .ys = moira_cpu_f32(&operands[6]),
+            .kernels = moira_cpu_gemm_kernels_for_launch(),
+        };
+        status = moira_cpu_grouped_ffn_run(pool, &job);
+        *out_ran = true;
+    }
+    for (int i = 0; i < 3; i++)
+        moira_cpu_packed_release(packed[i]);
+    return status;
+}
+
+/* f32 and bf16 weights run grouped over packed panels. Other dtypes are widened row by row:
+ * work items are (expert, block of its rows) across all experts in one parallel loop; the pool
  * hands them out dynamically, so busy experts spread over threads. */
 moira_status_t moira_cpu_moe_ffn(const moira_op_launch_t *launch, moira_threadpool_t *pool) {
     const moira_moe_ffn_params_t *params = launch->params;
     const moira_dtensor_t *operands = launch->operands;
     const int32_t *offsets = moira_cpu_i32(&operands[4]);
     int n_experts = (int)operands[1].shape[0];
+    MOIRA_RETURN_IF_ERROR(
+        check_routing(offsets, n_experts, moira_cpu_i32(&operands[5]), operands[5].shape[0]));
+    bool ran = false;
+    MOIRA_RETURN_IF_ERROR(packed_ffn(launch, pool, &ran));
+    if (ran) return MOIRA_OK_STATUS;
     ffn_ctx_t ctx = {
         .x = moira_cpu_f32(&operands[0]),
         .w1 = moira_cpu_weight_view(&operands[1]),
@@ -145,8 +188,6 @@ moira_status_t moira_cpu_moe_ffn(const moira_op_launch_t *launch, moira_threadpo
         .intermediate = operands[1].shape[1],
         .top_k = params->top_k,
     };
-    int64_t assignments = operands[5].shape[0];
-    MOIRA_RETURN_IF_ERROR(check_routing(offsets, n_experts, ctx.sorted_rows, assignments));
 
     int64_t n_items = 0;
     for (int e = 0; e < n_experts; e++)

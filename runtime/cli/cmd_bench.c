@@ -18,8 +18,11 @@ static const bench_t benches[] = {
     {"plan", moira_bench_plan,
      "plan DeepSeek-V3 on 8 hosts x 8 GPUs with 64 redundant experts; compare with EPLB"},
     {"moe", moira_bench_moe,
-     "dispatch + grouped SwiGLU FFN + combine against a per-expert CLBlast SGEMM loop"},
-    {"mla", moira_bench_mla, "absorbed decode projections against a per-head CLBlast SGEMM loop"},
+     "dispatch + grouped SwiGLU FFN + combine, 1/16/128/512 tokens, f32 and bf16 weights,\n"
+     "         against a per-expert OpenBLAS loop (cpu) or CLBlast SGEMM loop (opencl)"},
+    {"mla", moira_bench_mla,
+     "absorbed decode attention over a 1K/4K/16K latent cache against the STREAM triad\n"
+     "         bandwidth (opencl also: absorbed projections against CLBlast)"},
 };
 
 double moira_bench_seconds(void) {
@@ -35,13 +38,13 @@ static void print_bench_help(FILE *out) {
             "                        [--json]\n\nbenches:\n");
     for (size_t i = 0; i < sizeof(benches) / sizeof(benches[0]); i++)
         fprintf(out, "  %-6s %s\n", benches[i].name, benches[i].summary);
-    fprintf(out, "\n  --backend DEVICE  device for moe and mla (default opencl:0)\n"
+    fprintf(out, "\n  --backend DEVICE  device for moe and mla (default cpu:0)\n"
                  "  --model FILE      model config for the shape (moe and mla default: "
                  "DeepSeek-V2-Lite;\n"
                  "                    plan: DeepSeek-V3)\n"
-                 "  --tokens N        tokens per batch\n"
-                 "  --iters N         timed iterations, best kept\n"
-                 "  --json            one JSON object\n");
+                 "  --tokens N        tokens per batch (moe: only N instead of 1, 16, 128, 512)\n"
+                 "  --iters N         timed rounds, best kept\n"
+                 "  --json            one JSON object (moe, mla: {\"rows\": [...]})\n");
 }
 
 int moira_cli_bench(int argc, char **argv) {

@@ -1,0 +1,152 @@
+/* Packed weight panels kept beside the buffers they came from (packed_weights.h). */
+#include "backends/cpu/packed_weights.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "backends/cpu/gemm.h"
+#include "ops/op.h"
+
+bool moira_cpu_packable(moira_dtype_t dtype) {
+    return dtype == MOIRA_DTYPE_F32 || dtype == MOIRA_DTYPE_BF16;
+}
+
+typedef struct pack_ctx {
+    const moira_cpu_packed_t *packed;
+    const unsigned char *src; /* the window's first byte */
+} pack_ctx_t;
+
+/* One item is one panel: 16 source rows written column by column into the panel's steps, after
+ * zeroing it so rows past the end and bf16's odd padding column read as zero weights. */
+static void pack_panels(void *raw, int64_t begin, int64_t end, int thread) {
+    const pack_ctx_t *ctx = raw;
+    const moira_cpu_packed_t *packed = ctx->packed;
+    int64_t cols = packed->cols;
+    (void)thread;
+    for (int64_t item = begin; item < end; item++) {
+        int64_t matrix = item / packed->panels, panel = item % packed->panels;
+        void *dst = (void *)moira_cpu_packed_panel(packed, matrix, panel);
+        memset(dst, 0, packed->panel_bytes);
+        for (int j = 0; j < MOIRA_CPU_PANEL; j++) {
+            int64_t row = panel * MOIRA_CPU_PANEL + j;
+            if (row >= packed->rows) break;
+            size_t first = (size_t)(matrix * packed->rows + row) * (size_t)cols;
+            if (packed->dtype == MOIRA_DTYPE_F32) {
+                const float *src = (const float *)ctx->src + first;
+                float *out = dst;
+                for (int64_t k = 0; k < cols; k++)
+                    out[MOIRA_CPU_PANEL * k + j] = src[k];
+            } else {
+                const uint16_t *src = (const uint16_t *)ctx->src + first;
+                uint16_t *out = dst;
+                for (int64_t k = 0; k < cols; k++)
+                    out[2 * MOIRA_CPU_PANEL * (k / 2) + 2 * j + (k & 1)] = src[k];
+            }
+        }
+    }
+}
+
+/* Frees the copy once its last holder (the buffer's list, a kernel) lets go. */
+void moira_cpu_packed_release(moira_cpu_packed_t *packed) {
+    if (!packed || atomic_fetch_sub(&packed->refs, 1) != 1) return;
+    moira_cpu_host_free(&packed->memory);
+    free(packed);
+}
+
+/* The copy's layout from the weight's shape, before any memory is touched. */
+static void describe(const moira_dtensor_t *weight, moira_cpu_packed_t *packed) {
+    packed->offset = weight->offset;
+    packed->dtype = weight->dtype;
+    packed->matrices = weight->rank == 3 ? weight->shape[0] : 1;
+    packed->rows = weight->shape[weight->rank - 2];
+    packed->cols = weight->shape[weight->rank - 1];
+    packed->bytes =
+        (size_t)(packed->matrices * packed->rows * packed->cols) * moira_dtype_size(weight->dtype);
+    packed->panels = (packed->rows + MOIRA_CPU_PANEL - 1) / MOIRA_CPU_PANEL;
+    packed->depth = weight->dtype == MOIRA_DTYPE_F32 ? packed->cols : (packed->cols + 1) / 2;
+    packed->panel_bytes = (size_t)packed->depth * 64;
+}
+
+/* Two requests share a packed copy only when they describe the same bytes the same way. */
+static bool same_window(const moira_cpu_packed_t *a, const moira_cpu_packed_t *b) {
+    return a->offset == b->offset && a->dtype == b->dtype && a->matrices == b->matrices &&
+           a->rows == b->rows && a->cols == b->cols;
+}
+
+/* Looks up and builds under the buffer's lock, so two queues asking at once pack once. The lock
+ * is held across the parallel pack; nothing that runs inside a parallel loop takes it. */
+moira_status_t moira_cpu_packed_acquire(moira_threadpool_t *pool, const moira_dtensor_t *weight,
+                                        moira_cpu_packed_t **out_packed) {
+    *out_packed = NULL;
+    if (!moira_cpu_packable(weight->dtype) || weight->rank < 2 || weight->rank > 3 ||
+        !weight->buffer)
+        return MOIRA_OK_STATUS;
+    moira_cpu_packed_t wanted;
+    memset(&wanted, 0, sizeof(wanted));
+    describe(weight, &wanted);
+    if (wanted.bytes == 0) return MOIRA_OK_STATUS;
+    moira_cpu_buffer_t *buffer = (moira_cpu_buffer_t *)weight->buffer;
+    moira_status_t status = MOIRA_OK_STATUS;
+    pthread_mutex_lock(&buffer->packed_mutex);
+    moira_cpu_packed_t *found = atomic_load(&buffer->packed);
+    while (found && !same_window(found, &wanted))
+        found = found->next;
+    if (!found) {
+        found = calloc(1, sizeof(*found));
+        size_t total = (size_t)wanted.matrices * (size_t)wanted.panels * wanted.panel_bytes;
+        if (found) *found = wanted;
+        if (!found || !moira_cpu_host_alloc(total, buffer->numa_node, &found->memory)) {
+            free(found);
+            found = NULL;
+            status = moira_status_make(MOIRA_CODE_OUT_OF_MEMORY,
+                                       "cpu: cannot allocate %zu bytes of packed weights", total);
+        } else {
+            pack_ctx_t ctx = {found, (const unsigned char *)buffer->memory.data + weight->offset};
+            moira_threadpool_parallel_for(pool, found->matrices * found->panels, 4, pack_panels,
+                                          &ctx);
+            atomic_store(&found->refs, 1); /* the list's */
+            found->next = atomic_load(&buffer->packed);
+            atomic_store(&buffer->packed, found);
+        }
+    }
+    if (found) atomic_fetch_add(&found->refs, 1);
+    pthread_mutex_unlock(&buffer->packed_mutex);
+    *out_packed = found;
+    return status;
+}
+
+/* Any write may change weights a packed copy was made from; dropping is cheap, repacking happens
+ * on the next use. */
+void moira_cpu_buffer_written(moira_cpu_buffer_t *buffer, size_t offset, size_t bytes) {
+    if (!atomic_load(&buffer->packed) || !bytes) return;
+    pthread_mutex_lock(&buffer->packed_mutex);
+    moira_cpu_packed_t *kept = NULL, *next = NULL;
+    for (moira_cpu_packed_t *p = atomic_load(&buffer->packed); p; p = next) {
+        next = p->next;
+        if (p->offset < offset + bytes && offset < p->offset + p->bytes) {
+            moira_cpu_packed_release(p);
+        } else {
+            p->next = kept;
+            kept = p;
+        }
+    }
+    atomic_store(&buffer->packed, kept);
+    pthread_mutex_unlock(&buffer->packed_mutex);
+}
+
+/* A buffer being freed takes its packed copies with it (kernels holding one keep it alive). */
+void moira_cpu_buffer_drop_packed(moira_cpu_buffer_t *buffer) {
+    moira_cpu_buffer_written(buffer, 0, SIZE_MAX);
+}
+
+/* Packing at upload keeps the cost out of the first timed launch. */
+moira_status_t moira_cpu_prepare_weights(moira_threadpool_t *pool, int op,
+                                         const moira_dtensor_t *weights, int n_weights) {
+    if (op != MOIRA_OP_MOE_FFN) return MOIRA_OK_STATUS;
+    for (int i = 0; i < n_weights; i++) {
+        moira_cpu_packed_t *packed = NULL;
+        MOIRA_RETURN_IF_ERROR(moira_cpu_packed_acquire(pool, &weights[i], &packed));
+        moira_cpu_packed_release(packed);
+    }
+    return MOIRA_OK_STATUS;
+}

@@ -1,0 +1,129 @@
+/* The per-expert OpenBLAS loop (openblas_peer.h). */
+#include "bench/openblas_peer.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* OpenBLAS's config header pulls in <complex.h>, whose `I` would shadow any variable of that name.
+ */
+#undef I
+
+struct moira_openblas_moe {
+    moira_openblas_moe_problem_t problem;
+    int32_t *order;        /* [T*k]: assignments grouped by expert, rebuilt every run */
+    int32_t *counts;       /* [E + 1] */
+    int32_t *next;         /* [E] */
+    float *xe, *gate, *up; /* [T*k, D], [T*k, I], [T*k, I] */
+    float *ye;             /* [T*k, D] */
+};
+
+/* The peer times itself with the same monotonic clock as the bench. */
+static double seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* This file is compiled only when CMake found OpenBLAS. */
+bool moira_openblas_available(void) {
+    return true;
+}
+
+/* The build configuration and the kernel set OpenBLAS picked for this CPU at run time. */
+void moira_openblas_describe(char *out, size_t size) {
+    snprintf(out, size, "%s (%s kernels)", openblas_get_config(), openblas_get_corename());
+}
+
+/* Scratch is sized for the worst case (every assignment to one expert) once, so no run
+ * allocates; the thread count matches Moira's so the comparison is core for core. */
+moira_status_t moira_openblas_moe_open(const moira_openblas_moe_problem_t *problem, int threads,
+                                       moira_openblas_moe_t **out_peer) {
+    *out_peer = NULL;
+    moira_openblas_moe_t *peer = calloc(1, sizeof(*peer));
+    if (!peer) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "OpenBLAS peer");
+    peer->problem = *problem;
+    size_t rows = (size_t)(problem->tokens * problem->top_k);
+    peer->order = malloc((rows ? rows : 1) * sizeof(int32_t));
+    peer->counts = malloc((size_t)(problem->experts + 1) * sizeof(int32_t));
+    peer->next = malloc((size_t)(problem->experts + 1) * sizeof(int32_t));
+    peer->xe = malloc((rows * (size_t)problem->hidden + 1) * sizeof(float));
+    peer->ye = malloc((rows * (size_t)problem->hidden + 1) * sizeof(float));
+    peer->gate = malloc((rows * (size_t)problem->inter + 1) * sizeof(float));
+    peer->up = malloc((rows * (size_t)problem->inter + 1) * sizeof(float));
+    if (!peer->order || !peer->counts || !peer->next || !peer->xe || !peer->ye || !peer->gate ||
+        !peer->up) {
+        moira_openblas_moe_close(peer);
+        return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "OpenBLAS peer");
+    }
+    openblas_set_num_threads(threads);
+    *out_peer = peer;
+    return MOIRA_OK_STATUS;
+}
+
+/* Groups the assignments by expert (a counting sort, as any implementation must). */
+static void group(moira_openblas_moe_t *peer) {
+    const moira_openblas_moe_problem_t *p = &peer->problem;
+    int64_t n = p->tokens * p->top_k;
+    memset(peer->counts, 0, (size_t)(p->experts + 1) * sizeof(int32_t));
+    for (int64_t a = 0; a < n; a++)
+        if (p->topk_idx[a] >= 0) peer->counts[p->topk_idx[a] + 1]++;
+    for (int64_t e = 0; e < p->experts; e++)
+        peer->counts[e + 1] += peer->counts[e];
+    memcpy(peer->next, peer->counts, (size_t)p->experts * sizeof(int32_t));
+    for (int64_t a = 0; a < n; a++)
+        if (p->topk_idx[a] >= 0) peer->order[peer->next[p->topk_idx[a]]++] = (int32_t)a;
+}
+
+/* What a user would write: group, then per expert gather the rows, gate and up sgemm, silu * up,
+ * down sgemm, weighted scatter-add. The grouping is inside the timed span because Moira's
+ * dispatch is too. */
+moira_status_t moira_openblas_moe_run(moira_openblas_moe_t *peer, double *out_seconds) {
+    const moira_openblas_moe_problem_t *p = &peer->problem;
+    int64_t D = p->hidden, inter = p->inter;
+    double start = seconds();
+    group(peer);
+    memset(p->y, 0, (size_t)(p->tokens * D) * sizeof(float));
+    for (int64_t e = 0; e < p->experts; e++) {
+        int32_t first = peer->counts[e], m = peer->counts[e + 1] - first;
+        if (m == 0) continue;
+        for (int32_t i = 0; i < m; i++)
+            memcpy(peer->xe + (int64_t)i * D, p->x + peer->order[first + i] / p->top_k * D,
+                   (size_t)D * sizeof(float));
+        const float *w1 = p->w1 + e * inter * D, *w3 = p->w3 + e * inter * D;
+        const float *w2 = p->w2 + e * D * inter;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, (int)inter, (int)D, 1.0f, peer->xe,
+                    (int)D, w1, (int)D, 0.0f, peer->gate, (int)inter);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, (int)inter, (int)D, 1.0f, peer->xe,
+                    (int)D, w3, (int)D, 0.0f, peer->up, (int)inter);
+        for (int64_t i = 0; i < (int64_t)m * inter; i++)
+            peer->gate[i] = peer->gate[i] / (1.0f + expf(-peer->gate[i])) * peer->up[i];
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, (int)D, (int)inter, 1.0f,
+                    peer->gate, (int)inter, w2, (int)inter, 0.0f, peer->ye, (int)D);
+        for (int32_t i = 0; i < m; i++) {
+            int32_t a = peer->order[first + i];
+            float w = p->topk_weight[a], *y = p->y + a / p->top_k * D;
+            const float *ye = peer->ye + (int64_t)i * D;
+            for (int64_t d = 0; d < D; d++)
+                y[d] += w * ye[d];
+        }
+    }
+    *out_seconds = seconds() - start;
+    return MOIRA_OK_STATUS;
+}
+
+/* Frees the scratch; the problem's arrays belong to the caller. */
+void moira_openblas_moe_close(moira_openblas_moe_t *peer) {
+    if (!peer) return;
+    free(peer->order);
+    free(peer->counts);
+    free(peer->next);
+    free(peer->xe);
+    free(peer->ye);
+    free(peer->gate);
+    free(peer->up);
+    free(peer);
+}

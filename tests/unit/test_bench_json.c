@@ -1,0 +1,140 @@
+/* `moira bench moe|mla --json` as a script reads it, at tiny sizes (the moira-tiny model, a few
+ * tokens, one round): the output is one JSON object {"rows": [...]}, every row has exactly the
+ * keys bench, dtype, tokens (moe) or context (mla), moira_us, peer, peer_us, ratio, gflops, gbs,
+ * and ratio is peer_us / moira_us. The JSON is read with libyaml (JSON is a subset of YAML's flow
+ * style), not with anything of Moira's. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+#include "tests/unit/testing.h"
+
+static bool no_openblas; /* the build found no OpenBLAS: the moe rows have no peer */
+
+#define TINY_MODEL MOIRA_TEST_DATA_DIR "/../../configs/models/moira-tiny.yaml"
+
+/* The whole stdout of `command` (malloc'd, caller frees) and its exit status in *status. */
+static char *run(const char *command, int *status) {
+    FILE *pipe = popen(command, "r");
+    if (!pipe) return NULL;
+    size_t size = 0, capacity = 1 << 16;
+    char *text = malloc(capacity);
+    size_t got;
+    while (text && (got = fread(text + size, 1, capacity - size - 1, pipe)) > 0) {
+        size += got;
+        if (capacity - size < 2) {
+            char *grown = realloc(text, capacity * 2);
+            if (!grown) free(text);
+            text = grown;
+            capacity *= 2;
+        }
+    }
+    *status = pclose(pipe);
+    if (text) text[size] = 0;
+    return text;
+}
+
+/* The value node of `key` in mapping `map`, or NULL. */
+static yaml_node_t *lookup(yaml_document_t *doc, yaml_node_t *map, const char *key) {
+    if (!map || map->type != YAML_MAPPING_NODE) return NULL;
+    for (yaml_node_pair_t *pair = map->data.mapping.pairs.start; pair < map->data.mapping.pairs.top;
+         pair++) {
+        yaml_node_t *k = yaml_document_get_node(doc, pair->key);
+        if (k && k->type == YAML_SCALAR_NODE && !strcmp((const char *)k->data.scalar.value, key))
+            return yaml_document_get_node(doc, pair->value);
+    }
+    return NULL;
+}
+
+static const char *scalar(yaml_node_t *node) {
+    return node && node->type == YAML_SCALAR_NODE ? (const char *)node->data.scalar.value : NULL;
+}
+
+/* A number, or NAN for null or anything that is not one. */
+static double number(yaml_node_t *node) {
+    const char *text = scalar(node);
+    char *end = NULL;
+    double value = text ? strtod(text, &end) : NAN;
+    return text && end != text && *end == 0 ? value : NAN;
+}
+
+/* Checks one bench's JSON; `size_key` is "tokens" or "context", `peer` the peer's name. */
+static void check_bench(const char *bench, const char *args, const char *size_key, const char *peer,
+                        int min_rows) {
+    char command[1024];
+    snprintf(command, sizeof(command), "%s bench %s --model %s %s --json", MOIRA_BINARY, bench,
+             TINY_MODEL, args);
+    int status = -1;
+    char *out = run(command, &status);
+    CHECK_MSG(out && status == 0, "%s: exit status %d", command, status);
+    if (!out) return;
+    yaml_parser_t parser;
+    yaml_document_t doc;
+    yaml_parser_initialize(&parser);
+    yaml_parser_set_input_string(&parser, (const unsigned char *)out, strlen(out));
+    int loaded = yaml_parser_load(&parser, &doc);
+    CHECK_MSG(loaded, "bench %s --json: not parseable: %s", bench, out);
+    yaml_node_t *root = loaded ? yaml_document_get_root_node(&doc) : NULL;
+    CHECK_MSG(root && root->type == YAML_MAPPING_NODE &&
+                  root->data.mapping.pairs.top - root->data.mapping.pairs.start == 1,
+              "bench %s --json: not an object with one key", bench);
+    yaml_node_t *rows = root ? lookup(&doc, root, "rows") : NULL;
+    CHECK_MSG(rows && rows->type == YAML_SEQUENCE_NODE, "bench %s --json: no rows list", bench);
+    int n_rows = 0;
+    for (yaml_node_item_t *item = rows ? rows->data.sequence.items.start : NULL;
+         rows && item < rows->data.sequence.items.top; item++, n_rows++) {
+        yaml_node_t *row = yaml_document_get_node(&doc, *item);
+        const char *keys[] = {"bench",   "dtype", size_key, "moira_us", "peer",
+                              "peer_us", "ratio", "gflops", "gbs"};
+        int n_keys = (int)(sizeof(keys) / sizeof(keys[0]));
+        CHECK_MSG(row && row->type == YAML_MAPPING_NODE &&
+                      row->data.mapping.pairs.top - row->data.mapping.pairs.start == n_keys,
+                  "bench %s row %d: not an object of %d keys", bench, n_rows, n_keys);
+        for (int k = 0; k < n_keys; k++)
+            CHECK_MSG(lookup(&doc, row, keys[k]), "bench %s row %d: no \"%s\"", bench, n_rows,
+                      keys[k]);
+        const char *name = scalar(lookup(&doc, row, "bench"));
+        CHECK_MSG(name && !strcmp(name, bench), "bench %s row %d: bench \"%s\"", bench, n_rows,
+                  name ? name : "?");
+        const char *dtype = scalar(lookup(&doc, row, "dtype"));
+        CHECK_MSG(dtype && (!strcmp(dtype, "f32") || !strcmp(dtype, "bf16")),
+                  "bench %s row %d: dtype", bench, n_rows);
+        CHECK_MSG(number(lookup(&doc, row, size_key)) > 0, "bench %s row %d: %s", bench, n_rows,
+                  size_key);
+        const char *peer_name = scalar(lookup(&doc, row, "peer"));
+        if (peer_name && !strcmp(peer_name, "null") && !strcmp(peer, "openblas")) {
+            printf("bench %s: no OpenBLAS in this build, the peer is not checked\n", bench);
+            no_openblas = true;
+            continue;
+        }
+        CHECK_MSG(peer_name && !strcmp(peer_name, peer), "bench %s row %d: peer \"%s\"", bench,
+                  n_rows, peer_name ? peer_name : "?");
+        double moira_us = number(lookup(&doc, row, "moira_us"));
+        double peer_us = number(lookup(&doc, row, "peer_us"));
+        double ratio = number(lookup(&doc, row, "ratio"));
+        CHECK_MSG(moira_us > 0 && peer_us > 0, "bench %s row %d: times", bench, n_rows);
+        /* Printed to 2 and 3 decimals: allow their rounding. */
+        CHECK_MSG(fabs(ratio - peer_us / moira_us) <= 1e-3 + 1e-2 * ratio,
+                  "bench %s row %d: ratio %g, peer_us / moira_us %g", bench, n_rows, ratio,
+                  peer_us / moira_us);
+        CHECK_MSG(number(lookup(&doc, row, "gflops")) > 0 && number(lookup(&doc, row, "gbs")) > 0,
+                  "bench %s row %d: gflops and gbs", bench, n_rows);
+    }
+    CHECK_MSG(n_rows >= min_rows, "bench %s: %d rows, expected at least %d", bench, n_rows,
+              min_rows);
+    if (loaded) yaml_document_delete(&doc);
+    yaml_parser_delete(&parser);
+    free(out);
+}
+
+/* Both kernel benches on cpu:0 at sizes that take about a second. */
+int main(void) {
+    /* moe: 3 tokens, f32 and bf16 weights, against the OpenBLAS loop. */
+    check_bench("moe", "--backend cpu:0 --tokens 3 --iters 1", "tokens", "openblas", 2);
+    /* mla: the 1K, 4K and 16K contexts of a 4-head, 64-latent cache, against the triad. */
+    check_bench("mla", "--backend cpu:0 --iters 1", "context", "stream_triad", 3);
+    if (no_openblas && !moira_test_failures) return MOIRA_TEST_SKIP;
+    return moira_test_finish("test_bench_json");
+}
