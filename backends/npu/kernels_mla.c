@@ -20,45 +20,133 @@ typedef struct softmax_job {
     float scale;
 } softmax_job_t;
 
-/* One score row per step: Muls by the scale, then the causal mask as a vector Compare of the
- * key positions against the query's position and a Select of -inf, then max, exp(x - max), sum
- * and a reciprocal Muls. A row with no visible key becomes zeros. Key positions are built once
- * per core: the cache's 0..S-1 (ArithProgression), or the tokens' positions (Cast from i32). */
-static void softmax_block(moira_npu_core_t *core, int block, int n_blocks, void *raw) {
-    const softmax_job_t *job = raw;
-    size_t row_bytes = moira_npu_ub_floats(job->keys);
-    moira_npu_region_t key_positions = moira_npu_alloc(core, MOIRA_NPU_UB, row_bytes);
-    moira_npu_region_t visible = moira_npu_alloc(core, MOIRA_NPU_UB, row_bytes / 32 + 32);
-    moira_npu_region_t row[2];
+/* Keys of a score row that one Unified Buffer pass holds. Two rows of this (ping-pong), its key
+ * positions and its mask take about 97 KB of the 192 KB UB; a longer row (decode over a long
+ * latent cache) goes through the UB in chunks of this many keys. */
+#define SOFTMAX_CHUNK_KEYS 8192
+
+/* The UB regions of one core's softmax, sized for rows of up to `keys` keys. */
+typedef struct softmax_ub {
+    moira_npu_region_t key_positions, visible, row[2];
+} softmax_ub_t;
+
+static softmax_ub_t softmax_ub_alloc(moira_npu_core_t *core, int64_t keys) {
+    size_t row_bytes = moira_npu_ub_floats(keys);
+    softmax_ub_t ub;
+    ub.key_positions = moira_npu_alloc(core, MOIRA_NPU_UB, row_bytes);
+    ub.visible = moira_npu_alloc(core, MOIRA_NPU_UB, row_bytes / 32 + 32);
     for (int i = 0; i < 2; i++)
-        row[i] = moira_npu_alloc(core, MOIRA_NPU_UB, row_bytes);
+        ub.row[i] = moira_npu_alloc(core, MOIRA_NPU_UB, row_bytes);
+    return ub;
+}
+
+/* Positions of keys [first, first + count) as floats in ub->key_positions, for the causal
+ * compare: the cache's first..first+count-1 (ArithProgression), or the tokens' positions (Cast from
+ * i32, staged through `scratch`). */
+static void softmax_key_positions(moira_npu_core_t *core, const softmax_job_t *job,
+                                  const softmax_ub_t *ub, moira_npu_region_t scratch, int64_t first,
+                                  int64_t count) {
     if (job->key_positions) {
-        moira_npu_copy_gm_to_ub(core, row[0], job->key_positions, (size_t)job->keys * 4);
-        moira_npu_vcast(core, key_positions, MOIRA_DTYPE_F32, row[0], MOIRA_DTYPE_I32, job->keys);
+        moira_npu_copy_gm_to_ub(core, scratch, job->key_positions + first, (size_t)count * 4);
+        moira_npu_vcast(core, ub->key_positions, MOIRA_DTYPE_F32, scratch, MOIRA_DTYPE_I32, count);
     } else {
-        moira_npu_vindex(core, key_positions, 0.0f, job->keys);
+        moira_npu_vindex(core, ub->key_positions, (float)first, count);
     }
+}
+
+/* Brings keys [first, first + count) of score row `r` into `dst`: Muls by the scale, then the
+ * causal mask as a vector Compare of the key positions against the query's position and a Select
+ * of -inf. */
+static void softmax_load_masked(moira_npu_core_t *core, const softmax_job_t *job,
+                                const softmax_ub_t *ub, moira_npu_region_t dst, int64_t r,
+                                int64_t first, int64_t count) {
+    int64_t query = r % job->queries;
+    moira_npu_copy_gm_to_ub(core, dst, job->scores + r * job->keys + first, (size_t)count * 4);
+    moira_npu_vmuls(core, dst, dst, job->scale, count);
+    moira_npu_vcompare_scalar(core, ub->visible, ub->key_positions, MOIRA_NPU_CMP_LE,
+                              (float)job->positions[query], count);
+    moira_npu_vselect(core, dst, ub->visible, dst, -INFINITY, count);
+}
+
+/* A row that fits the UB: one pass, max, exp(x - max), sum and a reciprocal Muls. A row with no
+ * visible key becomes zeros. Key positions are built once per core. */
+static void softmax_rows_whole(moira_npu_core_t *core, const softmax_job_t *job, int block,
+                               int n_blocks) {
+    softmax_ub_t ub = softmax_ub_alloc(core, job->keys);
+    softmax_key_positions(core, job, &ub, ub.row[0], 0, job->keys);
     int ping = 0;
     for (int64_t r = block; r < job->rows && moira_npu_ok(core); r += n_blocks, ping ^= 1) {
-        float *gm = job->scores + r * job->keys;
-        int64_t query = r % job->queries;
-        moira_npu_copy_gm_to_ub(core, row[ping], gm, (size_t)job->keys * 4);
-        moira_npu_vmuls(core, row[ping], row[ping], job->scale, job->keys);
-        moira_npu_vcompare_scalar(core, visible, key_positions, MOIRA_NPU_CMP_LE,
-                                  (float)job->positions[query], job->keys);
-        moira_npu_vselect(core, row[ping], visible, row[ping], -INFINITY, job->keys);
+        moira_npu_region_t row = ub.row[ping];
+        softmax_load_masked(core, job, &ub, row, r, 0, job->keys);
         moira_npu_scalar(core, 2);
-        float max_score = moira_npu_vreduce_max(core, row[ping], job->keys);
+        float max_score = moira_npu_vreduce_max(core, row, job->keys);
         if (max_score == -INFINITY) {
-            moira_npu_vdup(core, row[ping], 0.0f, job->keys);
+            moira_npu_vdup(core, row, 0.0f, job->keys);
         } else {
-            moira_npu_vadds(core, row[ping], row[ping], -max_score, job->keys);
-            moira_npu_vexp(core, row[ping], row[ping], job->keys);
-            float sum = moira_npu_vreduce_sum(core, row[ping], job->keys);
-            moira_npu_vmuls(core, row[ping], row[ping], 1.0f / sum, job->keys);
+            moira_npu_vadds(core, row, row, -max_score, job->keys);
+            moira_npu_vexp(core, row, row, job->keys);
+            float sum = moira_npu_vreduce_sum(core, row, job->keys);
+            moira_npu_vmuls(core, row, row, 1.0f / sum, job->keys);
         }
-        moira_npu_copy_ub_to_gm(core, gm, row[ping], (size_t)job->keys * 4);
+        moira_npu_copy_ub_to_gm(core, job->scores + r * job->keys, row, (size_t)job->keys * 4);
     }
+}
+
+/* A row longer than the UB holds, in two passes over its chunks in GM: the first keeps a running
+ * max and a sum of exp(x - max) rescaled whenever the max grows (the online softmax); the second
+ * reloads each chunk and writes exp(x - max) / sum. Two reads and one write of the row instead of
+ * one and one, but any length fits. */
+static void softmax_rows_chunked(moira_npu_core_t *core, const softmax_job_t *job, int block,
+                                 int n_blocks) {
+    softmax_ub_t ub = softmax_ub_alloc(core, SOFTMAX_CHUNK_KEYS);
+    int ping = 0;
+    for (int64_t r = block; r < job->rows && moira_npu_ok(core); r += n_blocks) {
+        float max_score = -INFINITY, sum = 0.0f;
+        for (int64_t first = 0; first < job->keys && moira_npu_ok(core);
+             first += SOFTMAX_CHUNK_KEYS, ping ^= 1) {
+            int64_t count =
+                job->keys - first < SOFTMAX_CHUNK_KEYS ? job->keys - first : SOFTMAX_CHUNK_KEYS;
+            moira_npu_region_t chunk = ub.row[ping];
+            softmax_key_positions(core, job, &ub, ub.row[ping ^ 1], first, count);
+            softmax_load_masked(core, job, &ub, chunk, r, first, count);
+            float chunk_max = moira_npu_vreduce_max(core, chunk, count);
+            moira_npu_scalar(core, 6);
+            if (chunk_max == -INFINITY) continue;
+            float new_max = chunk_max > max_score ? chunk_max : max_score;
+            sum *= expf(max_score - new_max); /* 0 * exp(-inf) on the first visible chunk */
+            max_score = new_max;
+            moira_npu_vadds(core, chunk, chunk, -max_score, count);
+            moira_npu_vexp(core, chunk, chunk, count);
+            sum += moira_npu_vreduce_sum(core, chunk, count);
+        }
+        for (int64_t first = 0; first < job->keys && moira_npu_ok(core);
+             first += SOFTMAX_CHUNK_KEYS, ping ^= 1) {
+            int64_t count =
+                job->keys - first < SOFTMAX_CHUNK_KEYS ? job->keys - first : SOFTMAX_CHUNK_KEYS;
+            moira_npu_region_t chunk = ub.row[ping];
+            if (max_score == -INFINITY) {
+                moira_npu_vdup(core, chunk, 0.0f, count);
+            } else {
+                softmax_key_positions(core, job, &ub, ub.row[ping ^ 1], first, count);
+                softmax_load_masked(core, job, &ub, chunk, r, first, count);
+                moira_npu_vadds(core, chunk, chunk, -max_score, count);
+                moira_npu_vexp(core, chunk, chunk, count);
+                moira_npu_vmuls(core, chunk, chunk, 1.0f / sum, count);
+            }
+            moira_npu_copy_ub_to_gm(core, job->scores + r * job->keys + first, chunk,
+                                    (size_t)count * 4);
+        }
+    }
+}
+
+/* The masked, scaled softmax of every score row in fp32 on the vector units, rows spread over
+ * the cores. */
+static void softmax_block(moira_npu_core_t *core, int block, int n_blocks, void *raw) {
+    const softmax_job_t *job = raw;
+    if (job->keys <= SOFTMAX_CHUNK_KEYS)
+        softmax_rows_whole(core, job, block, n_blocks);
+    else
+        softmax_rows_chunked(core, job, block, n_blocks);
 }
 
 /* Where one head's operands live (GM addresses, borrowed); the three GEMMs and the softmax are

@@ -267,6 +267,88 @@ static void check_linear_on_device(void) {
     moira_queue_destroy(queue);
 }
 
+/* Absorbed decode over a latent cache longer than one Unified Buffer pass of the softmax holds
+ * (20000 rows: three chunks), against an fp64 reference written out here. The queries see 6
+ * keys (all in the first chunk), 9001 (the second chunk cut part way, the third masked whole)
+ * and all 20000. */
+static void check_long_decode(void) {
+    moira_device_t *device = NULL;
+    CHECK_OK(moira_device_find("npu:0", &device));
+    if (!device) return;
+    enum { S = 20000, T = 3, H = 2, NOPE = 16, ROPE = 16, L = 32, Q = H * (NOPE + ROPE) };
+    static float q_lat[T * H * L], q[T * Q], c[S * L], k_pe[S * ROPE], got[T * H * L];
+    static double want[T * H * L], score[S];
+    int32_t positions[T] = {5, 9000, S - 1};
+    moira_test_fill_uniform(q_lat, T * H * L, 61, -1, 1);
+    moira_test_fill_uniform(q, T * Q, 62, -1, 1);
+    moira_test_fill_uniform(c, S * L, 63, -1, 1);
+    moira_test_fill_uniform(k_pe, S * ROPE, 64, -1, 1);
+    const float scale = 0.4f;
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < H; h++) {
+            const float *ql = q_lat + (t * H + h) * L, *qpe = q + t * Q + h * (NOPE + ROPE) + NOPE;
+            double max_score = -INFINITY, sum = 0;
+            for (int s = 0; s <= positions[t]; s++) {
+                double dot = 0;
+                for (int i = 0; i < L; i++)
+                    dot += (double)ql[i] * c[s * L + i];
+                for (int i = 0; i < ROPE; i++)
+                    dot += (double)qpe[i] * k_pe[s * ROPE + i];
+                score[s] = dot * scale;
+                if (score[s] > max_score) max_score = score[s];
+            }
+            for (int s = 0; s <= positions[t]; s++)
+                sum += score[s] = exp(score[s] - max_score);
+            double *out = want + (t * H + h) * L;
+            for (int i = 0; i < L; i++)
+                out[i] = 0;
+            for (int s = 0; s <= positions[t]; s++)
+                for (int i = 0; i < L; i++)
+                    out[i] += score[s] / sum * c[s * L + i];
+        }
+    size_t sizes[6] = {sizeof(q_lat), sizeof(q),         sizeof(c),
+                       sizeof(k_pe),  sizeof(positions), sizeof(got)};
+    const void *host[5] = {q_lat, q, c, k_pe, positions};
+    size_t offsets[6], total = 0;
+    for (int i = 0; i < 6; i++) {
+        offsets[i] = total;
+        total += (sizes[i] + 255) / 256 * 256;
+    }
+    moira_queue_t *queue = NULL;
+    moira_buffer_t *buffer = NULL;
+    CHECK_OK(moira_queue_create(device, &queue));
+    CHECK_OK(moira_buffer_alloc(device, total, -1, &buffer));
+    if (!queue || !buffer) return;
+    for (int i = 0; i < 5; i++)
+        CHECK_OK(moira_queue_write(queue, buffer, offsets[i], host[i], sizes[i]));
+    moira_mla_params_t params = {.n_heads = H,
+                                 .nope_dim = NOPE,
+                                 .rope_dim = ROPE,
+                                 .v_dim = NOPE,
+                                 .kv_lora_rank = L,
+                                 .cache_len = S,
+                                 .scale = scale};
+    moira_op_launch_t launch = {.op = MOIRA_OP_MLA_DECODE_ATTENTION,
+                                .params = &params,
+                                .params_size = sizeof(params),
+                                .n_operands = 6};
+    const int64_t shapes[6][2] = {{T, H * L}, {T, Q}, {S, L}, {S, ROPE}, {T, 1}, {T, H * L}};
+    for (int i = 0; i < 6; i++)
+        launch.operands[i] = (moira_dtensor_t){.buffer = buffer,
+                                               .offset = offsets[i],
+                                               .dtype = i == 4 ? MOIRA_DTYPE_I32 : MOIRA_DTYPE_F32,
+                                               .rank = i == 4 ? 1 : 2,
+                                               .shape = {shapes[i][0], shapes[i][1]}};
+    CHECK_OK(moira_queue_launch(queue, &launch));
+    CHECK_OK(moira_queue_read(queue, buffer, offsets[5], got, sizeof(got)));
+    CHECK_OK(moira_queue_finish(queue));
+    double nmse = moira_test_nmse(got, want, T * H * L);
+    CHECK_MSG(nmse <= 2e-3, "npu decode over %d cache rows: NMSE %.3g", S, nmse);
+    printf("npu mla_decode_attention over %d cache rows: NMSE %.3g (bf16 limit 2e-3)\n", S, nmse);
+    moira_buffer_free(buffer);
+    moira_queue_destroy(queue);
+}
+
 /* A kernel whose buffers do not fit its core's UB (an RMSNORM row of 20000 floats, four rows of
  * UB) faults on the device; the fault reaches the caller at finish as an AI core exception. */
 static void check_fault_through_device(void) {
@@ -381,6 +463,7 @@ int main(void) {
     moira_npu_core_release(&core);
     CHECK_OK(moira_runtime_init());
     check_linear_on_device();
+    check_long_decode();
     check_fault_through_device();
     moira_runtime_shutdown();
     return moira_test_finish("test_npu");
