@@ -37,7 +37,7 @@ build: $(BUILD)/CMakeCache.txt
 
 test: deps
 	$(MAKE) build
-	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) $(CTEST_FLAGS)
 
 run: deps
 	$(MAKE) build
@@ -50,8 +50,12 @@ bench: deps
 	$(BUILD)/moira bench mla
 
 # The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer, in its own build folder.
+# A failed test runs once more: LeakSanitizer's own tracer now and then dies at exit ("Tracer
+# caught signal 11", google/sanitizers#1353, seen once in about 17 runs here) with no report of
+# ours; the first attempt's output is still printed, so a real finding stays visible.
 test-sanitize: deps
-	$(MAKE) test BUILD=$(SANITIZE_BUILD) CMAKE_FLAGS="-DMOIRA_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug"
+	$(MAKE) test BUILD=$(SANITIZE_BUILD) CMAKE_FLAGS="-DMOIRA_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug" \
+	  CTEST_FLAGS="--repeat until-pass:2"
 
 sanitize: test-sanitize
 
