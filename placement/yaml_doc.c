@@ -7,11 +7,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/read_file.h"
 #include "runtime/suggest.h"
 #include "runtime/yaml_text.h"
 
 /* Placement files are small; anything larger is not one of them. */
-#define MAX_PLACEMENT_FILE_BYTES (256L << 20)
+#define MAX_PLACEMENT_FILE_BYTES ((size_t)256 << 20)
 
 /* libyaml marks are 0-based; messages are 1-based like compilers'. */
 static moira_status_t fail_at(const moira_yaml_doc_t *doc, yaml_mark_t mark, const char *message) {
@@ -82,44 +83,11 @@ moira_status_t moira_yaml_doc_parse(const char *text, size_t len, const char *di
 
 moira_status_t moira_yaml_doc_load(const char *path, const char *what, moira_yaml_doc_t *out_doc) {
     memset(out_doc, 0, sizeof(*out_doc));
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        int err = errno;
-        return moira_status_at(err == ENOENT ? MOIRA_CODE_NOT_FOUND : MOIRA_CODE_IO, path, 0, 0,
-                               "cannot open %s file: %s", what, strerror(err));
-    }
-    size_t cap = 1 << 16, len = 0;
-    char *text = malloc(cap);
-    moira_status_t status = MOIRA_OK_STATUS;
-    while (text && !status) {
-        if (len == cap) {
-            if (cap >= (size_t)MAX_PLACEMENT_FILE_BYTES) {
-                status = moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
-                                         "larger than %ld bytes; not a %s file",
-                                         MAX_PLACEMENT_FILE_BYTES, what);
-                break;
-            }
-            char *grown = realloc(text, cap * 2);
-            if (!grown) {
-                free(text);
-                text = NULL;
-                break;
-            }
-            text = grown;
-            cap *= 2;
-        }
-        size_t got = fread(text + len, 1, cap - len, f);
-        len += got;
-        if (got == 0) {
-            if (ferror(f))
-                status =
-                    moira_status_at(MOIRA_CODE_IO, path, 0, 0, "cannot read: %s", strerror(errno));
-            break;
-        }
-    }
-    fclose(f);
-    if (!text && !status)
-        status = moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "%s: out of memory", path);
+    char noun[64];
+    snprintf(noun, sizeof(noun), "%s file", what);
+    char *text = NULL;
+    size_t len = 0;
+    moira_status_t status = moira_read_file(path, noun, MAX_PLACEMENT_FILE_BYTES, &text, &len);
     if (!status) status = moira_yaml_doc_parse(text, len, path, what, out_doc);
     free(text);
     return status;

@@ -11,6 +11,7 @@
 #include <yaml.h>
 
 #include "runtime/log.h"
+#include "runtime/read_file.h"
 #include "runtime/suggest.h"
 #include "runtime/yaml_text.h"
 
@@ -72,7 +73,7 @@ _Static_assert(SLOT_COUNT <= MOIRA_MODEL_CONFIG_MARK_SLOTS,
 #define MAX_POSITIONS ((int64_t)1 << 40)
 
 /* Config files are a few kilobytes; anything this large is not one. */
-#define MAX_CONFIG_BYTES ((long)16 << 20)
+#define MAX_CONFIG_BYTES ((size_t)16 << 20)
 
 typedef enum value_kind {
     KIND_INT,          /* non-negative integer; null leaves the default */
@@ -908,52 +909,6 @@ moira_status_t moira_model_config_parse_string(const char *text, size_t len,
     return status;
 }
 
-/* Reads a whole file (configs are small). On success *out_text is malloc'd and owned by the
- * caller. */
-static moira_status_t read_file(const char *path, char **out_text, size_t *out_len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        int err = errno;
-        return moira_status_at(err == ENOENT ? MOIRA_CODE_NOT_FOUND : MOIRA_CODE_IO, path, 0, 0,
-                               "cannot open model config: %s", strerror(err));
-    }
-    size_t cap = 8192, len = 0;
-    char *text = malloc(cap);
-    moira_status_t status = MOIRA_OK_STATUS;
-    while (text) {
-        if (len == cap) {
-            if (cap >= (size_t)MAX_CONFIG_BYTES) {
-                status =
-                    moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
-                                    "larger than %ld bytes; not a model config", MAX_CONFIG_BYTES);
-                break;
-            }
-            char *grown = realloc(text, cap * 2);
-            if (!grown) break;
-            text = grown;
-            cap *= 2;
-        }
-        size_t got = fread(text + len, 1, cap - len, f);
-        len += got;
-        if (got == 0) {
-            if (ferror(f))
-                status =
-                    moira_status_at(MOIRA_CODE_IO, path, 0, 0, "cannot read: %s", strerror(errno));
-            break;
-        }
-    }
-    fclose(f);
-    if (!text && !status)
-        status = moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "%s: out of memory reading", path);
-    if (status) {
-        free(text);
-        return status;
-    }
-    *out_text = text;
-    *out_len = len;
-    return MOIRA_OK_STATUS;
-}
-
 moira_status_t moira_model_config_load(const char *path, moira_model_config_t *out_config) {
     if (!path || !out_config)
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
@@ -972,7 +927,7 @@ moira_status_t moira_model_config_load(const char *path, moira_model_config_t *o
     }
     char *text = NULL;
     size_t len = 0;
-    moira_status_t status = read_file(path, &text, &len);
+    moira_status_t status = moira_read_file(path, "model config", MAX_CONFIG_BYTES, &text, &len);
     if (!status) status = moira_model_config_parse_string(text, len, path, out_config);
     free(text);
     free(joined);

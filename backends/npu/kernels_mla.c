@@ -92,10 +92,25 @@ static void softmax_rows_whole(moira_npu_core_t *core, const softmax_job_t *job,
     }
 }
 
+/* Keys in the chunk of a long row that starts at key `first`. */
+static int64_t softmax_chunk_keys(const softmax_job_t *job, int64_t first) {
+    return job->keys - first < SOFTMAX_CHUNK_KEYS ? job->keys - first : SOFTMAX_CHUNK_KEYS;
+}
+
+/* Brings chunk `first` of score row `r` (up to SOFTMAX_CHUNK_KEYS keys) into ub->row[ping],
+ * scaled and masked, building its key positions through the other row; returns its key count. */
+static int64_t softmax_load_chunk(moira_npu_core_t *core, const softmax_job_t *job,
+                                  const softmax_ub_t *ub, int ping, int64_t r, int64_t first) {
+    int64_t count = softmax_chunk_keys(job, first);
+    softmax_key_positions(core, job, ub, ub->row[ping ^ 1], first, count);
+    softmax_load_masked(core, job, ub, ub->row[ping], r, first, count);
+    return count;
+}
+
 /* A row longer than the UB holds, in two passes over its chunks in GM: the first keeps a running
  * max and a sum of exp(x - max) rescaled whenever the max grows (the online softmax); the second
  * reloads each chunk and writes exp(x - max) / sum. Two reads and one write of the row instead of
- * one and one, but any length fits. */
+ * one and one, but any length fits. A row with no visible key becomes zeros. */
 static void softmax_rows_chunked(moira_npu_core_t *core, const softmax_job_t *job, int block,
                                  int n_blocks) {
     softmax_ub_t ub = softmax_ub_alloc(core, SOFTMAX_CHUNK_KEYS);
@@ -104,11 +119,8 @@ static void softmax_rows_chunked(moira_npu_core_t *core, const softmax_job_t *jo
         float max_score = -INFINITY, sum = 0.0f;
         for (int64_t first = 0; first < job->keys && moira_npu_ok(core);
              first += SOFTMAX_CHUNK_KEYS, ping ^= 1) {
-            int64_t count =
-                job->keys - first < SOFTMAX_CHUNK_KEYS ? job->keys - first : SOFTMAX_CHUNK_KEYS;
+            int64_t count = softmax_load_chunk(core, job, &ub, ping, r, first);
             moira_npu_region_t chunk = ub.row[ping];
-            softmax_key_positions(core, job, &ub, ub.row[ping ^ 1], first, count);
-            softmax_load_masked(core, job, &ub, chunk, r, first, count);
             float chunk_max = moira_npu_vreduce_max(core, chunk, count);
             moira_npu_scalar(core, 6);
             if (chunk_max == -INFINITY) continue;
@@ -121,14 +133,13 @@ static void softmax_rows_chunked(moira_npu_core_t *core, const softmax_job_t *jo
         }
         for (int64_t first = 0; first < job->keys && moira_npu_ok(core);
              first += SOFTMAX_CHUNK_KEYS, ping ^= 1) {
-            int64_t count =
-                job->keys - first < SOFTMAX_CHUNK_KEYS ? job->keys - first : SOFTMAX_CHUNK_KEYS;
             moira_npu_region_t chunk = ub.row[ping];
+            int64_t count;
             if (max_score == -INFINITY) {
+                count = softmax_chunk_keys(job, first);
                 moira_npu_vdup(core, chunk, 0.0f, count);
             } else {
-                softmax_key_positions(core, job, &ub, ub.row[ping ^ 1], first, count);
-                softmax_load_masked(core, job, &ub, chunk, r, first, count);
+                count = softmax_load_chunk(core, job, &ub, ping, r, first);
                 moira_npu_vadds(core, chunk, chunk, -max_score, count);
                 moira_npu_vexp(core, chunk, chunk, count);
                 moira_npu_vmuls(core, chunk, chunk, 1.0f / sum, count);
