@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "runtime/log.h"
+#include "runtime/read_file.h"
 #include "tests/fuzz/fuzz.h"
 
 static char scratch_dir[64];
@@ -72,23 +73,13 @@ void moira_fuzz_write_file(const char *path, const void *data, size_t size) {
 }
 
 char *moira_fuzz_read_fixture(const char *path, size_t *out_len) {
-    FILE *f = fopen(path, "rb");
-    FUZZ_ASSERT(f, "cannot open fixture %s: %s", path, strerror(errno));
-    size_t cap = 4096, len = 0;
-    char *text = malloc(cap);
-    FUZZ_ASSERT(text, "out of memory");
-    for (;;) {
-        if (len + 1 >= cap) {
-            cap *= 2;
-            text = realloc(text, cap);
-            FUZZ_ASSERT(text, "out of memory");
-        }
-        size_t got = fread(text + len, 1, cap - len - 1, f);
-        if (got == 0) break;
-        len += got;
-    }
-    fclose(f);
-    text[len] = '\0';
+    char *text = NULL;
+    size_t len = 0;
+    moira_status_t status = moira_read_file(path, "fixture", (size_t)1 << 30, &text, &len);
+    FUZZ_ASSERT(!status, "%s", moira_status_message(status));
+    char *terminated = realloc(text, len + 1);
+    FUZZ_ASSERT(terminated, "out of memory");
+    terminated[len] = '\0';
     if (out_len) *out_len = len;
-    return text;
+    return terminated;
 }
