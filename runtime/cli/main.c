@@ -22,6 +22,8 @@ static const verb_t verbs[] = {
      "here)"},
     {"plan", moira_cli_plan, "place expert replicas on a topology's devices and CPU memory"},
     {"bench", moira_cli_bench, "run a named benchmark against its peer (moira bench --help)"},
+    {"tokenize", moira_cli_tokenize,
+     "text or a conversation to token ids with a model's Hugging Face tokenizer, and back"},
 };
 
 static void print_usage(FILE *out) {
