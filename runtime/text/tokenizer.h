@@ -46,6 +46,12 @@ moira_status_t moira_tokenizer_load(const char *model_dir, moira_tokenizer_t **o
 moira_status_t moira_tokenizer_load_files(const char *tokenizer_path, const char *config_path,
                                           moira_tokenizer_t **out);
 
+/* The same from the files' texts already in memory (`config_json` may be NULL), as a server that
+ * received them or a fuzz target does; messages name the files by their usual names. */
+moira_status_t moira_tokenizer_load_texts(const char *tokenizer_json, size_t tokenizer_len,
+                                          const char *config_json, size_t config_len,
+                                          moira_tokenizer_t **out);
+
 /* Releases a tokenizer. Accepts NULL. */
 void moira_tokenizer_free(moira_tokenizer_t *tokenizer);
 

@@ -16,25 +16,32 @@
 /* Ids beyond this are not a real vocabulary and would only size huge tables. */
 #define MAX_TOKEN_ID (1 << 24)
 
+moira_status_t moira_tokenizer_json_parse(const char *text, size_t len, const char *path,
+                                          const char *what, json_t **out) {
+    *out = NULL;
+    json_error_t error;
+    json_t *root = json_loadb(text, len, 0, &error);
+    if (!root)
+        return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, error.line > 0 ? error.line : 0,
+                               error.column > 0 ? error.column : 0, "not valid JSON (%s): %s",
+                               what, error.text);
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
+                               "the top level of a %s must be a JSON object", what);
+    }
+    *out = root;
+    return MOIRA_OK_STATUS;
+}
+
 moira_status_t moira_tokenizer_json_load(const char *path, const char *what, json_t **out) {
     *out = NULL;
     char *text;
     size_t len;
     MOIRA_RETURN_IF_ERROR(moira_read_file(path, what, MAX_TOKENIZER_BYTES, &text, &len));
-    json_error_t error;
-    json_t *root = json_loadb(text, len, 0, &error);
+    moira_status_t status = moira_tokenizer_json_parse(text, len, path, what, out);
     free(text);
-    if (!root)
-        return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, error.line > 0 ? error.line : 0,
-                               error.column > 0 ? error.column : 0, "%s is not valid JSON: %s",
-                               what, error.text);
-    if (!json_is_object(root)) {
-        json_decref(root);
-        return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
-                               "%s must be a JSON object at the top level", what);
-    }
-    *out = root;
-    return MOIRA_OK_STATUS;
+    return status;
 }
 
 moira_status_t moira_tokenizer_bad(const moira_tokenizer_t *tokenizer, const char *key,
@@ -305,32 +312,55 @@ static moira_status_t load_model(moira_tokenizer_t *tokenizer, const json_t *roo
     return MOIRA_OK_STATUS;
 }
 
-moira_status_t moira_tokenizer_load_files(const char *tokenizer_path, const char *config_path,
-                                          moira_tokenizer_t **out) {
-    *out = NULL;
+/* Builds a tokenizer from the parsed files (`config` may be NULL). */
+static moira_status_t load_parsed(const char *tokenizer_path, const json_t *root,
+                                  const json_t *config, const char *config_path,
+                                  moira_tokenizer_t **out) {
     moira_tokenizer_t *tokenizer = calloc(1, sizeof(*tokenizer));
     if (!tokenizer) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "tokenizer");
     tokenizer->bos_id = tokenizer->eos_id = -1;
     tokenizer->path = strdup(tokenizer_path);
-    if (!tokenizer->path) {
-        moira_tokenizer_free(tokenizer);
-        return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "tokenizer");
-    }
-    json_t *root = NULL, *config = NULL;
-    moira_status_t status = moira_tokenizer_json_load(tokenizer_path, "tokenizer.json", &root);
-    if (!status && config_path)
-        status = moira_tokenizer_json_load(config_path, "tokenizer_config.json", &config);
-    if (!status) status = load_model(tokenizer, root);
+    moira_status_t status = tokenizer->path
+                                ? load_model(tokenizer, root)
+                                : moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "tokenizer");
     if (!status) status = moira_tokenizer_load_pipeline(tokenizer, root);
     if (!status) status = moira_tokenizer_load_config(tokenizer, root, config, config_path);
-    json_decref(root);
-    json_decref(config);
     if (status) {
         moira_tokenizer_free(tokenizer);
         return status;
     }
     *out = tokenizer;
     return MOIRA_OK_STATUS;
+}
+
+moira_status_t moira_tokenizer_load_files(const char *tokenizer_path, const char *config_path,
+                                          moira_tokenizer_t **out) {
+    *out = NULL;
+    json_t *root = NULL, *config = NULL;
+    moira_status_t status = moira_tokenizer_json_load(tokenizer_path, "tokenizer.json", &root);
+    if (!status && config_path)
+        status = moira_tokenizer_json_load(config_path, "tokenizer_config.json", &config);
+    if (!status) status = load_parsed(tokenizer_path, root, config, config_path, out);
+    json_decref(root);
+    json_decref(config);
+    return status;
+}
+
+moira_status_t moira_tokenizer_load_texts(const char *tokenizer_json, size_t tokenizer_len,
+                                          const char *config_json, size_t config_len,
+                                          moira_tokenizer_t **out) {
+    *out = NULL;
+    json_t *root = NULL, *config = NULL;
+    moira_status_t status = moira_tokenizer_json_parse(tokenizer_json, tokenizer_len,
+                                                       "tokenizer.json", "tokenizer.json", &root);
+    if (!status && config_json)
+        status = moira_tokenizer_json_parse(config_json, config_len, "tokenizer_config.json",
+                                            "tokenizer_config.json", &config);
+    if (!status)
+        status = load_parsed("tokenizer.json", root, config, "tokenizer_config.json", out);
+    json_decref(root);
+    json_decref(config);
+    return status;
 }
 
 moira_status_t moira_tokenizer_load(const char *model_dir, moira_tokenizer_t **out) {

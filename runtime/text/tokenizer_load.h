@@ -12,6 +12,10 @@
  * Syntax errors are INVALID_INPUT at path:line:col. On success *out is owned by the caller. */
 moira_status_t moira_tokenizer_json_load(const char *path, const char *what, json_t **out);
 
+/* The same for text already in memory; `path` names it in messages. */
+moira_status_t moira_tokenizer_json_parse(const char *text, size_t len, const char *path,
+                                          const char *what, json_t **out);
+
 /* INVALID_INPUT naming tokenizer.json and the JSON path `key` of the bad value. */
 moira_status_t moira_tokenizer_bad(const moira_tokenizer_t *tokenizer, const char *key,
                                    const char *fmt, ...) __attribute__((format(printf, 3, 4)));

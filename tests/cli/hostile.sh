@@ -25,6 +25,9 @@ command_for() { # command_for VERB FILE
         --profile "$file" -o "$work/out/plan.yaml" ;;
     plan) echo plan --topology "$placement/eplb-topology.yaml" --model "$placement/eplb-model.yaml" \
         --check "$file" --svg "$work/out/plan.svg" ;;
+    tokenizer) echo tokenize --model "$file" --text hello ;;
+    chat) echo tokenize --model "$file" --messages "$data/chat/conversations/system_user.json" ;;
+    messages) echo tokenize --model "$data/tokenizer/tiny" --messages "$file" ;;
     *) return 1 ;;
     esac
 }

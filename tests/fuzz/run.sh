@@ -11,7 +11,7 @@ seconds="$2"
 shift 2
 root=$(cd "$(dirname "$0")/../.." && pwd)
 targets="$*"
-[ -n "$targets" ] || targets="safetensors_header safetensors_index model_config topology profile plan"
+[ -n "$targets" ] || targets="safetensors_header safetensors_index model_config topology profile plan tokenizer_json"
 status=0
 for target in $targets; do
     corpus="$build/fuzz-corpus/$target"
@@ -21,7 +21,9 @@ for target in $targets; do
     while read -r name pattern; do
         [ "$name" = "$target" ] || continue
         for f in $root/$pattern; do
-            [ -f "$f" ] && [ "${f##*/}" != README.md ] && cp "$f" "$corpus/seed-${f##*/}"
+            # Named by their path: several seeds share a file name (tok-*/tokenizer.json).
+            rel=${f#"$root"/}
+            [ -f "$f" ] && [ "${f##*/}" != README.md ] && cp "$f" "$corpus/seed-${rel//\//_}"
         done
     done < <(grep -v '^#' "$root/tests/fuzz/seeds.txt")
     for f in "$root/tests/fuzz/regressions/$target"/*; do
