@@ -11,6 +11,7 @@ typedef struct moira_bench_args {
     const char *model;   /* --model FILE, NULL when not given */
     long long tokens;    /* --tokens N, 0 when not given */
     long long iters;     /* --iters N, 0 when not given */
+    const char *text;    /* --text FILE (tokenize), NULL when not given */
     bool json;           /* --json: one JSON object on stdout */
 } moira_bench_args_t;
 
@@ -18,6 +19,7 @@ typedef struct moira_bench_args {
 int moira_bench_plan(const moira_bench_args_t *args);
 int moira_bench_moe(const moira_bench_args_t *args);
 int moira_bench_mla(const moira_bench_args_t *args);
+int moira_bench_tokenize(const moira_bench_args_t *args);
 
 /* Seconds from a monotonic clock. */
 double moira_bench_seconds(void);

@@ -23,6 +23,9 @@ static const bench_t benches[] = {
     {"mla", moira_bench_mla,
      "absorbed decode attention over a 1K/4K/16K latent cache against the STREAM triad\n"
      "         bandwidth (opencl also: absorbed projections against CLBlast)"},
+    {"tokenize", moira_bench_tokenize,
+     "load a model directory's tokenizer and encode a text (--model DIR --text FILE);\n"
+     "         bench/tokenize.sh runs it against Hugging Face's tokenizers.js"},
 };
 
 double moira_bench_seconds(void) {
@@ -37,12 +40,13 @@ static void print_bench_help(FILE *out) {
             "usage: moira bench NAME [--backend DEVICE] [--model FILE] [--tokens N] [--iters N]\n"
             "                        [--json]\n\nbenches:\n");
     for (size_t i = 0; i < sizeof(benches) / sizeof(benches[0]); i++)
-        fprintf(out, "  %-6s %s\n", benches[i].name, benches[i].summary);
+        fprintf(out, "  %-8s %s\n", benches[i].name, benches[i].summary);
     fprintf(out, "\n  --backend DEVICE  device for moe and mla (default cpu:0)\n"
                  "  --model FILE      model config for the shape (moe and mla default: "
                  "DeepSeek-V2-Lite;\n"
                  "                    plan: DeepSeek-V3)\n"
                  "  --tokens N        tokens per batch (moe: only N instead of 1, 16, 128, 512)\n"
+                 "  --text FILE       the text tokenize encodes\n"
                  "  --iters N         timed rounds, best kept\n"
                  "  --json            one JSON object (moe, mla: {\"rows\": [...]})\n");
 }
@@ -52,10 +56,11 @@ int moira_cli_bench(int argc, char **argv) {
                                             {"model", required_argument, NULL, 'm'},
                                             {"tokens", required_argument, NULL, 't'},
                                             {"iters", required_argument, NULL, 'i'},
+                                            {"text", required_argument, NULL, 'x'},
                                             {"json", no_argument, NULL, 'j'},
                                             {"help", no_argument, NULL, 'h'},
                                             {NULL, 0, NULL, 0}};
-    moira_bench_args_t args = {NULL, NULL, 0, 0, false};
+    moira_bench_args_t args = {NULL, NULL, 0, 0, NULL, false};
     optind = 1;
     opterr = 0;
     int c;
@@ -66,6 +71,9 @@ int moira_cli_bench(int argc, char **argv) {
             break;
         case 'm':
             args.model = optarg;
+            break;
+        case 'x':
+            args.text = optarg;
             break;
         case 'j':
             args.json = true;
