@@ -150,7 +150,67 @@ _Noreturn void jj_fail_code(jj_ctx *ctx, moira_code_t code, const char *fmt, ...
     fail_v(ctx, code, SIZE_MAX, fmt, args);
 }
 
+void jj_output_open(jj_ctx *ctx, jj_buf *b) {
+    memset(b, 0, sizeof(*b));
+    b->heap = true;
+    b->next_open = ctx->open_outputs;
+    ctx->open_outputs = b;
+}
+
+static void unlink_output(jj_ctx *ctx, jj_buf *b) {
+    for (jj_buf **link = &ctx->open_outputs; *link; link = &(*link)->next_open)
+        if (*link == b) {
+            *link = b->next_open;
+            break;
+        }
+    ctx->arena.total -= b->cap;
+}
+
+char *jj_output_close(jj_ctx *ctx, jj_buf *b, bool to_arena) {
+    unlink_output(ctx, b);
+    char *text = b->p;
+    b->p = NULL;
+    if (!to_arena) return text;
+    char *copy = jj_strndup(ctx, text ? text : "", b->n);
+    free(text);
+    return copy;
+}
+
+void jj_output_free_all(jj_ctx *ctx) {
+    while (ctx->open_outputs) {
+        jj_buf *b = ctx->open_outputs;
+        unlink_output(ctx, b);
+        free(b->p);
+        b->p = NULL;
+    }
+}
+
+/* Output grows by realloc up to the output limit, its capacity counted as memory in use. */
+static void grow_output(jj_ctx *ctx, jj_buf *b, size_t need) {
+    if (need > JJ_OUTPUT_LIMIT + 1)
+        jj_fail_at(ctx, ctx->output_pos, "rendered text exceeds %zu MiB", JJ_OUTPUT_LIMIT >> 20);
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < need)
+        cap *= 2;
+    if (cap > JJ_OUTPUT_LIMIT + 1) cap = JJ_OUTPUT_LIMIT + 1;
+    if (ctx->arena.total - b->cap > JJ_MEMORY_LIMIT - cap)
+        jj_fail_at(ctx, SIZE_MAX, "template needs more than %zu MiB of memory",
+                   JJ_MEMORY_LIMIT >> 20);
+    char *p = realloc(b->p, cap);
+    if (!p) jj_fail_code(ctx, MOIRA_CODE_OUT_OF_MEMORY, "out of memory rendering a template");
+    ctx->arena.total += cap - b->cap;
+    b->p = p;
+    b->cap = cap;
+}
+
 void jj_buf_put(jj_ctx *ctx, jj_buf *b, const char *s, size_t n) {
+    if (b->heap) {
+        if (b->cap - b->n < n + 1) grow_output(ctx, b, b->n + n + 1);
+        if (n) memcpy(b->p + b->n, s, n);
+        b->n += n;
+        b->p[b->n] = 0;
+        return;
+    }
     if (n == 0) return;
     if (b->cap - b->n < n + 1) {
         size_t cap = b->cap ? b->cap : 64;

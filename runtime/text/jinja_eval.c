@@ -327,8 +327,8 @@ jv jj_arith(jj_render *r, int op, jv a, jv b) {
         if (a.type == JV_STR && b.type == JV_STR) {
             jj_charge(r, a.u.s.n + b.u.s.n);
             char *p = jj_alloc(&r->ctx, a.u.s.n + b.u.s.n + 1);
-            memcpy(p, a.u.s.p, a.u.s.n);
-            memcpy(p + a.u.s.n, b.u.s.p, b.u.s.n);
+            jj_copy(p, a.u.s.p, a.u.s.n);
+            jj_copy(p + a.u.s.n, b.u.s.p, b.u.s.n);
             return jv_str(p, a.u.s.n + b.u.s.n);
         }
         if (a.type == JV_LIST && b.type == JV_LIST &&
@@ -336,8 +336,8 @@ jv jj_arith(jj_render *r, int op, jv a, jv b) {
             size_t n = a.u.list->n + b.u.list->n;
             jj_charge(r, n);
             jj_list *l = jj_list_new(&r->ctx, n);
-            memcpy(l->items, a.u.list->items, a.u.list->n * sizeof(jv));
-            memcpy(l->items + a.u.list->n, b.u.list->items, b.u.list->n * sizeof(jv));
+            jj_copy(l->items, a.u.list->items, a.u.list->n * sizeof(jv));
+            jj_copy(l->items + a.u.list->n, b.u.list->items, b.u.list->n * sizeof(jv));
             l->n = n;
             return jv_list_v(l, a.flags & JV_FLAG_TUPLE);
         }

@@ -358,10 +358,16 @@ static jv f_center(jj_render *r, jv v, const jj_args *a) {
     return jj_call_method(r, jj_soft_str(r, v), "center", &b);
 }
 
+/* attr(obj, name): a Python attribute only (a method, a namespace's or the loop's attribute),
+ * never a dict's item, as Jinja's do_attr uses getattr alone. */
 static jv f_attr(jj_render *r, jv v, const jj_args *a) {
     jv name = jj_arg(a, 0, "name", jv_none());
     if (name.type != JV_STR) jj_error(r, "attr name must be a string");
-    return jj_getattr(r, v, name.u.s.p, name.u.s.n);
+    bool unsafe;
+    const char *cname = jj_strndup(&r->ctx, name.u.s.p, name.u.s.n);
+    if (v.type == JV_NAMESPACE || v.type == JV_LOOP || jj_has_method(v, cname, &unsafe))
+        return jj_getattr(r, v, name.u.s.p, name.u.s.n);
+    return jj_undefined_attr(r, v, name.u.s.p, name.u.s.n);
 }
 
 typedef jv (*filter_fn)(jj_render *r, jv v, const jj_args *a);

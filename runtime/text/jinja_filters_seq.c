@@ -59,7 +59,7 @@ static jv sort_key(jj_render *r, jv item, jv attribute, bool case_sensitive) {
 static jj_list *copy_items(jj_render *r, jv v) {
     const jj_list *src = jj_iterate(r, v);
     jj_list *l = jj_list_new(&r->ctx, src->n);
-    memcpy(l->items, src->items, src->n * sizeof(jv));
+    jj_copy(l->items, src->items, src->n * sizeof(jv));
     l->n = src->n;
     jj_charge(r, src->n);
     return l;
@@ -94,8 +94,8 @@ static void merge_sort(jj_render *r, jv *items, jv *keys, size_t n, bool reverse
         tmp_i[k] = items[j];
         tmp_k[k++] = keys[j++];
     }
-    memcpy(items, tmp_i, n * sizeof(jv));
-    memcpy(keys, tmp_k, n * sizeof(jv));
+    jj_copy(items, tmp_i, n * sizeof(jv));
+    jj_copy(keys, tmp_k, n * sizeof(jv));
 }
 
 static jj_list *sorted(jj_render *r, jj_list *l, jv *keys, bool reverse) {

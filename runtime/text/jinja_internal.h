@@ -25,15 +25,17 @@
 
 /* Limits that keep a hostile template from crashing or hanging the process. */
 #define JJ_MEMORY_LIMIT ((size_t)256 << 20) /* bytes one parse or one render may allocate */
-#define JJ_OUTPUT_LIMIT ((size_t)64 << 20)  /* bytes of rendered text (and of any captured block)  \
-                                             */
-#define JJ_PARSE_DEPTH 256                  /* nesting of blocks and expressions in the source */
-#define JJ_MACRO_DEPTH 256                  /* macro calls in progress at once */
-#define JJ_EVAL_DEPTH 2000                  /* C frames of evaluation, statements and value walks */
-#define JJ_LOOP_LIMIT 10000000              /* loop iterations in one render */
-#define JJ_WORK_LIMIT ((uint64_t)4000000000) /* elements and bytes visited by filters and methods  \
-                                              */
-#define JJ_MAX_RANGE 100000                  /* range() size, as Jinja's sandbox allows */
+#define JJ_OUTPUT_LIMIT                                                                            \
+    ((size_t)64 << 20)         /* bytes of rendered text (and of any captured block)               \
+                                */
+#define JJ_PARSE_DEPTH 256     /* nesting of blocks and expressions in the source */
+#define JJ_MACRO_DEPTH 256     /* macro calls in progress at once */
+#define JJ_EVAL_DEPTH 2000     /* C frames of evaluation, statements and value walks */
+#define JJ_LOOP_LIMIT 10000000 /* loop iterations in one render */
+#define JJ_WORK_LIMIT                                                                              \
+    ((uint64_t)4000000000)  /* elements and bytes visited by filters and methods                   \
+                             */
+#define JJ_MAX_RANGE 100000 /* range() size, as Jinja's sandbox allows */
 
 /* ---- Arena ------------------------------------------------------------------------------ */
 
@@ -44,10 +46,14 @@ typedef struct jj_arena {
     size_t total; /* bytes allocated from the system so far, checked against JJ_MEMORY_LIMIT */
 } jj_arena;
 
+typedef struct jj_buf jj_buf;
+
 /* The state every phase shares: where memory comes from, where errors jump to, and the source
  * text that error locations point into. */
 typedef struct jj_ctx {
     jj_arena arena;
+    jj_buf *open_outputs; /* output buffers on the heap, freed if an error unwinds past them */
+    size_t output_pos;    /* where output is being written from, for the output-limit error */
     jmp_buf *on_error;
     moira_status_t error;
     const char *origin;
@@ -70,11 +76,23 @@ _Noreturn void jj_fail_code(jj_ctx *ctx, moira_code_t code, const char *fmt, ...
 /* 1-based line and column (in characters) of a source offset. */
 void jj_line_col(const jj_ctx *ctx, size_t pos, int *line, int *col);
 
-/* A growing byte string in the arena. */
-typedef struct jj_buf {
+/* A growing byte string. Scratch strings live in the arena. Rendered output (the result and
+ * the text macros and blocks capture) lives on the heap instead, so that growing a large output
+ * leaves no copies behind in the arena; those buffers are capped at JJ_OUTPUT_LIMIT, their bytes
+ * count towards JJ_MEMORY_LIMIT, and they are chained in jj_ctx.open_outputs until closed. */
+struct jj_buf {
     char *p;
     size_t n, cap;
-} jj_buf;
+    bool heap;
+    jj_buf *next_open;
+};
+
+void jj_output_open(jj_ctx *ctx, jj_buf *b);
+/* Closes an output buffer: returns its malloc'd text (the caller owns it), or with `to_arena` a
+ * copy in the arena (the heap text is freed). */
+char *jj_output_close(jj_ctx *ctx, jj_buf *b, bool to_arena);
+/* Frees every output buffer still open (the error path). */
+void jj_output_free_all(jj_ctx *ctx);
 
 void jj_buf_put(jj_ctx *ctx, jj_buf *b, const char *s, size_t n);
 void jj_buf_puts(jj_ctx *ctx, jj_buf *b, const char *s);
@@ -233,6 +251,11 @@ static inline jv jv_dict_v(jj_dict *d) {
 }
 
 jv jv_cstr(const char *s); /* a static or arena NUL-terminated string */
+
+/* memcpy that accepts NULL pointers for zero bytes (an empty list has no items array). */
+static inline void jj_copy(void *dst, const void *src, size_t n) {
+    if (n) memcpy(dst, src, n);
+}
 
 jj_list *jj_list_new(jj_ctx *ctx, size_t cap);
 void jj_list_push(jj_ctx *ctx, jj_list *l, jv v);

@@ -531,7 +531,7 @@ static jv dict_method(jj_render *r, jv self, const char *m, const jj_args *a) {
     }
     if (!strcmp(m, "keys") || !strcmp(m, "values")) {
         jj_list *l = jj_list_new(&r->ctx, d->n);
-        memcpy(l->items, m[0] == 'k' ? d->keys : d->vals, d->n * sizeof(jv));
+        jj_copy(l->items, m[0] == 'k' ? d->keys : d->vals, d->n * sizeof(jv));
         l->n = d->n;
         return jv_list_v(l, false);
     }
@@ -548,8 +548,8 @@ static jv dict_method(jj_render *r, jv self, const char *m, const jj_args *a) {
     }
     if (!strcmp(m, "copy")) {
         jj_dict *c = jj_dict_new(&r->ctx, d->n);
-        memcpy(c->keys, d->keys, d->n * sizeof(jv));
-        memcpy(c->vals, d->vals, d->n * sizeof(jv));
+        jj_copy(c->keys, d->keys, d->n * sizeof(jv));
+        jj_copy(c->vals, d->vals, d->n * sizeof(jv));
         c->n = d->n;
         return jv_dict_v(c);
     }
@@ -574,7 +574,7 @@ static jv list_method(jj_render *r, jv self, const char *m, const jj_args *a) {
     }
     if (!strcmp(m, "copy")) {
         jj_list *c = jj_list_new(&r->ctx, l->n);
-        memcpy(c->items, l->items, l->n * sizeof(jv));
+        jj_copy(c->items, l->items, l->n * sizeof(jv));
         c->n = l->n;
         return jv_list_v(c, self.flags & JV_FLAG_TUPLE);
     }

@@ -491,8 +491,9 @@ static jj_node *parse_subscript(jj_parser *p, jj_node *node) {
     return n;
 }
 
+/* A call is located where its callee is, so an error in it points at the function's name. */
 static jj_node *parse_call(jj_parser *p, jj_node *callee) {
-    jj_node *n = jj_node_new(p, E_CALL, jj_peek(p)->pos);
+    jj_node *n = jj_node_new(p, E_CALL, callee->pos);
     n->a = callee;
     parse_call_args(p, n);
     return n;

@@ -1,14 +1,10 @@
 /* Statement execution: text and {{ }} output, if, for (loop variable, filtering, else, break
  * and continue), set (names, namespace attributes, tuples, blocks), macros and call blocks,
- * filter and with blocks. Output is bounded by JJ_OUTPUT_LIMIT and loops by JJ_LOOP_LIMIT. */
+ * filter and with blocks. Output is bounded by JJ_OUTPUT_LIMIT (in jj_buf_put) and loops by
+ * JJ_LOOP_LIMIT. */
 #include <string.h>
 
 #include "runtime/text/jinja_internal.h"
-
-static void out_check(jj_render *r) {
-    if (r->out->n > JJ_OUTPUT_LIMIT)
-        jj_error(r, "rendered text exceeds %zu MiB", JJ_OUTPUT_LIMIT >> 20);
-}
 
 static void assign(jj_render *r, const jj_node *target, jv v, jj_frame *f) {
     switch (target->kind) {
@@ -42,11 +38,13 @@ static void assign(jj_render *r, const jj_node *target, jv v, jj_frame *f) {
 
 jv jj_capture(jj_render *r, const jj_nodes *body, jj_frame *f) {
     jj_buf *saved = r->out;
-    jj_buf b = {0};
+    jj_buf b;
+    jj_output_open(&r->ctx, &b);
     r->out = &b;
     jj_exec_body(r, body, f);
     r->out = saved;
-    return jv_str(b.p ? b.p : "", b.n);
+    size_t n = b.n;
+    return jv_str(jj_output_close(&r->ctx, &b, true), n);
 }
 
 static void exec_for(jj_render *r, const jj_node *s, jj_frame *f) {
@@ -123,16 +121,15 @@ static jv exec_call_block(jj_render *r, const jj_node *s, jj_frame *f) {
 
 static void exec_stmt(jj_render *r, const jj_node *s, jj_frame *f) {
     r->pos = s->pos;
+    r->ctx.output_pos = s->pos;
     switch (s->kind) {
     case N_TEXT:
         jj_buf_put(&r->ctx, r->out, s->value.u.s.p, s->value.u.s.n);
-        out_check(r);
         return;
     case N_OUTPUT: {
         jv v = jj_eval(r, s->a, f);
         r->pos = s->pos;
         jj_str_to(r, r->out, v);
-        out_check(r);
         return;
     }
     case N_IF:
@@ -164,7 +161,6 @@ static void exec_stmt(jj_render *r, const jj_node *s, jj_frame *f) {
         jv v = jj_eval(r, s->c, f);
         r->block_value = saved;
         jj_str_to(r, r->out, v);
-        out_check(r);
         return;
     }
     case N_MACRO:
@@ -172,7 +168,6 @@ static void exec_stmt(jj_render *r, const jj_node *s, jj_frame *f) {
         return;
     case N_CALL_BLOCK:
         jj_str_to(r, r->out, exec_call_block(r, s, f));
-        out_check(r);
         return;
     case N_WITH: {
         jj_frame *wf = jj_frame_new(r, f);

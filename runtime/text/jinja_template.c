@@ -90,6 +90,7 @@ moira_status_t moira_jinja_render(const moira_jinja_template_t *tmpl, const json
     r->ctx.on_error = &on_error;
     if (setjmp(on_error)) {
         moira_status_t status = r->ctx.error;
+        jj_output_free_all(&r->ctx);
         jj_arena_free(&r->ctx.arena);
         free(r);
         return status;
@@ -103,19 +104,13 @@ moira_status_t moira_jinja_render(const moira_jinja_template_t *tmpl, const json
         }
     }
     jj_frame *top = jj_frame_new(r, r->globals);
-    jj_buf out = {0};
+    jj_buf out;
+    jj_output_open(&r->ctx, &out);
     r->out = &out;
+    jj_buf_put(&r->ctx, &out, "", 0); /* an empty result is "" rather than NULL */
     jj_exec_body(r, &r->root->body, top);
-    char *text = malloc(out.n + 1);
-    if (!text) {
-        jj_arena_free(&r->ctx.arena);
-        free(r);
-        return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "out of memory rendering a template");
-    }
-    if (out.n) memcpy(text, out.p, out.n);
-    text[out.n] = 0;
-    *out_text = text;
     *out_len = out.n;
+    *out_text = jj_output_close(&r->ctx, &out, false);
     jj_arena_free(&r->ctx.arena);
     free(r);
     return MOIRA_OK_STATUS;

@@ -325,7 +325,7 @@ const jj_list *jj_iterate(jj_render *r, jv v) {
         return v.u.list;
     case JV_DICT: {
         jj_list *l = jj_list_new(&r->ctx, v.u.dict->n);
-        memcpy(l->items, v.u.dict->keys, v.u.dict->n * sizeof(jv));
+        jj_copy(l->items, v.u.dict->keys, v.u.dict->n * sizeof(jv));
         l->n = v.u.dict->n;
         return l;
     }
