@@ -32,7 +32,8 @@ static void print_help(void) {
            "Hugging Face's `tokenizer(text).input_ids` does (BOS first when add_bos_token).\n\n"
            "  --text TEXT       encode TEXT (without --text, --jsonl or --messages: all of stdin)\n"
            "  --jsonl           read one JSON string per line of stdin, print one JSON array of\n"
-           "                    ids per line\n"
+           "                    ids per line; a line holding a conversation (a JSON list of\n"
+           "                    messages) prints {\"count\", \"ids\", \"prompt\"}\n"
            "  --messages F.json render a JSON list of {role, content} with the chat template (and\n"
            "                    the generation prompt) and print the prompt's ids\n"
            "  --chat-format N   use the built-in template N instead of the model's own:");
@@ -84,8 +85,9 @@ static int parse_options(int argc, char **argv, tokenize_options_t *o) {
     if ((o->text != NULL) + o->jsonl + (o->messages != NULL) + o->decode > 1)
         return moira_cli_usage_error(VERB, "--text, --jsonl, --messages and --decode exclude "
                                            "each other");
-    if (o->chat_format && !o->messages)
-        return moira_cli_usage_error(VERB, "--chat-format applies to --messages");
+    if ((o->chat_format || o->no_generation_prompt) && !o->messages && !o->jsonl)
+        return moira_cli_usage_error(VERB, "--chat-format and --no-generation-prompt apply to "
+                                           "conversations (--messages, --jsonl)");
     return 0;
 }
 
@@ -128,9 +130,11 @@ static moira_status_t stdin_error(size_t line, int column, const char *what) {
 }
 
 /* Reads stdin line by line, handing each line (without its newline) to `each`. */
-static moira_status_t for_each_line(moira_status_t (*each)(const moira_tokenizer_t *, const char *,
-                                                           size_t, size_t, bool),
-                                    const moira_tokenizer_t *tokenizer, bool flag) {
+static moira_status_t for_each_line(moira_status_t (*each)(const tokenize_options_t *,
+                                                           const moira_tokenizer_t *, const char *,
+                                                           size_t, size_t),
+                                    const tokenize_options_t *o,
+                                    const moira_tokenizer_t *tokenizer) {
     char *line = NULL;
     size_t capacity = 0, number = 0;
     ssize_t len;
@@ -143,40 +147,67 @@ static moira_status_t for_each_line(moira_status_t (*each)(const moira_tokenizer
             status = stdin_error(number, 0, "line too long");
             break;
         }
-        status = each(tokenizer, line, (size_t)len, number, flag);
+        status = each(o, tokenizer, line, (size_t)len, number);
         fflush(stdout);
     }
     free(line);
     return status;
 }
 
-/* --jsonl: one JSON string in, one JSON array of ids out. */
-static moira_status_t encode_line(const moira_tokenizer_t *tokenizer, const char *line, size_t len,
-                                  size_t number, bool add_special) {
+/* Renders a conversation and encodes the prompt as apply_chat_template does (the template writes
+ * BOS itself, so no framing is added). On success *prompt is malloc'd. */
+static moira_status_t encode_conversation(const tokenize_options_t *o,
+                                          const moira_tokenizer_t *tokenizer,
+                                          const json_t *messages, const char *origin,
+                                          char **prompt, size_t *prompt_len,
+                                          moira_token_ids_t *ids) {
+    *prompt = NULL;
+    MOIRA_RETURN_IF_ERROR(moira_chat_check_messages(messages, origin));
+    MOIRA_RETURN_IF_ERROR(moira_chat_render(tokenizer, o->chat_format, messages,
+                                            !o->no_generation_prompt, prompt, prompt_len));
+    return moira_tokenizer_encode(tokenizer, *prompt, *prompt_len, false, ids);
+}
+
+/* --jsonl: a JSON string in, its JSON array of ids out; or a conversation (a JSON array of
+ * messages) in, {"count", "ids", "prompt"} out. */
+static moira_status_t encode_line(const tokenize_options_t *o, const moira_tokenizer_t *tokenizer,
+                                  const char *line, size_t len, size_t number) {
     json_error_t error;
     json_t *value = json_loadb(line, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &error);
-    if (!json_is_string(value)) {
+    if (!json_is_string(value) && !json_is_array(value)) {
         json_decref(value);
-        return value ? stdin_error(number, 1, "expected a JSON string")
+        return value ? stdin_error(number, 1, "expected a JSON string, or a JSON array of messages")
                      : stdin_error(number, error.column, error.text);
     }
     moira_token_ids_t ids = {0};
-    moira_status_t status = moira_tokenizer_encode(tokenizer, json_string_value(value),
-                                                   json_string_length(value), add_special, &ids);
-    json_decref(value);
-    if (status) {
-        moira_token_ids_free(&ids);
-        return moira_status_annotate(status, "<stdin>:%zu", number);
+    char *prompt = NULL;
+    size_t prompt_len = 0;
+    moira_status_t status;
+    if (json_is_string(value)) {
+        status = moira_tokenizer_encode(tokenizer, json_string_value(value),
+                                        json_string_length(value), !o->no_special, &ids);
+    } else {
+        char origin[48];
+        snprintf(origin, sizeof(origin), "<stdin>:%zu", number);
+        status = encode_conversation(o, tokenizer, value, origin, &prompt, &prompt_len, &ids);
     }
-    print_id_array(&ids);
-    putchar('\n');
+    json_decref(value);
+    if (!status && prompt) {
+        print_ids(&(tokenize_options_t){.json = true}, &ids, prompt, prompt_len);
+    } else if (!status) {
+        print_id_array(&ids);
+        putchar('\n');
+    } else if (!prompt) {
+        status = moira_status_annotate(status, "<stdin>:%zu", number);
+    }
+    free(prompt);
     moira_token_ids_free(&ids);
-    return MOIRA_OK_STATUS;
+    return status;
 }
 
 /* --decode: one JSON array of ids in, one JSON string out. */
-static moira_status_t decode_line(const moira_tokenizer_t *tokenizer, const char *line, size_t len,
-                                  size_t number, bool skip_special) {
+static moira_status_t decode_line(const tokenize_options_t *o, const moira_tokenizer_t *tokenizer,
+                                  const char *line, size_t len, size_t number) {
     json_error_t error;
     json_t *value = json_loadb(line, len, JSON_DECODE_ANY, &error);
     if (!json_is_array(value)) {
@@ -200,7 +231,7 @@ static moira_status_t decode_line(const moira_tokenizer_t *tokenizer, const char
     char *text = NULL;
     size_t text_len = 0;
     if (!status)
-        status = moira_tokenizer_decode(tokenizer, ids.ids, ids.count, skip_special, &text,
+        status = moira_tokenizer_decode(tokenizer, ids.ids, ids.count, o->skip_special, &text,
                                         &text_len);
     moira_token_ids_free(&ids);
     if (status) return status;
@@ -210,8 +241,7 @@ static moira_status_t decode_line(const moira_tokenizer_t *tokenizer, const char
     return MOIRA_OK_STATUS;
 }
 
-/* --messages: render the conversation, then encode the prompt as apply_chat_template does (the
- * template writes BOS itself, so no framing is added). */
+/* --messages F.json: one conversation from a file. */
 static moira_status_t encode_messages(const tokenize_options_t *o,
                                       const moira_tokenizer_t *tokenizer) {
     char *file;
@@ -224,15 +254,12 @@ static moira_status_t encode_messages(const tokenize_options_t *o,
     if (!messages)
         return moira_status_at(MOIRA_CODE_INVALID_INPUT, o->messages, error.line, error.column,
                                "not valid JSON: %s", error.text);
-    moira_status_t status = moira_chat_check_messages(messages, o->messages);
-    char *prompt = NULL;
+    char *prompt;
     size_t prompt_len = 0;
-    if (!status)
-        status = moira_chat_render(tokenizer, o->chat_format, messages, !o->no_generation_prompt,
-                                   &prompt, &prompt_len);
-    json_decref(messages);
     moira_token_ids_t ids = {0};
-    if (!status) status = moira_tokenizer_encode(tokenizer, prompt, prompt_len, false, &ids);
+    moira_status_t status =
+        encode_conversation(o, tokenizer, messages, o->messages, &prompt, &prompt_len, &ids);
+    json_decref(messages);
     if (!status) print_ids(o, &ids, prompt, prompt_len);
     moira_token_ids_free(&ids);
     free(prompt);
@@ -266,9 +293,9 @@ int moira_cli_tokenize(int argc, char **argv) {
     moira_status_t status = moira_tokenizer_load(o.model, &tokenizer);
     if (status) return moira_status_report(status);
     if (o.jsonl)
-        status = for_each_line(encode_line, tokenizer, !o.no_special);
+        status = for_each_line(encode_line, &o, tokenizer);
     else if (o.decode)
-        status = for_each_line(decode_line, tokenizer, o.skip_special);
+        status = for_each_line(decode_line, &o, tokenizer);
     else if (o.messages)
         status = encode_messages(&o, tokenizer);
     else

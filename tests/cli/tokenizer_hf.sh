@@ -6,9 +6,9 @@
 #   corpus.jsonl), BOS first as add_bos_token says and without it under --no-special;
 # - `moira tokenize --decode` gives tokenizers.js's text for those ids and for seeded random id
 #   sequences that cut UTF-8 characters apart (U+FFFD where Hugging Face puts it);
-# - `moira tokenize --messages` renders every conversation of tests/data/chat/conversations with
-#   the DeepSeek V2, V2.5, V3 and R1 templates as @huggingface/jinja renders them, and its ids are
-#   tokenizers.js's ids of that text.
+# - `moira tokenize` renders every conversation of tests/data/chat/conversations with the DeepSeek
+#   V2, V2.5, V3 and R1 templates and the model's own as @huggingface/jinja renders them, and its
+#   ids are tokenizers.js's ids of that text.
 # Skips (77) only where Node.js is absent; the references missing is a failure (run make deps).
 set -u
 source "$(dirname "$0")/lib/harness.bash" "$@"
@@ -44,8 +44,10 @@ same() { # same DESCRIPTION EXPECTED ACTUAL [--prepend ID]
 run() { # run DESCRIPTION OUT command... (stdin passes through)
     local what="$1" out="$2"
     shift 2
-    if ! "$@" >"$out" 2>"$work/stderr"; then
-        fail "$what: exit $?"
+    "$@" >"$out" 2>"$work/stderr"
+    local code=$?
+    if [ "$code" -ne 0 ]; then
+        fail "$what: exit $code"
         sed 's/^/  | /' "$work/stderr" | head -5
         return 1
     fi
@@ -79,60 +81,53 @@ if run "tokenize --decode (random)" "$work/random" "$moira" tokenize --model "$m
     same "decoded random ids = tokenizers.js" "$work/hf_random" "$work/random"
 fi
 
-# Chat templates: each built-in template on each conversation, then the model's own template.
-render_and_compare() { # render_and_compare NAME TEMPLATE_FILE CONVERSATION [moira options...]
-    local name="$1" template="$2" conversation="$3"
-    shift 3
-    node -e '
-        const fs = require("fs");
-        process.stdout.write(JSON.stringify({
-            messages: JSON.parse(fs.readFileSync(process.argv[1], "utf8")),
-            bos_token: "<｜begin▁of▁sentence｜>", eos_token: "<｜end▁of▁sentence｜>",
-            add_generation_prompt: true }));' "$conversation" >"$work/context.json"
-    if ! node "$node_dir/render_chat.cjs" "$template" "$work/context.json" >"$work/hf_prompt" 2>"$work/stderr"; then
-        # A template may refuse a conversation (raise_exception); Moira must refuse it too.
-        if "$moira" tokenize --model "$model" --messages "$conversation" "$@" >/dev/null 2>&1; then
-            fail "$name: @huggingface/jinja refuses this conversation, Moira renders it"
-        else
-            passed=$((passed + 1))
-        fi
-        return
-    fi
-    node -e 'process.stdout.write(JSON.stringify(require("fs").readFileSync(process.argv[1], "utf8")) + "\n")' \
-        "$work/hf_prompt" >"$work/hf_prompt.jsonl"
-    node "$node_dir/encode.cjs" "$model" <"$work/hf_prompt.jsonl" >"$work/hf_prompt_ids"
-    if run "$name: tokenize --messages" "$work/moira.json" "$moira" tokenize --model "$model" \
-        --messages "$conversation" --json "$@"; then
-        node -e '
-            const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
-            process.stdout.write(JSON.stringify(r.prompt) + "\n" + JSON.stringify(r.ids) + "\n");' \
-            "$work/moira.json" >"$work/moira_pair"
-        cat "$work/hf_prompt.jsonl" "$work/hf_prompt_ids" >"$work/hf_pair"
-        if node "$node_dir/compare_jsonl.cjs" "$work/hf_pair" "$work/moira_pair" >"$work/compare" 2>&1; then
-            passed=$((passed + 1))
-        else
-            fail "$name: prompt or ids differ from @huggingface/jinja + tokenizers.js"
-            sed 's/^/  | /' "$work/compare" | head -8
-        fi
-    fi
-}
-
-rendered=0
-for template in "$templates"/*.jinja; do
-    format=$(basename "$template" .jinja)
-    for conversation in "$conversations"/*.json; do
-        render_and_compare "$format x $(basename "$conversation")" "$template" "$conversation" \
-            --chat-format "$format"
-        rendered=$((rendered + 1))
-    done
-done
+# Chat templates: each built-in template, then the model's own, on every conversation; one
+# reference run and one `moira tokenize --jsonl` per template (each line a conversation).
 node -e 'process.stdout.write(require(process.argv[1]).chat_template)' \
     "$model/tokenizer_config.json" >"$work/own.jinja"
-for conversation in "$conversations"/*.json; do
-    render_and_compare "own template x $(basename "$conversation")" "$work/own.jinja" "$conversation"
-    rendered=$((rendered + 1))
+rendered=0
+for template in "$templates"/*.jinja "$work/own.jinja"; do
+    name=$(basename "$template" .jinja)
+    format=(--chat-format "$name")
+    [ "$template" = "$work/own.jinja" ] && format=() && name="the model's own template"
+    if ! node "$node_dir/chat_cases.cjs" "$model" "$template" "$work/conversations" \
+        "$work/hf_chat" "$conversations"/*.json 2>"$work/stderr"; then
+        fail "$name: reference rendering"
+        sed 's/^/  | /' "$work/stderr" | head -5
+        continue
+    fi
+    # A conversation the template refuses (raise_exception) is dropped from the comparison and
+    # must be refused by Moira too, with exit 2.
+    refused=$(grep -n '"error"' "$work/hf_chat" | cut -d: -f1 | tr '\n' ' ')
+    for line in $refused; do
+        sed -n "${line}p" "$work/conversations" >"$work/one"
+        "$moira" tokenize --model "$model" --jsonl "${format[@]}" <"$work/one" >/dev/null 2>&1
+        code=$?
+        [ "$code" -eq 2 ] && passed=$((passed + 1)) ||
+            fail "$name: conversation $line: the reference refuses it, moira exits $code"
+    done
+    grep -v '"error"' "$work/hf_chat" >"$work/hf_chat_ok"
+    awk -v skip="$refused" 'BEGIN { split(skip, s, " "); for (i in s) drop[s[i]] = 1 }
+        !(NR in drop)' "$work/conversations" >"$work/conversations_ok"
+    if run "$name: tokenize --jsonl (conversations)" "$work/chat" "$moira" tokenize --model "$model" \
+        --jsonl "${format[@]}" <"$work/conversations_ok"; then
+        same "$name: prompts and ids = @huggingface/jinja + tokenizers.js" "$work/hf_chat_ok" "$work/chat"
+    fi
+    rendered=$((rendered + $(wc -l <"$work/conversations")))
 done
-[ "$rendered" -ge 40 ] && passed=$((passed + 1)) || fail "only $rendered template x conversation cases"
+[ "$rendered" -ge 60 ] && passed=$((passed + 1)) || fail "only $rendered template x conversation cases"
+
+# One conversation through --messages FILE, with the prompt in --json.
+conversation="$conversations/system_user.json"
+if run "tokenize --messages" "$work/one.json" "$moira" tokenize --model "$model" \
+    --messages "$conversation" --json --chat-format deepseek-r1; then
+    node "$node_dir/chat_cases.cjs" "$model" "$templates/deepseek-r1.jinja" /dev/null "$work/hf_one" \
+        "$conversation"
+    node -e 'const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+        process.stdout.write(JSON.stringify(r) + "\n")' \
+        "$work/one.json" >"$work/one_pair"
+    same "--messages FILE --json = reference" "$work/hf_one" "$work/one_pair"
+fi
 
 echo "tokenizer_hf: $passed passed, $failed failed ($lines strings, $rendered chat renderings)"
 [ "$failed" -eq 0 ]
