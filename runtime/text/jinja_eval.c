@@ -444,18 +444,46 @@ static bool compare_op(jj_render *r, int op, jv a, jv b) {
     return false;
 }
 
-/* Evaluates a call's arguments. */
-static void eval_args(jj_render *r, const jj_node *call, jj_frame *f, jj_args *args) {
-    args->n = call->args.n;
+/* Evaluates a call's arguments, spreading `*seq` after the positional ones and `**dict`
+ * after the keyword ones. */
+void jj_eval_args(jj_render *r, const jj_node *call, jj_frame *f, jj_args *args) {
+    const jj_list *spread = NULL;
+    const jj_dict *spread_kw = NULL;
+    if (call->c) {
+        jv seq = jj_eval(r, call->c, f);
+        r->pos = call->c->pos;
+        spread = jj_iterate(r, seq);
+    }
+    if (call->d) {
+        jv kw = jj_eval(r, call->d, f);
+        r->pos = call->d->pos;
+        if (kw.type != JV_DICT && kw.type != JV_UNDEFINED)
+            jj_error(r, "argument after ** must be a mapping, not %s", jj_type_name(kw));
+        if (kw.type == JV_DICT) spread_kw = kw.u.dict;
+    }
+    size_t extra = spread ? spread->n : 0, extra_kw = spread_kw ? spread_kw->n : 0;
+    args->n = call->args.n + extra;
     args->pos = jj_alloc(&r->ctx, (args->n + 1) * sizeof(jv));
-    for (size_t i = 0; i < args->n; i++)
+    for (size_t i = 0; i < call->args.n; i++)
         args->pos[i] = jj_eval(r, call->args.v[i], f);
-    args->nk = call->kwargs.n;
+    for (size_t i = 0; i < extra; i++)
+        args->pos[call->args.n + i] = spread->items[i];
+    args->nk = call->kwargs.n + extra_kw;
     args->knames = jj_alloc(&r->ctx, (args->nk + 1) * sizeof(char *));
     args->kvals = jj_alloc(&r->ctx, (args->nk + 1) * sizeof(jv));
-    for (size_t i = 0; i < args->nk; i++) {
+    for (size_t i = 0; i < call->kwargs.n; i++) {
         args->knames[i] = call->kwargs.v[i]->name;
         args->kvals[i] = jj_eval(r, call->kwargs.v[i]->a, f);
+    }
+    for (size_t i = 0; i < extra_kw; i++) {
+        jv key = spread_kw->keys[i];
+        if (key.type != JV_STR) jj_error(r, "keywords must be strings");
+        const char *name = jj_strndup(&r->ctx, key.u.s.p, key.u.s.n);
+        for (size_t k = 0; k < call->kwargs.n + i; k++)
+            if (!strcmp(args->knames[k], name))
+                jj_error(r, "got multiple values for keyword argument '%s'", name);
+        args->knames[call->kwargs.n + i] = name;
+        args->kvals[call->kwargs.n + i] = spread_kw->vals[i];
     }
 }
 
@@ -467,18 +495,18 @@ static jv eval_call(jj_render *r, const jj_node *e, jj_frame *f) {
         jv obj = jj_eval(r, callee->a, f);
         bool unsafe = false;
         if (obj.type != JV_UNDEFINED && jj_has_method(obj, callee->name, &unsafe) && !unsafe) {
-            eval_args(r, e, f, &args);
+            jj_eval_args(r, e, f, &args);
             r->pos = e->pos;
             return jj_call_method(r, obj, callee->name, &args);
         }
         r->pos = callee->pos;
         jv fn = jj_getattr(r, obj, callee->name, strlen(callee->name));
-        eval_args(r, e, f, &args);
+        jj_eval_args(r, e, f, &args);
         r->pos = e->pos;
         return jj_call(r, fn, &args);
     }
     jv fn = jj_eval(r, callee, f);
-    eval_args(r, e, f, &args);
+    jj_eval_args(r, e, f, &args);
     r->pos = e->pos;
     return jj_call(r, fn, &args);
 }
@@ -513,14 +541,14 @@ static jv eval_inner(jj_render *r, const jj_node *e, jj_frame *f) {
     case E_FILTER: {
         jv value = jj_eval(r, e->a, f);
         jj_args args;
-        eval_args(r, e, f, &args);
+        jj_eval_args(r, e, f, &args);
         r->pos = e->pos;
         return jj_apply_filter(r, e->name, value, &args);
     }
     case E_TEST: {
         jv value = jj_eval(r, e->a, f);
         jj_args args;
-        eval_args(r, e, f, &args);
+        jj_eval_args(r, e, f, &args);
         r->pos = e->pos;
         return jv_bool(jj_apply_test(r, e->name, value, &args));
     }

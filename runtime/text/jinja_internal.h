@@ -408,9 +408,9 @@ typedef enum jj_kind {
     E_ATTR,        /* a . name */
     E_ITEM,        /* a [ b ] */
     E_SLICE,       /* a [ b : c : d ], each of b c d may be NULL */
-    E_CALL,        /* a ( args ) */
-    E_FILTER,      /* a | name ( args ) */
-    E_TEST,        /* a is name ( args ) */
+    E_CALL,        /* a ( args, kwargs, *c, **d ) */
+    E_FILTER,      /* a | name ( args, kwargs, *c, **d ) */
+    E_TEST,        /* a is name ( args, kwargs, *c, **d ) */
     E_NOT,         /* not a */
     E_NEG,         /* - a */
     E_POS,         /* + a */
@@ -530,6 +530,8 @@ void jj_parse_enter(jj_parser *p);
 /* Runs statements, writing to r->out. */
 void jj_exec_body(jj_render *r, const jj_nodes *body, jj_frame *f);
 jv jj_eval(jj_render *r, const jj_node *e, jj_frame *f);
+/* The arguments of a call, filter or test node, evaluated. */
+void jj_eval_args(jj_render *r, const jj_node *call, jj_frame *f, jj_args *args);
 /* Renders `body` in frame f into a fresh string (macros, set blocks, filter blocks). */
 jv jj_capture(jj_render *r, const jj_nodes *body, jj_frame *f);
 jv jj_call_macro(jj_render *r, const jj_macro *m, const jj_args *args, jv caller);

@@ -405,7 +405,8 @@ jj_node *jj_parse_tuple(jj_parser *p, bool simplified, bool with_condexpr, const
     return t;
 }
 
-/* Call arguments: positional ones, then name=value ones. */
+/* Call arguments: positional ones, then name=value ones; `*seq` (kept in c) and `**dict` (in d)
+ * spread more of each, as in Python. */
 static void parse_call_args(jj_parser *p, jj_node *call) {
     size_t open = jj_expect(p, T_OP, "(")->pos;
     bool need_comma = false;
@@ -414,9 +415,17 @@ static void parse_call_args(jj_parser *p, jj_node *call) {
             jj_expect(p, T_OP, ",");
             if (is_op(p, ")")) break;
         }
-        if (is_op(p, "*") || is_op(p, "**"))
-            jj_fail_at(p->ctx, jj_peek(p)->pos, "*args and **kwargs in calls are not supported");
-        if (jj_peek(p)->type == T_NAME && jj_tok_is(jj_peek2(p), T_OP, "=")) {
+        if (is_op(p, "*")) {
+            if (call->c || call->d)
+                jj_fail_at(p->ctx, open, "invalid syntax for function call expression");
+            jj_next(p);
+            call->c = jj_parse_expression(p, true);
+        } else if (is_op(p, "**")) {
+            if (call->d) jj_fail_at(p->ctx, open, "invalid syntax for function call expression");
+            jj_next(p);
+            call->d = jj_parse_expression(p, true);
+        } else if (jj_peek(p)->type == T_NAME && jj_tok_is(jj_peek2(p), T_OP, "=")) {
+            if (call->d) jj_fail_at(p->ctx, open, "invalid syntax for function call expression");
             const jj_token *name = jj_next(p);
             jj_next(p);
             jj_node *kw = jj_node_new(p, E_PARAM, name->pos);
@@ -424,7 +433,7 @@ static void parse_call_args(jj_parser *p, jj_node *call) {
             kw->a = jj_parse_expression(p, true);
             jj_nodes_push(p, &call->kwargs, kw);
         } else {
-            if (call->kwargs.n)
+            if (call->kwargs.n || call->c || call->d)
                 jj_fail_at(p->ctx, open, "invalid syntax for function call expression");
             jj_nodes_push(p, &call->args, jj_parse_expression(p, true));
         }

@@ -100,18 +100,8 @@ static jv new_macro(jj_render *r, const jj_node *def, jj_frame *closure) {
 static jv exec_call_block(jj_render *r, const jj_node *s, jj_frame *f) {
     const jj_node *call = s->a;
     jv callee = jj_eval(r, call->a, f);
-    jj_args args = {0};
-    args.n = call->args.n;
-    args.pos = jj_alloc(&r->ctx, (args.n + 1) * sizeof(jv));
-    for (size_t i = 0; i < args.n; i++)
-        args.pos[i] = jj_eval(r, call->args.v[i], f);
-    args.nk = call->kwargs.n;
-    args.knames = jj_alloc(&r->ctx, (args.nk + 1) * sizeof(char *));
-    args.kvals = jj_alloc(&r->ctx, (args.nk + 1) * sizeof(jv));
-    for (size_t i = 0; i < args.nk; i++) {
-        args.knames[i] = call->kwargs.v[i]->name;
-        args.kvals[i] = jj_eval(r, call->kwargs.v[i]->a, f);
-    }
+    jj_args args;
+    jj_eval_args(r, call, f, &args);
     r->pos = call->pos;
     if (callee.type == JV_UNDEFINED) jj_undefined_fail(r, callee);
     if (callee.type != JV_MACRO)
