@@ -14,12 +14,15 @@ export NODE_PATH="$root/.deps/npm/node_modules"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# The corpus's strings joined by newlines, repeated up to 10,000 words.
+# The corpus's strings joined by newlines, repeated until the text has 10,000 words.
 node -e '
     const fs = require("fs");
     const lines = fs.readFileSync(process.argv[1], "utf8").split("\n").filter(Boolean).map(JSON.parse);
     let out = [], words = 0;
-    while (words < 10000) for (const s of lines) { out.push(s); words += s.split(/\s+/).filter(Boolean).length; }
+    for (let i = 0; words < 10000; i = (i + 1) % lines.length) {
+        out.push(lines[i]);
+        words += lines[i].split(/[ \t\n\r]+/).filter(Boolean).length;
+    }
     fs.writeFileSync(process.argv[2], out.join("\n"));' "$root/tests/data/tokenizer/corpus.jsonl" "$work/text.txt"
 
 "$build/moira" bench tokenize --model "$model" --text "$work/text.txt" --iters "$rounds" --json >"$work/moira.json"
