@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "runtime/atomic_file.h"
+#include "runtime/utf8.h"
 
 #define INDEX_FILE_NAME "model.safetensors.index.json"
 #define JSON_MAX_DEPTH 64
@@ -141,53 +142,6 @@ static uint64_t hash_name(const char *name) {
         h *= 1099511628211ull;
     }
     return h;
-}
-
-/* Length of the valid UTF-8 sequence at `s` (2 to 4 bytes; ASCII is handled by callers), or 0
- * when it is malformed, overlong, a surrogate or beyond U+10FFFF: RFC 8259 requires UTF-8. */
-static size_t utf8_seq_len(const unsigned char *s, size_t avail) {
-    unsigned char c = s[0], lo = 0x80, hi = 0xBF;
-    size_t n;
-    if (c >= 0xC2 && c <= 0xDF) {
-        n = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        n = 3;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        n = 4;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-    } else {
-        return 0;
-    }
-    if (avail < n || s[1] < lo || s[1] > hi) return 0;
-    for (size_t i = 2; i < n; i++)
-        if ((s[i] & 0xC0) != 0x80) return 0;
-    return n;
-}
-
-static size_t utf8_encode(uint32_t cp, char *out) {
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        out[0] = (char)(0xC0 | (cp >> 6));
-        out[1] = (char)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xE0 | (cp >> 12));
-        out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        out[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    out[0] = (char)(0xF0 | (cp >> 18));
-    out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    out[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
 }
 
 static int cmp_str_ptr(const void *a, const void *b) {
@@ -372,7 +326,7 @@ static moira_status_t json_string(json_t *j, char **out) {
                 status = json_error_at(j, escape_at, "\\u0000 (NUL) is not allowed in a name");
                 goto fail;
             }
-            if (buf) o += utf8_encode(cp, buf + o);
+            if (buf) o += moira_utf8_put(buf + o, cp);
             continue;
         }
         if (c < 0x80) {
@@ -380,7 +334,7 @@ static moira_status_t json_string(json_t *j, char **out) {
             p++;
             continue;
         }
-        size_t n = utf8_seq_len(s + p, end - p);
+        size_t n = moira_utf8_sequence_length((const unsigned char *)s + p, end - p);
         if (!n) {
             status = json_error_at(j, p, "invalid UTF-8 byte 0x%02x inside a string", c);
             goto fail;
@@ -1440,18 +1394,8 @@ static void tb_json_string(text_buf_t *b, const char *s) {
 }
 
 static bool is_valid_utf8(const char *s) {
-    const unsigned char *p = (const unsigned char *)s;
     size_t len = strlen(s);
-    for (size_t i = 0; i < len;) {
-        if (p[i] < 0x80) {
-            i++;
-            continue;
-        }
-        size_t n = utf8_seq_len(p + i, len - i);
-        if (!n) return false;
-        i += n;
-    }
-    return true;
+    return moira_utf8_valid_prefix(s, len) == len;
 }
 
 /* Checks every tensor before anything touches the disk, and builds the header. */

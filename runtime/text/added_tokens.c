@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "runtime/text/tokenizer_internal.h"
-#include "runtime/text/utf8.h"
+#include "runtime/utf8.h"
 
 /* Grows an array to hold `need` elements, doubling. */
 static bool grow(void **array, int32_t *capacity, int32_t need, size_t element) {

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "runtime/text/tokenizer_internal.h"
-#include "runtime/text/utf8.h"
+#include "runtime/utf8.h"
 
 struct moira_detokenizer {
     const moira_tokenizer_t *tokenizer; /* borrowed */

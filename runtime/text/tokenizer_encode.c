@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "runtime/text/tokenizer_internal.h"
-#include "runtime/text/utf8.h"
+#include "runtime/utf8.h"
 
 moira_status_t moira_token_ids_push(moira_token_ids_t *ids, int32_t id) {
     if (ids->count == ids->capacity) {

@@ -9,7 +9,7 @@
 
 #include "runtime/read_file.h"
 #include "runtime/text/tokenizer_load.h"
-#include "runtime/text/utf8.h"
+#include "runtime/utf8.h"
 
 /* tokenizer.json of the largest public vocabularies is tens of MB; this bounds a hostile file. */
 #define MAX_TOKENIZER_BYTES (512u << 20)

@@ -1,12 +1,16 @@
-/* UTF-8 as Hugging Face's tokenizers read and write it: validation of input text, and a
- * streaming decoder that replaces each maximal invalid subsequence by U+FFFD exactly as the WHATWG
+/* UTF-8, one implementation for every reader: validation (JSON headers, tokenizer input), code
+ * point iteration and encoding, and a streaming decoder that replaces each maximal invalid subsequence by U+FFFD exactly as the WHATWG
  * Encoding Standard (JavaScript's TextDecoder) and Rust's String::from_utf8_lossy do. */
-#ifndef MOIRA_RUNTIME_TEXT_UTF8_H
-#define MOIRA_RUNTIME_TEXT_UTF8_H
+#ifndef MOIRA_RUNTIME_UTF8_H
+#define MOIRA_RUNTIME_UTF8_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+/* Length of the valid UTF-8 sequence starting at s[0] (1 to 4 bytes), or 0 when it is malformed,
+ * overlong, a surrogate, beyond U+10FFFF or cut off by the end of the `avail` bytes. */
+size_t moira_utf8_sequence_length(const unsigned char *s, size_t avail);
 
 /* Length of the longest valid UTF-8 prefix of `text`, so callers can say where input breaks. */
 size_t moira_utf8_valid_prefix(const char *text, size_t len);

@@ -1,5 +1,5 @@
-/* UTF-8 validation, iteration and the lossy streaming decoder (see utf8.h). */
-#include "runtime/text/utf8.h"
+/* UTF-8 validation, iteration, encoding and the lossy streaming decoder (see utf8.h). */
+#include "runtime/utf8.h"
 
 #include <string.h>
 
@@ -24,21 +24,25 @@ static int sequence_shape(unsigned char lead, unsigned char *lower, unsigned cha
     return 0;
 }
 
+size_t moira_utf8_sequence_length(const unsigned char *s, size_t avail) {
+    if (avail == 0) return 0;
+    if (s[0] < 0x80) return 1;
+    unsigned char lower, upper;
+    int needed = sequence_shape(s[0], &lower, &upper);
+    if (needed == 0 || avail <= (size_t)needed) return 0;
+    if (s[1] < lower || s[1] > upper) return 0;
+    for (int k = 2; k <= needed; k++)
+        if (s[k] < 0x80 || s[k] > 0xBF) return 0;
+    return (size_t)needed + 1;
+}
+
 size_t moira_utf8_valid_prefix(const char *text, size_t len) {
     const unsigned char *p = (const unsigned char *)text;
     size_t i = 0;
     while (i < len) {
-        if (p[i] < 0x80) {
-            i++;
-            continue;
-        }
-        unsigned char lower, upper;
-        int needed = sequence_shape(p[i], &lower, &upper);
-        if (needed == 0 || len - i <= (size_t)needed) return i;
-        if (p[i + 1] < lower || p[i + 1] > upper) return i;
-        for (int k = 2; k <= needed; k++)
-            if (p[i + k] < 0x80 || p[i + k] > 0xBF) return i;
-        i += (size_t)needed + 1;
+        size_t step = moira_utf8_sequence_length(p + i, len - i);
+        if (step == 0) return i;
+        i += step;
     }
     return len;
 }
