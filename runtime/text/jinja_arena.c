@@ -16,6 +16,7 @@ struct jj_chunk {
 #define JJ_CHUNK_SIZE ((size_t)64 << 10)
 #define JJ_ALIGN 16
 
+/* Rounds up to the arena's alignment, enough for any value type. */
 static size_t align_up(size_t n) {
     return (n + JJ_ALIGN - 1) & ~(size_t)(JJ_ALIGN - 1);
 }
@@ -84,6 +85,7 @@ void *jj_grow(jj_ctx *ctx, void *old, size_t old_size, size_t new_size) {
     return p;
 }
 
+/* A NUL-terminated arena copy of n bytes (names and texts that C calls need terminated). */
 char *jj_strndup(jj_ctx *ctx, const char *s, size_t n) {
     char *p = jj_alloc(ctx, n + 1);
     if (n) memcpy(p, s, n);
@@ -91,6 +93,7 @@ char *jj_strndup(jj_ctx *ctx, const char *s, size_t n) {
     return p;
 }
 
+/* Gives every chunk back to the system; the arena can be reused afterwards. */
 void jj_arena_free(jj_arena *arena) {
     jj_chunk *c = arena->head;
     while (c) {
@@ -120,6 +123,8 @@ void jj_line_col(const jj_ctx *ctx, size_t pos, int *line, int *col) {
     *col = c;
 }
 
+/* Formats the failure into ctx->error (located when the offset is known) and jumps back to the
+ * parse or render entry point. */
 static _Noreturn void fail_v(jj_ctx *ctx, moira_code_t code, size_t pos, const char *fmt,
                              va_list args) {
     char msg[1024];
@@ -134,22 +139,26 @@ static _Noreturn void fail_v(jj_ctx *ctx, moira_code_t code, size_t pos, const c
     longjmp(*ctx->on_error, 1);
 }
 
+/* jj_fail_at with a va_list, for the render's jj_error. */
 _Noreturn void jj_vfail_at(jj_ctx *ctx, size_t pos, const char *fmt, va_list args) {
     fail_v(ctx, MOIRA_CODE_INVALID_INPUT, pos, fmt, args);
 }
 
+/* Formats an INVALID_INPUT status at a source offset and unwinds to the entry point. */
 _Noreturn void jj_fail_at(jj_ctx *ctx, size_t pos, const char *fmt, ...) {
     va_list args;
     va_start(args, fmt);
     fail_v(ctx, MOIRA_CODE_INVALID_INPUT, pos, fmt, args);
 }
 
+/* Fails with another code (out of memory) and no location. */
 _Noreturn void jj_fail_code(jj_ctx *ctx, moira_code_t code, const char *fmt, ...) {
     va_list args;
     va_start(args, fmt);
     fail_v(ctx, code, SIZE_MAX, fmt, args);
 }
 
+/* Starts an empty output buffer on the heap and registers it for cleanup on error. */
 void jj_output_open(jj_ctx *ctx, jj_buf *b) {
     memset(b, 0, sizeof(*b));
     b->heap = true;
@@ -157,6 +166,7 @@ void jj_output_open(jj_ctx *ctx, jj_buf *b) {
     ctx->open_outputs = b;
 }
 
+/* Takes a buffer off the open list and stops counting its memory. */
 static void unlink_output(jj_ctx *ctx, jj_buf *b) {
     for (jj_buf **link = &ctx->open_outputs; *link; link = &(*link)->next_open)
         if (*link == b) {
@@ -166,6 +176,7 @@ static void unlink_output(jj_ctx *ctx, jj_buf *b) {
     ctx->arena.total -= b->cap;
 }
 
+/* Ends an output buffer: its malloc'd text for the caller, or (to_arena) an arena copy. */
 char *jj_output_close(jj_ctx *ctx, jj_buf *b, bool to_arena) {
     unlink_output(ctx, b);
     char *text = b->p;
@@ -176,6 +187,7 @@ char *jj_output_close(jj_ctx *ctx, jj_buf *b, bool to_arena) {
     return copy;
 }
 
+/* The error path's cleanup of output buffers an unwinding render left open. */
 void jj_output_free_all(jj_ctx *ctx) {
     while (ctx->open_outputs) {
         jj_buf *b = ctx->open_outputs;
@@ -203,6 +215,8 @@ static void grow_output(jj_ctx *ctx, jj_buf *b, size_t need) {
     b->cap = cap;
 }
 
+/* Appends n bytes. Arena buffers double in place when they can; output buffers grow on the
+ * heap and fail past the output limit. */
 void jj_buf_put(jj_ctx *ctx, jj_buf *b, const char *s, size_t n) {
     if (b->heap) {
         if (b->cap - b->n < n + 1) grow_output(ctx, b, b->n + n + 1);
@@ -211,7 +225,7 @@ void jj_buf_put(jj_ctx *ctx, jj_buf *b, const char *s, size_t n) {
         b->p[b->n] = 0;
         return;
     }
-    if (n == 0) return;
+    if (n == 0 && b->p) return; /* an empty put still allocates, so the text is never NULL */
     if (b->cap - b->n < n + 1) {
         size_t cap = b->cap ? b->cap : 64;
         while (cap - b->n < n + 1) {
@@ -223,19 +237,22 @@ void jj_buf_put(jj_ctx *ctx, jj_buf *b, const char *s, size_t n) {
         b->p = jj_grow(ctx, b->p, b->cap, cap);
         b->cap = cap;
     }
-    memcpy(b->p + b->n, s, n);
+    if (n) memcpy(b->p + b->n, s, n);
     b->n += n;
     b->p[b->n] = 0;
 }
 
+/* Appends a NUL-terminated string. */
 void jj_buf_puts(jj_ctx *ctx, jj_buf *b, const char *s) {
     jj_buf_put(ctx, b, s, strlen(s));
 }
 
+/* Appends one byte. */
 void jj_buf_putc(jj_ctx *ctx, jj_buf *b, char c) {
     jj_buf_put(ctx, b, &c, 1);
 }
 
+/* Appends printf output (short: numbers and fixed words, never user text). */
 void jj_buf_printf(jj_ctx *ctx, jj_buf *b, const char *fmt, ...) {
     char tmp[512];
     va_list args;

@@ -4,6 +4,7 @@
 
 #include "runtime/text/jinja_internal.h"
 
+/* The index of keyword argument `name`, or -1. */
 static int kwarg_index(const jj_args *a, const char *name) {
     if (!name) return -1;
     for (size_t i = 0; i < a->nk; i++)
@@ -11,16 +12,20 @@ static int kwarg_index(const jj_args *a, const char *name) {
     return -1;
 }
 
+/* Argument i, or keyword `name`, or dflt: how built-ins read Python-style arguments. */
 jv jj_arg(const jj_args *a, size_t i, const char *name, jv dflt) {
     if (i < a->n) return a->pos[i];
     int k = kwarg_index(a, name);
     return k >= 0 ? a->kvals[k] : dflt;
 }
 
+/* Whether argument i or keyword `name` was passed at all. */
 bool jj_has_arg(const jj_args *a, size_t i, const char *name) {
     return i < a->n || kwarg_index(a, name) >= 0;
 }
 
+/* Refuses more positional arguments than a built-in takes, or a keyword it does not know, as
+ * Python's own calls would. */
 void jj_check_args(jj_render *r, const jj_args *a, const char *fname, size_t max_pos,
                    const char *const *names) {
     if (a->n > max_pos)
@@ -39,6 +44,9 @@ void jj_check_args(jj_render *r, const jj_args *a, const char *fname, size_t max
     }
 }
 
+/* Calls a macro: binds parameters from positions, keywords and defaults (missing ones are
+ * undefined, as in Jinja), collects extras into varargs and kwargs when the body reads them, and
+ * renders the body into a string. */
 jv jj_call_macro(jj_render *r, const jj_macro *m, const jj_args *args, jv caller) {
     const jj_node *def = m->def;
     if (++r->macro_depth > JJ_MACRO_DEPTH)
@@ -93,6 +101,7 @@ jv jj_call_macro(jj_render *r, const jj_macro *m, const jj_args *args, jv caller
     return result;
 }
 
+/* Calls any callable value: a macro, a global or a bound method. */
 jv jj_call(jj_render *r, jv callee, const jj_args *args) {
     switch (callee.type) {
     case JV_MACRO:

@@ -35,27 +35,32 @@ static jv f_title(jj_render *r, jv v, const jj_args *a) {
     return jv_str(b.p, b.n);
 }
 
+/* upper: str(value) in capitals. */
 static jv f_upper(jj_render *r, jv v, const jj_args *a) {
     (void)a;
     return jj_map_case(r, jj_soft_str(r, v), jj_to_upper, jj_to_upper);
 }
 
+/* lower: str(value) in small letters. */
 static jv f_lower(jj_render *r, jv v, const jj_args *a) {
     (void)a;
     return jj_map_case(r, jj_soft_str(r, v), jj_to_lower, jj_to_lower);
 }
 
+/* capitalize: first character upper-cased, the rest lower-cased. */
 static jv f_capitalize(jj_render *r, jv v, const jj_args *a) {
     (void)a;
     return jj_map_case(r, jj_soft_str(r, v), jj_to_upper, jj_to_lower);
 }
 
+/* trim(chars=None): str.strip of str(value). */
 static jv f_trim(jj_render *r, jv v, const jj_args *a) {
     jv chars = jj_arg(a, 0, "chars", jv_none());
     if (chars.type != JV_NONE && chars.type != JV_STR) jj_error(r, "strip arg must be None or str");
     return jj_strip(r, jj_soft_str(r, v), chars, true, true);
 }
 
+/* replace(old, new, count=None): str.replace of str(value). */
 static jv f_replace(jj_render *r, jv v, const jj_args *a) {
     jv old = jj_soft_str(r, jj_arg(a, 0, "old", jv_str("", 0)));
     jv new_ = jj_soft_str(r, jj_arg(a, 1, "new", jv_str("", 0)));
@@ -64,6 +69,7 @@ static jv f_replace(jj_render *r, jv v, const jj_args *a) {
     return jj_replace(r, jj_soft_str(r, v), old, new_, n);
 }
 
+/* string: str(value). */
 static jv f_string(jj_render *r, jv v, const jj_args *a) {
     (void)a;
     return jj_soft_str(r, v);
@@ -108,6 +114,8 @@ static bool parse_number(const char *s, size_t n, bool want_int, int base, int64
     return !strchr(buf, 'x') && !strchr(buf, 'X');
 }
 
+/* int(default=0, base=10): Jinja's do_int, which tries int() then int(float()) and falls
+ * back to the default. */
 static jv f_int(jj_render *r, jv v, const jj_args *a) {
     jv dflt = jj_arg(a, 0, "default", jv_int(0));
     int64_t base64 = jj_as_int(r, jj_arg(a, 1, "base", jv_int(10)), "base");
@@ -120,14 +128,17 @@ static jv f_int(jj_render *r, jv v, const jj_args *a) {
     case JV_BOOL:
         return jv_int(v.u.b);
     case JV_FLOAT:
-        if (!isfinite(v.u.f) || fabs(v.u.f) >= 9.2e18) return dflt;
+        if (!isfinite(v.u.f)) return dflt;
+        if (fabs(v.u.f) >= 9.2e18) jj_error(r, "int(%g) is beyond 64-bit integers", v.u.f);
         return jv_int((int64_t)v.u.f);
     case JV_STR: {
         int64_t i;
         double d;
         if (parse_number(v.u.s.p, v.u.s.n, true, base, &i, &d)) return jv_int(i);
-        if (parse_number(v.u.s.p, v.u.s.n, false, 10, &i, &d) && isfinite(d) && fabs(d) < 9.2e18)
+        if (parse_number(v.u.s.p, v.u.s.n, false, 10, &i, &d) && isfinite(d)) {
+            if (fabs(d) >= 9.2e18) jj_error(r, "int(%g) is beyond 64-bit integers", d);
             return jv_int((int64_t)d);
+        }
         return dflt;
     }
     default:
@@ -135,6 +146,7 @@ static jv f_int(jj_render *r, jv v, const jj_args *a) {
     }
 }
 
+/* float(default=0.0): float(value), or the default when that fails. */
 static jv f_float(jj_render *r, jv v, const jj_args *a) {
     jv dflt = jj_arg(a, 0, "default", jv_float(0.0));
     switch (v.type) {
@@ -157,6 +169,7 @@ static jv f_float(jj_render *r, jv v, const jj_args *a) {
     }
 }
 
+/* abs: the absolute value of a number. */
 static jv f_abs(jj_render *r, jv v, const jj_args *a) {
     (void)a;
     if (v.type == JV_FLOAT) return jv_float(fabs(v.u.f));
@@ -169,6 +182,8 @@ static jv f_abs(jj_render *r, jv v, const jj_args *a) {
     jj_error(r, "bad operand type for abs(): '%s'", jj_type_name(v));
 }
 
+/* default(value='', boolean=False), also `d`: the default for undefined (or, with boolean,
+ * for any false value). */
 static jv f_default(jj_render *r, jv v, const jj_args *a) {
     (void)r;
     jv dflt = jj_arg(a, 0, "default_value", jv_str("", 0));
@@ -198,6 +213,8 @@ static jv ascii_escape(jj_render *r, jv s) {
     return jv_str(b.p, b.n);
 }
 
+/* tojson(ensure_ascii=False, indent=None, separators=None, sort_keys=False): transformers'
+ * json.dumps call. */
 static jv f_tojson(jj_render *r, jv v, const jj_args *a) {
     static const char *const names[] = {"ensure_ascii", "indent", "separators", "sort_keys", NULL};
     jj_check_args(r, a, "tojson", 4, names);
@@ -246,7 +263,11 @@ static jv f_indent(jj_render *r, jv v, const jj_args *a) {
         memset(sp, ' ', (size_t)(n > 0 ? n : 0));
         ind = jv_str(sp, (size_t)(n > 0 ? n : 0));
     }
-    jv s = jj_soft_str(r, v);
+    /* Jinja appends "\n" to the value itself, which only a string survives */
+    if (v.type == JV_UNDEFINED) jj_undefined_fail(r, v);
+    if (v.type != JV_STR)
+        jj_error(r, "unsupported operand type(s) for +=: '%s' and 'str'", jj_type_name(v));
+    jv s = v;
     /* s + "\n", split into lines as str.splitlines() does */
     jj_buf text = {0};
     jj_buf_put(&r->ctx, &text, s.u.s.p, s.u.s.n);
@@ -269,11 +290,13 @@ static jv f_indent(jj_render *r, jv v, const jj_args *a) {
     return jv_str(b.p, b.n);
 }
 
+/* safe: the text unchanged (transformers renders without autoescape). */
 static jv f_safe(jj_render *r, jv v, const jj_args *a) {
     (void)a;
     return jj_soft_str(r, v);
 }
 
+/* escape, e: HTML-escaped text, with markupsafe's entities. */
 static jv f_escape(jj_render *r, jv v, const jj_args *a) {
     (void)a;
     jv s = jj_soft_str(r, v);
@@ -339,6 +362,7 @@ static jv f_round(jj_render *r, jv v, const jj_args *a) {
     return jv_float((ceil_ ? ceil(x * scale) : floor(x * scale)) / scale);
 }
 
+/* wordcount: the number of runs of word characters. */
 static jv f_wordcount(jj_render *r, jv v, const jj_args *a) {
     (void)a;
     jv s = jj_soft_str(r, v);
@@ -353,6 +377,7 @@ static jv f_wordcount(jj_render *r, jv v, const jj_args *a) {
     return jv_int(count);
 }
 
+/* center(width=80): str.center. */
 static jv f_center(jj_render *r, jv v, const jj_args *a) {
     jj_args b = {.n = 1, .pos = (jv[]){jj_arg(a, 0, "width", jv_int(80))}};
     return jj_call_method(r, jj_soft_str(r, v), "center", &b);
@@ -420,12 +445,14 @@ static const struct {
     {"wordcount", f_wordcount},
 };
 
+/* Whether a filter of that name exists (the `filter` test). */
 bool jj_filter_exists(const char *name) {
     for (size_t i = 0; i < sizeof(filters) / sizeof(*filters); i++)
         if (!strcmp(filters[i].name, name)) return true;
     return false;
 }
 
+/* Applies the named filter; an unknown name is an error when reached, as in Jinja 3. */
 jv jj_apply_filter(jj_render *r, const char *name, jv value, const jj_args *args) {
     for (size_t i = 0; i < sizeof(filters) / sizeof(*filters); i++)
         if (!strcmp(filters[i].name, name)) return filters[i].fn(r, value, args);

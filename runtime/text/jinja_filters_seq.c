@@ -1,7 +1,8 @@
 /* Jinja's filters on sequences: sort, unique, map, select/reject(attr), join, first/last, list,
- * reverse, items, dictsort, min/max/sum, batch and length. Where Jinja returns a generator
- * (map, select, reverse) these return a list, which iterates, joins and prints the same in every
- * way a chat template uses them. Sorting and uniqueness ignore case by default, as in Jinja. */
+ * reverse, items, dictsort, min/max/sum, batch and length. Where Jinja returns a generator (map,
+ * select, reject, unique, batch, items, reverse) these return one too (jj_list.lazy): true even
+ * when empty, without a length, used up by iterating. Sorting and uniqueness ignore case by
+ * default, as in Jinja. */
 #include <string.h>
 
 #include "runtime/text/jinja_filters.h"
@@ -31,6 +32,31 @@ static jv attr_path(jj_render *r, jv item, jv attribute) {
     return item;
 }
 
+/* A generator holding `l` (see jj_list.lazy). */
+static jv generator(jj_list *l) {
+    l->lazy = true;
+    return jv_list_v(l, false);
+}
+
+/* The items a generator filter walks. Python builds the generator without looking at its input,
+ * so input that cannot be iterated gives a generator that fails only when it is used (*bad). */
+static const jj_list *generator_source(jj_render *r, jv v, jv *bad) {
+    *bad = jv_none();
+    if (v.type == JV_LIST && v.u.list->error) { /* a failing generator stays unused */
+        *bad = v;
+        return NULL;
+    }
+    if (v.type == JV_STR || v.type == JV_LIST || v.type == JV_DICT || v.type == JV_UNDEFINED)
+        return jj_iterate(r, v);
+    jj_list *failing = jj_list_new(&r->ctx, 0);
+    jj_buf b = {0};
+    jj_buf_printf(&r->ctx, &b, "'%s' object is not iterable", jj_type_name(v));
+    failing->error = b.p;
+    *bad = generator(failing);
+    return NULL;
+}
+
+/* A sort or uniqueness key ignoring case unless case_sensitive. */
 static jv fold_case(jj_render *r, jv v, bool case_sensitive) {
     if (case_sensitive || v.type != JV_STR) return v;
     return jj_map_case(r, v, jj_to_lower, jj_to_lower);
@@ -56,6 +82,7 @@ static jv sort_key(jj_render *r, jv item, jv attribute, bool case_sensitive) {
     return fold_case(r, attr_path(r, item, attribute), case_sensitive);
 }
 
+/* The items a filter walks (see jj_iterate), as a fresh list it may reorder. */
 static jj_list *copy_items(jj_render *r, jv v) {
     const jj_list *src = jj_iterate(r, v);
     jj_list *l = jj_list_new(&r->ctx, src->n);
@@ -98,6 +125,7 @@ static void merge_sort(jj_render *r, jv *items, jv *keys, size_t n, bool reverse
     jj_copy(keys, tmp_k, n * sizeof(jv));
 }
 
+/* Sorts l in place by keys (parallel arrays), stably. */
 static jj_list *sorted(jj_render *r, jj_list *l, jv *keys, bool reverse) {
     jv *tmp_i = jj_alloc(&r->ctx, (l->n + 1) * sizeof(jv));
     jv *tmp_k = jj_alloc(&r->ctx, (l->n + 1) * sizeof(jv));
@@ -107,6 +135,7 @@ static jj_list *sorted(jj_render *r, jj_list *l, jv *keys, bool reverse) {
     return l;
 }
 
+/* sort(reverse=False, case_sensitive=False, attribute=None). */
 jv jj_f_sort(jj_render *r, jv v, const jj_args *a) {
     static const char *const names[] = {"reverse", "case_sensitive", "attribute", NULL};
     jj_check_args(r, a, "sort", 3, names);
@@ -120,6 +149,7 @@ jv jj_f_sort(jj_render *r, jv v, const jj_args *a) {
     return jv_list_v(sorted(r, l, keys, reverse), false);
 }
 
+/* dictsort(case_sensitive=False, by='key', reverse=False): a dict's (key, value) pairs sorted. */
 jv jj_f_dictsort(jj_render *r, jv v, const jj_args *a) {
     static const char *const names[] = {"case_sensitive", "by", "reverse", NULL};
     jj_check_args(r, a, "dictsort", 3, names);
@@ -133,20 +163,25 @@ jv jj_f_dictsort(jj_render *r, jv v, const jj_args *a) {
         pos = 1;
     else
         jj_error(r, "You can only sort by either \"key\" or \"value\"");
-    jv items = jj_f_items(r, v, &(jj_args){0});
-    jj_list *l = items.u.list;
+    if (v.type == JV_UNDEFINED) jj_undefined_fail(r, v); /* value.items() of undefined */
+    if (v.type != JV_DICT) jj_error(r, "'%s' object has no attribute 'items'", jj_type_name(v));
+    jj_args none = {0};
+    jj_list *l = jj_call_method(r, v, "items", &none).u.list;
     jv *keys = jj_alloc(&r->ctx, (l->n + 1) * sizeof(jv));
     for (size_t i = 0; i < l->n; i++)
         keys[i] = fold_case(r, l->items[i].u.list->items[pos], cs);
     return jv_list_v(sorted(r, l, keys, reverse), false);
 }
 
+/* unique(case_sensitive=False, attribute=None): first occurrences, in order. */
 jv jj_f_unique(jj_render *r, jv v, const jj_args *a) {
     static const char *const names[] = {"case_sensitive", "attribute", NULL};
     jj_check_args(r, a, "unique", 2, names);
     bool cs = jj_truthy(jj_arg(a, 0, "case_sensitive", jv_bool(false)));
     jv attribute = jj_arg(a, 1, "attribute", jv_none());
-    const jj_list *src = jj_iterate(r, v);
+    jv bad;
+    const jj_list *src = generator_source(r, v, &bad);
+    if (!src) return bad;
     jj_list *out = jj_list_new(&r->ctx, 0), *seen = jj_list_new(&r->ctx, 0);
     for (size_t i = 0; i < src->n; i++) {
         jv key = sort_key(r, src->items[i], attribute, cs);
@@ -158,11 +193,14 @@ jv jj_f_unique(jj_render *r, jv v, const jj_args *a) {
         jj_list_push(&r->ctx, seen, key);
         jj_list_push(&r->ctx, out, src->items[i]);
     }
-    return jv_list_v(out, false);
+    return generator(out);
 }
 
+/* map(attribute=..., default=...) or map('filter', args...): each item transformed. */
 jv jj_f_map(jj_render *r, jv v, const jj_args *a) {
-    const jj_list *src = jj_iterate(r, v);
+    jv bad;
+    const jj_list *src = generator_source(r, v, &bad);
+    if (!src) return bad;
     jj_list *out = jj_list_new(&r->ctx, src->n);
     jj_charge(r, src->n);
     if (a->n == 0 && jj_has_arg(a, SIZE_MAX, "attribute")) {
@@ -187,7 +225,7 @@ jv jj_f_map(jj_render *r, jv v, const jj_args *a) {
             out->items[i] = jj_apply_filter(r, fname, src->items[i], &rest);
     }
     out->n = src->n;
-    return jv_list_v(out, false);
+    return generator(out);
 }
 
 /* select/reject(test, args...) and selectattr/rejectattr(attr, test, args...); without a test
@@ -207,7 +245,9 @@ static jv select_common(jj_render *r, jv v, const jj_args *a, bool by_attr, bool
     } else {
         rest.n = 0;
     }
-    const jj_list *src = jj_iterate(r, v);
+    jv bad;
+    const jj_list *src = generator_source(r, v, &bad);
+    if (!src) return bad;
     jj_list *out = jj_list_new(&r->ctx, 0);
     jj_charge(r, src->n);
     for (size_t i = 0; i < src->n; i++) {
@@ -216,25 +256,30 @@ static jv select_common(jj_render *r, jv v, const jj_args *a, bool by_attr, bool
         bool ok = test ? jj_apply_test(r, test, x, &rest) : jj_truthy(x);
         if (ok == keep) jj_list_push(&r->ctx, out, item);
     }
-    return jv_list_v(out, false);
+    return generator(out);
 }
 
+/* select(test, args...): the items that pass. */
 jv jj_f_select(jj_render *r, jv v, const jj_args *a) {
     return select_common(r, v, a, false, true);
 }
 
+/* reject(test, args...): the items that fail. */
 jv jj_f_reject(jj_render *r, jv v, const jj_args *a) {
     return select_common(r, v, a, false, false);
 }
 
+/* selectattr(attr, test, args...): the items whose attribute passes. */
 jv jj_f_selectattr(jj_render *r, jv v, const jj_args *a) {
     return select_common(r, v, a, true, true);
 }
 
+/* rejectattr(attr, test, args...): the items whose attribute fails. */
 jv jj_f_rejectattr(jj_render *r, jv v, const jj_args *a) {
     return select_common(r, v, a, true, false);
 }
 
+/* join(d='', attribute=None): str() of each item joined. */
 jv jj_f_join(jj_render *r, jv v, const jj_args *a) {
     static const char *const names[] = {"d", "attribute", NULL};
     jj_check_args(r, a, "join", 2, names);
@@ -254,28 +299,40 @@ jv jj_f_join(jj_render *r, jv v, const jj_args *a) {
     return jv_str(b.p, b.n);
 }
 
+/* first: the first item, or undefined for an empty sequence. */
 jv jj_f_first(jj_render *r, jv v, const jj_args *a) {
     (void)a;
+    if (v.type == JV_LIST && v.u.list->lazy) { /* next(): takes one item */
+        jj_list *g = v.u.list;
+        if (g->error) jj_error(r, "%s", g->error);
+        if (g->taken < g->n) return g->items[g->taken++];
+        return jv_undefined_msg("No first item, sequence was empty.");
+    }
     const jj_list *l = jj_iterate(r, v);
     return l->n ? l->items[0] : jv_undefined_msg("No first item, sequence was empty.");
 }
 
+/* last: the last item, or undefined for an empty sequence. */
 jv jj_f_last(jj_render *r, jv v, const jj_args *a) {
     (void)a;
+    if (v.type == JV_LIST && v.u.list->lazy) jj_error(r, "'generator' object is not reversible");
     const jj_list *l = jj_iterate(r, v);
     return l->n ? l->items[l->n - 1] : jv_undefined_msg("No last item, sequence was empty.");
 }
 
+/* length, count: len(value) (0 for undefined). */
 jv jj_f_length(jj_render *r, jv v, const jj_args *a) {
     (void)a;
     return jv_int(jj_length(r, v));
 }
 
+/* list: the items as a list (a string's characters, a dict's keys). */
 jv jj_f_list(jj_render *r, jv v, const jj_args *a) {
     (void)a;
     return jv_list_v(copy_items(r, v), false);
 }
 
+/* reverse: a reversed string, or the items in reverse order. */
 jv jj_f_reverse(jj_render *r, jv v, const jj_args *a) {
     (void)a;
     jj_list *l = copy_items(r, v);
@@ -284,7 +341,9 @@ jv jj_f_reverse(jj_render *r, jv v, const jj_args *a) {
         l->items[i] = l->items[j];
         l->items[j] = t;
     }
-    if (v.type != JV_STR) return jv_list_v(l, false);
+    /* reversed() of a list or dict is an iterator; of a generator, Jinja falls back to a list */
+    if (v.type == JV_LIST && v.u.list->lazy) return jv_list_v(l, false);
+    if (v.type != JV_STR) return generator(l);
     jj_buf b = {0};
     jj_buf_put(&r->ctx, &b, "", 0);
     for (size_t i = 0; i < l->n; i++)
@@ -292,14 +351,21 @@ jv jj_f_reverse(jj_render *r, jv v, const jj_args *a) {
     return jv_str(b.p, b.n);
 }
 
+/* items: a dict's (key, value) pairs; none for undefined. */
 jv jj_f_items(jj_render *r, jv v, const jj_args *a) {
     (void)a;
-    if (v.type == JV_UNDEFINED) return jv_list_v(jj_list_new(&r->ctx, 0), false);
-    if (v.type != JV_DICT) jj_error(r, "Can only get item pairs from a mapping.");
+    if (v.type == JV_UNDEFINED) return generator(jj_list_new(&r->ctx, 0));
+    if (v.type != JV_DICT) { /* the error comes when the generator is used */
+        jj_list *failing = jj_list_new(&r->ctx, 0);
+        failing->error = "Can only get item pairs from a mapping.";
+        return generator(failing);
+    }
     jj_args none = {0};
-    return jj_call_method(r, v, "items", &none);
+    return generator(jj_call_method(r, v, "items", &none).u.list);
 }
 
+/* The smallest or largest item (by attribute, ignoring case unless asked): Python's min and
+ * max, which keep the first of equal items. */
 static jv min_max(jj_render *r, jv v, const jj_args *a, bool want_max) {
     static const char *const names[] = {"case_sensitive", "attribute", NULL};
     jj_check_args(r, a, want_max ? "max" : "min", 2, names);
@@ -322,14 +388,17 @@ static jv min_max(jj_render *r, jv v, const jj_args *a, bool want_max) {
     return src->items[best];
 }
 
+/* min(case_sensitive=False, attribute=None). */
 jv jj_f_min(jj_render *r, jv v, const jj_args *a) {
     return min_max(r, v, a, false);
 }
 
+/* max(case_sensitive=False, attribute=None). */
 jv jj_f_max(jj_render *r, jv v, const jj_args *a) {
     return min_max(r, v, a, true);
 }
 
+/* sum(attribute=None, start=0): start + each item, with Python's +. */
 jv jj_f_sum(jj_render *r, jv v, const jj_args *a) {
     static const char *const names[] = {"attribute", "start", NULL};
     jj_check_args(r, a, "sum", 2, names);
@@ -344,12 +413,15 @@ jv jj_f_sum(jj_render *r, jv v, const jj_args *a) {
     return total;
 }
 
+/* batch(linecount, fill_with=None): the items in lists of linecount, the last one padded. */
 jv jj_f_batch(jj_render *r, jv v, const jj_args *a) {
     int64_t count = jj_as_int(r, jj_arg(a, 0, "linecount", jv_int(0)), "linecount");
     if (count <= 0) jj_error(r, "batch size must be positive");
     bool fill = jj_has_arg(a, 1, "fill_with");
     jv fill_with = jj_arg(a, 1, "fill_with", jv_none());
-    const jj_list *src = jj_iterate(r, v);
+    jv bad;
+    const jj_list *src = generator_source(r, v, &bad);
+    if (!src) return bad;
     jj_list *out = jj_list_new(&r->ctx, 0), *cur = NULL;
     jj_charge(r, src->n);
     for (size_t i = 0; i < src->n; i++) {
@@ -362,5 +434,5 @@ jv jj_f_batch(jj_render *r, jv v, const jj_args *a) {
     if (cur && fill && fill_with.type != JV_NONE)
         while (cur->n < (size_t)count)
             jj_list_push(&r->ctx, cur, fill_with);
-    return jv_list_v(out, false);
+    return generator(out);
 }

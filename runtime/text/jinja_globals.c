@@ -15,6 +15,7 @@ static jj_func globals[] = {
     {JF_STRFTIME_NOW, {0}, "strftime_now"},
 };
 
+/* The global of that name, or undefined: range, namespace, dict, raise_exception, strftime_now. */
 jv jj_global(jj_render *r, const char *name) {
     (void)r;
     for (size_t i = 0; i < sizeof(globals) / sizeof(*globals); i++)
@@ -80,6 +81,7 @@ static jj_dict *dict_from_args(jj_render *r, const jj_args *a, const char *fname
     return d;
 }
 
+/* strftime_now(format): the local time now, formatted by strftime as Python's is. */
 static jv call_strftime_now(jj_render *r, const jj_args *a) {
     static const char *const names[] = {"format", NULL};
     jj_check_args(r, a, "strftime_now", 1, names);
@@ -107,6 +109,7 @@ static jv call_strftime_now(jj_render *r, const jj_args *a) {
     jj_error(r, "strftime_now() result is too long");
 }
 
+/* Calls a global function. */
 jv jj_call_global(jj_render *r, jj_func_kind kind, const jj_args *a) {
     switch (kind) {
     case JF_RANGE:

@@ -170,6 +170,12 @@ typedef struct jv {
 struct jj_list {
     size_t n, cap;
     jv *items;
+    /* A generator (what map, select, reject, unique, batch, items and reverse give in Jinja):
+     * always true, without len() or indexing, and used up by iterating it; `taken` items are
+     * gone. */
+    bool lazy;
+    size_t taken;
+    const char *error; /* a generator over something not iterable fails when iterated */
 };
 
 struct jj_dict {
@@ -342,6 +348,9 @@ void jj_json_to(jj_render *r, jj_buf *b, jv v, const char *indent, const char *i
 /* a op b for the arithmetic operators (OP_ADD .. OP_POW), with Python's rules. */
 jv jj_arith(jj_render *r, int op, jv a, jv b);
 
+/* fmt % args: Python's printf-style formatting (jinja_format.c). */
+jv jj_percent_format(jj_render *r, jv fmt, jv args);
+
 /* Undefined values for a missing attribute or item of `obj` (Jinja's messages). */
 jv jj_undefined_attr(jj_render *r, jv obj, const char *name, size_t n);
 jv jj_undefined_item(jj_render *r, jv obj, jv key);
@@ -369,6 +378,7 @@ void jj_check_args(jj_render *r, const jj_args *a, const char *fname, size_t max
 
 jv jj_call(jj_render *r, jv callee, const jj_args *args);
 jv jj_call_method(jj_render *r, jv self, const char *name, const jj_args *args);
+jv jj_str_method(jj_render *r, jv s, const char *name, const jj_args *args);
 /* String helpers the filters share with the str methods. */
 jv jj_strip(jj_render *r, jv s, jv chars, bool left, bool right);
 jv jj_replace(jj_render *r, jv s, jv old, jv new_, int64_t count);

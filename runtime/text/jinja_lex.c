@@ -15,6 +15,7 @@ typedef struct lexer {
     bool line_starting; /* the previous match ended with a newline (lstrip_blocks needs it) */
 } lexer;
 
+/* Appends a token; the array grows in the arena. */
 static jj_token *emit(lexer *lx, jj_tok_type type, size_t pos, const char *p, size_t n) {
     if (lx->out.n == lx->cap) {
         size_t cap = lx->cap ? lx->cap * 2 : 256;
@@ -75,6 +76,7 @@ static void emit_text(lexer *lx, size_t start, size_t end, char sign, bool lstri
     if (end > start) emit(lx, T_DATA, start, lx->s + start, end - start);
 }
 
+/* Whether the source at i starts with `lit`. */
 static bool at(const lexer *lx, size_t i, const char *lit) {
     size_t n = strlen(lit);
     return i + n <= lx->n && memcmp(lx->s + i, lit, n) == 0;
@@ -139,10 +141,12 @@ static size_t lex_raw(lexer *lx, size_t tag, size_t body) {
     jj_fail_at(lx->ctx, tag, "missing end of raw directive");
 }
 
+/* Identifier characters: ASCII letters, '_' and (checked by the caller) non-ASCII letters. */
 static bool is_name_start(unsigned char c) {
     return c == '_' || (unsigned)((c | 32) - 'a') < 26u || c >= 0x80;
 }
 
+/* Identifier characters after the first: also digits. */
 static bool is_name_char(unsigned char c) {
     return is_name_start(c) || (c >= '0' && c <= '9');
 }
@@ -187,6 +191,7 @@ static size_t match_float(lexer *lx, size_t i) {
     return frac;
 }
 
+/* A hex digit's value, or -1. */
 static int hex_value(char c) {
     if (c >= '0' && c <= '9') return c - '0';
     c = (char)(c | 32);
@@ -404,6 +409,8 @@ static size_t lex_tag(lexer *lx, size_t i, bool block) {
     return i; /* the end of the template inside a tag: the parser reports it */
 }
 
+/* Tokenizes the whole template: data up to each tag, whitespace control applied, then the
+ * tag's tokens. */
 jj_tokens jj_lex(jj_ctx *ctx) {
     lexer lx = {.ctx = ctx, .s = ctx->src, .n = ctx->src_len, .line_starting = true};
     size_t pos = 0;

@@ -9,6 +9,7 @@
 
 static jj_nodes subparse(jj_parser *p, const char *const *end_tags);
 
+/* Whether the current token is the name `name`. */
 static bool is_name(const jj_parser *p, const char *name) {
     return jj_tok_is(jj_peek(p), T_NAME, name);
 }
@@ -40,6 +41,7 @@ static jj_nodes parse_statements(jj_parser *p, const char *const *end_tags, bool
     return body;
 }
 
+/* Names, namespace attributes (where allowed) and tuples of them can be assigned to. */
 static void check_assignable(jj_parser *p, const jj_node *target, bool allow_ns) {
     if (target->kind == E_NAME || (allow_ns && target->kind == E_NSREF)) return;
     if (target->kind == E_TUPLE) {
@@ -50,6 +52,7 @@ static void check_assignable(jj_parser *p, const jj_node *target, bool allow_ns)
     jj_fail_at(p->ctx, target->pos, "can't assign to this expression");
 }
 
+/* {% set target = value %}, or the block form {% set target | filters %}...{% endset %}. */
 static jj_node *parse_set(jj_parser *p, size_t pos) {
     jj_node *target = jj_parse_tuple(p, true, true, NULL, false, true);
     check_assignable(p, target, true);
@@ -70,6 +73,7 @@ static jj_node *parse_set(jj_parser *p, size_t pos) {
     return n;
 }
 
+/* {% for target in iterable [if cond] %}...[{% else %}...]{% endfor %}. */
 static jj_node *parse_for(jj_parser *p, size_t pos) {
     jj_node *n = jj_node_new(p, N_FOR, pos);
     n->a = jj_parse_tuple(p, true, true, "in", false, false);
@@ -88,6 +92,7 @@ static jj_node *parse_for(jj_parser *p, size_t pos) {
     return n;
 }
 
+/* {% if %}...{% elif %}...{% else %}...{% endif %}; each elif is an if nested in the else. */
 static jj_node *parse_if(jj_parser *p, size_t pos) {
     static const char *const end_body[] = {"elif", "else", "endif", NULL};
     static const char *const end_else[] = {"endif", NULL};
@@ -141,6 +146,7 @@ static jj_nodes parse_callable_body(jj_parser *p, jj_node *n, const char *end_ta
     return body;
 }
 
+/* {% macro name(params) %}...{% endmacro %}. */
 static jj_node *parse_macro(jj_parser *p, size_t pos) {
     jj_node *n = jj_node_new(p, N_MACRO, pos);
     const jj_token *t = jj_expect(p, T_NAME, NULL);
@@ -150,6 +156,7 @@ static jj_node *parse_macro(jj_parser *p, size_t pos) {
     return n;
 }
 
+/* {% call[(params)] macro(args) %}...{% endcall %}: the body becomes the macro's `caller`. */
 static jj_node *parse_call_block(jj_parser *p, size_t pos) {
     jj_node *n = jj_node_new(p, N_CALL_BLOCK, pos);
     n->name = "caller";
@@ -160,6 +167,7 @@ static jj_node *parse_call_block(jj_parser *p, size_t pos) {
     return n;
 }
 
+/* {% with a = 1, b = 2 %}...{% endwith %}: names bound for the body only. */
 static jj_node *parse_with(jj_parser *p, size_t pos) {
     jj_node *n = jj_node_new(p, N_WITH, pos);
     while (jj_peek(p)->type != T_BLOCK_END) {
@@ -175,6 +183,7 @@ static jj_node *parse_with(jj_parser *p, size_t pos) {
     return n;
 }
 
+/* One {% %} tag (the caller has consumed '{%'; the tag's end is left for it). */
 static jj_node *parse_statement(jj_parser *p) {
     const jj_token *t = jj_peek(p);
     if (t->type != T_NAME)
@@ -230,6 +239,7 @@ static jj_node *parse_statement(jj_parser *p) {
     return n;
 }
 
+/* Whether the current tag is one that closes the block being parsed. */
 static bool is_end_tag(const jj_parser *p, const char *const *end_tags) {
     if (!end_tags) return false;
     for (size_t i = 0; end_tags[i]; i++)
@@ -237,6 +247,7 @@ static bool is_end_tag(const jj_parser *p, const char *const *end_tags) {
     return false;
 }
 
+/* Template data, {{ }} and {% %} tags up to one of end_tags (NULL: the end of the template). */
 static jj_nodes subparse(jj_parser *p, const char *const *end_tags) {
     jj_nodes body = {0};
     for (;;) {
@@ -274,6 +285,7 @@ static jj_nodes subparse(jj_parser *p, const char *const *end_tags) {
     }
 }
 
+/* The template's tree: its top-level statements in an N_GROUP. */
 jj_node *jj_parse_tokens(jj_ctx *ctx, const jj_tokens *toks) {
     jj_parser p = {.ctx = ctx, .toks = toks};
     jj_node *root = jj_node_new(&p, N_GROUP, 0);

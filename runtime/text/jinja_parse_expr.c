@@ -5,6 +5,7 @@
 
 #include "runtime/text/jinja_internal.h"
 
+/* A zeroed node of the given kind at a source offset. */
 jj_node *jj_node_new(jj_parser *p, jj_kind kind, size_t pos) {
     jj_node *n = jj_alloc(p->ctx, sizeof(jj_node));
     n->kind = kind;
@@ -12,6 +13,7 @@ jj_node *jj_node_new(jj_parser *p, jj_kind kind, size_t pos) {
     return n;
 }
 
+/* Appends a node to a list; the capacity is the next power of two, so it is not stored. */
 void jj_nodes_push(jj_parser *p, jj_nodes *list, jj_node *n) {
     /* Capacity is the next power of two, so the array grows without storing it. */
     if ((list->n & (list->n - 1)) == 0) {
@@ -21,32 +23,38 @@ void jj_nodes_push(jj_parser *p, jj_nodes *list, jj_node *n) {
     list->v[list->n++] = n;
 }
 
+/* The current token (the last one, EOF, repeats forever). */
 const jj_token *jj_peek(const jj_parser *p) {
     return &p->toks->v[p->i];
 }
 
+/* The token after the current one. */
 const jj_token *jj_peek2(const jj_parser *p) {
     return &p->toks->v[p->i + 1 < p->toks->n ? p->i + 1 : p->i];
 }
 
+/* Consumes the current token and returns it. */
 const jj_token *jj_next(jj_parser *p) {
     const jj_token *t = &p->toks->v[p->i];
     if (p->i + 1 < p->toks->n) p->i++;
     return t;
 }
 
+/* Whether a token is of `type` and (when text is given) spelled `text`. */
 bool jj_tok_is(const jj_token *t, jj_tok_type type, const char *text) {
     if (t->type != type) return false;
     if (!text) return true;
     return t->n == strlen(text) && memcmp(t->p, text, t->n) == 0;
 }
 
+/* Consumes the current token if it matches. */
 bool jj_skip_if(jj_parser *p, jj_tok_type type, const char *text) {
     if (!jj_tok_is(jj_peek(p), type, text)) return false;
     jj_next(p);
     return true;
 }
 
+/* How a token reads in an error message ("end of template", "'foo'"). */
 const char *jj_describe(jj_parser *p, const jj_token *t) {
     switch (t->type) {
     case T_EOF:
@@ -71,6 +79,7 @@ const char *jj_describe(jj_parser *p, const jj_token *t) {
     }
 }
 
+/* How an expected token reads in an error message. */
 static const char *describe_expected(jj_tok_type type, const char *text) {
     switch (type) {
     case T_VAR_END:
@@ -86,6 +95,7 @@ static const char *describe_expected(jj_tok_type type, const char *text) {
     }
 }
 
+/* Consumes the current token, which must match, or fails saying what was expected. */
 const jj_token *jj_expect(jj_parser *p, jj_tok_type type, const char *text) {
     const jj_token *t = jj_peek(p);
     if (!jj_tok_is(t, type, text)) {
@@ -97,20 +107,24 @@ const jj_token *jj_expect(jj_parser *p, jj_tok_type type, const char *text) {
     return jj_next(p);
 }
 
+/* Counts one level of nesting, failing past JJ_PARSE_DEPTH (the parser is recursive). */
 void jj_parse_enter(jj_parser *p) {
     if (++p->depth > JJ_PARSE_DEPTH)
         jj_fail_at(p->ctx, jj_peek(p)->pos, "template nests too deeply (more than %d levels)",
                    JJ_PARSE_DEPTH);
 }
 
+/* A token's text as a NUL-terminated name. */
 static char *tok_name(jj_parser *p, const jj_token *t) {
     return jj_strndup(p->ctx, t->p, t->n);
 }
 
+/* Whether the current token is the operator `op`. */
 static bool is_op(const jj_parser *p, const char *op) {
     return jj_tok_is(jj_peek(p), T_OP, op);
 }
 
+/* Whether the current token is the name `name`. */
 static bool is_name(const jj_parser *p, const char *name) {
     return jj_tok_is(jj_peek(p), T_NAME, name);
 }
@@ -133,10 +147,13 @@ static jj_node *parse_condexpr(jj_parser *p) {
     return expr1;
 }
 
+/* An expression, with or without the `a if b else c` form (for and if statements take it
+ * without, so that `for x in y if z` filters). */
 jj_node *jj_parse_expression(jj_parser *p, bool with_condexpr) {
     return with_condexpr ? parse_condexpr(p) : parse_or(p);
 }
 
+/* A binary node. */
 static jj_node *binary(jj_parser *p, jj_kind kind, int op, size_t pos, jj_node *a, jj_node *b) {
     jj_node *n = jj_node_new(p, kind, pos);
     n->op = op;
@@ -147,6 +164,7 @@ static jj_node *binary(jj_parser *p, jj_kind kind, int op, size_t pos, jj_node *
 
 static jj_node *parse_not(jj_parser *p);
 
+/* `a and b` (binds tighter than or). */
 static jj_node *parse_and(jj_parser *p) {
     jj_node *left = parse_not(p);
     while (is_name(p, "and")) {
@@ -156,6 +174,7 @@ static jj_node *parse_and(jj_parser *p) {
     return left;
 }
 
+/* `a or b`. */
 static jj_node *parse_or(jj_parser *p) {
     jj_node *left = parse_and(p);
     while (is_name(p, "or")) {
@@ -167,6 +186,7 @@ static jj_node *parse_or(jj_parser *p) {
 
 static jj_node *parse_compare(jj_parser *p);
 
+/* `not a`, which binds looser than comparisons (not a in b is not (a in b)). */
 static jj_node *parse_not(jj_parser *p) {
     if (is_name(p, "not")) {
         size_t pos = jj_next(p)->pos;
@@ -224,6 +244,7 @@ static jj_node *parse_concat(jj_parser *p);
 static jj_node *parse_math2(jj_parser *p);
 static jj_node *parse_pow(jj_parser *p);
 
+/* `+` and `-`, left to right. */
 static jj_node *parse_math1(jj_parser *p) {
     jj_node *left = parse_concat(p);
     for (;;) {
@@ -246,6 +267,7 @@ static jj_node *parse_concat(jj_parser *p) {
     return n;
 }
 
+/* `*`, `/`, `//` and `%`, left to right. */
 static jj_node *parse_math2(jj_parser *p) {
     jj_node *left = parse_pow(p);
     for (;;) {
@@ -290,6 +312,7 @@ static jj_node *parse_unary(jj_parser *p, bool with_filter) {
     return node;
 }
 
+/* A list literal [a, b, ] (a trailing comma is allowed). */
 static jj_node *parse_list(jj_parser *p) {
     jj_node *n = jj_node_new(p, E_LIST, jj_expect(p, T_OP, "[")->pos);
     while (!is_op(p, "]")) {
@@ -301,6 +324,7 @@ static jj_node *parse_list(jj_parser *p) {
     return n;
 }
 
+/* A dict literal {k: v, ...}. */
 static jj_node *parse_dict(jj_parser *p) {
     jj_node *n = jj_node_new(p, E_DICT, jj_expect(p, T_OP, "{")->pos);
     while (!is_op(p, "}")) {
@@ -314,6 +338,8 @@ static jj_node *parse_dict(jj_parser *p) {
     return n;
 }
 
+/* A name, a literal (string, number, true/false/none), a parenthesised expression or tuple,
+ * a list or a dict; with_namespace also takes `ns.attr` as an assignment target. */
 jj_node *jj_parse_primary(jj_parser *p, bool with_namespace) {
     const jj_token *t = jj_peek(p);
     jj_node *n;
@@ -380,6 +406,8 @@ static bool is_tuple_end(const jj_parser *p, const char *extra_end) {
     return extra_end && jj_tok_is(t, T_NAME, extra_end);
 }
 
+/* An expression or, with commas, a tuple (jinja2's parse_tuple). `simplified` takes only
+ * names and literals (assignment targets); `extra_end` names a keyword that ends it ('in'). */
 jj_node *jj_parse_tuple(jj_parser *p, bool simplified, bool with_condexpr, const char *extra_end,
                         bool explicit_parens, bool with_namespace) {
     size_t pos = jj_peek(p)->pos;
@@ -443,8 +471,7 @@ static void parse_call_args(jj_parser *p, jj_node *call) {
 }
 
 /* The `a:b:c` of a subscript, or a plain expression. */
-static jj_node *parse_subscribed(jj_parser *p, jj_node *obj) {
-    size_t pos = jj_peek(p)->pos;
+static jj_node *parse_subscribed(jj_parser *p, jj_node *obj, size_t pos) {
     jj_node *start = NULL;
     if (!is_op(p, ":")) {
         start = jj_parse_expression(p, true);
@@ -460,6 +487,7 @@ static jj_node *parse_subscribed(jj_parser *p, jj_node *obj) {
     return n;
 }
 
+/* `.name`, `.0` or `[...]` after an expression. */
 static jj_node *parse_subscript(jj_parser *p, jj_node *node) {
     const jj_token *t = jj_next(p);
     if (jj_tok_is(t, T_OP, ".")) {
@@ -481,7 +509,7 @@ static jj_node *parse_subscript(jj_parser *p, jj_node *node) {
     jj_node *tuple = jj_node_new(p, E_TUPLE, t->pos);
     while (!is_op(p, "]")) {
         if (tuple->args.n) jj_expect(p, T_OP, ",");
-        jj_nodes_push(p, &tuple->args, parse_subscribed(p, node));
+        jj_nodes_push(p, &tuple->args, parse_subscribed(p, node, t->pos));
     }
     jj_expect(p, T_OP, "]");
     if (tuple->args.n == 1 && tuple->args.v[0]->kind == E_SLICE) return tuple->args.v[0];
@@ -494,7 +522,7 @@ static jj_node *parse_subscript(jj_parser *p, jj_node *node) {
             if (tuple->args.v[k]->kind == E_SLICE)
                 jj_fail_at(p->ctx, tuple->args.v[k]->pos,
                            "a slice inside a tuple subscript is not supported");
-        if (!tuple->args.n) jj_fail_at(p->ctx, t->pos, "expected subscript expression");
+        /* x[] subscripts with the empty tuple, as in Jinja */
         n->b = tuple;
     }
     return n;
@@ -508,6 +536,7 @@ static jj_node *parse_call(jj_parser *p, jj_node *callee) {
     return n;
 }
 
+/* Subscripts and calls after a primary expression. */
 static jj_node *parse_postfix(jj_parser *p, jj_node *node) {
     for (;;) {
         if (is_op(p, ".") || is_op(p, "["))
@@ -532,6 +561,8 @@ static const char *parse_dotted_name(jj_parser *p) {
     return b.p;
 }
 
+/* `| name(args)` filters, chained; start_inline parses the first without its '|' (filter
+ * blocks). */
 jj_node *jj_parse_filter(jj_parser *p, jj_node *input, bool start_inline) {
     while (is_op(p, "|") || start_inline) {
         if (!start_inline) jj_next(p);
@@ -569,6 +600,7 @@ static jj_node *parse_test(jj_parser *p, jj_node *node) {
     return not ;
 }
 
+/* Filters, tests and calls after a unary expression, in any order. */
 static jj_node *parse_filter_expr(jj_parser *p, jj_node *node) {
     for (;;) {
         if (is_op(p, "|"))

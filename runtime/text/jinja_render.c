@@ -6,6 +6,8 @@
 
 #include "runtime/text/jinja_internal.h"
 
+/* Binds a value to an assignment target: a name in frame f, a namespace attribute, or a tuple
+ * of targets unpacked from a sequence of the same length. */
 static void assign(jj_render *r, const jj_node *target, jv v, jj_frame *f) {
     switch (target->kind) {
     case E_NAME:
@@ -36,6 +38,7 @@ static void assign(jj_render *r, const jj_node *target, jv v, jj_frame *f) {
     }
 }
 
+/* Renders body into a string instead of the output: macro calls, set blocks, filter blocks. */
 jv jj_capture(jj_render *r, const jj_nodes *body, jj_frame *f) {
     jj_buf *saved = r->out;
     jj_buf b;
@@ -47,6 +50,8 @@ jv jj_capture(jj_render *r, const jj_nodes *body, jj_frame *f) {
     return jv_str(jj_output_close(&r->ctx, &b, true), n);
 }
 
+/* A for loop: the items (filtered first when there is an `if`), a fresh scope per iteration
+ * with `loop` and the target bound, break and continue, and the else branch when nothing ran. */
 static void exec_for(jj_render *r, const jj_node *s, jj_frame *f) {
     jv seq = jj_eval(r, s->b, f);
     r->pos = s->b->pos;
@@ -87,6 +92,7 @@ static void exec_for(jj_render *r, const jj_node *s, jj_frame *f) {
     if (items->n == 0 && s->alt.n) jj_exec_body(r, &s->alt, jj_frame_new(r, f));
 }
 
+/* A macro value closing over the scope it is defined in. */
 static jv new_macro(jj_render *r, const jj_node *def, jj_frame *closure) {
     jj_macro *m = jj_alloc(&r->ctx, sizeof(jj_macro));
     m->def = def;
@@ -109,6 +115,7 @@ static jv exec_call_block(jj_render *r, const jj_node *s, jj_frame *f) {
     return jj_call_macro(r, callee.u.macro, &args, new_macro(r, s, f));
 }
 
+/* Runs one statement. */
 static void exec_stmt(jj_render *r, const jj_node *s, jj_frame *f) {
     r->pos = s->pos;
     r->ctx.output_pos = s->pos;
@@ -180,6 +187,7 @@ static void exec_stmt(jj_render *r, const jj_node *s, jj_frame *f) {
     }
 }
 
+/* Runs statements in order until one breaks or continues a loop. */
 void jj_exec_body(jj_render *r, const jj_nodes *body, jj_frame *f) {
     jj_enter(r);
     for (size_t i = 0; i < body->n && r->control == JJ_CONTROL_NONE; i++)

@@ -90,6 +90,8 @@ static bool printable(uint32_t cp) {
     return true;
 }
 
+/* repr() of a string: single quotes unless only double quotes avoid escaping, and Python's
+ * escapes for backslashes, quotes and unprintable characters. */
 static void repr_string(jj_render *r, jj_buf *b, const char *s, size_t n) {
     jj_ctx *ctx = &r->ctx;
     jj_charge(r, n);
@@ -122,6 +124,7 @@ static void repr_string(jj_render *r, jj_buf *b, const char *s, size_t n) {
     jj_buf_putc(ctx, b, quote);
 }
 
+/* {k: v, ...} with repr of keys and values. */
 static void repr_dict_items(jj_render *r, jj_buf *b, const jj_dict *d) {
     jj_buf_putc(&r->ctx, b, '{');
     for (size_t i = 0; i < d->n; i++) {
@@ -133,6 +136,7 @@ static void repr_dict_items(jj_render *r, jj_buf *b, const jj_dict *d) {
     jj_buf_putc(&r->ctx, b, '}');
 }
 
+/* repr() of a value: strings quoted, containers with repr of their items. */
 void jj_repr_to(jj_render *r, jj_buf *b, jv v) {
     jj_ctx *ctx = &r->ctx;
     switch (v.type) {
@@ -143,12 +147,14 @@ void jj_repr_to(jj_render *r, jj_buf *b, jv v) {
         repr_string(r, b, v.u.s.p, v.u.s.n);
         return;
     case JV_LIST: {
+        /* a generator prints as the list of what is left in it (Python prints its address) */
         bool tuple = v.flags & JV_FLAG_TUPLE;
+        size_t first = v.u.list->lazy ? v.u.list->taken : 0;
         jj_enter(r);
         jj_charge(r, v.u.list->n);
         jj_buf_putc(ctx, b, tuple ? '(' : '[');
-        for (size_t i = 0; i < v.u.list->n; i++) {
-            if (i) jj_buf_puts(ctx, b, ", ");
+        for (size_t i = first; i < v.u.list->n; i++) {
+            if (i > first) jj_buf_puts(ctx, b, ", ");
             jj_repr_to(r, b, v.u.list->items[i]);
         }
         if (tuple && v.u.list->n == 1) jj_buf_putc(ctx, b, ',');
@@ -167,6 +173,8 @@ void jj_repr_to(jj_render *r, jj_buf *b, jv v) {
     }
 }
 
+/* str() of a value, which {{ }} prints: None, True/False, Python's float repr, containers as
+ * repr, undefined as nothing. */
 void jj_str_to(jj_render *r, jj_buf *b, jv v) {
     jj_ctx *ctx = &r->ctx;
     char num[64];
@@ -217,6 +225,7 @@ void jj_str_to(jj_render *r, jj_buf *b, jv v) {
     }
 }
 
+/* str() of a value as a string value (a string is itself). */
 jv jj_to_str(jj_render *r, jv v) {
     if (v.type == JV_STR) return v;
     jj_buf b = {0};
@@ -224,6 +233,8 @@ jv jj_to_str(jj_render *r, jv v) {
     return jv_str(b.p ? b.p : "", b.n);
 }
 
+/* A JSON string as json.dumps(ensure_ascii=False) writes it: only quotes, backslashes and
+ * control characters escaped. */
 static void json_str_out(jj_render *r, jj_buf *b, const char *s, size_t n) {
     jj_ctx *ctx = &r->ctx;
     jj_charge(r, n);
@@ -264,6 +275,7 @@ static void json_str_out(jj_render *r, jj_buf *b, const char *s, size_t n) {
     jj_buf_putc(ctx, b, '"');
 }
 
+/* A float in JSON as Python writes it (NaN and Infinity included, as json.dumps allows). */
 static void json_float(jj_render *r, jj_buf *b, double f) {
     char num[64];
     if (isnan(f))
@@ -303,6 +315,7 @@ static void json_key(jj_render *r, jj_buf *b, jv k) {
     }
 }
 
+/* The newline and indentation before an item when indenting. */
 static void json_newline(jj_render *r, jj_buf *b, const char *indent, int level) {
     jj_buf_putc(&r->ctx, b, '\n');
     for (int i = 0; i < level; i++)
@@ -311,6 +324,9 @@ static void json_newline(jj_render *r, jj_buf *b, const char *indent, int level)
 
 static const jj_dict *sorted_dict(jj_render *r, const jj_dict *d);
 
+/* json.dumps of a value: null/true/false, Python's float repr, strings escaped as
+ * ensure_ascii=False escapes them, keys in insertion order (or sorted), and with indent one item
+ * per line. */
 void jj_json_to(jj_render *r, jj_buf *b, jv v, const char *indent, const char *item_sep,
                 const char *key_sep, bool sort_keys, int level) {
     jj_ctx *ctx = &r->ctx;
@@ -332,6 +348,7 @@ void jj_json_to(jj_render *r, jj_buf *b, jv v, const char *indent, const char *i
         return;
     case JV_LIST: {
         const jj_list *l = v.u.list;
+        if (l->lazy) jj_error(r, "Object of type generator is not JSON serializable");
         if (!l->n) {
             jj_buf_puts(ctx, b, "[]");
             return;

@@ -7,12 +7,14 @@
 
 #include "runtime/text/jinja_internal.h"
 
+/* A new empty scope inside `parent`. */
 jj_frame *jj_frame_new(jj_render *r, jj_frame *parent) {
     jj_frame *f = jj_alloc(&r->ctx, sizeof(jj_frame));
     f->parent = parent;
     return f;
 }
 
+/* Binds name in frame f (replacing an earlier binding there). */
 void jj_frame_set(jj_render *r, jj_frame *f, const char *name, jv v) {
     for (size_t i = 0; i < f->n; i++)
         if (!strcmp(f->names[i], name)) {
@@ -30,6 +32,8 @@ void jj_frame_set(jj_render *r, jj_frame *f, const char *name, jv v) {
     f->n++;
 }
 
+/* The value of a name: the innermost binding, then the globals, else undefined ("'x' is
+ * undefined" when used). */
 jv jj_lookup(jj_render *r, jj_frame *f, const char *name) {
     for (; f; f = f->parent) {
         jj_charge(r, f->n);

@@ -32,6 +32,7 @@ static void normalize_source(jj_ctx *ctx, const char *source, size_t len) {
     ctx->src_len = n;
 }
 
+/* Parses into a template owning its arena; on error the arena goes and the status is returned. */
 moira_status_t moira_jinja_parse(const char *source, size_t len, const char *origin,
                                  moira_jinja_template_t **out) {
     if (!out || (!source && len))
@@ -70,6 +71,8 @@ moira_status_t moira_jinja_parse(const char *source, size_t len, const char *ori
     return MOIRA_OK_STATUS;
 }
 
+/* Renders in a fresh arena: the context becomes the outermost scope, the output is handed to
+ * the caller, and everything else is dropped at once. */
 moira_status_t moira_jinja_render(const moira_jinja_template_t *tmpl, const json_t *context,
                                   char **out_text, size_t *out_len) {
     if (!tmpl || !out_text || !out_len)
@@ -116,6 +119,7 @@ moira_status_t moira_jinja_render(const moira_jinja_template_t *tmpl, const json
     return MOIRA_OK_STATUS;
 }
 
+/* Frees a template and its tree (all in its arena). */
 void moira_jinja_free(moira_jinja_template_t *tmpl) {
     if (!tmpl) return;
     jj_arena_free(&tmpl->ctx.arena);

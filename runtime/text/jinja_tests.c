@@ -1,7 +1,6 @@
 /* Jinja's tests (`x is defined`, `n is divisibleby 3`, `a is eq b`, ...), with the answers
  * Python's types give: a bool is a number and not an integer, and an undefined value is
  * iterable, a sequence and callable, as Jinja's Undefined is. */
-#include <math.h>
 #include <string.h>
 
 #include "runtime/text/jinja_internal.h"
@@ -14,38 +13,31 @@ static const char *const test_names[] = {
     "greaterthan", ">",         "ge",          ">=",      "in",       "lower",    "upper",
     "sameas",      "escaped",   "filter",      "test",    NULL};
 
+/* Whether a test of that name exists (the `test` test). */
 bool jj_test_exists(const char *name) {
     for (size_t i = 0; test_names[i]; i++)
         if (!strcmp(test_names[i], name)) return true;
     return false;
 }
 
+/* Whether name is one of up to three aliases. */
 static bool is(const char *name, const char *a, const char *b, const char *c) {
     return !strcmp(name, a) || (b && !strcmp(name, b)) || (c && !strcmp(name, c));
 }
 
+/* The argument of a test that takes one. */
 static jv need_arg(jj_render *r, const char *test, const jj_args *a) {
     if (a->n < 1 && a->nk < 1) jj_error(r, "test '%s' needs an argument", test);
     return a->n ? a->pos[0] : a->kvals[0];
 }
 
-/* x % n as Python computes it, for odd, even and divisibleby. */
-static bool divisible(jj_render *r, jv v, jv n) {
-    if (v.type == JV_UNDEFINED) jj_undefined_fail(r, v);
-    if (!jj_is_number(v) || !jj_is_number(n))
-        jj_error(r, "unsupported operand type(s) for %%: '%s' and '%s'", jj_type_name(v),
-                 jj_type_name(n));
-    if (v.type != JV_FLOAT && n.type != JV_FLOAT) {
-        int64_t x = v.type == JV_BOOL ? v.u.b : v.u.i, y = n.type == JV_BOOL ? n.u.b : n.u.i;
-        if (y == 0) jj_error(r, "integer division or modulo by zero");
-        if (y == -1) return true;
-        return x % y == 0;
-    }
-    double y = jj_as_double(n);
-    if (y == 0) jj_error(r, "float modulo");
-    return fmod(jj_as_double(v), y) == 0;
+/* `value % n == want`, which is how Jinja defines odd (1), even and divisibleby (0): a float
+ * is odd only when it is an odd integer, and the types are Python's to check. */
+static bool mod_is(jj_render *r, jv v, jv n, int64_t want) {
+    return jj_equal(r, jj_arith(r, OP_MOD, v, n), jv_int(want));
 }
 
+/* The lower/upper tests: str(value).islower()/isupper(). */
 static bool all_case(jj_render *r, jv v, bool upper) {
     jv s = jj_to_str(r, v);
     bool cased = false;
@@ -57,6 +49,7 @@ static bool all_case(jj_render *r, jv v, bool upper) {
     return cased;
 }
 
+/* Applies the named test; an unknown name is an error when reached. */
 bool jj_apply_test(jj_render *r, const char *name, jv v, const jj_args *a) {
     jv_type t = (jv_type)v.type;
     if (!strcmp(name, "defined")) return t != JV_UNDEFINED;
@@ -70,12 +63,15 @@ bool jj_apply_test(jj_render *r, const char *name, jv v, const jj_args *a) {
     if (!strcmp(name, "number")) return jj_is_number(v);
     if (!strcmp(name, "string")) return t == JV_STR;
     if (!strcmp(name, "mapping")) return t == JV_DICT;
-    if (!strcmp(name, "iterable") || !strcmp(name, "sequence"))
+    if (!strcmp(name, "iterable"))
         return t == JV_STR || t == JV_LIST || t == JV_DICT || t == JV_UNDEFINED;
+    if (!strcmp(name, "sequence")) /* len() and indexing: not a generator */
+        return t == JV_STR || (t == JV_LIST && !v.u.list->lazy) || t == JV_DICT ||
+               t == JV_UNDEFINED;
     if (!strcmp(name, "callable")) return t == JV_MACRO || t == JV_FUNC || t == JV_UNDEFINED;
-    if (!strcmp(name, "odd")) return !divisible(r, v, jv_int(2));
-    if (!strcmp(name, "even")) return divisible(r, v, jv_int(2));
-    if (!strcmp(name, "divisibleby")) return divisible(r, v, need_arg(r, name, a));
+    if (!strcmp(name, "odd")) return mod_is(r, v, jv_int(2), 1);
+    if (!strcmp(name, "even")) return mod_is(r, v, jv_int(2), 0);
+    if (!strcmp(name, "divisibleby")) return mod_is(r, v, need_arg(r, name, a), 0);
     if (is(name, "eq", "equalto", "==")) return jj_equal(r, v, need_arg(r, name, a));
     if (is(name, "ne", "!=", NULL)) return !jj_equal(r, v, need_arg(r, name, a));
     if (is(name, "lt", "lessthan", "<")) return jj_compare(r, v, need_arg(r, name, a), "<") == -1;

@@ -26,6 +26,7 @@ uint32_t jj_utf8_next(const char *s, size_t n, size_t *i) {
     return cp;
 }
 
+/* Appends a code point as UTF-8. */
 void jj_utf8_put(jj_ctx *ctx, jj_buf *b, uint32_t cp) {
     char t[4];
     size_t n;
@@ -51,6 +52,7 @@ void jj_utf8_put(jj_ctx *ctx, jj_buf *b, uint32_t cp) {
     jj_buf_put(ctx, b, t, n);
 }
 
+/* The number of code points (Python's len of a str). */
 size_t jj_utf8_len(const char *s, size_t n) {
     size_t count = 0;
     for (size_t i = 0; i < n;) {
@@ -84,6 +86,7 @@ size_t jj_utf8_check(const char *s, size_t n) {
     return n;
 }
 
+/* The byte offset of every code point, plus the end, for indexing and slicing by code point. */
 size_t *jj_utf8_offsets(jj_ctx *ctx, const char *s, size_t n, size_t *n_cp) {
     size_t count = jj_utf8_len(s, n);
     size_t *off = jj_alloc(ctx, (count + 1) * sizeof(size_t));
@@ -97,17 +100,20 @@ size_t *jj_utf8_offsets(jj_ctx *ctx, const char *s, size_t n, size_t *n_cp) {
     return off;
 }
 
+/* str.isspace(): ASCII whitespace, the separators \x1c-\x1f, NEL, NBSP and the Unicode spaces. */
 bool jj_is_space(uint32_t cp) {
     return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 ||
            cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 ||
            cp == 0x202F || cp == 0x205F || cp == 0x3000;
 }
 
+/* A line boundary for str.splitlines(). */
 bool jj_is_linebreak(uint32_t cp) {
     return cp == '\n' || cp == '\r' || cp == 0x0B || cp == 0x0C || cp == 0x1C || cp == 0x1D ||
            cp == 0x1E || cp == 0x85 || cp == 0x2028 || cp == 0x2029;
 }
 
+/* ASCII digits only (str.isdigit also takes other scripts' digits; templates do not use them). */
 bool jj_is_digit(uint32_t cp) {
     return cp >= '0' && cp <= '9';
 }
@@ -141,6 +147,7 @@ uint32_t jj_to_upper(uint32_t cp) {
     return cp;
 }
 
+/* The inverse of jj_to_upper over the same scripts. */
 uint32_t jj_to_lower(uint32_t cp) {
     if (cp < 0x80) return (cp >= 'A' && cp <= 'Z') ? cp + 32 : cp;
     if (cp >= 0xC0 && cp <= 0xDE && cp != 0xD7) return cp + 32;
@@ -166,10 +173,12 @@ uint32_t jj_to_lower(uint32_t cp) {
     return cp;
 }
 
+/* A capital letter of the covered scripts. */
 bool jj_is_upper(uint32_t cp) {
     return jj_to_lower(cp) != cp;
 }
 
+/* A small letter of the covered scripts (ß and the like have no capital here but count). */
 bool jj_is_lower(uint32_t cp) {
     return jj_to_upper(cp) != cp || cp == 0xDF || cp == 0x138 || cp == 0x149;
 }

@@ -5,10 +5,12 @@
 
 #include "runtime/text/jinja_internal.h"
 
+/* A string value for a NUL-terminated string (static or in the arena). */
 jv jv_cstr(const char *s) {
     return jv_str(s, strlen(s));
 }
 
+/* An empty list with room for cap items. */
 jj_list *jj_list_new(jj_ctx *ctx, size_t cap) {
     jj_list *l = jj_alloc(ctx, sizeof(jj_list));
     if (cap) {
@@ -18,6 +20,7 @@ jj_list *jj_list_new(jj_ctx *ctx, size_t cap) {
     return l;
 }
 
+/* Appends to a list being built. */
 void jj_list_push(jj_ctx *ctx, jj_list *l, jv v) {
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 4;
@@ -27,6 +30,7 @@ void jj_list_push(jj_ctx *ctx, jj_list *l, jv v) {
     l->items[l->n++] = v;
 }
 
+/* An empty dict with room for cap items. */
 jj_dict *jj_dict_new(jj_ctx *ctx, size_t cap) {
     jj_dict *d = jj_alloc(ctx, sizeof(jj_dict));
     if (cap) {
@@ -37,6 +41,7 @@ jj_dict *jj_dict_new(jj_ctx *ctx, size_t cap) {
     return d;
 }
 
+/* The value under a string key (the common case, by bytes), or NULL. */
 jv *jj_dict_get_str(const jj_dict *d, const char *key, size_t n) {
     for (size_t i = 0; i < d->n; i++) {
         const jv *k = &d->keys[i];
@@ -53,6 +58,7 @@ jv *jj_dict_get(jj_render *r, const jj_dict *d, jv key) {
     return NULL;
 }
 
+/* Sets key to val; an existing key keeps its place, a new one goes last (Python's order). */
 void jj_dict_set(jj_render *r, jj_dict *d, jv key, jv val) {
     jj_ctx *ctx = &r->ctx;
     jv *slot = jj_dict_get(r, d, key);
@@ -115,6 +121,7 @@ jv jj_from_json(jj_render *r, const json_t *json, int depth) {
     }
 }
 
+/* Python's name for a value's type, for error messages. */
 const char *jj_type_name(jv v) {
     switch (v.type) {
     case JV_UNDEFINED:
@@ -130,6 +137,7 @@ const char *jj_type_name(jv v) {
     case JV_STR:
         return "str";
     case JV_LIST:
+        if (v.u.list->lazy) return "generator";
         return (v.flags & JV_FLAG_TUPLE) ? "tuple" : "list";
     case JV_DICT:
         return "dict";
@@ -145,6 +153,7 @@ const char *jj_type_name(jv v) {
     return "object";
 }
 
+/* Python's truth: empty strings and containers, zero, None and undefined are false. */
 bool jj_truthy(jv v) {
     switch (v.type) {
     case JV_UNDEFINED:
@@ -159,7 +168,7 @@ bool jj_truthy(jv v) {
     case JV_STR:
         return v.u.s.n != 0;
     case JV_LIST:
-        return v.u.list->n != 0;
+        return v.u.list->lazy || v.u.list->n != 0;
     case JV_DICT:
         return v.u.dict->n != 0;
     default:
@@ -167,10 +176,12 @@ bool jj_truthy(jv v) {
     }
 }
 
+/* int, float or bool (a bool is an int in Python). */
 bool jj_is_number(jv v) {
     return v.type == JV_INT || v.type == JV_FLOAT || v.type == JV_BOOL;
 }
 
+/* A number as double (0 for anything else). */
 double jj_as_double(jv v) {
     return v.type == JV_FLOAT  ? v.u.f
            : v.type == JV_INT  ? (double)v.u.i
@@ -178,6 +189,7 @@ double jj_as_double(jv v) {
                                : 0.0;
 }
 
+/* An int (or bool) argument, or an error naming what it was for. */
 int64_t jj_as_int(jj_render *r, jv v, const char *what) {
     if (v.type == JV_INT) return v.u.i;
     if (v.type == JV_BOOL) return v.u.b;
@@ -213,6 +225,7 @@ static int compare_numbers(jv a, jv b) {
     return compare_int_double(a.type == JV_BOOL ? a.u.b : a.u.i, b.u.f);
 }
 
+/* Byte order of two strings, which for UTF-8 is code point order, as Python compares str. */
 static int compare_bytes(jv a, jv b) {
     size_t n = a.u.s.n < b.u.s.n ? a.u.s.n : b.u.s.n;
     int c = n ? memcmp(a.u.s.p, b.u.s.p, n) : 0;
@@ -220,6 +233,8 @@ static int compare_bytes(jv a, jv b) {
     return a.u.s.n < b.u.s.n ? -1 : a.u.s.n > b.u.s.n;
 }
 
+/* Python's ==: numbers by value across int, float and bool, containers item by item, a list
+ * never equal to a tuple. */
 bool jj_equal(jj_render *r, jv a, jv b) {
     if (jj_is_number(a) && jj_is_number(b)) return compare_numbers(a, b) == 0;
     if (a.type != b.type) return false;
@@ -231,6 +246,7 @@ bool jj_equal(jj_render *r, jv a, jv b) {
         jj_charge(r, a.u.s.n);
         return a.u.s.n == b.u.s.n && memcmp(a.u.s.p, b.u.s.p, a.u.s.n) == 0;
     case JV_LIST: {
+        if (a.u.list->lazy || b.u.list->lazy) return a.u.list == b.u.list;
         if ((a.flags & JV_FLAG_TUPLE) != (b.flags & JV_FLAG_TUPLE)) return false;
         if (a.u.list->n != b.u.list->n) return false;
         jj_enter(r);
@@ -264,6 +280,8 @@ bool jj_equal(jj_render *r, jv a, jv b) {
     }
 }
 
+/* Python's ordering of two values for <, <=, >, >=, sort, min and max: numbers, strings and
+ * same-kind sequences; anything else is the TypeError Python raises. */
 int jj_compare(jj_render *r, jv a, jv b, const char *op) {
     if (a.type == JV_UNDEFINED) jj_undefined_fail(r, a);
     if (b.type == JV_UNDEFINED) jj_undefined_fail(r, b);
@@ -272,7 +290,7 @@ int jj_compare(jj_render *r, jv a, jv b, const char *op) {
         jj_charge(r, a.u.s.n);
         return compare_bytes(a, b); /* UTF-8 byte order is code point order */
     }
-    if (a.type == JV_LIST && b.type == JV_LIST &&
+    if (a.type == JV_LIST && b.type == JV_LIST && !a.u.list->lazy && !b.u.list->lazy &&
         (a.flags & JV_FLAG_TUPLE) == (b.flags & JV_FLAG_TUPLE)) {
         jj_enter(r);
         const jj_list *x = a.u.list, *y = b.u.list;
@@ -289,11 +307,13 @@ int jj_compare(jj_render *r, jv a, jv b, const char *op) {
              jj_type_name(b));
 }
 
+/* Whether needle occurs in haystack (the empty string occurs everywhere). */
 static bool find_bytes(const char *h, size_t hn, const char *n, size_t nn) {
     if (nn == 0) return true;
     return hn >= nn && memmem(h, hn, n, nn) != NULL;
 }
 
+/* Python's `in`: substring, list membership by ==, dict key; undefined contains nothing. */
 bool jj_contains(jj_render *r, jv container, jv item) {
     switch (container.type) {
     case JV_STR:
@@ -303,12 +323,22 @@ bool jj_contains(jj_render *r, jv container, jv item) {
                      jj_type_name(item));
         jj_charge(r, container.u.s.n);
         return find_bytes(container.u.s.p, container.u.s.n, item.u.s.p, item.u.s.n);
-    case JV_LIST:
-        jj_charge(r, container.u.list->n);
-        for (size_t i = 0; i < container.u.list->n; i++)
-            if (jj_equal(r, container.u.list->items[i], item)) return true;
+    case JV_LIST: {
+        /* a generator is consumed up to the item found, as Python's `in` leaves it */
+        jj_list *l = container.u.list;
+        if (l->error) jj_error(r, "%s", l->error);
+        jj_charge(r, l->n);
+        for (size_t i = l->lazy ? l->taken : 0; i < l->n; i++)
+            if (jj_equal(r, l->items[i], item)) {
+                if (l->lazy) l->taken = i + 1;
+                return true;
+            }
+        if (l->lazy) l->taken = l->n;
         return false;
+    }
     case JV_DICT:
+        if ((item.type == JV_LIST && !(item.flags & JV_FLAG_TUPLE)) || item.type == JV_DICT)
+            jj_error(r, "unhashable type: '%s'", jj_type_name(item));
         jj_charge(r, container.u.dict->n);
         return jj_dict_get(r, container.u.dict, item) != NULL;
     case JV_UNDEFINED:
@@ -319,10 +349,21 @@ bool jj_contains(jj_render *r, jv container, jv item) {
     }
 }
 
+/* What iterating a value visits: a list's items, a dict's keys, a string's characters,
+ * nothing for undefined; other types are not iterable. */
 const jj_list *jj_iterate(jj_render *r, jv v) {
     switch (v.type) {
-    case JV_LIST:
-        return v.u.list;
+    case JV_LIST: {
+        jj_list *l = v.u.list;
+        if (!l->lazy) return l;
+        if (l->error) jj_error(r, "%s", l->error);
+        /* what is left of a generator, which is then used up */
+        jj_list *rest = jj_list_new(&r->ctx, 0);
+        rest->items = l->items + l->taken;
+        rest->n = rest->cap = l->n - l->taken;
+        l->taken = l->n;
+        return rest;
+    }
     case JV_DICT: {
         jj_list *l = jj_list_new(&r->ctx, v.u.dict->n);
         jj_copy(l->items, v.u.dict->keys, v.u.dict->n * sizeof(jv));
@@ -348,19 +389,21 @@ const jj_list *jj_iterate(jj_render *r, jv v) {
     }
 }
 
+/* len(): characters of a string, items of a list or dict, 0 for undefined. */
 int64_t jj_length(jj_render *r, jv v) {
     switch (v.type) {
     case JV_STR:
         jj_charge(r, v.u.s.n);
         return (int64_t)jj_utf8_len(v.u.s.p, v.u.s.n);
     case JV_LIST:
+        if (v.u.list->lazy) break;
         return (int64_t)v.u.list->n;
     case JV_DICT:
-    case JV_NAMESPACE:
         return (int64_t)v.u.dict->n;
     case JV_UNDEFINED:
         return 0;
     default:
-        jj_error(r, "object of type '%s' has no len()", jj_type_name(v));
+        break;
     }
+    jj_error(r, "object of type '%s' has no len()", jj_type_name(v));
 }

@@ -263,6 +263,25 @@ static const struct {
      "[0, 1, 2, 3, 4] [1, 4, 7] [5, 3, 1] []"},
     {"{% generation %}kept{% endgeneration %}", "kept"},
     {"{{ strftime_now('') }}|{{ strftime_now('%%') }}", "|%"},
+    /* generators: map, select, reject, unique, batch, items and reverse give one-shot iterators */
+    {"{% if e|select %}true even when empty{% endif %}", "true even when empty"},
+    {"{% set g = l|map('string') %}{{ g|join }}|{{ g|join }}|{{ g|list }}", "312||[]"},
+    {"{% set g = words|select('lower') %}{{ g|first }} {{ g|list }}", "b ['a']"},
+    {"{{ l|select('odd')|list|length }} {{ (l|reverse)[0] }}|{{ users|selectattr('age', 'gt', 2"
+     "6)|list|last }}",
+     "2 |{'name': 'cy', 'age': 30}"},
+    {"{{ l|map('string') is sequence }} {{ l|map('string') is iterable }} {{ l|list is sequence"
+     " }}",
+     "False True True"},
+    /* printf-style formatting, *args and **kwargs */
+    {"{{ '%s-%d' % ('a', 3) }}|{{ '%5.2f|%-6s|%06.1f|%x' % (3.14159, 'ab', 2.5, 255) }}|{{ '%(a"
+     ")s=%(b)d' % {'a': 'k', 'b': 2} }}|{{ '100%%' % () }}|{{ '%.3s' % 'héllo' }}",
+     "a-3| 3.14|ab    |0002.5|ff|k=2|100%|hél"},
+    {"{% macro m(a, b, c=3) %}{{ a }}{{ b }}{{ c }}{% endmacro %}{{ m(*[1, 2]) }} {{ m(1, **{'b"
+     "': 5, 'c': 6}) }}",
+     "123 156"},
+    {"{{ 2.5 is odd }} {{ 3.0 is odd }} {{ 4.0 is even }} {{ 7 is divisibleby 2.5 }}",
+     "False True True False"},
 };
 
 /* Parses and renders `source` with the variables of `context_json` (NULL: none). */
@@ -390,6 +409,21 @@ static void test_runtime_errors(void) {
                  "chat_template:1:13: '<' not supported between instances of 'str' and 'int'");
     expect_error("{{ undefined_thing|tojson }}", NULL,
                  "chat_template:1:20: Object of type Undefined is not JSON serializable");
+    expect_error("{{ d[1:] }}", "{\"d\": {}}", "chat_template:1:5: unhashable type: 'slice'");
+    expect_error("{{ 5|indent }}", NULL,
+                 "chat_template:1:6: unsupported operand type(s) for +=: 'int' and 'str'");
+    expect_error("{{ [1]|map('string')|length }}", NULL,
+                 "chat_template:1:22: object of type 'generator' has no len()");
+    expect_error("{{ [1]|select|last }}", NULL,
+                 "chat_template:1:15: 'generator' object is not reversible");
+    expect_error("{{ 5|items|list }}", NULL,
+                 "chat_template:1:12: Can only get item pairs from a mapping.");
+    expect_error("{{ '%s %s' % (1,) }}", NULL,
+                 "chat_template:1:12: not enough arguments for format string");
+    expect_error("{{ '%d' % 'x' }}", NULL,
+                 "chat_template:1:9: %d format: a real number is required, not str");
+    expect_error("{{ 2.0 ** 10000 }}", NULL,
+                 "chat_template:1:8: (34, 'Numerical result out of range')");
     expect_error("{{ range(200000)|length }}", NULL,
                  "chat_template:1:4: Range too big. The sandbox blocks ranges larger than "
                  "MAX_RANGE (100000).");
