@@ -94,28 +94,26 @@ static size_t skip_white_space_forward(const char *text, size_t start, size_t li
     return start;
 }
 
-/* Whether the character that ends at `end` (or starts at `start`) is a word character in the
- * sense single_word uses: a letter, a digit or an underscore. ASCII and the Latin-1 letters are
- * told apart here; any other non-ASCII character counts as a word character (the conservative
- * side: a single_word token inside non-Latin text is left to BPE). */
-static bool is_word_byte_run(const char *text, size_t start, size_t end) {
-    size_t pos = start;
-    uint32_t cp = moira_utf8_next(text, end, &pos);
-    if (cp < 0x80)
-        return (cp >= '0' && cp <= '9') || (cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z') ||
-               cp == '_';
-    return !is_white_space(cp) && !(cp >= 0xA1 && cp <= 0xBF) && cp != 0xD7 && cp != 0xF7;
+/* Whether the character at text[start, end) is a word character (\w: letters, marks, digits,
+ * connector punctuation), what single_word tests on either side of a match. */
+static bool is_word_char(const moira_tokenizer_t *tokenizer, const char *text, size_t start,
+                         size_t end) {
+    const UChar *subject = (const UChar *)text;
+    return onig_match(tokenizer->word_char, subject, subject + end, subject + start, NULL,
+                      ONIG_OPTION_NONE) > 0;
 }
 
-static bool word_before(const char *text, size_t floor, size_t at) {
+static bool word_before(const moira_tokenizer_t *tokenizer, const char *text, size_t floor,
+                        size_t at) {
     if (at <= floor) return false;
     size_t start = at - 1;
     while (start > floor && ((unsigned char)text[start] & 0xC0) == 0x80) start--;
-    return is_word_byte_run(text, start, at);
+    return is_word_char(tokenizer, text, start, at);
 }
 
-static bool word_after(const char *text, size_t at, size_t limit) {
-    return at < limit && is_word_byte_run(text, at, limit);
+static bool word_after(const moira_tokenizer_t *tokenizer, const char *text, size_t at,
+                       size_t limit) {
+    return at < limit && is_word_char(tokenizer, text, at, limit);
 }
 
 /* Emits the text between added tokens as a piece still to be tokenized. */
@@ -150,8 +148,8 @@ moira_status_t moira_added_split(const moira_tokenizer_t *tokenizer, const added
         size_t match_start = pos, match_end = best_end;
         /* A match single_word rejects is passed over whole, as the matcher's non-overlapping
          * iteration does. */
-        if (token->single_word && (word_before(base, piece->start, match_start) ||
-                                   word_after(base, match_end, end))) {
+        if (token->single_word && (word_before(tokenizer, base, piece->start, match_start) ||
+                                   word_after(tokenizer, base, match_end, end))) {
             pos = match_end;
             continue;
         }

@@ -102,6 +102,7 @@ struct moira_tokenizer {
 
     added_token_t *added; /* owned */
     size_t added_count;
+    regex_t *word_char; /* \w, for single_word tokens (NULL when no token is single_word); owned */
     added_trie_t unnormalized_trie; /* tokens matched on the raw text */
     added_trie_t normalized_trie;   /* tokens matched after the normalizer */
 

@@ -305,6 +305,9 @@ static moira_status_t load_model(moira_tokenizer_t *tokenizer, const json_t *roo
     /* Added tokens go into the trie of the pass that matches them. */
     for (size_t i = 0; i < tokenizer->added_count; i++) {
         const added_token_t *token = &tokenizer->added[i];
+        if (token->single_word && !tokenizer->word_char)
+            MOIRA_RETURN_IF_ERROR(moira_tokenizer_compile_regex(tokenizer, "added_tokens", "\\w", 2,
+                                                                &tokenizer->word_char));
         added_trie_t *trie =
             token->normalized ? &tokenizer->normalized_trie : &tokenizer->unnormalized_trie;
         MOIRA_RETURN_IF_ERROR(moira_added_trie_add(trie, token->content, token->len, (int32_t)i));
@@ -387,6 +390,7 @@ void moira_tokenizer_free(moira_tokenizer_t *tokenizer) {
         free(tokenizer->steps[s].literal);
     }
     free(tokenizer->steps);
+    if (tokenizer->word_char) onig_free(tokenizer->word_char);
     moira_added_trie_free(&tokenizer->unnormalized_trie);
     moira_added_trie_free(&tokenizer->normalized_trie);
     moira_text_map_free(&tokenizer->vocab);

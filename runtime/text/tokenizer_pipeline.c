@@ -21,8 +21,8 @@ static void initialise_oniguruma(void) {
 
 /* Compiles a pre-tokenizer regex as Hugging Face does (Oniguruma's default syntax, no options,
  * UTF-8). A pattern Oniguruma refuses is INVALID_INPUT naming the key and Oniguruma's reason. */
-static moira_status_t compile_regex(const moira_tokenizer_t *tokenizer, const char *key,
-                                    const char *pattern, size_t len, regex_t **out) {
+moira_status_t moira_tokenizer_compile_regex(const moira_tokenizer_t *tokenizer, const char *key,
+                                            const char *pattern, size_t len, regex_t **out) {
     pthread_once(&oniguruma_once, initialise_oniguruma);
     OnigErrorInfo info;
     const UChar *start = (const UChar *)pattern;
@@ -111,7 +111,7 @@ static moira_status_t load_split(moira_tokenizer_t *tokenizer, const json_t *sec
     const json_t *literal = json_object_get(pattern, "String");
     snprintf(where, sizeof(where), "%s.pattern", key);
     if (json_is_string(regex)) {
-        MOIRA_RETURN_IF_ERROR(compile_regex(tokenizer, where, json_string_value(regex),
+        MOIRA_RETURN_IF_ERROR(moira_tokenizer_compile_regex(tokenizer, where, json_string_value(regex),
                                             json_string_length(regex), &step.regex));
     } else if (json_is_string(literal)) {
         step.literal_len = json_string_length(literal);
@@ -155,7 +155,7 @@ static moira_status_t load_pretokenizer(moira_tokenizer_t *tokenizer, const json
                                    .add_prefix_space =
                                        moira_json_flag(section, "add_prefix_space", true)};
         if (moira_json_flag(section, "use_regex", true))
-            MOIRA_RETURN_IF_ERROR(compile_regex(tokenizer, key, byte_level_pattern,
+            MOIRA_RETURN_IF_ERROR(moira_tokenizer_compile_regex(tokenizer, key, byte_level_pattern,
                                                 strlen(byte_level_pattern), &step.regex));
         return add_step(tokenizer, step);
     }

@@ -1,6 +1,6 @@
 /* The tokenizer on tests/data/tokenizer/tiny, a byte-level BPE small enough that every id below was
  * worked out by hand from tests/data/tokenizer/make_tiny.py's table (id b = byte b; merges 256-264
- * in rank order; <s> 265, </s> 266, <tool> 267 with lstrip). Decoding's U+FFFD placement follows
+ * in rank order; <s> 265, </s> 266, <tool> 267 with lstrip, <w> 268 single_word). Decoding's U+FFFD placement follows
  * the WHATWG UTF-8 decoder's "maximal subpart" rule, worked out by hand per case. The DeepSeek-V3
  * tokenizer against Hugging Face's own is tests/cli/tokenizer_hf.sh. */
 #include <stdio.h>
@@ -45,6 +45,10 @@ static void test_encode(void) {
     expect_ids("<s>hello</s>", false, (const int32_t[]){265, 259, 266, -1});
     /* <tool> strips the whitespace on its left (lstrip), and is matched in the second pass. */
     expect_ids("a  <tool>b", false, (const int32_t[]){'a', 267, 'b', -1});
+    /* <w> is single_word: matched only where no word character touches it (Hugging Face's \w). */
+    expect_ids("a <w> b", false, (const int32_t[]){'a', ' ', 268, ' ', 'b', -1});
+    expect_ids("a<w>b", false, (const int32_t[]){'a', '<', 'w', '>', 'b', -1});
+    expect_ids("<w>\xC3\xA9", false, (const int32_t[]){'<', 'w', '>', 0xC3, 0xA9, -1});
     /* A partial special token is plain text. */
     expect_ids("<s", false, (const int32_t[]){'<', 's', -1});
     /* Multi-byte characters become their bytes (é = C3 A9). */
@@ -58,7 +62,7 @@ static void test_encode(void) {
     moira_token_ids_free(&ids);
     CHECK(moira_tokenizer_bos_id(tiny) == 265);
     CHECK(moira_tokenizer_eos_id(tiny) == 266);
-    CHECK(moira_tokenizer_vocab_size(tiny) == 268);
+    CHECK(moira_tokenizer_vocab_size(tiny) == 269);
     CHECK(moira_tokenizer_token_id(tiny, "</s>") == 266);
     CHECK(moira_tokenizer_token_id(tiny, "Ġworld") == 264);
     CHECK(moira_tokenizer_token_id(tiny, "nope") == -1);
@@ -116,7 +120,7 @@ static void test_decode(void) {
 
     char *text;
     size_t len;
-    CHECK_CODE(moira_tokenizer_decode(tiny, (const int32_t[]){268}, 1, false, &text, &len),
+    CHECK_CODE(moira_tokenizer_decode(tiny, (const int32_t[]){269}, 1, false, &text, &len),
                MOIRA_CODE_INVALID_ARGUMENT);
     CHECK_CODE(moira_tokenizer_decode(tiny, (const int32_t[]){-1}, 1, false, &text, &len),
                MOIRA_CODE_INVALID_ARGUMENT);

@@ -32,10 +32,12 @@ added = [
     {"id": 265, "content": "<s>", "special": True, "normalized": False},
     {"id": 266, "content": "</s>", "special": True, "normalized": False},
     {"id": 267, "content": "<tool>", "special": False, "normalized": True, "lstrip": True},
+    {"id": 268, "content": "<w>", "special": False, "normalized": True, "single_word": True},
 ]
 for token in added:
     token.setdefault("lstrip", False)
-    token.update({"single_word": False, "rstrip": False})
+    token.setdefault("single_word", False)
+    token["rstrip"] = False
 tokenizer = {
     "version": "1.0",
     "added_tokens": added,
