@@ -107,7 +107,8 @@ jv jj_arith(jj_render *r, int op, jv a, jv b) {
             jj_charge(r, n);
             jj_list *l = jj_list_new(&r->ctx, n);
             jj_copy(l->items, a.u.list->items, a.u.list->n * sizeof(jv));
-            jj_copy(l->items + a.u.list->n, b.u.list->items, b.u.list->n * sizeof(jv));
+            if (b.u.list->n) /* (l->items is NULL when both are empty) */
+                jj_copy(l->items + a.u.list->n, b.u.list->items, b.u.list->n * sizeof(jv));
             l->n = n;
             return jv_list_v(l, a.flags & JV_FLAG_TUPLE);
         }

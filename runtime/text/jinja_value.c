@@ -359,7 +359,7 @@ const jj_list *jj_iterate(jj_render *r, jv v) {
         if (l->error) jj_error(r, "%s", l->error);
         /* what is left of a generator, which is then used up */
         jj_list *rest = jj_list_new(&r->ctx, 0);
-        rest->items = l->items + l->taken;
+        rest->items = l->items ? l->items + l->taken : NULL;
         rest->n = rest->cap = l->n - l->taken;
         l->taken = l->n;
         return rest;
