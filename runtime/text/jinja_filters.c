@@ -377,6 +377,25 @@ static jv f_wordcount(jj_render *r, jv v, const jj_args *a) {
     return jv_int(count);
 }
 
+/* format(*args, **kwargs): str(value) % args, or % kwargs (Jinja's do_format). */
+static jv f_format(jj_render *r, jv v, const jj_args *a) {
+    if (a->n && a->nk)
+        jj_error(r, "can't handle positional and keyword arguments at the same time");
+    jv args;
+    if (a->nk) {
+        jj_dict *d = jj_dict_new(&r->ctx, a->nk);
+        for (size_t i = 0; i < a->nk; i++)
+            jj_dict_set(r, d, jv_cstr(a->knames[i]), a->kvals[i]);
+        args = jv_dict_v(d);
+    } else {
+        jj_list *l = jj_list_new(&r->ctx, a->n);
+        jj_copy(l->items, a->pos, a->n * sizeof(jv));
+        l->n = a->n;
+        args = jv_list_v(l, true);
+    }
+    return jj_percent_format(r, jj_soft_str(r, v), args);
+}
+
 /* center(width=80): str.center. */
 static jv f_center(jj_render *r, jv v, const jj_args *a) {
     jj_args b = {.n = 1, .pos = (jv[]){jj_arg(a, 0, "width", jv_int(80))}};
@@ -415,6 +434,7 @@ static const struct {
     {"first", jj_f_first},
     {"float", f_float},
     {"forceescape", f_escape},
+    {"format", f_format},
     {"indent", f_indent},
     {"int", f_int},
     {"items", jj_f_items},

@@ -282,6 +282,8 @@ static const struct {
      "123 156"},
     {"{{ 2.5 is odd }} {{ 3.0 is odd }} {{ 4.0 is even }} {{ 7 is divisibleby 2.5 }}",
      "False True True False"},
+    {"{{ '%s, %s!'|format('Hello', 'you') }} {{ '%(n)d items'|format(n=3) }}",
+     "Hello, you! 3 items"},
 };
 
 /* Parses and renders `source` with the variables of `context_json` (NULL: none). */
