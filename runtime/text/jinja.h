@@ -3,9 +3,9 @@
  * Hugging Face checkpoints ship their chat template as Jinja source in tokenizer_config.json, and
  * `transformers` renders it with trim_blocks and lstrip_blocks on. This interpreter parses such a
  * template once and renders it as Jinja would, against variables given as a JSON object (the
- * messages, bos_token, eos_token, add_generation_prompt, tools, ...). Rendering is pure: it reads
- * nothing but the template and the variables, and a template cannot loop forever or exhaust
- * memory (bounded output, recursion and loop work). */
+ * messages, bos_token, eos_token, add_generation_prompt, tools, ...). Rendering reads nothing but
+ * the template, the variables and (for strftime_now, which transformers provides) the clock, and
+ * a template cannot loop forever or exhaust memory (bounded output, recursion and loop work). */
 #ifndef MOIRA_RUNTIME_TEXT_JINJA_H
 #define MOIRA_RUNTIME_TEXT_JINJA_H
 

@@ -2,6 +2,7 @@
  * code point as Python does; case mapping covers ASCII, Latin-1, Latin Extended-A, Greek,
  * Cyrillic and fullwidth Latin, which is what chat templates meet in practice. */
 #include "runtime/text/jinja_internal.h"
+#include "runtime/utf8.h"
 
 /* Decodes one code point. A malformed byte decodes as itself, so a bad string still has a length
  * and can be printed (template text is validated at parse time; JSON input is valid already). */
@@ -29,27 +30,7 @@ uint32_t jj_utf8_next(const char *s, size_t n, size_t *i) {
 /* Appends a code point as UTF-8. */
 void jj_utf8_put(jj_ctx *ctx, jj_buf *b, uint32_t cp) {
     char t[4];
-    size_t n;
-    if (cp < 0x80) {
-        t[0] = (char)cp;
-        n = 1;
-    } else if (cp < 0x800) {
-        t[0] = (char)(0xC0 | (cp >> 6));
-        t[1] = (char)(0x80 | (cp & 0x3F));
-        n = 2;
-    } else if (cp < 0x10000) {
-        t[0] = (char)(0xE0 | (cp >> 12));
-        t[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        t[2] = (char)(0x80 | (cp & 0x3F));
-        n = 3;
-    } else {
-        t[0] = (char)(0xF0 | (cp >> 18));
-        t[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-        t[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        t[3] = (char)(0x80 | (cp & 0x3F));
-        n = 4;
-    }
-    jj_buf_put(ctx, b, t, n);
+    jj_buf_put(ctx, b, t, moira_utf8_put(t, cp));
 }
 
 /* The number of code points (Python's len of a str). */
@@ -65,25 +46,7 @@ size_t jj_utf8_len(const char *s, size_t n) {
 /* Strict validation (no overlongs, surrogates or values past U+10FFFF), as Python's decoder
  * would demand of the template text: the offset of the first bad byte, or n. */
 size_t jj_utf8_check(const char *s, size_t n) {
-    const unsigned char *u = (const unsigned char *)s;
-    for (size_t i = 0; i < n;) {
-        unsigned char c = u[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        int len = (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        if (!len || i + (size_t)len > n) return i;
-        uint32_t cp = c & (0x7F >> len);
-        for (int j = 1; j < len; j++) {
-            if ((u[i + j] & 0xC0) != 0x80) return i;
-            cp = (cp << 6) | (u[i + j] & 0x3F);
-        }
-        static const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
-        if (cp < min_cp[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;
-        i += (size_t)len;
-    }
-    return n;
+    return moira_utf8_valid_prefix(s, n);
 }
 
 /* The byte offset of every code point, plus the end, for indexing and slicing by code point. */
