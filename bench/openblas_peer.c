@@ -1,16 +1,61 @@
-/* The per-expert OpenBLAS loop (openblas_peer.h). */
+/* The per-expert OpenBLAS loop (openblas_peer.h). OpenBLAS is loaded with dlopen the first time a
+ * bench asks for it, never linked: linked in, it started its thread pool when any `moira` command
+ * loaded, and under a low `ulimit -v` that pool's failing mmap loop made even `moira --help` hang
+ * at exit. Loaded on demand, only `moira bench moe` on a cpu device pays for it, and a machine
+ * without OpenBLAS still builds and runs everything else. */
 #include "bench/openblas_peer.h"
 
-#include <cblas.h>
+#include <dlfcn.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-/* OpenBLAS's config header pulls in <complex.h>, whose `I` would shadow any variable of that name.
- */
-#undef I
+/* The CBLAS constants the loop uses (their values are fixed by the CBLAS standard), so no OpenBLAS
+ * header is needed to build. */
+enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111, CBLAS_TRANS = 112 };
+
+typedef void (*sgemm_fn)(int order, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                         const float *a, int lda, const float *b, int ldb, float beta, float *c,
+                         int ldc);
+
+/* The library and the four symbols the peer calls, resolved once. */
+static struct {
+    void *handle;
+    sgemm_fn sgemm;
+    void (*set_num_threads)(int);
+    char *(*config)(void);
+    char *(*corename)(void);
+    char why[256]; /* why it could not be loaded; "" when it was */
+} openblas;
+
+static pthread_once_t openblas_once = PTHREAD_ONCE_INIT;
+
+/* Tries the runtime library's soname (Debian: libopenblas0, through its alternatives link), then the
+ * development link; keeps dlerror's reason for the bench's peer line. */
+static void load_openblas(void) {
+    static const char *const names[] = {"libopenblas.so.0", "libopenblas.so"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]) && !openblas.handle; i++)
+        openblas.handle = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    if (!openblas.handle) {
+        snprintf(openblas.why, sizeof(openblas.why),
+                 "OpenBLAS is not installed (%s): install libopenblas0 (`make deps` does)",
+                 dlerror());
+        return;
+    }
+    /* dlsym returns void *; POSIX guarantees it converts to a function pointer. */
+    *(void **)&openblas.sgemm = dlsym(openblas.handle, "cblas_sgemm");
+    *(void **)&openblas.set_num_threads = dlsym(openblas.handle, "openblas_set_num_threads");
+    *(void **)&openblas.config = dlsym(openblas.handle, "openblas_get_config");
+    *(void **)&openblas.corename = dlsym(openblas.handle, "openblas_get_corename");
+    if (!openblas.sgemm || !openblas.set_num_threads || !openblas.config || !openblas.corename) {
+        snprintf(openblas.why, sizeof(openblas.why),
+                 "the OpenBLAS library found lacks cblas_sgemm or openblas_* functions");
+        openblas.sgemm = NULL;
+    }
+}
 
 struct moira_openblas_moe {
     moira_openblas_moe_problem_t problem;
@@ -28,14 +73,20 @@ static double seconds(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* This file is compiled only when CMake found OpenBLAS. */
+/* Loads OpenBLAS on the first call; false (with the reason kept for describe) when it cannot. */
 bool moira_openblas_available(void) {
-    return true;
+    pthread_once(&openblas_once, load_openblas);
+    return openblas.sgemm != NULL;
 }
 
-/* The build configuration and the kernel set OpenBLAS picked for this CPU at run time. */
+/* The build configuration and the kernel set OpenBLAS picked for this CPU at run time, or why
+ * there is no OpenBLAS. */
 void moira_openblas_describe(char *out, size_t size) {
-    snprintf(out, size, "%s (%s kernels)", openblas_get_config(), openblas_get_corename());
+    if (!moira_openblas_available()) {
+        snprintf(out, size, "none (%s)", openblas.why);
+        return;
+    }
+    snprintf(out, size, "%s (%s kernels)", openblas.config(), openblas.corename());
 }
 
 /* Scratch is sized for the worst case (every assignment to one expert) once, so no run
@@ -43,6 +94,8 @@ void moira_openblas_describe(char *out, size_t size) {
 moira_status_t moira_openblas_moe_open(const moira_openblas_moe_problem_t *problem, int threads,
                                        moira_openblas_moe_t **out_peer) {
     *out_peer = NULL;
+    if (!moira_openblas_available())
+        return moira_status_make(MOIRA_CODE_UNSUPPORTED, "OpenBLAS peer: %s", openblas.why);
     moira_openblas_moe_t *peer = calloc(1, sizeof(*peer));
     if (!peer) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "OpenBLAS peer");
     peer->problem = *problem;
@@ -59,7 +112,7 @@ moira_status_t moira_openblas_moe_open(const moira_openblas_moe_problem_t *probl
         moira_openblas_moe_close(peer);
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "OpenBLAS peer");
     }
-    openblas_set_num_threads(threads);
+    openblas.set_num_threads(threads);
     *out_peer = peer;
     return MOIRA_OK_STATUS;
 }
@@ -95,13 +148,13 @@ moira_status_t moira_openblas_moe_run(moira_openblas_moe_t *peer, double *out_se
                    (size_t)D * sizeof(float));
         const float *w1 = p->w1 + e * inter * D, *w3 = p->w3 + e * inter * D;
         const float *w2 = p->w2 + e * D * inter;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, (int)inter, (int)D, 1.0f, peer->xe,
+        openblas.sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS, m, (int)inter, (int)D, 1.0f, peer->xe,
                     (int)D, w1, (int)D, 0.0f, peer->gate, (int)inter);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, (int)inter, (int)D, 1.0f, peer->xe,
+        openblas.sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS, m, (int)inter, (int)D, 1.0f, peer->xe,
                     (int)D, w3, (int)D, 0.0f, peer->up, (int)inter);
         for (int64_t i = 0; i < (int64_t)m * inter; i++)
             peer->gate[i] = peer->gate[i] / (1.0f + expf(-peer->gate[i])) * peer->up[i];
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, (int)D, (int)inter, 1.0f,
+        openblas.sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS, m, (int)D, (int)inter, 1.0f,
                     peer->gate, (int)inter, w2, (int)inter, 0.0f, peer->ye, (int)D);
         for (int32_t i = 0; i < m; i++) {
             int32_t a = peer->order[first + i];

@@ -2,7 +2,8 @@
  * them on the CPU. For every expert with tokens: gather its rows, three cblas_sgemm calls (gate,
  * up, down: the GEMMs of llama.cpp's and PyTorch's CPU paths), silu(gate) * up between them, and
  * a weighted scatter-add of the results into the tokens' outputs. f32 weights, OpenBLAS running
- * as many threads as Moira. OpenBLAS is linked into the benchmarks only, never the runtime. */
+ * as many threads as Moira. OpenBLAS is loaded (dlopen) when a bench first asks for it; nothing
+ * links it. */
 #ifndef MOIRA_BENCH_OPENBLAS_PEER_H
 #define MOIRA_BENCH_OPENBLAS_PEER_H
 
@@ -25,8 +26,8 @@ typedef struct moira_openblas_moe_problem {
 
 typedef struct moira_openblas_moe moira_openblas_moe_t;
 
-/* Whether this build has OpenBLAS (CMake found it); without it every call below fails with
- * MOIRA_CODE_UNSUPPORTED and a message saying how to install it. */
+/* Whether OpenBLAS could be loaded (the first call loads it); without it every call below fails
+ * with MOIRA_CODE_UNSUPPORTED and a message saying how to install it. */
 bool moira_openblas_available(void);
 
 /* Sets OpenBLAS to `threads` threads and allocates the loop's scratch. Caller closes the peer. */

@@ -135,7 +135,11 @@ void moira_status_free(moira_status_t status) {
 
 int moira_status_report(moira_status_t status) {
     int exit_code = moira_status_exit_code(status);
-    if (status) fprintf(stderr, "moira: %s\n", status->message);
+    /* Allocation failures name what could not be allocated; say plainly what that means. */
+    if (status && status->code == MOIRA_CODE_OUT_OF_MEMORY && !strstr(status->message, "memory"))
+        fprintf(stderr, "moira: out of memory: %s\n", status->message);
+    else if (status)
+        fprintf(stderr, "moira: %s\n", status->message);
     moira_status_free(status);
     return exit_code;
 }

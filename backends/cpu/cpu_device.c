@@ -3,6 +3,7 @@
  *
  * A queue is a FIFO of commands drained by its own thread, so submission returns at once and
  * work runs in order, exactly the contract the OpenCL and NPU queues have. */
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -243,9 +244,12 @@ static moira_status_t cpu_queue_create(moira_device_t *device, moira_queue_t **o
     pthread_mutex_init(&queue->mutex, NULL);
     pthread_cond_init(&queue->has_work, NULL);
     pthread_cond_init(&queue->idle, NULL);
-    if (pthread_create(&queue->thread, NULL, queue_main, queue) != 0) {
+    int err = pthread_create(&queue->thread, NULL, queue_main, queue);
+    if (err != 0) {
         free(queue);
-        return moira_status_make(MOIRA_CODE_DEVICE, "cannot start a queue thread");
+        /* EAGAIN: no memory for the thread's stack, or the process's thread limit. */
+        return moira_status_make(err == EAGAIN ? MOIRA_CODE_OUT_OF_MEMORY : MOIRA_CODE_DEVICE,
+                                 "cannot start a queue thread: %s", strerror(err));
     }
     *out_queue = &queue->base;
     return MOIRA_OK_STATUS;

@@ -323,12 +323,16 @@ moira_status_t moira_acl_create_stream(moira_acl_device_t *device,
     pthread_mutex_init(&stream->mutex, NULL);
     pthread_cond_init(&stream->has_work, NULL);
     pthread_cond_init(&stream->idle, NULL);
-    if (pthread_create(&stream->thread, NULL, stream_main, stream) != 0) {
+    int err = pthread_create(&stream->thread, NULL, stream_main, stream);
+    if (err != 0) {
         pthread_mutex_destroy(&stream->mutex);
         pthread_cond_destroy(&stream->has_work);
         pthread_cond_destroy(&stream->idle);
         free(stream);
-        return moira_acl_status(MOIRA_ACL_ERROR_RT_FAILURE, "cannot start a stream thread");
+        /* EAGAIN: no memory for the thread's stack (a memory limit), which is an allocation
+         * failure to the caller, not a broken device. */
+        return moira_acl_status(err == EAGAIN ? MOIRA_ACL_ERROR_BAD_ALLOC : MOIRA_ACL_ERROR_RT_FAILURE,
+                                "cannot start a stream thread: %s", strerror(err));
     }
     *out_stream = stream;
     return MOIRA_OK_STATUS;

@@ -1,6 +1,5 @@
 /* `moira tokenize`: a model directory's tokenizer and chat template from the command line, for
  * checking Moira's ids against Hugging Face's and for seeing what prompt a conversation becomes. */
-#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -301,7 +300,5 @@ int moira_cli_tokenize(int argc, char **argv) {
     else
         status = encode_text(&o, tokenizer);
     moira_tokenizer_free(tokenizer);
-    if (!status && fflush(stdout) != 0)
-        status = moira_status_make(MOIRA_CODE_IO, "writing to stdout: %s", strerror(errno));
     return status ? moira_status_report(status) : 0;
 }

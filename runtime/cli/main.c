@@ -1,5 +1,7 @@
 /* Entry point of `moira`: finds the verb and hands it the rest of the command line. */
+#include <errno.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,6 +74,25 @@ void moira_cli_json_string(FILE *out, const char *text) {
     fputc('"', out);
 }
 
+/* Everything a command printed must have reached its destination: `moira plan > plan.yaml` on a
+ * full disk, or any output into /dev/full, is a failed command (exit 1), not an empty file with
+ * exit 0. stdout is buffered, so only the final flush (and the close) can tell. */
+static int finish_stdout(int code) {
+    bool failed = fflush(stdout) != 0 || ferror(stdout);
+    int err = errno;
+    /* Closing reports what a flush cannot (NFS, some pipes); nothing writes to stdout after. A
+     * stdout closed before Moira started (EBADF) only matters if something was written, which
+     * the flush has already caught. */
+    if (fclose(stdout) != 0 && !failed && errno != EBADF) {
+        failed = true;
+        err = errno;
+    }
+    if (!failed) return code;
+    fprintf(stderr, "moira: cannot write to standard output: %s\n",
+            err ? strerror(err) : "a write failed");
+    return code == 0 ? 1 : code;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         print_usage(stderr);
@@ -79,13 +100,13 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         print_usage(stdout);
-        return 0;
+        return finish_stdout(0);
     }
     for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
         if (strcmp(argv[1], verbs[i].name)) continue;
         int code = verbs[i].run(argc - 1, argv + 1);
         moira_runtime_shutdown();
-        return code;
+        return finish_stdout(code);
     }
     fprintf(stderr, "moira: unknown verb \"%s\"\n\n", argv[1]);
     print_usage(stderr);
