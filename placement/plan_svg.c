@@ -105,8 +105,10 @@ static void draw_columns(FILE *out, const svg_ctx_t *ctx) {
         int bw = ctx->cell_w - 4 > 4 ? ctx->cell_w - 4 : 4;
         fprintf(out,
                 "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"#eee\" "
-                "stroke=\"#999\" stroke-width=\"0.5\"><title>%s: %.1f of %.1f GiB</title></rect>\n",
-                x + 2, bar_top, bw, bar_h, target->name, used / 1073741824.0,
+                "stroke=\"#999\" stroke-width=\"0.5\"><title>",
+                x + 2, bar_top, bw, bar_h);
+        escaped(out, target->name);
+        fprintf(out, ": %.1f of %.1f GiB</title></rect>\n", used / 1073741824.0,
                 (double)target->memory_bytes / 1073741824.0);
         fprintf(out, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\"/>\n", x + 2,
                 bar_top + bar_h - filled, bw, filled,
@@ -154,10 +156,11 @@ static void draw_grid(FILE *out, const svg_ctx_t *ctx) {
             shade(fraction, color, sizeof(color));
             fprintf(out,
                     "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\" "
-                    "stroke=\"#fff\" stroke-width=\"0.5\"><title>layer %lld, %s: %d replicas, "
-                    "%.0f tokens, %.1f us</title></rect>\n",
-                    column_x(ctx, t), y, ctx->cell_w, ctx->cell_h, color, (long long)layer->layer,
-                    topo->targets[t].name, ctx->replicas[i], ctx->tokens[i], ctx->time_us[i]);
+                    "stroke=\"#fff\" stroke-width=\"0.5\"><title>layer %lld, ",
+                    column_x(ctx, t), y, ctx->cell_w, ctx->cell_h, color, (long long)layer->layer);
+            escaped(out, topo->targets[t].name);
+            fprintf(out, ": %d replicas, %.0f tokens, %.1f us</title></rect>\n", ctx->replicas[i],
+                    ctx->tokens[i], ctx->time_us[i]);
             if (ctx->replicas[i] > 0 && ctx->cell_w >= 12 && ctx->cell_h >= 9) {
                 bool dark = fraction > 0.55;
                 fprintf(out,

@@ -227,6 +227,9 @@ typedef struct parse_ctx {
     int64_t block[2];
     int block_count; /* -1 when weight_block_size is absent */
     yaml_mark_t block_mark;
+    /* rope_scaling's type as first given, under either spelling ("type", "rope_type"). */
+    const char *rope_type_key;
+    const yaml_node_t *rope_type_value;
 } parse_ctx_t;
 
 static moira_config_mark_t mark_of(yaml_mark_t mark) {
@@ -612,9 +615,24 @@ static moira_status_t parse_mapping(parse_ctx_t *ctx, const yaml_node_t *mapping
         else
             snprintf(full, sizeof(full), "%s", k);
         moira_config_mark_t *seen = &ctx->cfg->marks[spec->slot];
+        /* transformers writes rope_scaling's type under both spellings when it re-saves a
+         * config; that is one key said twice, fine while both say the same. */
+        if (seen->line != 0 && spec->slot == SLOT_rope_type && ctx->rope_type_key &&
+            strcmp(ctx->rope_type_key, k) != 0) {
+            const char *first = scalar_text(ctx->rope_type_value), *second = scalar_text(value);
+            if (first && second && !strcmp(first, second)) continue;
+            return FAIL_AT(ctx, key->start_mark,
+                           "%s \"%s\" disagrees with %s.%s \"%s\" given at %d:%d", full,
+                           second ? second : "?", prefix ? prefix : "", ctx->rope_type_key,
+                           first ? first : "?", seen->line, seen->column);
+        }
         if (seen->line != 0)
             return FAIL_AT(ctx, key->start_mark, "duplicate key %s (first given at %d:%d)", full,
                            seen->line, seen->column);
+        if (spec->slot == SLOT_rope_type) {
+            ctx->rope_type_key = spec->key;
+            ctx->rope_type_value = value;
+        }
         *seen = mark_of(value->start_mark);
         MOIRA_RETURN_IF_ERROR(parse_value(ctx, spec, full, value));
     }

@@ -28,10 +28,24 @@ static bool device_selected(const moira_device_info_t *info, const char *list) {
     return false;
 }
 
+/* Whether a comma-separated list names at least one item and fits the parsing buffer: `--ops ''`
+ * or `--backends ,` would otherwise check nothing and pass. */
+static bool names_something(const char *list, size_t limit) {
+    return strlen(list) < limit && strspn(list, ",") < strlen(list);
+}
+
 /* Every name in the list must exist, so a typo is an error rather than an empty check. */
 static int validate_lists(const char *backends, const char *ops) {
     char copy[512];
     char *save = NULL;
+    if (backends && !names_something(backends, sizeof(copy)))
+        return moira_cli_usage_error("check", "--backends must name at least one device or "
+                                              "backend (at most %zu characters)",
+                                     sizeof(copy) - 1);
+    if (ops && !names_something(ops, sizeof(copy)))
+        return moira_cli_usage_error("check", "--ops must name at least one op (at most %zu "
+                                              "characters)",
+                                     sizeof(copy) - 1);
     if (backends) {
         snprintf(copy, sizeof(copy), "%s", backends);
         for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Regression checks of issue 20 (hardening, round 2) that are answers rather than refusals (the
+# refusals are in tests/data/hostile/MANIFEST): each failed on the main before the fix.
+# - a config.json re-saved by transformers, with rope_scaling under both `type` and `rope_type`,
+#   loads (it was refused as a duplicate key; two spellings that disagree are still refused);
+# - `moira check` with an empty --backends or --ops list is a usage error, not a pass;
+# - the plan picture escapes names in <title> elements (a&b<c> made invalid XML).
+set -u
+source "$(dirname "$0")/lib/harness.bash" "$@"
+source "$(dirname "$0")/lib/expect.bash"
+hardening="$data/hardening"
+
+expect 0 "config with rope_scaling type and rope_type agreeing" -- \
+    "$moira" plan --model "$hardening/config-rope-type-both.json"
+
+expect 2 "check --backends ''" -- "$moira" check --backends ''
+expect_stderr "must name at least one device" "check --backends ''"
+expect 2 "check --ops ','" -- "$moira" check --ops ','
+expect_stderr "must name at least one op" "check --ops ','"
+
+expect 0 "plan --svg with a device named a&b<c>" -- "$moira" plan \
+    --topology "$hardening/topology-xml-name.yaml" --model "$placement/eplb-model.yaml" \
+    -o "$work/plan.yaml" --svg "$work/plan.svg"
+check "the name is escaped in the picture" 'a&amp;b&lt;c&gt;' "$work/plan.svg"
+if grep -q 'a&b<c>' "$work/plan.svg"; then
+    failed=$((failed + 1))
+    echo "FAIL: the picture holds the raw name a&b<c>"
+else
+    passed=$((passed + 1))
+fi
+if command -v xmllint >/dev/null; then
+    expect 0 "the picture is well-formed XML" -- xmllint --noout "$work/plan.svg"
+fi
+
+echo "hardening2: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
