@@ -825,7 +825,9 @@ static moira_status_t parse_shard_bytes(moira_safetensors_t *f) {
 static moira_status_t load_shard(moira_safetensors_t *f, const char *path) {
     shard_t *shard = NULL;
     MOIRA_RETURN_IF_ERROR(add_shard(f, path, &shard));
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever; it is then
+     * refused as not a regular file, and changes nothing for a regular one. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return errno_error(path, "cannot open", errno);
     struct stat st;
     if (fstat(fd, &st) != 0) {
@@ -953,7 +955,7 @@ static moira_status_t attach_scales(moira_safetensors_t *f) {
 /* Reads a small text file (index.json) whole; the header-size limit applies to it too. */
 static moira_status_t read_text_file(const char *path, char **out_text, size_t *out_len) {
     *out_text = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block: see load_shard */
     if (fd < 0) return errno_error(path, "cannot open", errno);
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||

@@ -4,7 +4,9 @@
 # - a config.json re-saved by transformers, with rope_scaling under both `type` and `rope_type`,
 #   loads (it was refused as a duplicate key; two spellings that disagree are still refused);
 # - `moira check` with an empty --backends or --ops list is a usage error, not a pass;
-# - the plan picture escapes names in <title> elements (a&b<c> made invalid XML).
+# - the plan picture escapes names in <title> elements (a&b<c> made invalid XML);
+# - a FIFO where an input file is expected (--inputs, --weights, a checkpoint index, a model
+#   config, a topology) is refused at once instead of hanging in open(2) for ever.
 set -u
 source "$(dirname "$0")/lib/harness.bash" "$@"
 source "$(dirname "$0")/lib/expect.bash"
@@ -31,6 +33,24 @@ fi
 if command -v xmllint >/dev/null; then
     expect 0 "the picture is well-formed XML" -- xmllint --noout "$work/plan.svg"
 fi
+
+# FIFOs that nobody writes to: every reader must give up at once (timeout 20 reports 124).
+mkfifo "$work/fifo.safetensors" "$work/fifo.yaml"
+mkdir "$work/ckpt"
+mkfifo "$work/ckpt/model.safetensors.index.json"
+golden="$data/golden"
+expect 2 "--inputs FIFO" -- timeout 20 "$moira" op gate --model "$golden/gate_v3.json" \
+    --inputs "$work/fifo.safetensors" -o "$work/out.safetensors"
+expect_stderr "not a regular file" "--inputs FIFO"
+expect 2 "--weights FIFO" -- timeout 20 "$moira" op gate --model "$golden/gate_v3.json" \
+    --inputs "$golden/gate_v3.inputs.safetensors" --weights "$work/fifo.safetensors" \
+    -o "$work/out.safetensors"
+expect 2 "index FIFO" -- timeout 20 "$moira" op gate --model "$golden/gate_v3.json" \
+    --inputs "$golden/gate_v3.inputs.safetensors" --weights "$work/ckpt" -o "$work/out.safetensors"
+expect 2 "model config FIFO" -- timeout 20 "$moira" plan --model "$work/fifo.yaml"
+expect 2 "topology FIFO" -- timeout 20 "$moira" plan --topology "$work/fifo.yaml" \
+    --model "$placement/eplb-model.yaml"
+[ ! -e "$work/out.safetensors" ] && passed=$((passed + 1)) || fail "an output was written"
 
 echo "hardening2: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
