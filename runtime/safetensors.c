@@ -12,9 +12,9 @@
  *
  * Safety model: everything about a file is validated in moira_safetensors_open (JSON syntax,
  * dtypes, shapes, byte ranges, sizes, duplicate names, fp8 scale shapes), so the views it hands
- * out can be read without further checks. Two tensors whose byte ranges overlap are allowed: the
- * views are read-only, so overlap cannot corrupt anything (the Hugging Face library refuses them,
- * which only matters to files Moira itself never writes). One hazard remains that no user-space
+ * out can be read without further checks. Two tensors whose byte ranges overlap are refused, as
+ * the format and Hugging Face's library refuse them (allowing them let a small file alias one
+ * misaligned range thousands of times, each alias costing an aligned copy). One hazard remains that no user-space
  * check can exclude: another process truncating a file while it is mapped makes later reads fault
  * (SIGBUS), as with every mmap-based loader. */
 #include "runtime/safetensors.h"
@@ -50,6 +50,7 @@ typedef struct shard {
 typedef struct entry {
     char *name;               /* owned */
     size_t shard;             /* index into shards */
+    uint64_t begin, end;      /* byte range in the shard's data section */
     moira_tensor_t view;      /* what find hands out; data borrowed from the mapping or `copy` */
     void *copy;               /* owned aligned copy when the mapped data is misaligned */
     moira_tensor_t scale_f32; /* owned F32 copy of this tensor when it is a BF16 block scale */
@@ -714,21 +715,13 @@ static moira_status_t parse_entry(moira_safetensors_t *f, json_t *j, size_t shar
         goto fail;
     }
 
-    entry_t e = {.name = name, .shard = shard_index};
-    void *ptr = (void *)(data + offsets[0]);
-    size_t elem = moira_dtype_size(dtype);
-    if (nbytes > 0 && (uintptr_t)ptr % elem != 0) {
-        /* safetensors has no alignment rule; reading a float through a misaligned pointer is UB */
-        size_t rounded = ((size_t)nbytes + 63) / 64 * 64;
-        e.copy = aligned_alloc(64, rounded);
-        if (!e.copy) {
-            status = out_of_memory(path);
-            goto fail;
-        }
-        memcpy(e.copy, ptr, (size_t)nbytes);
-        ptr = e.copy;
-    }
-    e.view = moira_tensor_view(dtype, rank, shape, ptr);
+    /* A misaligned tensor is copied later (align_entries), once the ranges are known not to
+     * overlap: aliasing ranges could otherwise multiply one range's copy thousands of times. */
+    entry_t e = {.name = name,
+                 .shard = shard_index,
+                 .begin = (uint64_t)offsets[0],
+                 .end = (uint64_t)offsets[1]};
+    e.view = moira_tensor_view(dtype, rank, shape, (void *)(data + offsets[0]));
     status = push_entry(f, &e);
     if (status) {
         free(e.copy);
@@ -740,6 +733,60 @@ fail:
     free(dtype_name);
     free(name);
     return status;
+}
+
+/* Orders entry indices by the start of their byte range. */
+static const entry_t *sort_entries_base;
+static int by_begin(const void *a, const void *b) {
+    const entry_t *x = &sort_entries_base[*(const size_t *)a];
+    const entry_t *y = &sort_entries_base[*(const size_t *)b];
+    return x->begin < y->begin ? -1 : x->begin > y->begin;
+}
+
+/* The safetensors format gives every tensor its own bytes; two tensors sharing bytes are refused
+ * (as Hugging Face's library refuses them), which also bounds the aligned copies below by the
+ * file's size. Checks the entries [first, f->count) of one shard. */
+static moira_status_t refuse_overlaps(moira_safetensors_t *f, size_t first, const char *path) {
+    size_t n = f->count - first;
+    if (n < 2) return MOIRA_OK_STATUS;
+    size_t *order = malloc(n * sizeof(*order));
+    if (!order) return out_of_memory(path);
+    for (size_t i = 0; i < n; i++) order[i] = first + i;
+    sort_entries_base = f->entries; /* qsort has no context argument; loading is single-threaded */
+    qsort(order, n, sizeof(*order), by_begin);
+    moira_status_t status = MOIRA_OK_STATUS;
+    const entry_t *previous = NULL;
+    for (size_t i = 0; i < n && !status; i++) {
+        const entry_t *e = &f->entries[order[i]];
+        if (e->end == e->begin) continue; /* an empty tensor holds no bytes */
+        /* A name given twice is reported as such by the duplicate check. */
+        if (previous && e->begin < previous->end && strcmp(e->name, previous->name) != 0)
+            status = tensor_error(MOIRA_CODE_INVALID_INPUT, path, e->name,
+                                  "data_offsets [%llu, %llu] overlap those of tensor \"%s\" "
+                                  "[%llu, %llu]; tensors may not share bytes",
+                                  (unsigned long long)e->begin, (unsigned long long)e->end,
+                                  previous->name, (unsigned long long)previous->begin,
+                                  (unsigned long long)previous->end);
+        if (!previous || e->end > previous->end) previous = e;
+    }
+    free(order);
+    return status;
+}
+
+/* safetensors has no alignment rule, and reading a float through a misaligned pointer is UB:
+ * such tensors get an aligned copy. */
+static moira_status_t align_entries(moira_safetensors_t *f, size_t first, const char *path) {
+    for (size_t i = first; i < f->count; i++) {
+        entry_t *e = &f->entries[i];
+        size_t nbytes = (size_t)(e->end - e->begin);
+        if (nbytes == 0 || (uintptr_t)e->view.data % moira_dtype_size(e->view.dtype) == 0)
+            continue;
+        e->copy = aligned_alloc(64, (nbytes + 63) / 64 * 64);
+        if (!e->copy) return out_of_memory(path);
+        memcpy(e->copy, e->view.data, nbytes);
+        e->view.data = e->copy;
+    }
+    return MOIRA_OK_STATUS;
 }
 
 /* Walks the header object: "__metadata__" once, every other key a tensor. */
@@ -817,8 +864,11 @@ static moira_status_t parse_shard_bytes(moira_safetensors_t *f) {
         return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
                                "header length %llu exceeds the limit of %u bytes",
                                (unsigned long long)header_len, MOIRA_SAFETENSORS_MAX_HEADER);
-    return parse_header(f, index, (const char *)bytes + 8, (size_t)header_len,
-                        bytes + 8 + header_len, size - 8 - header_len);
+    size_t first = f->count;
+    MOIRA_RETURN_IF_ERROR(parse_header(f, index, (const char *)bytes + 8, (size_t)header_len,
+                                       bytes + 8 + header_len, size - 8 - header_len));
+    MOIRA_RETURN_IF_ERROR(refuse_overlaps(f, first, path));
+    return align_entries(f, first, path);
 }
 
 /* Maps one .safetensors file and adds its tensors. */

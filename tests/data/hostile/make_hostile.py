@@ -75,3 +75,9 @@ os.makedirs(os.path.join(HERE, "ckpt-missing-shard"), exist_ok=True)
 with open(os.path.join(HERE, "ckpt-missing-shard", "model.safetensors.index.json"), "w") as f:
     json.dump({"weight_map": {"mlp.gate.weight": "model-00001-of-00009.safetensors"}}, f, indent=2)
     f.write("\n")
+# 200 tensors aliasing one misaligned range (the format gives each tensor its own bytes; aliasing
+# made Moira copy the range once per alias: 40000 aliases of 1 MiB got the process OOM-killed).
+aliases = {"hidden_states": {"dtype": "F32", "shape": [2, 64], "data_offsets": [0, 512]}}
+for i in range(200):
+    aliases["alias_%03d" % i] = {"dtype": "F32", "shape": [2, 64], "data_offsets": [1, 513]}
+write("st-aliased-tensors.safetensors", header_bytes(aliases) + bytes(520))
