@@ -10,6 +10,7 @@
 #include "ops/device_layer.h"
 #include "runtime/backend.h"
 #include "runtime/cli/cli.h"
+#include "runtime/distinct_paths.h"
 #include "runtime/log.h"
 #include "runtime/safetensors.h"
 
@@ -329,5 +330,10 @@ int moira_cli_op(int argc, char **argv) {
     op_args_t args;
     int rc = parse_op_args(argc, argv, &args);
     if (rc) return rc < 0 ? 0 : rc;
-    return moira_status_report(run_op(&args));
+    const moira_path_use_t uses[] = {{"-o", args.output, true},
+                                     {"--model", args.model, false},
+                                     {"--inputs", args.inputs, false},
+                                     {"--weights", args.weights, false}};
+    moira_status_t status = moira_check_distinct_paths(uses, 4);
+    return moira_status_report(status ? status : run_op(&args));
 }

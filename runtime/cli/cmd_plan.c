@@ -7,8 +7,10 @@
 #include "placement/plan.h"
 #include "placement/profile.h"
 #include "placement/topology.h"
+#include "runtime/atomic_file.h"
 #include "runtime/backend.h"
 #include "runtime/cli/cli.h"
+#include "runtime/distinct_paths.h"
 
 /* Tokens in the batch a synthetic profile describes when --tokens is not given. */
 #define DEFAULT_SYNTHETIC_TOKENS 4096
@@ -179,8 +181,8 @@ static void print_summary(FILE *out, const moira_plan_t *plan, const moira_topol
 }
 
 /* The plan file (-o, not with --check) and its picture (--svg) are written together: both
- * temporaries are filled before either is renamed into place, so a failure in either (a missing
- * folder, a full disk) leaves neither output behind. */
+ * temporaries are filled before either is renamed into place, and a failed second rename puts
+ * the first back, so a failure in either (a missing folder, a full disk) leaves neither new. */
 static moira_status_t write_outputs(const plan_args_t *a, const moira_plan_t *plan,
                                     const moira_topology_t *topology,
                                     const moira_model_config_t *model) {
@@ -195,8 +197,8 @@ static moira_status_t write_outputs(const plan_args_t *a, const moira_plan_t *pl
         status = moira_plan_write_stream(plan, topology, plan_file.stream, a->json);
     if (!status && a->svg)
         status = moira_plan_write_svg_stream(plan, topology, model, svg_file.stream);
-    if (!status && plan_path) status = moira_atomic_commit(&plan_file);
-    if (!status && a->svg) status = moira_atomic_commit(&svg_file);
+    moira_atomic_file_t files[2] = {plan_file, svg_file};
+    if (!status) return moira_atomic_commit_all(files, 2);
     moira_atomic_abort(&plan_file);
     moira_atomic_abort(&svg_file);
     return status;
@@ -257,6 +259,13 @@ int moira_cli_plan(int argc, char **argv) {
     plan_args_t args;
     int code = parse_args(argc, argv, &args);
     if (code) return code < 0 ? 0 : code;
-    moira_status_t status = run_plan(&args);
+    const moira_path_use_t uses[] = {{"-o", args.output, true},
+                                     {"--svg", args.svg, true},
+                                     {"--topology", args.topology_path, false},
+                                     {"--model", args.model_path, false},
+                                     {"--profile", args.profile_path, false},
+                                     {"--check", args.check, false}};
+    moira_status_t status = moira_check_distinct_paths(uses, 6);
+    if (!status) status = run_plan(&args);
     return status ? moira_status_report(status) : 0;
 }

@@ -11,6 +11,7 @@
 #include "runtime/cli/cli.h"
 #include "runtime/cli/run.h"
 #include "runtime/clock.h"
+#include "runtime/distinct_paths.h"
 
 static const char run_help[] =
     "usage: moira run [--topology FILE] [--model FILE] [--plan FILE] [--weights PATH]\n"
@@ -130,8 +131,9 @@ static void judge(const run_model_t *m, const run_placement_t *p, const moira_ex
 }
 
 /* What the run leaves behind on request: the output tensor and the observed load profile,
- * written together or not at all (both temporaries are written before either is renamed), so a
- * failure never leaves one without the other. */
+ * written together or not at all (both temporaries are written before either is renamed, and a
+ * failed second rename puts the first back), so a failure never leaves one without the other.
+ * Only a run that agreed with the reference writes them (run_model). */
 static moira_status_t write_outputs(const run_args_t *a, run_model_t *m,
                                     const moira_executor_t *executor) {
     moira_atomic_file_t output_file, profile_file;
@@ -150,8 +152,11 @@ static moira_status_t write_outputs(const run_args_t *a, run_model_t *m,
     if (!status && a->record_profile)
         status = moira_profile_write_stream(&profile, m->config.name, a->record_profile,
                                             profile_file.stream);
-    if (!status && a->output) status = moira_atomic_commit(&output_file);
-    if (!status && a->record_profile) status = moira_atomic_commit(&profile_file);
+    moira_atomic_file_t files[2] = {output_file, profile_file};
+    if (!status) {
+        moira_profile_free(&profile);
+        return moira_atomic_commit_all(files, 2);
+    }
     moira_atomic_abort(&output_file);
     moira_atomic_abort(&profile_file);
     moira_profile_free(&profile);
@@ -202,10 +207,19 @@ static moira_status_t run_model(const run_args_t *a, int *out_exit) {
     if (!status) status = run_forwards(a, &m, ex);
     if (!status) status = run_model_reference(&m);
     if (!status) status = run_model_layer_check(&m, &result.layer_nmse, &result.worst_layer);
-    if (!status) status = write_outputs(a, &m, ex);
     if (!status) {
         result.stats = moira_executor_stats(ex);
         judge(&m, &p, result.stats, &result);
+    }
+    /* A run that disagreed with the reference exits 1 and writes nothing: its output is wrong,
+     * and a profile beside no output would break "both or neither". */
+    if (!status && result.agreed) status = write_outputs(a, &m, ex);
+    if (!status && !result.agreed && (a->output || a->record_profile))
+        fprintf(stderr, "moira run: the check failed, so %s not written\n",
+                !a->record_profile ? "-o was"
+                : a->output        ? "-o and --record-profile were"
+                                   : "--record-profile was");
+    if (!status) {
         if (a->json)
             status = run_report_json(&result);
         else
@@ -223,8 +237,14 @@ int moira_cli_run(int argc, char **argv) {
     run_args_t args;
     int rc = parse_run_args(argc, argv, &args);
     if (rc) return rc < 0 ? 0 : rc;
+    const moira_path_use_t uses[] = {
+        {"-o", args.output, true},           {"--record-profile", args.record_profile, true},
+        {"--model", args.model, false},      {"--plan", args.plan, false},
+        {"--weights", args.weights, false},  {"--inputs", args.inputs, false},
+        {"--topology", args.topology, false}};
     int exit_code = 0;
-    moira_status_t status = run_model(&args, &exit_code);
+    moira_status_t status = moira_check_distinct_paths(uses, 7);
+    if (!status) status = run_model(&args, &exit_code);
     if (status) return moira_status_report(status);
     return exit_code;
 }

@@ -1,15 +1,21 @@
 /* Outputs are written whole or not at all (runtime/atomic_file.h): a committed file has its
  * contents and an ordinary mode, and every failure (a missing folder, a path through a file, a
- * write error, a writer's own error, an abort) leaves the old file as it was and no temporary. */
+ * write error, a writer's own error, an abort) leaves the old file as it was and no temporary.
+ * Outputs committed together are both new or both old, even when the second rename fails; a
+ * symbolic link stays a link, a FIFO or device is written in place and never replaced, a folder is
+ * refused, and SIGTERM during a write leaves no temporary. */
 #include "runtime/atomic_file.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "tests/unit/testing.h"
@@ -146,12 +152,146 @@ static void test_write_file_atomically(void) {
     CHECK_CODE(moira_atomic_open("", &file), MOIRA_CODE_INVALID_ARGUMENT);
 }
 
+/* Two outputs together: when the second rename fails (here a folder appeared at its name after
+ * the open) the first is put back: the old file where there was one, nothing where there was
+ * none. */
+static void test_commit_all_puts_back(void) {
+    char first[128], second[128], inside[160];
+    in_dir(first, sizeof(first), "first.txt");
+    in_dir(second, sizeof(second), "second.txt");
+    moira_atomic_file_t files[2];
+    CHECK_OK(moira_atomic_open(first, &files[0]));
+    write_text(&files[0], "old");
+    CHECK_OK(moira_atomic_commit(&files[0]));
+    for (int existed = 1; existed >= 0; existed--) {
+        if (!existed) CHECK(unlink(first) == 0);
+        CHECK_OK(moira_atomic_open(first, &files[0]));
+        CHECK_OK(moira_atomic_open(second, &files[1]));
+        write_text(&files[0], "new");
+        write_text(&files[1], "new");
+        CHECK(mkdir(second, 0777) == 0);
+        snprintf(inside, sizeof(inside), "%s/x", second);
+        FILE *f = fopen(inside, "w");
+        CHECK(f && fclose(f) == 0);
+        moira_status_t status = moira_atomic_commit_all(files, 2);
+        CHECK(moira_status_code(status) == MOIRA_CODE_IO);
+        CHECK(strstr(moira_status_message(status), "second.txt") != NULL);
+        printf("  %s\n", moira_status_message(status));
+        moira_status_free(status);
+        if (existed)
+            CHECK(!strcmp(contents(first), "old"));
+        else
+            CHECK(access(first, F_OK) != 0);
+        CHECK(unlink(inside) == 0 && rmdir(second) == 0);
+        CHECK(temporaries() == 0);
+    }
+    /* Both renames succeed: both new; a zeroed entry (an output not asked for) is skipped. */
+    moira_atomic_file_t three[3];
+    memset(three, 0, sizeof(three));
+    CHECK_OK(moira_atomic_open(first, &three[0]));
+    CHECK_OK(moira_atomic_open(second, &three[2]));
+    write_text(&three[0], "one");
+    write_text(&three[2], "two");
+    CHECK_OK(moira_atomic_commit_all(three, 3));
+    CHECK(!strcmp(contents(first), "one"));
+    CHECK(!strcmp(contents(second), "two"));
+    CHECK(temporaries() == 0);
+}
+
+/* Through a chain of links (the last one dangling) the file at the end is created and the links
+ * stay links; a folder is refused; a FIFO nobody reads is refused at once, and one with a reader
+ * gets the bytes and stays a FIFO; a character device (made here, as root) stays one. */
+static void test_special_targets(void) {
+    char link1[128], link2[128], target[128], fifo[128], node[128], sub[128];
+    in_dir(link1, sizeof(link1), "link1");
+    in_dir(link2, sizeof(link2), "link2");
+    in_dir(target, sizeof(target), "sub/target.txt");
+    in_dir(sub, sizeof(sub), "sub");
+    CHECK(mkdir(sub, 0777) == 0);
+    CHECK(symlink("sub/target.txt", link2) == 0);
+    CHECK(symlink("link2", link1) == 0);
+    moira_atomic_file_t file;
+    CHECK_OK(moira_atomic_open(link1, &file));
+    write_text(&file, "through links");
+    CHECK_OK(moira_atomic_commit(&file));
+    struct stat st;
+    CHECK(lstat(link1, &st) == 0 && S_ISLNK(st.st_mode));
+    CHECK(lstat(link2, &st) == 0 && S_ISLNK(st.st_mode));
+    CHECK(!strcmp(contents(target), "through links"));
+    CHECK_OK(moira_atomic_open(link1, &file)); /* and replaced through them */
+    write_text(&file, "again");
+    CHECK_OK(moira_atomic_commit(&file));
+    CHECK(lstat(link1, &st) == 0 && S_ISLNK(st.st_mode));
+    CHECK(!strcmp(contents(target), "again"));
+
+    moira_status_t status = moira_atomic_open(sub, &file);
+    CHECK(moira_status_code(status) == MOIRA_CODE_INVALID_ARGUMENT);
+    CHECK(strstr(moira_status_message(status), "is a folder") != NULL);
+    moira_status_free(status);
+
+    in_dir(fifo, sizeof(fifo), "fifo");
+    CHECK(mkfifo(fifo, 0666) == 0);
+    status = moira_atomic_open(fifo, &file);
+    CHECK(moira_status_code(status) == MOIRA_CODE_IO);
+    CHECK(strstr(moira_status_message(status), "nobody reading") != NULL);
+    moira_status_free(status);
+    int reader = open(fifo, O_RDONLY | O_NONBLOCK);
+    CHECK(reader >= 0);
+    CHECK_OK(moira_atomic_open(fifo, &file));
+    CHECK(file.temp == NULL);
+    write_text(&file, "piped");
+    CHECK_OK(moira_atomic_commit(&file));
+    char got[16] = "";
+    CHECK(read(reader, got, sizeof(got) - 1) == 5 && !strcmp(got, "piped"));
+    close(reader);
+    CHECK(lstat(fifo, &st) == 0 && S_ISFIFO(st.st_mode));
+
+    in_dir(node, sizeof(node), "null");
+    if (mknod(node, S_IFCHR | 0666, makedev(1, 3)) == 0) {
+        CHECK_OK(moira_atomic_open(node, &file));
+        write_text(&file, "discarded");
+        CHECK_OK(moira_atomic_commit(&file));
+        CHECK(lstat(node, &st) == 0 && S_ISCHR(st.st_mode));
+    } else {
+        printf("  (not root: no character device to write to)\n");
+    }
+    CHECK(temporaries() == 0);
+}
+
+/* SIGTERM while an output is being written: the child dies of the signal as before, and its
+ * temporary is gone. */
+static void test_signal_removes_temporary(void) {
+    char path[128];
+    in_dir(path, sizeof(path), "killed.txt");
+    fflush(stdout);
+    pid_t child = fork();
+    CHECK(child >= 0);
+    if (child == 0) {
+        moira_atomic_file_t file;
+        if (moira_atomic_open(path, &file)) _exit(3);
+        fputs("half a file", file.stream);
+        fflush(file.stream);
+        if (temporaries() != 1) _exit(4);
+        raise(SIGTERM);
+        _exit(5); /* not reached */
+    }
+    int status = 0;
+    CHECK(waitpid(child, &status, 0) == child);
+    CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM);
+    if (!WIFSIGNALED(status)) printf("  child exited %d\n", WEXITSTATUS(status));
+    CHECK(access(path, F_OK) != 0);
+    CHECK(temporaries() == 0);
+}
+
 int main(void) {
     snprintf(dir, sizeof(dir), "/tmp/moira-atomic-XXXXXX");
     if (!mkdtemp(dir)) return 1;
     test_commit();
     test_abort_and_failures();
     test_write_file_atomically();
+    test_commit_all_puts_back();
+    test_special_targets();
+    test_signal_removes_temporary();
     char command[128];
     snprintf(command, sizeof(command), "rm -rf '%s'", dir);
     CHECK(system(command) == 0);
