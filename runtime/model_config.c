@@ -1,6 +1,7 @@
 #include "runtime/model_config.h"
 
 #include <errno.h>
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -325,7 +326,9 @@ static moira_status_t parse_double(parse_ctx_t *ctx, const char *key, const yaml
         errno = 0;
         value = strtod(v, &end);
     }
-    if (!v || !*v || *end != '\0' || !isfinite(value) || errno == ERANGE)
+    /* ERANGE with a finite result is an underflow (1e-320 is a subnormal, 1e-400 rounds to 0):
+     * a number all the same, which the validator judges; only overflow is not a number. */
+    if (!v || !*v || *end != '\0' || !isfinite(value))
         return FAIL_AT(ctx, node->start_mark, "%s: expected a finite number, got %s", key,
                        describe(node, buf, sizeof(buf)));
     *out = value;
@@ -1109,13 +1112,19 @@ moira_status_t moira_model_config_validate(const moira_model_config_t *c, const 
                        "with sigmoid scoring and groups, each group needs at least 2 experts (a "
                        "group's score is the sum of its 2 best), got %lld per group",
                        (long long)per_group);
-    if (!(c->routed_scaling_factor > 0) || !isfinite(c->routed_scaling_factor))
+    /* Devices take these as f32: a value past FLT_MAX would become infinity there. */
+    if (!(c->routed_scaling_factor > 0) || !(c->routed_scaling_factor <= FLT_MAX))
         return INVALID(SLOT_routed_scaling_factor, SLOT_top,
-                       "routed_scaling_factor must be a positive number, got %g",
-                       c->routed_scaling_factor);
-    if (!(c->capacity_factor >= 0) || !isfinite(c->capacity_factor))
+                       "routed_scaling_factor must be a positive number at most %g (an f32), got "
+                       "%g",
+                       (double)FLT_MAX, c->routed_scaling_factor);
+    if (!(c->capacity_factor >= 0))
         return INVALID(SLOT_capacity_factor, SLOT_top,
                        "capacity_factor must be 0 (unlimited) or positive, got %g",
+                       c->capacity_factor);
+    if (!(c->capacity_factor <= FLT_MAX))
+        return INVALID(SLOT_capacity_factor, SLOT_top,
+                       "capacity_factor must be at most %g (an f32), got %g", (double)FLT_MAX,
                        c->capacity_factor);
 
     /* Attention and normalisation. */
@@ -1134,11 +1143,13 @@ moira_status_t moira_model_config_validate(const moira_model_config_t *c, const 
                            "num_key_value_heads (%lld)",
                            (long long)c->num_attention_heads, (long long)c->num_key_value_heads);
     }
-    if (!(c->rms_norm_eps > 0) || !isfinite(c->rms_norm_eps))
-        return INVALID(SLOT_rms_norm_eps, SLOT_top, "rms_norm_eps must be positive, got %g",
-                       c->rms_norm_eps);
-    if (!(c->rope_theta > 0) || !isfinite(c->rope_theta))
-        return INVALID(SLOT_rope_theta, SLOT_top, "rope_theta must be positive, got %g",
+    if (!(c->rms_norm_eps > 0) || !(c->rms_norm_eps <= FLT_MAX))
+        return INVALID(SLOT_rms_norm_eps, SLOT_top,
+                       "rms_norm_eps must be positive and at most %g (an f32), got %g",
+                       (double)FLT_MAX, c->rms_norm_eps);
+    /* RoPE's frequencies are theta^(-2i/d): theta 1 or less makes every position look alike. */
+    if (!(c->rope_theta > 1) || !isfinite(c->rope_theta))
+        return INVALID(SLOT_rope_theta, SLOT_top, "rope_theta must be above 1, got %g",
                        c->rope_theta);
 
     const moira_rope_scaling_t *r = &c->rope_scaling;

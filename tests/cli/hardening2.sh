@@ -3,6 +3,7 @@
 # refusals are in tests/data/hostile/MANIFEST): each failed on the main before the fix.
 # - a config.json re-saved by transformers, with rope_scaling under both `type` and `rope_type`,
 #   loads (it was refused as a duplicate key; two spellings that disagree are still refused);
+# - rms_norm_eps 1e-320, a subnormal number, loads (it was refused as not finite);
 # - `moira check` with an empty --backends or --ops list is a usage error, not a pass;
 # - the plan picture escapes names in <title> elements (a&b<c> made invalid XML);
 # - a FIFO where an input file is expected (--inputs, --weights, a checkpoint index, a model
@@ -14,6 +15,9 @@ hardening="$data/hardening"
 
 expect 0 "config with rope_scaling type and rope_type agreeing" -- \
     "$moira" plan --model "$hardening/config-rope-type-both.json"
+
+expect 0 "rms_norm_eps 1e-320 (a subnormal) loads" -- \
+    "$moira" plan --model "$hardening/config-eps-subnormal.yaml"
 
 expect 2 "check --backends ''" -- "$moira" check --backends ''
 expect_stderr "must name at least one device" "check --backends ''"
