@@ -601,13 +601,13 @@ static void test_write_failures(void) {
     }
     signal(SIGXFSZ, old_handler);
 
-    /* A directory in the way of the rename. */
+    /* A directory where the output should go: refused before anything is written (bad usage). */
     char blocked[160];
     snprintf(blocked, sizeof(blocked), "%s/blocked.safetensors", g_dir);
     CHECK(mkdir(blocked, 0755) == 0);
     snprintf(nodir, sizeof(nodir), "%s/blocked.safetensors/keep", g_dir);
     write_bytes(nodir, "x", 1);
-    CHECK_CODE(moira_safetensors_write(blocked, one, 1), MOIRA_CODE_IO);
+    CHECK_CODE(moira_safetensors_write(blocked, one, 1), MOIRA_CODE_INVALID_ARGUMENT);
     CHECK(unlink(nodir) == 0);
     CHECK(rmdir(blocked) == 0);
 
