@@ -288,13 +288,17 @@ bool moira_op_operand_is_output(int op, int operand) {
 
 /* capacity_factor arrives as a float, so a configured 1.1 is really 1.10000002: a product that
  * lands within float rounding above an integer means that integer, not the next one up. */
-int32_t moira_gate_capacity(const moira_gate_params_t *params, int64_t tokens) {
-    if (params->capacity_factor <= 0 || params->n_experts <= 0) return INT32_MAX;
-    double wanted = (double)params->capacity_factor * (double)tokens * (double)params->top_k /
-                    (double)params->n_experts;
+int32_t moira_capacity_limit(float capacity_factor, int64_t tokens, int64_t top_k,
+                             int64_t n_experts) {
+    if (capacity_factor <= 0 || n_experts <= 0) return INT32_MAX;
+    double wanted = (double)capacity_factor * (double)tokens * (double)top_k / (double)n_experts;
     double capacity = ceil(wanted - wanted * FLT_EPSILON);
     if (!(capacity < (double)INT32_MAX)) return INT32_MAX;
     return capacity < 0 ? 0 : (int32_t)capacity;
+}
+
+int32_t moira_gate_capacity(const moira_gate_params_t *params, int64_t tokens) {
+    return moira_capacity_limit(params->capacity_factor, tokens, params->top_k, params->n_experts);
 }
 
 /* ---- Shape expressions ---- */

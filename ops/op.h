@@ -136,7 +136,12 @@ typedef struct moira_mla_params {
     float scale;       /* softmax scale, YaRN's mscale^2 included */
 } moira_mla_params_t;
 
-/* Capacity per expert for `tokens` tokens: ceil(c * T * k / E), or INT32_MAX when c == 0. */
+/* Capacity per expert for `tokens` tokens: ceil(c * T * k / E), or INT32_MAX when c == 0. The one
+ * definition every backend and the fp64 reference use, with c as the devices see it (an f32). */
+int32_t moira_capacity_limit(float capacity_factor, int64_t tokens, int64_t top_k,
+                             int64_t n_experts);
+
+/* moira_capacity_limit with a gate's parameters. */
 int32_t moira_gate_capacity(const moira_gate_params_t *params, int64_t tokens);
 
 /* Submits op `op` with `params` (copied) over `n` operands (copied) to `queue`: the short form

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ops/op.h"
 #include "ops/rope.h"
 
 /* Runs `expr` and jumps to the function's cleanup label on error, so every temporary is released
@@ -342,11 +343,13 @@ moira_status_t moira_ref_gate(const moira_model_config_t *config, const moira_te
     }
 
     /* Capacity: first come first served in token order, then in selection order within a token.
-     * Dropped assignments keep their place with index -1 and weight 0. */
-    if (config->capacity_factor > 0) {
-        double cap = ceil(config->capacity_factor * (double)tokens * (double)k / (double)e_count);
+     * Dropped assignments keep their place with index -1 and weight 0. The limit is the devices'
+     * own (moira_capacity_limit, from the f32 factor they are given): a double here made valid
+     * factors such as 1.00000005 disagree by one. */
+    int32_t cap = moira_capacity_limit((float)config->capacity_factor, tokens, k, e_count);
+    if (cap != INT32_MAX) {
         for (int64_t a = 0; a < tokens * k; a++) {
-            if ((double)counts[idx[a]] >= cap) {
+            if (counts[idx[a]] >= cap) {
                 idx[a] = -1;
                 weight[a] = 0.0f;
             } else {

@@ -1122,6 +1122,11 @@ moira_status_t moira_model_config_validate(const moira_model_config_t *c, const 
         return INVALID(SLOT_capacity_factor, SLOT_top,
                        "capacity_factor must be 0 (unlimited) or positive, got %g",
                        c->capacity_factor);
+    if (c->capacity_factor > 0 && (float)c->capacity_factor == 0)
+        return INVALID(SLOT_capacity_factor, SLOT_top,
+                       "capacity_factor %g is 0 as an f32, which would mean unlimited; give 0 "
+                       "for unlimited or at least %g",
+                       c->capacity_factor, (double)FLT_TRUE_MIN);
     if (!(c->capacity_factor <= FLT_MAX))
         return INVALID(SLOT_capacity_factor, SLOT_top,
                        "capacity_factor must be at most %g (an f32), got %g", (double)FLT_MAX,

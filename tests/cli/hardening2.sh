@@ -4,6 +4,8 @@
 # - a config.json re-saved by transformers, with rope_scaling under both `type` and `rope_type`,
 #   loads (it was refused as a duplicate key; two spellings that disagree are still refused);
 # - rms_norm_eps 1e-320, a subnormal number, loads (it was refused as not finite);
+# - the gate's capacity limit is one function for devices and reference (a run disagreed with
+#   itself at capacity_factor 1.00000005);
 # - `moira check` with an empty --backends or --ops list is a usage error, not a pass;
 # - the plan picture escapes names in <title> elements (a&b<c> made invalid XML);
 # - a FIFO where an input file is expected (--inputs, --weights, a checkpoint index, a model
@@ -18,6 +20,11 @@ expect 0 "config with rope_scaling type and rope_type agreeing" -- \
 
 expect 0 "rms_norm_eps 1e-320 (a subnormal) loads" -- \
     "$moira" plan --model "$hardening/config-eps-subnormal.yaml"
+
+# capacity_factor 1.00000005 at T*k/E = 1: the reference held a double capacity (2), the devices an
+# f32 one (1), and the run reported its own cpu device DISAGREED.
+expect 0 "run with capacity_factor 1.00000005 at T*k/E = 1 agrees" -- "$moira" run \
+    --model "$hardening/config-capacity-near-one.yaml" --backend cpu:0 --tokens 8
 
 expect 2 "check --backends ''" -- "$moira" check --backends ''
 expect_stderr "must name at least one device" "check --backends ''"
