@@ -85,6 +85,11 @@ typedef struct moira_linear_params {
 
 #define MOIRA_ROPE_MAX_PAIRS 64
 
+/* The largest token position every backend computes exactly: devices form RoPE angles and causal
+ * masks in f32, whose integers are exact up to 2^24. Beyond it backends would silently disagree
+ * (NMSE 0.08-0.5 at 1e8), so inputs are refused there. */
+#define MOIRA_MAX_POSITION ((1 << 24) - 1)
+
 typedef struct moira_rope_params {
     int32_t n_heads;
     int32_t head_stride; /* elements between heads within a row */

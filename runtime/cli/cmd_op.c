@@ -174,10 +174,11 @@ static moira_status_t load_activations(op_session_t *s, const char *path,
         for (int64_t t = 0; t < s->tokens; t++) {
             int64_t p = given->dtype == MOIRA_DTYPE_I32 ? ((const int32_t *)given->data)[t]
                                                         : ((const int64_t *)given->data)[t];
-            if (p < 0 || p > INT32_MAX)
+            if (p < 0 || p > MOIRA_MAX_POSITION)
                 return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
-                                       "positions[%lld] = %lld is out of range", (long long)t,
-                                       (long long)p);
+                                       "positions[%lld] = %lld is out of range [0, %d], the "
+                                       "positions every backend computes exactly (f32 angles)",
+                                       (long long)t, (long long)p, MOIRA_MAX_POSITION);
             pos[t] = (int32_t)p;
         }
     }

@@ -81,3 +81,7 @@ aliases = {"hidden_states": {"dtype": "F32", "shape": [2, 64], "data_offsets": [
 for i in range(200):
     aliases["alias_%03d" % i] = {"dtype": "F32", "shape": [2, 64], "data_offsets": [1, 513]}
 write("st-aliased-tensors.safetensors", header_bytes(aliases) + bytes(520))
+# A position past 2^24: devices form RoPE angles in f32 and would silently disagree with cpu.
+far = header_bytes({"hidden_states": {"dtype": "F32", "shape": [2, 64], "data_offsets": [0, 512]},
+                    "positions": {"dtype": "I32", "shape": [2], "data_offsets": [512, 520]}})
+write("st-position-too-far.safetensors", far + bytes(512) + struct.pack("<ii", 0, 100000000))
