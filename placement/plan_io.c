@@ -427,9 +427,10 @@ static moira_status_t load_plan(load_ctx_t *ctx) {
     if ((v = moira_yaml_get(doc, root, "devices"))) MOIRA_RETURN_IF_ERROR(load_device_list(ctx, v));
     MOIRA_RETURN_IF_ERROR(moira_yaml_require(doc, root, "layers", "a plan", &layers));
     MOIRA_RETURN_IF_ERROR(moira_yaml_expect_sequence(doc, layers, "layers"));
+    /* No layers is the plan of a model without MoE layers; checking the plan against its model
+     * (every MoE layer planned once) refuses it for any other model. */
     int n = moira_yaml_length(layers);
-    if (n == 0) return moira_yaml_fail(doc, layers, "a plan needs at least one layer");
-    plan->layers = calloc((size_t)n, sizeof(moira_plan_layer_t));
+    plan->layers = calloc((size_t)(n > 0 ? n : 1), sizeof(moira_plan_layer_t));
     if (!plan->layers) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "plan: out of memory");
     for (int i = 0; i < n; i++)
         MOIRA_RETURN_IF_ERROR(load_layer(ctx, moira_yaml_item(doc, layers, i)));

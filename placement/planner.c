@@ -740,7 +740,8 @@ moira_status_t moira_plan_make(const moira_topology_t *topology, const moira_mod
     for (int t = 0; t < topology->n_targets; t++)
         slots_total += w.state.capacity[t];
     moira_status_t status = MOIRA_OK_STATUS;
-    if (slots_total < experts)
+    /* A model without MoE layers (all dense) has no expert to place: an empty plan. */
+    if (moe_layers > 0 && slots_total < experts)
         status = moira_status_make(
             MOIRA_CODE_OUT_OF_MEMORY,
             "model \"%s\" does not fit topology \"%s\": %lld experts per layer x %lld MoE layers "

@@ -4,6 +4,7 @@
 # - a config.json re-saved by transformers, with rope_scaling under both `type` and `rope_type`,
 #   loads (it was refused as a duplicate key; two spellings that disagree are still refused);
 # - rms_norm_eps 1e-320, a subnormal number, loads (it was refused as not finite);
+# - a model without MoE layers can be planned and run;
 # - the gate's capacity limit is one function for devices and reference (a run disagreed with
 #   itself at capacity_factor 1.00000005);
 # - `moira check` with an empty --backends or --ops list is a usage error, not a pass;
@@ -25,6 +26,16 @@ expect 0 "rms_norm_eps 1e-320 (a subnormal) loads" -- \
 # f32 one (1), and the run reported its own cpu device DISAGREED.
 expect 0 "run with capacity_factor 1.00000005 at T*k/E = 1 agrees" -- "$moira" run \
     --model "$hardening/config-capacity-near-one.yaml" --backend cpu:0 --tokens 8
+
+# A model whose every layer is dense: planned (no layers), checked, and run from its plan and on
+# one device. All three were refused.
+dense="$hardening/config-all-dense.yaml"
+expect 0 "plan an all-dense model" -- "$moira" plan --model "$dense" -o "$work/dense-plan.yaml"
+expect 0 "check its plan" -- "$moira" plan --model "$dense" --check "$work/dense-plan.yaml"
+expect 0 "run it from its plan" -- "$moira" run --model "$dense" --plan "$work/dense-plan.yaml"
+expect 0 "run it on cpu:0" -- "$moira" run --model "$dense" --backend cpu:0
+expect 2 "its plan does not fit a model with MoE layers" -- "$moira" run \
+    --plan "$work/dense-plan.yaml"
 
 expect 2 "check --backends ''" -- "$moira" check --backends ''
 expect_stderr "must name at least one device" "check --backends ''"
