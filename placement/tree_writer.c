@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/json_string.h"
+
 /* libyaml writes through a callback so that errors on the stream are seen. */
 static int write_to_stream(void *data, unsigned char *buffer, size_t size) {
     return fwrite(buffer, 1, size, (FILE *)data) == size;
@@ -148,16 +150,7 @@ static void scalar(moira_tree_writer_t *w, const char *text, bool is_string) {
             fputs(text, w->out);
             return;
         }
-        fputc('"', w->out);
-        for (const unsigned char *p = (const unsigned char *)text; *p; p++) {
-            if (*p == '"' || *p == '\\')
-                fprintf(w->out, "\\%c", *p);
-            else if (*p < 0x20)
-                fprintf(w->out, "\\u%04x", *p);
-            else
-                fputc(*p, w->out);
-        }
-        fputc('"', w->out);
+        moira_json_write_string(w->out, text);
         return;
     }
     yaml_scalar_style_t style = !is_string          ? YAML_PLAIN_SCALAR_STYLE

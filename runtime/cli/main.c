@@ -8,6 +8,7 @@
 
 #include "runtime/backend.h"
 #include "runtime/cli/cli.h"
+#include "runtime/json_string.h"
 
 typedef struct verb {
     const char *name;
@@ -62,16 +63,7 @@ bool moira_cli_parse_int(const char *verb, const char *option, const char *text,
 }
 
 void moira_cli_json_string(FILE *out, const char *text) {
-    fputc('"', out);
-    for (const unsigned char *p = (const unsigned char *)text; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            fprintf(out, "\\%c", *p);
-        else if (*p < 0x20)
-            fprintf(out, "\\u%04x", *p);
-        else
-            fputc(*p, out);
-    }
-    fputc('"', out);
+    moira_json_write_string(out, text);
 }
 
 /* Everything a command printed must have reached its destination: `moira plan > plan.yaml` on a

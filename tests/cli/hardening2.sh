@@ -5,6 +5,7 @@
 #   loads (it was refused as a duplicate key; two spellings that disagree are still refused);
 # - rms_norm_eps 1e-320, a subnormal number, loads (it was refused as not finite);
 # - a model without MoE layers can be planned and run;
+# - a --json plan whose names hold U+2028 reads back;
 # - the gate's capacity limit is one function for devices and reference (a run disagreed with
 #   itself at capacity_factor 1.00000005);
 # - `moira check` with an empty --backends or --ops list is a usage error, not a pass;
@@ -36,6 +37,14 @@ expect 0 "run it from its plan" -- "$moira" run --model "$dense" --plan "$work/d
 expect 0 "run it on cpu:0" -- "$moira" run --model "$dense" --backend cpu:0
 expect 2 "its plan does not fit a model with MoE layers" -- "$moira" run \
     --plan "$work/dense-plan.yaml"
+
+# A --json plan naming a device whose name holds U+2028 reads back (libyaml took the raw character
+# for a line break; JSON writers now escape it).
+u2028="$hardening/topology-u2028-name.yaml"
+expect 0 "plan --json with a U+2028 name" -- "$moira" plan --topology "$u2028" \
+    --model "$placement/eplb-model.yaml" --json -o "$work/u2028.json"
+expect 0 "that plan reads back" -- "$moira" plan --topology "$u2028" \
+    --model "$placement/eplb-model.yaml" --check "$work/u2028.json"
 
 expect 2 "check --backends ''" -- "$moira" check --backends ''
 expect_stderr "must name at least one device" "check --backends ''"
