@@ -56,8 +56,17 @@ typedef struct entry {
     moira_tensor_t scale_f32; /* owned F32 copy of this tensor when it is a BF16 block scale */
 } entry_t;
 
+/* A tensor of a dtype Moira does not compute with (F64, BOOL, U8, ...): checked like any other,
+ * then left out, so that a checkpoint carrying one unused still loads; asking for it says why. */
+typedef struct skipped {
+    char *name;  /* owned */
+    char *dtype; /* owned */
+} skipped_t;
+
 struct moira_safetensors {
     char *path;
+    skipped_t *skipped;
+    size_t skipped_count;
     shard_t *shards;
     size_t shard_count, shard_cap;
     entry_t *entries;
@@ -604,6 +613,20 @@ static moira_status_t parse_metadata(json_t *j) {
     }
 }
 
+/* Element sizes of the safetensors dtypes Moira does not compute with, so their tensors can be
+ * checked and skipped; 0 for a name that is no safetensors dtype at all. */
+static size_t other_dtype_size(const char *name) {
+    static const struct {
+        const char *name;
+        size_t size;
+    } others[] = {{"BOOL", 1}, {"U8", 1},  {"I8", 1},       {"I16", 2},       {"U16", 2},
+                  {"U32", 4},  {"U64", 8}, {"F64", 8},      {"F8_E5M2", 1},   {"F8_E8M0", 1},
+                  {"C64", 8}};
+    for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++)
+        if (!strcmp(name, others[i].name)) return others[i].size;
+    return 0;
+}
+
 /* One tensor's entry: checks its fields against each other and against the data section, then
  * records the view. Takes ownership of `name`. */
 static moira_status_t parse_entry(moira_safetensors_t *f, json_t *j, size_t shard_index, char *name,
@@ -667,8 +690,12 @@ static moira_status_t parse_entry(moira_safetensors_t *f, json_t *j, size_t shar
         status = tensor_error(MOIRA_CODE_INVALID_INPUT, path, name, "missing \"%s\"", missing);
         goto fail;
     }
-    moira_dtype_t dtype;
-    if (!moira_dtype_from_name(dtype_name, &dtype)) {
+    moira_dtype_t dtype = MOIRA_DTYPE_F32;
+    size_t element_size = 0;
+    bool readable = moira_dtype_from_name(dtype_name, &dtype);
+    if (readable) {
+        element_size = moira_dtype_size(dtype);
+    } else if ((element_size = other_dtype_size(dtype_name)) == 0) {
         char shown[SHOWN_NAME_MAX];
         status = tensor_error(MOIRA_CODE_UNSUPPORTED, path, name,
                               "dtype \"%s\" is not supported (Moira reads F32, F16, BF16, "
@@ -685,7 +712,7 @@ static moira_status_t parse_entry(moira_safetensors_t *f, json_t *j, size_t shar
             goto fail;
         }
     }
-    if (__builtin_mul_overflow(numel, (int64_t)moira_dtype_size(dtype), &nbytes)) {
+    if (__builtin_mul_overflow(numel, (int64_t)element_size, &nbytes)) {
         status = tensor_error(MOIRA_CODE_INVALID_INPUT, path, name,
                               "shape %s is too large: its size overflows 64 bits",
                               shape_str(rank, shape, shape_buf, sizeof(shape_buf)));
@@ -710,9 +737,19 @@ static moira_status_t parse_entry(moira_safetensors_t *f, json_t *j, size_t shar
             tensor_error(MOIRA_CODE_INVALID_INPUT, path, name,
                          "data_offsets [%lld, %lld] hold %lld bytes, but %s %s needs %lld",
                          (long long)offsets[0], (long long)offsets[1],
-                         (long long)(offsets[1] - offsets[0]), moira_dtype_name(dtype),
+                         (long long)(offsets[1] - offsets[0]), dtype_name,
                          shape_str(rank, shape, shape_buf, sizeof(shape_buf)), (long long)nbytes);
         goto fail;
+    }
+    if (!readable) {
+        skipped_t *grown = realloc(f->skipped, (f->skipped_count + 1) * sizeof(*grown));
+        if (!grown) {
+            status = out_of_memory(path);
+            goto fail;
+        }
+        f->skipped = grown;
+        f->skipped[f->skipped_count++] = (skipped_t){name, dtype_name};
+        return MOIRA_OK_STATUS;
     }
 
     /* A misaligned tensor is copied later (align_entries), once the ranges are known not to
@@ -1339,6 +1376,11 @@ void moira_safetensors_close(moira_safetensors_t *file) {
             munmap(file->shards[i].map, file->shards[i].map_size);
         free(file->shards[i].path);
     }
+    for (size_t i = 0; i < file->skipped_count; i++) {
+        free(file->skipped[i].name);
+        free(file->skipped[i].dtype);
+    }
+    free(file->skipped);
     free(file->entries);
     free(file->shards);
     free(file->table);
@@ -1370,6 +1412,14 @@ moira_status_t moira_safetensors_find(const moira_safetensors_t *file, const cha
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
                                  "safetensors_find: file, name and out_tensor are required");
     size_t e = lookup(file, name);
+    for (size_t i = 0; e == NO_ENTRY && i < file->skipped_count; i++)
+        if (!strcmp(file->skipped[i].name, name)) {
+            char shown[SHOWN_NAME_MAX];
+            return moira_status_at(MOIRA_CODE_UNSUPPORTED, file->path, 0, 0,
+                                   "tensor %s: dtype \"%s\" is not supported (Moira reads F32, "
+                                   "F16, BF16, F8_E4M3, I32 and I64)",
+                                   show_name(name, shown, sizeof(shown)), file->skipped[i].dtype);
+        }
     if (e == NO_ENTRY) {
         char shown[SHOWN_NAME_MAX];
         return moira_status_at(MOIRA_CODE_NOT_FOUND, file->path, 0, 0,

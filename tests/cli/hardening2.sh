@@ -6,6 +6,7 @@
 # - rms_norm_eps 1e-320, a subnormal number, loads (it was refused as not finite);
 # - a model without MoE layers can be planned and run;
 # - a --json plan whose names hold U+2028 reads back;
+# - a safetensors file with an unused F64 or BOOL tensor loads;
 # - the gate's capacity limit is one function for devices and reference (a run disagreed with
 #   itself at capacity_factor 1.00000005);
 # - `moira check` with an empty --backends or --ops list is a usage error, not a pass;
@@ -45,6 +46,12 @@ expect 0 "plan --json with a U+2028 name" -- "$moira" plan --topology "$u2028" \
     --model "$placement/eplb-model.yaml" --json -o "$work/u2028.json"
 expect 0 "that plan reads back" -- "$moira" plan --topology "$u2028" \
     --model "$placement/eplb-model.yaml" --check "$work/u2028.json"
+
+# Unused tensors of dtypes Moira does not compute with (F64, BOOL) no longer make a file
+# unreadable; the gate reads its own tensors from the same file.
+expect 0 "op gate with unused F64 and BOOL tensors beside the inputs" -- "$moira" op gate \
+    --model "$data/golden/gate_v3.json" --inputs "$hardening/inputs-with-unused-f64.safetensors" \
+    -o "$work/gate.safetensors"
 
 expect 2 "check --backends ''" -- "$moira" check --backends ''
 expect_stderr "must name at least one device" "check --backends ''"
