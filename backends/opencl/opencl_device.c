@@ -19,6 +19,7 @@
 #include "runtime/backend.h"
 #include "runtime/fault.h"
 #include "runtime/log.h"
+#include "runtime/program_cache.h"
 #include <CL/cl_ext.h>
 
 /* Kept stable: changing them changes the cache key, which is what should happen. */
@@ -134,18 +135,9 @@ moira_status_t moira_opencl_error(cl_int code, const char *what) {
 
 /* ---- Program: embedded source, disk cache, build ---- */
 
-/* FNV-1a, 64 bits: a cache key, not a security boundary (a stale or corrupt cache file only
- * costs a rebuild, see load_cached_program). */
-static uint64_t fnv1a(uint64_t hash, const void *data, size_t length) {
-    const unsigned char *bytes = data;
-    for (size_t i = 0; i < length; i++)
-        hash = (hash ^ bytes[i]) * 0x100000001b3ull;
-    return hash;
-}
-
 /* Hashes the terminator too, so ("ab", "c") and ("a", "bc") give different keys. */
 static uint64_t hash_string(uint64_t hash, const char *text) {
-    return fnv1a(hash, text, strlen(text) + 1);
+    return moira_fnv1a64(hash, text, strlen(text) + 1);
 }
 
 /* $XDG_CACHE_HOME/moira, else ~/.cache/moira; created if missing. False when neither can be. */
@@ -164,11 +156,12 @@ static bool cache_dir(char *out, size_t size) {
     return mkdir(out, 0755) == 0 || errno == EEXIST;
 }
 
-/* The cache file for this device, driver, source and options. */
-static bool cache_path(const opencl_device_t *device, char *out, size_t size) {
+/* The cache file and its key (stored in the file's header, runtime/program_cache.h) for this
+ * device, driver, source and options. */
+static bool cache_path(const opencl_device_t *device, char *out, size_t size, uint64_t *out_key) {
     char dir[4096];
     if (!cache_dir(dir, sizeof(dir))) return false;
-    uint64_t key = 0xcbf29ce484222325ull;
+    uint64_t key = MOIRA_FNV1A64_BASIS;
     key = hash_string(key, device->platform_name);
     key = hash_string(key, device->base.info.model);
     key = hash_string(key, device->base.info.driver_version);
@@ -176,58 +169,53 @@ static bool cache_path(const opencl_device_t *device, char *out, size_t size) {
     char options[1024];
     program_options(options, sizeof(options));
     key = hash_string(key, options);
-    key = fnv1a(key, moira_opencl_kernel_source, moira_opencl_kernel_source_length);
+    key = moira_fnv1a64(key, moira_opencl_kernel_source, moira_opencl_kernel_source_length);
+    *out_key = key;
     return (size_t)snprintf(out, size, "%s/opencl-%016llx.bin", dir, (unsigned long long)key) <
            size;
 }
 
-/* Reads a whole file into a malloc'd buffer (caller frees); NULL if it cannot. */
-static unsigned char *read_file(const char *path, size_t *out_size) {
-    FILE *file = fopen(path, "rb");
-    if (!file) return NULL;
-    unsigned char *data = NULL;
-    if (fseek(file, 0, SEEK_END) == 0) {
-        long size = ftell(file);
-        if (size > 0 && fseek(file, 0, SEEK_SET) == 0) {
-            data = malloc((size_t)size);
-            if (data && fread(data, 1, (size_t)size, file) != (size_t)size) {
-                free(data);
-                data = NULL;
-            }
-            *out_size = (size_t)size;
-        }
-    }
-    fclose(file);
-    return data;
-}
-
-/* A program from the cache file, or NULL when there is none or the driver rejects it (a driver
- * update, a truncated file): then the caller compiles from source and overwrites it. */
-static cl_program load_cached_program(opencl_device_t *device, const char *path) {
+/* A program from the cache file, or NULL when there is none, Moira's header check refuses it
+ * (truncated, corrupt, not a regular file, another key) or the driver rejects it (a driver
+ * update): then the caller compiles from source and overwrites it. The driver only ever sees
+ * bytes whose length and checksum Moira verified, since it trusts them blindly. */
+static cl_program load_cached_program(opencl_device_t *device, const char *path, uint64_t key) {
+    unsigned char *file = NULL;
+    const unsigned char *binary = NULL;
     size_t size = 0;
-    unsigned char *binary = read_file(path, &size);
-    if (!binary) return NULL;
+    moira_status_t status = moira_program_cache_read(path, key, &file, &binary, &size);
+    if (status) {
+        if (moira_status_code(status) != MOIRA_CODE_NOT_FOUND)
+            MOIRA_LOG_W("%s: ignoring the cached OpenCL program: %s; rebuilding it",
+                        device->base.info.name, moira_status_message(status));
+        moira_status_free(status);
+        return NULL;
+    }
     cl_int binary_status = CL_SUCCESS, code = CL_SUCCESS;
     const unsigned char *binaries[1] = {binary};
     cl_program program = clCreateProgramWithBinary(device->context, 1, &device->device, &size,
                                                    binaries, &binary_status, &code);
-    free(binary);
-    if (code != CL_SUCCESS || binary_status != CL_SUCCESS) {
-        if (program) clReleaseProgram(program);
-        return NULL;
+    free(file);
+    if (code == CL_SUCCESS && binary_status == CL_SUCCESS) {
+        char options[1024];
+        program_options(options, sizeof(options));
+        code = clBuildProgram(program, 1, &device->device, options, NULL, NULL);
+        if (code == CL_SUCCESS) return program;
+    } else if (code == CL_SUCCESS) {
+        code = binary_status;
     }
-    char options[1024];
-    program_options(options, sizeof(options));
-    if (clBuildProgram(program, 1, &device->device, options, NULL, NULL) != CL_SUCCESS) {
-        clReleaseProgram(program);
-        return NULL;
-    }
-    return program;
+    if (program) clReleaseProgram(program);
+    MOIRA_LOG_W("%s: the driver refused the cached OpenCL program %s: %s (%d); rebuilding it",
+                device->base.info.name, path, moira_opencl_error_name(code), (int)code);
+    return NULL;
 }
 
-/* Writes the program binary next to its final name and renames it into place, so a concurrent
- * run never reads half a file. Failure only costs a rebuild next time. */
-static void save_program(opencl_device_t *device, cl_program program, const char *path) {
+/* Stores the program binary under a checked header (runtime/program_cache.h), written beside
+ * the final name, synced and renamed into place, so a concurrent run never reads half a file and
+ * whatever was there before (a corrupt file, a FIFO, a symlink) is replaced. Failure only costs a
+ * rebuild next time. */
+static void save_program(opencl_device_t *device, cl_program program, const char *path,
+                         uint64_t key) {
     size_t size = 0;
     if (clGetProgramInfo(program, CL_PROGRAM_BINARY_SIZES, sizeof(size), &size, NULL) !=
             CL_SUCCESS ||
@@ -236,22 +224,13 @@ static void save_program(opencl_device_t *device, cl_program program, const char
     unsigned char *binary = malloc(size);
     if (!binary) return;
     unsigned char *binaries[1] = {binary};
-    char temp[4300];
-    if ((size_t)snprintf(temp, sizeof(temp), "%.4200s.%d.tmp", path, (int)getpid()) >=
-        sizeof(temp)) {
-        free(binary);
-        return;
-    }
-    FILE *file = NULL;
     if (clGetProgramInfo(program, CL_PROGRAM_BINARIES, sizeof(binaries), binaries, NULL) ==
-            CL_SUCCESS &&
-        (file = fopen(temp, "wb")) != NULL) {
-        bool written = fwrite(binary, 1, size, file) == size;
-        written = fclose(file) == 0 && written;
-        if (!written || rename(temp, path) != 0) {
-            unlink(temp);
-            MOIRA_LOG_W("%s: could not cache the OpenCL program in %s", device->base.info.name,
-                        path);
+        CL_SUCCESS) {
+        moira_status_t status = moira_program_cache_write(path, key, binary, size);
+        if (status) {
+            MOIRA_LOG_W("%s: could not cache the OpenCL program: %s", device->base.info.name,
+                        moira_status_message(status));
+            moira_status_free(status);
         }
     }
     free(binary);
@@ -283,7 +262,7 @@ static double seconds_now(void) {
 }
 
 /* Compiles the embedded source; the progress line tells a user why the first run pauses. */
-static moira_status_t compile_program(opencl_device_t *device, const char *cache_file,
+static moira_status_t compile_program(opencl_device_t *device, const char *cache_file, uint64_t key,
                                       cl_program *out_program) {
     const char *sources[1] = {moira_opencl_kernel_source};
     size_t lengths[1] = {moira_opencl_kernel_source_length};
@@ -304,22 +283,14 @@ static moira_status_t compile_program(opencl_device_t *device, const char *cache
         clReleaseProgram(program);
         return status;
     }
-    if (cache_file) save_program(device, program, cache_file);
+    if (cache_file) save_program(device, program, cache_file, key);
     *out_program = program;
     return MOIRA_OK_STATUS;
 }
 
-/* The cached binary when the driver accepts it, else a compile from source; then every kernel. */
-static moira_status_t build_once(opencl_device_t *device) {
-    char path[4200];
-    bool cacheable = cache_path(device, path, sizeof(path));
-    cl_program program = cacheable ? load_cached_program(device, path) : NULL;
-    if (program) {
-        MOIRA_LOG_I("%s: OpenCL program loaded from %s", device->base.info.name, path);
-    } else {
-        MOIRA_RETURN_IF_ERROR(compile_program(device, cacheable ? path : NULL, &program));
-    }
-    device->program = program;
+/* Every kernel of `program` into device->kernels. On failure the kernels made so far are
+ * released, so the caller can try another program. */
+static moira_status_t create_kernels(opencl_device_t *device, cl_program program) {
     static const char *const names[KERNEL_COUNT] = {
 #define MOIRA_OPENCL_KERNEL_NAME(name) #name,
         MOIRA_OPENCL_KERNELS(MOIRA_OPENCL_KERNEL_NAME)
@@ -328,11 +299,42 @@ static moira_status_t build_once(opencl_device_t *device) {
     for (int k = 0; k < KERNEL_COUNT; k++) {
         cl_int code = CL_SUCCESS;
         device->kernels[k] = clCreateKernel(program, names[k], &code);
-        if (code != CL_SUCCESS)
+        if (code != CL_SUCCESS) {
+            device->kernels[k] = NULL;
+            for (int j = 0; j < k; j++) {
+                clReleaseKernel(device->kernels[j]);
+                device->kernels[j] = NULL;
+            }
             return moira_status_annotate(moira_opencl_error(code, "clCreateKernel"), "kernel %s",
                                          names[k]);
+        }
     }
     return MOIRA_OK_STATUS;
+}
+
+/* The cached binary when the driver accepts it and it holds every kernel, else a compile from
+ * source that overwrites the cache file; then every kernel. A binary the driver loads but that
+ * lacks a kernel (CL_INVALID_KERNEL_NAME) would otherwise fail every later run the same way. */
+static moira_status_t build_once(opencl_device_t *device) {
+    char path[4200];
+    uint64_t key = 0;
+    bool cacheable = cache_path(device, path, sizeof(path), &key);
+    cl_program program = cacheable ? load_cached_program(device, path, key) : NULL;
+    if (program) {
+        moira_status_t status = create_kernels(device, program);
+        if (!status) {
+            MOIRA_LOG_I("%s: OpenCL program loaded from %s", device->base.info.name, path);
+            device->program = program;
+            return MOIRA_OK_STATUS;
+        }
+        MOIRA_LOG_W("%s: the cached OpenCL program %s is unusable: %s; rebuilding it",
+                    device->base.info.name, path, moira_status_message(status));
+        moira_status_free(status);
+        clReleaseProgram(program);
+    }
+    MOIRA_RETURN_IF_ERROR(compile_program(device, cacheable ? path : NULL, key, &program));
+    device->program = program;
+    return create_kernels(device, program);
 }
 
 /* The first caller builds; the rest wait and share the outcome (a copy of the error). */
