@@ -41,11 +41,21 @@ static moira_status_t fill_matrix(const moira_tensor_t *src, moira_dtype_t dtype
     return MOIRA_OK_STATUS;
 }
 
+/* The dtype matrices stored as they are share on the device: their own when they agree, else
+ * f32, which holds every f16, bf16 and fp8 value exactly. A checkpoint may mix expert dtypes
+ * (DESIGN.md §5); converting the rest to the first one's dtype rounded them. */
+static moira_dtype_t stored_dtype(const moira_tensor_t *const *mats, int64_t count) {
+    for (int64_t e = 1; e < count; e++)
+        if (mats[e]->dtype != mats[0]->dtype) return MOIRA_DTYPE_F32;
+    return mats[0]->dtype;
+}
+
 /* Stacking experts [n, rows, cols] is what lets the grouped FFN run them in one launch. */
 moira_status_t moira_staging_place_matrices(moira_staging_t *s, const moira_tensor_t *const *mats,
                                             int64_t count, bool stack, moira_dtensor_t *out) {
     const moira_tensor_t *first = mats[0];
-    moira_dtype_t dtype = s->weight_dtype < 0 ? first->dtype : (moira_dtype_t)s->weight_dtype;
+    moira_dtype_t dtype =
+        s->weight_dtype < 0 ? stored_dtype(mats, count) : (moira_dtype_t)s->weight_dtype;
     if (!moira_dtype_is_float(dtype) || first->rank != 2)
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "weights must be 2-D float matrices");
     int64_t rows = first->shape[0], cols = first->shape[1];
