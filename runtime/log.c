@@ -1,4 +1,5 @@
 #include "runtime/log.h"
+#include "runtime/env.h"
 
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -10,12 +11,11 @@
 static atomic_int current_level = -1;
 
 static moira_log_level_t level_from_env(void) {
-    const char *env = getenv("MOIRA_LOG");
-    if (!env) return MOIRA_LOG_WARN;
-    if (!strcmp(env, "error")) return MOIRA_LOG_ERROR;
-    if (!strcmp(env, "info")) return MOIRA_LOG_INFO;
-    if (!strcmp(env, "debug")) return MOIRA_LOG_DEBUG;
-    return MOIRA_LOG_WARN;
+    static const char *const choices[] = {"error", "warn", "info", "debug", NULL};
+    static const moira_log_level_t levels[] = {MOIRA_LOG_ERROR, MOIRA_LOG_WARN, MOIRA_LOG_INFO,
+                                               MOIRA_LOG_DEBUG};
+    int chosen = moira_env_choice("MOIRA_LOG", choices);
+    return chosen >= 0 ? levels[chosen] : MOIRA_LOG_WARN;
 }
 
 void moira_log_set_level(moira_log_level_t level) {

@@ -17,6 +17,7 @@
 #include "runtime/backend.h"
 #include "runtime/hwloc_topology.h"
 #include "runtime/log.h"
+#include "runtime/env.h"
 
 typedef struct cpu_device {
     moira_device_t base;
@@ -367,9 +368,7 @@ static void describe_host(moira_device_info_t *info, int n_threads) {
 
 /* MOIRA_CPU_THREADS overrides the thread count (default: one per physical core). */
 static int threads_from_env(void) {
-    const char *env = getenv("MOIRA_CPU_THREADS");
-    int n = env ? atoi(env) : 0;
-    return n > 0 && n <= 1024 ? n : 0;
+    return (int)moira_env_int("MOIRA_CPU_THREADS", 1, 1024, 0);
 }
 
 /* One cpu device for the whole host, its pool bound to the cores (MOIRA_CPU_THREADS overrides

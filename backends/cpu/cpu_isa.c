@@ -1,5 +1,6 @@
 /* Run-time instruction-set detection for the cpu kernels (cpu_isa.h). */
 #include "backends/cpu/cpu_isa.h"
+#include "runtime/env.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -33,10 +34,9 @@ bool moira_cpu_isa_supported(moira_cpu_isa_t isa) {
 
 /* Detection runs once per call; it is a few CPUID reads, negligible next to any kernel. */
 moira_cpu_isa_t moira_cpu_isa_best(void) {
-    moira_cpu_isa_t cap = MOIRA_CPU_ISA_COUNT - 1;
-    const char *env = getenv("MOIRA_CPU_ISA");
-    for (int i = 0; env && i < MOIRA_CPU_ISA_COUNT; i++)
-        if (!strcmp(env, names[i])) cap = (moira_cpu_isa_t)i;
+    static const char *const choices[] = {"portable", "avx2", "avx512", "avx512_bf16", NULL};
+    int forced = moira_env_choice("MOIRA_CPU_ISA", choices);
+    moira_cpu_isa_t cap = forced >= 0 ? (moira_cpu_isa_t)forced : MOIRA_CPU_ISA_COUNT - 1;
     for (int i = cap; i > MOIRA_CPU_ISA_PORTABLE; i--)
         if (moira_cpu_isa_supported((moira_cpu_isa_t)i)) return (moira_cpu_isa_t)i;
     return MOIRA_CPU_ISA_PORTABLE;

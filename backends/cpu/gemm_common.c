@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "runtime/dtype.h"
+#include "runtime/env.h"
 
 const moira_cpu_gemm_kernels_t *moira_cpu_gemm_kernels(moira_cpu_isa_t isa) {
     switch (isa) {
@@ -23,8 +24,9 @@ const moira_cpu_gemm_kernels_t *moira_cpu_gemm_kernels(moira_cpu_isa_t isa) {
 
 /* Read per call, like MOIRA_CPU_ISA, so a test or a comparison can switch it in one process. */
 bool moira_cpu_bf16_math_rounded(void) {
-    const char *env = getenv("MOIRA_CPU_BF16_MATH");
-    return env && !strcmp(env, "bf16") && moira_cpu_isa_best() == MOIRA_CPU_ISA_AVX512_BF16;
+    static const char *const choices[] = {"f32", "bf16", NULL};
+    return moira_env_choice("MOIRA_CPU_BF16_MATH", choices) == 1 &&
+           moira_cpu_isa_best() == MOIRA_CPU_ISA_AVX512_BF16;
 }
 
 /* One place decides, so the kernels and the device's reported precision cannot disagree. */

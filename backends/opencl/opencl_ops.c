@@ -11,6 +11,7 @@
 
 #include "backends/opencl/opencl_internal.h"
 #include "runtime/log.h"
+#include "runtime/env.h"
 
 #define TILE 16 /* kernels/linear.cl and moe.cl */
 #define BLOCK 4 /* kernels/linear.cl: outputs per work-item per dimension */
@@ -282,9 +283,10 @@ static moira_status_t time_linear(opencl_device_t *device, opencl_queue_t *queue
  * both ways once per process, into a scratch output so y is untouched, and the winner kept. */
 static moira_status_t choose_clblast(opencl_device_t *device, opencl_queue_t *queue,
                                      const linear_job_t *job, bool *out_use_clblast) {
-    const char *forced = getenv("MOIRA_OPENCL_GEMM");
-    if (forced && (!strcmp(forced, "clblast") || !strcmp(forced, "moira"))) {
-        *out_use_clblast = !strcmp(forced, "clblast");
+    static const char *const choices[] = {"clblast", "moira", NULL};
+    int forced = moira_env_choice("MOIRA_OPENCL_GEMM", choices);
+    if (forced >= 0) {
+        *out_use_clblast = forced == 0;
         return MOIRA_OK_STATUS;
     }
     for (int i = 0; i < device->n_gemm_choices; i++)

@@ -7,6 +7,7 @@
 # - a model without MoE layers can be planned and run;
 # - a --json plan whose names hold U+2028 reads back;
 # - a safetensors file with an unused F64 or BOOL tensor loads;
+# - MOIRA_* variables with garbage values are reported once;
 # - the gate's capacity limit is one function for devices and reference (a run disagreed with
 #   itself at capacity_factor 1.00000005);
 # - `moira check` with an empty --backends or --ops list is a usage error, not a pass;
@@ -52,6 +53,16 @@ expect 0 "that plan reads back" -- "$moira" plan --topology "$u2028" \
 expect 0 "op gate with unused F64 and BOOL tensors beside the inputs" -- "$moira" op gate \
     --model "$data/golden/gate_v3.json" --inputs "$hardening/inputs-with-unused-f64.safetensors" \
     -o "$work/gate.safetensors"
+
+# MOIRA_* variables with values they do not take are reported (once), not silently ignored.
+expect 0 "MOIRA_CPU_THREADS=abc" -- env MOIRA_CPU_THREADS=abc "$moira" devices
+expect_stderr "MOIRA_CPU_THREADS=abc is not an integer in \[1, 1024\]" "MOIRA_CPU_THREADS=abc"
+expect 0 "MOIRA_CPU_ISA=sse9000" -- env MOIRA_CPU_ISA=sse9000 "$moira" run --backend cpu:0 \
+    --tokens 4 --iters 1
+expect_stderr "MOIRA_CPU_ISA=sse9000 is not one of portable, avx2, avx512, avx512_bf16" \
+    "MOIRA_CPU_ISA=sse9000"
+[ "$(grep -c 'MOIRA_CPU_ISA=sse9000' "$work/err")" -eq 1 ] && passed=$((passed + 1)) ||
+    fail "MOIRA_CPU_ISA warned more than once"
 
 expect 2 "check --backends ''" -- "$moira" check --backends ''
 expect_stderr "must name at least one device" "check --backends ''"
