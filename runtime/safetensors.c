@@ -154,6 +154,18 @@ static uint64_t hash_name(const char *name) {
     return h;
 }
 
+/* The kernel's limit on memory mappings per process (Linux vm.max_map_count), or its default. */
+static size_t max_mappings(void) {
+    size_t limit = 65530;
+    FILE *f = fopen("/proc/sys/vm/max_map_count", "r");
+    if (f) {
+        unsigned long long value;
+        if (fscanf(f, "%llu", &value) == 1 && value > 0) limit = (size_t)value;
+        fclose(f);
+    }
+    return limit;
+}
+
 static int cmp_str_ptr(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
@@ -1202,6 +1214,18 @@ static moira_status_t open_indexed(moira_safetensors_t *f, const char *dir,
         const char **hit =
             bsearch(&m.files[i], distinct, n_distinct, sizeof(*distinct), cmp_str_ptr);
         shard_of[i] = (size_t)(hit - distinct);
+    }
+    /* Every shard stays mapped while the checkpoint is open, and the kernel allows a process a
+     * bounded number of mappings (vm.max_map_count, 65530 by default): past half of it, an index
+     * would fail deep inside mmap, or starve every later allocation, instead of saying why. */
+    size_t max_shards = max_mappings() / 2;
+    if (n_distinct > max_shards) {
+        status = moira_status_at(MOIRA_CODE_INVALID_INPUT, index_path, 0, 0,
+                                 "weight_map names %zu shards; Moira maps every shard and this "
+                                 "system allows %zu mappings per process (vm.max_map_count), so "
+                                 "at most %zu shards",
+                                 n_distinct, max_mappings(), max_shards);
+        goto done;
     }
     for (size_t k = 0; k < n_distinct; k++) {
         const char *file = distinct[k];

@@ -8,6 +8,7 @@
 # - a --json plan whose names hold U+2028 reads back;
 # - a safetensors file with an unused F64 or BOOL tensor loads;
 # - MOIRA_* variables with garbage values are reported once;
+# - an index naming more shards than the process may map is refused with the reason;
 # - the gate's capacity limit is one function for devices and reference (a run disagreed with
 #   itself at capacity_factor 1.00000005);
 # - `moira check` with an empty --backends or --ops list is a usage error, not a pass;
@@ -63,6 +64,21 @@ expect_stderr "MOIRA_CPU_ISA=sse9000 is not one of portable, avx2, avx512, avx51
     "MOIRA_CPU_ISA=sse9000"
 [ "$(grep -c 'MOIRA_CPU_ISA=sse9000' "$work/err")" -eq 1 ] && passed=$((passed + 1)) ||
     fail "MOIRA_CPU_ISA warned more than once"
+
+# A checkpoint index naming more shards than the process may map is refused up front (70000
+# shards exhausted the mappings); the shard files need not exist for the refusal.
+max_maps=$(cat /proc/sys/vm/max_map_count 2>/dev/null || echo 65530)
+if [ "$max_maps" -le 400000 ]; then
+    many=$((max_maps / 2 + 1))
+    mkdir "$work/many"
+    awk -v n="$many" 'BEGIN { printf "{\"metadata\": {}, \"weight_map\": {"
+        for (i = 0; i < n; i++) printf "%s\"t%d\": \"s%d.safetensors\"", i ? ", " : "", i, i
+        print "}}" }' >"$work/many/model.safetensors.index.json"
+    expect 2 "an index of $many shards" -- "$moira" op gate --model "$data/golden/gate_v3.json" \
+        --inputs "$data/golden/gate_v3.inputs.safetensors" --weights "$work/many" \
+        -o "$work/out.safetensors"
+    expect_stderr "names $many shards; Moira maps every shard" "an index of $many shards"
+fi
 
 expect 2 "check --backends ''" -- "$moira" check --backends ''
 expect_stderr "must name at least one device" "check --backends ''"
