@@ -1,5 +1,6 @@
 #include "runtime/status.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -125,6 +126,11 @@ int moira_status_exit_code(moira_status_t status) {
     default:
         return 1;
     }
+}
+
+moira_status_t moira_thread_start_error(int err, const char *what) {
+    return moira_status_make(err == EAGAIN ? MOIRA_CODE_OUT_OF_MEMORY : MOIRA_CODE_INTERNAL,
+                             "cannot start %s: %s", what, strerror(err));
 }
 
 void moira_status_free(moira_status_t status) {

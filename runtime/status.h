@@ -61,6 +61,11 @@ const char *moira_code_name(moira_code_t code);
 /* The process exit code DESIGN.md §6 assigns: 0 ok, 2 bad usage or bad input, 1 otherwise. */
 int moira_status_exit_code(moira_status_t status);
 
+/* The status for pthread_create's error `err` starting `what` ("a queue thread"): EAGAIN (no
+ * memory for the stack, or the thread limit) is OUT_OF_MEMORY, as a memory limit makes it; any
+ * other error is INTERNAL. Caller owns the result. */
+moira_status_t moira_thread_start_error(int err, const char *what);
+
 /* Releases a status. Accepts MOIRA_OK_STATUS. */
 void moira_status_free(moira_status_t status);
 

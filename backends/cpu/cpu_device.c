@@ -248,9 +248,7 @@ static moira_status_t cpu_queue_create(moira_device_t *device, moira_queue_t **o
     int err = pthread_create(&queue->thread, NULL, queue_main, queue);
     if (err != 0) {
         free(queue);
-        /* EAGAIN: no memory for the thread's stack, or the process's thread limit. */
-        return moira_status_make(err == EAGAIN ? MOIRA_CODE_OUT_OF_MEMORY : MOIRA_CODE_DEVICE,
-                                 "cannot start a queue thread: %s", strerror(err));
+        return moira_thread_start_error(err, "a queue thread");
     }
     *out_queue = &queue->base;
     return MOIRA_OK_STATUS;

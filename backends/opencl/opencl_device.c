@@ -577,10 +577,12 @@ static moira_status_t opencl_enqueue_wait(moira_queue_t *base, moira_event_t *ev
     pthread_attr_init(&attributes);
     pthread_attr_setdetachstate(&attributes, PTHREAD_CREATE_DETACHED);
     bool started = false;
+    int err = ENOMEM;
     if (bridge) {
         moira_event_retain(event);
         *bridge = (wait_bridge_t){.event = event, .user_event = user_event, .queue = queue};
-        started = pthread_create(&thread, &attributes, wait_bridge_main, bridge) == 0;
+        err = pthread_create(&thread, &attributes, wait_bridge_main, bridge);
+        started = err == 0;
         if (!started) {
             moira_event_release(event);
             free(bridge);
@@ -590,7 +592,9 @@ static moira_status_t opencl_enqueue_wait(moira_queue_t *base, moira_event_t *ev
     if (!started) {
         clSetUserEventStatus(user_event, -1);
         clReleaseEvent(user_event);
-        return moira_status_make(MOIRA_CODE_DEVICE, "opencl: cannot start an event-wait thread");
+        return err == ENOMEM ? moira_status_make(MOIRA_CODE_OUT_OF_MEMORY,
+                                                 "opencl: cannot allocate an event-wait thread")
+                             : moira_thread_start_error(err, "an opencl event-wait thread");
     }
     return MOIRA_OK_STATUS;
 }

@@ -28,10 +28,11 @@ moira_status_t moira_exec_worker_start(moira_exec_worker_t *w) {
     memset(w, 0, sizeof(*w));
     pthread_mutex_init(&w->mutex, NULL);
     pthread_cond_init(&w->changed, NULL);
-    if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+    int err = pthread_create(&w->thread, NULL, worker_main, w);
+    if (err != 0) {
         pthread_mutex_destroy(&w->mutex);
         pthread_cond_destroy(&w->changed);
-        return moira_status_make(MOIRA_CODE_INTERNAL, "cannot start an executor thread");
+        return moira_thread_start_error(err, "an executor thread");
     }
     w->started = true;
     return MOIRA_OK_STATUS;
