@@ -227,7 +227,29 @@ typedef struct load_ctx {
     const moira_topology_t *topology;
     moira_plan_t *plan;
     int64_t *used_bytes; /* per target, accumulated while reading layers */
+    /* Stamps that make the duplicate checks one look-up each (owned, freed by finish_load):
+     * expert_stamp[e] is the number of the last device entry that listed e, target_stamp[t]
+     * 1 + the last layer that named t; layer_seen is an open-addressing set of layer indices
+     * (layer_seen_cap slots, -1 empty) read so far. */
+    int *expert_stamp; /* per expert */
+    int *target_stamp; /* per target */
+    int entry;         /* device entries read so far */
+    int64_t *layer_seen;
+    size_t layer_seen_cap;
 } load_ctx_t;
+
+/* Adds a layer index to the set; false when it was there. The capacity is a power of two over
+ * twice the layers the file lists, so probing ends. */
+static bool layer_seen_add(load_ctx_t *ctx, int64_t layer) {
+    size_t mask = ctx->layer_seen_cap - 1;
+    size_t i = (size_t)((uint64_t)layer * 0x9E3779B97F4A7C15ull >> 32) & mask;
+    while (ctx->layer_seen[i] >= 0) {
+        if (ctx->layer_seen[i] == layer) return false;
+        i = (i + 1) & mask;
+    }
+    ctx->layer_seen[i] = layer;
+    return true;
+}
 
 /* Reads `key` when present; hand-written plans may leave predictions out. */
 static moira_status_t optional_number(load_ctx_t *ctx, const yaml_node_t *map, const char *key,
@@ -293,10 +315,11 @@ static moira_status_t load_layer_device(load_ctx_t *ctx, moira_plan_layer_t *lay
     if (t < 0)
         return moira_yaml_fail(doc, key, "unknown device \"%s\" (not in topology \"%s\")", name,
                                ctx->topology->name);
-    for (int r = 0; r < layer->n_replicas; r++)
-        if (layer->replica_target[r] == t)
-            return moira_yaml_fail(doc, key, "device \"%s\" given twice in layer %lld", name,
-                                   (long long)layer->layer);
+    int this_layer = ctx->plan->n_layers; /* 1 + the index of the layer being read */
+    if (ctx->target_stamp[t] == this_layer)
+        return moira_yaml_fail(doc, key, "device \"%s\" given twice in layer %lld", name,
+                               (long long)layer->layer);
+    ctx->target_stamp[t] = this_layer;
     static const char *const keys[] = {"experts", "load", NULL};
     MOIRA_RETURN_IF_ERROR(moira_yaml_expect_mapping(doc, value, "a layer's device entry"));
     MOIRA_RETURN_IF_ERROR(moira_yaml_check_keys(doc, value, keys));
@@ -328,15 +351,16 @@ static moira_status_t load_layer_device(load_ctx_t *ctx, moira_plan_layer_t *lay
                                (long long)ctx->used_bytes[t], (unsigned long long)room);
     ctx->used_bytes[t] += (int64_t)n * plan->expert_bytes;
     MOIRA_RETURN_IF_ERROR(reserve_replicas(layer, n));
+    int entry = ++ctx->entry;
     for (int i = 0; i < n; i++) {
         int64_t e = 0;
         double l = 0;
         yaml_node_t *item = moira_yaml_item(doc, experts, i);
         MOIRA_RETURN_IF_ERROR(moira_yaml_int(doc, item, "an expert", 0, plan->experts - 1, &e));
-        for (int j = 0; j < i; j++)
-            if (layer->replica_expert[layer->n_replicas - i + j] == e)
-                return moira_yaml_fail(doc, item, "expert %lld appears twice on \"%s\"",
-                                       (long long)e, name);
+        if (ctx->expert_stamp[e] == entry)
+            return moira_yaml_fail(doc, item, "expert %lld appears twice on \"%s\"", (long long)e,
+                                   name);
+        ctx->expert_stamp[e] = entry;
         if (load)
             MOIRA_RETURN_IF_ERROR(moira_yaml_number_range(doc, moira_yaml_item(doc, load, i),
                                                           "a load", 0, MOIRA_MAX_TOKEN_COUNT, &l));
@@ -362,9 +386,8 @@ static moira_status_t load_layer(load_ctx_t *ctx, const yaml_node_t *node) {
     yaml_node_t *v = NULL, *devices = NULL;
     MOIRA_RETURN_IF_ERROR(moira_yaml_require(doc, node, "layer", "a plan layer", &v));
     MOIRA_RETURN_IF_ERROR(moira_yaml_int(doc, v, "layer", 0, INT32_MAX, &layer->layer));
-    for (int l = 0; l + 1 < plan->n_layers; l++)
-        if (plan->layers[l].layer == layer->layer)
-            return moira_yaml_fail(doc, v, "layer %lld given twice", (long long)layer->layer);
+    if (!layer_seen_add(ctx, layer->layer))
+        return moira_yaml_fail(doc, v, "layer %lld given twice", (long long)layer->layer);
     MOIRA_RETURN_IF_ERROR(moira_yaml_require(doc, node, "devices", "a plan layer", &devices));
     MOIRA_RETURN_IF_ERROR(moira_yaml_expect_mapping(doc, devices, "a layer's devices"));
     for (yaml_node_pair_t *pair = devices->data.mapping.pairs.start;
@@ -431,7 +454,14 @@ static moira_status_t load_plan(load_ctx_t *ctx) {
      * (every MoE layer planned once) refuses it for any other model. */
     int n = moira_yaml_length(layers);
     plan->layers = calloc((size_t)(n > 0 ? n : 1), sizeof(moira_plan_layer_t));
-    if (!plan->layers) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "plan: out of memory");
+    ctx->layer_seen_cap = 16;
+    while (ctx->layer_seen_cap < 2 * (size_t)n)
+        ctx->layer_seen_cap *= 2;
+    ctx->layer_seen = malloc(ctx->layer_seen_cap * sizeof(int64_t));
+    ctx->expert_stamp = calloc((size_t)plan->experts, sizeof(int));
+    if (!plan->layers || !ctx->layer_seen || !ctx->expert_stamp)
+        return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "plan: out of memory");
+    memset(ctx->layer_seen, 0xff, ctx->layer_seen_cap * sizeof(int64_t));
     for (int i = 0; i < n; i++)
         MOIRA_RETURN_IF_ERROR(load_layer(ctx, moira_yaml_item(doc, layers, i)));
     return MOIRA_OK_STATUS;
@@ -441,12 +471,22 @@ static moira_status_t load_plan(load_ctx_t *ctx) {
 static moira_status_t finish_load(moira_yaml_doc_t *doc, const moira_topology_t *topology,
                                   moira_plan_t *out) {
     memset(out, 0, sizeof(*out));
-    load_ctx_t ctx = {doc, topology, out, calloc((size_t)topology->n_targets + 1, sizeof(int64_t))};
+    load_ctx_t ctx;
+    memset(&ctx, 0, sizeof(ctx));
+    ctx.doc = doc;
+    ctx.topology = topology;
+    ctx.plan = out;
+    ctx.used_bytes = calloc((size_t)topology->n_targets + 1, sizeof(int64_t));
+    ctx.target_stamp = calloc((size_t)topology->n_targets + 1, sizeof(int));
     moira_status_t status =
-        ctx.used_bytes ? load_plan(&ctx)
-                       : moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "plan: out of memory");
+        ctx.used_bytes && ctx.target_stamp
+            ? load_plan(&ctx)
+            : moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "plan: out of memory");
     if (!status) status = moira_plan_validate(out, topology, doc->file);
     free(ctx.used_bytes);
+    free(ctx.target_stamp);
+    free(ctx.expert_stamp);
+    free(ctx.layer_seen);
     moira_yaml_doc_free(doc);
     if (status) moira_plan_free(out);
     return status;

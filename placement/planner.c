@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "placement/plan.h"
+#include "placement/plan_progress.h"
 
 /* Local search stops after this many improving moves per target, a bound that keeps planning a
  * 64-device cluster well under a second while leaving room to converge. */
@@ -66,7 +67,11 @@ typedef struct layer_state {
     int *count;           /* per target: replicas */
     unsigned char *holds; /* experts x targets */
     cost_key_t *now;      /* per target: its key at the start of an improving step */
+    int *on_worst;        /* scratch: the busiest target's replicas, in search order */
+    int *first_copy;      /* experts + 1: expert e's replicas are first_copy[e] .. [e+1] - 1 */
     int n;                /* replicas so far */
+    moira_plan_progress_t progress;
+    int64_t layers_done;
     int *target;
     int32_t *expert;
     double *load;
@@ -226,11 +231,14 @@ static bool improve_once(layer_state_t *s, const int *domain, int n_domain, cons
         }
     }
     if (worst < 0) return false;
+    /* The busiest target's replicas, gathered once: every search below starts from them. */
+    int n_worst = 0;
+    for (int i = 0; i < n_replicas; i++)
+        if (s->target[replicas[i]] == worst) s->on_worst[n_worst++] = replicas[i];
     int best_r = -1, best_other = -1, best_t = -1;
     cost_key_t best_pair = {0, 0};
-    for (int i = 0; i < n_replicas; i++) {
-        int r = replicas[i];
-        if (s->target[r] != worst) continue;
+    for (int i = 0; i < n_worst; i++) {
+        int r = s->on_worst[i];
         double lr = s->load[r];
         int ar = lr > 0;
         for (int j = 0; j < n_domain; j++) {
@@ -253,14 +261,17 @@ static bool improve_once(layer_state_t *s, const int *domain, int n_domain, cons
         }
     }
     /* Shift tokens from r to another replica q of the same expert: the runtime may route an
-     * expert's tokens to its replicas in any proportion, so loads need not split evenly. */
+     * expert's tokens to its replicas in any proportion, so loads need not split evenly. An
+     * expert's copies are consecutive and sit in one domain in index order (greedy sorts equal
+     * loads by index), so walking first_copy visits them as a scan of `replicas` would. */
     double best_shift = 0;
-    for (int i = 0; i < n_replicas; i++) {
-        int r = replicas[i];
-        if (s->target[r] != worst || s->load[r] <= 0) continue;
-        for (int k = 0; k < n_replicas; k++) {
-            int q = replicas[k], t = s->target[q];
-            if (t == worst || s->expert[q] != s->expert[r]) continue;
+    for (int i = 0; i < n_worst; i++) {
+        int r = s->on_worst[i];
+        if (s->load[r] <= 0) continue;
+        int32_t e = s->expert[r];
+        for (int q = s->first_copy[e]; q < s->first_copy[e + 1]; q++) {
+            int t = s->target[q];
+            if (t == worst) continue;
             cost_key_t before = key_max(worst_key, s->now[t]);
             double shift = 0;
             cost_key_t after = best_load_shift(s, r, q, &shift);
@@ -276,9 +287,8 @@ static bool improve_once(layer_state_t *s, const int *domain, int n_domain, cons
     }
     /* Swaps cost the most to search; only when no move or shift helps. */
     bool search_swaps = best_r < 0;
-    for (int i = 0; search_swaps && i < n_replicas; i++) {
-        int r = replicas[i];
-        if (s->target[r] != worst) continue;
+    for (int i = 0; search_swaps && i < n_worst; i++) {
+        int r = s->on_worst[i];
         double lr = s->load[r];
         int ar = lr > 0;
         /* Swap r with a replica q on another target. */
@@ -328,6 +338,7 @@ static moira_status_t assign_domain(layer_state_t *s, const int *domain, int n_d
     MOIRA_RETURN_IF_ERROR(assign_greedy(s, domain, n_domain, replicas, n_replicas));
     int rounds = IMPROVE_ROUNDS_PER_TARGET * n_domain + n_replicas;
     while (rounds-- > 0 && improve_once(s, domain, n_domain, replicas, n_replicas)) {
+        if (rounds % 64 == 0) moira_plan_progress_note(&s->progress, s->layers_done, "searching");
     }
     return MOIRA_OK_STATUS;
 }
@@ -358,15 +369,19 @@ static void reset_state(layer_state_t *s) {
     s->n = 0;
 }
 
-/* Turns replica counts into replicas: expert e's load split evenly over its copies. */
+/* Turns replica counts into replicas: expert e's load split evenly over its copies, which are
+ * numbered consecutively so that first_copy finds them without a search. */
 static void make_replicas(layer_state_t *s, const double *load, const int *counts) {
-    for (int64_t e = 0; e < s->experts; e++)
+    for (int64_t e = 0; e < s->experts; e++) {
+        s->first_copy[e] = s->n;
         for (int c = 0; c < counts[e]; c++) {
             s->expert[s->n] = (int32_t)e;
             s->load[s->n] = load[e] / counts[e];
             s->target[s->n] = -1;
             s->n++;
         }
+    }
+    s->first_copy[s->experts] = s->n;
 }
 
 /* Flat: every target is one domain. */
@@ -603,6 +618,8 @@ static moira_status_t improve_baseline(workspace_t *w, const double *load,
         w->replicas[r] = r;
     int rounds = IMPROVE_ROUNDS_PER_TARGET * n_domain + s->n;
     while (rounds-- > 0 && improve_once(s, w->domain, n_domain, w->replicas, s->n)) {
+        if (rounds % 64 == 0)
+            moira_plan_progress_note(&s->progress, s->layers_done, "improving a baseline");
     }
     return MOIRA_OK_STATUS;
 }
@@ -644,6 +661,8 @@ static void free_workspace(workspace_t *w) {
     free(s->count);
     free(s->holds);
     free(s->now);
+    free(s->on_worst);
+    free(s->first_copy);
     free(s->target);
     free(s->expert);
     free(s->load);
@@ -684,6 +703,8 @@ static moira_status_t init_workspace(workspace_t *w, const moira_topology_t *top
     s->count = calloc(nt, sizeof(int));
     s->holds = calloc(ne * nt, 1);
     s->now = calloc(nt, sizeof(cost_key_t));
+    s->on_worst = calloc((size_t)max_replicas, sizeof(int));
+    s->first_copy = calloc(ne + 1, sizeof(int));
     s->target = calloc((size_t)max_replicas, sizeof(int));
     s->expert = calloc((size_t)max_replicas, sizeof(int32_t));
     s->load = calloc((size_t)max_replicas, sizeof(double));
@@ -699,9 +720,9 @@ static moira_status_t init_workspace(workspace_t *w, const moira_topology_t *top
     w->group_load = calloc(ne, sizeof(double));
     w->group_order = calloc(ne, sizeof(int));
     if (!capacity || !peak || !s->tokens || !s->active || !s->count || !s->holds || !s->now ||
-        !s->target || !s->expert || !s->load || !w->counts || !w->domain_of_expert || !w->spare ||
-        !w->max_copies || !w->domain || !w->replicas || !w->scratch || !w->host_rate ||
-        !w->host_load || !w->group_load || !w->group_order) {
+        !s->on_worst || !s->first_copy || !s->target || !s->expert || !s->load || !w->counts ||
+        !w->domain_of_expert || !w->spare || !w->max_copies || !w->domain || !w->replicas ||
+        !w->scratch || !w->host_rate || !w->host_load || !w->group_load || !w->group_order) {
         free_workspace(w);
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "planner: out of memory");
     }
@@ -739,6 +760,7 @@ moira_status_t moira_plan_make(const moira_topology_t *topology, const moira_mod
     int64_t slots_total = 0;
     for (int t = 0; t < topology->n_targets; t++)
         slots_total += w.state.capacity[t];
+    moira_plan_progress_begin(&w.state.progress, moe_layers);
     moira_status_t status = MOIRA_OK_STATUS;
     /* A model without MoE layers (all dense) has no expert to place: an empty plan. */
     if (moe_layers > 0 && slots_total < experts)
@@ -769,8 +791,11 @@ moira_status_t moira_plan_make(const moira_topology_t *topology, const moira_mod
         }
         moira_plan_layer_t *layer = &out->layers[out->n_layers++];
         layer->layer = l;
+        w.state.layers_done = out->n_layers - 1;
         status = plan_layer(&w, load, options, layer);
+        moira_plan_progress_note(&w.state.progress, out->n_layers, "going on");
     }
+    moira_plan_progress_end(&w.state.progress);
     free_workspace(&w);
     if (!status) {
         moira_plan_evaluate(out, topology, model);
