@@ -340,6 +340,7 @@ bool jj_is_number(jv v); /* int, float or bool */
 void jj_str_to(jj_render *r, jj_buf *b, jv v);
 void jj_repr_to(jj_render *r, jj_buf *b, jv v);
 jv jj_to_str(jj_render *r, jv v);
+bool jj_str_is_case(jv s, bool upper); /* str.isupper() / str.islower() of a string */
 void jj_float_repr(char *out, size_t size, double f);
 /* json.dumps(v, ensure_ascii=False, indent, separators, sort_keys) as transformers' tojson. */
 void jj_json_to(jj_render *r, jj_buf *b, jv v, const char *indent, const char *item_sep,

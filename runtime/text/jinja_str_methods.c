@@ -329,8 +329,9 @@ static bool is_alnum(uint32_t cp) {
     return jj_is_alpha(cp) || jj_is_digit(cp);
 }
 
-/* islower/isupper: at least one cased character, and none of the other case. */
-static bool case_test(jv s, bool upper) {
+/* islower/isupper (and Jinja's lower/upper tests): at least one cased character, and none of
+ * the other case. */
+bool jj_str_is_case(jv s, bool upper) {
     bool cased = false;
     for (size_t i = 0; i < s.u.s.n;) {
         uint32_t cp = jj_utf8_next(s.u.s.p, s.u.s.n, &i);
@@ -460,8 +461,8 @@ jv jj_str_method(jj_render *r, jv s, const char *m, const jj_args *a) {
     if (!strcmp(m, "isalpha")) return jv_bool(all_chars(s, jj_is_alpha));
     if (!strcmp(m, "isalnum")) return jv_bool(all_chars(s, is_alnum));
     if (!strcmp(m, "isspace")) return jv_bool(all_chars(s, jj_is_space));
-    if (!strcmp(m, "islower")) return jv_bool(case_test(s, false));
-    if (!strcmp(m, "isupper")) return jv_bool(case_test(s, true));
+    if (!strcmp(m, "islower")) return jv_bool(jj_str_is_case(s, false));
+    if (!strcmp(m, "isupper")) return jv_bool(jj_str_is_case(s, true));
     if (!strcmp(m, "center")) return pad(r, s, a, 0);
     if (!strcmp(m, "ljust")) return pad(r, s, a, -1);
     if (!strcmp(m, "rjust")) return pad(r, s, a, 1);

@@ -39,14 +39,7 @@ static bool mod_is(jj_render *r, jv v, jv n, int64_t want) {
 
 /* The lower/upper tests: str(value).islower()/isupper(). */
 static bool all_case(jj_render *r, jv v, bool upper) {
-    jv s = jj_to_str(r, v);
-    bool cased = false;
-    for (size_t i = 0; i < s.u.s.n;) {
-        uint32_t cp = jj_utf8_next(s.u.s.p, s.u.s.n, &i);
-        if (upper ? jj_is_lower(cp) : jj_is_upper(cp)) return false;
-        if (upper ? jj_is_upper(cp) : jj_is_lower(cp)) cased = true;
-    }
-    return cased;
+    return jj_str_is_case(jj_to_str(r, v), upper);
 }
 
 /* Applies the named test; an unknown name is an error when reached. */
