@@ -33,8 +33,8 @@ static struct {
 
 static pthread_once_t openblas_once = PTHREAD_ONCE_INIT;
 
-/* Tries the runtime library's soname (Debian: libopenblas0, through its alternatives link), then the
- * development link; keeps dlerror's reason for the bench's peer line. */
+/* Tries the runtime library's soname (Debian: libopenblas0, through its alternatives link), then
+ * the development link; keeps dlerror's reason for the bench's peer line. */
 static void load_openblas(void) {
     static const char *const names[] = {"libopenblas.so.0", "libopenblas.so"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]) && !openblas.handle; i++)
@@ -148,14 +148,14 @@ moira_status_t moira_openblas_moe_run(moira_openblas_moe_t *peer, double *out_se
                    (size_t)D * sizeof(float));
         const float *w1 = p->w1 + e * inter * D, *w3 = p->w3 + e * inter * D;
         const float *w2 = p->w2 + e * D * inter;
-        openblas.sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS, m, (int)inter, (int)D, 1.0f, peer->xe,
-                    (int)D, w1, (int)D, 0.0f, peer->gate, (int)inter);
-        openblas.sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS, m, (int)inter, (int)D, 1.0f, peer->xe,
-                    (int)D, w3, (int)D, 0.0f, peer->up, (int)inter);
+        openblas.sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS, m, (int)inter, (int)D, 1.0f,
+                       peer->xe, (int)D, w1, (int)D, 0.0f, peer->gate, (int)inter);
+        openblas.sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS, m, (int)inter, (int)D, 1.0f,
+                       peer->xe, (int)D, w3, (int)D, 0.0f, peer->up, (int)inter);
         for (int64_t i = 0; i < (int64_t)m * inter; i++)
             peer->gate[i] = peer->gate[i] / (1.0f + expf(-peer->gate[i])) * peer->up[i];
         openblas.sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS, m, (int)D, (int)inter, 1.0f,
-                    peer->gate, (int)inter, w2, (int)inter, 0.0f, peer->ye, (int)D);
+                       peer->gate, (int)inter, w2, (int)inter, 0.0f, peer->ye, (int)D);
         for (int32_t i = 0; i < m; i++) {
             int32_t a = peer->order[first + i];
             float w = p->topk_weight[a], *y = p->y + a / p->top_k * D;

@@ -17,7 +17,8 @@ static pthread_mutex_t warned_lock = PTHREAD_MUTEX_INITIALIZER;
 static void warn_once(const char *name, const char *value, const char *expected) {
     pthread_mutex_lock(&warned_lock);
     bool seen = false;
-    for (int i = 0; i < warned_count; i++) seen |= warned[i] == name || !strcmp(warned[i], name);
+    for (int i = 0; i < warned_count; i++)
+        seen |= warned[i] == name || !strcmp(warned[i], name);
     if (!seen && warned_count < MAX_WARNED) warned[warned_count++] = name;
     pthread_mutex_unlock(&warned_lock);
     if (!seen)

@@ -14,9 +14,9 @@
  * dtypes, shapes, byte ranges, sizes, duplicate names, fp8 scale shapes), so the views it hands
  * out can be read without further checks. Two tensors whose byte ranges overlap are refused, as
  * the format and Hugging Face's library refuse them (allowing them let a small file alias one
- * misaligned range thousands of times, each alias costing an aligned copy). One hazard remains that no user-space
- * check can exclude: another process truncating a file while it is mapped makes later reads fault
- * (SIGBUS), as with every mmap-based loader. */
+ * misaligned range thousands of times, each alias costing an aligned copy). One hazard remains that
+ * no user-space check can exclude: another process truncating a file while it is mapped makes later
+ * reads fault (SIGBUS), as with every mmap-based loader. */
 #include "runtime/safetensors.h"
 
 #include <dirent.h>
@@ -631,9 +631,8 @@ static size_t other_dtype_size(const char *name) {
     static const struct {
         const char *name;
         size_t size;
-    } others[] = {{"BOOL", 1}, {"U8", 1},  {"I8", 1},       {"I16", 2},       {"U16", 2},
-                  {"U32", 4},  {"U64", 8}, {"F64", 8},      {"F8_E5M2", 1},   {"F8_E8M0", 1},
-                  {"C64", 8}};
+    } others[] = {{"BOOL", 1}, {"U8", 1},  {"I8", 1},      {"I16", 2},     {"U16", 2}, {"U32", 4},
+                  {"U64", 8},  {"F64", 8}, {"F8_E5M2", 1}, {"F8_E8M0", 1}, {"C64", 8}};
     for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++)
         if (!strcmp(name, others[i].name)) return others[i].size;
     return 0;
@@ -745,12 +744,11 @@ static moira_status_t parse_entry(moira_safetensors_t *f, json_t *j, size_t shar
         goto fail;
     }
     if (offsets[1] - offsets[0] != nbytes) {
-        status =
-            tensor_error(MOIRA_CODE_INVALID_INPUT, path, name,
-                         "data_offsets [%lld, %lld] hold %lld bytes, but %s %s needs %lld",
-                         (long long)offsets[0], (long long)offsets[1],
-                         (long long)(offsets[1] - offsets[0]), dtype_name,
-                         shape_str(rank, shape, shape_buf, sizeof(shape_buf)), (long long)nbytes);
+        status = tensor_error(
+            MOIRA_CODE_INVALID_INPUT, path, name,
+            "data_offsets [%lld, %lld] hold %lld bytes, but %s %s needs %lld",
+            (long long)offsets[0], (long long)offsets[1], (long long)(offsets[1] - offsets[0]),
+            dtype_name, shape_str(rank, shape, shape_buf, sizeof(shape_buf)), (long long)nbytes);
         goto fail;
     }
     if (!readable) {
@@ -800,7 +798,8 @@ static moira_status_t refuse_overlaps(moira_safetensors_t *f, size_t first, cons
     if (n < 2) return MOIRA_OK_STATUS;
     size_t *order = malloc(n * sizeof(*order));
     if (!order) return out_of_memory(path);
-    for (size_t i = 0; i < n; i++) order[i] = first + i;
+    for (size_t i = 0; i < n; i++)
+        order[i] = first + i;
     sort_entries_base = f->entries; /* qsort has no context argument; loading is single-threaded */
     qsort(order, n, sizeof(*order), by_begin);
     moira_status_t status = MOIRA_OK_STATUS;
@@ -828,8 +827,7 @@ static moira_status_t align_entries(moira_safetensors_t *f, size_t first, const 
     for (size_t i = first; i < f->count; i++) {
         entry_t *e = &f->entries[i];
         size_t nbytes = (size_t)(e->end - e->begin);
-        if (nbytes == 0 || (uintptr_t)e->view.data % moira_dtype_size(e->view.dtype) == 0)
-            continue;
+        if (nbytes == 0 || (uintptr_t)e->view.data % moira_dtype_size(e->view.dtype) == 0) continue;
         e->copy = aligned_alloc(64, (nbytes + 63) / 64 * 64);
         if (!e->copy) return out_of_memory(path);
         memcpy(e->copy, e->view.data, nbytes);
@@ -1054,7 +1052,8 @@ static moira_status_t attach_scales(moira_safetensors_t *f) {
 /* Reads a small text file (index.json) whole; the header-size limit applies to it too. */
 static moira_status_t read_text_file(const char *path, char **out_text, size_t *out_len) {
     *out_text = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block: see load_shard */
+    int fd =
+        open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block: see load_shard */
     if (fd < 0) return errno_error(path, "cannot open", errno);
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||

@@ -1,6 +1,7 @@
 /* UTF-8, one implementation for every reader: validation (JSON headers, tokenizer input), code
- * point iteration and encoding, and a streaming decoder that replaces each maximal invalid subsequence by U+FFFD exactly as the WHATWG
- * Encoding Standard (JavaScript's TextDecoder) and Rust's String::from_utf8_lossy do. */
+ * point iteration and encoding, and a streaming decoder that replaces each maximal invalid
+ * subsequence by U+FFFD exactly as the WHATWG Encoding Standard (JavaScript's TextDecoder) and
+ * Rust's String::from_utf8_lossy do. */
 #ifndef MOIRA_RUNTIME_UTF8_H
 #define MOIRA_RUNTIME_UTF8_H
 
@@ -26,7 +27,7 @@ size_t moira_utf8_put(char *out, uint32_t cp);
 typedef struct moira_utf8_decoder {
     unsigned char held[4]; /* bytes of the character in progress */
     int held_len;
-    int needed; /* continuation bytes the character still needs */
+    int needed;                 /* continuation bytes the character still needs */
     unsigned char lower, upper; /* the allowed range of the next continuation byte */
 } moira_utf8_decoder_t;
 

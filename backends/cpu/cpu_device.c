@@ -15,9 +15,9 @@
 #include "backends/cpu/gemm.h"
 #include "backends/cpu/packed_weights.h"
 #include "runtime/backend.h"
+#include "runtime/env.h"
 #include "runtime/hwloc_topology.h"
 #include "runtime/log.h"
-#include "runtime/env.h"
 
 typedef struct cpu_device {
     moira_device_t base;

@@ -331,7 +331,8 @@ moira_status_t moira_acl_create_stream(moira_acl_device_t *device,
         free(stream);
         /* EAGAIN: no memory for the thread's stack (a memory limit), which is an allocation
          * failure to the caller, not a broken device. */
-        return moira_acl_status(err == EAGAIN ? MOIRA_ACL_ERROR_BAD_ALLOC : MOIRA_ACL_ERROR_RT_FAILURE,
+        return moira_acl_status(err == EAGAIN ? MOIRA_ACL_ERROR_BAD_ALLOC
+                                              : MOIRA_ACL_ERROR_RT_FAILURE,
                                 "cannot start a stream thread: %s", strerror(err));
     }
     *out_stream = stream;

@@ -10,8 +10,8 @@
 #include <time.h>
 
 #include "backends/opencl/opencl_internal.h"
-#include "runtime/log.h"
 #include "runtime/env.h"
+#include "runtime/log.h"
 
 #define TILE 16 /* kernels/linear.cl and moe.cl */
 #define BLOCK 4 /* kernels/linear.cl: outputs per work-item per dimension */

@@ -52,14 +52,11 @@ static void print_bench_help(FILE *out) {
 }
 
 int moira_cli_bench(int argc, char **argv) {
-    static const struct option options[] = {{"backend", required_argument, NULL, 'b'},
-                                            {"model", required_argument, NULL, 'm'},
-                                            {"tokens", required_argument, NULL, 't'},
-                                            {"iters", required_argument, NULL, 'i'},
-                                            {"text", required_argument, NULL, 'x'},
-                                            {"json", no_argument, NULL, 'j'},
-                                            {"help", no_argument, NULL, 'h'},
-                                            {NULL, 0, NULL, 0}};
+    static const struct option options[] = {
+        {"backend", required_argument, NULL, 'b'}, {"model", required_argument, NULL, 'm'},
+        {"tokens", required_argument, NULL, 't'},  {"iters", required_argument, NULL, 'i'},
+        {"text", required_argument, NULL, 'x'},    {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0}};
     moira_bench_args_t args = {NULL, NULL, 0, 0, NULL, false};
     optind = 1;
     opterr = 0;

@@ -39,12 +39,14 @@ static int validate_lists(const char *backends, const char *ops) {
     char copy[512];
     char *save = NULL;
     if (backends && !names_something(backends, sizeof(copy)))
-        return moira_cli_usage_error("check", "--backends must name at least one device or "
-                                              "backend (at most %zu characters)",
+        return moira_cli_usage_error("check",
+                                     "--backends must name at least one device or "
+                                     "backend (at most %zu characters)",
                                      sizeof(copy) - 1);
     if (ops && !names_something(ops, sizeof(copy)))
-        return moira_cli_usage_error("check", "--ops must name at least one op (at most %zu "
-                                              "characters)",
+        return moira_cli_usage_error("check",
+                                     "--ops must name at least one op (at most %zu "
+                                     "characters)",
                                      sizeof(copy) - 1);
     if (backends) {
         snprintf(copy, sizeof(copy), "%s", backends);

@@ -93,7 +93,8 @@ static int parse_options(int argc, char **argv, tokenize_options_t *o) {
 /* Prints ids as a JSON array (no newline). */
 static void print_id_array(const moira_token_ids_t *ids) {
     putchar('[');
-    for (size_t i = 0; i < ids->count; i++) printf(i ? ",%d" : "%d", ids->ids[i]);
+    for (size_t i = 0; i < ids->count; i++)
+        printf(i ? ",%d" : "%d", ids->ids[i]);
     putchar(']');
 }
 
@@ -107,10 +108,11 @@ static void print_json_string(const char *text, size_t len) {
 }
 
 /* The result of one encode: plain ids separated by spaces, or a JSON object. */
-static void print_ids(const tokenize_options_t *o, const moira_token_ids_t *ids,
-                      const char *prompt, size_t prompt_len) {
+static void print_ids(const tokenize_options_t *o, const moira_token_ids_t *ids, const char *prompt,
+                      size_t prompt_len) {
     if (!o->json) {
-        for (size_t i = 0; i < ids->count; i++) printf(i ? " %d" : "%d", ids->ids[i]);
+        for (size_t i = 0; i < ids->count; i++)
+            printf(i ? " %d" : "%d", ids->ids[i]);
         putchar('\n');
         return;
     }
@@ -129,11 +131,10 @@ static moira_status_t stdin_error(size_t line, int column, const char *what) {
 }
 
 /* Reads stdin line by line, handing each line (without its newline) to `each`. */
-static moira_status_t for_each_line(moira_status_t (*each)(const tokenize_options_t *,
-                                                           const moira_tokenizer_t *, const char *,
-                                                           size_t, size_t),
-                                    const tokenize_options_t *o,
-                                    const moira_tokenizer_t *tokenizer) {
+static moira_status_t
+for_each_line(moira_status_t (*each)(const tokenize_options_t *, const moira_tokenizer_t *,
+                                     const char *, size_t, size_t),
+              const tokenize_options_t *o, const moira_tokenizer_t *tokenizer) {
     char *line = NULL;
     size_t capacity = 0, number = 0;
     ssize_t len;
@@ -157,9 +158,8 @@ static moira_status_t for_each_line(moira_status_t (*each)(const tokenize_option
  * BOS itself, so no framing is added). On success *prompt is malloc'd. */
 static moira_status_t encode_conversation(const tokenize_options_t *o,
                                           const moira_tokenizer_t *tokenizer,
-                                          const json_t *messages, const char *origin,
-                                          char **prompt, size_t *prompt_len,
-                                          moira_token_ids_t *ids) {
+                                          const json_t *messages, const char *origin, char **prompt,
+                                          size_t *prompt_len, moira_token_ids_t *ids) {
     *prompt = NULL;
     MOIRA_RETURN_IF_ERROR(moira_chat_check_messages(messages, origin));
     MOIRA_RETURN_IF_ERROR(moira_chat_render(tokenizer, o->chat_format, messages,
@@ -245,8 +245,8 @@ static moira_status_t encode_messages(const tokenize_options_t *o,
                                       const moira_tokenizer_t *tokenizer) {
     char *file;
     size_t file_len;
-    MOIRA_RETURN_IF_ERROR(moira_read_file(o->messages, "messages file", MAX_INPUT_BYTES, &file,
-                                          &file_len));
+    MOIRA_RETURN_IF_ERROR(
+        moira_read_file(o->messages, "messages file", MAX_INPUT_BYTES, &file, &file_len));
     json_error_t error;
     json_t *messages = json_loadb(file, file_len, 0, &error);
     free(file);

@@ -12,7 +12,8 @@
 static bool grow(void **array, int32_t *capacity, int32_t need, size_t element) {
     if (need <= *capacity) return true;
     int32_t next = *capacity ? *capacity * 2 : 64;
-    while (next < need) next *= 2;
+    while (next < need)
+        next *= 2;
     void *grown = realloc(*array, (size_t)next * element);
     if (!grown) return false;
     *array = grown;
@@ -67,16 +68,17 @@ void moira_added_trie_free(added_trie_t *trie) {
 
 /* Unicode's White_Space property (what Rust's char::is_whitespace tests), for lstrip/rstrip. */
 static bool is_white_space(uint32_t cp) {
-    return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 ||
-           cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 ||
-           cp == 0x202F || cp == 0x205F || cp == 0x3000;
+    return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
+           (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
+           cp == 0x205F || cp == 0x3000;
 }
 
 /* Start of the whitespace run that ends at `end` (not before `floor`). */
 static size_t skip_white_space_back(const char *text, size_t floor, size_t end) {
     while (end > floor) {
         size_t start = end - 1;
-        while (start > floor && ((unsigned char)text[start] & 0xC0) == 0x80) start--;
+        while (start > floor && ((unsigned char)text[start] & 0xC0) == 0x80)
+            start--;
         size_t pos = start;
         if (!is_white_space(moira_utf8_next(text, end, &pos))) break;
         end = start;
@@ -107,7 +109,8 @@ static bool word_before(const moira_tokenizer_t *tokenizer, const char *text, si
                         size_t at) {
     if (at <= floor) return false;
     size_t start = at - 1;
-    while (start > floor && ((unsigned char)text[start] & 0xC0) == 0x80) start--;
+    while (start > floor && ((unsigned char)text[start] & 0xC0) == 0x80)
+        start--;
     return is_word_char(tokenizer, text, start, at);
 }
 
@@ -156,9 +159,9 @@ moira_status_t moira_added_split(const moira_tokenizer_t *tokenizer, const added
         if (token->lstrip) match_start = skip_white_space_back(base, segment, match_start);
         if (token->rstrip) match_end = skip_white_space_forward(base, match_end, end);
         MOIRA_RETURN_IF_ERROR(emit_text(work, piece, segment, match_start));
-        MOIRA_RETURN_IF_ERROR(moira_work_emit(
-            work, (text_piece_t){piece->in_scratch, match_start, match_end - match_start,
-                                 token->id}));
+        MOIRA_RETURN_IF_ERROR(
+            moira_work_emit(work, (text_piece_t){piece->in_scratch, match_start,
+                                                 match_end - match_start, token->id}));
         segment = pos = match_end;
     }
     return emit_text(work, piece, segment, end);

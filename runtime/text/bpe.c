@@ -58,8 +58,8 @@ static void queue_pair(const moira_tokenizer_t *tokenizer, encode_work_t *work, 
     int32_t right = work->symbols[left].next;
     if (right < 0) return;
     int32_t rank, merged;
-    if (moira_merge_map_find(&tokenizer->merges, work->symbols[left].id,
-                             work->symbols[right].id, &rank, &merged))
+    if (moira_merge_map_find(&tokenizer->merges, work->symbols[left].id, work->symbols[right].id,
+                             &rank, &merged))
         heap_push(work->heap, count,
                   (bpe_candidate_t){rank, left, work->symbols[right].id, merged});
 }
@@ -69,7 +69,8 @@ static void queue_pair(const moira_tokenizer_t *tokenizer, encode_work_t *work, 
 static moira_status_t reserve(encode_work_t *work, size_t len) {
     if (len > work->symbol_capacity) {
         size_t next = work->symbol_capacity ? work->symbol_capacity : 256;
-        while (next < len) next *= 2;
+        while (next < len)
+            next *= 2;
         bpe_symbol_t *symbols = realloc(work->symbols, next * sizeof(*symbols));
         if (!symbols) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "tokenizer BPE");
         work->symbols = symbols;
@@ -77,7 +78,8 @@ static moira_status_t reserve(encode_work_t *work, size_t len) {
     }
     if (2 * len > work->heap_capacity) {
         size_t next = work->heap_capacity ? work->heap_capacity : 512;
-        while (next < 2 * len) next *= 2;
+        while (next < 2 * len)
+            next *= 2;
         bpe_candidate_t *heap = realloc(work->heap, next * sizeof(*heap));
         if (!heap) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "tokenizer BPE");
         work->heap = heap;
@@ -87,9 +89,8 @@ static moira_status_t reserve(encode_work_t *work, size_t len) {
 }
 
 /* The id of the piece spelled whole in byte-level characters, or -1 (for ignore_merges). */
-static moira_status_t whole_word_id(const moira_tokenizer_t *tokenizer,
-                                    const unsigned char *bytes, size_t len, encode_work_t *work,
-                                    int32_t *id) {
+static moira_status_t whole_word_id(const moira_tokenizer_t *tokenizer, const unsigned char *bytes,
+                                    size_t len, encode_work_t *work, int32_t *id) {
     size_t need = len * 2; /* a byte-level character is at most 2 bytes of UTF-8 */
     if (need > work->spelling_capacity) {
         char *grown = realloc(work->spelling, need);
@@ -133,7 +134,8 @@ moira_status_t moira_bpe_encode(const moira_tokenizer_t *tokenizer, const unsign
     work->symbols[count - 1].next = -1;
 
     size_t queued = 0;
-    for (int32_t i = 0; i + 1 < count; i++) queue_pair(tokenizer, work, &queued, i);
+    for (int32_t i = 0; i + 1 < count; i++)
+        queue_pair(tokenizer, work, &queued, i);
     while (queued > 0) {
         bpe_candidate_t top = heap_pop(work->heap, &queued);
         bpe_symbol_t *left = &work->symbols[top.left];

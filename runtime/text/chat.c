@@ -8,8 +8,9 @@
 
 moira_status_t moira_chat_check_messages(const json_t *messages, const char *origin) {
     if (!json_is_array(messages) || json_array_size(messages) == 0)
-        return moira_status_at(MOIRA_CODE_INVALID_INPUT, origin, 0, 0,
-                               "messages must be a non-empty JSON array of {\"role\", \"content\"}");
+        return moira_status_at(
+            MOIRA_CODE_INVALID_INPUT, origin, 0, 0,
+            "messages must be a non-empty JSON array of {\"role\", \"content\"}");
     size_t i;
     const json_t *message;
     json_array_foreach((json_t *)messages, i, message) {

@@ -87,7 +87,8 @@ moira_status_t moira_tokenizer_decode(const moira_tokenizer_t *tokenizer, const 
             moira_detokenizer_finish(d, &piece, &piece_len);
         if (status) break;
         if (len + piece_len + 1 > capacity) {
-            while (len + piece_len + 1 > capacity) capacity *= 2;
+            while (len + piece_len + 1 > capacity)
+                capacity *= 2;
             char *grown = realloc(text, capacity);
             if (!grown) {
                 status = moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "decoded text");

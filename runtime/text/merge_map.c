@@ -24,7 +24,8 @@ static uint64_t mix(uint64_t x) {
 /* Sizes the table for `count` merges at most half full. Errors: OUT_OF_MEMORY. */
 moira_status_t moira_merge_map_init(merge_map_t *map, size_t count) {
     size_t slots = 16;
-    while (slots < count * 2) slots <<= 1;
+    while (slots < count * 2)
+        slots <<= 1;
     map->keys = malloc(slots * sizeof(*map->keys));
     map->ranks = malloc(slots * sizeof(*map->ranks));
     map->merged = malloc(slots * sizeof(*map->merged));

@@ -65,9 +65,9 @@ static moira_status_t find_matches(const pretokenize_step_t *step, const char *b
         MOIRA_RETURN_IF_ERROR(push_span(work, count, (split_span_t){match_start, match_end, true}));
         previous = match_end;
         /* An empty match moves the search on by one character, or it would match forever. */
-        pos = match_end > match_start ? match_end
-                                      : match_end + (match_end < len ? char_length(bytes[match_end])
-                                                                     : 1);
+        pos = match_end > match_start
+                  ? match_end
+                  : match_end + (match_end < len ? char_length(bytes[match_end]) : 1);
     }
     if (previous != len)
         MOIRA_RETURN_IF_ERROR(push_span(work, count, (split_span_t){previous, len, false}));
@@ -130,7 +130,8 @@ static moira_status_t split_piece(const pretokenize_step_t *step, split_behavior
     size_t count;
     MOIRA_RETURN_IF_ERROR(find_matches(step, bytes, piece->len, work, &count));
     if (invert)
-        for (size_t i = 0; i < count; i++) work->spans[i].is_match = !work->spans[i].is_match;
+        for (size_t i = 0; i < count; i++)
+            work->spans[i].is_match = !work->spans[i].is_match;
     count = apply_behavior(work->spans, count, behavior);
     for (size_t i = 0; i < count; i++) {
         if (work->spans[i].end <= work->spans[i].start) continue;
@@ -148,7 +149,8 @@ static moira_status_t prefix_space(const char *text, encode_work_t *work, text_p
     size_t need = work->scratch_len + piece->len + 1;
     if (need > work->scratch_capacity) {
         size_t next = work->scratch_capacity ? work->scratch_capacity * 2 : 4096;
-        while (next < need) next *= 2;
+        while (next < need)
+            next *= 2;
         char *grown = realloc(work->scratch, next);
         if (!grown) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "tokenizer scratch");
         work->scratch = grown;

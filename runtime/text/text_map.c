@@ -20,7 +20,8 @@ static uint64_t hash_text(const char *text, size_t len) {
 moira_status_t moira_text_map_init(text_map_t *map, size_t capacity) {
     memset(map, 0, sizeof(*map));
     size_t slots = 16;
-    while (slots < capacity * 2) slots <<= 1;
+    while (slots < capacity * 2)
+        slots <<= 1;
     map->slots = calloc(slots, sizeof(*map->slots));
     map->entries = malloc((capacity ? capacity : 1) * sizeof(*map->entries));
     if (!map->slots || !map->entries) {

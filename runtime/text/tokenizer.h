@@ -87,8 +87,7 @@ bool moira_tokenizer_is_special(const moira_tokenizer_t *tokenizer, int32_t id);
 
 /* tokenizer_config.json's chat_template (the default one when it lists several), or NULL.
  * Borrowed. `origin` (borrowed, may be NULL) names where it came from, for messages. */
-const char *moira_tokenizer_chat_template(const moira_tokenizer_t *tokenizer,
-                                          const char **origin);
+const char *moira_tokenizer_chat_template(const moira_tokenizer_t *tokenizer, const char **origin);
 
 /* Streaming detokenisation: push ids as they are generated and receive the text that became
  * complete. Bytes of a character split across tokens are held until the character is complete;

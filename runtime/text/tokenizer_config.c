@@ -50,7 +50,8 @@ static moira_status_t frame_id(moira_tokenizer_t *tokenizer, bool before, int32_
 
 /* TemplateProcessing's "single" template: special tokens before $A frame the text in front,
  * those after it behind. */
-static moira_status_t load_template_processing(moira_tokenizer_t *tokenizer, const json_t *section) {
+static moira_status_t load_template_processing(moira_tokenizer_t *tokenizer,
+                                               const json_t *section) {
     const json_t *single = json_object_get(section, "single");
     const json_t *specials = json_object_get(section, "special_tokens");
     if (!json_is_array(single))
@@ -63,13 +64,15 @@ static moira_status_t load_template_processing(moira_tokenizer_t *tokenizer, con
             before = false;
             continue;
         }
-        const char *name = json_string_value(json_object_get(json_object_get(item, "SpecialToken"), "id"));
+        const char *name =
+            json_string_value(json_object_get(json_object_get(item, "SpecialToken"), "id"));
         const json_t *ids = json_object_get(json_object_get(specials, name ? name : ""), "ids");
         if (!name || !json_is_array(ids))
-            return moira_tokenizer_bad(tokenizer, "post_processor.single",
-                                       "item %zu is neither {\"Sequence\"} nor a {\"SpecialToken\"} "
-                                       "listed in special_tokens",
-                                       i);
+            return moira_tokenizer_bad(
+                tokenizer, "post_processor.single",
+                "item %zu is neither {\"Sequence\"} nor a {\"SpecialToken\"} "
+                "listed in special_tokens",
+                i);
         size_t k;
         const json_t *id;
         json_array_foreach((json_t *)ids, k, id) {

@@ -143,8 +143,7 @@ bool moira_tokenizer_is_special(const moira_tokenizer_t *tokenizer, int32_t id) 
     return id >= 0 && id < tokenizer->vocab_size && (tokenizer->id_flags[id] & TOKEN_SPECIAL);
 }
 
-const char *moira_tokenizer_chat_template(const moira_tokenizer_t *tokenizer,
-                                          const char **origin) {
+const char *moira_tokenizer_chat_template(const moira_tokenizer_t *tokenizer, const char **origin) {
     if (origin) *origin = tokenizer->chat_template_origin;
     return tokenizer->chat_template;
 }

@@ -33,8 +33,8 @@ typedef struct text_map {
 
 /* The BPE merges: (left id, right id) -> (rank, merged id), open addressing. */
 typedef struct merge_map {
-    uint64_t *keys; /* left << 32 | right, or UINT64_MAX for an empty slot; owned */
-    int32_t *ranks; /* owned */
+    uint64_t *keys;  /* left << 32 | right, or UINT64_MAX for an empty slot; owned */
+    int32_t *ranks;  /* owned */
     int32_t *merged; /* owned */
     size_t mask;
 } merge_map_t;
@@ -77,8 +77,8 @@ typedef enum split_behavior {
 /* One step of the pre-tokenizer sequence. */
 typedef struct pretokenize_step {
     enum { STEP_SPLIT, STEP_BYTE_LEVEL } kind;
-    regex_t *regex;       /* Split by regex, or ByteLevel's own regex when use_regex; owned */
-    char *literal;        /* Split by string; owned */
+    regex_t *regex; /* Split by regex, or ByteLevel's own regex when use_regex; owned */
+    char *literal;  /* Split by string; owned */
     size_t literal_len;
     split_behavior_t behavior;
     bool invert;
@@ -86,19 +86,19 @@ typedef struct pretokenize_step {
 } pretokenize_step_t;
 
 struct moira_tokenizer {
-    char *path;              /* tokenizer.json, for messages; owned */
-    char *pool;              /* every token text and decoded byte string; owned */
-    int32_t vocab_size;      /* one past the largest id */
-    const char **id_text;    /* the token's text per id (into pool); owned array */
-    uint32_t *id_text_len;   /* owned */
-    const char **id_bytes;   /* the bytes decoding gives per id (into pool); owned array */
-    uint32_t *id_bytes_len;  /* owned */
-    uint8_t *id_flags;       /* TOKEN_* per id; owned */
+    char *path;             /* tokenizer.json, for messages; owned */
+    char *pool;             /* every token text and decoded byte string; owned */
+    int32_t vocab_size;     /* one past the largest id */
+    const char **id_text;   /* the token's text per id (into pool); owned array */
+    uint32_t *id_text_len;  /* owned */
+    const char **id_bytes;  /* the bytes decoding gives per id (into pool); owned array */
+    uint32_t *id_bytes_len; /* owned */
+    uint8_t *id_flags;      /* TOKEN_* per id; owned */
     uint32_t max_token_bytes;
-    text_map_t vocab;        /* text -> id over the model's vocabulary (not the added tokens) */
+    text_map_t vocab; /* text -> id over the model's vocabulary (not the added tokens) */
     merge_map_t merges;
-    bool ignore_merges;      /* a pre-token that is a whole vocabulary entry skips merging */
-    int32_t byte_ids[256];   /* the id of each byte's one-character byte-level token, or -1 */
+    bool ignore_merges;    /* a pre-token that is a whole vocabulary entry skips merging */
+    int32_t byte_ids[256]; /* the id of each byte's one-character byte-level token, or -1 */
 
     added_token_t *added; /* owned */
     size_t added_count;
@@ -115,9 +115,9 @@ struct moira_tokenizer {
     size_t suffix_count;
 
     int32_t bos_id, eos_id;
-    char *bos_token, *eos_token;       /* owned; NULL when none */
-    char *chat_template;               /* owned; NULL when none */
-    char *chat_template_origin;        /* owned */
+    char *bos_token, *eos_token; /* owned; NULL when none */
+    char *chat_template;         /* owned; NULL when none */
+    char *chat_template_origin;  /* owned */
 };
 
 /* text_map.c: sized once for `capacity` entries; a text put twice keeps its later id, as a JSON

@@ -23,8 +23,8 @@ moira_status_t moira_tokenizer_json_parse(const char *text, size_t len, const ch
     json_t *root = json_loadb(text, len, 0, &error);
     if (!root)
         return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, error.line > 0 ? error.line : 0,
-                               error.column > 0 ? error.column : 0, "not valid JSON (%s): %s",
-                               what, error.text);
+                               error.column > 0 ? error.column : 0, "not valid JSON (%s): %s", what,
+                               error.text);
     if (!json_is_object(root)) {
         json_decref(root);
         return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
@@ -51,8 +51,7 @@ moira_status_t moira_tokenizer_bad(const moira_tokenizer_t *tokenizer, const cha
     va_start(args, fmt);
     vsnprintf(message, sizeof(message), fmt, args);
     va_end(args);
-    return moira_status_at(MOIRA_CODE_INVALID_INPUT, tokenizer->path, 0, 0, "%s: %s", key,
-                           message);
+    return moira_status_at(MOIRA_CODE_INVALID_INPUT, tokenizer->path, 0, 0, "%s: %s", key, message);
 }
 
 bool moira_json_flag(const json_t *object, const char *key, bool fallback) {
@@ -80,10 +79,9 @@ static moira_status_t build_id_tables(moira_tokenizer_t *tokenizer, const json_t
     json_object_foreach((json_t *)vocab, key, value) {
         int32_t id;
         if (!token_id_of(value, &id))
-            return moira_tokenizer_bad(tokenizer, "model.vocab",
-                                       "token \"%.80s\" has id %s; ids are integers in [0, %d)",
-                                       key, json_is_integer(value) ? "out of range" : "not an integer",
-                                       MAX_TOKEN_ID);
+            return moira_tokenizer_bad(
+                tokenizer, "model.vocab", "token \"%.80s\" has id %s; ids are integers in [0, %d)",
+                key, json_is_integer(value) ? "out of range" : "not an integer", MAX_TOKEN_ID);
         if (id > largest) largest = id;
         pool_bytes += 2 * strlen(key) + 2;
     }
@@ -150,7 +148,8 @@ static moira_status_t build_id_tables(moira_tokenizer_t *tokenizer, const json_t
         token->normalized = moira_json_flag(value, "normalized", !token->special);
         tokenizer->id_text[id] = cursor;
         tokenizer->id_text_len[id] = (uint32_t)len;
-        tokenizer->id_flags[id] = TOKEN_PRESENT | TOKEN_ADDED | (token->special ? TOKEN_SPECIAL : 0);
+        tokenizer->id_flags[id] =
+            TOKEN_PRESENT | TOKEN_ADDED | (token->special ? TOKEN_SPECIAL : 0);
         cursor += 2 * len + 2;
     }
     return MOIRA_OK_STATUS;
@@ -169,8 +168,10 @@ static void build_decoded_bytes(moira_tokenizer_t *tokenizer) {
         bool byte_level = !(tokenizer->id_flags[id] & TOKEN_ADDED);
         for (size_t pos = 0; byte_level && pos < len;) {
             int byte = moira_byte_level_byte(moira_utf8_next(text, len, &pos));
-            if (byte < 0) byte_level = false;
-            else bytes[count++] = (char)byte;
+            if (byte < 0)
+                byte_level = false;
+            else
+                bytes[count++] = (char)byte;
         }
         if (!byte_level) {
             memcpy(bytes, text, len);
@@ -240,8 +241,13 @@ static moira_status_t build_merges(moira_tokenizer_t *tokenizer, const json_t *m
         int32_t left_id = moira_text_map_find(vocab, left, left_len);
         int32_t right_id = moira_text_map_find(vocab, right, right_len);
         int32_t merged_id = moira_text_map_find(vocab, joined, left_len + right_len);
-        const char *unknown = left_id < 0 ? left : right_id < 0 ? right : merged_id < 0 ? joined : NULL;
-        size_t unknown_len = left_id < 0 ? left_len : right_id < 0 ? right_len : left_len + right_len;
+        const char *unknown = left_id < 0     ? left
+                              : right_id < 0  ? right
+                              : merged_id < 0 ? joined
+                                              : NULL;
+        size_t unknown_len = left_id < 0    ? left_len
+                             : right_id < 0 ? right_len
+                                            : left_len + right_len;
         if (unknown) {
             status = moira_tokenizer_bad(tokenizer, key,
                                          "the merge names token \"%.*s\", which is not in the "
@@ -279,7 +285,8 @@ static moira_status_t load_model(moira_tokenizer_t *tokenizer, const json_t *roo
         json_decref(no_added);
         return moira_tokenizer_bad(tokenizer, "added_tokens", "not an array");
     }
-    moira_status_t status = build_id_tables(tokenizer, vocab, json_is_array(added) ? added : no_added);
+    moira_status_t status =
+        build_id_tables(tokenizer, vocab, json_is_array(added) ? added : no_added);
     json_decref(no_added);
     MOIRA_RETURN_IF_ERROR(status);
     build_decoded_bytes(tokenizer);
@@ -359,8 +366,7 @@ moira_status_t moira_tokenizer_load_texts(const char *tokenizer_json, size_t tok
     if (!status && config_json)
         status = moira_tokenizer_json_parse(config_json, config_len, "tokenizer_config.json",
                                             "tokenizer_config.json", &config);
-    if (!status)
-        status = load_parsed("tokenizer.json", root, config, "tokenizer_config.json", out);
+    if (!status) status = load_parsed("tokenizer.json", root, config, "tokenizer_config.json", out);
     json_decref(root);
     json_decref(config);
     return status;

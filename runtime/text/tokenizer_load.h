@@ -26,7 +26,7 @@ bool moira_json_flag(const json_t *object, const char *key, bool fallback);
 /* tokenizer_pipeline.c: compiles a regex as Hugging Face does (Oniguruma's default syntax, UTF-8);
  * a pattern Oniguruma refuses is INVALID_INPUT naming `key` and the reason. */
 moira_status_t moira_tokenizer_compile_regex(const moira_tokenizer_t *tokenizer, const char *key,
-                                            const char *pattern, size_t len, regex_t **out);
+                                             const char *pattern, size_t len, regex_t **out);
 
 /* tokenizer_pipeline.c: the normalizer, pre-tokenizer, post-processor and decoder sections. */
 moira_status_t moira_tokenizer_load_pipeline(moira_tokenizer_t *tokenizer, const json_t *root);

@@ -22,7 +22,7 @@ static void initialise_oniguruma(void) {
 /* Compiles a pre-tokenizer regex as Hugging Face does (Oniguruma's default syntax, no options,
  * UTF-8). A pattern Oniguruma refuses is INVALID_INPUT naming the key and Oniguruma's reason. */
 moira_status_t moira_tokenizer_compile_regex(const moira_tokenizer_t *tokenizer, const char *key,
-                                            const char *pattern, size_t len, regex_t **out) {
+                                             const char *pattern, size_t len, regex_t **out) {
     pthread_once(&oniguruma_once, initialise_oniguruma);
     OnigErrorInfo info;
     const UChar *start = (const UChar *)pattern;
@@ -111,15 +111,16 @@ static moira_status_t load_split(moira_tokenizer_t *tokenizer, const json_t *sec
     const json_t *literal = json_object_get(pattern, "String");
     snprintf(where, sizeof(where), "%s.pattern", key);
     if (json_is_string(regex)) {
-        MOIRA_RETURN_IF_ERROR(moira_tokenizer_compile_regex(tokenizer, where, json_string_value(regex),
-                                            json_string_length(regex), &step.regex));
+        MOIRA_RETURN_IF_ERROR(moira_tokenizer_compile_regex(
+            tokenizer, where, json_string_value(regex), json_string_length(regex), &step.regex));
     } else if (json_is_string(literal)) {
         step.literal_len = json_string_length(literal);
         step.literal = malloc(step.literal_len + 1);
         if (!step.literal) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "tokenizer");
         memcpy(step.literal, json_string_value(literal), step.literal_len + 1);
     } else {
-        return moira_tokenizer_bad(tokenizer, where, "expected {\"Regex\": ...} or {\"String\": ...}");
+        return moira_tokenizer_bad(tokenizer, where,
+                                   "expected {\"Regex\": ...} or {\"String\": ...}");
     }
     return add_step(tokenizer, step);
 }
@@ -132,7 +133,8 @@ static moira_status_t load_pretokenizer(moira_tokenizer_t *tokenizer, const json
     if (is_type(section, "Sequence")) {
         const json_t *list = json_object_get(section, "pretokenizers");
         if (!json_is_array(list))
-            return moira_tokenizer_bad(tokenizer, key, "a Sequence needs a \"pretokenizers\" array");
+            return moira_tokenizer_bad(tokenizer, key,
+                                       "a Sequence needs a \"pretokenizers\" array");
         size_t i;
         const json_t *item;
         json_array_foreach((json_t *)list, i, item) {
@@ -142,8 +144,8 @@ static moira_status_t load_pretokenizer(moira_tokenizer_t *tokenizer, const json
         }
         return MOIRA_OK_STATUS;
     }
-    bool after_byte_level =
-        tokenizer->step_count > 0 && tokenizer->steps[tokenizer->step_count - 1].kind == STEP_BYTE_LEVEL;
+    bool after_byte_level = tokenizer->step_count > 0 &&
+                            tokenizer->steps[tokenizer->step_count - 1].kind == STEP_BYTE_LEVEL;
     if (is_type(section, "Split")) {
         if (after_byte_level)
             return moira_status_at(MOIRA_CODE_UNSUPPORTED, tokenizer->path, 0, 0,
@@ -155,8 +157,8 @@ static moira_status_t load_pretokenizer(moira_tokenizer_t *tokenizer, const json
                                    .add_prefix_space =
                                        moira_json_flag(section, "add_prefix_space", true)};
         if (moira_json_flag(section, "use_regex", true))
-            MOIRA_RETURN_IF_ERROR(moira_tokenizer_compile_regex(tokenizer, key, byte_level_pattern,
-                                                strlen(byte_level_pattern), &step.regex));
+            MOIRA_RETURN_IF_ERROR(moira_tokenizer_compile_regex(
+                tokenizer, key, byte_level_pattern, strlen(byte_level_pattern), &step.regex));
         return add_step(tokenizer, step);
     }
     return moira_status_at(MOIRA_CODE_UNSUPPORTED, tokenizer->path, 0, 0,

@@ -11,9 +11,12 @@
 
 /* Texts that reach every stage: added-token look-alikes, digits, whitespace runs, a contraction,
  * multi-byte characters and an emoji sequence. */
-static const char *const texts[] = {
-    "hello world", "<s> a</s>b <tool>  <｜User｜>", "12345 67\t\n\n  x", "don't 'S",
-    "中文 العربية é e\xCC\x81 \xF0\x9F\x91\x8D\xF0\x9F\x8F\xBD", ""};
+static const char *const texts[] = {"hello world",
+                                    "<s> a</s>b <tool>  <｜User｜>",
+                                    "12345 67\t\n\n  x",
+                                    "don't 'S",
+                                    "中文 العربية é e\xCC\x81 \xF0\x9F\x91\x8D\xF0\x9F\x8F\xBD",
+                                    ""};
 
 static void check_text(const moira_tokenizer_t *tokenizer, const char *text) {
     moira_token_ids_t ids = {0};
@@ -62,7 +65,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         moira_fuzz_expect_input_error(status, "tokenizer.json");
         return 0;
     }
-    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) check_text(tokenizer, texts[i]);
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++)
+        check_text(tokenizer, texts[i]);
     moira_tokenizer_free(tokenizer);
     return 0;
 }

@@ -1,8 +1,8 @@
 /* The tokenizer on tests/data/tokenizer/tiny, a byte-level BPE small enough that every id below was
  * worked out by hand from tests/data/tokenizer/make_tiny.py's table (id b = byte b; merges 256-264
- * in rank order; <s> 265, </s> 266, <tool> 267 with lstrip, <w> 268 single_word). Decoding's U+FFFD placement follows
- * the WHATWG UTF-8 decoder's "maximal subpart" rule, worked out by hand per case. The DeepSeek-V3
- * tokenizer against Hugging Face's own is tests/cli/tokenizer_hf.sh. */
+ * in rank order; <s> 265, </s> 266, <tool> 267 with lstrip, <w> 268 single_word). Decoding's U+FFFD
+ * placement follows the WHATWG UTF-8 decoder's "maximal subpart" rule, worked out by hand per case.
+ * The DeepSeek-V3 tokenizer against Hugging Face's own is tests/cli/tokenizer_hf.sh. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,9 +20,11 @@ static void expect_ids(const char *text, bool special, const int32_t *expected) 
     moira_token_ids_t ids = {0};
     CHECK_OK(moira_tokenizer_encode(tiny, text, strlen(text), special, &ids));
     size_t n = 0;
-    while (expected[n] >= 0) n++;
+    while (expected[n] >= 0)
+        n++;
     bool same = ids.count == n;
-    for (size_t i = 0; same && i < n; i++) same = ids.ids[i] == expected[i];
+    for (size_t i = 0; same && i < n; i++)
+        same = ids.ids[i] == expected[i];
     CHECK_MSG(same, "encode(\"%s\", special=%d): got %zu ids, first %d", text, special, ids.count,
               ids.count ? ids.ids[0] : -1);
     moira_token_ids_free(&ids);
@@ -129,17 +131,17 @@ static void test_decode(void) {
 /* Every encode of text decodes back to it (a byte-level BPE loses nothing), and the stream gives
  * the same text however the ids arrive. */
 static void test_round_trip(void) {
-    static const char *texts[] = {
-        "hello world", "hello\tworld\n\n  12345678 é中文🙂 <s> </s><tool>x", "hellohellohello",
-        "   \r\n", "\xF0\x9F\x91\x8D\xF0\x9F\x8F\xBD"};
+    static const char *texts[] = {"hello world",
+                                  "hello\tworld\n\n  12345678 é中文🙂 <s> </s><tool>x",
+                                  "hellohellohello", "   \r\n", "\xF0\x9F\x91\x8D\xF0\x9F\x8F\xBD"};
     for (size_t t = 0; t < sizeof(texts) / sizeof(texts[0]); t++) {
         moira_token_ids_t ids = {0};
         CHECK_OK(moira_tokenizer_encode(tiny, texts[t], strlen(texts[t]), false, &ids));
         char *text;
         size_t len;
         CHECK_OK(moira_tokenizer_decode(tiny, ids.ids, ids.count, false, &text, &len));
-        CHECK_MSG(len == strlen(texts[t]) && !memcmp(text, texts[t], len),
-                  "round trip of text %zu", t);
+        CHECK_MSG(len == strlen(texts[t]) && !memcmp(text, texts[t], len), "round trip of text %zu",
+                  t);
         free(text);
         moira_token_ids_free(&ids);
     }
@@ -147,7 +149,8 @@ static void test_round_trip(void) {
 
 static void test_load_errors(void) {
     moira_tokenizer_t *t = NULL;
-    CHECK_CODE(moira_tokenizer_load(MOIRA_TEST_DATA_DIR "/no-such-model", &t), MOIRA_CODE_NOT_FOUND);
+    CHECK_CODE(moira_tokenizer_load(MOIRA_TEST_DATA_DIR "/no-such-model", &t),
+               MOIRA_CODE_NOT_FOUND);
     CHECK(t == NULL);
     /* Without a config: no BOS framing (the post-processor is ByteLevel), no chat template. */
     CHECK_OK(moira_tokenizer_load_files(TINY "/tokenizer.json", NULL, &t));

@@ -14,7 +14,8 @@
 #define COLS 8
 
 /* Lays out and fills a staging image for `mats`, as moira_staging_upload does before copying. */
-static unsigned char *stage(const moira_tensor_t *const *mats, int64_t count, moira_dtensor_t *out) {
+static unsigned char *stage(const moira_tensor_t *const *mats, int64_t count,
+                            moira_dtensor_t *out) {
     moira_staging_t measure = {.weight_dtype = -1};
     CHECK_OK(moira_staging_place_matrices(&measure, mats, count, true, out));
     unsigned char *image = calloc(1, measure.used + 64);
