@@ -18,11 +18,9 @@ show_on_fail="$work/err"
 # A private cache, so the damage never reaches the suite's shared one (build/cache).
 export XDG_CACHE_HOME="$work/cache"
 unset MOIRA_OPENCL_BUILD_OPTIONS MOIRA_FAULT MOIRA_LOG
-# The sanitizer build: this script compiles the kernels in-process a dozen times, and PoCL then
-# leaves a dynamic-TLS range of an unloaded kernel library that crashes LeakSanitizer's tracer at
-# exit ("Tracer caught signal 11", often, with or without this change); not tracking __tls_get_addr
-# avoids it and leaves leak checking on.
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}intercept_tls_get_addr=0"
+# (The sanitizer build compiles the kernels in-process a dozen times here; tests/CMakeLists.txt
+# sets ASAN_OPTIONS=intercept_tls_get_addr=0 for every test, which keeps LeakSanitizer's tracer
+# from crashing at exit on PoCL's dynamic TLS.)
 
 # run_check [VAR=VALUE...]: the gate ops of `moira check` on opencl:0 (small, and compared against
 # the reference); $got is the exit code, 124 when it hung.
