@@ -14,13 +14,6 @@
 static const unsigned char cache_magic[8] = {'M', 'O', 'I', 'R', 'A', 'P', 'C', '\n'};
 #define CACHE_VERSION 1u
 
-uint64_t moira_fnv1a64(uint64_t hash, const void *data, size_t length) {
-    const unsigned char *bytes = data;
-    for (size_t i = 0; i < length; i++)
-        hash = (hash ^ bytes[i]) * 0x100000001b3ull;
-    return hash;
-}
-
 /* Little-endian on every host, so a cache folder shared between machines stays readable (or is
  * rejected by its key, never misread). */
 static void put_u32(unsigned char *out, uint32_t value) {

@@ -25,18 +25,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "runtime/hash.h"
 #include "runtime/status.h"
 
 #define MOIRA_PROGRAM_CACHE_HEADER_BYTES 40
 /* No compiled program comes near this; a bigger file is not one of ours. */
 #define MOIRA_PROGRAM_CACHE_MAX_BYTES ((size_t)512 << 20)
-/* The FNV-1a 64 offset basis: the `hash` to start moira_fnv1a64 from. */
-#define MOIRA_FNV1A64_BASIS 0xcbf29ce484222325ull
-
-/* FNV-1a 64 of `length` bytes, continuing from `hash` (MOIRA_FNV1A64_BASIS to start): the
- * payload checksum, and what backends hash their cache keys with. */
-uint64_t moira_fnv1a64(uint64_t hash, const void *data, size_t length);
-
 /* Fills `out` with the header for `payload_size` bytes of `payload` under `key`. */
 void moira_program_cache_header(uint64_t key, const void *payload, size_t payload_size,
                                 unsigned char out[MOIRA_PROGRAM_CACHE_HEADER_BYTES]);

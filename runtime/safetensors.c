@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "runtime/atomic_file.h"
+#include "runtime/hash.h"
 #include "runtime/utf8.h"
 
 #define INDEX_FILE_NAME "model.safetensors.index.json"
@@ -146,12 +147,7 @@ static char *join_path(const char *dir, const char *name) {
 }
 
 static uint64_t hash_name(const char *name) {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
-        h ^= *p;
-        h *= 1099511628211ull;
-    }
-    return h;
+    return moira_fnv1a64(MOIRA_FNV1A64_BASIS, name, strlen(name));
 }
 
 /* The kernel's limit on memory mappings per process (Linux vm.max_map_count), or its default. */

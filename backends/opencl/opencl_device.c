@@ -18,6 +18,7 @@
 
 #include "runtime/backend.h"
 #include "runtime/fault.h"
+#include "runtime/hash.h"
 #include "runtime/log.h"
 #include "runtime/program_cache.h"
 #include <CL/cl_ext.h>

@@ -4,16 +4,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/hash.h"
 #include "runtime/text/tokenizer_internal.h"
 
-/* FNV-1a: token texts are short, and this spreads them well enough for linear probing. */
+/* FNV-1a: token texts are short, and it spreads them well enough for linear probing. */
 static uint64_t hash_text(const char *text, size_t len) {
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)text[i];
-        h *= 1099511628211ull;
-    }
-    return h;
+    return moira_fnv1a64(MOIRA_FNV1A64_BASIS, text, len);
 }
 
 /* Sizes the table for `capacity` entries at most half full. Errors: OUT_OF_MEMORY. */
