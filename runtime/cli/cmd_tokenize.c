@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "runtime/cli/cli.h"
+#include "runtime/json_string.h"
 #include "runtime/read_file.h"
 #include "runtime/text/chat.h"
 #include "runtime/text/tokenizer.h"
@@ -98,15 +99,6 @@ static void print_id_array(const moira_token_ids_t *ids) {
     putchar(']');
 }
 
-/* Prints a string as one JSON string literal (UTF-8 kept, as JSON.stringify writes it). */
-static void print_json_string(const char *text, size_t len) {
-    json_t *value = json_stringn(text, len);
-    char *dumped = value ? json_dumps(value, JSON_ENCODE_ANY) : NULL;
-    fputs(dumped ? dumped : "null", stdout);
-    free(dumped);
-    json_decref(value);
-}
-
 /* The result of one encode: plain ids separated by spaces, or a JSON object. */
 static void print_ids(const tokenize_options_t *o, const moira_token_ids_t *ids, const char *prompt,
                       size_t prompt_len) {
@@ -120,7 +112,7 @@ static void print_ids(const tokenize_options_t *o, const moira_token_ids_t *ids,
     print_id_array(ids);
     if (prompt) {
         printf(", \"prompt\": ");
-        print_json_string(prompt, prompt_len);
+        moira_json_write_stringn(stdout, prompt, prompt_len);
     }
     printf("}\n");
 }
@@ -234,7 +226,7 @@ static moira_status_t decode_line(const tokenize_options_t *o, const moira_token
                                         &text_len);
     moira_token_ids_free(&ids);
     if (status) return status;
-    print_json_string(text, text_len);
+    moira_json_write_stringn(stdout, text, text_len);
     putchar('\n');
     free(text);
     return MOIRA_OK_STATUS;
