@@ -29,9 +29,11 @@ static void warn_once(const char *name, const char *value, const char *expected)
 int moira_env_choice(const char *name, const char *const *choices) {
     const char *value = getenv(name);
     if (!value || !*value) return -1;
+    for (int i = 0; choices[i]; i++)
+        if (!strcmp(value, choices[i])) return i;
+    /* Read per launch by some callers: the message is built only for a value that is wrong. */
     char expected[256] = "one of";
     for (int i = 0; choices[i]; i++) {
-        if (!strcmp(value, choices[i])) return i;
         size_t used = strlen(expected);
         snprintf(expected + used, sizeof(expected) - used, "%s %s", i ? "," : "", choices[i]);
     }
