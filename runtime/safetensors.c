@@ -778,11 +778,14 @@ fail:
     return status;
 }
 
-/* Orders entry indices by the start of their byte range. */
-static const entry_t *sort_entries_base;
+/* One tensor's byte range, sorted by its start to find overlaps. */
+typedef struct byte_range {
+    uint64_t begin, end;
+    size_t entry;
+} byte_range_t;
+
 static int by_begin(const void *a, const void *b) {
-    const entry_t *x = &sort_entries_base[*(const size_t *)a];
-    const entry_t *y = &sort_entries_base[*(const size_t *)b];
+    const byte_range_t *x = a, *y = b;
     return x->begin < y->begin ? -1 : x->begin > y->begin;
 }
 
@@ -792,28 +795,30 @@ static int by_begin(const void *a, const void *b) {
 static moira_status_t refuse_overlaps(moira_safetensors_t *f, size_t first, const char *path) {
     size_t n = f->count - first;
     if (n < 2) return MOIRA_OK_STATUS;
-    size_t *order = malloc(n * sizeof(*order));
-    if (!order) return out_of_memory(path);
+    byte_range_t *ranges = malloc(n * sizeof(*ranges));
+    if (!ranges) return out_of_memory(path);
     for (size_t i = 0; i < n; i++)
-        order[i] = first + i;
-    sort_entries_base = f->entries; /* qsort has no context argument; loading is single-threaded */
-    qsort(order, n, sizeof(*order), by_begin);
+        ranges[i] =
+            (byte_range_t){f->entries[first + i].begin, f->entries[first + i].end, first + i};
+    qsort(ranges, n, sizeof(*ranges), by_begin);
     moira_status_t status = MOIRA_OK_STATUS;
-    const entry_t *previous = NULL;
+    const byte_range_t *previous = NULL;
     for (size_t i = 0; i < n && !status; i++) {
-        const entry_t *e = &f->entries[order[i]];
-        if (e->end == e->begin) continue; /* an empty tensor holds no bytes */
+        const byte_range_t *r = &ranges[i];
+        if (r->end == r->begin) continue; /* an empty tensor holds no bytes */
+        const char *name = f->entries[r->entry].name;
+        const char *previous_name = previous ? f->entries[previous->entry].name : NULL;
         /* A name given twice is reported as such by the duplicate check. */
-        if (previous && e->begin < previous->end && strcmp(e->name, previous->name) != 0)
-            status = tensor_error(MOIRA_CODE_INVALID_INPUT, path, e->name,
+        if (previous && r->begin < previous->end && strcmp(name, previous_name) != 0)
+            status = tensor_error(MOIRA_CODE_INVALID_INPUT, path, name,
                                   "data_offsets [%llu, %llu] overlap those of tensor \"%s\" "
                                   "[%llu, %llu]; tensors may not share bytes",
-                                  (unsigned long long)e->begin, (unsigned long long)e->end,
-                                  previous->name, (unsigned long long)previous->begin,
+                                  (unsigned long long)r->begin, (unsigned long long)r->end,
+                                  previous_name, (unsigned long long)previous->begin,
                                   (unsigned long long)previous->end);
-        if (!previous || e->end > previous->end) previous = e;
+        if (!previous || r->end > previous->end) previous = r;
     }
-    free(order);
+    free(ranges);
     return status;
 }
 
