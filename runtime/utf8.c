@@ -67,6 +67,13 @@ uint32_t moira_utf8_next(const char *text, size_t len, size_t *pos) {
            ((uint32_t)(p[2] & 0x3F) << 6) | (p[3] & 0x3F);
 }
 
+size_t moira_utf8_prev(const char *text, size_t floor, size_t end) {
+    size_t start = end > floor ? end - 1 : floor;
+    while (start > floor && ((unsigned char)text[start] & 0xC0) == 0x80)
+        start--;
+    return start;
+}
+
 size_t moira_utf8_put(char *out, uint32_t cp) {
     if (cp < 0x80) {
         out[0] = (char)cp;

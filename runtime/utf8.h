@@ -19,6 +19,9 @@ size_t moira_utf8_valid_prefix(const char *text, size_t len);
 /* The code point at text[*pos] (valid UTF-8 assumed), advancing *pos past it. */
 uint32_t moira_utf8_next(const char *text, size_t len, size_t *pos);
 
+/* The start of the character that ends at text[end] (valid UTF-8 assumed), not before `floor`. */
+size_t moira_utf8_prev(const char *text, size_t floor, size_t end);
+
 /* Writes `cp` as UTF-8 into out (room for 4 bytes); returns the byte count. */
 size_t moira_utf8_put(char *out, uint32_t cp);
 

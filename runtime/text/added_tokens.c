@@ -76,9 +76,7 @@ static bool is_white_space(uint32_t cp) {
 /* Start of the whitespace run that ends at `end` (not before `floor`). */
 static size_t skip_white_space_back(const char *text, size_t floor, size_t end) {
     while (end > floor) {
-        size_t start = end - 1;
-        while (start > floor && ((unsigned char)text[start] & 0xC0) == 0x80)
-            start--;
+        size_t start = moira_utf8_prev(text, floor, end);
         size_t pos = start;
         if (!is_white_space(moira_utf8_next(text, end, &pos))) break;
         end = start;
@@ -107,11 +105,7 @@ static bool is_word_char(const moira_tokenizer_t *tokenizer, const char *text, s
 
 static bool word_before(const moira_tokenizer_t *tokenizer, const char *text, size_t floor,
                         size_t at) {
-    if (at <= floor) return false;
-    size_t start = at - 1;
-    while (start > floor && ((unsigned char)text[start] & 0xC0) == 0x80)
-        start--;
-    return is_word_char(tokenizer, text, start, at);
+    return at > floor && is_word_char(tokenizer, text, moira_utf8_prev(text, floor, at), at);
 }
 
 static bool word_after(const moira_tokenizer_t *tokenizer, const char *text, size_t at,

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "runtime/text/tokenizer_internal.h"
+#include "runtime/utf8.h"
 
 /* A match or the gap between matches, in piece-relative offsets. */
 typedef struct split_span {
@@ -24,11 +25,6 @@ static moira_status_t push_span(encode_work_t *work, size_t *count, split_span_t
     }
     work->spans[(*count)++] = span;
     return MOIRA_OK_STATUS;
-}
-
-/* Byte length of the UTF-8 character that starts with `lead`. */
-static size_t char_length(unsigned char lead) {
-    return lead < 0x80 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4;
 }
 
 /* Lists the matches of the step's pattern in bytes[0, len) and the gaps around them, in order.
@@ -65,9 +61,13 @@ static moira_status_t find_matches(const pretokenize_step_t *step, const char *b
         MOIRA_RETURN_IF_ERROR(push_span(work, count, (split_span_t){match_start, match_end, true}));
         previous = match_end;
         /* An empty match moves the search on by one character, or it would match forever. */
-        pos = match_end > match_start
-                  ? match_end
-                  : match_end + (match_end < len ? char_length(bytes[match_end]) : 1);
+        pos = match_end;
+        if (match_end == match_start) {
+            if (match_end < len)
+                moira_utf8_next(bytes, len, &pos);
+            else
+                pos++;
+        }
     }
     if (previous != len)
         MOIRA_RETURN_IF_ERROR(push_span(work, count, (split_span_t){previous, len, false}));
