@@ -99,10 +99,11 @@ static void print_id_array(const moira_token_ids_t *ids) {
     putchar(']');
 }
 
-/* The result of one encode: plain ids separated by spaces, or a JSON object. */
-static void print_ids(const tokenize_options_t *o, const moira_token_ids_t *ids, const char *prompt,
+/* The result of one encode: plain ids separated by spaces, or a JSON object (with the prompt a
+ * conversation rendered to, when there is one). */
+static void print_ids(bool json, const moira_token_ids_t *ids, const char *prompt,
                       size_t prompt_len) {
-    if (!o->json) {
+    if (!json) {
         for (size_t i = 0; i < ids->count; i++)
             printf(i ? " %d" : "%d", ids->ids[i]);
         putchar('\n');
@@ -146,14 +147,13 @@ for_each_line(moira_status_t (*each)(const tokenize_options_t *, const moira_tok
     return status;
 }
 
-/* Renders a conversation and encodes the prompt as apply_chat_template does (the template writes
- * BOS itself, so no framing is added). On success *prompt is malloc'd. */
+/* Renders a conversation (already checked) and encodes the prompt as apply_chat_template does
+ * (the template writes BOS itself, so no framing is added). On success *prompt is malloc'd. */
 static moira_status_t encode_conversation(const tokenize_options_t *o,
                                           const moira_tokenizer_t *tokenizer,
-                                          const json_t *messages, const char *origin, char **prompt,
-                                          size_t *prompt_len, moira_token_ids_t *ids) {
+                                          const json_t *messages, char **prompt, size_t *prompt_len,
+                                          moira_token_ids_t *ids) {
     *prompt = NULL;
-    MOIRA_RETURN_IF_ERROR(moira_chat_check_messages(messages, origin));
     MOIRA_RETURN_IF_ERROR(moira_chat_render(tokenizer, o->chat_format, messages,
                                             !o->no_generation_prompt, prompt, prompt_len));
     return moira_tokenizer_encode(tokenizer, *prompt, *prompt_len, false, ids);
@@ -170,26 +170,32 @@ static moira_status_t encode_line(const tokenize_options_t *o, const moira_token
         return value ? stdin_error(number, 1, "expected a JSON string, or a JSON array of messages")
                      : stdin_error(number, error.column, error.text);
     }
+    bool conversation = json_is_array(value);
+    char origin[48];
+    snprintf(origin, sizeof(origin), "<stdin>:%zu", number);
+    /* The message check names the line itself; other failures get it added. */
+    moira_status_t status =
+        conversation ? moira_chat_check_messages(value, origin) : MOIRA_OK_STATUS;
+    if (status) {
+        json_decref(value);
+        return status;
+    }
     moira_token_ids_t ids = {0};
     char *prompt = NULL;
     size_t prompt_len = 0;
-    moira_status_t status;
-    if (json_is_string(value)) {
+    if (conversation)
+        status = encode_conversation(o, tokenizer, value, &prompt, &prompt_len, &ids);
+    else
         status = moira_tokenizer_encode(tokenizer, json_string_value(value),
                                         json_string_length(value), !o->no_special, &ids);
-    } else {
-        char origin[48];
-        snprintf(origin, sizeof(origin), "<stdin>:%zu", number);
-        status = encode_conversation(o, tokenizer, value, origin, &prompt, &prompt_len, &ids);
-    }
     json_decref(value);
-    if (!status && prompt) {
-        print_ids(&(tokenize_options_t){.json = true}, &ids, prompt, prompt_len);
-    } else if (!status) {
+    if (status) {
+        status = moira_status_annotate(status, "%s", origin);
+    } else if (conversation) {
+        print_ids(true, &ids, prompt, prompt_len);
+    } else {
         print_id_array(&ids);
         putchar('\n');
-    } else if (!prompt) {
-        status = moira_status_annotate(status, "<stdin>:%zu", number);
     }
     free(prompt);
     moira_token_ids_free(&ids);
@@ -245,13 +251,13 @@ static moira_status_t encode_messages(const tokenize_options_t *o,
     if (!messages)
         return moira_status_at(MOIRA_CODE_INVALID_INPUT, o->messages, error.line, error.column,
                                "not valid JSON: %s", error.text);
-    char *prompt;
+    char *prompt = NULL;
     size_t prompt_len = 0;
     moira_token_ids_t ids = {0};
-    moira_status_t status =
-        encode_conversation(o, tokenizer, messages, o->messages, &prompt, &prompt_len, &ids);
+    moira_status_t status = moira_chat_check_messages(messages, o->messages);
+    if (!status) status = encode_conversation(o, tokenizer, messages, &prompt, &prompt_len, &ids);
     json_decref(messages);
-    if (!status) print_ids(o, &ids, prompt, prompt_len);
+    if (!status) print_ids(o->json, &ids, prompt, prompt_len);
     moira_token_ids_free(&ids);
     free(prompt);
     return status;
@@ -270,7 +276,7 @@ static moira_status_t encode_text(const tokenize_options_t *o, const moira_token
     moira_token_ids_t ids = {0};
     moira_status_t status =
         moira_tokenizer_encode(tokenizer, o->text ? o->text : text, len, !o->no_special, &ids);
-    if (!status) print_ids(o, &ids, NULL, 0);
+    if (!status) print_ids(o->json, &ids, NULL, 0);
     moira_token_ids_free(&ids);
     free(text);
     return status;
