@@ -82,16 +82,6 @@ moira_status_t moira_mla_run(moira_queue_t *queue, const moira_model_config_t *c
                              const moira_dtensor_t *positions, moira_mla_cache_t *cache,
                              const moira_dtensor_t *y, float beta);
 
-/* The attention half of a decoder layer (DESIGN.md §4): h = x + mla(rmsnorm(x, input_layernorm))
- * and normed = rmsnorm(h, post_attention_layernorm), the input of the layer's MLP or MoE block.
- * Split out so the executor can run the MoE block across devices. h and normed are f32 [T, D]
- * and must not alias x or each other. Blocks until done. */
-moira_status_t moira_layer_attention_run(moira_queue_t *queue, const moira_model_config_t *config,
-                                         const moira_device_layer_t *layer,
-                                         const moira_dtensor_t *x, const moira_dtensor_t *positions,
-                                         moira_mla_cache_t *cache, const moira_dtensor_t *h,
-                                         const moira_dtensor_t *normed);
-
 /* Enqueues y = beta * y + W2 (silu(W1 x) * (W3 x)): shared experts and dense MLPs. y must not
  * alias x. Does not wait for the queue. */
 moira_status_t moira_swiglu_enqueue(moira_queue_t *queue, const moira_dtensor_t *x,

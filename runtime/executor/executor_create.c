@@ -12,7 +12,19 @@ static size_t round_up(size_t bytes) {
     return (bytes + EXEC_ALIGN - 1) / EXEC_ALIGN * EXEC_ALIGN;
 }
 
-/* The home of `device`, creating it (queue and activation buffer for max_tokens) on first use. */
+/* The largest workspace any layer's program needs at max_tokens, so one serves them all. */
+static size_t program_workspace_bytes(const moira_executor_t *e) {
+    size_t most = 0;
+    for (int64_t l = 0; l < e->n_layers; l++) {
+        size_t bytes = moira_layer_program_workspace_bytes(e->model, MOIRA_PROGRAM_DECODER_LAYER, l,
+                                                           e->max_tokens);
+        if (bytes > most) most = bytes;
+    }
+    return most;
+}
+
+/* The home of `device`, creating it (queue, activations and program workspace for max_tokens)
+ * on first use. */
 static moira_status_t home_for(moira_executor_t *e, moira_device_t *device, exec_home_t **out) {
     for (int i = 0; i < e->n_homes; i++)
         if (e->homes[i].device == device) {
@@ -22,19 +34,28 @@ static moira_status_t home_for(moira_executor_t *e, moira_device_t *device, exec
     exec_home_t *home = &e->homes[e->n_homes++];
     home->device = device;
     home->positions_written = -1;
-    int64_t t = e->max_tokens, d = e->model->hidden_size, k = e->model->num_experts_per_tok;
-    size_t act = round_up((size_t)(t * d) * 4), route = round_up((size_t)(t * k) * 4);
-    home->off_h = act;
-    home->off_normed = 2 * act;
-    home->off_out = 3 * act;
-    home->off_idx = 4 * act;
-    home->off_weight = 4 * act + route;
-    home->off_positions = 4 * act + 2 * route;
+    int64_t t = e->max_tokens, d = e->model->hidden_size;
+    home->off_positions = round_up((size_t)(t * d) * 4);
     MOIRA_RETURN_IF_ERROR(moira_queue_create(device, &home->queue));
     MOIRA_RETURN_IF_ERROR(moira_buffer_alloc(device, home->off_positions + round_up((size_t)t * 4),
                                              -1, &home->buffer));
+    MOIRA_RETURN_IF_ERROR(
+        moira_buffer_alloc(device, program_workspace_bytes(e), -1, &home->workspace));
     *out = home;
     return MOIRA_OK_STATUS;
+}
+
+/* Records the layer's program on its home, over the home's activations and workspace. */
+static moira_status_t record_layer(moira_executor_t *e, exec_layer_t *layer) {
+    exec_home_t *home = layer->home;
+    int64_t t = e->max_tokens, d = e->model->hidden_size;
+    moira_program_io_t io = {
+        .x = moira_dtensor_2d(home->buffer, 0, MOIRA_DTYPE_F32, t, d),
+        .positions = moira_dtensor_2d(home->buffer, home->off_positions, MOIRA_DTYPE_I32, t, 1),
+    };
+    io.positions.rank = 1;
+    return moira_layer_program_record(e->model, MOIRA_PROGRAM_DECODER_LAYER, layer->index,
+                                      &layer->weights, &io, home->workspace, 0, t, &layer->program);
 }
 
 /* The most replicas one target holds in any layer: its workspace's expert count. */
@@ -168,6 +189,7 @@ static moira_status_t open_layer(moira_executor_t *e, const moira_exec_config_t 
                                                     e->model, &home_part,
                                                     MOIRA_WEIGHT_DTYPE_AS_STORED, &layer->weights));
     *bytes_uploaded += (double)layer->weights.buffer->size;
+    MOIRA_RETURN_IF_ERROR(record_layer(e, layer));
     if (!layer->is_moe) return MOIRA_OK_STATUS;
     MOIRA_RETURN_IF_ERROR(index_replicas(e, layer, exec_of_target));
     return upload_experts(e, layer, bytes_uploaded);
@@ -261,6 +283,7 @@ moira_status_t moira_executor_create(const moira_exec_config_t *config, moira_ex
 
 /* A layer's device memory and bookkeeping; its queues are idle by now. */
 static void close_layer(exec_layer_t *layer, int n_targets) {
+    moira_layer_program_free(layer->program);
     moira_device_layer_release(&layer->weights);
     for (int i = 0; layer->experts && i < n_targets; i++)
         moira_device_experts_release(&layer->experts[i]);
@@ -311,6 +334,7 @@ void moira_executor_destroy(moira_executor_t *e) {
     for (int i = 0; i < e->n_homes; i++) {
         moira_queue_destroy(e->homes[i].queue);
         moira_buffer_free(e->homes[i].buffer);
+        moira_buffer_free(e->homes[i].workspace);
     }
     free(e->layers);
     free(e->targets);

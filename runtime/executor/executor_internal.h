@@ -6,6 +6,7 @@
 
 #include "ops/device_experts.h"
 #include "ops/device_layer.h"
+#include "ops/layer_program.h"
 #include "placement/cost_model.h"
 #include "runtime/clock.h"
 #include "runtime/executor/executor.h"
@@ -39,10 +40,11 @@ typedef struct exec_target {
 
 /* A device that runs layers' home work, with its activations for one batch. */
 typedef struct exec_home {
-    moira_device_t *device; /* borrowed */
-    moira_queue_t *queue;   /* owned */
-    moira_buffer_t *buffer; /* owned: the tensors below for max_tokens, cut to T per forward */
-    size_t off_h, off_normed, off_out, off_idx, off_weight, off_positions;
+    moira_device_t *device;    /* borrowed */
+    moira_queue_t *queue;      /* owned */
+    moira_buffer_t *buffer;    /* owned: x [max_tokens, D], then positions [max_tokens] */
+    size_t off_positions;      /* in buffer */
+    moira_buffer_t *workspace; /* owned: shared by the programs of every layer it is home to */
     int64_t positions_written; /* the forward whose positions the buffer holds */
 } exec_home_t;
 
@@ -52,6 +54,7 @@ typedef struct exec_layer {
     bool is_moe;
     exec_home_t *home;               /* borrowed from the executor */
     moira_device_layer_t weights;    /* owned: the home device's part of the layer */
+    moira_layer_program_t *program;  /* owned: the layer recorded on its home device */
     const moira_plan_layer_t *plan;  /* borrowed; NULL for a dense layer */
     moira_device_experts_t *experts; /* owned: one per exec target (empty where it holds none) */
     int32_t *replica_exec;           /* owned: per plan replica, its exec target */

@@ -6,26 +6,6 @@
 
 #include "runtime/executor/executor_internal.h"
 
-/* A home's activations cut to T tokens. */
-typedef struct home_views {
-    moira_dtensor_t x, h, normed, out, idx, weight, positions;
-} home_views_t;
-
-/* Views cut to this batch: the buffer is sized for max_tokens, the op contracts want exact shapes.
- */
-static home_views_t home_views(const exec_home_t *home, int64_t t, int64_t d, int64_t k) {
-    home_views_t v;
-    v.x = moira_dtensor_2d(home->buffer, 0, MOIRA_DTYPE_F32, t, d);
-    v.h = moira_dtensor_2d(home->buffer, home->off_h, MOIRA_DTYPE_F32, t, d);
-    v.normed = moira_dtensor_2d(home->buffer, home->off_normed, MOIRA_DTYPE_F32, t, d);
-    v.out = moira_dtensor_2d(home->buffer, home->off_out, MOIRA_DTYPE_F32, t, d);
-    v.idx = moira_dtensor_2d(home->buffer, home->off_idx, MOIRA_DTYPE_I32, t, k);
-    v.weight = moira_dtensor_2d(home->buffer, home->off_weight, MOIRA_DTYPE_F32, t, k);
-    v.positions = moira_dtensor_2d(home->buffer, home->off_positions, MOIRA_DTYPE_I32, t, 1);
-    v.positions.rank = 1;
-    return v;
-}
-
 /* Keeps the first error, releasing later ones. */
 static moira_status_t first_error(moira_status_t kept, moira_status_t next) {
     if (kept) {
@@ -36,69 +16,64 @@ static moira_status_t first_error(moira_status_t kept, moira_status_t next) {
 }
 
 /* Sends the residual stream (and, once per forward, the positions) to the layer's home. */
-static moira_status_t send_to_home(moira_executor_t *e, exec_home_t *home, const home_views_t *v,
+static moira_status_t send_to_home(moira_executor_t *e, exec_home_t *home, int64_t t,
                                    const moira_tensor_t *positions) {
-    size_t bytes = (size_t)moira_dtensor_numel(&v->x) * sizeof(float);
+    size_t bytes = (size_t)(t * e->model->hidden_size) * sizeof(float);
     MOIRA_RETURN_IF_ERROR(moira_queue_write(home->queue, home->buffer, 0, e->act, bytes));
     e->stats.home_bytes += (double)bytes;
     if (home->positions_written == e->forwards) return MOIRA_OK_STATUS;
     home->positions_written = e->forwards;
-    size_t position_bytes = (size_t)v->positions.shape[0] * sizeof(int32_t);
+    size_t position_bytes = (size_t)t * sizeof(int32_t);
     e->stats.home_bytes += (double)position_bytes;
     return moira_queue_write(home->queue, home->buffer, home->off_positions, positions->data,
                              position_bytes);
 }
 
-/* A dense layer, whole on its home device. */
-static moira_status_t run_dense_layer(moira_executor_t *e, exec_layer_t *layer,
-                                      const home_views_t *v, const moira_tensor_t *positions) {
-    exec_home_t *home = layer->home;
-    MOIRA_RETURN_IF_ERROR(send_to_home(e, home, v, positions));
-    MOIRA_RETURN_IF_ERROR(moira_layer_run(home->queue, e->model, layer->index, &layer->weights,
-                                          &v->x, &v->positions, NULL, &v->out));
-    size_t bytes = (size_t)moira_dtensor_numel(&v->out) * sizeof(float);
+/* Replays parts of the layer's program over the batch, one sequence without a cache. */
+static moira_status_t replay(exec_layer_t *layer, unsigned parts, int64_t t) {
+    moira_program_sequence_t sequence = {.first_row = 0, .rows = t};
+    return moira_layer_program_replay(layer->program, layer->home->queue, parts, t, &sequence, 1);
+}
+
+/* The residual stream back from the home, and the one wait of this stretch of the layer. */
+static moira_status_t receive_from_home(moira_executor_t *e, exec_home_t *home, int64_t t,
+                                        moira_status_t status) {
+    size_t bytes = (size_t)(t * e->model->hidden_size) * sizeof(float);
+    if (!status) status = moira_queue_read(home->queue, home->buffer, 0, e->act, bytes);
     e->stats.home_bytes += (double)bytes;
-    MOIRA_RETURN_IF_ERROR(
-        moira_queue_read(home->queue, home->buffer, home->off_out, e->act, bytes));
-    return moira_queue_finish(home->queue);
+    return first_error(status, moira_queue_finish(home->queue));
+}
+
+/* A dense layer, whole on its home device. */
+static moira_status_t run_dense_layer(moira_executor_t *e, exec_layer_t *layer, int64_t t,
+                                      const moira_tensor_t *positions) {
+    MOIRA_RETURN_IF_ERROR(send_to_home(e, layer->home, t, positions));
+    return receive_from_home(e, layer->home, t, replay(layer, MOIRA_LAYER_ALL, t));
 }
 
 /* Home, first half: attention, post-attention norm and router, then the router's choices and the
  * normalised activations come back to the host for routing. */
-static moira_status_t run_home_front(moira_executor_t *e, exec_layer_t *layer,
-                                     const home_views_t *v, const moira_tensor_t *positions) {
+static moira_status_t run_home_front(moira_executor_t *e, exec_layer_t *layer, int64_t t,
+                                     const moira_tensor_t *positions) {
     exec_home_t *home = layer->home;
-    MOIRA_RETURN_IF_ERROR(send_to_home(e, home, v, positions));
-    MOIRA_RETURN_IF_ERROR(moira_layer_attention_run(home->queue, e->model, &layer->weights, &v->x,
-                                                    &v->positions, NULL, &v->h, &v->normed));
-    MOIRA_RETURN_IF_ERROR(moira_gate_run(home->queue, e->model, &layer->weights, &v->normed,
-                                         &v->idx, &v->weight, NULL));
-    size_t act = (size_t)moira_dtensor_numel(&v->normed) * sizeof(float);
-    size_t route = (size_t)moira_dtensor_numel(&v->idx) * 4;
-    MOIRA_RETURN_IF_ERROR(
-        moira_queue_read(home->queue, home->buffer, home->off_normed, e->normed, act));
-    MOIRA_RETURN_IF_ERROR(
-        moira_queue_read(home->queue, home->buffer, home->off_idx, e->idx, route));
-    MOIRA_RETURN_IF_ERROR(
-        moira_queue_read(home->queue, home->buffer, home->off_weight, e->weight, route));
+    MOIRA_RETURN_IF_ERROR(send_to_home(e, home, t, positions));
+    moira_status_t status = replay(layer, MOIRA_LAYER_ATTENTION | MOIRA_LAYER_ROUTER, t);
+    moira_dtensor_t normed, idx, weight;
+    moira_layer_program_routing(layer->program, t, &normed, &idx, &weight);
+    size_t act = (size_t)moira_dtensor_numel(&normed) * sizeof(float);
+    size_t route = (size_t)moira_dtensor_numel(&idx) * 4;
+    if (!status)
+        status = moira_queue_read(home->queue, normed.buffer, normed.offset, e->normed, act);
+    if (!status) status = moira_queue_read(home->queue, idx.buffer, idx.offset, e->idx, route);
+    if (!status)
+        status = moira_queue_read(home->queue, weight.buffer, weight.offset, e->weight, route);
     e->stats.home_bytes += (double)(act + 2 * route);
-    return moira_queue_finish(home->queue);
+    return first_error(status, moira_queue_finish(home->queue));
 }
 
-/* Home, second half, while the targets run: out = h + shared(normed), back to the host. */
-static moira_status_t run_home_back(moira_executor_t *e, exec_layer_t *layer,
-                                    const home_views_t *v) {
-    exec_home_t *home = layer->home;
-    const moira_device_layer_t *w = &layer->weights;
-    size_t bytes = (size_t)moira_dtensor_numel(&v->out) * sizeof(float);
-    moira_status_t status = moira_queue_copy(home->queue, home->buffer, home->off_h, home->buffer,
-                                             home->off_out, bytes);
-    if (!status && w->shared_w1.buffer)
-        status = moira_swiglu_enqueue(home->queue, &v->normed, &w->shared_w1, &w->shared_w3,
-                                      &w->shared_w2, &v->out, 1.0f);
-    if (!status) status = moira_queue_read(home->queue, home->buffer, home->off_out, e->act, bytes);
-    e->stats.home_bytes += (double)bytes;
-    return first_error(status, moira_queue_finish(home->queue));
+/* Home, second half, while the targets run: x += shared(normed), back to the host. */
+static moira_status_t run_home_back(moira_executor_t *e, exec_layer_t *layer, int64_t t) {
+    return receive_from_home(e, layer->home, t, replay(layer, MOIRA_LAYER_SHARED, t));
 }
 
 /* Adds every target's partial sums into the residual stream on the host. */
@@ -116,17 +91,17 @@ static void combine_on_host(moira_executor_t *e) {
 }
 
 /* An MoE layer across its home device and its targets. */
-static moira_status_t run_moe_layer(moira_executor_t *e, exec_layer_t *layer, const home_views_t *v,
+static moira_status_t run_moe_layer(moira_executor_t *e, exec_layer_t *layer, int64_t t,
                                     const moira_tensor_t *positions, bool check,
                                     moira_exec_layer_stats_t *stats) {
     double start = moira_now_seconds();
-    MOIRA_RETURN_IF_ERROR(run_home_front(e, layer, v, positions));
-    moira_exec_route(e, layer, v->x.shape[0]);
+    MOIRA_RETURN_IF_ERROR(run_home_front(e, layer, t, positions));
+    moira_exec_route(e, layer, t);
     double handed = moira_now_seconds();
     for (int i = 0; i < e->n_targets; i++)
         if (e->targets[i].rows > 0)
             moira_exec_worker_post(&e->targets[i].worker, moira_exec_stage, &e->targets[i]);
-    moira_status_t status = run_home_back(e, layer, v);
+    moira_status_t status = run_home_back(e, layer, t);
     double home_done = moira_now_seconds();
     for (int i = 0; i < e->n_targets; i++) {
         exec_target_t *target = &e->targets[i];
@@ -199,7 +174,7 @@ moira_status_t moira_executor_forward(moira_executor_t *e, const moira_tensor_t 
             return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
                                      "executor: layer input %lld must be shaped as x",
                                      (long long)l);
-    int64_t t = x->shape[0], d = e->model->hidden_size, k = e->model->num_experts_per_tok;
+    int64_t t = x->shape[0], d = e->model->hidden_size;
     e->forwards++;
     memcpy(e->act, x->data, (size_t)(t * d) * sizeof(float));
     for (int i = 0; i < e->n_targets; i++)
@@ -209,13 +184,12 @@ moira_status_t moira_executor_forward(moira_executor_t *e, const moira_tensor_t 
     for (int64_t l = 0; l < e->n_layers && !status; l++) {
         exec_layer_t *layer = &e->layers[l];
         moira_exec_layer_stats_t *stats = &e->stats.layers[l];
-        home_views_t v = home_views(layer->home, t, d, k);
         if (layer_inputs) memcpy(layer_inputs[l].data, e->act, (size_t)(t * d) * sizeof(float));
         double layer_start = moira_now_seconds();
         if (layer->is_moe) {
-            status = run_moe_layer(e, layer, &v, positions, check_devices, stats);
+            status = run_moe_layer(e, layer, t, positions, check_devices, stats);
         } else {
-            status = run_dense_layer(e, layer, &v, positions);
+            status = run_dense_layer(e, layer, t, positions);
             stats->home_s += moira_now_seconds() - layer_start;
         }
         stats->wall_s += moira_now_seconds() - layer_start;
