@@ -25,6 +25,9 @@ static const verb_t verbs[] = {
      "here)"},
     {"plan", moira_cli_plan, "place expert replicas on a topology's devices and CPU memory"},
     {"bench", moira_cli_bench, "run a named benchmark against its peer (moira bench --help)"},
+    {"generate", moira_cli_generate,
+     "continue a prompt or a conversation with a Hugging Face model directory"},
+    {"chat", moira_cli_chat, "talk with a model interactively, its replies streamed"},
     {"tokenize", moira_cli_tokenize,
      "text or a conversation to token ids with a model's Hugging Face tokenizer, and back"},
 };

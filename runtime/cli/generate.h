@@ -1,0 +1,51 @@
+/* What `moira generate` and `moira chat` share: their model, device and sampling options, and
+ * opening a model directory into a running engine. */
+#ifndef MOIRA_CLI_GENERATE_H
+#define MOIRA_CLI_GENERATE_H
+
+#include <stdbool.h>
+
+#include "runtime/engine/engine.h"
+#include "runtime/engine/generation.h"
+
+#define GENERATE_MAX_STOPS 16
+
+typedef struct generate_options {
+    const char *model;
+    const char *backend;     /* default cpu:0 */
+    const char *chat_format; /* a built-in template instead of the model's own */
+    long long max_tokens;    /* -1: until the context is full */
+    long long context;       /* 0: the engine's default */
+    /* Sampling: unset values take generation_config.json's. */
+    bool has_temperature, has_top_p, has_top_k, has_seed;
+    double temperature, top_p;
+    long long top_k, seed;
+    const char *stops[GENERATE_MAX_STOPS];
+    int n_stops;
+} generate_options_t;
+
+/* The options both verbs take. Returns 1 when argv[*i] was one (consuming its value), 0 when it
+ * is not, and 2 (after printing why) for a bad value. */
+int generate_parse_option(const char *verb, int argc, char **argv, int *i, generate_options_t *o);
+
+/* The help lines of those options. */
+void generate_print_common_help(void);
+
+/* A model directory (with its tokenizer), the device, and the engine on it, with a progress line
+ * while weights upload. Caller frees with generate_session_close. */
+typedef struct generate_session {
+    moira_model_files_t model;
+    moira_engine_t *engine;
+    moira_sampling_t sampling;
+} generate_session_t;
+
+moira_status_t generate_session_open(const generate_options_t *o, generate_session_t *out);
+void generate_session_close(generate_session_t *session);
+
+/* The generation request's common part: sampling, stops and the token limit for a prompt of
+ * n_prompt tokens (the rest of the context when --max-tokens is not given). */
+moira_generation_request_t generate_request(const generate_options_t *o,
+                                            const generate_session_t *session,
+                                            const int32_t *prompt, int64_t n_prompt);
+
+#endif

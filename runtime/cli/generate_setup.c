@@ -1,0 +1,134 @@
+/* The options and setup `moira generate` and `moira chat` share (runtime/cli/generate.h). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "runtime/backend.h"
+#include "runtime/cli/cli.h"
+#include "runtime/cli/generate.h"
+
+/* Models whose weights exceed this get a progress line while they upload. */
+#define PROGRESS_MIN_BYTES (256.0 * 1048576.0)
+
+static bool parse_double(const char *verb, const char *option, const char *text, double min,
+                         double max, double *out) {
+    char *end = NULL;
+    double value = text ? strtod(text, &end) : NAN;
+    if (!text || !*text || *end || !(value >= min && value <= max)) {
+        moira_cli_usage_error(verb, "%s expects a number in [%g, %g], got \"%s\"", option, min, max,
+                              text ? text : "");
+        return false;
+    }
+    *out = value;
+    return true;
+}
+
+int generate_parse_option(const char *verb, int argc, char **argv, int *i, generate_options_t *o) {
+    const char *arg = argv[*i];
+    static const char *const with_value[] = {
+        "--model",       "--backend", "--chat-format", "--max-tokens", "--ctx",
+        "--temperature", "--top-p",   "--top-k",       "--seed",       "--stop"};
+    bool known = false;
+    for (size_t k = 0; k < sizeof(with_value) / sizeof(with_value[0]); k++)
+        known |= !strcmp(arg, with_value[k]);
+    if (!known) return 0;
+    if (*i + 1 >= argc) return moira_cli_usage_error(verb, "%s needs a value", arg);
+    const char *v = argv[++*i];
+    bool ok = true;
+    if (!strcmp(arg, "--model")) {
+        o->model = v;
+    } else if (!strcmp(arg, "--backend")) {
+        o->backend = v;
+    } else if (!strcmp(arg, "--chat-format")) {
+        o->chat_format = v;
+    } else if (!strcmp(arg, "--max-tokens")) {
+        ok = moira_cli_parse_int(verb, arg, v, 1, 1 << 24, &o->max_tokens);
+    } else if (!strcmp(arg, "--ctx")) {
+        ok = moira_cli_parse_int(verb, arg, v, 2, 1 << 24, &o->context);
+    } else if (!strcmp(arg, "--temperature")) {
+        ok = o->has_temperature = parse_double(verb, arg, v, 0, 100, &o->temperature);
+    } else if (!strcmp(arg, "--top-p")) {
+        ok = o->has_top_p = parse_double(verb, arg, v, 1e-9, 1, &o->top_p);
+    } else if (!strcmp(arg, "--top-k")) {
+        ok = o->has_top_k = moira_cli_parse_int(verb, arg, v, 0, 1 << 30, &o->top_k);
+    } else if (!strcmp(arg, "--seed")) {
+        ok = o->has_seed = moira_cli_parse_int(verb, arg, v, 0, INT64_MAX, &o->seed);
+    } else {
+        if (o->n_stops == GENERATE_MAX_STOPS)
+            return moira_cli_usage_error(verb, "at most %d --stop strings", GENERATE_MAX_STOPS);
+        if (!*v) return moira_cli_usage_error(verb, "--stop needs a non-empty string");
+        o->stops[o->n_stops++] = v;
+    }
+    return ok ? 1 : 2;
+}
+
+void generate_print_common_help(void) {
+    printf("  --model DIR        a Hugging Face model directory: config.json, safetensors weights\n"
+           "                     (one file, or shards with model.safetensors.index.json; f32,\n"
+           "                     bf16 or fp8 with block scales), tokenizer.json,\n"
+           "                     tokenizer_config.json, generation_config.json\n"
+           "  --backend DEVICE   the device that runs the model (default cpu:0; moira devices)\n"
+           "  --max-tokens N     generate at most N tokens (default: until the context is full)\n"
+           "  --ctx N            tokens a sequence may hold, prompt included (default\n"
+           "                     max_position_embeddings, at most 4096)\n"
+           "  --temperature T    0 is greedy; default generation_config.json's, else 1\n"
+           "  --top-p P          keep the smallest set of tokens holding P of the probability\n"
+           "  --top-k K          keep the K most likely tokens (0: all)\n"
+           "  --seed S           the sampler's seed: one seed, one output (default 0)\n"
+           "  --stop STR         end when STR appears in the text (repeatable; not printed)\n"
+           "  --chat-format N    a built-in chat template instead of the model's own\n");
+}
+
+/* One line on stderr, rewritten in place on a terminal. */
+static void progress(void *context, int64_t done, int64_t of, double bytes) {
+    const double *total = context;
+    if (*total < PROGRESS_MIN_BYTES) return;
+    bool tty = isatty(2);
+    fprintf(stderr, "%suploading weights: layer %lld of %lld, %.2f of %.2f GiB%s", tty ? "\r" : "",
+            (long long)done, (long long)of, bytes / 1073741824.0, *total / 1073741824.0,
+            tty && done < of ? "" : "\n");
+}
+
+moira_status_t generate_session_open(const generate_options_t *o, generate_session_t *s) {
+    memset(s, 0, sizeof(*s));
+    MOIRA_RETURN_IF_ERROR(moira_model_files_open(o->model, true, &s->model));
+    s->sampling = s->model.defaults;
+    if (o->has_temperature) s->sampling.temperature = o->temperature;
+    if (o->has_top_p) s->sampling.top_p = o->top_p;
+    if (o->has_top_k) s->sampling.top_k = (int32_t)o->top_k;
+    if (o->has_seed) s->sampling.seed = (uint64_t)o->seed;
+    MOIRA_RETURN_IF_ERROR(moira_runtime_init());
+    moira_device_t *device = NULL;
+    MOIRA_RETURN_IF_ERROR(moira_device_find(o->backend ? o->backend : "cpu:0", &device));
+    static double total;
+    total = moira_model_files_device_bytes(&s->model);
+    moira_engine_options_t options = {.context = o->context,
+                                      .max_sequences = 1,
+                                      .progress = progress,
+                                      .progress_context = &total};
+    return moira_engine_create(&s->model, device, &options, &s->engine);
+}
+
+void generate_session_close(generate_session_t *s) {
+    moira_engine_destroy(s->engine);
+    moira_model_files_close(&s->model);
+    memset(s, 0, sizeof(*s));
+}
+
+moira_generation_request_t generate_request(const generate_options_t *o,
+                                            const generate_session_t *s, const int32_t *prompt,
+                                            int64_t n_prompt) {
+    int64_t context = moira_engine_options(s->engine)->context;
+    moira_generation_request_t r = {
+        .prompt = prompt,
+        .n_prompt = n_prompt,
+        .max_tokens = o->max_tokens > 0 ? o->max_tokens : context - n_prompt,
+        .stops = o->stops,
+        .n_stops = o->n_stops,
+        .sampling = s->sampling,
+    };
+    if (r.max_tokens < 1 && o->max_tokens <= 0) r.max_tokens = 1;
+    return r;
+}
