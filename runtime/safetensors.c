@@ -60,8 +60,9 @@ typedef struct entry {
 /* A tensor of a dtype Moira does not compute with (F64, BOOL, U8, ...): checked like any other,
  * then left out, so that a checkpoint carrying one unused still loads; asking for it says why. */
 typedef struct skipped {
-    char *name;  /* owned */
-    char *dtype; /* owned */
+    char *name;                     /* owned */
+    char *dtype;                    /* owned */
+    moira_safetensors_other_t view; /* what moira_safetensors_other hands out */
 } skipped_t;
 
 struct moira_safetensors {
@@ -754,7 +755,13 @@ static moira_status_t parse_entry(moira_safetensors_t *f, json_t *j, size_t shar
             goto fail;
         }
         f->skipped = grown;
-        f->skipped[f->skipped_count++] = (skipped_t){name, dtype_name};
+        moira_safetensors_other_t view = {.name = name,
+                                          .dtype = dtype_name,
+                                          .rank = rank,
+                                          .data = data + offsets[0],
+                                          .nbytes = (size_t)nbytes};
+        memcpy(view.shape, shape, sizeof(view.shape));
+        f->skipped[f->skipped_count++] = (skipped_t){name, dtype_name, view};
         return MOIRA_OK_STATUS;
     }
 
@@ -1423,6 +1430,16 @@ size_t moira_safetensors_count(const moira_safetensors_t *file) {
 const char *moira_safetensors_name(const moira_safetensors_t *file, size_t index) {
     if (!file || index >= file->count) return NULL;
     return file->entries[index].name;
+}
+
+size_t moira_safetensors_other_count(const moira_safetensors_t *file) {
+    return file ? file->skipped_count : 0;
+}
+
+const moira_safetensors_other_t *moira_safetensors_other(const moira_safetensors_t *file,
+                                                         size_t index) {
+    if (!file || index >= file->skipped_count) return NULL;
+    return &file->skipped[index].view;
 }
 
 bool moira_safetensors_has(const moira_safetensors_t *file, const char *name) {

@@ -58,6 +58,26 @@ size_t moira_safetensors_count(const moira_safetensors_t *file);
  * range. Borrowed: valid until close. */
 const char *moira_safetensors_name(const moira_safetensors_t *file, size_t index);
 
+/* A tensor of a safetensors dtype Moira does not compute with (F64, BOOL, U8, I8, I16, U16, U32,
+ * U64, F8_E5M2, F8_E8M0, C64): open checks its bounds like any other's and keeps it aside, so that
+ * tools which only read values (`moira compare`) can still reach it. */
+typedef struct moira_safetensors_other {
+    const char *name;  /* borrowed: valid until close */
+    const char *dtype; /* its safetensors dtype name; borrowed: valid until close */
+    int rank;
+    int64_t shape[MOIRA_MAX_RANK];
+    const void *data; /* borrowed view into the file, valid until close; not aligned: memcpy */
+    size_t nbytes;
+} moira_safetensors_other_t;
+
+/* Number of such tensors (over all shards). They are not in moira_safetensors_count. */
+size_t moira_safetensors_other_count(const moira_safetensors_t *file);
+
+/* Such tensor `index` (0 <= index < other_count), in header order; NULL when out of range.
+ * Borrowed: valid until close. */
+const moira_safetensors_other_t *moira_safetensors_other(const moira_safetensors_t *file,
+                                                         size_t index);
+
 /* Whether a tensor of that name exists; for optional weights, where a missing one is no error. */
 bool moira_safetensors_has(const moira_safetensors_t *file, const char *name);
 

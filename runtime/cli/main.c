@@ -30,6 +30,7 @@ static const verb_t verbs[] = {
     {"chat", moira_cli_chat, "talk with a model interactively, its replies streamed"},
     {"tokenize", moira_cli_tokenize,
      "text or a conversation to token ids with a model's Hugging Face tokenizer, and back"},
+    {"compare", moira_cli_compare, "compare the tensors two safetensors files share (NMSE)"},
 };
 
 static void print_usage(FILE *out) {

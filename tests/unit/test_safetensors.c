@@ -644,6 +644,14 @@ static void test_unsupported_dtypes(void) {
     CHECK(moira_status_code(status) == MOIRA_CODE_UNSUPPORTED &&
           strstr(moira_status_message(status), "BOOL"));
     moira_status_free(status);
+    /* Skipped tensors stay reachable as raw bytes, for tools that only read values. */
+    CHECK(moira_safetensors_other_count(file) == 2 && !moira_safetensors_other(file, 2));
+    const moira_safetensors_other_t *w = moira_safetensors_other(file, 0);
+    const moira_safetensors_other_t *m = moira_safetensors_other(file, 1);
+    CHECK(w && !strcmp(w->name, "w") && !strcmp(w->dtype, "F64") && w->rank == 1 &&
+          w->shape[0] == 1 && w->nbytes == 8 && ((const unsigned char *)w->data)[0] == 8 * 7 + 1);
+    CHECK(m && !strcmp(m->name, "m") && !strcmp(m->dtype, "BOOL") && m->shape[0] == 3 &&
+          m->nbytes == 3 && ((const unsigned char *)m->data)[2] == 18 * 7 + 1);
     moira_safetensors_close(file);
     /* A skipped tensor is still checked: its bytes must be where its shape says. */
     write_raw(path, "{\"w\": {\"dtype\": \"F64\", \"shape\": [2], \"data_offsets\": [0, 8]}}",
