@@ -9,6 +9,7 @@
 #include "runtime/cli/generate.h"
 #include "runtime/json_string.h"
 #include "runtime/read_file.h"
+#include "runtime/safetensors.h"
 #include "runtime/text/chat.h"
 
 #define VERB "generate"
@@ -16,7 +17,7 @@
 
 typedef struct generate_args {
     generate_options_t common;
-    const char *prompt, *prompt_file, *messages;
+    const char *prompt, *prompt_file, *messages, *logits_out;
     bool json;
 } generate_args_t;
 
@@ -33,7 +34,10 @@ static void print_help(void) {
            "  --messages F.json  a JSON list of {role, content}, rendered with the model's chat\n"
            "                     template and the assistant's opening\n"
            "  --json             one JSON object: prompt_ids, ids, text, finish_reason\n"
-           "                     (stop|length), prefill_tokens_per_s, decode_tokens_per_s\n");
+           "                     (stop|length), prefill_tokens_per_s, decode_tokens_per_s\n"
+           "  --logits-out F     also write the logits each token was chosen from, `logits` F32\n"
+           "                     [steps, vocab], and the ids, `ids` I32 [steps], to safetensors F\n"
+           "                     (for moira compare against a PyTorch dump)\n");
     generate_print_common_help();
     printf("\nexit codes: 0 success, 1 a device failed, 2 bad usage or bad input (a model\n"
            "Moira does not implement, malformed files, a prompt longer than the context)\n");
@@ -48,6 +52,7 @@ static int parse_args(int argc, char **argv, generate_args_t *a) {
         const char **value = !strcmp(arg, "--prompt")        ? &a->prompt
                              : !strcmp(arg, "--prompt-file") ? &a->prompt_file
                              : !strcmp(arg, "--messages")    ? &a->messages
+                             : !strcmp(arg, "--logits-out")  ? &a->logits_out
                                                              : NULL;
         if (value) {
             if (i + 1 >= argc) return moira_cli_usage_error(VERB, "%s needs a value", arg);
@@ -140,6 +145,37 @@ static void print_json(const moira_token_ids_t *prompt, const moira_generation_r
            per_second(r->decode_tokens, r->decode_s));
 }
 
+/* Every step's logits, kept for --logits-out. */
+typedef struct logits_log {
+    float *values;
+    int64_t steps, capacity, vocab;
+} logits_log_t;
+
+static moira_status_t keep_logits(void *context, const float *logits, int64_t vocab) {
+    logits_log_t *log = context;
+    if (log->steps == log->capacity) {
+        int64_t capacity = log->capacity ? 2 * log->capacity : 16;
+        float *grown = realloc(log->values, (size_t)(capacity * vocab) * sizeof(float));
+        if (!grown) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "logits: out of memory");
+        log->values = grown;
+        log->capacity = capacity;
+    }
+    log->vocab = vocab;
+    memcpy(log->values + log->steps * vocab, logits, (size_t)vocab * sizeof(float));
+    log->steps++;
+    return MOIRA_OK_STATUS;
+}
+
+/* logits [steps, vocab] and ids [steps], whole or not at all. */
+static moira_status_t write_logits(const char *path, const logits_log_t *log,
+                                   const moira_token_ids_t *ids) {
+    int64_t logits_shape[2] = {log->steps, log->vocab}, ids_shape[1] = {log->steps};
+    moira_tensor_t logits = moira_tensor_view(MOIRA_DTYPE_F32, 2, logits_shape, log->values);
+    moira_tensor_t chosen = moira_tensor_view(MOIRA_DTYPE_I32, 1, ids_shape, ids->ids);
+    moira_named_tensor_t tensors[] = {{"logits", &logits}, {"ids", &chosen}};
+    return moira_safetensors_write(path, tensors, 2);
+}
+
 static moira_status_t run(const generate_args_t *a) {
     generate_session_t s;
     moira_status_t status = generate_session_open(&a->common, &s);
@@ -147,12 +183,19 @@ static moira_status_t run(const generate_args_t *a) {
     if (!status) status = prompt_ids(a, s.model.tokenizer, &prompt);
     moira_generation_result_t result;
     memset(&result, 0, sizeof(result));
+    logits_log_t log = {0};
     if (!status) {
         moira_generation_request_t r =
             generate_request(&a->common, &s, prompt.ids, (int64_t)prompt.count);
+        if (a->logits_out) {
+            r.on_logits = keep_logits;
+            r.logits_context = &log;
+        }
         status =
             moira_generate(s.engine, &s.model, 0, &r, a->json ? NULL : print_text, NULL, &result);
     }
+    if (!status && a->logits_out) status = write_logits(a->logits_out, &log, &result.ids);
+    free(log.values);
     if (!status && a->json) print_json(&prompt, &result);
     if (!status && !a->json) {
         printf("\n");

@@ -106,6 +106,8 @@ static moira_status_t decode(moira_engine_t *engine, const moira_model_files_t *
                              moira_generation_result_t *out) {
     out->finish_reason = "length";
     for (int64_t i = 0; i < r->max_tokens; i++) {
+        if (r->on_logits)
+            MOIRA_RETURN_IF_ERROR(r->on_logits(r->logits_context, logits, model->vocab));
         int32_t id = moira_sampler_next(sampler, logits);
         MOIRA_RETURN_IF_ERROR(moira_token_ids_push(&out->ids, id));
         if (is_eos(model, id)) {

@@ -9,6 +9,13 @@
 
 #include "runtime/engine/engine.h"
 
+/* Receives text as it completes; returning false stops generation (finish reason "stop"). */
+typedef bool (*moira_generation_text_fn)(void *context, const char *text, size_t len);
+
+/* Receives the logits [vocab] (borrowed for the call) each token was chosen from, in order. */
+typedef moira_status_t (*moira_generation_logits_fn)(void *context, const float *logits,
+                                                     int64_t vocab);
+
 typedef struct moira_generation_request {
     const int32_t *prompt; /* borrowed */
     int64_t n_prompt;
@@ -19,10 +26,9 @@ typedef struct moira_generation_request {
     /* Tokens of the prompt already in the sequence's cache from an earlier turn (their ids equal
      * the prompt's first `cached` ids): only the rest is prefilled. */
     int64_t cached;
+    moira_generation_logits_fn on_logits; /* optional */
+    void *logits_context;
 } moira_generation_request_t;
-
-/* Receives text as it completes; returning false stops generation (finish reason "stop"). */
-typedef bool (*moira_generation_text_fn)(void *context, const char *text, size_t len);
 
 typedef struct moira_generation_result {
     moira_token_ids_t ids; /* owned: the generated ids (the eos id included when it ended so) */
