@@ -40,7 +40,8 @@ static void print_usage(FILE *out) {
             "Ascend-style NPUs, and proves every backend computes the same thing.\n\nverbs:\n");
     for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
         fprintf(out, "  %-8s %s\n", verbs[i].name, verbs[i].summary);
-    fprintf(out, "\nexit codes: 0 success, 1 a run or check failed, 2 bad usage or bad input\n");
+    fprintf(out, "\nmoira --version prints the version and the backends this build has.\n");
+    fprintf(out, "exit codes: 0 success, 1 a run or check failed, 2 bad usage or bad input\n");
 }
 
 int moira_cli_usage_error(const char *verb, const char *fmt, ...) {
@@ -89,10 +90,29 @@ static int finish_stdout(int code) {
     return code == 0 ? 1 : code;
 }
 
+/* Written at build time (cmake/version.cmake). */
+extern const char moira_version_string[];
+extern const char moira_version_commit[];
+
+/* The version, the commit, and what this build can run on. */
+static void print_version(void) {
+    printf("moira %s (git %s)\nbackends:", moira_version_string, moira_version_commit);
+    for (int i = 0; i < moira_backend_count(); i++)
+        printf(" %s", moira_backend_name(i));
+    printf("\n");
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         print_usage(stderr);
         return 2;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        moira_status_t status = moira_runtime_init();
+        if (status) return moira_status_report(status);
+        print_version();
+        moira_runtime_shutdown();
+        return finish_stdout(0);
     }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         print_usage(stdout);

@@ -18,6 +18,9 @@ expect 2 "no verb" -- "$moira"
 expect 2 "unknown verb" -- "$moira" frobnicate
 expect 2 "unknown option" -- "$moira" devices --bogus
 expect 0 "devices" -- "$moira" devices
+expect 0 "--version" -- "$moira" --version
+check "--version names the version and commit" '^moira [0-9]+\.[0-9]+\.[0-9]+ \(git [0-9a-f]+' "$work/out"
+check "--version lists the cpu backend" '^backends:.* cpu' "$work/out"
 expect 0 "devices --json" -- "$moira" devices --json
 grep -q '"name": "cpu:0"' "$work/out" && passed=$((passed + 1)) ||
     { failed=$((failed + 1)); echo "FAIL: devices --json lacks cpu:0"; }
