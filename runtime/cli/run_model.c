@@ -96,26 +96,74 @@ moira_status_t run_model_check_fits(const moira_model_config_t *c, const run_arg
 }
 
 /* The batch decides the token count the plan is made for, so it is read before placement. */
+/* input_ids I32/I64 [T] (or [1, T]) through the checkpoint's model.embed_tokens.weight into
+ * x: what `moira run` feeds its layers when the inputs are token ids rather than activations. */
+static moira_status_t embed_input_ids(run_model_t *m, const run_args_t *a,
+                                      const moira_tensor_t *ids) {
+    int64_t t = ids->rank == 2 && ids->shape[0] == 1 ? ids->shape[1] : ids->shape[0];
+    bool shaped = ids->rank == 1 || (ids->rank == 2 && ids->shape[0] == 1);
+    bool typed = ids->dtype == MOIRA_DTYPE_I32 || ids->dtype == MOIRA_DTYPE_I64;
+    if (!shaped || !typed || t < 1 || t > (1 << 20))
+        return moira_status_at(MOIRA_CODE_INVALID_INPUT, a->inputs, 0, 0,
+                               "input_ids must be I32 or I64 [T] (or [1, T]) with 1 <= T <= %d",
+                               1 << 20);
+    if (!a->weights)
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
+                                 "%s holds input_ids: --weights must name the checkpoint whose "
+                                 "model.embed_tokens.weight embeds them",
+                                 a->inputs);
+    MOIRA_RETURN_IF_ERROR(moira_safetensors_open(a->weights, &m->checkpoint));
+    const moira_tensor_t *embed = NULL;
+    MOIRA_RETURN_IF_ERROR(
+        moira_safetensors_find(m->checkpoint, "model.embed_tokens.weight", &embed));
+    int64_t d = m->config.hidden_size;
+    if (embed->rank != 2 || embed->shape[1] != d)
+        return moira_status_make(MOIRA_CODE_INVALID_INPUT,
+                                 "%s: model.embed_tokens.weight must be [vocab, %lld]", a->weights,
+                                 (long long)d);
+    MOIRA_RETURN_IF_ERROR(moira_tensor_alloc_f32(t, d, &m->x));
+    for (int64_t i = 0; i < t; i++) {
+        int64_t id = ids->dtype == MOIRA_DTYPE_I32 ? ((const int32_t *)ids->data)[i]
+                                                   : ((const int64_t *)ids->data)[i];
+        if (id < 0 || id >= embed->shape[0])
+            return moira_status_at(MOIRA_CODE_INVALID_INPUT, a->inputs, 0, 0,
+                                   "input_ids[%lld] = %lld is outside the vocabulary (0 to %lld)",
+                                   (long long)i, (long long)id, (long long)embed->shape[0] - 1);
+        moira_tensor_row_to_f32(embed, id, (float *)m->x.data + i * d);
+    }
+    return MOIRA_OK_STATUS;
+}
+
 moira_status_t run_model_load_inputs(run_model_t *m, const run_args_t *a) {
     int64_t d = m->config.hidden_size, t = a->tokens;
     const moira_tensor_t *given = NULL;
+    const moira_tensor_t *ids = NULL;
     if (a->inputs) {
         MOIRA_RETURN_IF_ERROR(moira_safetensors_open(a->inputs, &m->inputs_file));
-        MOIRA_RETURN_IF_ERROR(moira_safetensors_find(m->inputs_file, "hidden_states", &given));
-        if (given->dtype != MOIRA_DTYPE_F32 || given->rank != 2 || given->shape[1] != d ||
-            given->shape[0] < 1 || given->shape[0] > (1 << 20))
+        if (!moira_safetensors_has(m->inputs_file, "hidden_states") &&
+            moira_safetensors_has(m->inputs_file, "input_ids"))
+            MOIRA_RETURN_IF_ERROR(moira_safetensors_find(m->inputs_file, "input_ids", &ids));
+        if (!ids)
+            MOIRA_RETURN_IF_ERROR(moira_safetensors_find(m->inputs_file, "hidden_states", &given));
+        if (given && (given->dtype != MOIRA_DTYPE_F32 || given->rank != 2 || given->shape[1] != d ||
+                      given->shape[0] < 1 || given->shape[0] > (1 << 20)))
             return moira_status_at(MOIRA_CODE_INVALID_INPUT, a->inputs, 0, 0,
                                    "hidden_states must be F32 [T, %lld] with 1 <= T <= %d",
                                    (long long)d, 1 << 20);
-        t = given->shape[0];
     }
-    MOIRA_RETURN_IF_ERROR(moira_tensor_alloc_f32(t, d, &m->x));
+    if (ids) {
+        MOIRA_RETURN_IF_ERROR(embed_input_ids(m, a, ids));
+        t = m->x.shape[0];
+    } else {
+        if (given) t = given->shape[0];
+        MOIRA_RETURN_IF_ERROR(moira_tensor_alloc_f32(t, d, &m->x));
+        if (given)
+            memcpy(m->x.data, given->data, moira_tensor_nbytes(&m->x));
+        else
+            moira_random_fill_uniform(m->x.data, (size_t)(t * d), (uint64_t)a->seed + 99, -1, 1);
+    }
     MOIRA_RETURN_IF_ERROR(moira_tensor_alloc_f32(t, d, &m->out));
     MOIRA_RETURN_IF_ERROR(moira_tensor_alloc_f32(t, d, &m->reference));
-    if (given)
-        memcpy(m->x.data, given->data, moira_tensor_nbytes(&m->x));
-    else
-        moira_random_fill_uniform(m->x.data, (size_t)(t * d), (uint64_t)a->seed + 99, -1, 1);
     int64_t shape[1] = {t};
     MOIRA_RETURN_IF_ERROR(moira_tensor_alloc(MOIRA_DTYPE_I32, 1, shape, &m->positions));
     for (int64_t i = 0; i < t; i++)
@@ -151,7 +199,8 @@ moira_status_t run_model_load_weights(run_model_t *m, const run_args_t *a) {
         MOIRA_RETURN_IF_ERROR(
             moira_tensor_alloc_f32(m->x.shape[0], c->hidden_size, &m->layer_inputs[l]));
     if (a->weights) {
-        MOIRA_RETURN_IF_ERROR(moira_safetensors_open(a->weights, &m->checkpoint));
+        if (!m->checkpoint) /* input_ids may have opened it for the embedding */
+            MOIRA_RETURN_IF_ERROR(moira_safetensors_open(a->weights, &m->checkpoint));
     } else {
         m->random = calloc((size_t)m->n_layers, sizeof(*m->random));
         if (!m->random) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "out of memory");
