@@ -13,23 +13,13 @@
 #include "runtime/backend.h"
 #include "tests/unit/testing.h"
 
-/* Runs a shell command and returns its exit code with stdout+stderr in `output` (truncated). */
-static int run_capture(const char *command, char *output, size_t size) {
-    FILE *pipe = popen(command, "r");
-    if (!pipe) return -1;
-    size_t used = fread(output, 1, size - 1, pipe);
-    output[used] = '\0';
-    int rc = pclose(pipe);
-    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
-
 /* OCL_ICD_VENDORS pointing at an empty place leaves the ICD loader without drivers. */
 static void check_missing_runtime(void) {
     char output[16384];
     char command[PATH_MAX + 64];
     snprintf(command, sizeof(command), "OCL_ICD_VENDORS=/nonexistent-moira-icd '%s' devices 2>&1",
              MOIRA_BINARY);
-    int rc = run_capture(command, output, sizeof(output));
+    int rc = moira_test_run_capture(command, output, sizeof(output));
     CHECK_MSG(rc == 0, "moira devices without an OpenCL runtime exited %d:\n%s", rc, output);
     CHECK_MSG(strstr(output, "opencl: unavailable") != NULL, "no unavailable reason:\n%s", output);
     CHECK_MSG(strstr(output, "cpu:0") != NULL, "cpu device missing:\n%s", output);
@@ -349,10 +339,10 @@ static void check_program_cache(const char *device_name) {
              "--inputs '%s/golden/gate_v3.inputs.safetensors' --backend %s -o '%s/out.safetensors' "
              "2>&1",
              dir, MOIRA_BINARY, MOIRA_TEST_DATA_DIR, MOIRA_TEST_DATA_DIR, device_name, dir);
-    int rc = run_capture(command, output, sizeof(output));
+    int rc = moira_test_run_capture(command, output, sizeof(output));
     CHECK_MSG(rc == 0 && strstr(output, "compiling OpenCL kernels"),
               "first run (rc %d) should compile:\n%s", rc, output);
-    rc = run_capture(command, output, sizeof(output));
+    rc = moira_test_run_capture(command, output, sizeof(output));
     CHECK_MSG(rc == 0 && !strstr(output, "compiling OpenCL kernels"),
               "second run (rc %d) should load the cached program:\n%s", rc, output);
     /* A failing build names the CL error and shows the driver's build log. */
@@ -362,7 +352,7 @@ static void check_program_cache(const char *device_name) {
         "gate --model '%s/golden/gate_v3.json' --inputs '%s/golden/gate_v3.inputs.safetensors' "
         "--backend %s -o '%s/out.safetensors' 2>&1",
         dir, MOIRA_BINARY, MOIRA_TEST_DATA_DIR, MOIRA_TEST_DATA_DIR, device_name, dir);
-    rc = run_capture(command, output, sizeof(output));
+    rc = moira_test_run_capture(command, output, sizeof(output));
     CHECK_MSG(rc != 0 && strstr(output, "CL_BUILD_PROGRAM_FAILURE") &&
                   strstr(output, "build log") && strstr(output, "a deliberate build failure"),
               "a failed build (rc %d) should report its log:\n%s", rc, output);

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <sys/wait.h>
 
 #include "ops/reference.h"
 
@@ -98,4 +99,13 @@ moira_status_t moira_test_reference_moe_load(const moira_model_config_t *c,
     moira_tensor_release(&idx);
     moira_tensor_release(&w);
     return status;
+}
+
+int moira_test_run_capture(const char *command, char *output, size_t size) {
+    FILE *pipe = popen(command, "r");
+    if (!pipe) return -1;
+    size_t used = fread(output, 1, size - 1, pipe);
+    output[used] = '\0';
+    int rc = pclose(pipe);
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }

@@ -80,6 +80,11 @@ moira_status_t moira_test_reference_moe_load(const moira_model_config_t *config,
                                              const moira_tensor_t *x,
                                              const moira_tensor_t *positions, double *load);
 
+/* Runs a shell command and returns its exit code (-1 when it did not exit normally) with what it
+ * wrote to stdout in `output` (NUL-terminated, cut to size - 1 bytes; the command's stderr goes
+ * with it only when the command redirects it). */
+int moira_test_run_capture(const char *command, char *output, size_t size);
+
 /* Prints the summary line ("N passed, N failed") and returns the process exit code. */
 int moira_test_finish(const char *name);
 
