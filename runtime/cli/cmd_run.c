@@ -199,9 +199,15 @@ static moira_status_t run_model(const run_args_t *a, int *out_exit) {
     double start = moira_now_seconds(), total_bytes = run_model_weight_bytes(&m.config);
     if (!status) status = run_model_load_weights(&m, a);
     if (!status) {
-        moira_exec_config_t config = {&m.config,    m.layers,     &p.topology,
-                                      &p.plan,      &p.binding,   p.homes,
-                                      m.x.shape[0], run_progress, &total_bytes};
+        moira_exec_config_t config = {.model = &m.config,
+                                      .weights = m.layers,
+                                      .topology = &p.topology,
+                                      .plan = &p.plan,
+                                      .binding = &p.binding,
+                                      .home_devices = p.homes,
+                                      .max_tokens = m.x.shape[0],
+                                      .progress = run_progress,
+                                      .progress_context = &total_bytes};
         status = moira_executor_create(&config, &ex);
     }
     run_result_t result = {.args = a, .model = &m, .placement = &p};

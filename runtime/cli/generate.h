@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 
+#include "runtime/cli/run.h"
 #include "runtime/engine/engine.h"
 #include "runtime/engine/generation.h"
 
@@ -12,7 +13,9 @@
 
 typedef struct generate_options {
     const char *model;
-    const char *backend;     /* default cpu:0 */
+    const char *backend;  /* default cpu:0 */
+    const char *topology; /* with plan: experts where the plan puts them */
+    const char *plan;
     const char *chat_format; /* a built-in template instead of the model's own */
     long long max_tokens;    /* -1: until the context is full */
     long long context;       /* 0: the engine's default */
@@ -35,6 +38,9 @@ void generate_print_common_help(void);
  * while weights upload. Caller frees with generate_session_close. */
 typedef struct generate_session {
     moira_model_files_t model;
+    bool placed;               /* --topology or --plan: the layers run as placed */
+    run_placement_t placement; /* valid when placed */
+    moira_engine_placement_t engine_placement;
     moira_engine_t *engine;
     moira_sampling_t sampling;
 } generate_session_t;

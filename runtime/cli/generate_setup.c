@@ -28,8 +28,8 @@ static bool parse_double(const char *verb, const char *option, const char *text,
 int generate_parse_option(const char *verb, int argc, char **argv, int *i, generate_options_t *o) {
     const char *arg = argv[*i];
     static const char *const with_value[] = {
-        "--model",       "--backend", "--chat-format", "--max-tokens", "--ctx",
-        "--temperature", "--top-p",   "--top-k",       "--seed",       "--stop"};
+        "--model", "--backend", "--chat-format", "--max-tokens", "--ctx",      "--temperature",
+        "--top-p", "--top-k",   "--seed",        "--stop",       "--topology", "--plan"};
     bool known = false;
     for (size_t k = 0; k < sizeof(with_value) / sizeof(with_value[0]); k++)
         known |= !strcmp(arg, with_value[k]);
@@ -41,6 +41,10 @@ int generate_parse_option(const char *verb, int argc, char **argv, int *i, gener
         o->model = v;
     } else if (!strcmp(arg, "--backend")) {
         o->backend = v;
+    } else if (!strcmp(arg, "--topology")) {
+        o->topology = v;
+    } else if (!strcmp(arg, "--plan")) {
+        o->plan = v;
     } else if (!strcmp(arg, "--chat-format")) {
         o->chat_format = v;
     } else if (!strcmp(arg, "--max-tokens")) {
@@ -69,7 +73,12 @@ void generate_print_common_help(void) {
            "                     (one file, or shards with model.safetensors.index.json; f32,\n"
            "                     bf16 or fp8 with block scales), tokenizer.json,\n"
            "                     tokenizer_config.json, generation_config.json\n"
-           "  --backend DEVICE   the device that runs the model (default cpu:0; moira devices)\n"
+           "  --backend DEVICE   the device that runs the model (default cpu:0; moira devices);\n"
+           "                     with --topology or --plan, the home of attention, router,\n"
+           "                     shared experts and lm_head\n"
+           "  --topology FILE    the machine (default: this one, discovered); without --plan a\n"
+           "                     plan for a uniform load is made here\n"
+           "  --plan FILE        routed experts where the plan (moira plan -o) puts them\n"
            "  --max-tokens N     generate at most N tokens (default: until the context is full)\n"
            "  --ctx N            tokens a sequence may hold, prompt included (default\n"
            "                     max_position_embeddings, at most 4096)\n"
@@ -108,11 +117,24 @@ moira_status_t generate_session_open(const generate_options_t *o, generate_sessi
                                       .max_sequences = 1,
                                       .progress = progress,
                                       .progress_context = &total};
+    if (o->topology || o->plan) {
+        /* The plan is made or checked for a prefill chunk's worth of tokens. */
+        run_args_t where = {.topology = o->topology, .plan = o->plan, .backend = o->backend};
+        MOIRA_RETURN_IF_ERROR(run_place(&where, &s->model.config, 256, &s->placement));
+        s->placed = true;
+        s->engine_placement = (moira_engine_placement_t){.topology = &s->placement.topology,
+                                                         .plan = &s->placement.plan,
+                                                         .binding = &s->placement.binding,
+                                                         .homes = s->placement.homes};
+        options.placement = &s->engine_placement;
+        device = s->placement.home;
+    }
     return moira_engine_create(&s->model, device, &options, &s->engine);
 }
 
 void generate_session_close(generate_session_t *s) {
     moira_engine_destroy(s->engine);
+    if (s->placed) run_placement_free(&s->placement);
     moira_model_files_close(&s->model);
     memset(s, 0, sizeof(*s));
 }

@@ -32,7 +32,9 @@ struct moira_engine {
     moira_dtensor_t lm_head, norm;
     moira_buffer_t *activations; /* owned: x, positions, final_normed, logits */
     moira_dtensor_t x, positions, final_normed, logits;
-    moira_buffer_t *workspace; /* owned: shared by every layer's program */
+    moira_buffer_t *workspace;         /* owned: shared by every layer's program */
+    moira_executor_t *executor;        /* owned, with a placement: runs the layers instead */
+    moira_exec_sequence_t *exec_batch; /* owned [max_sequences] */
     /* Host side, all sized at creation. */
     float *host_x;                   /* [max_rows, D] */
     int32_t *host_positions;         /* [max_rows] */
@@ -87,12 +89,16 @@ static size_t activation_bytes(const moira_engine_t *e, size_t *off_positions, s
     return *off_logits + round_up((size_t)(seqs * e->model->vocab) * 4);
 }
 
-/* Everything the device will hold, against what it has: refused before a byte is uploaded. */
+/* Everything the device will hold, against what it has: refused before a byte is uploaded. With
+ * a placement it holds only the head; the executor's binding has checked the rest. */
 static moira_status_t check_memory(const moira_engine_t *e) {
     size_t a, b, c;
-    double weights = moira_model_files_device_bytes(e->model);
-    double caches = (double)cache_bytes(e) * (double)e->n_layers;
-    double other = (double)workspace_bytes(e) + (double)activation_bytes(e, &a, &b, &c);
+    bool placed = e->options.placement != NULL;
+    double weights = placed ? (double)moira_tensor_nbytes(e->model->lm_head)
+                            : moira_model_files_device_bytes(e->model);
+    double caches = placed ? 0 : (double)cache_bytes(e) * (double)e->n_layers;
+    double other =
+        (placed ? 0 : (double)workspace_bytes(e)) + (double)activation_bytes(e, &a, &b, &c);
     double need = weights + caches + other;
     const moira_device_info_t *info = moira_device_info(e->device);
     if (!info->memory_bytes || need <= (double)info->memory_bytes) return MOIRA_OK_STATUS;
@@ -145,6 +151,25 @@ static moira_status_t open_layers(moira_engine_t *e) {
     return MOIRA_OK_STATUS;
 }
 
+/* The layers where the placement puts them, with every sequence's caches on their homes. */
+static moira_status_t open_executor(moira_engine_t *e) {
+    const moira_engine_placement_t *p = e->options.placement;
+    e->exec_batch = calloc((size_t)e->options.max_sequences, sizeof(*e->exec_batch));
+    if (!e->exec_batch) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "out of memory");
+    moira_exec_config_t config = {.model = e->config,
+                                  .weights = e->model->layers,
+                                  .topology = p->topology,
+                                  .plan = p->plan,
+                                  .binding = p->binding,
+                                  .home_devices = p->homes,
+                                  .max_tokens = e->options.max_rows,
+                                  .progress = e->options.progress,
+                                  .progress_context = e->options.progress_context,
+                                  .max_sequences = e->options.max_sequences,
+                                  .context = e->options.context};
+    return moira_executor_create(&config, &e->executor);
+}
+
 /* Host buffers of a step, device activations and workspace, then the weights. */
 static moira_status_t open_engine(moira_engine_t *e) {
     int64_t d = e->config->hidden_size, rows = e->options.max_rows;
@@ -169,14 +194,15 @@ static moira_status_t open_engine(moira_engine_t *e) {
     e->final_normed = moira_dtensor_2d(e->activations, off_normed, MOIRA_DTYPE_F32, seqs, d);
     e->logits =
         moira_dtensor_2d(e->activations, off_logits, MOIRA_DTYPE_F32, seqs, e->model->vocab);
-    MOIRA_RETURN_IF_ERROR(moira_buffer_alloc(e->device, workspace_bytes(e), -1, &e->workspace));
+    if (!e->options.placement)
+        MOIRA_RETURN_IF_ERROR(moira_buffer_alloc(e->device, workspace_bytes(e), -1, &e->workspace));
     head_upload_t head = {e->model, e};
     MOIRA_RETURN_IF_ERROR(moira_staging_upload(
         e->device, e->queue, -1, MOIRA_WEIGHT_DTYPE_AS_STORED, place_head, &head, &e->head));
     e->lm_head.buffer = e->norm.buffer = e->head;
     moira_dtensor_t lm_head = e->lm_head;
     MOIRA_RETURN_IF_ERROR(moira_device_prepare_weights(e->device, MOIRA_OP_LINEAR, &lm_head, 1));
-    return open_layers(e);
+    return e->options.placement ? open_executor(e) : open_layers(e);
 }
 
 moira_status_t moira_engine_create(const moira_model_files_t *model, moira_device_t *device,
@@ -202,6 +228,8 @@ moira_status_t moira_engine_create(const moira_model_files_t *model, moira_devic
 void moira_engine_destroy(moira_engine_t *e) {
     if (!e) return;
     moira_queue_destroy(e->queue); /* waits for anything still queued */
+    moira_executor_destroy(e->executor);
+    free(e->exec_batch);
     for (int64_t l = 0; e->layers && l < e->n_layers; l++) {
         moira_layer_program_free(e->layers[l].program);
         moira_device_layer_release(&e->layers[l].weights);
@@ -258,9 +286,8 @@ static moira_status_t check_inputs(const moira_engine_t *e, const moira_engine_i
     return MOIRA_OK_STATUS;
 }
 
-/* Embedding rows and positions on the host, then to the device. */
-static moira_status_t send_inputs(moira_engine_t *e, const moira_engine_input_t *inputs, int n,
-                                  int64_t rows) {
+/* Embedding rows, positions and each sequence's rows of the batch, on the host. */
+static void gather_inputs(moira_engine_t *e, const moira_engine_input_t *inputs, int n) {
     int64_t d = e->config->hidden_size, row = 0;
     for (int i = 0; i < n; i++) {
         const moira_engine_input_t *in = &inputs[i];
@@ -273,10 +300,32 @@ static moira_status_t send_inputs(moira_engine_t *e, const moira_engine_input_t 
             e->host_positions[row] = (int32_t)(s->past + t);
         }
     }
-    MOIRA_RETURN_IF_ERROR(moira_queue_write(e->queue, e->activations, e->x.offset, e->host_x,
-                                            (size_t)(rows * d) * sizeof(float)));
+}
+
+/* The gathered inputs to the device (the queue reads the host buffers before the step ends). */
+static moira_status_t send_inputs(moira_engine_t *e, int64_t rows) {
+    MOIRA_RETURN_IF_ERROR(
+        moira_queue_write(e->queue, e->activations, e->x.offset, e->host_x,
+                          (size_t)(rows * e->config->hidden_size) * sizeof(float)));
     return moira_queue_write(e->queue, e->activations, e->positions.offset, e->host_positions,
                              (size_t)rows * sizeof(int32_t));
+}
+
+/* The layers through the executor (a placement): activations round-trip through the host, and
+ * the result goes to the head's device. */
+static moira_status_t run_placed_layers(moira_engine_t *e, const moira_engine_input_t *inputs,
+                                        int n, int64_t rows) {
+    int64_t d = e->config->hidden_size, shape_x[2] = {rows, d}, shape_p[1] = {rows};
+    for (int i = 0; i < n; i++)
+        e->exec_batch[i] = (moira_exec_sequence_t){.slot = inputs[i].sequence,
+                                                   .first_row = e->batch[i].first_row,
+                                                   .rows = e->batch[i].rows,
+                                                   .past = e->batch[i].past};
+    moira_tensor_t x = moira_tensor_view(MOIRA_DTYPE_F32, 2, shape_x, e->host_x);
+    moira_tensor_t positions = moira_tensor_view(MOIRA_DTYPE_I32, 1, shape_p, e->host_positions);
+    MOIRA_RETURN_IF_ERROR(moira_executor_step(e->executor, &x, &positions, e->exec_batch, n, &x));
+    return moira_queue_write(e->queue, e->activations, e->x.offset, e->host_x,
+                             (size_t)(rows * d) * sizeof(float));
 }
 
 /* Every layer's program, each sequence attending through its own rows of the layer's cache. */
@@ -319,8 +368,10 @@ moira_status_t moira_engine_step(moira_engine_t *e, const moira_engine_input_t *
     *out_logits = NULL;
     int64_t rows = 0;
     MOIRA_RETURN_IF_ERROR(check_inputs(e, inputs, n_inputs, &rows));
-    moira_status_t status = send_inputs(e, inputs, n_inputs, rows);
-    if (!status) status = run_layers(e, inputs, n_inputs, rows);
+    gather_inputs(e, inputs, n_inputs);
+    moira_status_t status =
+        e->executor ? run_placed_layers(e, inputs, n_inputs, rows) : send_inputs(e, rows);
+    if (!status && !e->executor) status = run_layers(e, inputs, n_inputs, rows);
     if (!status) status = run_head(e, n_inputs);
     moira_status_t done = moira_queue_finish(e->queue);
     if (status) {

@@ -14,11 +14,22 @@
 
 #include "runtime/device.h"
 #include "runtime/engine/model_files.h"
+#include "runtime/executor/executor.h"
 
 typedef struct moira_engine moira_engine_t;
 
 /* Called while weights upload: layers done of all, bytes uploaded so far. */
 typedef void (*moira_engine_progress_fn)(void *context, int64_t done, int64_t of, double bytes);
+
+/* Where a plan puts the model (the executor's inputs, all borrowed; they outlive the engine):
+ * each layer's attention, router and shared experts on its home device, the routed experts on the
+ * devices the plan names. */
+typedef struct moira_engine_placement {
+    const moira_topology_t *topology;
+    const moira_plan_t *plan;
+    const moira_exec_binding_t *binding;
+    moira_device_t *const *homes; /* one per decoder layer */
+} moira_engine_placement_t;
 
 typedef struct moira_engine_options {
     int64_t max_rows;  /* tokens in one step; prompts are prefilled in chunks of this (256) */
@@ -26,6 +37,9 @@ typedef struct moira_engine_options {
     int64_t context;   /* tokens one sequence may hold (max_position_embeddings, at most 4096) */
     moira_engine_progress_fn progress; /* optional */
     void *progress_context;
+    /* Optional: run the layers where a plan puts them; the device given to moira_engine_create
+     * then holds only the final norm and lm_head. NULL: everything on that device. */
+    const moira_engine_placement_t *placement;
 } moira_engine_options_t;
 
 /* New tokens of one sequence for a step: ids[0..n) continue what it holds. */

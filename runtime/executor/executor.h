@@ -75,6 +75,10 @@ typedef struct moira_exec_config {
     int64_t max_tokens;                   /* the largest batch forward will be given */
     moira_exec_progress_fn progress;      /* optional */
     void *progress_context;
+    /* Latent caches for moira_executor_step: per layer, on its home device, for max_sequences
+     * sequences of up to `context` tokens. 0 sequences: forward only, no caches. */
+    int max_sequences;
+    int64_t context;
 } moira_exec_config_t;
 
 typedef struct moira_executor moira_executor_t;
@@ -95,6 +99,21 @@ void moira_executor_destroy(moira_executor_t *executor);
 moira_status_t moira_executor_forward(moira_executor_t *executor, const moira_tensor_t *x,
                                       const moira_tensor_t *positions, moira_tensor_t *out,
                                       bool check_devices, moira_tensor_t *layer_inputs);
+
+/* One sequence of a step: rows first_row .. first_row+rows-1 of the batch continue the sequence
+ * held in cache slot `slot` (0 .. max_sequences-1), which holds `past` tokens already. */
+typedef struct moira_exec_sequence {
+    int slot;
+    int64_t first_row, rows, past;
+} moira_exec_sequence_t;
+
+/* Like forward, for sequences that keep their latent caches between steps (generation): each
+ * sequence's rows attend over its slot's cache (the absorbed form) and append to it. The caller
+ * tracks what each slot holds. Needs max_sequences > 0. Blocks. */
+moira_status_t moira_executor_step(moira_executor_t *executor, const moira_tensor_t *x,
+                                   const moira_tensor_t *positions,
+                                   const moira_exec_sequence_t *sequences, int n_sequences,
+                                   moira_tensor_t *out);
 
 /* What one target did, summed over the forwards since the last reset. */
 typedef struct moira_exec_target_stats {

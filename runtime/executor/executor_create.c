@@ -45,6 +45,21 @@ static moira_status_t home_for(moira_executor_t *e, moira_device_t *device, exec
     return MOIRA_OK_STATUS;
 }
 
+/* Every slot's latent cache of the layer, on its home device (none without slots). */
+static moira_status_t open_cache(moira_executor_t *e, exec_layer_t *layer) {
+    if (e->max_sequences <= 0) return MOIRA_OK_STATUS;
+    int64_t rows = e->max_sequences * e->context;
+    const moira_model_config_t *m = e->model;
+    size_t c_bytes = round_up((size_t)(rows * m->kv_lora_rank) * 4);
+    size_t pe_bytes = round_up((size_t)(rows * m->qk_rope_head_dim) * 4);
+    MOIRA_RETURN_IF_ERROR(
+        moira_buffer_alloc(layer->home->device, c_bytes + pe_bytes, -1, &layer->cache));
+    layer->cache_c = moira_dtensor_2d(layer->cache, 0, MOIRA_DTYPE_F32, rows, m->kv_lora_rank);
+    layer->cache_pe =
+        moira_dtensor_2d(layer->cache, c_bytes, MOIRA_DTYPE_F32, rows, m->qk_rope_head_dim);
+    return MOIRA_OK_STATUS;
+}
+
 /* Records the layer's program on its home, over the home's activations and workspace. */
 static moira_status_t record_layer(moira_executor_t *e, exec_layer_t *layer) {
     exec_home_t *home = layer->home;
@@ -189,6 +204,7 @@ static moira_status_t open_layer(moira_executor_t *e, const moira_exec_config_t 
                                                     e->model, &home_part,
                                                     MOIRA_WEIGHT_DTYPE_AS_STORED, &layer->weights));
     *bytes_uploaded += (double)layer->weights.buffer->size;
+    MOIRA_RETURN_IF_ERROR(open_cache(e, layer));
     MOIRA_RETURN_IF_ERROR(record_layer(e, layer));
     if (!layer->is_moe) return MOIRA_OK_STATUS;
     MOIRA_RETURN_IF_ERROR(index_replicas(e, layer, exec_of_target));
@@ -216,9 +232,10 @@ static moira_status_t allocate(moira_executor_t *e, const moira_exec_config_t *c
     e->target_active = calloc((size_t)n_topology + 1, sizeof(int));
     e->stats.targets = calloc((size_t)e->n_targets + 1, sizeof(moira_exec_target_stats_t));
     e->stats.layers = calloc((size_t)e->n_layers + 1, sizeof(moira_exec_layer_stats_t));
-    if (!e->targets || !e->homes || !e->layers || !e->act || !e->normed || !e->idx || !e->weight ||
-        !e->cost_scratch || !e->target_rows || !e->target_active || !e->stats.targets ||
-        !e->stats.layers)
+    e->batch = calloc((size_t)(e->max_sequences > 0 ? e->max_sequences : 1), sizeof(*e->batch));
+    if (!e->batch || !e->targets || !e->homes || !e->layers || !e->act || !e->normed || !e->idx ||
+        !e->weight || !e->cost_scratch || !e->target_rows || !e->target_active ||
+        !e->stats.targets || !e->stats.layers)
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "executor: out of memory");
     e->stats.n_targets = e->n_targets;
     e->stats.n_layers = (int)e->n_layers;
@@ -271,6 +288,8 @@ moira_status_t moira_executor_create(const moira_exec_config_t *config, moira_ex
     e->topology = config->topology;
     e->plan = config->plan;
     e->max_tokens = config->max_tokens;
+    e->max_sequences = config->max_sequences;
+    e->context = config->context;
     moira_cost_model_init(config->model, &e->cost);
     moira_status_t status = open_all(e, config);
     if (status) {
@@ -284,6 +303,7 @@ moira_status_t moira_executor_create(const moira_exec_config_t *config, moira_ex
 /* A layer's device memory and bookkeeping; its queues are idle by now. */
 static void close_layer(exec_layer_t *layer, int n_targets) {
     moira_layer_program_free(layer->program);
+    moira_buffer_free(layer->cache);
     moira_device_layer_release(&layer->weights);
     for (int i = 0; layer->experts && i < n_targets; i++)
         moira_device_experts_release(&layer->experts[i]);
@@ -348,5 +368,6 @@ void moira_executor_destroy(moira_executor_t *e) {
     free(e->target_active);
     free(e->stats.targets);
     free(e->stats.layers);
+    free(e->batch);
     free(e);
 }

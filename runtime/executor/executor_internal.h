@@ -52,17 +52,19 @@ typedef struct exec_home {
 typedef struct exec_layer {
     int64_t index;
     bool is_moe;
-    exec_home_t *home;               /* borrowed from the executor */
-    moira_device_layer_t weights;    /* owned: the home device's part of the layer */
-    moira_layer_program_t *program;  /* owned: the layer recorded on its home device */
-    const moira_plan_layer_t *plan;  /* borrowed; NULL for a dense layer */
-    moira_device_experts_t *experts; /* owned: one per exec target (empty where it holds none) */
-    int32_t *replica_exec;           /* owned: per plan replica, its exec target */
-    int32_t *replica_slot;           /* owned: per plan replica, its local expert number */
-    int32_t *expert_first;           /* owned [E+1]: expert e's replicas are */
-    int32_t *expert_replicas;        /* owned:  expert_replicas[expert_first[e] .. first[e+1]) */
-    double *replica_rows;            /* owned: assignments each replica served, last forward */
-    double *expert_load;             /* owned [E]: assignments per expert, last forward */
+    exec_home_t *home;                 /* borrowed from the executor */
+    moira_device_layer_t weights;      /* owned: the home device's part of the layer */
+    moira_layer_program_t *program;    /* owned: the layer recorded on its home device */
+    moira_buffer_t *cache;             /* owned, on the home: every slot's c, then every k_pe */
+    moira_dtensor_t cache_c, cache_pe; /* [max_sequences * context, L] and [.., rope] */
+    const moira_plan_layer_t *plan;    /* borrowed; NULL for a dense layer */
+    moira_device_experts_t *experts;   /* owned: one per exec target (empty where it holds none) */
+    int32_t *replica_exec;             /* owned: per plan replica, its exec target */
+    int32_t *replica_slot;             /* owned: per plan replica, its local expert number */
+    int32_t *expert_first;             /* owned [E+1]: expert e's replicas are */
+    int32_t *expert_replicas;          /* owned:  expert_replicas[expert_first[e] .. first[e+1]) */
+    double *replica_rows;              /* owned: assignments each replica served, last forward */
+    double *expert_load;               /* owned [E]: assignments per expert, last forward */
 } exec_layer_t;
 
 struct moira_executor {
@@ -75,6 +77,10 @@ struct moira_executor {
     double *target_rows;  /* owned [n_targets]: routing's running assignments */
     int *target_active;   /* owned [n_targets]: routing's running replicas with any */
     int64_t max_tokens;
+    int max_sequences; /* cache slots per layer; 0: no caches */
+    int64_t context;
+    moira_program_sequence_t *batch; /* owned [max(max_sequences, 1)]: the step's sequences */
+    int n_batch;
     int n_targets;
     exec_target_t *targets; /* owned */
     int n_homes;

@@ -29,10 +29,25 @@ static moira_status_t send_to_home(moira_executor_t *e, exec_home_t *home, int64
                              position_bytes);
 }
 
-/* Replays parts of the layer's program over the batch, one sequence without a cache. */
-static moira_status_t replay(exec_layer_t *layer, unsigned parts, int64_t t) {
-    moira_program_sequence_t sequence = {.first_row = 0, .rows = t};
-    return moira_layer_program_replay(layer->program, layer->home->queue, parts, t, &sequence, 1);
+/* Points the step's sequences at their slots of this layer's cache (slot -1: no cache). */
+static void bind_caches(moira_executor_t *e, const exec_layer_t *layer,
+                        const moira_exec_sequence_t *sequences) {
+    for (int i = 0; sequences && i < e->n_batch; i++) {
+        moira_program_sequence_t *s = &e->batch[i];
+        int64_t first = sequences[i].slot * e->context;
+        s->cache_c = layer->cache_c;
+        s->cache_c.offset += (size_t)(first * layer->cache_c.shape[1]) * sizeof(float);
+        s->cache_c.shape[0] = e->context;
+        s->cache_pe = layer->cache_pe;
+        s->cache_pe.offset += (size_t)(first * layer->cache_pe.shape[1]) * sizeof(float);
+        s->cache_pe.shape[0] = e->context;
+    }
+}
+
+/* Replays parts of the layer's program over the step's sequences. */
+static moira_status_t replay(moira_executor_t *e, exec_layer_t *layer, unsigned parts, int64_t t) {
+    return moira_layer_program_replay(layer->program, layer->home->queue, parts, t, e->batch,
+                                      e->n_batch);
 }
 
 /* The residual stream back from the home, and the one wait of this stretch of the layer. */
@@ -48,7 +63,7 @@ static moira_status_t receive_from_home(moira_executor_t *e, exec_home_t *home, 
 static moira_status_t run_dense_layer(moira_executor_t *e, exec_layer_t *layer, int64_t t,
                                       const moira_tensor_t *positions) {
     MOIRA_RETURN_IF_ERROR(send_to_home(e, layer->home, t, positions));
-    return receive_from_home(e, layer->home, t, replay(layer, MOIRA_LAYER_ALL, t));
+    return receive_from_home(e, layer->home, t, replay(e, layer, MOIRA_LAYER_ALL, t));
 }
 
 /* Home, first half: attention, post-attention norm and router, then the router's choices and the
@@ -57,7 +72,7 @@ static moira_status_t run_home_front(moira_executor_t *e, exec_layer_t *layer, i
                                      const moira_tensor_t *positions) {
     exec_home_t *home = layer->home;
     MOIRA_RETURN_IF_ERROR(send_to_home(e, home, t, positions));
-    moira_status_t status = replay(layer, MOIRA_LAYER_ATTENTION | MOIRA_LAYER_ROUTER, t);
+    moira_status_t status = replay(e, layer, MOIRA_LAYER_ATTENTION | MOIRA_LAYER_ROUTER, t);
     moira_dtensor_t normed, idx, weight;
     moira_layer_program_routing(layer->program, t, &normed, &idx, &weight);
     size_t act = (size_t)moira_dtensor_numel(&normed) * sizeof(float);
@@ -73,7 +88,7 @@ static moira_status_t run_home_front(moira_executor_t *e, exec_layer_t *layer, i
 
 /* Home, second half, while the targets run: x += shared(normed), back to the host. */
 static moira_status_t run_home_back(moira_executor_t *e, exec_layer_t *layer, int64_t t) {
-    return receive_from_home(e, layer->home, t, replay(layer, MOIRA_LAYER_SHARED, t));
+    return receive_from_home(e, layer->home, t, replay(e, layer, MOIRA_LAYER_SHARED, t));
 }
 
 /* Adds every target's partial sums into the residual stream on the host. */
@@ -163,20 +178,13 @@ static void record_check(moira_executor_t *e) {
     }
 }
 
-/* The residual stream stays on the host between layers (e->act), so layers may change home. */
-moira_status_t moira_executor_forward(moira_executor_t *e, const moira_tensor_t *x,
-                                      const moira_tensor_t *positions, moira_tensor_t *out,
-                                      bool check_devices, moira_tensor_t *layer_inputs) {
-    MOIRA_RETURN_IF_ERROR(check_batch(e, x, positions, out));
-    for (int64_t l = 0; layer_inputs && l < e->n_layers; l++)
-        if (!moira_tensor_same_shape(&layer_inputs[l], x) ||
-            layer_inputs[l].dtype != MOIRA_DTYPE_F32)
-            return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
-                                     "executor: layer input %lld must be shaped as x",
-                                     (long long)l);
-    int64_t t = x->shape[0], d = e->model->hidden_size;
+/* The layers over the batch in e->act, the sequences' caches bound per layer. The residual
+ * stream stays on the host between layers, so layers may change home. */
+static moira_status_t run_layers(moira_executor_t *e, int64_t t, const moira_tensor_t *positions,
+                                 const moira_exec_sequence_t *sequences, bool check_devices,
+                                 moira_tensor_t *layer_inputs) {
+    int64_t d = e->model->hidden_size;
     e->forwards++;
-    memcpy(e->act, x->data, (size_t)(t * d) * sizeof(float));
     for (int i = 0; i < e->n_targets; i++)
         e->targets[i].check_num = e->targets[i].check_den = 0;
     double start = moira_now_seconds();
@@ -184,6 +192,7 @@ moira_status_t moira_executor_forward(moira_executor_t *e, const moira_tensor_t 
     for (int64_t l = 0; l < e->n_layers && !status; l++) {
         exec_layer_t *layer = &e->layers[l];
         moira_exec_layer_stats_t *stats = &e->stats.layers[l];
+        bind_caches(e, layer, sequences);
         if (layer_inputs) memcpy(layer_inputs[l].data, e->act, (size_t)(t * d) * sizeof(float));
         double layer_start = moira_now_seconds();
         if (layer->is_moe) {
@@ -195,11 +204,60 @@ moira_status_t moira_executor_forward(moira_executor_t *e, const moira_tensor_t 
         stats->wall_s += moira_now_seconds() - layer_start;
     }
     if (status) return status;
-    memcpy(out->data, e->act, (size_t)(t * d) * sizeof(float));
     e->stats.forwards++;
     e->stats.tokens += t;
     e->stats.wall_s += moira_now_seconds() - start;
     read_modelled_time(e);
     if (check_devices) record_check(e);
+    return MOIRA_OK_STATUS;
+}
+
+moira_status_t moira_executor_forward(moira_executor_t *e, const moira_tensor_t *x,
+                                      const moira_tensor_t *positions, moira_tensor_t *out,
+                                      bool check_devices, moira_tensor_t *layer_inputs) {
+    MOIRA_RETURN_IF_ERROR(check_batch(e, x, positions, out));
+    for (int64_t l = 0; layer_inputs && l < e->n_layers; l++)
+        if (!moira_tensor_same_shape(&layer_inputs[l], x) ||
+            layer_inputs[l].dtype != MOIRA_DTYPE_F32)
+            return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
+                                     "executor: layer input %lld must be shaped as x",
+                                     (long long)l);
+    int64_t t = x->shape[0];
+    size_t bytes = (size_t)(t * e->model->hidden_size) * sizeof(float);
+    memcpy(e->act, x->data, bytes);
+    e->n_batch = 1;
+    e->batch[0] = (moira_program_sequence_t){.first_row = 0, .rows = t};
+    MOIRA_RETURN_IF_ERROR(run_layers(e, t, positions, NULL, check_devices, layer_inputs));
+    memcpy(out->data, e->act, bytes);
+    return MOIRA_OK_STATUS;
+}
+
+moira_status_t moira_executor_step(moira_executor_t *e, const moira_tensor_t *x,
+                                   const moira_tensor_t *positions,
+                                   const moira_exec_sequence_t *sequences, int n_sequences,
+                                   moira_tensor_t *out) {
+    MOIRA_RETURN_IF_ERROR(check_batch(e, x, positions, out));
+    if (n_sequences < 1 || n_sequences > e->max_sequences)
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
+                                 "executor: %d sequences in a step (1 to %d cache slots)",
+                                 n_sequences, e->max_sequences);
+    for (int i = 0; i < n_sequences; i++) {
+        const moira_exec_sequence_t *s = &sequences[i];
+        if (s->slot < 0 || s->slot >= e->max_sequences || s->past < 0 ||
+            s->past + s->rows > e->context)
+            return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
+                                     "executor: sequence %d (slot %d, %lld + %lld tokens) does "
+                                     "not fit %d slots of %lld",
+                                     i, s->slot, (long long)s->past, (long long)s->rows,
+                                     e->max_sequences, (long long)e->context);
+        e->batch[i] =
+            (moira_program_sequence_t){.first_row = s->first_row, .rows = s->rows, .past = s->past};
+    }
+    e->n_batch = n_sequences;
+    int64_t t = x->shape[0];
+    size_t bytes = (size_t)(t * e->model->hidden_size) * sizeof(float);
+    memcpy(e->act, x->data, bytes);
+    MOIRA_RETURN_IF_ERROR(run_layers(e, t, positions, sequences, false, NULL));
+    memcpy(out->data, e->act, bytes);
     return MOIRA_OK_STATUS;
 }

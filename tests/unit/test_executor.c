@@ -123,8 +123,13 @@ static void run_split(const fixture_t *f, double numa1_tflops, int64_t *split) {
     CHECK_OK(moira_exec_bind(&topology, &plan, &f->config, "plan.yaml", &binding));
     if (moira_test_failures) return;
     moira_device_t *homes[2] = {f->cpu, f->cpu};
-    moira_exec_config_t config = {&f->config, f->weights, &topology, &plan, &binding,
-                                  homes,      40,         NULL,      NULL};
+    moira_exec_config_t config = {.model = &f->config,
+                                  .weights = f->weights,
+                                  .topology = &topology,
+                                  .plan = &plan,
+                                  .binding = &binding,
+                                  .home_devices = homes,
+                                  .max_tokens = 40};
     moira_executor_t *ex = NULL;
     CHECK_OK(moira_executor_create(&config, &ex));
     if (ex) {
