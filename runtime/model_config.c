@@ -417,7 +417,7 @@ static moira_status_t unknown_key(parse_ctx_t *ctx, const yaml_node_t *key, cons
                        meant->key);
     return FAIL_AT(ctx, key->start_mark,
                    "unknown key %s%s%s (a model config takes the Hugging Face DeepSeek names; "
-                   "see DESIGN.md section 5)",
+                   "see docs/formats.md)",
                    describe(key, buf, sizeof(buf)), prefix ? " in " : "", prefix ? prefix : "");
 }
 

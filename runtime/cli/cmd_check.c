@@ -12,7 +12,7 @@ static const char check_help[] =
     "usage: moira check [--backends LIST] [--ops LIST] [--json]\n\n"
     "Runs every op on every device against the reference implementation over a set of shapes\n"
     "(real models scaled down, odd sizes, one token, many tokens) and weight dtypes, and prints\n"
-    "the NMSE of each against the device's precision limit (DESIGN.md §4). Exit 1 on a failure.\n\n"
+    "the NMSE of each against the device's precision limit (docs/math.md). Exit 1 on a failure.\n\n"
     "  --backends LIST  comma-separated devices (cpu:0,opencl:0) or backends (cpu); default all\n"
     "  --ops LIST       comma-separated from: gate, moe, mla, mla_decode, layer, layer_decode\n"
     "  --json           one JSON object with every row\n";

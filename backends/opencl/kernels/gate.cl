@@ -1,4 +1,4 @@
-/* The router (DESIGN.md §4) after its logits: scoring, bias-steered group and top-k selection,
+/* The router (docs/math.md) after its logits: scoring, bias-steered group and top-k selection,
  * weights, then the capacity limit. The logits come from moira_linear. */
 
 #define GATE_MAX_GROUPS 64
