@@ -215,10 +215,15 @@ static moira_status_t write_index(const moira_ckpt_plan_t *plan, const int *shar
 
 /* Every file of the checkpoint into the (temporary) directory `dir`. */
 static moira_status_t write_contents(const moira_random_checkpoint_spec_t *spec, const char *dir) {
-    MOIRA_RETURN_IF_ERROR(moira_ckpt_write_configs(spec, dir));
-    if (spec->tokenizer)
-        MOIRA_RETURN_IF_ERROR(
-            moira_ckpt_copy_tokenizer(spec->tokenizer, dir, spec->config.vocab_size));
+    /* With a tokenizer, its special ids are the checkpoint's, as in a real one. */
+    moira_random_checkpoint_spec_t with_ids = *spec;
+    if (spec->tokenizer) {
+        MOIRA_RETURN_IF_ERROR(moira_ckpt_read_tokenizer(spec->tokenizer, spec->config.vocab_size,
+                                                        &with_ids.bos_token_id,
+                                                        &with_ids.eos_token_id));
+        MOIRA_RETURN_IF_ERROR(moira_ckpt_copy_tokenizer(spec->tokenizer, dir));
+    }
+    MOIRA_RETURN_IF_ERROR(moira_ckpt_write_configs(&with_ids, dir));
     moira_ckpt_plan_t plan;
     moira_status_t status = moira_ckpt_plan_make(spec, &plan);
     int *shard_of = status ? NULL : malloc((plan.count ? plan.count : 1) * sizeof(int));

@@ -44,13 +44,14 @@ typedef struct moira_random_checkpoint_spec {
     int n_shards;          /* 1: one model.safetensors; 2..99999: shards plus the index */
     uint64_t seed;         /* the same seed gives the same values on every machine */
     int mtp_layers;        /* num_nextn_predict_layers: MTP layers written after the decoder */
-    int64_t bos_token_id;  /* config.json and generation_config.json */
-    int64_t eos_token_id;  /* config.json and generation_config.json */
+    int64_t bos_token_id;  /* config.json and generation_config.json, unless `tokenizer` */
+    int64_t eos_token_id;  /* config.json and generation_config.json, unless `tokenizer` */
     double temperature;    /* generation_config.json; 0 writes do_sample false */
     double top_p;          /* generation_config.json */
     double logit_gain;     /* lm_head's gain: the logits' standard deviation (0: the default 8) */
     const char *tokenizer; /* borrowed; folder holding tokenizer.json and tokenizer_config.json to
-                              copy, or NULL for none */
+                              copy (their bos_token and eos_token ids then replace the two
+                              above), or NULL for none */
 } moira_random_checkpoint_spec_t;
 
 /* The presets of `moira-test-checkpoint --preset`: "v3-tiny" (DeepSeek-V3's shape in miniature:

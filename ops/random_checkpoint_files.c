@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ops/random_checkpoint_internal.h"
 #include "runtime/atomic_file.h"
@@ -179,21 +180,70 @@ static json_int_t max_token_id(json_t *root) {
     return max_id;
 }
 
-/* An embedding of vocab_size rows cannot serve a tokenizer with ids past it: the engine would
- * index out of the table, so such a pair is refused here rather than written. */
-static moira_status_t check_vocab_fits(const char *path, int64_t vocab_size) {
+/* The id of the special token tokenizer_config.json names under `key` (a string, or an
+ * AddedToken object with "content"), looked up among tokenizer.json's added tokens and then its
+ * vocabulary; *out_id is left alone when there is none. */
+static void special_id(json_t *tokenizer, json_t *tokenizer_config, const char *key,
+                       int64_t *out_id) {
+    json_t *token = json_object_get(tokenizer_config, key);
+    const char *content = json_is_object(token)
+                              ? json_string_value(json_object_get(token, "content"))
+                              : json_string_value(token);
+    if (!content) return;
+    size_t i;
+    json_t *added;
+    json_array_foreach(json_object_get(tokenizer, "added_tokens"), i, added) {
+        const char *text = json_string_value(json_object_get(added, "content"));
+        json_t *id = json_object_get(added, "id");
+        if (text && !strcmp(text, content) && json_is_integer(id)) {
+            *out_id = json_integer_value(id);
+            return;
+        }
+    }
+    json_t *id =
+        json_object_get(json_object_get(json_object_get(tokenizer, "model"), "vocab"), content);
+    if (json_is_integer(id)) *out_id = json_integer_value(id);
+}
+
+static json_t *load_json_file(const char *from, const char *name, moira_status_t *out_status) {
+    char path[4096];
+    if (snprintf(path, sizeof(path), "%s/%s", from, name) >= (int)sizeof(path)) {
+        *out_status = moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "%s: path too long", from);
+        return NULL;
+    }
+    if (access(path, F_OK) != 0) {
+        *out_status = moira_status_make(errno == ENOENT ? MOIRA_CODE_NOT_FOUND : MOIRA_CODE_IO,
+                                        "%s: %s", path, strerror(errno));
+        return NULL;
+    }
     json_error_t error;
     json_t *root = json_load_file(path, 0, &error);
     if (!root)
-        return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, error.line, error.column, "%s",
-                               error.text);
-    json_int_t max_id = max_token_id(root);
-    json_decref(root);
-    if (max_id >= vocab_size)
-        return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
-                               "the tokenizer has ids up to %lld; vocab_size %lld is too small",
-                               (long long)max_id, (long long)vocab_size);
-    return MOIRA_OK_STATUS;
+        *out_status = moira_status_at(MOIRA_CODE_INVALID_INPUT, path, error.line, error.column,
+                                      "%s", error.text);
+    return root;
+}
+
+moira_status_t moira_ckpt_read_tokenizer(const char *from, int64_t vocab_size, int64_t *io_bos,
+                                         int64_t *io_eos) {
+    moira_status_t status = MOIRA_OK_STATUS;
+    json_t *tokenizer = load_json_file(from, "tokenizer.json", &status);
+    json_t *config = status ? NULL : load_json_file(from, "tokenizer_config.json", &status);
+    /* An embedding of vocab_size rows cannot serve a tokenizer with ids past it: the engine would
+     * index out of the table, so such a pair is refused here rather than written. */
+    json_int_t max_id = tokenizer ? max_token_id(tokenizer) : -1;
+    if (!status && max_id >= vocab_size)
+        status = moira_status_make(MOIRA_CODE_INVALID_INPUT,
+                                   "%s/tokenizer.json: the tokenizer has ids up to %lld; "
+                                   "vocab_size %lld is too small",
+                                   from, (long long)max_id, (long long)vocab_size);
+    if (!status) {
+        special_id(tokenizer, config, "bos_token", io_bos);
+        special_id(tokenizer, config, "eos_token", io_eos);
+    }
+    json_decref(tokenizer);
+    json_decref(config);
+    return status;
 }
 
 static bool copy_stream(FILE *out, void *context) {
@@ -220,11 +270,7 @@ static moira_status_t copy_file(const char *from, const char *dir, const char *n
     return status;
 }
 
-moira_status_t moira_ckpt_copy_tokenizer(const char *from, const char *dir, int64_t vocab_size) {
-    char path[4096];
-    if (snprintf(path, sizeof(path), "%s/tokenizer.json", from) >= (int)sizeof(path))
-        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "%s: path too long", from);
+moira_status_t moira_ckpt_copy_tokenizer(const char *from, const char *dir) {
     MOIRA_RETURN_IF_ERROR(copy_file(from, dir, "tokenizer.json"));
-    MOIRA_RETURN_IF_ERROR(copy_file(from, dir, "tokenizer_config.json"));
-    return check_vocab_fits(path, vocab_size);
+    return copy_file(from, dir, "tokenizer_config.json");
 }

@@ -62,10 +62,15 @@ moira_status_t moira_ckpt_write_json(const char *dir, const char *name, json_t *
 moira_status_t moira_ckpt_write_configs(const moira_random_checkpoint_spec_t *spec,
                                         const char *dir);
 
-/* Copies tokenizer.json and tokenizer_config.json from the folder `from` into `dir`, after
- * checking that every id the tokenizer can produce is below `vocab_size`. Errors: NOT_FOUND or
- * IO naming the file; INVALID_INPUT for a tokenizer.json that is not JSON or has ids past the
- * vocabulary. */
-moira_status_t moira_ckpt_copy_tokenizer(const char *from, const char *dir, int64_t vocab_size);
+/* Reads the tokenizer files in the folder `from`: checks that every id tokenizer.json can produce
+ * is below `vocab_size`, and sets *io_bos and *io_eos to the ids of tokenizer_config.json's
+ * bos_token and eos_token (left alone when it names none). Errors: NOT_FOUND or IO naming the
+ * file; INVALID_INPUT for a file that is not JSON (file:line:col) or ids past the vocabulary. */
+moira_status_t moira_ckpt_read_tokenizer(const char *from, int64_t vocab_size, int64_t *io_bos,
+                                         int64_t *io_eos);
+
+/* Copies tokenizer.json and tokenizer_config.json from the folder `from` into `dir` byte for
+ * byte. Errors: NOT_FOUND or IO naming the file. */
+moira_status_t moira_ckpt_copy_tokenizer(const char *from, const char *dir);
 
 #endif

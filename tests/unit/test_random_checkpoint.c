@@ -392,9 +392,11 @@ static void test_tokenizer_copy(void) {
     path_in(small_dir, sizeof(small_dir), work, "too_small");
     CHECK(mkdir(tok, 0777) == 0);
     static const char tokenizer_json[] =
-        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 7}},\n"
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"<s>\": 5, \"b\": 7}},\n"
         " \"added_tokens\": [{\"id\": 299, \"content\": \"<eos>\"}]}\n";
-    static const char tokenizer_config[] = "{\"add_bos_token\": true}\n";
+    static const char tokenizer_config[] =
+        "{\"add_bos_token\": true, \"bos_token\": {\"__type\": \"AddedToken\", \"content\": "
+        "\"<s>\"}, \"eos_token\": \"<eos>\"}\n";
     snprintf(path, sizeof(path), "%s/tokenizer.json", tok);
     FILE *f = fopen(path, "w");
     if (f) fputs(tokenizer_json, f), fclose(f);
@@ -414,6 +416,15 @@ static void test_tokenizer_copy(void) {
     CHECK(n == strlen(tokenizer_json) && !strcmp(buf, tokenizer_json));
     snprintf(path, sizeof(path), "%s/tokenizer_config.json", ok_dir);
     CHECK(access(path, F_OK) == 0);
+    /* The special ids are the tokenizer's: bos from its vocabulary, eos an added token. */
+    const char *const files[] = {"config.json", "generation_config.json"};
+    for (int i = 0; i < 2; i++) {
+        json_t *c = load_json(ok_dir, files[i]);
+        CHECK_MSG(json_integer_value(json_object_get(c, "bos_token_id")) == 5 &&
+                      json_integer_value(json_object_get(c, "eos_token_id")) == 299,
+                  "%s: special ids not the tokenizer's", files[i]);
+        json_decref(c);
+    }
     s.config.vocab_size = 299;
     CHECK_CODE(moira_random_checkpoint_write(&s, small_dir), MOIRA_CODE_INVALID_INPUT);
     CHECK(access(small_dir, F_OK) != 0);
