@@ -113,6 +113,7 @@ generate_vs_reference() {
 
 generate_vs_reference "bf16 on cpu:0" "$work/bf16" 1e-6 8 --prompt-file "$work/prompt.txt"
 generate_vs_reference "fp8 on cpu:0" "$work/fp8" 1e-6 8 --prompt-file "$work/prompt.txt"
+generate_vs_reference "fp8 on cpu:0, --messages" "$work/fp8" 1e-6 8 --messages "$work/messages.json"
 generate_vs_reference "bf16 on cpu:0, --messages" "$work/bf16" 1e-6 8 --messages "$work/messages.json"
 expect 0 "tokenize --messages" -- "$moira" tokenize --model "$work/bf16" \
     --messages "$work/messages.json" --json
