@@ -161,6 +161,27 @@ expect 0 "generate --json" -- "$moira" generate --model "$work/bf16" --temperatu
 python3 -c 'import json,sys; t=json.load(open(sys.argv[1]))["text"]; s=open(sys.argv[2],encoding="utf-8").read(); sys.exit(s != t + "\n")' \
     "$work/out" "$work/streamed" && passed=$((passed + 1)) ||
     fail "streamed text differs from --json text"
+# A stop string ends the text just before it, finish_reason stop; streamed text stops there too.
+expect 0 "generate 16 tokens" -- "$moira" generate --model "$work/bf16" --temperature 0 \
+    --max-tokens 16 --prompt "Hello" --json
+stop=$(python3 -c 'import json,sys; t=json.load(open(sys.argv[1]))["text"]; print(t[len(t)//2:len(t)//2+3])' "$work/out")
+cp "$work/out" "$work/full.json"
+expect 0 "generate --stop" -- "$moira" generate --model "$work/bf16" --temperature 0 \
+    --max-tokens 16 --prompt "Hello" --json --stop "$stop"
+python3 -c '
+import json, sys
+full = json.load(open(sys.argv[1]))["text"]; got = json.load(open(sys.argv[2])); stop = sys.argv[3]
+want = full[:full.index(stop)]
+sys.exit(0 if got["text"] == want and got["finish_reason"] == "stop" else "got %r (%s), want %r" % (got["text"], got["finish_reason"], want))' \
+    "$work/full.json" "$work/out" "$stop" && passed=$((passed + 1)) || fail "--stop \"$stop\""
+expect 0 "generate --stop, streamed" -- "$moira" generate --model "$work/bf16" --temperature 0 \
+    --max-tokens 16 --prompt "Hello" --stop "$stop"
+python3 -c '
+import json, sys
+full = json.load(open(sys.argv[1]))["text"]; got = open(sys.argv[2], encoding="utf-8").read(); stop = sys.argv[3]
+sys.exit(0 if got == full[:full.index(stop)] + "\n" else "streamed %r" % got)' \
+    "$work/full.json" "$work/out" "$stop" && passed=$((passed + 1)) || fail "streamed --stop"
+
 # Sampling is reproducible from its seed.
 for run in 1 2; do
     "$moira" generate --model "$work/bf16" --temperature 0.8 --top-p 0.9 --top-k 40 --seed 11 \
