@@ -1,6 +1,7 @@
 #include "runtime/device.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,12 +31,21 @@ static moira_status_t check_range(const moira_buffer_t *buffer, size_t offset, s
     return MOIRA_OK_STATUS;
 }
 
+/* Calls of moira_buffer_alloc (moira_device_allocation_count). */
+static atomic_uint_fast64_t allocation_count;
+
+/* Counted before anything can fail, so a step that even tries to allocate is caught. */
 moira_status_t moira_buffer_alloc(moira_device_t *device, size_t bytes, int numa_node,
                                   moira_buffer_t **out_buffer) {
     *out_buffer = NULL;
+    atomic_fetch_add_explicit(&allocation_count, 1, memory_order_relaxed);
     MOIRA_RETURN_IF_ERROR(moira_fault_device_lost(device, "allocating memory"));
     MOIRA_RETURN_IF_ERROR(moira_fault_alloc(device, bytes));
     return device->vtable->buffer_alloc(device, bytes ? bytes : 1, numa_node, out_buffer);
+}
+
+uint64_t moira_device_allocation_count(void) {
+    return atomic_load_explicit(&allocation_count, memory_order_relaxed);
 }
 
 void moira_buffer_free(moira_buffer_t *buffer) {

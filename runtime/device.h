@@ -139,6 +139,11 @@ moira_status_t moira_buffer_alloc(moira_device_t *device, size_t bytes, int numa
                                   moira_buffer_t **out_buffer);
 void moira_buffer_free(moira_buffer_t *buffer);
 
+/* How many times moira_buffer_alloc has been called in this process, on any device and thread,
+ * whether or not the allocation succeeded: a test reads it before and after a decode step to
+ * prove the step allocates no device memory (DESIGN.md §3). */
+uint64_t moira_device_allocation_count(void);
+
 /* The buffer's host address when the host can use it directly (cpu backend), else NULL. */
 void *moira_buffer_host_ptr(moira_buffer_t *buffer);
 

@@ -2,7 +2,9 @@
  * pool bound to the machine's cores.
  *
  * A queue is a FIFO of commands drained by its own thread, so submission returns at once and
- * work runs in order, exactly the contract the OpenCL and NPU queues have. */
+ * work runs in order, exactly the contract the OpenCL and NPU queues have. A steady state
+ * allocates nothing (DESIGN.md §3): command records are recycled through the queue's free list,
+ * and kernel temporaries come from the queue's grow-only arena (scratch_arena.h). */
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -14,6 +16,7 @@
 #include "backends/cpu/cpu_kernels.h"
 #include "backends/cpu/gemm.h"
 #include "backends/cpu/packed_weights.h"
+#include "backends/cpu/scratch_arena.h"
 #include "runtime/backend.h"
 #include "runtime/env.h"
 #include "runtime/hwloc_topology.h"
@@ -51,9 +54,14 @@ typedef struct cpu_queue {
     pthread_cond_t has_work;
     pthread_cond_t idle;
     command_t *head, *tail;
+    /* Records that have run, for reuse (owned, linked by `next`): the queue allocates more only
+     * when more commands are in flight than ever before. */
+    command_t *spare;
+    int records; /* allocated so far, spare or in flight */
     bool busy;
     bool stopping;
-    moira_status_t failure; /* first asynchronous error, owned; reported by finish */
+    moira_status_t failure;  /* first asynchronous error, owned; reported by finish */
+    moira_cpu_arena_t arena; /* kernel temporaries; used only by the worker thread */
 } cpu_queue_t;
 
 static const moira_device_vtable_t cpu_vtable;
@@ -114,6 +122,7 @@ static void execute_command(cpu_queue_t *queue, command_t *command) {
  * a queue ordered; `idle` wakes finish() when the list drains. */
 static void *queue_main(void *raw) {
     cpu_queue_t *queue = raw;
+    moira_cpu_arena_bind(&queue->arena);
     pthread_mutex_lock(&queue->mutex);
     for (;;) {
         while (!queue->head && !queue->stopping)
@@ -125,8 +134,9 @@ static void *queue_main(void *raw) {
         queue->busy = true;
         pthread_mutex_unlock(&queue->mutex);
         execute_command(queue, command);
-        free(command);
         pthread_mutex_lock(&queue->mutex);
+        command->next = queue->spare;
+        queue->spare = command;
         queue->busy = false;
         if (!queue->head) pthread_cond_broadcast(&queue->idle);
     }
@@ -148,11 +158,43 @@ static moira_status_t submit(moira_queue_t *base, command_t *command) {
     return MOIRA_OK_STATUS;
 }
 
-/* Commands are zeroed so optional fields (event, buffer) start empty. */
-static moira_status_t new_command(command_kind_t kind, command_t **out_command) {
-    command_t *command = calloc(1, sizeof(*command));
+/* Records a queue starts with: more than one layer's decode step has in flight. */
+#define FIRST_RECORDS 64
+
+/* With the mutex held and no spare left: as many new records as the queue has (FIRST_RECORDS the
+ * first time). Doubling leaves headroom, so a step that has a few more commands in flight than
+ * its warm-up had (how many are in flight depends on how far the worker lags) still finds
+ * spares. Stops early when memory runs out. */
+static void add_records(cpu_queue_t *queue) {
+    int wanted = queue->records ? queue->records : FIRST_RECORDS;
+    for (int i = 0; i < wanted; i++) {
+        command_t *record = malloc(sizeof(*record));
+        if (!record) return;
+        record->next = queue->spare;
+        queue->spare = record;
+        queue->records++;
+    }
+}
+
+/* A spare record. Fields are set one by one, not zeroed whole: the params area alone is larger
+ * than everything else a command holds. */
+static moira_status_t new_command(moira_queue_t *base, command_kind_t kind,
+                                  command_t **out_command) {
+    cpu_queue_t *queue = (cpu_queue_t *)base;
+    pthread_mutex_lock(&queue->mutex);
+    if (!queue->spare) add_records(queue);
+    command_t *command = queue->spare;
+    if (command) queue->spare = command->next;
+    pthread_mutex_unlock(&queue->mutex);
     if (!command) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "cpu queue: out of memory");
     command->kind = kind;
+    command->next = NULL;
+    command->dst = NULL;
+    command->src = NULL;
+    command->bytes = 0;
+    command->dst_buffer = NULL;
+    command->dst_offset = 0;
+    command->event = NULL;
     *out_command = command;
     return MOIRA_OK_STATUS;
 }
@@ -166,7 +208,7 @@ static void *host_ptr(moira_buffer_t *buffer) {
 static moira_status_t enqueue_memcpy(moira_queue_t *queue, moira_buffer_t *dst_buffer,
                                      size_t dst_offset, void *dst, const void *src, size_t bytes) {
     command_t *command = NULL;
-    MOIRA_RETURN_IF_ERROR(new_command(COMMAND_COPY, &command));
+    MOIRA_RETURN_IF_ERROR(new_command(queue, COMMAND_COPY, &command));
     command->dst = dst;
     command->src = src;
     command->bytes = bytes;
@@ -198,7 +240,7 @@ static moira_status_t cpu_enqueue_copy(moira_queue_t *queue, moira_buffer_t *src
 static moira_status_t cpu_enqueue_op(moira_queue_t *queue, const moira_op_launch_t *launch) {
     MOIRA_RETURN_IF_ERROR(moira_op_validate(launch));
     command_t *command = NULL;
-    MOIRA_RETURN_IF_ERROR(new_command(COMMAND_OP, &command));
+    MOIRA_RETURN_IF_ERROR(new_command(queue, COMMAND_OP, &command));
     command->launch = *launch;
     if (launch->params_size) memcpy(command->params, launch->params, launch->params_size);
     return submit(queue, command);
@@ -208,7 +250,7 @@ static moira_status_t cpu_enqueue_op(moira_queue_t *queue, const moira_op_launch
 static moira_status_t enqueue_event(moira_queue_t *queue, command_kind_t kind,
                                     moira_event_t *event) {
     command_t *command = NULL;
-    MOIRA_RETURN_IF_ERROR(new_command(kind, &command));
+    MOIRA_RETURN_IF_ERROR(new_command(queue, kind, &command));
     moira_event_retain(event);
     command->event = event;
     return submit(queue, command);
@@ -242,6 +284,7 @@ static moira_status_t cpu_queue_create(moira_device_t *device, moira_queue_t **o
     cpu_queue_t *queue = calloc(1, sizeof(*queue));
     if (!queue) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "cannot allocate a queue");
     queue->base.device = device;
+    moira_cpu_arena_init(&queue->arena);
     pthread_mutex_init(&queue->mutex, NULL);
     pthread_cond_init(&queue->has_work, NULL);
     pthread_cond_init(&queue->idle, NULL);
@@ -254,7 +297,8 @@ static moira_status_t cpu_queue_create(moira_device_t *device, moira_queue_t **o
     return MOIRA_OK_STATUS;
 }
 
-/* Drains the queue before stopping its worker, so no enqueued command is lost. */
+/* Drains the queue before stopping its worker, so no enqueued command is lost; the spare
+ * records and the arena go once the worker has stopped. */
 static void cpu_queue_destroy(moira_queue_t *base) {
     cpu_queue_t *queue = (cpu_queue_t *)base;
     moira_status_t failure = cpu_queue_finish(base);
@@ -266,6 +310,12 @@ static void cpu_queue_destroy(moira_queue_t *base) {
     pthread_cond_signal(&queue->has_work);
     pthread_mutex_unlock(&queue->mutex);
     pthread_join(queue->thread, NULL);
+    while (queue->spare) {
+        command_t *next = queue->spare->next;
+        free(queue->spare);
+        queue->spare = next;
+    }
+    moira_cpu_arena_release(&queue->arena);
     pthread_mutex_destroy(&queue->mutex);
     pthread_cond_destroy(&queue->has_work);
     pthread_cond_destroy(&queue->idle);

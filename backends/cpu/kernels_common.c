@@ -2,8 +2,8 @@
 #include "backends/cpu/kernels_common.h"
 
 #include <math.h>
-#include <stdlib.h>
 
+#include "backends/cpu/scratch_arena.h"
 #include "runtime/tensor.h"
 
 /* Resolving a weight's layout once per launch keeps the per-row path to two multiplies. */
@@ -85,7 +85,7 @@ moira_status_t moira_cpu_scratch_alloc(moira_threadpool_t *pool, size_t bytes_pe
     size_t per_thread = MOIRA_CPU_ALIGN(bytes_per_thread ? bytes_per_thread : 1);
     size_t threads = (size_t)moira_threadpool_size(pool);
     out_scratch->bytes_per_thread = per_thread;
-    out_scratch->base = aligned_alloc(64, per_thread * threads);
+    out_scratch->base = moira_cpu_arena_take(moira_cpu_arena_bound(), per_thread * threads);
     if (!out_scratch->base)
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY,
                                  "cpu kernels: cannot allocate %zu bytes of scratch",
@@ -95,8 +95,22 @@ moira_status_t moira_cpu_scratch_alloc(moira_threadpool_t *pool, size_t bytes_pe
 
 /* Clears the pointer so a second free is harmless. */
 void moira_cpu_scratch_free(moira_cpu_scratch_t *scratch) {
-    free(scratch->base);
+    moira_cpu_arena_give(moira_cpu_arena_bound(), scratch->base);
     scratch->base = NULL;
+}
+
+/* The message names the op, as the allocations these replaced did. */
+moira_status_t moira_cpu_temp_alloc(size_t bytes, const char *what, void **out_temp) {
+    *out_temp = moira_cpu_arena_take(moira_cpu_arena_bound(), bytes);
+    if (!*out_temp)
+        return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "%s: out of memory (%zu bytes)", what,
+                                 bytes);
+    return MOIRA_OK_STATUS;
+}
+
+/* NULL is ignored, like free(). */
+void moira_cpu_temp_free(void *temp) {
+    moira_cpu_arena_give(moira_cpu_arena_bound(), temp);
 }
 
 /* About 32K multiply-adds (some microseconds) per chunk: below that, waking a thread costs more

@@ -70,15 +70,25 @@ float moira_cpu_silu(float z);
 
 #define MOIRA_CPU_ALIGN(bytes) (((size_t)(bytes) + 63) & ~(size_t)63)
 
-/* One private region per pool thread, allocated per launch (two queues may share a pool). */
+/* One private region per pool thread, taken from the arena of the queue running the kernel
+ * (scratch_arena.h): two queues may share a pool, never an arena. Regions are reused from launch
+ * to launch, so a steady state allocates nothing. */
 typedef struct moira_cpu_scratch {
-    unsigned char *base;
+    unsigned char *base; /* owned by the arena until moira_cpu_scratch_free */
     size_t bytes_per_thread;
 } moira_cpu_scratch_t;
 
+/* Fails with OUT_OF_MEMORY. Free in the reverse order of taking (scratch and temporaries alike):
+ * freeing one gives back everything taken after it. */
 moira_status_t moira_cpu_scratch_alloc(moira_threadpool_t *pool, size_t bytes_per_thread,
                                        moira_cpu_scratch_t *out_scratch);
 void moira_cpu_scratch_free(moira_cpu_scratch_t *scratch);
+
+/* One shared temporary of `bytes` (64-byte aligned) from the same arena, for whatever a kernel
+ * needs besides per-thread regions; `what` names the op in the OUT_OF_MEMORY message. Given
+ * back with moira_cpu_temp_free, in the same stack order as scratch. */
+moira_status_t moira_cpu_temp_alloc(size_t bytes, const char *what, void **out_temp);
+void moira_cpu_temp_free(void *temp);
 
 /* Thread `thread`'s region; carve it with moira_cpu_take. */
 static inline unsigned char *moira_cpu_scratch_at(const moira_cpu_scratch_t *scratch, int thread) {

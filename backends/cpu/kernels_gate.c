@@ -4,7 +4,7 @@
 #include "backends/cpu/kernels_common.h"
 
 #include <math.h>
-#include <stdlib.h>
+#include <string.h>
 
 /* Tokens per work item: each gate weight row is widened once per block. */
 #define GATE_TOKEN_BLOCK 16
@@ -133,8 +133,10 @@ static void gate_blocks(void *raw, int64_t begin, int64_t end, int thread) {
 static moira_status_t apply_capacity(const gate_ctx_t *ctx) {
     int32_t capacity = moira_gate_capacity(ctx->params, ctx->tokens);
     if (capacity == INT32_MAX) return MOIRA_OK_STATUS;
-    int32_t *taken = calloc((size_t)ctx->params->n_experts, sizeof(*taken));
-    if (!taken) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "gate: out of memory");
+    size_t bytes = (size_t)ctx->params->n_experts * sizeof(int32_t);
+    void *temp = NULL;
+    MOIRA_RETURN_IF_ERROR(moira_cpu_temp_alloc(bytes, "gate", &temp));
+    int32_t *taken = memset(temp, 0, bytes);
     int64_t assignments = ctx->tokens * ctx->params->top_k;
     for (int64_t a = 0; a < assignments; a++) {
         int32_t expert = ctx->topk_idx[a];
@@ -145,7 +147,7 @@ static moira_status_t apply_capacity(const gate_ctx_t *ctx) {
             ctx->topk_weight[a] = 0;
         }
     }
-    free(taken);
+    moira_cpu_temp_free(taken);
     return MOIRA_OK_STATUS;
 }
 

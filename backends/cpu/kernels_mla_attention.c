@@ -9,7 +9,6 @@
  * Prefill blocks queries (16 tokens of one head) against blocks of keys, so each key row is
  * loaded once per query block instead of once per query. */
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "backends/cpu/attend.h"
@@ -214,7 +213,9 @@ static void merge_items(void *raw, int64_t begin, int64_t end, int thread) {
 }
 
 /* Items (token, block of 16 heads, chunk of cache rows): enough chunks that every thread gets
- * several even for one token, each at least MIN_CHUNK_KEYS rows. */
+ * several even for one token, each at least MIN_CHUNK_KEYS rows. The partial results are sized
+ * for the most chunks any cache length gives this many tokens, so the scratch a decode step needs
+ * does not change as the cache grows. */
 moira_status_t moira_cpu_mla_decode_attention(const moira_op_launch_t *launch,
                                               moira_threadpool_t *pool) {
     const moira_dtensor_t *operands = launch->operands;
@@ -239,16 +240,21 @@ moira_status_t moira_cpu_mla_decode_attention(const moira_op_launch_t *launch,
     ctx.chunk_keys = keys > MIN_CHUNK_KEYS ? keys : MIN_CHUNK_KEYS;
     ctx.chunks = ctx.cache_len > 0 ? (ctx.cache_len + ctx.chunk_keys - 1) / ctx.chunk_keys : 1;
     int64_t items = ctx.tokens * ctx.head_blocks * ctx.chunks;
-    size_t lanes = (size_t)(items * Q_BLOCK);
-    ctx.part_max = malloc(lanes * sizeof(float));
-    ctx.part_sum = malloc(lanes * sizeof(double));
-    ctx.part_out = malloc(lanes * (size_t)ctx.d.latent * sizeof(float) + 1);
-    moira_status_t status =
-        ctx.part_max && ctx.part_sum && ctx.part_out
-            ? moira_cpu_scratch_alloc(
-                  pool, moira_cpu_attend_scratch_floats(ctx.d.latent, ctx.d.rope) * sizeof(float),
-                  &ctx.scratch)
-            : moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "mla_decode_attention: out of memory");
+    /* chunk_keys >= cache_len / wanted, so chunks <= wanted (and 1 when wanted <= 1). */
+    int64_t most_items = ctx.tokens * ctx.head_blocks * (wanted > 1 ? wanted : 1);
+    size_t lanes = (size_t)((most_items > items ? most_items : items) * Q_BLOCK);
+    size_t max_bytes = MOIRA_CPU_ALIGN(lanes * sizeof(float));
+    size_t sum_bytes = MOIRA_CPU_ALIGN(lanes * sizeof(double));
+    void *parts = NULL;
+    MOIRA_RETURN_IF_ERROR(
+        moira_cpu_temp_alloc(max_bytes + sum_bytes + lanes * (size_t)ctx.d.latent * sizeof(float),
+                             "mla_decode_attention", &parts));
+    ctx.part_max = parts;
+    ctx.part_sum = (double *)((unsigned char *)parts + max_bytes);
+    ctx.part_out = (float *)((unsigned char *)parts + max_bytes + sum_bytes);
+    moira_status_t status = moira_cpu_scratch_alloc(
+        pool, moira_cpu_attend_scratch_floats(ctx.d.latent, ctx.d.rope) * sizeof(float),
+        &ctx.scratch);
     if (!status) {
         moira_threadpool_parallel_for(pool, items, 1, decode_items, &ctx);
         moira_threadpool_parallel_for(pool, ctx.tokens * ctx.d.heads,
@@ -256,8 +262,6 @@ moira_status_t moira_cpu_mla_decode_attention(const moira_op_launch_t *launch,
                                       &ctx);
         moira_cpu_scratch_free(&ctx.scratch);
     }
-    free(ctx.part_max);
-    free(ctx.part_sum);
-    free(ctx.part_out);
+    moira_cpu_temp_free(parts);
     return status;
 }

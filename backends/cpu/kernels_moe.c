@@ -3,8 +3,6 @@
  * for shared experts and dense layers. */
 #include "backends/cpu/kernels_common.h"
 
-#include <stdlib.h>
-
 #include "backends/cpu/moe_grouped.h"
 
 /* Sorted rows per MOE_FFN work item: each expert weight row is widened once per block. */
@@ -45,8 +43,10 @@ moira_status_t moira_cpu_moe_dispatch(const moira_op_launch_t *launch, moira_thr
     }
     for (int e = 0; e < n_experts; e++)
         offsets[e + 1] += offsets[e];
-    int32_t *next = malloc((size_t)(unsigned)n_experts * sizeof(*next));
-    if (!next) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "moe_dispatch: out of memory");
+    void *temp = NULL;
+    MOIRA_RETURN_IF_ERROR(
+        moira_cpu_temp_alloc((size_t)(unsigned)n_experts * sizeof(int32_t), "moe_dispatch", &temp));
+    int32_t *next = temp;
     for (int e = 0; e < n_experts; e++)
         next[e] = offsets[e];
     for (int64_t a = 0; a < assignments; a++) {
@@ -61,7 +61,7 @@ moira_status_t moira_cpu_moe_dispatch(const moira_op_launch_t *launch, moira_thr
     }
     for (int64_t row = offsets[n_experts]; row < assignments; row++)
         sorted_rows[row] = -1;
-    free(next);
+    moira_cpu_temp_free(next);
     return MOIRA_OK_STATUS;
 }
 
@@ -193,8 +193,10 @@ moira_status_t moira_cpu_moe_ffn(const moira_op_launch_t *launch, moira_threadpo
     for (int e = 0; e < n_experts; e++)
         n_items += (offsets[e + 1] - offsets[e] + FFN_ROW_BLOCK - 1) / FFN_ROW_BLOCK;
     if (n_items == 0 || ctx.hidden == 0) return MOIRA_OK_STATUS;
-    ffn_item_t *items = malloc((size_t)n_items * sizeof(*items));
-    if (!items) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "moe_ffn: out of memory");
+    void *temp = NULL;
+    MOIRA_RETURN_IF_ERROR(
+        moira_cpu_temp_alloc((size_t)n_items * sizeof(ffn_item_t), "moe_ffn", &temp));
+    ffn_item_t *items = temp;
     int64_t n = 0;
     for (int e = 0; e < n_experts; e++)
         for (int32_t row = offsets[e]; row < offsets[e + 1]; row += FFN_ROW_BLOCK)
@@ -213,7 +215,7 @@ moira_status_t moira_cpu_moe_ffn(const moira_op_launch_t *launch, moira_threadpo
                                       &ctx);
         moira_cpu_scratch_free(&ctx.scratch);
     }
-    free(items);
+    moira_cpu_temp_free(items);
     return status;
 }
 
@@ -290,8 +292,9 @@ moira_status_t moira_cpu_swiglu(const moira_op_launch_t *launch, moira_threadpoo
     int64_t chunk = tokens < SWIGLU_TOKEN_CHUNK ? tokens : SWIGLU_TOKEN_CHUNK;
     if (tokens == 0) return MOIRA_OK_STATUS;
     size_t chunk_floats = (size_t)(chunk * inter);
-    float *gate = malloc((2 * chunk_floats + 1) * sizeof(float));
-    if (!gate) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "swiglu: out of memory");
+    void *temp = NULL;
+    MOIRA_RETURN_IF_ERROR(moira_cpu_temp_alloc(2 * chunk_floats * sizeof(float), "swiglu", &temp));
+    float *gate = temp;
     float *up = gate + chunk_floats;
     moira_status_t status = MOIRA_OK_STATUS;
     for (int64_t t0 = 0; t0 < tokens && !status; t0 += chunk) {
@@ -327,6 +330,6 @@ moira_status_t moira_cpu_swiglu(const moira_op_launch_t *launch, moira_threadpoo
         };
         if (!status) status = moira_cpu_linear_run(pool, &down);
     }
-    free(gate);
+    moira_cpu_temp_free(gate);
     return status;
 }

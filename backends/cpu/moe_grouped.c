@@ -12,8 +12,6 @@
 
 #include "backends/cpu/kernels_common.h"
 
-#include <pthread.h>
-#include <stdlib.h>
 #include <string.h>
 
 /* Gate/up pairs per stage-1 item and down panels per stage-2 item: a few hundred KB of weights,
@@ -160,48 +158,15 @@ static int64_t make_items(const moira_cpu_grouped_ffn_t *job, int64_t count, int
     return n;
 }
 
-/* One spare scratch block kept between launches. A prefill launch needs tens of MB of scratch
- * (h and its bf16 split); a fresh allocation of that size is a fresh mmap whose every page
- * faults and is zeroed on first touch, which cost about a tenth of a 512-token launch. The spare
- * is the largest block freed so far; a launch that finds it taken or too small allocates. It stays
- * allocated (and reachable) until the process ends. */
-static struct {
-    pthread_mutex_t mutex;
-    void *block; /* owned, or NULL */
-    size_t bytes;
-} spare = {PTHREAD_MUTEX_INITIALIZER, NULL, 0};
-
-/* The spare when it is big enough (its pages already mapped), else a new block. */
-static void *scratch_take(size_t bytes) {
-    void *block = NULL;
-    pthread_mutex_lock(&spare.mutex);
-    if (spare.block && spare.bytes >= bytes) {
-        block = spare.block;
-        spare.block = NULL;
-    }
-    pthread_mutex_unlock(&spare.mutex);
-    return block ? block : aligned_alloc(64, MOIRA_CPU_ALIGN(bytes));
-}
-
-/* Keeps the larger of `block` and the current spare, frees the other. */
-static void scratch_give(void *block, size_t bytes) {
-    pthread_mutex_lock(&spare.mutex);
-    if (!spare.block || spare.bytes < bytes) {
-        void *old = spare.block;
-        spare.block = block;
-        spare.bytes = bytes;
-        block = old;
-    }
-    pthread_mutex_unlock(&spare.mutex);
-    free(block);
-}
-
 /* Scratch regions are 64-byte aligned so every one starts on a cache line. */
 static size_t floats_bytes(int64_t n) {
     return MOIRA_CPU_ALIGN((size_t)n * sizeof(float));
 }
 
-/* Sizes one scratch block for everything (x split, h, h split, items), runs stage 1 over
+/* Sizes one scratch block for everything (x split, h, h split, items) and takes it from the
+ * queue's arena: a prefill launch needs tens of MB, and a fresh allocation of that size is a
+ * fresh mmap whose every page faults and is zeroed on first touch (about a tenth of a 512-token
+ * launch), while the arena's block stays mapped from launch to launch. Then runs stage 1 over
  * (expert, gate/up pairs) items, splits h where bf16 tiles need it, then stage 2 over (expert,
  * down panels) items. */
 moira_status_t moira_cpu_grouped_ffn_run(moira_threadpool_t *pool,
@@ -228,9 +193,8 @@ moira_status_t moira_cpu_grouped_ffn_run(moira_threadpool_t *pool,
         (size_t)(job->n_experts * (per_expert1 > per_expert2 ? per_expert1 : per_expert2)) *
         sizeof(item_t));
     size_t scratch_bytes = x_bytes + h_bytes + h_split_bytes + items_bytes;
-    unsigned char *scratch = scratch_take(scratch_bytes);
-    if (!scratch)
-        return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "moe_ffn: cannot allocate scratch");
+    void *scratch = NULL;
+    MOIRA_RETURN_IF_ERROR(moira_cpu_temp_alloc(scratch_bytes, "moe_ffn", &scratch));
     unsigned char *cursor = scratch;
     ctx.x = (rows_t){.f32 = job->x, .stride = x_stride};
     if (ctx.split) {
@@ -268,6 +232,6 @@ moira_status_t moira_cpu_grouped_ffn_run(moira_threadpool_t *pool,
                      (uint16_t *)ctx.h_rows.hi, (uint16_t *)ctx.h_rows.lo, ctx.h_stride);
     n_items = make_items(job, panel_count, PANELS_PER_ITEM, items);
     moira_threadpool_parallel_for(pool, n_items, 1, down_items, &ctx);
-    scratch_give(scratch, scratch_bytes);
+    moira_cpu_temp_free(scratch);
     return MOIRA_OK_STATUS;
 }
