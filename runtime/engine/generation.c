@@ -114,9 +114,12 @@ static moira_status_t decode(moira_engine_t *engine, const moira_model_files_t *
             out->finish_reason = "stop";
             return MOIRA_OK_STATUS;
         }
-        const char *piece;
-        size_t len;
-        MOIRA_RETURN_IF_ERROR(moira_detokenizer_push(detok, id, &piece, &len));
+        /* The embedding may have more rows than the tokenizer has tokens (DeepSeek-V3 pads
+         * 128815 tokens to 129280 rows); such an id has no text, as Hugging Face decodes it. */
+        const char *piece = "";
+        size_t len = 0;
+        if (id < moira_tokenizer_vocab_size(model->tokenizer))
+            MOIRA_RETURN_IF_ERROR(moira_detokenizer_push(detok, id, &piece, &len));
         MOIRA_RETURN_IF_ERROR(append(stream, piece, len));
         if (cut_at_stop(stream, r, len) || (emit(stream, false), stream->cancelled)) {
             out->finish_reason = "stop";

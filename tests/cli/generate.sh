@@ -182,6 +182,13 @@ full = json.load(open(sys.argv[1]))["text"]; got = open(sys.argv[2], encoding="u
 sys.exit(0 if got == full[:full.index(stop)] + "\n" else "streamed %r" % got)' \
     "$work/full.json" "$work/out" "$stop" && passed=$((passed + 1)) || fail "streamed --stop"
 
+# The embedding has 129280 rows, the tokenizer 128815 tokens (as DeepSeek-V3 ships them): a
+# generated padding id has no text, as Hugging Face decodes it, and generation goes on.
+expect 0 "generate past a padding id" -- "$moira" generate --model "$work/bf16" --temperature 0 \
+    --max-tokens 200 --prompt "hi" --json
+python3 -c 'import json,sys; ids=json.load(open(sys.argv[1]))["ids"]; sys.exit(not (len(ids) == 200 and any(i >= 128815 for i in ids)))' \
+    "$work/out" && passed=$((passed + 1)) || fail "200 tokens through a padding id"
+
 # Sampling is reproducible from its seed.
 for run in 1 2; do
     "$moira" generate --model "$work/bf16" --temperature 0.8 --top-p 0.9 --top-k 40 --seed 11 \
