@@ -98,10 +98,23 @@ moira_status_t moira_queue_copy(moira_queue_t *queue, moira_buffer_t *src, size_
     return queue->device->vtable->enqueue_copy(queue, src, src_offset, dst, dst_offset, bytes);
 }
 
+/* The op contract, checked here once so that no backend has to. */
+static moira_launch_check_fn launch_check;
+
+void moira_device_set_launch_check(moira_launch_check_fn check) {
+    launch_check = check;
+}
+
 moira_status_t moira_queue_launch(moira_queue_t *queue, const moira_op_launch_t *launch) {
     if (launch->params_size > MOIRA_OP_MAX_PARAMS_BYTES ||
         launch->n_operands > MOIRA_OP_MAX_OPERANDS || launch->n_operands < 0)
         return moira_status_make(MOIRA_CODE_INTERNAL, "op %d: launch too large", launch->op);
+    if (!launch_check)
+        return moira_status_make(MOIRA_CODE_INTERNAL,
+                                 "op %d launched before moira_runtime_init registered the op "
+                                 "contract",
+                                 launch->op);
+    MOIRA_RETURN_IF_ERROR(launch_check(launch));
     for (int i = 0; i < launch->n_operands; i++) {
         const moira_dtensor_t *t = &launch->operands[i];
         if (!t->buffer) continue; /* optional operand left empty */

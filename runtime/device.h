@@ -165,8 +165,15 @@ moira_status_t moira_queue_read(moira_queue_t *queue, moira_buffer_t *src, size_
 moira_status_t moira_queue_copy(moira_queue_t *queue, moira_buffer_t *src, size_t src_offset,
                                 moira_buffer_t *dst, size_t dst_offset, size_t bytes);
 
-/* Submits a kernel launch. Operands are validated by the op (ops/); the params are copied. */
+/* Submits a kernel launch after checking it once for every backend: each operand lies inside a
+ * buffer of the queue's device, and the launch meets its op's operand contract (the check
+ * registered with moira_device_set_launch_check). The params are copied. */
 moira_status_t moira_queue_launch(moira_queue_t *queue, const moira_op_launch_t *launch);
+
+/* The op contract check moira_queue_launch applies (ops/op.c's moira_op_validate; the runtime
+ * cannot name ops/ itself, so the built-in registry wires it in at moira_runtime_init). */
+typedef moira_status_t (*moira_launch_check_fn)(const moira_op_launch_t *launch);
+void moira_device_set_launch_check(moira_launch_check_fn check);
 
 /* Signals `event` when the queue reaches this point. The queue holds a reference meanwhile. */
 moira_status_t moira_queue_signal(moira_queue_t *queue, moira_event_t *event);

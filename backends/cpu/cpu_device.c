@@ -236,9 +236,8 @@ static moira_status_t cpu_enqueue_copy(moira_queue_t *queue, moira_buffer_t *src
                           (char *)host_ptr(src) + src_offset, bytes);
 }
 
-/* Validation happens at submission so the caller gets the error, not a later finish. */
+/* The device layer has checked the launch against the op's contract (moira_queue_launch). */
 static moira_status_t cpu_enqueue_op(moira_queue_t *queue, const moira_op_launch_t *launch) {
-    MOIRA_RETURN_IF_ERROR(moira_op_validate(launch));
     command_t *command = NULL;
     MOIRA_RETURN_IF_ERROR(new_command(queue, COMMAND_OP, &command));
     command->launch = *launch;

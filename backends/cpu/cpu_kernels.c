@@ -18,10 +18,9 @@ static const moira_cpu_kernel_fn kernels[MOIRA_OP_COUNT] = {
     [MOIRA_OP_MLA_ABSORB_OUT] = moira_cpu_mla_absorb_out,
 };
 
-/* Validates again even though the queue validated at submission: the kernels index memory with
- * the shapes, and this is the last point before they do. It costs microseconds. */
+/* Runs a launch the device layer has checked against the op's contract (moira_queue_launch), so
+ * the kernels may index memory with its shapes. */
 moira_status_t moira_cpu_run_op(const moira_op_launch_t *launch, moira_threadpool_t *pool) {
-    MOIRA_RETURN_IF_ERROR(moira_op_validate(launch));
     moira_cpu_kernel_fn kernel = kernels[launch->op];
     if (!kernel)
         return moira_status_make(MOIRA_CODE_UNSUPPORTED, "cpu: no kernel for op %s",

@@ -145,9 +145,8 @@ static moira_status_t run_op_task(void *raw, moira_status_t prior_failure) {
     return MOIRA_OK_STATUS;
 }
 
-/* Validation happens at submission so the caller gets the error, not a later finish. */
+/* The device layer has checked the launch against the op's contract (moira_queue_launch). */
 static moira_status_t npu_enqueue_op(moira_queue_t *base, const moira_op_launch_t *launch) {
-    MOIRA_RETURN_IF_ERROR(moira_op_validate(launch));
     if (launch->params_size > MOIRA_OP_MAX_PARAMS_BYTES)
         return moira_acl_status(MOIRA_ACL_ERROR_INVALID_PARAM, "op parameters of %zu bytes",
                                 launch->params_size);

@@ -491,9 +491,8 @@ static moira_status_t opencl_enqueue_copy(moira_queue_t *base, moira_buffer_t *s
     return MOIRA_OK_STATUS;
 }
 
-/* Validation happens at submission so the caller gets the error, not a later finish. */
+/* The device layer has checked the launch against the op's contract (moira_queue_launch). */
 static moira_status_t opencl_enqueue_op(moira_queue_t *base, const moira_op_launch_t *launch) {
-    MOIRA_RETURN_IF_ERROR(moira_op_validate(launch));
     opencl_device_t *device = (opencl_device_t *)base->device;
     MOIRA_RETURN_IF_ERROR(moira_opencl_ensure_program(device));
     pthread_mutex_lock(&device->launch_mutex);
