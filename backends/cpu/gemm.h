@@ -10,8 +10,10 @@
  *
  * A tile is up to MOIRA_CPU_TILE_ROWS activation rows against up to MOIRA_CPU_TILE_STREAMS
  * panels (one register accumulator block), reduced over the whole depth. Its epilogue stores the
- * sums, or for the fused gate/up projection of SwiGLU (panels alternate gate, up) stores
- * silu(gate) * up. Every instruction set fills the same moira_cpu_gemm_kernels_t. */
+ * sums, adds them to what the output holds (scaled by beta: accumulating a linear's y, or the
+ * partial sums of a depth split), or for the fused gate/up projection of SwiGLU (panels alternate
+ * gate, up) stores silu(gate) * up. Every instruction set fills the same
+ * moira_cpu_gemm_kernels_t. */
 #ifndef MOIRA_BACKENDS_CPU_GEMM_H
 #define MOIRA_BACKENDS_CPU_GEMM_H
 
@@ -25,8 +27,9 @@
 #define MOIRA_CPU_TILE_STREAMS 4
 
 typedef enum moira_cpu_epilogue {
-    MOIRA_CPU_EPILOGUE_STORE = 0, /* out[r][16 s + j] = sum */
-    MOIRA_CPU_EPILOGUE_SWIGLU,    /* streams (gate, up) pairs: out[r][16 (s/2) + j] = silu(g) u */
+    MOIRA_CPU_EPILOGUE_STORE = 0,  /* out[r][16 s + j] = sum */
+    MOIRA_CPU_EPILOGUE_SWIGLU,     /* streams (gate, up) pairs: out[r][16 (s/2) + j] = silu(g) u */
+    MOIRA_CPU_EPILOGUE_ACCUMULATE, /* out[r][16 s + j] = beta * out[r][16 s + j] + sum */
 } moira_cpu_epilogue_t;
 
 /* One register tile. Pointers are borrowed for the call. */
@@ -41,6 +44,7 @@ typedef struct moira_cpu_tile {
     int64_t out_stride; /* floats */
     int out_cols;       /* outputs to store from the tile's first column (the rest is padding) */
     moira_cpu_epilogue_t epilogue;
+    float beta; /* MOIRA_CPU_EPILOGUE_ACCUMULATE only */
 } moira_cpu_tile_t;
 
 typedef void (*moira_cpu_tile_fn)(const moira_cpu_tile_t *tile);

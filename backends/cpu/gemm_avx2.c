@@ -48,6 +48,20 @@ static inline void store8(float *row, int col, int cols, __m256 v) {
     }
 }
 
+/* row[col + j] = beta * row[col + j] + v[j] for the lanes below `cols`; the others are not read. */
+static inline void accumulate8(float *row, int col, int cols, float beta, __m256 v) {
+    int n = cols - col;
+    if (n >= 8) {
+        _mm256_storeu_ps(row + col,
+                         _mm256_fmadd_ps(_mm256_set1_ps(beta), _mm256_loadu_ps(row + col), v));
+    } else if (n > 0) {
+        float lanes[8];
+        _mm256_storeu_ps(lanes, v);
+        for (int j = 0; j < n; j++)
+            row[col + j] = beta * row[col + j] + lanes[j];
+    }
+}
+
 /* Stores a sub-tile through its epilogue; always inlined with constant counts like the tiles. */
 static inline __attribute__((always_inline)) void store_tile(const moira_cpu_tile_t *tile,
                                                              __m256 acc[SUB_ROWS][SUB_STREAMS][2],
@@ -60,6 +74,12 @@ static inline __attribute__((always_inline)) void store_tile(const moira_cpu_til
 #pragma GCC unroll 8
                 for (int h = 0; h < 2; h++)
                     store8(row, 8 * h, tile->out_cols, swiglu_avx2(acc[r][0][h], acc[r][1][h]));
+        } else if (tile->epilogue == MOIRA_CPU_EPILOGUE_ACCUMULATE) {
+#pragma GCC unroll 8
+            for (int s = 0; s < streams; s++)
+#pragma GCC unroll 8
+                for (int h = 0; h < 2; h++)
+                    accumulate8(row, 16 * s + 8 * h, tile->out_cols, tile->beta, acc[r][s][h]);
         } else {
 #pragma GCC unroll 8
             for (int s = 0; s < streams; s++)

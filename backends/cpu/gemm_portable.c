@@ -16,6 +16,9 @@ static void store(const moira_cpu_tile_t *tile, float acc[][MOIRA_CPU_TILE_STREA
                 for (int j = 0; j < 16 && 16 * q + j < tile->out_cols; j++)
                     row[16 * q + j] =
                         moira_cpu_swiglu_scalar(acc[r][32 * q + j], acc[r][32 * q + 16 + j]);
+        } else if (tile->epilogue == MOIRA_CPU_EPILOGUE_ACCUMULATE) {
+            for (int c = 0; c < 16 * tile->streams && c < tile->out_cols; c++)
+                row[c] = tile->beta * row[c] + acc[r][c];
         } else {
             for (int c = 0; c < 16 * tile->streams && c < tile->out_cols; c++)
                 row[c] = acc[r][c];

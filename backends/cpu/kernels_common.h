@@ -111,7 +111,12 @@ int64_t moira_cpu_grain(int64_t work_per_item);
 /* A linear over `batch` independent slices that share a weight matrix's row space: slice b
  * reads x at x + b * x_batch_step, weight rows weight_row0 + b * weight_batch_rows onwards, and
  * writes y at y + b * y_batch_step. Plain linear is batch 1; kv_b_proj's per-head V part is one
- * slice per head. */
+ * slice per head.
+ *
+ * With `packed` (the weight's packed panels, packed_weights.h; weight_row0 and weight_batch_rows
+ * then multiples of 16) the GEMM tiles run it (linear_panels.c); without, weight rows are widened
+ * one at a time. With `packed_up` too (SWIGLU's fused gate/up projection: `packed` is W1, and
+ * both have the same panel dtype) y = silu(x W1^T) * (x W3^T) and beta is ignored. */
 typedef struct moira_cpu_linear_job {
     const float *x;
     int64_t x_stride, x_batch_step;
@@ -120,7 +125,9 @@ typedef struct moira_cpu_linear_job {
     float *y;
     int64_t y_stride, y_batch_step;
     int64_t batch, tokens, out_features, in_features;
-    float beta; /* 0: y is only written, never read */
+    float beta;                               /* 0: y is only written, never read */
+    const struct moira_cpu_packed *packed;    /* borrowed, or NULL */
+    const struct moira_cpu_packed *packed_up; /* borrowed, or NULL */
 } moira_cpu_linear_job_t;
 
 moira_status_t moira_cpu_linear_run(moira_threadpool_t *pool, const moira_cpu_linear_job_t *job);

@@ -1,5 +1,10 @@
-/* Dense linear layers: the LINEAR op and the batched driver that SWIGLU and MLA reuse. */
+/* Dense linear layers: the LINEAR op and the batched driver that SWIGLU and MLA reuse. A job
+ * whose weight is packed runs on the GEMM tiles (linear_panels.c); this file's row-by-row path is
+ * what runs when there is no packed copy (packing ran out of memory, or MLA head slices that do
+ * not start on a panel). */
 #include "backends/cpu/kernels_common.h"
+
+#include "backends/cpu/linear_panels.h"
 
 /* A work item is a block of tokens against a block of weight rows, so each weight row is widened
  * once per token block and each token block stays in cache across the weight rows. */
@@ -44,8 +49,10 @@ static void linear_items(void *raw, int64_t begin, int64_t end, int thread) {
     }
 }
 
-/* Blocks tokens and weight rows into items and lets the pool balance them. */
+/* Packed jobs go to the GEMM tiles; the others block tokens and weight rows into items and let
+ * the pool balance them. */
 moira_status_t moira_cpu_linear_run(moira_threadpool_t *pool, const moira_cpu_linear_job_t *job) {
+    if (job->packed) return moira_cpu_panel_linear_run(pool, job);
     if (job->batch <= 0 || job->tokens <= 0 || job->out_features <= 0) return MOIRA_OK_STATUS;
     linear_ctx_t ctx = {
         .job = job,
@@ -65,12 +72,15 @@ moira_status_t moira_cpu_linear_run(moira_threadpool_t *pool, const moira_cpu_li
     return MOIRA_OK_STATUS;
 }
 
-/* y = beta * y + x W^T, with x and y possibly column slices of wider rows. */
+/* y = beta * y + x W^T, with x and y possibly column slices of wider rows, on the weight's
+ * packed panels (made on first use unless the device prepared them at upload). */
 moira_status_t moira_cpu_linear(const moira_op_launch_t *launch, moira_threadpool_t *pool) {
     const moira_linear_params_t *params = launch->params;
     const moira_dtensor_t *x = &launch->operands[0];
     const moira_dtensor_t *y = &launch->operands[2];
     moira_cpu_weight_t weight = moira_cpu_weight_view(&launch->operands[1]);
+    moira_cpu_packed_t *packed = NULL;
+    moira_cpu_dense_weight_acquire(pool, &launch->operands[1], &packed);
     moira_cpu_linear_job_t job = {
         .x = moira_cpu_f32(x),
         .x_stride = moira_dtensor_row_stride(x),
@@ -82,6 +92,9 @@ moira_status_t moira_cpu_linear(const moira_op_launch_t *launch, moira_threadpoo
         .out_features = weight.rows,
         .in_features = weight.cols,
         .beta = params->beta,
+        .packed = packed,
     };
-    return moira_cpu_linear_run(pool, &job);
+    moira_status_t status = moira_cpu_linear_run(pool, &job);
+    moira_cpu_packed_release(packed);
+    return status;
 }

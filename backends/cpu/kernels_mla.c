@@ -5,6 +5,7 @@
 
 #include <string.h>
 
+#include "backends/cpu/linear_panels.h"
 #include "backends/cpu/mla_dims.h"
 
 /* Tokens per MLA_ABSORB_Q work item: each kv_b_proj row is widened once per block. */
@@ -67,11 +68,16 @@ moira_status_t moira_cpu_mla_absorb_q(const moira_op_launch_t *launch, moira_thr
 }
 
 /* out[t,h] = W_UV[h] o_lat[t,h]: one linear per head over its V rows of kv_b_proj, run as a
- * single batched linear so all heads share one parallel loop. */
+ * single batched linear so all heads share one parallel loop. On kv_b_proj's packed panels (the
+ * same copy the prefill LINEAR uses) when every head's V rows start on a panel, as they do for
+ * DeepSeek's 128-wide heads. */
 moira_status_t moira_cpu_mla_absorb_out(const moira_op_launch_t *launch, moira_threadpool_t *pool) {
     const moira_dtensor_t *operands = launch->operands;
     moira_cpu_mla_dims_t d = moira_cpu_mla_dims(launch->params);
     moira_cpu_weight_t weight = moira_cpu_weight_view(&operands[1]);
+    moira_cpu_packed_t *packed = NULL;
+    if (d.nope % MOIRA_CPU_PANEL == 0 && (d.nope + d.v) % MOIRA_CPU_PANEL == 0)
+        moira_cpu_dense_weight_acquire(pool, &operands[1], &packed);
     moira_cpu_linear_job_t job = {
         .x = moira_cpu_f32(&operands[0]),
         .x_stride = d.heads * d.latent,
@@ -86,6 +92,9 @@ moira_status_t moira_cpu_mla_absorb_out(const moira_op_launch_t *launch, moira_t
         .tokens = operands[0].shape[0],
         .out_features = d.v,
         .in_features = d.latent,
+        .packed = packed,
     };
-    return moira_cpu_linear_run(pool, &job);
+    moira_status_t status = moira_cpu_linear_run(pool, &job);
+    moira_cpu_packed_release(packed);
+    return status;
 }

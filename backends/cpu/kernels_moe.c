@@ -1,14 +1,12 @@
 /* The expert path: MOE_DISPATCH (sort assignments by expert), MOE_FFN (every expert's SwiGLU on
- * its rows, one launch), MOE_COMBINE (weighted scatter back to tokens) and the dense SWIGLU used
- * for shared experts and dense layers. */
+ * its rows, one launch) and MOE_COMBINE (weighted scatter back to tokens). The dense SWIGLU of
+ * shared experts and dense layers is in kernels_swiglu.c. */
 #include "backends/cpu/kernels_common.h"
 
 #include "backends/cpu/moe_grouped.h"
 
 /* Sorted rows per MOE_FFN work item: each expert weight row is widened once per block. */
 #define FFN_ROW_BLOCK 16
-/* Tokens per SWIGLU pass: bounds the intermediate activations to 2 x 64 x I floats. */
-#define SWIGLU_TOKEN_CHUNK 64
 
 /* Routing indices live in device memory and may be garbage; the message says which and where. */
 static moira_status_t bad_index(const char *op, const char *what, int64_t at, int64_t value,
@@ -274,62 +272,4 @@ moira_status_t moira_cpu_moe_combine(const moira_op_launch_t *launch, moira_thre
                                   combine_tokens, &ctx);
     moira_cpu_scratch_free(&ctx.scratch);
     return MOIRA_OK_STATUS;
-}
-
-/* Dense SwiGLU as three batched linears per chunk of tokens, so even one token (decode) spreads
- * over all threads by weight rows: gate = x W1^T, up = x W3^T, gate = silu(gate) * up, then
- * y = beta * y + gate W2^T. */
-moira_status_t moira_cpu_swiglu(const moira_op_launch_t *launch, moira_threadpool_t *pool) {
-    const moira_swiglu_params_t *params = launch->params;
-    const moira_dtensor_t *operands = launch->operands;
-    moira_cpu_weight_t w1 = moira_cpu_weight_view(&operands[1]);
-    moira_cpu_weight_t w3 = moira_cpu_weight_view(&operands[2]);
-    moira_cpu_weight_t w2 = moira_cpu_weight_view(&operands[3]);
-    const float *x = moira_cpu_f32(&operands[0]);
-    float *y = moira_cpu_f32(&operands[4]);
-    int64_t tokens = operands[0].shape[0], hidden = operands[0].shape[1];
-    int64_t inter = w1.rows;
-    int64_t chunk = tokens < SWIGLU_TOKEN_CHUNK ? tokens : SWIGLU_TOKEN_CHUNK;
-    if (tokens == 0) return MOIRA_OK_STATUS;
-    size_t chunk_floats = (size_t)(chunk * inter);
-    void *temp = NULL;
-    MOIRA_RETURN_IF_ERROR(moira_cpu_temp_alloc(2 * chunk_floats * sizeof(float), "swiglu", &temp));
-    float *gate = temp;
-    float *up = gate + chunk_floats;
-    moira_status_t status = MOIRA_OK_STATUS;
-    for (int64_t t0 = 0; t0 < tokens && !status; t0 += chunk) {
-        int64_t n = tokens - t0 < chunk ? tokens - t0 : chunk;
-        moira_cpu_linear_job_t project = {
-            .x = x + t0 * hidden,
-            .x_stride = hidden,
-            .weight = &w1,
-            .y = gate,
-            .y_stride = inter,
-            .batch = 1,
-            .tokens = n,
-            .out_features = inter,
-            .in_features = hidden,
-        };
-        status = moira_cpu_linear_run(pool, &project);
-        project.weight = &w3;
-        project.y = up;
-        if (!status) status = moira_cpu_linear_run(pool, &project);
-        for (int64_t i = 0; i < n * inter; i++)
-            gate[i] = moira_cpu_silu(gate[i]) * up[i];
-        moira_cpu_linear_job_t down = {
-            .x = gate,
-            .x_stride = inter,
-            .weight = &w2,
-            .y = y + t0 * hidden,
-            .y_stride = hidden,
-            .batch = 1,
-            .tokens = n,
-            .out_features = hidden,
-            .in_features = inter,
-            .beta = params->beta,
-        };
-        if (!status) status = moira_cpu_linear_run(pool, &down);
-    }
-    moira_cpu_temp_free(gate);
-    return status;
 }

@@ -6,6 +6,8 @@
 
 #include "backends/cpu/gemm.h"
 #include "ops/op.h"
+#include "runtime/dtype.h"
+#include "runtime/tensor.h"
 
 bool moira_cpu_packable(moira_dtype_t dtype) {
     return dtype == MOIRA_DTYPE_F32 || dtype == MOIRA_DTYPE_BF16;
@@ -14,7 +16,21 @@ bool moira_cpu_packable(moira_dtype_t dtype) {
 typedef struct pack_ctx {
     const moira_cpu_packed_t *packed;
     const unsigned char *src; /* the window's first byte */
+    const float *scales; /* fp8: the block scales, [matrices][ceil(rows/128)][ceil(cols/128)] */
 } pack_ctx_t;
+
+/* Element k of a narrow source row as f32: f16 exactly, fp8 times its block's scale in f32
+ * (the product moira_cpu_weight_row computes, so both paths see the same weights). */
+static float widened(const pack_ctx_t *ctx, int64_t matrix, int64_t row, size_t first, int64_t k) {
+    const moira_cpu_packed_t *packed = ctx->packed;
+    if (packed->dtype == MOIRA_DTYPE_F16)
+        return moira_f16_to_f32(((const uint16_t *)ctx->src)[first + (size_t)k]);
+    int64_t scale_cols = (packed->cols + MOIRA_FP8_BLOCK - 1) / MOIRA_FP8_BLOCK;
+    int64_t scale_rows = (packed->rows + MOIRA_FP8_BLOCK - 1) / MOIRA_FP8_BLOCK;
+    float scale = ctx->scales[(matrix * scale_rows + row / MOIRA_FP8_BLOCK) * scale_cols +
+                              k / MOIRA_FP8_BLOCK];
+    return moira_fp8_e4m3_to_f32(ctx->src[first + (size_t)k]) * scale;
+}
 
 /* One item is one panel: 16 source rows written column by column into the panel's steps, after
  * zeroing it so rows past the end and bf16's odd padding column read as zero weights. */
@@ -36,11 +52,15 @@ static void pack_panels(void *raw, int64_t begin, int64_t end, int thread) {
                 float *out = dst;
                 for (int64_t k = 0; k < cols; k++)
                     out[MOIRA_CPU_PANEL * k + j] = src[k];
-            } else {
+            } else if (packed->dtype == MOIRA_DTYPE_BF16) {
                 const uint16_t *src = (const uint16_t *)ctx->src + first;
                 uint16_t *out = dst;
                 for (int64_t k = 0; k < cols; k++)
                     out[2 * MOIRA_CPU_PANEL * (k / 2) + 2 * j + (k & 1)] = src[k];
+            } else {
+                float *out = dst;
+                for (int64_t k = 0; k < cols; k++)
+                    out[MOIRA_CPU_PANEL * k + j] = widened(ctx, matrix, row, first, k);
             }
         }
     }
@@ -57,29 +77,47 @@ void moira_cpu_packed_release(moira_cpu_packed_t *packed) {
 static void describe(const moira_dtensor_t *weight, moira_cpu_packed_t *packed) {
     packed->offset = weight->offset;
     packed->dtype = weight->dtype;
+    packed->panel_dtype = weight->dtype == MOIRA_DTYPE_BF16 ? MOIRA_DTYPE_BF16 : MOIRA_DTYPE_F32;
     packed->matrices = weight->rank == 3 ? weight->shape[0] : 1;
     packed->rows = weight->shape[weight->rank - 2];
     packed->cols = weight->shape[weight->rank - 1];
     packed->bytes =
         (size_t)(packed->matrices * packed->rows * packed->cols) * moira_dtype_size(weight->dtype);
+    if (weight->dtype == MOIRA_DTYPE_F8_E4M3) {
+        packed->scale_offset = weight->scale_offset;
+        packed->scale_bytes =
+            (size_t)(packed->matrices * ((packed->rows + MOIRA_FP8_BLOCK - 1) / MOIRA_FP8_BLOCK) *
+                     ((packed->cols + MOIRA_FP8_BLOCK - 1) / MOIRA_FP8_BLOCK)) *
+            sizeof(float);
+    }
     packed->panels = (packed->rows + MOIRA_CPU_PANEL - 1) / MOIRA_CPU_PANEL;
-    packed->depth = weight->dtype == MOIRA_DTYPE_F32 ? packed->cols : (packed->cols + 1) / 2;
+    packed->depth = packed->panel_dtype == MOIRA_DTYPE_F32 ? packed->cols : (packed->cols + 1) / 2;
     packed->panel_bytes = (size_t)packed->depth * 64;
 }
 
 /* Two requests share a packed copy only when they describe the same bytes the same way. */
 static bool same_window(const moira_cpu_packed_t *a, const moira_cpu_packed_t *b) {
     return a->offset == b->offset && a->dtype == b->dtype && a->matrices == b->matrices &&
-           a->rows == b->rows && a->cols == b->cols;
+           a->rows == b->rows && a->cols == b->cols && a->scale_offset == b->scale_offset;
+}
+
+/* Whether bytes [offset, offset + bytes) touch the copy's weights or, for fp8, its scales. */
+static bool overlaps(const moira_cpu_packed_t *p, size_t offset, size_t bytes) {
+    bool data = p->offset < offset + bytes && offset < p->offset + p->bytes;
+    bool scales = p->scale_bytes && p->scale_offset < offset + bytes &&
+                  offset < p->scale_offset + p->scale_bytes;
+    return data || scales;
 }
 
 /* Looks up and builds under the buffer's lock, so two queues asking at once pack once. The lock
  * is held across the parallel pack; nothing that runs inside a parallel loop takes it. */
-moira_status_t moira_cpu_packed_acquire(moira_threadpool_t *pool, const moira_dtensor_t *weight,
-                                        moira_cpu_packed_t **out_packed) {
+static moira_status_t acquire(moira_threadpool_t *pool, const moira_dtensor_t *weight, bool widen,
+                              moira_cpu_packed_t **out_packed) {
     *out_packed = NULL;
-    if (!moira_cpu_packable(weight->dtype) || weight->rank < 2 || weight->rank > 3 ||
-        !weight->buffer)
+    bool packable =
+        moira_cpu_packable(weight->dtype) ||
+        (widen && (weight->dtype == MOIRA_DTYPE_F16 || weight->dtype == MOIRA_DTYPE_F8_E4M3));
+    if (!packable || weight->rank < 2 || weight->rank > 3 || !weight->buffer)
         return MOIRA_OK_STATUS;
     moira_cpu_packed_t wanted;
     memset(&wanted, 0, sizeof(wanted));
@@ -101,7 +139,9 @@ moira_status_t moira_cpu_packed_acquire(moira_threadpool_t *pool, const moira_dt
             status = moira_status_make(MOIRA_CODE_OUT_OF_MEMORY,
                                        "cpu: cannot allocate %zu bytes of packed weights", total);
         } else {
-            pack_ctx_t ctx = {found, (const unsigned char *)buffer->memory.data + weight->offset};
+            const unsigned char *base = buffer->memory.data;
+            pack_ctx_t ctx = {found, base + weight->offset,
+                              (const float *)(base + found->scale_offset)};
             moira_threadpool_parallel_for(pool, found->matrices * found->panels, 4, pack_panels,
                                           &ctx);
             atomic_store(&found->refs, 1); /* the list's */
@@ -115,6 +155,17 @@ moira_status_t moira_cpu_packed_acquire(moira_threadpool_t *pool, const moira_dt
     return status;
 }
 
+moira_status_t moira_cpu_packed_acquire(moira_threadpool_t *pool, const moira_dtensor_t *weight,
+                                        moira_cpu_packed_t **out_packed) {
+    return acquire(pool, weight, false, out_packed);
+}
+
+moira_status_t moira_cpu_packed_acquire_widened(moira_threadpool_t *pool,
+                                                const moira_dtensor_t *weight,
+                                                moira_cpu_packed_t **out_packed) {
+    return acquire(pool, weight, true, out_packed);
+}
+
 /* Any write may change weights a packed copy was made from; dropping is cheap, repacking happens
  * on the next use. */
 void moira_cpu_buffer_written(moira_cpu_buffer_t *buffer, size_t offset, size_t bytes) {
@@ -123,7 +174,7 @@ void moira_cpu_buffer_written(moira_cpu_buffer_t *buffer, size_t offset, size_t 
     moira_cpu_packed_t *kept = NULL, *next = NULL;
     for (moira_cpu_packed_t *p = atomic_load(&buffer->packed); p; p = next) {
         next = p->next;
-        if (p->offset < offset + bytes && offset < p->offset + p->bytes) {
+        if (overlaps(p, offset, bytes)) {
             moira_cpu_packed_release(p);
         } else {
             p->next = kept;
@@ -139,14 +190,20 @@ void moira_cpu_buffer_drop_packed(moira_cpu_buffer_t *buffer) {
     moira_cpu_buffer_written(buffer, 0, SIZE_MAX);
 }
 
-/* Packing at upload keeps the cost out of the first timed launch. */
+/* Packing at upload keeps the cost out of the first timed launch. The dense ops' weights are
+ * widened as their kernels will ask for them; the experts' are not (packed_weights.h). A dense
+ * weight that cannot be packed for lack of memory is not an error: its kernels widen its rows one
+ * at a time instead (linear_panels.h). */
 moira_status_t moira_cpu_prepare_weights(moira_threadpool_t *pool, int op,
                                          const moira_dtensor_t *weights, int n_weights) {
-    if (op != MOIRA_OP_MOE_FFN) return MOIRA_OK_STATUS;
+    bool dense = op == MOIRA_OP_LINEAR || op == MOIRA_OP_SWIGLU || op == MOIRA_OP_MLA_ABSORB_OUT;
+    if (op != MOIRA_OP_MOE_FFN && !dense) return MOIRA_OK_STATUS;
     for (int i = 0; i < n_weights; i++) {
         moira_cpu_packed_t *packed = NULL;
-        MOIRA_RETURN_IF_ERROR(moira_cpu_packed_acquire(pool, &weights[i], &packed));
+        moira_status_t status = acquire(pool, &weights[i], dense, &packed);
         moira_cpu_packed_release(packed);
+        if (status && !dense) return status;
+        moira_status_free(status);
     }
     return MOIRA_OK_STATUS;
 }

@@ -6,7 +6,13 @@
  * device runs when a layer is uploaded), lives in its own memory on the buffer's NUMA node, and
  * is dropped when a queue write, copy or op output touches its window, or when the buffer is
  * freed. Kernels hold a reference while they read it, so a drop never frees it under them.
- * Writes through the buffer's host pointer behind the queue's back are not seen. */
+ * Writes through the buffer's host pointer behind the queue's back are not seen.
+ *
+ * f32 and bf16 weights keep their type in the panels. The dense projections (LINEAR, SWIGLU,
+ * MLA_ABSORB_OUT) also pack f16 and fp8 e4m3 weights, widened to f32 panels (fp8 multiplied by
+ * its 128x128 block scale, in f32, as the row-by-row path computes it): exact, at 2x (f16) or 4x
+ * (fp8) the checkpoint's bytes. The expert FFN does not, so fp8 and f16 experts never cost that
+ * memory; they are widened row by row. */
 #ifndef MOIRA_BACKENDS_CPU_PACKED_WEIGHTS_H
 #define MOIRA_BACKENDS_CPU_PACKED_WEIGHTS_H
 
@@ -17,22 +23,23 @@
 #include "runtime/threadpool.h"
 
 struct moira_cpu_packed {
-    /* The window it was made from. */
+    /* The window it was made from (for fp8 also the block scales' window). */
     size_t offset, bytes;
+    size_t scale_offset, scale_bytes; /* fp8 only, else 0 */
     moira_dtype_t dtype;
     int64_t matrices, rows, cols;
+    moira_dtype_t panel_dtype; /* F32 (f32, f16, fp8 weights) or BF16 */
     /* Panels: matrix m's panel p (outputs 16p .. 16p+15) at data + (m * panels + p) * panel_bytes.
      */
     int64_t panels; /* per matrix: rows rounded up to 16, over 16 */
-    int64_t depth;  /* steps: cols (f32), cols rounded up to even over 2 (bf16) */
+    int64_t depth;  /* steps: cols (f32 panels), cols rounded up to even over 2 (bf16 panels) */
     size_t panel_bytes;
     moira_cpu_host_region_t memory; /* owned */
     atomic_int refs;
     moira_cpu_packed_t *next; /* in the buffer's list */
 };
 
-/* Whether weights of this dtype have a packed form (f32 and bf16; the others are widened row by
- * row instead). */
+/* Whether weights of this dtype have a packed form of their own type (f32 and bf16). */
 bool moira_cpu_packable(moira_dtype_t dtype);
 
 /* The packed form of `weight` (a [rows, cols] or [matrices, rows, cols] weight operand of a cpu
@@ -40,6 +47,12 @@ bool moira_cpu_packable(moira_dtype_t dtype);
  * packed form. The caller owns one reference and releases it with moira_cpu_packed_release. */
 moira_status_t moira_cpu_packed_acquire(moira_threadpool_t *pool, const moira_dtensor_t *weight,
                                         moira_cpu_packed_t **out_packed);
+
+/* The same for a dense projection's weight: every float dtype has a packed form (f16 and fp8
+ * widened to f32 panels). */
+moira_status_t moira_cpu_packed_acquire_widened(moira_threadpool_t *pool,
+                                                const moira_dtensor_t *weight,
+                                                moira_cpu_packed_t **out_packed);
 void moira_cpu_packed_release(moira_cpu_packed_t *packed);
 
 /* Panel `panel` of matrix `matrix`. */
@@ -57,8 +70,9 @@ void moira_cpu_buffer_written(moira_cpu_buffer_t *buffer, size_t offset, size_t 
 void moira_cpu_buffer_drop_packed(moira_cpu_buffer_t *buffer);
 
 /* Packs the weights an op will read, ahead of its first launch: for MOE_FFN the three expert
- * matrices W1, W3, W2 (in that order). Weights of other ops, or of dtypes without a packed form,
- * are left as they are. */
+ * matrices W1, W3, W2 (in that order, f32 and bf16 only), for LINEAR its W, for SWIGLU its W1,
+ * W3, W2 and for MLA_ABSORB_OUT its kv_b_proj (every float dtype). Weights of other ops are left
+ * as they are. */
 moira_status_t moira_cpu_prepare_weights(moira_threadpool_t *pool, int op,
                                          const moira_dtensor_t *weights, int n_weights);
 

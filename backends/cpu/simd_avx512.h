@@ -65,6 +65,15 @@ moira_avx512_tile_store(const moira_cpu_tile_t *tile, __m512 acc[][MOIRA_CPU_TIL
             for (int q = 0; q < streams / 2; q++)
                 _mm512_mask_storeu_ps(row + 16 * q, moira_avx512_cols_mask(16 * q, tile->out_cols),
                                       moira_avx512_swiglu(acc[r][2 * q], acc[r][2 * q + 1]));
+        } else if (tile->epilogue == MOIRA_CPU_EPILOGUE_ACCUMULATE) {
+            /* Lanes outside out_cols are neither read nor written (masked, so no fault). */
+            __m512 beta = _mm512_set1_ps(tile->beta);
+#pragma GCC unroll 8
+            for (int s = 0; s < streams; s++) {
+                __mmask16 mask = moira_avx512_cols_mask(16 * s, tile->out_cols);
+                __m512 old = _mm512_maskz_loadu_ps(mask, row + 16 * s);
+                _mm512_mask_storeu_ps(row + 16 * s, mask, _mm512_fmadd_ps(beta, old, acc[r][s]));
+            }
         } else {
 #pragma GCC unroll 8
             for (int s = 0; s < streams; s++)

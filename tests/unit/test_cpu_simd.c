@@ -1,8 +1,9 @@
 /* The cpu backend's SIMD paths against independent double-precision references: the packed
  * panel layout, every GEMM tile shape of every instruction set this CPU runs, the grouped expert
- * FFN and the blocked MLA attention through cpu:0 with each instruction set forced
- * (MOIRA_CPU_ISA), and the lifetime of packed weight copies (built once, dropped when their
- * window is written).
+ * FFN, the blocked MLA attention and the dense projections on packed panels (LINEAR, SWIGLU,
+ * MLA_ABSORB_OUT in every weight dtype, 1 to 8 decode tokens and prefills of 67 and 300) through
+ * cpu:0 with each instruction set forced (MOIRA_CPU_ISA), and the lifetime of packed weight
+ * copies (built once, dropped when their window, or an fp8 weight's scales, are written).
  *
  * Sizes are chosen to hit the edges: 1 token, experts with no rows, row counts that are not a
  * multiple of the 6-row tile, D odd (bf16 pairs padded), I not a multiple of 16, more than 16
@@ -221,7 +222,8 @@ static void *make_panels(const float *w, int64_t n_rows, int64_t K, int streams,
 }
 
 /* One tile shape of one instruction set: rows x streams over depth K, against double sums of the
- * original f32 weights; columns past out_cols must keep their NaN. */
+ * original f32 weights; columns past out_cols must keep their NaN. ACCUMULATE starts from known
+ * outputs and must give 0.75 of them plus the sums. */
 static void check_tile(const moira_cpu_gemm_kernels_t *kernels, bool bf16, int rows, int streams,
                        int64_t K, moira_cpu_epilogue_t epilogue, uint64_t seed) {
     int64_t n_rows = 16 * streams - 3; /* a partial last panel */
@@ -240,15 +242,18 @@ static void check_tile(const moira_cpu_gemm_kernels_t *kernels, bool bf16, int r
     int out_cols = out_width - 2;
     int64_t stride = out_width + 5;
     float *out = xcalloc((size_t)(rows * stride), sizeof(float));
+    float *before = uniform((size_t)(rows * stride), seed + 2, -1, 1);
+    bool accumulate = epilogue == MOIRA_CPU_EPILOGUE_ACCUMULATE;
     for (int64_t i = 0; i < rows * stride; i++)
-        out[i] = NAN;
+        out[i] = accumulate && i % stride < out_cols ? before[i] : NAN;
     moira_cpu_tile_t tile = {.rows = rows,
                              .streams = streams,
                              .depth = depth,
                              .out = out,
                              .out_stride = stride,
                              .out_cols = out_cols,
-                             .epilogue = epilogue};
+                             .epilogue = epilogue,
+                             .beta = 0.75f};
     bool split = bf16 && kernels->bf16_input != MOIRA_CPU_BF16_INPUT_F32;
     for (int r = 0; r < rows; r++) {
         tile.x[r] = split ? (const void *)(hi + r * padded) : (const void *)(x + r * padded);
@@ -276,7 +281,7 @@ static void check_tile(const moira_cpu_gemm_kernels_t *kernels, bool bf16, int r
             } else {
                 value = c < n_rows ? ref_dot(x + r * padded, w + c * K, K) : 0;
             }
-            ref[r * out_cols + c] = value;
+            ref[r * out_cols + c] = value + (accumulate ? 0.75 * before[r * stride + c] : 0);
             got[r * out_cols + c] = out[r * stride + c];
         }
         for (int64_t c = out_cols; c < stride; c++)
@@ -287,9 +292,13 @@ static void check_tile(const moira_cpu_gemm_kernels_t *kernels, bool bf16, int r
               "%s %s%s tile %dx%d K=%lld %s: NMSE %.3g, margins %s",
               moira_cpu_isa_name(kernels->isa), bf16 ? "bf16" : "f32",
               kernels->bf16_input == MOIRA_CPU_BF16_INPUT_ROUNDED ? " (bf16 math)" : "", rows,
-              streams, (long long)K, epilogue == MOIRA_CPU_EPILOGUE_SWIGLU ? "swiglu" : "store",
+              streams, (long long)K,
+              epilogue == MOIRA_CPU_EPILOGUE_SWIGLU ? "swiglu"
+              : accumulate                          ? "accumulate"
+                                                    : "store",
               nmse, margins_kept ? "kept" : "written");
-    free(w), free(x), free(hi), free(lo), free(panels), free(out), free(ref), free(got);
+    free(w), free(x), free(hi), free(lo), free(panels), free(out), free(before), free(ref),
+        free(got);
 }
 
 /* Every tile shape (1-6 rows, 1-4 streams) at depths 1, 16 and 37 reaches every edge path of
@@ -311,6 +320,8 @@ static void test_tiles(void) {
                         for (int d = 0; d < 3; d++) {
                             check_tile(tables[t], bf16, rows, streams, depths[d],
                                        MOIRA_CPU_EPILOGUE_STORE, seed++);
+                            check_tile(tables[t], bf16, rows, streams, depths[d],
+                                       MOIRA_CPU_EPILOGUE_ACCUMULATE, seed++);
                             if (streams % 2 == 0)
                                 check_tile(tables[t], bf16, rows, streams, depths[d],
                                            MOIRA_CPU_EPILOGUE_SWIGLU, seed++);
@@ -582,6 +593,337 @@ static void test_attention(void) {
     unsetenv("MOIRA_CPU_ISA");
 }
 
+/* ---- Dense projections (LINEAR, SWIGLU, MLA_ABSORB_OUT) on packed panels through cpu:0 ---- */
+
+/* A [rows, cols] weight of `dtype` holding `values` 64 bytes into its buffer; *seen gets what
+ * the device computes with: the dtype's rounding, for fp8 the code times a block scale that
+ * differs from one 128x128 block to the next (scales stored after the weights). */
+static moira_dtensor_t dense_weight(moira_dtype_t dtype, const float *values, int64_t rows,
+                                    int64_t cols, float *seen) {
+    size_t n = (size_t)(rows * cols), data = n * moira_dtype_size(dtype);
+    int64_t scale_cols = (cols + 127) / 128, scale_rows = (rows + 127) / 128;
+    size_t scale_offset = (64 + data + 3) / 4 * 4;
+    size_t total = dtype == MOIRA_DTYPE_F8_E4M3
+                       ? scale_offset + (size_t)(scale_rows * scale_cols) * sizeof(float)
+                       : 64 + data;
+    unsigned char *storage = xcalloc(total, 1);
+    if (dtype == MOIRA_DTYPE_F8_E4M3) {
+        float *scales = (float *)(storage + scale_offset);
+        for (int64_t i = 0; i < scale_rows * scale_cols; i++)
+            scales[i] = 0.002f * (float)(1 + i % scale_cols + 3 * (i / scale_cols));
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t c = 0; c < cols; c++) {
+                float scale = scales[r / 128 * scale_cols + c / 128];
+                uint8_t code = moira_f32_to_fp8_e4m3(values[r * cols + c] / scale);
+                storage[64 + (size_t)(r * cols + c)] = code;
+                seen[r * cols + c] = moira_fp8_e4m3_to_f32(code) * scale;
+            }
+    } else {
+        moira_convert_from_f32(dtype, values, storage + 64, n);
+        moira_convert_to_f32(dtype, storage + 64, seen, n);
+    }
+    moira_dtensor_t t = tensor(buffer_with(storage, total), 64, dtype, 2, rows, cols, 0);
+    t.scale_offset = dtype == MOIRA_DTYPE_F8_E4M3 ? scale_offset : 0;
+    free(storage);
+    return t;
+}
+
+/* rows x cols f32 `values` as a column slice starting at column `col0` of rows `stride` wide,
+ * the rest of each row holding `gap` (a slice when stride > cols, else a plain matrix). */
+static moira_dtensor_t slice_of(const float *values, int64_t rows, int64_t cols, int64_t stride,
+                                int64_t col0, float gap) {
+    float *wide = xcalloc((size_t)(rows * stride), sizeof(float));
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < stride; c++)
+            wide[r * stride + c] = c >= col0 && c < col0 + cols ? values[r * cols + c - col0] : gap;
+    moira_dtensor_t t = tensor(buffer_with(wide, (size_t)(rows * stride) * 4), (size_t)col0 * 4,
+                               MOIRA_DTYPE_F32, 2, rows, cols, 0);
+    t.row_stride = stride;
+    free(wide);
+    return t;
+}
+
+/* The slice's values back, and whether every element outside it still holds NaN. */
+static float *read_slice(const moira_dtensor_t *t, int64_t col0, bool *out_gaps_nan) {
+    int64_t rows = t->shape[0], cols = t->shape[1], stride = t->row_stride;
+    float *wide = read_floats(t->buffer, 0, (size_t)(rows * stride));
+    float *values = xcalloc((size_t)(rows * cols), sizeof(float));
+    *out_gaps_nan = true;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < stride; c++) {
+            if (c >= col0 && c < col0 + cols)
+                values[r * cols + c - col0] = wide[r * stride + c];
+            else
+                *out_gaps_nan &= isnan(wide[r * stride + c]);
+        }
+    free(wide);
+    return values;
+}
+
+/* The instruction-set runs the dense tests go through: every level this CPU has (MOIRA_CPU_ISA
+ * forced), and on AVX512_BF16 bf16 math too. */
+typedef struct isa_run {
+    const char *isa;
+    bool bf16_math;
+} isa_run_t;
+
+static int isa_runs(isa_run_t runs[MOIRA_CPU_ISA_COUNT + 1]) {
+    int n = 0;
+    for (int isa = 0; isa < MOIRA_CPU_ISA_COUNT; isa++) {
+        if (!testing_isa(isa)) continue;
+        runs[n++] = (isa_run_t){moira_cpu_isa_name((moira_cpu_isa_t)isa), false};
+        if (isa == MOIRA_CPU_ISA_AVX512_BF16)
+            runs[n++] = (isa_run_t){moira_cpu_isa_name((moira_cpu_isa_t)isa), true};
+    }
+    return n;
+}
+
+/* Forces one run's instruction set (and bf16 math). */
+static void enter_run(const isa_run_t *run) {
+    setenv("MOIRA_CPU_ISA", run->isa, 1);
+    if (run->bf16_math)
+        setenv("MOIRA_CPU_BF16_MATH", "bf16", 1);
+    else
+        unsetenv("MOIRA_CPU_BF16_MATH");
+}
+
+/* The limit a run's results are held to for weights of `dtype`: f32, except bf16 weights under
+ * bf16 math. */
+static double run_limit(const isa_run_t *run, moira_dtype_t dtype) {
+    return run->bf16_math && dtype == MOIRA_DTYPE_BF16 ? moira_precision_nmse_limit(dtype)
+                                                       : F32_LIMIT;
+}
+
+static const moira_dtype_t dense_dtypes[] = {MOIRA_DTYPE_F32, MOIRA_DTYPE_F16, MOIRA_DTYPE_BF16,
+                                             MOIRA_DTYPE_F8_E4M3};
+
+typedef struct linear_case {
+    int64_t T, N, K;
+    int64_t x_pad, y_pad; /* extra columns around the x and y slices; 0: contiguous */
+    float beta;
+} linear_case_t;
+
+/* One LINEAR case in one dtype through every instruction-set run, against y0 * beta + x W^T in
+ * double on the weights the device sees; the output's gaps must keep their NaN. */
+static void check_linear(const linear_case_t *c, moira_dtype_t dtype, uint64_t seed) {
+    int64_t T = c->T, N = c->N, K = c->K;
+    float *w = uniform((size_t)(N * K), seed, -0.3f, 0.3f);
+    float *seen = xcalloc((size_t)(N * K), sizeof(float));
+    float *x = uniform((size_t)(T * K), seed + 1, -1, 1);
+    float *y0 = uniform((size_t)(T * N), seed + 2, -1, 1);
+    double *ref = xcalloc((size_t)(T * N), sizeof(double));
+    moira_dtensor_t wv = dense_weight(dtype, w, N, K, seen);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t n = 0; n < N; n++)
+            ref[t * N + n] = c->beta * (double)y0[t * N + n] + ref_dot(x + t * K, seen + n * K, K);
+    int64_t x0 = c->x_pad ? 3 : 0, yc0 = c->y_pad ? 5 : 0;
+    moira_dtensor_t xv = slice_of(x, T, K, K + c->x_pad, x0, 1e30f);
+    moira_linear_params_t params = {.beta = c->beta};
+    isa_run_t runs[MOIRA_CPU_ISA_COUNT + 1];
+    for (int i = 0, n = isa_runs(runs); i < n; i++) {
+        enter_run(&runs[i]);
+        double limit = run_limit(&runs[i], dtype);
+        moira_dtensor_t yv = slice_of(y0, T, N, N + c->y_pad, yc0, NAN);
+        moira_dtensor_t operands[3] = {xv, wv, yv};
+        CHECK_OK(launch(MOIRA_OP_LINEAR, &params, sizeof(params), operands, 3));
+        bool gaps_nan = false;
+        float *got = read_slice(&yv, yc0, &gaps_nan);
+        double nmse = moira_test_nmse(got, ref, (size_t)(T * N));
+        CHECK_MSG(nmse <= limit && gaps_nan,
+                  "linear %s %s%s T=%lld N=%lld K=%lld beta %g: NMSE %.3g%s",
+                  moira_dtype_name(dtype), runs[i].isa, runs[i].bf16_math ? " (bf16 math)" : "",
+                  (long long)T, (long long)N, (long long)K, (double)c->beta, nmse,
+                  gaps_nan ? "" : ", wrote outside its slice");
+        free(got);
+        moira_buffer_free(yv.buffer);
+    }
+    moira_buffer_free(xv.buffer);
+    moira_buffer_free(wv.buffer);
+    free(w), free(seen), free(x), free(y0), free(ref);
+}
+
+/* Decode batches of 1 to 8 tokens (one tile, or two for 7 and 8) on odd sizes with strided
+ * x and y; a 67-token prefill whose f32 depth splits into two chunks; 300 tokens (two passes)
+ * whose bf16 depth splits and whose K is odd (bf16 pairs padded). */
+static void test_dense_linear(void) {
+    uint64_t seed = 600;
+    for (size_t d = 0; d < sizeof(dense_dtypes) / sizeof(*dense_dtypes); d++) {
+        for (int64_t T = 1; T <= 8; T++) {
+            linear_case_t c = {T, 37, 45, 11, 7, T % 2 ? 0.0f : 1.0f};
+            check_linear(&c, dense_dtypes[d], seed += 3);
+        }
+        const linear_case_t prefill = {67, 130, 1100, 6, 9, 1.0f};
+        const linear_case_t passes = {300, 21, 2101, 0, 0, 0.5f};
+        check_linear(&prefill, dense_dtypes[d], seed += 3);
+        check_linear(&passes, dense_dtypes[d], seed += 3);
+    }
+}
+
+/* An fp8 weight's packed copy is made at upload (prepare_weights) and dropped when its scales
+ * are rewritten: doubling every scale must double the next launch's output. */
+static void test_dense_fp8_scales(void) {
+    const int64_t T = 3, N = 40, K = 150;
+    float *w = uniform((size_t)(N * K), 700, -0.3f, 0.3f);
+    float *seen = xcalloc((size_t)(N * K), sizeof(float));
+    float *x = uniform((size_t)(T * K), 701, -1, 1);
+    moira_dtensor_t wv = dense_weight(MOIRA_DTYPE_F8_E4M3, w, N, K, seen);
+    CHECK_OK(moira_device_prepare_weights(device, MOIRA_OP_LINEAR, &wv, 1));
+    moira_cpu_packed_t *packed = NULL;
+    CHECK_OK(moira_cpu_packed_acquire_widened(pool, &wv, &packed));
+    CHECK_MSG(packed && packed->panel_dtype == MOIRA_DTYPE_F32 && packed->scale_bytes == 4 * 2,
+              "fp8 weight not packed into f32 panels at upload");
+    moira_cpu_packed_release(packed);
+    unsetenv("MOIRA_CPU_ISA");
+    unsetenv("MOIRA_CPU_BF16_MATH");
+    moira_dtensor_t xv =
+        tensor(buffer_with(x, (size_t)(T * K) * 4), 0, MOIRA_DTYPE_F32, 2, T, K, 0);
+    moira_dtensor_t yv =
+        tensor(buffer_with(NULL, (size_t)(T * N) * 4), 0, MOIRA_DTYPE_F32, 2, T, N, 0);
+    moira_linear_params_t params = {.beta = 0};
+    double *ref = xcalloc((size_t)(T * N), sizeof(double));
+    for (int round = 0; round < 2; round++) {
+        if (round == 1) {
+            float scales[2];
+            CHECK_OK(moira_queue_read(queue, wv.buffer, wv.scale_offset, scales, sizeof(scales)));
+            CHECK_OK(moira_queue_finish(queue));
+            scales[0] *= 2, scales[1] *= 2;
+            CHECK_OK(moira_queue_write(queue, wv.buffer, wv.scale_offset, scales, sizeof(scales)));
+            CHECK_OK(moira_queue_finish(queue)); /* `scales` goes out of scope */
+        }
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t n = 0; n < N; n++)
+                ref[t * N + n] = (round + 1) * ref_dot(x + t * K, seen + n * K, K);
+        moira_dtensor_t operands[3] = {xv, wv, yv};
+        CHECK_OK(launch(MOIRA_OP_LINEAR, &params, sizeof(params), operands, 3));
+        float *got = read_floats(yv.buffer, 0, (size_t)(T * N));
+        double nmse = moira_test_nmse(got, ref, (size_t)(T * N));
+        CHECK_MSG(nmse <= F32_LIMIT, "fp8 linear, %s scales: NMSE %.3g",
+                  round ? "doubled" : "first", nmse);
+        free(got);
+    }
+    moira_buffer_free(wv.buffer), moira_buffer_free(xv.buffer), moira_buffer_free(yv.buffer);
+    free(w), free(seen), free(x), free(ref);
+}
+
+/* SWIGLU's fused path (W1 and W3 of one panel type) in every dtype, and the separate path (W1
+ * bf16, W3 f32: different panel types), against beta * y0 + W2 (silu(W1 x) * (W3 x)) in double. */
+static void check_swiglu(int64_t T, const moira_dtype_t dtypes[3], float beta, uint64_t seed) {
+    const int64_t D = 67, I = 45;
+    int64_t sizes[3][2] = {{I, D}, {I, D}, {D, I}};
+    float *w[3], *seen[3];
+    moira_dtensor_t wv[3];
+    for (int m = 0; m < 3; m++) {
+        w[m] = uniform((size_t)(I * D), seed + (uint64_t)m, -0.3f, 0.3f);
+        seen[m] = xcalloc((size_t)(I * D), sizeof(float));
+        wv[m] = dense_weight(dtypes[m], w[m], sizes[m][0], sizes[m][1], seen[m]);
+    }
+    float *x = uniform((size_t)(T * D), seed + 3, -1, 1);
+    float *y0 = uniform((size_t)(T * D), seed + 4, -1, 1);
+    double *ref = xcalloc((size_t)(T * D), sizeof(double)), *h = xcalloc((size_t)I, sizeof(double));
+    for (int64_t t = 0; t < T; t++) {
+        for (int64_t i = 0; i < I; i++)
+            h[i] = ref_swiglu(ref_dot(x + t * D, seen[0] + i * D, D),
+                              ref_dot(x + t * D, seen[1] + i * D, D));
+        for (int64_t d = 0; d < D; d++) {
+            double sum = beta * (double)y0[t * D + d];
+            for (int64_t i = 0; i < I; i++)
+                sum += (double)seen[2][d * I + i] * h[i];
+            ref[t * D + d] = sum;
+        }
+    }
+    moira_dtensor_t xv =
+        tensor(buffer_with(x, (size_t)(T * D) * 4), 0, MOIRA_DTYPE_F32, 2, T, D, 0);
+    moira_swiglu_params_t params = {.beta = beta};
+    isa_run_t runs[MOIRA_CPU_ISA_COUNT + 1];
+    for (int r = 0, n = isa_runs(runs); r < n; r++) {
+        enter_run(&runs[r]);
+        double limit = F32_LIMIT;
+        for (int m = 0; m < 3; m++)
+            limit = run_limit(&runs[r], dtypes[m]) > limit ? run_limit(&runs[r], dtypes[m]) : limit;
+        moira_dtensor_t yv =
+            tensor(buffer_with(y0, (size_t)(T * D) * 4), 0, MOIRA_DTYPE_F32, 2, T, D, 0);
+        moira_dtensor_t operands[5] = {xv, wv[0], wv[1], wv[2], yv};
+        CHECK_OK(launch(MOIRA_OP_SWIGLU, &params, sizeof(params), operands, 5));
+        float *got = read_floats(yv.buffer, 0, (size_t)(T * D));
+        double nmse = moira_test_nmse(got, ref, (size_t)(T * D));
+        CHECK_MSG(nmse <= limit, "swiglu %s/%s/%s %s%s T=%lld beta %g: NMSE %.3g",
+                  moira_dtype_name(dtypes[0]), moira_dtype_name(dtypes[1]),
+                  moira_dtype_name(dtypes[2]), runs[r].isa, runs[r].bf16_math ? " (bf16 math)" : "",
+                  (long long)T, (double)beta, nmse);
+        free(got);
+        moira_buffer_free(yv.buffer);
+    }
+    for (int m = 0; m < 3; m++) {
+        moira_buffer_free(wv[m].buffer);
+        free(w[m]), free(seen[m]);
+    }
+    moira_buffer_free(xv.buffer);
+    free(x), free(y0), free(ref), free(h);
+}
+
+/* Decode (1 and 8 tokens) and a prefill of 70, every dtype, plus the mixed-dtype fallback. */
+static void test_dense_swiglu(void) {
+    uint64_t seed = 800;
+    for (size_t d = 0; d < sizeof(dense_dtypes) / sizeof(*dense_dtypes); d++) {
+        moira_dtype_t same[3] = {dense_dtypes[d], dense_dtypes[d], dense_dtypes[d]};
+        check_swiglu(1, same, 0.0f, seed += 5);
+        check_swiglu(8, same, 1.0f, seed += 5);
+        check_swiglu(70, same, 0.0f, seed += 5);
+    }
+    const moira_dtype_t mixed[3] = {MOIRA_DTYPE_BF16, MOIRA_DTYPE_F32, MOIRA_DTYPE_F16};
+    check_swiglu(5, mixed, 1.0f, seed += 5);
+}
+
+/* MLA_ABSORB_OUT with heads whose V rows start on a panel (nope 16, v 16: the packed path) and
+ * with ones that do not (nope 12, v 10: rows widened one by one), latent 37 (odd). */
+static void check_absorb_out(int32_t nope, int32_t v, int64_t T, moira_dtype_t dtype,
+                             uint64_t seed) {
+    const int64_t H = 3, L = 37, B = H * (nope + v);
+    moira_mla_params_t p = {.n_heads = (int32_t)H,
+                            .nope_dim = nope,
+                            .rope_dim = 8,
+                            .v_dim = v,
+                            .kv_lora_rank = (int32_t)L,
+                            .scale = 1.0f};
+    float *w = uniform((size_t)(B * L), seed, -0.3f, 0.3f);
+    float *seen = xcalloc((size_t)(B * L), sizeof(float));
+    float *o_lat = uniform((size_t)(T * H * L), seed + 1, -1, 1);
+    double *ref = xcalloc((size_t)(T * H * v), sizeof(double));
+    moira_dtensor_t wv = dense_weight(dtype, w, B, L, seen);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t j = 0; j < v; j++)
+                ref[(t * H + h) * v + j] =
+                    ref_dot(o_lat + (t * H + h) * L, seen + (h * (nope + v) + nope + j) * L, L);
+    moira_dtensor_t ov =
+        tensor(buffer_with(o_lat, (size_t)(T * H * L) * 4), 0, MOIRA_DTYPE_F32, 2, T, H * L, 0);
+    isa_run_t runs[MOIRA_CPU_ISA_COUNT + 1];
+    for (int r = 0, n = isa_runs(runs); r < n; r++) {
+        enter_run(&runs[r]);
+        double limit = run_limit(&runs[r], dtype);
+        moira_dtensor_t out =
+            tensor(buffer_with(NULL, (size_t)(T * H * v) * 4), 0, MOIRA_DTYPE_F32, 2, T, H * v, 0);
+        moira_dtensor_t operands[3] = {ov, wv, out};
+        CHECK_OK(launch(MOIRA_OP_MLA_ABSORB_OUT, &p, sizeof(p), operands, 3));
+        float *got = read_floats(out.buffer, 0, (size_t)(T * H * v));
+        double nmse = moira_test_nmse(got, ref, (size_t)(T * H * v));
+        CHECK_MSG(nmse <= limit, "mla_absorb_out nope %d v %d %s %s%s T=%lld: NMSE %.3g", nope, v,
+                  moira_dtype_name(dtype), runs[r].isa, runs[r].bf16_math ? " (bf16 math)" : "",
+                  (long long)T, nmse);
+        free(got);
+        moira_buffer_free(out.buffer);
+    }
+    moira_buffer_free(wv.buffer), moira_buffer_free(ov.buffer);
+    free(w), free(seen), free(o_lat), free(ref);
+}
+
+/* Both head layouts at 1 and 5 tokens, bf16 and fp8. */
+static void test_dense_absorb_out(void) {
+    check_absorb_out(16, 16, 1, MOIRA_DTYPE_BF16, 900);
+    check_absorb_out(16, 16, 5, MOIRA_DTYPE_F8_E4M3, 910);
+    check_absorb_out(12, 10, 5, MOIRA_DTYPE_BF16, 920);
+}
+
 /* With no argument every level this CPU has is tested; with a level's name (portable, avx2,
  * avx512, avx512_bf16) only that one, and the test is skipped (77) where the CPU lacks it, so
  * CTest shows which levels this machine really covered. */
@@ -612,6 +954,12 @@ int main(int argc, char **argv) {
     test_tiles();
     test_grouped_ffn();
     test_attention();
+    test_dense_linear();
+    test_dense_swiglu();
+    test_dense_absorb_out();
+    unsetenv("MOIRA_CPU_ISA");
+    unsetenv("MOIRA_CPU_BF16_MATH");
+    if (only_isa < 0) test_dense_fp8_scales();
     moira_threadpool_destroy(pool);
     moira_queue_destroy(queue);
     moira_runtime_shutdown();
