@@ -4,8 +4,18 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
+#include "runtime/clock.h"
 #include "runtime/hwloc_topology.h"
 #include "runtime/log.h"
+
+/* How long a thread polls before it sleeps: a worker after its loop, waiting for the next; the
+ * caller at the end of its share, waiting for the workers. Waking a sleeping thread goes through
+ * the kernel (on a VM an inter-processor interrupt through the hypervisor): 15-20 us per loop on
+ * the 2-core KVM machine of bench/RESULTS.md, more than a decode projection of a few MB takes to
+ * stream. A kernel launch's loops follow each other within microseconds, so a short poll catches
+ * them; between decode steps the poll runs out and the thread sleeps, so an idle pool costs at
+ * most this much CPU time per loop. */
+#define POLL_SECONDS 50e-6
 
 struct moira_threadpool {
     int n_threads;
@@ -23,7 +33,38 @@ struct moira_threadpool {
     void *ctx;
     int64_t n, chunk;
     atomic_llong next;
+    /* `generation` and `running`, readable without the mutex by a polling thread. */
+    atomic_ullong published_generation;
+    atomic_int published_running;
 };
+
+/* Lets the other hardware thread of the core run while this one polls. */
+#if defined(__x86_64__) || defined(__i386__)
+static inline void relax(void) {
+    __builtin_ia32_pause();
+}
+#else
+static inline void relax(void) {}
+#endif
+
+/* Polls for up to POLL_SECONDS while `*value` equals `unchanged` (the clock is read every 64
+ * polls: it costs more than a poll). */
+static void poll_while_u64(atomic_ullong *value, uint64_t unchanged) {
+    double deadline = moira_now_seconds() + POLL_SECONDS;
+    for (int i = 1; atomic_load(value) == unchanged; i++) {
+        relax();
+        if (i % 64 == 0 && moira_now_seconds() > deadline) return;
+    }
+}
+
+/* The same while `*value` is positive. */
+static void poll_while_positive(atomic_int *value) {
+    double deadline = moira_now_seconds() + POLL_SECONDS;
+    for (int i = 1; atomic_load(value) > 0; i++) {
+        relax();
+        if (i % 64 == 0 && moira_now_seconds() > deadline) return;
+    }
+}
 
 typedef struct worker_arg {
     moira_threadpool_t *pool;
@@ -52,6 +93,11 @@ static void *worker_main(void *raw) {
     uint64_t seen = 0;
     pthread_mutex_lock(&pool->mutex);
     for (;;) {
+        if (!pool->stopping && pool->generation == seen) {
+            pthread_mutex_unlock(&pool->mutex);
+            poll_while_u64(&pool->published_generation, seen);
+            pthread_mutex_lock(&pool->mutex);
+        }
         while (!pool->stopping && pool->generation == seen)
             pthread_cond_wait(&pool->start, &pool->mutex);
         if (pool->stopping) break;
@@ -59,7 +105,8 @@ static void *worker_main(void *raw) {
         pthread_mutex_unlock(&pool->mutex);
         run_chunks(pool, arg.thread);
         pthread_mutex_lock(&pool->mutex);
-        if (--pool->running == 0) pthread_cond_signal(&pool->finished);
+        atomic_store(&pool->published_running, --pool->running);
+        if (pool->running == 0) pthread_cond_signal(&pool->finished);
     }
     pthread_mutex_unlock(&pool->mutex);
     return NULL;
@@ -167,9 +214,12 @@ void moira_threadpool_parallel_for(moira_threadpool_t *pool, int64_t n, int64_t 
     atomic_store(&pool->next, 0);
     pool->running = pool->n_threads - 1;
     pool->generation++;
+    atomic_store(&pool->published_running, pool->running);
+    atomic_store(&pool->published_generation, pool->generation);
     pthread_cond_broadcast(&pool->start);
     pthread_mutex_unlock(&pool->mutex);
     run_chunks(pool, 0);
+    poll_while_positive(&pool->published_running);
     pthread_mutex_lock(&pool->mutex);
     while (pool->running > 0)
         pthread_cond_wait(&pool->finished, &pool->mutex);
