@@ -168,6 +168,21 @@ moira_status_t moira_openblas_moe_run(moira_openblas_moe_t *peer, double *out_se
     return MOIRA_OK_STATUS;
 }
 
+/* The thread count is set per call: the moe peer of the same process may have set another. */
+moira_status_t moira_openblas_linear(int threads, int64_t tokens, int64_t out_features,
+                                     int64_t in_features, const float *x, const float *w, float *y,
+                                     double *out_seconds) {
+    if (!moira_openblas_available())
+        return moira_status_make(MOIRA_CODE_UNSUPPORTED, "OpenBLAS peer: %s", openblas.why);
+    openblas.set_num_threads(threads);
+    double start = seconds();
+    openblas.sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS, (int)tokens, (int)out_features,
+                   (int)in_features, 1.0f, x, (int)in_features, w, (int)in_features, 0.0f, y,
+                   (int)out_features);
+    *out_seconds = seconds() - start;
+    return MOIRA_OK_STATUS;
+}
+
 /* Frees the scratch; the problem's arrays belong to the caller. */
 void moira_openblas_moe_close(moira_openblas_moe_t *peer) {
     if (!peer) return;

@@ -1,9 +1,9 @@
 /* The cpu benchmark peer: the routed experts of a MoE layer as a user without Moira would run
- * them on the CPU. For every expert with tokens: gather its rows, three cblas_sgemm calls (gate,
- * up, down: the GEMMs of llama.cpp's and PyTorch's CPU paths), silu(gate) * up between them, and
- * a weighted scatter-add of the results into the tokens' outputs. f32 weights, OpenBLAS running
- * as many threads as Moira. OpenBLAS is loaded (dlopen) when a bench first asks for it; nothing
- * links it. */
+ * them on the CPU, and a single dense projection (one sgemm). For every expert with tokens: gather
+ * its rows, three cblas_sgemm calls (gate, up, down: the GEMMs of llama.cpp's and PyTorch's CPU
+ * paths), silu(gate) * up between them, and a weighted scatter-add of the results into the tokens'
+ * outputs. f32 weights, OpenBLAS running as many threads as Moira. OpenBLAS is loaded (dlopen) when
+ * a bench first asks for it; nothing links it. */
 #ifndef MOIRA_BENCH_OPENBLAS_PEER_H
 #define MOIRA_BENCH_OPENBLAS_PEER_H
 
@@ -38,6 +38,13 @@ moira_status_t moira_openblas_moe_open(const moira_openblas_moe_problem_t *probl
 moira_status_t moira_openblas_moe_run(moira_openblas_moe_t *peer, double *out_seconds);
 
 void moira_openblas_moe_close(moira_openblas_moe_t *peer);
+
+/* One dense projection as a user would call OpenBLAS for it: y[T, N] = x[T, K] W[N, K]^T, one
+ * cblas_sgemm (row major, W transposed) on `threads` threads; the call's wall time in
+ * *out_seconds. Pointers are borrowed for the call. */
+moira_status_t moira_openblas_linear(int threads, int64_t tokens, int64_t out_features,
+                                     int64_t in_features, const float *x, const float *w, float *y,
+                                     double *out_seconds);
 
 /* "OpenBLAS 0.3.21 (Cooperlake kernels)" into `out` (`size` bytes). */
 void moira_openblas_describe(char *out, size_t size);

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "runtime/hwloc_topology.h"
+#include "bench/largest_cache.h"
 #include "runtime/threadpool.h"
 
 struct moira_stream_triad {
@@ -44,27 +44,13 @@ static void triad_pages(void *raw, int64_t begin, int64_t end, int thread) {
         a[i] = b[i] + ctx->scale * c[i];
 }
 
-/* The largest cache hwloc knows (the last level), or 32 MiB when it knows none. */
-static double largest_cache_bytes(void) {
-    hwloc_topology_t topology;
-    moira_status_t status = moira_hwloc_topology(&topology);
-    double largest = 0;
-    for (int type = HWLOC_OBJ_L1CACHE; !status && type <= HWLOC_OBJ_L5CACHE; type++) {
-        hwloc_obj_t cache = hwloc_get_obj_by_type(topology, (hwloc_obj_type_t)type, 0);
-        if (cache && cache->attr && (double)cache->attr->cache.size > largest)
-            largest = (double)cache->attr->cache.size;
-    }
-    moira_status_free(status);
-    return largest > 0 ? largest : 32.0 * 1024 * 1024;
-}
-
 /* Arrays are first-touched by the pool that later streams them, so each page sits on the NUMA
  * node of the thread that reads it. */
 moira_status_t moira_stream_triad_open(int threads, moira_stream_triad_t **out_triad) {
     *out_triad = NULL;
     moira_stream_triad_t *t = calloc(1, sizeof(*t));
     if (!t) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "stream triad");
-    double bytes = 4 * largest_cache_bytes();
+    double bytes = 4 * moira_bench_largest_cache_bytes();
     if (bytes < 64.0 * 1024 * 1024) bytes = 64.0 * 1024 * 1024;
     t->n = (int64_t)(bytes / sizeof(float)) / PAGE_FLOATS * PAGE_FLOATS;
     t->a = aligned_alloc(4096, (size_t)t->n * sizeof(float));
