@@ -327,7 +327,7 @@ static moira_status_t device_case_run(moira_device_t *device, moira_queue_t *que
                 moira_queue_read(queue, io, out_off + x_bytes, got_w.data, (size_t)(t * k) * 4);
     } else if (!status) {
         bool decode = strstr(op, "_decode") != NULL, whole = !strncmp(op, "layer", 5);
-        if (decode) status = moira_mla_cache_create(device, c, t, &cache);
+        if (decode) status = moira_mla_cache_create(device, c, t, r->cache_dtype, &cache);
         if (!status && decode)
             status = moira_decode_tokens(queue, c, h->layer_index, &layer, whole, &dx, &dpos,
                                          &cache, &dout);
@@ -369,8 +369,10 @@ static moira_status_t append_result(moira_conformance_result_t **results, int *c
     return MOIRA_OK_STATUS;
 }
 
-/* The device op kinds a model op needs, to ask the device before running. */
-static bool device_supports(const moira_device_t *device, const char *op, moira_dtype_t dtype) {
+/* The device op kinds a model op needs, to ask the device before running: with the weights'
+ * dtype, except decode attention, which has no weights and is asked about the cache's. */
+static bool device_supports(const moira_device_t *device, const char *op, moira_dtype_t dtype,
+                            moira_dtype_t cache_dtype) {
     static const int gate_ops[] = {MOIRA_OP_GATE, -1};
     static const int moe_ops[] = {MOIRA_OP_GATE,        MOIRA_OP_MOE_DISPATCH, MOIRA_OP_MOE_FFN,
                                   MOIRA_OP_MOE_COMBINE, MOIRA_OP_SWIGLU,       -1};
@@ -387,7 +389,9 @@ static bool device_supports(const moira_device_t *device, const char *op, moira_
         lists[1] = NULL;
     for (int l = 0; l < 2 && lists[l]; l++)
         for (const int *k = lists[l]; *k >= 0; k++)
-            if (!moira_device_supports(device, *k, dtype)) return false;
+            if (!moira_device_supports(device, *k,
+                                       *k == MOIRA_OP_MLA_DECODE_ATTENTION ? cache_dtype : dtype))
+                return false;
     return true;
 }
 
@@ -404,8 +408,11 @@ moira_status_t moira_conformance_run(moira_device_t *device, const char *ops,
         if (!op_selected(op, ops)) continue;
         moira_dtype_t dtypes[3];
         int n_dtypes = dtypes_for(op, dtypes);
+        /* Decode ops run with each cache dtype; a bf16 cache is held to bf16's limit. */
+        int n_caches = strstr(op, "_decode") ? 2 : 1;
         for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]) && !status; s++) {
-            for (int di = 0; di < n_dtypes && !status; di++) {
+            for (int dc = 0; dc < n_dtypes * n_caches && !status; dc++) {
+                int di = dc / n_caches, ci = dc % n_caches;
                 for (size_t ti = 0; ti < sizeof(token_counts) / sizeof(token_counts[0]) && !status;
                      ti++) {
                     moira_conformance_result_t r;
@@ -414,9 +421,14 @@ moira_status_t moira_conformance_run(moira_device_t *device, const char *ops,
                     snprintf(r.op, sizeof(r.op), "%s", op);
                     snprintf(r.shape, sizeof(r.shape), "%s", shapes[s].name);
                     r.weight_dtype = dtypes[di];
+                    r.cache_dtype = ci ? MOIRA_DTYPE_BF16 : MOIRA_DTYPE_F32;
                     r.tokens = token_counts[ti];
                     r.limit = moira_precision_nmse_limit(info->compute_precision);
-                    r.skipped = !device_supports(device, op, dtypes[di]);
+                    if (ci) {
+                        double bf16 = moira_precision_nmse_limit(MOIRA_DTYPE_BF16);
+                        r.limit = r.limit > bf16 ? r.limit : bf16;
+                    }
+                    r.skipped = !device_supports(device, op, dtypes[di], r.cache_dtype);
                     if (!r.skipped) {
                         host_case_t h;
                         status = host_case_make(&shapes[s], op, dtypes[di], r.tokens, seed++, &h);

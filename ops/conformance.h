@@ -1,6 +1,7 @@
 /* The cross-backend conformance suite: every model op, on one device, over a fixed set of shapes
- * (real models scaled down, odd sizes, one token, many tokens) and weight dtypes, against the
- * reference implementations of ops/reference.h. Written once: a new backend joins by
+ * (real models scaled down, odd sizes, one token, many tokens) and weight dtypes, the decode ops
+ * also with a bf16 latent cache (held to bf16's limit), against the reference implementations of
+ * ops/reference.h. Written once: a new backend joins by
  * registering devices. Used by `moira check` and by the test suite. */
 #ifndef MOIRA_OPS_CONFORMANCE_H
 #define MOIRA_OPS_CONFORMANCE_H
@@ -14,6 +15,7 @@ typedef struct moira_conformance_result {
     char op[16];    /* gate, moe, mla, mla_decode, layer, layer_decode */
     char shape[24]; /* the model shape's name */
     moira_dtype_t weight_dtype;
+    moira_dtype_t cache_dtype; /* decode ops: the latent cache's (F32 or BF16); F32 otherwise */
     int64_t tokens;
     double nmse;  /* NMSE of the output (gate: of the weights) */
     double limit; /* the device's precision limit */

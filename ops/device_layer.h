@@ -48,14 +48,17 @@ void moira_device_layer_release(moira_device_layer_t *layer);
 /* The latent cache of absorbed MLA decode: per position, c (kv_lora_rank) and the roped k_pe. */
 typedef struct moira_mla_cache {
     moira_buffer_t *buffer; /* owned */
-    moira_dtensor_t c;      /* f32 [capacity, kv_lora_rank] */
-    moira_dtensor_t k_pe;   /* f32 [capacity, qk_rope_head_dim] */
+    moira_dtensor_t c;      /* f32 or bf16 [capacity, kv_lora_rank] */
+    moira_dtensor_t k_pe;   /* the same dtype [capacity, qk_rope_head_dim] */
     int64_t capacity;
     int64_t length; /* positions 0 .. length-1 are filled */
 } moira_mla_cache_t;
 
+/* A cache of `dtype` (F32, or BF16 where moira_device_supports(device,
+ * MOIRA_OP_MLA_DECODE_ATTENTION, MOIRA_DTYPE_BF16); ops/op.h). Caller releases it. */
 moira_status_t moira_mla_cache_create(moira_device_t *device, const moira_model_config_t *config,
-                                      int64_t capacity, moira_mla_cache_t *out_cache);
+                                      int64_t capacity, moira_dtype_t dtype,
+                                      moira_mla_cache_t *out_cache);
 void moira_mla_cache_release(moira_mla_cache_t *cache);
 
 /* The gate's parameters from a model config. */

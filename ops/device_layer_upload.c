@@ -106,16 +106,17 @@ void moira_device_layer_release(moira_device_layer_t *layer) {
 }
 
 moira_status_t moira_mla_cache_create(moira_device_t *device, const moira_model_config_t *config,
-                                      int64_t capacity, moira_mla_cache_t *out_cache) {
+                                      int64_t capacity, moira_dtype_t dtype,
+                                      moira_mla_cache_t *out_cache) {
     memset(out_cache, 0, sizeof(*out_cache));
-    size_t c_bytes = (size_t)(capacity * config->kv_lora_rank) * sizeof(float);
+    size_t element = moira_dtype_size(dtype);
+    size_t c_bytes = (size_t)(capacity * config->kv_lora_rank) * element;
     size_t c_aligned = (c_bytes + UPLOAD_ALIGN - 1) / UPLOAD_ALIGN * UPLOAD_ALIGN;
-    size_t pe_bytes = (size_t)(capacity * config->qk_rope_head_dim) * sizeof(float);
+    size_t pe_bytes = (size_t)(capacity * config->qk_rope_head_dim) * element;
     MOIRA_RETURN_IF_ERROR(moira_buffer_alloc(device, c_aligned + pe_bytes, -1, &out_cache->buffer));
-    out_cache->c =
-        moira_dtensor_2d(out_cache->buffer, 0, MOIRA_DTYPE_F32, capacity, config->kv_lora_rank);
-    out_cache->k_pe = moira_dtensor_2d(out_cache->buffer, c_aligned, MOIRA_DTYPE_F32, capacity,
-                                       config->qk_rope_head_dim);
+    out_cache->c = moira_dtensor_2d(out_cache->buffer, 0, dtype, capacity, config->kv_lora_rank);
+    out_cache->k_pe =
+        moira_dtensor_2d(out_cache->buffer, c_aligned, dtype, capacity, config->qk_rope_head_dim);
     out_cache->capacity = capacity;
     return MOIRA_OK_STATUS;
 }

@@ -22,6 +22,7 @@ typedef enum operand_type {
     TYPE_F32,    /* activations, norm weights, biases */
     TYPE_I32,    /* indices, positions, offsets */
     TYPE_WEIGHT, /* F32, F16, BF16 or F8_E4M3 with block scales */
+    TYPE_CACHE,  /* latent cache rows: F32 or BF16, one dtype for all of a launch's */
 } operand_type_t;
 
 enum operand_flags {
@@ -198,7 +199,7 @@ static const op_rule_t op_rules[MOIRA_OP_COUNT] = {
         "rmsnorm", sizeof(moira_rmsnorm_params_t), bind_rmsnorm, NULL, 3,
         {{"x", TYPE_F32, "T,N", STRIDED},
          {"w", TYPE_F32, "N", 0},
-         {"y", TYPE_F32, "T,N", STRIDED | OUTPUT | IN_PLACE}}},
+         {"y", TYPE_CACHE, "T,N", STRIDED | OUTPUT | IN_PLACE}}},
     [MOIRA_OP_LINEAR] = {
         "linear", sizeof(moira_linear_params_t), bind_linear, NULL, 3,
         {{"x", TYPE_F32, "T,K", STRIDED},
@@ -208,7 +209,7 @@ static const op_rule_t op_rules[MOIRA_OP_COUNT] = {
         "rope", sizeof(moira_rope_params_t), bind_rope, check_rope_row, 3,
         {{"x", TYPE_F32, "T,C", STRIDED},
          {"positions", TYPE_I32, "T", 0},
-         {"y", TYPE_F32, "T,C", STRIDED | OUTPUT | IN_PLACE}}},
+         {"y", TYPE_CACHE, "T,C", STRIDED | OUTPUT | IN_PLACE}}},
     [MOIRA_OP_GATE] = {
         "gate", sizeof(moira_gate_params_t), bind_gate, NULL, 6,
         {{"x", TYPE_F32, "T,D", 0},
@@ -261,8 +262,8 @@ static const op_rule_t op_rules[MOIRA_OP_COUNT] = {
         "mla_decode_attention", sizeof(moira_mla_params_t), bind_mla, NULL, 6,
         {{"q_lat", TYPE_F32, "T,H*L", 0},
          {"q", TYPE_F32, "T,Q", 0},
-         {"c", TYPE_F32, "S,L", 0},
-         {"k_pe", TYPE_F32, "S,r", 0},
+         {"c", TYPE_CACHE, "S,L", 0},
+         {"k_pe", TYPE_CACHE, "S,r", 0},
          {"positions", TYPE_I32, "T", 0},
          {"o_lat", TYPE_F32, "T,H*L", OUTPUT}}},
     [MOIRA_OP_MLA_ABSORB_OUT] = {
@@ -459,6 +460,8 @@ static bool type_accepts(operand_type_t type, moira_dtype_t dtype) {
         return dtype == MOIRA_DTYPE_I32;
     case TYPE_WEIGHT:
         return moira_dtype_is_float(dtype);
+    case TYPE_CACHE:
+        return dtype == MOIRA_DTYPE_F32 || dtype == MOIRA_DTYPE_BF16;
     }
     return false;
 }
@@ -472,6 +475,8 @@ static const char *type_description(operand_type_t type) {
         return "I32";
     case TYPE_WEIGHT:
         return "a weight type (F32, F16, BF16, F8_E4M3)";
+    case TYPE_CACHE:
+        return "F32 or BF16 (a latent cache)";
     }
     return "?";
 }
@@ -527,6 +532,34 @@ static moira_status_t check_storage(const op_rule_t *rule, int index,
                                  tensor->scale_offset, (unsigned long long)scale_bytes, size);
     }
     return MOIRA_OK_STATUS;
+}
+
+/* ---- Cache dtype ---- */
+
+/* A kernel reads or writes one cache in one dtype: c and k_pe rows of a position go together. */
+static moira_status_t check_cache_dtypes(const op_rule_t *rule, const moira_op_launch_t *launch) {
+    int first = -1;
+    for (int i = 0; i < rule->n_operands; i++) {
+        if (rule->operands[i].type != TYPE_CACHE || !launch->operands[i].buffer) continue;
+        if (first < 0) {
+            first = i;
+        } else if (launch->operands[i].dtype != launch->operands[first].dtype) {
+            return operand_error(rule, i, "has dtype %s, but operand %d (%s) has %s",
+                                 moira_dtype_name(launch->operands[i].dtype), first,
+                                 rule->operands[first].name,
+                                 moira_dtype_name(launch->operands[first].dtype));
+        }
+    }
+    return MOIRA_OK_STATUS;
+}
+
+moira_dtype_t moira_op_cache_dtype(const moira_op_launch_t *launch) {
+    if (launch->op < 0 || launch->op >= MOIRA_OP_COUNT) return MOIRA_DTYPE_F32;
+    const op_rule_t *rule = &op_rules[launch->op];
+    for (int i = 0; i < rule->n_operands && i < launch->n_operands; i++)
+        if (rule->operands[i].type == TYPE_CACHE && launch->operands[i].buffer)
+            return launch->operands[i].dtype;
+    return MOIRA_DTYPE_F32;
 }
 
 /* ---- Aliasing ---- */
@@ -640,6 +673,7 @@ moira_status_t moira_op_validate(const moira_op_launch_t *launch) {
         }
         MOIRA_RETURN_IF_ERROR(check_type(rule, i, tensor));
     }
+    MOIRA_RETURN_IF_ERROR(check_cache_dtypes(rule, launch));
     MOIRA_RETURN_IF_ERROR(check_shapes(rule, launch, &symbols));
     if (rule->check_bound) {
         status = rule->check_bound(launch->params, &symbols);

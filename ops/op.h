@@ -4,7 +4,12 @@
  * composed from them on one device and queue. Activations are f32 on every device (a backend may
  * compute in a narrower type, within DESIGN.md §4's limits for it). Weight operands ("W") may be
  * F32, F16, BF16 or F8_E4M3 (with block scales, see moira_dtensor_t); norm weights and biases are
- * always f32. Operands marked (strided) may have a row_stride; all others are contiguous.
+ * always f32. A latent cache (the rows MLA_DECODE_ATTENTION reads as c and k_pe, and the RMSNORM
+ * and ROPE outputs that write them) is F32 or BF16 ("cache" below): a bf16 cache halves the bytes
+ * decode streams, and its limit is bf16's (DESIGN.md §4). A device keeps a bf16 cache where
+ * moira_device_supports(device, MOIRA_OP_MLA_DECODE_ATTENTION, MOIRA_DTYPE_BF16) says so (for that
+ * op, which has no weights, the dtype asked about is the cache's); it then also writes BF16 from
+ * RMSNORM and ROPE. Operands marked (strided) may have a row_stride; all others are contiguous.
  * Optional operands are passed with a NULL buffer. Outputs may alias inputs only where noted.
  *
  * Shapes: T tokens, D hidden, E experts, k per token, I intermediate, H heads, S cache length. */
@@ -18,14 +23,15 @@
 
 typedef enum moira_op_kind {
     /* y = x * rsqrt(mean(x^2) + eps) * w.
-     * operands: x f32 [T,N] (strided), w f32 [N], y f32 [T,N] (strided; may alias x). */
+     * operands: x f32 [T,N] (strided), w f32 [N], y cache [T,N] (strided; may alias x). */
     MOIRA_OP_RMSNORM = 0,
     /* y = beta * y + x W^T.
      * operands: x f32 [T,K] (strided), W [N,K], y f32 [T,N] (strided; must not alias x). */
     MOIRA_OP_LINEAR,
     /* Rotates consecutive pairs (2i, 2i+1) of the rope slice of every head of every row by
      * pos * inv_freq[i], scaling cos and sin by cos_sin_scale (YaRN's mscale ratio).
-     * operands: x f32 [T,C] (strided), positions i32 [T], y f32 [T,C] (strided; may alias x). */
+     * operands: x f32 [T,C] (strided), positions i32 [T], y cache [T,C] (strided; may alias x).
+     * Every column of x reaches y, the rope slices rotated. */
     MOIRA_OP_ROPE,
     /* The router of DESIGN.md §4. Dropped assignments (capacity factor) get index -1, weight 0.
      * operands: x f32 [T,D], W [E,D], bias f32 [E] (optional), topk_idx i32 [T,k],
@@ -60,7 +66,8 @@ typedef enum moira_op_kind {
     /* Absorbed attention over the latent cache: score[s] = (q_lat[t,h] . c[s] + q_pe[t,h] .
      * k_pe[s]) * scale for s <= pos[t]; o_lat[t,h] = sum_s softmax(score)[s] c[s].
      * operands: q_lat f32 [T, H*L], q f32 [T, H*(nope+rope)] (its roped pe part is read),
-     * c f32 [S, L], k_pe f32 [S, rope], positions i32 [T], o_lat f32 [T, H*L]. */
+     * c cache [S, L], k_pe cache [S, rope] (c's dtype), positions i32 [T],
+     * o_lat f32 [T, H*L]. */
     MOIRA_OP_MLA_DECODE_ATTENTION,
     /* Applies kv_b_proj's v part to latent outputs: out[t,h] = W_UV[h] o_lat[t,h], where W_UV[h]
      * is rows h*(nope+v)+nope .. (h+1)*(nope+v)-1 of kv_b_proj.
@@ -153,6 +160,11 @@ int32_t moira_gate_capacity(const moira_gate_params_t *params, int64_t tokens);
  * of filling a moira_op_launch_t for moira_queue_launch. */
 moira_status_t moira_launch_op(moira_queue_t *queue, int op, const void *params, size_t params_size,
                                int n, const moira_dtensor_t *operands);
+
+/* The dtype of a launch's cache operands (RMSNORM and ROPE's y, MLA_DECODE_ATTENTION's c and
+ * k_pe), F32 for ops without one: what a backend that keeps only f32 caches refuses. The launch
+ * must have passed moira_op_validate. */
+moira_dtype_t moira_op_cache_dtype(const moira_op_launch_t *launch);
 
 /* Checks a launch's operand count, dtypes and shapes against this header's contract, so that
  * every backend can trust what it receives. Returns INVALID_ARGUMENT naming the op and operand. */

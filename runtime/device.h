@@ -201,7 +201,8 @@ bool moira_queue_modelled_us(moira_queue_t *queue, double *out_us);
 moira_status_t moira_device_prepare_weights(moira_device_t *device, int op,
                                             const moira_dtensor_t *weights, int n_weights);
 
-/* Whether the device has a kernel for `op` (ops/op.h) with weights of `weight_dtype`. */
+/* Whether the device has a kernel for `op` (ops/op.h) with weights of `weight_dtype`; for
+ * MLA_DECODE_ATTENTION, which has no weights, with a latent cache of that dtype (ops/op.h). */
 bool moira_device_supports(const moira_device_t *device, int op, moira_dtype_t weight_dtype);
 
 /* Borrowed; valid while the device exists. */

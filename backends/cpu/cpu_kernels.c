@@ -29,8 +29,11 @@ moira_status_t moira_cpu_run_op(const moira_op_launch_t *launch, moira_threadpoo
 }
 
 /* Every kernel widens weights of every float type row by row, so support depends only on the op
- * existing and the weight type being a float type. */
+ * existing and the weight type being a float type. Decode attention has no weights: the dtype is
+ * its latent cache's, f32 or bf16 (ops/op.h). */
 bool moira_cpu_supports_op(int op, moira_dtype_t weight_dtype) {
     if (op < 0 || op >= MOIRA_OP_COUNT || !kernels[op]) return false;
+    if (op == MOIRA_OP_MLA_DECODE_ATTENTION)
+        return weight_dtype == MOIRA_DTYPE_F32 || weight_dtype == MOIRA_DTYPE_BF16;
     return moira_dtype_is_float(weight_dtype);
 }

@@ -16,21 +16,30 @@ static const moira_npu_kernel_fn kernels[MOIRA_OP_COUNT] = {
     [MOIRA_OP_MLA_ABSORB_OUT] = moira_npu_mla_absorb_out,
 };
 
-/* Validates again right before the kernels index GM with the shapes, as the cpu backend does. */
+/* Runs a launch the device layer has checked against the op's contract (moira_queue_launch). */
 moira_status_t moira_npu_run_op(moira_npu_machine_t *machine, const moira_op_launch_t *launch,
                                 moira_npu_launch_report_t *report) {
     *report = (moira_npu_launch_report_t){.bound = "idle"};
-    MOIRA_RETURN_IF_ERROR(moira_op_validate(launch));
     moira_npu_kernel_fn kernel = kernels[launch->op];
     if (!kernel)
         return moira_acl_status(MOIRA_ACL_ERROR_API_NOT_SUPPORT, "npu: no kernel for op %s",
                                 moira_op_name(launch->op));
+    /* The kernels keep f32 latent caches only (ops/op.h): a bf16 one is refused, not written as
+     * f32. */
+    moira_dtype_t cache = moira_op_cache_dtype(launch);
+    if (cache != MOIRA_DTYPE_F32)
+        return moira_acl_status(MOIRA_ACL_ERROR_API_NOT_SUPPORT,
+                                "npu: %s with a %s latent cache is not implemented (f32 caches "
+                                "only)",
+                                moira_op_name(launch->op), moira_dtype_name(cache));
     return kernel(machine, launch, report);
 }
 
 /* Every kernel reads weights of every float type (the ND2NZ load and the gate's casts widen
- * them), so support depends only on the op having a kernel. */
+ * them), so support depends only on the op having a kernel. Decode attention has no weights: the
+ * dtype is its latent cache's, and only f32 is kept. */
 bool moira_npu_supports_op(int op, moira_dtype_t weight_dtype) {
     if (op < 0 || op >= MOIRA_OP_COUNT || !kernels[op]) return false;
+    if (op == MOIRA_OP_MLA_DECODE_ATTENTION) return weight_dtype == MOIRA_DTYPE_F32;
     return moira_dtype_is_float(weight_dtype);
 }

@@ -887,18 +887,28 @@ static const op_fn ops[MOIRA_OP_COUNT] = {
     [MOIRA_OP_MLA_ABSORB_OUT] = op_mla_absorb_out,
 };
 
-/* The launch was validated at submission (opencl_enqueue_op). */
+/* The launch was validated at submission (opencl_enqueue_op). The kernels keep f32 latent caches
+ * only (ops/op.h), so a bf16 one is refused by name rather than written as f32. */
 moira_status_t moira_opencl_run_op(opencl_device_t *device, opencl_queue_t *queue,
                                    const moira_op_launch_t *launch) {
     op_fn fn = ops[launch->op];
     if (!fn)
         return moira_status_make(MOIRA_CODE_UNSUPPORTED, "%s: no OpenCL kernel for op %s",
                                  device->base.info.name, moira_op_name(launch->op));
+    moira_dtype_t cache = moira_op_cache_dtype(launch);
+    if (cache != MOIRA_DTYPE_F32)
+        return moira_status_make(MOIRA_CODE_UNSUPPORTED,
+                                 "%s: %s with a %s latent cache is not "
+                                 "implemented (f32 caches only)",
+                                 device->base.info.name, moira_op_name(launch->op),
+                                 moira_dtype_name(cache));
     return fn(device, queue, launch);
 }
 
-/* Every kernel widens weights of every float type as it reads them (kernels/common.cl). */
+/* Every kernel widens weights of every float type as it reads them (kernels/common.cl). Decode
+ * attention has no weights: the dtype is its latent cache's, and only f32 is kept. */
 bool moira_opencl_supports_op(int op, moira_dtype_t weight_dtype) {
     if (op < 0 || op >= MOIRA_OP_COUNT || !ops[op]) return false;
+    if (op == MOIRA_OP_MLA_DECODE_ATTENTION) return weight_dtype == MOIRA_DTYPE_F32;
     return moira_dtype_is_float(weight_dtype);
 }

@@ -78,13 +78,14 @@ static int validate_lists(const char *backends, const char *ops) {
 }
 
 static void print_table(const moira_conformance_result_t *r, int n) {
-    printf("%-10s %-13s %-14s %-8s %6s %10s %9s  %s\n", "DEVICE", "OP", "SHAPE", "WEIGHTS",
-           "TOKENS", "NMSE", "LIMIT", "RESULT");
+    printf("%-10s %-13s %-14s %-8s %-5s %6s %10s %9s  %s\n", "DEVICE", "OP", "SHAPE", "WEIGHTS",
+           "CACHE", "TOKENS", "NMSE", "LIMIT", "RESULT");
     for (int i = 0; i < n; i++) {
         const char *verdict = r[i].skipped ? "skip" : r[i].passed ? "ok" : "FAIL";
-        printf("%-10s %-13s %-14s %-8s %6lld %10.3g %9.1g  %s%s%s\n", r[i].device, r[i].op,
-               r[i].shape, moira_dtype_name(r[i].weight_dtype), (long long)r[i].tokens, r[i].nmse,
-               r[i].limit, verdict, r[i].detail[0] ? " " : "", r[i].detail);
+        printf("%-10s %-13s %-14s %-8s %-5s %6lld %10.3g %9.1g  %s%s%s\n", r[i].device, r[i].op,
+               r[i].shape, moira_dtype_name(r[i].weight_dtype), moira_dtype_name(r[i].cache_dtype),
+               (long long)r[i].tokens, r[i].nmse, r[i].limit, verdict, r[i].detail[0] ? " " : "",
+               r[i].detail);
     }
 }
 
@@ -93,10 +94,10 @@ static void print_json(const moira_conformance_result_t *r, int n, bool all_pass
     for (int i = 0; i < n; i++) {
         printf(
             "  {\"device\": \"%s\", \"op\": \"%s\", \"shape\": \"%s\", \"weight_dtype\": \"%s\", "
-            "\"tokens\": %lld, \"nmse\": %.6g, \"limit\": %.3g, \"result\": \"%s\", "
-            "\"detail\": ",
+            "\"cache_dtype\": \"%s\", \"tokens\": %lld, \"nmse\": %.6g, \"limit\": %.3g, "
+            "\"result\": \"%s\", \"detail\": ",
             r[i].device, r[i].op, r[i].shape, moira_dtype_name(r[i].weight_dtype),
-            (long long)r[i].tokens, r[i].nmse, r[i].limit,
+            moira_dtype_name(r[i].cache_dtype), (long long)r[i].tokens, r[i].nmse, r[i].limit,
             r[i].skipped  ? "skip"
             : r[i].passed ? "ok"
                           : "fail");

@@ -264,7 +264,8 @@ static moira_status_t run_on_device(op_session_t *s, const op_args_t *args, cons
             if (pos[i] != i)
                 return moira_status_make(MOIRA_CODE_INVALID_INPUT,
                                          "--decode needs positions 0..T-1 (the cache order)");
-        MOIRA_RETURN_IF_ERROR(moira_mla_cache_create(s->device, cfg, t, &s->cache));
+        MOIRA_RETURN_IF_ERROR(
+            moira_mla_cache_create(s->device, cfg, t, MOIRA_DTYPE_F32, &s->cache));
         int64_t layer_index = args->layer >= 0 ? args->layer : 0;
         MOIRA_RETURN_IF_ERROR(moira_decode_tokens(s->queue, cfg, layer_index, &s->layer,
                                                   args->op == OP_LAYER, &dx, &dpos, &s->cache, &y));

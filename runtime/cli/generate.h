@@ -16,9 +16,10 @@ typedef struct generate_options {
     const char *backend;  /* default cpu:0 */
     const char *topology; /* with plan: experts where the plan puts them */
     const char *plan;
-    const char *chat_format; /* a built-in template instead of the model's own */
-    long long max_tokens;    /* -1: until the context is full */
-    long long context;       /* 0: the engine's default */
+    const char *chat_format;   /* a built-in template instead of the model's own */
+    long long max_tokens;      /* -1: until the context is full */
+    long long context;         /* 0: the engine's default */
+    moira_dtype_t cache_dtype; /* --cache-dtype: F32 (default) or BF16 */
     /* Sampling: unset values take generation_config.json's. */
     bool has_temperature, has_top_p, has_top_k, has_seed;
     double temperature, top_p;

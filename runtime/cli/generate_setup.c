@@ -28,8 +28,9 @@ static bool parse_double(const char *verb, const char *option, const char *text,
 int generate_parse_option(const char *verb, int argc, char **argv, int *i, generate_options_t *o) {
     const char *arg = argv[*i];
     static const char *const with_value[] = {
-        "--model", "--backend", "--chat-format", "--max-tokens", "--ctx",      "--temperature",
-        "--top-p", "--top-k",   "--seed",        "--stop",       "--topology", "--plan"};
+        "--model",       "--backend", "--chat-format", "--max-tokens", "--ctx",
+        "--temperature", "--top-p",   "--top-k",       "--seed",       "--stop",
+        "--topology",    "--plan",    "--cache-dtype"};
     bool known = false;
     for (size_t k = 0; k < sizeof(with_value) / sizeof(with_value[0]); k++)
         known |= !strcmp(arg, with_value[k]);
@@ -49,6 +50,10 @@ int generate_parse_option(const char *verb, int argc, char **argv, int *i, gener
         o->chat_format = v;
     } else if (!strcmp(arg, "--max-tokens")) {
         ok = moira_cli_parse_int(verb, arg, v, 1, 1 << 24, &o->max_tokens);
+    } else if (!strcmp(arg, "--cache-dtype")) {
+        if (strcmp(v, "f32") && strcmp(v, "bf16"))
+            return moira_cli_usage_error(verb, "--cache-dtype expects f32 or bf16, got \"%s\"", v);
+        o->cache_dtype = strcmp(v, "f32") ? MOIRA_DTYPE_BF16 : MOIRA_DTYPE_F32;
     } else if (!strcmp(arg, "--ctx")) {
         ok = moira_cli_parse_int(verb, arg, v, 2, 1 << 24, &o->context);
     } else if (!strcmp(arg, "--temperature")) {
@@ -82,6 +87,8 @@ void generate_print_common_help(void) {
            "  --max-tokens N     generate at most N tokens (default: until the context is full)\n"
            "  --ctx N            tokens a sequence may hold, prompt included (default\n"
            "                     max_position_embeddings, at most 4096)\n"
+           "  --cache-dtype T    the latent caches' dtype: f32 (default) or bf16 (half the\n"
+           "                     memory and the bytes decode reads, bf16's precision; cpu only)\n"
            "  --temperature T    0 is greedy; default generation_config.json's, else 1\n"
            "  --top-p P          keep the smallest set of tokens holding P of the probability\n"
            "  --top-k K          keep the K most likely tokens (0: all)\n"
@@ -114,6 +121,7 @@ moira_status_t generate_session_open(const generate_options_t *o, generate_sessi
     static double total;
     total = moira_model_files_device_bytes(&s->model);
     moira_engine_options_t options = {.context = o->context,
+                                      .cache_dtype = o->cache_dtype,
                                       .max_sequences = 1,
                                       .progress = progress,
                                       .progress_context = &total};

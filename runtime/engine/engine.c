@@ -75,8 +75,26 @@ static size_t workspace_bytes(const moira_engine_t *e) {
 
 static size_t cache_bytes(const moira_engine_t *e) {
     size_t rows = (size_t)(e->options.max_sequences * e->options.context);
-    return round_up(rows * (size_t)e->config->kv_lora_rank * 4) +
-           round_up(rows * (size_t)e->config->qk_rope_head_dim * 4);
+    size_t element = moira_dtype_size(e->options.cache_dtype);
+    return round_up(rows * (size_t)e->config->kv_lora_rank * element) +
+           round_up(rows * (size_t)e->config->qk_rope_head_dim * element);
+}
+
+/* An f32 or bf16 cache, on devices that keep one: asked before anything is uploaded. */
+static moira_status_t check_cache_dtype(const moira_engine_t *e) {
+    moira_dtype_t dtype = e->options.cache_dtype;
+    if (dtype != MOIRA_DTYPE_F32 && dtype != MOIRA_DTYPE_BF16)
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
+                                 "engine: latent cache dtype %s (F32 or BF16)",
+                                 moira_dtype_name(dtype));
+    const moira_engine_placement_t *p = e->options.placement;
+    for (int64_t l = 0; l < (p ? e->n_layers : 1); l++) {
+        moira_device_t *device = p ? p->homes[l] : e->device;
+        if (!moira_device_supports(device, MOIRA_OP_MLA_DECODE_ATTENTION, dtype))
+            return moira_status_make(MOIRA_CODE_UNSUPPORTED, "%s keeps no %s latent cache",
+                                     moira_device_info(device)->name, moira_dtype_name(dtype));
+    }
+    return MOIRA_OK_STATUS;
 }
 
 static size_t activation_bytes(const moira_engine_t *e, size_t *off_positions, size_t *off_normed,
@@ -135,12 +153,13 @@ static moira_status_t open_layers(moira_engine_t *e) {
             moira_device_layer_upload(e->device, e->queue, e->config, &e->model->layers[l],
                                       MOIRA_WEIGHT_DTYPE_AS_STORED, &layer->weights));
         uploaded += (double)layer->weights.buffer->size;
-        size_t c_bytes = round_up((size_t)(rows * e->config->kv_lora_rank) * 4);
+        moira_dtype_t dtype = e->options.cache_dtype;
+        size_t c_bytes =
+            round_up((size_t)(rows * e->config->kv_lora_rank) * moira_dtype_size(dtype));
         MOIRA_RETURN_IF_ERROR(moira_buffer_alloc(e->device, cache_bytes(e), -1, &layer->cache));
-        layer->cache_c =
-            moira_dtensor_2d(layer->cache, 0, MOIRA_DTYPE_F32, rows, e->config->kv_lora_rank);
-        layer->cache_pe = moira_dtensor_2d(layer->cache, c_bytes, MOIRA_DTYPE_F32, rows,
-                                           e->config->qk_rope_head_dim);
+        layer->cache_c = moira_dtensor_2d(layer->cache, 0, dtype, rows, e->config->kv_lora_rank);
+        layer->cache_pe =
+            moira_dtensor_2d(layer->cache, c_bytes, dtype, rows, e->config->qk_rope_head_dim);
         moira_program_io_t io = {.x = e->x, .positions = e->positions};
         MOIRA_RETURN_IF_ERROR(moira_layer_program_record(e->config, MOIRA_PROGRAM_DECODER_LAYER, l,
                                                          &layer->weights, &io, e->workspace, 0,
@@ -166,7 +185,8 @@ static moira_status_t open_executor(moira_engine_t *e) {
                                   .progress = e->options.progress,
                                   .progress_context = e->options.progress_context,
                                   .max_sequences = e->options.max_sequences,
-                                  .context = e->options.context};
+                                  .context = e->options.context,
+                                  .cache_dtype = e->options.cache_dtype};
     return moira_executor_create(&config, &e->executor);
 }
 
@@ -183,6 +203,7 @@ static moira_status_t open_engine(moira_engine_t *e) {
     if (!e->host_x || !e->host_positions || !e->host_logits || !e->lengths || !e->batch ||
         !e->layers)
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "engine: out of host memory");
+    MOIRA_RETURN_IF_ERROR(check_cache_dtype(e));
     MOIRA_RETURN_IF_ERROR(check_memory(e));
     MOIRA_RETURN_IF_ERROR(moira_queue_create(e->device, &e->queue));
     size_t off_positions, off_normed, off_logits;

@@ -35,6 +35,11 @@ typedef struct moira_engine_options {
     int64_t max_rows;  /* tokens in one step; prompts are prefilled in chunks of this (256) */
     int max_sequences; /* sequences stepped together (8) */
     int64_t context;   /* tokens one sequence may hold (max_position_embeddings, at most 4096) */
+    /* The latent caches' dtype: MOIRA_DTYPE_F32 (the default, 0) or MOIRA_DTYPE_BF16, which halves
+     * them and the bytes decode attention reads, at bf16's precision limit. A device (every home
+     * device, with a placement) must keep such caches (moira_device_supports for
+     * MOIRA_OP_MLA_DECODE_ATTENTION), else the engine is refused as UNSUPPORTED. */
+    moira_dtype_t cache_dtype;
     moira_engine_progress_fn progress; /* optional */
     void *progress_context;
     /* Optional: run the layers where a plan puts them; the device given to moira_engine_create

@@ -79,6 +79,7 @@ typedef struct moira_exec_config {
      * sequences of up to `context` tokens. 0 sequences: forward only, no caches. */
     int max_sequences;
     int64_t context;
+    moira_dtype_t cache_dtype; /* F32 (0) or BF16, on homes that keep one (ops/op.h) */
 } moira_exec_config_t;
 
 typedef struct moira_executor moira_executor_t;

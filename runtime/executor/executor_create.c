@@ -50,13 +50,14 @@ static moira_status_t open_cache(moira_executor_t *e, exec_layer_t *layer) {
     if (e->max_sequences <= 0) return MOIRA_OK_STATUS;
     int64_t rows = e->max_sequences * e->context;
     const moira_model_config_t *m = e->model;
-    size_t c_bytes = round_up((size_t)(rows * m->kv_lora_rank) * 4);
-    size_t pe_bytes = round_up((size_t)(rows * m->qk_rope_head_dim) * 4);
+    size_t element = moira_dtype_size(e->cache_dtype);
+    size_t c_bytes = round_up((size_t)(rows * m->kv_lora_rank) * element);
+    size_t pe_bytes = round_up((size_t)(rows * m->qk_rope_head_dim) * element);
     MOIRA_RETURN_IF_ERROR(
         moira_buffer_alloc(layer->home->device, c_bytes + pe_bytes, -1, &layer->cache));
-    layer->cache_c = moira_dtensor_2d(layer->cache, 0, MOIRA_DTYPE_F32, rows, m->kv_lora_rank);
+    layer->cache_c = moira_dtensor_2d(layer->cache, 0, e->cache_dtype, rows, m->kv_lora_rank);
     layer->cache_pe =
-        moira_dtensor_2d(layer->cache, c_bytes, MOIRA_DTYPE_F32, rows, m->qk_rope_head_dim);
+        moira_dtensor_2d(layer->cache, c_bytes, e->cache_dtype, rows, m->qk_rope_head_dim);
     return MOIRA_OK_STATUS;
 }
 
@@ -290,6 +291,7 @@ moira_status_t moira_executor_create(const moira_exec_config_t *config, moira_ex
     e->max_tokens = config->max_tokens;
     e->max_sequences = config->max_sequences;
     e->context = config->context;
+    e->cache_dtype = config->cache_dtype;
     moira_cost_model_init(config->model, &e->cost);
     moira_status_t status = open_all(e, config);
     if (status) {

@@ -79,6 +79,7 @@ struct moira_executor {
     int64_t max_tokens;
     int max_sequences; /* cache slots per layer; 0: no caches */
     int64_t context;
+    moira_dtype_t cache_dtype;       /* F32 or BF16 */
     moira_program_sequence_t *batch; /* owned [max(max_sequences, 1)]: the step's sequences */
     int n_batch;
     int n_targets;

@@ -36,10 +36,12 @@ static void bind_caches(moira_executor_t *e, const exec_layer_t *layer,
         moira_program_sequence_t *s = &e->batch[i];
         int64_t first = sequences[i].slot * e->context;
         s->cache_c = layer->cache_c;
-        s->cache_c.offset += (size_t)(first * layer->cache_c.shape[1]) * sizeof(float);
+        s->cache_c.offset +=
+            (size_t)(first * layer->cache_c.shape[1]) * moira_dtype_size(layer->cache_c.dtype);
         s->cache_c.shape[0] = e->context;
         s->cache_pe = layer->cache_pe;
-        s->cache_pe.offset += (size_t)(first * layer->cache_pe.shape[1]) * sizeof(float);
+        s->cache_pe.offset +=
+            (size_t)(first * layer->cache_pe.shape[1]) * moira_dtype_size(layer->cache_pe.dtype);
         s->cache_pe.shape[0] = e->context;
     }
 }

@@ -5,6 +5,8 @@
 # - greedy continuations on cpu:0, opencl:0 and npu:0 equal an independent fp64 reference of the
 #   whole model (moira-test-reference: ops/reference.c composed without the engine or any device
 #   code) at every step whose top-2 gap the device's precision cannot flip;
+# - a bf16 latent cache (--cache-dtype bf16) keeps the f32 cache's ids and logits within bf16's
+#   limit, and a device without one refuses it;
 # - --messages renders the chat template as `moira tokenize --messages` does (that one is held to
 #   Hugging Face's Jinja and tokenizers.js by tokenizer_hf.sh);
 # - `moira chat` through stdin answers each turn as `generate --messages` answers the same
@@ -120,6 +122,18 @@ expect 0 "tokenize --messages" -- "$moira" tokenize --model "$work/bf16" \
 python3 -c 'import json,sys; a=json.load(open(sys.argv[1]))["prompt_ids"]; b=json.load(open(sys.argv[2]))["ids"]; sys.exit(a!=b)' \
     "$work/gen.json" "$work/out" && passed=$((passed + 1)) ||
     fail "generate --messages prompt ids differ from tokenize --messages"
+# A bf16 latent cache (--cache-dtype bf16, decode attention at bf16's precision): against the
+# fp64 reference at bf16's limit, and the same ids as with the f32 cache, every step's logits
+# within bf16's limit of the f32 cache's (moira compare holds the ids exact).
+generate_vs_reference "bf16 on cpu:0, bf16 latent cache" "$work/bf16" 2e-3 0 \
+    --prompt-file "$work/prompt.txt" --cache-dtype bf16
+for cache in f32 bf16; do
+    expect 0 "generate with a $cache latent cache" -- "$moira" generate --model "$work/bf16" \
+        --temperature 0 --max-tokens $steps --json --prompt-file "$work/prompt.txt" \
+        --cache-dtype $cache --logits-out "$work/cache_$cache.st"
+done
+expect 0 "a bf16 cache's logits within bf16's limit of an f32 cache's" -- \
+    "$moira" compare "$work/cache_f32.st" "$work/cache_bf16.st" --limit 2e-3
 if "$moira" devices 2>/dev/null | grep -q '^opencl:0'; then
     generate_vs_reference "bf16 on opencl:0" "$work/bf16" 1e-6 8 --prompt-file "$work/prompt.txt" \
         --backend opencl:0
@@ -290,6 +304,10 @@ bad "not a model directory" "not a model directory" -- \
     "$moira" generate --model "$work/nothing-here" --prompt hi
 expect 2 "unknown option" -- "$moira" generate --model "$work/bf16" --frobnicate
 expect 2 "bad temperature" -- "$moira" generate --model "$work/bf16" --temperature -1
+bad "an unknown cache dtype" "cache-dtype" -- \
+    "$moira" generate --model "$work/bf16" --cache-dtype f16 --prompt hi
+bad "a bf16 cache on a device that keeps f32 caches" "npu:0 keeps no BF16 latent cache" -- \
+    "$moira" generate --model "$work/bf16" --cache-dtype bf16 --backend npu:0 --prompt hi
 
 echo "generate: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -1,5 +1,6 @@
 /* The cross-backend conformance suite over every device this build finds: every op, every
- * shape, every weight dtype, against the reference, held to each device's precision limit. */
+ * shape, every weight dtype (and for the decode ops every latent-cache dtype the device keeps),
+ * against the reference, held to each device's precision limit (bf16's for a bf16 cache). */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -19,9 +20,10 @@ int main(void) {
             const moira_conformance_result_t *x = &results[r];
             if (x->skipped) continue;
             ran++;
-            CHECK_MSG(x->passed, "%s %s %s %s T=%lld: NMSE %.3g > %.3g %s", x->device, x->op,
-                      x->shape, moira_dtype_name(x->weight_dtype), (long long)x->tokens, x->nmse,
-                      x->limit, x->detail);
+            CHECK_MSG(x->passed, "%s %s %s %s (%s cache) T=%lld: NMSE %.3g > %.3g %s", x->device,
+                      x->op, x->shape, moira_dtype_name(x->weight_dtype),
+                      moira_dtype_name(x->cache_dtype), (long long)x->tokens, x->nmse, x->limit,
+                      x->detail);
         }
         printf("%s: %d cases run, %d skipped\n", moira_device_info(moira_device_at(i))->name, ran,
                count - ran);
