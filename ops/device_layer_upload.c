@@ -64,6 +64,30 @@ static moira_status_t place_layer(moira_staging_t *u, void *context) {
     return MOIRA_OK_STATUS;
 }
 
+/* Lets the device keep the layer's weights in its own layout too (the cpu packs GEMM panels),
+ * so the first token does not pay for it: the experts for MOE_FFN, the attention projections
+ * for LINEAR, the shared experts and the dense MLP for SWIGLU. Weights the layer lacks (rank 0)
+ * are skipped. */
+static moira_status_t prepare_layer(moira_device_t *device, const moira_device_layer_t *l) {
+    if (l->has_moe) {
+        moira_dtensor_t experts[3] = {l->experts_w1, l->experts_w3, l->experts_w2};
+        MOIRA_RETURN_IF_ERROR(moira_device_prepare_weights(device, MOIRA_OP_MOE_FFN, experts, 3));
+    }
+    const moira_dtensor_t *projections[] = {&l->q_proj,    &l->q_a_proj,  &l->q_b_proj,
+                                            &l->kv_a_proj, &l->kv_b_proj, &l->o_proj};
+    for (size_t i = 0; i < sizeof(projections) / sizeof(projections[0]); i++)
+        if (projections[i]->rank)
+            MOIRA_RETURN_IF_ERROR(
+                moira_device_prepare_weights(device, MOIRA_OP_LINEAR, projections[i], 1));
+    moira_dtensor_t mlps[2][3] = {{l->shared_w1, l->shared_w3, l->shared_w2},
+                                  {l->mlp_w1, l->mlp_w3, l->mlp_w2}};
+    for (int m = 0; m < 2; m++)
+        if (mlps[m][0].rank)
+            MOIRA_RETURN_IF_ERROR(
+                moira_device_prepare_weights(device, MOIRA_OP_SWIGLU, mlps[m], 3));
+    return MOIRA_OK_STATUS;
+}
+
 /* Points every placed tensor (non-zero rank) at the device buffer. */
 static void bind_buffer(moira_device_layer_t *l) {
     moira_dtensor_t *all[] = {
@@ -87,14 +111,10 @@ moira_status_t moira_device_layer_upload(moira_device_t *device, moira_queue_t *
                                                &context, &layout.buffer));
     layout.device = device;
     bind_buffer(&layout);
-    if (layout.has_moe) {
-        /* The device may keep the experts in its own layout too (the cpu packs GEMM panels). */
-        moira_dtensor_t experts[3] = {layout.experts_w1, layout.experts_w3, layout.experts_w2};
-        moira_status_t status = moira_device_prepare_weights(device, MOIRA_OP_MOE_FFN, experts, 3);
-        if (status) {
-            moira_buffer_free(layout.buffer);
-            return status;
-        }
+    moira_status_t status = prepare_layer(device, &layout);
+    if (status) {
+        moira_buffer_free(layout.buffer);
+        return status;
     }
     *out_layer = layout;
     return MOIRA_OK_STATUS;
