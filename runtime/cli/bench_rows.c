@@ -48,7 +48,9 @@ static void print_json(FILE *out, const moira_bench_rows_t *rows) {
         moira_cli_json_string(out, r->bench);
         fputs(", \"dtype\": ", out);
         moira_cli_json_string(out, r->dtype);
-        fprintf(out, ", \"%s\": %lld, \"moira_us\": ", r->size_key, r->size);
+        fprintf(out, ", \"%s\": %lld", r->size_key, r->size);
+        if (r->tokens) fprintf(out, ", \"tokens\": %lld", r->tokens);
+        fputs(", \"moira_us\": ", out);
         json_number(out, r->moira_us, "%.2f");
         fputs(", \"peer\": ", out);
         if (r->peer[0])
@@ -63,6 +65,12 @@ static void print_json(FILE *out, const moira_bench_rows_t *rows) {
         json_number(out, r->gflops, "%.2f");
         fputs(", \"gbs\": ", out);
         json_number(out, r->gbs, "%.2f");
+        if (r->roofline_us != 0) {
+            fputs(", \"roofline_us\": ", out);
+            json_number(out, r->roofline_us, "%.2f");
+            fputs(", \"roofline_ratio\": ", out);
+            json_number(out, r->roofline_us / r->moira_us, "%.3f");
+        }
         fputc('}', out);
     }
     fputs("\n]}\n", out);
@@ -77,9 +85,13 @@ static void print_table(FILE *out, const moira_bench_rows_t *rows, const char *t
         const moira_bench_row_t *r = &rows->rows[i];
         char size[24];
         snprintf(size, sizeof(size), "%lld%s", r->size, r->size_key[0] == 'c' ? " ctx" : " tok");
-        fprintf(out, "%-10s %-5s %8s %12.1f %-13s %12.1f %7.3f %9.2f %8.2f\n", r->bench, r->dtype,
+        fprintf(out, "%-10s %-5s %8s %12.1f %-13s %12.1f %7.3f %9.2f %8.2f", r->bench, r->dtype,
                 size, r->moira_us, r->peer[0] ? r->peer : "-", r->peer_us, moira_bench_row_ratio(r),
                 r->gflops, r->gbs);
+        if (r->tokens) fprintf(out, "  x%lld tok", r->tokens);
+        if (r->roofline_us != 0)
+            fprintf(out, "  roofline %.1f us (%.3f)", r->roofline_us, r->roofline_us / r->moira_us);
+        fputc('\n', out);
     }
 }
 

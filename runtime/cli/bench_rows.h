@@ -1,8 +1,8 @@
 /* The result rows of the kernel benches (moe, mla) and how they are printed: a table, or with
  * --json {"rows": [{"bench", "dtype", "tokens" | "context", "moira_us", "peer", "peer_us",
- * "ratio", "gflops", "gbs"}]}. ratio = peer_us / moira_us, so above 1 Moira is faster; for a
- * bandwidth peer peer_us is the time the peer needs to stream the bytes Moira read, so ratio is
- * Moira's achieved bandwidth over the peer's. */
+ * "ratio", "gflops", "gbs"}]}, mla rows also "tokens", "roofline_us" and "roofline_ratio". ratio =
+ * peer_us / moira_us, so above 1 Moira is faster; for a bandwidth peer peer_us is the time the peer
+ * needs to stream the bytes Moira read, so ratio is Moira's achieved bandwidth over the peer's. */
 #ifndef MOIRA_RUNTIME_CLI_BENCH_ROWS_H
 #define MOIRA_RUNTIME_CLI_BENCH_ROWS_H
 
@@ -22,6 +22,11 @@ typedef struct moira_bench_row {
     double peer_us; /* NAN without a peer */
     double gflops;  /* Moira's */
     double gbs;     /* Moira's: weight bytes (moe) or cache bytes (mla) read per second */
+    /* mla: query tokens per launch, printed as "tokens" beside "context"; 0 for the others */
+    long long tokens;
+    /* mla: max(FLOPs / FMA peak, bytes / read bandwidth), printed with roofline_ratio =
+     * roofline_us / moira_us (null when NAN); 0 for rows without a roofline (not printed) */
+    double roofline_us;
 } moira_bench_row_t;
 
 /* A growable list of rows. */

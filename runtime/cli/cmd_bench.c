@@ -21,8 +21,10 @@ static const bench_t benches[] = {
      "dispatch + grouped SwiGLU FFN + combine, 1/16/128/512 tokens, f32 and bf16 weights,\n"
      "         against a per-expert OpenBLAS loop (cpu) or CLBlast SGEMM loop (opencl)"},
     {"mla", moira_bench_mla,
-     "absorbed decode attention over a 1K/4K/16K latent cache against the STREAM triad\n"
-     "         bandwidth (opencl also: absorbed projections against CLBlast)"},
+     "absorbed decode attention, 1 and 8 tokens over a 1K/4K/16K latent cache (f32 and\n"
+     "         bf16), against the STREAM triad and the roofline of the FMA peak and read\n"
+     "         bandwidth measured in the same run (opencl also: absorbed projections against\n"
+     "         CLBlast)"},
     {"tokenize", moira_bench_tokenize,
      "load a model directory's tokenizer and encode a text (--model DIR --text FILE);\n"
      "         bench/tokenize.sh runs it against Hugging Face's tokenizers.js"},
@@ -45,7 +47,8 @@ static void print_bench_help(FILE *out) {
                  "  --model FILE      model config for the shape (moe and mla default: "
                  "DeepSeek-V2-Lite;\n"
                  "                    plan: DeepSeek-V3)\n"
-                 "  --tokens N        tokens per batch (moe: only N instead of 1, 16, 128, 512)\n"
+                 "  --tokens N        tokens per batch (moe: only N instead of 1, 16, 128, 512;\n"
+                 "                    mla: only N instead of 1, 8)\n"
                  "  --text FILE       the text tokenize encodes\n"
                  "  --iters N         timed rounds, best kept\n"
                  "  --json            one JSON object (moe, mla: {\"rows\": [...]})\n");

@@ -1,8 +1,8 @@
 /* `moira bench moe|mla --json` as a script reads it, at tiny sizes (the moira-tiny model, a few
  * tokens, one round): the output is one JSON object {"rows": [...]}, every row has exactly the
  * keys bench, dtype, tokens (moe) or context (mla), moira_us, peer, peer_us, ratio, gflops, gbs,
- * and ratio is peer_us / moira_us. The JSON is read with libyaml (JSON is a subset of YAML's flow
- * style), not with anything of Moira's. */
+ * mla rows also tokens, roofline_us and roofline_ratio, and ratio is peer_us / moira_us. The JSON
+ * is read with libyaml (JSON is a subset of YAML's flow style), not with anything of Moira's. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,9 +60,11 @@ static double number(yaml_node_t *node) {
     return text && end != text && *end == 0 ? value : NAN;
 }
 
-/* Checks one bench's JSON; `size_key` is "tokens" or "context", `peer` the peer's name. */
+/* Checks one bench's JSON; `size_key` is "tokens" or "context", `peer` the peer's name,
+ * `extra_keys` the keys its rows have besides the common ones (NULL-terminated; NULL: none). A row
+ * with roofline_us must have roofline_ratio = roofline_us / moira_us. */
 static void check_bench(const char *bench, const char *args, const char *size_key, const char *peer,
-                        int min_rows) {
+                        const char *const *extra_keys, int min_rows) {
     char command[1024];
     snprintf(command, sizeof(command), "%s bench %s --model %s %s --json", MOIRA_BINARY, bench,
              TINY_MODEL, args);
@@ -86,9 +88,11 @@ static void check_bench(const char *bench, const char *args, const char *size_ke
     for (yaml_node_item_t *item = rows ? rows->data.sequence.items.start : NULL;
          rows && item < rows->data.sequence.items.top; item++, n_rows++) {
         yaml_node_t *row = yaml_document_get_node(&doc, *item);
-        const char *keys[] = {"bench",   "dtype", size_key, "moira_us", "peer",
-                              "peer_us", "ratio", "gflops", "gbs"};
-        int n_keys = (int)(sizeof(keys) / sizeof(keys[0]));
+        const char *keys[16] = {"bench",   "dtype", size_key, "moira_us", "peer",
+                                "peer_us", "ratio", "gflops", "gbs"};
+        int n_keys = 9;
+        for (int e = 0; extra_keys && extra_keys[e] && n_keys < 16; e++)
+            keys[n_keys++] = extra_keys[e];
         CHECK_MSG(row && row->type == YAML_MAPPING_NODE &&
                       row->data.mapping.pairs.top - row->data.mapping.pairs.start == n_keys,
                   "bench %s row %d: not an object of %d keys", bench, n_rows, n_keys);
@@ -121,6 +125,13 @@ static void check_bench(const char *bench, const char *args, const char *size_ke
                   peer_us / moira_us);
         CHECK_MSG(number(lookup(&doc, row, "gflops")) > 0 && number(lookup(&doc, row, "gbs")) > 0,
                   "bench %s row %d: gflops and gbs", bench, n_rows);
+        double roofline_us = number(lookup(&doc, row, "roofline_us"));
+        double roofline_ratio = number(lookup(&doc, row, "roofline_ratio"));
+        CHECK_MSG(!lookup(&doc, row, "roofline_us") ||
+                      (roofline_us > 0 && fabs(roofline_ratio - roofline_us / moira_us) <=
+                                              1e-3 + 1e-2 * roofline_ratio),
+                  "bench %s row %d: roofline_us %g, roofline_ratio %g", bench, n_rows, roofline_us,
+                  roofline_ratio);
     }
     CHECK_MSG(n_rows >= min_rows, "bench %s: %d rows, expected at least %d", bench, n_rows,
               min_rows);
@@ -132,9 +143,11 @@ static void check_bench(const char *bench, const char *args, const char *size_ke
 /* Both kernel benches on cpu:0 at sizes that take about a second. */
 int main(void) {
     /* moe: 3 tokens, f32 and bf16 weights, against the OpenBLAS loop. */
-    check_bench("moe", "--backend cpu:0 --tokens 3 --iters 1", "tokens", "openblas", 2);
-    /* mla: the 1K, 4K and 16K contexts of a 4-head, 64-latent cache, against the triad. */
-    check_bench("mla", "--backend cpu:0 --iters 1", "context", "stream_triad", 3);
+    check_bench("moe", "--backend cpu:0 --tokens 3 --iters 1", "tokens", "openblas", NULL, 2);
+    /* mla: the 1K, 4K and 16K contexts of a 4-head, 64-latent cache, 1 and 8 tokens, f32 and bf16
+     * caches, against the triad and the roofline of the measured FMA peak and read bandwidth. */
+    static const char *const mla_keys[] = {"tokens", "roofline_us", "roofline_ratio", NULL};
+    check_bench("mla", "--backend cpu:0 --iters 1", "context", "stream_triad", mla_keys, 12);
     if (no_openblas && !moira_test_failures) return MOIRA_TEST_SKIP;
     return moira_test_finish("test_bench_json");
 }
