@@ -20,6 +20,7 @@ int moira_bench_plan(const moira_bench_args_t *args);
 int moira_bench_moe(const moira_bench_args_t *args);
 int moira_bench_mla(const moira_bench_args_t *args);
 int moira_bench_tokenize(const moira_bench_args_t *args);
+int moira_bench_generate(const moira_bench_args_t *args);
 
 /* Seconds from a monotonic clock. */
 double moira_bench_seconds(void);

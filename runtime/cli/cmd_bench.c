@@ -25,6 +25,10 @@ static const bench_t benches[] = {
      "         bf16), against the STREAM triad and the roofline of the FMA peak and read\n"
      "         bandwidth measured in the same run (opencl also: absorbed projections against\n"
      "         CLBlast)"},
+    {"generate", moira_bench_generate,
+     "a DeepSeek-V2-Lite-shaped model (3 layers, bf16 and f32, or --model DIR): prefill\n"
+     "         tokens/s at 512 tokens, decode at 1 and 8 sequences, against PyTorch eager\n"
+     "         (bench/generate.sh) and decode against its weight-bandwidth bound"},
     {"tokenize", moira_bench_tokenize,
      "load a model directory's tokenizer and encode a text (--model DIR --text FILE);\n"
      "         bench/tokenize.sh runs it against Hugging Face's tokenizers.js"},
