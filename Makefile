@@ -72,6 +72,7 @@ bench: deps
 	$(BUILD)/moira bench plan
 	$(BUILD)/moira bench moe
 	$(BUILD)/moira bench mla
+	$(BUILD)/moira bench linear
 
 # The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer, in its own build folder.
 # A failed test runs once more: LeakSanitizer's own tracer now and then dies at exit ("Tracer

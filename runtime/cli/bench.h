@@ -19,6 +19,7 @@ typedef struct moira_bench_args {
 int moira_bench_plan(const moira_bench_args_t *args);
 int moira_bench_moe(const moira_bench_args_t *args);
 int moira_bench_mla(const moira_bench_args_t *args);
+int moira_bench_linear(const moira_bench_args_t *args);
 int moira_bench_tokenize(const moira_bench_args_t *args);
 int moira_bench_generate(const moira_bench_args_t *args);
 

@@ -39,13 +39,18 @@ static void json_number(FILE *out, double value, const char *format) {
         fputs("null", out);
 }
 
-/* The schema issue 7 fixes, one row object per line so diffs stay readable. */
+/* The schema issue 7 fixes, one row object per line so diffs stay readable. Rates keep four
+ * significant digits, so a tiny shape's figure does not print as 0.00. */
 static void print_json(FILE *out, const moira_bench_rows_t *rows) {
     fputs("{\"rows\": [", out);
     for (int i = 0; i < rows->count; i++) {
         const moira_bench_row_t *r = &rows->rows[i];
         fprintf(out, "%s\n  {\"bench\": ", i ? "," : "");
         moira_cli_json_string(out, r->bench);
+        if (r->weight[0]) {
+            fputs(", \"weight\": ", out);
+            moira_cli_json_string(out, r->weight);
+        }
         fputs(", \"dtype\": ", out);
         moira_cli_json_string(out, r->dtype);
         fprintf(out, ", \"%s\": %lld", r->size_key, r->size);
@@ -62,9 +67,9 @@ static void print_json(FILE *out, const moira_bench_rows_t *rows) {
         fputs(", \"ratio\": ", out);
         json_number(out, moira_bench_row_ratio(r), "%.3f");
         fputs(", \"gflops\": ", out);
-        json_number(out, r->gflops, "%.2f");
+        json_number(out, r->gflops, "%.4g");
         fputs(", \"gbs\": ", out);
-        json_number(out, r->gbs, "%.2f");
+        json_number(out, r->gbs, "%.4g");
         if (r->roofline_us != 0) {
             fputs(", \"roofline_us\": ", out);
             json_number(out, r->roofline_us, "%.2f");
@@ -76,7 +81,8 @@ static void print_json(FILE *out, const moira_bench_rows_t *rows) {
     fputs("\n]}\n", out);
 }
 
-/* The same rows for a person: one line each, sizes labelled tok or ctx. */
+/* The same rows for a person: one line each, sizes labelled tok or ctx, a linear row named by
+ * its weight. */
 static void print_table(FILE *out, const moira_bench_rows_t *rows, const char *title) {
     fprintf(out, "%s\n", title);
     fprintf(out, "%-10s %-5s %8s %12s %-13s %12s %7s %9s %8s\n", "BENCH", "DTYPE", "SIZE",
@@ -85,9 +91,10 @@ static void print_table(FILE *out, const moira_bench_rows_t *rows, const char *t
         const moira_bench_row_t *r = &rows->rows[i];
         char size[24];
         snprintf(size, sizeof(size), "%lld%s", r->size, r->size_key[0] == 'c' ? " ctx" : " tok");
-        fprintf(out, "%-10s %-5s %8s %12.1f %-13s %12.1f %7.3f %9.2f %8.2f", r->bench, r->dtype,
-                size, r->moira_us, r->peer[0] ? r->peer : "-", r->peer_us, moira_bench_row_ratio(r),
-                r->gflops, r->gbs);
+        fprintf(out, "%-10s %-5s %8s %12.1f %-13s %12.1f %7.3f %9.2f %8.2f",
+                r->weight[0] ? r->weight : r->bench, r->dtype, size, r->moira_us,
+                r->peer[0] ? r->peer : "-", r->peer_us, moira_bench_row_ratio(r), r->gflops,
+                r->gbs);
         if (r->tokens) fprintf(out, "  x%lld tok", r->tokens);
         if (r->roofline_us != 0)
             fprintf(out, "  roofline %.1f us (%.3f)", r->roofline_us, r->roofline_us / r->moira_us);

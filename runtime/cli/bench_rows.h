@@ -1,6 +1,7 @@
-/* The result rows of the kernel benches (moe, mla) and how they are printed: a table, or with
- * --json {"rows": [{"bench", "dtype", "tokens" | "context", "moira_us", "peer", "peer_us",
- * "ratio", "gflops", "gbs"}]}, mla rows also "tokens", "roofline_us" and "roofline_ratio". ratio =
+/* The result rows of the kernel benches (moe, mla, linear) and how they are printed: a table,
+ * or with --json {"rows": [{"bench", "dtype", "tokens" | "context", "moira_us", "peer",
+ * "peer_us", "ratio", "gflops", "gbs"}]}, linear rows also naming their "weight" ("q_proj", ...,
+ * "lm_head") after "bench", mla rows also "tokens", "roofline_us" and "roofline_ratio". ratio =
  * peer_us / moira_us, so above 1 Moira is faster; for a bandwidth peer peer_us is the time the peer
  * needs to stream the bytes Moira read, so ratio is Moira's achieved bandwidth over the peer's. */
 #ifndef MOIRA_RUNTIME_CLI_BENCH_ROWS_H
@@ -13,12 +14,13 @@
 #include "runtime/cli/bench.h"
 
 typedef struct moira_bench_row {
-    char bench[16];   /* "moe", "mla", "mla_absorb" */
+    char bench[16];   /* "moe", "mla", "mla_absorb", "linear" */
+    char weight[16];  /* linear: the projection ("q_proj", "lm_head", ...); "" for the others */
     char dtype[8];    /* weight dtype: "f32", "bf16" */
     char size_key[8]; /* "tokens" or "context" */
     long long size;
     double moira_us;
-    char peer[16];  /* "openblas", "clblast", "stream_triad"; "" when the device has none */
+    char peer[16];  /* "openblas", "clblast", "stream_triad", "stream_read"; "" when none */
     double peer_us; /* NAN without a peer */
     double gflops;  /* Moira's */
     double gbs;     /* Moira's: weight bytes (moe) or cache bytes (mla) read per second */

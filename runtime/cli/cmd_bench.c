@@ -25,6 +25,9 @@ static const bench_t benches[] = {
      "         bf16), against the STREAM triad and the roofline of the FMA peak and read\n"
      "         bandwidth measured in the same run (opencl also: absorbed projections against\n"
      "         CLBlast)"},
+    {"linear", moira_bench_linear,
+     "dense projections (q, kv_a, kv_b, o, lm_head), 1/8/64/512 tokens, f32 and bf16 weights:\n"
+     "         decode against the read bandwidth, prefill against an OpenBLAS sgemm (cpu)"},
     {"generate", moira_bench_generate,
      "a DeepSeek-V2-Lite-shaped model (3 layers, bf16 and f32, or --model DIR): prefill\n"
      "         tokens/s at 512 tokens, decode at 1 and 8 sequences, against PyTorch eager\n"
@@ -47,15 +50,16 @@ static void print_bench_help(FILE *out) {
             "                        [--json]\n\nbenches:\n");
     for (size_t i = 0; i < sizeof(benches) / sizeof(benches[0]); i++)
         fprintf(out, "  %-8s %s\n", benches[i].name, benches[i].summary);
-    fprintf(out, "\n  --backend DEVICE  device for moe and mla (default cpu:0)\n"
-                 "  --model FILE      model config for the shape (moe and mla default: "
+    fprintf(out, "\n  --backend DEVICE  device for moe, mla and linear (default cpu:0)\n"
+                 "  --model FILE      model config for the shape (moe, mla and linear default: "
                  "DeepSeek-V2-Lite;\n"
                  "                    plan: DeepSeek-V3)\n"
                  "  --tokens N        tokens per batch (moe: only N instead of 1, 16, 128, 512;\n"
-                 "                    mla: only N instead of 1, 8)\n"
+                 "                    mla: only N instead of 1, 8;\n"
+                 "                    linear: only N instead of 1, 8, 64, 512)\n"
                  "  --text FILE       the text tokenize encodes\n"
                  "  --iters N         timed rounds, best kept\n"
-                 "  --json            one JSON object (moe, mla: {\"rows\": [...]})\n");
+                 "  --json            one JSON object (moe, mla, linear: {\"rows\": [...]})\n");
 }
 
 int moira_cli_bench(int argc, char **argv) {

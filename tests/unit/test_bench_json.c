@@ -1,8 +1,9 @@
-/* `moira bench moe|mla --json` as a script reads it, at tiny sizes (the moira-tiny model, a few
- * tokens, one round): the output is one JSON object {"rows": [...]}, every row has exactly the
- * keys bench, dtype, tokens (moe) or context (mla), moira_us, peer, peer_us, ratio, gflops, gbs,
- * mla rows also tokens, roofline_us and roofline_ratio, and ratio is peer_us / moira_us. The JSON
- * is read with libyaml (JSON is a subset of YAML's flow style), not with anything of Moira's. */
+/* `moira bench moe|mla|linear --json` as a script reads it, at tiny sizes (the moira-tiny model, a
+ * few tokens, one round): the output is one JSON object {"rows": [...]}, every row has exactly the
+ * keys bench, dtype, tokens (moe, linear) or context (mla), moira_us, peer, peer_us, ratio, gflops,
+ * gbs, linear rows also weight, mla rows also tokens, roofline_us and roofline_ratio, and ratio
+ * is peer_us / moira_us. The JSON is read with libyaml
+ * (JSON is a subset of YAML's flow style), not with anything of Moira's. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -140,7 +141,7 @@ static void check_bench(const char *bench, const char *args, const char *size_ke
     free(out);
 }
 
-/* Both kernel benches on cpu:0 at sizes that take about a second. */
+/* The kernel benches on cpu:0 at sizes that take about a second. */
 int main(void) {
     /* moe: 3 tokens, f32 and bf16 weights, against the OpenBLAS loop. */
     check_bench("moe", "--backend cpu:0 --tokens 3 --iters 1", "tokens", "openblas", NULL, 2);
@@ -148,6 +149,13 @@ int main(void) {
      * caches, against the triad and the roofline of the measured FMA peak and read bandwidth. */
     static const char *const mla_keys[] = {"tokens", "roofline_us", "roofline_ratio", NULL};
     check_bench("mla", "--backend cpu:0 --iters 1", "context", "stream_triad", mla_keys, 12);
+    static const char *const linear_keys[] = {"weight", NULL};
+    /* linear: the tiny model's five projections in f32 and bf16, one decode token against the
+     * read bandwidth, 64 tokens against OpenBLAS. */
+    check_bench("linear", "--backend cpu:0 --tokens 1 --iters 1", "tokens", "stream_read",
+                linear_keys, 10);
+    check_bench("linear", "--backend cpu:0 --tokens 64 --iters 1", "tokens", "openblas",
+                linear_keys, 10);
     if (no_openblas && !moira_test_failures) return MOIRA_TEST_SKIP;
     return moira_test_finish("test_bench_json");
 }
