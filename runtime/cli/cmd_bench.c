@@ -50,16 +50,19 @@ static void print_bench_help(FILE *out) {
             "                        [--json]\n\nbenches:\n");
     for (size_t i = 0; i < sizeof(benches) / sizeof(benches[0]); i++)
         fprintf(out, "  %-8s %s\n", benches[i].name, benches[i].summary);
-    fprintf(out, "\n  --backend DEVICE  device for moe, mla and linear (default cpu:0)\n"
+    fprintf(out, "\n  --backend DEVICE  device for moe, mla, linear and generate (default cpu:0)\n"
                  "  --model FILE      model config for the shape (moe, mla and linear default: "
                  "DeepSeek-V2-Lite;\n"
-                 "                    plan: DeepSeek-V3)\n"
+                 "                    plan: DeepSeek-V3); generate: a model folder to run instead\n"
+                 "                    of the written ones\n"
                  "  --tokens N        tokens per batch (moe: only N instead of 1, 16, 128, 512;\n"
                  "                    mla: only N instead of 1, 8;\n"
-                 "                    linear: only N instead of 1, 8, 64, 512)\n"
+                 "                    linear: only N instead of 1, 8, 64, 512;\n"
+                 "                    generate: the prefill prompt, default 512)\n"
                  "  --text FILE       the text tokenize encodes\n"
                  "  --iters N         timed rounds, best kept\n"
-                 "  --json            one JSON object (moe, mla, linear: {\"rows\": [...]})\n");
+                 "  --json            one JSON object (moe, mla, linear, generate: "
+                 "{\"rows\": [...]})\n");
 }
 
 int moira_cli_bench(int argc, char **argv) {
