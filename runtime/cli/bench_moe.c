@@ -8,6 +8,13 @@
  * Moira's dtype. The weights are bf16-representable numbers, so f32 and bf16 runs compute the
  * same function and the OpenBLAS peer's output checks Moira's (NMSE in the table's footer).
  *
+ * Decode rows (up to 8 tokens) also get a second row against the machine's read bandwidth
+ * (bench/stream_read.h, peer "stream_read"), as `moira bench linear`'s decode rows: one read pass
+ * in each round after Moira's run, the best pass kept, and peer_us the time that bandwidth needs
+ * for the touched experts' weight bytes, so ratio is Moira's weight bandwidth over the machine's.
+ * The touched experts' weights (100 MB and more at DeepSeek-V2-Lite's shape) exceed the last-level
+ * cache, and the read pass between runs evicts them anyway.
+ *
  * Each round times one Moira run and one peer run back to back, so both see the same machine
  * load; the first round warms up, the best of the others is kept. OpenBLAS's idle workers spin
  * for a while after a call, so the round pauses before Moira's next run. */
@@ -19,6 +26,7 @@
 
 #include "bench/clblast_peer.h"
 #include "bench/openblas_peer.h"
+#include "bench/stream_read.h"
 #include "ops/op.h"
 #include "runtime/backend.h"
 #include "runtime/cli/bench.h"
@@ -27,6 +35,9 @@
 #include "runtime/model_config.h"
 
 static const long long default_tokens[] = {1, 16, 128, 512};
+
+/* Up to this many tokens a row is a decode row, also held against the read bandwidth. */
+#define DECODE_TOKENS 8
 
 typedef struct moe_shape {
     int64_t hidden, inter, experts, top_k;
@@ -329,7 +340,22 @@ typedef struct moe_run {
     moira_bench_rows_t rows;
     double worst_nmse; /* Moira against the OpenBLAS peer, over all cases */
     double nmse_limit; /* DESIGN.md §4's limit for the precision the device computes in */
+    int threads;       /* the device's, for the read peer */
+    moira_stream_read_t *reader; /* owned; NULL without decode rows */
+    double read_gbs;             /* best read pass of the whole run, for the title */
 } moe_run_t;
+
+/* The decode row's second form: the same Moira time against the time the read bandwidth measured
+ * in its rounds (read_gbs) needs for the touched experts' `bytes`. */
+static moira_status_t add_read_row(moe_run_t *run, const moira_bench_row_t *moira_row, double bytes,
+                                   double read_gbs) {
+    moira_bench_row_t row = *moira_row;
+    snprintf(row.peer, sizeof(row.peer), "stream_read");
+    row.peer_us = bytes / (read_gbs * 1e9) * 1e6;
+    if (!moira_bench_rows_add(&run->rows, &row))
+        return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "bench moe: rows");
+    return MOIRA_OK_STATUS;
+}
 
 /* Times one token count with the uploaded weights and appends its row. */
 static moira_status_t bench_case(moe_run_t *run, const moira_weights_t *weights,
@@ -338,11 +364,17 @@ static moira_status_t bench_case(moe_run_t *run, const moira_weights_t *weights,
     moe_case_t c;
     moira_status_t status = case_make(run->device, run->queue, s, weights, tokens, &c);
     if (!status) status = peer_prepare(&run->peer, s, &c);
-    double best = INFINITY, peer_best = INFINITY;
+    bool decode = run->reader && tokens <= DECODE_TOKENS;
+    double best = INFINITY, peer_best = INFINITY, read_gbs = 0;
     for (long long it = 0; it <= run->iterations && !status; it++) {
         double seconds = 0;
         status = moira_bench_time_launches(run->queue, c.launches, 3, &seconds);
         if (it > 0 && seconds < best) best = seconds;
+        if (!status && decode) {
+            double gbs = moira_stream_read_run(run->reader, 1);
+            if (gbs > read_gbs) read_gbs = gbs;
+            if (gbs > run->read_gbs) run->read_gbs = gbs;
+        }
         if (!status && run->peer.name[0]) {
             status = peer_run(&run->peer, &seconds);
             if (it > 0 && seconds < peer_best) peer_best = seconds;
@@ -372,6 +404,7 @@ static moira_status_t bench_case(moe_run_t *run, const moira_weights_t *weights,
         row.gbs = bytes / best * 1e-9;
         if (!moira_bench_rows_add(&run->rows, &row))
             status = moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "bench moe: rows");
+        if (!status && decode) status = add_read_row(run, &row, bytes, read_gbs);
     }
     peer_unprepare(&run->peer);
     case_free(&c);
@@ -415,11 +448,21 @@ int moira_bench_moe(const moira_bench_args_t *args) {
     if (status) return moira_status_report(status);
     const moira_device_info_t *info = moira_device_info(run.device);
     run.nmse_limit = moira_precision_nmse_limit(info->compute_precision);
+    run.threads = moira_bench_device_threads(info) > 0 ? moira_bench_device_threads(info)
+                                                       : info->compute_units;
     status = peer_open(info, &run.shape, &run.peer);
+    bool any_decode = false;
+    for (int t = 0; t < n_tokens; t++)
+        any_decode |= tokens[t] <= DECODE_TOKENS;
+    if (!status && any_decode) status = moira_stream_read_open(run.threads, &run.reader);
     if (!status) status = moira_queue_create(run.device, &run.queue);
     if (!status) status = bench_all(&run, tokens, n_tokens);
     if (!status) {
-        char title[768], peer[320] = "none";
+        char title[1024], peer[320] = "none", read[160] = "not run (no decode rows)";
+        if (run.read_gbs > 0)
+            snprintf(read, sizeof(read),
+                     "up to %.1f GB/s (%d threads, %.0f MiB read-only reduction)", run.read_gbs,
+                     run.threads, moira_stream_read_bytes(run.reader) / 1048576.0);
         if (!strcmp(run.peer.name, "openblas")) {
             char version[192];
             moira_openblas_describe(version, sizeof(version));
@@ -430,19 +473,20 @@ int moira_bench_moe(const moira_bench_args_t *args) {
         } else if (!strcmp(info->backend, "cpu")) {
             moira_openblas_describe(peer, sizeof(peer)); /* why there is none */
         }
-        snprintf(title, sizeof(title),
-                 "moe on %s (%s): %s shape, D %lld, I %lld, %lld experts, top-%lld; best of %lld "
-                 "rounds; Moira computes in %s\npeer: %s",
-                 info->name, info->model, model_name, (long long)run.shape.hidden,
-                 (long long)run.shape.inter, (long long)run.shape.experts,
-                 (long long)run.shape.top_k, run.iterations,
-                 moira_dtype_name(info->compute_precision), peer);
+        snprintf(
+            title, sizeof(title),
+            "moe on %s (%s): %s shape, D %lld, I %lld, %lld experts, top-%lld; best of %lld "
+            "rounds; Moira computes in %s\npeer: %s\ndecode peer (<= %d tokens): stream_read, %s",
+            info->name, info->model, model_name, (long long)run.shape.hidden,
+            (long long)run.shape.inter, (long long)run.shape.experts, (long long)run.shape.top_k,
+            run.iterations, moira_dtype_name(info->compute_precision), peer, DECODE_TOKENS, read);
         moira_bench_rows_print(stdout, &run.rows, args->json, title);
         if (!args->json && run.peer.name[0] && !strcmp(run.peer.name, "openblas"))
             printf("output NMSE against the peer (worst case): %.3g\n", run.worst_nmse);
     }
     if (run.queue) moira_queue_destroy(run.queue);
     peer_close(&run.peer);
+    moira_stream_read_close(run.reader);
     moira_bench_rows_free(&run.rows);
     moira_runtime_shutdown();
     if (status) return moira_status_report(status);
