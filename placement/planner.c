@@ -1,11 +1,12 @@
-/* The planner: replica counts and replica placement per MoE layer (plan.h). */
-#include <math.h>
+/* The planner: replica counts and replica placement per MoE layer (plan.h). The layer state and
+ * its local search live in planner_state.c and planner_search.c, replica counts in
+ * planner_counts.c (planner_internal.h). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "placement/plan.h"
-#include "placement/plan_progress.h"
+#include "placement/planner_internal.h"
 
 /* Local search stops after this many improving moves per target, a bound that keeps planning a
  * 64-device cluster well under a second while leaving room to converge. */
@@ -30,110 +31,6 @@ int64_t moira_plan_target_capacity(const moira_target_t *target, int64_t moe_lay
     return slots > 0 && slots < cap ? slots : cap;
 }
 
-/* What the search compares: a target's predicted time, then its tokens per TFLOP/s, so that when
- * times tie (weight-bound targets holding as many replicas) tokens are still balanced. */
-typedef struct cost_key {
-    double time;
-    double norm;
-} cost_key_t;
-
-/* Orders keys by time, then by normalised load, treating differences within 1e-9 relative as
- * ties so that rounding cannot make the search cycle. */
-static int key_compare(cost_key_t a, cost_key_t b) {
-    double tol = 1e-9 * fmax(fabs(a.time), fabs(b.time));
-    if (a.time < b.time - tol) return -1;
-    if (a.time > b.time + tol) return 1;
-    tol = 1e-9 * fmax(fabs(a.norm), fabs(b.norm));
-    if (a.norm < b.norm - tol) return -1;
-    if (a.norm > b.norm + tol) return 1;
-    return 0;
-}
-
-/* The larger of two keys: what a pair of targets costs together. */
-static cost_key_t key_max(cost_key_t a, cost_key_t b) {
-    return key_compare(a, b) >= 0 ? a : b;
-}
-
-/* Everything one layer's search works on. Arrays are borrowed from the planner's workspace. */
-typedef struct layer_state {
-    const moira_topology_t *topology;
-    const moira_cost_model_t *cost;
-    const int64_t *capacity; /* per target */
-    const double *peak;      /* per target, TFLOP/s for this model's weights */
-    int n_targets;
-    int64_t experts;
-    double *tokens;       /* per target */
-    int *active;          /* per target: replicas with load */
-    int *count;           /* per target: replicas */
-    unsigned char *holds; /* experts x targets */
-    cost_key_t *now;      /* per target: its key at the start of an improving step */
-    int *on_worst;        /* scratch: the busiest target's replicas, in search order */
-    int *first_copy;      /* experts + 1: expert e's replicas are first_copy[e] .. [e+1] - 1 */
-    int n;                /* replicas so far */
-    moira_plan_progress_t progress;
-    int64_t layers_done;
-    int *target;
-    int32_t *expert;
-    double *load;
-} layer_state_t;
-
-/* The key a target would have with `tokens` tokens over `active` replicas that receive any. */
-static cost_key_t key_of(const layer_state_t *s, int t, double tokens, int active) {
-    cost_key_t k;
-    k.time = moira_cost_target_us(s->cost, &s->topology->targets[t], tokens, active);
-    k.norm = tokens / s->peak[t];
-    return k;
-}
-
-/* The key a target has now. */
-static cost_key_t key_now(const layer_state_t *s, int t) {
-    return key_of(s, t, s->tokens[t], s->active[t]);
-}
-
-/* How many replicas of expert e target t holds: a target gains nothing from two copies. */
-static unsigned char *holds_at(layer_state_t *s, int32_t e, int t) {
-    return &s->holds[(size_t)e * s->n_targets + t];
-}
-
-/* Puts replica r on target t, updating the target's totals. */
-static void place(layer_state_t *s, int r, int t) {
-    s->target[r] = t;
-    s->tokens[t] += s->load[r];
-    s->active[t] += s->load[r] > 0;
-    s->count[t]++;
-    (*holds_at(s, s->expert[r], t))++;
-}
-
-/* Takes replica r off its target, undoing place(). */
-static void unplace(layer_state_t *s, int r) {
-    int t = s->target[r];
-    s->tokens[t] -= s->load[r];
-    s->active[t] -= s->load[r] > 0;
-    s->count[t]--;
-    (*holds_at(s, s->expert[r], t))--;
-    s->target[r] = -1;
-}
-
-/* Gives the `budget` extra replicas to the experts with the most tokens per replica (EPLB's
- * replication rule), one at a time, within each domain's spare slots and never more replicas of
- * an expert than its domain has targets. domain_of_expert[e] indexes spare[] and max_copies[]. */
-static void choose_counts(const double *load, int64_t experts, const int *domain_of_expert,
-                          int64_t *spare, const int64_t *max_copies, int64_t budget, int *count) {
-    for (int64_t e = 0; e < experts; e++)
-        count[e] = 1;
-    for (int64_t r = 0; r < budget; r++) {
-        int64_t best = -1;
-        for (int64_t e = 0; e < experts; e++) {
-            int d = domain_of_expert[e];
-            if (spare[d] <= 0 || count[e] >= max_copies[d] || load[e] <= 0) continue;
-            if (best < 0 || load[e] / count[e] > load[best] / count[best]) best = e;
-        }
-        if (best < 0) break;
-        count[best]++;
-        spare[domain_of_expert[best]]--;
-    }
-}
-
 /* Largest load first, lower expert first on ties: the order greedy packing wants. */
 static int by_load_descending(const void *pa, const void *pb, void *context) {
     const layer_state_t *s = context;
@@ -148,6 +45,8 @@ static int by_load_descending(const void *pa, const void *pb, void *context) {
 static moira_status_t assign_greedy(layer_state_t *s, const int *domain, int n_domain,
                                     int *replicas, int n_replicas) {
     qsort_r(replicas, (size_t)n_replicas, sizeof(int), by_load_descending, s);
+    for (int i = 0; i < n_replicas; i++)
+        s->rank[replicas[i]] = i;
     for (int i = 0; i < n_replicas; i++) {
         int r = replicas[i], best = -1;
         bool best_duplicate = true;
@@ -166,170 +65,9 @@ static moira_status_t assign_greedy(layer_state_t *s, const int *domain, int n_d
         }
         if (best < 0)
             return moira_status_make(MOIRA_CODE_INTERNAL, "planner: no slot left for a replica");
-        place(s, r, best);
+        moira_planner_place(s, r, best);
     }
     return MOIRA_OK_STATUS;
-}
-
-/* The larger of the two targets' keys after moving `shift` tokens from replica r to replica q. */
-static cost_key_t keys_after_shift(const layer_state_t *s, int r, int q, double shift) {
-    int a = s->target[r], b = s->target[q];
-    double lr = s->load[r], lq = s->load[q];
-    int active_a = s->active[a] - (lr > 0) + (lr - shift > 0);
-    int active_b = s->active[b] - (lq > 0) + (lq + shift > 0);
-    return key_max(key_of(s, a, s->tokens[a] - shift, active_a),
-                   key_of(s, b, s->tokens[b] + shift, active_b));
-}
-
-/* The best amount of r's tokens to hand to q: all of them (r then reads no weights), or the
- * amount that evens the two targets' times, found by bisection since one time falls and the
- * other rises with the amount. */
-static cost_key_t best_load_shift(const layer_state_t *s, int r, int q, double *out_shift) {
-    int a = s->target[r], b = s->target[q];
-    double lr = s->load[r];
-    double best = lr;
-    cost_key_t best_key = keys_after_shift(s, r, q, lr);
-    double lo = 0, hi = lr;
-    for (int i = 0; i < 40; i++) {
-        double mid = 0.5 * (lo + hi);
-        int active_a = s->active[a];
-        int active_b = s->active[b] + (s->load[q] > 0 ? 0 : 1);
-        double ta =
-            moira_cost_target_us(s->cost, &s->topology->targets[a], s->tokens[a] - mid, active_a);
-        double tb =
-            moira_cost_target_us(s->cost, &s->topology->targets[b], s->tokens[b] + mid, active_b);
-        if (ta > tb)
-            lo = mid;
-        else
-            hi = mid;
-    }
-    double even = 0.5 * (lo + hi);
-    if (even > 0 && even < lr) {
-        cost_key_t k = keys_after_shift(s, r, q, even);
-        if (key_compare(k, best_key) < 0) {
-            best = even;
-            best_key = k;
-        }
-    }
-    *out_shift = best;
-    return best_key;
-}
-
-/* One improving step: from the target with the largest key, move one of its replicas to another
- * target of the domain or swap it with one there, taking the change that lowers the larger of
- * the two targets' keys most. Returns false when nothing improves. */
-static bool improve_once(layer_state_t *s, const int *domain, int n_domain, const int *replicas,
-                         int n_replicas) {
-    int worst = -1;
-    cost_key_t worst_key = {0, 0};
-    for (int j = 0; j < n_domain; j++) {
-        cost_key_t k = key_now(s, domain[j]);
-        s->now[domain[j]] = k;
-        if (worst < 0 || key_compare(k, worst_key) > 0) {
-            worst = domain[j];
-            worst_key = k;
-        }
-    }
-    if (worst < 0) return false;
-    /* The busiest target's replicas, gathered once: every search below starts from them. */
-    int n_worst = 0;
-    for (int i = 0; i < n_replicas; i++)
-        if (s->target[replicas[i]] == worst) s->on_worst[n_worst++] = replicas[i];
-    int best_r = -1, best_other = -1, best_t = -1;
-    cost_key_t best_pair = {0, 0};
-    for (int i = 0; i < n_worst; i++) {
-        int r = s->on_worst[i];
-        double lr = s->load[r];
-        int ar = lr > 0;
-        for (int j = 0; j < n_domain; j++) {
-            int t = domain[j];
-            if (t == worst) continue;
-            cost_key_t before = key_max(worst_key, s->now[t]);
-            /* Move r to t. */
-            if (s->count[t] < s->capacity[t] && *holds_at(s, s->expert[r], t) == 0) {
-                cost_key_t after =
-                    key_max(key_of(s, worst, s->tokens[worst] - lr, s->active[worst] - ar),
-                            key_of(s, t, s->tokens[t] + lr, s->active[t] + ar));
-                if (key_compare(after, before) < 0 &&
-                    (best_r < 0 || key_compare(after, best_pair) < 0)) {
-                    best_r = r;
-                    best_other = -1;
-                    best_t = t;
-                    best_pair = after;
-                }
-            }
-        }
-    }
-    /* Shift tokens from r to another replica q of the same expert: the runtime may route an
-     * expert's tokens to its replicas in any proportion, so loads need not split evenly. An
-     * expert's copies are consecutive and sit in one domain in index order (greedy sorts equal
-     * loads by index), so walking first_copy visits them as a scan of `replicas` would. */
-    double best_shift = 0;
-    for (int i = 0; i < n_worst; i++) {
-        int r = s->on_worst[i];
-        if (s->load[r] <= 0) continue;
-        int32_t e = s->expert[r];
-        for (int q = s->first_copy[e]; q < s->first_copy[e + 1]; q++) {
-            int t = s->target[q];
-            if (t == worst) continue;
-            cost_key_t before = key_max(worst_key, s->now[t]);
-            double shift = 0;
-            cost_key_t after = best_load_shift(s, r, q, &shift);
-            if (shift > 0 && key_compare(after, before) < 0 &&
-                (best_r < 0 || key_compare(after, best_pair) < 0)) {
-                best_r = r;
-                best_other = q;
-                best_t = -1;
-                best_shift = shift;
-                best_pair = after;
-            }
-        }
-    }
-    /* Swaps cost the most to search; only when no move or shift helps. */
-    bool search_swaps = best_r < 0;
-    for (int i = 0; search_swaps && i < n_worst; i++) {
-        int r = s->on_worst[i];
-        double lr = s->load[r];
-        int ar = lr > 0;
-        /* Swap r with a replica q on another target. */
-        for (int k = 0; k < n_replicas; k++) {
-            int q = replicas[k], t = s->target[q];
-            if (t == worst || s->load[q] >= lr) continue;
-            if (*holds_at(s, s->expert[r], t) || *holds_at(s, s->expert[q], worst)) continue;
-            double lq = s->load[q];
-            int aq = lq > 0;
-            cost_key_t before = key_max(worst_key, s->now[t]);
-            cost_key_t after =
-                key_max(key_of(s, worst, s->tokens[worst] - lr + lq, s->active[worst] - ar + aq),
-                        key_of(s, t, s->tokens[t] + lr - lq, s->active[t] + ar - aq));
-            if (key_compare(after, before) < 0 &&
-                (best_r < 0 || key_compare(after, best_pair) < 0)) {
-                best_r = r;
-                best_other = q;
-                best_t = t;
-                best_pair = after;
-            }
-        }
-    }
-    if (best_r < 0) return false;
-    if (best_t < 0) {
-        int q = best_other, to = s->target[q];
-        unplace(s, best_r);
-        unplace(s, q);
-        s->load[best_r] -= best_shift;
-        s->load[q] += best_shift;
-        if (s->load[best_r] < 1e-9 * best_shift) s->load[best_r] = 0;
-        place(s, best_r, worst);
-        place(s, q, to);
-        return true;
-    }
-    unplace(s, best_r);
-    if (best_other >= 0) {
-        unplace(s, best_other);
-        place(s, best_other, worst);
-    }
-    place(s, best_r, best_t);
-    return true;
 }
 
 /* Greedy placement, then local search until nothing improves (or the round budget ends). */
@@ -337,7 +75,7 @@ static moira_status_t assign_domain(layer_state_t *s, const int *domain, int n_d
                                     int *replicas, int n_replicas) {
     MOIRA_RETURN_IF_ERROR(assign_greedy(s, domain, n_domain, replicas, n_replicas));
     int rounds = IMPROVE_ROUNDS_PER_TARGET * n_domain + n_replicas;
-    while (rounds-- > 0 && improve_once(s, domain, n_domain, replicas, n_replicas)) {
+    while (rounds-- > 0 && moira_planner_improve_once(s, domain, n_domain)) {
         if (rounds % 64 == 0) moira_plan_progress_note(&s->progress, s->layers_done, "searching");
     }
     return MOIRA_OK_STATUS;
@@ -356,18 +94,12 @@ typedef struct workspace {
     double *host_load;     /* per host: tokens of the groups packed there */
     double *group_load;    /* per expert group */
     int *group_order;      /* expert groups, heaviest first */
+    int *heap;             /* per expert: choose_counts' scratch */
+    int *target_start;     /* per target + 1: store_layer's counting sort */
+    int *by_target;        /* per replica: store_layer's counting sort */
     double *scratch;       /* cost model scratch */
     int max_replicas;
 } workspace_t;
-
-/* Empties every target before a new start. */
-static void reset_state(layer_state_t *s) {
-    memset(s->tokens, 0, (size_t)s->n_targets * sizeof(double));
-    memset(s->active, 0, (size_t)s->n_targets * sizeof(int));
-    memset(s->count, 0, (size_t)s->n_targets * sizeof(int));
-    memset(s->holds, 0, (size_t)s->experts * (size_t)s->n_targets);
-    s->n = 0;
-}
 
 /* Turns replica counts into replicas: expert e's load split evenly over its copies, which are
  * numbered consecutively so that first_copy finds them without a search. */
@@ -378,6 +110,7 @@ static void make_replicas(layer_state_t *s, const double *load, const int *count
             s->expert[s->n] = (int32_t)e;
             s->load[s->n] = load[e] / counts[e];
             s->target[s->n] = -1;
+            s->rank[s->n] = s->n;
             s->n++;
         }
     }
@@ -387,7 +120,7 @@ static void make_replicas(layer_state_t *s, const double *load, const int *count
 /* Flat: every target is one domain. */
 static moira_status_t plan_flat(workspace_t *w, const double *load, int64_t budget) {
     layer_state_t *s = &w->state;
-    reset_state(s);
+    moira_planner_reset(s);
     int n_domain = 0;
     int64_t slots = 0;
     for (int t = 0; t < s->n_targets; t++)
@@ -399,12 +132,20 @@ static moira_status_t plan_flat(workspace_t *w, const double *load, int64_t budg
         w->domain_of_expert[e] = 0;
     w->spare[0] = slots - s->experts;
     w->max_copies[0] = n_domain;
-    choose_counts(load, s->experts, w->domain_of_expert, w->spare, w->max_copies, budget,
-                  w->counts);
+    moira_planner_choose_counts(load, s->experts, w->domain_of_expert, w->spare, w->max_copies,
+                                budget, w->counts, w->heap);
     make_replicas(s, load, w->counts);
     for (int r = 0; r < s->n; r++)
         w->replicas[r] = r;
     return assign_domain(s, w->domain, n_domain, w->replicas, s->n);
+}
+
+/* Heaviest group first, lower group first on ties (the order a stable sort by load gives). */
+static int by_group_load_descending(const void *pa, const void *pb, void *context) {
+    const double *group_load = context;
+    int a = *(const int *)pa, b = *(const int *)pb;
+    if (group_load[a] != group_load[b]) return group_load[a] > group_load[b] ? -1 : 1;
+    return a - b;
 }
 
 /* Packs expert groups onto hosts, heaviest group first, each to the host it leaves least loaded
@@ -433,14 +174,7 @@ static bool pack_groups_on_hosts(workspace_t *w, const double *load) {
             w->group_load[g] += load[e];
         w->group_order[g] = (int)g;
     }
-    for (int64_t i = 1; i < groups; i++) /* insertion sort: heaviest first, stable */
-        for (int64_t j = i;
-             j > 0 && w->group_load[w->group_order[j]] > w->group_load[w->group_order[j - 1]];
-             j--) {
-            int tmp = w->group_order[j];
-            w->group_order[j] = w->group_order[j - 1];
-            w->group_order[j - 1] = tmp;
-        }
+    qsort_r(w->group_order, (size_t)groups, sizeof(int), by_group_load_descending, w->group_load);
     for (int64_t i = 0; i < groups; i++) {
         int g = w->group_order[i], best = -1;
         double weight = w->group_load[g];
@@ -466,9 +200,9 @@ static moira_status_t plan_hierarchical(workspace_t *w, const double *load, int6
     layer_state_t *s = &w->state;
     *out_feasible = pack_groups_on_hosts(w, load);
     if (!*out_feasible) return MOIRA_OK_STATUS;
-    reset_state(s);
-    choose_counts(load, s->experts, w->domain_of_expert, w->spare, w->max_copies, budget,
-                  w->counts);
+    moira_planner_reset(s);
+    moira_planner_choose_counts(load, s->experts, w->domain_of_expert, w->spare, w->max_copies,
+                                budget, w->counts, w->heap);
     make_replicas(s, load, w->counts);
     for (int h = 0; h < s->topology->n_hosts; h++) {
         int n_domain = 0, n_replicas = 0;
@@ -485,7 +219,7 @@ static moira_status_t plan_hierarchical(workspace_t *w, const double *load, int6
 static moira_status_t plan_in_order(workspace_t *w, const double *load, const int *order,
                                     int n_order, bool round_robin) {
     layer_state_t *s = &w->state;
-    reset_state(s);
+    moira_planner_reset(s);
     for (int64_t e = 0; e < s->experts; e++)
         w->counts[e] = 1;
     make_replicas(s, load, w->counts);
@@ -499,7 +233,7 @@ static moira_status_t plan_in_order(workspace_t *w, const double *load, const in
         if (tried == n_order)
             return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY,
                                      "the baseline's targets cannot hold every expert");
-        place(s, r, order[next]);
+        moira_planner_place(s, r, order[next]);
         if (round_robin) next = (next + 1) % n_order;
     }
     return MOIRA_OK_STATUS;
@@ -533,8 +267,9 @@ static moira_status_t plan_baseline(workspace_t *w, const double *load,
     return plan_in_order(w, load, w->domain, n, strategy == MOIRA_PLAN_ALL_CPU);
 }
 
-/* Copies the state's replicas into a plan layer, ordered by target (stable). */
-static moira_status_t store_layer(const layer_state_t *s, moira_plan_layer_t *layer) {
+/* Copies the state's replicas into a plan layer, ordered by target (stable: a counting sort). */
+static moira_status_t store_layer(workspace_t *w, moira_plan_layer_t *layer) {
+    const layer_state_t *s = &w->state;
     layer->replica_target = malloc((size_t)s->n * sizeof(int));
     layer->replica_expert = malloc((size_t)s->n * sizeof(int32_t));
     layer->replica_load = malloc((size_t)s->n * sizeof(double));
@@ -546,20 +281,28 @@ static moira_status_t store_layer(const layer_state_t *s, moira_plan_layer_t *la
     }
     for (int r = 0; r < s->n; r++)
         if (s->load[r] > 0) expert_state[s->expert[r]] = 1;
-    layer->n_replicas = 0;
+    int *start = w->target_start;
+    memset(start, 0, ((size_t)s->n_targets + 1) * sizeof(int));
+    for (int r = 0; r < s->n; r++)
+        if (s->target[r] >= 0) start[s->target[r] + 1]++;
     for (int t = 0; t < s->n_targets; t++)
-        for (int r = 0; r < s->n; r++) {
-            if (s->target[r] != t) continue;
-            int32_t e = s->expert[r];
-            /* The search may have moved every token off a redundant replica: then the replica
-             * only costs memory, so the plan leaves it out ("within the redundancy budget"). */
-            if (s->load[r] <= 0 && (expert_state[e] == 1 || expert_state[e] == 2)) continue;
-            expert_state[e] = 2;
-            int i = layer->n_replicas++;
-            layer->replica_target[i] = t;
-            layer->replica_expert[i] = e;
-            layer->replica_load[i] = s->load[r];
-        }
+        start[t + 1] += start[t];
+    int placed = start[s->n_targets];
+    for (int r = 0; r < s->n; r++)
+        if (s->target[r] >= 0) w->by_target[start[s->target[r]]++] = r;
+    layer->n_replicas = 0;
+    for (int i = 0; i < placed; i++) {
+        int r = w->by_target[i];
+        int32_t e = s->expert[r];
+        /* The search may have moved every token off a redundant replica: then the replica only
+         * costs memory, so the plan leaves it out ("within the redundancy budget"). */
+        if (s->load[r] <= 0 && (expert_state[e] == 1 || expert_state[e] == 2)) continue;
+        expert_state[e] = 2;
+        int k = layer->n_replicas++;
+        layer->replica_target[k] = s->target[r];
+        layer->replica_expert[k] = e;
+        layer->replica_load[k] = s->load[r];
+    }
     free(expert_state);
     return MOIRA_OK_STATUS;
 }
@@ -589,7 +332,7 @@ static moira_status_t keep_if_better(workspace_t *w, moira_plan_layer_t *layer,
     layer->replica_load = NULL;
     *kept = cost;
     *have_kept = true;
-    return store_layer(&w->state, layer);
+    return store_layer(w, layer);
 }
 
 /* Local search over every target, starting from a naive placement: a second opinion that makes
@@ -614,10 +357,8 @@ static moira_status_t improve_baseline(workspace_t *w, const double *load,
     int n_domain = 0;
     for (int t = 0; t < s->n_targets; t++)
         if (s->capacity[t] > 0) w->domain[n_domain++] = t;
-    for (int r = 0; r < s->n; r++)
-        w->replicas[r] = r;
     int rounds = IMPROVE_ROUNDS_PER_TARGET * n_domain + s->n;
-    while (rounds-- > 0 && improve_once(s, w->domain, n_domain, w->replicas, s->n)) {
+    while (rounds-- > 0 && moira_planner_improve_once(s, w->domain, n_domain)) {
         if (rounds % 64 == 0)
             moira_plan_progress_note(&s->progress, s->layers_done, "improving a baseline");
     }
@@ -632,7 +373,7 @@ static moira_status_t plan_layer(workspace_t *w, const double *load, const moira
     layer_state_t *s = &w->state;
     if (o->strategy != MOIRA_PLAN_BALANCED) {
         MOIRA_RETURN_IF_ERROR(plan_baseline(w, load, o->strategy));
-        return store_layer(s, layer);
+        return store_layer(w, layer);
     }
     moira_layer_cost_t kept;
     memset(&kept, 0, sizeof(kept));
@@ -666,6 +407,10 @@ static void free_workspace(workspace_t *w) {
     free(s->target);
     free(s->expert);
     free(s->load);
+    free(s->rank);
+    free(s->candidates);
+    free(s->cross);
+    free(s->threshold);
     free((void *)s->capacity);
     free((void *)s->peak);
     free(w->counts);
@@ -679,6 +424,13 @@ static void free_workspace(workspace_t *w) {
     free(w->host_load);
     free(w->group_load);
     free(w->group_order);
+    free(w->heap);
+    free(w->target_start);
+    free(w->by_target);
+    free(s->shared_head);
+    free(s->shared_next);
+    free(s->shared_prev);
+    moira_replica_order_free(&s->order);
 }
 
 /* Allocates the per-layer workspace once and works out each target's replicas per layer from
@@ -708,6 +460,10 @@ static moira_status_t init_workspace(workspace_t *w, const moira_topology_t *top
     s->target = calloc((size_t)max_replicas, sizeof(int));
     s->expert = calloc((size_t)max_replicas, sizeof(int32_t));
     s->load = calloc((size_t)max_replicas, sizeof(double));
+    s->rank = calloc((size_t)max_replicas, sizeof(int));
+    s->candidates = calloc(6 * nt, sizeof(planner_change_t));
+    s->cross = calloc(nt, sizeof(double));
+    s->threshold = calloc(2 * nt, sizeof(double));
     w->counts = calloc(ne, sizeof(int));
     w->domain_of_expert = calloc(ne, sizeof(int));
     w->spare = calloc((size_t)topology->n_hosts + 1, sizeof(int64_t));
@@ -719,12 +475,26 @@ static moira_status_t init_workspace(workspace_t *w, const moira_topology_t *top
     w->host_load = calloc((size_t)topology->n_hosts + 1, sizeof(double));
     w->group_load = calloc(ne, sizeof(double));
     w->group_order = calloc(ne, sizeof(int));
+    w->heap = calloc(ne, sizeof(int));
+    w->target_start = calloc(nt + 1, sizeof(int));
+    w->by_target = calloc((size_t)max_replicas, sizeof(int));
+    s->shared_head = calloc(nt, sizeof(int));
+    s->shared_next = calloc((size_t)max_replicas, sizeof(int));
+    s->shared_prev = calloc((size_t)max_replicas, sizeof(int));
     if (!capacity || !peak || !s->tokens || !s->active || !s->count || !s->holds || !s->now ||
-        !s->on_worst || !s->first_copy || !s->target || !s->expert || !s->load || !w->counts ||
-        !w->domain_of_expert || !w->spare || !w->max_copies || !w->domain || !w->replicas ||
-        !w->scratch || !w->host_rate || !w->host_load || !w->group_load || !w->group_order) {
+        !s->on_worst || !s->first_copy || !s->target || !s->expert || !s->load || !s->rank ||
+        !s->candidates || !s->cross || !s->threshold || !w->counts || !w->domain_of_expert ||
+        !w->spare || !w->max_copies || !w->domain || !w->replicas || !w->scratch || !w->host_rate ||
+        !w->host_load || !w->group_load || !w->group_order || !w->heap || !w->target_start ||
+        !w->by_target || !s->shared_head || !s->shared_next || !s->shared_prev) {
         free_workspace(w);
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "planner: out of memory");
+    }
+    moira_status_t status =
+        moira_replica_order_init(&s->order, (int)max_replicas, n, s->load, s->rank);
+    if (status) {
+        free_workspace(w);
+        return status;
     }
     for (int t = 0; t < n; t++) {
         const moira_target_t *target = &topology->targets[t];

@@ -161,10 +161,20 @@ static uint64_t splitmix64(uint64_t *state) {
     return z ^ (z >> 31);
 }
 
+/* Largest remainder first, lower expert first on ties. */
+static int by_remainder_descending(const void *pa, const void *pb, void *context) {
+    const double *remainder = context;
+    int64_t a = *(const int64_t *)pa, b = *(const int64_t *)pb;
+    if (remainder[a] != remainder[b]) return remainder[a] > remainder[b] ? -1 : 1;
+    return a < b ? -1 : a > b;
+}
+
 /* Whole-token counts from real-valued shares: floor each, then hand the remaining tokens to the
- * largest remainders (lower expert first on ties), so the total is exact. */
+ * largest remainders (lower expert first on ties), so the total is exact. The remainders are
+ * sorted once rather than searched once per token, which made large models quadratic.
+ * `order` is scratch for `experts` indices. */
 static void round_to_tokens(const double *share, int64_t experts, int64_t total, double *out,
-                            double *remainder) {
+                            double *remainder, int64_t *order) {
     double sum = 0;
     for (int64_t e = 0; e < experts; e++)
         sum += share[e];
@@ -175,13 +185,14 @@ static void round_to_tokens(const double *share, int64_t experts, int64_t total,
         remainder[e] = exact - out[e];
         given += (int64_t)out[e];
     }
-    for (; given < total; given++) {
-        int64_t best = 0;
-        for (int64_t e = 1; e < experts; e++)
-            if (remainder[e] > remainder[best]) best = e;
-        out[best] += 1;
-        remainder[best] = -1;
-    }
+    for (int64_t e = 0; e < experts; e++)
+        order[e] = e;
+    qsort_r(order, (size_t)experts, sizeof(int64_t), by_remainder_descending, remainder);
+    for (int64_t i = 0; given < total && i < experts; given++, i++)
+        out[order[i]] += 1;
+    /* Each remainder is below 1, so this is only reached through rounding: expert 0 takes the
+     * rest, as the search it replaces gave it once every remainder was used. */
+    if (given < total && experts > 0) out[0] += (double)(total - given);
 }
 
 moira_status_t moira_profile_synthesise(const moira_model_config_t *model, const char *skew,
@@ -227,7 +238,7 @@ moira_status_t moira_profile_synthesise(const moira_model_config_t *model, const
         for (int64_t e = 0; e < experts; e++)
             share[e] = pow((double)(rank_of[e] + 1), -exponent);
         round_to_tokens(share, experts, tokens * model->num_experts_per_tok,
-                        out->load + (size_t)r * experts, scratch);
+                        out->load + (size_t)r * experts, scratch, rank_of);
     }
     free(share);
     free(scratch);

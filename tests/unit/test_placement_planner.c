@@ -1,7 +1,10 @@
 /* The planner and its cost model: hand-computed costs, EPLB's published example (Moira must be at
  * least as balanced as EPLB's hierarchical policy), heterogeneous machines where it must clearly
  * beat the two naive placements, hard memory and slot caps, groups kept on one host when the
- * network is slow, and determinism. */
+ * network is slow, and determinism. Also the pieces that keep planning near n log n: the load
+ * order the local search descends (against a sorted array), the search's end (no move or swap
+ * of the busiest target's replicas that a scan of every pair finds improving is left), and the
+ * rounding of a large synthetic profile. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +12,7 @@
 
 #include "placement/eplb_peer.h"
 #include "placement/plan.h"
+#include "placement/replica_order.h"
 #include "tests/unit/testing.h"
 
 #define CONFIGS MOIRA_TEST_DATA_DIR "/../../configs/"
@@ -325,6 +329,267 @@ static void test_groups_and_determinism(void) {
     moira_topology_free(&t);
 }
 
+/* The reference for the load order: replicas sorted by (load, rank) by insertion. */
+static int reference_sorted(const double *load, const int *rank, const bool *in, int n, int *out) {
+    int m = 0;
+    for (int r = 0; r < n; r++) {
+        if (!in[r]) continue;
+        int i = m++;
+        while (i > 0 && (load[out[i - 1]] > load[r] ||
+                         (load[out[i - 1]] == load[r] && rank[out[i - 1]] > rank[r]))) {
+            out[i] = out[i - 1];
+            i--;
+        }
+        out[i] = r;
+    }
+    return m;
+}
+
+static bool load_at_least(int r, const void *context) {
+    const double *args = context; /* {threshold, load...} */
+    return args[1 + r] >= args[0];
+}
+
+/* Random inserts and removals over two targets, with loads from a small set (many ties), checked
+ * after each against a sorted array: the listing, first and last, next and prev of every
+ * replica, splits at every load and between loads (inclusive and not), and first_where. */
+static void test_replica_order(void) {
+    enum { N = 200, T = 2 };
+    double load[N], args[1 + N];
+    int rank[N], target[N], expect[N], got[N];
+    bool in[T][N];
+    memset(in, 0, sizeof(in));
+    uint64_t state = 12345;
+    for (int r = 0; r < N; r++) {
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        load[r] = (double)((state >> 33) % 7);
+        rank[r] = (r * 37) % N; /* a permutation: 37 and 200 are coprime */
+        target[r] = -1;
+    }
+    moira_replica_order_t o;
+    CHECK_OK(moira_replica_order_init(&o, N, T, load, rank));
+    for (int step = 0; step < 3 * N; step++) {
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        int r = (int)((state >> 33) % N), t = (int)((state >> 20) % T);
+        if (target[r] >= 0) {
+            moira_replica_order_remove(&o, target[r], r);
+            in[target[r]][r] = false;
+            target[r] = -1;
+        } else {
+            moira_replica_order_insert(&o, t, r);
+            in[t][r] = true;
+            target[r] = t;
+        }
+        for (int u = 0; u < T; u++) {
+            int m = reference_sorted(load, rank, in[u], N, expect);
+            CHECK(moira_replica_order_list(&o, u, got) == m &&
+                  !memcmp(got, expect, m * sizeof(int)));
+            CHECK(moira_replica_order_first(&o, u) == (m ? expect[0] : -1));
+            CHECK(moira_replica_order_last(&o, u) == (m ? expect[m - 1] : -1));
+            for (int i = 0; i < m; i++) {
+                CHECK(moira_replica_order_next(&o, u, expect[i]) ==
+                      (i + 1 < m ? expect[i + 1] : -1));
+                CHECK(moira_replica_order_prev(&o, u, expect[i]) == (i > 0 ? expect[i - 1] : -1));
+            }
+            for (double v = -0.5; v <= 7; v += 0.5) {
+                for (int inclusive = 0; inclusive < 2; inclusive++) {
+                    int i = 0; /* the reference: the first replica past the split */
+                    while (i < m && (load[expect[i]] < v || (inclusive && load[expect[i]] == v)))
+                        i++;
+                    int low, high;
+                    moira_replica_order_split(&o, u, v, inclusive, &low, &high);
+                    CHECK(low == (i > 0 ? expect[i - 1] : -1) && high == (i < m ? expect[i] : -1));
+                }
+                int i = 0;
+                while (i < m && load[expect[i]] < v)
+                    i++;
+                args[0] = v;
+                memcpy(args + 1, load, sizeof(load));
+                CHECK(moira_replica_order_first_where(&o, u, load_at_least, args) ==
+                      (i < m ? expect[i] : -1));
+            }
+        }
+    }
+    moira_replica_order_free(&o);
+}
+
+/* The search's comparison, restated: time, then tokens per TFLOP/s, within 1e-9 relative. */
+static int key_compare_by_hand(const double a[2], const double b[2]) {
+    for (int i = 0; i < 2; i++) {
+        double tol = 1e-9 * fmax(fabs(a[i]), fabs(b[i]));
+        if (a[i] < b[i] - tol) return -1;
+        if (a[i] > b[i] + tol) return 1;
+    }
+    return 0;
+}
+
+static void key_by_hand(const moira_cost_model_t *cost, const moira_target_t *target, double tokens,
+                        int active, double out[2]) {
+    out[0] = moira_cost_target_us(cost, target, tokens, active);
+    out[1] = tokens / moira_target_peak_tflops(target, cost->weight_dtype);
+}
+
+/* The larger of the two targets' keys after w gives up `out_tokens` and `out_active` to t. */
+static void pair_after(const moira_cost_model_t *cost, const moira_topology_t *topo, int w, int t,
+                       const double *tokens, const int *active, double moved, int moved_active,
+                       double out[2]) {
+    double a[2], b[2];
+    key_by_hand(cost, &topo->targets[w], tokens[w] - moved, active[w] - moved_active, a);
+    key_by_hand(cost, &topo->targets[t], tokens[t] + moved, active[t] + moved_active, b);
+    memcpy(out, key_compare_by_hand(a, b) >= 0 ? a : b, sizeof(a));
+}
+
+/* With one replica per expert the local search ends only when no replica of the busiest target
+ * can move to a target with a free slot, or swap with a lighter replica elsewhere, so that the
+ * larger key of the two targets falls. A scan of every such pair checks it on each layer. */
+static void check_no_improving_pair(const char *topo_text, int64_t experts, const char *skew) {
+    moira_topology_t t;
+    CHECK_OK(moira_topology_parse(topo_text, strlen(topo_text), "topology.yaml", NULL, &t));
+    char model_text[1024];
+    snprintf(model_text, sizeof(model_text),
+             "hidden_size: 7168\nmoe_intermediate_size: 2048\nnum_hidden_layers: 2\n"
+             "first_k_dense_replace: 0\nnum_attention_heads: 128\nkv_lora_rank: 512\n"
+             "qk_nope_head_dim: 128\nqk_rope_head_dim: 64\nv_head_dim: 128\n"
+             "n_routed_experts: %lld\nnum_experts_per_tok: 4\nweight_dtype: fp8_e4m3\n",
+             (long long)experts);
+    moira_model_config_t m = parse_model(model_text);
+    moira_profile_t p;
+    CHECK_OK(moira_profile_synthesise(&m, skew, 4096, &p));
+    moira_plan_t plan;
+    CHECK_OK(plan_with(&t, &m, &p, 0, 0, MOIRA_PLAN_BALANCED, &plan));
+    moira_cost_model_t cost;
+    moira_cost_model_init(&m, &cost);
+    int n = t.n_targets, moves = 0, swaps = 0, full = 0;
+    double *tokens = calloc(n, sizeof(double));
+    int *active = calloc(n, sizeof(int)), *count = calloc(n, sizeof(int));
+    int64_t *capacity = calloc(n, sizeof(int64_t));
+    for (int i = 0; i < n; i++) {
+        bool usable = moira_target_peak_tflops(&t.targets[i], cost.weight_dtype) > 0 &&
+                      t.targets[i].bandwidth_gbs > 0;
+        capacity[i] =
+            usable ? moira_plan_target_capacity(&t.targets[i], 2, (int64_t)cost.expert_bytes, 0)
+                   : 0;
+    }
+    for (int l = 0; l < plan.n_layers; l++) {
+        const moira_plan_layer_t *layer = &plan.layers[l];
+        CHECK(layer->n_replicas == experts);
+        memset(tokens, 0, n * sizeof(double));
+        memset(active, 0, n * sizeof(int));
+        memset(count, 0, n * sizeof(int));
+        for (int r = 0; r < layer->n_replicas; r++) {
+            int i = layer->replica_target[r];
+            tokens[i] += layer->replica_load[r];
+            active[i] += layer->replica_load[r] > 0;
+            count[i]++;
+        }
+        int w = -1;
+        double worst[2] = {0, 0};
+        for (int i = 0; i < n; i++) {
+            if (capacity[i] <= 0) continue;
+            double k[2];
+            key_by_hand(&cost, &t.targets[i], tokens[i], active[i], k);
+            if (w < 0 || key_compare_by_hand(k, worst) > 0) {
+                w = i;
+                memcpy(worst, k, sizeof(k));
+            }
+            full += count[i] == capacity[i];
+        }
+        for (int r = 0; r < layer->n_replicas; r++) {
+            double lr = layer->replica_load[r];
+            if (layer->replica_target[r] != w || lr <= 0) continue;
+            for (int q = -1; q < layer->n_replicas; q++) {
+                int to = q < 0 ? -1 : layer->replica_target[q];
+                double lq = q < 0 ? 0 : layer->replica_load[q];
+                if (to == w || lq >= lr) continue;
+                for (int i = q < 0 ? 0 : to; i < (q < 0 ? n : to + 1); i++) {
+                    if (i == w || capacity[i] <= 0 || (q < 0 && count[i] >= capacity[i])) continue;
+                    double now[2], before[2], after[2];
+                    key_by_hand(&cost, &t.targets[i], tokens[i], active[i], now);
+                    memcpy(before, key_compare_by_hand(worst, now) >= 0 ? worst : now, sizeof(now));
+                    pair_after(&cost, &t, w, i, tokens, active, lr - lq, 1 - (lq > 0), after);
+                    bool improves = key_compare_by_hand(after, before) < 0;
+                    moves += improves && q < 0;
+                    swaps += improves && q >= 0;
+                }
+            }
+        }
+    }
+    printf("  %s, %lld experts, %s: %d full targets; improving moves left %d, swaps left %d\n",
+           t.name, (long long)experts, skew, full, moves, swaps);
+    CHECK_MSG(moves == 0 && swaps == 0,
+              "the search stopped with %d moves and %d swaps that improve", moves, swaps);
+    free(tokens);
+    free(active);
+    free(count);
+    free(capacity);
+    moira_plan_free(&plan);
+    moira_profile_free(&p);
+    moira_topology_free(&t);
+}
+
+/* On the shipped 8-GPU node, which has room to spare (moves do the work), and on a node whose
+ * three small GPUs hold 146 of the experts each, so that the search must swap. */
+static void test_search_ends_at_local_optimum(void) {
+    char path[512];
+    snprintf(path, sizeof(path), "%s", CONFIGS "topologies/mi300x-8.yaml");
+    FILE *f = fopen(path, "rb");
+    CHECK(f != NULL);
+    if (!f) return;
+    char text[16384];
+    size_t len = fread(text, 1, sizeof(text) - 1, f);
+    text[len] = 0;
+    fclose(f);
+    check_no_improving_pair(text, 1024, "zipf:1");
+    const char *small =
+        "name: small-gpus\nhosts:\n  - name: h\n    numa_nodes:\n"
+        "      - {id: 0, memory_gib: 768, bandwidth_gbs: 460.8, cores: 96, peak_tflops: {f32: 7.4, "
+        "bf16: 14.7}}\n      - {id: 1, memory_gib: 768, bandwidth_gbs: 460.8, cores: 96, "
+        "peak_tflops: {f32: 7.4, bf16: 14.7}}\n    devices:\n"
+        "      - {name: g0, kind: gpu, backend: opencl, memory_gib: 12, bandwidth_gbs: 5300, "
+        "peak_tflops: {fp8: 2614.9}, numa: 0, link_gbs: 64}\n"
+        "      - {name: g1, kind: gpu, backend: opencl, memory_gib: 12, bandwidth_gbs: 3000, "
+        "peak_tflops: {fp8: 1300}, numa: 0, link_gbs: 32}\n"
+        "      - {name: g2, kind: gpu, backend: opencl, memory_gib: 12, bandwidth_gbs: 5300, "
+        "peak_tflops: {fp8: 2614.9}, numa: 1, link_gbs: 64}\n";
+    check_no_improving_pair(small, 1024, "zipf:1");
+    check_no_improving_pair(small, 1024, "zipf:0.6");
+}
+
+/* A synthetic Zipf profile of 65536 experts (its rounding used to take a search over every
+ * expert per token left over): whole tokens summing to T x k, and sorted, within one token of
+ * the sorted exact shares T x k / r^S / sum(1 / i^S). */
+static void test_large_profile(void) {
+    moira_model_config_t m = parse_model(
+        "hidden_size: 64\nmoe_intermediate_size: 32\nnum_hidden_layers: 1\n"
+        "num_attention_heads: 1\nkv_lora_rank: 8\nqk_nope_head_dim: 8\nqk_rope_head_dim: 8\n"
+        "v_head_dim: 8\nn_routed_experts: 65536\nnum_experts_per_tok: 4\nweight_dtype: bf16\n");
+    moira_profile_t p;
+    CHECK_OK(moira_profile_synthesise(&m, "zipf:1", 4096, &p));
+    const double *load = moira_profile_layer_load(&p, 0);
+    enum { E = 65536 };
+    double *sorted = malloc(E * sizeof(double)), sum = 0, harmonic = 0;
+    bool whole = true;
+    for (int e = 0; e < E; e++) {
+        sorted[e] = load[e];
+        sum += load[e];
+        whole = whole && load[e] == floor(load[e]);
+        harmonic += 1.0 / (e + 1);
+    }
+    CHECK(whole && sum == 4096.0 * 4);
+    /* Counting sort, heaviest first: loads are whole numbers of at most T x k tokens. */
+    int *histogram = calloc(4096 * 4 + 1, sizeof(int));
+    for (int e = 0; e < E; e++)
+        histogram[(int)sorted[e]]++;
+    int i = 0, far = 0;
+    for (int v = 4096 * 4; v >= 0; v--)
+        for (int c = 0; c < histogram[v]; c++, i++)
+            far += fabs(v - 4096.0 * 4 / (i + 1) / harmonic) >= 1 + 1e-9;
+    CHECK_MSG(far == 0, "%d experts more than a token from their Zipf share", far);
+    free(histogram);
+    free(sorted);
+    moira_profile_free(&p);
+}
+
 int main(void) {
     test_cost_model();
     test_network_by_hand();
@@ -333,5 +598,8 @@ int main(void) {
     test_all_cpu_by_hand();
     test_caps();
     test_groups_and_determinism();
+    test_replica_order();
+    test_search_ends_at_local_optimum();
+    test_large_profile();
     return moira_test_finish("test_placement_planner");
 }
