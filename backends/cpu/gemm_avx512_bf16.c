@@ -16,17 +16,28 @@ static inline __m512bh pair_broadcast(const uint16_t *row, int64_t p) {
     return (__m512bh)_mm512_set1_epi32((int)word);
 }
 
+/* Tiles of at most this many accumulators sum the low parts in accumulators of their own. */
+#define LOW_ACC_MAX 12
+
 /* Every weight pair meets the activation's high part and, when `split`, its low part too: two
  * vdpbf16ps per 32 weights, f32-accurate; without the low part it is bf16 math (activations
  * rounded to bf16, chosen with MOIRA_CPU_BF16_MATH=bf16, see gemm.h), one vdpbf16ps per 32
- * weights. `split` is a constant in each instance, so the unused branch disappears. */
+ * weights. `split` is a constant in each instance, so the unused branch disappears.
+ *
+ * A small tile (decode: one row, four panels) would chain both vdpbf16ps of a step on the same
+ * accumulator, so each step waits twice the instruction's latency and the core issues its panel
+ * loads no faster than that chain: it then streams below the memory's rate. Such tiles keep the
+ * low parts' sums in accumulators of their own (registers are free there), added at the end. */
 static inline __attribute__((always_inline)) void
 pair_tile(const moira_cpu_tile_t *tile, const int rows, const int streams, const bool split) {
+    const bool low_acc = split && rows * streams <= LOW_ACC_MAX;
     __m512 acc[MOIRA_CPU_TILE_ROWS][MOIRA_CPU_TILE_STREAMS];
+    __m512 acc_lo[MOIRA_CPU_TILE_ROWS][MOIRA_CPU_TILE_STREAMS];
     const uint16_t *const *hi = (const uint16_t *const *)tile->x;
     const uint16_t *const *lo = (const uint16_t *const *)tile->x_lo;
     const uint16_t *const *w = (const uint16_t *const *)tile->panels;
     moira_avx512_tile_zero(acc, rows, streams);
+    moira_avx512_tile_zero(acc_lo, low_acc ? rows : 0, streams);
     for (int64_t p = 0; p < tile->depth; p++) {
         __m512bh wv[MOIRA_CPU_TILE_STREAMS];
 #pragma GCC unroll 8
@@ -41,11 +52,20 @@ pair_tile(const moira_cpu_tile_t *tile, const int rows, const int streams, const
             if (split) {
                 __m512bh xl = pair_broadcast(lo[r], p);
 #pragma GCC unroll 8
-                for (int s = 0; s < streams; s++)
-                    acc[r][s] = _mm512_dpbf16_ps(acc[r][s], xl, wv[s]);
+                for (int s = 0; s < streams; s++) {
+                    if (low_acc)
+                        acc_lo[r][s] = _mm512_dpbf16_ps(acc_lo[r][s], xl, wv[s]);
+                    else
+                        acc[r][s] = _mm512_dpbf16_ps(acc[r][s], xl, wv[s]);
+                }
             }
         }
     }
+    /* No unroll pragma: the trip count is 0 where there are no low accumulators, and GCC warns
+     * that it ignores the annotation there; at -O2 the constant counts are unrolled anyway. */
+    for (int r = 0; r < (low_acc ? rows : 0); r++)
+        for (int s = 0; s < streams; s++)
+            acc[r][s] = _mm512_add_ps(acc[r][s], acc_lo[r][s]);
     moira_avx512_tile_store(tile, acc, rows, streams);
 }
 

@@ -12,12 +12,18 @@
 
 #include "backends/cpu/kernels_common.h"
 
+#include <stdatomic.h>
 #include <string.h>
 
 /* Gate/up pairs per stage-1 item and down panels per stage-2 item: a few hundred KB of weights,
  * several tiles wide, and enough items that two threads balance even for one decode token. */
 #define PAIRS_PER_ITEM 8
 #define PANELS_PER_ITEM 16
+/* Up to this many tokens a launch is a decode step: its items are one tile each (two gate/up
+ * pairs, four down panels), claimed one at a time, so both threads stream the same expert's
+ * panels at once and the last item leaves the other thread idle for one tile (about 10 us at
+ * DeepSeek-V2-Lite's shape), not for a pool chunk of an eighth of the stage. */
+#define DECODE_TOKENS 8
 
 typedef struct item {
     int32_t expert, first, last; /* panels (stage 2) or gate/up pairs (stage 1) */
@@ -39,6 +45,8 @@ typedef struct ctx {
     rows_t h_rows;    /* what stage 2 reads: h itself or its split */
     int64_t h_stride; /* w1 panels * 16: whole panels, the padding columns computed as 0 */
     const item_t *items;
+    int64_t n_items;
+    atomic_llong next; /* the next unclaimed item of the stage */
 } ctx_t;
 
 /* Points tile row r at activation row `index`, in whichever form the tile reads. */
@@ -58,11 +66,11 @@ static moira_cpu_tile_fn tile_fn(const ctx_t *ctx, const moira_cpu_packed_t *pac
 
 /* Stage 1: pairs [first, last) of one expert, two pairs (four panels) per tile. */
 static void gate_up_items(void *raw, int64_t begin, int64_t end, int thread) {
-    const ctx_t *ctx = raw;
+    ctx_t *ctx = raw;
     const moira_cpu_grouped_ffn_t *job = ctx->job;
     moira_cpu_tile_fn run = tile_fn(ctx, job->w1);
-    (void)thread;
-    for (int64_t i = begin; i < end; i++) {
+    (void)begin, (void)end, (void)thread;
+    for (int64_t i; (i = atomic_fetch_add(&ctx->next, 1)) < ctx->n_items;) {
         const item_t *item = &ctx->items[i];
         int32_t row_begin = job->offsets[item->expert], row_end = job->offsets[item->expert + 1];
         for (int32_t pair = item->first; pair < item->last; pair += 2) {
@@ -90,11 +98,11 @@ static void gate_up_items(void *raw, int64_t begin, int64_t end, int thread) {
 
 /* Stage 2: down panels [first, last) of one expert, four per tile, straight into ys. */
 static void down_items(void *raw, int64_t begin, int64_t end, int thread) {
-    const ctx_t *ctx = raw;
+    ctx_t *ctx = raw;
     const moira_cpu_grouped_ffn_t *job = ctx->job;
     moira_cpu_tile_fn run = tile_fn(ctx, job->w2);
-    (void)thread;
-    for (int64_t i = begin; i < end; i++) {
+    (void)begin, (void)end, (void)thread;
+    for (int64_t i; (i = atomic_fetch_add(&ctx->next, 1)) < ctx->n_items;) {
         const item_t *item = &ctx->items[i];
         int32_t row_begin = job->offsets[item->expert], row_end = job->offsets[item->expert + 1];
         for (int32_t panel = item->first; panel < item->last; panel += MOIRA_CPU_TILE_STREAMS) {
@@ -182,8 +190,11 @@ moira_status_t moira_cpu_grouped_ffn_run(moira_threadpool_t *pool,
     int64_t x_stride = bf16 ? (job->hidden + 1) / 2 * 2 : job->hidden;
     bool copy_x = bf16 && !ctx.split && x_stride != job->hidden;
     int64_t pair_count = job->w1->panels, panel_count = job->w2->panels;
-    int64_t per_expert1 = (pair_count + PAIRS_PER_ITEM - 1) / PAIRS_PER_ITEM;
-    int64_t per_expert2 = (panel_count + PANELS_PER_ITEM - 1) / PANELS_PER_ITEM;
+    bool decode = job->tokens <= DECODE_TOKENS;
+    int64_t pairs_per_item = decode ? 2 : PAIRS_PER_ITEM;
+    int64_t panels_per_item = decode ? MOIRA_CPU_TILE_STREAMS : PANELS_PER_ITEM;
+    int64_t per_expert1 = (pair_count + pairs_per_item - 1) / pairs_per_item;
+    int64_t per_expert2 = (panel_count + panels_per_item - 1) / panels_per_item;
     size_t x_bytes = ctx.split ? 2 * MOIRA_CPU_ALIGN((size_t)(job->tokens * x_stride) * 2)
                      : copy_x  ? floats_bytes(job->tokens * x_stride)
                                : 0;
@@ -225,13 +236,17 @@ moira_status_t moira_cpu_grouped_ffn_run(moira_threadpool_t *pool,
     item_t *items = (item_t *)cursor;
     ctx.items = items;
 
-    int64_t n_items = make_items(job, pair_count, PAIRS_PER_ITEM, items);
-    moira_threadpool_parallel_for(pool, n_items, 1, gate_up_items, &ctx);
+    /* One loop iteration per pool thread, each claiming items until none are left. */
+    int64_t workers = moira_threadpool_size(pool);
+    ctx.n_items = make_items(job, pair_count, pairs_per_item, items);
+    atomic_init(&ctx.next, 0);
+    moira_threadpool_parallel_for(pool, workers, 1, gate_up_items, &ctx);
     if (ctx.split)
         split_matrix(pool, job->kernels, ctx.h, n_rows, ctx.h_stride, ctx.h_stride,
                      (uint16_t *)ctx.h_rows.hi, (uint16_t *)ctx.h_rows.lo, ctx.h_stride);
-    n_items = make_items(job, panel_count, PANELS_PER_ITEM, items);
-    moira_threadpool_parallel_for(pool, n_items, 1, down_items, &ctx);
+    ctx.n_items = make_items(job, panel_count, panels_per_item, items);
+    atomic_store(&ctx.next, 0);
+    moira_threadpool_parallel_for(pool, workers, 1, down_items, &ctx);
     moira_cpu_temp_free(scratch);
     return MOIRA_OK_STATUS;
 }
