@@ -72,4 +72,20 @@ moira_status_t moira_ref_layer(const moira_model_config_t *config, int64_t layer
                                const moira_layer_weights_t *weights, const moira_tensor_t *x,
                                const moira_tensor_t *positions, moira_tensor_t *out, bool absorbed);
 
+/* Marks in tie[T] the tokens whose routing in this MoE layer is a near tie in the reference:
+ * DESIGN.md §4's top-k rule (the k-th and next selection scores, or the kept and next group's,
+ * closer than `window` relative) on the router input the reference computes itself from x. A
+ * device that computes attention in a narrower type may route such a token to the other expert,
+ * a legitimate result that changes the token's output wholesale. All false for a dense layer.
+ * x f32 [T, D], positions I32 [T] (as moira_ref_layer takes them). */
+moira_status_t moira_ref_layer_near_ties(const moira_model_config_t *config,
+                                         const moira_layer_weights_t *weights,
+                                         const moira_tensor_t *x, const moira_tensor_t *positions,
+                                         float window, bool *tie);
+
+/* The NMSE of got against ref ([rows, cols] f32) without the rows that are near ties and over
+ * `limit` on their own; *out_excluded counts those rows. */
+double moira_nmse_without_ties(const float *got, const float *ref, int64_t rows, int64_t cols,
+                               const bool *tie, double limit, int *out_excluded);
+
 #endif

@@ -109,23 +109,28 @@ static int parse_run_args(int argc, char **argv, run_args_t *a) {
     return 0;
 }
 
-/* Every layer against the reference on its own input, held to the least precise device's limit
- * (the home device and every device holding experts); every device's own check must pass too.
- * The end-to-end NMSE is reported beside it. */
-static void judge(const run_model_t *m, const run_placement_t *p, const moira_exec_stats_t *stats,
-                  run_result_t *r) {
+/* The limit every layer is held to: the least precise device's (the home device and every
+ * device holding experts). */
+static void pick_limit(const run_placement_t *p, const moira_exec_stats_t *stats, run_result_t *r) {
     const moira_device_info_t *home = moira_device_info(p->home);
     r->limit = moira_precision_nmse_limit(home->compute_precision);
     r->limit_device = home->name;
-    bool devices_agreed = true;
     for (int i = 0; i < stats->n_targets; i++) {
-        const moira_exec_target_stats_t *t = &stats->targets[i];
-        const moira_device_info_t *info = moira_device_info(t->device);
+        const moira_device_info_t *info = moira_device_info(stats->targets[i].device);
         double limit = moira_precision_nmse_limit(info->compute_precision);
         if (limit > r->limit) {
             r->limit = limit;
             r->limit_device = info->name;
         }
+    }
+}
+
+/* Every layer against the reference on its own input, held to that limit; every device's own
+ * check must pass too. The end-to-end NMSE is reported beside it. */
+static void judge(const run_model_t *m, const moira_exec_stats_t *stats, run_result_t *r) {
+    bool devices_agreed = true;
+    for (int i = 0; i < stats->n_targets; i++) {
+        const moira_exec_target_stats_t *t = &stats->targets[i];
         if (t->checked && !(t->check_nmse <= t->check_limit)) devices_agreed = false;
     }
     r->nmse = run_model_nmse(&m->out, &m->reference);
@@ -214,11 +219,13 @@ static moira_status_t run_model(const run_args_t *a, int *out_exit) {
     result.load_s = moira_now_seconds() - start;
     if (!status) status = run_forwards(a, &m, ex);
     if (!status) status = run_model_reference(&m);
-    if (!status) status = run_model_layer_check(&m, &result.layer_nmse, &result.worst_layer);
     if (!status) {
         result.stats = moira_executor_stats(ex);
-        judge(&m, &p, result.stats, &result);
+        pick_limit(&p, result.stats, &result);
+        status = run_model_layer_check(&m, result.limit, &result.layer_nmse, &result.worst_layer,
+                                       &result.near_ties);
     }
+    if (!status) judge(&m, result.stats, &result);
     /* A run that disagreed with the reference exits 1 and writes nothing: its output is wrong,
      * and a profile beside no output would break "both or neither". */
     if (!status && result.agreed) status = write_outputs(a, &m, ex);

@@ -73,9 +73,12 @@ double run_model_nmse(const moira_tensor_t *got, const moira_tensor_t *want);
 /* Every layer against the fp64 reference on the input the run gave it (layer_inputs): the
  * worst NMSE and its layer. Unlike the end-to-end comparison, a layer's error is not compounded
  * by the layers before it, nor by a near tie in a later router that rounding tipped the other
- * way (which DESIGN.md §4 allows). */
-moira_status_t run_model_layer_check(const run_model_t *model, double *out_worst_nmse,
-                                     int64_t *out_worst_layer);
+ * way (which DESIGN.md §4 allows). A layer over `limit` is measured again without the tokens
+ * whose reference routing is a near tie within the limit's precision and that went wrong on their
+ * own (such a token went to the other expert, as check allows too); *out_near_ties counts the
+ * tokens so set aside in all layers. */
+moira_status_t run_model_layer_check(const run_model_t *model, double limit, double *out_worst_nmse,
+                                     int64_t *out_worst_layer, int *out_near_ties);
 
 void run_model_release(run_model_t *model);
 
@@ -97,8 +100,9 @@ typedef struct run_result {
     const char *limit_device; /* the device whose precision set it */
     double layer_nmse;        /* the worst layer against the reference on its own input */
     int64_t worst_layer;
-    double nmse; /* the output against the end-to-end reference (informative) */
-    bool agreed; /* every layer and every device's check within their limits */
+    int near_ties; /* tokens set aside as near ties in the layer check (run_model_layer_check) */
+    double nmse;   /* the output against the end-to-end reference (informative) */
+    bool agreed;   /* every layer and every device's check within their limits */
 } run_result_t;
 
 /* The readable summary: model, plan, the device table (experts held, tokens served, busy ms,

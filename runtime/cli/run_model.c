@@ -1,5 +1,6 @@
 /* `moira run`: the model on the host - its weights, the batch, the reference (runtime/cli/run.h).
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -259,23 +260,36 @@ double run_model_nmse(const moira_tensor_t *got, const moira_tensor_t *want) {
 }
 
 /* Layer l's output is layer l+1's recorded input (the last one's is the model output). */
-moira_status_t run_model_layer_check(const run_model_t *m, double *out_worst_nmse,
-                                     int64_t *out_worst_layer) {
+moira_status_t run_model_layer_check(const run_model_t *m, double limit, double *out_worst_nmse,
+                                     int64_t *out_worst_layer, int *out_near_ties) {
     *out_worst_nmse = 0;
     *out_worst_layer = 0;
+    *out_near_ties = 0;
+    int64_t t = m->x.shape[0], d = m->x.shape[1];
     moira_tensor_t want;
-    MOIRA_RETURN_IF_ERROR(moira_tensor_alloc_f32(m->x.shape[0], m->x.shape[1], &want));
-    moira_status_t status = MOIRA_OK_STATUS;
+    MOIRA_RETURN_IF_ERROR(moira_tensor_alloc_f32(t, d, &want));
+    bool *tie = calloc((size_t)t, sizeof(*tie));
+    moira_status_t status =
+        tie ? MOIRA_OK_STATUS : moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "out of memory");
     for (int64_t l = 0; l < m->n_layers && !status; l++) {
         status = moira_ref_layer(&m->config, l, &m->layers[l], &m->layer_inputs[l], &m->positions,
                                  &want, false);
         const moira_tensor_t *got = l + 1 < m->n_layers ? &m->layer_inputs[l + 1] : &m->out;
         double nmse = status ? 0 : run_model_nmse(got, &want);
+        if (!status && nmse > limit && isfinite(nmse)) {
+            int excluded = 0;
+            status = moira_ref_layer_near_ties(&m->config, &m->layers[l], &m->layer_inputs[l],
+                                               &m->positions, sqrtf((float)limit), tie);
+            if (!status)
+                nmse = moira_nmse_without_ties(got->data, want.data, t, d, tie, limit, &excluded);
+            *out_near_ties += excluded;
+        }
         if (!(nmse <= *out_worst_nmse)) { /* a NaN, once seen, stays the worst */
             *out_worst_nmse = nmse;
             *out_worst_layer = l;
         }
     }
+    free(tie);
     moira_tensor_release(&want);
     return status;
 }

@@ -108,6 +108,10 @@ void run_report_text(const run_result_t *r) {
            "%.0e of the least precise device %s -> %s\n",
            r->layer_nmse, (long long)r->worst_layer, r->limit, r->limit_device,
            r->agreed ? "agreed" : "DISAGREED");
+    if (r->near_ties)
+        printf("        %d token(s) routed apart at a near tie of the reference's router set aside "
+               "(rounding may pick either expert)\n",
+               r->near_ties);
     printf("        end to end over %lld layers: NMSE %.3g (errors compound, and a router's near "
            "tie may tip either way)\n",
            (long long)r->model->n_layers, r->nmse);
@@ -203,6 +207,7 @@ moira_status_t run_report_json(const run_result_t *r) {
     json_layers(&w, r);
     json_number(&w, "layer_nmse", r->layer_nmse);
     json_number(&w, "worst_layer", (double)r->worst_layer);
+    json_number(&w, "near_ties", (double)r->near_ties);
     json_number(&w, "end_to_end_nmse", r->nmse);
     json_number(&w, "limit", r->limit);
     json_string(&w, "limit_device", r->limit_device);
