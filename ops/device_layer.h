@@ -4,7 +4,8 @@
  * Every weight of a layer lives in one device buffer. Routed experts are packed [E, I, D] so the
  * grouped FFN runs all of them in one launch; fp8 weights carry their block scales behind the
  * matrices. The composed ops run on one queue and return when the device is done, owning their
- * temporaries; the multi-device executor schedules the same device ops itself. */
+ * temporaries: each records the layer's program (ops/layer_program.h) once over a workspace of its
+ * own and replays it; the executor and the engine keep their programs and replay them. */
 #ifndef MOIRA_OPS_DEVICE_LAYER_H
 #define MOIRA_OPS_DEVICE_LAYER_H
 
@@ -61,6 +62,15 @@ moira_status_t moira_mla_cache_create(moira_device_t *device, const moira_model_
                                       moira_mla_cache_t *out_cache);
 void moira_mla_cache_release(moira_mla_cache_t *cache);
 
+/* Device bytes moira_mla_cache_create allocates for `capacity` positions of `dtype`. */
+size_t moira_mla_cache_bytes(const moira_model_config_t *config, int64_t capacity,
+                             moira_dtype_t dtype);
+
+/* Positions first .. first+rows-1 of a cache as c and k_pe views: one sequence's slot of a cache
+ * that several sequences share (the engine and the executor keep one per layer). */
+void moira_mla_cache_window(const moira_mla_cache_t *cache, int64_t first, int64_t rows,
+                            moira_dtensor_t *out_c, moira_dtensor_t *out_k_pe);
+
 /* The gate's parameters from a model config. */
 moira_gate_params_t moira_gate_params_from_config(const moira_model_config_t *config);
 
@@ -84,13 +94,6 @@ moira_status_t moira_mla_run(moira_queue_t *queue, const moira_model_config_t *c
                              const moira_device_layer_t *layer, const moira_dtensor_t *x,
                              const moira_dtensor_t *positions, moira_mla_cache_t *cache,
                              const moira_dtensor_t *y, float beta);
-
-/* Enqueues y = beta * y + W2 (silu(W1 x) * (W3 x)): shared experts and dense MLPs. y must not
- * alias x. Does not wait for the queue. */
-moira_status_t moira_swiglu_enqueue(moira_queue_t *queue, const moira_dtensor_t *x,
-                                    const moira_dtensor_t *w1, const moira_dtensor_t *w3,
-                                    const moira_dtensor_t *w2, const moira_dtensor_t *y,
-                                    float beta);
 
 /* out = decoder_layer(x) (DESIGN.md §4): attention as moira_mla_run (cache may be NULL), then MoE
  * or the dense MLP by the layer index. `out` must not alias x. Blocks until done. */

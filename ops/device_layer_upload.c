@@ -125,15 +125,26 @@ void moira_device_layer_release(moira_device_layer_t *layer) {
     memset(layer, 0, sizeof(*layer));
 }
 
+/* c's bytes, rounded so k_pe starts aligned behind it. */
+static size_t cache_c_bytes(const moira_model_config_t *config, int64_t capacity,
+                            moira_dtype_t dtype) {
+    size_t c_bytes = (size_t)(capacity * config->kv_lora_rank) * moira_dtype_size(dtype);
+    return (c_bytes + UPLOAD_ALIGN - 1) / UPLOAD_ALIGN * UPLOAD_ALIGN;
+}
+
+size_t moira_mla_cache_bytes(const moira_model_config_t *config, int64_t capacity,
+                             moira_dtype_t dtype) {
+    return cache_c_bytes(config, capacity, dtype) +
+           (size_t)(capacity * config->qk_rope_head_dim) * moira_dtype_size(dtype);
+}
+
 moira_status_t moira_mla_cache_create(moira_device_t *device, const moira_model_config_t *config,
                                       int64_t capacity, moira_dtype_t dtype,
                                       moira_mla_cache_t *out_cache) {
     memset(out_cache, 0, sizeof(*out_cache));
-    size_t element = moira_dtype_size(dtype);
-    size_t c_bytes = (size_t)(capacity * config->kv_lora_rank) * element;
-    size_t c_aligned = (c_bytes + UPLOAD_ALIGN - 1) / UPLOAD_ALIGN * UPLOAD_ALIGN;
-    size_t pe_bytes = (size_t)(capacity * config->qk_rope_head_dim) * element;
-    MOIRA_RETURN_IF_ERROR(moira_buffer_alloc(device, c_aligned + pe_bytes, -1, &out_cache->buffer));
+    size_t c_aligned = cache_c_bytes(config, capacity, dtype);
+    MOIRA_RETURN_IF_ERROR(moira_buffer_alloc(device, moira_mla_cache_bytes(config, capacity, dtype),
+                                             -1, &out_cache->buffer));
     out_cache->c = moira_dtensor_2d(out_cache->buffer, 0, dtype, capacity, config->kv_lora_rank);
     out_cache->k_pe =
         moira_dtensor_2d(out_cache->buffer, c_aligned, dtype, capacity, config->qk_rope_head_dim);
@@ -144,4 +155,18 @@ moira_status_t moira_mla_cache_create(moira_device_t *device, const moira_model_
 void moira_mla_cache_release(moira_mla_cache_t *cache) {
     moira_buffer_free(cache->buffer);
     memset(cache, 0, sizeof(*cache));
+}
+
+/* Rows first .. first+rows-1 of a contiguous 2-D cache tensor. */
+static moira_dtensor_t cache_rows(const moira_dtensor_t *t, int64_t first, int64_t rows) {
+    moira_dtensor_t out = *t;
+    out.offset += (size_t)(first * t->shape[1]) * moira_dtype_size(t->dtype);
+    out.shape[0] = rows;
+    return out;
+}
+
+void moira_mla_cache_window(const moira_mla_cache_t *cache, int64_t first, int64_t rows,
+                            moira_dtensor_t *out_c, moira_dtensor_t *out_k_pe) {
+    *out_c = cache_rows(&cache->c, first, rows);
+    *out_k_pe = cache_rows(&cache->k_pe, first, rows);
 }

@@ -376,6 +376,17 @@ size_t moira_layer_program_workspace_bytes(const moira_model_config_t *config,
     return r.offset;
 }
 
+size_t moira_layer_programs_workspace_bytes(const moira_model_config_t *config,
+                                            int64_t max_tokens) {
+    size_t most = 0;
+    for (int64_t l = 0; l < config->num_hidden_layers; l++) {
+        size_t bytes =
+            moira_layer_program_workspace_bytes(config, MOIRA_PROGRAM_DECODER_LAYER, l, max_tokens);
+        if (bytes > most) most = bytes;
+    }
+    return most;
+}
+
 moira_status_t moira_layer_program_record(const moira_model_config_t *config,
                                           moira_program_kind_t kind, int64_t layer_index,
                                           const moira_device_layer_t *layer,

@@ -70,6 +70,10 @@ size_t moira_layer_program_workspace_bytes(const moira_model_config_t *config,
                                            moira_program_kind_t kind, int64_t layer_index,
                                            int64_t max_tokens);
 
+/* The largest workspace any decoder layer of the model needs at `max_tokens`: what one
+ * workspace shared by all of a device's layer programs must hold. */
+size_t moira_layer_programs_workspace_bytes(const moira_model_config_t *config, int64_t max_tokens);
+
 /* Records the launches of `kind` for decoder layer `layer_index` with weights `layer` (borrowed;
  * outlives the program) over `io` and the workspace at `workspace_offset` of `workspace`
  * (borrowed; at least moira_layer_program_workspace_bytes from there). Caller frees *out with

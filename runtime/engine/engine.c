@@ -16,8 +16,7 @@
 typedef struct engine_layer {
     moira_device_layer_t weights;   /* owned */
     moira_layer_program_t *program; /* owned */
-    moira_buffer_t *cache;          /* owned: c [sequences * context, L], then k_pe [.., rope] */
-    moira_dtensor_t cache_c, cache_pe;
+    moira_mla_cache_t cache;        /* owned: sequence s holds rows s*context .. (s+1)*context-1 */
 } engine_layer_t;
 
 struct moira_engine {
@@ -47,6 +46,7 @@ static size_t round_up(size_t bytes) {
     return (bytes + ALIGN - 1) / ALIGN * ALIGN;
 }
 
+/* Rows first .. first+rows-1 of a contiguous 2-D activation tensor. */
 static moira_dtensor_t rows_of(const moira_dtensor_t *t, int64_t first, int64_t rows) {
     moira_dtensor_t out = *t;
     out.offset += (size_t)(first * t->shape[1]) * moira_dtype_size(t->dtype);
@@ -64,20 +64,13 @@ static void fill_defaults(const moira_model_config_t *config, moira_engine_optio
 }
 
 static size_t workspace_bytes(const moira_engine_t *e) {
-    size_t most = 0;
-    for (int64_t l = 0; l < e->n_layers; l++) {
-        size_t bytes = moira_layer_program_workspace_bytes(e->config, MOIRA_PROGRAM_DECODER_LAYER,
-                                                           l, e->options.max_rows);
-        if (bytes > most) most = bytes;
-    }
-    return most;
+    return moira_layer_programs_workspace_bytes(e->config, e->options.max_rows);
 }
 
+/* One layer's cache: every sequence's slot of `context` positions. */
 static size_t cache_bytes(const moira_engine_t *e) {
-    size_t rows = (size_t)(e->options.max_sequences * e->options.context);
-    size_t element = moira_dtype_size(e->options.cache_dtype);
-    return round_up(rows * (size_t)e->config->kv_lora_rank * element) +
-           round_up(rows * (size_t)e->config->qk_rope_head_dim * element);
+    return moira_mla_cache_bytes(e->config, e->options.max_sequences * e->options.context,
+                                 e->options.cache_dtype);
 }
 
 /* An f32 or bf16 cache, on devices that keep one: asked before anything is uploaded. */
@@ -153,13 +146,8 @@ static moira_status_t open_layers(moira_engine_t *e) {
             moira_device_layer_upload(e->device, e->queue, e->config, &e->model->layers[l],
                                       MOIRA_WEIGHT_DTYPE_AS_STORED, &layer->weights));
         uploaded += (double)layer->weights.buffer->size;
-        moira_dtype_t dtype = e->options.cache_dtype;
-        size_t c_bytes =
-            round_up((size_t)(rows * e->config->kv_lora_rank) * moira_dtype_size(dtype));
-        MOIRA_RETURN_IF_ERROR(moira_buffer_alloc(e->device, cache_bytes(e), -1, &layer->cache));
-        layer->cache_c = moira_dtensor_2d(layer->cache, 0, dtype, rows, e->config->kv_lora_rank);
-        layer->cache_pe =
-            moira_dtensor_2d(layer->cache, c_bytes, dtype, rows, e->config->qk_rope_head_dim);
+        MOIRA_RETURN_IF_ERROR(moira_mla_cache_create(e->device, e->config, rows,
+                                                     e->options.cache_dtype, &layer->cache));
         moira_program_io_t io = {.x = e->x, .positions = e->positions};
         MOIRA_RETURN_IF_ERROR(moira_layer_program_record(e->config, MOIRA_PROGRAM_DECODER_LAYER, l,
                                                          &layer->weights, &io, e->workspace, 0,
@@ -254,7 +242,7 @@ void moira_engine_destroy(moira_engine_t *e) {
     for (int64_t l = 0; e->layers && l < e->n_layers; l++) {
         moira_layer_program_free(e->layers[l].program);
         moira_device_layer_release(&e->layers[l].weights);
-        moira_buffer_free(e->layers[l].cache);
+        moira_mla_cache_release(&e->layers[l].cache);
     }
     moira_buffer_free(e->head);
     moira_buffer_free(e->activations);
@@ -356,8 +344,8 @@ static moira_status_t run_layers(moira_engine_t *e, const moira_engine_input_t *
     for (int64_t l = 0; l < e->n_layers; l++) {
         engine_layer_t *layer = &e->layers[l];
         for (int i = 0; i < n; i++) {
-            e->batch[i].cache_c = rows_of(&layer->cache_c, inputs[i].sequence * ctx, ctx);
-            e->batch[i].cache_pe = rows_of(&layer->cache_pe, inputs[i].sequence * ctx, ctx);
+            moira_mla_cache_window(&layer->cache, inputs[i].sequence * ctx, ctx,
+                                   &e->batch[i].cache_c, &e->batch[i].cache_pe);
         }
         MOIRA_RETURN_IF_ERROR(moira_layer_program_replay(layer->program, e->queue, MOIRA_LAYER_ALL,
                                                          rows, e->batch, n));

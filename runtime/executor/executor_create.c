@@ -12,17 +12,6 @@ static size_t round_up(size_t bytes) {
     return (bytes + EXEC_ALIGN - 1) / EXEC_ALIGN * EXEC_ALIGN;
 }
 
-/* The largest workspace any layer's program needs at max_tokens, so one serves them all. */
-static size_t program_workspace_bytes(const moira_executor_t *e) {
-    size_t most = 0;
-    for (int64_t l = 0; l < e->n_layers; l++) {
-        size_t bytes = moira_layer_program_workspace_bytes(e->model, MOIRA_PROGRAM_DECODER_LAYER, l,
-                                                           e->max_tokens);
-        if (bytes > most) most = bytes;
-    }
-    return most;
-}
-
 /* The home of `device`, creating it (queue, activations and program workspace for max_tokens)
  * on first use. */
 static moira_status_t home_for(moira_executor_t *e, moira_device_t *device, exec_home_t **out) {
@@ -40,7 +29,8 @@ static moira_status_t home_for(moira_executor_t *e, moira_device_t *device, exec
     MOIRA_RETURN_IF_ERROR(moira_buffer_alloc(device, home->off_positions + round_up((size_t)t * 4),
                                              -1, &home->buffer));
     MOIRA_RETURN_IF_ERROR(
-        moira_buffer_alloc(device, program_workspace_bytes(e), -1, &home->workspace));
+        moira_buffer_alloc(device, moira_layer_programs_workspace_bytes(e->model, e->max_tokens),
+                           -1, &home->workspace));
     *out = home;
     return MOIRA_OK_STATUS;
 }
@@ -48,17 +38,8 @@ static moira_status_t home_for(moira_executor_t *e, moira_device_t *device, exec
 /* Every slot's latent cache of the layer, on its home device (none without slots). */
 static moira_status_t open_cache(moira_executor_t *e, exec_layer_t *layer) {
     if (e->max_sequences <= 0) return MOIRA_OK_STATUS;
-    int64_t rows = e->max_sequences * e->context;
-    const moira_model_config_t *m = e->model;
-    size_t element = moira_dtype_size(e->cache_dtype);
-    size_t c_bytes = round_up((size_t)(rows * m->kv_lora_rank) * element);
-    size_t pe_bytes = round_up((size_t)(rows * m->qk_rope_head_dim) * element);
-    MOIRA_RETURN_IF_ERROR(
-        moira_buffer_alloc(layer->home->device, c_bytes + pe_bytes, -1, &layer->cache));
-    layer->cache_c = moira_dtensor_2d(layer->cache, 0, e->cache_dtype, rows, m->kv_lora_rank);
-    layer->cache_pe =
-        moira_dtensor_2d(layer->cache, c_bytes, e->cache_dtype, rows, m->qk_rope_head_dim);
-    return MOIRA_OK_STATUS;
+    return moira_mla_cache_create(layer->home->device, e->model, e->max_sequences * e->context,
+                                  e->cache_dtype, &layer->cache);
 }
 
 /* Records the layer's program on its home, over the home's activations and workspace. */
@@ -305,7 +286,7 @@ moira_status_t moira_executor_create(const moira_exec_config_t *config, moira_ex
 /* A layer's device memory and bookkeeping; its queues are idle by now. */
 static void close_layer(exec_layer_t *layer, int n_targets) {
     moira_layer_program_free(layer->program);
-    moira_buffer_free(layer->cache);
+    moira_mla_cache_release(&layer->cache);
     moira_device_layer_release(&layer->weights);
     for (int i = 0; layer->experts && i < n_targets; i++)
         moira_device_experts_release(&layer->experts[i]);

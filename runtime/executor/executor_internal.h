@@ -52,19 +52,18 @@ typedef struct exec_home {
 typedef struct exec_layer {
     int64_t index;
     bool is_moe;
-    exec_home_t *home;                 /* borrowed from the executor */
-    moira_device_layer_t weights;      /* owned: the home device's part of the layer */
-    moira_layer_program_t *program;    /* owned: the layer recorded on its home device */
-    moira_buffer_t *cache;             /* owned, on the home: every slot's c, then every k_pe */
-    moira_dtensor_t cache_c, cache_pe; /* [max_sequences * context, L] and [.., rope] */
-    const moira_plan_layer_t *plan;    /* borrowed; NULL for a dense layer */
-    moira_device_experts_t *experts;   /* owned: one per exec target (empty where it holds none) */
-    int32_t *replica_exec;             /* owned: per plan replica, its exec target */
-    int32_t *replica_slot;             /* owned: per plan replica, its local expert number */
-    int32_t *expert_first;             /* owned [E+1]: expert e's replicas are */
-    int32_t *expert_replicas;          /* owned:  expert_replicas[expert_first[e] .. first[e+1]) */
-    double *replica_rows;              /* owned: assignments each replica served, last forward */
-    double *expert_load;               /* owned [E]: assignments per expert, last forward */
+    exec_home_t *home;               /* borrowed from the executor */
+    moira_device_layer_t weights;    /* owned: the home device's part of the layer */
+    moira_layer_program_t *program;  /* owned: the layer recorded on its home device */
+    moira_mla_cache_t cache;         /* owned, on the home: slot s holds rows s*context.. */
+    const moira_plan_layer_t *plan;  /* borrowed; NULL for a dense layer */
+    moira_device_experts_t *experts; /* owned: one per exec target (empty where it holds none) */
+    int32_t *replica_exec;           /* owned: per plan replica, its exec target */
+    int32_t *replica_slot;           /* owned: per plan replica, its local expert number */
+    int32_t *expert_first;           /* owned [E+1]: expert e's replicas are */
+    int32_t *expert_replicas;        /* owned:  expert_replicas[expert_first[e] .. first[e+1]) */
+    double *replica_rows;            /* owned: assignments each replica served, last forward */
+    double *expert_load;             /* owned [E]: assignments per expert, last forward */
 } exec_layer_t;
 
 struct moira_executor {

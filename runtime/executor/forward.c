@@ -29,21 +29,12 @@ static moira_status_t send_to_home(moira_executor_t *e, exec_home_t *home, int64
                              position_bytes);
 }
 
-/* Points the step's sequences at their slots of this layer's cache (slot -1: no cache). */
+/* Points the step's sequences at their slots of this layer's cache. */
 static void bind_caches(moira_executor_t *e, const exec_layer_t *layer,
                         const moira_exec_sequence_t *sequences) {
-    for (int i = 0; sequences && i < e->n_batch; i++) {
-        moira_program_sequence_t *s = &e->batch[i];
-        int64_t first = sequences[i].slot * e->context;
-        s->cache_c = layer->cache_c;
-        s->cache_c.offset +=
-            (size_t)(first * layer->cache_c.shape[1]) * moira_dtype_size(layer->cache_c.dtype);
-        s->cache_c.shape[0] = e->context;
-        s->cache_pe = layer->cache_pe;
-        s->cache_pe.offset +=
-            (size_t)(first * layer->cache_pe.shape[1]) * moira_dtype_size(layer->cache_pe.dtype);
-        s->cache_pe.shape[0] = e->context;
-    }
+    for (int i = 0; sequences && i < e->n_batch; i++)
+        moira_mla_cache_window(&layer->cache, sequences[i].slot * e->context, e->context,
+                               &e->batch[i].cache_c, &e->batch[i].cache_pe);
 }
 
 /* Replays parts of the layer's program over the step's sequences. */
