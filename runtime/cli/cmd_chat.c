@@ -158,7 +158,7 @@ int moira_cli_chat(int argc, char **argv) {
     int code = parse_args(argc, argv, &a);
     if (code) return code < 0 ? 0 : code;
     chat_t c = {.args = &a, .messages = json_array()};
-    moira_status_t status = c.messages ? generate_session_open(&a.common, &c.session)
+    moira_status_t status = c.messages ? generate_session_open(VERB, &a.common, &c.session)
                                        : moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "no memory");
     if (!status && !moira_tokenizer_chat_template(c.session.model.tokenizer, NULL) &&
         !a.common.chat_format)

@@ -178,7 +178,7 @@ static moira_status_t write_logits(const char *path, const logits_log_t *log,
 
 static moira_status_t run(const generate_args_t *a) {
     generate_session_t s;
-    moira_status_t status = generate_session_open(&a->common, &s);
+    moira_status_t status = generate_session_open(VERB, &a->common, &s);
     moira_token_ids_t prompt = {0};
     if (!status) status = prompt_ids(a, s.model.tokenizer, &prompt);
     moira_generation_result_t result;

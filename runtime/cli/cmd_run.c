@@ -201,7 +201,8 @@ static moira_status_t run_model(const run_args_t *a, int *out_exit) {
     if (!status) status = run_model_check_fits(&m.config, a, home);
     if (!status) status = run_model_load_inputs(&m, a);
     if (!status) status = run_place(a, &m.config, m.x.shape[0], &p);
-    double start = moira_now_seconds(), total_bytes = run_model_weight_bytes(&m.config);
+    double start = moira_now_seconds();
+    run_progress_context_t progress = {"run", run_model_weight_bytes(&m.config)};
     if (!status) status = run_model_load_weights(&m, a);
     if (!status) {
         moira_exec_config_t config = {.model = &m.config,
@@ -212,7 +213,7 @@ static moira_status_t run_model(const run_args_t *a, int *out_exit) {
                                       .home_devices = p.homes,
                                       .max_tokens = m.x.shape[0],
                                       .progress = run_progress,
-                                      .progress_context = &total_bytes};
+                                      .progress_context = &progress};
         status = moira_executor_create(&config, &ex);
     }
     run_result_t result = {.args = a, .model = &m, .placement = &p};

@@ -42,11 +42,13 @@ typedef struct generate_session {
     bool placed;               /* --topology or --plan: the layers run as placed */
     run_placement_t placement; /* valid when placed */
     moira_engine_placement_t engine_placement;
+    run_progress_context_t progress; /* the upload's progress line (the engine keeps a pointer) */
     moira_engine_t *engine;
     moira_sampling_t sampling;
 } generate_session_t;
 
-moira_status_t generate_session_open(const generate_options_t *o, generate_session_t *out);
+moira_status_t generate_session_open(const char *verb, const generate_options_t *o,
+                                     generate_session_t *out);
 void generate_session_close(generate_session_t *session);
 
 /* The generation request's common part: sampling, stops and the token limit for a prompt of

@@ -3,14 +3,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "runtime/backend.h"
 #include "runtime/cli/cli.h"
 #include "runtime/cli/generate.h"
-
-/* Models whose weights exceed this get a progress line while they upload. */
-#define PROGRESS_MIN_BYTES (256.0 * 1048576.0)
 
 static bool parse_double(const char *verb, const char *option, const char *text, double min,
                          double max, double *out) {
@@ -97,17 +93,8 @@ void generate_print_common_help(void) {
            "  --chat-format N    a built-in chat template instead of the model's own\n");
 }
 
-/* One line on stderr, rewritten in place on a terminal. */
-static void progress(void *context, int64_t done, int64_t of, double bytes) {
-    const double *total = context;
-    if (*total < PROGRESS_MIN_BYTES) return;
-    bool tty = isatty(2);
-    fprintf(stderr, "%suploading weights: layer %lld of %lld, %.2f of %.2f GiB%s", tty ? "\r" : "",
-            (long long)done, (long long)of, bytes / 1073741824.0, *total / 1073741824.0,
-            tty && done < of ? "" : "\n");
-}
-
-moira_status_t generate_session_open(const generate_options_t *o, generate_session_t *s) {
+moira_status_t generate_session_open(const char *verb, const generate_options_t *o,
+                                     generate_session_t *s) {
     memset(s, 0, sizeof(*s));
     MOIRA_RETURN_IF_ERROR(moira_model_files_open(o->model, true, &s->model));
     s->sampling = s->model.defaults;
@@ -118,13 +105,12 @@ moira_status_t generate_session_open(const generate_options_t *o, generate_sessi
     MOIRA_RETURN_IF_ERROR(moira_runtime_init());
     moira_device_t *device = NULL;
     MOIRA_RETURN_IF_ERROR(moira_device_find(o->backend ? o->backend : "cpu:0", &device));
-    static double total;
-    total = moira_model_files_device_bytes(&s->model);
+    s->progress = (run_progress_context_t){verb, moira_model_files_device_bytes(&s->model)};
     moira_engine_options_t options = {.context = o->context,
                                       .cache_dtype = o->cache_dtype,
                                       .max_sequences = 1,
-                                      .progress = progress,
-                                      .progress_context = &total};
+                                      .progress = run_progress,
+                                      .progress_context = &s->progress};
     if (o->topology || o->plan) {
         /* The plan is made or checked for a prefill chunk's worth of tokens. */
         run_args_t where = {.topology = o->topology, .plan = o->plan, .backend = o->backend};

@@ -82,8 +82,14 @@ moira_status_t run_model_layer_check(const run_model_t *model, double limit, dou
 
 void run_model_release(run_model_t *model);
 
-/* A progress callback for the executor's uploads (moira_exec_progress_fn); `context` is the
- * model's estimated total bytes (a double). Prints to stderr only for large models. */
+/* What an upload's progress line names: the verb printing it and the bytes expected in all. */
+typedef struct run_progress_context {
+    const char *verb; /* "run", "generate", ...; static */
+    double total_bytes;
+} run_progress_context_t;
+
+/* A progress callback for weight uploads (moira_exec_progress_fn, moira_engine_progress_fn);
+ * `context` is a run_progress_context_t. Prints to stderr only for large models. */
 void run_progress(void *context, int64_t layers_done, int64_t layers, double bytes_uploaded);
 
 /* The estimated bytes of every layer's weights. */

@@ -175,10 +175,11 @@ moira_status_t run_model_load_inputs(run_model_t *m, const run_args_t *a) {
 /* Host weights only; the executor uploads them where the plan says. */
 /* On a terminal one line rewritten in place; in a log a line per tenth of the layers, so the log
  * stays readable. `bytes` < 0 leaves the byte count out. */
-static void progress_line(const char *what, int64_t done, int64_t of, double bytes, double total) {
+static void progress_line(const char *verb, const char *what, int64_t done, int64_t of,
+                          double bytes, double total) {
     bool terminal = isatty(STDERR_FILENO);
     if (!terminal && done != 1 && done != of && 10 * done / of == 10 * (done - 1) / of) return;
-    fprintf(stderr, "%smoira run: %s, layer %lld of %lld", terminal ? "\r" : "", what,
+    fprintf(stderr, "%smoira %s: %s, layer %lld of %lld", terminal ? "\r" : "", verb, what,
             (long long)done, (long long)of);
     if (bytes >= 0)
         fprintf(stderr, " (%.2f of ~%.2f GiB)", bytes / 1073741824.0, total / 1073741824.0);
@@ -209,7 +210,7 @@ moira_status_t run_model_load_weights(run_model_t *m, const run_args_t *a) {
     double total = run_model_weight_bytes(c);
     for (int64_t l = 0; l < m->n_layers; l++) {
         if (total >= PROGRESS_MIN_BYTES)
-            progress_line(m->checkpoint ? "reading weights" : "making random weights", l + 1,
+            progress_line("run", m->checkpoint ? "reading weights" : "making random weights", l + 1,
                           m->n_layers, -1, total);
         if (m->checkpoint) {
             char prefix[48];
@@ -227,9 +228,10 @@ moira_status_t run_model_load_weights(run_model_t *m, const run_args_t *a) {
 
 /* Quiet for small models, so tests and the default run print no noise. */
 void run_progress(void *context, int64_t layers_done, int64_t layers, double bytes_uploaded) {
-    double total = *(const double *)context;
-    if (total >= PROGRESS_MIN_BYTES)
-        progress_line("uploading weights", layers_done, layers, bytes_uploaded, total);
+    const run_progress_context_t *c = context;
+    if (c->total_bytes >= PROGRESS_MIN_BYTES)
+        progress_line(c->verb, "uploading weights", layers_done, layers, bytes_uploaded,
+                      c->total_bytes);
 }
 
 /* The fp64 reference shares no code with the executor: what a user can trust. */
