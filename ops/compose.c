@@ -1,22 +1,6 @@
 /* The model-level ops composed from device ops on one queue (see ops/device_layer.h). */
-#include <string.h>
-
 #include "ops/device_layer.h"
 #include "ops/layer_program.h"
-
-/* Temporaries of one composed op, carved from a single device buffer. Windows are 256-byte
- * aligned, enough for every backend's vector loads. */
-typedef struct scratch {
-    moira_buffer_t *buffer;
-    size_t used;
-    size_t capacity;
-} scratch_t;
-
-static moira_status_t scratch_open(moira_device_t *device, size_t capacity, scratch_t *out) {
-    memset(out, 0, sizeof(*out));
-    out->capacity = capacity;
-    return moira_buffer_alloc(device, capacity, -1, &out->buffer);
-}
 
 moira_dtensor_t moira_dtensor_2d(moira_buffer_t *buffer, size_t offset, moira_dtype_t dtype,
                                  int64_t rows, int64_t cols) {
@@ -36,24 +20,16 @@ static moira_dtensor_t row_slice(const moira_dtensor_t *t, int64_t row, int64_t 
 
 static const moira_dtensor_t no_operand;
 
-moira_status_t moira_swiglu_enqueue(moira_queue_t *queue, const moira_dtensor_t *x,
-                                    const moira_dtensor_t *w1, const moira_dtensor_t *w3,
-                                    const moira_dtensor_t *w2, const moira_dtensor_t *y,
-                                    float beta) {
-    moira_swiglu_params_t p = {.beta = beta};
-    moira_dtensor_t ops[] = {*x, *w1, *w3, *w2, *y};
-    return moira_launch_op(queue, MOIRA_OP_SWIGLU, &p, sizeof(p), 5, ops);
-}
-
-/* Waits for the queue, then frees the scratch whatever happened, keeping the first error. */
-static moira_status_t finish(moira_queue_t *queue, scratch_t *scratch, moira_status_t status) {
+/* Waits for the queue, then frees the workspace whatever happened, keeping the first error. */
+static moira_status_t finish(moira_queue_t *queue, moira_buffer_t *workspace,
+                             moira_status_t status) {
     moira_status_t done = moira_queue_finish(queue);
     if (!status) {
         status = done;
     } else {
         moira_status_free(done);
     }
-    moira_buffer_free(scratch->buffer);
+    moira_buffer_free(workspace);
     return status;
 }
 
@@ -92,12 +68,12 @@ static moira_status_t run_program(moira_queue_t *queue, const moira_model_config
                                   moira_program_kind_t kind, int64_t layer_index,
                                   const moira_device_layer_t *layer, const moira_program_io_t *io,
                                   int64_t tokens, moira_mla_cache_t *cache) {
-    scratch_t s;
+    moira_buffer_t *workspace = NULL;
     size_t bytes = moira_layer_program_workspace_bytes(config, kind, layer_index, tokens);
-    MOIRA_RETURN_IF_ERROR(scratch_open(layer->device, bytes, &s));
+    MOIRA_RETURN_IF_ERROR(moira_buffer_alloc(layer->device, bytes, -1, &workspace));
     moira_layer_program_t *program = NULL;
     moira_status_t status = moira_layer_program_record(config, kind, layer_index, layer, io,
-                                                       s.buffer, 0, tokens, &program);
+                                                       workspace, 0, tokens, &program);
     moira_program_sequence_t sequence = {.first_row = 0, .rows = tokens};
     if (cache) {
         sequence.past = cache->length;
@@ -107,7 +83,7 @@ static moira_status_t run_program(moira_queue_t *queue, const moira_model_config
     if (!status)
         status = moira_layer_program_replay(program, queue, MOIRA_LAYER_ALL, tokens, &sequence, 1);
     moira_layer_program_free(program);
-    status = finish(queue, &s, status);
+    status = finish(queue, workspace, status);
     if (!status && cache) cache->length += tokens;
     return status;
 }

@@ -20,6 +20,7 @@
 #include "runtime/cli/bench.h"
 #include "runtime/cli/bench_rows.h"
 #include "runtime/engine/engine.h"
+#include "runtime/engine/sampler.h"
 
 #define LAYERS 3
 #define DECODE_PROMPT 16
@@ -40,14 +41,6 @@ typedef struct generate_rows {
 
 static int32_t prompt_token(int64_t i, int salt, int64_t vocab) {
     return (int32_t)((i * 7919 + salt * 104729 + 17) % vocab);
-}
-
-/* The greedy next token, so decode feeds what a model would. */
-static int32_t argmax(const float *logits, int64_t vocab) {
-    int64_t best = 0;
-    for (int64_t i = 1; i < vocab; i++)
-        if (logits[i] > logits[best]) best = i;
-    return (int32_t)best;
 }
 
 /* Best of `iters` prefills of `prompt` tokens in one step. */
@@ -91,7 +84,7 @@ static moira_status_t time_decode(moira_engine_t *engine, int batch, double *out
     for (int step = -1; step < DECODE_STEPS; step++) { /* step -1 warms up */
         if (step == 0) start = moira_bench_seconds();
         for (int s = 0; s < batch; s++) {
-            next[s] = argmax(logits + s * vocab, vocab);
+            next[s] = moira_logits_argmax(logits + s * vocab, (int32_t)vocab);
             in[s] = (moira_engine_input_t){.sequence = s, .ids = &next[s], .n = 1};
         }
         MOIRA_RETURN_IF_ERROR(moira_engine_step(engine, in, batch, &logits));

@@ -48,7 +48,7 @@ static double next_uniform(moira_sampler_t *s) {
 }
 
 /* The larger logit, NaN counting as the smallest; ties to the lower id (scan order). */
-static int32_t argmax(const float *logits, int32_t vocab) {
+int32_t moira_logits_argmax(const float *logits, int32_t vocab) {
     int32_t best = 0;
     for (int32_t i = 1; i < vocab; i++)
         if (logits[i] > logits[best] || (isnan(logits[best]) && !isnan(logits[i]))) best = i;
@@ -87,8 +87,8 @@ static void pop_best(const float *probs, int32_t *heap, int32_t *n) {
 int32_t moira_sampler_next(moira_sampler_t *s, const float *logits) {
     const moira_sampling_t *p = &s->params;
     int32_t vocab = s->vocab;
-    if (p->temperature == 0) return argmax(logits, vocab);
-    float top = logits[argmax(logits, vocab)];
+    if (p->temperature == 0) return moira_logits_argmax(logits, vocab);
+    float top = logits[moira_logits_argmax(logits, vocab)];
     double total = 0;
     for (int32_t i = 0; i < vocab; i++) {
         float z = (float)exp((double)(logits[i] - top) / p->temperature);
@@ -100,7 +100,7 @@ int32_t moira_sampler_next(moira_sampler_t *s, const float *logits) {
         double u = next_uniform(s) * total, sum = 0;
         for (int32_t i = 0; i < vocab; i++)
             if ((sum += s->probs[i]) > u) return i;
-        return argmax(logits, vocab);
+        return moira_logits_argmax(logits, vocab);
     }
     for (int32_t i = 0; i < vocab; i++)
         s->order[i] = i;

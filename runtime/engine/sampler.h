@@ -31,6 +31,10 @@ moira_status_t moira_sampler_init(moira_sampler_t *sampler, const moira_sampling
 
 void moira_sampler_free(moira_sampler_t *sampler);
 
+/* The greedy token of `logits` [vocab] (borrowed): the largest, NaN counting as the smallest,
+ * ties to the lower id. */
+int32_t moira_logits_argmax(const float *logits, int32_t vocab);
+
 /* The next token for `logits` [vocab] (borrowed). Ties go to the lower id. */
 int32_t moira_sampler_next(moira_sampler_t *sampler, const float *logits);
 
