@@ -56,8 +56,8 @@ typedef struct moira_plan_options {
  * gives hot experts the redundant replicas, places replicas to minimise the predicted layer time
  * (cost_model.h), and across hosts also tries keeping expert groups on one host (as EPLB's
  * hierarchical policy does), keeping whichever predicts faster. Memory and slots are hard caps.
- * Deterministic. All inputs are borrowed; caller owns *out. Errors: OUT_OF_MEMORY when the
- * experts do not fit, INVALID_ARGUMENT for options that make no sense. */
+ * Deterministic. All inputs are borrowed; caller owns *out. Errors: INVALID_INPUT when the
+ * experts do not fit (bad input, exit 2), INVALID_ARGUMENT for options that make no sense. */
 moira_status_t moira_plan_make(const moira_topology_t *topology, const moira_model_config_t *model,
                                const moira_profile_t *profile, const moira_plan_options_t *options,
                                moira_plan_t *out);

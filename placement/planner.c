@@ -535,7 +535,7 @@ moira_status_t moira_plan_make(const moira_topology_t *topology, const moira_mod
     /* A model without MoE layers (all dense) has no expert to place: an empty plan. */
     if (moe_layers > 0 && slots_total < experts)
         status = moira_status_make(
-            MOIRA_CODE_OUT_OF_MEMORY,
+            MOIRA_CODE_INVALID_INPUT,
             "model \"%s\" does not fit topology \"%s\": %lld experts per layer x %lld MoE layers "
             "x %.1f MiB each, but the targets hold only %lld per layer%s",
             model->name, topology->name, (long long)experts, (long long)moe_layers,

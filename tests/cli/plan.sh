@@ -90,7 +90,7 @@ hosts:
     numa_nodes: [{id: 0, memory_gib: 0.001, bandwidth_gbs: 10, cores: 1, peak_tflops: {f32: 1}}]
 YAML
 echo keep >"$work/keep.yaml"
-expect 1 "model does not fit" -- "$moira" plan --topology "$work/tiny.yaml" -o "$work/keep.yaml"
+expect 2 "model does not fit" -- "$moira" plan --topology "$work/tiny.yaml" -o "$work/keep.yaml"
 expect_stderr 'does not fit' "fit message"
 [ "$(cat "$work/keep.yaml")" = keep ] && passed=$((passed + 1)) ||
     { failed=$((failed + 1)); echo "FAIL: failed plan clobbered its output"; }

@@ -282,7 +282,7 @@ static void test_caps(void) {
     }
     moira_plan_free(&plan);
     /* 3 slots on each of 3 targets hold 9 >= 8 experts; 2 slots hold 6 < 8. */
-    CHECK_CODE(plan_with(&t, &m, &p, 0, 2, MOIRA_PLAN_BALANCED, &plan), MOIRA_CODE_OUT_OF_MEMORY);
+    CHECK_CODE(plan_with(&t, &m, &p, 0, 2, MOIRA_PLAN_BALANCED, &plan), MOIRA_CODE_INVALID_INPUT);
     moira_profile_free(&p);
     moira_topology_free(&t);
 }
