@@ -1,6 +1,7 @@
 #include "placement/profile.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -169,30 +170,71 @@ static int by_remainder_descending(const void *pa, const void *pb, void *context
     return a < b ? -1 : a > b;
 }
 
-/* Whole-token counts from real-valued shares: floor each, then hand the remaining tokens to the
- * largest remainders (lower expert first on ties), so the total is exact. The remainders are
- * sorted once rather than searched once per token, which made large models quadratic.
- * `order` is scratch for `experts` indices. */
-static void round_to_tokens(const double *share, int64_t experts, int64_t total, double *out,
-                            double *remainder, int64_t *order) {
+/* Whole-token counts from real-valued shares, none above `cap`: floor each, then hand the
+ * remaining tokens to the largest remainders (lower expert first on ties) among experts still
+ * under the cap and not `fixed`, so the total is exact. The remainders are sorted once rather
+ * than searched once per token, which made large models quadratic. `order` is scratch for
+ * `experts` indices. */
+static void round_to_tokens(const double *share, const unsigned char *fixed, int64_t experts,
+                            int64_t total, double cap, double *out, double *remainder,
+                            int64_t *order) {
     double sum = 0;
     for (int64_t e = 0; e < experts; e++)
         sum += share[e];
     int64_t given = 0;
     for (int64_t e = 0; e < experts; e++) {
-        double exact = share[e] / sum * (double)total;
-        out[e] = floor(exact);
+        double exact = sum > 0 ? share[e] / sum * (double)total : 0;
+        out[e] = floor(exact) < cap ? floor(exact) : cap;
         remainder[e] = exact - out[e];
         given += (int64_t)out[e];
     }
     for (int64_t e = 0; e < experts; e++)
         order[e] = e;
     qsort_r(order, (size_t)experts, sizeof(int64_t), by_remainder_descending, remainder);
-    for (int64_t i = 0; given < total && i < experts; given++, i++)
-        out[order[i]] += 1;
-    /* Each remainder is below 1, so this is only reached through rounding: expert 0 takes the
-     * rest, as the search it replaces gave it once every remainder was used. */
-    if (given < total && experts > 0) out[0] += (double)(total - given);
+    for (int64_t i = 0; given < total && i < experts; i++)
+        if (out[order[i]] < cap && !fixed[order[i]]) {
+            out[order[i]] += 1;
+            given++;
+        }
+    /* Each remainder is below 1, so this is only reached through rounding: the lowest experts
+     * with room take the rest. */
+    for (int64_t e = 0; given < total && e < experts; e++)
+        while (!fixed[e] && given < total && out[e] < cap) {
+            out[e] += 1;
+            given++;
+        }
+}
+
+/* Splits `total` tokens over experts in proportion to `share`, none above `cap` (a token routes
+ * to an expert at most once, so an expert receives at most the batch): experts whose part would
+ * exceed the cap get exactly the cap and the rest is split again over the others, until none
+ * exceeds it (each pass only raises the others' parts, so capping all at once is exact). Capped
+ * experts' shares are zeroed. `capped` is scratch for `experts` flags. Needs total <= cap x
+ * experts. */
+static void split_capped(double *share, unsigned char *capped, int64_t experts, int64_t total,
+                         double cap, double *out, double *remainder, int64_t *order) {
+    for (int64_t e = 0; e < experts; e++)
+        capped[e] = 0;
+    int64_t n_capped = 0;
+    for (bool changed = true; changed;) {
+        changed = false;
+        double sum = 0;
+        for (int64_t e = 0; e < experts; e++)
+            if (!capped[e]) sum += share[e];
+        double rest = (double)total - cap * (double)n_capped;
+        for (int64_t e = 0; e < experts && sum > 0; e++)
+            if (!capped[e] && share[e] / sum * rest > cap) {
+                capped[e] = 1;
+                n_capped++;
+                changed = true;
+            }
+    }
+    for (int64_t e = 0; e < experts; e++)
+        if (capped[e]) share[e] = 0;
+    round_to_tokens(share, capped, experts, total - (int64_t)cap * n_capped, cap, out, remainder,
+                    order);
+    for (int64_t e = 0; e < experts; e++)
+        if (capped[e]) out[e] = cap;
 }
 
 moira_status_t moira_profile_synthesise(const moira_model_config_t *model, const char *skew,
@@ -212,12 +254,18 @@ moira_status_t moira_profile_synthesise(const moira_model_config_t *model, const
     }
     if (tokens <= 0)
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "tokens must be positive");
+    if (model->num_experts_per_tok > model->n_routed_experts)
+        return moira_status_make(
+            MOIRA_CODE_INVALID_ARGUMENT, "model \"%s\" routes each token to %lld of %lld experts",
+            model->name, (long long)model->num_experts_per_tok, (long long)model->n_routed_experts);
     MOIRA_RETURN_IF_ERROR(allocate_for_model(model, out));
     int64_t experts = out->experts;
     double *share = malloc((size_t)experts * sizeof(double));
     double *scratch = malloc((size_t)experts * sizeof(double));
     int64_t *rank_of = malloc((size_t)experts * sizeof(int64_t));
-    if (!share || !scratch || !rank_of) {
+    unsigned char *capped = malloc((size_t)experts);
+    if (!share || !scratch || !rank_of || !capped) {
+        free(capped);
         free(share);
         free(scratch);
         free(rank_of);
@@ -237,9 +285,10 @@ moira_status_t moira_profile_synthesise(const moira_model_config_t *model, const
         }
         for (int64_t e = 0; e < experts; e++)
             share[e] = pow((double)(rank_of[e] + 1), -exponent);
-        round_to_tokens(share, experts, tokens * model->num_experts_per_tok,
-                        out->load + (size_t)r * experts, scratch, rank_of);
+        split_capped(share, capped, experts, tokens * model->num_experts_per_tok, (double)tokens,
+                     out->load + (size_t)r * experts, scratch, rank_of);
     }
+    free(capped);
     free(share);
     free(scratch);
     free(rank_of);

@@ -1,6 +1,7 @@
 /* Placement inputs: topology files (the shipped configs load with their authors' figures; every
  * kind of malformed file is an INVALID_INPUT at the offending value's file:line:col), discovery
  * of the local machine, and expert load profiles (read, validated, synthesised). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -292,6 +293,12 @@ static void test_profiles(void) {
     }
 }
 
+/* Descending order for qsort. */
+static int by_double_descending(const void *pa, const void *pb) {
+    double a = *(const double *)pa, b = *(const double *)pb;
+    return a < b ? 1 : a > b ? -1 : 0;
+}
+
 static void test_synthesised_profiles(void) {
     moira_model_config_t model = small_model();
     moira_profile_t p;
@@ -319,6 +326,35 @@ static void test_synthesised_profiles(void) {
     CHECK(memcmp(p.load, again.load, sizeof(double) * 8 * 3) == 0);
     CHECK(memcmp(p.load, p.load + 8, sizeof(double) * 8) != 0);
     moira_profile_free(&again);
+    moira_profile_free(&p);
+    /* Zipf(3): shares 1/r^3, H = sum over r = 1..8 = 1.195160. Uncapped, the top expert would get
+     * 2000 / H = 1673 of 1000 tokens; it gets the batch, 1000, and the other 1000 are shared
+     * in proportion: rank r gets 1000 r^-3 / (H - 1) (rank 2: 1000 x 0.125 / 0.195160 = 640.5). */
+    CHECK_OK(moira_profile_synthesise(&model, "zipf:3", 1000, &p));
+    double h = 0;
+    for (int r = 1; r <= 8; r++)
+        h += pow(r, -3.0);
+    for (int r = 0; r < p.n_layers; r++) {
+        const double *load = p.load + (size_t)r * 8;
+        double sorted[8], sum = 0;
+        for (int e = 0; e < 8; e++) {
+            sorted[e] = load[e];
+            sum += load[e];
+        }
+        qsort(sorted, 8, sizeof(double), by_double_descending);
+        CHECK(sum == 2000 && sorted[0] == 1000);
+        for (int rank = 2; rank <= 8; rank++)
+            CHECK_NEAR(sorted[rank - 1], 1000 * pow(rank, -3.0) / (h - 1), 1.0);
+    }
+    moira_profile_free(&p);
+    /* One token, k = 2: two experts get the token, none more than it. */
+    CHECK_OK(moira_profile_synthesise(&model, "zipf:10", 1, &p));
+    for (int r = 0; r < p.n_layers; r++) {
+        int ones = 0;
+        for (int e = 0; e < 8; e++)
+            ones += p.load[(size_t)r * 8 + e] == 1;
+        CHECK(ones == 2);
+    }
     moira_profile_free(&p);
     CHECK_CODE(moira_profile_synthesise(&model, "zipf:x", 1000, &p), MOIRA_CODE_INVALID_ARGUMENT);
     CHECK_CODE(moira_profile_synthesise(&model, "pareto", 1000, &p), MOIRA_CODE_INVALID_ARGUMENT);
