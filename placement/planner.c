@@ -378,12 +378,21 @@ static moira_status_t plan_layer(workspace_t *w, const double *load, const moira
     moira_layer_cost_t kept;
     memset(&kept, 0, sizeof(kept));
     bool have_kept = false;
-    MOIRA_RETURN_IF_ERROR(plan_flat(w, load, o->redundant));
-    MOIRA_RETURN_IF_ERROR(keep_if_better(w, layer, &kept, &have_kept));
-    if (s->topology->n_hosts > 1 && s->cost->experts_per_group < s->experts) {
-        bool feasible = false;
-        MOIRA_RETURN_IF_ERROR(plan_hierarchical(w, load, o->redundant, &feasible));
-        if (feasible) MOIRA_RETURN_IF_ERROR(keep_if_better(w, layer, &kept, &have_kept));
+    /* Redundancy budgets 0, ..., N/4, N/2, N, fewest first: a larger budget is kept only when it
+     * predicts strictly faster, so extra replicas are used only when they lower the prediction,
+     * and the prediction at N is never above that at N/2 (nor at 0). */
+    int shifts = 0;
+    while (shifts < 62 && (o->redundant >> shifts) > 0)
+        shifts++;
+    for (int i = shifts; i >= 0; i--) {
+        int64_t budget = i < 63 ? o->redundant >> i : 0;
+        MOIRA_RETURN_IF_ERROR(plan_flat(w, load, budget));
+        MOIRA_RETURN_IF_ERROR(keep_if_better(w, layer, &kept, &have_kept));
+        if (s->topology->n_hosts > 1 && s->cost->experts_per_group < s->experts) {
+            bool feasible = false;
+            MOIRA_RETURN_IF_ERROR(plan_hierarchical(w, load, budget, &feasible));
+            if (feasible) MOIRA_RETURN_IF_ERROR(keep_if_better(w, layer, &kept, &have_kept));
+        }
     }
     static const moira_plan_strategy_t baselines[] = {MOIRA_PLAN_ALL_CPU, MOIRA_PLAN_FILL_FASTEST};
     for (size_t i = 0; i < sizeof(baselines) / sizeof(baselines[0]); i++) {

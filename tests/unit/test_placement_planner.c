@@ -145,7 +145,8 @@ static void test_eplb_example(void) {
     const double eplb[2] = {1.208, 1.242};
     for (int l = 0; l < plan.n_layers && l < 2; l++) {
         const moira_plan_layer_t *layer = &plan.layers[l];
-        CHECK(layer->n_replicas == 16);
+        /* At most the 4 redundant replicas: one is kept only when it lowers the prediction. */
+        CHECK(layer->n_replicas >= 12 && layer->n_replicas <= 16);
         int per_gpu[64] = {0};
         double per_expert[12] = {0};
         for (int r = 0; r < layer->n_replicas; r++) {
@@ -153,7 +154,7 @@ static void test_eplb_example(void) {
             per_expert[layer->replica_expert[r]] += layer->replica_load[r];
         }
         for (int i = 0; i < t.n_targets; i++)
-            CHECK(per_gpu[i] == (t.targets[i].kind == MOIRA_TARGET_GPU ? 2 : 0));
+            CHECK(per_gpu[i] <= (t.targets[i].kind == MOIRA_TARGET_GPU ? 2 : 0));
         /* Every expert's tokens are all routed somewhere. */
         const double *load = moira_profile_layer_load(&p, layer->layer);
         for (int e = 0; e < 12; e++)
@@ -217,6 +218,33 @@ static void test_heterogeneous(void) {
                           CONFIGS "models/qwen3-30b-a3b.yaml", "uniform", 0);
     check_beats_baselines(CONFIGS "topologies/mi300x-8.yaml", CONFIGS "models/deepseek-v3.yaml",
                           "zipf:1", 32);
+}
+
+/* More --redundant never predicts slower (issue 15: V3 on mi300x-8 predicted 2,072 us per layer
+ * at 4 and 2,330 at 256): each budget's prediction is at most its half's, and at most the one
+ * without redundancy. Two MoE layers of V3 keep the test fast. */
+static void test_redundancy_never_hurts(void) {
+    moira_topology_t t;
+    moira_model_config_t m;
+    moira_profile_t p;
+    CHECK_OK(moira_topology_load(CONFIGS "topologies/mi300x-8.yaml", NULL, &t));
+    CHECK_OK(moira_model_config_load(CONFIGS "models/deepseek-v3.yaml", &m));
+    m.num_hidden_layers = m.first_k_dense_replace + 2;
+    CHECK_OK(moira_profile_synthesise(&m, "uniform", 4096, &p));
+    static const int64_t budgets[] = {0, 1, 2, 4, 8, 16, 32, 64, 128, 256};
+    double at[sizeof(budgets) / sizeof(budgets[0])];
+    for (size_t i = 0; i < sizeof(budgets) / sizeof(budgets[0]); i++) {
+        moira_plan_t plan;
+        CHECK_OK(plan_with(&t, &m, &p, budgets[i], 0, MOIRA_PLAN_BALANCED, &plan));
+        at[i] = predicted(&plan);
+        printf("  --redundant %lld: %.1f us per layer\n", (long long)budgets[i], at[i]);
+        CHECK(at[i] <= at[0] * (1 + 1e-12));
+        if (i > 0)
+            CHECK_MSG(at[i] <= at[i - 1] * (1 + 1e-12), "budget %lld", (long long)budgets[i]);
+        moira_plan_free(&plan);
+    }
+    moira_profile_free(&p);
+    moira_topology_free(&t);
 }
 
 /* A hand-checkable baseline: 4 experts in one 100 GB/s NUMA node of 1 TFLOP/s. With D = 1024,
@@ -320,7 +348,7 @@ static void test_groups_and_determinism(void) {
             if (host_of_group[g] >= 0 && host_of_group[g] != h) split_groups++;
             host_of_group[g] = h;
         }
-        CHECK(a.layers[l].n_replicas == 256 + 32);
+        CHECK(a.layers[l].n_replicas >= 256 && a.layers[l].n_replicas <= 256 + 32);
     }
     CHECK_MSG(split_groups == 0, "%d replicas split their group across hosts", split_groups);
     moira_plan_free(&a);
@@ -595,6 +623,7 @@ int main(void) {
     test_network_by_hand();
     test_eplb_example();
     test_heterogeneous();
+    test_redundancy_never_hurts();
     test_all_cpu_by_hand();
     test_caps();
     test_groups_and_determinism();
