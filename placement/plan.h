@@ -30,10 +30,11 @@ typedef struct moira_plan_layer {
 typedef struct moira_plan {
     char topology[MOIRA_TOPOLOGY_NAME_MAX];
     char model[MOIRA_MODEL_CONFIG_NAME_MAX];
-    int64_t experts;      /* logical experts per layer */
-    int64_t expert_bytes; /* one replica's weights */
-    int64_t slots;        /* replicas per target per layer; 0 = only memory limits */
-    int64_t redundant;    /* extra replicas per layer the planner was allowed */
+    char home[MOIRA_TARGET_NAME_MAX]; /* the device of attention and the rest; "" when not named */
+    int64_t experts;                  /* logical experts per layer */
+    int64_t expert_bytes;             /* one replica's weights */
+    int64_t slots;                    /* replicas per target per layer; 0 = only memory limits */
+    int64_t redundant;                /* extra replicas per layer the planner was allowed */
     int n_layers;
     moira_plan_layer_t *layers; /* owned */
 } moira_plan_t;
@@ -53,7 +54,8 @@ typedef struct moira_plan_options {
 } moira_plan_options_t;
 
 /* Plans every MoE layer of `model` on `topology` for the loads in `profile`. For each layer it
- * gives hot experts the redundant replicas, places replicas to minimise the predicted layer time
+ * gives hot experts redundant replicas (kept only where they lower the prediction, so a larger
+ * --redundant never predicts slower), places replicas to minimise the predicted layer time
  * (cost_model.h), and across hosts also tries keeping expert groups on one host (as EPLB's
  * hierarchical policy does), keeping whichever predicts faster. Memory and slots are hard caps.
  * Deterministic. All inputs are borrowed; caller owns *out. Errors: INVALID_INPUT when the
@@ -61,6 +63,15 @@ typedef struct moira_plan_options {
 moira_status_t moira_plan_make(const moira_topology_t *topology, const moira_model_config_t *model,
                                const moira_profile_t *profile, const moira_plan_options_t *options,
                                moira_plan_t *out);
+
+/* Gives the plan's replicas the loads of `profile` (borrowed): each expert's load split over its
+ * replicas in the shares they had, evenly when they had none. For scoring a plan against a new
+ * load; call moira_plan_evaluate after. Errors: INVALID_ARGUMENT when the profile has another
+ * expert count or lacks one of the plan's layers. */
+moira_status_t moira_plan_apply_profile(moira_plan_t *plan, const moira_profile_t *profile);
+
+/* Whether any replica of the plan receives tokens (a hand-written plan may give no loads). */
+bool moira_plan_has_load(const moira_plan_t *plan);
 
 /* Recomputes every layer's cost from its replicas (after loading a hand-written plan). */
 void moira_plan_evaluate(moira_plan_t *plan, const moira_topology_t *topology,
@@ -106,8 +117,19 @@ moira_status_t moira_plan_write(const moira_plan_t *plan, const moira_topology_t
 moira_status_t moira_plan_write_stream(const moira_plan_t *plan, const moira_topology_t *topology,
                                        FILE *out, bool json);
 
-/* Reads a plan (YAML or JSON) and validates it against `topology`. Caller owns *out. Errors:
- * NOT_FOUND, IO, INVALID_INPUT at file:line:col. */
+/* Reads a plan (YAML or JSON) and validates it against `topology`. `model` (borrowed, may be
+ * NULL) gives the expert count and size when the file leaves them out, as hand-written plans
+ * may (DESIGN §5); without it the file must give them. Caller owns *out. Errors: NOT_FOUND, IO,
+ * INVALID_INPUT at file:line:col. */
+moira_status_t moira_plan_load_for_model(const char *path, const moira_topology_t *topology,
+                                         const moira_model_config_t *model, moira_plan_t *out);
+
+/* As moira_plan_load_for_model, from text in memory. */
+moira_status_t moira_plan_parse_for_model(const char *text, size_t len, const char *display_name,
+                                          const moira_topology_t *topology,
+                                          const moira_model_config_t *model, moira_plan_t *out);
+
+/* moira_plan_load_for_model without a model: the file gives the expert count and size. */
 moira_status_t moira_plan_load(const char *path, const moira_topology_t *topology,
                                moira_plan_t *out);
 

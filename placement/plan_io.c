@@ -88,6 +88,10 @@ moira_status_t moira_plan_write_stream(const moira_plan_t *plan, const moira_top
     moira_tree_string(&w, plan->topology);
     moira_tree_key(&w, "model");
     moira_tree_string(&w, plan->model);
+    if (plan->home[0]) {
+        moira_tree_key(&w, "home");
+        moira_tree_string(&w, plan->home);
+    }
     moira_tree_key(&w, "experts");
     moira_tree_int(&w, plan->experts);
     moira_tree_key(&w, "expert_bytes");
@@ -225,6 +229,7 @@ moira_status_t moira_plan_check_model(const moira_plan_t *plan, const moira_mode
 typedef struct load_ctx {
     moira_yaml_doc_t *doc;
     const moira_topology_t *topology;
+    const moira_model_config_t *model; /* fills what a hand-written plan leaves out; may be NULL */
     moira_plan_t *plan;
     int64_t *used_bytes; /* per target, accumulated while reading layers */
     /* Stamps that make the duplicate checks one look-up each (owned, freed by finish_load):
@@ -415,14 +420,38 @@ static moira_status_t load_layer(load_ctx_t *ctx, const yaml_node_t *node) {
     return MOIRA_OK_STATUS;
 }
 
+/* The expert count and size: from the file when it gives them, else from the model (DESIGN §5:
+ * what the model determines is not required in a hand-written plan). */
+static moira_status_t model_figures(load_ctx_t *ctx, const yaml_node_t *root) {
+    moira_yaml_doc_t *doc = ctx->doc;
+    moira_plan_t *plan = ctx->plan;
+    const moira_model_config_t *model = ctx->model;
+    yaml_node_t *v = moira_yaml_get(doc, root, "experts");
+    if (v)
+        MOIRA_RETURN_IF_ERROR(
+            moira_yaml_int(doc, v, "experts", 1, MAX_PLAN_EXPERTS, &plan->experts));
+    else if (model)
+        plan->experts = model->n_routed_experts;
+    if ((v = moira_yaml_get(doc, root, "expert_bytes")))
+        MOIRA_RETURN_IF_ERROR(
+            moira_yaml_int(doc, v, "expert_bytes", 1, INT64_MAX / 4096, &plan->expert_bytes));
+    else if (model)
+        plan->expert_bytes = moira_model_config_expert_bytes(model, model->weight_dtype);
+    if (plan->experts > 0 && plan->expert_bytes > 0) return MOIRA_OK_STATUS;
+    return moira_yaml_fail(doc, root,
+                           "the plan gives no %s and no model was given to take it from "
+                           "(give --model)",
+                           plan->experts > 0 ? "expert_bytes" : "experts");
+}
+
 /* The whole document: header keys, then devices and layers, each located on error. */
 static moira_status_t load_plan(load_ctx_t *ctx) {
     moira_yaml_doc_t *doc = ctx->doc;
     moira_plan_t *plan = ctx->plan;
     yaml_node_t *root = moira_yaml_root(doc), *v = NULL, *layers = NULL;
-    static const char *const keys[] = {"moira_plan",   "topology", "model",     "experts",
-                                       "expert_bytes", "slots",    "redundant", "devices",
-                                       "layers",       "summary",  NULL};
+    static const char *const keys[] = {"moira_plan", "topology",     "model",   "home",
+                                       "experts",    "expert_bytes", "slots",   "redundant",
+                                       "devices",    "layers",       "summary", NULL};
     MOIRA_RETURN_IF_ERROR(moira_yaml_expect_mapping(doc, root, "a plan"));
     MOIRA_RETURN_IF_ERROR(moira_yaml_check_keys(doc, root, keys));
     int64_t version = 0;
@@ -437,11 +466,13 @@ static moira_status_t load_plan(load_ctx_t *ctx) {
                                plan->topology, ctx->topology->name);
     MOIRA_RETURN_IF_ERROR(moira_yaml_require(doc, root, "model", "a plan", &v));
     MOIRA_RETURN_IF_ERROR(moira_yaml_string(doc, v, "model", plan->model, sizeof(plan->model)));
-    MOIRA_RETURN_IF_ERROR(moira_yaml_require(doc, root, "experts", "a plan", &v));
-    MOIRA_RETURN_IF_ERROR(moira_yaml_int(doc, v, "experts", 1, MAX_PLAN_EXPERTS, &plan->experts));
-    MOIRA_RETURN_IF_ERROR(moira_yaml_require(doc, root, "expert_bytes", "a plan", &v));
-    MOIRA_RETURN_IF_ERROR(
-        moira_yaml_int(doc, v, "expert_bytes", 1, INT64_MAX / 4096, &plan->expert_bytes));
+    if ((v = moira_yaml_get(doc, root, "home"))) {
+        MOIRA_RETURN_IF_ERROR(moira_yaml_string(doc, v, "home", plan->home, sizeof(plan->home)));
+        if (moira_topology_find_target(ctx->topology, plan->home) < 0)
+            return moira_yaml_fail(doc, v, "home \"%s\" is not a device of topology \"%s\"",
+                                   plan->home, ctx->topology->name);
+    }
+    MOIRA_RETURN_IF_ERROR(model_figures(ctx, root));
     if ((v = moira_yaml_get(doc, root, "slots")))
         MOIRA_RETURN_IF_ERROR(moira_yaml_int(doc, v, "slots", 0, MAX_PLAN_EXPERTS, &plan->slots));
     if ((v = moira_yaml_get(doc, root, "redundant")))
@@ -469,12 +500,13 @@ static moira_status_t load_plan(load_ctx_t *ctx) {
 
 /* Shared tail of _load and _parse: read, then run the checks planned plans also pass. */
 static moira_status_t finish_load(moira_yaml_doc_t *doc, const moira_topology_t *topology,
-                                  moira_plan_t *out) {
+                                  const moira_model_config_t *model, moira_plan_t *out) {
     memset(out, 0, sizeof(*out));
     load_ctx_t ctx;
     memset(&ctx, 0, sizeof(ctx));
     ctx.doc = doc;
     ctx.topology = topology;
+    ctx.model = model;
     ctx.plan = out;
     ctx.used_bytes = calloc((size_t)topology->n_targets + 1, sizeof(int64_t));
     ctx.target_stamp = calloc((size_t)topology->n_targets + 1, sizeof(int));
@@ -492,16 +524,27 @@ static moira_status_t finish_load(moira_yaml_doc_t *doc, const moira_topology_t 
     return status;
 }
 
-moira_status_t moira_plan_load(const char *path, const moira_topology_t *topology,
-                               moira_plan_t *out) {
+moira_status_t moira_plan_load_for_model(const char *path, const moira_topology_t *topology,
+                                         const moira_model_config_t *model, moira_plan_t *out) {
     moira_yaml_doc_t doc;
     MOIRA_RETURN_IF_ERROR(moira_yaml_doc_load(path, "plan", &doc));
-    return finish_load(&doc, topology, out);
+    return finish_load(&doc, topology, model, out);
+}
+
+moira_status_t moira_plan_parse_for_model(const char *text, size_t len, const char *display_name,
+                                          const moira_topology_t *topology,
+                                          const moira_model_config_t *model, moira_plan_t *out) {
+    moira_yaml_doc_t doc;
+    MOIRA_RETURN_IF_ERROR(moira_yaml_doc_parse(text, len, display_name, "plan", &doc));
+    return finish_load(&doc, topology, model, out);
+}
+
+moira_status_t moira_plan_load(const char *path, const moira_topology_t *topology,
+                               moira_plan_t *out) {
+    return moira_plan_load_for_model(path, topology, NULL, out);
 }
 
 moira_status_t moira_plan_parse(const char *text, size_t len, const char *display_name,
                                 const moira_topology_t *topology, moira_plan_t *out) {
-    moira_yaml_doc_t doc;
-    MOIRA_RETURN_IF_ERROR(moira_yaml_doc_parse(text, len, display_name, "plan", &doc));
-    return finish_load(&doc, topology, out);
+    return moira_plan_parse_for_model(text, len, display_name, topology, NULL, out);
 }

@@ -31,7 +31,9 @@ static const char plan_help[] =
     "  -o FILE           write the plan there (else it goes to stdout)\n"
     "  --json            write the plan as JSON (same structure as the YAML)\n"
     "  --svg FILE        draw the plan: devices as columns, layers as rows\n"
-    "  --check PLAN      load and validate a plan against the topology instead of planning\n\n"
+    "  --check PLAN      load and validate a plan against the topology instead of planning;\n"
+    "                    with --model its predictions are recomputed (for the loads of\n"
+    "                    --profile or --skew when given: score a plan against a new load)\n\n"
     "With -o the standard output gets a summary, including the predicted time of two naive\n"
     "placements (all experts in CPU memory; fastest device filled first) for comparison.\n";
 
@@ -121,8 +123,10 @@ static int parse_args(int argc, char **argv, plan_args_t *a) {
     if (optind < argc) return moira_cli_usage_error("plan", "unexpected \"%s\"", argv[optind]);
     if (a->profile_path && a->skew)
         return moira_cli_usage_error("plan", "give --profile or --skew, not both");
-    if (a->check && (a->profile_path || a->skew || a->output))
-        return moira_cli_usage_error("plan", "--check takes only --topology, --model and --svg");
+    if (a->check && a->output)
+        return moira_cli_usage_error("plan", "--check writes no plan: leave out -o");
+    if (a->check && (a->profile_path || a->skew) && !a->model_path)
+        return moira_cli_usage_error("plan", "--check with --profile or --skew needs --model");
     return 0;
 }
 
@@ -142,19 +146,10 @@ static double baseline_us(const moira_topology_t *topology, const moira_model_co
     return summary.predicted_us_per_layer;
 }
 
-/* The summary printed when the plan goes to a file: the prediction next to the two naive
- * placements, balance, traffic, and each target's share of the replicas and memory. */
-static void print_summary(FILE *out, const moira_plan_t *plan, const moira_topology_t *topology,
-                          double all_cpu_us, double fill_fastest_us) {
-    moira_plan_summary_t s;
-    moira_plan_summarise(plan, &s);
-    fprintf(out,
-            "plan: %s on %s: %d MoE layers, %lld experts in %.1f replicas per layer (%lld "
-            "redundant allowed)",
-            plan->model, plan->topology, plan->n_layers, (long long)plan->experts,
-            s.replicas_per_layer, (long long)plan->redundant);
-    if (plan->slots > 0) fprintf(out, ", at most %lld per device", (long long)plan->slots);
-    fprintf(out, "\npredicted: %.1f us per layer", s.predicted_us_per_layer);
+/* The predicted time next to the naive placements (negative: not placed), balance, traffic. */
+static void print_prediction(FILE *out, const moira_plan_summary_t *s, double all_cpu_us,
+                             double fill_fastest_us) {
+    fprintf(out, "\npredicted: %.1f us per layer", s->predicted_us_per_layer);
     if (all_cpu_us >= 0 || fill_fastest_us >= 0) {
         fprintf(out, " (");
         if (all_cpu_us >= 0) fprintf(out, "all experts in CPU memory: %.1f us", all_cpu_us);
@@ -164,7 +159,11 @@ static void print_summary(FILE *out, const moira_plan_t *plan, const moira_topol
         fprintf(out, ")");
     }
     fprintf(out, "\nmean max/mean load %.3f; %.0f link bytes and %.0f network bytes per token\n",
-            s.max_over_mean, s.link_bytes_per_token, s.network_bytes_per_token);
+            s->max_over_mean, s->link_bytes_per_token, s->network_bytes_per_token);
+}
+
+/* Each target's share of the replicas and memory. */
+static void print_devices(FILE *out, const moira_plan_t *plan, const moira_topology_t *topology) {
     fprintf(out, "%-24s %-5s %-8s %9s %12s %12s\n", "DEVICE", "KIND", "HOST_NUMA", "REPLICAS",
             "USED GiB", "MEMORY GiB");
     for (int t = 0; t < topology->n_targets; t++) {
@@ -178,6 +177,28 @@ static void print_summary(FILE *out, const moira_plan_t *plan, const moira_topol
                 (double)moira_plan_target_used_bytes(plan, t) / 1073741824.0,
                 (double)target->memory_bytes / 1073741824.0);
     }
+}
+
+/* The summary printed when the plan goes to a file: the prediction next to the two naive
+ * placements, balance, traffic, and each target's share of the replicas and memory. Figures the
+ * cost model did not compute here (`predicted` false: a checked plan without --model) are left
+ * out rather than echoed from the file. */
+static void print_summary(FILE *out, const moira_plan_t *plan, const moira_topology_t *topology,
+                          bool predicted, double all_cpu_us, double fill_fastest_us) {
+    moira_plan_summary_t s;
+    moira_plan_summarise(plan, &s);
+    fprintf(out,
+            "plan: %s on %s: %d MoE layers, %lld experts in %.1f replicas per layer (%lld "
+            "redundant allowed)",
+            plan->model, plan->topology, plan->n_layers, (long long)plan->experts,
+            s.replicas_per_layer, (long long)plan->redundant);
+    if (plan->slots > 0) fprintf(out, ", at most %lld per device", (long long)plan->slots);
+    if (!predicted)
+        fprintf(out, "\npredictions: not computed (give --model, and --profile or --skew to "
+                     "score another load)\n");
+    else
+        print_prediction(out, &s, all_cpu_us, fill_fastest_us);
+    print_devices(out, plan, topology);
 }
 
 /* The plan file (-o, not with --check) and its picture (--svg) are written together: both
@@ -204,6 +225,30 @@ static moira_status_t write_outputs(const plan_args_t *a, const moira_plan_t *pl
     return status;
 }
 
+/* The profile --profile or --skew describes (uniform over --tokens when neither is given). */
+static moira_status_t make_profile(const plan_args_t *a, const moira_model_config_t *model,
+                                   moira_profile_t *out) {
+    return a->profile_path
+               ? moira_profile_load(a->profile_path, model, out)
+               : moira_profile_synthesise(model, a->skew ? a->skew : "uniform", a->tokens, out);
+}
+
+/* --check with --model: the plan must be for the model; its predictions are recomputed, for the
+ * loads of --profile or --skew when given (or when the plan gives none). */
+static moira_status_t rescore(const plan_args_t *a, moira_plan_t *plan,
+                              const moira_topology_t *topology, const moira_model_config_t *model) {
+    MOIRA_RETURN_IF_ERROR(moira_plan_check_model(plan, model, a->check));
+    if (a->profile_path || a->skew || !moira_plan_has_load(plan)) {
+        moira_profile_t profile;
+        MOIRA_RETURN_IF_ERROR(make_profile(a, model, &profile));
+        moira_status_t status = moira_plan_apply_profile(plan, &profile);
+        moira_profile_free(&profile);
+        MOIRA_RETURN_IF_ERROR(status);
+    }
+    moira_plan_evaluate(plan, topology, model);
+    return MOIRA_OK_STATUS;
+}
+
 /* Loads the inputs, plans (or checks a plan), writes what was asked for. */
 static moira_status_t run_plan(const plan_args_t *a) {
     moira_device_info_t *infos = NULL;
@@ -225,15 +270,14 @@ static moira_status_t run_plan(const plan_args_t *a) {
     memset(&profile, 0, sizeof(profile));
     moira_plan_t plan;
     memset(&plan, 0, sizeof(plan));
-    if (!status && !a->check) {
-        status = a->profile_path ? moira_profile_load(a->profile_path, &model, &profile)
-                                 : moira_profile_synthesise(&model, a->skew ? a->skew : "uniform",
-                                                            a->tokens, &profile);
-    }
+    if (!status && !a->check) status = make_profile(a, &model, &profile);
     if (!status && a->check) {
-        status = moira_plan_load(a->check, &topology, &plan);
-        if (!status && a->model_path) status = moira_plan_check_model(&plan, &model, a->check);
-        if (!status && a->model_path) moira_plan_evaluate(&plan, &topology, &model);
+        status =
+            moira_plan_load_for_model(a->check, &topology, a->model_path ? &model : NULL, &plan);
+        if (!status && a->model_path) status = rescore(a, &plan, &topology, &model);
+        /* Without the model, the file's own predictions cannot be trusted: drawn as unknown. */
+        for (int l = 0; !status && !a->model_path && l < plan.n_layers; l++)
+            memset(&plan.layers[l].cost, 0, sizeof(plan.layers[l].cost));
     } else if (!status) {
         moira_plan_options_t options = {a->redundant, a->slots, MOIRA_PLAN_BALANCED};
         status = moira_plan_make(&topology, &model, &profile, &options, &plan);
@@ -242,12 +286,12 @@ static moira_status_t run_plan(const plan_args_t *a) {
         status = moira_plan_write_stream(&plan, &topology, stdout, a->json);
     if (!status) status = write_outputs(a, &plan, &topology, &model);
     if (!status && !a->check && a->output) {
-        print_summary(stdout, &plan, &topology,
+        print_summary(stdout, &plan, &topology, true,
                       baseline_us(&topology, &model, &profile, MOIRA_PLAN_ALL_CPU),
                       baseline_us(&topology, &model, &profile, MOIRA_PLAN_FILL_FASTEST));
     } else if (!status && a->check) {
         printf("%s: valid plan for topology %s\n", a->check, topology.name);
-        print_summary(stdout, &plan, &topology, -1, -1);
+        print_summary(stdout, &plan, &topology, a->model_path != NULL, -1, -1);
     }
     moira_plan_free(&plan);
     moira_profile_free(&profile);

@@ -55,7 +55,7 @@ moira_status_t run_place(const run_args_t *a, const moira_model_config_t *model,
     bool single_device = a->backend && !a->topology && !a->plan;
     moira_status_t status = load_topology(a, single_device, &out->topology);
     if (!status && a->plan) {
-        status = moira_plan_load(a->plan, &out->topology, &out->plan);
+        status = moira_plan_load_for_model(a->plan, &out->topology, model, &out->plan);
         if (!status) moira_plan_evaluate(&out->plan, &out->topology, model);
         snprintf(out->source, sizeof(out->source), "%s (topology %s)", a->plan, out->topology.name);
     } else if (!status) {

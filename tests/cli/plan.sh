@@ -82,6 +82,61 @@ expect 2 "plan for another model" -- "$moira" plan --topology "$configs/topologi
     --check "$work/mi300x-8.yaml" --model "$configs/models/deepseek-v3.yaml"
 expect_stderr 'places 32 experts' "model mismatch named"
 
+# plan --check (issue 15): without --model it prints no prediction it did not compute (it used
+# to echo the file's and divide link bytes by no tokens); with --model it recomputes them, from
+# the plan's loads or from --profile / --skew (scoring the plan against another load).
+v3="$configs/models/deepseek-v3.yaml"
+mi300x="$configs/topologies/mi300x-8.yaml"
+expect 0 "plan V3 for checking" -- "$moira" plan --topology "$mi300x" --model "$v3" \
+    --skew zipf:1 -o "$work/v3.yaml"
+planned=$(grep '^predicted:' "$work/out" | awk '{print $2}')
+planned_link=$(grep '^mean max/mean' "$work/out" | awk '{print $5}')
+sed 's/predicted_us: .*/predicted_us: 1/' "$work/v3.yaml" >"$work/v3-stale.yaml"
+expect 0 "check without --model" -- "$moira" plan --topology "$mi300x" --check "$work/v3-stale.yaml"
+grep -q '^predicted:\|link bytes' "$work/out" &&
+    { failed=$((failed + 1)); echo "FAIL: check without --model printed predictions"; cat "$work/out"; } ||
+    passed=$((passed + 1))
+check "check without --model says so" 'predictions: not computed' "$work/out"
+expect 0 "check with --model" -- "$moira" plan --topology "$mi300x" --check "$work/v3-stale.yaml" \
+    --model "$v3"
+[ "$(grep '^predicted:' "$work/out" | awk '{print $2}')" = "$planned" ] &&
+    [ "$(grep '^mean max/mean' "$work/out" | awk '{print $5}')" = "$planned_link" ] &&
+    passed=$((passed + 1)) ||
+    { failed=$((failed + 1)); echo "FAIL: check --model did not recompute $planned us, $planned_link link bytes"; cat "$work/out"; }
+expect 0 "check scored against another load" -- "$moira" plan --topology "$mi300x" \
+    --check "$work/v3.yaml" --model "$v3" --skew uniform
+rescored=$(grep '^predicted:' "$work/out" | awk '{print $2}')
+[ -n "$rescored" ] && [ "$rescored" != "$planned" ] && passed=$((passed + 1)) ||
+    { failed=$((failed + 1)); echo "FAIL: --check --skew uniform kept $planned us"; }
+expect 2 "check --skew without --model" -- "$moira" plan --topology "$mi300x" \
+    --check "$work/v3.yaml" --skew uniform
+
+# A hand-written plan needs only DESIGN §5's keys: the expert count and size come from --model.
+cat >"$work/by-hand.yaml" <<'YAML'
+moira_plan: 1
+topology: docs-box
+model: docs-tiny
+home: npu0
+devices: [{name: gpu0, host: box, backend: opencl, memory_bytes: 4294967296, used_bytes: 0}]
+layers:
+  - layer: 1
+    devices:
+      npu0: {experts: [0, 1, 2, 3], load: [40.5, 12, 7, 3]}
+      box/numa0: {experts: [0, 4, 5, 6, 7], load: [10, 9, 8, 7, 6]}
+    max_over_mean: 1.04
+    predicted_us: 812
+summary: {max_over_mean: 1.06, predicted_us_per_layer: 790, link_bytes_per_token: 0}
+YAML
+docs="$data/../../docs/examples"
+expect 0 "hand-written plan with --model" -- "$moira" plan --topology "$docs/topology.yaml" \
+    --model "$docs/model.yaml" --check "$work/by-hand.yaml"
+grep -q '^predicted: 790\|^predicted: 812' "$work/out" &&
+    { failed=$((failed + 1)); echo "FAIL: hand-written plan echoed its predictions"; } ||
+    passed=$((passed + 1))
+expect 2 "hand-written plan without --model" -- "$moira" plan \
+    --topology "$docs/topology.yaml" --check "$work/by-hand.yaml"
+expect_stderr 'by-hand.yaml:1:1: .*give --model' "missing expert count explained"
+
 # A plan that cannot be made leaves an existing output untouched.
 cat >"$work/tiny.yaml" <<'YAML'
 name: tiny

@@ -259,10 +259,52 @@ static void test_truncated_plans(void) {
     moira_topology_free(&t);
 }
 
+/* DESIGN §5's plan with only its keys (home, the device list, no expert count or size): the
+ * model gives the count (4) and size (3 x 512 x 1024 x 2 = 3145728 bytes); without a model the
+ * plan is refused at its first line, asking for one. Scoring it against a profile splits each
+ * expert's load over its replicas in their shares: expert 0 had 30 on g0 and 10 on n0, so a new
+ * load of 100 becomes 75 and 25. */
+static void test_design_keys_only(void) {
+    moira_topology_t t;
+    CHECK_OK(moira_topology_parse(topology_text, strlen(topology_text), "box.yaml", NULL, &t));
+    moira_model_config_t m;
+    CHECK_OK(moira_model_config_parse_string(model_text, strlen(model_text), "m", &m));
+    const char *text = "moira_plan: 1\ntopology: box\nmodel: m\nhome: n0\n"
+                       "devices: [{name: g0, host: h, backend: opencl, memory_bytes: 1, "
+                       "used_bytes: 1}]\n"
+                       "layers:\n"
+                       "  - layer: 0\n    devices:\n"
+                       "      g0: {experts: [0, 1], load: [30, 20]}\n"
+                       "      n0: {experts: [2, 3, 0], load: [10, 5, 10]}\n"
+                       "    max_over_mean: 1.04\n    predicted_us: 812\n"
+                       "  - layer: 1\n    devices:\n      n0: {experts: [0, 1, 2, 3]}\n"
+                       "summary: {max_over_mean: 1.06, predicted_us_per_layer: 790, "
+                       "link_bytes_per_token: 0}\n";
+    moira_plan_t plan;
+    CHECK_OK(moira_plan_parse_for_model(text, strlen(text), "p.yaml", &t, &m, &plan));
+    CHECK(plan.experts == 4 && plan.expert_bytes == 3145728 && !strcmp(plan.home, "n0"));
+    CHECK_OK(moira_plan_check_model(&plan, &m, "p.yaml"));
+    moira_profile_t p;
+    CHECK_OK(moira_profile_synthesise(&m, "uniform", 200, &p)); /* 100 per expert */
+    CHECK_OK(moira_plan_apply_profile(&plan, &p));
+    CHECK(plan.layers[0].replica_load[0] == 75 && plan.layers[0].replica_load[4] == 25);
+    CHECK(plan.layers[1].replica_load[0] == 100);
+    moira_profile_free(&p);
+    moira_plan_free(&plan);
+    moira_status_t status = moira_plan_parse(text, strlen(text), "p.yaml", &t, &plan);
+    CHECK_MSG(moira_status_code(status) == MOIRA_CODE_INVALID_INPUT &&
+                  strstr(moira_status_message(status), "p.yaml:1:1: ") &&
+                  strstr(moira_status_message(status), "--model"),
+              "got %s", moira_status_message(status));
+    moira_status_free(status);
+    moira_topology_free(&t);
+}
+
 int main(void) {
     test_round_trip(false);
     test_round_trip(true);
     test_hand_written();
+    test_design_keys_only();
     test_awkward_names();
     test_truncated_plans();
     return moira_test_finish("test_placement_plan_io");
