@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "runtime/tensor.h"
+#include "runtime/weight_format.h"
 
 /* What element types an operand accepts. */
 typedef enum operand_type {
@@ -436,22 +437,24 @@ static bool data_span(const moira_dtensor_t *tensor, size_t *out_bytes) {
         if (__builtin_mul_overflow(rows - 1, stride, &elems)) return false;
         if (__builtin_add_overflow(elems, cols, &elems)) return false;
     }
+    if (moira_dtype_is_quantized(tensor->dtype))
+        return !__builtin_mul_overflow(rows, (uint64_t)moira_weight_row_bytes(tensor->dtype, cols),
+                                       out_bytes);
     return !__builtin_mul_overflow(elems, (uint64_t)moira_dtype_size(tensor->dtype), out_bytes);
 }
 
-/* fp8 block scales: f32 [ceil(rows/128), ceil(cols/128)] per matrix. */
-static uint64_t fp8_scale_bytes(const moira_dtensor_t *tensor) {
+/* A scaled weight's scales over all its matrices (weight_format.h). */
+static uint64_t scale_bytes_of(const moira_dtensor_t *tensor) {
     uint64_t matrices = 1;
     for (int i = 0; i + 2 < tensor->rank; i++)
         matrices *= (uint64_t)tensor->shape[i];
-    uint64_t rows = (uint64_t)tensor->shape[tensor->rank - 2];
-    uint64_t cols = (uint64_t)tensor->shape[tensor->rank - 1];
-    return matrices * ((rows + MOIRA_FP8_BLOCK - 1) / MOIRA_FP8_BLOCK) *
-           ((cols + MOIRA_FP8_BLOCK - 1) / MOIRA_FP8_BLOCK) * sizeof(float);
+    return matrices * moira_weight_scale_bytes(tensor->dtype, tensor->shape[tensor->rank - 2],
+                                               tensor->shape[tensor->rank - 1]);
 }
 
-/* Weights may be any float type because every backend widens them as it reads; activations and
- * indices have exactly one type so kernels can index them directly. */
+/* Weights may be any float type or quantised format because backends widen them as they read
+ * (whether a device computes an op with a format is its own answer, moira_device_supports);
+ * activations and indices have exactly one type so kernels can index them directly. */
 static bool type_accepts(operand_type_t type, moira_dtype_t dtype) {
     switch (type) {
     case TYPE_F32:
@@ -459,7 +462,7 @@ static bool type_accepts(operand_type_t type, moira_dtype_t dtype) {
     case TYPE_I32:
         return dtype == MOIRA_DTYPE_I32;
     case TYPE_WEIGHT:
-        return moira_dtype_is_float(dtype);
+        return moira_dtype_is_weight(dtype);
     case TYPE_CACHE:
         return dtype == MOIRA_DTYPE_F32 || dtype == MOIRA_DTYPE_BF16;
     }
@@ -474,7 +477,7 @@ static const char *type_description(operand_type_t type) {
     case TYPE_I32:
         return "I32";
     case TYPE_WEIGHT:
-        return "a weight type (F32, F16, BF16, F8_E4M3)";
+        return "a weight type (F32, F16, BF16, F8_E4M3, MXFP4, INT8)";
     case TYPE_CACHE:
         return "F32 or BF16 (a latent cache)";
     }
@@ -512,8 +515,19 @@ static moira_status_t check_storage(const op_rule_t *rule, int index,
             return operand_error(rule, index, "has row_stride %lld, less than its row of %lld",
                                  (long long)tensor->row_stride, (long long)row_length);
     }
+    if (moira_dtype_is_quantized(tensor->dtype)) {
+        if (tensor->row_stride != 0)
+            return operand_error(rule, index, "is %s and must be contiguous",
+                                 moira_dtype_name(tensor->dtype));
+        if (tensor->rank < 2 ||
+            !moira_weight_shape_fits(tensor->dtype, tensor->shape[tensor->rank - 2],
+                                     tensor->shape[tensor->rank - 1]))
+            return operand_error(rule, index, "has %s rows of %lld inputs (need a multiple of 32)",
+                                 moira_dtype_name(tensor->dtype),
+                                 (long long)(tensor->rank ? tensor->shape[tensor->rank - 1] : 0));
+    }
     size_t element = moira_dtype_size(tensor->dtype);
-    if (tensor->offset % element)
+    if (element && tensor->offset % element)
         return operand_error(rule, index, "offset %zu is not a multiple of its %zu-byte elements",
                              tensor->offset, element);
     size_t span;
@@ -522,15 +536,16 @@ static moira_status_t check_storage(const op_rule_t *rule, int index,
     if (tensor->offset > size || span > size - tensor->offset)
         return operand_error(rule, index, "bytes [%zu, %zu) lie outside its buffer of %zu bytes",
                              tensor->offset, tensor->offset + span, size);
-    if (tensor->dtype == MOIRA_DTYPE_F8_E4M3 && tensor->rank >= 2) {
-        uint64_t scale_bytes = fp8_scale_bytes(tensor);
-        if (tensor->scale_offset % sizeof(float) || tensor->scale_offset > size ||
-            scale_bytes > size - tensor->scale_offset)
-            return operand_error(rule, index,
-                                 "fp8 block scales at offset %zu (%llu bytes) are misaligned or "
-                                 "outside its buffer of %zu bytes",
-                                 tensor->scale_offset, (unsigned long long)scale_bytes, size);
-    }
+    uint64_t scale_bytes = tensor->rank >= 2 ? scale_bytes_of(tensor) : 0;
+    const moira_weight_format_t *format = moira_weight_format(tensor->dtype);
+    size_t scale_align = format && format->scale_dtype == MOIRA_DTYPE_F32 ? sizeof(float) : 1;
+    if (scale_bytes && (tensor->scale_offset % scale_align || tensor->scale_offset > size ||
+                        scale_bytes > size - tensor->scale_offset))
+        return operand_error(rule, index,
+                             "%s scales at offset %zu (%llu bytes) are misaligned or outside its "
+                             "buffer of %zu bytes",
+                             moira_dtype_name(tensor->dtype), tensor->scale_offset,
+                             (unsigned long long)scale_bytes, size);
     return MOIRA_OK_STATUS;
 }
 

@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/weight_format.h"
+
 #define STAGING_ALIGN 256
 
 /* Windows start 256-byte aligned, enough for every backend's vector loads. */
@@ -13,29 +15,35 @@ static size_t staging_reserve(moira_staging_t *s, size_t bytes) {
     return offset;
 }
 
-/* fp8 block scales cover partial blocks at the edges. */
-static int64_t ceil_div(int64_t a, int64_t b) {
-    return (a + b - 1) / b;
+/* Scales a host weight lacks (an fp8 checkpoint without weight_scale_inv) are all one. */
+static void fill_unit_scales(moira_dtype_t dtype, void *scales, size_t bytes) {
+    const moira_weight_format_t *f = moira_weight_format(dtype);
+    if (f->scale_dtype == MOIRA_DTYPE_E8M0) {
+        memset(scales, 127, bytes);
+        return;
+    }
+    for (size_t i = 0; i < bytes / sizeof(float); i++)
+        ((float *)scales)[i] = 1.0f;
 }
 
-/* Writes one host matrix as `dtype` at `dst` (and its fp8 scales at `scales`): a plain copy when
- * the dtypes agree, else a rounding conversion (fp8 gets fresh block scales). */
+/* Writes one host matrix as `dtype` at `dst` (and its scales, if the format has any, at
+ * `scales`): a plain copy when the dtypes agree, else a rounding conversion (fp8 and the
+ * quantised formats get fresh scales). */
 static moira_status_t fill_matrix(const moira_tensor_t *src, moira_dtype_t dtype, void *dst,
-                                  float *scales) {
-    int64_t rows = src->shape[0], cols = src->shape[1];
-    size_t n_scales = (size_t)(ceil_div(rows, MOIRA_FP8_BLOCK) * ceil_div(cols, MOIRA_FP8_BLOCK));
+                                  void *scales) {
+    size_t scale_bytes = moira_weight_scale_bytes(dtype, src->shape[0], src->shape[1]);
     if (src->dtype == dtype) {
         memcpy(dst, src->data, moira_tensor_nbytes(src));
-        if (dtype == MOIRA_DTYPE_F8_E4M3) {
-            for (size_t i = 0; i < n_scales; i++)
-                scales[i] = src->scale ? ((const float *)src->scale->data)[i] : 1.0f;
-        }
+        if (scale_bytes && src->scale)
+            memcpy(scales, src->scale->data, scale_bytes);
+        else if (scale_bytes)
+            fill_unit_scales(dtype, scales, scale_bytes);
         return MOIRA_OK_STATUS;
     }
     moira_tensor_t converted, scale;
     MOIRA_RETURN_IF_ERROR(moira_tensor_convert(src, dtype, &converted, &scale));
     memcpy(dst, converted.data, moira_tensor_nbytes(&converted));
-    if (dtype == MOIRA_DTYPE_F8_E4M3) memcpy(scales, scale.data, n_scales * sizeof(float));
+    if (scale_bytes) memcpy(scales, scale.data, scale_bytes);
     moira_tensor_release(&converted);
     moira_tensor_release(&scale);
     return MOIRA_OK_STATUS;
@@ -56,16 +64,20 @@ moira_status_t moira_staging_place_matrices(moira_staging_t *s, const moira_tens
     const moira_tensor_t *first = mats[0];
     moira_dtype_t dtype =
         s->weight_dtype < 0 ? stored_dtype(mats, count) : (moira_dtype_t)s->weight_dtype;
-    if (!moira_dtype_is_float(dtype) || first->rank != 2)
+    if (!moira_dtype_is_weight(dtype) || first->rank != 2)
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "weights must be 2-D float matrices");
     int64_t rows = first->shape[0], cols = first->shape[1];
-    size_t matrix_bytes = (size_t)(rows * cols) * moira_dtype_size(dtype);
-    size_t scales_per = (size_t)(ceil_div(rows, MOIRA_FP8_BLOCK) * ceil_div(cols, MOIRA_FP8_BLOCK));
+    if (!moira_weight_shape_fits(dtype, rows, cols))
+        return moira_status_make(MOIRA_CODE_INVALID_INPUT,
+                                 "a [%lld, %lld] weight cannot be stored as %s (rows of a multiple "
+                                 "of 32 inputs)",
+                                 (long long)rows, (long long)cols, moira_dtype_name(dtype));
+    size_t matrix_bytes = (size_t)rows * moira_weight_row_bytes(dtype, cols);
+    size_t scales_per = moira_weight_scale_bytes(dtype, rows, cols);
     memset(out, 0, sizeof(*out));
     out->dtype = dtype;
     out->offset = staging_reserve(s, matrix_bytes * (size_t)count);
-    if (dtype == MOIRA_DTYPE_F8_E4M3)
-        out->scale_offset = staging_reserve(s, scales_per * sizeof(float) * (size_t)count);
+    if (scales_per) out->scale_offset = staging_reserve(s, scales_per * (size_t)count);
     out->rank = stack ? 3 : 2;
     int64_t shape3[3] = {count, rows, cols};
     memcpy(out->shape, stack ? shape3 : shape3 + 1, sizeof(int64_t) * (size_t)out->rank);
@@ -74,9 +86,7 @@ moira_status_t moira_staging_place_matrices(moira_staging_t *s, const moira_tens
         if (mats[e]->rank != 2 || mats[e]->shape[0] != rows || mats[e]->shape[1] != cols)
             return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
                                      "stacked expert matrices differ in shape");
-        float *scales = dtype == MOIRA_DTYPE_F8_E4M3
-                            ? (float *)(s->image + out->scale_offset) + (size_t)e * scales_per
-                            : NULL;
+        void *scales = scales_per ? s->image + out->scale_offset + (size_t)e * scales_per : NULL;
         MOIRA_RETURN_IF_ERROR(
             fill_matrix(mats[e], dtype, s->image + out->offset + (size_t)e * matrix_bytes, scales));
     }

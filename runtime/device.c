@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "runtime/fault.h"
+#include "runtime/weight_format.h"
 
 const char *moira_device_kind_name(moira_device_kind_t kind) {
     switch (kind) {
@@ -124,6 +125,12 @@ moira_status_t moira_queue_launch(moira_queue_t *queue, const moira_op_launch_t 
                                      t->buffer->device->info.name, queue->device->info.name);
         MOIRA_RETURN_IF_ERROR(
             check_range(t->buffer, t->offset, moira_dtensor_span_bytes(t), "op operand"));
+        /* A quantised weight reaches only kernels that decode it: a device answers per op. */
+        if (moira_dtype_is_quantized(t->dtype) &&
+            !queue->device->vtable->supports_op(queue->device, launch->op, t->dtype))
+            return moira_status_make(
+                MOIRA_CODE_UNSUPPORTED, "op %d operand %d: %s does not compute with %s weights",
+                launch->op, i, queue->device->info.name, moira_dtype_name(t->dtype));
     }
     MOIRA_RETURN_IF_ERROR(moira_fault_device_lost(queue->device, "launching a kernel"));
     return queue->device->vtable->enqueue_op(queue, launch);
@@ -221,6 +228,8 @@ size_t moira_dtensor_span_bytes(const moira_dtensor_t *tensor) {
     int64_t cols = tensor->shape[tensor->rank - 1];
     int64_t rows = cols ? moira_dtensor_numel(tensor) / cols : 0;
     if (rows == 0 || cols == 0) return 0;
+    if (moira_dtype_is_quantized(tensor->dtype)) /* contiguous only: no row_stride */
+        return (size_t)rows * moira_weight_row_bytes(tensor->dtype, cols);
     int64_t elems = (rows - 1) * moira_dtensor_row_stride(tensor) + cols;
     return (size_t)elems * moira_dtype_size(tensor->dtype);
 }

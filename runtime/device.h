@@ -64,8 +64,9 @@ typedef struct moira_queue moira_queue_t;
 
 /* A tensor in device memory: a window of a buffer. Rows (the second-to-last dimension) may be
  * `row_stride` elements apart so kernels can read a column slice in place (MLA splits [c | k_pe]
- * that way); the last dimension is always contiguous. fp8 weights keep their f32 block scales in
- * the same buffer at `scale_offset` ([ceil(rows/128), ceil(cols/128)] per matrix). */
+ * that way); the last dimension is always contiguous. Weights with scales (fp8 blocks, MXFP4,
+ * INT8: runtime/weight_format.h) keep them in the same buffer at `scale_offset`, one matrix's
+ * after another; quantised weights are always contiguous. */
 typedef struct moira_dtensor {
     moira_buffer_t *buffer; /* borrowed */
     size_t offset;          /* bytes from the buffer's start */
@@ -73,7 +74,7 @@ typedef struct moira_dtensor {
     int rank;
     int64_t shape[4];
     int64_t row_stride;  /* elements between rows; 0 = contiguous (the last dimension) */
-    size_t scale_offset; /* fp8 only: bytes from the buffer's start to the block scales */
+    size_t scale_offset; /* scaled formats only: bytes from the buffer's start to the scales */
 } moira_dtensor_t;
 
 #define MOIRA_OP_MAX_OPERANDS 16
@@ -216,8 +217,9 @@ void moira_device_info_add_detail(moira_device_info_t *info, const char *key, bo
  * fp8 2e-2). */
 double moira_precision_nmse_limit(moira_dtype_t precision);
 
-/* Bytes spanned by a device tensor from its offset (rows times row stride, plus fp8 scales are
- * not counted). Used to validate that a tensor lies inside its buffer. */
+/* Bytes spanned by a device tensor from its offset (rows times row stride, or rows times the
+ * format's row bytes for quantised weights; scales are not counted). Used to validate that a tensor
+ * lies inside its buffer. */
 size_t moira_dtensor_span_bytes(const moira_dtensor_t *tensor);
 
 /* Number of elements. */

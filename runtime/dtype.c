@@ -11,13 +11,17 @@ static const struct {
     const char *config_name; /* NULL: not a weight type a config can ask for */
     size_t size;
     bool is_float;
+    bool stored; /* a safetensors dtype the reader takes as it is */
 } dtype_info[MOIRA_DTYPE_COUNT] = {
-    [MOIRA_DTYPE_F32] = {"F32", "f32", 4, true},
-    [MOIRA_DTYPE_F16] = {"F16", "f16", 2, true},
-    [MOIRA_DTYPE_BF16] = {"BF16", "bf16", 2, true},
-    [MOIRA_DTYPE_F8_E4M3] = {"F8_E4M3", "fp8_e4m3", 1, true},
-    [MOIRA_DTYPE_I32] = {"I32", NULL, 4, false},
-    [MOIRA_DTYPE_I64] = {"I64", NULL, 8, false},
+    [MOIRA_DTYPE_F32] = {"F32", "f32", 4, true, true},
+    [MOIRA_DTYPE_F16] = {"F16", "f16", 2, true, true},
+    [MOIRA_DTYPE_BF16] = {"BF16", "bf16", 2, true, true},
+    [MOIRA_DTYPE_F8_E4M3] = {"F8_E4M3", "fp8_e4m3", 1, true, true},
+    [MOIRA_DTYPE_I32] = {"I32", NULL, 4, false, true},
+    [MOIRA_DTYPE_I64] = {"I64", NULL, 8, false, true},
+    [MOIRA_DTYPE_MXFP4] = {"MXFP4", NULL, 0, false, false},
+    [MOIRA_DTYPE_INT8] = {"INT8", NULL, 1, false, false},
+    [MOIRA_DTYPE_E8M0] = {"F8_E8M0", NULL, 1, false, false},
 };
 
 /* Out-of-range values come from corrupt headers or caller bugs; answering 0 lets callers detect
@@ -38,7 +42,7 @@ const char *moira_dtype_name(moira_dtype_t dtype) {
 bool moira_dtype_from_name(const char *name, moira_dtype_t *out_dtype) {
     if (!name) return false;
     for (int i = 0; i < MOIRA_DTYPE_COUNT; i++) {
-        if (strcmp(name, dtype_info[i].name) == 0) {
+        if (dtype_info[i].stored && strcmp(name, dtype_info[i].name) == 0) {
             if (out_dtype) *out_dtype = (moira_dtype_t)i;
             return true;
         }
@@ -62,6 +66,15 @@ bool moira_dtype_from_config_name(const char *name, moira_dtype_t *out_dtype) {
 bool moira_dtype_is_float(moira_dtype_t dtype) {
     if ((unsigned)dtype >= MOIRA_DTYPE_COUNT) return false;
     return dtype_info[dtype].is_float;
+}
+
+/* Quantised weights carry scales beside their data, so every path that reads them must know. */
+bool moira_dtype_is_quantized(moira_dtype_t dtype) {
+    return dtype == MOIRA_DTYPE_MXFP4 || dtype == MOIRA_DTYPE_INT8;
+}
+
+bool moira_dtype_is_weight(moira_dtype_t dtype) {
+    return moira_dtype_is_float(dtype) || moira_dtype_is_quantized(dtype);
 }
 
 /* memcpy is the one type pun C11 defines for every compiler; it compiles to a register move. */

@@ -17,23 +17,37 @@ typedef enum moira_dtype {
     MOIRA_DTYPE_F8_E4M3,
     MOIRA_DTYPE_I32,
     MOIRA_DTYPE_I64,
+    /* Quantised weight formats (runtime/weight_format.h). They are not safetensors dtypes: the
+     * reader makes them from a U8/I8 `X.weight` and its scale tensor, and the writer stores them
+     * back as those. */
+    MOIRA_DTYPE_MXFP4, /* E2M1 pairs, low nibble first; E8M0 scale per 32 inputs ("MXFP4") */
+    MOIRA_DTYPE_INT8,  /* symmetric int8, one f32 scale per output row ("INT8") */
+    MOIRA_DTYPE_E8M0,  /* an MX scale byte: 2^(e - 127), 255 NaN ("F8_E8M0") */
     MOIRA_DTYPE_COUNT,
 } moira_dtype_t;
 
-/* Bytes per element. */
+/* Bytes per element; 0 for MXFP4, whose elements are half a byte (use moira_weight_row_bytes,
+ * runtime/weight_format.h, wherever a quantised weight may appear). */
 size_t moira_dtype_size(moira_dtype_t dtype);
 
 /* safetensors name ("F32", "BF16", "F8_E4M3", ...). Static storage. */
 const char *moira_dtype_name(moira_dtype_t dtype);
 
-/* Parses a safetensors dtype name; false when unknown. */
+/* Parses a safetensors dtype name Moira reads as a tensor of its own (F32, F16, BF16, F8_E4M3, I32,
+ * I64); false for any other, the quantised formats' names included. */
 bool moira_dtype_from_name(const char *name, moira_dtype_t *out_dtype);
 
 /* Parses Moira's config spelling ("f32", "f16", "bf16", "fp8_e4m3"); false when unknown. */
 bool moira_dtype_from_config_name(const char *name, moira_dtype_t *out_dtype);
 
-/* Whether the type is one of the floating-point weight types. */
+/* Whether the type is one of the floating-point weight types (not the quantised formats). */
 bool moira_dtype_is_float(moira_dtype_t dtype);
+
+/* Whether the type is a quantised weight format (MXFP4, INT8): weights only, with scales. */
+bool moira_dtype_is_quantized(moira_dtype_t dtype);
+
+/* Whether a weight matrix may have this type: a float type or a quantised format. */
+bool moira_dtype_is_weight(moira_dtype_t dtype);
 
 float moira_f16_to_f32(uint16_t bits);
 uint16_t moira_f32_to_f16(float value);

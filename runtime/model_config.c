@@ -14,6 +14,7 @@
 #include "runtime/log.h"
 #include "runtime/read_file.h"
 #include "runtime/suggest.h"
+#include "runtime/weight_format.h"
 #include "runtime/yaml_text.h"
 
 /* Where each value's mark is kept in moira_model_config_t.marks. The names are the config keys,
@@ -646,11 +647,18 @@ static moira_status_t parse_mapping(parse_ctx_t *ctx, const yaml_node_t *mapping
 static moira_status_t resolve_weight_dtype(parse_ctx_t *ctx) {
     moira_model_config_t *cfg = ctx->cfg;
     if (ctx->present[SLOT_weight_dtype]) return MOIRA_OK_STATUS;
-    if (ctx->have_quant && ctx->quant_method[0]) {
+    bool own_quant = ctx->have_quant &&
+                     (!strcmp(ctx->quant_method, "mxfp4") || !strcmp(ctx->quant_method, "int8"));
+    if (own_quant) {
+        /* `moira quantize`'s own: the quantised tensors say their format themselves (the reader
+         * pairs them with their scales); weight_dtype stays the dtype of the rest. */
+        cfg->weight_dtype = ctx->have_torch_dtype ? ctx->torch_dtype : MOIRA_DTYPE_F32;
+    } else if (ctx->have_quant && ctx->quant_method[0]) {
         if (strcmp(ctx->quant_method, "fp8") != 0)
             return FAIL_AT(ctx, ctx->quant_method_mark,
                            "quantization_config quant_method \"%s\" is not supported (Moira "
-                           "reads fp8 with 128x128 blocks); set weight_dtype to override",
+                           "reads fp8 with 128x128 blocks, and mxfp4 and int8 as moira quantize "
+                           "writes them); set weight_dtype to override",
                            ctx->quant_method);
         if (ctx->have_quant_fmt && strcmp(ctx->quant_fmt, "e4m3") != 0)
             return FAIL_AT(ctx, ctx->quant_fmt_mark,
@@ -1233,9 +1241,12 @@ bool moira_model_config_equal(const moira_model_config_t *a, const moira_model_c
 int64_t moira_model_config_expert_bytes(const moira_model_config_t *config, moira_dtype_t dtype) {
     int64_t i = config->moe_intermediate_size, d = config->hidden_size;
     if (i <= 0 || d <= 0 || i > MAX_DIMENSION || d > MAX_DIMENSION) return 0;
-    int64_t per_matrix = i * d * (int64_t)moira_dtype_size(dtype);
-    if (dtype == MOIRA_DTYPE_F8_E4M3) per_matrix += ((i + 127) / 128) * ((d + 127) / 128) * 4;
-    return 3 * per_matrix;
+    /* gate and up [I, D], down [D, I], each with its scales (runtime/weight_format.h). */
+    int64_t in = i * (int64_t)moira_weight_row_bytes(dtype, d) +
+                 (int64_t)moira_weight_scale_bytes(dtype, i, d);
+    int64_t out = d * (int64_t)moira_weight_row_bytes(dtype, i) +
+                  (int64_t)moira_weight_scale_bytes(dtype, d, i);
+    return 2 * in + out;
 }
 
 bool moira_model_config_is_moe_layer(const moira_model_config_t *config, int64_t layer) {

@@ -98,7 +98,9 @@ typedef struct moira_model_config {
  * weight_dtype, when the file does not give it, follows what the checkpoint ships: an fp8
  * quantization_config (quant_method fp8, weight_block_size [128, 128]) gives fp8_e4m3, else
  * torch_dtype (or dtype) bfloat16/float16/float32 gives bf16/f16/f32, else f32 (the golden test
- * data stores f32 weights and names no dtype). Other quantization methods are an error unless
+ * data stores f32 weights and names no dtype). `moira quantize`'s quant_method mxfp4 or int8
+ * leaves weight_dtype to torch_dtype (the dtype of the weights it did not quantise; the quantised
+ * ones carry their format in the checkpoint). Other quantization methods are an error unless
  * weight_dtype is given, since Moira could not read such weights.
  *
  * `path` is borrowed. Errors: NOT_FOUND when the file does not exist, IO when it cannot be read,
@@ -127,9 +129,10 @@ moira_status_t moira_model_config_validate(const moira_model_config_t *config, c
 /* Whether two configs describe the same model (every field but the source marks). */
 bool moira_model_config_equal(const moira_model_config_t *a, const moira_model_config_t *b);
 
-/* Bytes of one routed expert's weights stored as `dtype`: gate_proj and up_proj [I, D] and
- * down_proj [D, I]. fp8_e4m3 includes its f32 scales, one per 128x128 block of each matrix, as
- * DeepSeek-V3 ships them (weight_scale_inv). */
+/* Bytes of one routed expert's weights stored as `dtype` (any weight format): gate_proj and
+ * up_proj [I, D] and down_proj [D, I], each with its scales (runtime/weight_format.h): fp8_e4m3's
+ * f32 per 128x128 block (DeepSeek-V3's weight_scale_inv), mxfp4's E8M0 byte per 32 inputs,
+ * int8's f32 per row. */
 int64_t moira_model_config_expert_bytes(const moira_model_config_t *config, moira_dtype_t dtype);
 
 /* Whether decoder layer `layer` (0-based) has an MoE block rather than a dense MLP, by the rule of

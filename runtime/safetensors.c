@@ -63,7 +63,17 @@ typedef struct skipped {
     char *name;                     /* owned */
     char *dtype;                    /* owned */
     moira_safetensors_other_t view; /* what moira_safetensors_other hands out */
+    size_t shard;                   /* index into shards */
 } skipped_t;
+
+/* A quantised weight made from a skipped U8/I8 `X.weight` and its scales (DESIGN.md §4): MXFP4
+ * with `X.scale` (U8/F8_E8M0 [out, in/32]), INT8 with `X.weight_scale` (F32 [out]). The raw
+ * tensors stay in the skipped list, so tools that read bytes still see them as stored. */
+typedef struct quantized {
+    const char *name;     /* borrowed from the skipped weight */
+    moira_tensor_t view;  /* MXFP4 or INT8 [out, in]; scale points at `scale` or an entry */
+    moira_tensor_t scale; /* MXFP4's E8M0 view; unused for INT8 */
+} quantized_t;
 
 struct moira_safetensors {
     char *path;
@@ -75,6 +85,8 @@ struct moira_safetensors {
     size_t count, entry_cap;
     size_t *table; /* open addressing over entries, NO_ENTRY when empty; cap is a power of two */
     size_t table_cap;
+    quantized_t *quantized; /* owned array, sorted by name */
+    size_t quantized_count;
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -761,7 +773,7 @@ static moira_status_t parse_entry(moira_safetensors_t *f, json_t *j, size_t shar
                                           .data = data + offsets[0],
                                           .nbytes = (size_t)nbytes};
         memcpy(view.shape, shape, sizeof(view.shape));
-        f->skipped[f->skipped_count++] = (skipped_t){name, dtype_name, view};
+        f->skipped[f->skipped_count++] = (skipped_t){name, dtype_name, view, shard_index};
         return MOIRA_OK_STATUS;
     }
 
@@ -1326,11 +1338,156 @@ static moira_status_t open_directory(moira_safetensors_t *f, const char *dir) {
     return status;
 }
 
-/* The common end of both opens: ties fp8 weights to their scales, then hands the file out, or
- * releases it on any error. */
+static int skipped_by_name(const void *a, const void *b) {
+    return strcmp((*(const skipped_t *const *)a)->name, (*(const skipped_t *const *)b)->name);
+}
+
+/* The skipped tensor named `name` in the sorted index, or NULL. */
+static const skipped_t *find_skipped(skipped_t *const *sorted, size_t n, const char *name) {
+    skipped_t key = {.name = (char *)name};
+    const skipped_t *k = &key;
+    skipped_t *const *hit = bsearch(&k, sorted, n, sizeof(*sorted), skipped_by_name);
+    return hit ? *hit : NULL;
+}
+
+/* `stem` + `suffix` in a fresh string (caller frees), NULL when out of memory. */
+static char *joined(const char *stem, size_t stem_len, const char *suffix) {
+    size_t n = strlen(suffix);
+    char *out = malloc(stem_len + n + 1);
+    if (!out) return NULL;
+    memcpy(out, stem, stem_len);
+    memcpy(out + stem_len, suffix, n + 1);
+    return out;
+}
+
+/* MXFP4: the packed bytes [out, in/2] and the E8M0 scales [out, in/32], in a multiple of 32. */
+static moira_status_t make_mxfp4(const moira_safetensors_t *f, const skipped_t *w,
+                                 const skipped_t *sc, quantized_t *q) {
+    const char *path = f->shards[w->shard].path;
+    char a[128], b[128];
+    if (strcmp(sc->dtype, "U8") != 0 && strcmp(sc->dtype, "F8_E8M0") != 0)
+        return tensor_error(MOIRA_CODE_INVALID_INPUT, f->shards[sc->shard].path, sc->name,
+                            "MXFP4 scales must be F8_E8M0 or U8, not %s", sc->dtype);
+    if (w->view.rank != 2)
+        return tensor_error(MOIRA_CODE_INVALID_INPUT, path, w->name,
+                            "an MXFP4 weight must be 2-D [out, in/2], not %s",
+                            shape_str(w->view.rank, w->view.shape, a, sizeof(a)));
+    int64_t out = w->view.shape[0], in = 2 * w->view.shape[1];
+    if (in % 32)
+        return tensor_error(MOIRA_CODE_INVALID_INPUT, path, w->name,
+                            "an MXFP4 row of %lld inputs is not a multiple of 32 (the block "
+                            "one E8M0 scale covers)",
+                            (long long)in);
+    int64_t want[2] = {out, in / 32};
+    if (sc->view.rank != 2 || sc->view.shape[0] != want[0] || sc->view.shape[1] != want[1])
+        return tensor_error(MOIRA_CODE_INVALID_INPUT, f->shards[sc->shard].path, sc->name,
+                            "MXFP4 scales of shape %s do not match weight %s (need %s)",
+                            shape_str(sc->view.rank, sc->view.shape, a, sizeof(a)), w->name,
+                            shape_str(2, want, b, sizeof(b)));
+    int64_t shape[2] = {out, in};
+    q->scale = moira_tensor_view(MOIRA_DTYPE_E8M0, 2, want, (void *)sc->view.data);
+    q->view = moira_tensor_view(MOIRA_DTYPE_MXFP4, 2, shape, (void *)w->view.data);
+    return MOIRA_OK_STATUS;
+}
+
+/* INT8: I8 [out, in] and one f32 scale per row, F32 [out] (or [out, 1]). */
+static moira_status_t make_int8(const moira_safetensors_t *f, const skipped_t *w, const entry_t *sc,
+                                quantized_t *q) {
+    const char *path = f->shards[w->shard].path;
+    char a[128];
+    if (strcmp(w->dtype, "I8") != 0)
+        return tensor_error(MOIRA_CODE_INVALID_INPUT, path, w->name,
+                            "a weight with a weight_scale must be I8 (int8), not %s", w->dtype);
+    if (w->view.rank != 2)
+        return tensor_error(MOIRA_CODE_INVALID_INPUT, path, w->name,
+                            "an int8 weight must be 2-D, not %s",
+                            shape_str(w->view.rank, w->view.shape, a, sizeof(a)));
+    const moira_tensor_t *s = &sc->view;
+    bool rows_ok =
+        (s->rank == 1 || (s->rank == 2 && s->shape[1] == 1)) && s->shape[0] == w->view.shape[0];
+    if (s->dtype != MOIRA_DTYPE_F32 || !rows_ok)
+        return tensor_error(MOIRA_CODE_INVALID_INPUT, f->shards[sc->shard].path, sc->name,
+                            "int8 scales must be F32 [%lld] (one per output row), not %s %s",
+                            (long long)w->view.shape[0], moira_dtype_name(s->dtype),
+                            shape_str(s->rank, s->shape, a, sizeof(a)));
+    q->view = moira_tensor_view(MOIRA_DTYPE_INT8, 2, w->view.shape, (void *)w->view.data);
+    q->view.scale = s;
+    return MOIRA_OK_STATUS;
+}
+
+static int quantized_by_name(const void *a, const void *b) {
+    return strcmp(((const quantized_t *)a)->name, ((const quantized_t *)b)->name);
+}
+
+/* Finds every skipped U8/I8 `X.weight` with a companion scale and describes it as a quantised
+ * weight; one with both kinds of scale is ambiguous, an error. `sorted` indexes the skipped
+ * tensors by name, so a checkpoint of many thousand experts is paired in n log n. */
+static moira_status_t pair_quantized(moira_safetensors_t *f, skipped_t **sorted) {
+    for (size_t i = 0; i < f->skipped_count; i++)
+        sorted[i] = &f->skipped[i];
+    qsort(sorted, f->skipped_count, sizeof(*sorted), skipped_by_name);
+    for (size_t i = 0; i < f->skipped_count; i++) {
+        const skipped_t *w = &f->skipped[i];
+        size_t len = strlen(w->name);
+        if ((strcmp(w->dtype, "U8") != 0 && strcmp(w->dtype, "I8") != 0) || len < 7 ||
+            strcmp(w->name + len - 7, ".weight") != 0)
+            continue;
+        char *mx_name = joined(w->name, len - 7, ".scale");
+        char *i8_name = joined(w->name, len, "_scale");
+        if (!mx_name || !i8_name) {
+            free(mx_name);
+            free(i8_name);
+            return out_of_memory(f->path);
+        }
+        const skipped_t *mx = find_skipped(sorted, f->skipped_count, mx_name);
+        size_t i8 = lookup(f, i8_name), wrong = mx ? NO_ENTRY : lookup(f, mx_name);
+        free(mx_name);
+        free(i8_name);
+        if (wrong != NO_ENTRY)
+            return tensor_error(MOIRA_CODE_INVALID_INPUT, f->shards[f->entries[wrong].shard].path,
+                                f->entries[wrong].name,
+                                "MXFP4 scales must be F8_E8M0 or U8, not %s",
+                                moira_dtype_name(f->entries[wrong].view.dtype));
+        if (!mx && i8 == NO_ENTRY) continue;
+        if (mx && i8 != NO_ENTRY)
+            return tensor_error(MOIRA_CODE_INVALID_INPUT, f->shards[w->shard].path, w->name,
+                                "has both an MXFP4 .scale and an int8 .weight_scale");
+        quantized_t q = {.name = w->name};
+        MOIRA_RETURN_IF_ERROR(mx ? make_mxfp4(f, w, mx, &q) : make_int8(f, w, &f->entries[i8], &q));
+        f->quantized[f->quantized_count++] = q;
+    }
+    qsort(f->quantized, f->quantized_count, sizeof(*f->quantized), quantized_by_name);
+    for (size_t i = 0; i < f->quantized_count; i++)
+        if (f->quantized[i].view.dtype == MOIRA_DTYPE_MXFP4)
+            f->quantized[i].view.scale = &f->quantized[i].scale; /* stable once sorted */
+    return MOIRA_OK_STATUS;
+}
+
+/* Quantised weights arrive as tensors the reader skips plus their scales (quantized_t). */
+static moira_status_t attach_quantized(moira_safetensors_t *f) {
+    if (!f->skipped_count) return MOIRA_OK_STATUS;
+    skipped_t **sorted = malloc(f->skipped_count * sizeof(*sorted));
+    f->quantized = calloc(f->skipped_count, sizeof(*f->quantized));
+    moira_status_t status =
+        sorted && f->quantized ? pair_quantized(f, sorted) : out_of_memory(f->path);
+    free(sorted);
+    return status;
+}
+
+/* The quantised weight named `name`, or NULL. */
+static const quantized_t *find_quantized(const moira_safetensors_t *f, const char *name) {
+    quantized_t key = {.name = name};
+    return f->quantized_count ? bsearch(&key, f->quantized, f->quantized_count,
+                                        sizeof(*f->quantized), quantized_by_name)
+                              : NULL;
+}
+
+/* The common end of both opens: ties fp8 weights to their scales and quantised weights to
+ * theirs, then hands the file out, or releases it on any error. */
 static moira_status_t finish_open(moira_safetensors_t *f, moira_status_t status,
                                   moira_safetensors_t **out_file) {
     if (!status) status = attach_scales(f);
+    if (!status) status = attach_quantized(f);
     if (status) {
         moira_safetensors_close(f);
         return status;
@@ -1412,6 +1569,7 @@ void moira_safetensors_close(moira_safetensors_t *file) {
         free(file->skipped[i].dtype);
     }
     free(file->skipped);
+    free(file->quantized);
     free(file->entries);
     free(file->shards);
     free(file->table);
@@ -1443,7 +1601,7 @@ const moira_safetensors_other_t *moira_safetensors_other(const moira_safetensors
 }
 
 bool moira_safetensors_has(const moira_safetensors_t *file, const char *name) {
-    return file && name && lookup(file, name) != NO_ENTRY;
+    return file && name && (lookup(file, name) != NO_ENTRY || find_quantized(file, name));
 }
 
 moira_status_t moira_safetensors_find(const moira_safetensors_t *file, const char *name,
@@ -1453,6 +1611,11 @@ moira_status_t moira_safetensors_find(const moira_safetensors_t *file, const cha
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
                                  "safetensors_find: file, name and out_tensor are required");
     size_t e = lookup(file, name);
+    const quantized_t *q = e == NO_ENTRY ? find_quantized(file, name) : NULL;
+    if (q) {
+        *out_tensor = &q->view;
+        return MOIRA_OK_STATUS;
+    }
     for (size_t i = 0; e == NO_ENTRY && i < file->skipped_count; i++)
         if (!strcmp(file->skipped[i].name, name)) {
             char shown[SHOWN_NAME_MAX];
@@ -1567,8 +1730,23 @@ static moira_status_t build_write_header(const char *path, const moira_named_ten
             if (t->shape[d] < 0 || __builtin_mul_overflow(numel, t->shape[d], &numel))
                 return tensor_error(MOIRA_CODE_INVALID_ARGUMENT, path, name,
                                     "negative or overflowing shape");
-        if (__builtin_mul_overflow(numel, (int64_t)moira_dtype_size(t->dtype), &nbytes) ||
-            (uint64_t)nbytes > SIZE_MAX)
+        /* Quantised weights are stored as their bytes (MXFP4 as U8 pairs, INT8 as I8), the
+         * layout the reader pairs with their scales again. */
+        int64_t shape[MOIRA_MAX_RANK];
+        memcpy(shape, t->shape, sizeof(shape));
+        const char *dtype_name = moira_dtype_name(t->dtype);
+        if (t->dtype == MOIRA_DTYPE_MXFP4) {
+            if (t->rank < 1 || t->shape[t->rank - 1] % 2)
+                return tensor_error(MOIRA_CODE_INVALID_ARGUMENT, path, name,
+                                    "an MXFP4 tensor needs an even last dimension");
+            shape[t->rank - 1] /= 2;
+            numel /= 2;
+            dtype_name = "U8";
+        } else if (t->dtype == MOIRA_DTYPE_INT8) {
+            dtype_name = "I8";
+        }
+        size_t element = t->dtype == MOIRA_DTYPE_MXFP4 ? 1 : moira_dtype_size(t->dtype);
+        if (__builtin_mul_overflow(numel, (int64_t)element, &nbytes) || (uint64_t)nbytes > SIZE_MAX)
             return tensor_error(MOIRA_CODE_INVALID_ARGUMENT, path, name, "tensor too large");
         if (nbytes > 0 && !t->data)
             return tensor_error(MOIRA_CODE_INVALID_ARGUMENT, path, name, "tensor has no data");
@@ -1577,9 +1755,9 @@ static moira_status_t build_write_header(const char *path, const moira_named_ten
             return moira_status_at(MOIRA_CODE_INVALID_ARGUMENT, path, 0, 0, "data too large");
         tb_append(header, ",", 1);
         tb_json_string(header, name);
-        tb_printf(header, ":{\"dtype\":\"%s\",\"shape\":[", moira_dtype_name(t->dtype));
+        tb_printf(header, ":{\"dtype\":\"%s\",\"shape\":[", dtype_name);
         for (int d = 0; d < t->rank; d++)
-            tb_printf(header, "%s%lld", d ? "," : "", (long long)t->shape[d]);
+            tb_printf(header, "%s%lld", d ? "," : "", (long long)shape[d]);
         tb_printf(header, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)offset,
                   (unsigned long long)end);
         offset = end;

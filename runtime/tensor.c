@@ -5,6 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/int8_weights.h"
+#include "runtime/mxfp4.h"
+#include "runtime/weight_format.h"
+
 int64_t moira_tensor_numel(const moira_tensor_t *tensor) {
     int64_t n = 1;
     for (int i = 0; i < tensor->rank; i++)
@@ -12,8 +16,13 @@ int64_t moira_tensor_numel(const moira_tensor_t *tensor) {
     return n;
 }
 
+/* Quantised weights size by rows (an MXFP4 element is half a byte); scales are not counted. */
 size_t moira_tensor_nbytes(const moira_tensor_t *tensor) {
-    return (size_t)moira_tensor_numel(tensor) * moira_dtype_size(tensor->dtype);
+    if (!moira_dtype_is_quantized(tensor->dtype))
+        return (size_t)moira_tensor_numel(tensor) * moira_dtype_size(tensor->dtype);
+    int64_t cols = tensor->rank ? tensor->shape[tensor->rank - 1] : 1;
+    int64_t rows = cols ? moira_tensor_numel(tensor) / cols : 0;
+    return (size_t)rows * moira_weight_row_bytes(tensor->dtype, cols);
 }
 
 moira_status_t moira_tensor_alloc(moira_dtype_t dtype, int rank, const int64_t *shape,
@@ -73,16 +82,9 @@ const char *moira_tensor_shape_str(const moira_tensor_t *tensor, char *buf, size
 
 void moira_tensor_row_to_f32(const moira_tensor_t *tensor, int64_t row, float *dst) {
     int64_t cols = tensor->rank >= 2 ? tensor->shape[tensor->rank - 1] : tensor->shape[0];
-    size_t elem = moira_dtype_size(tensor->dtype);
-    const char *src = (const char *)tensor->data + (size_t)(row * cols) * elem;
-    moira_convert_to_f32(tensor->dtype, src, dst, (size_t)cols);
-    if (tensor->dtype == MOIRA_DTYPE_F8_E4M3 && tensor->scale) {
-        const moira_tensor_t *s = tensor->scale;
-        int64_t scale_cols = s->shape[s->rank - 1];
-        const float *scales = (const float *)s->data + (row / MOIRA_FP8_BLOCK) * scale_cols;
-        for (int64_t c = 0; c < cols; c++)
-            dst[c] *= scales[c / MOIRA_FP8_BLOCK];
-    }
+    int64_t rows = cols ? moira_tensor_numel(tensor) / cols : 0;
+    moira_weight_row_to_f32(tensor->dtype, tensor->data, tensor->scale ? tensor->scale->data : NULL,
+                            rows, cols, row, dst);
 }
 
 moira_status_t moira_tensor_to_f32(const moira_tensor_t *tensor, moira_tensor_t *out_tensor) {
@@ -127,17 +129,45 @@ static void quantize_fp8_blocks(const float *src, int64_t rows, int64_t cols, ui
     }
 }
 
+/* Each row quantised on its own: MXFP4 blocks and int8 scales never span rows. */
+static moira_status_t quantize_rows(const float *src, int64_t rows, int64_t cols,
+                                    moira_tensor_t *out_tensor, moira_tensor_t *out_scale) {
+    bool mx = out_tensor->dtype == MOIRA_DTYPE_MXFP4;
+    int64_t scale_shape[2] = {rows, cols / MOIRA_MXFP4_BLOCK};
+    MOIRA_RETURN_IF_ERROR(moira_tensor_alloc(mx ? MOIRA_DTYPE_E8M0 : MOIRA_DTYPE_F32, mx ? 2 : 1,
+                                             scale_shape, out_scale));
+    size_t row_bytes = moira_weight_row_bytes(out_tensor->dtype, cols);
+    for (int64_t r = 0; r < rows; r++) {
+        uint8_t *dst = (uint8_t *)out_tensor->data + (size_t)r * row_bytes;
+        if (mx)
+            moira_mxfp4_quantize_row(src + r * cols, cols, dst,
+                                     (uint8_t *)out_scale->data + r * scale_shape[1]);
+        else
+            ((float *)out_scale->data)[r] =
+                moira_int8_quantize_row(src + r * cols, cols, (int8_t *)dst);
+    }
+    out_tensor->scale = out_scale;
+    return MOIRA_OK_STATUS;
+}
+
 moira_status_t moira_tensor_convert(const moira_tensor_t *src, moira_dtype_t dtype,
                                     moira_tensor_t *out_tensor, moira_tensor_t *out_scale) {
     memset(out_tensor, 0, sizeof(*out_tensor));
     memset(out_scale, 0, sizeof(*out_scale));
-    if (src->rank != 2 || !moira_dtype_is_float(dtype) || !moira_dtype_is_float(src->dtype))
+    if (src->rank != 2 || !moira_dtype_is_weight(dtype) || !moira_dtype_is_weight(src->dtype))
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
-                                 "only 2-D float tensors convert between float types");
+                                 "only 2-D weight tensors convert between weight formats");
+    if (!moira_weight_shape_fits(dtype, src->shape[0], src->shape[1]))
+        return moira_status_make(MOIRA_CODE_INVALID_INPUT,
+                                 "a row of %lld inputs cannot be %s: it must be a multiple of %d",
+                                 (long long)src->shape[1], moira_weight_format(dtype)->name,
+                                 MOIRA_MXFP4_BLOCK);
     moira_tensor_t f32;
     MOIRA_RETURN_IF_ERROR(moira_tensor_to_f32(src, &f32));
     moira_status_t status = moira_tensor_alloc(dtype, 2, src->shape, out_tensor);
-    if (!status && dtype == MOIRA_DTYPE_F8_E4M3) {
+    if (!status && moira_dtype_is_quantized(dtype)) {
+        status = quantize_rows(f32.data, src->shape[0], src->shape[1], out_tensor, out_scale);
+    } else if (!status && dtype == MOIRA_DTYPE_F8_E4M3) {
         int64_t scale_shape[2] = {ceil_div(src->shape[0], MOIRA_FP8_BLOCK),
                                   ceil_div(src->shape[1], MOIRA_FP8_BLOCK)};
         status = moira_tensor_alloc(MOIRA_DTYPE_F32, 2, scale_shape, out_scale);

@@ -2,8 +2,10 @@
  *
  * Row-major and contiguous. A tensor either borrows its data (a view into a mapped file or a
  * caller's array) or owns it (made by moira_tensor_alloc); moira_tensor_release frees only what
- * it owns. fp8 weights carry their block scales (`scale`, F32 [ceil(rows/128), ceil(cols/128)],
- * DeepSeek-V3's weight_scale_inv) as a borrowed pointer. */
+ * it owns. Weights with scales carry them as a borrowed pointer (`scale`): fp8 block scales F32
+ * [ceil(rows/128), ceil(cols/128)] (DeepSeek-V3's weight_scale_inv), MXFP4 E8M0 [rows, cols/32],
+ * INT8 F32 [rows] (runtime/weight_format.h). An MXFP4 tensor's shape counts elements, two per
+ * byte. */
 #ifndef MOIRA_RUNTIME_TENSOR_H
 #define MOIRA_RUNTIME_TENSOR_H
 
@@ -22,7 +24,7 @@ typedef struct moira_tensor {
     int64_t shape[MOIRA_MAX_RANK];
     void *data; /* borrowed unless owns_data */
     bool owns_data;
-    const struct moira_tensor *scale; /* borrowed; fp8 block scales or NULL */
+    const struct moira_tensor *scale; /* borrowed; fp8/MXFP4/INT8 scales or NULL */
 } moira_tensor_t;
 
 /* Number of elements (1 for rank 0). */
@@ -65,10 +67,12 @@ void moira_tensor_row_to_f32(const moira_tensor_t *tensor, int64_t row, float *d
  * Caller releases `out_tensor`. */
 moira_status_t moira_tensor_to_f32(const moira_tensor_t *tensor, moira_tensor_t *out_tensor);
 
-/* Converts a 2-D float tensor to `dtype` as new owned tensors. fp8 gets one scale per 128x128
- * block (the block's largest magnitude maps to 448, as DeepSeek-V3 ships) in `out_scale`, F32
- * [ceil(rows/128), ceil(cols/128)], and out_tensor->scale points at it, so `out_scale` must not
- * move while `out_tensor` is used. Caller releases both (out_scale is zeroed for other dtypes). */
+/* Converts a 2-D weight tensor to `dtype` (any weight format) as new owned tensors. fp8 gets one
+ * scale per 128x128 block (the block's largest magnitude maps to 448, as DeepSeek-V3 ships) in
+ * `out_scale`, F32 [ceil(rows/128), ceil(cols/128)]; MXFP4 gets E8M0 [rows, cols/32] by the OCP
+ * rule (runtime/mxfp4.h), an input error unless cols is a multiple of 32; INT8 gets F32 [rows]
+ * (runtime/int8_weights.h). out_tensor->scale points at `out_scale`, so it must not move while
+ * `out_tensor` is used. Caller releases both (out_scale is zeroed for unscaled dtypes). */
 moira_status_t moira_tensor_convert(const moira_tensor_t *src, moira_dtype_t dtype,
                                     moira_tensor_t *out_tensor, moira_tensor_t *out_scale);
 

@@ -35,5 +35,6 @@ bool moira_cpu_supports_op(int op, moira_dtype_t weight_dtype) {
     if (op < 0 || op >= MOIRA_OP_COUNT || !kernels[op]) return false;
     if (op == MOIRA_OP_MLA_DECODE_ATTENTION)
         return weight_dtype == MOIRA_DTYPE_F32 || weight_dtype == MOIRA_DTYPE_BF16;
+    if (moira_dtype_is_quantized(weight_dtype)) return op == MOIRA_OP_MOE_FFN;
     return moira_dtype_is_float(weight_dtype);
 }

@@ -5,22 +5,21 @@
 
 #include "backends/cpu/scratch_arena.h"
 #include "runtime/tensor.h"
+#include "runtime/weight_format.h"
 
 /* Resolving a weight's layout once per launch keeps the per-row path to two multiplies. */
 moira_cpu_weight_t moira_cpu_weight_view(const moira_dtensor_t *tensor) {
     moira_cpu_weight_t weight = {
         .data = moira_cpu_tensor_ptr(tensor),
         .dtype = tensor->dtype,
-        .element_size = moira_dtype_size(tensor->dtype),
         .rows = tensor->shape[tensor->rank - 2],
         .cols = tensor->shape[tensor->rank - 1],
     };
-    if (tensor->dtype == MOIRA_DTYPE_F8_E4M3) {
+    weight.row_bytes = moira_weight_row_bytes(weight.dtype, weight.cols);
+    weight.scale_bytes = moira_weight_scale_bytes(weight.dtype, weight.rows, weight.cols);
+    if (weight.scale_bytes) {
         const unsigned char *base = moira_buffer_host_ptr(tensor->buffer);
-        weight.scales = (const float *)(base + tensor->scale_offset);
-        weight.scale_cols = (weight.cols + MOIRA_FP8_BLOCK - 1) / MOIRA_FP8_BLOCK;
-        weight.scales_per_matrix =
-            (weight.rows + MOIRA_FP8_BLOCK - 1) / MOIRA_FP8_BLOCK * weight.scale_cols;
+        weight.scales = base + tensor->scale_offset;
     }
     return weight;
 }
@@ -29,20 +28,12 @@ moira_cpu_weight_t moira_cpu_weight_view(const moira_dtensor_t *tensor) {
  * stays in cache and no dequantised copy of the model is ever made. */
 const float *moira_cpu_weight_row(const moira_cpu_weight_t *weight, int64_t matrix, int64_t row,
                                   float *scratch) {
-    int64_t index = (matrix * weight->rows + row) * weight->cols;
-    const void *src = weight->data + (size_t)index * weight->element_size;
-    if (weight->dtype == MOIRA_DTYPE_F32) return src;
-    moira_convert_to_f32(weight->dtype, src, scratch, (size_t)weight->cols);
-    if (weight->dtype == MOIRA_DTYPE_F8_E4M3) {
-        const float *scales = weight->scales + matrix * weight->scales_per_matrix +
-                              row / MOIRA_FP8_BLOCK * weight->scale_cols;
-        for (int64_t block = 0; block < weight->scale_cols; block++) {
-            int64_t end = (block + 1) * MOIRA_FP8_BLOCK;
-            if (end > weight->cols) end = weight->cols;
-            for (int64_t c = block * MOIRA_FP8_BLOCK; c < end; c++)
-                scratch[c] *= scales[block];
-        }
-    }
+    const unsigned char *data = weight->data + (size_t)(matrix * weight->rows) * weight->row_bytes;
+    if (weight->dtype == MOIRA_DTYPE_F32)
+        return (const float *)(data + (size_t)row * weight->row_bytes);
+    const unsigned char *scales =
+        weight->scales ? weight->scales + (size_t)matrix * weight->scale_bytes : NULL;
+    moira_weight_row_to_f32(weight->dtype, data, scales, weight->rows, weight->cols, row, scratch);
     return scratch;
 }
 

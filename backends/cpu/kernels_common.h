@@ -31,16 +31,15 @@ static inline int64_t moira_cpu_rows(const moira_dtensor_t *tensor) {
 
 /* ---- Weights ---- */
 
-/* A weight operand of one matrix [rows, cols] or packed matrices [E, rows, cols], any float dtype.
- * fp8 rows are scaled by their 128x128 block scales as they are read. */
+/* A weight operand of one matrix [rows, cols] or packed matrices [E, rows, cols], any weight
+ * format. Rows are scaled as they are read (runtime/weight_format.h). */
 typedef struct moira_cpu_weight {
     const unsigned char *data;
     moira_dtype_t dtype;
-    size_t element_size;
-    int64_t rows, cols;        /* of one matrix */
-    const float *scales;       /* fp8 only: [matrices][ceil(rows/128)][ceil(cols/128)] */
-    int64_t scale_cols;        /* ceil(cols/128) */
-    int64_t scales_per_matrix; /* ceil(rows/128) * scale_cols */
+    size_t row_bytes;
+    int64_t rows, cols;          /* of one matrix */
+    const unsigned char *scales; /* scaled formats: every matrix's, one after another */
+    size_t scale_bytes;          /* per matrix */
 } moira_cpu_weight_t;
 
 moira_cpu_weight_t moira_cpu_weight_view(const moira_dtensor_t *tensor);

@@ -591,7 +591,16 @@ static void test_names_and_sizes(void) {
         {MOIRA_DTYPE_I32, "I32", NULL, 4, false},
         {MOIRA_DTYPE_I64, "I64", NULL, 8, false},
     };
-    CHECK(sizeof(expected) / sizeof(expected[0]) == MOIRA_DTYPE_COUNT);
+    /* The quantised formats follow; they are no safetensors names (test_weight_format.c). */
+    CHECK(sizeof(expected) / sizeof(expected[0]) + 3 == MOIRA_DTYPE_COUNT);
+    const char *not_stored[] = {"MXFP4", "INT8", "F8_E8M0", "I8", "U8"};
+    for (size_t i = 0; i < sizeof(not_stored) / sizeof(not_stored[0]); i++)
+        CHECK_MSG(!moira_dtype_from_name(not_stored[i], NULL), "from_name(\"%s\") accepted",
+                  not_stored[i]);
+    CHECK(moira_dtype_is_quantized(MOIRA_DTYPE_MXFP4) &&
+          moira_dtype_is_quantized(MOIRA_DTYPE_INT8));
+    CHECK(!moira_dtype_is_float(MOIRA_DTYPE_MXFP4) && moira_dtype_is_weight(MOIRA_DTYPE_INT8));
+    CHECK(!moira_dtype_is_weight(MOIRA_DTYPE_E8M0) && !moira_dtype_is_weight(MOIRA_DTYPE_I32));
     for (size_t i = 0; i < sizeof(expected) / sizeof(expected[0]); i++) {
         moira_dtype_t dtype = expected[i].dtype;
         CHECK_MSG(moira_dtype_size(dtype) == expected[i].size, "size of %s", expected[i].name);
