@@ -53,7 +53,7 @@ static moira_status_t add_numa_targets(moira_topology_t *topology, int host, hwl
         t.host = host;
         t.numa = (int)node->os_index;
         snprintf(t.name, sizeof(t.name), "%s/numa%d", topology->hosts[host].name, t.numa);
-        snprintf(t.backend, sizeof(t.backend), "cpu");
+        snprintf(t.backend, sizeof(t.backend), "%s", MOIRA_TOPOLOGY_HOST_BACKEND);
         t.memory_bytes = node->attr->numanode.local_memory;
         if (t.memory_bytes == 0 && n_nodes == 1) t.memory_bytes = root->total_memory;
         t.cores = node->cpuset
@@ -162,7 +162,7 @@ moira_status_t moira_topology_for_device(const moira_device_info_t *info, moira_
     MOIRA_RETURN_IF_ERROR(local_host_topology(name, out));
     moira_target_t t;
     memset(&t, 0, sizeof(t));
-    bool cpu = !strcmp(info->backend, "cpu");
+    bool cpu = !strcmp(info->backend, MOIRA_TOPOLOGY_HOST_BACKEND);
     t.kind = cpu                                   ? MOIRA_TARGET_NUMA
              : info->kind == MOIRA_DEVICE_KIND_NPU ? MOIRA_TARGET_NPU
                                                    : MOIRA_TARGET_GPU;

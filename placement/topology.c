@@ -119,7 +119,7 @@ static moira_status_t parse_numa_node(parse_ctx_t *ctx, int host, const yaml_nod
     t.host = host;
     t.line = (int)node->start_mark.line + 1;
     t.column = (int)node->start_mark.column + 1;
-    snprintf(t.backend, sizeof(t.backend), "cpu");
+    snprintf(t.backend, sizeof(t.backend), "%s", MOIRA_TOPOLOGY_HOST_BACKEND);
     yaml_node_t *v = NULL;
     int64_t id = 0, cores = 0;
     MOIRA_RETURN_IF_ERROR(moira_yaml_require(doc, node, "id", "a NUMA node", &v));
@@ -158,7 +158,30 @@ static int first_numa_of_host(const moira_topology_t *topology, int host) {
     return -1;
 }
 
-/* One GPU or NPU: kind and backend known and consistent, sizes positive, NUMA in range. */
+/* A device's backend: not the host memory's (CPU memory is listed under numa_nodes), and, when
+ * the caller gave the registered backends, one of them. */
+static moira_status_t check_backend(parse_ctx_t *ctx, const yaml_node_t *at, const char *backend) {
+    if (!backend[0]) return moira_yaml_fail(ctx->doc, at, "backend must not be empty");
+    if (!strcmp(backend, MOIRA_TOPOLOGY_HOST_BACKEND))
+        return moira_yaml_fail(ctx->doc, at,
+                               "the %s backend computes on CPU memory, which is listed under "
+                               "numa_nodes, not devices",
+                               backend);
+    const moira_discovery_devices_t *d = ctx->devices;
+    if (!d || !d->backends) return MOIRA_OK_STATUS;
+    char known[256] = "";
+    size_t used = 0;
+    for (int i = 0; i < d->n_backends; i++) {
+        if (!strcmp(d->backends[i], backend)) return MOIRA_OK_STATUS;
+        if (used < sizeof(known))
+            used += (size_t)snprintf(known + used, sizeof(known) - used, "%s%s", i ? ", " : "",
+                                     d->backends[i]);
+    }
+    return moira_yaml_fail(ctx->doc, at, "unknown backend \"%s\" (this build has %s)", backend,
+                           used ? known : "none");
+}
+
+/* One GPU or NPU: kind and backend known, sizes positive, NUMA in range. */
 static moira_status_t parse_device(parse_ctx_t *ctx, int host, const yaml_node_t *node) {
     moira_yaml_doc_t *doc = ctx->doc;
     static const char *const keys[] = {"name",       "kind",          "backend",     "select",
@@ -193,12 +216,7 @@ static moira_status_t parse_device(parse_ctx_t *ctx, int host, const yaml_node_t
 
     MOIRA_RETURN_IF_ERROR(moira_yaml_require(doc, node, "backend", "a device", &v));
     MOIRA_RETURN_IF_ERROR(moira_yaml_string(doc, v, "backend", t.backend, sizeof(t.backend)));
-    if (strcmp(t.backend, "opencl") && strcmp(t.backend, "npu"))
-        return moira_yaml_fail(doc, v, "unknown backend \"%s\" (expected opencl or npu)",
-                               t.backend);
-    if ((t.kind == MOIRA_TARGET_NPU) != !strcmp(t.backend, "npu"))
-        return moira_yaml_fail(doc, v, "a %s device cannot use the %s backend",
-                               moira_target_kind_name(t.kind), t.backend);
+    MOIRA_RETURN_IF_ERROR(check_backend(ctx, v, t.backend));
     if ((v = moira_yaml_get(doc, node, "select")))
         MOIRA_RETURN_IF_ERROR(moira_yaml_string(doc, v, "select", t.select, sizeof(t.select)));
     if ((v = moira_yaml_get(doc, node, "pci_bus_id")))

@@ -67,12 +67,21 @@ typedef struct moira_topology {
     double network_latency_us;
 } moira_topology_t;
 
+/* The backend whose devices compute on host memory: CPU NUMA targets bind to it. The one backend
+ * name placement knows; every other comes from the topology file and is checked against the
+ * registered backends (`backends` below, and again when a plan is bound). */
+#define MOIRA_TOPOLOGY_HOST_BACKEND "cpu"
+
 /* The devices discovery may use: the device layer's enumerated devices (the caller gathers them,
  * so placement needs no backend). `infos` is borrowed for the call. A cpu-backend device is not a
- * target itself (its memory is the NUMA targets) but lends its peak throughput to them. */
+ * target itself (its memory is the NUMA targets) but lends its peak throughput to them.
+ * `backends` (borrowed, may be NULL) names the registered backends: a topology device naming
+ * another is refused at its file:line:col; NULL accepts any name. */
 typedef struct moira_discovery_devices {
     const moira_device_info_t *infos;
     int count;
+    const char *const *backends;
+    int n_backends;
 } moira_discovery_devices_t;
 
 /* Reads and validates a topology file. Hosts with `discover: true` are filled from the local

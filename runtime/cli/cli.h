@@ -33,6 +33,10 @@ bool moira_cli_parse_int(const char *verb, const char *option, const char *text,
  * discovery. Caller frees *out_infos. */
 moira_status_t moira_cli_device_infos(moira_device_info_t **out_infos, int *out_count);
 
+/* The registered backends' names (static storage) into `names`, at most `capacity`; returns how
+ * many. What topology loading checks a device's `backend:` against. */
+int moira_cli_backend_names(const char **names, int capacity);
+
 /* Writes `text` as a JSON string literal (quotes and escapes included). */
 void moira_cli_json_string(FILE *out, const char *text);
 

@@ -254,7 +254,9 @@ static moira_status_t run_plan(const plan_args_t *a) {
     moira_device_info_t *infos = NULL;
     int n_infos = 0;
     MOIRA_RETURN_IF_ERROR(moira_cli_device_infos(&infos, &n_infos));
-    moira_discovery_devices_t devices = {infos, n_infos};
+    const char *backends[16];
+    moira_discovery_devices_t devices = {infos, n_infos, backends,
+                                         moira_cli_backend_names(backends, 16)};
     moira_topology_t topology;
     moira_status_t status = a->topology_path
                                 ? moira_topology_load(a->topology_path, &devices, &topology)

@@ -17,3 +17,10 @@ moira_status_t moira_cli_device_infos(moira_device_info_t **out_infos, int *out_
     *out_count = n;
     return MOIRA_OK_STATUS;
 }
+
+int moira_cli_backend_names(const char **names, int capacity) {
+    int n = 0;
+    for (int i = 0; i < moira_backend_count() && n < capacity; i++)
+        names[n++] = moira_backend_name(i);
+    return n;
+}

@@ -41,7 +41,8 @@ static moira_status_t load_topology(const run_args_t *a, bool single_device,
     moira_device_info_t *infos = NULL;
     int n = 0;
     MOIRA_RETURN_IF_ERROR(moira_cli_device_infos(&infos, &n));
-    moira_discovery_devices_t devices = {infos, n};
+    const char *backends[16];
+    moira_discovery_devices_t devices = {infos, n, backends, moira_cli_backend_names(backends, 16)};
     moira_status_t status = a->topology ? moira_topology_load(a->topology, &devices, out)
                                         : moira_topology_discover_local(&devices, out);
     free(infos);

@@ -66,6 +66,14 @@ static moira_status_t find_device(const moira_exec_binding_t *b, const moira_top
         if (wanted) *out = device;
     }
     if (*out) return MOIRA_OK_STATUS;
+    bool registered = false;
+    for (int i = 0; i < moira_backend_count(); i++)
+        registered = registered || !strcmp(moira_backend_name(i), target->backend);
+    if (!registered)
+        return moira_status_make(MOIRA_CODE_NOT_FOUND,
+                                 "topology device \"%s\" uses backend \"%s\", which this build "
+                                 "does not have",
+                                 target->name, target->backend);
     if (target->select[0])
         return moira_status_make(MOIRA_CODE_NOT_FOUND,
                                  "topology device \"%s\" (backend %s, select \"%s\") matches no "
@@ -76,6 +84,27 @@ static moira_status_t find_device(const moira_exec_binding_t *b, const moira_top
                              "topology device \"%s\" needs a free %s device; there is none here "
                              "(devices: %s)",
                              target->name, target->backend, used ? known : "none");
+}
+
+/* A topology that calls a device something it is not (a gpu of 178.8 GiB bound to a CPU OpenCL
+ * device of 21.5 GiB) plans for a machine that is not there; the run goes on, but says so.
+ * Memory within 5% is taken as agreeing (drivers report a little less than the card has). */
+static void warn_if_unlike(const moira_target_t *target, const moira_device_info_t *info) {
+    if (target->kind == MOIRA_TARGET_NUMA) return;
+    moira_device_kind_t kind =
+        target->kind == MOIRA_TARGET_NPU ? MOIRA_DEVICE_KIND_NPU : MOIRA_DEVICE_KIND_GPU;
+    if (info->kind != kind)
+        fprintf(stderr,
+                "moira: warning: topology device \"%s\" is a %s, but it is bound to %s, a %s "
+                "device; plans for the topology are costed for a %s\n",
+                target->name, moira_target_kind_name(target->kind), info->name,
+                moira_device_kind_name(info->kind), moira_target_kind_name(target->kind));
+    if (info->memory_bytes > 0 && (double)target->memory_bytes > 1.05 * (double)info->memory_bytes)
+        fprintf(stderr,
+                "moira: warning: topology device \"%s\" has %.1f GiB, but %s, which it is "
+                "bound to, has %.1f GiB\n",
+                target->name, (double)target->memory_bytes / 1073741824.0, info->name,
+                (double)info->memory_bytes / 1073741824.0);
 }
 
 /* The three kernels a target runs for its experts. */
@@ -147,6 +176,7 @@ static moira_status_t bind_targets(const moira_topology_t *topology, const moira
                                      topology->hosts[target->host].name);
         host = target->host;
         MOIRA_RETURN_IF_ERROR(find_device(b, topology, target, &b->devices[t]));
+        warn_if_unlike(target, moira_device_info(b->devices[t]));
         MOIRA_RETURN_IF_ERROR(check_expert_ops(b->devices[t], target, model->weight_dtype));
     }
     return check_device_memory(b, topology, plan, name);

@@ -75,10 +75,7 @@ static moira_status_t open_target(moira_executor_t *e, int target_index, moira_d
     target->target = target_index;
     target->info = info;
     target->device = device;
-    target->numa_node =
-        info->kind == MOIRA_TARGET_NUMA && !strcmp(moira_device_info(device)->backend, "cpu")
-            ? info->numa
-            : -1;
+    target->numa_node = info->kind == MOIRA_TARGET_NUMA ? info->numa : -1; /* host memory */
     target->top_k = k;
     target->hidden = d;
     size_t act = round_up((size_t)(t * d) * 4), route = round_up((size_t)(t * k) * 4);

@@ -60,6 +60,14 @@ if "$moira" devices | grep -q "^opencl:0 "; then
         check "exec plan row $row" "^$row +[0-9]+ +[1-9][0-9]* .* agreed$" "$work/out"
     done
     check "exec plan home" "^home +npu:0 " "$work/out"
+    # Binding says when a topology device is not what the topology calls it (issue 15): PoCL's
+    # opencl:0 is a CPU device, and has far less than 178.8 GiB.
+    check "kind warning" 'warning: topology device "gpu0" is a gpu, but it is bound to opencl:0, a cpu device' "$work/err"
+    sed 's/select: "opencl:0", memory_gib: 4/select: "opencl:0", memory_gib: 178.8/' \
+        "$exec_data/topology.yaml" >"$work/big-gpu.yaml"
+    expect 0 "run on a topology overstating opencl:0" -- "$moira" run --topology "$work/big-gpu.yaml" \
+        --model "$exec_data/model.yaml" --plan "$exec_data/plan.yaml" --tokens 8 --iters 1
+    check "memory warning" 'warning: topology device "gpu0" has 178.8 GiB, but opencl:0, which it is bound to, has' "$work/err"
 else
     echo "note: no opencl:0 here; the mixed-device plan is left to test_exec_plan (skipped too)"
 fi

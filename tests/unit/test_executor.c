@@ -180,6 +180,21 @@ static void check_refusals(const fixture_t *f) {
                MOIRA_CODE_INVALID_INPUT);
     moira_plan_free(&plan);
     moira_topology_free(&topology);
+    /* A backend this build lacks: the topology loads without the registry's names, binding
+     * refuses it by the registry (issue 15: no backend list in shared code). */
+    char cuda[sizeof(absent) + 8];
+    snprintf(cuda, sizeof(cuda), "%s", absent);
+    char *at = strstr(cuda, "backend: opencl");
+    memcpy(at, "backend: cuda,  ", 16);
+    CHECK_OK(moira_topology_parse(cuda, strlen(cuda), "cuda.yaml", NULL, &topology));
+    CHECK_OK(moira_plan_parse(absent_plan, strlen(absent_plan), "plan.yaml", &topology, &plan));
+    moira_status_t status = moira_exec_bind(&topology, &plan, &f->config, "plan.yaml", &binding);
+    CHECK_MSG(moira_status_code(status) == MOIRA_CODE_NOT_FOUND &&
+                  strstr(moira_status_message(status), "backend \"cuda\", which this build"),
+              "got %s", moira_status_message(status));
+    moira_status_free(status);
+    moira_plan_free(&plan);
+    moira_topology_free(&topology);
     CHECK_OK(moira_topology_parse(two_hosts, sizeof(two_hosts) - 1, "two.yaml", NULL, &topology));
     CHECK_OK(
         moira_plan_parse(two_host_plan, strlen(two_host_plan), "two-plan.yaml", &topology, &plan));

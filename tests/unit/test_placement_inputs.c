@@ -178,7 +178,7 @@ static void test_discovery(void) {
     infos[1].bandwidth_gbs = 100;
     infos[1].peak_tflops[MOIRA_DTYPE_BF16] = 10;
     infos[1].numa_node = -1;
-    moira_discovery_devices_t devices = {infos, 2};
+    moira_discovery_devices_t devices = {infos, 2, NULL, 0};
     moira_topology_t t;
     CHECK_OK(moira_topology_discover_local(&devices, &t));
     CHECK(t.n_hosts == 1 && t.n_targets >= 2);
