@@ -20,6 +20,7 @@ typedef struct generate_options {
     long long max_tokens;      /* -1: until the context is full */
     long long context;         /* 0: the engine's default */
     moira_dtype_t cache_dtype; /* --cache-dtype: F32 (default) or BF16 */
+    int max_sequences;         /* sequences the engine steps together (0: one) */
     /* Sampling: unset values take generation_config.json's. */
     bool has_temperature, has_top_p, has_top_k, has_seed;
     double temperature, top_p;
@@ -49,6 +50,13 @@ typedef struct generate_session {
 
 moira_status_t generate_session_open(const char *verb, const generate_options_t *o,
                                      generate_session_t *out);
+
+/* generate_session_open in two halves: the model directory (quick: files checked and mapped, the
+ * tokenizer loaded), then the devices and the engine (slow: weights upload). The server answers
+ * HTTP between the two. After a failure of either, close the session. */
+moira_status_t generate_session_open_model(const generate_options_t *o, generate_session_t *out);
+moira_status_t generate_session_start_engine(const char *verb, const generate_options_t *o,
+                                             generate_session_t *session);
 void generate_session_close(generate_session_t *session);
 
 /* The generation request's common part: sampling, stops and the token limit for a prompt of

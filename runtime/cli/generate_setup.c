@@ -93,8 +93,7 @@ void generate_print_common_help(void) {
            "  --chat-format N    a built-in chat template instead of the model's own\n");
 }
 
-moira_status_t generate_session_open(const char *verb, const generate_options_t *o,
-                                     generate_session_t *s) {
+moira_status_t generate_session_open_model(const generate_options_t *o, generate_session_t *s) {
     memset(s, 0, sizeof(*s));
     MOIRA_RETURN_IF_ERROR(moira_model_files_open(o->model, true, &s->model));
     s->sampling = s->model.defaults;
@@ -102,13 +101,18 @@ moira_status_t generate_session_open(const char *verb, const generate_options_t 
     if (o->has_top_p) s->sampling.top_p = o->top_p;
     if (o->has_top_k) s->sampling.top_k = (int32_t)o->top_k;
     if (o->has_seed) s->sampling.seed = (uint64_t)o->seed;
+    return MOIRA_OK_STATUS;
+}
+
+moira_status_t generate_session_start_engine(const char *verb, const generate_options_t *o,
+                                             generate_session_t *s) {
     MOIRA_RETURN_IF_ERROR(moira_runtime_init());
     moira_device_t *device = NULL;
     MOIRA_RETURN_IF_ERROR(moira_device_find(o->backend ? o->backend : "cpu:0", &device));
     s->progress = (run_progress_context_t){verb, moira_model_files_device_bytes(&s->model)};
     moira_engine_options_t options = {.context = o->context,
                                       .cache_dtype = o->cache_dtype,
-                                      .max_sequences = 1,
+                                      .max_sequences = o->max_sequences > 0 ? o->max_sequences : 1,
                                       .progress = run_progress,
                                       .progress_context = &s->progress};
     if (o->topology || o->plan) {
@@ -124,6 +128,12 @@ moira_status_t generate_session_open(const char *verb, const generate_options_t 
         device = s->placement.home;
     }
     return moira_engine_create(&s->model, device, &options, &s->engine);
+}
+
+moira_status_t generate_session_open(const char *verb, const generate_options_t *o,
+                                     generate_session_t *s) {
+    MOIRA_RETURN_IF_ERROR(generate_session_open_model(o, s));
+    return generate_session_start_engine(verb, o, s);
 }
 
 void generate_session_close(generate_session_t *s) {

@@ -28,6 +28,8 @@ static const verb_t verbs[] = {
     {"generate", moira_cli_generate,
      "continue a prompt or a conversation with a Hugging Face model directory"},
     {"chat", moira_cli_chat, "talk with a model interactively, its replies streamed"},
+    {"serve", moira_cli_serve,
+     "serve a model over the OpenAI HTTP API, requests batched together as they come"},
     {"tokenize", moira_cli_tokenize,
      "text or a conversation to token ids with a model's Hugging Face tokenizer, and back"},
     {"compare", moira_cli_compare, "compare the tensors two safetensors files share (NMSE)"},

@@ -7,10 +7,11 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "runtime/engine/completion.h"
 #include "runtime/engine/engine.h"
 
 /* Receives text as it completes; returning false stops generation (finish reason "stop"). */
-typedef bool (*moira_generation_text_fn)(void *context, const char *text, size_t len);
+typedef moira_completion_text_fn moira_generation_text_fn;
 
 /* Receives the logits [vocab] (borrowed for the call) each token was chosen from, in order. */
 typedef moira_status_t (*moira_generation_logits_fn)(void *context, const float *logits,

@@ -5,10 +5,8 @@
 #include <stdbool.h>
 #include <stdlib.h>
 
-moira_status_t moira_sampler_init(moira_sampler_t *sampler, const moira_sampling_t *params,
-                                  int32_t vocab) {
-    sampler->probs = NULL;
-    sampler->order = NULL;
+/* Parameters out of range are the caller's input error, named as the API names them. */
+static moira_status_t check_params(const moira_sampling_t *params) {
     if (!(params->temperature >= 0) || !isfinite(params->temperature))
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
                                  "temperature must be a finite number >= 0, got %g",
@@ -19,6 +17,14 @@ moira_status_t moira_sampler_init(moira_sampler_t *sampler, const moira_sampling
     if (params->top_k < 0)
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "top_k must be >= 0, got %d",
                                  params->top_k);
+    return MOIRA_OK_STATUS;
+}
+
+moira_status_t moira_sampler_init(moira_sampler_t *sampler, const moira_sampling_t *params,
+                                  int32_t vocab) {
+    sampler->probs = NULL;
+    sampler->order = NULL;
+    MOIRA_RETURN_IF_ERROR(check_params(params));
     if (vocab < 1)
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "sampler: vocabulary of %d", vocab);
     sampler->params = *params;
@@ -29,6 +35,13 @@ moira_status_t moira_sampler_init(moira_sampler_t *sampler, const moira_sampling
     if (sampler->probs && sampler->order) return MOIRA_OK_STATUS;
     moira_sampler_free(sampler);
     return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "sampler: out of memory");
+}
+
+moira_status_t moira_sampler_reseed(moira_sampler_t *sampler, const moira_sampling_t *params) {
+    MOIRA_RETURN_IF_ERROR(check_params(params));
+    sampler->params = *params;
+    sampler->state = params->seed;
+    return MOIRA_OK_STATUS;
 }
 
 void moira_sampler_free(moira_sampler_t *sampler) {

@@ -29,6 +29,10 @@ typedef struct moira_sampler {
 moira_status_t moira_sampler_init(moira_sampler_t *sampler, const moira_sampling_t *params,
                                   int32_t vocab);
 
+/* Starts the sampler over with new parameters, keeping its scratch: what a batch slot does for
+ * each new request, allocating nothing. Checks the parameters as moira_sampler_init does. */
+moira_status_t moira_sampler_reseed(moira_sampler_t *sampler, const moira_sampling_t *params);
+
 void moira_sampler_free(moira_sampler_t *sampler);
 
 /* The greedy token of `logits` [vocab] (borrowed): the largest, NaN counting as the smallest,

@@ -1,0 +1,236 @@
+/* `moira serve`: a model behind the OpenAI HTTP API. The model directory is checked first (bad
+ * input exits 2 before anything listens), then the server listens and answers /health with 503
+ * while the weights upload, then requests run through one engine loop with continuous batching.
+ * SIGINT or SIGTERM stops accepting, lets running requests finish (for --shutdown-grace seconds)
+ * and exits 0. */
+#include <libgen.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "runtime/cli/cli.h"
+#include "runtime/cli/generate.h"
+#include "runtime/clock.h"
+#include "runtime/server/http_server.h"
+
+#define VERB "serve"
+
+typedef struct serve_args {
+    generate_options_t common;
+    const char *host, *model_name;
+    long long port, max_batch, max_queue, max_body, chunk;
+    double grace_s;
+} serve_args_t;
+
+static void print_help(void) {
+    printf("usage: moira serve --model DIR [--host ADDR] [--port N] [--max-batch N]\n"
+           "                   [--max-queue N] [--ctx N] [--topology F] [--plan F]\n"
+           "                   [--backend DEVICE]\n\n"
+           "Serves the model over the OpenAI HTTP API: POST /v1/completions and\n"
+           "/v1/chat/completions (\"stream\": true for server-sent events), GET /v1/models,\n"
+           "/health (503 while loading), /metrics (Prometheus). Requests run together: a new\n"
+           "one joins the running batch at the next step, its prompt prefilled in chunks.\n\n"
+           "  --host ADDR        the address to listen on (default 127.0.0.1: this machine only)\n"
+           "  --port N           the port (default 8080; 0 picks a free one, printed at start)\n"
+           "  --max-batch N      sequences generated together (default 8); each holds --ctx\n"
+           "                     tokens of latent cache, allocated at start\n"
+           "  --max-queue N      requests waiting for a free sequence; more get 429 (default 64)\n"
+           "  --chunk N          tokens one engine step runs: prompts prefill in chunks of at\n"
+           "                     most this, beside the running sequences' tokens (default 256)\n"
+           "  --model-name NAME  the model id clients send (default: the directory's name)\n"
+           "  --max-body BYTES   the largest request body (default 4194304)\n"
+           "  --shutdown-grace S seconds running requests may finish after SIGINT/SIGTERM\n"
+           "                     (default 10); then they are cut\n");
+    generate_print_common_help();
+    printf("\nexit codes: 0 stopped by SIGINT/SIGTERM, 1 a device failed, 2 bad usage or bad "
+           "input\n");
+}
+
+static int parse_args(int argc, char **argv, serve_args_t *a) {
+    for (int i = 1; i < argc; i++) {
+        int common = generate_parse_option(VERB, argc, argv, &i, &a->common);
+        if (common == 2) return 2;
+        if (common == 1) continue;
+        const char *arg = argv[i];
+        if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
+            print_help();
+            return -1;
+        }
+        static const char *const with_value[] = {"--host",       "--port",          "--max-batch",
+                                                 "--max-queue",  "--max-body",      "--chunk",
+                                                 "--model-name", "--shutdown-grace"};
+        bool known = false;
+        for (size_t k = 0; k < sizeof(with_value) / sizeof(*with_value); k++)
+            known |= !strcmp(arg, with_value[k]);
+        if (!known) return moira_cli_usage_error(VERB, "unknown option \"%s\"", arg);
+        if (i + 1 >= argc) return moira_cli_usage_error(VERB, "%s needs a value", arg);
+        const char *v = argv[++i];
+        long long grace = 0;
+        bool ok = true;
+        if (!strcmp(arg, "--host"))
+            a->host = v;
+        else if (!strcmp(arg, "--model-name"))
+            a->model_name = v;
+        else if (!strcmp(arg, "--port"))
+            ok = moira_cli_parse_int(VERB, arg, v, 0, 65535, &a->port);
+        else if (!strcmp(arg, "--max-batch"))
+            ok = moira_cli_parse_int(VERB, arg, v, 1, 256, &a->max_batch);
+        else if (!strcmp(arg, "--max-queue"))
+            ok = moira_cli_parse_int(VERB, arg, v, 1, 1 << 20, &a->max_queue);
+        else if (!strcmp(arg, "--max-body"))
+            ok = moira_cli_parse_int(VERB, arg, v, 1024, 1LL << 30, &a->max_body);
+        else if (!strcmp(arg, "--chunk"))
+            ok = moira_cli_parse_int(VERB, arg, v, 1, 1 << 16, &a->chunk);
+        else if ((ok = moira_cli_parse_int(VERB, arg, v, 0, 3600, &grace)))
+            a->grace_s = (double)grace;
+        if (!ok) return 2;
+    }
+    if (!a->common.model) return moira_cli_usage_error(VERB, "--model DIR is required");
+    if (a->model_name && !*a->model_name)
+        return moira_cli_usage_error(VERB, "--model-name needs a non-empty name");
+    if (a->chunk < a->max_batch)
+        return moira_cli_usage_error(VERB,
+                                     "--chunk %lld is smaller than --max-batch %lld: one step "
+                                     "must hold a token of every running sequence",
+                                     a->chunk, a->max_batch);
+    return 0;
+}
+
+/* The server while it runs: the loader thread fills in the engine, the main thread waits for a
+ * signal (or the loader's word that it failed). */
+typedef struct server {
+    serve_args_t *args;
+    generate_session_t session;
+    serve_http_t *http;
+    serve_metrics_t metrics;
+    serve_api_model_t api;
+    serve_scheduler_t *scheduler;
+    char *default_name; /* owned */
+    pthread_t main_thread;
+    moira_status_t load_status;
+} server_t;
+
+static void *load(void *arg) {
+    server_t *s = arg;
+    serve_args_t *a = s->args;
+    a->common.max_sequences = (int)a->max_batch;
+    moira_status_t status = generate_session_start_engine(VERB, &a->common, &s->session);
+    if (!status) {
+        const moira_engine_options_t *eo = moira_engine_options(s->session.engine);
+        s->api = (serve_api_model_t){.name = s->api.name,
+                                     .model = &s->session.model,
+                                     .chat_format = a->common.chat_format,
+                                     .defaults = s->session.sampling,
+                                     .context = eo->context,
+                                     .created = (int64_t)time(NULL)};
+        serve_scheduler_options_t options = {.max_queue = (int)a->max_queue};
+        status = serve_scheduler_create(s->session.engine, &s->session.model, &s->metrics, &options,
+                                        &s->scheduler);
+    }
+    if (!status) {
+        s->metrics.started = moira_now_seconds();
+        serve_http_backend_t backend = {
+            .api = &s->api, .scheduler = s->scheduler, .metrics = &s->metrics};
+        serve_http_ready(s->http, &backend);
+        fprintf(stderr, "moira serve: ready (%d sequences of %lld tokens)\n", (int)a->max_batch,
+                (long long)s->api.context);
+    }
+    s->load_status = status;
+    if (status) pthread_kill(s->main_thread, SIGUSR1);
+    return NULL;
+}
+
+/* Waits for SIGINT or SIGTERM (or SIGUSR1: the loader failed); returns the signal. */
+static int wait_for_signal(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGUSR1);
+    int signal = 0;
+    while (sigwait(&set, &signal))
+        ;
+    return signal;
+}
+
+static int run(server_t *s) {
+    serve_args_t *a = s->args;
+    moira_status_t status = generate_session_open_model(&a->common, &s->session);
+    if (status) return moira_status_report(status);
+    if (!a->model_name) {
+        s->default_name = strdup(a->common.model);
+        a->model_name = s->default_name ? basename(s->default_name) : "model";
+        size_t n = strlen(a->model_name);
+        if (!n) a->model_name = "model";
+    }
+    s->api.name = a->model_name;
+    serve_metrics_init(&s->metrics, a->common.backend ? a->common.backend : "cpu:0");
+    serve_http_options_t http = {.host = a->host,
+                                 .port = (int)a->port,
+                                 .max_body = (size_t)a->max_body,
+                                 .max_connections = (int)(a->max_batch + a->max_queue + 64)};
+    status = serve_http_start(&http, &s->http);
+    if (status) return moira_status_report(status);
+    fprintf(stderr, "moira serve: listening on http://%s:%d (model \"%s\", loading)\n",
+            a->host ? a->host : "127.0.0.1", serve_http_port(s->http), a->model_name);
+    pthread_t loader;
+    if (pthread_create(&loader, NULL, load, s))
+        return moira_status_report(
+            moira_status_make(MOIRA_CODE_INTERNAL, "cannot start the loading thread"));
+    int signal = wait_for_signal();
+    if (signal == SIGUSR1 || s->scheduler == NULL) {
+        serve_http_quiesce(s->http);
+        if (signal != SIGUSR1) {
+            /* The upload cannot be interrupted; nothing is written, so leave at once. */
+            fprintf(stderr, "moira serve: stopped while loading\n");
+            _exit(0);
+        }
+        pthread_join(loader, NULL);
+        serve_http_stop(s->http);
+        s->http = NULL;
+        return moira_status_report(s->load_status);
+    }
+    pthread_join(loader, NULL);
+    fprintf(stderr, "moira serve: stopping (%s): running requests have %.0f s to finish\n",
+            signal == SIGINT ? "SIGINT" : "SIGTERM", a->grace_s);
+    serve_http_quiesce(s->http);
+    serve_scheduler_stop(s->scheduler, a->grace_s);
+    serve_http_stop(s->http);
+    s->http = NULL;
+    fprintf(stderr, "moira serve: stopped after %llu requests, %llu tokens generated\n",
+            (unsigned long long)(s->metrics.requests_ok + s->metrics.requests_cancelled +
+                                 s->metrics.requests_failed),
+            (unsigned long long)s->metrics.generated_tokens);
+    return 0;
+}
+
+int moira_cli_serve(int argc, char **argv) {
+    serve_args_t a = {.port = 8080,
+                      .max_batch = 8,
+                      .max_queue = 64,
+                      .max_body = 4 << 20,
+                      .chunk = 256,
+                      .grace_s = 10};
+    int parsed = parse_args(argc, argv, &a);
+    if (parsed) return parsed < 0 ? 0 : parsed;
+    /* Every thread started from here on leaves these signals to sigwait. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    server_t s = {.args = &a, .main_thread = pthread_self()};
+    int code = run(&s);
+    serve_http_stop(s.http);
+    serve_scheduler_destroy(s.scheduler);
+    generate_session_close(&s.session);
+    serve_metrics_destroy(&s.metrics);
+    free(s.default_name);
+    return code;
+}

@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# `moira serve` end to end, on a DeepSeek-V3-shaped bf16 checkpoint with the real DeepSeek-V3
+# tokenizer:
+# - the official `openai` npm client (tests/node/serve_client.mjs) gets, for greedy requests,
+#   exactly what `moira generate` prints for the same prompt, alone, streamed, and with 8
+#   requests of different lengths at once (batching must not change a token); the prefix cache
+#   spares a repeated long system prompt's prefill;
+# - the raw SSE framing (curl): data: lines, the finish chunk, the usage chunk, data: [DONE];
+# - bad requests are 400 with an OpenAI error naming the field, a full queue 429, an unknown
+#   route 404; a client that leaves mid-stream frees its sequence; SIGTERM lets a running
+#   request finish and exits 0; bad command lines and model folders exit 2.
+set -u
+source "$(dirname "$0")/lib/harness.bash" "$@"
+source "$(dirname "$0")/lib/expect.bash"
+root=$(cd "$data/../.." && pwd)
+refs="${MOIRA_REFS:-$root/.deps}"
+bin=$(dirname "$moira")
+tokenizer="$refs/deepseek-v3"
+export NODE_PATH="$refs/npm/node_modules"
+if [ ! -f "$tokenizer/tokenizer.json" ] || [ ! -d "$NODE_PATH/openai" ]; then
+    echo "FAIL: the DeepSeek-V3 tokenizer or the openai npm package is missing under $refs: run make deps"
+    exit 1
+fi
+command -v curl >/dev/null || { echo "skip: curl is not installed"; exit 77; }
+"$bin/moira-test-checkpoint" --out "$work/model" --dtype bf16 --seed 5 \
+    --tokenizer "$tokenizer" >/dev/null || { echo "FAIL: writing the checkpoint"; exit 1; }
+
+pid=""
+port=""
+cleanup() { [ -z "$pid" ] || kill -9 "$pid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+
+# start NAME [serve options...]: starts the server on a free port and waits until it is ready.
+start() {
+    local name="$1"
+    shift
+    "$moira" serve --model "$work/model" --port 0 "$@" >"$work/$name.out" 2>"$work/$name.err" &
+    pid=$!
+    for _ in $(seq 600); do
+        port=$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$work/$name.err" | sed 's/.*://')
+        [ -n "$port" ] && [ "$(curl -s -o /dev/null -w '%{http_code}' "localhost:$port/health")" = 200 ] && return 0
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "FAIL: $name: the server did not become ready"
+    sed 's/^/  | /' "$work/$name.err" | tail -5
+    exit 1
+}
+
+# stop: SIGTERM, and the exit code must be 0.
+stop() {
+    kill -TERM "$pid"
+    wait "$pid"
+    local code=$?
+    pid=""
+    if [ "$code" -eq 0 ]; then passed=$((passed + 1)); else fail "SIGTERM: exit $code, expected 0"; fi
+}
+
+# What `moira generate` prints for each prompt: the expected answers.
+prompts=("The first law of thermodynamics says that" "Hi" "Once upon a time, in a kingdom by the sea, there lived"
+         "1, 2, 3, 4," "Translate to French: good morning" "def fibonacci(n):" "A" "The quick brown fox jumps over the lazy dog because")
+system=$(for i in $(seq 60); do printf 'Rule %d: answer briefly, cite sources, and never invent facts. ' "$i"; done)
+python3 - "$system" >"$work/chats.json" <<'PY'
+import json, sys
+system = sys.argv[1]
+print(json.dumps({
+    "chat": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name three primes."}],
+    "first": [{"role": "system", "content": system}, {"role": "user", "content": "What is water?"}],
+    "second": [{"role": "system", "content": system}, {"role": "user", "content": "Why is the sky blue?"}]}))
+PY
+for k in chat first second; do
+    python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))[sys.argv[2]]))' \
+        "$work/chats.json" "$k" >"$work/$k.json"
+done
+i=0
+for p in "${prompts[@]}"; do
+    n=$((3 + i * 2))
+    "$moira" generate --model "$work/model" --prompt "$p" --max-tokens "$n" --temperature 0 \
+        --json >"$work/gen$i.json" 2>"$work/err" || { echo "FAIL: generate $i"; cat "$work/err"; exit 1; }
+    i=$((i + 1))
+done
+for k in chat first second; do
+    "$moira" generate --model "$work/model" --messages "$work/$k.json" --max-tokens 6 \
+        --temperature 0 --json >"$work/gen_$k.json" 2>"$work/err" || { echo "FAIL: generate $k"; cat "$work/err"; exit 1; }
+done
+python3 - "$work" "${prompts[@]}" >"$work/expected.json" <<'PY'
+import json, sys
+work, prompts = sys.argv[1], sys.argv[2:]
+def answer(path, **extra):
+    g = json.load(open(path))
+    return dict(extra, text=g["text"], finish_reason=g["finish_reason"],
+                prompt_tokens=len(g["prompt_ids"]), completion_tokens=len(g["ids"]))
+conv = lambda k: json.load(open(f"{work}/{k}.json"))
+first = answer(f"{work}/gen_first.json", messages=conv("first"), max_tokens=6)
+print(json.dumps({
+    "prompts": [answer(f"{work}/gen{i}.json", prompt=p, max_tokens=3 + 2 * i) for i, p in enumerate(prompts)],
+    "chats": [answer(f"{work}/gen_chat.json", messages=conv("chat"), max_tokens=6)],
+    "prefix": {"first": first, "second": answer(f"{work}/gen_second.json", messages=conv("second"), max_tokens=6),
+               "system_tokens": first["prompt_tokens"] - 30}}))
+PY
+
+# The OpenAI client: 4 sequences at a time, so the 8 concurrent requests also queue.
+start client --max-batch 4
+if node "$root/tests/node/serve_client.mjs" "http://127.0.0.1:$port" model "$work/expected.json" >"$work/client" 2>&1; then
+    passed=$((passed + 1))
+else
+    fail "the openai client"
+fi
+grep -E '^(FAIL|prefix)' "$work/client" | sed 's/^/  /'
+grep -q '^ok' "$work/client" || sed 's/^/  | /' "$work/client" | tail -8
+
+# Raw SSE framing.
+body='{"model": "model", "prompt": "Hi", "max_tokens": 3, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}}'
+curl -sN "localhost:$port/v1/completions" -d "$body" >"$work/sse"
+python3 - "$work/sse" >"$work/sse.check" 2>&1 <<'PY'
+import json, sys
+raw = open(sys.argv[1]).read()
+assert raw.endswith("data: [DONE]\n\n"), "the stream does not end with data: [DONE]"
+events = raw.split("\n\n")[:-1]
+assert all(e.startswith("data: ") and "\n" not in e for e in events), "an event is not one data: line"
+chunks = [json.loads(e[6:]) for e in events[:-1]]
+assert all(c["object"] == "text_completion" for c in chunks)
+finish = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+assert len(finish) == 1 and finish[0]["choices"][0]["finish_reason"] == "length", finish
+assert not chunks[-1]["choices"] and chunks[-1]["usage"]["completion_tokens"] == 3, chunks[-1]
+assert all(c["usage"] is None for c in chunks[:-1]), "usage before the last chunk"
+print("ok")
+PY
+check "SSE framing" '^ok$' "$work/sse.check"
+
+# Bad requests: 400 with an OpenAI error naming the field.
+bad_request() { # bad_request DESCRIPTION PARAM BODY [PATH]
+    local code
+    code=$(curl -s -o "$work/resp" -w '%{http_code}' "localhost:$port${4:-/v1/completions}" -d "$3")
+    if [ "$code" = 400 ] && python3 -c 'import json,sys; e=json.load(open(sys.argv[1]))["error"]; assert e["type"]=="invalid_request_error" and e["message"] and (e["param"] or "")==sys.argv[2]' "$work/resp" "$2" 2>/dev/null; then
+        passed=$((passed + 1))
+    else
+        fail "$1: HTTP $code, $(head -c 300 "$work/resp")"
+    fi
+}
+bad_request "malformed JSON" "" '{"prompt": "x",'
+bad_request "not an object" "" '[1, 2]'
+bad_request "temperature of the wrong type" temperature '{"prompt": "x", "temperature": "hot"}'
+bad_request "max_tokens 0" max_tokens '{"prompt": "x", "max_tokens": 0}'
+bad_request "max_tokens beyond the context" max_tokens '{"prompt": "x", "max_tokens": 100000}'
+bad_request "an unknown model" model '{"model": "gpt-4", "prompt": "x"}'
+bad_request "no prompt" prompt '{"max_tokens": 2}'
+bad_request "a token id outside the vocabulary" prompt '{"prompt": [1, 999999]}'
+bad_request "n = 2" n '{"prompt": "x", "n": 2}'
+bad_request "five stop strings" stop '{"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}'
+bad_request "empty messages" messages '{"messages": []}' /v1/chat/completions
+bad_request "a message without a role" messages '{"messages": [{"content": "hi"}]}' /v1/chat/completions
+bad_request "stream not a boolean" stream '{"prompt": "x", "stream": "yes"}'
+head -c 5000000 /dev/zero | tr '\0' 'a' >"$work/big"
+code=$(curl -s -o "$work/resp" -w '%{http_code}' "localhost:$port/v1/completions" --data-binary @"$work/big")
+[ "$code" = 400 ] && grep -q "larger than" "$work/resp" && passed=$((passed + 1)) || fail "a 5 MB body: HTTP $code"
+code=$(curl -s -o "$work/resp" -w '%{http_code}' -H 'Transfer-Encoding: chunked' "localhost:$port/v1/completions" --data-binary @"$work/big")
+[ "$code" = 400 ] && passed=$((passed + 1)) || fail "a 5 MB chunked body: HTTP $code"
+code=$(curl -s -o /dev/null -w '%{http_code}' "localhost:$port/v1/nothing")
+[ "$code" = 404 ] && passed=$((passed + 1)) || fail "an unknown route: HTTP $code"
+code=$(curl -s -o /dev/null -w '%{http_code}' "localhost:$port/v1/completions")
+[ "$code" = 405 ] && passed=$((passed + 1)) || fail "GET /v1/completions: HTTP $code"
+
+# A client that leaves mid-stream: its sequence is freed (running back to 0, counted cancelled).
+long='{"prompt": "Tell me a long story", "max_tokens": 3000, "temperature": 0, "stream": true}'
+timeout 1 curl -sN "localhost:$port/v1/completions" -d "$long" >/dev/null
+for _ in $(seq 50); do
+    curl -s "localhost:$port/metrics" >"$work/metrics"
+    grep -q '^moira_requests_running 0$' "$work/metrics" && break
+    sleep 0.1
+done
+check "a disconnected stream leaves the batch" '^moira_requests_running 0$' "$work/metrics"
+check "and is counted cancelled" '^moira_requests_total\{outcome="cancelled"\} [1-9]' "$work/metrics"
+check "metrics: time to first token" '^moira_time_to_first_token_seconds_count [1-9]' "$work/metrics"
+check "metrics: inter-token latency" '^moira_inter_token_latency_seconds_bucket\{le="\+Inf"\} [1-9]' "$work/metrics"
+check "metrics: generated tokens" '^moira_generation_tokens_total [1-9]' "$work/metrics"
+stop
+
+# Overload: one sequence, one queued request; more are 429.
+start overload --max-batch 1 --max-queue 1
+slow='{"prompt": "Count", "max_tokens": 400, "temperature": 0}'
+for i in 1 2 3 4; do
+    curl -s -o /dev/null -w '%{http_code}\n' "localhost:$port/v1/completions" -d "$slow" >"$work/code$i" &
+done
+wait_codes=0
+for _ in $(seq 300); do
+    [ "$(cat "$work"/code* 2>/dev/null | wc -l)" -ge 2 ] && break
+    sleep 0.1
+done
+sleep 0.5
+check "a full queue is 429" '^429$' <(cat "$work"/code*)
+# SIGTERM while requests run: they finish, and the server exits 0.
+kill -TERM "$pid"
+wait "$pid"
+code=$?
+pid=""
+[ "$code" -eq 0 ] && passed=$((passed + 1)) || fail "SIGTERM with requests running: exit $code"
+wait
+check "running requests finish before the server stops" '^200$' <(cat "$work"/code*)
+check "the server says it stopped" 'stopped after' "$work/overload.err"
+
+# Bad command lines and model folders: exit 2 before anything listens.
+expect 2 "no --model" -- "$moira" serve --port 0
+expect 2 "an unknown option" -- "$moira" serve --model "$work/model" --frobnicate
+expect 2 "a port out of range" -- "$moira" serve --model "$work/model" --port 70000
+expect 2 "not a model directory" -- "$moira" serve --model "$work/nothing" --port 0
+expect_stderr "nothing" "the missing folder is named"
+expect 2 "a host that is not an address" -- "$moira" serve --model "$work/model" --host nowhere --port 0
+
+echo "serve: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
