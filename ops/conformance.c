@@ -9,6 +9,7 @@
 #include "ops/random_weights.h"
 #include "ops/reference.h"
 #include "runtime/log.h"
+#include "runtime/weight_format.h"
 
 const char *const moira_conformance_ops[] = {"gate",  "moe",          "mla", "mla_decode",
                                              "layer", "layer_decode", NULL};
@@ -48,14 +49,19 @@ static const shape_t shapes[] = {
 
 static const int64_t token_counts[] = {1, 7, 40};
 
+#define MAX_DTYPES 5
+
 /* Which weight dtypes each op is checked with: every op in f32; the weight-heavy ones also in the
- * narrow types checkpoints ship. */
-static int dtypes_for(const char *op, moira_dtype_t out[3]) {
+ * narrow types checkpoints ship, and with their routed experts quantised (MXFP4, INT8; the rest of
+ * the layer f32, as `moira quantize --experts-only` writes it). */
+static int dtypes_for(const char *op, moira_dtype_t out[MAX_DTYPES]) {
     out[0] = MOIRA_DTYPE_F32;
     if (!strcmp(op, "moe") || !strcmp(op, "layer")) {
         out[1] = MOIRA_DTYPE_BF16;
         out[2] = MOIRA_DTYPE_F8_E4M3;
-        return 3;
+        out[3] = MOIRA_DTYPE_MXFP4;
+        out[4] = MOIRA_DTYPE_INT8;
+        return 5;
     }
     return 1;
 }
@@ -130,9 +136,40 @@ typedef struct host_case {
     moira_random_layer_t layer;
     int64_t layer_index;
     moira_tensor_t x, positions, ref, ref_idx, ref_weight, selection;
+    moira_tensor_t *quantized; /* owned: 3E experts then their 3E scales, when quantised */
+    int64_t n_quantized;
 } host_case_t;
 
+/* Replaces the layer's routed experts by quantised copies (the layer keeps pointers to them), so
+ * the reference reads the same dequantised values the device computes with. */
+static moira_status_t quantize_experts(host_case_t *h, moira_dtype_t dtype) {
+    moira_moe_weights_t *moe = &h->layer.weights.moe;
+    if (!h->layer.weights.is_moe || !moe->n_experts) return MOIRA_OK_STATUS;
+    int64_t d = h->config.hidden_size, inter = h->config.moe_intermediate_size;
+    if (!moira_weight_shape_fits(dtype, inter, d) || !moira_weight_shape_fits(dtype, d, inter))
+        return moira_status_make(MOIRA_CODE_UNSUPPORTED, "%s needs rows of a multiple of 32",
+                                 moira_dtype_name(dtype));
+    int64_t n = 3 * moe->n_experts;
+    h->quantized = calloc((size_t)(2 * n), sizeof(*h->quantized));
+    if (!h->quantized)
+        return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "conformance: out of memory");
+    h->n_quantized = 2 * n;
+    const moira_tensor_t **arrays[3] = {moe->expert_gate_proj, moe->expert_up_proj,
+                                        moe->expert_down_proj};
+    for (int64_t i = 0; i < n; i++) {
+        const moira_tensor_t **slot = &arrays[i % 3][i / 3];
+        MOIRA_RETURN_IF_ERROR(
+            moira_tensor_convert(*slot, dtype, &h->quantized[i], &h->quantized[n + i]));
+        h->quantized[i].scale = &h->quantized[n + i];
+        *slot = &h->quantized[i];
+    }
+    return MOIRA_OK_STATUS;
+}
+
 static void host_case_release(host_case_t *h) {
+    for (int64_t i = 0; i < h->n_quantized; i++)
+        moira_tensor_release(&h->quantized[i]);
+    free(h->quantized);
     moira_random_layer_release(&h->layer);
     moira_tensor_t *all[] = {&h->x,       &h->ref,        &h->positions,
                              &h->ref_idx, &h->ref_weight, &h->selection};
@@ -148,7 +185,10 @@ static moira_status_t host_case_make(const shape_t *shape, const char *op, moira
     const moira_model_config_t *c = &h->config;
     /* The layer op runs layer 0: dense for shapes with first_k_dense_replace, else MoE. */
     h->layer_index = !strncmp(op, "layer", 5) ? 0 : c->first_k_dense_replace;
-    MOIRA_RETURN_IF_ERROR(moira_random_layer_create(c, h->layer_index, seed, dtype, &h->layer));
+    bool quantized = moira_dtype_is_quantized(dtype);
+    MOIRA_RETURN_IF_ERROR(moira_random_layer_create(
+        c, h->layer_index, seed, quantized ? MOIRA_DTYPE_F32 : dtype, &h->layer));
+    if (quantized) MOIRA_RETURN_IF_ERROR(quantize_experts(h, dtype));
     MOIRA_RETURN_IF_ERROR(moira_tensor_alloc_f32(tokens, c->hidden_size, &h->x));
     moira_random_fill_uniform(h->x.data, (size_t)(tokens * c->hidden_size), seed + 17, -1.0f, 1.0f);
     int64_t shape1[1] = {tokens};
@@ -295,10 +335,14 @@ static bool device_supports(const moira_device_t *device, const char *op, moira_
     else if (!strncmp(op, "mla", 3))
         lists[1] = NULL;
     for (int l = 0; l < 2 && lists[l]; l++)
-        for (const int *k = lists[l]; *k >= 0; k++)
-            if (!moira_device_supports(device, *k,
-                                       *k == MOIRA_OP_MLA_DECODE_ATTENTION ? cache_dtype : dtype))
-                return false;
+        for (const int *k = lists[l]; *k >= 0; k++) {
+            /* Quantised cases quantise only the routed experts; the rest of the layer is f32. */
+            moira_dtype_t asked = *k == MOIRA_OP_MLA_DECODE_ATTENTION ? cache_dtype
+                                  : *k == MOIRA_OP_MOE_FFN || !moira_dtype_is_quantized(dtype)
+                                      ? dtype
+                                      : MOIRA_DTYPE_F32;
+            if (!moira_device_supports(device, *k, asked)) return false;
+        }
     return true;
 }
 
@@ -313,7 +357,7 @@ moira_status_t moira_conformance_run(moira_device_t *device, const char *ops,
     for (int o = 0; moira_conformance_ops[o] && !status; o++) {
         const char *op = moira_conformance_ops[o];
         if (!op_selected(op, ops)) continue;
-        moira_dtype_t dtypes[3];
+        moira_dtype_t dtypes[MAX_DTYPES];
         int n_dtypes = dtypes_for(op, dtypes);
         /* Decode ops run with each cache dtype; a bf16 cache is held to bf16's limit. */
         int n_caches = strstr(op, "_decode") ? 2 : 1;
@@ -335,10 +379,27 @@ moira_status_t moira_conformance_run(moira_device_t *device, const char *ops,
                         double bf16 = moira_precision_nmse_limit(MOIRA_DTYPE_BF16);
                         r.limit = r.limit > bf16 ? r.limit : bf16;
                     }
+                    /* Quantised experts may meet activations quantised per token (DESIGN.md §4:
+                     * W8A8, W4A8), whose limit is int8's. */
+                    if (moira_dtype_is_quantized(dtypes[di])) {
+                        double int8 = moira_precision_nmse_limit(MOIRA_DTYPE_INT8);
+                        r.limit = r.limit > int8 ? r.limit : int8;
+                    }
                     r.skipped = !device_supports(device, op, dtypes[di], r.cache_dtype);
                     if (!r.skipped) {
                         host_case_t h;
                         status = host_case_make(&shapes[s], op, dtypes[di], r.tokens, seed++, &h);
+                        if (moira_status_code(status) == MOIRA_CODE_UNSUPPORTED) {
+                            /* A shape the format cannot store (MXFP4 rows of 72): no case. */
+                            r.skipped = true;
+                            snprintf(r.detail, sizeof(r.detail), "%s",
+                                     moira_status_message(status));
+                            moira_status_free(status);
+                            status = MOIRA_OK_STATUS;
+                            host_case_release(&h);
+                            if (!status) status = append_result(results, count, &r);
+                            continue;
+                        }
                         moira_status_t run =
                             status ? MOIRA_OK_STATUS : device_case_run(device, queue, op, &h, &r);
                         if (run) {

@@ -164,9 +164,12 @@ static moira_status_t check_request(const weight_request_t *r, const moira_tenso
                                     const char *path, const char *prefix) {
     moira_code_t code = path ? MOIRA_CODE_INVALID_INPUT : MOIRA_CODE_INVALID_ARGUMENT;
     const char *where = path ? path : "weights";
-    if (!moira_dtype_is_float(t->dtype))
-        return moira_status_make(code, "%s: tensor %s%s: dtype %s is not a float type", where,
-                                 prefix, r->name, moira_dtype_name(t->dtype));
+    /* Matrices may be quantised (MXFP4, INT8 with their scales); vectors are plain floats. */
+    bool accepted = r->rank == 2 ? moira_dtype_is_weight(t->dtype) : moira_dtype_is_float(t->dtype);
+    if (!accepted)
+        return moira_status_make(code, "%s: tensor %s%s: dtype %s is not a %s", where, prefix,
+                                 r->name, moira_dtype_name(t->dtype),
+                                 r->rank == 2 ? "weight format" : "float type");
     bool same = t->rank == r->rank;
     for (int i = 0; same && i < r->rank; i++)
         same = t->shape[i] == r->shape[i];

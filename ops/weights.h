@@ -3,8 +3,8 @@
  * Every tensor pointer here is borrowed: it points at a view the safetensors file owns (or at a
  * tensor the caller built), valid while that file is open. The loader checks each shape against
  * the model config once, so the reference kernels and the device ops can trust what they get.
- * Weight matrices may be F32, F16, BF16 or F8_E4M3 (block scales attached by the reader); norm
- * weights and the correction bias may be any float type.
+ * Weight matrices may be F32, F16, BF16, F8_E4M3, MXFP4 or INT8 (scales attached by the reader;
+ * runtime/weight_format.h); norm weights and the correction bias may be any float type.
  *
  * Shapes, with D hidden_size, H num_attention_heads, E n_routed_experts, I moe_intermediate_size:
  *   q_proj [H*(nope+rope), D]            (q_lora_rank == 0)

@@ -206,6 +206,8 @@ double moira_precision_nmse_limit(moira_dtype_t precision) {
         return 2e-3;
     case MOIRA_DTYPE_F8_E4M3:
         return 2e-2;
+    case MOIRA_DTYPE_INT8: /* int8 activations (W8A8, W4A8) */
+        return 5e-3;
     default:
         return 1e-6;
     }

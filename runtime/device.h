@@ -54,6 +54,9 @@ typedef struct moira_device_info {
     /* The narrowest type the device computes in (f32 for cpu; bf16 for an NPU's cube): decides
      * which of DESIGN.md §4's tolerances its results are held to. */
     moira_dtype_t compute_precision;
+    /* A software model of a device (the npu emulator): its memory is host memory and its real
+     * speed the host's; default plans leave it out (placement/topology.h). */
+    bool emulated;
     int n_details;
     moira_device_detail_t details[MOIRA_DEVICE_MAX_DETAILS];
 } moira_device_info_t;
@@ -214,7 +217,7 @@ void moira_device_info_add_detail(moira_device_info_t *info, const char *key, bo
                                   const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 /* DESIGN.md §4's NMSE limit for results computed in `precision` (f32 1e-6, f16 1e-4, bf16 2e-3,
- * fp8 2e-2). */
+ * INT8 (activations quantised per token) 5e-3, fp8 2e-2). */
 double moira_precision_nmse_limit(moira_dtype_t precision);
 
 /* Bytes spanned by a device tensor from its offset (rows times row stride, or rows times the
