@@ -21,6 +21,7 @@ int moira_cli_generate(int argc, char **argv);
 int moira_cli_chat(int argc, char **argv);
 int moira_cli_serve(int argc, char **argv);
 int moira_cli_compare(int argc, char **argv);
+int moira_cli_quantize(int argc, char **argv);
 
 /* Prints a usage error ("moira VERB: message; see moira VERB --help") and returns exit code 2. */
 int moira_cli_usage_error(const char *verb, const char *fmt, ...)

@@ -33,6 +33,7 @@ static const verb_t verbs[] = {
     {"tokenize", moira_cli_tokenize,
      "text or a conversation to token ids with a model's Hugging Face tokenizer, and back"},
     {"compare", moira_cli_compare, "compare the tensors two safetensors files share (NMSE)"},
+    {"quantize", moira_cli_quantize, "write a checkpoint's routed experts as mxfp4 or int8"},
 };
 
 static void print_usage(FILE *out) {

@@ -1,0 +1,158 @@
+/* Quantising a checkpoint's routed experts (quantize.h). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/cli/quantize.h"
+#include "runtime/weight_format.h"
+
+/* The names Hugging Face DeepSeek checkpoints give routed experts; shared experts
+ * (mlp.shared_experts.*) and the router (mlp.gate.weight) are not among them. */
+bool quantize_is_expert_weight(const char *name) {
+    const char *experts = strstr(name, ".mlp.experts.");
+    if (strncmp(name, "model.layers.", 13) != 0 || !experts) return false;
+    const char *p = experts + 13;
+    if (*p < '0' || *p > '9') return false;
+    while (*p >= '0' && *p <= '9')
+        p++;
+    return !strcmp(p, ".gate_proj.weight") || !strcmp(p, ".up_proj.weight") ||
+           !strcmp(p, ".down_proj.weight");
+}
+
+/* "model.layers.N." gives N; -1 for any other name. */
+static int layer_of(const char *name) {
+    if (strncmp(name, "model.layers.", 13) != 0) return -1;
+    char *end = NULL;
+    long n = strtol(name + 13, &end, 10);
+    return end != name + 13 && *end == '.' && n >= 0 && n < 1 << 20 ? (int)n : -1;
+}
+
+/* Squared error of the dequantised weights against the source, row by row in f32 (the source's
+ * values widened exactly, the quantised ones decoded exactly), summed in double. */
+static moira_status_t add_error(const moira_tensor_t *src, const moira_tensor_t *q,
+                                quantize_layer_error_t *e) {
+    int64_t rows = src->shape[0], cols = src->shape[1];
+    float *a = malloc((size_t)cols * 2 * sizeof(float));
+    if (!a) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "quantize: out of memory");
+    float *b = a + cols;
+    for (int64_t r = 0; r < rows; r++) {
+        moira_tensor_row_to_f32(src, r, a);
+        moira_tensor_row_to_f32(q, r, b);
+        for (int64_t c = 0; c < cols; c++) {
+            double d = (double)b[c] - a[c];
+            e->err2 += d * d;
+            e->ref2 += (double)a[c] * a[c];
+            if (fabs(d) > e->max_abs) e->max_abs = fabs(d);
+        }
+    }
+    e->matrices++;
+    free(a);
+    return MOIRA_OK_STATUS;
+}
+
+/* The error slot of layer `layer`, growing the table as layers appear. */
+static quantize_layer_error_t *layer_slot(quantized_checkpoint_t *q, int layer) {
+    if (layer >= q->n_layers) {
+        quantize_layer_error_t *grown = realloc(q->layers, sizeof(*grown) * (size_t)(layer + 1));
+        if (!grown) return NULL;
+        memset(grown + q->n_layers, 0, sizeof(*grown) * (size_t)(layer + 1 - q->n_layers));
+        q->layers = grown;
+        q->n_layers = layer + 1;
+    }
+    return &q->layers[layer];
+}
+
+/* X.weight -> X.scale (MXFP4, DeepSeek-V4's name) or X.weight_scale (INT8). */
+static char *scale_name(const char *name, moira_dtype_t dtype) {
+    size_t len = strlen(name);
+    char *out = malloc(len + 16);
+    if (!out) return NULL;
+    if (dtype == MOIRA_DTYPE_MXFP4)
+        snprintf(out, len + 16, "%.*s.scale", (int)(len - 7), name);
+    else
+        snprintf(out, len + 16, "%s_scale", name);
+    return out;
+}
+
+/* One expert weight: its quantised copy and scales appended to the output. */
+static moira_status_t quantize_one(quantized_checkpoint_t *q, const char *name,
+                                   const moira_tensor_t *src, moira_dtype_t dtype,
+                                   const char *path) {
+    if (src->rank != 2 || !moira_weight_shape_fits(dtype, src->shape[0], src->shape[1]))
+        return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
+                               "tensor %s: a [%lld, %lld] weight cannot be %s (rows must be a "
+                               "multiple of 32 inputs)",
+                               name, (long long)src->shape[0],
+                               (long long)(src->rank > 1 ? src->shape[1] : 0),
+                               moira_weight_format(dtype)->name);
+    moira_tensor_t *t = &q->owned[q->n_owned], *s = &q->owned[q->n_owned + 1];
+    MOIRA_RETURN_IF_ERROR(moira_tensor_convert(src, dtype, t, s));
+    q->n_owned += 2;
+    t->scale = s;
+    char *sname = scale_name(name, dtype);
+    if (!sname) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "quantize: out of memory");
+    q->names[q->n_names++] = sname;
+    q->out[q->n_out++] = (moira_named_tensor_t){name, t};
+    q->out[q->n_out++] = (moira_named_tensor_t){sname, s};
+    quantize_layer_error_t *slot = layer_slot(q, layer_of(name) < 0 ? 0 : layer_of(name));
+    if (!slot) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "quantize: out of memory");
+    q->n_quantized++;
+    return add_error(src, t, slot);
+}
+
+/* Whether `name` is X.weight_scale_inv of a weight being quantised (dropped with it). */
+static bool is_expert_scale_inv(const char *name) {
+    size_t len = strlen(name);
+    if (len < 11 || strcmp(name + len - 10, "_scale_inv") != 0) return false;
+    char *weight = strndup(name, len - 10);
+    bool expert = weight && quantize_is_expert_weight(weight);
+    free(weight);
+    return expert;
+}
+
+moira_status_t quantize_checkpoint(const moira_safetensors_t *source, moira_dtype_t dtype,
+                                   quantized_checkpoint_t *out) {
+    memset(out, 0, sizeof(*out));
+    const char *path = moira_safetensors_path(source);
+    if (moira_safetensors_other_count(source)) {
+        const moira_safetensors_other_t *o = moira_safetensors_other(source, 0);
+        return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
+                               "holds %zu tensor(s) of dtypes Moira does not quantise from "
+                               "(first: %s, %s); it takes f32, f16, bf16 and fp8 checkpoints",
+                               moira_safetensors_other_count(source), o->name, o->dtype);
+    }
+    size_t n = moira_safetensors_count(source);
+    out->out = calloc(2 * n + 1, sizeof(*out->out));
+    out->owned = calloc(2 * n + 1, sizeof(*out->owned));
+    out->names = calloc(n + 1, sizeof(*out->names));
+    if (!out->out || !out->owned || !out->names)
+        return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "quantize: out of memory");
+    for (size_t i = 0; i < n; i++) {
+        const char *name = moira_safetensors_name(source, i);
+        const moira_tensor_t *t = NULL;
+        MOIRA_RETURN_IF_ERROR(moira_safetensors_find(source, name, &t));
+        if (is_expert_scale_inv(name)) continue;
+        if (quantize_is_expert_weight(name)) {
+            MOIRA_RETURN_IF_ERROR(quantize_one(out, name, t, dtype, path));
+            continue;
+        }
+        out->out[out->n_out++] = (moira_named_tensor_t){name, t};
+    }
+    if (!out->n_quantized)
+        return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
+                               "has no routed expert weights (model.layers.N.mlp.experts.E."
+                               "{gate,up,down}_proj.weight) to quantise");
+    return MOIRA_OK_STATUS;
+}
+
+void quantized_checkpoint_release(quantized_checkpoint_t *q) {
+    for (size_t i = 0; i < q->n_owned; i++)
+        moira_tensor_release(&q->owned[i]);
+    for (size_t i = 0; i < q->n_names; i++)
+        free(q->names[i]);
+    free(q->owned);
+    free(q->names);
+    free(q->out);
+    free(q->layers);
+    memset(q, 0, sizeof(*q));
+}

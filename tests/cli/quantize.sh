@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# `moira quantize` end to end: random DeepSeek-V3-shaped checkpoints (bf16, and fp8 in two shards
+# with an MTP layer) quantised to mxfp4 and int8 are read back by Moira and generate greedily the
+# tokens an independent fp64 reference (moira-test-reference: ops/reference.c without the engine
+# or any device code) computes on the dequantised weights, at every step whose top-2 gap the
+# device's precision cannot flip. Bad input is exit 2 naming the file, with no
+# output directory left behind.
+set -u
+source "$(dirname "$0")/lib/harness.bash" "$@"
+source "$(dirname "$0")/lib/expect.bash"
+root=$(cd "$data/../.." && pwd)
+refs="${MOIRA_REFS:-$root/.deps}"
+bin=$(dirname "$moira")
+tokenizer="$refs/deepseek-v3"
+if [ ! -f "$tokenizer/tokenizer.json" ]; then
+    echo "FAIL: the DeepSeek-V3 tokenizer files are missing under $refs: run make deps"
+    exit 1
+fi
+"$bin/moira-test-checkpoint" --out "$work/bf16" --dtype bf16 --seed 3 --tokenizer "$tokenizer" \
+    >/dev/null || { echo "FAIL: writing the bf16 checkpoint"; exit 1; }
+"$bin/moira-test-checkpoint" --out "$work/fp8" --dtype fp8 --shards 2 --mtp --seed 3 \
+    --tokenizer "$tokenizer" >/dev/null || { echo "FAIL: writing the fp8 checkpoint"; exit 1; }
+printf 'The first law of thermodynamics says that' >"$work/prompt.txt"
+
+# same_tokens NAME MODEL: greedy ids equal the reference's up to the first step whose top-2 gap
+# logit errors of NMSE 1e-4 could close (at least 4 steps compared). 1e-4, not int8's 5e-3: at
+# that limit no step of a random model is decidable, and the cpu's quantised experts compute
+# well inside 1e-4 (test_conformance holds them to the NMSE).
+same_tokens() {
+    expect 0 "$1: generate" -- "$moira" generate --model "$2" --temperature 0 --max-tokens 12 \
+        --json --prompt-file "$work/prompt.txt"
+    cp "$work/out" "$work/gen.json"
+    local ids
+    ids=$(python3 -c 'import json,sys; print(",".join(map(str, json.load(open(sys.argv[1]))["prompt_ids"])))' "$work/gen.json") || return
+    expect 0 "$1: reference" -- "$bin/moira-test-reference" --model "$2" --ids "$ids" \
+        --max-tokens 12 --json
+    if python3 - "$work/gen.json" "$work/out" >"$work/agree" 2>&1 <<'PY'
+import json, sys
+got, ref = json.load(open(sys.argv[1]))["ids"], json.load(open(sys.argv[2]))
+vocab, compared = 129280, 0
+for i, rid in enumerate(ref["ids"]):
+    if ref["gaps"][i] <= 6 * (1e-4 * ref["sum_sq"][i] / vocab) ** 0.5:
+        break
+    if i >= len(got) or got[i] != rid:
+        sys.exit("step %d: moira %s, reference %d" % (i, got[i] if i < len(got) else "-", rid))
+    compared += 1
+if compared < 4:
+    sys.exit("only %d decidable steps" % compared)
+print("%d of %d steps equal" % (compared, len(ref["ids"])))
+PY
+    then
+        passed=$((passed + 1))
+        echo "ok: $1 ($(cat "$work/agree"))"
+    else
+        fail "$1"
+        sed 's/^/  | /' "$work/agree"
+    fi
+}
+
+for src in bf16 fp8; do
+    for dtype in mxfp4 int8; do
+        out="$work/$src-$dtype"
+        expect 0 "quantize $src to $dtype" -- "$moira" quantize --model "$work/$src" \
+            --dtype $dtype --experts-only -o "$out"
+        check "$src to $dtype: per-layer error printed" "layer +1: +[0-9]+ matrices +weight NMSE" \
+            "$work/out"
+        check "$src to $dtype: quantization_config" "\"quant_method\": \"$dtype\"" \
+            "$out/config.json"
+        [ -f "$out/tokenizer.json" ] && [ -f "$out/tokenizer_config.json" ] &&
+            passed=$((passed + 1)) || fail "$src to $dtype: tokenizer files not copied"
+        same_tokens "$src as $dtype on cpu:0" "$out"
+    done
+done
+# The stored layout is DeepSeek-V4's: U8 [out, in/2] with F8_E8M0 [out, in/32] scales; int8 is
+# I8 with F32 [out] scales.
+python3 - "$work/bf16-mxfp4/model.safetensors" "$work/bf16-int8/model.safetensors" <<'PY' &&
+import json, struct, sys
+def header(path):
+    raw = open(path, "rb").read(1 << 20)
+    return json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+mx, i8 = header(sys.argv[1]), header(sys.argv[2])
+w, s = mx["model.layers.1.mlp.experts.0.gate_proj.weight"], mx["model.layers.1.mlp.experts.0.gate_proj.scale"]
+assert w["dtype"] == "U8" and s["dtype"] == "F8_E8M0", (w, s)
+assert s["shape"] == [w["shape"][0], w["shape"][1] * 2 // 32], (w, s)
+w, s = i8["model.layers.1.mlp.experts.0.down_proj.weight"], i8["model.layers.1.mlp.experts.0.down_proj.weight_scale"]
+assert w["dtype"] == "I8" and s["dtype"] == "F32" and s["shape"] == [w["shape"][0]], (w, s)
+assert "model.layers.1.mlp.shared_experts.gate_proj.weight" in mx
+assert mx["model.layers.1.mlp.shared_experts.gate_proj.weight"]["dtype"] == "BF16"
+PY
+    passed=$((passed + 1)) || fail "quantised tensors' stored layout"
+
+# Bad usage and input: exit 2, the file or option named, no output directory left.
+expect 2 "--dtype int4" -- "$moira" quantize --model "$work/bf16" --dtype int4 --experts-only \
+    -o "$work/x"
+expect_stderr "mxfp4 or int8" "--dtype int4 names the choices"
+expect 2 "without --experts-only" -- "$moira" quantize --model "$work/bf16" --dtype int8 -o "$work/x"
+expect 2 "into a directory that is not empty" -- "$moira" quantize --model "$work/bf16" \
+    --dtype int8 --experts-only -o "$work/bf16-mxfp4"
+expect 2 "a quantised checkpoint as the source" -- "$moira" quantize --model "$work/bf16-int8" \
+    --dtype mxfp4 --experts-only -o "$work/x"
+expect_stderr "bf16-int8.*do(es)? not quantise from" "the source is named"
+"$bin/moira-test-checkpoint" --out "$work/d48" --dtype bf16 --hidden 48 --seed 1 >/dev/null
+expect 2 "mxfp4 rows of 48 inputs" -- "$moira" quantize --model "$work/d48" --dtype mxfp4 \
+    --experts-only -o "$work/x"
+expect_stderr "d48.*multiple of 32" "the tensor and file are named"
+[ ! -e "$work/x" ] && ! ls -d "$work"/x.tmp.* >/dev/null 2>&1 && passed=$((passed + 1)) ||
+    fail "a failed quantize left an output behind"
+# A hostile quantised checkpoint: one expert's scales transposed (same bytes, wrong shape), and
+# a quantization_config Moira does not read.
+cp -r "$work/bf16-mxfp4" "$work/bad"
+python3 - "$work/bad/model.safetensors" <<'PY'
+import json, struct, sys
+raw = bytearray(open(sys.argv[1], "rb").read())
+n = struct.unpack("<Q", raw[:8])[0]
+h = json.loads(raw[8:8 + n])
+s = h["model.layers.1.mlp.experts.0.up_proj.scale"]
+s["shape"] = s["shape"][::-1]
+text = json.dumps(h, separators=(",", ":")).encode()
+text += b" " * (n - len(text))
+assert len(text) == n
+open(sys.argv[1], "wb").write(raw[:8] + text + raw[8 + n:])
+PY
+expect 2 "scales of the wrong shape" -- "$moira" generate --model "$work/bad" --max-tokens 1 \
+    --prompt "x"
+expect_stderr "bad/model.safetensors.*up_proj.scale.*do not match" "the file and tensor are named"
+[ -s "$work/out" ] && fail "scales of the wrong shape: output on stdout" || passed=$((passed + 1))
+cp -r "$work/bf16-int8" "$work/awq"
+sed -i 's/"quant_method": "int8"/"quant_method": "awq"/' "$work/awq/config.json"
+expect 2 "a quantization_config Moira does not read" -- "$moira" generate --model "$work/awq" \
+    --max-tokens 1 --prompt "x"
+expect_stderr "awq/config.json:[0-9]+:[0-9]+: .*awq" "config.json named with line and column"
+
+echo "quantize: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
