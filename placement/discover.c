@@ -88,6 +88,23 @@ static void locate_by_pci(hwloc_topology_t hw, moira_target_t *t) {
     }
 }
 
+/* An emulated device computes on the host's cores from host memory: it is costed as the host's
+ * CPU memory targets together (their bandwidth and peak), never as the device it models. */
+static void cost_as_host(const moira_topology_t *topology, int host, const moira_device_info_t *cpu,
+                         moira_target_t *t) {
+    double bandwidth = 0, peak = 0;
+    for (int i = 0; i < topology->n_targets; i++) {
+        const moira_target_t *numa = &topology->targets[i];
+        if (numa->host != host || numa->kind != MOIRA_TARGET_NUMA) continue;
+        bandwidth += numa->bandwidth_gbs;
+        peak += moira_target_peak_tflops(numa, MOIRA_DTYPE_F32);
+    }
+    if (cpu && cpu->peak_tflops[MOIRA_DTYPE_F32] > 0) peak = cpu->peak_tflops[MOIRA_DTYPE_F32];
+    t->bandwidth_gbs = bandwidth > 0 ? bandwidth : FALLBACK_NUMA_BANDWIDTH_GBS;
+    for (int d = 0; d < MOIRA_DTYPE_COUNT; d++)
+        t->peak_tflops[d] = peak > 0 ? peak : FALLBACK_CORE_TFLOPS;
+}
+
 /* Every non-CPU device the backends enumerated becomes a target with the figures it reports,
  * placed on the NUMA node its PCI bus id leads to. */
 static moira_status_t add_device_targets(moira_topology_t *topology, int host, hwloc_topology_t hw,
@@ -95,9 +112,11 @@ static moira_status_t add_device_targets(moira_topology_t *topology, int host, h
     int first_numa = -1;
     for (int i = 0; i < topology->n_targets && first_numa < 0; i++)
         if (topology->targets[i].host == host) first_numa = topology->targets[i].numa;
+    const moira_device_info_t *cpu = find_cpu_device(devices);
     for (int i = 0; devices && i < devices->count; i++) {
         const moira_device_info_t *info = &devices->infos[i];
         if (info->kind == MOIRA_DEVICE_KIND_CPU) continue;
+        if (info->emulated && !devices->with_emulated) continue;
         moira_target_t t;
         memset(&t, 0, sizeof(t));
         t.kind = info->kind == MOIRA_DEVICE_KIND_NPU ? MOIRA_TARGET_NPU : MOIRA_TARGET_GPU;
@@ -113,6 +132,7 @@ static moira_status_t add_device_targets(moira_topology_t *topology, int host, h
         t.link_gbs = FALLBACK_LINK_GBS;
         t.numa = info->numa_node >= 0 ? info->numa_node : first_numa;
         locate_by_pci(hw, &t);
+        if (info->emulated) cost_as_host(topology, host, cpu, &t);
         /* A device that cannot say how fast it is cannot be costed; leave it out of plans. */
         if (t.bandwidth_gbs <= 0 || moira_target_peak_tflops(&t, MOIRA_DTYPE_F32) <= 0) continue;
         if (moira_topology_find_target(topology, t.name) >= 0)

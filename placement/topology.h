@@ -82,6 +82,11 @@ typedef struct moira_discovery_devices {
     int count;
     const char *const *backends;
     int n_backends;
+    /* Emulated devices (moira_device_info_t.emulated) become targets only when asked for
+     * (--with-emulated, MOIRA_NPU_DEVICES): they run on the host's cores in host memory, so a
+     * plan counting them as extra devices would be slower than the CPU alone. When asked for,
+     * they are costed as the host CPU they run on (an upper bound on their speed). */
+    bool with_emulated;
 } moira_discovery_devices_t;
 
 /* Reads and validates a topology file. Hosts with `discover: true` are filled from the local

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backends/npu/npu_device.h"
 #include "backends/npu/npu_kernels.h"
@@ -212,7 +213,11 @@ static void describe(moira_device_info_t *info, int index, const moira_npu_spec_
     snprintf(info->model, sizeof(info->model), "Ascend 910B-like DaVinci (emulated)");
     snprintf(info->vendor, sizeof(info->vendor), "Moira emulator");
     snprintf(info->driver_version, sizeof(info->driver_version), "moira-acl-emulator 1");
-    info->memory_bytes = spec->hbm_bytes;
+    /* The emulator keeps device memory in host memory: it holds no more than the host has. */
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    uint64_t host = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
+    info->memory_bytes = host > 0 && host < spec->hbm_bytes ? host : spec->hbm_bytes;
+    info->emulated = true;
     info->compute_units = spec->ai_cores;
     double cube = moira_npu_peak_cube_tflops(spec), vector = moira_npu_peak_vector_tflops(spec);
     info->peak_tflops[MOIRA_DTYPE_BF16] = cube;

@@ -18,7 +18,7 @@
 static const char plan_help[] =
     "usage: moira plan [--topology FILE] [--model FILE] [--profile FILE | --skew uniform|zipf:S]\n"
     "                  [--tokens N] [--redundant N] [--slots N] [-o PLAN.yaml] [--svg FILE]\n"
-    "                  [--json] [--check PLAN]\n\n"
+    "                  [--json] [--check PLAN] [--with-emulated]\n\n"
     "Places every expert replica of every MoE layer on the topology's GPUs, NPUs and CPU NUMA\n"
     "memory so that each layer is predicted to finish as early as possible.\n\n"
     "  --topology FILE   topology YAML (default: this machine, discovered with hwloc)\n"
@@ -31,6 +31,8 @@ static const char plan_help[] =
     "  -o FILE           write the plan there (else it goes to stdout)\n"
     "  --json            write the plan as JSON (same structure as the YAML)\n"
     "  --svg FILE        draw the plan: devices as columns, layers as rows\n"
+    "  --with-emulated   plan for emulated devices too (the npu emulator; also when\n"
+    "                    MOIRA_NPU_DEVICES is set), costed as the host CPU they run on\n"
     "  --check PLAN      load and validate a plan against the topology instead of planning;\n"
     "                    with --model its predictions are recomputed (for the loads of\n"
     "                    --profile or --skew when given: score a plan against a new load)\n\n"
@@ -40,7 +42,7 @@ static const char plan_help[] =
 typedef struct plan_args {
     const char *topology_path, *model_path, *profile_path, *skew, *output, *svg, *check;
     long long tokens, redundant, slots;
-    bool json;
+    bool json, with_emulated;
 } plan_args_t;
 
 /* Returns 0 when parsed, else the exit code (help: -1 meaning "exit 0"). */
@@ -55,7 +57,8 @@ static int parse_args(int argc, char **argv, plan_args_t *a) {
         OPT_SLOTS,
         OPT_SVG,
         OPT_JSON,
-        OPT_CHECK
+        OPT_CHECK,
+        OPT_WITH_EMULATED
     };
     static const struct option options[] = {{"topology", required_argument, NULL, OPT_TOPOLOGY},
                                             {"model", required_argument, NULL, OPT_MODEL},
@@ -67,6 +70,7 @@ static int parse_args(int argc, char **argv, plan_args_t *a) {
                                             {"svg", required_argument, NULL, OPT_SVG},
                                             {"json", no_argument, NULL, OPT_JSON},
                                             {"check", required_argument, NULL, OPT_CHECK},
+                                            {"with-emulated", no_argument, NULL, OPT_WITH_EMULATED},
                                             {"output", required_argument, NULL, 'o'},
                                             {"help", no_argument, NULL, 'h'},
                                             {NULL, 0, NULL, 0}};
@@ -97,6 +101,9 @@ static int parse_args(int argc, char **argv, plan_args_t *a) {
             break;
         case OPT_CHECK:
             a->check = optarg;
+            break;
+        case OPT_WITH_EMULATED:
+            a->with_emulated = true;
             break;
         case 'o':
             a->output = optarg;
@@ -256,7 +263,8 @@ static moira_status_t run_plan(const plan_args_t *a) {
     MOIRA_RETURN_IF_ERROR(moira_cli_device_infos(&infos, &n_infos));
     const char *backends[16];
     moira_discovery_devices_t devices = {infos, n_infos, backends,
-                                         moira_cli_backend_names(backends, 16)};
+                                         moira_cli_backend_names(backends, 16),
+                                         a->with_emulated || getenv("MOIRA_NPU_DEVICES")};
     moira_topology_t topology;
     moira_status_t status = a->topology_path
                                 ? moira_topology_load(a->topology_path, &devices, &topology)

@@ -16,7 +16,7 @@
 static const char run_help[] =
     "usage: moira run [--topology FILE] [--model FILE] [--plan FILE] [--weights PATH]\n"
     "                 [--tokens N] [--iters N] [--backend DEVICE] [--inputs FILE -o OUT]\n"
-    "                 [--record-profile FILE] [--seed N] [--json]\n\n"
+    "                 [--record-profile FILE] [--seed N] [--with-emulated] [--json]\n\n"
     "Runs every decoder layer of a model (prefill over N tokens) with each MoE layer's routed\n"
     "experts on the devices a placement plan names - GPUs, NPUs, CPU NUMA memory - all at once,\n"
     "and attention, router and shared experts on a home device. Prints what ran where (experts\n"
@@ -38,20 +38,29 @@ static const char run_help[] =
     "                    the last layer (before the final norm)\n"
     "  --record-profile FILE  write the observed expert load for moira plan --profile\n"
     "  --seed N          seed of the random weights and inputs (default 1)\n"
+    "  --with-emulated   let a plan made here use emulated devices (the npu emulator), as\n"
+    "                    setting MOIRA_NPU_DEVICES does; they run on the host's cores\n"
     "  --json            machine-readable summary\n"
     "In the device table TOKENS is the tokens a device received per batch and ASSIGNED the\n"
     "(token, expert) pairs it computed, which is what load profiles count.\n";
 
 /* Returns 0 when parsed, else the exit code (help: -1 meaning "exit 0"). */
 static int parse_run_args(int argc, char **argv, run_args_t *a) {
-    static const struct option options[] = {
-        {"model", required_argument, NULL, 'm'},   {"weights", required_argument, NULL, 'w'},
-        {"tokens", required_argument, NULL, 't'},  {"iters", required_argument, NULL, 'n'},
-        {"backend", required_argument, NULL, 'b'}, {"inputs", required_argument, NULL, 'i'},
-        {"output", required_argument, NULL, 'o'},  {"seed", required_argument, NULL, 's'},
-        {"json", no_argument, NULL, 'j'},          {"topology", required_argument, NULL, 'T'},
-        {"plan", required_argument, NULL, 'P'},    {"record-profile", required_argument, NULL, 'R'},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0}};
+    static const struct option options[] = {{"model", required_argument, NULL, 'm'},
+                                            {"weights", required_argument, NULL, 'w'},
+                                            {"tokens", required_argument, NULL, 't'},
+                                            {"iters", required_argument, NULL, 'n'},
+                                            {"backend", required_argument, NULL, 'b'},
+                                            {"inputs", required_argument, NULL, 'i'},
+                                            {"output", required_argument, NULL, 'o'},
+                                            {"seed", required_argument, NULL, 's'},
+                                            {"json", no_argument, NULL, 'j'},
+                                            {"topology", required_argument, NULL, 'T'},
+                                            {"plan", required_argument, NULL, 'P'},
+                                            {"record-profile", required_argument, NULL, 'R'},
+                                            {"with-emulated", no_argument, NULL, 'E'},
+                                            {"help", no_argument, NULL, 'h'},
+                                            {NULL, 0, NULL, 0}};
     memset(a, 0, sizeof(*a));
     a->tokens = 32;
     a->iters = 3;
@@ -86,6 +95,9 @@ static int parse_run_args(int argc, char **argv, run_args_t *a) {
             break;
         case 'j':
             a->json = true;
+            break;
+        case 'E':
+            a->with_emulated = true;
             break;
         case 't':
             if (!moira_cli_parse_int("run", "--tokens", optarg, 1, 1 << 20, &a->tokens)) return 2;

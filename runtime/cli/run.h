@@ -17,6 +17,7 @@ typedef struct run_args {
     const char *topology, *plan, *record_profile;
     long long tokens, iters, seed;
     bool json;
+    bool with_emulated; /* --with-emulated: plans made here may use emulated devices */
 } run_args_t;
 
 /* Where everything runs: the topology, the plan over it, the plan's targets bound to devices,

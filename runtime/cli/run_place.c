@@ -42,7 +42,8 @@ static moira_status_t load_topology(const run_args_t *a, bool single_device,
     int n = 0;
     MOIRA_RETURN_IF_ERROR(moira_cli_device_infos(&infos, &n));
     const char *backends[16];
-    moira_discovery_devices_t devices = {infos, n, backends, moira_cli_backend_names(backends, 16)};
+    moira_discovery_devices_t devices = {infos, n, backends, moira_cli_backend_names(backends, 16),
+                                         a->with_emulated || getenv("MOIRA_NPU_DEVICES")};
     moira_status_t status = a->topology ? moira_topology_load(a->topology, &devices, out)
                                         : moira_topology_discover_local(&devices, out);
     free(infos);

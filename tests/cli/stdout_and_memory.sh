@@ -55,10 +55,16 @@ else
     }
     limited 100000 0 "--help" -- "$moira" --help
     limited 100000 0 "tokenize" -- "$moira" tokenize --model "$data/tokenizer/tiny" --text hello
-    for kb in 60000 100000 150000; do
+    for kb in 60000 100000; do
         limited "$kb" 1 "run" -- "$moira" run
         check "run under ulimit -v $kb says out of memory" "out of memory|cannot allocate" "$work/err"
     done
+    # Since the default plan leaves the npu emulator out (issue 15) the default run may fit in
+    # 150 MB; either way it must end, and not hang.
+    (ulimit -v 150000 && timeout 120 "$moira" run) >"$work/out" 2>"$work/err"
+    code=$?
+    [ "$code" -eq 0 ] || { [ "$code" -eq 1 ] && grep -qE "out of memory|cannot allocate" "$work/err"; } &&
+        passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: run under ulimit -v 150000: exit $code"; }
 fi
 
 echo "stdout_and_memory: $passed passed, $failed failed"

@@ -81,10 +81,23 @@ static void test_valid_topology(void) {
 }
 
 static void test_malformed_topologies(void) {
+    /* The host memory's backend is not a device's; other names are checked against the
+     * registered backends when the caller gives them (below), not against a list here. */
     expect_topology_error(8,
-                          "      - {name: g0, kind: gpu, backend: cuda, memory_gib: 16, "
+                          "      - {name: g0, kind: gpu, backend: cpu, memory_gib: 16, "
                           "bandwidth_gbs: 900,",
-                          8, "cuda");
+                          8, "cpu");
+    const char *cuda = topology_text(8, "      - {name: g0, kind: gpu, backend: cuda, "
+                                        "memory_gib: 16, bandwidth_gbs: 900,");
+    static const char *const registered[] = {"cpu", "opencl"};
+    moira_discovery_devices_t none = {NULL, 0, registered, 2, false};
+    moira_topology_t t;
+    moira_status_t status = moira_topology_parse(cuda, strlen(cuda), "bad.yaml", &none, &t);
+    CHECK_MSG(moira_status_code(status) == MOIRA_CODE_INVALID_INPUT &&
+                  !strcmp(moira_status_message(status),
+                          "bad.yaml:8:40: unknown backend \"cuda\" (this build has cpu, opencl)"),
+              "got %s", moira_status_message(status));
+    moira_status_free(status);
     expect_topology_error(8,
                           "      - {name: g0, kind: gpu, backend: opencl, memory_gib: -16, "
                           "bandwidth_gbs: 900,",
@@ -118,8 +131,7 @@ static void test_malformed_topologies(void) {
         "name: x\nhosts:\n  - name: a\n    numa_nodes: [{id: 0, memory_gib: 1, bandwidth_gbs: 1, "
         "cores: 1, peak_tflops: {f32: 1}}]\n  - name: b\n    numa_nodes: [{id: 0, memory_gib: 1, "
         "bandwidth_gbs: 1, cores: 1, peak_tflops: {f32: 1}}]\n";
-    moira_topology_t t;
-    moira_status_t status = moira_topology_parse(two, strlen(two), "two.yaml", NULL, &t);
+    status = moira_topology_parse(two, strlen(two), "two.yaml", NULL, &t);
     CHECK(moira_status_code(status) == MOIRA_CODE_INVALID_INPUT);
     CHECK(strstr(moira_status_message(status), "two.yaml:1:1: ") != NULL);
     CHECK(strstr(moira_status_message(status), "network") != NULL);
@@ -178,7 +190,7 @@ static void test_discovery(void) {
     infos[1].bandwidth_gbs = 100;
     infos[1].peak_tflops[MOIRA_DTYPE_BF16] = 10;
     infos[1].numa_node = -1;
-    moira_discovery_devices_t devices = {infos, 2, NULL, 0};
+    moira_discovery_devices_t devices = {infos, 2, NULL, 0, false};
     moira_topology_t t;
     CHECK_OK(moira_topology_discover_local(&devices, &t));
     CHECK(t.n_hosts == 1 && t.n_targets >= 2);
@@ -198,6 +210,23 @@ static void test_discovery(void) {
     CHECK(n >= 0 && t.targets[n].kind == MOIRA_TARGET_NPU && t.targets[n].bandwidth_gbs == 100);
     CHECK(t.targets[n].numa >= 0 && !strcmp(t.targets[n].select, "npu:0"));
     moira_topology_free(&t);
+    /* An emulated device stays out unless asked for; then it is costed as the host's CPU
+     * memory targets together (their bandwidth, the cpu device's 2 TFLOP/s), not as reported. */
+    infos[1].emulated = true;
+    CHECK_OK(moira_topology_discover_local(&devices, &t));
+    CHECK(moira_topology_find_target(&t, "npu:0") < 0);
+    double numa_bandwidth = 0;
+    for (int i = 0; i < t.n_targets; i++)
+        numa_bandwidth += t.targets[i].kind == MOIRA_TARGET_NUMA ? t.targets[i].bandwidth_gbs : 0;
+    moira_topology_free(&t);
+    devices.with_emulated = true;
+    CHECK_OK(moira_topology_discover_local(&devices, &t));
+    n = moira_topology_find_target(&t, "npu:0");
+    CHECK(n >= 0 && t.targets[n].bandwidth_gbs == numa_bandwidth &&
+          moira_target_peak_tflops(&t.targets[n], MOIRA_DTYPE_BF16) == 2.0);
+    moira_topology_free(&t);
+    devices.with_emulated = false;
+    infos[1].emulated = false;
     /* A topology host with discover: true is filled the same way. */
     const char *text = "name: d\nhosts:\n  - {name: here, discover: true}\n";
     CHECK_OK(moira_topology_parse(text, strlen(text), "d.yaml", &devices, &t));
