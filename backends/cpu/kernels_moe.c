@@ -4,6 +4,7 @@
 #include "backends/cpu/kernels_common.h"
 
 #include "backends/cpu/moe_grouped.h"
+#include "backends/cpu/moe_grouped_quant.h"
 
 /* Sorted rows per MOE_FFN work item: each expert weight row is widened once per block. */
 #define FFN_ROW_BLOCK 16
@@ -138,7 +139,27 @@ static moira_status_t packed_ffn(const moira_op_launch_t *launch, moira_threadpo
     *out_ran = false;
     for (int i = 0; i < 3 && !status; i++)
         status = moira_cpu_packed_acquire(pool, &operands[1 + i], &packed[i]);
-    if (!status && packed[0] && packed[1] && packed[2]) {
+    moira_dtype_t dtype = operands[1].dtype;
+    bool quantized = moira_dtype_is_quantized(dtype);
+    if (!status && quantized && packed[0] && packed[1] && packed[2]) {
+        moira_cpu_grouped_qffn_t job = {
+            .x = moira_cpu_f32(&operands[0]),
+            .tokens = operands[0].shape[0],
+            .hidden = operands[0].shape[1],
+            .inter = operands[1].shape[1],
+            .top_k = params->top_k,
+            .w1 = packed[0],
+            .w3 = packed[1],
+            .w2 = packed[2],
+            .n_experts = (int)operands[1].shape[0],
+            .offsets = moira_cpu_i32(&operands[4]),
+            .sorted_rows = moira_cpu_i32(&operands[5]),
+            .ys = moira_cpu_f32(&operands[6]),
+            .tile = moira_cpu_qtile_kernel(dtype),
+        };
+        status = moira_cpu_grouped_qffn_run(pool, &job);
+        *out_ran = true;
+    } else if (!status && !quantized && packed[0] && packed[1] && packed[2]) {
         moira_cpu_grouped_ffn_t job = {
             .x = moira_cpu_f32(&operands[0]),
             .tokens = operands[0].shape[0],
@@ -162,7 +183,8 @@ static moira_status_t packed_ffn(const moira_op_launch_t *launch, moira_threadpo
     return status;
 }
 
-/* f32 and bf16 weights run grouped over packed panels. Other dtypes are widened row by row:
+/* f32 and bf16 weights run grouped over packed panels, MXFP4 and INT8 over their int8 panels
+ * where the CPU has the tile (quant_panels.h). Other dtypes are widened row by row:
  * work items are (expert, block of its rows) across all experts in one parallel loop; the pool
  * hands them out dynamically, so busy experts spread over threads. */
 moira_status_t moira_cpu_moe_ffn(const moira_op_launch_t *launch, moira_threadpool_t *pool) {

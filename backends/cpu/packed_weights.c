@@ -5,18 +5,22 @@
 #include <string.h>
 
 #include "backends/cpu/gemm.h"
+#include "backends/cpu/quant_panels.h"
 #include "ops/op.h"
 #include "runtime/dtype.h"
 #include "runtime/tensor.h"
+#include "runtime/weight_format.h"
 
 bool moira_cpu_packable(moira_dtype_t dtype) {
-    return dtype == MOIRA_DTYPE_F32 || dtype == MOIRA_DTYPE_BF16;
+    return dtype == MOIRA_DTYPE_F32 || dtype == MOIRA_DTYPE_BF16 ||
+           (moira_dtype_is_quantized(dtype) && moira_cpu_qtile_kernel(dtype));
 }
 
 typedef struct pack_ctx {
     const moira_cpu_packed_t *packed;
     const unsigned char *src; /* the window's first byte */
-    const float *scales; /* fp8: the block scales, [matrices][ceil(rows/128)][ceil(cols/128)] */
+    const float *scales;      /* fp8: the block scales, [matrices][ceil(rows/128)][ceil(cols/128)];
+                                 MXFP4, INT8: every matrix's scales (runtime/weight_format.h) */
 } pack_ctx_t;
 
 /* Element k of a narrow source row as f32: f16 exactly, fp8 times its block's scale in f32
@@ -42,6 +46,14 @@ static void pack_panels(void *raw, int64_t begin, int64_t end, int thread) {
     for (int64_t item = begin; item < end; item++) {
         int64_t matrix = item / packed->panels, panel = item % packed->panels;
         void *dst = (void *)moira_cpu_packed_panel(packed, matrix, panel);
+        if (moira_dtype_is_quantized(packed->dtype)) {
+            size_t per_matrix = packed->bytes / (size_t)packed->matrices;
+            size_t scales = packed->scale_bytes / (size_t)packed->matrices;
+            moira_cpu_quant_pack_panel(packed->dtype, ctx->src + (size_t)matrix * per_matrix,
+                                       (const unsigned char *)ctx->scales + (size_t)matrix * scales,
+                                       packed->rows, cols, panel, dst);
+            continue;
+        }
         memset(dst, 0, packed->panel_bytes);
         for (int j = 0; j < MOIRA_CPU_PANEL; j++) {
             int64_t row = panel * MOIRA_CPU_PANEL + j;
@@ -93,6 +105,16 @@ static void describe(const moira_dtensor_t *weight, moira_cpu_packed_t *packed) 
     packed->panels = (packed->rows + MOIRA_CPU_PANEL - 1) / MOIRA_CPU_PANEL;
     packed->depth = packed->panel_dtype == MOIRA_DTYPE_F32 ? packed->cols : (packed->cols + 1) / 2;
     packed->panel_bytes = (size_t)packed->depth * 64;
+    if (moira_dtype_is_quantized(weight->dtype)) { /* quant_panels.h */
+        packed->panel_dtype = weight->dtype;
+        packed->bytes = (size_t)(packed->matrices * packed->rows) *
+                        moira_weight_row_bytes(weight->dtype, packed->cols);
+        packed->scale_offset = weight->scale_offset;
+        packed->scale_bytes = (size_t)packed->matrices *
+                              moira_weight_scale_bytes(weight->dtype, packed->rows, packed->cols);
+        packed->depth = moira_cpu_quant_blocks(packed->cols);
+        packed->panel_bytes = moira_cpu_quant_panel_bytes(weight->dtype, packed->cols);
+    }
 }
 
 /* Two requests share a packed copy only when they describe the same bytes the same way. */

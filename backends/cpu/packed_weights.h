@@ -25,10 +25,11 @@
 struct moira_cpu_packed {
     /* The window it was made from (for fp8 also the block scales' window). */
     size_t offset, bytes;
-    size_t scale_offset, scale_bytes; /* fp8 only, else 0 */
+    size_t scale_offset, scale_bytes; /* fp8, MXFP4, INT8 only, else 0 */
     moira_dtype_t dtype;
     int64_t matrices, rows, cols;
-    moira_dtype_t panel_dtype; /* F32 (f32, f16, fp8 weights) or BF16 */
+    moira_dtype_t panel_dtype; /* F32 (f32, f16, fp8 weights), BF16, or MXFP4 / INT8 (their own
+                                  panels: quant_panels.h; depth counts 32-input blocks) */
     /* Panels: matrix m's panel p (outputs 16p .. 16p+15) at data + (m * panels + p) * panel_bytes.
      */
     int64_t panels; /* per matrix: rows rounded up to 16, over 16 */
@@ -39,7 +40,8 @@ struct moira_cpu_packed {
     moira_cpu_packed_t *next; /* in the buffer's list */
 };
 
-/* Whether weights of this dtype have a packed form of their own type (f32 and bf16). */
+/* Whether weights of this dtype have a packed form of their own type (f32 and bf16; MXFP4 and
+ * INT8 where the CPU has their int8 tile, quant_panels.h). */
 bool moira_cpu_packable(moira_dtype_t dtype);
 
 /* The packed form of `weight` (a [rows, cols] or [matrices, rows, cols] weight operand of a cpu
