@@ -117,8 +117,10 @@ static void check_bench(const char *bench, const char *args, const char *size_ke
         CHECK_MSG(name && !strcmp(name, bench), "bench %s row %d: bench \"%s\"", bench, n_rows,
                   name ? name : "?");
         const char *dtype = scalar(lookup(&doc, row, "dtype"));
-        CHECK_MSG(dtype && (!strcmp(dtype, "f32") || !strcmp(dtype, "bf16")),
-                  "bench %s row %d: dtype", bench, n_rows);
+        bool quantized = dtype && (!strcmp(dtype, "mxfp4") || !strcmp(dtype, "int8"));
+        CHECK_MSG(dtype && (!strcmp(dtype, "f32") || !strcmp(dtype, "bf16") ||
+                            (quantized && !strcmp(bench, "moe"))),
+                  "bench %s row %d: dtype %s", bench, n_rows, dtype ? dtype : "?");
         CHECK_MSG(number(lookup(&doc, row, size_key)) > 0, "bench %s row %d: %s", bench, n_rows,
                   size_key);
         const char *peer_name = scalar(lookup(&doc, row, "peer"));
@@ -156,10 +158,10 @@ static void check_bench(const char *bench, const char *args, const char *size_ke
 
 /* The kernel benches on cpu:0 at sizes that take about a second. */
 int main(void) {
-    /* moe: 3 tokens (a decode row), f32 and bf16 weights, each against the OpenBLAS loop and
-     * against the read bandwidth. */
+    /* moe: 3 tokens (a decode row), f32, bf16, mxfp4 and int8 weights, each against the
+     * OpenBLAS loop and against the read bandwidth. */
     check_bench("moe", "--backend cpu:0 --tokens 3 --iters 1", "tokens", "openblas,stream_read",
-                NULL, 4);
+                NULL, 8);
     /* mla: the 1K, 4K and 16K contexts of a 4-head, 64-latent cache, 1 and 8 tokens, f32 and bf16
      * caches, against the triad and the roofline of the measured FMA peak and read bandwidth. */
     static const char *const mla_keys[] = {"tokens", "roofline_us", "roofline_ratio", NULL};
