@@ -70,59 +70,61 @@ static void quantise(moira_threadpool_t *pool, ctx_t *ctx, const float *src, int
     moira_threadpool_parallel_for(pool, rows, 16, quantise_rows, ctx);
 }
 
-/* Stage 1: gate/up pairs [first, last) of one expert: h = silu(x W1^T) * (x W3^T). */
-static void gate_up_items(void *raw, int64_t begin, int64_t end, int thread) {
-    ctx_t *ctx = raw;
+/* Runs panels [first, first + count) of the item's matrices over its expert's rows: tiles of up
+ * to 4 rows and as many panels as a tile of that many rows takes (moira_cpu_qtile_streams).
+ * `pairs`: gate/up pairs of w1/w3 (stage 1, into h), else panels of w2 (stage 2, into ys). */
+static void run_item(ctx_t *ctx, const item_t *item, bool pairs) {
     const moira_cpu_grouped_qffn_t *job = ctx->job;
-    (void)begin, (void)end, (void)thread;
-    for (int64_t i; (i = atomic_fetch_add(&ctx->next, 1)) < ctx->n_items;) {
-        const item_t *item = &ctx->items[i];
-        int32_t row_begin = job->offsets[item->expert], row_end = job->offsets[item->expert + 1];
-        for (int32_t pair = item->first; pair < item->last; pair++) {
-            moira_cpu_qtile_t tile = {.streams = 2,
-                                      .blocks = job->w1->depth,
-                                      .out_stride = ctx->h_stride,
-                                      .out_cols = (int)(job->inter - 16 * (int64_t)pair),
-                                      .swiglu = true};
-            tile.panels[0] = moira_cpu_packed_panel(job->w1, item->expert, pair);
-            tile.panels[1] = moira_cpu_packed_panel(job->w3, item->expert, pair);
-            for (int32_t row = row_begin; row < row_end; row += MOIRA_CPU_QTILE_ROWS) {
-                tile.rows =
-                    row_end - row < MOIRA_CPU_QTILE_ROWS ? row_end - row : MOIRA_CPU_QTILE_ROWS;
-                for (int r = 0; r < tile.rows; r++)
-                    set_row(&tile, r, &ctx->x, job->sorted_rows[row + r] / job->top_k);
-                tile.out = ctx->h + (int64_t)(row - ctx->row0) * ctx->h_stride + 16 * pair;
-                job->tile(&tile);
+    int32_t row_begin = job->offsets[item->expert], row_end = job->offsets[item->expert + 1];
+    for (int32_t row = row_begin; row < row_end; row += MOIRA_CPU_QTILE_ROWS) {
+        moira_cpu_qtile_t tile = {.blocks = (pairs ? job->w1 : job->w2)->depth, .swiglu = pairs};
+        tile.rows = row_end - row < MOIRA_CPU_QTILE_ROWS ? row_end - row : MOIRA_CPU_QTILE_ROWS;
+        for (int r = 0; r < tile.rows; r++) {
+            if (pairs)
+                set_row(&tile, r, &ctx->x, job->sorted_rows[row + r] / job->top_k);
+            else
+                set_row(&tile, r, &ctx->h_q, row + r - ctx->row0);
+        }
+        int most = moira_cpu_qtile_streams(tile.rows) / (pairs ? 2 : 1);
+        for (int32_t p = item->first; p < item->last;) {
+            int n = item->last - p >= most ? most : item->last - p >= 2 ? 2 : 1;
+            if (pairs) {
+                tile.streams = 2 * n;
+                for (int q = 0; q < n; q++) {
+                    tile.panels[2 * q] = moira_cpu_packed_panel(job->w1, item->expert, p + q);
+                    tile.panels[2 * q + 1] = moira_cpu_packed_panel(job->w3, item->expert, p + q);
+                }
+                tile.out_stride = ctx->h_stride;
+                tile.out_cols = (int)(job->inter - 16 * (int64_t)p);
+                tile.out = ctx->h + (int64_t)(row - ctx->row0) * ctx->h_stride + 16 * p;
+            } else {
+                tile.streams = n;
+                for (int q = 0; q < n; q++)
+                    tile.panels[q] = moira_cpu_packed_panel(job->w2, item->expert, p + q);
+                tile.out_stride = job->hidden;
+                tile.out_cols = (int)(job->hidden - 16 * (int64_t)p);
+                tile.out = job->ys + (int64_t)row * job->hidden + 16 * p;
             }
+            job->tile(&tile);
+            p += n;
         }
     }
 }
 
-/* Stage 2: down panels [first, last) of one expert, two per tile, straight into ys. */
+/* Stage 1: gate/up pairs of one expert per item: h = silu(x W1^T) * (x W3^T). */
+static void gate_up_items(void *raw, int64_t begin, int64_t end, int thread) {
+    ctx_t *ctx = raw;
+    (void)begin, (void)end, (void)thread;
+    for (int64_t i; (i = atomic_fetch_add(&ctx->next, 1)) < ctx->n_items;)
+        run_item(ctx, &ctx->items[i], true);
+}
+
+/* Stage 2: down panels of one expert per item, straight into ys. */
 static void down_items(void *raw, int64_t begin, int64_t end, int thread) {
     ctx_t *ctx = raw;
-    const moira_cpu_grouped_qffn_t *job = ctx->job;
     (void)begin, (void)end, (void)thread;
-    for (int64_t i; (i = atomic_fetch_add(&ctx->next, 1)) < ctx->n_items;) {
-        const item_t *item = &ctx->items[i];
-        int32_t row_begin = job->offsets[item->expert], row_end = job->offsets[item->expert + 1];
-        for (int32_t panel = item->first; panel < item->last; panel += 2) {
-            moira_cpu_qtile_t tile = {.streams = item->last - panel < 2 ? 1 : 2,
-                                      .blocks = job->w2->depth,
-                                      .out_stride = job->hidden,
-                                      .out_cols = (int)(job->hidden - 16 * (int64_t)panel)};
-            for (int s = 0; s < tile.streams; s++)
-                tile.panels[s] = moira_cpu_packed_panel(job->w2, item->expert, panel + s);
-            for (int32_t row = row_begin; row < row_end; row += MOIRA_CPU_QTILE_ROWS) {
-                tile.rows =
-                    row_end - row < MOIRA_CPU_QTILE_ROWS ? row_end - row : MOIRA_CPU_QTILE_ROWS;
-                for (int r = 0; r < tile.rows; r++)
-                    set_row(&tile, r, &ctx->h_q, row + r - ctx->row0);
-                tile.out = job->ys + (int64_t)row * job->hidden + 16 * panel;
-                job->tile(&tile);
-            }
-        }
-    }
+    for (int64_t i; (i = atomic_fetch_add(&ctx->next, 1)) < ctx->n_items;)
+        run_item(ctx, &ctx->items[i], false);
 }
 
 /* (expert, [first, last)) items of `per_item` out of `count` for every expert with rows. */

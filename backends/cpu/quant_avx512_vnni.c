@@ -1,8 +1,9 @@
 /* The int8 tiles of quant_panels.h on AVX-512 VNNI: vpdpbusd multiplies the panels' offset bytes
  * (u8) with the activations' int8 four at a time, each 16-output row of a panel against one
- * broadcast dword of activations. MXFP4 nibbles become bytes through one vpshufb per 64 (its
- * 16-entry table repeated in every 128-bit lane). Every block's integer sums go to f32 once, times
- * the block's scales. Compiled with -mavx512vnni. */
+ * broadcast dword of activations. MXFP4 nibbles become bytes through one vpermb per 64 (VBMI: its
+ * 16-entry table repeated four times, so the index's bits 4-5, the other nibble's, do not
+ * matter and no mask is needed). A block's integer sums start at -corr (the weights' offset taken
+ * out) and go to f32 once, times the block's scales. Compiled with -mavx512vnni -mavx512vbmi. */
 #include <immintrin.h>
 #include <string.h>
 
@@ -22,9 +23,10 @@ static inline __attribute__((always_inline)) void
 store(const moira_cpu_qtile_t *t, __m512 acc[][MOIRA_CPU_QTILE_STREAMS], int rows, int streams) {
     for (int r = 0; r < rows; r++) {
         float *out = t->out + r * t->out_stride;
-        if (streams == 2 && t->swiglu) { /* SwiGLU tiles always have both panels */
-            _mm512_mask_storeu_ps(out, moira_avx512_cols_mask(0, t->out_cols),
-                                  moira_avx512_swiglu(acc[r][0], acc[r][1]));
+        if (streams >= 2 && t->swiglu) { /* (gate, up) pairs, 16 columns each */
+            for (int q = 0; q < streams / 2; q++)
+                _mm512_mask_storeu_ps(out + 16 * q, moira_avx512_cols_mask(16 * q, t->out_cols),
+                                      moira_avx512_swiglu(acc[r][2 * q], acc[r][2 * q + 1]));
             continue;
         }
         for (int s = 0; s < streams; s++)
@@ -33,16 +35,26 @@ store(const moira_cpu_qtile_t *t, __m512 acc[][MOIRA_CPU_QTILE_STREAMS], int row
     }
 }
 
-/* Block sums to f32: acc += (sum - corr) * activation scale (* weight scales, MXFP4). */
+/* Starts a block's integer sums at -corr, which takes the weights' offset back out. */
+static inline __attribute__((always_inline)) void
+start_block(const moira_cpu_qtile_t *t, int64_t b, __m512i sums[][MOIRA_CPU_QTILE_STREAMS],
+            int rows, int streams) {
+    for (int r = 0; r < rows; r++) {
+        __m512i corr = _mm512_set1_epi32(-t->xc[r][b]);
+        for (int s = 0; s < streams; s++)
+            sums[r][s] = corr;
+    }
+}
+
+/* Block sums to f32: acc += sum * activation scale (* weight scales, MXFP4). */
 static inline __attribute__((always_inline)) void
 fold_block(const moira_cpu_qtile_t *t, int64_t b, __m512i sums[][MOIRA_CPU_QTILE_STREAMS],
            __m512 acc[][MOIRA_CPU_QTILE_STREAMS], const __m512 *weight_scale, int rows,
            int streams) {
     for (int r = 0; r < rows; r++) {
-        __m512i corr = _mm512_set1_epi32(t->xc[r][b]);
         __m512 xs = _mm512_set1_ps(t->xs[r][b]);
         for (int s = 0; s < streams; s++) {
-            __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums[r][s], corr));
+            __m512 f = _mm512_cvtepi32_ps(sums[r][s]);
             __m512 scale = weight_scale ? _mm512_mul_ps(xs, weight_scale[s]) : xs;
             acc[r][s] = _mm512_fmadd_ps(f, scale, acc[r][s]);
         }
@@ -51,7 +63,6 @@ fold_block(const moira_cpu_qtile_t *t, int64_t b, __m512i sums[][MOIRA_CPU_QTILE
 
 static inline __attribute__((always_inline)) void mxfp4_tile(const moira_cpu_qtile_t *t, int rows,
                                                              int streams) {
-    const __m512i low = _mm512_set1_epi8(0x0F);
     const __m512i table = _mm512_broadcast_i32x4(
         _mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
     __m512 acc[MOIRA_CPU_QTILE_ROWS][MOIRA_CPU_QTILE_STREAMS];
@@ -61,15 +72,13 @@ static inline __attribute__((always_inline)) void mxfp4_tile(const moira_cpu_qti
     int64_t blocks = t->blocks;
     for (int64_t b = 0; b < blocks; b++) {
         __m512i sums[MOIRA_CPU_QTILE_ROWS][MOIRA_CPU_QTILE_STREAMS];
-        for (int r = 0; r < rows; r++)
-            for (int s = 0; s < streams; s++)
-                sums[r][s] = _mm512_setzero_si512();
+        start_block(t, b, sums, rows, streams);
         for (int c = 0; c < 4; c++) {
             __m512i even[MOIRA_CPU_QTILE_STREAMS], odd[MOIRA_CPU_QTILE_STREAMS];
             for (int s = 0; s < streams; s++) {
                 __m512i v = _mm512_loadu_si512(t->panels[s] + b * 256 + c * 64);
-                even[s] = _mm512_shuffle_epi8(table, _mm512_and_si512(v, low));
-                odd[s] = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(v, 4), low));
+                even[s] = _mm512_permutexvar_epi8(v, table);
+                odd[s] = _mm512_permutexvar_epi8(_mm512_srli_epi16(v, 4), table);
             }
             for (int r = 0; r < rows; r++) {
                 const int8_t *x = t->xq[r] + b * 32 + c * 8;
@@ -99,9 +108,7 @@ static inline __attribute__((always_inline)) void int8_tile(const moira_cpu_qtil
     int64_t blocks = t->blocks;
     for (int64_t b = 0; b < blocks; b++) {
         __m512i sums[MOIRA_CPU_QTILE_ROWS][MOIRA_CPU_QTILE_STREAMS];
-        for (int r = 0; r < rows; r++)
-            for (int s = 0; s < streams; s++)
-                sums[r][s] = _mm512_setzero_si512();
+        start_block(t, b, sums, rows, streams);
         for (int q = 0; q < 8; q++) {
             __m512i w[MOIRA_CPU_QTILE_STREAMS];
             for (int s = 0; s < streams; s++)
@@ -122,22 +129,28 @@ static inline __attribute__((always_inline)) void int8_tile(const moira_cpu_qtil
     store(t, acc, rows, streams);
 }
 
-/* One instance per (rows, streams), so the accumulators of each stay in registers. */
+/* One instance per (rows, streams), so the accumulators of each stay in registers: 1-4 rows of
+ * 1 or 2 panels, and 1-2 rows of 4 (32 accumulators would not fit). */
 #define QTILE_INSTANCE(kind, m, s)                                                                 \
     static void kind##_##m##x##s(const moira_cpu_qtile_t *t) {                                     \
         kind(t, m, s);                                                                             \
     }
-#define QTILE_ROWS(kind, m) QTILE_INSTANCE(kind, m, 1) QTILE_INSTANCE(kind, m, 2)
 #define QTILE_TABLE(kind)                                                                          \
-    QTILE_ROWS(kind, 1)                                                                            \
-    QTILE_ROWS(kind, 2)                                                                            \
-    QTILE_ROWS(kind, 3)                                                                            \
-    QTILE_ROWS(kind, 4)                                                                            \
+    QTILE_INSTANCE(kind, 1, 1)                                                                     \
+    QTILE_INSTANCE(kind, 1, 2)                                                                     \
+    QTILE_INSTANCE(kind, 1, 4)                                                                     \
+    QTILE_INSTANCE(kind, 2, 1)                                                                     \
+    QTILE_INSTANCE(kind, 2, 2)                                                                     \
+    QTILE_INSTANCE(kind, 2, 4)                                                                     \
+    QTILE_INSTANCE(kind, 3, 1)                                                                     \
+    QTILE_INSTANCE(kind, 3, 2)                                                                     \
+    QTILE_INSTANCE(kind, 4, 1)                                                                     \
+    QTILE_INSTANCE(kind, 4, 2)                                                                     \
     static void kind##_any(const moira_cpu_qtile_t *t) {                                           \
-        static const moira_cpu_qtile_fn table[4][2] = {{kind##_1x1, kind##_1x2},                   \
-                                                       {kind##_2x1, kind##_2x2},                   \
-                                                       {kind##_3x1, kind##_3x2},                   \
-                                                       {kind##_4x1, kind##_4x2}};                  \
+        static const moira_cpu_qtile_fn table[4][4] = {{kind##_1x1, kind##_1x2, NULL, kind##_1x4}, \
+                                                       {kind##_2x1, kind##_2x2, NULL, kind##_2x4}, \
+                                                       {kind##_3x1, kind##_3x2, NULL, NULL},       \
+                                                       {kind##_4x1, kind##_4x2, NULL, NULL}};      \
         table[t->rows - 1][t->streams - 1](t);                                                     \
     }
 

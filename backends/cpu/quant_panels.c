@@ -9,7 +9,9 @@
 
 size_t moira_cpu_quant_panel_bytes(moira_dtype_t dtype, int64_t cols) {
     size_t blocks = (size_t)moira_cpu_quant_blocks(cols);
-    return dtype == MOIRA_DTYPE_MXFP4 ? blocks * (256 + 16) : blocks * 512 + 64;
+    /* Whole cache lines, so every panel (and every 64-byte load of one) starts on one. */
+    return dtype == MOIRA_DTYPE_MXFP4 ? blocks * 256 + (blocks * 16 + 63) / 64 * 64
+                                      : blocks * 512 + 64;
 }
 
 int32_t moira_cpu_quant_offset(moira_dtype_t dtype) {
@@ -81,7 +83,8 @@ void moira_cpu_quantize_row(const float *x, int64_t n, int64_t blocks, int32_t o
 
 moira_cpu_qtile_fn moira_cpu_qtile_kernel(moira_dtype_t dtype) {
     __builtin_cpu_init();
-    if (moira_cpu_isa_best() < MOIRA_CPU_ISA_AVX512 || !__builtin_cpu_supports("avx512vnni"))
+    if (moira_cpu_isa_best() < MOIRA_CPU_ISA_AVX512 || !__builtin_cpu_supports("avx512vnni") ||
+        !__builtin_cpu_supports("avx512vbmi"))
         return NULL;
     return dtype == MOIRA_DTYPE_MXFP4  ? moira_cpu_qtile_avx512_vnni_mxfp4
            : dtype == MOIRA_DTYPE_INT8 ? moira_cpu_qtile_avx512_vnni_int8

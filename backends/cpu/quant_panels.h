@@ -6,8 +6,8 @@
  * vpdpbusd (u8 x s8) can take them as they are:
  *   MXFP4: block b is 4 chunks of 64 bytes; byte 4j + i of chunk c holds the E2M1 codes of
  *          w[j][32b + 8c + i] (low nibble) and w[j][32b + 8c + 4 + i] (high nibble). A nibble
- *          becomes 2 * e2m1 + 12 (0 .. 24) through a 16-entry byte shuffle. After the nb blocks
- *          come nb x 16 E8M0 scale bytes (block b, output j).
+ *          becomes 2 * e2m1 + 12 (0 .. 24) through a byte permutation. After the nb blocks
+ *          come nb x 16 E8M0 scale bytes (block b, output j), padded to a cache line.
  *   INT8:  block b is 8 quads of 64 bytes; byte 4j + i of quad q is w[j][32b + 4q + i] ^ 0x80
  *          (w + 128). After the blocks come the 16 rows' f32 scales.
  * Activations are quantised per row and per block of 32 to int8 (W4A8, W8A8): x = q * scale,
@@ -25,7 +25,7 @@
 
 #define MOIRA_CPU_QBLOCK 32
 #define MOIRA_CPU_QTILE_ROWS 4
-#define MOIRA_CPU_QTILE_STREAMS 2
+#define MOIRA_CPU_QTILE_STREAMS 4
 
 /* Blocks of a depth of `cols` inputs. */
 static inline int64_t moira_cpu_quant_blocks(int64_t cols) {
@@ -49,9 +49,10 @@ int32_t moira_cpu_quant_offset(moira_dtype_t dtype);
 void moira_cpu_quantize_row(const float *x, int64_t n, int64_t blocks, int32_t offset,
                             float scale_factor, int8_t *q, float *scale, int32_t *corr);
 
-/* One tile: up to 4 activation rows against 1 or 2 panels, over every block. With `swiglu` the
- * two panels are a gate and an up panel and out gets silu(gate) * up; else each panel's 16 sums
- * go to out + 16 s. Only the first out_cols columns are written. Pointers borrowed. */
+/* One tile: up to 4 activation rows against 1 or 2 panels, or up to 2 rows against 4, over
+ * every block (moira_cpu_qtile_streams). With `swiglu` the panels are (gate, up) pairs and out
+ * gets silu(gate) * up, 16 columns per pair; else each panel's 16 sums go to out + 16 s. Only the
+ * first out_cols columns are written. Pointers borrowed. */
 typedef struct moira_cpu_qtile {
     int rows, streams;
     const int8_t *xq[MOIRA_CPU_QTILE_ROWS];
@@ -67,7 +68,13 @@ typedef struct moira_cpu_qtile {
 
 typedef void (*moira_cpu_qtile_fn)(const moira_cpu_qtile_t *tile);
 
-/* The tile for MXFP4 or INT8 panels on this CPU (AVX-512 VNNI, within MOIRA_CPU_ISA's cap), or
+/* The most panels one tile of `rows` rows takes: 4 for 1-2 rows, else 2. */
+static inline int moira_cpu_qtile_streams(int rows) {
+    return rows <= 2 ? 4 : 2;
+}
+
+/* The tile for MXFP4 or INT8 panels on this CPU (AVX-512 VNNI and VBMI, within MOIRA_CPU_ISA's
+ * cap), or
  * NULL: the expert FFN then widens rows one at a time (kernels_moe.c) in f32. */
 moira_cpu_qtile_fn moira_cpu_qtile_kernel(moira_dtype_t dtype);
 

@@ -3,7 +3,7 @@
  * step of amax / 127) and the weights dequantised by runtime/weight_format.h, multiplied in
  * double. What is left is only f32 rounding, so the NMSE bound is tight (1e-10): a wrong
  * nibble, scale or offset anywhere shows. Odd shapes: rows not a multiple of 16, an INT8 depth
- * not a multiple of 32, 1 to 4 rows, 1 and 2 panels, the SwiGLU pair. Skips (77) without VNNI. */
+ * not a multiple of 32, 1 to 4 rows, 1, 2 and 4 panels, SwiGLU pairs. Skips (77) without VNNI. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,12 +23,13 @@ static void check_shape(moira_dtype_t dtype, int64_t cols, int n_rows, int strea
                         int short_by, uint64_t seed) {
     moira_cpu_qtile_fn tile = moira_cpu_qtile_kernel(dtype);
     int64_t rows = 16 * streams - short_by, blocks = moira_cpu_quant_blocks(cols);
+    int pairs = swiglu ? streams / 2 : 0;
     moira_tensor_t w, q, scale;
     CHECK_OK(moira_tensor_alloc_f32(rows, cols, &w));
     moira_test_fill_uniform(w.data, (size_t)(rows * cols), seed, -1, 1);
     CHECK_OK(moira_tensor_convert(&w, dtype, &q, &scale));
     size_t panel_bytes = moira_cpu_quant_panel_bytes(dtype, cols);
-    unsigned char *panels = aligned_alloc(64, 2 * panel_bytes);
+    unsigned char *panels = aligned_alloc(64, 4 * panel_bytes);
     for (int s = 0; s < streams; s++)
         moira_cpu_quant_pack_panel(dtype, q.data, scale.data, rows, cols, s,
                                    panels + s * panel_bytes);
@@ -37,10 +38,10 @@ static void check_shape(moira_dtype_t dtype, int64_t cols, int n_rows, int strea
     float xs[4][8];
     int32_t xc[4][8];
     moira_cpu_qtile_t t = {.rows = n_rows, .streams = streams, .blocks = blocks, .swiglu = swiglu};
-    float out[4][32];
+    float out[4][64];
     t.out = &out[0][0];
-    t.out_stride = 32;
-    t.out_cols = swiglu ? 16 - short_by : (int)rows;
+    t.out_stride = 64;
+    t.out_cols = swiglu ? 16 * pairs - short_by : (int)rows;
     for (int s = 0; s < streams; s++)
         t.panels[s] = panels + s * panel_bytes;
     float factor = dtype == MOIRA_DTYPE_MXFP4 ? 0.5f : 1.0f;
@@ -53,7 +54,7 @@ static void check_shape(moira_dtype_t dtype, int64_t cols, int n_rows, int strea
     memset(out, 0, sizeof(out));
     tile(&t);
     /* The reference: exactly dequantised weights times exactly dequantised activations. */
-    double ref[4][32];
+    double ref[4][64];
     float wrow[256];
     for (int r = 0; r < n_rows; r++) {
         for (int64_t j = 0; j < rows; j++) {
@@ -67,13 +68,15 @@ static void check_shape(moira_dtype_t dtype, int64_t cols, int n_rows, int strea
             ref[r][j] = sum;
         }
     }
-    float got[128];
-    double want[128];
+    float got[256];
+    double want[256];
     int n = 0;
     for (int r = 0; r < n_rows; r++) {
         for (int c = 0; c < t.out_cols; c++) {
             got[n] = out[r][c];
-            want[n++] = swiglu ? silu(ref[r][c]) * ref[r][16 + c] : ref[r][c];
+            /* SwiGLU: pair q is rows 32q .. 32q + 15 (gate) and 32q + 16 .. (up). */
+            int q = c / 16, j = c % 16;
+            want[n++] = swiglu ? silu(ref[r][32 * q + j]) * ref[r][32 * q + 16 + j] : ref[r][c];
         }
     }
     double nmse = moira_test_nmse(got, want, (size_t)n);
@@ -101,6 +104,9 @@ int main(void) {
                 check_shape(dtypes[d], cols, rows, 1, false, 3, seed++);
                 check_shape(dtypes[d], cols, rows, 2, false, 5, seed++);
                 check_shape(dtypes[d], cols, rows, 2, true, 0, seed++);
+                if (rows > 2) continue; /* 4 panels: tiles of 1 and 2 rows */
+                check_shape(dtypes[d], cols, rows, 4, false, 7, seed++);
+                check_shape(dtypes[d], cols, rows, 4, true, 0, seed++);
             }
         }
     }
