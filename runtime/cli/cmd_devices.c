@@ -3,14 +3,49 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "ops/op.h"
 #include "runtime/backend.h"
 #include "runtime/cli/cli.h"
+#include "runtime/weight_format.h"
 
 static const char devices_help[] =
     "usage: moira devices [--json]\n\n"
     "Lists every device of every backend: kind, model, memory, compute units, peak throughput,\n"
-    "bandwidth, NUMA node and backend-specific facts. A backend whose driver is missing is\n"
+    "bandwidth, NUMA node, the weight formats its kernels compute (the routed experts' FFN, and\n"
+    "the dense projections) and backend-specific facts. A backend whose driver is missing is\n"
     "listed as unavailable with the reason.\n";
+
+/* The weight formats (runtime/weight_format.h) in which the device runs `op`, as the device
+ * itself answers, in the table's order. */
+static int formats_of(const moira_device_t *device, int op, const char *names[8]) {
+    static const moira_dtype_t dtypes[] = {MOIRA_DTYPE_F32,   MOIRA_DTYPE_F16,
+                                           MOIRA_DTYPE_BF16,  MOIRA_DTYPE_F8_E4M3,
+                                           MOIRA_DTYPE_MXFP4, MOIRA_DTYPE_INT8};
+    int n = 0;
+    for (size_t i = 0; i < sizeof(dtypes) / sizeof(dtypes[0]); i++)
+        if (moira_device_supports(device, op, dtypes[i]))
+            names[n++] = moira_weight_format(dtypes[i])->name;
+    return n;
+}
+
+/* "experts" (MOE_FFN) and "dense" (LINEAR) formats, as text or as a JSON object. */
+static void print_formats(FILE *out, const moira_device_t *device, bool json) {
+    static const struct {
+        const char *key;
+        int op;
+    } uses[] = {{"experts", MOIRA_OP_MOE_FFN}, {"dense", MOIRA_OP_LINEAR}};
+    fprintf(out, json ? "{" : "           weight formats:");
+    for (size_t u = 0; u < 2; u++) {
+        const char *names[8];
+        int n = formats_of(device, uses[u].op, names);
+        fprintf(out, json ? "%s\"%s\": [" : "%s %s", u ? (json ? ", " : ";") : "", uses[u].key);
+        for (int i = 0; i < n; i++)
+            fprintf(out, json ? "%s\"%s\"" : "%s%s", i ? (json ? ", " : ",") : (json ? "" : " "),
+                    names[i]);
+        if (json) fprintf(out, "]");
+    }
+    fprintf(out, json ? "}" : "\n");
+}
 
 static void print_peaks_json(FILE *out, const moira_device_info_t *info) {
     fprintf(out, "{");
@@ -24,7 +59,8 @@ static void print_peaks_json(FILE *out, const moira_device_info_t *info) {
     fprintf(out, "}");
 }
 
-static void print_device_json(FILE *out, const moira_device_info_t *info) {
+static void print_device_json(FILE *out, const moira_device_t *device) {
+    const moira_device_info_t *info = moira_device_info(device);
     fprintf(out, "    {\"name\": ");
     moira_cli_json_string(out, info->name);
     fprintf(out, ", \"backend\": ");
@@ -43,8 +79,10 @@ static void print_device_json(FILE *out, const moira_device_info_t *info) {
         moira_cli_json_string(out, info->pci_bus_id);
     else
         fprintf(out, "null");
-    fprintf(out, ", \"numa_node\": %d, \"compute_precision\": \"%s\", \"details\": {",
+    fprintf(out, ", \"numa_node\": %d, \"compute_precision\": \"%s\", \"weight_formats\": ",
             info->numa_node, moira_dtype_name(info->compute_precision));
+    print_formats(out, device, true);
+    fprintf(out, ", \"details\": {");
     for (int i = 0; i < info->n_details; i++) {
         const moira_device_detail_t *d = &info->details[i];
         fprintf(out, "%s", i ? ", " : "");
@@ -61,7 +99,7 @@ static void print_device_json(FILE *out, const moira_device_info_t *info) {
 static void print_devices_json(FILE *out) {
     fprintf(out, "{\n  \"devices\": [\n");
     for (int i = 0; i < moira_device_count(); i++) {
-        print_device_json(out, moira_device_info(moira_device_at(i)));
+        print_device_json(out, moira_device_at(i));
         fprintf(out, "%s\n", i + 1 < moira_device_count() ? "," : "");
     }
     fprintf(out, "  ],\n  \"unavailable_backends\": [");
@@ -90,6 +128,7 @@ static void print_devices_text(FILE *out) {
                 moira_device_kind_name(info->kind), info->model,
                 (double)info->memory_bytes / (1u << 30), info->compute_units,
                 info->peak_tflops[MOIRA_DTYPE_F32], info->bandwidth_gbs, numa);
+        print_formats(out, moira_device_at(i), false);
         for (int d = 0; d < info->n_details; d++)
             fprintf(out, "           %s: %s\n", info->details[d].key, info->details[d].value);
     }
