@@ -32,6 +32,10 @@ static const bench_t benches[] = {
      "a DeepSeek-V2-Lite-shaped model (3 layers, bf16 and f32, or --model DIR): prefill\n"
      "         tokens/s at 512 tokens, decode at 1 and 8 sequences, against PyTorch eager\n"
      "         (bench/generate.sh) and decode against its weight-bandwidth bound"},
+    {"serve", moira_bench_serve,
+     "moira serve under 1, 4 and 16 streaming clients (512-token prompts, 128 tokens each,\n"
+     "         or --model DIR): aggregate decode tokens/s against one client's, TTFT and\n"
+     "         inter-token latency p50/p99"},
     {"tokenize", moira_bench_tokenize,
      "load a model directory's tokenizer and encode a text (--model DIR --text FILE);\n"
      "         bench/tokenize.sh runs it against Hugging Face's tokenizers.js"},

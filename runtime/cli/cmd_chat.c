@@ -26,7 +26,7 @@ static void print_help(void) {
            "generated and the conversation is kept. /exit (or end of input) leaves, /reset\n"
            "starts a new conversation.\n\n"
            "  --system TEXT      a system message opening the conversation\n");
-    generate_print_common_help();
+    generate_print_common_help(true);
     printf("\nexit codes: 0 success, 1 a device failed, 2 bad usage or bad input\n");
 }
 

@@ -38,7 +38,7 @@ static void print_help(void) {
            "  --logits-out F     also write the logits each token was chosen from, `logits` F32\n"
            "                     [steps, vocab], and the ids, `ids` I32 [steps], to safetensors F\n"
            "                     (for moira compare against a PyTorch dump)\n");
-    generate_print_common_help();
+    generate_print_common_help(true);
     printf("\nexit codes: 0 success, 1 a device failed, 2 bad usage or bad input (a model\n"
            "Moira does not implement, malformed files, a prompt longer than the context)\n");
 }

@@ -45,7 +45,7 @@ static void print_help(void) {
            "  --max-body BYTES   the largest request body (default 4194304)\n"
            "  --shutdown-grace S seconds running requests may finish after SIGINT/SIGTERM\n"
            "                     (default 10); then they are cut\n");
-    generate_print_common_help();
+    generate_print_common_help(false);
     printf("\nexit codes: 0 stopped by SIGINT/SIGTERM, 1 a device failed, 2 bad usage or bad "
            "input\n");
 }
@@ -90,6 +90,9 @@ static int parse_args(int argc, char **argv, serve_args_t *a) {
         if (!ok) return 2;
     }
     if (!a->common.model) return moira_cli_usage_error(VERB, "--model DIR is required");
+    if (a->common.max_tokens > 0 || a->common.n_stops)
+        return moira_cli_usage_error(VERB, "--max-tokens and --stop belong to each request "
+                                           "(max_tokens, stop), not to the server");
     if (a->model_name && !*a->model_name)
         return moira_cli_usage_error(VERB, "--model-name needs a non-empty name");
     if (a->chunk < a->max_batch)
@@ -209,7 +212,8 @@ static int run(server_t *s) {
 }
 
 int moira_cli_serve(int argc, char **argv) {
-    serve_args_t a = {.port = 8080,
+    serve_args_t a = {.common = {.max_tokens = -1},
+                      .port = 8080,
                       .max_batch = 8,
                       .max_queue = 64,
                       .max_body = 4 << 20,

@@ -33,8 +33,9 @@ typedef struct generate_options {
  * is not, and 2 (after printing why) for a bad value. */
 int generate_parse_option(const char *verb, int argc, char **argv, int *i, generate_options_t *o);
 
-/* The help lines of those options. */
-void generate_print_common_help(void);
+/* The help lines of those options; --max-tokens and --stop only `with_request_options` (the
+ * server takes them per request). */
+void generate_print_common_help(bool with_request_options);
 
 /* A model directory (with its tokenizer), the device, and the engine on it, with a progress line
  * while weights upload. Caller frees with generate_session_close. */

@@ -69,7 +69,7 @@ int generate_parse_option(const char *verb, int argc, char **argv, int *i, gener
     return ok ? 1 : 2;
 }
 
-void generate_print_common_help(void) {
+void generate_print_common_help(bool with_request_options) {
     printf("  --model DIR        a Hugging Face model directory: config.json, safetensors weights\n"
            "                     (one file, or shards with model.safetensors.index.json; f32,\n"
            "                     bf16 or fp8 with block scales), tokenizer.json,\n"
@@ -79,18 +79,22 @@ void generate_print_common_help(void) {
            "                     shared experts and lm_head\n"
            "  --topology FILE    the machine (default: this one, discovered); without --plan a\n"
            "                     plan for a uniform load is made here\n"
-           "  --plan FILE        routed experts where the plan (moira plan -o) puts them\n"
-           "  --max-tokens N     generate at most N tokens (default: until the context is full)\n"
-           "  --ctx N            tokens a sequence may hold, prompt included (default\n"
+           "  --plan FILE        routed experts where the plan (moira plan -o) puts them\n");
+    if (with_request_options)
+        printf("  --max-tokens N     generate at most N tokens (default: until the context is "
+               "full)\n");
+    printf("  --ctx N            tokens a sequence may hold, prompt included (default\n"
            "                     max_position_embeddings, at most 4096)\n"
            "  --cache-dtype T    the latent caches' dtype: f32 (default) or bf16 (half the\n"
            "                     memory and the bytes decode reads, bf16's precision; cpu only)\n"
            "  --temperature T    0 is greedy; default generation_config.json's, else 1\n"
            "  --top-p P          keep the smallest set of tokens holding P of the probability\n"
            "  --top-k K          keep the K most likely tokens (0: all)\n"
-           "  --seed S           the sampler's seed: one seed, one output (default 0)\n"
-           "  --stop STR         end when STR appears in the text (repeatable; not printed)\n"
-           "  --chat-format N    a built-in chat template instead of the model's own\n");
+           "  --seed S           the sampler's seed: one seed, one output (default 0)\n");
+    if (with_request_options)
+        printf("  --stop STR         end when STR appears in the text (repeatable; not "
+               "printed)\n");
+    printf("  --chat-format N    a built-in chat template instead of the model's own\n");
 }
 
 moira_status_t generate_session_open_model(const generate_options_t *o, generate_session_t *s) {

@@ -135,7 +135,7 @@ moira_status_t moira_completion_next(moira_completion_t *c, const float *logits,
     if (c->finished) return MOIRA_OK_STATUS;
     int32_t id = moira_sampler_next(&c->sampler, logits);
     MOIRA_RETURN_IF_ERROR(moira_token_ids_push(&c->ids, id));
-    if (is_eos(c->model, id)) {
+    if (!c->params.ignore_eos && is_eos(c->model, id)) {
         finish(c, "stop", finished);
         return MOIRA_OK_STATUS;
     }

@@ -24,6 +24,7 @@ typedef struct moira_completion_params {
     const char *const *stops; /* borrowed until the completion finishes; n_stops strings */
     int n_stops;
     moira_sampling_t sampling;
+    bool ignore_eos; /* run to max_tokens through end-of-sequence ids (benchmarks) */
 } moira_completion_params_t;
 
 /* A completion for `model` (borrowed; outlives it). Caller destroys *out. */

@@ -16,6 +16,11 @@
 
 /* How often a connection waiting on its request looks whether its client is still there. */
 #define PEER_CHECK_S 0.1
+/* Seconds a connection may sit idle (sending nothing, or being sent nothing) before it is closed:
+ * a guard against clients that open connections and dribble. A connection answering a
+ * generation is exempt while it waits for tokens (a queued request may wait minutes); it watches
+ * its client itself. */
+#define IDLE_TIMEOUT_S 30
 
 struct serve_http {
     struct MHD_Daemon *daemon;
@@ -168,6 +173,12 @@ static void stream_free(void *cls) {
     free(s);
 }
 
+/* libmicrohttpd counts time blocked in a handler as idle time: lift the limit while a
+ * generation is answered (on_completed restores it for a kept-alive connection). */
+static void wait_without_timeout(struct MHD_Connection *c) {
+    MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)0);
+}
+
 static enum MHD_Result answer_stream(serve_http_t *h, struct MHD_Connection *c,
                                      serve_api_call_t *call) {
     stream_t *s = calloc(1, sizeof(*s));
@@ -176,6 +187,7 @@ static enum MHD_Result answer_stream(serve_http_t *h, struct MHD_Connection *c,
     memset(call, 0, sizeof(*call));
     s->fd = connection_fd(c);
     s->metrics = h->backend.metrics;
+    wait_without_timeout(c);
     struct MHD_Response *r =
         MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_read, s, stream_free);
     if (!r) {
@@ -193,6 +205,7 @@ static enum MHD_Result answer_stream(serve_http_t *h, struct MHD_Connection *c,
 static enum MHD_Result answer_whole(struct MHD_Connection *c, serve_api_call_t *call) {
     serve_request_t *r = call->request;
     int fd = connection_fd(c);
+    wait_without_timeout(c);
     pthread_mutex_lock(&r->lock);
     while (!r->done) {
         serve_request_wait_locked(r, r->len, PEER_CHECK_S);
@@ -343,8 +356,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 static void on_completed(void *cls, struct MHD_Connection *c, void **state,
                          enum MHD_RequestTerminationCode code) {
     (void)cls;
-    (void)c;
     (void)code;
+    MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)IDLE_TIMEOUT_S);
     connection_t *conn = *state;
     if (!conn) return;
     free(conn->body);
@@ -389,11 +402,11 @@ moira_status_t serve_http_start(const serve_http_options_t *options, serve_http_
     }
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ITC |
                      (ipv6 ? MHD_USE_IPv6 : 0);
-    h->daemon = MHD_start_daemon(flags, (uint16_t)h->options.port, NULL, NULL, on_request, h,
-                                 MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&address,
-                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)h->options.max_connections,
-                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30, MHD_OPTION_END);
+    h->daemon = MHD_start_daemon(
+        flags, (uint16_t)h->options.port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR,
+        (struct sockaddr *)&address, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)h->options.max_connections,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)IDLE_TIMEOUT_S, MHD_OPTION_END);
     if (!h->daemon) {
         free(h);
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,

@@ -286,6 +286,8 @@ static moira_status_t parse_object(const serve_api_model_t *m, bool chat, json_t
         MOIRA_RETURN_IF_ERROR(get_bool(options, "include_usage", &out->include_usage, param));
     MOIRA_RETURN_IF_ERROR(get_sampling(m, body, &r->params.sampling, param));
     MOIRA_RETURN_IF_ERROR(get_stops(body, r, param));
+    /* vLLM's extension: generate max_tokens whatever comes (what a benchmark needs). */
+    MOIRA_RETURN_IF_ERROR(get_bool(body, "ignore_eos", &r->params.ignore_eos, param));
     moira_token_ids_t ids = {0};
     moira_status_t status =
         chat ? chat_prompt(m, body, &ids, param) : completion_prompt(m, body, &ids, param);
