@@ -90,6 +90,10 @@ static int weight_dtype_code(moira_dtype_t dtype) {
         return 2;
     case MOIRA_DTYPE_F8_E4M3:
         return 3;
+    case MOIRA_DTYPE_MXFP4:
+        return 4;
+    case MOIRA_DTYPE_INT8:
+        return 5;
     default:
         return 0;
     }
@@ -100,7 +104,8 @@ static void arg_weight(args_t *a, const moira_dtensor_t *weight) {
     arg_mem(a, moira_opencl_mem(weight->buffer));
     arg_ulong(a, weight->offset);
     arg_int(a, weight_dtype_code(weight->dtype));
-    arg_ulong(a, weight->dtype == MOIRA_DTYPE_F8_E4M3 ? weight->scale_offset : 0);
+    bool scaled = weight->dtype == MOIRA_DTYPE_F8_E4M3 || moira_dtype_is_quantized(weight->dtype);
+    arg_ulong(a, scaled ? weight->scale_offset : 0);
     arg_long(a, weight->shape[weight->rank - 2]);
     arg_long(a, weight->shape[weight->rank - 1]);
 }
@@ -910,5 +915,7 @@ moira_status_t moira_opencl_run_op(opencl_device_t *device, opencl_queue_t *queu
 bool moira_opencl_supports_op(int op, moira_dtype_t weight_dtype) {
     if (op < 0 || op >= MOIRA_OP_COUNT || !ops[op]) return false;
     if (op == MOIRA_OP_MLA_DECODE_ATTENTION) return weight_dtype == MOIRA_DTYPE_F32;
+    /* The grouped FFN's kernels read MXFP4 and INT8 experts (common.cl), decoded in f32. */
+    if (moira_dtype_is_quantized(weight_dtype)) return op == MOIRA_OP_MOE_FFN;
     return moira_dtype_is_float(weight_dtype);
 }

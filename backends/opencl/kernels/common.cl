@@ -2,9 +2,9 @@
  *
  * Weights arrive in their stored dtype and are widened to f32 as they are read, so no dequantised
  * copy of a model is ever made. A weight operand is passed as six kernel arguments (WEIGHT_PARAMS):
- * the buffer, the byte offset of its first element, its dtype, the byte offset of its fp8 block
- * scales (f32 [ceil(rows/128), ceil(cols/128)] per matrix, same buffer) and the rows and columns
- * of one matrix. Arithmetic is f32 throughout. */
+ * the buffer, the byte offset of its first element, its dtype, the byte offset of its scales
+ * (fp8: f32 [ceil(rows/128), ceil(cols/128)] per matrix; MXFP4 and INT8 below; same buffer) and
+ * the rows and columns of one matrix. Arithmetic is f32 throughout. */
 
 /* Lets the tests (and anyone checking their driver) see how a failed build is reported:
  * MOIRA_OPENCL_BUILD_OPTIONS=-DMOIRA_BUILD_SELFTEST_ERROR must fail with this in the build log. */
@@ -16,12 +16,51 @@
 #define MOIRA_DT_F16 1
 #define MOIRA_DT_BF16 2
 #define MOIRA_DT_F8_E4M3 3
+#define MOIRA_DT_MXFP4 4
+#define MOIRA_DT_INT8 5
 #define MOIRA_FP8_BLOCK 128
 
 #define WEIGHT_PARAMS(w)                                                                           \
     __global const uchar *w, ulong w##_off, int w##_dtype, ulong w##_scale_off, long w##_rows,     \
         long w##_cols
 #define WEIGHT_PASS(w) w, w##_off, w##_dtype, w##_scale_off, w##_rows, w##_cols
+
+/* MXFP4 (E2M1 pairs, the even input in the low nibble, one E8M0 scale byte per 32 inputs of a
+ * row, [rows, cols/32] per matrix) and INT8 (one f32 scale per row, [rows] per matrix): their
+ * scales sit at the scale offset like fp8's. */
+__constant float moira_e2m1[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
+                                   -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+
+/* 2^(bits - 127), NaN for 255. */
+float moira_e8m0(uint bits) {
+    return bits == 255u ? as_float(0x7FC00000u) : ldexp(1.0f, (int)bits - 127);
+}
+
+/* Element (row, col) of an MXFP4 or INT8 weight. */
+float moira_quant_at(WEIGHT_PARAMS(w), long matrix, long row, long col) {
+    long r = matrix * w_rows + row;
+    __global const uchar *base = w + w_off;
+    if (w_dtype == MOIRA_DT_INT8)
+        return (float)((__global const char *)base)[r * w_cols + col] *
+               ((__global const float *)(w + w_scale_off))[r];
+    uchar byte = base[r * (w_cols / 2) + col / 2];
+    float scale = moira_e8m0(w[w_scale_off + r * (w_cols / 32) + col / 32]);
+    return moira_e2m1[(col & 1) ? byte >> 4 : byte & 15] * scale;
+}
+
+/* Elements (row, col .. col+3), col a multiple of 4: one block scale for all four. */
+float4 moira_quant_at4(WEIGHT_PARAMS(w), long matrix, long row, long col) {
+    long r = matrix * w_rows + row;
+    __global const uchar *base = w + w_off;
+    if (w_dtype == MOIRA_DT_INT8)
+        return convert_float4(vload4(0, (__global const char *)base + r * w_cols + col)) *
+               ((__global const float *)(w + w_scale_off))[r];
+    uchar2 b = vload2(0, base + r * (w_cols / 2) + col / 2);
+    float scale = moira_e8m0(w[w_scale_off + r * (w_cols / 32) + col / 32]);
+    return (float4)(moira_e2m1[b.x & 15], moira_e2m1[b.x >> 4], moira_e2m1[b.y & 15],
+                    moira_e2m1[b.y >> 4]) *
+           scale;
+}
 
 /* e4m3fn: no infinities; S.1111.111 is NaN; subnormals are mantissa * 2^-9. */
 float moira_fp8_e4m3(uint bits) {
@@ -41,6 +80,7 @@ float moira_weight_at(WEIGHT_PARAMS(w), long matrix, long row, long col) {
     if (w_dtype == MOIRA_DT_F16) return vload_half((size_t)index, (__global const half *)base);
     if (w_dtype == MOIRA_DT_BF16)
         return as_float((uint)((__global const ushort *)base)[index] << 16);
+    if (w_dtype >= MOIRA_DT_MXFP4) return moira_quant_at(WEIGHT_PASS(w), matrix, row, col);
     long scale_cols = (w_cols + MOIRA_FP8_BLOCK - 1) / MOIRA_FP8_BLOCK;
     long scales_per_matrix = (w_rows + MOIRA_FP8_BLOCK - 1) / MOIRA_FP8_BLOCK * scale_cols;
     __global const float *scales = (__global const float *)(w + w_scale_off);
@@ -63,6 +103,7 @@ float4 moira_weight_at4(WEIGHT_PARAMS(w), long matrix, long row, long col) {
     if (w_dtype == MOIRA_DT_F16) return vload_half4(0, (__global const half *)base + index);
     if (w_dtype == MOIRA_DT_BF16)
         return as_float4(convert_uint4(vload4(0, (__global const ushort *)base + index)) << 16);
+    if (w_dtype >= MOIRA_DT_MXFP4) return moira_quant_at4(WEIGHT_PASS(w), matrix, row, col);
     long scale_cols = (w_cols + MOIRA_FP8_BLOCK - 1) / MOIRA_FP8_BLOCK;
     long scales_per_matrix = (w_rows + MOIRA_FP8_BLOCK - 1) / MOIRA_FP8_BLOCK * scale_cols;
     __global const float *scales = (__global const float *)(w + w_scale_off);
