@@ -15,6 +15,7 @@
 #include "runtime/cli/cli.h"
 #include "runtime/cli/generate.h"
 #include "runtime/clock.h"
+#include "runtime/server/expert_load.h"
 #include "runtime/server/http_server.h"
 
 #define VERB "serve"
@@ -112,6 +113,7 @@ typedef struct server {
     serve_metrics_t metrics;
     serve_api_model_t api;
     serve_scheduler_t *scheduler;
+    serve_expert_load_t expert_load;
     char *default_name; /* owned */
     pthread_t main_thread;
     moira_status_t load_status;
@@ -121,6 +123,7 @@ static void *load(void *arg) {
     server_t *s = arg;
     serve_args_t *a = s->args;
     a->common.max_sequences = (int)a->max_batch;
+    a->common.record_expert_load = true;
     moira_status_t status = generate_session_start_engine(VERB, &a->common, &s->session);
     if (!status) {
         const moira_engine_options_t *eo = moira_engine_options(s->session.engine);
@@ -136,8 +139,14 @@ static void *load(void *arg) {
     }
     if (!status) {
         s->metrics.started = moira_now_seconds();
-        serve_http_backend_t backend = {
-            .api = &s->api, .scheduler = s->scheduler, .metrics = &s->metrics};
+        s->expert_load = (serve_expert_load_t){.scheduler = s->scheduler,
+                                               .config = &s->session.model.config,
+                                               .model_name = s->api.name};
+        serve_http_backend_t backend = {.api = &s->api,
+                                        .scheduler = s->scheduler,
+                                        .metrics = &s->metrics,
+                                        .expert_load = serve_expert_load_yaml,
+                                        .expert_load_context = &s->expert_load};
         serve_http_ready(s->http, &backend);
         fprintf(stderr, "moira serve: ready (%d sequences of %lld tokens)\n", (int)a->max_batch,
                 (long long)s->api.context);

@@ -40,6 +40,9 @@ struct moira_engine {
     float *host_logits;              /* [max_sequences, vocab] */
     int64_t *lengths;                /* [max_sequences] */
     moira_program_sequence_t *batch; /* [max_sequences] */
+    /* With record_expert_load: each MoE layer's routing of the step, and the running counts. */
+    int32_t *host_topk;  /* [n_layers, max_rows * k] */
+    double *expert_load; /* [n_layers, n_routed_experts] */
 };
 
 static size_t round_up(size_t bytes) {
@@ -191,6 +194,17 @@ static moira_status_t open_engine(moira_engine_t *e) {
     if (!e->host_x || !e->host_positions || !e->host_logits || !e->lengths || !e->batch ||
         !e->layers)
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "engine: out of host memory");
+    if (e->options.record_expert_load) {
+        if (e->options.placement)
+            return moira_status_make(MOIRA_CODE_UNSUPPORTED,
+                                     "engine: expert load is recorded on one device only, not "
+                                     "through a placement");
+        int64_t k = e->config->num_experts_per_tok, experts = e->config->n_routed_experts;
+        e->host_topk = malloc((size_t)(e->n_layers * rows * k) * sizeof(int32_t));
+        e->expert_load = calloc((size_t)(e->n_layers * experts), sizeof(double));
+        if (!e->host_topk || !e->expert_load)
+            return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "engine: out of host memory");
+    }
     MOIRA_RETURN_IF_ERROR(check_cache_dtype(e));
     MOIRA_RETURN_IF_ERROR(check_memory(e));
     MOIRA_RETURN_IF_ERROR(moira_queue_create(e->device, &e->queue));
@@ -253,6 +267,8 @@ void moira_engine_destroy(moira_engine_t *e) {
     free(e->host_logits);
     free(e->lengths);
     free(e->batch);
+    free(e->host_topk);
+    free(e->expert_load);
     free(e);
 }
 
@@ -349,8 +365,29 @@ static moira_status_t run_layers(moira_engine_t *e, const moira_engine_input_t *
         }
         MOIRA_RETURN_IF_ERROR(moira_layer_program_replay(layer->program, e->queue, MOIRA_LAYER_ALL,
                                                          rows, e->batch, n));
+        if (e->host_topk && moira_model_config_is_moe_layer(e->config, l)) {
+            /* Layers share the workspace: the routing is read before the next layer's replay
+             * overwrites it (the queue runs in order). */
+            moira_dtensor_t normed, idx, weight;
+            moira_layer_program_routing(layer->program, rows, &normed, &idx, &weight);
+            int64_t k = e->config->num_experts_per_tok;
+            MOIRA_RETURN_IF_ERROR(moira_queue_read(e->queue, idx.buffer, idx.offset,
+                                                   e->host_topk + l * e->options.max_rows * k,
+                                                   (size_t)(rows * k) * sizeof(int32_t)));
+        }
     }
     return MOIRA_OK_STATUS;
+}
+
+/* Adds the step's routing to the running counts. */
+static void count_expert_load(moira_engine_t *e, int64_t rows) {
+    int64_t k = e->config->num_experts_per_tok, experts = e->config->n_routed_experts;
+    for (int64_t l = 0; l < e->n_layers; l++) {
+        if (!moira_model_config_is_moe_layer(e->config, l)) continue;
+        const int32_t *idx = e->host_topk + l * e->options.max_rows * k;
+        for (int64_t i = 0; i < rows * k; i++)
+            if (idx[i] >= 0 && idx[i] < experts) e->expert_load[l * experts + idx[i]] += 1;
+    }
 }
 
 /* Final norm of each sequence's last row, lm_head over those rows, logits to the host. */
@@ -390,6 +427,7 @@ moira_status_t moira_engine_step(moira_engine_t *e, const moira_engine_input_t *
     MOIRA_RETURN_IF_ERROR(done);
     for (int i = 0; i < n_inputs; i++)
         e->lengths[inputs[i].sequence] += inputs[i].n;
+    if (e->expert_load) count_expert_load(e, rows);
     *out_logits = e->host_logits;
     return MOIRA_OK_STATUS;
 }
@@ -410,6 +448,10 @@ int64_t moira_engine_length(const moira_engine_t *e, int sequence) {
 
 const moira_engine_options_t *moira_engine_options(const moira_engine_t *e) {
     return &e->options;
+}
+
+const double *moira_engine_expert_load(const moira_engine_t *e) {
+    return e->expert_load;
 }
 
 int64_t moira_engine_vocab(const moira_engine_t *e) {

@@ -10,6 +10,7 @@
 #ifndef MOIRA_RUNTIME_ENGINE_ENGINE_H
 #define MOIRA_RUNTIME_ENGINE_ENGINE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "runtime/device.h"
@@ -45,6 +46,9 @@ typedef struct moira_engine_options {
     /* Optional: run the layers where a plan puts them; the device given to moira_engine_create
      * then holds only the final norm and lm_head. NULL: everything on that device. */
     const moira_engine_placement_t *placement;
+    /* Count the tokens routed to each expert of each MoE layer, every step
+     * (moira_engine_expert_load); costs a read of each MoE layer's routing per step. */
+    bool record_expert_load;
 } moira_engine_options_t;
 
 /* New tokens of one sequence for a step: ids[0..n) continue what it holds. */
@@ -82,5 +86,11 @@ int64_t moira_engine_length(const moira_engine_t *engine, int sequence);
 const moira_engine_options_t *moira_engine_options(const moira_engine_t *engine);
 
 int64_t moira_engine_vocab(const moira_engine_t *engine);
+
+/* Tokens routed to each expert since the engine was created: [num_hidden_layers, n_routed_experts]
+ * row-major (dense layers' rows stay 0), borrowed; NULL unless record_expert_load was set.
+ * Read it between steps. Errors at creation: UNSUPPORTED with a placement (the executor records
+ * a forward's load itself). */
+const double *moira_engine_expert_load(const moira_engine_t *engine);
 
 #endif

@@ -32,7 +32,9 @@ struct serve_scheduler {
     serve_slot_t **input_slots;   /* owned [n_slots]: the slot of each input */
     uint64_t admissions;
 
-    pthread_mutex_t lock; /* guards what follows */
+    pthread_mutex_t step_lock; /* held through each engine step: readers of the engine's
+                                  counts wait for the step to end */
+    pthread_mutex_t lock;      /* guards what follows */
     pthread_cond_t wake;
     serve_request_t **queue; /* owned ring [max_queue] of references */
     int queue_head, queue_count;
@@ -274,7 +276,9 @@ static void *engine_loop(void *arg) {
         if (!n) continue;
         double start = moira_now_seconds();
         const float *logits = NULL;
+        pthread_mutex_lock(&s->step_lock);
         moira_status_t status = moira_engine_step(s->engine, s->inputs, n, &logits);
+        pthread_mutex_unlock(&s->step_lock);
         double end = moira_now_seconds();
         pthread_mutex_lock(&s->metrics->lock);
         s->metrics->busy_s += end - start;
@@ -305,6 +309,7 @@ moira_status_t serve_scheduler_create(moira_engine_t *engine, const moira_model_
     s->max_rows = eo->max_rows;
     s->vocab = moira_engine_vocab(engine);
     s->n_slots = eo->max_sequences;
+    pthread_mutex_init(&s->step_lock, NULL);
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->wake, NULL);
     s->slots = calloc((size_t)s->n_slots, sizeof(*s->slots));
@@ -352,6 +357,14 @@ serve_submit_result_t serve_scheduler_submit(serve_scheduler_t *s, serve_request
     return result;
 }
 
+bool serve_scheduler_read_expert_load(serve_scheduler_t *s, double *out, size_t count) {
+    pthread_mutex_lock(&s->step_lock);
+    const double *load = moira_engine_expert_load(s->engine);
+    if (load) memcpy(out, load, count * sizeof(double));
+    pthread_mutex_unlock(&s->step_lock);
+    return load != NULL;
+}
+
 void serve_scheduler_stop(serve_scheduler_t *s, double grace_s) {
     pthread_mutex_lock(&s->lock);
     if (!s->stopping) {
@@ -379,6 +392,7 @@ void serve_scheduler_destroy(serve_scheduler_t *s) {
         moira_completion_destroy(s->slots[i].completion);
         free(s->slots[i].ids);
     }
+    pthread_mutex_destroy(&s->step_lock);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->wake);
     free(s->slots);

@@ -36,6 +36,10 @@ moira_status_t serve_scheduler_create(moira_engine_t *engine, const moira_model_
 serve_submit_result_t serve_scheduler_submit(serve_scheduler_t *scheduler,
                                              serve_request_t *request);
 
+/* Copies the engine's expert load (moira_engine_expert_load: [layers, experts]) into `out`
+ * between two steps; false when the engine does not record it. */
+bool serve_scheduler_read_expert_load(serve_scheduler_t *scheduler, double *out, size_t count);
+
 /* Stops accepting, fails what waits in the queue, lets running requests finish for at most
  * `grace_s` seconds and then cancels them, and ends the loop. */
 void serve_scheduler_stop(serve_scheduler_t *scheduler, double grace_s);

@@ -109,6 +109,31 @@ fi
 grep -E '^(FAIL|prefix)' "$work/client" | sed 's/^/  /'
 grep -q '^ok' "$work/client" || sed 's/^/  | /' "$work/client" | tail -8
 
+# The expert load the requests routed: every MoE layer counts k experts per token the engine ran
+# (prompt tokens not spared by the prefix cache, and each generated token but the last of each
+# request), and `moira plan --profile` reads it.
+curl -s "localhost:$port/v1/moira/expert-load" >"$work/load.yaml"
+curl -s "localhost:$port/metrics" >"$work/metrics"
+python3 - "$work/load.yaml" "$work/metrics" "$work/model/config.json" >"$work/load.check" 2>&1 <<'PY'
+import json, re, sys
+text, metrics, config = open(sys.argv[1]).read(), open(sys.argv[2]).read(), json.load(open(sys.argv[3]))
+m = lambda name: float(re.search("^" + re.escape(name) + r" (\S+)$", metrics, re.M).group(1))
+ran = (m("moira_prompt_tokens_total") - m("moira_prompt_tokens_cached_total")
+       + m("moira_generation_tokens_total") - m('moira_requests_total{outcome="ok"}'))
+layers = re.findall(r"\{layer: (\d+), load: \[([^\]]*)\]\}", text)
+moe = [l for l in range(config["num_hidden_layers"]) if l >= config["first_k_dense_replace"]]
+assert [int(l) for l, _ in layers] == moe, (layers, moe)
+for l, load in layers:
+    counts = [float(x) for x in load.split(",")]
+    assert len(counts) == config["n_routed_experts"]
+    assert sum(counts) == ran * config["num_experts_per_tok"], (l, sum(counts), ran)
+print("ok", ran)
+PY
+check "expert load: k per token run, in every MoE layer" '^ok [1-9]' "$work/load.check"
+expect 0 "moira plan reads the observed expert load" -- "$moira" plan \
+    --topology "$root/configs/topologies/local-cpu.yaml" --model "$work/model/config.json" \
+    --profile "$work/load.yaml"
+
 # Raw SSE framing.
 body='{"model": "model", "prompt": "Hi", "max_tokens": 3, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}}'
 curl -sN "localhost:$port/v1/completions" -d "$body" >"$work/sse"
