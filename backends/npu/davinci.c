@@ -8,7 +8,9 @@
 #include <string.h>
 
 #include "backends/npu/fractal_nz.h"
+#include "runtime/mxfp4.h"
 #include "runtime/tensor.h"
+#include "runtime/weight_format.h"
 
 #define LANES_PER_REPEAT 64 /* 256 bytes of f32 */
 #define FRACTAL_ELEMS (MOIRA_NPU_FRACTAL * MOIRA_NPU_FRACTAL)
@@ -143,11 +145,35 @@ void moira_npu_copy_ub_to_gm(moira_npu_core_t *core, void *gm, moira_npu_region_
     core->cost.mte3_bytes += bytes;
 }
 
+/* Columns [col0, col0 + cols) of a quantised row, decoded and scaled in f32. */
+static void read_quantized_row(const moira_npu_gm_matrix_t *src, int64_t row, int64_t col0,
+                               int64_t cols, float *out) {
+    int64_t width = src->cols;
+    for (int64_t c = 0; c < cols; c++) {
+        int64_t k = col0 + c;
+        if (src->dtype == MOIRA_DTYPE_INT8) {
+            float scale = 1.0f;
+            if (src->format_scales) memcpy(&scale, src->format_scales + 4 * row, sizeof(scale));
+            out[c] = (float)(int8_t)src->data[row * width + k] * scale;
+            continue;
+        }
+        uint8_t byte = src->data[row * (width / 2) + k / 2];
+        float scale = src->format_scales
+                          ? moira_e8m0_to_f32(src->format_scales[row * (width / 32) + k / 32])
+                          : 1.0f;
+        out[c] = moira_e2m1_to_f32(k & 1 ? byte >> 4 : byte) * scale;
+    }
+}
+
 /* One source row's columns as f32, fp8 block scales applied. */
 static void read_row(const moira_npu_gm_matrix_t *src, int64_t row, int64_t col0, int64_t cols,
                      float *out) {
     size_t element = moira_dtype_size(src->dtype);
     row += src->row_base;
+    if (moira_dtype_is_quantized(src->dtype)) {
+        read_quantized_row(src, row, col0, cols, out);
+        return;
+    }
     const unsigned char *p = src->data + ((size_t)(row * src->row_stride + col0)) * element;
     moira_convert_to_f32(src->dtype, p, out, (size_t)cols);
     if (src->dtype != MOIRA_DTYPE_F8_E4M3) return;
@@ -190,7 +216,11 @@ void moira_npu_load_nd2nz(moira_npu_core_t *core, moira_npu_region_t dst, moira_
                                                      ? moira_f32_to_bf16(values[c])
                                                      : moira_f32_to_f16(values[c]);
     }
-    core->cost.mte2_bytes += (uint64_t)(rows * cols) * moira_dtype_size(src->dtype);
+    /* Bytes as stored: quantised rows at their format's size, with their scales. */
+    core->cost.mte2_bytes += moira_dtype_is_quantized(src->dtype)
+                                 ? (uint64_t)rows * (moira_weight_row_bytes(src->dtype, cols) +
+                                                     moira_weight_scale_bytes(src->dtype, 1, cols))
+                                 : (uint64_t)(rows * cols) * moira_dtype_size(src->dtype);
     if (src->row_map) core->cost.scalar_ops += (uint64_t)rows;
     if (src->dtype != cube_dtype)
         core->cost.vector_repeats +=

@@ -110,6 +110,9 @@ typedef struct moira_npu_gm_matrix {
                           * blocks from the stored matrix's row 0) */
     const float *scales; /* fp8 only: this matrix's [ceil(rows/128), ceil(cols/128)] scales */
     int64_t scale_cols;
+    /* MXFP4 (E8M0 [rows, cols/32]) or INT8 (f32 [rows]) only: this matrix's scales; the data is
+     * then contiguous, row_stride == cols (runtime/weight_format.h) */
+    const unsigned char *format_scales;
     const int32_t *row_map; /* optional */
     int32_t row_map_div;
 } moira_npu_gm_matrix_t;
@@ -118,6 +121,8 @@ typedef struct moira_npu_gm_matrix {
  * `dst` as an NZ tile of `cube_dtype` (bf16 or f16), round16(rows) x round16(cols), zero padded.
  * Where the source has another type the conversion stands for the Vector Cast a CANN kernel runs
  * in UB on the way (counted as vector repeats); the layout change is what MTE2's ND2NZ mode does.
+ * MXFP4 and INT8 weights are expanded the same way (nibbles or bytes times their scales, in f32,
+ * then rounded to the Cube's type), as a DaVinci without an fp4 Cube mode would have to.
  */
 void moira_npu_load_nd2nz(moira_npu_core_t *core, moira_npu_region_t dst, moira_dtype_t cube_dtype,
                           const moira_npu_gm_matrix_t *src, int64_t row0, int64_t col0,

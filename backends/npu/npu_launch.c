@@ -7,6 +7,7 @@
 #include "backends/npu/npu_kernels.h"
 #include "runtime/log.h"
 #include "runtime/tensor.h"
+#include "runtime/weight_format.h"
 
 /* Cores are described here but get their local buffers on their first launch, so a
  * MOIRA_NPU_DEVICES of many large devices costs host memory only for the cores that work. */
@@ -141,6 +142,12 @@ moira_npu_gm_matrix_t moira_npu_gm_matrix(const moira_dtensor_t *tensor, int64_t
     };
     m.data = (const unsigned char *)moira_npu_gm(tensor) +
              (size_t)(matrix * rows * stride) * moira_dtype_size(tensor->dtype);
+    if (moira_dtype_is_quantized(tensor->dtype)) { /* contiguous; scales one matrix after another */
+        m.data = (const unsigned char *)moira_npu_gm(tensor) +
+                 (size_t)(matrix * rows) * moira_weight_row_bytes(tensor->dtype, cols);
+        m.format_scales = ((moira_npu_buffer_t *)tensor->buffer)->hbm + tensor->scale_offset +
+                          (size_t)matrix * moira_weight_scale_bytes(tensor->dtype, rows, cols);
+    }
     if (tensor->dtype == MOIRA_DTYPE_F8_E4M3) {
         int64_t scale_rows = (rows + MOIRA_FP8_BLOCK - 1) / MOIRA_FP8_BLOCK;
         m.scale_cols = (cols + MOIRA_FP8_BLOCK - 1) / MOIRA_FP8_BLOCK;
