@@ -1,5 +1,6 @@
 #include "placement/cost_model.h"
 
+#include <math.h>
 #include <string.h>
 
 void moira_cost_model_init(const moira_model_config_t *model, moira_cost_model_t *out) {
@@ -24,9 +25,15 @@ double moira_cost_link_bytes(const moira_cost_model_t *cost, const moira_target_
     return tokens * cost->activation_bytes * 2.0;
 }
 
+double moira_cost_read_probability(double load, double batch_tokens) {
+    if (!(load > 0)) return 0;
+    if (!(batch_tokens > 0) || load >= batch_tokens) return 1;
+    return -expm1(batch_tokens * log1p(-load / batch_tokens));
+}
+
 double moira_cost_target_us(const moira_cost_model_t *cost, const moira_target_t *target,
-                            double tokens, int active_replicas) {
-    if (tokens <= 0 && active_replicas == 0) return 0;
+                            double tokens, double active_replicas) {
+    if (tokens <= 0 && active_replicas <= 0) return 0;
     double peak = moira_target_peak_tflops(target, cost->weight_dtype);
     double compute_us = peak > 0 ? tokens * cost->flops_per_token / (peak * 1e6) : 1e30;
     double memory_us = target->bandwidth_gbs > 0
@@ -81,12 +88,14 @@ void moira_cost_layer(const moira_cost_model_t *cost, const moira_topology_t *to
     double *group_host_load = scratch + 3 * n_targets;
     memset(scratch, 0, moira_cost_scratch_doubles(cost, topology) * sizeof(double));
     double total_load = 0;
+    for (int r = 0; r < n_replicas; r++)
+        total_load += replica_load[r];
+    double batch = cost->experts_per_token > 0 ? total_load / cost->experts_per_token : 0;
     for (int r = 0; r < n_replicas; r++) {
         int t = replica_target[r];
         tokens[t] += replica_load[r];
         held[t] += 1;
-        if (replica_load[r] > 0) active[t] += 1;
-        total_load += replica_load[r];
+        active[t] += moira_cost_read_probability(replica_load[r], batch);
         int64_t g = replica_expert[r] / cost->experts_per_group;
         group_host_load[(size_t)topology->targets[t].host * groups + g] += replica_load[r];
     }
@@ -94,7 +103,7 @@ void moira_cost_layer(const moira_cost_model_t *cost, const moira_topology_t *to
     int holders = 0;
     for (int t = 0; t < n_targets; t++) {
         const moira_target_t *target = &topology->targets[t];
-        double us = moira_cost_target_us(cost, target, tokens[t], (int)active[t]);
+        double us = moira_cost_target_us(cost, target, tokens[t], active[t]);
         if (us > out->slowest_target_us) out->slowest_target_us = us;
         out->link_bytes += moira_cost_link_bytes(cost, target, tokens[t]);
         if (held[t] > 0) {

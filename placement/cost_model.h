@@ -2,7 +2,12 @@
  *
  * Per target: max(compute, weight bytes touched / bandwidth) + activation transfer over its link.
  *   compute          = routed tokens x 6 D I flops / peak (the three expert matmuls)
- *   weights touched  = replicas that receive at least one token x expert bytes
+ *   weights touched  = expected replicas read x expert bytes: loads are expected loads, so a
+ *                      replica expecting l of the batch's T tokens is read with the probability
+ *                      that at least one token routes to it, 1 - (1 - l/T)^T (1 from l = T on;
+ *                      a 1-token batch reads an expert with probability l). In a large batch
+ *                      that is 1 for all but the coldest experts; in decode it is what makes a
+ *                      plan spread experts by where their reads are cheapest.
  *   link transfer    = routed tokens x D x 2 bytes (bf16 activations) x 2 (dispatch and combine)
  *                      / link bandwidth; none for CPU memory, whose activations are already there
  * Per layer: the slowest target, plus network time when experts span hosts. Tokens start evenly
@@ -33,10 +38,15 @@ typedef struct moira_cost_model {
 
 void moira_cost_model_init(const moira_model_config_t *model, moira_cost_model_t *out);
 
-/* Microseconds one target needs for `tokens` routed tokens over `active_replicas` replicas that
- * receive any. A target with no tokens takes 0. */
+/* Microseconds one target needs for `tokens` routed tokens over `reads` replicas it reads (the
+ * expected count: a sum of moira_cost_read_probability). A target with no tokens takes 0. */
 double moira_cost_target_us(const moira_cost_model_t *cost, const moira_target_t *target,
-                            double tokens, int active_replicas);
+                            double tokens, double reads);
+
+/* The probability that a replica expecting `load` of a batch's `batch_tokens` tokens receives at
+ * least one: 1 - (1 - load/T)^T, 0 without load, 1 from load >= T; load > 0 alone when the batch
+ * size is unknown (0). */
+double moira_cost_read_probability(double load, double batch_tokens);
 
 /* Bytes a target's routed tokens move over its link to host memory (0 for CPU memory). */
 double moira_cost_link_bytes(const moira_cost_model_t *cost, const moira_target_t *target,

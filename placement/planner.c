@@ -55,7 +55,7 @@ static moira_status_t assign_greedy(layer_state_t *s, const int *domain, int n_d
             int t = domain[j];
             if (s->count[t] >= s->capacity[t]) continue;
             bool duplicate = *holds_at(s, s->expert[r], t) > 0;
-            cost_key_t k = key_of(s, t, s->tokens[t] + s->load[r], s->active[t] + (s->load[r] > 0));
+            cost_key_t k = key_of(s, t, s->tokens[t] + s->load[r], s->active[t] + s->reads[r]);
             if (best < 0 || (best_duplicate && !duplicate) ||
                 (duplicate == best_duplicate && key_compare(k, best_key) < 0)) {
                 best = t;
@@ -104,11 +104,20 @@ typedef struct workspace {
 /* Turns replica counts into replicas: expert e's load split evenly over its copies, which are
  * numbered consecutively so that first_copy finds them without a search. */
 static void make_replicas(layer_state_t *s, const double *load, const int *counts) {
+    double total = 0;
+    for (int64_t e = 0; e < s->experts; e++)
+        total += load[e];
+    int64_t k = s->cost->experts_per_token;
+    s->batch = k > 0 ? total / (double)k : 0;
+    s->partial_reads = false;
+    for (int64_t e = 0; e < s->experts && !s->partial_reads; e++)
+        s->partial_reads = load[e] > 0 && moira_cost_read_probability(load[e], s->batch) < 1;
     for (int64_t e = 0; e < s->experts; e++) {
         s->first_copy[e] = s->n;
         for (int c = 0; c < counts[e]; c++) {
             s->expert[s->n] = (int32_t)e;
             s->load[s->n] = load[e] / counts[e];
+            s->reads[s->n] = reads_of(s, s->load[s->n]);
             s->target[s->n] = -1;
             s->rank[s->n] = s->n;
             s->n++;
@@ -416,6 +425,7 @@ static void free_workspace(workspace_t *w) {
     free(s->target);
     free(s->expert);
     free(s->load);
+    free(s->reads);
     free(s->rank);
     free(s->candidates);
     free(s->cross);
@@ -460,7 +470,7 @@ static moira_status_t init_workspace(workspace_t *w, const moira_topology_t *top
     s->capacity = capacity;
     s->peak = peak;
     s->tokens = calloc(nt, sizeof(double));
-    s->active = calloc(nt, sizeof(int));
+    s->active = calloc(nt, sizeof(double));
     s->count = calloc(nt, sizeof(int));
     s->holds = calloc(ne * nt, 1);
     s->now = calloc(nt, sizeof(cost_key_t));
@@ -469,6 +479,7 @@ static moira_status_t init_workspace(workspace_t *w, const moira_topology_t *top
     s->target = calloc((size_t)max_replicas, sizeof(int));
     s->expert = calloc((size_t)max_replicas, sizeof(int32_t));
     s->load = calloc((size_t)max_replicas, sizeof(double));
+    s->reads = calloc((size_t)max_replicas, sizeof(double));
     s->rank = calloc((size_t)max_replicas, sizeof(int));
     s->candidates = calloc(6 * nt, sizeof(planner_change_t));
     s->cross = calloc(nt, sizeof(double));
@@ -491,11 +502,12 @@ static moira_status_t init_workspace(workspace_t *w, const moira_topology_t *top
     s->shared_next = calloc((size_t)max_replicas, sizeof(int));
     s->shared_prev = calloc((size_t)max_replicas, sizeof(int));
     if (!capacity || !peak || !s->tokens || !s->active || !s->count || !s->holds || !s->now ||
-        !s->on_worst || !s->first_copy || !s->target || !s->expert || !s->load || !s->rank ||
-        !s->candidates || !s->cross || !s->threshold || !w->counts || !w->domain_of_expert ||
-        !w->spare || !w->max_copies || !w->domain || !w->replicas || !w->scratch || !w->host_rate ||
-        !w->host_load || !w->group_load || !w->group_order || !w->heap || !w->target_start ||
-        !w->by_target || !s->shared_head || !s->shared_next || !s->shared_prev) {
+        !s->on_worst || !s->first_copy || !s->target || !s->expert || !s->load || !s->reads ||
+        !s->rank || !s->candidates || !s->cross || !s->threshold || !w->counts ||
+        !w->domain_of_expert || !w->spare || !w->max_copies || !w->domain || !w->replicas ||
+        !w->scratch || !w->host_rate || !w->host_load || !w->group_load || !w->group_order ||
+        !w->heap || !w->target_start || !w->by_target || !s->shared_head || !s->shared_next ||
+        !s->shared_prev) {
         free_workspace(w);
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "planner: out of memory");
     }

@@ -58,7 +58,9 @@ typedef struct layer_state {
     int n_targets;
     int64_t experts;
     double *tokens;               /* per target */
-    int *active;                  /* per target: replicas with load */
+    double *active;               /* per target: expected replicas read (cost_model.h) */
+    double batch;                 /* tokens in the layer's batch: its load over k */
+    bool partial_reads;           /* some replica's read probability is below 1 */
     int *count;                   /* per target: replicas */
     unsigned char *holds;         /* experts x targets */
     cost_key_t *now;              /* per target: its key at the start of an improving step */
@@ -83,10 +85,16 @@ typedef struct layer_state {
     int *target;
     int32_t *expert;
     double *load;
+    double *reads; /* per replica: reads_of(load), kept with the load */
 } layer_state_t;
 
-/* The key a target would have with `tokens` tokens over `active` replicas that receive any. */
-static inline cost_key_t key_of(const layer_state_t *s, int t, double tokens, int active) {
+/* The probability that a replica with `load` tokens is read (cost_model.h). */
+static inline double reads_of(const layer_state_t *s, double load) {
+    return moira_cost_read_probability(load, s->batch);
+}
+
+/* The key a target would have with `tokens` tokens over `active` expected replica reads. */
+static inline cost_key_t key_of(const layer_state_t *s, int t, double tokens, double active) {
     cost_key_t k;
     k.time = moira_cost_target_us(s->cost, &s->topology->targets[t], tokens, active);
     k.norm = tokens / s->peak[t];

@@ -19,6 +19,9 @@
 /* Bisection steps for a crossing: they narrow the range of loads to 2^-64 of itself. */
 #define CROSSING_STEPS 64
 
+/* Replicas of the busiest target tried for swaps, heaviest first, when reads are partial. */
+#define MAX_SWAPPERS 256
+
 /* Kinds of change, in the order they are preferred when their keys tie. */
 enum { MOVE, SHIFT, SWAP };
 
@@ -81,14 +84,14 @@ static int lowest_rank_of_load(const layer_state_t *s, int at, int r, int to) {
  * target t (q = -1: r moves to t alone). */
 static cost_key_t keys_after_exchange(const layer_state_t *s, int w, int t, int r, int q) {
     double lr = s->load[r], lq = q >= 0 ? s->load[q] : 0;
-    int ar = lr > 0, aq = lq > 0;
+    double ar = s->reads[r], aq = q >= 0 ? s->reads[q] : 0;
     return key_max(key_of(s, w, s->tokens[w] - lr + lq, s->active[w] - ar + aq),
                    key_of(s, t, s->tokens[t] + lr - lq, s->active[t] + ar - aq));
 }
 
-/* Whether target t's key reaches target w's once x tokens go from w to t, their counts of
- * replicas with load changing by dw and dt. */
-static bool reaches(const layer_state_t *s, int w, int t, double x, int dw, int dt) {
+/* Whether target t's key reaches target w's once x tokens go from w to t, their expected reads
+ * changing by dw and dt. */
+static bool reaches(const layer_state_t *s, int w, int t, double x, double dw, double dt) {
     return key_compare(key_of(s, t, s->tokens[t] + x, s->active[t] + dt),
                        key_of(s, w, s->tokens[w] - x, s->active[w] + dw)) >= 0;
 }
@@ -97,7 +100,7 @@ static bool reaches(const layer_state_t *s, int w, int t, double x, int dw, int 
  * it the pair's key is w's and falls with x, from it on it is t's and rises with x. INFINITY
  * when t's key stays below w's all the way to hi. Bisection, as one key falls while the other
  * rises. */
-static double crossing(const layer_state_t *s, int w, int t, int dw, int dt, double hi) {
+static double crossing(const layer_state_t *s, int w, int t, double dw, double dt, double hi) {
     if (!(hi > 0) || !reaches(s, w, t, hi, dw, dt)) return INFINITY;
     double lo = 0;
     for (int i = 0; i < CROSSING_STEPS; i++) {
@@ -120,7 +123,8 @@ typedef struct handover {
 /* Whether t's key reaches w's once replica r goes from w to t. */
 static bool handover_reaches(int r, const void *context) {
     const handover_t *h = context;
-    return reaches(h->s, h->w, h->t, h->s->load[r], -1, 1);
+    double reads = h->s->reads[r];
+    return reaches(h->s, h->w, h->t, h->s->load[r], -reads, reads);
 }
 
 /* Candidates for handing a replica of w to t whole, written to out (room for 2); returns how
@@ -157,8 +161,8 @@ static int leavers(const layer_state_t *s, int w, int t, cost_key_t before, int 
 static cost_key_t keys_after_shift(const layer_state_t *s, int r, int q, double shift) {
     int a = s->target[r], b = s->target[q];
     double lr = s->load[r], lq = s->load[q];
-    int active_a = s->active[a] - (lr > 0) + (lr - shift > 0);
-    int active_b = s->active[b] - (lq > 0) + (lq + shift > 0);
+    double active_a = s->active[a] - s->reads[r] + reads_of(s, lr - shift);
+    double active_b = s->active[b] - s->reads[q] + reads_of(s, lq + shift);
     return key_max(key_of(s, a, s->tokens[a] - shift, active_a),
                    key_of(s, b, s->tokens[b] + shift, active_b));
 }
@@ -297,13 +301,14 @@ static void search_shifts(const layer_state_t *s, int w, cost_key_t worst_key, c
 typedef struct exchange {
     const layer_state_t *s;
     int w, t;
-    double lr;
+    double lr, reads; /* r's load and read probability */
 } exchange_t;
 
 /* Whether t's key stays below w's once r swaps with q (true from some load of q on). */
 static bool exchange_falls_short(int q, const void *context) {
     const exchange_t *x = context;
-    return !reaches(x->s, x->w, x->t, x->lr - x->s->load[q], 0, 0);
+    double reads = x->reads - x->s->reads[q];
+    return !reaches(x->s, x->w, x->t, x->lr - x->s->load[q], -reads, reads);
 }
 
 /* The replicas of t nearest the crossing for swapping with r of w: the heaviest at or past it
@@ -316,7 +321,7 @@ static void swap_partners(const layer_state_t *s, int w, int t, int r, double cr
     double lr = s->load[r];
     int low, high;
     if (isnan(cross)) {
-        exchange_t x = {s, w, t, lr};
+        exchange_t x = {s, w, t, lr, s->reads[r]};
         high = moira_replica_order_first_where(&s->order, t, exchange_falls_short, &x);
         low = high >= 0 ? moira_replica_order_prev(&s->order, t, high)
                         : moira_replica_order_last(&s->order, t);
@@ -337,6 +342,9 @@ static void swap_partners(const layer_state_t *s, int w, int t, int r, double cr
 /* Whether finding r's swap partners on t by descending t's order (about 2 log2 n key checks per
  * replica of w) is cheaper than one bisection for the crossing. */
 static bool descend_for_partners(const layer_state_t *s, int n_worst, int t) {
+    /* The crossing is one for every replica only while reads do not depend on loads (every
+     * replica with load read for certain); otherwise each replica descends for its own. */
+    if (s->partial_reads) return true;
     return 2.0 * n_worst * log2(s->count[t] + 2.0) < CROSSING_STEPS;
 }
 
@@ -363,6 +371,12 @@ static void search_swaps(const layer_state_t *s, int w, cost_key_t worst_key, co
             n_idle += leavers(s, w, t, before, idle, s->rank[idle], idle_swaps + n_idle);
     }
     int n_worst = moira_replica_order_list(&s->order, w, s->on_worst);
+    /* With partial reads every replica of w descends on its own: only the heaviest are tried,
+     * which keeps a step near O(targets x log replicas) when w holds tens of thousands. */
+    if (s->partial_reads && n_worst > MAX_SWAPPERS) {
+        memmove(s->on_worst, s->on_worst + n_worst - MAX_SWAPPERS, MAX_SWAPPERS * sizeof(int));
+        n_worst = MAX_SWAPPERS;
+    }
     for (int j = 0; j < n_domain; j++) {
         int t = domain[j];
         if (t == w) continue;
@@ -402,6 +416,8 @@ static void apply(layer_state_t *s, int w, const change_t *c) {
         s->load[c->r] -= c->shift;
         s->load[q] += c->shift;
         if (s->load[c->r] < 1e-9 * c->shift) s->load[c->r] = 0;
+        s->reads[c->r] = reads_of(s, s->load[c->r]);
+        s->reads[q] = reads_of(s, s->load[q]);
         moira_planner_place(s, c->r, w);
         moira_planner_place(s, q, to);
         return;

@@ -6,7 +6,7 @@
 
 void moira_planner_reset(layer_state_t *s) {
     memset(s->tokens, 0, (size_t)s->n_targets * sizeof(double));
-    memset(s->active, 0, (size_t)s->n_targets * sizeof(int));
+    memset(s->active, 0, (size_t)s->n_targets * sizeof(double));
     memset(s->count, 0, (size_t)s->n_targets * sizeof(int));
     memset(s->holds, 0, (size_t)s->experts * (size_t)s->n_targets);
     for (int t = 0; t < s->n_targets; t++)
@@ -24,7 +24,7 @@ static bool is_shared(const layer_state_t *s, int r) {
 void moira_planner_place(layer_state_t *s, int r, int t) {
     s->target[r] = t;
     s->tokens[t] += s->load[r];
-    s->active[t] += s->load[r] > 0;
+    s->active[t] += s->reads[r];
     s->count[t]++;
     (*holds_at(s, s->expert[r], t))++;
     moira_replica_order_insert(&s->order, t, r);
@@ -40,7 +40,8 @@ void moira_planner_place(layer_state_t *s, int r, int t) {
 void moira_planner_unplace(layer_state_t *s, int r) {
     int t = s->target[r];
     s->tokens[t] -= s->load[r];
-    s->active[t] -= s->load[r] > 0;
+    s->active[t] -= s->reads[r];
+    if (s->count[t] == 1) s->active[t] = 0; /* no rounding left behind on an empty target */
     s->count[t]--;
     (*holds_at(s, s->expert[r], t))--;
     moira_replica_order_remove(&s->order, t, r);

@@ -162,66 +162,24 @@ static uint64_t splitmix64(uint64_t *state) {
     return z ^ (z >> 31);
 }
 
-/* Largest remainder first, lower expert first on ties. */
-static int by_remainder_descending(const void *pa, const void *pb, void *context) {
-    const double *remainder = context;
-    int64_t a = *(const int64_t *)pa, b = *(const int64_t *)pb;
-    if (remainder[a] != remainder[b]) return remainder[a] > remainder[b] ? -1 : 1;
-    return a < b ? -1 : a > b;
-}
-
-/* Whole-token counts from real-valued shares, none above `cap`: floor each, then hand the
- * remaining tokens to the largest remainders (lower expert first on ties) among experts still
- * under the cap and not `fixed`, so the total is exact. The remainders are sorted once rather
- * than searched once per token, which made large models quadratic. `order` is scratch for
- * `experts` indices. */
-static void round_to_tokens(const double *share, const unsigned char *fixed, int64_t experts,
-                            int64_t total, double cap, double *out, double *remainder,
-                            int64_t *order) {
-    double sum = 0;
-    for (int64_t e = 0; e < experts; e++)
-        sum += share[e];
-    int64_t given = 0;
-    for (int64_t e = 0; e < experts; e++) {
-        double exact = sum > 0 ? share[e] / sum * (double)total : 0;
-        out[e] = floor(exact) < cap ? floor(exact) : cap;
-        remainder[e] = exact - out[e];
-        given += (int64_t)out[e];
-    }
-    for (int64_t e = 0; e < experts; e++)
-        order[e] = e;
-    qsort_r(order, (size_t)experts, sizeof(int64_t), by_remainder_descending, remainder);
-    for (int64_t i = 0; given < total && i < experts; i++)
-        if (out[order[i]] < cap && !fixed[order[i]]) {
-            out[order[i]] += 1;
-            given++;
-        }
-    /* Each remainder is below 1, so this is only reached through rounding: the lowest experts
-     * with room take the rest. */
-    for (int64_t e = 0; given < total && e < experts; e++)
-        while (!fixed[e] && given < total && out[e] < cap) {
-            out[e] += 1;
-            given++;
-        }
-}
-
 /* Splits `total` tokens over experts in proportion to `share`, none above `cap` (a token routes
- * to an expert at most once, so an expert receives at most the batch): experts whose part would
+ * to an expert at most once, so an expert expects at most the batch): experts whose part would
  * exceed the cap get exactly the cap and the rest is split again over the others, until none
- * exceeds it (each pass only raises the others' parts, so capping all at once is exact). Capped
- * experts' shares are zeroed. `capped` is scratch for `experts` flags. Needs total <= cap x
- * experts. */
-static void split_capped(double *share, unsigned char *capped, int64_t experts, int64_t total,
-                         double cap, double *out, double *remainder, int64_t *order) {
+ * exceeds it (each pass only raises the others' parts, so capping all at once is exact). The
+ * parts are expected loads, fractions allowed. `capped` is scratch for `experts` flags. Needs
+ * total <= cap x experts. */
+static void split_capped(const double *share, unsigned char *capped, int64_t experts, double total,
+                         double cap, double *out) {
     for (int64_t e = 0; e < experts; e++)
         capped[e] = 0;
     int64_t n_capped = 0;
+    double sum = 0;
     for (bool changed = true; changed;) {
         changed = false;
-        double sum = 0;
+        sum = 0;
         for (int64_t e = 0; e < experts; e++)
             if (!capped[e]) sum += share[e];
-        double rest = (double)total - cap * (double)n_capped;
+        double rest = total - cap * (double)n_capped;
         for (int64_t e = 0; e < experts && sum > 0; e++)
             if (!capped[e] && share[e] / sum * rest > cap) {
                 capped[e] = 1;
@@ -229,12 +187,9 @@ static void split_capped(double *share, unsigned char *capped, int64_t experts, 
                 changed = true;
             }
     }
+    double rest = total - cap * (double)n_capped;
     for (int64_t e = 0; e < experts; e++)
-        if (capped[e]) share[e] = 0;
-    round_to_tokens(share, capped, experts, total - (int64_t)cap * n_capped, cap, out, remainder,
-                    order);
-    for (int64_t e = 0; e < experts; e++)
-        if (capped[e]) out[e] = cap;
+        out[e] = capped[e] ? cap : sum > 0 ? share[e] / sum * rest : 0;
 }
 
 moira_status_t moira_profile_synthesise(const moira_model_config_t *model, const char *skew,
@@ -261,13 +216,11 @@ moira_status_t moira_profile_synthesise(const moira_model_config_t *model, const
     MOIRA_RETURN_IF_ERROR(allocate_for_model(model, out));
     int64_t experts = out->experts;
     double *share = malloc((size_t)experts * sizeof(double));
-    double *scratch = malloc((size_t)experts * sizeof(double));
     int64_t *rank_of = malloc((size_t)experts * sizeof(int64_t));
     unsigned char *capped = malloc((size_t)experts);
-    if (!share || !scratch || !rank_of || !capped) {
+    if (!share || !rank_of || !capped) {
         free(capped);
         free(share);
-        free(scratch);
         free(rank_of);
         moira_profile_free(out);
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "profile: out of memory");
@@ -285,12 +238,11 @@ moira_status_t moira_profile_synthesise(const moira_model_config_t *model, const
         }
         for (int64_t e = 0; e < experts; e++)
             share[e] = pow((double)(rank_of[e] + 1), -exponent);
-        split_capped(share, capped, experts, tokens * model->num_experts_per_tok, (double)tokens,
-                     out->load + (size_t)r * experts, scratch, rank_of);
+        split_capped(share, capped, experts, (double)(tokens * model->num_experts_per_tok),
+                     (double)tokens, out->load + (size_t)r * experts);
     }
     free(capped);
     free(share);
-    free(scratch);
     free(rank_of);
     return MOIRA_OK_STATUS;
 }

@@ -37,7 +37,8 @@ moira_status_t moira_profile_parse(const char *text, size_t len, const char *dis
 /* Synthesises a profile for every MoE layer of `model` from a skew: "uniform" (every expert gets
  * tokens*k/E) or "zipf:S" (the expert of rank r gets a share proportional to 1/r^S; which expert
  * has which rank is a fixed pseudo-random permutation per layer, so hot experts differ between
- * layers). Counts are whole tokens summing to tokens*k per layer, none above `tokens` (a token
+ * layers). Loads are expected loads (fractions allowed: a 1-token batch over 256 experts with
+ * k = 8 expects 1/32 token at each) summing to tokens*k per layer, none above `tokens` (a token
  * routes to an expert once): an expert the skew would give more gets the batch and the rest is
  * shared by the others in the skew's proportions. Deterministic. Errors: INVALID_ARGUMENT for an
  * unknown skew, S outside [0, 10], or a model with k above its expert count. Caller owns *out. */
