@@ -12,6 +12,7 @@ typedef struct moira_bench_args {
     long long tokens;    /* --tokens N, 0 when not given */
     long long iters;     /* --iters N, 0 when not given */
     const char *text;    /* --text FILE (tokenize), NULL when not given */
+    const char *dtype;   /* --dtype NAME (moe: one weight format), NULL when not given */
     bool json;           /* --json: one JSON object on stdout */
 } moira_bench_args_t;
 

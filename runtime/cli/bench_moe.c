@@ -382,6 +382,7 @@ typedef struct moe_run {
     int threads;         /* the device's, for the read peer */
     moira_stream_read_t *reader; /* owned; NULL without decode rows */
     double read_gbs;             /* best read pass of the whole run, for the title */
+    int only;                    /* --dtype's weight format, or -1 for every one */
 } moe_run_t;
 
 /* The decode row's second form: the same Moira time against the time the read bandwidth measured
@@ -467,6 +468,7 @@ static moira_status_t bench_all(moe_run_t *run, const long long *tokens, int n_t
                                     MOIRA_DTYPE_INT8};
     moira_status_t status = MOIRA_OK_STATUS;
     for (int d = 0; d < 4 && !status; d++) {
+        if (run->only >= 0 && dtypes[d] != (moira_dtype_t)run->only) continue;
         if (!moira_device_supports(run->device, MOIRA_OP_MOE_FFN, dtypes[d])) continue;
         if (!moira_weight_shape_fits(dtypes[d], run->shape.inter, run->shape.hidden) ||
             !moira_weight_shape_fits(dtypes[d], run->shape.hidden, run->shape.inter))
@@ -495,6 +497,17 @@ int moira_bench_moe(const moira_bench_args_t *args) {
                                   config.n_routed_experts, config.num_experts_per_tok};
         model_name = config.name;
     }
+    run.only = -1;
+    if (args->dtype) {
+        const moira_weight_format_t *f = moira_weight_format_named(args->dtype);
+        bool benched = f && f->dtype != MOIRA_DTYPE_F16 && f->dtype != MOIRA_DTYPE_F8_E4M3;
+        if (!benched)
+            return moira_cli_usage_error("bench",
+                                         "--dtype must be f32, bf16, mxfp4 or int8, not "
+                                         "\"%s\"",
+                                         args->dtype);
+        run.only = (int)f->dtype;
+    }
     long long one = args->tokens;
     const long long *tokens = args->tokens > 0 ? &one : default_tokens;
     int n_tokens = args->tokens > 0 ? 1 : (int)(sizeof(default_tokens) / sizeof(*default_tokens));
@@ -511,6 +524,11 @@ int moira_bench_moe(const moira_bench_args_t *args) {
     if (!status && any_decode) status = moira_stream_read_open(run.threads, &run.reader);
     if (!status) status = moira_queue_create(run.device, &run.queue);
     if (!status) status = bench_all(&run, tokens, n_tokens);
+    if (!status && run.only >= 0 && run.rows.count == 0)
+        status = moira_status_make(MOIRA_CODE_UNSUPPORTED,
+                                   "bench moe: %s does not compute the expert FFN in %s (or the "
+                                   "shape's rows do not fit it)",
+                                   info->name, args->dtype);
     if (!status) {
         char title[1024], peer[320] = "none", read[160] = "not run (no decode rows)";
         if (run.read_gbs > 0)

@@ -51,7 +51,7 @@ double moira_bench_seconds(void) {
 static void print_bench_help(FILE *out) {
     fprintf(out,
             "usage: moira bench NAME [--backend DEVICE] [--model FILE] [--tokens N] [--iters N]\n"
-            "                        [--json]\n\nbenches:\n");
+            "                        [--dtype NAME] [--json]\n\nbenches:\n");
     for (size_t i = 0; i < sizeof(benches) / sizeof(benches[0]); i++)
         fprintf(out, "  %-8s %s\n", benches[i].name, benches[i].summary);
     fprintf(out, "\n  --backend DEVICE  device for moe, mla, linear and generate (default cpu:0)\n"
@@ -64,18 +64,24 @@ static void print_bench_help(FILE *out) {
                  "                    linear: only N instead of 1, 8, 64, 512;\n"
                  "                    generate: the prefill prompt, default 512)\n"
                  "  --text FILE       the text tokenize encodes\n"
+                 "  --dtype NAME      moe: only this weight format (f32, bf16, mxfp4, int8)\n"
+                 "                    instead of every one the device computes\n"
                  "  --iters N         timed rounds, best kept\n"
                  "  --json            one JSON object (moe, mla, linear, generate: "
                  "{\"rows\": [...]})\n");
 }
 
 int moira_cli_bench(int argc, char **argv) {
-    static const struct option options[] = {
-        {"backend", required_argument, NULL, 'b'}, {"model", required_argument, NULL, 'm'},
-        {"tokens", required_argument, NULL, 't'},  {"iters", required_argument, NULL, 'i'},
-        {"text", required_argument, NULL, 'x'},    {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0}};
-    moira_bench_args_t args = {NULL, NULL, 0, 0, NULL, false};
+    static const struct option options[] = {{"backend", required_argument, NULL, 'b'},
+                                            {"model", required_argument, NULL, 'm'},
+                                            {"tokens", required_argument, NULL, 't'},
+                                            {"iters", required_argument, NULL, 'i'},
+                                            {"text", required_argument, NULL, 'x'},
+                                            {"json", no_argument, NULL, 'j'},
+                                            {"dtype", required_argument, NULL, 'd'},
+                                            {"help", no_argument, NULL, 'h'},
+                                            {NULL, 0, NULL, 0}};
+    moira_bench_args_t args = {0};
     optind = 1;
     opterr = 0;
     int c;
@@ -89,6 +95,9 @@ int moira_cli_bench(int argc, char **argv) {
             break;
         case 'x':
             args.text = optarg;
+            break;
+        case 'd':
+            args.dtype = optarg;
             break;
         case 'j':
             args.json = true;
