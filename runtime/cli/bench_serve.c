@@ -99,7 +99,6 @@ static void *run_client(void *arg) {
         held -= used;
     }
     c->failed = c->tokens != GENERATED_TOKENS || c->events < 2;
-    if (c->failed) fprintf(stderr, "client %d: held %zu: %.300s\n", c->index, held, buf);
 done:
     if (fd >= 0) close(fd);
     free(body);
@@ -119,6 +118,7 @@ static double percentile(double *values, int n, double p) {
 
 typedef struct serve_row {
     int clients;
+    int64_t step_rows;
     double tokens_per_s, output_per_s, ttft_p50, ttft_p99, itl_p50, itl_p99;
 } serve_row_t;
 
@@ -196,27 +196,55 @@ static void print_rows(const serve_row_t *rows, int n, bool json) {
     if (json) {
         printf("{\"rows\": [");
         for (int i = 0; i < n; i++)
-            printf("%s\n  {\"bench\": \"serve\", \"clients\": %d, \"prompt_tokens\": %d, "
+            printf("%s\n  {\"bench\": \"serve\", \"clients\": %d, \"step_tokens\": %lld, "
+                   "\"prompt_tokens\": %d, "
                    "\"generated_tokens\": %d, \"decode_tokens_per_s\": %.3f, \"vs_one\": %.3f, "
                    "\"output_tokens_per_s\": %.3f, "
                    "\"ttft_p50_ms\": %.3f, \"ttft_p99_ms\": %.3f, \"itl_p50_ms\": %.3f, "
                    "\"itl_p99_ms\": %.3f}",
-                   i ? "," : "", rows[i].clients, PROMPT_TOKENS, GENERATED_TOKENS,
-                   rows[i].tokens_per_s, rows[i].tokens_per_s / rows[0].tokens_per_s,
-                   rows[i].output_per_s, rows[i].ttft_p50 * 1e3, rows[i].ttft_p99 * 1e3,
-                   rows[i].itl_p50 * 1e3, rows[i].itl_p99 * 1e3);
+                   i ? "," : "", rows[i].clients, (long long)rows[i].step_rows, PROMPT_TOKENS,
+                   GENERATED_TOKENS, rows[i].tokens_per_s,
+                   rows[i].tokens_per_s / rows[0].tokens_per_s, rows[i].output_per_s,
+                   rows[i].ttft_p50 * 1e3, rows[i].ttft_p99 * 1e3, rows[i].itl_p50 * 1e3,
+                   rows[i].itl_p99 * 1e3);
         printf("\n]}\n");
         return;
     }
     printf("serve: %d-token prompts, %d generated tokens per streaming client (peer: 1 client)\n"
-           "%7s %12s %7s %12s %10s %10s %9s %9s %8s\n",
-           PROMPT_TOKENS, GENERATED_TOKENS, "clients", "decode tok/s", "vs one", "output tok/s",
-           "ttft p50", "ttft p99", "itl p50", "itl p99", "p99/one");
+           "%7s %5s %12s %7s %12s %10s %10s %9s %9s %8s\n",
+           PROMPT_TOKENS, GENERATED_TOKENS, "clients", "step", "decode tok/s", "vs one",
+           "output tok/s", "ttft p50", "ttft p99", "itl p50", "itl p99", "p99/one");
     for (int i = 0; i < n; i++)
-        printf("%7d %12.1f %7.2f %12.1f %8.1fms %8.1fms %7.1fms %7.1fms %8.2f\n", rows[i].clients,
-               rows[i].tokens_per_s, rows[i].tokens_per_s / rows[0].tokens_per_s,
-               rows[i].output_per_s, rows[i].ttft_p50 * 1e3, rows[i].ttft_p99 * 1e3,
-               rows[i].itl_p50 * 1e3, rows[i].itl_p99 * 1e3, rows[i].itl_p99 / rows[0].itl_p99);
+        printf("%7d %5lld %12.1f %7.2f %12.1f %8.1fms %8.1fms %7.1fms %7.1fms %8.2f\n",
+               rows[i].clients, (long long)rows[i].step_rows, rows[i].tokens_per_s,
+               rows[i].tokens_per_s / rows[0].tokens_per_s, rows[i].output_per_s,
+               rows[i].ttft_p50 * 1e3, rows[i].ttft_p99 * 1e3, rows[i].itl_p50 * 1e3,
+               rows[i].itl_p99 * 1e3, rows[i].itl_p99 / rows[0].itl_p99);
+}
+
+/* The rounds: 1, 4 and 16 clients with steps of 256 tokens (the server's default --chunk), then
+ * 16 with steps of 32, which trades first-token time for even inter-token latency. */
+static const struct {
+    int clients;
+    int64_t step_rows;
+} rounds[] = {{1, 256}, {4, 256}, {16, 256}, {16, 32}};
+#define ROUNDS (int)(sizeof(rounds) / sizeof(rounds[0]))
+
+/* One round on a scheduler of its own (the step budget is the scheduler's) over the engine. */
+static moira_status_t bench_round(generate_session_t *session, serve_http_t *http,
+                                  serve_api_model_t *api, serve_metrics_t *metrics, int clients,
+                                  int64_t step_rows, int round, serve_row_t *row) {
+    serve_scheduler_t *scheduler = NULL;
+    serve_scheduler_options_t so = {.max_queue = MAX_CLIENTS, .step_rows = step_rows};
+    MOIRA_RETURN_IF_ERROR(
+        serve_scheduler_create(session->engine, &session->model, metrics, &so, &scheduler));
+    serve_http_backend_t backend = {.api = api, .scheduler = scheduler, .metrics = metrics};
+    serve_http_ready(http, &backend);
+    moira_status_t status =
+        run_round(serve_http_port(http), session->model.vocab, clients, round, row);
+    row->step_rows = step_rows;
+    serve_scheduler_destroy(scheduler);
+    return status;
 }
 
 /* The server in this process on a free loopback port, its engine sized for 16 clients. */
@@ -225,48 +253,38 @@ static moira_status_t bench_model(const moira_bench_args_t *args, const char *di
     generate_options_t o = {.model = dir,
                             .backend = args->backend,
                             .context = PROMPT_TOKENS + GENERATED_TOKENS,
-                            .max_sequences = MAX_CLIENTS};
+                            .max_sequences = MAX_CLIENTS,
+                            .max_rows = 256};
     generate_session_t session;
     serve_metrics_t metrics;
     serve_metrics_init(&metrics, args->backend ? args->backend : "cpu:0");
-    serve_scheduler_t *scheduler = NULL;
     serve_http_t *http = NULL;
     moira_status_t status = generate_session_open("bench serve", &o, &session);
     serve_api_model_t api = {.name = "bench", .model = &session.model};
     if (!status) {
         api.defaults = session.sampling;
         api.context = moira_engine_options(session.engine)->context;
-        serve_scheduler_options_t so = {.max_queue = MAX_CLIENTS};
-        status = serve_scheduler_create(session.engine, &session.model, &metrics, &so, &scheduler);
     }
     serve_http_options_t ho = {.max_body = 1 << 20, .max_connections = 64};
     if (!status) status = serve_http_start(&ho, &http);
-    if (!status) {
-        serve_http_backend_t backend = {.api = &api, .scheduler = scheduler, .metrics = &metrics};
-        serve_http_ready(http, &backend);
-    }
-    static const int clients[] = {1, 4, 16};
-    int64_t vocab = session.model.vocab;
     /* A warm-up round first: the first steps pay for page faults and thread start-up. */
-    for (int i = -1; i < 3 && !status; i++) {
+    for (int i = -1; i < ROUNDS && !status; i++) {
         serve_row_t row;
-        status = run_round(serve_http_port(http), vocab, i < 0 ? 2 : clients[i], i + 1, &row);
-        if (!status && i >= 0) rows[(*n_rows)++] = row;
-        if (!status && i >= 0)
-            fprintf(stderr, "moira bench serve: %d clients, %.1f tokens/s\n", row.clients,
-                    row.tokens_per_s);
+        status = bench_round(&session, http, &api, &metrics, i < 0 ? 2 : rounds[i].clients,
+                             i < 0 ? 256 : rounds[i].step_rows, i + 1, &row);
+        if (status || i < 0) continue;
+        rows[(*n_rows)++] = row;
+        fprintf(stderr, "moira bench serve: %d clients, steps of %lld: %.1f tokens/s\n",
+                row.clients, (long long)row.step_rows, row.tokens_per_s);
     }
-    if (http) serve_http_quiesce(http);
-    if (scheduler) serve_scheduler_stop(scheduler, 0);
     serve_http_stop(http);
-    serve_scheduler_destroy(scheduler);
     generate_session_close(&session);
     serve_metrics_destroy(&metrics);
     return status;
 }
 
 int moira_bench_serve(const moira_bench_args_t *args) {
-    serve_row_t rows[3];
+    serve_row_t rows[ROUNDS];
     int n_rows = 0;
     char base[] = "/tmp/moira-bench-serve-XXXXXX", dir[64];
     moira_status_t status = MOIRA_OK_STATUS;

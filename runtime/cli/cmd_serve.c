@@ -123,6 +123,7 @@ static void *load(void *arg) {
     server_t *s = arg;
     serve_args_t *a = s->args;
     a->common.max_sequences = (int)a->max_batch;
+    a->common.max_rows = a->chunk;
     a->common.record_expert_load = true;
     moira_status_t status = generate_session_start_engine(VERB, &a->common, &s->session);
     if (!status) {
@@ -133,7 +134,7 @@ static void *load(void *arg) {
                                      .defaults = s->session.sampling,
                                      .context = eo->context,
                                      .created = (int64_t)time(NULL)};
-        serve_scheduler_options_t options = {.max_queue = (int)a->max_queue};
+        serve_scheduler_options_t options = {.max_queue = (int)a->max_queue, .step_rows = a->chunk};
         status = serve_scheduler_create(s->session.engine, &s->session.model, &s->metrics, &options,
                                         &s->scheduler);
     }

@@ -114,7 +114,8 @@ moira_status_t generate_session_start_engine(const char *verb, const generate_op
     moira_device_t *device = NULL;
     MOIRA_RETURN_IF_ERROR(moira_device_find(o->backend ? o->backend : "cpu:0", &device));
     s->progress = (run_progress_context_t){verb, moira_model_files_device_bytes(&s->model)};
-    moira_engine_options_t options = {.context = o->context,
+    moira_engine_options_t options = {.max_rows = o->max_rows,
+                                      .context = o->context,
                                       .cache_dtype = o->cache_dtype,
                                       .max_sequences = o->max_sequences > 0 ? o->max_sequences : 1,
                                       .record_expert_load =

@@ -298,6 +298,14 @@ moira_status_t serve_scheduler_create(moira_engine_t *engine, const moira_model_
                                       serve_scheduler_t **out) {
     *out = NULL;
     const moira_engine_options_t *eo = moira_engine_options(engine);
+    int64_t step_rows = options->step_rows > 0 && options->step_rows < eo->max_rows
+                            ? options->step_rows
+                            : eo->max_rows;
+    if (step_rows < eo->max_sequences)
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
+                                 "serve: a step of %lld tokens cannot hold a token of each of %d "
+                                 "sequences",
+                                 (long long)step_rows, eo->max_sequences);
     serve_scheduler_t *s = calloc(1, sizeof(*s));
     if (!s) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "serve: out of memory");
     s->engine = engine;
@@ -306,7 +314,7 @@ moira_status_t serve_scheduler_create(moira_engine_t *engine, const moira_model_
     s->options = *options;
     if (s->options.max_queue < 1) s->options.max_queue = 1;
     s->context = eo->context;
-    s->max_rows = eo->max_rows;
+    s->max_rows = step_rows;
     s->vocab = moira_engine_vocab(engine);
     s->n_slots = eo->max_sequences;
     pthread_mutex_init(&s->step_lock, NULL);

@@ -17,6 +17,10 @@ typedef struct serve_scheduler serve_scheduler_t;
 
 typedef struct serve_scheduler_options {
     int max_queue; /* requests waiting for a slot; more are refused */
+    /* Tokens one step may run (0: the engine's max_rows): a running sequence's next token waits
+     * for the prompt chunk that shares its step, so a smaller budget evens out inter-token
+     * latency and a larger one brings first tokens sooner. At least the engine's sequences. */
+    int64_t step_rows;
 } serve_scheduler_options_t;
 
 typedef enum serve_submit_result {
