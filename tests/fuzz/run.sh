@@ -11,7 +11,7 @@ seconds="$2"
 shift 2
 root=$(cd "$(dirname "$0")/../.." && pwd)
 targets="$*"
-[ -n "$targets" ] || targets="safetensors_header safetensors_index model_config topology profile plan tokenizer_json jinja program_cache"
+[ -n "$targets" ] || targets="safetensors_header safetensors_index model_config topology profile plan tokenizer_json jinja program_cache openai_request"
 status=0
 for target in $targets; do
     corpus="$build/fuzz-corpus/$target"
