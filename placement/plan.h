@@ -77,8 +77,8 @@ bool moira_plan_has_load(const moira_plan_t *plan);
 void moira_plan_evaluate(moira_plan_t *plan, const moira_topology_t *topology,
                          const moira_model_config_t *model);
 
-/* Replicas a target may hold per layer: its memory over (MoE layers x expert bytes), capped by
- * `slots` when positive. */
+/* Replicas a target may hold per layer: its memory less its reserve over (MoE layers x expert
+ * bytes), capped by `slots` when positive. */
 int64_t moira_plan_target_capacity(const moira_target_t *target, int64_t moe_layers,
                                    int64_t expert_bytes, int64_t slots);
 

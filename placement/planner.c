@@ -27,7 +27,10 @@ void moira_plan_free(moira_plan_t *plan) {
 int64_t moira_plan_target_capacity(const moira_target_t *target, int64_t moe_layers,
                                    int64_t expert_bytes, int64_t slots) {
     if (moe_layers <= 0 || expert_bytes <= 0) return 0;
-    int64_t cap = (int64_t)(target->memory_bytes / (uint64_t)moe_layers / (uint64_t)expert_bytes);
+    uint64_t free_bytes = target->memory_bytes > target->reserve_bytes
+                              ? target->memory_bytes - target->reserve_bytes
+                              : 0;
+    int64_t cap = (int64_t)(free_bytes / (uint64_t)moe_layers / (uint64_t)expert_bytes);
     return slots > 0 && slots < cap ? slots : cap;
 }
 

@@ -37,7 +37,8 @@ typedef struct moira_target {
     int numa;  /* NUMA node id: its own for CPU memory, the nearest one for a device; -1 none */
     int cores; /* CPU cores of a NUMA target; 0 for devices */
     uint64_t memory_bytes;
-    double bandwidth_gbs;                  /* memory bandwidth, GB/s (1e9 bytes/s) */
+    uint64_t reserve_bytes; /* kept free of experts by the planner (placement/reserve.h); 0 none */
+    double bandwidth_gbs;   /* memory bandwidth, GB/s (1e9 bytes/s) */
     double peak_tflops[MOIRA_DTYPE_COUNT]; /* by compute dtype; 0 = not supported or unknown */
     double link_gbs;  /* device <-> host memory link; 0 for CPU memory (activations are local) */
     int line, column; /* where the file declared it; 0 when discovered or built in code */

@@ -6,6 +6,7 @@
 
 #include "placement/plan.h"
 #include "placement/profile.h"
+#include "placement/reserve.h"
 #include "placement/topology.h"
 #include "runtime/atomic_file.h"
 #include "runtime/backend.h"
@@ -18,7 +19,7 @@
 static const char plan_help[] =
     "usage: moira plan [--topology FILE] [--model FILE] [--profile FILE | --skew uniform|zipf:S]\n"
     "                  [--tokens N] [--redundant N] [--slots N] [-o PLAN.yaml] [--svg FILE]\n"
-    "                  [--json] [--check PLAN] [--with-emulated]\n\n"
+    "                  [--json] [--check PLAN] [--with-emulated] [--reserve GIB]\n\n"
     "Places every expert replica of every MoE layer on the topology's GPUs, NPUs and CPU NUMA\n"
     "memory so that each layer is predicted to finish as early as possible.\n\n"
     "  --topology FILE   topology YAML (default: this machine, discovered with hwloc)\n"
@@ -33,6 +34,8 @@ static const char plan_help[] =
     "  --svg FILE        draw the plan: devices as columns, layers as rows\n"
     "  --with-emulated   plan for emulated devices too (the npu emulator; also when\n"
     "                    MOIRA_NPU_DEVICES is set), costed as the host CPU they run on\n"
+    "  --reserve GIB     memory to leave free on each device, besides the 3% kept for\n"
+    "                    workspaces and the home's weights kept in CPU memory (default 0)\n"
     "  --check PLAN      load and validate a plan against the topology instead of planning;\n"
     "                    with --model its predictions are recomputed (for the loads of\n"
     "                    --profile or --skew when given: score a plan against a new load)\n\n"
@@ -41,7 +44,7 @@ static const char plan_help[] =
 
 typedef struct plan_args {
     const char *topology_path, *model_path, *profile_path, *skew, *output, *svg, *check;
-    long long tokens, redundant, slots;
+    long long tokens, redundant, slots, reserve_gib;
     bool json, with_emulated;
 } plan_args_t;
 
@@ -58,7 +61,8 @@ static int parse_args(int argc, char **argv, plan_args_t *a) {
         OPT_SVG,
         OPT_JSON,
         OPT_CHECK,
-        OPT_WITH_EMULATED
+        OPT_WITH_EMULATED,
+        OPT_RESERVE
     };
     static const struct option options[] = {{"topology", required_argument, NULL, OPT_TOPOLOGY},
                                             {"model", required_argument, NULL, OPT_MODEL},
@@ -71,6 +75,7 @@ static int parse_args(int argc, char **argv, plan_args_t *a) {
                                             {"json", no_argument, NULL, OPT_JSON},
                                             {"check", required_argument, NULL, OPT_CHECK},
                                             {"with-emulated", no_argument, NULL, OPT_WITH_EMULATED},
+                                            {"reserve", required_argument, NULL, OPT_RESERVE},
                                             {"output", required_argument, NULL, 'o'},
                                             {"help", no_argument, NULL, 'h'},
                                             {NULL, 0, NULL, 0}};
@@ -104,6 +109,10 @@ static int parse_args(int argc, char **argv, plan_args_t *a) {
             break;
         case OPT_WITH_EMULATED:
             a->with_emulated = true;
+            break;
+        case OPT_RESERVE:
+            if (!moira_cli_parse_int("plan", "--reserve", optarg, 0, 1 << 20, &a->reserve_gib))
+                return 2;
             break;
         case 'o':
             a->output = optarg;
@@ -281,6 +290,7 @@ static moira_status_t run_plan(const plan_args_t *a) {
     moira_plan_t plan;
     memset(&plan, 0, sizeof(plan));
     if (!status && !a->check) status = make_profile(a, &model, &profile);
+    if (!status) moira_topology_reserve(&topology, &model, (double)a->reserve_gib * 1073741824.0);
     if (!status && a->check) {
         status =
             moira_plan_load_for_model(a->check, &topology, a->model_path ? &model : NULL, &plan);

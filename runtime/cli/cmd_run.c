@@ -16,7 +16,8 @@
 static const char run_help[] =
     "usage: moira run [--topology FILE] [--model FILE] [--plan FILE] [--weights PATH]\n"
     "                 [--tokens N] [--iters N] [--backend DEVICE] [--inputs FILE -o OUT]\n"
-    "                 [--record-profile FILE] [--seed N] [--with-emulated] [--json]\n\n"
+    "                 [--record-profile FILE] [--seed N] [--with-emulated] [--reserve GIB]\n"
+    "                 [--json]\n\n"
     "Runs every decoder layer of a model (prefill over N tokens) with each MoE layer's routed\n"
     "experts on the devices a placement plan names - GPUs, NPUs, CPU NUMA memory - all at once,\n"
     "and attention, router and shared experts on a home device. Prints what ran where (experts\n"
@@ -40,27 +41,23 @@ static const char run_help[] =
     "  --seed N          seed of the random weights and inputs (default 1)\n"
     "  --with-emulated   let a plan made here use emulated devices (the npu emulator), as\n"
     "                    setting MOIRA_NPU_DEVICES does; they run on the host's cores\n"
+    "  --reserve GIB     memory a plan made here leaves free on each device, besides what it\n"
+    "                    keeps for the home's weights and workspaces (default 0)\n"
     "  --json            machine-readable summary\n"
     "In the device table TOKENS is the tokens a device received per batch and ASSIGNED the\n"
     "(token, expert) pairs it computed, which is what load profiles count.\n";
 
 /* Returns 0 when parsed, else the exit code (help: -1 meaning "exit 0"). */
 static int parse_run_args(int argc, char **argv, run_args_t *a) {
-    static const struct option options[] = {{"model", required_argument, NULL, 'm'},
-                                            {"weights", required_argument, NULL, 'w'},
-                                            {"tokens", required_argument, NULL, 't'},
-                                            {"iters", required_argument, NULL, 'n'},
-                                            {"backend", required_argument, NULL, 'b'},
-                                            {"inputs", required_argument, NULL, 'i'},
-                                            {"output", required_argument, NULL, 'o'},
-                                            {"seed", required_argument, NULL, 's'},
-                                            {"json", no_argument, NULL, 'j'},
-                                            {"topology", required_argument, NULL, 'T'},
-                                            {"plan", required_argument, NULL, 'P'},
-                                            {"record-profile", required_argument, NULL, 'R'},
-                                            {"with-emulated", no_argument, NULL, 'E'},
-                                            {"help", no_argument, NULL, 'h'},
-                                            {NULL, 0, NULL, 0}};
+    static const struct option options[] = {
+        {"model", required_argument, NULL, 'm'},   {"weights", required_argument, NULL, 'w'},
+        {"tokens", required_argument, NULL, 't'},  {"iters", required_argument, NULL, 'n'},
+        {"backend", required_argument, NULL, 'b'}, {"inputs", required_argument, NULL, 'i'},
+        {"output", required_argument, NULL, 'o'},  {"seed", required_argument, NULL, 's'},
+        {"json", no_argument, NULL, 'j'},          {"topology", required_argument, NULL, 'T'},
+        {"plan", required_argument, NULL, 'P'},    {"record-profile", required_argument, NULL, 'R'},
+        {"with-emulated", no_argument, NULL, 'E'}, {"reserve", required_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0}};
     memset(a, 0, sizeof(*a));
     a->tokens = 32;
     a->iters = 3;
@@ -98,6 +95,10 @@ static int parse_run_args(int argc, char **argv, run_args_t *a) {
             break;
         case 'E':
             a->with_emulated = true;
+            break;
+        case 'V':
+            if (!moira_cli_parse_int("run", "--reserve", optarg, 0, 1 << 20, &a->reserve_gib))
+                return 2;
             break;
         case 't':
             if (!moira_cli_parse_int("run", "--tokens", optarg, 1, 1 << 20, &a->tokens)) return 2;

@@ -16,6 +16,7 @@ typedef struct run_args {
     const char *model, *weights, *backend, *inputs, *output;
     const char *topology, *plan, *record_profile;
     long long tokens, iters, seed;
+    long long reserve_gib; /* --reserve: GiB per device a plan made here leaves free */
     bool json;
     bool with_emulated; /* --with-emulated: plans made here may use emulated devices */
 } run_args_t;
@@ -30,6 +31,13 @@ typedef struct run_placement {
     moira_device_t **homes; /* owned array: `home` once per decoder layer */
     char source[160];       /* how the plan came about, for the summary */
 } run_placement_t;
+
+/* Refuses (INVALID_INPUT, exit 2, with the numbers) a placement whose host-memory devices (the
+ * CPU ones and emulated ones) and home together need more than the host has available now, so
+ * that a model too large for this machine fails before reading a weight rather than minutes
+ * into loading. */
+moira_status_t run_check_host_memory(const run_placement_t *placement,
+                                     const moira_model_config_t *model);
 
 /* Decides where everything runs, before any weight is loaded:
  *   --backend D alone          every layer and every expert on D;

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "ops/reference.h"
+#include "placement/reserve.h"
 #include "runtime/cli/run.h"
 
 /* Models whose weights exceed this get a progress line while they load and upload. */
@@ -34,31 +35,12 @@ void run_model_release(run_model_t *m) {
     memset(m, 0, sizeof(*m));
 }
 
-/* Bytes of one layer's matrices at `dtype`, split into the routed experts and the rest (norms
- * and biases are negligible). */
-static void layer_weight_bytes(const moira_model_config_t *c, int64_t layer, moira_dtype_t dtype,
-                               double *out_experts, double *out_rest) {
-    double d = (double)c->hidden_size, h = (double)c->num_attention_heads;
-    double qk = (double)(c->qk_nope_head_dim + c->qk_rope_head_dim);
-    double q = c->q_lora_rank > 0 ? (double)c->q_lora_rank * (d + h * qk) : h * qk * d;
-    double attention = q + (double)(c->kv_lora_rank + c->qk_rope_head_dim) * d +
-                       h * (double)(c->qk_nope_head_dim + c->v_head_dim) * (double)c->kv_lora_rank +
-                       d * h * (double)c->v_head_dim;
-    double size = (double)moira_dtype_size(dtype);
-    bool moe = moira_model_config_is_moe_layer(c, layer);
-    double expert = 3.0 * d * (double)c->moe_intermediate_size;
-    double rest = moe ? expert * (double)c->n_shared_experts + d * (double)c->n_routed_experts
-                      : 3.0 * d * (double)c->intermediate_size;
-    *out_experts = moe ? expert * (double)c->n_routed_experts * size : 0;
-    *out_rest = (attention + rest) * size;
-}
-
 /* An estimate from the config alone, for the progress line before anything is loaded. */
 double run_model_weight_bytes(const moira_model_config_t *c) {
     double total = 0;
     for (int64_t l = 0; l < c->num_hidden_layers; l++) {
         double experts = 0, rest = 0;
-        layer_weight_bytes(c, l, c->weight_dtype, &experts, &rest);
+        moira_model_layer_bytes(c, l, c->weight_dtype, &experts, &rest);
         total += experts + rest;
     }
     return total;
@@ -75,7 +57,7 @@ moira_status_t run_model_check_fits(const moira_model_config_t *c, const run_arg
     double total = 0, home_need = 0;
     for (int64_t l = 0; l < c->num_hidden_layers; l++) {
         double experts = 0, rest = 0;
-        layer_weight_bytes(c, l, c->weight_dtype, &experts, &rest);
+        moira_model_layer_bytes(c, l, c->weight_dtype, &experts, &rest);
         total += experts + rest;
         home_need += rest;
     }

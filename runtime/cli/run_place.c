@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "placement/profile.h"
+#include "placement/reserve.h"
 #include "runtime/backend.h"
 #include "runtime/cli/cli.h"
 #include "runtime/cli/run.h"
@@ -61,6 +62,7 @@ moira_status_t run_place(const run_args_t *a, const moira_model_config_t *model,
         if (!status) moira_plan_evaluate(&out->plan, &out->topology, model);
         snprintf(out->source, sizeof(out->source), "%s (topology %s)", a->plan, out->topology.name);
     } else if (!status) {
+        moira_topology_reserve(&out->topology, model, (double)a->reserve_gib * 1073741824.0);
         status = make_plan(&out->topology, model, tokens, &out->plan);
         snprintf(out->source, sizeof(out->source), "%s for a uniform load of %lld tokens%s%s",
                  single_device ? "every expert on one device" : "planned here", (long long)tokens,
@@ -70,6 +72,7 @@ moira_status_t run_place(const run_args_t *a, const moira_model_config_t *model,
         status = moira_exec_bind(&out->topology, &out->plan, model, a->plan, &out->binding);
     if (!status) status = moira_device_find(a->backend ? a->backend : "cpu:0", &out->home);
     if (!status) status = moira_exec_check_home(out->home, model);
+    if (!status) status = run_check_host_memory(out, model);
     if (!status) {
         out->homes = calloc((size_t)model->num_hidden_layers + 1, sizeof(*out->homes));
         if (!out->homes) status = moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "out of memory");

@@ -137,6 +137,20 @@ expect 2 "hand-written plan without --model" -- "$moira" plan \
     --topology "$docs/topology.yaml" --check "$work/by-hand.yaml"
 expect_stderr 'by-hand.yaml:1:1: .*give --model' "missing expert count explained"
 
+# Plans keep a reserve on every device (issue 15: V3 on 8x 910B filled each NPU to 59.49 of 59.60
+# GiB, and a plan that passed --check failed in run with an allocation error): 3% of each
+# device's memory, plus --reserve GiB.
+ascend="$configs/topologies/ascend-910b-8.yaml"
+for reserve in 0 8; do
+    expect 0 "V3 on 910B, --reserve $reserve" -- "$moira" plan --topology "$ascend" --model "$v3" \
+        --reserve "$reserve" -o "$work/ascend.yaml"
+    awk -v r="$reserve" '$2 == "npu" { n++; if ($5 > $6 * 0.97 - r + 1e-9) bad++ }
+                         END { exit (n == 8 && !bad) ? 0 : 1 }' "$work/out" &&
+        passed=$((passed + 1)) ||
+        { failed=$((failed + 1)); echo "FAIL: --reserve $reserve: an NPU is filled past its reserve"; cat "$work/out"; }
+done
+expect 2 "--reserve -1" -- "$moira" plan --reserve -1
+
 # A plan that cannot be made leaves an existing output untouched.
 cat >"$work/tiny.yaml" <<'YAML'
 name: tiny

@@ -68,6 +68,19 @@ if "$moira" devices | grep -q "^opencl:0 "; then
     expect 0 "run on a topology overstating opencl:0" -- "$moira" run --topology "$work/big-gpu.yaml" \
         --model "$exec_data/model.yaml" --plan "$exec_data/plan.yaml" --tokens 8 --iters 1
     check "memory warning" 'warning: topology device "gpu0" has 178.8 GiB, but opencl:0, which it is bound to, has' "$work/err"
+    # Host memory is checked before a weight is read (issue 15): V2-Lite's 26.8 GiB of experts
+    # split over CPU memory and PoCL's CPU device fit each device, not the host together (the
+    # weights file does not exist: nothing may be read before the refusal).
+    printf '%s\n' 'name: host-memory' 'hosts:' '  - name: box' '    numa_nodes:' \
+        '      - {id: 0, memory_gib: 16, bandwidth_gbs: 20, cores: 2, peak_tflops: {f32: 0.1}}' \
+        '    devices:' '      - {name: gpu0, kind: gpu, backend: opencl, select: "opencl:0", memory_gib: 16,' \
+        '         bandwidth_gbs: 20, peak_tflops: {f32: 0.1}, numa: 0, link_gbs: 16}' >"$work/host-memory.yaml"
+    if [ "$(awk '/MemAvailable/ {print int($2 / 1048576)}' /proc/meminfo)" -lt 28 ]; then
+        expect 2 "host memory checked first" -- "$moira" run --topology "$work/host-memory.yaml" \
+            --model "$data/../../configs/models/deepseek-v2-lite.yaml" --weights "$work/none.safetensors" \
+            --tokens 4 --iters 1
+        check "host memory numbers" 'the plan needs [0-9.]+ GiB of host memory \([0-9.]+ GiB of experts.*but [0-9.]+ GiB is available; nothing was loaded' "$work/err"
+    fi
 else
     echo "note: no opencl:0 here; the mixed-device plan is left to test_exec_plan (skipped too)"
 fi
