@@ -22,7 +22,7 @@ typedef struct generate_options {
     moira_dtype_t cache_dtype; /* --cache-dtype: F32 (default) or BF16 */
     int max_sequences;         /* sequences the engine steps together (0: one) */
     int64_t max_rows;          /* tokens one engine step may hold (0: the engine's default) */
-    bool record_expert_load;   /* the engine counts routed tokens (one device only) */
+    bool record_expert_load;   /* the engine counts the tokens routed to each expert */
     /* Sampling: unset values take generation_config.json's. */
     bool has_temperature, has_top_p, has_top_k, has_seed;
     double temperature, top_p;

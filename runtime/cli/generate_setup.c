@@ -118,8 +118,7 @@ moira_status_t generate_session_start_engine(const char *verb, const generate_op
                                       .context = o->context,
                                       .cache_dtype = o->cache_dtype,
                                       .max_sequences = o->max_sequences > 0 ? o->max_sequences : 1,
-                                      .record_expert_load =
-                                          o->record_expert_load && !o->topology && !o->plan,
+                                      .record_expert_load = o->record_expert_load,
                                       .progress = run_progress,
                                       .progress_context = &s->progress};
     if (o->topology || o->plan) {

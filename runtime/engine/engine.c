@@ -195,14 +195,13 @@ static moira_status_t open_engine(moira_engine_t *e) {
         !e->layers)
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "engine: out of host memory");
     if (e->options.record_expert_load) {
-        if (e->options.placement)
-            return moira_status_make(MOIRA_CODE_UNSUPPORTED,
-                                     "engine: expert load is recorded on one device only, not "
-                                     "through a placement");
+        /* With a placement the executor routes on the host and counts; on one device the
+         * routing is read back from the device. */
         int64_t k = e->config->num_experts_per_tok, experts = e->config->n_routed_experts;
-        e->host_topk = malloc((size_t)(e->n_layers * rows * k) * sizeof(int32_t));
         e->expert_load = calloc((size_t)(e->n_layers * experts), sizeof(double));
-        if (!e->host_topk || !e->expert_load)
+        if (!e->options.placement)
+            e->host_topk = malloc((size_t)(e->n_layers * rows * k) * sizeof(int32_t));
+        if (!e->expert_load || (!e->options.placement && !e->host_topk))
             return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "engine: out of host memory");
     }
     MOIRA_RETURN_IF_ERROR(check_cache_dtype(e));
@@ -427,7 +426,10 @@ moira_status_t moira_engine_step(moira_engine_t *e, const moira_engine_input_t *
     MOIRA_RETURN_IF_ERROR(done);
     for (int i = 0; i < n_inputs; i++)
         e->lengths[inputs[i].sequence] += inputs[i].n;
-    if (e->expert_load) count_expert_load(e, rows);
+    if (e->expert_load && e->executor)
+        moira_executor_add_expert_load(e->executor, e->expert_load);
+    else if (e->expert_load)
+        count_expert_load(e, rows);
     *out_logits = e->host_logits;
     return MOIRA_OK_STATUS;
 }

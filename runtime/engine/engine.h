@@ -89,8 +89,8 @@ int64_t moira_engine_vocab(const moira_engine_t *engine);
 
 /* Tokens routed to each expert since the engine was created: [num_hidden_layers, n_routed_experts]
  * row-major (dense layers' rows stay 0), borrowed; NULL unless record_expert_load was set.
- * Read it between steps. Errors at creation: UNSUPPORTED with a placement (the executor records
- * a forward's load itself). */
+ * Read it between steps. With a placement the executor's routing is counted (each assignment to
+ * an expert, as `moira run --record-profile` records it). */
 const double *moira_engine_expert_load(const moira_engine_t *engine);
 
 #endif

@@ -167,4 +167,8 @@ void moira_executor_reset_stats(moira_executor_t *executor);
 moira_status_t moira_executor_observed_profile(const moira_executor_t *executor,
                                                moira_profile_t *out);
 
+/* Adds the last forward's expert load to `totals` [num_hidden_layers, n_routed_experts]
+ * (row-major; dense layers untouched), allocating nothing: for a running count across steps. */
+void moira_executor_add_expert_load(const moira_executor_t *executor, double *totals);
+
 #endif

@@ -82,3 +82,13 @@ moira_status_t moira_executor_observed_profile(const moira_executor_t *e, moira_
     }
     return MOIRA_OK_STATUS;
 }
+
+void moira_executor_add_expert_load(const moira_executor_t *e, double *totals) {
+    int64_t experts = e->model->n_routed_experts;
+    for (int64_t l = 0; l < e->n_layers; l++) {
+        const exec_layer_t *layer = &e->layers[l];
+        if (!layer->is_moe) continue;
+        for (int64_t x = 0; x < experts; x++)
+            totals[l * experts + x] += layer->expert_load[x];
+    }
+}

@@ -21,8 +21,7 @@ char *serve_expert_load_yaml(void *context, int *status_code, const char **error
     if (all && profile.layers && profile.load &&
         !serve_scheduler_read_expert_load(x->scheduler, all, (size_t)(layers * experts))) {
         *status_code = 404;
-        *error = "expert load is not recorded when the model runs through a placement "
-                 "(--topology/--plan)";
+        *error = "this server does not record expert load";
     } else if (all && profile.layers && profile.load) {
         for (int64_t l = 0; l < layers; l++) {
             if (!moira_model_config_is_moe_layer(c, l)) continue;

@@ -224,6 +224,32 @@ wait
 check "running requests finish before the server stops" '^200$' <(cat "$work"/code*)
 check "the server says it stopped" 'stopped after' "$work/overload.err"
 
+# The layers where a plan puts them (routed experts over CPU memory, opencl:0 and npu:0): the
+# answer is generate's with the same plan, and the expert load comes from the executor's routing.
+if "$moira" devices 2>/dev/null | grep -q '^opencl:0'; then
+    sed -n '/^moira_plan: 1/,/^YAML$/p' "$root/tests/cli/generate.sh" | grep -v '^YAML$' >"$work/mixed.yaml"
+    placed=(--topology "$data/exec/topology.yaml" --plan "$work/mixed.yaml")
+    "$moira" generate --model "$work/model" --prompt "Hello there" --max-tokens 5 --temperature 0 \
+        --json "${placed[@]}" >"$work/gen_placed.json" 2>"$work/err"
+    start placed --max-batch 2 "${placed[@]}"
+    curl -s "localhost:$port/v1/completions" \
+        -d '{"prompt": "Hello there", "max_tokens": 5, "temperature": 0}' >"$work/placed.json"
+    curl -s "localhost:$port/v1/moira/expert-load" >"$work/placed_load.yaml"
+    python3 - "$work/gen_placed.json" "$work/placed.json" "$work/placed_load.yaml" \
+        "$work/model/config.json" >"$work/placed.check" 2>&1 <<'PY'
+import json, re, sys
+want, got = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+k = json.load(open(sys.argv[4]))["num_experts_per_tok"]
+assert got["choices"][0]["text"] == want["text"], (got, want["text"])
+ran = len(want["prompt_ids"]) + len(want["ids"]) - 1
+sums = [sum(float(x) for x in load.split(",")) for load in re.findall(r"load: \[([^\]]*)\]", open(sys.argv[3]).read())]
+assert sums and all(s == ran * k for s in sums), (sums, ran)
+print("ok")
+PY
+    check "a placed model answers as generate does, and counts its expert load" '^ok$' "$work/placed.check"
+    stop
+fi
+
 # Bad command lines and model folders: exit 2 before anything listens.
 expect 2 "no --model" -- "$moira" serve --port 0
 expect 2 "an unknown option" -- "$moira" serve --model "$work/model" --frobnicate
