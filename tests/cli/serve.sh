@@ -186,6 +186,18 @@ code=$(curl -s -o /dev/null -w '%{http_code}' "localhost:$port/v1/nothing")
 code=$(curl -s -o /dev/null -w '%{http_code}' "localhost:$port/v1/completions")
 [ "$code" = 405 ] && passed=$((passed + 1)) || fail "GET /v1/completions: HTTP $code"
 
+# Connections that send nothing, or half a request, do not hold up anyone else: with 30 of them
+# open, a request is still answered at once.
+idle=()
+for i in $(seq 30); do
+    exec {fd}<>"/dev/tcp/127.0.0.1/$port" && idle+=("$fd")
+    [ "$i" -le 5 ] && printf 'POST /v1/completions HTTP/1.1\r\nContent-Length: 100\r\n\r\n{"pro' >&"$fd"
+done
+code=$(curl -s -m 20 -o "$work/resp" -w '%{http_code}' "localhost:$port/v1/completions" \
+    -d '{"prompt": "Hi", "max_tokens": 2, "temperature": 0}')
+[ "$code" = 200 ] && passed=$((passed + 1)) || fail "a request beside 30 idle connections: HTTP $code"
+for fd in "${idle[@]}"; do exec {fd}>&-; done
+
 # A client that leaves mid-stream: its sequence is freed (running back to 0, counted cancelled).
 long='{"prompt": "Tell me a long story", "max_tokens": 3000, "temperature": 0, "stream": true}'
 timeout 1 curl -sN "localhost:$port/v1/completions" -d "$long" >/dev/null
