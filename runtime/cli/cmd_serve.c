@@ -23,7 +23,7 @@
 typedef struct serve_args {
     generate_options_t common;
     const char *host, *model_name;
-    long long port, max_batch, max_queue, max_body, chunk;
+    long long port, max_batch, max_queue, max_body, chunk, cache_slots;
     double grace_s;
 } serve_args_t;
 
@@ -40,6 +40,8 @@ static void print_help(void) {
            "  --max-batch N      sequences generated together (default 8); each holds --ctx\n"
            "                     tokens of latent cache, allocated at start\n"
            "  --max-queue N      requests waiting for a free sequence; more get 429 (default 64)\n"
+           "  --cache-slots N    latent caches kept for the prefix cache, at least --max-batch\n"
+           "                     (default: --max-batch); each holds --ctx tokens\n"
            "  --chunk N          tokens one engine step runs: prompts prefill in chunks of at\n"
            "                     most this, beside the running sequences' tokens (default 256)\n"
            "  --model-name NAME  the model id clients send (default: the directory's name)\n"
@@ -61,9 +63,9 @@ static int parse_args(int argc, char **argv, serve_args_t *a) {
             print_help();
             return -1;
         }
-        static const char *const with_value[] = {"--host",       "--port",          "--max-batch",
-                                                 "--max-queue",  "--max-body",      "--chunk",
-                                                 "--model-name", "--shutdown-grace"};
+        static const char *const with_value[] = {
+            "--host",  "--port",       "--max-batch",      "--max-queue",  "--max-body",
+            "--chunk", "--model-name", "--shutdown-grace", "--cache-slots"};
         bool known = false;
         for (size_t k = 0; k < sizeof(with_value) / sizeof(*with_value); k++)
             known |= !strcmp(arg, with_value[k]);
@@ -84,6 +86,8 @@ static int parse_args(int argc, char **argv, serve_args_t *a) {
             ok = moira_cli_parse_int(VERB, arg, v, 1, 1 << 20, &a->max_queue);
         else if (!strcmp(arg, "--max-body"))
             ok = moira_cli_parse_int(VERB, arg, v, 1024, 1LL << 30, &a->max_body);
+        else if (!strcmp(arg, "--cache-slots"))
+            ok = moira_cli_parse_int(VERB, arg, v, 1, 4096, &a->cache_slots);
         else if (!strcmp(arg, "--chunk"))
             ok = moira_cli_parse_int(VERB, arg, v, 1, 1 << 16, &a->chunk);
         else if ((ok = moira_cli_parse_int(VERB, arg, v, 0, 3600, &grace)))
@@ -96,6 +100,10 @@ static int parse_args(int argc, char **argv, serve_args_t *a) {
                                            "(max_tokens, stop), not to the server");
     if (a->model_name && !*a->model_name)
         return moira_cli_usage_error(VERB, "--model-name needs a non-empty name");
+    if (!a->cache_slots) a->cache_slots = a->max_batch;
+    if (a->cache_slots < a->max_batch)
+        return moira_cli_usage_error(VERB, "--cache-slots %lld is fewer than --max-batch %lld",
+                                     a->cache_slots, a->max_batch);
     if (a->chunk < a->max_batch)
         return moira_cli_usage_error(VERB,
                                      "--chunk %lld is smaller than --max-batch %lld: one step "
@@ -122,7 +130,7 @@ typedef struct server {
 static void *load(void *arg) {
     server_t *s = arg;
     serve_args_t *a = s->args;
-    a->common.max_sequences = (int)a->max_batch;
+    a->common.max_sequences = (int)a->cache_slots;
     a->common.max_rows = a->chunk;
     a->common.record_expert_load = true;
     moira_status_t status = generate_session_start_engine(VERB, &a->common, &s->session);
@@ -149,8 +157,9 @@ static void *load(void *arg) {
                                         .expert_load = serve_expert_load_yaml,
                                         .expert_load_context = &s->expert_load};
         serve_http_ready(s->http, &backend);
-        fprintf(stderr, "moira serve: ready (%d sequences of %lld tokens)\n", (int)a->max_batch,
-                (long long)s->api.context);
+        fprintf(stderr,
+                "moira serve: ready (%d sequences at once, %d latent caches of %lld tokens)\n",
+                (int)a->max_batch, (int)a->cache_slots, (long long)s->api.context);
     }
     s->load_status = status;
     if (status) pthread_kill(s->main_thread, SIGUSR1);

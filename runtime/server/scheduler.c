@@ -28,6 +28,7 @@ struct serve_scheduler {
     int64_t context, max_rows, vocab;
     serve_slot_t *slots; /* owned [n_slots] */
     int n_slots;
+    int max_running;              /* slots that may hold a request at once; the rest keep caches */
     moira_engine_input_t *inputs; /* owned [n_slots]: one step's inputs */
     serve_slot_t **input_slots;   /* owned [n_slots]: the slot of each input */
     uint64_t admissions;
@@ -60,18 +61,35 @@ static int64_t common_prefix(const int32_t *a, int64_t na, const int32_t *b, int
     return n;
 }
 
+static int running_count(const serve_scheduler_t *s) {
+    int n = 0;
+    for (int i = 0; i < s->n_slots; i++)
+        n += s->slots[i].request != NULL;
+    return n;
+}
+
+/* A shared prefix shorter than this (a BOS token, a chat template's opening) is not worth
+ * overwriting another cache for. */
+#define MIN_PREFIX_REUSE 16
+
 /* The free slot for `r`: the one whose cached tokens share the longest prefix with its prompt,
- * else the one unused longest (its cache is the least likely to be asked for again). At least one
- * prompt token is always left to prefill, since its logits choose the first new token. */
+ * else the one unused longest (its cache is the least likely to be asked for again). A short
+ * shared prefix counts only when taking it loses nothing (the slot's whole cache is that prefix),
+ * so an unrelated request does not overwrite a conversation's cache for its BOS token. At least
+ * one prompt token is always left to prefill, since its logits choose the first new token. */
 static serve_slot_t *choose_slot(serve_scheduler_t *s, const serve_request_t *r, int64_t *reuse) {
     serve_slot_t *best = NULL;
+    int64_t best_score = 0;
     *reuse = 0;
+    if (running_count(s) >= s->max_running) return NULL;
     for (int i = 0; i < s->n_slots; i++) {
         serve_slot_t *slot = &s->slots[i];
         if (slot->request) continue;
         int64_t n = common_prefix(slot->ids, slot->n_ids, r->prompt, r->n_prompt - 1);
-        if (!best || n > *reuse || (n == *reuse && slot->used < best->used)) {
+        int64_t score = n >= MIN_PREFIX_REUSE || n == slot->n_ids ? n : 0;
+        if (!best || score > best_score || (score == best_score && slot->used < best->used)) {
             best = slot;
+            best_score = score;
             *reuse = n;
         }
     }
@@ -132,13 +150,6 @@ static serve_request_t *queue_pop(serve_scheduler_t *s) {
     s->metrics->queued--;
     pthread_mutex_unlock(&s->metrics->lock);
     return r;
-}
-
-static int running_count(const serve_scheduler_t *s) {
-    int n = 0;
-    for (int i = 0; i < s->n_slots; i++)
-        n += s->slots[i].request != NULL;
-    return n;
 }
 
 /* Under the lock: moves queued requests into free slots, dropping those already cancelled, and
@@ -301,11 +312,14 @@ moira_status_t serve_scheduler_create(moira_engine_t *engine, const moira_model_
     int64_t step_rows = options->step_rows > 0 && options->step_rows < eo->max_rows
                             ? options->step_rows
                             : eo->max_rows;
-    if (step_rows < eo->max_sequences)
+    int max_running = options->max_running > 0 && options->max_running < eo->max_sequences
+                          ? options->max_running
+                          : eo->max_sequences;
+    if (step_rows < max_running)
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
                                  "serve: a step of %lld tokens cannot hold a token of each of %d "
                                  "sequences",
-                                 (long long)step_rows, eo->max_sequences);
+                                 (long long)step_rows, max_running);
     serve_scheduler_t *s = calloc(1, sizeof(*s));
     if (!s) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "serve: out of memory");
     s->engine = engine;
@@ -317,6 +331,7 @@ moira_status_t serve_scheduler_create(moira_engine_t *engine, const moira_model_
     s->max_rows = step_rows;
     s->vocab = moira_engine_vocab(engine);
     s->n_slots = eo->max_sequences;
+    s->max_running = max_running;
     pthread_mutex_init(&s->step_lock, NULL);
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->wake, NULL);

@@ -21,6 +21,9 @@ typedef struct serve_scheduler_options {
      * for the prompt chunk that shares its step, so a smaller budget evens out inter-token
      * latency and a larger one brings first tokens sooner. At least the engine's sequences. */
     int64_t step_rows;
+    /* Sequences generating at once (0: all the engine's). The engine's other sequences only keep
+     * the caches of finished requests for the prefix cache. */
+    int max_running;
 } serve_scheduler_options_t;
 
 typedef enum serve_submit_result {

@@ -213,6 +213,26 @@ check "metrics: inter-token latency" '^moira_inter_token_latency_seconds_bucket\
 check "metrics: generated tokens" '^moira_generation_tokens_total [1-9]' "$work/metrics"
 stop
 
+# More latent caches than sequences generating: one sequence at a time, three caches. A
+# conversation's prefix survives an unrelated request in between, and the next conversation with
+# the same system prompt starts from it.
+start caches --max-batch 1 --cache-slots 3
+chat_body() { python3 -c 'import json,sys; print(json.dumps({"messages": json.load(open(sys.argv[1])), "max_tokens": 2, "temperature": 0}))' "$1"; }
+curl -s "localhost:$port/v1/chat/completions" -d "$(chat_body "$work/first.json")" >/dev/null
+curl -s "localhost:$port/v1/completions" -d '{"prompt": "Something else entirely", "max_tokens": 2}' >/dev/null
+curl -s "localhost:$port/v1/chat/completions" -d "$(chat_body "$work/second.json")" >"$work/resp"
+python3 -c 'import json,sys; u=json.load(open(sys.argv[1]))["usage"]; print("cached", u["prompt_tokens_details"]["cached_tokens"], "of", u["prompt_tokens"])' "$work/resp" >"$work/cached" 2>&1
+python3 - "$work/cached" "$work/expected.json" >"$work/cached.check" 2>&1 <<'PY'
+import json, sys
+words = open(sys.argv[1]).read().split()
+want = json.load(open(sys.argv[2]))["prefix"]["system_tokens"]
+assert words[0] == "cached" and int(words[1]) >= want, (words, want)
+print("ok")
+PY
+check "a kept cache outlives the request between" '^ok$' "$work/cached.check"
+stop
+expect 2 "fewer caches than sequences" -- "$moira" serve --model "$work/model" --max-batch 4 --cache-slots 2
+
 # Overload: one sequence, one queued request; more are 429.
 start overload --max-batch 1 --max-queue 1
 slow='{"prompt": "Count", "max_tokens": 400, "temperature": 0}'
