@@ -142,7 +142,7 @@ static uint64_t hash_string(uint64_t hash, const char *text) {
 }
 
 /* $XDG_CACHE_HOME/moira, else ~/.cache/moira; created if missing. False when neither can be. */
-static bool cache_dir(char *out, size_t size) {
+bool moira_opencl_cache_dir(char *out, size_t size) {
     const char *xdg = getenv("XDG_CACHE_HOME");
     const char *home = getenv("HOME");
     char parent[4096];
@@ -161,7 +161,7 @@ static bool cache_dir(char *out, size_t size) {
  * device, driver, source and options. */
 static bool cache_path(const opencl_device_t *device, char *out, size_t size, uint64_t *out_key) {
     char dir[4096];
-    if (!cache_dir(dir, sizeof(dir))) return false;
+    if (!moira_opencl_cache_dir(dir, sizeof(dir))) return false;
     uint64_t key = MOIRA_FNV1A64_BASIS;
     key = hash_string(key, device->platform_name);
     key = hash_string(key, device->base.info.model);
@@ -678,6 +678,25 @@ static void describe_device(opencl_device_t *device, int index) {
     moira_device_info_add_detail(info, "max_clock_mhz", true, "%u", clock_mhz);
 }
 
+/* Bandwidth and peak as measured on the device (cached, opencl_speed.c); every kernel computes
+ * in f32, so that peak stands for every dtype. A device that cannot be measured reports none. */
+static void report_speed(opencl_device_t *device) {
+    moira_device_info_t *info = &device->base.info;
+    double gbs = 0, tflops = 0;
+    moira_status_t status = moira_opencl_speed(device, true, &gbs, &tflops);
+    if (status) {
+        MOIRA_LOG_W("%s: cannot measure its bandwidth and peak: %s", info->name,
+                    moira_status_message(status));
+        moira_status_free(status);
+        return;
+    }
+    if (!(gbs > 0 && tflops > 0)) return;
+    info->bandwidth_gbs = gbs;
+    info->peak_tflops[MOIRA_DTYPE_F32] = info->peak_tflops[MOIRA_DTYPE_F16] =
+        info->peak_tflops[MOIRA_DTYPE_BF16] = tflops;
+    moira_device_info_add_detail(info, "speed", false, "measured");
+}
+
 /* One context per device, so a failing device cannot take the others down. */
 static moira_status_t new_device(cl_platform_id platform, cl_device_id id, int index,
                                  moira_device_t **out_device) {
@@ -700,6 +719,7 @@ static moira_status_t new_device(cl_platform_id platform, cl_device_id id, int i
     pthread_mutex_init(&device->launch_mutex, NULL);
     device->base.vtable = &opencl_vtable;
     describe_device(device, index);
+    report_speed(device);
     *out_device = &device->base;
     return MOIRA_OK_STATUS;
 }

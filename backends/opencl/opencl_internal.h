@@ -64,6 +64,12 @@ typedef struct opencl_device {
     int n_gemm_choices;
 } opencl_device_t;
 
+/* The device's read bandwidth (GB/s) and f32 peak (TFLOP/s): from the cache beside the program
+ * cache, else (when `may_measure`) timed on the device with two small kernels and cached. Zeros
+ * when neither. Errors: DEVICE when the driver fails the measurement. */
+moira_status_t moira_opencl_speed(opencl_device_t *device, bool may_measure, double *out_gbs,
+                                  double *out_tflops);
+
 typedef struct opencl_buffer {
     moira_buffer_t base;
     cl_mem mem;
@@ -81,6 +87,9 @@ const char *moira_opencl_error_name(cl_int code);
 
 /* A DEVICE status "WHAT: CL_NAME (code)" for a failed CL call. */
 moira_status_t moira_opencl_error(cl_int code, const char *what);
+
+/* $XDG_CACHE_HOME/moira, else ~/.cache/moira, created if missing; false when neither can be. */
+bool moira_opencl_cache_dir(char *out, size_t size);
 
 /* Builds (or loads from the disk cache) the device's program and creates its kernels, once. */
 moira_status_t moira_opencl_ensure_program(opencl_device_t *device);

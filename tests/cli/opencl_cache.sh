@@ -139,5 +139,22 @@ mv "$renamed" "$cache"
 put_key "$cache" "$key"
 damaged "a valid file lacking a kernel" "cached OpenCL program .* is unusable.*CL_INVALID_KERNEL_NAME"
 
+# Bandwidth and peak (issue 15): drivers report neither, so opencl:0 measures them once and caches
+# them beside the program (opencl-speed-KEY.txt); the next process reads them back.
+"$moira" devices --json >"$work/out" 2>"$work/err"
+speed=$(ls "$XDG_CACHE_HOME"/moira/opencl-speed-*.txt 2>/dev/null | head -1)
+[ -n "$speed" ] && passed=$((passed + 1)) ||
+    { failed=$((failed + 1)); echo "FAIL: no opencl-speed file beside the program cache"; }
+grep -o '"name": "opencl:0".*' "$work/out" >"$work/opencl0"
+check "opencl:0 reports a measured bandwidth" '"bandwidth_gbs": [0-9]*[1-9]' "$work/opencl0"
+check "opencl:0 says it was measured" '"speed": "measured"' "$work/opencl0"
+if [ -n "$speed" ]; then
+    echo "bandwidth_gbs 123.000 tflops_f32 4.50000" >"$speed"
+    "$moira" devices --json >"$work/out" 2>"$work/err"
+    grep -o '"name": "opencl:0".*' "$work/out" >"$work/opencl0"
+    check "the cached bandwidth is used" '"bandwidth_gbs": 123[,.}]' "$work/opencl0"
+    check "the cached peak is used" '"F32": 4.5[,}]' "$work/opencl0"
+fi
+
 echo "opencl_cache: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
