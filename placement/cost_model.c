@@ -6,7 +6,8 @@
 void moira_cost_model_init(const moira_model_config_t *model, moira_cost_model_t *out) {
     memset(out, 0, sizeof(*out));
     out->flops_per_token = 6.0 * (double)model->hidden_size * (double)model->moe_intermediate_size;
-    out->expert_bytes = (double)moira_model_config_expert_bytes(model, model->weight_dtype);
+    out->expert_bytes =
+        (double)moira_model_config_expert_bytes(model, moira_model_config_expert_dtype(model));
     out->activation_bytes = 2.0 * (double)model->hidden_size;
     out->weight_dtype = model->weight_dtype;
     out->experts = model->n_routed_experts;

@@ -200,7 +200,8 @@ moira_status_t moira_plan_validate(const moira_plan_t *plan, const moira_topolog
 moira_status_t moira_plan_check_model(const moira_plan_t *plan, const moira_model_config_t *model,
                                       const char *path) {
     const char *name = path ? path : "plan";
-    int64_t expert_bytes = moira_model_config_expert_bytes(model, model->weight_dtype);
+    int64_t expert_bytes =
+        moira_model_config_expert_bytes(model, moira_model_config_expert_dtype(model));
     if (plan->experts != model->n_routed_experts || plan->expert_bytes != expert_bytes)
         return moira_status_make(MOIRA_CODE_INVALID_INPUT,
                                  "%s places %lld experts of %lld bytes; model \"%s\" has %lld of "
@@ -436,7 +437,8 @@ static moira_status_t model_figures(load_ctx_t *ctx, const yaml_node_t *root) {
         MOIRA_RETURN_IF_ERROR(
             moira_yaml_int(doc, v, "expert_bytes", 1, INT64_MAX / 4096, &plan->expert_bytes));
     else if (model)
-        plan->expert_bytes = moira_model_config_expert_bytes(model, model->weight_dtype);
+        plan->expert_bytes =
+            moira_model_config_expert_bytes(model, moira_model_config_expert_dtype(model));
     if (plan->experts > 0 && plan->expert_bytes > 0) return MOIRA_OK_STATUS;
     return moira_yaml_fail(doc, root,
                            "the plan gives no %s and no model was given to take it from "

@@ -653,6 +653,8 @@ static moira_status_t resolve_weight_dtype(parse_ctx_t *ctx) {
         /* `moira quantize`'s own: the quantised tensors say their format themselves (the reader
          * pairs them with their scales); weight_dtype stays the dtype of the rest. */
         cfg->weight_dtype = ctx->have_torch_dtype ? ctx->torch_dtype : MOIRA_DTYPE_F32;
+        cfg->experts_quantized = true;
+        cfg->expert_dtype = ctx->quant_method[0] == 'm' ? MOIRA_DTYPE_MXFP4 : MOIRA_DTYPE_INT8;
     } else if (ctx->have_quant && ctx->quant_method[0]) {
         if (strcmp(ctx->quant_method, "fp8") != 0)
             return FAIL_AT(ctx, ctx->quant_method_mark,
@@ -1235,7 +1237,12 @@ bool moira_model_config_equal(const moira_model_config_t *a, const moira_model_c
            ra->original_max_position_embeddings == rb->original_max_position_embeddings &&
            ra->beta_fast == rb->beta_fast && ra->beta_slow == rb->beta_slow &&
            ra->mscale == rb->mscale && ra->mscale_all_dim == rb->mscale_all_dim &&
-           a->weight_dtype == b->weight_dtype;
+           a->weight_dtype == b->weight_dtype &&
+           moira_model_config_expert_dtype(a) == moira_model_config_expert_dtype(b);
+}
+
+moira_dtype_t moira_model_config_expert_dtype(const moira_model_config_t *config) {
+    return config->experts_quantized ? config->expert_dtype : config->weight_dtype;
 }
 
 int64_t moira_model_config_expert_bytes(const moira_model_config_t *config, moira_dtype_t dtype) {

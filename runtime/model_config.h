@@ -86,6 +86,10 @@ typedef struct moira_model_config {
     double capacity_factor;            /* 0 when absent: unlimited */
     moira_rope_scaling_t rope_scaling;
     moira_dtype_t weight_dtype; /* see moira_model_config_load for how it is chosen */
+    /* Set with a `moira quantize` quantization_config: the routed experts are expert_dtype (MXFP4
+     * or INT8) while the other weights are weight_dtype. See moira_model_config_expert_dtype. */
+    bool experts_quantized;
+    moira_dtype_t expert_dtype;
     /* Private: where each value was read, so that moira_model_config_validate can point at it.
      * Ignored by moira_model_config_equal. */
     moira_config_mark_t marks[MOIRA_MODEL_CONFIG_MARK_SLOTS];
@@ -134,6 +138,10 @@ bool moira_model_config_equal(const moira_model_config_t *a, const moira_model_c
  * f32 per 128x128 block (DeepSeek-V3's weight_scale_inv), mxfp4's E8M0 byte per 32 inputs,
  * int8's f32 per row. */
 int64_t moira_model_config_expert_bytes(const moira_model_config_t *config, moira_dtype_t dtype);
+
+/* The format the routed experts are stored in: expert_dtype when experts_quantized, else
+ * weight_dtype. What a replica's bytes are sized by. */
+moira_dtype_t moira_model_config_expert_dtype(const moira_model_config_t *config);
 
 /* Whether decoder layer `layer` (0-based) has an MoE block rather than a dense MLP, by the rule of
  * the Hugging Face DeepSeek code: layer >= first_k_dense_replace and layer % moe_layer_freq == 0.

@@ -99,6 +99,41 @@ static void test_golden_v2lite(void) {
     CHECK(moira_model_config_expert_bytes(&c, MOIRA_DTYPE_BF16) == 3 * 2048 * 2);
     /* fp8: one 128x128 block per matrix, so one f32 scale each. */
     CHECK(moira_model_config_expert_bytes(&c, MOIRA_DTYPE_F8_E4M3) == 3 * (2048 + 4));
+    /* mxfp4: half a byte per weight and an E8M0 byte per 32 inputs: gate/up 32 rows of 32 + 2,
+     * down 64 rows of 16 + 1. int8: a byte per weight and an f32 per row. */
+    CHECK(moira_model_config_expert_bytes(&c, MOIRA_DTYPE_MXFP4) == 2 * 32 * 34 + 64 * 17);
+    CHECK(moira_model_config_expert_bytes(&c, MOIRA_DTYPE_INT8) == 3 * 2048 + 4 * (32 + 32 + 64));
+    CHECK(!c.experts_quantized && moira_model_config_expert_dtype(&c) == MOIRA_DTYPE_F32);
+}
+
+/* `moira quantize`'s quantization_config: the experts' format, and the rest's from torch_dtype;
+ * another quant_method is an error at its line and column. */
+static void test_quantized_config(void) {
+    static const char base[] =
+        "{\"hidden_size\": 64, \"moe_intermediate_size\": 32, \"n_routed_experts\": 4,\n"
+        "\"num_experts_per_tok\": 2, \"num_attention_heads\": 2, \"kv_lora_rank\": 16,\n"
+        "\"qk_nope_head_dim\": 8, \"qk_rope_head_dim\": 4, \"v_head_dim\": 8,\n"
+        "\"num_hidden_layers\": 1, \"torch_dtype\": \"bfloat16\",\n"
+        "\"quantization_config\": {\"quant_method\": \"%s\", \"modules\": \"routed_experts\"}}\n";
+    const char *methods[3] = {"mxfp4", "int8", "awq"};
+    for (int m = 0; m < 3; m++) {
+        char text[1024];
+        snprintf(text, sizeof(text), base, methods[m]);
+        moira_model_config_t c;
+        moira_status_t status = moira_model_config_parse_string(text, strlen(text), "q.json", &c);
+        if (m == 2) {
+            CHECK_MSG(moira_status_code(status) == MOIRA_CODE_INVALID_INPUT &&
+                          strstr(moira_status_message(status), "q.json:5:") &&
+                          strstr(moira_status_message(status), "awq"),
+                      "awq: %s", status ? moira_status_message(status) : "accepted");
+            moira_status_free(status);
+            continue;
+        }
+        CHECK_OK(status);
+        CHECK(c.weight_dtype == MOIRA_DTYPE_BF16 && c.experts_quantized);
+        CHECK(moira_model_config_expert_dtype(&c) ==
+              (m == 0 ? MOIRA_DTYPE_MXFP4 : MOIRA_DTYPE_INT8));
+    }
 }
 
 static bool ends_with(const char *s, const char *suffix) {
@@ -434,6 +469,7 @@ static void test_malformed(void) {
 
 int main(void) {
     test_golden_v3();
+    test_quantized_config();
     test_golden_v2lite();
     int models = test_shipped_models();
     printf("checked %d model files\n", models);
