@@ -107,12 +107,14 @@ static void warn_if_unlike(const moira_target_t *target, const moira_device_info
                 (double)info->memory_bytes / 1073741824.0);
 }
 
-/* The three kernels a target runs for its experts. */
+/* The three kernels a target runs for its experts; only the FFN reads the experts' weights
+ * (`weight_dtype`: the experts' format, which a quantised checkpoint sets apart). */
 static moira_status_t check_expert_ops(const moira_device_t *device, const moira_target_t *target,
                                        moira_dtype_t weight_dtype) {
     static const int ops[] = {MOIRA_OP_MOE_DISPATCH, MOIRA_OP_MOE_FFN, MOIRA_OP_MOE_COMBINE};
     for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
-        if (!moira_device_supports(device, ops[i], weight_dtype))
+        if (!moira_device_supports(device, ops[i],
+                                   ops[i] == MOIRA_OP_MOE_FFN ? weight_dtype : MOIRA_DTYPE_F32))
             return moira_status_make(MOIRA_CODE_UNSUPPORTED,
                                      "%s (%s) has no %s kernel for %s weights", target->name,
                                      moira_device_info(device)->name, moira_op_name(ops[i]),
@@ -177,7 +179,8 @@ static moira_status_t bind_targets(const moira_topology_t *topology, const moira
         host = target->host;
         MOIRA_RETURN_IF_ERROR(find_device(b, topology, target, &b->devices[t]));
         warn_if_unlike(target, moira_device_info(b->devices[t]));
-        MOIRA_RETURN_IF_ERROR(check_expert_ops(b->devices[t], target, model->weight_dtype));
+        MOIRA_RETURN_IF_ERROR(
+            check_expert_ops(b->devices[t], target, moira_model_config_expert_dtype(model)));
     }
     return check_device_memory(b, topology, plan, name);
 }

@@ -78,6 +78,9 @@ if "$moira" devices 2>/dev/null | grep -q '^opencl:0'; then
     same_tokens "bf16 as int8 on opencl:0" "$work/bf16-int8" --backend opencl:0
 fi
 same_tokens "bf16 as mxfp4 on npu:0" "$work/bf16-mxfp4" --backend npu:0
+# Through a placement (the executor uploads each target's experts as stored).
+same_tokens "bf16 as mxfp4 placed on the local topology" "$work/bf16-mxfp4" \
+    --topology "$root/configs/topologies/local-cpu.yaml"
 same_tokens "bf16 as int8 on npu:0" "$work/bf16-int8" --backend npu:0
 
 # The stored layout is DeepSeek-V4's: U8 [out, in/2] with F8_E8M0 [out, in/32] scales; int8 is
