@@ -140,26 +140,13 @@ static moira_status_t packed_ffn(const moira_op_launch_t *launch, moira_threadpo
     for (int i = 0; i < 3 && !status; i++)
         status = moira_cpu_packed_acquire(pool, &operands[1 + i], &packed[i]);
     moira_dtype_t dtype = operands[1].dtype;
-    bool quantized = moira_dtype_is_quantized(dtype);
-    if (!status && quantized && packed[0] && packed[1] && packed[2]) {
-        moira_cpu_grouped_qffn_t job = {
-            .x = moira_cpu_f32(&operands[0]),
-            .tokens = operands[0].shape[0],
-            .hidden = operands[0].shape[1],
-            .inter = operands[1].shape[1],
-            .top_k = params->top_k,
-            .w1 = packed[0],
-            .w3 = packed[1],
-            .w2 = packed[2],
-            .n_experts = (int)operands[1].shape[0],
-            .offsets = moira_cpu_i32(&operands[4]),
-            .sorted_rows = moira_cpu_i32(&operands[5]),
-            .ys = moira_cpu_f32(&operands[6]),
-            .tile = moira_cpu_qtile_kernel(dtype),
-        };
-        status = moira_cpu_grouped_qffn_run(pool, &job);
-        *out_ran = true;
-    } else if (!status && !quantized && packed[0] && packed[1] && packed[2]) {
+    /* The int8 tiles take one format for all three; a mix with a quantised weight goes the
+     * row-widening way. */
+    bool quantized = moira_dtype_is_quantized(operands[1].dtype) ||
+                     moira_dtype_is_quantized(operands[2].dtype) ||
+                     moira_dtype_is_quantized(operands[3].dtype);
+    bool mixed = operands[2].dtype != dtype || operands[3].dtype != dtype;
+    if (!status && packed[0] && packed[1] && packed[2] && !(quantized && mixed)) {
         moira_cpu_grouped_ffn_t job = {
             .x = moira_cpu_f32(&operands[0]),
             .tokens = operands[0].shape[0],
@@ -175,7 +162,8 @@ static moira_status_t packed_ffn(const moira_op_launch_t *launch, moira_threadpo
             .ys = moira_cpu_f32(&operands[6]),
             .kernels = moira_cpu_gemm_kernels_for_launch(),
         };
-        status = moira_cpu_grouped_ffn_run(pool, &job);
+        status = quantized ? moira_cpu_grouped_qffn_run(pool, &job, moira_cpu_qtile_kernel(dtype))
+                           : moira_cpu_grouped_ffn_run(pool, &job);
         *out_ran = true;
     }
     for (int i = 0; i < 3; i++)

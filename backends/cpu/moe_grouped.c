@@ -25,9 +25,7 @@
  * DeepSeek-V2-Lite's shape), not for a pool chunk of an eighth of the stage. */
 #define DECODE_TOKENS 8
 
-typedef struct item {
-    int32_t expert, first, last; /* panels (stage 2) or gate/up pairs (stage 1) */
-} item_t;
+typedef moira_cpu_ffn_item_t item_t;
 
 /* Activations as a tile reads them: f32 rows, or bf16 high/low planes. */
 typedef struct rows {
@@ -154,8 +152,8 @@ static void split_matrix(moira_threadpool_t *pool, const moira_cpu_gemm_kernels_
 }
 
 /* Items for every expert with rows: (expert, [first, last)) blocks of `per_item` out of `count`. */
-static int64_t make_items(const moira_cpu_grouped_ffn_t *job, int64_t count, int64_t per_item,
-                          item_t *items) {
+int64_t moira_cpu_ffn_items(const moira_cpu_grouped_ffn_t *job, int64_t count, int64_t per_item,
+                            moira_cpu_ffn_item_t *items) {
     int64_t n = 0;
     for (int e = 0; e < job->n_experts; e++) {
         if (job->offsets[e + 1] == job->offsets[e]) continue;
@@ -238,13 +236,13 @@ moira_status_t moira_cpu_grouped_ffn_run(moira_threadpool_t *pool,
 
     /* One loop iteration per pool thread, each claiming items until none are left. */
     int64_t workers = moira_threadpool_size(pool);
-    ctx.n_items = make_items(job, pair_count, pairs_per_item, items);
+    ctx.n_items = moira_cpu_ffn_items(job, pair_count, pairs_per_item, items);
     atomic_init(&ctx.next, 0);
     moira_threadpool_parallel_for(pool, workers, 1, gate_up_items, &ctx);
     if (ctx.split)
         split_matrix(pool, job->kernels, ctx.h, n_rows, ctx.h_stride, ctx.h_stride,
                      (uint16_t *)ctx.h_rows.hi, (uint16_t *)ctx.h_rows.lo, ctx.h_stride);
-    ctx.n_items = make_items(job, panel_count, panels_per_item, items);
+    ctx.n_items = moira_cpu_ffn_items(job, panel_count, panels_per_item, items);
     atomic_store(&ctx.next, 0);
     moira_threadpool_parallel_for(pool, workers, 1, down_items, &ctx);
     moira_cpu_temp_free(scratch);

@@ -22,4 +22,14 @@ typedef struct moira_cpu_grouped_ffn {
 moira_status_t moira_cpu_grouped_ffn_run(moira_threadpool_t *pool,
                                          const moira_cpu_grouped_ffn_t *job);
 
+/* A work item of either stage: one expert's panels (or gate/up pairs) [first, last). */
+typedef struct moira_cpu_ffn_item {
+    int32_t expert, first, last;
+} moira_cpu_ffn_item_t;
+
+/* Writes the items for every expert with rows: blocks of `per_item` out of `count`, expert by
+ * expert; returns how many (at most n_experts * ceil(count / per_item)). */
+int64_t moira_cpu_ffn_items(const moira_cpu_grouped_ffn_t *job, int64_t count, int64_t per_item,
+                            moira_cpu_ffn_item_t *items);
+
 #endif

@@ -14,9 +14,7 @@
 #define PANELS_PER_ITEM 16
 #define DECODE_TOKENS 8
 
-typedef struct item {
-    int32_t expert, first, last;
-} item_t;
+typedef moira_cpu_ffn_item_t item_t;
 
 /* Activation rows quantised per block: row i at q + i * blocks * 32, scale/corr + i * blocks. */
 typedef struct qrows {
@@ -27,7 +25,8 @@ typedef struct qrows {
 } qrows_t;
 
 typedef struct ctx {
-    const moira_cpu_grouped_qffn_t *job;
+    const moira_cpu_grouped_ffn_t *job;
+    moira_cpu_qtile_fn tile;
     int32_t row0;
     qrows_t x, h_q;
     float *h;
@@ -74,7 +73,7 @@ static void quantise(moira_threadpool_t *pool, ctx_t *ctx, const float *src, int
  * to 4 rows and as many panels as a tile of that many rows takes (moira_cpu_qtile_streams).
  * `pairs`: gate/up pairs of w1/w3 (stage 1, into h), else panels of w2 (stage 2, into ys). */
 static void run_item(ctx_t *ctx, const item_t *item, bool pairs) {
-    const moira_cpu_grouped_qffn_t *job = ctx->job;
+    const moira_cpu_grouped_ffn_t *job = ctx->job;
     int32_t row_begin = job->offsets[item->expert], row_end = job->offsets[item->expert + 1];
     for (int32_t row = row_begin; row < row_end; row += MOIRA_CPU_QTILE_ROWS) {
         moira_cpu_qtile_t tile = {.blocks = (pairs ? job->w1 : job->w2)->depth, .swiglu = pairs};
@@ -105,7 +104,7 @@ static void run_item(ctx_t *ctx, const item_t *item, bool pairs) {
                 tile.out_cols = (int)(job->hidden - 16 * (int64_t)p);
                 tile.out = job->ys + (int64_t)row * job->hidden + 16 * p;
             }
-            job->tile(&tile);
+            ctx->tile(&tile);
             p += n;
         }
     }
@@ -125,19 +124,6 @@ static void down_items(void *raw, int64_t begin, int64_t end, int thread) {
     (void)begin, (void)end, (void)thread;
     for (int64_t i; (i = atomic_fetch_add(&ctx->next, 1)) < ctx->n_items;)
         run_item(ctx, &ctx->items[i], false);
-}
-
-/* (expert, [first, last)) items of `per_item` out of `count` for every expert with rows. */
-static int64_t make_items(const moira_cpu_grouped_qffn_t *job, int64_t count, int64_t per_item,
-                          item_t *items) {
-    int64_t n = 0;
-    for (int e = 0; e < job->n_experts; e++) {
-        if (job->offsets[e + 1] == job->offsets[e]) continue;
-        for (int64_t first = 0; first < count; first += per_item)
-            items[n++] = (item_t){e, (int32_t)first,
-                                  (int32_t)(first + per_item < count ? first + per_item : count)};
-    }
-    return n;
 }
 
 /* Carves quantised rows for `rows` rows of `blocks` blocks out of the scratch cursor. */
@@ -160,10 +146,12 @@ static size_t rows_bytes(int64_t rows, int64_t blocks) {
 /* One scratch block from the queue's arena (x and h quantised, h, items), then x quantised per
  * token, stage 1, h quantised per row, stage 2. */
 moira_status_t moira_cpu_grouped_qffn_run(moira_threadpool_t *pool,
-                                          const moira_cpu_grouped_qffn_t *job) {
+                                          const moira_cpu_grouped_ffn_t *job,
+                                          moira_cpu_qtile_fn tile) {
     int64_t n_rows = job->offsets[job->n_experts] - job->offsets[0];
     if (n_rows == 0 || job->hidden == 0) return MOIRA_OK_STATUS;
-    ctx_t ctx = {.job = job, .row0 = job->offsets[0], .h_stride = job->w1->panels * 16};
+    ctx_t ctx = {
+        .job = job, .tile = tile, .row0 = job->offsets[0], .h_stride = job->w1->panels * 16};
     int64_t x_blocks = moira_cpu_quant_blocks(job->hidden), h_blocks = job->w2->depth;
     bool decode = job->tokens <= DECODE_TOKENS;
     int64_t pairs_per_item = decode ? 2 : PAIRS_PER_ITEM;
@@ -187,11 +175,11 @@ moira_status_t moira_cpu_grouped_qffn_run(moira_threadpool_t *pool,
 
     int64_t workers = moira_threadpool_size(pool);
     quantise(pool, &ctx, job->x, job->tokens, job->hidden, job->hidden, &ctx.x);
-    ctx.n_items = make_items(job, job->w1->panels, pairs_per_item, items);
+    ctx.n_items = moira_cpu_ffn_items(job, job->w1->panels, pairs_per_item, items);
     atomic_init(&ctx.next, 0);
     moira_threadpool_parallel_for(pool, workers, 1, gate_up_items, &ctx);
     quantise(pool, &ctx, ctx.h, n_rows, job->inter, ctx.h_stride, &ctx.h_q);
-    ctx.n_items = make_items(job, job->w2->panels, panels_per_item, items);
+    ctx.n_items = moira_cpu_ffn_items(job, job->w2->panels, panels_per_item, items);
     atomic_store(&ctx.next, 0);
     moira_threadpool_parallel_for(pool, workers, 1, down_items, &ctx);
     moira_cpu_temp_free(scratch);
