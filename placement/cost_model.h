@@ -54,7 +54,8 @@ double moira_cost_link_bytes(const moira_cost_model_t *cost, const moira_target_
 
 /* What one layer's placement costs. */
 typedef struct moira_layer_cost {
-    double predicted_us; /* slowest target + network */
+    double predicted_us; /* the home's time + slowest target + network */
+    double home_us;      /* attention and the rest on the plan's home (0 when it names none) */
     double slowest_target_us;
     double network_us;
     double max_over_mean; /* max / mean routed tokens over the targets holding replicas */

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "placement/home.h"
 #include "placement/plan.h"
 #include "placement/planner_internal.h"
 
@@ -605,10 +606,15 @@ void moira_plan_evaluate(moira_plan_t *plan, const moira_topology_t *topology,
     moira_cost_model_init(model, &cost);
     double *scratch = calloc(moira_cost_scratch_doubles(&cost, topology), sizeof(double));
     if (!scratch) return;
+    int home = plan->home[0] ? moira_topology_find_target(topology, plan->home) : -1;
     for (int l = 0; l < plan->n_layers; l++) {
         moira_plan_layer_t *layer = &plan->layers[l];
         moira_cost_layer(&cost, topology, layer->n_replicas, layer->replica_target,
                          layer->replica_expert, layer->replica_load, scratch, &layer->cost);
+        if (home < 0) continue;
+        layer->cost.home_us =
+            moira_home_layer_us(topology, home, model, layer->layer, layer->cost.tokens);
+        layer->cost.predicted_us += layer->cost.home_us;
     }
     free(scratch);
 }

@@ -31,8 +31,9 @@ double moira_model_home_bytes(const moira_model_config_t *model) {
 /* Planning every byte of a device for experts leaves nothing for what runs beside them: a plan
  * that passed --check then failed in run with an allocation error after loading for minutes. */
 void moira_topology_reserve(moira_topology_t *topology, const moira_model_config_t *model,
-                            double extra_bytes) {
+                            double extra_bytes, int home_target) {
     double home = moira_model_home_bytes(model), host_memory = 0;
+    bool on_device = home_target >= 0 && topology->targets[home_target].kind != MOIRA_TARGET_NUMA;
     for (int i = 0; i < topology->n_targets; i++) {
         const moira_target_t *t = &topology->targets[i];
         if (t->host == 0 && t->kind == MOIRA_TARGET_NUMA) host_memory += (double)t->memory_bytes;
@@ -41,7 +42,9 @@ void moira_topology_reserve(moira_topology_t *topology, const moira_model_config
         moira_target_t *t = &topology->targets[i];
         double memory = (double)t->memory_bytes;
         double reserve = MOIRA_RESERVE_HEADROOM * memory + extra_bytes;
-        if (t->host == 0 && t->kind == MOIRA_TARGET_NUMA && host_memory > 0)
+        if (on_device && i == home_target)
+            reserve += home;
+        else if (!on_device && t->host == 0 && t->kind == MOIRA_TARGET_NUMA && host_memory > 0)
             reserve += home * memory / host_memory;
         t->reserve_bytes = reserve < memory ? (uint64_t)reserve : t->memory_bytes;
     }

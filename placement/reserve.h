@@ -19,9 +19,10 @@ void moira_model_layer_bytes(const moira_model_config_t *model, int64_t layer, m
 double moira_model_home_bytes(const moira_model_config_t *model);
 
 /* Sets every target's reserve_bytes: MOIRA_RESERVE_HEADROOM of its memory, plus `extra_bytes`
- * (--reserve), plus on the first host's CPU memory (where the home runs unless a plan says
- * otherwise) the home's weights, shared out by memory. Capped at the target's memory. */
+ * (--reserve), plus the home's weights on target `home` (home.h), or shared out by memory over
+ * the first host's CPU memory when the home is CPU memory (or -1: not chosen). Capped at the
+ * target's memory. */
 void moira_topology_reserve(moira_topology_t *topology, const moira_model_config_t *model,
-                            double extra_bytes);
+                            double extra_bytes, int home);
 
 #endif

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "placement/home.h"
 #include "placement/plan.h"
 #include "placement/profile.h"
 #include "placement/reserve.h"
@@ -148,7 +149,8 @@ static int parse_args(int argc, char **argv, plan_args_t *a) {
 
 /* Predicted time per layer of a naive strategy, or a negative number when it cannot place. */
 static double baseline_us(const moira_topology_t *topology, const moira_model_config_t *model,
-                          const moira_profile_t *profile, moira_plan_strategy_t strategy) {
+                          const moira_profile_t *profile, moira_plan_strategy_t strategy,
+                          int home) {
     moira_plan_options_t options = {0, 0, strategy};
     moira_plan_t plan;
     moira_status_t status = moira_plan_make(topology, model, profile, &options, &plan);
@@ -156,6 +158,7 @@ static double baseline_us(const moira_topology_t *topology, const moira_model_co
         moira_status_free(status);
         return -1;
     }
+    if (home >= 0) moira_plan_set_home(&plan, topology, model, home);
     moira_plan_summary_t summary;
     moira_plan_summarise(&plan, &summary);
     moira_plan_free(&plan);
@@ -241,6 +244,14 @@ static moira_status_t write_outputs(const plan_args_t *a, const moira_plan_t *pl
     return status;
 }
 
+/* Tokens in the profile's batch: its first layer's load over k. */
+static double profile_tokens(const moira_profile_t *profile, const moira_model_config_t *model) {
+    double load = 0;
+    for (int64_t e = 0; profile->n_layers > 0 && e < profile->experts; e++)
+        load += profile->load[e];
+    return model->num_experts_per_tok > 0 ? load / (double)model->num_experts_per_tok : 0;
+}
+
 /* The profile --profile or --skew describes (uniform over --tokens when neither is given). */
 static moira_status_t make_profile(const plan_args_t *a, const moira_model_config_t *model,
                                    moira_profile_t *out) {
@@ -290,7 +301,11 @@ static moira_status_t run_plan(const plan_args_t *a) {
     moira_plan_t plan;
     memset(&plan, 0, sizeof(plan));
     if (!status && !a->check) status = make_profile(a, &model, &profile);
-    if (!status) moira_topology_reserve(&topology, &model, (double)a->reserve_gib * 1073741824.0);
+    int home = !status && !a->check
+                   ? moira_home_choose(&topology, &model, profile_tokens(&profile, &model))
+                   : -1;
+    if (!status)
+        moira_topology_reserve(&topology, &model, (double)a->reserve_gib * 1073741824.0, home);
     if (!status && a->check) {
         status =
             moira_plan_load_for_model(a->check, &topology, a->model_path ? &model : NULL, &plan);
@@ -301,14 +316,15 @@ static moira_status_t run_plan(const plan_args_t *a) {
     } else if (!status) {
         moira_plan_options_t options = {a->redundant, a->slots, MOIRA_PLAN_BALANCED};
         status = moira_plan_make(&topology, &model, &profile, &options, &plan);
+        if (!status && home >= 0) moira_plan_set_home(&plan, &topology, &model, home);
     }
     if (!status && !a->check && !a->output)
         status = moira_plan_write_stream(&plan, &topology, stdout, a->json);
     if (!status) status = write_outputs(a, &plan, &topology, &model);
     if (!status && !a->check && a->output) {
         print_summary(stdout, &plan, &topology, true,
-                      baseline_us(&topology, &model, &profile, MOIRA_PLAN_ALL_CPU),
-                      baseline_us(&topology, &model, &profile, MOIRA_PLAN_FILL_FASTEST));
+                      baseline_us(&topology, &model, &profile, MOIRA_PLAN_ALL_CPU, home),
+                      baseline_us(&topology, &model, &profile, MOIRA_PLAN_FILL_FASTEST, home));
     } else if (!status && a->check) {
         printf("%s: valid plan for topology %s\n", a->check, topology.name);
         print_summary(stdout, &plan, &topology, a->model_path != NULL, -1, -1);

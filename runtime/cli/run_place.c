@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "placement/home.h"
 #include "placement/profile.h"
 #include "placement/reserve.h"
 #include "runtime/backend.h"
@@ -51,6 +52,25 @@ static moira_status_t load_topology(const run_args_t *a, bool single_device,
     return status;
 }
 
+/* The home device: --backend; else the plan's home when it names a device with `select` (CPU
+ * memory as home is cpu:0); else cpu:0. */
+static moira_status_t find_home(const run_args_t *a, const run_placement_t *p,
+                                moira_device_t **out) {
+    if (a->backend) return moira_device_find(a->backend, out);
+    int home = p->plan.home[0] ? moira_topology_find_target(&p->topology, p->plan.home) : -1;
+    const moira_target_t *t = home >= 0 ? &p->topology.targets[home] : NULL;
+    if (t && t->kind != MOIRA_TARGET_NUMA && t->select[0]) {
+        moira_status_t status = moira_device_find(t->select, out);
+        if (!status) return MOIRA_OK_STATUS;
+        moira_status_free(status);
+        fprintf(stderr,
+                "moira: warning: the plan's home \"%s\" (select \"%s\") is no device "
+                "here; the home is cpu:0\n",
+                t->name, t->select);
+    }
+    return moira_device_find("cpu:0", out);
+}
+
 /* Everything here reads files and the device list only; no weight has been read yet. */
 moira_status_t run_place(const run_args_t *a, const moira_model_config_t *model, int64_t tokens,
                          run_placement_t *out) {
@@ -62,15 +82,17 @@ moira_status_t run_place(const run_args_t *a, const moira_model_config_t *model,
         if (!status) moira_plan_evaluate(&out->plan, &out->topology, model);
         snprintf(out->source, sizeof(out->source), "%s (topology %s)", a->plan, out->topology.name);
     } else if (!status) {
-        moira_topology_reserve(&out->topology, model, (double)a->reserve_gib * 1073741824.0);
+        int home = moira_home_choose(&out->topology, model, (double)tokens);
+        moira_topology_reserve(&out->topology, model, (double)a->reserve_gib * 1073741824.0, home);
         status = make_plan(&out->topology, model, tokens, &out->plan);
+        if (!status && home >= 0) moira_plan_set_home(&out->plan, &out->topology, model, home);
         snprintf(out->source, sizeof(out->source), "%s for a uniform load of %lld tokens%s%s",
                  single_device ? "every expert on one device" : "planned here", (long long)tokens,
                  a->topology ? " on " : " on this machine", a->topology ? a->topology : "");
     }
     if (!status)
         status = moira_exec_bind(&out->topology, &out->plan, model, a->plan, &out->binding);
-    if (!status) status = moira_device_find(a->backend ? a->backend : "cpu:0", &out->home);
+    if (!status) status = find_home(a, out, &out->home);
     if (!status) status = moira_exec_check_home(out->home, model);
     if (!status) status = run_check_host_memory(out, model);
     if (!status) {

@@ -151,6 +151,19 @@ for reserve in 0 8; do
 done
 expect 2 "--reserve -1" -- "$moira" plan --reserve -1
 
+# The home device is chosen and predicted (issue 15): on 8x MI300X a GPU, written as home:, and
+# --check recomputes the prediction with it; on this CPU-only machine, CPU memory.
+expect 0 "V3 on mi300x-8 names its home" -- "$moira" plan --topology "$mi300x" --model "$v3" \
+    -o "$work/home.yaml"
+check "the home is a GPU" '^home: gpu[0-7]$' "$work/home.yaml"
+home_predicted=$(grep '^predicted:' "$work/out" | awk '{print $2}')
+expect 0 "check the plan with its home" -- "$moira" plan --topology "$mi300x" --model "$v3" \
+    --check "$work/home.yaml"
+[ "$(grep '^predicted:' "$work/out" | awk '{print $2}')" = "$home_predicted" ] &&
+    passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: --check lost the home's time"; }
+expect 0 "plan this machine" -- "$moira" plan -o "$work/local-home.yaml"
+check "CPU memory is the home here" '^home: .*/numa[0-9]+$' "$work/local-home.yaml"
+
 # A plan that cannot be made leaves an existing output untouched.
 cat >"$work/tiny.yaml" <<'YAML'
 name: tiny

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "placement/eplb_peer.h"
+#include "placement/home.h"
 #include "placement/plan.h"
 #include "placement/replica_order.h"
 #include "tests/unit/testing.h"
@@ -285,6 +286,47 @@ static void test_decode_spreads(void) {
     }
     moira_plan_free(&plan);
     moira_profile_free(&p);
+    moira_topology_free(&t);
+}
+
+/* The home device (issue 15: it was cpu:0 even on an 8-GPU topology, and never predicted). D =
+ * 1024, one MoE layer, one head of qk 8 + 8, v 8, kv_lora 8, 4 experts, no shared expert, bf16:
+ * home parameters q 16 x 1024 + kv_a 16 x 1024 + kv_b 16 x 8 + o 1024 x 8 + router 1024 x 4 =
+ * 45184, 90368 bytes. On the GPU (1000 GB/s, 100 TFLOP/s) at 1000 tokens: weights 0.090368 us,
+ * compute 2 x 45184 x 1000 / 100e12 s = 0.90368 us; on CPU memory (100 GB/s, 1 TFLOP/s) 90.368
+ * us. The GPU is chosen, unless it cannot hold the home's weights. */
+static void test_home(void) {
+    moira_model_config_t m = parse_model(
+        "hidden_size: 1024\nmoe_intermediate_size: 512\nnum_hidden_layers: 1\n"
+        "num_attention_heads: 1\nkv_lora_rank: 8\nqk_nope_head_dim: 8\nqk_rope_head_dim: 8\n"
+        "v_head_dim: 8\nn_routed_experts: 4\nn_shared_experts: 0\nnum_experts_per_tok: 2\n"
+        "weight_dtype: bf16\n");
+    const char *text = "name: h\nhosts:\n  - name: h\n    numa_nodes: [{id: 0, memory_gib: 1, "
+                       "bandwidth_gbs: 100, cores: 4, peak_tflops: {bf16: 1}}]\n    devices:\n"
+                       "      - {name: g, kind: gpu, backend: x, memory_gib: %s, "
+                       "bandwidth_gbs: 1000, peak_tflops: {bf16: 100}, link_gbs: 50}\n";
+    char topo[512];
+    snprintf(topo, sizeof(topo), text, "1");
+    moira_topology_t t;
+    CHECK_OK(moira_topology_parse(topo, strlen(topo), "h.yaml", NULL, &t));
+    CHECK_NEAR(moira_home_layer_us(&t, 1, &m, 0, 1000), 0.90368, 1e-9);
+    CHECK_NEAR(moira_home_layer_us(&t, 0, &m, 0, 1000), 90.368, 1e-9);
+    CHECK(moira_home_choose(&t, &m, 1000) == 1);
+    /* Planned with the GPU as home, every layer's prediction carries its time. */
+    moira_profile_t p;
+    CHECK_OK(moira_profile_synthesise(&m, "uniform", 1000, &p));
+    moira_plan_t plan;
+    CHECK_OK(plan_with(&t, &m, &p, 0, 0, MOIRA_PLAN_BALANCED, &plan));
+    double without = plan.layers[0].cost.predicted_us;
+    moira_plan_set_home(&plan, &t, &m, 1);
+    CHECK(!strcmp(plan.home, "g"));
+    CHECK_NEAR(plan.layers[0].cost.predicted_us, without + 0.90368, 1e-9);
+    moira_plan_free(&plan);
+    moira_profile_free(&p);
+    moira_topology_free(&t);
+    snprintf(topo, sizeof(topo), text, "0.00005"); /* 53687 bytes: not the home's 90368 */
+    CHECK_OK(moira_topology_parse(topo, strlen(topo), "h.yaml", NULL, &t));
+    CHECK(moira_home_choose(&t, &m, 1000) == 0);
     moira_topology_free(&t);
 }
 
@@ -684,6 +726,7 @@ int main(void) {
     test_heterogeneous();
     test_redundancy_never_hurts();
     test_decode_spreads();
+    test_home();
     test_all_cpu_by_hand();
     test_caps();
     test_groups_and_determinism();
