@@ -6,6 +6,7 @@
 #include <libgen.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -125,6 +126,7 @@ typedef struct server {
     char *default_name; /* owned */
     pthread_t main_thread;
     moira_status_t load_status;
+    atomic_bool ready, load_failed; /* set by the loader, read by the main thread */
 } server_t;
 
 static void *load(void *arg) {
@@ -142,7 +144,9 @@ static void *load(void *arg) {
                                      .defaults = s->session.sampling,
                                      .context = eo->context,
                                      .created = (int64_t)time(NULL)};
-        serve_scheduler_options_t options = {.max_queue = (int)a->max_queue, .step_rows = a->chunk};
+        serve_scheduler_options_t options = {.max_queue = (int)a->max_queue,
+                                             .step_rows = a->chunk,
+                                             .max_running = (int)a->max_batch};
         status = serve_scheduler_create(s->session.engine, &s->session.model, &s->metrics, &options,
                                         &s->scheduler);
     }
@@ -162,19 +166,21 @@ static void *load(void *arg) {
                 (int)a->max_batch, (int)a->cache_slots, (long long)s->api.context);
     }
     s->load_status = status;
+    atomic_store(status ? &s->load_failed : &s->ready, true);
     if (status) pthread_kill(s->main_thread, SIGUSR1);
     return NULL;
 }
 
-/* Waits for SIGINT or SIGTERM (or SIGUSR1: the loader failed); returns the signal. */
-static int wait_for_signal(void) {
+/* Waits for SIGINT or SIGTERM, or SIGUSR1 when the loader says it failed (a SIGUSR1 from
+ * anyone else is ignored); returns the signal. */
+static int wait_for_signal(const server_t *s) {
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGUSR1);
     int signal = 0;
-    while (sigwait(&set, &signal))
+    while (sigwait(&set, &signal) || (signal == SIGUSR1 && !atomic_load(&s->load_failed)))
         ;
     return signal;
 }
@@ -203,8 +209,8 @@ static int run(server_t *s) {
     if (pthread_create(&loader, NULL, load, s))
         return moira_status_report(
             moira_status_make(MOIRA_CODE_INTERNAL, "cannot start the loading thread"));
-    int signal = wait_for_signal();
-    if (signal == SIGUSR1 || s->scheduler == NULL) {
+    int signal = wait_for_signal(s);
+    if (signal == SIGUSR1 || !atomic_load(&s->ready)) {
         serve_http_quiesce(s->http);
         if (signal != SIGUSR1) {
             /* The upload cannot be interrupted; nothing is written, so leave at once. */

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -24,6 +25,7 @@
 
 struct serve_http {
     struct MHD_Daemon *daemon;
+    MHD_socket listener; /* after serve_http_quiesce: closed only once the daemon has stopped */
     serve_http_options_t options;
     serve_http_backend_t backend;
     atomic_bool ready;
@@ -39,7 +41,8 @@ typedef struct connection {
 
 /* A streamed answer: the SSE bytes formatted and not yet handed to MHD. */
 typedef struct stream {
-    serve_api_call_t call; /* owned */
+    serve_api_call_t call;             /* owned */
+    struct MHD_Connection *connection; /* borrowed: lives as long as its response */
     int fd;
     char *pending; /* owned */
     size_t pending_len, pending_off, sent;
@@ -55,8 +58,8 @@ static void count(serve_http_t *h, uint64_t *counter) {
 }
 
 /* Queues `text` (owned, may be NULL for out of memory) as the answer. */
-static enum MHD_Result answer(struct MHD_Connection *c, unsigned status, const char *type,
-                              char *text) {
+static enum MHD_Result answer_with(struct MHD_Connection *c, unsigned status, const char *type,
+                                   char *text, const char *header, const char *value) {
     if (!text) {
         status = MHD_HTTP_INTERNAL_SERVER_ERROR;
         type = "application/json";
@@ -70,9 +73,15 @@ static enum MHD_Result answer(struct MHD_Connection *c, unsigned status, const c
         return MHD_NO;
     }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    if (header) MHD_add_response_header(r, header, value);
     enum MHD_Result result = MHD_queue_response(c, status, r);
     MHD_destroy_response(r);
     return result;
+}
+
+static enum MHD_Result answer(struct MHD_Connection *c, unsigned status, const char *type,
+                              char *text) {
+    return answer_with(c, status, type, text, NULL, NULL);
 }
 
 static enum MHD_Result answer_error(struct MHD_Connection *c, unsigned status, const char *message,
@@ -93,6 +102,12 @@ static int connection_fd(struct MHD_Connection *c) {
     return info ? info->connect_fd : -1;
 }
 
+/* libmicrohttpd counts time blocked in a handler as idle time: lift the limit while a
+ * generation is answered (and restored once the wait is over). */
+static void wait_without_timeout(struct MHD_Connection *c) {
+    MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)0);
+}
+
 /* Appends one SSE event to the stream's pending bytes; false when memory ran out. */
 static bool add_event(stream_t *s, char *json) {
     if (!json) return false;
@@ -108,44 +123,75 @@ static bool add_event(stream_t *s, char *json) {
     return true;
 }
 
+/* What a stream takes from its request under the lock, to format outside it (the engine loop
+ * appends to the request under the same lock and must not wait for JSON to be written). */
+typedef struct stream_snapshot {
+    char *text; /* owned: the text not yet sent */
+    size_t len;
+    bool done;
+    const char *finish_reason;
+    char *error; /* owned */
+    int64_t completion_tokens;
+} stream_snapshot_t;
+
 /* The closing events: the finish (or the error), usage when asked, then [DONE]. */
-static bool end_events(stream_t *s, serve_request_t *r) {
+static bool end_events(stream_t *s, const stream_snapshot_t *snap) {
     bool ok;
-    if (r->finish_reason) {
-        ok = add_event(s, serve_api_chunk(&s->call, "", 0, false, r->finish_reason));
+    if (snap->finish_reason) {
+        ok = add_event(s, serve_api_chunk(&s->call, "", 0, false, snap->finish_reason));
         if (ok && s->call.include_usage)
-            ok = add_event(s, serve_api_usage_chunk(&s->call, r->completion_tokens));
+            ok = add_event(s, serve_api_usage_chunk(&s->call, snap->completion_tokens));
     } else {
-        ok = add_event(s, serve_api_error(r->error ? r->error : "generation failed", "server_error",
-                                          NULL, NULL));
+        ok = add_event(s, serve_api_error(snap->error ? snap->error : "generation failed",
+                                          "server_error", NULL, NULL));
     }
     return ok && add_event(s, strdup("[DONE]"));
 }
 
-/* Waits for the request's next text (or its end) and formats it as events. False when the
- * client left, or memory ran out: the stream then ends with an error. */
-static bool refill(stream_t *s) {
+/* Waits (at most PEER_CHECK_S) for new text or the end, and copies what there is. */
+static bool take_snapshot(stream_t *s, stream_snapshot_t *snap) {
     serve_request_t *r = s->call.request;
+    memset(snap, 0, sizeof(*snap));
+    pthread_mutex_lock(&r->lock);
+    serve_request_wait_locked(r, s->sent, PEER_CHECK_S);
+    snap->len = r->len - s->sent;
+    snap->text = malloc(snap->len + 1);
+    snap->done = r->done;
+    snap->finish_reason = r->finish_reason;
+    snap->error = r->done && r->error ? strdup(r->error) : NULL;
+    snap->completion_tokens = r->completion_tokens;
+    if (snap->text) memcpy(snap->text, r->text + s->sent, snap->len);
+    pthread_mutex_unlock(&r->lock);
+    s->sent += snap->len;
+    return snap->text != NULL;
+}
+
+/* Waits for the request's next text (or its end) and formats it as events. False when the
+ * client left, or memory ran out: the stream then ends with an error. The idle timeout is lifted
+ * only while waiting, so a client that stops reading is still dropped. */
+static bool refill(stream_t *s) {
     s->pending_len = s->pending_off = 0;
+    wait_without_timeout(s->connection);
     for (;;) {
-        pthread_mutex_lock(&r->lock);
-        serve_request_wait_locked(r, s->sent, PEER_CHECK_S);
-        bool has_text = r->len > s->sent, done = r->done, ok = true;
-        if (has_text || (!s->started && s->call.chat)) {
-            ok = add_event(s, serve_api_chunk(&s->call, r->text + s->sent, r->len - s->sent,
-                                              !s->started, NULL));
+        stream_snapshot_t snap;
+        bool ok = take_snapshot(s, &snap);
+        if (ok && (snap.len || (!s->started && s->call.chat))) {
+            ok = add_event(s, serve_api_chunk(&s->call, snap.text, snap.len, !s->started, NULL));
             s->started = true;
-            s->sent = r->len;
         }
-        if (ok && done) {
-            ok = end_events(s, r);
+        if (ok && snap.done) {
+            ok = end_events(s, &snap);
             s->ended = true;
         }
-        pthread_mutex_unlock(&r->lock);
+        free(snap.text);
+        free(snap.error);
         if (!ok) return false;
-        if (s->pending_len) return true;
+        if (s->pending_len) break;
         if (peer_gone(s->fd)) return false;
     }
+    MHD_set_connection_option(s->connection, MHD_CONNECTION_OPTION_TIMEOUT,
+                              (unsigned)IDLE_TIMEOUT_S);
+    return true;
 }
 
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
@@ -173,21 +219,19 @@ static void stream_free(void *cls) {
     free(s);
 }
 
-/* libmicrohttpd counts time blocked in a handler as idle time: lift the limit while a
- * generation is answered (on_completed restores it for a kept-alive connection). */
-static void wait_without_timeout(struct MHD_Connection *c) {
-    MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)0);
-}
-
 static enum MHD_Result answer_stream(serve_http_t *h, struct MHD_Connection *c,
                                      serve_api_call_t *call) {
     stream_t *s = calloc(1, sizeof(*s));
-    if (!s) return answer(c, 500, "application/json", NULL);
+    if (!s) {
+        serve_request_cancel(call->request);
+        serve_api_call_free(call);
+        return answer(c, 500, "application/json", NULL);
+    }
     s->call = *call;
     memset(call, 0, sizeof(*call));
+    s->connection = c;
     s->fd = connection_fd(c);
     s->metrics = h->backend.metrics;
-    wait_without_timeout(c);
     struct MHD_Response *r =
         MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_read, s, stream_free);
     if (!r) {
@@ -223,8 +267,11 @@ static enum MHD_Result answer_whole(struct MHD_Connection *c, serve_api_call_t *
     char *error = r->finish_reason ? NULL
                                    : serve_api_error(r->error ? r->error : "generation failed",
                                                      "server_error", NULL, NULL);
+    unsigned failure =
+        r->unavailable ? MHD_HTTP_SERVICE_UNAVAILABLE : MHD_HTTP_INTERNAL_SERVER_ERROR;
     pthread_mutex_unlock(&r->lock);
-    if (error) return answer(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "application/json", error);
+    MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)IDLE_TIMEOUT_S);
+    if (error) return answer(c, failure, "application/json", error);
     return answer(c, MHD_HTTP_OK, "application/json", text);
 }
 
@@ -251,8 +298,10 @@ static enum MHD_Result generate(serve_http_t *h, struct MHD_Connection *c, conne
         serve_api_call_free(&call);
         count(h, &h->backend.metrics->requests_rejected);
         return submitted == SERVE_QUEUE_FULL
-                   ? answer_error(c, 429, "too many requests are waiting; try again later",
-                                  "rate_limit_error", NULL, "queue_full")
+                   ? answer_with(c, 429, "application/json",
+                                 serve_api_error("too many requests are waiting; try again later",
+                                                 "rate_limit_error", NULL, "queue_full"),
+                                 MHD_HTTP_HEADER_RETRY_AFTER, "1")
                    : answer_error(c, 503, "the server is shutting down", "server_error", NULL,
                                   NULL);
     }
@@ -262,6 +311,14 @@ static enum MHD_Result generate(serve_http_t *h, struct MHD_Connection *c, conne
     return result;
 }
 
+static enum MHD_Result wrong_method(struct MHD_Connection *c, const char *allowed) {
+    char message[32];
+    snprintf(message, sizeof(message), "use %s", allowed);
+    return answer_with(c, 405, "application/json",
+                       serve_api_error(message, "invalid_request_error", NULL, NULL),
+                       MHD_HTTP_HEADER_ALLOW, allowed);
+}
+
 static enum MHD_Result route(serve_http_t *h, struct MHD_Connection *c, connection_t *conn,
                              const char *url, const char *method) {
     bool get = !strcmp(method, "GET"), post = !strcmp(method, "POST");
@@ -269,18 +326,18 @@ static enum MHD_Result route(serve_http_t *h, struct MHD_Connection *c, connecti
     if (!strcmp(url, "/health"))
         return get ? answer(c, ready ? 200 : 503, "application/json",
                             strdup(ready ? "{\"status\":\"ok\"}" : "{\"status\":\"loading\"}"))
-                   : answer_error(c, 405, "use GET", "invalid_request_error", NULL, NULL);
+                   : wrong_method(c, "GET");
     bool completions = !strcmp(url, "/v1/completions"), chat = !strcmp(url, "/v1/chat/completions"),
          models = !strcmp(url, "/v1/models"), metrics = !strcmp(url, "/metrics"),
-         load = !strcmp(url, "/v1/moira/expert-load");
-    if (!completions && !chat && !models && !metrics && !load) {
+         load = !strcmp(url, "/v1/moira/expert-load"),
+         one_model = !strncmp(url, "/v1/models/", strlen("/v1/models/"));
+    if (!completions && !chat && !models && !metrics && !load && !one_model) {
         char message[300];
         snprintf(message, sizeof(message), "no route %s %.200s", method, url);
         return answer_error(c, 404, message, "invalid_request_error", NULL, "not_found");
     }
     if ((completions || chat) ? !post : !get)
-        return answer_error(c, 405, (completions || chat) ? "use POST" : "use GET",
-                            "invalid_request_error", NULL, NULL);
+        return wrong_method(c, (completions || chat) ? "POST" : "GET");
     if (!ready)
         return answer_error(c, 503, "the model is still loading", "server_error", NULL, NULL);
     if (conn->too_large) {
@@ -291,6 +348,14 @@ static enum MHD_Result route(serve_http_t *h, struct MHD_Connection *c, connecti
         return answer_error(c, 400, message, "invalid_request_error", NULL, NULL);
     }
     if (models) return answer(c, 200, "application/json", serve_api_models(h->backend.api));
+    if (one_model) {
+        const char *id = url + strlen("/v1/models/");
+        if (!strcmp(id, h->backend.api->name))
+            return answer(c, 200, "application/json", serve_api_model(h->backend.api));
+        char message[300];
+        snprintf(message, sizeof(message), "the model '%.200s' does not exist", id);
+        return answer_error(c, 404, message, "invalid_request_error", NULL, "model_not_found");
+    }
     if (metrics) {
         size_t len = 0;
         char *text = serve_metrics_render(h->backend.metrics, moira_now_seconds(), &len);
@@ -320,15 +385,23 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         conn = calloc(1, sizeof(*conn));
         if (!conn) return MHD_NO;
         *state = conn;
+        /* A declared body over the limit is refused before it is read when the client waits
+         * for "100 Continue" or the body is past all reason; otherwise it is read and dropped,
+         * since most clients (Python's, Node's fetch) send it whole and see only a broken pipe
+         * if the connection closes under them. */
         const char *length = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
-        if (!length || strtoull(length, NULL, 10) <= h->options.max_body) return MHD_YES;
-        conn->too_large = conn->answered = true; /* refused before the body is sent */
+        unsigned long long declared = length ? strtoull(length, NULL, 10) : 0;
+        if (declared <= h->options.max_body) return MHD_YES;
+        conn->too_large = true;
+        const char *expect = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Expect");
+        if (!(expect && !strcasecmp(expect, "100-continue")) && declared / 4 <= h->options.max_body)
+            return MHD_YES;
+        conn->answered = true;
         return route(h, c, conn, url, method);
     }
     if (*upload_size) {
-        /* A body without a Content-Length that outgrows the limit is read to its end and
-         * dropped (libmicrohttpd answers only once the upload is done), up to a bound past
-         * which the connection is closed. */
+        /* A body that outgrows the limit is read to its end and dropped (libmicrohttpd answers
+         * only once the upload is done), up to a bound past which the connection is closed. */
         conn->received += *upload_size;
         if (conn->received > h->options.max_body) conn->too_large = true;
         if (conn->received / 4 > h->options.max_body) return MHD_NO;
@@ -392,6 +465,7 @@ moira_status_t serve_http_start(const serve_http_options_t *options, serve_http_
     serve_http_t *h = calloc(1, sizeof(*h));
     if (!h) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "serve: out of memory");
     h->options = *options;
+    h->listener = MHD_INVALID_SOCKET;
     if (!h->options.host) h->options.host = "127.0.0.1";
     struct sockaddr_storage address;
     bool ipv6 = false;
@@ -429,12 +503,12 @@ void serve_http_ready(serve_http_t *h, const serve_http_backend_t *backend) {
 }
 
 void serve_http_quiesce(serve_http_t *h) {
-    MHD_socket listener = MHD_quiesce_daemon(h->daemon);
-    if (listener != MHD_INVALID_SOCKET) close(listener);
+    if (h->listener == MHD_INVALID_SOCKET) h->listener = MHD_quiesce_daemon(h->daemon);
 }
 
 void serve_http_stop(serve_http_t *h) {
     if (!h) return;
     MHD_stop_daemon(h->daemon);
+    if (h->listener != MHD_INVALID_SOCKET) close(h->listener);
     free(h);
 }

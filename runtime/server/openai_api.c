@@ -87,7 +87,9 @@ static moira_status_t refuse_unsupported(const json_t *body, bool chat, const ch
     for (size_t i = 0; i < sizeof(must_be_absent) / sizeof(*must_be_absent); i++) {
         json_t *v = field(body, must_be_absent[i]);
         bool empty = !v || (json_is_array(v) && !json_array_size(v)) ||
-                     (json_is_string(v) && !strcmp(json_string_value(v), "none")) ||
+                     (json_is_string(v) && (!strcmp(json_string_value(v), "none") ||
+                                            !strcmp(json_string_value(v), "auto"))) ||
+                     (json_is_integer(v) && json_integer_value(v) == 0) ||
                      (!strcmp(must_be_absent[i], "response_format") && json_is_object(v) &&
                       json_is_string(json_object_get(v, "type")) &&
                       !strcmp(json_string_value(json_object_get(v, "type")), "text"));
@@ -101,8 +103,11 @@ static moira_status_t refuse_unsupported(const json_t *body, bool chat, const ch
 }
 
 /* A prompt given as token ids: each must be in the vocabulary. */
-static moira_status_t ids_prompt(const json_t *array, int64_t vocab, moira_token_ids_t *ids,
-                                 const char **param) {
+static moira_status_t ids_prompt(const json_t *array, int64_t vocab, int64_t context,
+                                 moira_token_ids_t *ids, const char **param) {
+    if ((int64_t)json_array_size(array) >= context)
+        return bad(param, "prompt", "the prompt's %zu tokens leave no room in the context of %lld",
+                   json_array_size(array), (long long)context);
     size_t i;
     json_t *v;
     json_array_foreach(array, i, v) {
@@ -114,9 +119,16 @@ static moira_status_t ids_prompt(const json_t *array, int64_t vocab, moira_token
     return MOIRA_OK_STATUS;
 }
 
+/* No token is this long: a text longer than this many bytes per token of the context cannot fit
+ * it, and is refused before the tokenizer spends time and memory on it. */
+#define MAX_BYTES_PER_TOKEN 256
+
 static moira_status_t encode(const serve_api_model_t *m, const char *text, size_t len,
                              bool add_special, moira_token_ids_t *ids, const char **param,
                              const char *name) {
+    if ((double)len > (double)m->context * MAX_BYTES_PER_TOKEN)
+        return bad(param, name, "the prompt's %zu bytes cannot fit the context of %lld tokens", len,
+                   (long long)m->context);
     moira_status_t status =
         moira_tokenizer_encode(m->model->tokenizer, text, len, add_special, ids);
     if (!status) return MOIRA_OK_STATUS;
@@ -137,7 +149,7 @@ static moira_status_t completion_prompt(const serve_api_model_t *m, const json_t
                       "prompt");
     if (json_is_array(prompt) && json_array_size(prompt) > 0 &&
         json_is_integer(json_array_get(prompt, 0)))
-        return ids_prompt(prompt, m->model->vocab, ids, param);
+        return ids_prompt(prompt, m->model->vocab, m->context, ids, param);
     if (json_is_array(prompt) && json_array_size(prompt) > 1)
         return bad(param, "prompt", "one prompt per request (n = 1): got %zu",
                    json_array_size(prompt));
@@ -186,6 +198,10 @@ static moira_status_t chat_prompt(const serve_api_model_t *m, json_t *body, moir
     json_array_foreach(messages, i, message) {
         if (!json_is_object(message))
             return bad(param, "messages", "messages[%zu] must be an object", i);
+        /* OpenAI's newer name for the system message; chat templates know only "system". */
+        json_t *role = json_object_get(message, "role");
+        if (json_is_string(role) && !strcmp(json_string_value(role), "developer"))
+            json_object_set_new(message, "role", json_string("system"));
         MOIRA_RETURN_IF_ERROR(flatten_content(message, i, param));
     }
     moira_status_t status = moira_chat_check_messages(messages, "request");
@@ -401,8 +417,16 @@ char *serve_api_error(const char *message, const char *type, const char *param, 
                           "param", param, "code", code));
 }
 
+static json_t *model_object(const serve_api_model_t *m) {
+    return json_pack("{s:s, s:s, s:I, s:s, s:I}", "id", m->name, "object", "model", "created",
+                     (json_int_t)m->created, "owned_by", "moira", "max_model_len",
+                     (json_int_t)m->context);
+}
+
 char *serve_api_models(const serve_api_model_t *m) {
-    return dump(json_pack("{s:s, s:[{s:s, s:s, s:I, s:s, s:I}]}", "object", "list", "data", "id",
-                          m->name, "object", "model", "created", (json_int_t)m->created, "owned_by",
-                          "moira", "max_model_len", (json_int_t)m->context));
+    return dump(json_pack("{s:s, s:[o]}", "object", "list", "data", model_object(m)));
+}
+
+char *serve_api_model(const serve_api_model_t *m) {
+    return dump(model_object(m));
 }

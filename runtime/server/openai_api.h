@@ -58,4 +58,7 @@ char *serve_api_error(const char *message, const char *type, const char *param, 
 /* GET /v1/models. */
 char *serve_api_models(const serve_api_model_t *model);
 
+/* GET /v1/models/{id}. */
+char *serve_api_model(const serve_api_model_t *model);
+
 #endif

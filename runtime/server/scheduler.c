@@ -186,9 +186,10 @@ static bool take_work(serve_scheduler_t *s) {
     for (int i = 0; i < s->n_slots; i++) {
         serve_slot_t *slot = &s->slots[i];
         if (!slot->request) continue;
-        if (past_grace)
+        if (past_grace) {
+            serve_request_refuse(slot->request, "the server stopped before this request finished");
             release_slot(s, slot, NULL, "the server stopped before this request finished");
-        else if (serve_request_cancelled(slot->request))
+        } else if (serve_request_cancelled(slot->request))
             release_slot(s, slot, "stop", NULL);
     }
     return true;
@@ -395,7 +396,10 @@ void serve_scheduler_stop(serve_scheduler_t *s, double grace_s) {
         s->stop_deadline = moira_now_seconds() + grace_s;
         while (s->queue_count) {
             serve_request_t *r = queue_pop(s);
-            serve_request_finish(r, NULL, 0, "the server is shutting down");
+            serve_request_refuse(r, "the server is shutting down");
+            pthread_mutex_lock(&s->metrics->lock);
+            s->metrics->requests_rejected++;
+            pthread_mutex_unlock(&s->metrics->lock);
             serve_request_release(r);
         }
     }

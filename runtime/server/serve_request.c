@@ -91,6 +91,13 @@ void serve_request_finish(serve_request_t *r, const char *finish_reason, int64_t
     pthread_mutex_unlock(&r->lock);
 }
 
+void serve_request_refuse(serve_request_t *r, const char *why) {
+    pthread_mutex_lock(&r->lock);
+    r->unavailable = true;
+    pthread_mutex_unlock(&r->lock);
+    serve_request_finish(r, NULL, r->completion_tokens, why);
+}
+
 void serve_request_cancel(serve_request_t *r) {
     pthread_mutex_lock(&r->lock);
     r->cancelled = true;

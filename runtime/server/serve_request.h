@@ -33,6 +33,7 @@ typedef struct serve_request {
     const char *finish_reason; /* static: "stop" or "length"; set when done */
     char *error;               /* owned: why it failed, when it did (done is then set) */
     bool running, done, cancelled;
+    bool unavailable; /* it failed because the server stops (HTTP 503, not 500) */
     int refs;
 } serve_request_t;
 
@@ -52,6 +53,9 @@ void serve_request_append(serve_request_t *request, const char *text, size_t len
  * that error (copied). */
 void serve_request_finish(serve_request_t *request, const char *finish_reason,
                           int64_t completion_tokens, const char *error);
+
+/* Engine side: the request ends unfinished because the server stops. */
+void serve_request_refuse(serve_request_t *request, const char *why);
 
 /* Connection side: the client left or the server stops; the engine loop drops the request at
  * its next step. */
