@@ -246,14 +246,22 @@ expect 2 "fewer caches than sequences" -- "$moira" serve --model "$work/model" -
 # Overload: one sequence, one queued request; more are 429. SIGTERM while one runs and one waits:
 # the running one finishes (200), the waiting one is refused (503), and the server exits 0.
 start overload --max-batch 1 --max-queue 1 --shutdown-grace 120
-slow='{"prompt": "Count", "max_tokens": 400, "temperature": 0, "ignore_eos": true}'
+slow='{"prompt": "Count", "max_tokens": 1500, "temperature": 0, "ignore_eos": true}'
+# wait_metric PATTERN: until /metrics shows it (at most 15 s).
+wait_metric() {
+    for _ in $(seq 300); do
+        curl -s "localhost:$port/metrics" | grep -q "$1" && return 0
+        sleep 0.05
+    done
+    return 1
+}
 for i in 1 2 3 4; do
     curl -s -o /dev/null -w '%{http_code}\n' "localhost:$port/v1/completions" -d "$slow" >"$work/code$i" &
+    [ "$i" -eq 1 ] && wait_metric '^moira_requests_running 1$'
+    [ "$i" -eq 2 ] && wait_metric '^moira_requests_queued 1$'
 done
 for _ in $(seq 300); do
-    curl -s "localhost:$port/metrics" >"$work/metrics"
-    grep -q '^moira_requests_running 1$' "$work/metrics" && grep -q '^moira_requests_queued 1$' "$work/metrics" &&
-        [ "$(cat "$work"/code* 2>/dev/null | wc -l)" -ge 2 ] && break
+    [ "$(cat "$work"/code* 2>/dev/null | wc -l)" -ge 2 ] && break
     sleep 0.05
 done
 kill -TERM "$pid"
@@ -268,10 +276,12 @@ codes=$(cat "$work"/code* | sort | tr '\n' ' ')
 check "the server says it stopped" 'stopped after' "$work/overload.err"
 
 # --max-batch holds with more caches than sequences: three requests, one at a time.
-start limit --max-batch 1 --cache-slots 3
+start limit --max-batch 1 --cache-slots 3 --shutdown-grace 0
 for i in 1 2 3; do
     curl -s -o /dev/null "localhost:$port/v1/completions" -d "$slow" &
 done
+wait_metric '^moira_requests_running 1$'
+check "and the others wait" '^moira_requests_queued 2$' <(curl -s "localhost:$port/metrics")
 most=0
 for _ in $(seq 40); do
     n=$(curl -s "localhost:$port/metrics" | sed -n 's/^moira_requests_running //p')
