@@ -370,13 +370,16 @@ static void search_swaps(const layer_state_t *s, int w, cost_key_t worst_key, co
         if (idle >= 0 && s->load[idle] <= 0)
             n_idle += leavers(s, w, t, before, idle, s->rank[idle], idle_swaps + n_idle);
     }
-    int n_worst = moira_replica_order_list(&s->order, w, s->on_worst);
-    /* With partial reads every replica of w descends on its own: only the heaviest are tried,
-     * which keeps a step near O(targets x log replicas) when w holds tens of thousands. */
-    if (s->partial_reads && n_worst > MAX_SWAPPERS) {
-        memmove(s->on_worst, s->on_worst + n_worst - MAX_SWAPPERS, MAX_SWAPPERS * sizeof(int));
-        n_worst = MAX_SWAPPERS;
-    }
+    /* With partial reads every replica of w descends on its own: only the heaviest are tried
+     * (taken from the top of w's order, not listed whole), which keeps a step near O(targets x
+     * log replicas) when w holds tens of thousands. */
+    int n_worst = 0;
+    if (s->partial_reads)
+        for (int r = heaviest; r >= 0 && n_worst < MAX_SWAPPERS;
+             r = moira_replica_order_prev(&s->order, w, r))
+            s->on_worst[n_worst++] = r;
+    else
+        n_worst = moira_replica_order_list(&s->order, w, s->on_worst);
     for (int j = 0; j < n_domain; j++) {
         int t = domain[j];
         if (t == w) continue;

@@ -91,8 +91,28 @@ static void print_layers(const run_result_t *r) {
 }
 
 /* The tables, then the npu's modelled time (its wall time is an emulator's), then the verdict. */
+/* Measured busy time against the cost model's prediction, per device: beyond a factor of 2 either
+ * way the topology's figures are not this device's, and every plan made with them misjudges it
+ * (issue 15: 5-70x on cpu:0 with discovery's estimates), so the run says so on stderr. */
+static void warn_off_predictions(const run_result_t *r) {
+    const moira_exec_stats_t *s = r->stats;
+    for (int i = 0; i < s->n_targets; i++) {
+        const moira_exec_target_stats_t *t = &s->targets[i];
+        double busy_us = 1e6 * t->busy_s,
+               ratio = t->predicted_us > 0 ? busy_us / t->predicted_us : 0;
+        if (!(busy_us > 0 && t->predicted_us > 0) || (ratio <= 2 && ratio >= 0.5)) continue;
+        fprintf(stderr,
+                "moira: warning: %s (%s) was busy %.3g x its predicted time (%.3f ms measured, "
+                "%.3f ms predicted per batch): the topology's bandwidth and peak for it are not "
+                "what it delivers, so plans misjudge it\n",
+                r->placement->topology.targets[t->target].name, moira_device_info(t->device)->name,
+                ratio, 1e3 * per_batch(s, t->busy_s), 1e-3 * per_batch(s, t->predicted_us));
+    }
+}
+
 void run_report_text(const run_result_t *r) {
     const moira_exec_stats_t *s = r->stats;
+    warn_off_predictions(r);
     print_header(r);
     print_devices(r);
     print_layers(r);
@@ -188,6 +208,7 @@ static void json_layers(moira_tree_writer_t *w, const run_result_t *r) {
 /* One JSON object on stdout, for scripts (tests read it with the YAML reader). */
 moira_status_t run_report_json(const run_result_t *r) {
     const moira_exec_stats_t *s = r->stats;
+    warn_off_predictions(r);
     moira_tree_writer_t w;
     moira_tree_begin(&w, stdout, true);
     moira_tree_map(&w, false);

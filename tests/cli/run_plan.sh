@@ -51,6 +51,14 @@ expect 0 "plan --profile" -- "$moira" plan --profile "$work/p.yaml" --redundant 
 expect 0 "run the new plan" -- "$moira" run --plan "$work/replan.yaml" --tokens 16 --iters 1
 check "ran the new plan" "^plan +.*replan.yaml \(topology local\)" "$work/out"
 
+# A run says when a device is far slower (or faster) than its topology's figures predict (issue
+# 15): CPU memory claimed at 10^6 GB/s and 10^6 TFLOP/s is predicted to take no time at all.
+printf '%s\n' 'name: overstated' 'hosts:' '  - name: box' '    numa_nodes:' \
+    '      - {id: 0, memory_gib: 4, bandwidth_gbs: 1000000, cores: 2, peak_tflops: {f32: 1000000, bf16: 1000000}}' \
+    >"$work/overstated.yaml"
+expect 0 "run on overstated CPU memory" -- "$moira" run --topology "$work/overstated.yaml" --tokens 8 --iters 1
+check "measured against predicted" 'warning: box/numa0 \(cpu:0\) was busy [0-9.e+]+ x its predicted time' "$work/err"
+
 # The hand-written plan over opencl:0, npu:0 and CPU memory with the npu as home device: every
 # row served tokens and agreed with the reference (needs an OpenCL device; PoCL in CI).
 if "$moira" devices | grep -q "^opencl:0 "; then
