@@ -227,6 +227,8 @@ static int run(server_t *s) {
             signal == SIGINT ? "SIGINT" : "SIGTERM", a->grace_s);
     serve_http_quiesce(s->http);
     serve_scheduler_stop(s->scheduler, a->grace_s);
+    /* Every request is done now; their answers may still be on their way out. */
+    serve_http_drain(s->http, 5);
     serve_http_stop(s->http);
     s->http = NULL;
     fprintf(stderr, "moira serve: stopped after %llu requests, %llu tokens generated\n",

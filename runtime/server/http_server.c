@@ -11,6 +11,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "runtime/clock.h"
@@ -29,6 +30,7 @@ struct serve_http {
     serve_http_options_t options;
     serve_http_backend_t backend;
     atomic_bool ready;
+    atomic_int answering; /* connections with a submitted generation not yet completed */
 };
 
 /* One HTTP request while it is being received and answered. */
@@ -37,6 +39,7 @@ typedef struct connection {
     size_t len, capacity;
     size_t received; /* body bytes, kept or not */
     bool too_large, answered;
+    bool generating; /* counted in serve_http's `answering` until completed */
 } connection_t;
 
 /* A streamed answer: the SSE bytes formatted and not yet handed to MHD. */
@@ -305,6 +308,8 @@ static enum MHD_Result generate(serve_http_t *h, struct MHD_Connection *c, conne
                    : answer_error(c, 503, "the server is shutting down", "server_error", NULL,
                                   NULL);
     }
+    conn->generating = true;
+    atomic_fetch_add(&h->answering, 1);
     if (call.stream) return answer_stream(h, c, &call);
     enum MHD_Result result = answer_whole(c, &call);
     serve_api_call_free(&call);
@@ -428,11 +433,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **state,
                          enum MHD_RequestTerminationCode code) {
-    (void)cls;
+    serve_http_t *h = cls;
     (void)code;
     MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)IDLE_TIMEOUT_S);
     connection_t *conn = *state;
     if (!conn) return;
+    if (conn->generating) atomic_fetch_sub(&h->answering, 1);
     free(conn->body);
     free(conn);
     *state = NULL;
@@ -504,6 +510,14 @@ void serve_http_ready(serve_http_t *h, const serve_http_backend_t *backend) {
 
 void serve_http_quiesce(serve_http_t *h) {
     if (h->listener == MHD_INVALID_SOCKET) h->listener = MHD_quiesce_daemon(h->daemon);
+}
+
+void serve_http_drain(serve_http_t *h, double timeout_s) {
+    double until = moira_now_seconds() + timeout_s;
+    while (atomic_load(&h->answering) > 0 && moira_now_seconds() < until) {
+        struct timespec pause = {0, 10 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+    }
 }
 
 void serve_http_stop(serve_http_t *h) {

@@ -42,6 +42,10 @@ void serve_http_ready(serve_http_t *http, const serve_http_backend_t *backend);
 /* Stops accepting connections; those open finish. */
 void serve_http_quiesce(serve_http_t *http);
 
+/* Waits (at most `timeout_s`) until every generation answered has been sent: the answers of
+ * requests that finished just before a stop. */
+void serve_http_drain(serve_http_t *http, double timeout_s);
+
 /* Closes every connection and frees. Accepts NULL. */
 void serve_http_stop(serve_http_t *http);
 
