@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Writes the hand-made seed inputs of the safetensors fuzz targets (committed; run again only to
-change them): small files that reach every dtype, fp8 block scales in F32 and BF16, misaligned
+change them): small files that reach every dtype, fp8 block scales in F32 and BF16, MXFP4 and
+int8 weights with their scales, misaligned
 data, scalars, empty tensors, metadata and escaped names, and index files for the two fixture
 shards fuzz_safetensors_index.c writes. Standard library only."""
 import json
@@ -8,7 +9,8 @@ import os
 import struct
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SIZES = {"F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "I32": 4, "I64": 8}
+SIZES = {"F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "I32": 4, "I64": 8, "U8": 1, "I8": 1,
+         "F8_E8M0": 1}
 
 
 def safetensors(tensors, metadata=None, pad=0, ensure_ascii=True):
@@ -44,6 +46,9 @@ write(h, "fp8-f32-scales.safetensors", safetensors(
     [("w.weight", "F8_E4M3", [130, 3]), ("w.weight_scale_inv", "F32", [2, 1])]))
 write(h, "fp8-bf16-scales.safetensors", safetensors(
     [("w.weight", "F8_E4M3", [3, 260]), ("w.weight_scale_inv", "BF16", [1, 3])]))
+write(h, "mxfp4-int8.safetensors", safetensors(  # quantised weights: U8 + E8M0, I8 + F32 rows
+    [("a.weight", "U8", [2, 16]), ("a.scale", "F8_E8M0", [2, 1]), ("b.weight", "I8", [2, 4]),
+     ("b.weight_scale", "F32", [2]), ("c.weight", "I8", [1, 32]), ("c.scale", "U8", [1, 2])]))
 write(h, "misaligned.safetensors", safetensors([("x", "F32", [3]), ("y", "I64", [2])], pad=3))
 write(h, "scalar-and-empty.safetensors", safetensors(
     [("scalar", "F32", []), ("empty", "F16", [0, 4]), ("rank4", "BF16", [1, 2, 1, 2])]))
