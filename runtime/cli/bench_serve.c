@@ -119,13 +119,28 @@ static double percentile(double *values, int n, double p) {
 typedef struct serve_row {
     int clients;
     int64_t step_rows;
-    double tokens_per_s, output_per_s, ttft_p50, ttft_p99, itl_p50, itl_p99;
+    double tokens_per_s, output_per_s, steady_per_s, ttft_p50, ttft_p99, itl_p50, itl_p99;
 } serve_row_t;
 
 /* N clients at once. Aggregate decode tokens/s is the sum of each client's own decode rate (its
  * tokens after the first over the time from its first token to its last), so prompts still
  * prefilling beside a client's decode count against it; output tokens/s is every generated token
- * over the whole round, prefill included. */
+ * over the whole round, prefill included. Steady tokens/s counts only the span in which every
+ * client is decoding (from the last first token to the first last token): the batch of N sharing
+ * each step's weight reads, free of prefill; NAN when there is no such span. */
+static double steady_rate(const client_t *c, int clients) {
+    double from = 0, to = INFINITY;
+    for (int i = 0; i < clients; i++) {
+        from = fmax(from, c[i].times[0]);
+        to = fmin(to, c[i].times[c[i].events - 1]);
+    }
+    long long inside = 0;
+    for (int i = 0; i < clients; i++)
+        for (int e = 1; e < c[i].events; e++)
+            inside += c[i].times[e] > from && c[i].times[e] <= to;
+    return to > from && inside >= 4 * clients ? (double)inside / (to - from) : NAN;
+}
+
 static moira_status_t run_round(int port, int64_t vocab, int clients, int round, serve_row_t *row) {
     client_t c[MAX_CLIENTS];
     pthread_t threads[MAX_CLIENTS];
@@ -155,6 +170,7 @@ static moira_status_t run_round(int port, int64_t vocab, int clients, int round,
     *row = (serve_row_t){.clients = clients,
                          .tokens_per_s = decode_rate,
                          .output_per_s = (double)generated / (last - start),
+                         .steady_per_s = steady_rate(c, clients),
                          .ttft_p50 = percentile(ttft, clients, 0.5),
                          .ttft_p99 = percentile(ttft, clients, 0.99),
                          .itl_p50 = percentile(itl, n_itl, 0.5),
@@ -192,6 +208,14 @@ static moira_status_t write_model(const char *dir) {
     return moira_random_checkpoint_write(&spec, dir);
 }
 
+/* A JSON number, or null for NAN (static buffer: one use per printf). */
+static const char *steady_text(double value) {
+    static char text[32];
+    if (isnan(value)) return "null";
+    snprintf(text, sizeof(text), "%.3f", value);
+    return text;
+}
+
 static void print_rows(const serve_row_t *rows, int n, bool json) {
     if (json) {
         printf("{\"rows\": [");
@@ -199,27 +223,27 @@ static void print_rows(const serve_row_t *rows, int n, bool json) {
             printf("%s\n  {\"bench\": \"serve\", \"clients\": %d, \"step_tokens\": %lld, "
                    "\"prompt_tokens\": %d, "
                    "\"generated_tokens\": %d, \"decode_tokens_per_s\": %.3f, \"vs_one\": %.3f, "
-                   "\"output_tokens_per_s\": %.3f, "
+                   "\"output_tokens_per_s\": %.3f, \"steady_decode_tokens_per_s\": %s, "
                    "\"ttft_p50_ms\": %.3f, \"ttft_p99_ms\": %.3f, \"itl_p50_ms\": %.3f, "
                    "\"itl_p99_ms\": %.3f}",
                    i ? "," : "", rows[i].clients, (long long)rows[i].step_rows, PROMPT_TOKENS,
                    GENERATED_TOKENS, rows[i].tokens_per_s,
                    rows[i].tokens_per_s / rows[0].tokens_per_s, rows[i].output_per_s,
-                   rows[i].ttft_p50 * 1e3, rows[i].ttft_p99 * 1e3, rows[i].itl_p50 * 1e3,
-                   rows[i].itl_p99 * 1e3);
+                   steady_text(rows[i].steady_per_s), rows[i].ttft_p50 * 1e3,
+                   rows[i].ttft_p99 * 1e3, rows[i].itl_p50 * 1e3, rows[i].itl_p99 * 1e3);
         printf("\n]}\n");
         return;
     }
     printf("serve: %d-token prompts, %d generated tokens per streaming client (peer: 1 client)\n"
-           "%7s %5s %12s %7s %12s %10s %10s %9s %9s %8s\n",
+           "%7s %5s %12s %7s %12s %12s %10s %10s %9s %9s %8s\n",
            PROMPT_TOKENS, GENERATED_TOKENS, "clients", "step", "decode tok/s", "vs one",
-           "output tok/s", "ttft p50", "ttft p99", "itl p50", "itl p99", "p99/one");
+           "output tok/s", "steady tok/s", "ttft p50", "ttft p99", "itl p50", "itl p99", "p99/one");
     for (int i = 0; i < n; i++)
-        printf("%7d %5lld %12.1f %7.2f %12.1f %8.1fms %8.1fms %7.1fms %7.1fms %8.2f\n",
+        printf("%7d %5lld %12.1f %7.2f %12.1f %12.1f %8.1fms %8.1fms %7.1fms %7.1fms %8.2f\n",
                rows[i].clients, (long long)rows[i].step_rows, rows[i].tokens_per_s,
                rows[i].tokens_per_s / rows[0].tokens_per_s, rows[i].output_per_s,
-               rows[i].ttft_p50 * 1e3, rows[i].ttft_p99 * 1e3, rows[i].itl_p50 * 1e3,
-               rows[i].itl_p99 * 1e3, rows[i].itl_p99 / rows[0].itl_p99);
+               rows[i].steady_per_s, rows[i].ttft_p50 * 1e3, rows[i].ttft_p99 * 1e3,
+               rows[i].itl_p50 * 1e3, rows[i].itl_p99 * 1e3, rows[i].itl_p99 / rows[0].itl_p99);
 }
 
 /* The rounds: 1, 4 and 16 clients with steps of 256 tokens (the server's default --chunk), then
