@@ -17,14 +17,7 @@
 set -u
 source "$(dirname "$0")/lib/harness.bash" "$@"
 source "$(dirname "$0")/lib/expect.bash"
-root=$(cd "$data/../.." && pwd)
-refs="${MOIRA_REFS:-$root/.deps}"
-bin=$(dirname "$moira")
-tokenizer="$refs/deepseek-v3"
-if [ ! -f "$tokenizer/tokenizer.json" ]; then
-    echo "FAIL: the DeepSeek-V3 tokenizer files are missing under $refs: run make deps"
-    exit 1
-fi
+source "$(dirname "$0")/lib/model_refs.bash"
 for tool in moira-test-checkpoint moira-test-reference; do
     [ -x "$bin/$tool" ] || { echo "FAIL: $bin/$tool was not built"; exit 1; }
 done

@@ -8,14 +8,7 @@
 set -u
 source "$(dirname "$0")/lib/harness.bash" "$@"
 source "$(dirname "$0")/lib/expect.bash"
-root=$(cd "$data/../.." && pwd)
-refs="${MOIRA_REFS:-$root/.deps}"
-bin=$(dirname "$moira")
-tokenizer="$refs/deepseek-v3"
-if [ ! -f "$tokenizer/tokenizer.json" ]; then
-    echo "FAIL: the DeepSeek-V3 tokenizer files are missing under $refs: run make deps"
-    exit 1
-fi
+source "$(dirname "$0")/lib/model_refs.bash"
 "$bin/moira-test-checkpoint" --out "$work/bf16" --dtype bf16 --seed 3 --tokenizer "$tokenizer" \
     >/dev/null || { echo "FAIL: writing the bf16 checkpoint"; exit 1; }
 "$bin/moira-test-checkpoint" --out "$work/fp8" --dtype fp8 --shards 2 --mtp --seed 3 \
