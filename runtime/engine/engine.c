@@ -456,6 +456,10 @@ const double *moira_engine_expert_load(const moira_engine_t *e) {
     return e->expert_load;
 }
 
+const moira_exec_stats_t *moira_engine_placement_stats(const moira_engine_t *e) {
+    return e->executor ? moira_executor_stats(e->executor) : NULL;
+}
+
 int64_t moira_engine_vocab(const moira_engine_t *e) {
     return e->model->vocab;
 }

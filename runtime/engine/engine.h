@@ -93,4 +93,8 @@ int64_t moira_engine_vocab(const moira_engine_t *engine);
  * an expert, as `moira run --record-profile` records it). */
 const double *moira_engine_expert_load(const moira_engine_t *engine);
 
+/* With a placement, the executor's measurements summed over every step (each expert device's busy
+ * time among them), borrowed; NULL on one device. Read it between steps. */
+const moira_exec_stats_t *moira_engine_placement_stats(const moira_engine_t *engine);
+
 #endif

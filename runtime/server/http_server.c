@@ -363,7 +363,10 @@ static enum MHD_Result route(serve_http_t *h, struct MHD_Connection *c, connecti
     }
     if (metrics) {
         size_t len = 0;
-        char *text = serve_metrics_render(h->backend.metrics, moira_now_seconds(), &len);
+        serve_device_busy_t experts[32];
+        int n = serve_scheduler_read_device_busy(h->backend.scheduler, experts, 32);
+        char *text =
+            serve_metrics_render(h->backend.metrics, moira_now_seconds(), experts, n, &len);
         return answer(c, 200, "text/plain; version=0.0.4", text);
     }
     if (load) {

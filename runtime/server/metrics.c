@@ -86,7 +86,8 @@ static void add_histogram(text_t *t, const char *name, const char *help,
         (unsigned long long)cumulative, name, h->sum, name, (unsigned long long)h->count);
 }
 
-char *serve_metrics_render(serve_metrics_t *m, double now, size_t *len) {
+char *serve_metrics_render(serve_metrics_t *m, double now, const serve_device_busy_t *experts,
+                           int n, size_t *len) {
     text_t t = {.capacity = 8192};
     t.data = malloc(t.capacity);
     if (!t.data) return NULL;
@@ -120,10 +121,14 @@ char *serve_metrics_render(serve_metrics_t *m, double now, size_t *len) {
     add_histogram(&t, "moira_batch_size", "Sequences in one engine step.", &m->batch);
     double up = m->started > 0 ? now - m->started : 0;
     add(&t,
-        "# HELP moira_device_busy_fraction Share of the time since start the device spent in "
-        "engine steps.\n# TYPE moira_device_busy_fraction gauge\n"
-        "moira_device_busy_fraction{device=\"%s\"} %.6f\n",
+        "# HELP moira_device_busy_fraction Share of the time since start a device was busy: the "
+        "engine's device in steps, a placement's expert devices in their experts' work.\n# TYPE "
+        "moira_device_busy_fraction gauge\n"
+        "moira_device_busy_fraction{device=\"%s\",role=\"engine\"} %.6f\n",
         m->device ? m->device : "", up > 0 ? m->busy_s / up : 0.0);
+    for (int i = 0; i < n; i++)
+        add(&t, "moira_device_busy_fraction{device=\"%s\",role=\"experts\"} %.6f\n",
+            experts[i].device, up > 0 ? experts[i].busy_s / up : 0.0);
     pthread_mutex_unlock(&m->lock);
     if (t.failed) {
         free(t.data);

@@ -18,6 +18,12 @@ typedef struct serve_histogram {
     uint64_t count;
 } serve_histogram_t;
 
+/* A device's busy time, for the busy fraction. */
+typedef struct serve_device_busy {
+    const char *device; /* borrowed: the device's name */
+    double busy_s;
+} serve_device_busy_t;
+
 typedef struct serve_metrics {
     pthread_mutex_t lock;
     const char *device; /* borrowed: the device that runs the model */
@@ -35,7 +41,9 @@ void serve_metrics_destroy(serve_metrics_t *metrics);
 /* Adds `value` to a histogram; call with the metrics' lock held. */
 void serve_histogram_observe(serve_histogram_t *histogram, double value);
 
-/* The Prometheus text (malloc'd, owned by the caller); NULL when out of memory. */
-char *serve_metrics_render(serve_metrics_t *metrics, double now, size_t *len);
+/* The Prometheus text (malloc'd, owned by the caller); NULL when out of memory. `experts` (n of
+ * them) are the busy times of a placement's expert devices, reported beside the engine's. */
+char *serve_metrics_render(serve_metrics_t *metrics, double now, const serve_device_busy_t *experts,
+                           int n, size_t *len);
 
 #endif

@@ -389,6 +389,23 @@ bool serve_scheduler_read_expert_load(serve_scheduler_t *s, double *out, size_t 
     return load != NULL;
 }
 
+int serve_scheduler_read_device_busy(serve_scheduler_t *s, serve_device_busy_t *out, int max) {
+    int n = 0;
+    pthread_mutex_lock(&s->step_lock);
+    const moira_exec_stats_t *stats = moira_engine_placement_stats(s->engine);
+    for (int t = 0; stats && t < stats->n_targets; t++) {
+        const char *name = moira_device_info(stats->targets[t].device)->name;
+        int k = 0;
+        while (k < n && strcmp(out[k].device, name))
+            k++;
+        if (k == n && n == max) continue;
+        if (k == n) out[n++] = (serve_device_busy_t){.device = name};
+        out[k].busy_s += stats->targets[t].busy_s;
+    }
+    pthread_mutex_unlock(&s->step_lock);
+    return n;
+}
+
 void serve_scheduler_stop(serve_scheduler_t *s, double grace_s) {
     pthread_mutex_lock(&s->lock);
     if (!s->stopping) {

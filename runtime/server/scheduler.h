@@ -47,6 +47,12 @@ serve_submit_result_t serve_scheduler_submit(serve_scheduler_t *scheduler,
  * between two steps; false when the engine does not record it. */
 bool serve_scheduler_read_expert_load(serve_scheduler_t *scheduler, double *out, size_t count);
 
+/* Time the devices of a placement spent on routed experts since start (the executor's busy time of
+ * each expert device, targets on one device summed), copied between two steps into `out`
+ * (at most `max`); returns how many. 0 on one device. */
+int serve_scheduler_read_device_busy(serve_scheduler_t *scheduler, serve_device_busy_t *out,
+                                     int max);
+
 /* Stops accepting, fails what waits in the queue, lets running requests finish for at most
  * `grace_s` seconds and then cancels them, and ends the loop. */
 void serve_scheduler_stop(serve_scheduler_t *scheduler, double grace_s);

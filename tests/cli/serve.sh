@@ -302,6 +302,10 @@ else
     curl -s "localhost:$port/v1/completions" \
         -d '{"prompt": "Hello there", "max_tokens": 5, "temperature": 0}' >"$work/placed.json"
     curl -s "localhost:$port/v1/moira/expert-load" >"$work/placed_load.yaml"
+    curl -s "localhost:$port/metrics" >"$work/placed_metrics"
+    check "metrics: an expert device's busy fraction" \
+        '^moira_device_busy_fraction\{device="opencl:0",role="experts"\} 0\.0*[1-9]' "$work/placed_metrics"
+    check "metrics: the engine's device" '^moira_device_busy_fraction\{device="cpu:0",role="engine"\} 0\.0*[1-9]' "$work/placed_metrics"
     python3 - "$work/gen_placed.json" "$work/placed.json" "$work/placed_load.yaml" \
         "$work/model/config.json" >"$work/placed.check" 2>&1 <<'PY'
 import json, re, sys
