@@ -151,7 +151,10 @@ static void *load(void *arg) {
                                         &s->scheduler);
     }
     if (!status) {
+        pthread_mutex_lock(&s->metrics.lock);
+        s->metrics.device = moira_device_info(s->session.device)->name;
         s->metrics.started = moira_now_seconds();
+        pthread_mutex_unlock(&s->metrics.lock);
         s->expert_load = (serve_expert_load_t){.scheduler = s->scheduler,
                                                .config = &s->session.model.config,
                                                .model_name = s->api.name};
@@ -196,7 +199,7 @@ static int run(server_t *s) {
         if (!n) a->model_name = "model";
     }
     s->api.name = a->model_name;
-    serve_metrics_init(&s->metrics, a->common.backend ? a->common.backend : "cpu:0");
+    serve_metrics_init(&s->metrics, NULL); /* the device is named once the engine runs on it */
     serve_http_options_t http = {.host = a->host,
                                  .port = (int)a->port,
                                  .max_body = (size_t)a->max_body,

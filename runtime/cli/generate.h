@@ -48,6 +48,7 @@ typedef struct generate_session {
     moira_engine_placement_t engine_placement;
     run_progress_context_t progress; /* the upload's progress line (the engine keeps a pointer) */
     moira_engine_t *engine;
+    moira_device_t *device; /* borrowed: the engine's device (the placement's home, if placed) */
     moira_sampling_t sampling;
 } generate_session_t;
 

@@ -133,6 +133,7 @@ moira_status_t generate_session_start_engine(const char *verb, const generate_op
         options.placement = &s->engine_placement;
         device = s->placement.home;
     }
+    s->device = device;
     return moira_engine_create(&s->model, device, &options, &s->engine);
 }
 
