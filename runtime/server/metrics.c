@@ -43,6 +43,7 @@ typedef struct text {
     bool failed;
 } text_t;
 
+/* Appends printf-style text, growing the buffer; a failure sticks and is reported once. */
 static void add(text_t *t, const char *format, ...) {
     if (t->failed) return;
     for (;;) {

@@ -16,6 +16,7 @@
 static moira_status_t bad(const char **param, const char *name, const char *format, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* A client error naming the field at fault. */
 static moira_status_t bad(const char **param, const char *name, const char *format, ...) {
     char message[512];
     va_list args;
@@ -351,12 +352,14 @@ static json_t *text_value(const char *text, size_t len) {
     return s ? s : json_string("\xEF\xBF\xBD");
 }
 
+/* A JSON value as compact text (the value is consumed); NULL when out of memory. */
 static char *dump(json_t *value) {
     char *text = value ? json_dumps(value, JSON_COMPACT) : NULL;
     json_decref(value);
     return text;
 }
 
+/* OpenAI's usage object, with the tokens the prefix cache spared. */
 static json_t *usage(const serve_api_call_t *call, int64_t completion_tokens) {
     const serve_request_t *r = call->request;
     return json_pack("{s:I, s:I, s:I, s:{s:I}}", "prompt_tokens", (json_int_t)r->n_prompt,
@@ -365,6 +368,7 @@ static json_t *usage(const serve_api_call_t *call, int64_t completion_tokens) {
                      "cached_tokens", (json_int_t)r->cached_tokens);
 }
 
+/* The fields every completion object carries around its choices. */
 static json_t *envelope(const serve_api_call_t *call, const char *object, json_t *choices) {
     return json_pack("{s:s, s:s, s:I, s:s, s:o}", "id", call->id, "object", object, "created",
                      (json_int_t)call->created, "model", call->model, "choices", choices);
@@ -417,6 +421,7 @@ char *serve_api_error(const char *message, const char *type, const char *param, 
                           "param", param, "code", code));
 }
 
+/* One model as /v1/models lists it. */
 static json_t *model_object(const serve_api_model_t *m) {
     return json_pack("{s:s, s:s, s:I, s:s, s:I}", "id", m->name, "object", "model", "created",
                      (json_int_t)m->created, "owned_by", "moira", "max_model_len",

@@ -54,6 +54,7 @@ static bool on_text(void *context, const char *text, size_t len) {
     return true;
 }
 
+/* How many leading tokens two id lists share. */
 static int64_t common_prefix(const int32_t *a, int64_t na, const int32_t *b, int64_t nb) {
     int64_t n = 0;
     while (n < na && n < nb && a[n] == b[n])
@@ -61,6 +62,7 @@ static int64_t common_prefix(const int32_t *a, int64_t na, const int32_t *b, int
     return n;
 }
 
+/* Slots holding a request. */
 static int running_count(const serve_scheduler_t *s) {
     int n = 0;
     for (int i = 0; i < s->n_slots; i++)
@@ -142,6 +144,7 @@ static void admit(serve_scheduler_t *s, serve_request_t *r, serve_slot_t *slot, 
     }
 }
 
+/* The oldest queued request (the queue must hold one); the caller holds the lock. */
 static serve_request_t *queue_pop(serve_scheduler_t *s) {
     serve_request_t *r = s->queue[s->queue_head];
     s->queue_head = (s->queue_head + 1) % s->options.max_queue;
@@ -229,6 +232,7 @@ static int gather_step(serve_scheduler_t *s) {
     return n;
 }
 
+/* One latency into a histogram of the metrics. */
 static void observe(serve_scheduler_t *s, serve_histogram_t *h, double value) {
     pthread_mutex_lock(&s->metrics->lock);
     serve_histogram_observe(h, value);
@@ -281,6 +285,7 @@ static void fail_step(serve_scheduler_t *s, int n, moira_status_t status) {
     moira_status_free(status);
 }
 
+/* The engine loop's thread: take work, run a step, hand out its tokens, until stopped. */
 static void *engine_loop(void *arg) {
     serve_scheduler_t *s = arg;
     while (take_work(s)) {
