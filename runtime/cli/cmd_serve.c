@@ -24,7 +24,7 @@
 typedef struct serve_args {
     generate_options_t common;
     const char *host, *model_name;
-    long long port, max_batch, max_queue, max_body, chunk, cache_slots;
+    long long port, max_batch, max_queue, max_body, chunk, cache_slots, receive_s;
     double grace_s;
 } serve_args_t;
 
@@ -47,6 +47,8 @@ static void print_help(void) {
            "                     most this, beside the running sequences' tokens (default 256)\n"
            "  --model-name NAME  the model id clients send (default: the directory's name)\n"
            "  --max-body BYTES   the largest request body (default 4194304)\n"
+           "  --receive-timeout S seconds a client has to send a whole request, from opening\n"
+           "                     the connection or from its previous answer (default 30)\n"
            "  --shutdown-grace S seconds running requests may finish after SIGINT/SIGTERM\n"
            "                     (default 10); then they are cut\n");
     generate_print_common_help(false);
@@ -65,8 +67,8 @@ static int parse_args(int argc, char **argv, serve_args_t *a) {
             return -1;
         }
         static const char *const with_value[] = {
-            "--host",  "--port",       "--max-batch",      "--max-queue",  "--max-body",
-            "--chunk", "--model-name", "--shutdown-grace", "--cache-slots"};
+            "--host",  "--port",       "--max-batch",      "--max-queue",   "--max-body",
+            "--chunk", "--model-name", "--shutdown-grace", "--cache-slots", "--receive-timeout"};
         bool known = false;
         for (size_t k = 0; k < sizeof(with_value) / sizeof(*with_value); k++)
             known |= !strcmp(arg, with_value[k]);
@@ -87,6 +89,8 @@ static int parse_args(int argc, char **argv, serve_args_t *a) {
             ok = moira_cli_parse_int(VERB, arg, v, 1, 1 << 20, &a->max_queue);
         else if (!strcmp(arg, "--max-body"))
             ok = moira_cli_parse_int(VERB, arg, v, 1024, 1LL << 30, &a->max_body);
+        else if (!strcmp(arg, "--receive-timeout"))
+            ok = moira_cli_parse_int(VERB, arg, v, 1, 3600, &a->receive_s);
         else if (!strcmp(arg, "--cache-slots"))
             ok = moira_cli_parse_int(VERB, arg, v, 1, 4096, &a->cache_slots);
         else if (!strcmp(arg, "--chunk"))
@@ -203,7 +207,8 @@ static int run(server_t *s) {
     serve_http_options_t http = {.host = a->host,
                                  .port = (int)a->port,
                                  .max_body = (size_t)a->max_body,
-                                 .max_connections = (int)(a->max_batch + a->max_queue + 64)};
+                                 .max_connections = (int)(a->max_batch + a->max_queue + 64),
+                                 .receive_s = (double)a->receive_s};
     status = serve_http_start(&http, &s->http);
     if (status) return moira_status_report(status);
     fprintf(stderr, "moira serve: listening on http://%s:%d (model \"%s\", loading)\n",
@@ -248,6 +253,7 @@ int moira_cli_serve(int argc, char **argv) {
                       .max_queue = 64,
                       .max_body = 4 << 20,
                       .chunk = 256,
+                      .receive_s = 30,
                       .grace_s = 10};
     int parsed = parse_args(argc, argv, &a);
     if (parsed) return parsed < 0 ? 0 : parsed;

@@ -15,9 +15,11 @@
 
 #include "runtime/clock.h"
 #include "runtime/server/http_answer.h"
+#include "runtime/server/receive_deadline.h"
 
 struct serve_http {
     struct MHD_Daemon *daemon;
+    serve_deadlines_t *deadlines; /* owned: each request must arrive within receive_s */
     MHD_socket listener; /* after serve_http_quiesce: closed only once the daemon has stopped */
     serve_http_options_t options;
     serve_http_backend_t backend;
@@ -33,6 +35,13 @@ typedef struct connection {
     bool too_large, answered;
     bool generating; /* counted in serve_http's `answering` until completed */
 } connection_t;
+
+/* The receive deadline on_connection gave the connection (NULL when there was no room). */
+static serve_deadline_t *deadline_of(struct MHD_Connection *c) {
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return info ? info->socket_context : NULL;
+}
 
 /* Counts an outcome in the metrics (only once the model is up: before, there are none). */
 static void count(serve_http_t *h, uint64_t *counter) {
@@ -186,6 +195,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!(expect && !strcasecmp(expect, "100-continue")) && declared / 4 <= h->options.max_body)
             return MHD_YES;
         conn->answered = true;
+        serve_deadlines_received(h->deadlines, deadline_of(c));
         return route(h, c, conn, url, method);
     }
     if (*upload_size) {
@@ -212,6 +222,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     if (conn->answered) return MHD_YES;
     conn->answered = true;
+    serve_deadlines_received(h->deadlines, deadline_of(c));
     return route(h, c, conn, url, method);
 }
 
@@ -222,12 +233,27 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **state,
     serve_http_t *h = cls;
     (void)code;
     MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)SERVE_IDLE_TIMEOUT_S);
+    serve_deadlines_rearm(h->deadlines, deadline_of(c));
     connection_t *conn = *state;
     if (!conn) return;
     if (conn->generating) atomic_fetch_sub(&h->answering, 1);
     free(conn->body);
     free(conn);
     *state = NULL;
+}
+
+/* A connection opened or closed: its receive deadline starts or goes. */
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code) {
+    serve_http_t *h = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *info =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        *socket_context = info ? serve_deadlines_open(h->deadlines, info->connect_fd) : NULL;
+    } else {
+        serve_deadlines_close(h->deadlines, *socket_context);
+        *socket_context = NULL;
+    }
 }
 
 /* The address to bind: IPv4 or IPv6, numeric. */
@@ -266,14 +292,23 @@ moira_status_t serve_http_start(const serve_http_options_t *options, serve_http_
         free(h);
         return status;
     }
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ITC |
-                     (ipv6 ? MHD_USE_IPv6 : 0);
+    status = serve_deadlines_create(h->options.receive_s > 0 ? h->options.receive_s : 30,
+                                    h->options.max_connections, &h->deadlines);
+    if (status) {
+        free(h);
+        return status;
+    }
+    /* poll(), not select(): select cannot watch a descriptor past FD_SETSIZE (1024). */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
+                     MHD_USE_POLL | MHD_USE_ITC | (ipv6 ? MHD_USE_IPv6 : 0);
     h->daemon = MHD_start_daemon(
         flags, (uint16_t)h->options.port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR,
         (struct sockaddr *)&address, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)h->options.max_connections,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)SERVE_IDLE_TIMEOUT_S, MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, h, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)h->options.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)SERVE_IDLE_TIMEOUT_S, MHD_OPTION_END);
     if (!h->daemon) {
+        serve_deadlines_destroy(h->deadlines);
         free(h);
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
                                  "cannot listen on %s port %d (in use, or not this machine's "
@@ -310,5 +345,6 @@ void serve_http_stop(serve_http_t *h) {
     if (!h) return;
     MHD_stop_daemon(h->daemon);
     if (h->listener != MHD_INVALID_SOCKET) close(h->listener);
+    serve_deadlines_destroy(h->deadlines);
     free(h);
 }

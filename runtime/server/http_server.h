@@ -17,6 +17,7 @@ typedef struct serve_http_options {
     int port;         /* 0: any free port (serve_http_port says which) */
     size_t max_body;  /* bytes a request body may hold */
     int max_connections;
+    double receive_s; /* seconds a client has to send a whole request (0: 30) */
 } serve_http_options_t;
 
 /* What the routes need once the model is up; all borrowed until serve_http_stop. */

@@ -273,7 +273,27 @@ codes=$(cat "$work"/code* | sort | tr '\n' ' ')
 check "the server says it stopped" 'stopped after' "$work/overload.err"
 
 # --max-batch holds with more caches than sequences: three requests, one at a time.
-start limit --max-batch 1 --cache-slots 3 --shutdown-grace 0
+start limit --max-batch 1 --cache-slots 3 --shutdown-grace 0 --receive-timeout 2
+# A client that dribbles its request a byte at a time is cut at the receive deadline (2 s), though
+# each byte restarts the idle timeout.
+python3 - "$port" >"$work/dribble" 2>&1 <<'PY'
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+start, request = time.monotonic(), b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 100
+s.settimeout(0.5)
+for byte in request:
+    try:
+        s.sendall(bytes([byte]))
+        if s.recv(1) == b"":
+            break
+    except socket.timeout:
+        continue
+    except OSError:
+        break
+print("cut after %.1f s" % (time.monotonic() - start))
+PY
+python3 -c 'import sys; t = float(open(sys.argv[1]).read().split()[2]); sys.exit(0 if 1.5 <= t <= 6 else 1)' "$work/dribble" &&
+    passed=$((passed + 1)) || fail "a dribbling client is cut at the receive deadline: $(cat "$work/dribble")"
 for i in 1 2 3; do
     curl -s -o /dev/null "localhost:$port/v1/completions" -d "$slow" &
 done
