@@ -106,7 +106,8 @@ static bool cut_at_stop(moira_completion_t *c, size_t new_bytes) {
         size_t n = strlen(c->params.stops[i]);
         if (!n || n > c->len) continue;
         size_t from = c->len - new_bytes >= n ? c->len - new_bytes - n + 1 : 0;
-        const char *hit = strstr(c->text + from, c->params.stops[i]);
+        /* memmem, not strstr: a token may decode to a NUL byte, which must not hide what follows. */
+        const char *hit = memmem(c->text + from, c->len - from, c->params.stops[i], n);
         if (hit && (size_t)(hit - c->text) < best) best = (size_t)(hit - c->text);
     }
     if (best == c->len) return false;
