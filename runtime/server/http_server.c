@@ -2,8 +2,10 @@
 #include "runtime/server/http_server.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <semaphore.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +27,12 @@ struct serve_http {
     serve_http_backend_t backend;
     atomic_bool ready;
     atomic_int answering; /* connections with a submitted generation not yet completed */
+    /* Request bodies parsed at once: a body of --max-body bytes of JSON takes many times that in
+     * memory while it is parsed and tokenized, so a crowd of large bodies waits its turn. */
+    sem_t parsing;
 };
+
+#define PARALLEL_PARSES 4
 
 /* One HTTP request while it is being received and answered. */
 typedef struct connection {
@@ -69,8 +76,11 @@ static enum MHD_Result generate(serve_http_t *h, struct MHD_Connection *c, conne
                                 bool chat) {
     serve_api_call_t call;
     const char *param = NULL;
+    while (sem_wait(&h->parsing) && errno == EINTR)
+        ;
     moira_status_t status = serve_api_parse(h->backend.api, chat, conn->body ? conn->body : "",
                                             conn->len, &call, &param);
+    sem_post(&h->parsing);
     if (status) {
         bool memory = moira_status_code(status) == MOIRA_CODE_OUT_OF_MEMORY;
         count(h, &h->backend.metrics->requests_bad);
@@ -298,6 +308,7 @@ moira_status_t serve_http_start(const serve_http_options_t *options, serve_http_
         free(h);
         return status;
     }
+    sem_init(&h->parsing, 0, PARALLEL_PARSES);
     /* poll(), not select(): select cannot watch a descriptor past FD_SETSIZE (1024). */
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
                      MHD_USE_POLL | MHD_USE_ITC | (ipv6 ? MHD_USE_IPv6 : 0);
@@ -309,6 +320,7 @@ moira_status_t serve_http_start(const serve_http_options_t *options, serve_http_
         (unsigned)SERVE_IDLE_TIMEOUT_S, MHD_OPTION_END);
     if (!h->daemon) {
         serve_deadlines_destroy(h->deadlines);
+        sem_destroy(&h->parsing);
         free(h);
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
                                  "cannot listen on %s port %d (in use, or not this machine's "
@@ -346,5 +358,6 @@ void serve_http_stop(serve_http_t *h) {
     MHD_stop_daemon(h->daemon);
     if (h->listener != MHD_INVALID_SOCKET) close(h->listener);
     serve_deadlines_destroy(h->deadlines);
+    sem_destroy(&h->parsing);
     free(h);
 }
