@@ -6,7 +6,6 @@
  * Without --model it writes a DeepSeek-V2-Lite-shaped checkpoint (3 layers: one dense, two MoE,
  * the real vocabulary of 102400) in bf16 and in f32 to a temporary folder and runs both. The peer
  * is bench/generate.sh (Debian's python3-torch); without it the peer columns stay empty. */
-#include <ftw.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -21,6 +20,7 @@
 #include "runtime/cli/bench_rows.h"
 #include "runtime/engine/engine.h"
 #include "runtime/engine/sampler.h"
+#include "runtime/remove_tree.h"
 
 #define LAYERS 3
 #define DECODE_PROMPT 16
@@ -179,11 +179,6 @@ static moira_status_t bench_checkpoint(const char *dir, const char *dtype, moira
     return status;
 }
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
-}
-
 /* A V2-Lite-shaped checkpoint of `dtype` under `base`. */
 static moira_status_t write_checkpoint(const char *base, moira_dtype_t dtype, const char *name,
                                        char *dir, size_t dir_size) {
@@ -262,7 +257,7 @@ int moira_bench_generate(const moira_bench_args_t *args) {
             if (!status)
                 status = bench_checkpoint(dir, kinds[k].name, device, prompt, iters, reader,
                                           &read_gbs, &rows);
-            nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+            moira_remove_tree(dir);
         }
         remove(base);
     }

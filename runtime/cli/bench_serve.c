@@ -9,7 +9,6 @@
  * two MoE) and the DeepSeek-V3 tokenizer's vocabulary (the tokenizer files `make deps` puts in
  * .deps/deepseek-v3, or $MOIRA_REFS/deepseek-v3). */
 #include <arpa/inet.h>
-#include <ftw.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -23,6 +22,7 @@
 #include "runtime/backend.h"
 #include "runtime/cli/bench.h"
 #include "runtime/cli/generate.h"
+#include "runtime/remove_tree.h"
 #include "runtime/server/http_server.h"
 
 #define PROMPT_TOKENS 512
@@ -178,11 +178,6 @@ static moira_status_t run_round(int port, int64_t vocab, int clients, int round,
     return MOIRA_OK_STATUS;
 }
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
-}
-
 /* The V2-Lite-shaped checkpoint with the DeepSeek-V3 tokenizer's vocabulary. */
 static moira_status_t write_model(const char *dir) {
     const char *refs = getenv("MOIRA_REFS");
@@ -320,7 +315,7 @@ int moira_bench_serve(const moira_bench_args_t *args) {
         snprintf(dir, sizeof(dir), "%s/model", base);
         status = write_model(dir);
         if (!status) status = bench_model(args, dir, rows, &n_rows);
-        nftw(base, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+        moira_remove_tree(base);
     }
     if (!status) print_rows(rows, n_rows, args->json);
     moira_runtime_shutdown();

@@ -5,7 +5,6 @@
  * all: it is made under a temporary name beside OUTDIR, read back, then renamed. */
 #include <dirent.h>
 #include <errno.h>
-#include <ftw.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +15,7 @@
 #include "runtime/cli/cli.h"
 #include "runtime/cli/quantize.h"
 #include "runtime/model_config.h"
+#include "runtime/remove_tree.h"
 #include "runtime/weight_format.h"
 
 #define VERB "quantize"
@@ -187,11 +187,6 @@ static moira_status_t read_back(const char *dir, const char *expert, moira_dtype
     return status ? moira_status_annotate(status, "reading %s back", dir) : MOIRA_OK_STATUS;
 }
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
-}
-
 /* Per layer: how many matrices, and the NMSE and largest error of their dequantised weights. */
 static void print_errors(const quantized_checkpoint_t *q, moira_dtype_t dtype, const char *out) {
     printf("%s: %d routed expert matrices quantised to %s\n", out, q->n_quantized,
@@ -268,7 +263,7 @@ int moira_cli_quantize(int argc, char **argv) {
     moira_status_t status = mkdtemp(temp) ? MOIRA_OK_STATUS : errno_status("cannot create", temp);
     if (!status) {
         status = quantize_into(&o, temp);
-        if (status) nftw(temp, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+        if (status) moira_remove_tree(temp);
     }
     free(temp);
     return status ? moira_status_report(status) : 0;

@@ -5,7 +5,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "runtime/remove_tree.h"
 #include "tests/unit/testing.h"
 
 static char g_dir[64];
@@ -74,11 +74,6 @@ static void expect_open_error(const char *label, const char *path, moira_code_t 
         moira_safetensors_close(file);
     }
     moira_status_free(status);
-}
-
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -673,6 +668,6 @@ int main(void) {
     test_malformed();
     test_unsupported_dtypes();
     test_write_failures();
-    nftw(g_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    moira_remove_tree(g_dir);
     return moira_test_finish("test_safetensors");
 }
