@@ -5,7 +5,6 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <sys/socket.h>
-#include <time.h>
 
 #include "runtime/clock.h"
 
@@ -43,13 +42,7 @@ static void *watch(void *arg) {
             shutdown(e->fd, SHUT_RDWR);
             e->due = 0;
         }
-        struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_nsec += (long)(CHECK_INTERVAL_S * 1e9);
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
+        struct timespec until = moira_monotonic_after(CHECK_INTERVAL_S);
         pthread_cond_timedwait(&d->wake, &d->lock, &until);
     }
     pthread_mutex_unlock(&d->lock);
@@ -67,11 +60,7 @@ moira_status_t serve_deadlines_create(double receive_s, int capacity, serve_dead
     d->receive_s = receive_s;
     d->capacity = capacity;
     pthread_mutex_init(&d->lock, NULL);
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&d->wake, &attr);
-    pthread_condattr_destroy(&attr);
+    moira_monotonic_cond_init(&d->wake);
     if (pthread_create(&d->thread, NULL, watch, d)) {
         serve_deadlines_destroy(d);
         return moira_status_make(MOIRA_CODE_INTERNAL, "serve: cannot start the receive watchdog");

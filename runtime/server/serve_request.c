@@ -2,10 +2,10 @@
 #include "runtime/server/serve_request.h"
 
 #include <errno.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+
+#include "runtime/clock.h"
 
 serve_request_t *serve_request_create(void) {
     serve_request_t *r = calloc(1, sizeof(*r));
@@ -19,11 +19,7 @@ serve_request_t *serve_request_create(void) {
     r->text[0] = '\0';
     r->refs = 1;
     pthread_mutex_init(&r->lock, NULL);
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&r->changed, &attr);
-    pthread_condattr_destroy(&attr);
+    moira_monotonic_cond_init(&r->changed);
     return r;
 }
 
@@ -113,15 +109,7 @@ bool serve_request_cancelled(serve_request_t *r) {
 
 void serve_request_wait_locked(serve_request_t *r, size_t sent, double timeout_s) {
     if (r->len > sent || r->done) return;
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    double whole = floor(timeout_s);
-    until.tv_sec += (time_t)whole;
-    until.tv_nsec += (long)((timeout_s - whole) * 1e9);
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = moira_monotonic_after(timeout_s);
     while (r->len <= sent && !r->done)
         if (pthread_cond_timedwait(&r->changed, &r->lock, &until) == ETIMEDOUT) return;
 }
