@@ -221,26 +221,17 @@ static moira_status_t chat_prompt(const serve_api_model_t *m, json_t *body, moir
     return status;
 }
 
-/* "stop": a string or up to SERVE_MAX_STOPS non-empty strings. */
+/* "stop": a string (one stop, read as stop[0]) or up to SERVE_MAX_STOPS non-empty strings. */
 static moira_status_t get_stops(const json_t *body, serve_request_t *r, const char **param) {
     json_t *stop = field(body, "stop");
     if (!stop) return MOIRA_OK_STATUS;
-    if (json_is_string(stop)) {
-        json_t *one = json_array();
-        json_array_append(one, stop);
-        moira_status_t status = MOIRA_OK_STATUS;
-        json_t *wrapped = json_pack("{s:o}", "stop", one);
-        if (!wrapped) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "out of memory");
-        status = get_stops(wrapped, r, param);
-        json_decref(wrapped);
-        return status;
-    }
-    if (!json_is_array(stop) || json_array_size(stop) > SERVE_MAX_STOPS)
+    bool one = json_is_string(stop);
+    if (!one && (!json_is_array(stop) || json_array_size(stop) > SERVE_MAX_STOPS))
         return bad(param, "stop", "'stop' must be a string or an array of at most %d strings",
                    SERVE_MAX_STOPS);
-    size_t i;
-    json_t *s;
-    json_array_foreach(stop, i, s) {
+    size_t n = one ? 1 : json_array_size(stop);
+    for (size_t i = 0; i < n; i++) {
+        json_t *s = one ? stop : json_array_get(stop, i);
         if (!json_is_string(s) || !json_string_length(s) ||
             strlen(json_string_value(s)) != json_string_length(s))
             return bad(param, "stop", "stop[%zu] must be a non-empty string", i);
@@ -249,7 +240,7 @@ static moira_status_t get_stops(const json_t *body, serve_request_t *r, const ch
             return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "out of memory");
     }
     r->params.stops = (const char *const *)r->stop_strings;
-    r->params.n_stops = (int)json_array_size(stop);
+    r->params.n_stops = (int)n;
     return MOIRA_OK_STATUS;
 }
 
