@@ -52,8 +52,8 @@ static const int64_t token_counts[] = {1, 7, 40};
 #define MAX_DTYPES 5
 
 /* Which weight dtypes each op is checked with: every op in f32; the weight-heavy ones also in the
- * narrow types checkpoints ship, and with their routed experts quantised (MXFP4, INT8; the rest of
- * the layer f32, as `moira quantize --experts-only` writes it). */
+ * narrow types checkpoints ship, and quantised (MXFP4, INT8) as `moira quantize` writes them: the
+ * experts and the dense projections, the rest of the layer f32 (quantize_weights). */
 static int dtypes_for(const char *op, moira_dtype_t out[MAX_DTYPES]) {
     out[0] = MOIRA_DTYPE_F32;
     if (!strcmp(op, "moe") || !strcmp(op, "layer")) {
@@ -136,34 +136,66 @@ typedef struct host_case {
     moira_random_layer_t layer;
     int64_t layer_index;
     moira_tensor_t x, positions, ref, ref_idx, ref_weight, selection;
-    moira_tensor_t *quantized; /* owned: 3E experts then their 3E scales, when quantised */
+    moira_tensor_t *quantized; /* owned: each quantised matrix, then its scales */
     int64_t n_quantized;
 } host_case_t;
 
-/* Replaces the layer's routed experts by quantised copies (the layer keeps pointers to them), so
- * the reference reads the same dequantised values the device computes with. */
-static moira_status_t quantize_experts(host_case_t *h, moira_dtype_t dtype) {
-    moira_moe_weights_t *moe = &h->layer.weights.moe;
-    if (!h->layer.weights.is_moe || !moe->n_experts) return MOIRA_OK_STATUS;
+/* The matrix slots `moira quantize` quantises (docs/quantize.md): the routed experts, the shared
+ * experts or dense MLP and the attention projections other than kv_b_proj (which the absorbed
+ * decode reads by head slices). The router gate, norms, embeddings and lm_head stay as they are.
+ * Returns how many it wrote to `slots` (room for 3E + 8). */
+static int64_t quantized_slots(moira_layer_weights_t *w, const moira_tensor_t ***slots) {
+    int64_t n = 0;
+    moira_mla_weights_t *mla = &w->mla;
+    const moira_tensor_t **projections[] = {&mla->q_proj, &mla->q_a_proj, &mla->q_b_proj,
+                                            &mla->kv_a_proj_with_mqa, &mla->o_proj};
+    moira_mlp_weights_t *mlp = w->is_moe ? &w->moe.shared : &w->mlp;
+    const moira_tensor_t **ffn[] = {&mlp->gate_proj, &mlp->up_proj, &mlp->down_proj};
+    for (size_t i = 0; i < sizeof(projections) / sizeof(projections[0]); i++)
+        if (*projections[i]) slots[n++] = projections[i];
+    for (size_t i = 0; i < sizeof(ffn) / sizeof(ffn[0]); i++)
+        if (*ffn[i]) slots[n++] = ffn[i];
+    if (!w->is_moe) return n;
+    moira_moe_weights_t *moe = &w->moe;
+    for (int64_t e = 0; e < moe->n_experts; e++) {
+        slots[n++] = &moe->expert_gate_proj[e];
+        slots[n++] = &moe->expert_up_proj[e];
+        slots[n++] = &moe->expert_down_proj[e];
+    }
+    return n;
+}
+
+/* Replaces the layer's matrices by quantised copies as `moira quantize` would (the layer keeps
+ * pointers to them), so the reference reads the same dequantised values the device computes
+ * with. A projection the format cannot store (MXFP4 rows not a multiple of 32) stays f32, as in
+ * `moira quantize`; a routed expert that cannot is no case. */
+static moira_status_t quantize_weights(host_case_t *h, moira_dtype_t dtype) {
+    moira_layer_weights_t *w = &h->layer.weights;
     int64_t d = h->config.hidden_size, inter = h->config.moe_intermediate_size;
-    if (!moira_weight_shape_fits(dtype, inter, d) || !moira_weight_shape_fits(dtype, d, inter))
+    if (w->is_moe &&
+        (!moira_weight_shape_fits(dtype, inter, d) || !moira_weight_shape_fits(dtype, d, inter)))
         return moira_status_make(MOIRA_CODE_UNSUPPORTED, "%s needs rows of a multiple of 32",
                                  moira_dtype_name(dtype));
-    int64_t n = 3 * moe->n_experts;
-    h->quantized = calloc((size_t)(2 * n), sizeof(*h->quantized));
-    if (!h->quantized)
+    int64_t room = 3 * (w->is_moe ? w->moe.n_experts : 0) + 8;
+    const moira_tensor_t ***slots = calloc((size_t)room, sizeof(*slots));
+    h->quantized = calloc((size_t)(2 * room), sizeof(*h->quantized));
+    if (!slots || !h->quantized) {
+        free(slots);
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "conformance: out of memory");
-    h->n_quantized = 2 * n;
-    const moira_tensor_t **arrays[3] = {moe->expert_gate_proj, moe->expert_up_proj,
-                                        moe->expert_down_proj};
-    for (int64_t i = 0; i < n; i++) {
-        const moira_tensor_t **slot = &arrays[i % 3][i / 3];
-        MOIRA_RETURN_IF_ERROR(
-            moira_tensor_convert(*slot, dtype, &h->quantized[i], &h->quantized[n + i]));
-        h->quantized[i].scale = &h->quantized[n + i];
-        *slot = &h->quantized[i];
     }
-    return MOIRA_OK_STATUS;
+    int64_t n = quantized_slots(w, slots);
+    moira_status_t status = MOIRA_OK_STATUS;
+    for (int64_t i = 0; i < n && !status; i++) {
+        const moira_tensor_t *t = *slots[i];
+        if (!moira_weight_shape_fits(dtype, t->shape[0], t->shape[1])) continue;
+        moira_tensor_t *q = &h->quantized[h->n_quantized], *scale = q + 1;
+        status = moira_tensor_convert(t, dtype, q, scale);
+        h->n_quantized += 2;
+        q->scale = scale;
+        if (!status) *slots[i] = q;
+    }
+    free(slots);
+    return status;
 }
 
 static void host_case_release(host_case_t *h) {
@@ -188,7 +220,7 @@ static moira_status_t host_case_make(const shape_t *shape, const char *op, moira
     bool quantized = moira_dtype_is_quantized(dtype);
     MOIRA_RETURN_IF_ERROR(moira_random_layer_create(
         c, h->layer_index, seed, quantized ? MOIRA_DTYPE_F32 : dtype, &h->layer));
-    if (quantized) MOIRA_RETURN_IF_ERROR(quantize_experts(h, dtype));
+    if (quantized) MOIRA_RETURN_IF_ERROR(quantize_weights(h, dtype));
     MOIRA_RETURN_IF_ERROR(moira_tensor_alloc_f32(tokens, c->hidden_size, &h->x));
     moira_random_fill_uniform(h->x.data, (size_t)(tokens * c->hidden_size), seed + 17, -1.0f, 1.0f);
     int64_t shape1[1] = {tokens};
@@ -336,11 +368,12 @@ static bool device_supports(const moira_device_t *device, const char *op, moira_
         lists[1] = NULL;
     for (int l = 0; l < 2 && lists[l]; l++)
         for (const int *k = lists[l]; *k >= 0; k++) {
-            /* Quantised cases quantise only the routed experts; the rest of the layer is f32. */
-            moira_dtype_t asked = *k == MOIRA_OP_MLA_DECODE_ATTENTION ? cache_dtype
-                                  : *k == MOIRA_OP_MOE_FFN || !moira_dtype_is_quantized(dtype)
-                                      ? dtype
-                                      : MOIRA_DTYPE_F32;
+            /* Quantised cases quantise the experts and the dense projections (LINEAR, SWIGLU);
+             * the router and kv_b_proj's absorbed ops stay f32. */
+            bool takes = *k == MOIRA_OP_MOE_FFN || *k == MOIRA_OP_LINEAR || *k == MOIRA_OP_SWIGLU;
+            moira_dtype_t asked = *k == MOIRA_OP_MLA_DECODE_ATTENTION         ? cache_dtype
+                                  : takes || !moira_dtype_is_quantized(dtype) ? dtype
+                                                                              : MOIRA_DTYPE_F32;
             if (!moira_device_supports(device, *k, asked)) return false;
         }
     return true;
@@ -379,11 +412,11 @@ moira_status_t moira_conformance_run(moira_device_t *device, const char *ops,
                         double bf16 = moira_precision_nmse_limit(MOIRA_DTYPE_BF16);
                         r.limit = r.limit > bf16 ? r.limit : bf16;
                     }
-                    /* Quantised experts may meet activations quantised per token (DESIGN.md §4:
-                     * W8A8, W4A8), whose limit is int8's. */
+                    /* Quantised weights may meet activations quantised per token (DESIGN.md §4:
+                     * W8A8, W4A8): the limit of what the device computes them in. */
                     if (moira_dtype_is_quantized(dtypes[di])) {
-                        double int8 = moira_precision_nmse_limit(MOIRA_DTYPE_INT8);
-                        r.limit = r.limit > int8 ? r.limit : int8;
+                        double q = moira_precision_nmse_limit(info->quantized_precision);
+                        r.limit = r.limit > q ? r.limit : q;
                     }
                     r.skipped = !device_supports(device, op, dtypes[di], r.cache_dtype);
                     if (!r.skipped) {

@@ -54,16 +54,16 @@ static moira_status_t expect_vector(const char *fn, const char *what, const moir
     return MOIRA_OK_STATUS;
 }
 
-/* Weight matrices: any float type, [rows, cols]. */
+/* Weight matrices: any float type or quantised format (read dequantised), [rows, cols]. */
 static moira_status_t expect_matrix(const char *fn, const char *what, const moira_tensor_t *t,
                                     int64_t rows, int64_t cols) {
     if (!t || !t->data)
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT, "%s: %s is missing", fn, what);
-    if (!moira_dtype_is_float(t->dtype) || t->rank != 2 || (rows >= 0 && t->shape[0] != rows) ||
+    if (!moira_dtype_is_weight(t->dtype) || t->rank != 2 || (rows >= 0 && t->shape[0] != rows) ||
         (cols >= 0 && t->shape[1] != cols)) {
         char got[64];
         return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
-                                 "%s: %s: expected a float matrix [%lld, %lld], got %s %s", fn,
+                                 "%s: %s: expected a weight matrix [%lld, %lld], got %s %s", fn,
                                  what, (long long)rows, (long long)cols, moira_dtype_name(t->dtype),
                                  moira_tensor_shape_str(t, got, sizeof(got)));
     }

@@ -54,6 +54,10 @@ typedef struct moira_device_info {
     /* The narrowest type the device computes in (f32 for cpu; bf16 for an NPU's cube): decides
      * which of DESIGN.md §4's tolerances its results are held to. */
     moira_dtype_t compute_precision;
+    /* What activations meet MXFP4 and INT8 weights in, when narrower than compute_precision:
+     * INT8 where the device quantises them per token (W8A8, W4A8: the cpu's int8 tiles); F32
+     * (the default) where it decodes the weights and computes as usual. */
+    moira_dtype_t quantized_precision;
     /* A software model of a device (the npu emulator): its memory is host memory and its real
      * speed the host's; default plans leave it out (placement/topology.h). */
     bool emulated;

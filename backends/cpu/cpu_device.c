@@ -16,6 +16,7 @@
 #include "backends/cpu/cpu_kernels.h"
 #include "backends/cpu/gemm.h"
 #include "backends/cpu/packed_weights.h"
+#include "backends/cpu/quant_panels.h"
 #include "backends/cpu/scratch_arena.h"
 #include "runtime/backend.h"
 #include "runtime/env.h"
@@ -375,6 +376,10 @@ static void describe_host(moira_device_info_t *info, int n_threads) {
     info->kind = MOIRA_DEVICE_KIND_CPU;
     /* bf16 math (gemm.h) makes bf16-weight GEMMs the least precise path, so it sets the limit. */
     info->compute_precision = moira_cpu_bf16_math_rounded() ? MOIRA_DTYPE_BF16 : MOIRA_DTYPE_F32;
+    /* The int8 tiles quantise activations per token (quant_panels.h); without them quantised
+     * weights are widened to f32 rows. */
+    info->quantized_precision =
+        moira_cpu_qtile_kernel(MOIRA_DTYPE_INT8) ? MOIRA_DTYPE_INT8 : MOIRA_DTYPE_F32;
     info->numa_node = -1;
     snprintf(info->model, sizeof(info->model), "host CPU");
     hwloc_topology_t topology;

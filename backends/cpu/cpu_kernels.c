@@ -35,6 +35,9 @@ bool moira_cpu_supports_op(int op, moira_dtype_t weight_dtype) {
     if (op < 0 || op >= MOIRA_OP_COUNT || !kernels[op]) return false;
     if (op == MOIRA_OP_MLA_DECODE_ATTENTION)
         return weight_dtype == MOIRA_DTYPE_F32 || weight_dtype == MOIRA_DTYPE_BF16;
-    if (moira_dtype_is_quantized(weight_dtype)) return op == MOIRA_OP_MOE_FFN;
+    /* MXFP4 and INT8 weights: routed experts and the dense projections (int8 tiles where the
+     * CPU has them, quant_panels.h; rows widened one at a time otherwise). */
+    if (moira_dtype_is_quantized(weight_dtype))
+        return op == MOIRA_OP_MOE_FFN || op == MOIRA_OP_LINEAR || op == MOIRA_OP_SWIGLU;
     return moira_dtype_is_float(weight_dtype);
 }

@@ -5,6 +5,7 @@
 #include "backends/cpu/kernels_common.h"
 
 #include "backends/cpu/linear_panels.h"
+#include "backends/cpu/quant_linear.h"
 
 /* A work item is a block of tokens against a block of weight rows, so each weight row is widened
  * once per token block and each token block stays in cache across the weight rows. */
@@ -49,9 +50,11 @@ static void linear_items(void *raw, int64_t begin, int64_t end, int thread) {
     }
 }
 
-/* Packed jobs go to the GEMM tiles; the others block tokens and weight rows into items and let
- * the pool balance them. */
+/* Packed jobs go to the GEMM tiles (the int8 tiles for MXFP4 and INT8 panels); the others block
+ * tokens and weight rows into items and let the pool balance them. */
 moira_status_t moira_cpu_linear_run(moira_threadpool_t *pool, const moira_cpu_linear_job_t *job) {
+    if (job->packed && moira_dtype_is_quantized(job->packed->panel_dtype))
+        return moira_cpu_quant_linear_run(pool, job);
     if (job->packed) return moira_cpu_panel_linear_run(pool, job);
     if (job->batch <= 0 || job->tokens <= 0 || job->out_features <= 0) return MOIRA_OK_STATUS;
     linear_ctx_t ctx = {

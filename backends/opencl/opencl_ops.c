@@ -915,7 +915,9 @@ moira_status_t moira_opencl_run_op(opencl_device_t *device, opencl_queue_t *queu
 bool moira_opencl_supports_op(int op, moira_dtype_t weight_dtype) {
     if (op < 0 || op >= MOIRA_OP_COUNT || !ops[op]) return false;
     if (op == MOIRA_OP_MLA_DECODE_ATTENTION) return weight_dtype == MOIRA_DTYPE_F32;
-    /* The grouped FFN's kernels read MXFP4 and INT8 experts (common.cl), decoded in f32. */
-    if (moira_dtype_is_quantized(weight_dtype)) return op == MOIRA_OP_MOE_FFN;
+    /* The grouped FFN's and the dense projections' kernels read MXFP4 and INT8 weights
+     * (common.cl), decoded in f32. */
+    if (moira_dtype_is_quantized(weight_dtype))
+        return op == MOIRA_OP_MOE_FFN || op == MOIRA_OP_LINEAR || op == MOIRA_OP_SWIGLU;
     return moira_dtype_is_float(weight_dtype);
 }
