@@ -27,17 +27,21 @@ typedef struct quantize_options {
 } quantize_options_t;
 
 static void print_help(void) {
-    printf("usage: moira quantize --model DIR --dtype mxfp4|int8 --experts-only -o OUTDIR\n\n"
+    printf("usage: moira quantize --model DIR --dtype mxfp4|int8 [--experts-only] -o OUTDIR\n\n"
            "Writes a copy of the Hugging Face checkpoint DIR (f32, f16, bf16 or fp8) whose routed\n"
-           "experts (model.layers.N.mlp.experts.E.{gate,up,down}_proj.weight) are quantised:\n\n"
+           "experts (model.layers.N.mlp.experts.E.{gate,up,down}_proj.weight) and dense\n"
+           "projections (self_attn q_proj, q_a_proj, q_b_proj, kv_a_proj_with_mqa, o_proj; the\n"
+           "shared experts; a dense layer's mlp) are quantised:\n\n"
            "  mxfp4   E2M1 values, two per byte, and one E8M0 scale per 32 inputs of a row\n"
            "          (OCP MX: the scale is the block's largest power of two over 4), stored as\n"
            "          X.weight U8 [out, in/2] and X.scale F8_E8M0 [out, in/32] (DeepSeek-V4's\n"
-           "          layout); rows must be a multiple of 32 inputs\n"
+           "          layout); expert rows must be a multiple of 32 inputs (a projection whose\n"
+           "          rows are not is kept as it was)\n"
            "  int8    symmetric, one f32 scale per output row (amax / 127): X.weight I8\n"
            "          [out, in] and X.weight_scale F32 [out]\n\n"
-           "  --experts-only  quantise only the routed experts (required: the other projections'\n"
-           "                  quantised kernels are not written yet)\n\n"
+           "  --experts-only  quantise only the routed experts\n\n"
+           "Kept as they are, as DeepSeek-V4 keeps them: the router (mlp.gate.weight), norms,\n"
+           "embeddings, lm_head, and kv_b_proj (the absorbed decode reads it by head slices).\n"
            "Every other tensor is copied as it is, config.json gains a quantization_config\n"
            "(quant_method mxfp4 or int8) that Moira reads back, and the tokenizer and other files\n"
            "are copied. Prints each layer's weight error (NMSE of the dequantised weights against\n"
@@ -72,10 +76,6 @@ static int parse_options(int argc, char **argv, quantize_options_t *o) {
     if (!f || !moira_dtype_is_quantized(f->dtype))
         return moira_cli_usage_error(VERB, "--dtype must be mxfp4 or int8, not \"%s\"", dtype);
     o->dtype = f->dtype;
-    if (!o->experts_only)
-        return moira_cli_usage_error(VERB, "only --experts-only is implemented: Moira's "
-                                           "attention and shared-expert kernels do not read "
-                                           "quantised weights yet");
     return 0;
 }
 
@@ -142,7 +142,8 @@ static moira_status_t copy_other_files(const char *from, const char *to) {
 
 /* config.json as it was, with quantization_config saying what `moira quantize` did (a source's
  * own, fp8's, is kept under source_quantization_config: its other weights still have scales). */
-static moira_status_t write_config(const char *from_dir, const char *to_dir, moira_dtype_t dtype) {
+static moira_status_t write_config(const char *from_dir, const char *to_dir, moira_dtype_t dtype,
+                                   bool experts_only) {
     char *from = path_join(from_dir, "config.json"), *to = path_join(to_dir, "config.json");
     json_error_t error;
     json_t *root = from ? json_load_file(from, 0, &error) : NULL;
@@ -156,8 +157,10 @@ static moira_status_t write_config(const char *from_dir, const char *to_dir, moi
     } else {
         json_t *old = json_object_get(root, "quantization_config");
         if (old) json_object_set(root, "source_quantization_config", old);
-        json_t *q = json_pack("{s:s, s:s, s:s}", "quant_method", moira_weight_format(dtype)->name,
-                              "modules", "routed_experts", "written_by", "moira quantize");
+        json_t *q =
+            json_pack("{s:s, s:s, s:s}", "quant_method", moira_weight_format(dtype)->name,
+                      "modules", experts_only ? "routed_experts" : "routed_experts,projections",
+                      "written_by", "moira quantize");
         if (!q || json_object_set_new(root, "quantization_config", q) ||
             json_dump_file(root, to, JSON_INDENT(2) | JSON_PRESERVE_ORDER))
             status = errno_status("cannot write", to);
@@ -189,8 +192,11 @@ static moira_status_t read_back(const char *dir, const char *expert, moira_dtype
 
 /* Per layer: how many matrices, and the NMSE and largest error of their dequantised weights. */
 static void print_errors(const quantized_checkpoint_t *q, moira_dtype_t dtype, const char *out) {
-    printf("%s: %d routed expert matrices quantised to %s\n", out, q->n_quantized,
-           moira_weight_format(dtype)->name);
+    printf("%s: %d routed expert and %d projection matrices quantised to %s\n", out,
+           q->n_quantized - q->n_projections, q->n_projections, moira_weight_format(dtype)->name);
+    if (q->n_kept)
+        printf("  %d projection(s) kept as they were: %s needs inputs in multiples of 32\n",
+               q->n_kept, moira_weight_format(dtype)->name);
     for (int l = 0; l < q->n_layers; l++) {
         const quantize_layer_error_t *e = &q->layers[l];
         if (!e->matrices) continue;
@@ -210,12 +216,12 @@ static moira_status_t quantize_into(const quantize_options_t *o, const char *tem
     moira_safetensors_t *source = NULL;
     MOIRA_RETURN_IF_ERROR(moira_safetensors_open(o->model, &source));
     quantized_checkpoint_t q;
-    status = quantize_checkpoint(source, o->dtype, &q);
+    status = quantize_checkpoint(source, o->dtype, o->experts_only, &q);
     char *weights = path_join(temp, "model.safetensors");
     if (!status && !weights)
         status = moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "quantize: out of memory");
     if (!status) status = moira_safetensors_write(weights, q.out, q.n_out);
-    if (!status) status = write_config(o->model, temp, o->dtype);
+    if (!status) status = write_config(o->model, temp, o->dtype, o->experts_only);
     if (!status) status = copy_other_files(o->model, temp);
     const char *expert = NULL;
     for (size_t i = 0; !status && !expert && i < q.n_out; i++)

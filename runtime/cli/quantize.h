@@ -24,19 +24,26 @@ typedef struct quantized_checkpoint {
     size_t n_names;
     quantize_layer_error_t *layers; /* owned: one per layer index seen (n_layers) */
     int n_layers;
-    int n_quantized;
+    int n_quantized;   /* matrices, experts and projections */
+    int n_projections; /* of them, dense projections */
+    int n_kept;        /* projections the format cannot store, written as they were */
 } quantized_checkpoint_t;
 
 /* Whether `name` is a routed expert's projection (model.layers.N.mlp.experts.E.*_proj.weight). */
 bool quantize_is_expert_weight(const char *name);
 
-/* Quantises every routed expert weight of `source` to `dtype` (MXFP4 or INT8), leaving the other
- * tensors as they are (an expert's fp8 weight_scale_inv is dropped with it). `source` is borrowed
+/* Whether `name` is a dense projection quantised without --experts-only (attention projections
+ * but kv_b_proj, shared experts, a dense layer's MLP). */
+bool quantize_is_projection_weight(const char *name);
+
+/* Quantises every routed expert weight of `source` to `dtype` (MXFP4 or INT8), and unless
+ * `experts_only` every dense projection the format can store, leaving the other tensors as they
+ * are (a quantised weight's fp8 weight_scale_inv is dropped with it). `source` is borrowed
  * and must stay open while `out` is used. Errors name the tensor: a source that holds tensors
  * Moira does not read, or an expert row MXFP4 cannot hold (not a multiple of 32), is
  * INVALID_INPUT. Caller releases `out` with quantized_checkpoint_release. */
 moira_status_t quantize_checkpoint(const moira_safetensors_t *source, moira_dtype_t dtype,
-                                   quantized_checkpoint_t *out);
+                                   bool experts_only, quantized_checkpoint_t *out);
 
 void quantized_checkpoint_release(quantized_checkpoint_t *q);
 

@@ -1,4 +1,4 @@
-/* Quantising a checkpoint's routed experts (quantize.h). */
+/* Quantising a checkpoint's routed experts and dense projections (quantize.h). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +17,38 @@ bool quantize_is_expert_weight(const char *name) {
         p++;
     return !strcmp(p, ".gate_proj.weight") || !strcmp(p, ".up_proj.weight") ||
            !strcmp(p, ".down_proj.weight");
+}
+
+/* Whether `name` is a dense projection `moira quantize` quantises without --experts-only: the
+ * attention projections but kv_b_proj (the absorbed decode reads it by head slices), the shared
+ * experts and a dense layer's MLP. The router (mlp.gate.weight), norms, embeddings and lm_head
+ * are kept, as DeepSeek-V4 keeps them. */
+bool quantize_is_projection_weight(const char *name) {
+    static const char *const suffixes[] = {".self_attn.q_proj.weight",
+                                           ".self_attn.q_a_proj.weight",
+                                           ".self_attn.q_b_proj.weight",
+                                           ".self_attn.kv_a_proj_with_mqa.weight",
+                                           ".self_attn.o_proj.weight",
+                                           ".mlp.shared_experts.gate_proj.weight",
+                                           ".mlp.shared_experts.up_proj.weight",
+                                           ".mlp.shared_experts.down_proj.weight",
+                                           ".mlp.gate_proj.weight",
+                                           ".mlp.up_proj.weight",
+                                           ".mlp.down_proj.weight"};
+    if (strncmp(name, "model.layers.", 13) != 0) return false;
+    const char *p = name + 13;
+    if (*p < '0' || *p > '9') return false;
+    while (*p >= '0' && *p <= '9')
+        p++;
+    for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++)
+        if (!strcmp(p, suffixes[i])) return true;
+    return false;
+}
+
+/* Whether the run quantises `name`: a routed expert always, a projection unless experts_only. */
+static bool quantized_here(const char *name, bool experts_only) {
+    return quantize_is_expert_weight(name) ||
+           (!experts_only && quantize_is_projection_weight(name));
 }
 
 /* "model.layers.N." gives N; -1 for any other name. */
@@ -101,17 +133,22 @@ static moira_status_t quantize_one(quantized_checkpoint_t *q, const char *name,
 }
 
 /* Whether `name` is X.weight_scale_inv of a weight being quantised (dropped with it). */
-static bool is_expert_scale_inv(const char *name) {
+static bool is_quantized_scale_inv(const moira_safetensors_t *source, const char *name,
+                                   moira_dtype_t dtype, bool experts_only) {
     size_t len = strlen(name);
     if (len < 11 || strcmp(name + len - 10, "_scale_inv") != 0) return false;
     char *weight = strndup(name, len - 10);
-    bool expert = weight && quantize_is_expert_weight(weight);
+    const moira_tensor_t *t = NULL;
+    bool dropped = weight && quantized_here(weight, experts_only) &&
+                   (quantize_is_expert_weight(weight) ||
+                    (!moira_safetensors_find(source, weight, &t) && t->rank == 2 &&
+                     moira_weight_shape_fits(dtype, t->shape[0], t->shape[1])));
     free(weight);
-    return expert;
+    return dropped;
 }
 
 moira_status_t quantize_checkpoint(const moira_safetensors_t *source, moira_dtype_t dtype,
-                                   quantized_checkpoint_t *out) {
+                                   bool experts_only, quantized_checkpoint_t *out) {
     memset(out, 0, sizeof(*out));
     const char *path = moira_safetensors_path(source);
     if (moira_safetensors_other_count(source)) {
@@ -131,11 +168,16 @@ moira_status_t quantize_checkpoint(const moira_safetensors_t *source, moira_dtyp
         const char *name = moira_safetensors_name(source, i);
         const moira_tensor_t *t = NULL;
         MOIRA_RETURN_IF_ERROR(moira_safetensors_find(source, name, &t));
-        if (is_expert_scale_inv(name)) continue;
-        if (quantize_is_expert_weight(name)) {
+        if (is_quantized_scale_inv(source, name, dtype, experts_only)) continue;
+        bool expert = quantize_is_expert_weight(name);
+        /* A projection the format cannot store (MXFP4 inputs not a multiple of 32) is kept. */
+        bool fits = t->rank == 2 && moira_weight_shape_fits(dtype, t->shape[0], t->shape[1]);
+        if (quantized_here(name, experts_only) && (expert || fits)) {
             MOIRA_RETURN_IF_ERROR(quantize_one(out, name, t, dtype, path));
+            out->n_projections += !expert;
             continue;
         }
+        out->n_kept += quantized_here(name, experts_only);
         out->out[out->n_out++] = (moira_named_tensor_t){name, t};
     }
     if (!out->n_quantized)

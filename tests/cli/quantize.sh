@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `moira quantize` end to end: random DeepSeek-V3-shaped checkpoints (bf16, and fp8 in two shards
-# with an MTP layer) quantised to mxfp4 and int8 are read back by Moira and generate greedily the
+# with an MTP layer) quantised to mxfp4 and int8, the experts alone or with the dense projections, are read back by Moira and generate greedily the
 # tokens an independent fp64 reference (moira-test-reference: ops/reference.c without the engine
 # or any device code) computes on the dequantised weights, at every step whose top-2 gap the
 # device's precision cannot flip. Bad input is exit 2 naming the file, with no
@@ -14,14 +14,16 @@ source "$(dirname "$0")/lib/model_refs.bash"
 "$bin/moira-test-checkpoint" --out "$work/fp8" --dtype fp8 --shards 2 --mtp --seed 3 \
     --tokenizer "$tokenizer" >/dev/null || { echo "FAIL: writing the fp8 checkpoint"; exit 1; }
 printf 'The first law of thermodynamics says that' >"$work/prompt.txt"
+# fp8 as mxfp4 with projections has no decidable first step on that prompt; this one has seven.
+printf 'Once upon a time' >"$work/prompt2.txt"
 
 # same_tokens NAME MODEL [OPTIONS]: greedy ids equal the reference's up to the first step whose top-2 gap
 # logit errors of NMSE 1e-4 could close (at least 4 steps compared). 1e-4, not int8's 5e-3: at
 # that limit no step of a random model is decidable, and the cpu's quantised experts compute
 # well inside 1e-4 (test_conformance holds them to the NMSE).
-same_tokens() { # same_tokens NAME MODEL [generate options...]
+same_tokens() { # [prompt=FILE] same_tokens NAME MODEL [generate options...]
     expect 0 "$1: generate" -- "$moira" generate --model "$2" --temperature 0 --max-tokens 12 \
-        --json --prompt-file "$work/prompt.txt" "${@:3}"
+        --json --prompt-file "${prompt:-$work/prompt.txt}" "${@:3}"
     cp "$work/out" "$work/gen.json"
     local ids
     ids=$(python3 -c 'import json,sys; print(",".join(map(str, json.load(open(sys.argv[1]))["prompt_ids"])))' "$work/gen.json") || return
@@ -64,6 +66,23 @@ for src in bf16 fp8; do
         same_tokens "$src as $dtype on cpu:0" "$out"
     done
 done
+# Without --experts-only the dense projections are quantised too (attention but kv_b_proj, the
+# shared experts, layer 0's dense MLP); the router, norms, embeddings and lm_head are not.
+for src in bf16 fp8; do
+    for dtype in mxfp4 int8; do
+        out="$work/$src-$dtype-all"
+        expect 0 "quantize $src to $dtype, projections too" -- "$moira" quantize \
+            --model "$work/$src" --dtype $dtype -o "$out"
+        check "$src to $dtype: projections counted" "and [1-9][0-9]* projection matrices" \
+            "$work/out"
+        prompt=$work/prompt$([ $src-$dtype = fp8-mxfp4 ] && echo 2).txt \
+            same_tokens "$src as $dtype with projections on cpu:0" "$out"
+    done
+done
+# q_b_proj's 48 inputs are no MXFP4 rows: it is kept and said so.
+expect 0 "quantize bf16 to mxfp4 again" -- "$moira" quantize --model "$work/bf16" --dtype mxfp4 \
+    -o "$work/bf16-mxfp4-again"
+check "a projection MXFP4 cannot store is kept" "3 projection\(s\) kept as they were" "$work/out"
 # OpenCL reads both formats in its grouped FFN kernels (f32 on the dequantised weights); the npu
 # expands them to bf16 on their way into the Cube (bf16's precision, within the 1e-4 rule here).
 if "$moira" devices 2>/dev/null | grep -q '^opencl:0'; then
@@ -75,6 +94,15 @@ same_tokens "bf16 as mxfp4 on npu:0" "$work/bf16-mxfp4" --backend npu:0
 same_tokens "bf16 as mxfp4 placed on the local topology" "$work/bf16-mxfp4" \
     --topology "$root/configs/topologies/local-cpu.yaml"
 same_tokens "bf16 as int8 on npu:0" "$work/bf16-int8" --backend npu:0
+# Quantised projections: opencl decodes them in f32, the npu expands them to bf16 (davinci.h).
+if "$moira" devices 2>/dev/null | grep -q '^opencl:0'; then
+    same_tokens "bf16 as mxfp4 with projections on opencl:0" "$work/bf16-mxfp4-all" \
+        --backend opencl:0
+    same_tokens "fp8 as int8 with projections on opencl:0" "$work/fp8-int8-all" --backend opencl:0
+fi
+same_tokens "bf16 as int8 with projections on npu:0" "$work/bf16-int8-all" --backend npu:0
+prompt=$work/prompt2.txt same_tokens "fp8 as mxfp4 with projections on npu:0" \
+    "$work/fp8-mxfp4-all" --backend npu:0
 
 # The stored layout is DeepSeek-V4's: U8 [out, in/2] with F8_E8M0 [out, in/32] scales; int8 is
 # I8 with F32 [out] scales.
@@ -93,12 +121,35 @@ assert "model.layers.1.mlp.shared_experts.gate_proj.weight" in mx
 assert mx["model.layers.1.mlp.shared_experts.gate_proj.weight"]["dtype"] == "BF16"
 PY
     passed=$((passed + 1)) || fail "quantised tensors' stored layout"
+# With projections: shared experts, dense MLP and attention in the format (MXFP4's q_b_proj of 48
+# inputs kept); the router, kv_b_proj, norms, embeddings and lm_head as they were.
+python3 - "$work/bf16-mxfp4-all/model.safetensors" "$work/fp8-int8-all" <<'PY' &&
+import glob, json, struct, sys
+def header(path):
+    raw = open(path, "rb").read(1 << 20)
+    return json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+mx = header(sys.argv[1])
+i8 = {}
+for f in glob.glob(sys.argv[2] + "/*.safetensors"):
+    i8.update(header(f))
+for name in ["model.layers.1.mlp.shared_experts.down_proj", "model.layers.0.mlp.gate_proj",
+             "model.layers.1.self_attn.o_proj", "model.layers.1.self_attn.kv_a_proj_with_mqa"]:
+    assert mx[name + ".weight"]["dtype"] == "U8" and name + ".scale" in mx, name
+    assert i8[name + ".weight"]["dtype"] == "I8" and name + ".weight_scale" in i8, name
+    assert name + ".weight_scale_inv" not in i8, name
+for name in ["model.layers.1.mlp.gate.weight", "model.layers.1.self_attn.kv_b_proj.weight",
+             "model.layers.1.self_attn.q_b_proj.weight", "model.embed_tokens.weight",
+             "lm_head.weight", "model.norm.weight"]:
+    assert mx[name]["dtype"] == "BF16", (name, mx[name])
+assert i8["model.layers.1.self_attn.kv_b_proj.weight"]["dtype"] == "F8_E4M3"
+assert i8["model.layers.1.self_attn.q_b_proj.weight"]["dtype"] == "I8"
+PY
+    passed=$((passed + 1)) || fail "quantised tensors' stored layout, projections too"
 
 # Bad usage and input: exit 2, the file or option named, no output directory left.
 expect 2 "--dtype int4" -- "$moira" quantize --model "$work/bf16" --dtype int4 --experts-only \
     -o "$work/x"
 expect_stderr "mxfp4 or int8" "--dtype int4 names the choices"
-expect 2 "without --experts-only" -- "$moira" quantize --model "$work/bf16" --dtype int8 -o "$work/x"
 expect 2 "into a directory that is not empty" -- "$moira" quantize --model "$work/bf16" \
     --dtype int8 --experts-only -o "$work/bf16-mxfp4"
 expect 2 "a quantised checkpoint as the source" -- "$moira" quantize --model "$work/bf16-int8" \
