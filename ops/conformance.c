@@ -243,10 +243,14 @@ static moira_status_t host_case_make(const shape_t *shape, const char *op, moira
     return moira_ref_layer(c, h->layer_index, w, &h->x, &h->positions, &h->ref, false);
 }
 
+/* The largest NMSE of one token that a near tie routed to another expert may have. */
+#define ROUTED_APART_MAX 0.25
+
 /* Layer outputs: the NMSE over all tokens; when that is over the limit, again without the tokens
  * that went wrong on their own (token NMSE over the limit) and whose reference routing is a near
  * tie by the window compare_gate allows (moira_ref_layer_near_ties): such a token was routed to the
- * other expert, as the gate comparison permits. The rest must then pass. */
+ * other expert, as the gate comparison permits, and whose own NMSE is that of one expert swapped,
+ * not of a broken layer (ROUTED_APART_MAX). The rest must then pass. */
 static moira_status_t compare_layer(host_case_t *h, const float *got,
                                     moira_conformance_result_t *r) {
     int64_t t = h->x.shape[0], d = h->config.hidden_size;
@@ -257,6 +261,12 @@ static moira_status_t compare_layer(host_case_t *h, const float *got,
     if (!tie) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "conformance: out of memory");
     moira_status_t status = moira_ref_layer_near_ties(&h->config, &h->layer.weights, &h->x,
                                                       &h->positions, sqrtf((float)r->limit), tie);
+    /* A token routed apart changes one of its k experts' share of the MoE output, added to the
+     * residual: its own NMSE stays far below 1, where a broken layer's (zeros, garbage) is 1 or
+     * more. Without this bound a broken single-token layer passed as "NMSE 0 without 1 token". */
+    for (int64_t i = 0; !status && i < t; i++)
+        if (tie[i] && nmse(got + i * d, (const float *)h->ref.data + i * d, d) > ROUTED_APART_MAX)
+            tie[i] = false;
     int excluded = 0;
     double rest =
         status ? 0 : moira_nmse_without_ties(got, h->ref.data, t, d, tie, r->limit, &excluded);

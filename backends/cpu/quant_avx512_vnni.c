@@ -61,6 +61,18 @@ fold_block(const moira_cpu_qtile_t *t, int64_t b, __m512i sums[][MOIRA_CPU_QTILE
     }
 }
 
+/* E8M0 scale bytes (as 16 dwords) to f32 as OCP MX defines them: 2^(e - 127), the exponent
+ * field itself for 1..254; 0 is 2^-127 (a subnormal, 0x00400000) and 255 NaN, which a shift
+ * alone would make 0 and inf. */
+static inline __m512 e8m0_to_ps(__m512i e) {
+    __m512i bits = _mm512_slli_epi32(e, 23);
+    bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(e, _mm512_setzero_si512()),
+                                 _mm512_set1_epi32(0x00400000));
+    bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(e, _mm512_set1_epi32(255)),
+                                 _mm512_set1_epi32(0x7FC00000));
+    return _mm512_castsi512_ps(bits);
+}
+
 static inline __attribute__((always_inline)) void mxfp4_tile(const moira_cpu_qtile_t *t, int rows,
                                                              int streams) {
     const __m512i table = _mm512_broadcast_i32x4(
@@ -92,7 +104,7 @@ static inline __attribute__((always_inline)) void mxfp4_tile(const moira_cpu_qti
         __m512 weight_scale[MOIRA_CPU_QTILE_STREAMS];
         for (int s = 0; s < streams; s++) {
             __m128i e = _mm_loadu_si128((const __m128i *)(t->panels[s] + blocks * 256 + b * 16));
-            weight_scale[s] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu8_epi32(e), 23));
+            weight_scale[s] = e8m0_to_ps(_mm512_cvtepu8_epi32(e));
         }
         fold_block(t, b, sums, acc, weight_scale, rows, streams);
     }

@@ -88,11 +88,41 @@ static void check_shape(moira_dtype_t dtype, int64_t cols, int n_rows, int strea
     moira_tensor_release(&w);
 }
 
+/* E8M0 scale bytes 0 and 255 are 2^-127 and NaN (OCP MX), not the 0 and inf a bare shift of the
+ * byte into an f32 exponent gives. Rows of 32 weights of 1.0 (E2M1 code 2) against activations
+ * of 1.0: row 0 (scale byte 0) sums to 32 * 2^-127, row 1 (255) is NaN, row 2 (127) is 32. */
+static void check_scale_extremes(void) {
+    moira_cpu_qtile_fn tile = moira_cpu_qtile_kernel(MOIRA_DTYPE_MXFP4);
+    unsigned char data[16 * 16], scales[16];
+    memset(data, 0x22, sizeof(data));
+    memset(scales, 127, sizeof(scales));
+    scales[0] = 0;
+    scales[1] = 255;
+    size_t panel_bytes = moira_cpu_quant_panel_bytes(MOIRA_DTYPE_MXFP4, 32);
+    unsigned char *panel = aligned_alloc(64, panel_bytes);
+    moira_cpu_quant_pack_panel(MOIRA_DTYPE_MXFP4, data, scales, 16, 32, 0, panel);
+    float x[32], xs[1], out[16];
+    int8_t xq[32];
+    int32_t xc[1];
+    for (int k = 0; k < 32; k++)
+        x[k] = 1.0f;
+    moira_cpu_quantize_row(x, 32, 1, moira_cpu_quant_offset(MOIRA_DTYPE_MXFP4), 0.5f, xq, xs, xc);
+    moira_cpu_qtile_t t = {.rows = 1, .streams = 1, .blocks = 1, .out = out, .out_cols = 16};
+    t.xq[0] = xq, t.xs[0] = xs, t.xc[0] = xc, t.panels[0] = panel;
+    tile(&t);
+    double tiny = 32.0 * ldexp(1.0, -127);
+    CHECK_MSG(fabs(out[0] - tiny) < 1e-2 * tiny, "scale byte 0: %g, want %g", out[0], tiny);
+    CHECK_MSG(isnan(out[1]), "scale byte 255: %g, want NaN", out[1]);
+    CHECK_MSG(fabs(out[2] - 32.0) < 1e-5, "scale byte 127: %g, want 32", out[2]);
+    free(panel);
+}
+
 int main(void) {
     if (!moira_cpu_qtile_kernel(MOIRA_DTYPE_MXFP4)) {
         printf("test_cpu_quant: this CPU has no AVX-512 VNNI tile: skipped\n");
         return MOIRA_TEST_SKIP;
     }
+    check_scale_extremes();
     uint64_t seed = 1;
     moira_dtype_t dtypes[2] = {MOIRA_DTYPE_MXFP4, MOIRA_DTYPE_INT8};
     for (int d = 0; d < 2; d++) {
