@@ -1185,6 +1185,9 @@ static moira_status_t parse_index(json_t *j, weight_map_t *m) {
     return MOIRA_OK_STATUS;
 }
 
+static int skipped_by_name(const void *a, const void *b);
+static const skipped_t *find_skipped(skipped_t *const *sorted, size_t n, const char *name);
+
 /* A sharded checkpoint: opens every shard the index names (eagerly: mapping costs no I/O, and
  * it validates the whole checkpoint before any work starts), then checks the index agrees with
  * what the shards hold. Tensors a shard holds but the index omits are kept. */
@@ -1195,6 +1198,7 @@ static moira_status_t open_indexed(moira_safetensors_t *f, const char *dir,
     weight_map_t m = {0};
     const char **distinct = NULL;
     size_t *shard_of = NULL;
+    skipped_t **sorted_skipped = NULL; /* made on the first name no plain tensor has */
     moira_status_t status = read_text_file(index_path, &text, &len);
     if (status) return status;
     json_t j = {.text = text, .len = len, .path = index_path, .one_line = false};
@@ -1276,13 +1280,30 @@ static moira_status_t open_indexed(moira_safetensors_t *f, const char *dir,
     if (status) goto done;
     for (size_t i = 0; i < m.count; i++) {
         size_t e = lookup(f, m.names[i]);
-        if (e == NO_ENTRY || f->entries[e].shard != shard_of[i]) {
+        bool held = e != NO_ENTRY && f->entries[e].shard == shard_of[i];
+        /* A tensor of a dtype Moira skips (the U8/I8 bytes of a quantised weight) is held too. */
+        if (e == NO_ENTRY && f->skipped_count) {
+            if (!sorted_skipped) {
+                sorted_skipped = malloc(f->skipped_count * sizeof(*sorted_skipped));
+                if (!sorted_skipped) {
+                    status = out_of_memory(index_path);
+                    goto done;
+                }
+                for (size_t k = 0; k < f->skipped_count; k++)
+                    sorted_skipped[k] = &f->skipped[k];
+                qsort(sorted_skipped, f->skipped_count, sizeof(*sorted_skipped), skipped_by_name);
+            }
+            const skipped_t *sk = find_skipped(sorted_skipped, f->skipped_count, m.names[i]);
+            held = sk && sk->shard == shard_of[i];
+        }
+        if (!held) {
             status = tensor_error(MOIRA_CODE_INVALID_INPUT, index_path, m.names[i],
                                   "weight_map places it in %s, which does not hold it", m.files[i]);
             goto done;
         }
     }
 done:
+    free(sorted_skipped);
     free(distinct);
     free(shard_of);
     weight_map_free(&m);
@@ -1706,7 +1727,7 @@ static bool is_valid_utf8(const char *s) {
 
 /* Checks every tensor before anything touches the disk, and builds the header. */
 static moira_status_t build_write_header(const char *path, const moira_named_tensor_t *tensors,
-                                         size_t count, text_buf_t *header) {
+                                         size_t count, bool need_data, text_buf_t *header) {
     uint64_t offset = 0;
     /* The metadata Hugging Face's loaders look for, so Moira's outputs load there as well. */
     static const char prefix[] = "{\"__metadata__\":{\"format\":\"pt\"}";
@@ -1748,7 +1769,7 @@ static moira_status_t build_write_header(const char *path, const moira_named_ten
         size_t element = t->dtype == MOIRA_DTYPE_MXFP4 ? 1 : moira_dtype_size(t->dtype);
         if (__builtin_mul_overflow(numel, (int64_t)element, &nbytes) || (uint64_t)nbytes > SIZE_MAX)
             return tensor_error(MOIRA_CODE_INVALID_ARGUMENT, path, name, "tensor too large");
-        if (nbytes > 0 && !t->data)
+        if (need_data && nbytes > 0 && !t->data)
             return tensor_error(MOIRA_CODE_INVALID_ARGUMENT, path, name, "tensor has no data");
         uint64_t end;
         if (__builtin_add_overflow(offset, (uint64_t)nbytes, &end))
@@ -1781,14 +1802,16 @@ static moira_status_t build_write_header(const char *path, const moira_named_ten
     return status;
 }
 
-moira_status_t moira_safetensors_write_stream(const char *path, FILE *out,
-                                              const moira_named_tensor_t *tensors, size_t count) {
+/* The 8-byte length and the JSON header; `need_data` says whether the tensors' bytes follow from
+ * their data pointers (write_stream) or one at a time later (write_header). */
+static moira_status_t write_header(const char *path, FILE *out, const moira_named_tensor_t *tensors,
+                                   size_t count, bool need_data) {
     if (!path || !*path || !out || (count > 0 && !tensors))
         return moira_status_make(
             MOIRA_CODE_INVALID_ARGUMENT,
             "safetensors_write: a path, a stream and the tensors are required");
     text_buf_t header = {0};
-    moira_status_t status = build_write_header(path, tensors, count, &header);
+    moira_status_t status = build_write_header(path, tensors, count, need_data, &header);
     if (status) {
         free(header.data);
         return status;
@@ -1798,13 +1821,32 @@ moira_status_t moira_safetensors_write_stream(const char *path, FILE *out,
         len_bytes[i] = (unsigned char)((uint64_t)header.len >> (8 * i));
     bool ok =
         fwrite(len_bytes, 1, 8, out) == 8 && fwrite(header.data, 1, header.len, out) == header.len;
-    for (size_t i = 0; ok && i < count; i++) {
-        size_t nbytes = moira_tensor_nbytes(tensors[i].tensor);
-        ok = nbytes == 0 || fwrite(tensors[i].tensor->data, 1, nbytes, out) == nbytes;
-    }
     int err = errno;
     free(header.data);
     if (!ok) return errno_error_code(MOIRA_CODE_IO, path, "cannot write", err);
+    return MOIRA_OK_STATUS;
+}
+
+moira_status_t moira_safetensors_write_header(const char *path, FILE *out,
+                                              const moira_named_tensor_t *tensors, size_t count) {
+    return write_header(path, out, tensors, count, false);
+}
+
+moira_status_t moira_safetensors_write_tensor_data(const char *path, FILE *out,
+                                                   const moira_tensor_t *tensor) {
+    size_t nbytes = moira_tensor_nbytes(tensor);
+    if (nbytes && !tensor->data)
+        return moira_status_at(MOIRA_CODE_INVALID_ARGUMENT, path, 0, 0, "tensor has no data");
+    if (nbytes && fwrite(tensor->data, 1, nbytes, out) != nbytes)
+        return errno_error_code(MOIRA_CODE_IO, path, "cannot write", errno);
+    return MOIRA_OK_STATUS;
+}
+
+moira_status_t moira_safetensors_write_stream(const char *path, FILE *out,
+                                              const moira_named_tensor_t *tensors, size_t count) {
+    MOIRA_RETURN_IF_ERROR(write_header(path, out, tensors, count, true));
+    for (size_t i = 0; i < count; i++)
+        MOIRA_RETURN_IF_ERROR(moira_safetensors_write_tensor_data(path, out, tensors[i].tensor));
     return MOIRA_OK_STATUS;
 }
 

@@ -104,4 +104,15 @@ moira_status_t moira_safetensors_write(const char *path, const moira_named_tenso
 moira_status_t moira_safetensors_write_stream(const char *path, FILE *out,
                                               const moira_named_tensor_t *tensors, size_t count);
 
+/* A file whose tensors are made one at a time, so that only one needs to be in memory (moira
+ * quantize): the header, from tensors that give dtype and shape (their data is not read and may
+ * be NULL), then each tensor's bytes, in the header's order, with
+ * moira_safetensors_write_tensor_data. Same rules and errors as moira_safetensors_write_stream. */
+moira_status_t moira_safetensors_write_header(const char *path, FILE *out,
+                                              const moira_named_tensor_t *tensors, size_t count);
+
+/* The bytes of one tensor whose entry the header written before has, in order. */
+moira_status_t moira_safetensors_write_tensor_data(const char *path, FILE *out,
+                                                   const moira_tensor_t *tensor);
+
 #endif

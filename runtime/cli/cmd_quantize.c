@@ -1,8 +1,9 @@
-/* `moira quantize`: a Hugging Face checkpoint directory to one whose routed experts are MXFP4 or
- * INT8 (DESIGN.md §4, "Weight formats"), in the same layout, which Moira reads back: the expert
- * weights with their scales, config.json with a quantization_config saying what was done, and
- * every other file (tokenizer, generation config) copied. The directory appears whole or not at
- * all: it is made under a temporary name beside OUTDIR, read back, then renamed. */
+/* `moira quantize`: a Hugging Face checkpoint directory to one whose routed experts (and dense
+ * projections, unless --experts-only) are MXFP4 or INT8 (DESIGN.md §4, "Weight formats"), in the
+ * same layout, which Moira reads back: the weights with their scales in shards of at most 4 GiB,
+ * config.json with a quantization_config saying what was done, and every other file (tokenizer,
+ * generation config) copied. The directory appears whole or not at all: it is made under a
+ * temporary name beside OUTDIR (removed on error, Ctrl-C or SIGTERM), read back, then renamed. */
 #include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
@@ -16,6 +17,7 @@
 #include "runtime/cli/quantize.h"
 #include "runtime/model_config.h"
 #include "runtime/remove_tree.h"
+#include "runtime/temp_cleanup.h"
 #include "runtime/weight_format.h"
 
 #define VERB "quantize"
@@ -24,6 +26,7 @@ typedef struct quantize_options {
     const char *model, *out;
     moira_dtype_t dtype;
     bool experts_only;
+    uint64_t max_shard_bytes; /* --max-shard-bytes, a test option: 4 GiB unless given */
 } quantize_options_t;
 
 static void print_help(void) {
@@ -61,6 +64,13 @@ static int parse_options(int argc, char **argv, quantize_options_t *o) {
             return -1;
         } else if (!strcmp(arg, "--experts-only")) {
             o->experts_only = true;
+        } else if (!strcmp(arg, "--max-shard-bytes")) {
+            char *end = NULL;
+            unsigned long long v = has_value ? strtoull(argv[i + 1], &end, 10) : 0;
+            if (!has_value || !end || *end || !v || argv[i + 1][0] == '-')
+                return moira_cli_usage_error(VERB, "--max-shard-bytes needs a positive count");
+            o->max_shard_bytes = v;
+            i++;
         } else if (!strcmp(arg, "--model") || !strcmp(arg, "--dtype") || !strcmp(arg, "-o")) {
             if (!has_value) return moira_cli_usage_error(VERB, "%s needs a value", arg);
             const char **slot = arg[2] == 'm' ? &o->model : arg[2] == 'd' ? &dtype : &o->out;
@@ -191,21 +201,23 @@ static moira_status_t read_back(const char *dir, const char *expert, moira_dtype
 }
 
 /* Per layer: how many matrices, and the NMSE and largest error of their dequantised weights. */
-static void print_errors(const quantized_checkpoint_t *q, moira_dtype_t dtype, const char *out) {
+static void print_errors(const quantize_plan_t *q, const quantize_layer_error_t *errors,
+                         moira_dtype_t dtype, const char *out) {
     printf("%s: %d routed expert and %d projection matrices quantised to %s\n", out,
            q->n_quantized - q->n_projections, q->n_projections, moira_weight_format(dtype)->name);
     if (q->n_kept)
         printf("  %d projection(s) kept as they were: %s needs inputs in multiples of 32\n",
                q->n_kept, moira_weight_format(dtype)->name);
     for (int l = 0; l < q->n_layers; l++) {
-        const quantize_layer_error_t *e = &q->layers[l];
+        const quantize_layer_error_t *e = &errors[l];
         if (!e->matrices) continue;
         printf("  layer %3d: %5d matrices  weight NMSE %.3e  max |error| %.3e\n", l, e->matrices,
                e->ref2 > 0 ? e->err2 / e->ref2 : e->err2, e->max_abs);
     }
 }
 
-/* Quantises into `temp` (a fresh directory beside OUTDIR), reads it back, then renames it. */
+/* Quantises into `temp` (a fresh directory beside OUTDIR) tensor by tensor over a pool of one
+ * thread per core, reads it back, then renames it. */
 static moira_status_t quantize_into(const quantize_options_t *o, const char *temp) {
     char *config_path = path_join(o->model, "config.json");
     if (!config_path) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "quantize: out of memory");
@@ -215,19 +227,23 @@ static moira_status_t quantize_into(const quantize_options_t *o, const char *tem
     MOIRA_RETURN_IF_ERROR(status);
     moira_safetensors_t *source = NULL;
     MOIRA_RETURN_IF_ERROR(moira_safetensors_open(o->model, &source));
-    quantized_checkpoint_t q;
-    status = quantize_checkpoint(source, o->dtype, o->experts_only, &q);
-    char *weights = path_join(temp, "model.safetensors");
-    if (!status && !weights)
-        status = moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "quantize: out of memory");
-    if (!status) status = moira_safetensors_write(weights, q.out, q.n_out);
+    quantize_plan_t q;
+    status = quantize_plan_make(source, o->dtype, o->experts_only, &q);
+    quantize_layer_error_t *errors = NULL;
+    moira_threadpool_t *pool = NULL;
+    if (!status) {
+        errors = calloc((size_t)q.n_layers + 1, sizeof(*errors));
+        if (!errors)
+            status = moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "quantize: out of memory");
+    }
+    if (!status) status = moira_threadpool_create(0, -1, &pool);
+    if (!status) status = quantize_write(&q, o->dtype, temp, o->max_shard_bytes, pool, errors);
     if (!status) status = write_config(o->model, temp, o->dtype, o->experts_only);
     if (!status) status = copy_other_files(o->model, temp);
-    const char *expert = NULL;
-    for (size_t i = 0; !status && !expert && i < q.n_out; i++)
-        if (q.out[i].tensor->dtype == o->dtype) expert = q.out[i].name;
-    if (!status) status = read_back(temp, expert, o->dtype);
-    free(weights);
+    const char *quantized = NULL;
+    for (size_t i = 0; !status && !quantized && i < q.n_entries; i++)
+        if (q.entries[i].kind == QUANTIZE_WEIGHT) quantized = q.entries[i].name;
+    if (!status) status = read_back(temp, quantized, o->dtype);
     if (!status && rename(temp, o->out) != 0)
         status = errno == ENOTEMPTY || errno == EEXIST || errno == ENOTDIR
                      ? moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
@@ -235,8 +251,10 @@ static moira_status_t quantize_into(const quantize_options_t *o, const char *tem
                                          "choose another",
                                          o->out)
                      : errno_status("cannot rename the output to", o->out);
-    if (!status) print_errors(&q, o->dtype, o->out);
-    quantized_checkpoint_release(&q);
+    if (!status) print_errors(&q, errors, o->dtype, o->out);
+    if (pool) moira_threadpool_destroy(pool);
+    free(errors);
+    quantize_plan_release(&q);
     moira_safetensors_close(source);
     return status;
 }
@@ -257,7 +275,7 @@ static bool absent_or_empty(const char *path) {
 }
 
 int moira_cli_quantize(int argc, char **argv) {
-    quantize_options_t o = {0};
+    quantize_options_t o = {.max_shard_bytes = (uint64_t)4 << 30};
     int rc = parse_options(argc, argv, &o);
     if (rc) return rc < 0 ? 0 : rc;
     if (!absent_or_empty(o.out))
@@ -268,8 +286,11 @@ int moira_cli_quantize(int argc, char **argv) {
     snprintf(temp, n, "%s.tmp.XXXXXX", o.out);
     moira_status_t status = mkdtemp(temp) ? MOIRA_OK_STATUS : errno_status("cannot create", temp);
     if (!status) {
+        /* Ctrl-C or SIGTERM while writing removes the folder with what is in it. */
+        int slot = moira_temp_cleanup_remember_folder(temp);
         status = quantize_into(&o, temp);
         if (status) moira_remove_tree(temp);
+        moira_temp_cleanup_forget(slot);
     }
     free(temp);
     return status ? moira_status_report(status) : 0;

@@ -1,5 +1,4 @@
-/* Quantising a checkpoint's routed experts and dense projections (quantize.h). */
-#include <math.h>
+/* What `moira quantize` makes of a checkpoint's tensors (quantize.h): the plan. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -59,41 +58,6 @@ static int layer_of(const char *name) {
     return end != name + 13 && *end == '.' && n >= 0 && n < 1 << 20 ? (int)n : -1;
 }
 
-/* Squared error of the dequantised weights against the source, row by row in f32 (the source's
- * values widened exactly, the quantised ones decoded exactly), summed in double. */
-static moira_status_t add_error(const moira_tensor_t *src, const moira_tensor_t *q,
-                                quantize_layer_error_t *e) {
-    int64_t rows = src->shape[0], cols = src->shape[1];
-    float *a = malloc((size_t)cols * 2 * sizeof(float));
-    if (!a) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "quantize: out of memory");
-    float *b = a + cols;
-    for (int64_t r = 0; r < rows; r++) {
-        moira_tensor_row_to_f32(src, r, a);
-        moira_tensor_row_to_f32(q, r, b);
-        for (int64_t c = 0; c < cols; c++) {
-            double d = (double)b[c] - a[c];
-            e->err2 += d * d;
-            e->ref2 += (double)a[c] * a[c];
-            if (fabs(d) > e->max_abs) e->max_abs = fabs(d);
-        }
-    }
-    e->matrices++;
-    free(a);
-    return MOIRA_OK_STATUS;
-}
-
-/* The error slot of layer `layer`, growing the table as layers appear. */
-static quantize_layer_error_t *layer_slot(quantized_checkpoint_t *q, int layer) {
-    if (layer >= q->n_layers) {
-        quantize_layer_error_t *grown = realloc(q->layers, sizeof(*grown) * (size_t)(layer + 1));
-        if (!grown) return NULL;
-        memset(grown + q->n_layers, 0, sizeof(*grown) * (size_t)(layer + 1 - q->n_layers));
-        q->layers = grown;
-        q->n_layers = layer + 1;
-    }
-    return &q->layers[layer];
-}
-
 /* X.weight -> X.scale (MXFP4, DeepSeek-V4's name) or X.weight_scale (INT8). */
 static char *scale_name(const char *name, moira_dtype_t dtype) {
     size_t len = strlen(name);
@@ -106,10 +70,11 @@ static char *scale_name(const char *name, moira_dtype_t dtype) {
     return out;
 }
 
-/* One expert weight: its quantised copy and scales appended to the output. */
-static moira_status_t quantize_one(quantized_checkpoint_t *q, const char *name,
-                                   const moira_tensor_t *src, moira_dtype_t dtype,
-                                   const char *path) {
+/* The entries of one quantised weight: the weight in the format and its scales (MXFP4: E8M0
+ * [out, in/32] as X.scale; INT8: F32 [out] as X.weight_scale), described, not yet made. */
+static moira_status_t plan_quantized(quantize_plan_t *q, const char *name,
+                                     const moira_tensor_t *src, moira_dtype_t dtype,
+                                     const char *path) {
     if (src->rank != 2 || !moira_weight_shape_fits(dtype, src->shape[0], src->shape[1]))
         return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
                                "tensor %s: a [%lld, %lld] weight cannot be %s (rows must be a "
@@ -117,19 +82,21 @@ static moira_status_t quantize_one(quantized_checkpoint_t *q, const char *name,
                                name, (long long)src->shape[0],
                                (long long)(src->rank > 1 ? src->shape[1] : 0),
                                moira_weight_format(dtype)->name);
-    moira_tensor_t *t = &q->owned[q->n_owned], *s = &q->owned[q->n_owned + 1];
-    MOIRA_RETURN_IF_ERROR(moira_tensor_convert(src, dtype, t, s));
-    q->n_owned += 2;
-    t->scale = s;
     char *sname = scale_name(name, dtype);
     if (!sname) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "quantize: out of memory");
     q->names[q->n_names++] = sname;
-    q->out[q->n_out++] = (moira_named_tensor_t){name, t};
-    q->out[q->n_out++] = (moira_named_tensor_t){sname, s};
-    quantize_layer_error_t *slot = layer_slot(q, layer_of(name) < 0 ? 0 : layer_of(name));
-    if (!slot) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "quantize: out of memory");
+    bool mx = dtype == MOIRA_DTYPE_MXFP4;
+    int64_t scale_shape[2] = {src->shape[0], src->shape[1] / 32};
+    int layer = layer_of(name) < 0 ? 0 : layer_of(name);
+    q->entries[q->n_entries++] = (quantize_entry_t){
+        name, src, moira_tensor_view(dtype, 2, src->shape, NULL), QUANTIZE_WEIGHT, layer};
+    q->entries[q->n_entries++] = (quantize_entry_t){
+        sname, src,
+        moira_tensor_view(mx ? MOIRA_DTYPE_E8M0 : MOIRA_DTYPE_F32, mx ? 2 : 1, scale_shape, NULL),
+        QUANTIZE_SCALE, layer};
+    if (layer + 1 > q->n_layers) q->n_layers = layer + 1;
     q->n_quantized++;
-    return add_error(src, t, slot);
+    return MOIRA_OK_STATUS;
 }
 
 /* Whether `name` is X.weight_scale_inv of a weight being quantised (dropped with it). */
@@ -147,8 +114,8 @@ static bool is_quantized_scale_inv(const moira_safetensors_t *source, const char
     return dropped;
 }
 
-moira_status_t quantize_checkpoint(const moira_safetensors_t *source, moira_dtype_t dtype,
-                                   bool experts_only, quantized_checkpoint_t *out) {
+moira_status_t quantize_plan_make(const moira_safetensors_t *source, moira_dtype_t dtype,
+                                  bool experts_only, quantize_plan_t *out) {
     memset(out, 0, sizeof(*out));
     const char *path = moira_safetensors_path(source);
     if (moira_safetensors_other_count(source)) {
@@ -159,11 +126,11 @@ moira_status_t quantize_checkpoint(const moira_safetensors_t *source, moira_dtyp
                                moira_safetensors_other_count(source), o->name, o->dtype);
     }
     size_t n = moira_safetensors_count(source);
-    out->out = calloc(2 * n + 1, sizeof(*out->out));
-    out->owned = calloc(2 * n + 1, sizeof(*out->owned));
+    out->entries = calloc(2 * n + 1, sizeof(*out->entries));
     out->names = calloc(n + 1, sizeof(*out->names));
-    if (!out->out || !out->owned || !out->names)
+    if (!out->entries || !out->names)
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "quantize: out of memory");
+    int experts = 0;
     for (size_t i = 0; i < n; i++) {
         const char *name = moira_safetensors_name(source, i);
         const moira_tensor_t *t = NULL;
@@ -173,28 +140,25 @@ moira_status_t quantize_checkpoint(const moira_safetensors_t *source, moira_dtyp
         /* A projection the format cannot store (MXFP4 inputs not a multiple of 32) is kept. */
         bool fits = t->rank == 2 && moira_weight_shape_fits(dtype, t->shape[0], t->shape[1]);
         if (quantized_here(name, experts_only) && (expert || fits)) {
-            MOIRA_RETURN_IF_ERROR(quantize_one(out, name, t, dtype, path));
+            MOIRA_RETURN_IF_ERROR(plan_quantized(out, name, t, dtype, path));
             out->n_projections += !expert;
+            experts += expert;
             continue;
         }
         out->n_kept += quantized_here(name, experts_only);
-        out->out[out->n_out++] = (moira_named_tensor_t){name, t};
+        out->entries[out->n_entries++] = (quantize_entry_t){name, t, *t, QUANTIZE_AS_IS, 0};
     }
-    if (!out->n_quantized)
+    if (!experts)
         return moira_status_at(MOIRA_CODE_INVALID_INPUT, path, 0, 0,
                                "has no routed expert weights (model.layers.N.mlp.experts.E."
                                "{gate,up,down}_proj.weight) to quantise");
     return MOIRA_OK_STATUS;
 }
 
-void quantized_checkpoint_release(quantized_checkpoint_t *q) {
-    for (size_t i = 0; i < q->n_owned; i++)
-        moira_tensor_release(&q->owned[i]);
-    for (size_t i = 0; i < q->n_names; i++)
-        free(q->names[i]);
-    free(q->owned);
-    free(q->names);
-    free(q->out);
-    free(q->layers);
-    memset(q, 0, sizeof(*q));
+void quantize_plan_release(quantize_plan_t *plan) {
+    for (size_t i = 0; i < plan->n_names; i++)
+        free(plan->names[i]);
+    free(plan->names);
+    free(plan->entries);
+    memset(plan, 0, sizeof(*plan));
 }

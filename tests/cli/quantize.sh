@@ -146,6 +146,42 @@ assert i8["model.layers.1.self_attn.q_b_proj.weight"]["dtype"] == "I8"
 PY
     passed=$((passed + 1)) || fail "quantised tensors' stored layout, projections too"
 
+# Past --max-shard-bytes (4 GiB unless given) the output is Hugging Face shards with their index,
+# each written as its tensors are quantised; it reads back and generates like one file.
+expect 0 "quantize fp8 to int8 in shards" -- "$moira" quantize --model "$work/fp8" --dtype int8 \
+    --max-shard-bytes 10000000 -o "$work/fp8-int8-shards"
+shards=$(ls "$work/fp8-int8-shards" | grep -c '^model-0000[0-9]-of-0000[0-9]\.safetensors$')
+[ "$shards" -ge 3 ] && [ -f "$work/fp8-int8-shards/model.safetensors.index.json" ] &&
+    [ ! -e "$work/fp8-int8-shards/model.safetensors" ] && passed=$((passed + 1)) ||
+    fail "sharded output: $shards shards, index $(ls "$work/fp8-int8-shards")"
+same_tokens "fp8 as int8 in shards on cpu:0" "$work/fp8-int8-shards"
+expect 2 "--max-shard-bytes 0" -- "$moira" quantize --model "$work/bf16" --dtype int8 \
+    --max-shard-bytes 0 -o "$work/x"
+
+# SIGTERM (and Ctrl-C, the same handler) while shards are written: the OUTDIR.tmp.* folder goes
+# with everything in it, and OUTDIR never appears. 1 MB shards of a 257 MB checkpoint, each
+# synced, take long enough to be caught after the first; a run that finishes first is retried.
+"$bin/moira-test-checkpoint" --out "$work/big" --dtype bf16 --hidden 512 --seed 1 >/dev/null
+stopped=
+for attempt in 1 2 3 4 5; do
+    "$moira" quantize --model "$work/big" --dtype mxfp4 --max-shard-bytes 1000000 \
+        -o "$work/int" >/dev/null 2>&1 &
+    pid=$!
+    for i in $(seq 400); do
+        compgen -G "$work/int.tmp.*/model-*" >/dev/null && break
+        sleep 0.005
+    done
+    kill -TERM $pid 2>/dev/null
+    wait $pid
+    rc=$?
+    [ $rc -eq 143 ] && stopped=1 && break
+    rm -rf "$work/int"
+done
+[ -n "$stopped" ] && [ ! -e "$work/int" ] && ! compgen -G "$work/int.tmp.*" >/dev/null &&
+    passed=$((passed + 1)) ||
+    fail "SIGTERM while writing shards (stopped: ${stopped:-never}): $(ls -d "$work"/int* 2>&1)"
+rm -rf "$work/big"
+
 # Bad usage and input: exit 2, the file or option named, no output directory left.
 expect 2 "--dtype int4" -- "$moira" quantize --model "$work/bf16" --dtype int4 --experts-only \
     -o "$work/x"
