@@ -29,6 +29,10 @@
     X(moira_moe_tiles)                                                                             \
     X(moira_moe_up)                                                                                \
     X(moira_moe_down)                                                                              \
+    X(moira_moe_up_mxfp4)                                                                          \
+    X(moira_moe_down_mxfp4)                                                                        \
+    X(moira_moe_up_int8)                                                                           \
+    X(moira_moe_down_int8)                                                                         \
     X(moira_moe_combine)                                                                           \
     X(moira_mla_attend)
 

@@ -546,6 +546,21 @@ static moira_status_t op_moe_dispatch(opencl_device_t *device, opencl_queue_t *q
     return enqueue(queue, &a, "moira_moe_dispatch", 1, one, one);
 }
 
+/* The grouped FFN kernel of a format (kernels/moe.cl): MXFP4's or INT8's own when the weights
+ * it reads (`a`, `b`) are both in it, else the float kernel `generic`, which reads every type.
+ * The ids run up, down, up_mxfp4, down_mxfp4, up_int8, down_int8. */
+static opencl_kernel_id_t moe_kernel(opencl_kernel_id_t generic, const moira_dtensor_t *a,
+                                     const moira_dtensor_t *b) {
+    if (a->dtype != b->dtype) return generic;
+    if (a->dtype == MOIRA_DTYPE_MXFP4) return generic + 2;
+    if (a->dtype == MOIRA_DTYPE_INT8) return generic + 4;
+    return generic;
+}
+
+static const char *const moe_kernel_names[] = {"moira_moe_up",       "moira_moe_down",
+                                               "moira_moe_up_mxfp4", "moira_moe_down_mxfp4",
+                                               "moira_moe_up_int8",  "moira_moe_down_int8"};
+
 /* Three launches whatever the expert count: the tile list, the gate/up half for every expert's
  * tiles, the down half likewise. */
 static moira_status_t op_moe_ffn(opencl_device_t *device, opencl_queue_t *queue,
@@ -577,7 +592,8 @@ static moira_status_t op_moe_ffn(opencl_device_t *device, opencl_queue_t *queue,
         status = enqueue(queue, &a, "moira_moe_tiles", 1, one, one);
     }
     if (!status) {
-        args_t a = args_for(device, KERNEL_moira_moe_up);
+        opencl_kernel_id_t id = moe_kernel(KERNEL_moira_moe_up, w1, w3);
+        args_t a = args_for(device, id);
         arg_tensor(&a, x);
         arg_weight(&a, w1);
         arg_weight(&a, w3);
@@ -592,10 +608,11 @@ static moira_status_t op_moe_ffn(opencl_device_t *device, opencl_queue_t *queue,
         arg_int(&a, x->shape[0]);
         size_t global[2] = {round_up(inter, MOE_COLUMNS), (size_t)max_tiles};
         size_t local[2] = {MOE_COLUMNS, 1};
-        status = enqueue(queue, &a, "moira_moe_up", 2, global, local);
+        status = enqueue(queue, &a, moe_kernel_names[id - KERNEL_moira_moe_up], 2, global, local);
     }
     if (!status) {
-        args_t a = args_for(device, KERNEL_moira_moe_down);
+        opencl_kernel_id_t id = moe_kernel(KERNEL_moira_moe_down, w2, w2);
+        args_t a = args_for(device, id);
         arg_mem(&a, h);
         arg_weight(&a, w2);
         arg_tensor(&a, offsets);
@@ -606,7 +623,7 @@ static moira_status_t op_moe_ffn(opencl_device_t *device, opencl_queue_t *queue,
         arg_int(&a, assignments);
         size_t global[2] = {round_up(hidden, MOE_COLUMNS), (size_t)max_tiles};
         size_t local[2] = {MOE_COLUMNS, 1};
-        status = enqueue(queue, &a, "moira_moe_down", 2, global, local);
+        status = enqueue(queue, &a, moe_kernel_names[id - KERNEL_moira_moe_up], 2, global, local);
     }
     if (tiles) clReleaseMemObject(tiles);
     if (h) clReleaseMemObject(h);

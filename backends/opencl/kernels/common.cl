@@ -36,30 +36,48 @@ float moira_e8m0(uint bits) {
     return bits == 255u ? as_float(0x7FC00000u) : ldexp(1.0f, (int)bits - 127);
 }
 
-/* Element (row, col) of an MXFP4 or INT8 weight. */
-float moira_quant_at(WEIGHT_PARAMS(w), long matrix, long row, long col) {
+/* Element (row, col) of an MXFP4 weight. */
+float moira_mxfp4_at(WEIGHT_PARAMS(w), long matrix, long row, long col) {
     long r = matrix * w_rows + row;
-    __global const uchar *base = w + w_off;
-    if (w_dtype == MOIRA_DT_INT8)
-        return (float)((__global const char *)base)[r * w_cols + col] *
-               ((__global const float *)(w + w_scale_off))[r];
-    uchar byte = base[r * (w_cols / 2) + col / 2];
+    uchar byte = w[w_off + r * (w_cols / 2) + col / 2];
     float scale = moira_e8m0(w[w_scale_off + r * (w_cols / 32) + col / 32]);
     return moira_e2m1[(col & 1) ? byte >> 4 : byte & 15] * scale;
 }
 
-/* Elements (row, col .. col+3), col a multiple of 4: one block scale for all four. */
-float4 moira_quant_at4(WEIGHT_PARAMS(w), long matrix, long row, long col) {
+/* Elements (row, col .. col+3) of an MXFP4 weight, col a multiple of 4: one block scale. */
+float4 moira_mxfp4_at4(WEIGHT_PARAMS(w), long matrix, long row, long col) {
     long r = matrix * w_rows + row;
-    __global const uchar *base = w + w_off;
-    if (w_dtype == MOIRA_DT_INT8)
-        return convert_float4(vload4(0, (__global const char *)base + r * w_cols + col)) *
-               ((__global const float *)(w + w_scale_off))[r];
-    uchar2 b = vload2(0, base + r * (w_cols / 2) + col / 2);
+    uchar2 b = vload2(0, w + w_off + r * (w_cols / 2) + col / 2);
     float scale = moira_e8m0(w[w_scale_off + r * (w_cols / 32) + col / 32]);
     return (float4)(moira_e2m1[b.x & 15], moira_e2m1[b.x >> 4], moira_e2m1[b.y & 15],
                     moira_e2m1[b.y >> 4]) *
            scale;
+}
+
+/* Element (row, col) of an INT8 weight: the byte times its row's scale. */
+float moira_int8_at(WEIGHT_PARAMS(w), long matrix, long row, long col) {
+    long r = matrix * w_rows + row;
+    return (float)((__global const char *)(w + w_off))[r * w_cols + col] *
+           ((__global const float *)(w + w_scale_off))[r];
+}
+
+/* Elements (row, col .. col+3) of an INT8 weight. */
+float4 moira_int8_at4(WEIGHT_PARAMS(w), long matrix, long row, long col) {
+    long r = matrix * w_rows + row;
+    return convert_float4(vload4(0, (__global const char *)(w + w_off) + r * w_cols + col)) *
+           ((__global const float *)(w + w_scale_off))[r];
+}
+
+/* Element (row, col) of an MXFP4 or INT8 weight. */
+float moira_quant_at(WEIGHT_PARAMS(w), long matrix, long row, long col) {
+    return w_dtype == MOIRA_DT_INT8 ? moira_int8_at(WEIGHT_PASS(w), matrix, row, col)
+                                    : moira_mxfp4_at(WEIGHT_PASS(w), matrix, row, col);
+}
+
+/* Elements (row, col .. col+3), col a multiple of 4. */
+float4 moira_quant_at4(WEIGHT_PARAMS(w), long matrix, long row, long col) {
+    return w_dtype == MOIRA_DT_INT8 ? moira_int8_at4(WEIGHT_PASS(w), matrix, row, col)
+                                    : moira_mxfp4_at4(WEIGHT_PASS(w), matrix, row, col);
 }
 
 /* e4m3fn: no infinities; S.1111.111 is NaN; subnormals are mantissa * 2^-9. */
