@@ -9,7 +9,7 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 DEB_PACKAGES = cmake gcc pkg-config ocl-icd-opencl-dev opencl-headers pocl-opencl-icd \
                libclblast-dev libhwloc-dev libyaml-dev libopenblas-dev libjansson-dev libonig-dev \
-               libmicrohttpd-dev nodejs
+               libmicrohttpd-dev libopenmpi-dev openmpi-bin nodejs
 
 # Only `make fuzz` needs these: clang and its libFuzzer runtime (Debian bookworm: clang-14's).
 FUZZ_PACKAGES = clang libclang-rt-14-dev

@@ -179,6 +179,12 @@ static moira_status_t write_logits(const char *path, const logits_log_t *log,
 static moira_status_t run(const generate_args_t *a) {
     generate_session_t s;
     moira_status_t status = generate_session_open(VERB, &a->common, &s);
+    if (!status && !moira_engine_leads(s.engine)) {
+        /* Another host's rank (mpirun): it serves its experts while rank 0 generates. */
+        status = moira_engine_follow(s.engine);
+        generate_session_close(&s);
+        return status;
+    }
     moira_token_ids_t prompt = {0};
     if (!status) status = prompt_ids(a, s.model.tokenizer, &prompt);
     moira_generation_result_t result;

@@ -11,13 +11,15 @@
 #include "runtime/cli/cli.h"
 #include "runtime/cli/run.h"
 #include "runtime/clock.h"
+#include "runtime/cluster/cluster.h"
 #include "runtime/distinct_paths.h"
 
 static const char run_help[] =
     "usage: moira run [--topology FILE] [--model FILE] [--plan FILE] [--weights PATH]\n"
     "                 [--tokens N] [--iters N] [--backend DEVICE] [--inputs FILE -o OUT]\n"
     "                 [--record-profile FILE] [--seed N] [--with-emulated] [--reserve GIB]\n"
-    "                 [--json]\n\n"
+    "                 [--network-timeout S] [--json]\n"
+    "       mpirun -np H moira run --topology F --plan P ...   (one rank per host of F)\n\n"
     "Runs every decoder layer of a model (prefill over N tokens) with each MoE layer's routed\n"
     "experts on the devices a placement plan names - GPUs, NPUs, CPU NUMA memory - all at once,\n"
     "and attention, router and shared experts on a home device. Prints what ran where (experts\n"
@@ -43,25 +45,36 @@ static const char run_help[] =
     "                    setting MOIRA_NPU_DEVICES does; they run on the host's cores\n"
     "  --reserve GIB     memory a plan made here leaves free on each device, besides what it\n"
     "                    keeps for the home's weights and workspaces (default 0)\n"
+    "  --network-timeout S  under mpirun: seconds a rank waits for another before it ends\n"
+    "                    the job, naming the silent rank (default 60)\n"
     "  --json            machine-readable summary\n"
     "In the device table TOKENS is the tokens a device received per batch and ASSIGNED the\n"
     "(token, expert) pairs it computed, which is what load profiles count.\n";
 
 /* Returns 0 when parsed, else the exit code (help: -1 meaning "exit 0"). */
 static int parse_run_args(int argc, char **argv, run_args_t *a) {
-    static const struct option options[] = {
-        {"model", required_argument, NULL, 'm'},   {"weights", required_argument, NULL, 'w'},
-        {"tokens", required_argument, NULL, 't'},  {"iters", required_argument, NULL, 'n'},
-        {"backend", required_argument, NULL, 'b'}, {"inputs", required_argument, NULL, 'i'},
-        {"output", required_argument, NULL, 'o'},  {"seed", required_argument, NULL, 's'},
-        {"json", no_argument, NULL, 'j'},          {"topology", required_argument, NULL, 'T'},
-        {"plan", required_argument, NULL, 'P'},    {"record-profile", required_argument, NULL, 'R'},
-        {"with-emulated", no_argument, NULL, 'E'}, {"reserve", required_argument, NULL, 'V'},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0}};
+    static const struct option options[] = {{"model", required_argument, NULL, 'm'},
+                                            {"weights", required_argument, NULL, 'w'},
+                                            {"tokens", required_argument, NULL, 't'},
+                                            {"iters", required_argument, NULL, 'n'},
+                                            {"backend", required_argument, NULL, 'b'},
+                                            {"inputs", required_argument, NULL, 'i'},
+                                            {"output", required_argument, NULL, 'o'},
+                                            {"seed", required_argument, NULL, 's'},
+                                            {"json", no_argument, NULL, 'j'},
+                                            {"topology", required_argument, NULL, 'T'},
+                                            {"plan", required_argument, NULL, 'P'},
+                                            {"record-profile", required_argument, NULL, 'R'},
+                                            {"with-emulated", no_argument, NULL, 'E'},
+                                            {"reserve", required_argument, NULL, 'V'},
+                                            {"network-timeout", required_argument, NULL, 'N'},
+                                            {"help", no_argument, NULL, 'h'},
+                                            {NULL, 0, NULL, 0}};
     memset(a, 0, sizeof(*a));
     a->tokens = 32;
     a->iters = 3;
     a->seed = 1;
+    a->network_timeout = 60;
     optind = 1;
     int c;
     while ((c = getopt_long(argc, argv, "ho:", options, NULL)) != -1) {
@@ -100,6 +113,11 @@ static int parse_run_args(int argc, char **argv, run_args_t *a) {
             if (!moira_cli_parse_int("run", "--reserve", optarg, 0, 1 << 20, &a->reserve_gib))
                 return 2;
             break;
+        case 'N':
+            if (!moira_cli_parse_int("run", "--network-timeout", optarg, 1, 86400,
+                                     &a->network_timeout))
+                return 2;
+            break;
         case 't':
             if (!moira_cli_parse_int("run", "--tokens", optarg, 1, 1 << 20, &a->tokens)) return 2;
             break;
@@ -129,11 +147,10 @@ static void pick_limit(const run_placement_t *p, const moira_exec_stats_t *stats
     r->limit = moira_precision_nmse_limit(home->compute_precision);
     r->limit_device = home->name;
     for (int i = 0; i < stats->n_targets; i++) {
-        const moira_device_info_t *info = moira_device_info(stats->targets[i].device);
-        double limit = moira_precision_nmse_limit(info->compute_precision);
-        if (limit > r->limit) {
-            r->limit = limit;
-            r->limit_device = info->name;
+        const moira_exec_target_stats_t *t = &stats->targets[i];
+        if (t->nmse_limit > r->limit) {
+            r->limit = t->nmse_limit;
+            r->limit_device = t->device_name;
         }
     }
 }
@@ -184,7 +201,8 @@ static moira_status_t write_outputs(const run_args_t *a, run_model_t *m,
 }
 
 /* A checked warm-up forward (first touches, kernel builds, the device checks), then the timed
- * iterations. */
+ * iterations. Across hosts the other ranks are released right after (they have nothing to do
+ * while rank 0 computes the reference), which brings their figures here. */
 static moira_status_t run_forwards(const run_args_t *a, run_model_t *m, moira_executor_t *ex) {
     MOIRA_RETURN_IF_ERROR(
         moira_executor_forward(ex, &m->x, &m->positions, &m->out, true, m->layer_inputs));
@@ -192,6 +210,7 @@ static moira_status_t run_forwards(const run_args_t *a, run_model_t *m, moira_ex
     for (long long i = 0; i < a->iters; i++)
         MOIRA_RETURN_IF_ERROR(
             moira_executor_forward(ex, &m->x, &m->positions, &m->out, false, NULL));
+    moira_executor_release(ex);
     return MOIRA_OK_STATUS;
 }
 
@@ -231,6 +250,14 @@ static moira_status_t run_model(const run_args_t *a, int *out_exit) {
     }
     run_result_t result = {.args = a, .model = &m, .placement = &p};
     result.load_s = moira_now_seconds() - start;
+    if (!status && !moira_executor_leads(ex)) {
+        /* Another host's rank: it serves its experts; rank 0 checks, writes and reports. */
+        status = moira_executor_follow(ex);
+        moira_executor_destroy(ex);
+        run_placement_free(&p);
+        run_model_release(&m);
+        return status;
+    }
     if (!status) status = run_forwards(a, &m, ex);
     if (!status) status = run_model_reference(&m);
     if (!status) {
@@ -272,6 +299,8 @@ int moira_cli_run(int argc, char **argv) {
         {"--weights", args.weights, false},  {"--inputs", args.inputs, false},
         {"--topology", args.topology, false}};
     int exit_code = 0;
+    if (moira_cluster_current())
+        moira_cluster_set_timeout(moira_cluster_current(), (double)args.network_timeout);
     moira_status_t status = moira_check_distinct_paths(uses, 7);
     if (!status) status = run_model(&args, &exit_code);
     if (status) return moira_status_report(status);

@@ -8,6 +8,7 @@
 
 #include "runtime/backend.h"
 #include "runtime/cli/cli.h"
+#include "runtime/cluster/cluster.h"
 #include "runtime/json_string.h"
 
 typedef struct verb {
@@ -105,7 +106,33 @@ static void print_version(void) {
     printf("\n");
 }
 
+/* Under mpirun (DESIGN.md §6, "Multi-host") each rank joins the job first; `run` and `generate`
+ * spread over the ranks, and any other verb runs only in a job of one rank. A rank that fails
+ * leaves without finishing the job, so mpirun ends the others (runtime/cluster/cluster.h). */
+static int run_verb(const verb_t *verb, int argc, char **argv) {
+    moira_cluster_t *cluster = moira_cluster_current();
+    bool spreads = !strcmp(verb->name, "run") || !strcmp(verb->name, "generate");
+    if (cluster && moira_cluster_size(cluster) > 1 && !spreads) {
+        if (moira_cluster_rank(cluster) == 0)
+            fprintf(stderr, "moira %s: runs on one host; under mpirun only run and generate "
+                            "spread over several ranks (start it with -np 1)\n",
+                    verb->name);
+        moira_cluster_exit(2);
+    }
+    int code = verb->run(argc, argv);
+    moira_runtime_shutdown();
+    code = finish_stdout(code);
+    if (!cluster) return code;
+    if (code) moira_cluster_exit(code);
+    moira_cluster_leave();
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (moira_cluster_launched()) {
+        moira_status_t status = moira_cluster_join(&argc, &argv);
+        if (status) return moira_status_report(status);
+    }
     if (argc < 2) {
         print_usage(stderr);
         return 2;
@@ -122,10 +149,7 @@ int main(int argc, char **argv) {
         return finish_stdout(0);
     }
     for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
-        if (strcmp(argv[1], verbs[i].name)) continue;
-        int code = verbs[i].run(argc - 1, argv + 1);
-        moira_runtime_shutdown();
-        return finish_stdout(code);
+        if (!strcmp(argv[1], verbs[i].name)) return run_verb(&verbs[i], argc - 1, argv + 1);
     }
     fprintf(stderr, "moira: unknown verb \"%s\"\n\n", argv[1]);
     print_usage(stderr);

@@ -17,6 +17,7 @@ typedef struct run_args {
     const char *topology, *plan, *record_profile;
     long long tokens, iters, seed;
     long long reserve_gib; /* --reserve: GiB per device a plan made here leaves free */
+    long long network_timeout; /* --network-timeout: seconds a rank waits for another (mpirun) */
     bool json;
     bool with_emulated; /* --with-emulated: plans made here may use emulated devices */
 } run_args_t;

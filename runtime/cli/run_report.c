@@ -31,7 +31,9 @@ static void print_header(const run_result_t *r) {
            (long long)c->num_attention_heads);
     printf("weights %s (%s), loaded and uploaded in %.3f s\n",
            r->args->weights ? r->args->weights : "seeded random", weights_dtype_name(r), r->load_s);
-    printf("plan    %s: %d devices hold experts\n", r->placement->source, s->n_targets);
+    printf("plan    %s: %d devices hold experts", r->placement->source, s->n_targets);
+    if (s->ranks > 1) printf(" on %d hosts, one rank each (mpirun)", s->ranks);
+    printf("\n");
     printf("home    %s (%s): attention, router and shared experts of every layer; dense layers "
            "whole\n",
            home->name, home->model);
@@ -49,10 +51,10 @@ static void print_devices(const run_result_t *r) {
     for (int i = 0; i < s->n_targets; i++) {
         const moira_exec_target_stats_t *t = &s->targets[i];
         const char *name = r->placement->topology.targets[t->target].name;
-        printf("%-20s %-9s %7lld %7.0f %8.0f %9.3f %12.3f %9.3f  ", name,
-               moira_device_info(t->device)->name, (long long)t->replicas,
-               per_batch(s, (double)t->tokens), per_batch(s, (double)t->assignments),
-               1e3 * per_batch(s, t->busy_s), 1e-3 * per_batch(s, t->predicted_us),
+        printf("%-20s %-9s %7lld %7.0f %8.0f %9.3f %12.3f %9.3f  ", name, t->device_name,
+               (long long)t->replicas, per_batch(s, (double)t->tokens),
+               per_batch(s, (double)t->assignments), 1e3 * per_batch(s, t->busy_s),
+               1e-3 * per_batch(s, t->predicted_us),
                per_batch(s, t->bytes_to_device + t->bytes_from_device) / 1e6);
         if (t->checked)
             printf("%.2e vs %.0e %s\n", t->check_nmse, t->check_limit,
@@ -90,6 +92,24 @@ static void print_layers(const run_result_t *r) {
     }
 }
 
+/* Across hosts: what each MoE layer's exchange moved next to the cost model's network bytes for
+ * the load routed (placement/network_cost.h), and the time rank 0 spent in it. */
+static void print_network(const run_result_t *r) {
+    const moira_exec_stats_t *s = r->stats;
+    if (s->ranks < 2) return;
+    printf("\n%-6s %14s %14s %12s   (per batch; EXCHANGE includes waiting for the other hosts' "
+           "experts)\n",
+           "LAYER", "NETWORK KB", "PREDICTED KB", "EXCHANGE ms");
+    for (int l = 0; l < s->n_layers; l++) {
+        const moira_exec_layer_stats_t *layer = &s->layers[l];
+        if (!layer->is_moe) continue;
+        printf("%-6lld %14.3f %14.3f %12.3f\n", (long long)layer->layer,
+               per_batch(s, layer->network_bytes) / 1e3,
+               per_batch(s, layer->predicted_network_bytes) / 1e3,
+               1e3 * per_batch(s, layer->exchange_s));
+    }
+}
+
 /* The tables, then the npu's modelled time (its wall time is an emulator's), then the verdict. */
 /* Measured busy time against the cost model's prediction, per device: beyond a factor of 2 either
  * way the topology's figures are not this device's, and every plan made with them misjudges it
@@ -105,8 +125,8 @@ static void warn_off_predictions(const run_result_t *r) {
                 "moira: warning: %s (%s) was busy %.3g x its predicted time (%.3f ms measured, "
                 "%.3f ms predicted per batch): the topology's bandwidth and peak for it are not "
                 "what it delivers, so plans misjudge it\n",
-                r->placement->topology.targets[t->target].name, moira_device_info(t->device)->name,
-                ratio, 1e3 * per_batch(s, t->busy_s), 1e-3 * per_batch(s, t->predicted_us));
+                r->placement->topology.targets[t->target].name, t->device_name, ratio,
+                1e3 * per_batch(s, t->busy_s), 1e-3 * per_batch(s, t->predicted_us));
     }
 }
 
@@ -116,13 +136,14 @@ void run_report_text(const run_result_t *r) {
     print_header(r);
     print_devices(r);
     print_layers(r);
+    print_network(r);
     printf("\n");
     for (int i = 0; i < s->n_targets; i++) {
         const moira_exec_target_stats_t *t = &s->targets[i];
         if (t->has_modelled)
             printf("cost    %s cost model: %.4f ms device time per batch (summed over its kernel "
                    "launches; BUSY is the emulator's wall time)\n",
-                   moira_device_info(t->device)->name, 1e-3 * per_batch(s, t->modelled_us));
+                   t->device_name, 1e-3 * per_batch(s, t->modelled_us));
     }
     printf("check   every layer vs the reference on its input: worst NMSE %.3g (layer %lld), limit "
            "%.0e of the least precise device %s -> %s\n",
@@ -161,7 +182,7 @@ static void json_devices(moira_tree_writer_t *w, const run_result_t *r) {
         const moira_exec_target_stats_t *t = &s->targets[i];
         moira_tree_map(w, true);
         json_string(w, "name", r->placement->topology.targets[t->target].name);
-        json_string(w, "device", moira_device_info(t->device)->name);
+        json_string(w, "device", t->device_name);
         json_number(w, "experts", (double)t->replicas);
         json_number(w, "tokens", per_batch(s, (double)t->tokens));
         json_number(w, "assignments", per_batch(s, (double)t->assignments));
@@ -199,6 +220,12 @@ static void json_layers(moira_tree_writer_t *w, const run_result_t *r) {
             json_number(w, "experts_ms", 1e3 * per_batch(s, layer->experts_s));
             json_number(w, "predicted_ms", 1e-3 * per_batch(s, layer->predicted_us));
             json_number(w, "plan_predicted_ms", 1e-3 * layer->plan_predicted_us);
+            if (s->ranks > 1) {
+                json_number(w, "network_bytes", per_batch(s, layer->network_bytes));
+                json_number(w, "predicted_network_bytes",
+                            per_batch(s, layer->predicted_network_bytes));
+                json_number(w, "exchange_ms", 1e3 * per_batch(s, layer->exchange_s));
+            }
         }
         moira_tree_close(w, true);
     }
@@ -216,6 +243,7 @@ moira_status_t run_report_json(const run_result_t *r) {
     json_number(&w, "n_layers", (double)r->model->config.num_hidden_layers);
     json_number(&w, "tokens", (double)r->model->x.shape[0]);
     json_number(&w, "iters", (double)s->forwards);
+    json_number(&w, "ranks", (double)s->ranks);
     json_string(&w, "weight_dtype", weights_dtype_name(r));
     json_string(&w, "plan", r->placement->source);
     json_string(&w, "topology", r->placement->topology.name);

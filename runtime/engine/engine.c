@@ -463,3 +463,11 @@ const moira_exec_stats_t *moira_engine_placement_stats(const moira_engine_t *e) 
 int64_t moira_engine_vocab(const moira_engine_t *e) {
     return e->model->vocab;
 }
+
+bool moira_engine_leads(const moira_engine_t *e) {
+    return !e->executor || moira_executor_leads(e->executor);
+}
+
+moira_status_t moira_engine_follow(moira_engine_t *e) {
+    return e->executor ? moira_executor_follow(e->executor) : MOIRA_OK_STATUS;
+}

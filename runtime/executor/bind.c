@@ -7,6 +7,7 @@
 
 #include "ops/op.h"
 #include "runtime/backend.h"
+#include "runtime/cluster/cluster.h"
 #include "runtime/executor/executor.h"
 
 /* Frees what moira_exec_bind allocated; the devices belong to the runtime. */
@@ -166,16 +167,27 @@ static moira_status_t bind_targets(const moira_topology_t *topology, const moira
     for (int l = 0; l < plan->n_layers; l++)
         for (int r = 0; r < plan->layers[l].n_replicas; r++)
             b->replicas[plan->layers[l].replica_target[r]]++;
-    int host = -1;
+    moira_cluster_t *cluster = moira_cluster_current();
+    if (cluster && moira_cluster_size(cluster) != topology->n_hosts)
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
+                                 "%d ranks were started for a topology of %d host%s (%s); start "
+                                 "one rank per host: mpirun -np %d",
+                                 moira_cluster_size(cluster), topology->n_hosts,
+                                 topology->n_hosts == 1 ? "" : "s", topology->name,
+                                 topology->n_hosts);
+    b->host = cluster ? moira_cluster_rank(cluster) : -1;
+    int host = b->host;
     for (int t = 0; t < topology->n_targets; t++) {
         const moira_target_t *target = &topology->targets[t];
         if (b->replicas[t] == 0) continue;
+        if (cluster && target->host != b->host) continue; /* another rank's */
         if (host >= 0 && target->host != host)
             return moira_status_make(MOIRA_CODE_UNSUPPORTED,
-                                     "%s places experts on hosts \"%s\" and \"%s\"; moira run "
-                                     "executes one host's devices",
+                                     "%s places experts on hosts \"%s\" and \"%s\"; one process "
+                                     "runs one host's devices (start one rank per host with "
+                                     "mpirun -np %d)",
                                      name, topology->hosts[host].name,
-                                     topology->hosts[target->host].name);
+                                     topology->hosts[target->host].name, topology->n_hosts);
         host = target->host;
         MOIRA_RETURN_IF_ERROR(find_device(b, topology, target, &b->devices[t]));
         warn_if_unlike(target, moira_device_info(b->devices[t]));

@@ -35,6 +35,8 @@
  * moira_exec_binding_free. */
 typedef struct moira_exec_binding {
     int n_targets;            /* the topology's */
+    int host;                 /* in a cluster, this rank's host, whose targets alone are bound;
+                                 -1 in one process, where every target must be on one host */
     moira_device_t **devices; /* owned array of borrowed devices; NULL where the plan puts none */
     int64_t *replicas;        /* owned: expert replicas per target over all layers */
 } moira_exec_binding_t;
@@ -42,7 +44,8 @@ typedef struct moira_exec_binding {
 /* Binds every target the plan puts experts on to an enumerated device, and rejects, before any
  * weight is loaded, a plan this machine cannot run:
  *   - a target whose `select` (or, without one, whose backend) matches no device here;
- *   - targets on more than one host (one process runs one host);
+ *   - targets on more than one host, unless mpirun started one rank per host of the topology
+ *     (runtime/cluster/cluster.h): then each rank binds its own host's targets only;
  *   - devices holding more expert bytes than they have memory;
  *   - devices without the dispatch / grouped FFN / combine kernels for the model's weights.
  * A target's `select` is a device name ("opencl:0") or a case-insensitive part of a device's
@@ -119,7 +122,9 @@ moira_status_t moira_executor_step(moira_executor_t *executor, const moira_tenso
 /* What one target did, summed over the forwards since the last reset. */
 typedef struct moira_exec_target_stats {
     int target;             /* topology index */
-    moira_device_t *device; /* borrowed */
+    moira_device_t *device; /* borrowed; NULL for another rank's target (after release) */
+    char device_name[64];   /* the device's name ("cpu:0"), on whichever rank it is */
+    double nmse_limit;      /* its compute precision's limit (DESIGN.md §4) */
     int64_t replicas;       /* expert replicas it holds over all layers */
     int64_t assignments;    /* (token, expert) assignments it served */
     int64_t tokens;         /* token rows it received (a token with two of its experts: one) */
@@ -143,9 +148,18 @@ typedef struct moira_exec_layer_stats {
     double experts_s;         /* from handing tokens to the devices until the last one is done */
     double predicted_us;      /* cost model for the observed load: slowest target (MoE layers) */
     double plan_predicted_us; /* what the plan file predicted for its own load (0 if none) */
+    /* Across hosts (a cluster; 0 otherwise): bytes this rank sent to others (dispatched rows and
+     * partial sums), the time it spent exchanging them (waits included: on the rank that owns the
+     * tokens that covers the other hosts' experts), and the cost model's network bytes for the
+     * load this rank routed (placement/network_cost.h). After moira_executor_release the
+     * leader's figures are the whole cluster's: bytes and predictions summed over the ranks. */
+    double network_bytes;
+    double exchange_s;
+    double predicted_network_bytes;
 } moira_exec_layer_stats_t;
 
 typedef struct moira_exec_stats {
+    int ranks; /* processes the run spans: 1, or the hosts of a cluster (mpirun) */
     int64_t forwards;
     int64_t tokens; /* tokens run through the model */
     double wall_s;
@@ -158,6 +172,18 @@ typedef struct moira_exec_stats {
 
 /* Borrowed; valid until the next forward, reset or destroy. */
 const moira_exec_stats_t *moira_executor_stats(const moira_executor_t *executor);
+
+/* Across hosts (mpirun, one rank per host): the rank that owns the tokens, rank 0, drives; it
+ * calls forward and step as in one process, and each call first tells the other ranks to join.
+ * The other ranks call moira_executor_follow, which serves the rows sent to their experts,
+ * layer by layer, until rank 0 calls moira_executor_release (or destroys its executor). Release
+ * also brings every rank's target and network figures to rank 0's stats, so its report covers
+ * the whole cluster. Both are no-ops without a cluster; release runs once. */
+moira_status_t moira_executor_follow(moira_executor_t *executor);
+void moira_executor_release(moira_executor_t *executor);
+
+/* Whether this executor runs the rank that drives (true in one process). */
+bool moira_executor_leads(const moira_executor_t *executor);
 
 /* Zeroes the timings and counters (not the check results): after a warm-up forward. */
 void moira_executor_reset_stats(moira_executor_t *executor);

@@ -1,8 +1,10 @@
 /* Building an executor: home devices, targets and layers, with their weights uploaded; and
  * taking it apart. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "placement/network_cost.h"
 #include "runtime/executor/executor_internal.h"
 
 #define EXEC_ALIGN 256
@@ -71,7 +73,7 @@ static int64_t max_local_experts(const moira_plan_t *plan, int target) {
 static moira_status_t open_target(moira_executor_t *e, int target_index, moira_device_t *device,
                                   exec_target_t *target) {
     const moira_target_t *info = &e->topology->targets[target_index];
-    int64_t t = e->max_tokens, d = e->model->hidden_size, k = e->model->num_experts_per_tok;
+    int64_t t = e->rows_capacity, d = e->model->hidden_size, k = e->model->num_experts_per_tok;
     target->target = target_index;
     target->info = info;
     target->device = device;
@@ -109,17 +111,21 @@ static moira_status_t index_replicas(moira_executor_t *e, exec_layer_t *layer,
     layer->expert_first = calloc((size_t)experts + 1, sizeof(int32_t));
     layer->expert_replicas = calloc(n, sizeof(int32_t));
     layer->replica_rows = calloc(n, sizeof(double));
+    layer->sent_rows = calloc(n, sizeof(double));
+    layer->received_rows = calloc(n, sizeof(double));
+    layer->routed_load = calloc(n, sizeof(double));
     layer->expert_load = calloc((size_t)experts, sizeof(double));
     int *slots = calloc((size_t)e->n_targets + 1, sizeof(int));
     if (!layer->replica_exec || !layer->replica_slot || !layer->expert_first ||
-        !layer->expert_replicas || !layer->replica_rows || !layer->expert_load || !slots) {
+        !layer->expert_replicas || !layer->replica_rows || !layer->sent_rows ||
+        !layer->received_rows || !layer->routed_load || !layer->expert_load || !slots) {
         free(slots);
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "executor: out of memory");
     }
     for (size_t r = 0; r < n; r++) {
-        int exec = exec_of_target[plan->replica_target[r]];
+        int exec = exec_of_target[plan->replica_target[r]]; /* -1: another host's */
         layer->replica_exec[r] = exec;
-        layer->replica_slot[r] = slots[exec]++;
+        layer->replica_slot[r] = exec >= 0 ? slots[exec]++ : -1;
         layer->expert_first[plan->replica_expert[r] + 1]++;
     }
     free(slots);
@@ -202,23 +208,27 @@ static moira_status_t allocate(moira_executor_t *e, const moira_exec_config_t *c
     e->homes = calloc((size_t)e->n_layers + 1, sizeof(exec_home_t));
     e->layers = calloc((size_t)e->n_layers + 1, sizeof(exec_layer_t));
     e->act = malloc((size_t)(t * d) * sizeof(float));
-    e->normed = malloc((size_t)(t * d) * sizeof(float));
+    e->normed = malloc((size_t)(e->rows_capacity * d) * sizeof(float));
     e->idx = malloc((size_t)(t * k) * sizeof(int32_t));
     e->weight = malloc((size_t)(t * k) * sizeof(float));
     e->cost_scratch =
         calloc(moira_cost_scratch_doubles(&e->cost, config->topology), sizeof(double));
+    e->network_scratch =
+        calloc(moira_network_scratch_doubles(&e->cost, config->topology), sizeof(double));
     e->target_rows = calloc((size_t)n_topology + 1, sizeof(double));
     e->target_active = calloc((size_t)n_topology + 1, sizeof(int));
-    e->stats.targets = calloc((size_t)e->n_targets + 1, sizeof(moira_exec_target_stats_t));
+    /* Room for every topology target: rank 0 adds the other ranks' after a cluster run. */
+    e->stats.targets = calloc((size_t)n_topology + 1, sizeof(moira_exec_target_stats_t));
     e->stats.layers = calloc((size_t)e->n_layers + 1, sizeof(moira_exec_layer_stats_t));
     e->batch = calloc((size_t)(e->max_sequences > 0 ? e->max_sequences : 1), sizeof(*e->batch));
     if (!e->batch || !e->targets || !e->homes || !e->layers || !e->act || !e->normed || !e->idx ||
-        !e->weight || !e->cost_scratch || !e->target_rows || !e->target_active ||
-        !e->stats.targets || !e->stats.layers)
+        !e->weight || !e->cost_scratch || !e->network_scratch || !e->target_rows ||
+        !e->target_active || !e->stats.targets || !e->stats.layers)
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "executor: out of memory");
     e->stats.n_targets = e->n_targets;
     e->stats.n_layers = (int)e->n_layers;
-    return MOIRA_OK_STATUS;
+    e->stats.ranks = e->exchange.cluster ? moira_cluster_size(e->exchange.cluster) : 1;
+    return moira_exec_exchange_open(e);
 }
 
 /* Targets (in topology order), then layers one by one, reporting progress. */
@@ -236,6 +246,10 @@ static moira_status_t open_all(moira_executor_t *e, const moira_exec_config_t *c
         status = open_target(e, t, config->binding->devices[t], &e->targets[next]);
         e->stats.targets[next].target = t;
         e->stats.targets[next].device = config->binding->devices[t];
+        const moira_device_info_t *info = moira_device_info(config->binding->devices[t]);
+        snprintf(e->stats.targets[next].device_name, sizeof(e->stats.targets[next].device_name),
+                 "%s", info->name);
+        e->stats.targets[next].nmse_limit = moira_precision_nmse_limit(info->compute_precision);
         e->stats.targets[next].replicas = config->binding->replicas[t];
         next++;
     }
@@ -267,11 +281,24 @@ moira_status_t moira_executor_create(const moira_exec_config_t *config, moira_ex
     e->topology = config->topology;
     e->plan = config->plan;
     e->max_tokens = config->max_tokens;
+    e->exchange.cluster = config->binding->host >= 0 ? moira_cluster_current() : NULL;
+    e->exchange.host = config->binding->host;
+    e->exchange.capacity = config->max_tokens;
+    e->rows_capacity =
+        config->max_tokens * (e->exchange.cluster ? moira_cluster_size(e->exchange.cluster) : 1);
     e->max_sequences = config->max_sequences;
     e->context = config->context;
     e->cache_dtype = config->cache_dtype;
     moira_cost_model_init(config->model, &e->cost);
+    /* Nothing to release to the other ranks until the executor is whole: a rank whose executor
+     * fails to build exits, and mpirun ends the others (runtime/cluster/cluster.h). */
+    e->released = true;
     moira_status_t status = open_all(e, config);
+    e->released = status != MOIRA_OK_STATUS;
+    /* Every rank's weights are in place before the first exchange starts its clock: ranks load at
+     * their own pace, so this one wait is long (an hour). */
+    if (!status && e->exchange.cluster)
+        moira_cluster_barrier(e->exchange.cluster, 3600, "loading the weights on every rank");
     if (status) {
         moira_executor_destroy(e);
         return status;
@@ -293,6 +320,9 @@ static void close_layer(exec_layer_t *layer, int n_targets) {
     free(layer->expert_first);
     free(layer->expert_replicas);
     free(layer->replica_rows);
+    free(layer->sent_rows);
+    free(layer->received_rows);
+    free(layer->routed_load);
     free(layer->expert_load);
 }
 
@@ -319,6 +349,7 @@ static void close_target(exec_target_t *target) {
 /* Accepts a half-built executor (creation failed part way). */
 void moira_executor_destroy(moira_executor_t *e) {
     if (!e) return;
+    moira_executor_release(e); /* the other ranks wait for it */
     /* Workers and queues stop before any memory goes: after a failure part way, queued kernels
      * may still read the layers' weights and write the homes' buffers. */
     for (int i = 0; e->targets && i < e->n_targets; i++)
@@ -344,6 +375,8 @@ void moira_executor_destroy(moira_executor_t *e) {
     free(e->idx);
     free(e->weight);
     free(e->cost_scratch);
+    free(e->network_scratch);
+    moira_exec_exchange_close(e);
     free(e->target_rows);
     free(e->target_active);
     free(e->stats.targets);

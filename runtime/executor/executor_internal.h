@@ -9,6 +9,7 @@
 #include "ops/layer_program.h"
 #include "placement/cost_model.h"
 #include "runtime/clock.h"
+#include "runtime/cluster/cluster.h"
 #include "runtime/executor/executor.h"
 #include "runtime/executor/worker.h"
 
@@ -62,9 +63,33 @@ typedef struct exec_layer {
     int32_t *replica_slot;           /* owned: per plan replica, its local expert number */
     int32_t *expert_first;           /* owned [E+1]: expert e's replicas are */
     int32_t *expert_replicas;        /* owned:  expert_replicas[expert_first[e] .. first[e+1]) */
-    double *replica_rows;            /* owned: assignments each replica served, last forward */
-    double *expert_load;             /* owned [E]: assignments per expert, last forward */
+    double *replica_rows;            /* owned: assignments each replica served here, last forward */
+    double *sent_rows;     /* owned: assignments this rank sent to each replica on another host */
+    double *received_rows; /* owned: assignments rows from other hosts brought to each replica */
+    double *routed_load;   /* owned: scratch of measure.c, one per replica */
+    double *expert_load;   /* owned [E]: assignments per expert, last forward */
 } exec_layer_t;
+
+/* The exchange of MoE layers with the ranks of other hosts (exchange.c). Every buffer holds one
+ * block of `capacity` rows per rank, allocated once. A dispatched row is a token's normalised
+ * activations [D] f32, then the k plan replicas it goes to on that host (-1: none there) and
+ * their routing weights; a returned row is the host's partial sum [D] for that token. */
+typedef struct exec_exchange {
+    moira_cluster_t *cluster;     /* borrowed; NULL: one process, nothing to exchange */
+    int host, n_hosts;            /* this rank's host (= rank) and the ranks */
+    int64_t capacity;             /* rows per rank: max_tokens */
+    int64_t row_bytes;            /* of a dispatched row */
+    char *send, *recv;            /* owned: dispatched rows out, in */
+    float *back_send, *back_recv; /* owned: partial sums out (of rows received), in */
+    int32_t *send_token; /* owned [n_hosts * capacity]: the own token each row out carries */
+    int64_t *send_rows, *recv_rows,
+        *recv_first;                         /* owned [n_hosts]; recv_first: first foreign row */
+    int64_t *bytes_out, *bytes_in, *offsets; /* dispatch: rank r's block at offsets[r] both ways */
+    int64_t *back_bytes_out, *back_bytes_in, *back_send_offsets, *back_recv_offsets;
+    int64_t foreign; /* rows received in the layer in flight */
+    moira_cluster_exchange_t pending;
+    const char **host_names; /* owned array of the topology's host names, for messages */
+} exec_exchange_t;
 
 struct moira_executor {
     const moira_model_config_t *model;    /* borrowed */
@@ -72,10 +97,13 @@ struct moira_executor {
     const moira_topology_t *topology;     /* borrowed */
     const moira_plan_t *plan;             /* borrowed */
     moira_cost_model_t cost;
-    double *cost_scratch; /* owned */
-    double *target_rows;  /* owned [n_targets]: routing's running assignments */
-    int *target_active;   /* owned [n_targets]: routing's running replicas with any */
+    double *cost_scratch;    /* owned */
+    double *network_scratch; /* owned: moira_network_crossings' */
+    double *target_rows;     /* owned [n_targets]: routing's running assignments */
+    int *target_active;      /* owned [n_targets]: routing's running replicas with any */
     int64_t max_tokens;
+    int64_t rows_capacity; /* rows a host serves in a layer: its own and every other rank's */
+    exec_exchange_t exchange;
     int max_sequences; /* cache slots per layer; 0: no caches */
     int64_t context;
     moira_dtype_t cache_dtype;       /* F32 or BF16 */
@@ -87,16 +115,58 @@ struct moira_executor {
     exec_home_t *homes; /* owned */
     int64_t n_layers;
     exec_layer_t *layers; /* owned */
-    /* Host staging of the home side (owned): activations [max_tokens, D], routing [.., k]. */
+    /* Host staging of the home side (owned): activations [max_tokens, D], routing [.., k];
+     * normed has rows_capacity rows: the own tokens, then the rows other ranks sent. */
     float *act, *normed, *weight;
     int32_t *idx;
-    int64_t forwards; /* ever run, for positions_written */
+    int64_t forwards;         /* ever run, for positions_written */
+    bool released;            /* moira_executor_release has run */
+    bool stats_reset_pending; /* rank 0 reset its figures; the next forward tells the others */
     moira_exec_stats_t stats;
 };
 
 /* Routes the layer's assignments (executor->idx / weight, T tokens) to replicas and fills every
- * target's rows, local expert numbers, weights and tokens (route.c). */
+ * target's rows, local expert numbers, weights and tokens, and the rows for other hosts
+ * (route.c). Fill_rows then copies each target's rows' activations from executor->normed. */
 void moira_exec_route(moira_executor_t *executor, exec_layer_t *layer, int64_t tokens);
+void moira_exec_fill_rows(moira_executor_t *executor);
+
+/* Gives assignment j of row-token `token` (an own token, or a row from another host numbered
+ * after them) to replica r, which one of this host's targets holds. */
+void moira_exec_assign(moira_executor_t *executor, exec_layer_t *layer, int32_t token, int64_t j,
+                       int32_t replica, float weight);
+
+/* The exchange (exchange.c). Open allocates its buffers (nothing without a cluster). Route_remote
+ * adds assignment j of own token t to the row for replica r's host. Dispatch sends every rank
+ * its rows and receives theirs; receive waits for them and routes them to this host's targets as
+ * rows t, t+1, ... ; give_back returns the partial sums of those rows and adds what comes back to
+ * e->act. */
+moira_status_t moira_exec_exchange_open(moira_executor_t *executor);
+void moira_exec_exchange_close(moira_executor_t *executor);
+void moira_exec_route_remote(moira_executor_t *executor, int host, int32_t token, int64_t j,
+                             int32_t replica, float weight);
+void moira_exec_dispatch(moira_executor_t *executor, const exec_layer_t *layer, int64_t tokens,
+                         moira_exec_layer_stats_t *stats);
+void moira_exec_receive(moira_executor_t *executor, exec_layer_t *layer, int64_t tokens,
+                        moira_exec_layer_stats_t *stats);
+void moira_exec_give_back(moira_executor_t *executor, int64_t tokens,
+                          moira_exec_layer_stats_t *stats);
+
+/* The layers over the batch in executor->act (t rows; 0 on a rank that only serves other ranks'
+ * rows), the sequences' caches bound per layer (forward.c). The residual stream stays on the
+ * host between layers, so layers may change home. */
+moira_status_t moira_exec_run_layers(moira_executor_t *executor, int64_t t,
+                                     const moira_tensor_t *positions,
+                                     const moira_exec_sequence_t *sequences, bool check_devices,
+                                     moira_tensor_t *layer_inputs);
+
+/* On the rank that drives a cluster, tells the others a forward starts (follow.c); a no-op in
+ * one process. */
+void moira_exec_announce(moira_executor_t *executor, bool check_devices);
+
+/* A forward's result; in a cluster a failure part way ends the job (the other ranks would wait
+ * for layers that never come), so only OK returns there. */
+moira_status_t moira_exec_settle(moira_executor_t *executor, moira_status_t status);
 
 /* Runs one target's stage on its worker: upload, dispatch, grouped FFN, combine, download
  * (stage.c). `context` is the exec_target_t. Sets its status and stage_s. */

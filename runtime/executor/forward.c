@@ -84,13 +84,18 @@ static moira_status_t run_home_back(moira_executor_t *e, exec_layer_t *layer, in
     return receive_from_home(e, layer->home, t, replay(e, layer, MOIRA_LAYER_SHARED, t));
 }
 
-/* Adds every target's partial sums into the residual stream on the host. */
-static void combine_on_host(moira_executor_t *e) {
+/* Adds every target's partial sums into the residual stream on the host; rows other hosts sent
+ * (numbered from `tokens` on) are summed into what goes back to them instead. */
+static void combine_on_host(moira_executor_t *e, int64_t tokens) {
     int64_t d = e->model->hidden_size;
+    if (e->exchange.foreign > 0)
+        memset(e->exchange.back_send, 0, (size_t)(e->exchange.foreign * d) * sizeof(float));
     for (int i = 0; i < e->n_targets; i++) {
         const exec_target_t *target = &e->targets[i];
         for (int64_t row = 0; row < target->rows; row++) {
-            float *dst = e->act + (int64_t)target->token[row] * d;
+            int64_t token = target->token[row];
+            float *dst =
+                token < tokens ? e->act + token * d : e->exchange.back_send + (token - tokens) * d;
             const float *src = target->y + row * d;
             for (int64_t c = 0; c < d; c++)
                 dst[c] += src[c];
@@ -98,19 +103,17 @@ static void combine_on_host(moira_executor_t *e) {
     }
 }
 
-/* An MoE layer across its home device and its targets. */
-static moira_status_t run_moe_layer(moira_executor_t *e, exec_layer_t *layer, int64_t t,
-                                    const moira_tensor_t *positions, bool check,
-                                    moira_exec_layer_stats_t *stats) {
-    double start = moira_now_seconds();
-    MOIRA_RETURN_IF_ERROR(run_home_front(e, layer, t, positions));
-    moira_exec_route(e, layer, t);
-    double handed = moira_now_seconds();
+/* Hands every target with rows to its worker. */
+static void start_targets(moira_executor_t *e) {
+    moira_exec_fill_rows(e);
     for (int i = 0; i < e->n_targets; i++)
         if (e->targets[i].rows > 0)
             moira_exec_worker_post(&e->targets[i].worker, moira_exec_stage, &e->targets[i]);
-    moira_status_t status = run_home_back(e, layer, t);
-    double home_done = moira_now_seconds();
+}
+
+/* Waits for the targets, keeping the first error. */
+static moira_status_t wait_targets(moira_executor_t *e, const exec_layer_t *layer,
+                                   moira_status_t status) {
     for (int i = 0; i < e->n_targets; i++) {
         exec_target_t *target = &e->targets[i];
         if (target->rows == 0) continue;
@@ -122,11 +125,43 @@ static moira_status_t run_moe_layer(moira_executor_t *e, exec_layer_t *layer, in
                                                        moira_device_info(target->device)->name));
         target->status = MOIRA_OK_STATUS;
     }
+    return status;
+}
+
+/* An MoE layer across its home device and its targets, and with a cluster the other hosts':
+ *   home front (attention, router) -> route -> rows for other hosts go out -> the shared experts
+ *   run on the home while they travel -> rows from other hosts join this host's -> targets ->
+ *   partial sums go back to the tokens' owners and come back for this rank's tokens.
+ * Without rows from elsewhere the targets start before the shared experts, as in one process.
+ * A rank with no tokens of its own (t = 0) only serves the rows it receives. A failure between
+ * the two exchanges leaves the ranks unable to agree on what comes next, so it ends the job. */
+static moira_status_t run_moe_layer(moira_executor_t *e, exec_layer_t *layer, int64_t t,
+                                    const moira_tensor_t *positions, bool check,
+                                    moira_exec_layer_stats_t *stats) {
+    double start = moira_now_seconds();
+    bool exchanging = e->exchange.cluster != NULL;
+    moira_status_t front = t > 0 ? run_home_front(e, layer, t, positions) : MOIRA_OK_STATUS;
+    if (front && exchanging)
+        moira_cluster_abort(e->exchange.cluster, 1, "%s", moira_status_message(front));
+    if (front) return front;
+    moira_exec_route(e, layer, t);
+    if (exchanging) moira_exec_dispatch(e, layer, t, stats);
+    bool started = !exchanging || e->exchange.foreign == 0;
+    double handed = moira_now_seconds();
+    if (started) start_targets(e);
+    moira_status_t status = t > 0 ? run_home_back(e, layer, t) : MOIRA_OK_STATUS;
+    double home_done = moira_now_seconds();
+    if (exchanging) moira_exec_receive(e, layer, t, stats);
+    if (!started) start_targets(e);
+    status = wait_targets(e, layer, status);
     double done = moira_now_seconds();
     stats->home_s += home_done - start; /* routing on the host included */
     stats->experts_s += done - handed;
+    if (status && exchanging)
+        moira_cluster_abort(e->exchange.cluster, 1, "%s", moira_status_message(status));
     if (status) return status;
-    combine_on_host(e);
+    combine_on_host(e, t);
+    if (exchanging) moira_exec_give_back(e, t, stats);
     for (int i = 0; check && i < e->n_targets; i++)
         MOIRA_RETURN_IF_ERROR(moira_exec_check_target(e, layer, &e->targets[i]));
     moira_exec_measure_layer(e, layer, stats);
@@ -171,11 +206,10 @@ static void record_check(moira_executor_t *e) {
     }
 }
 
-/* The layers over the batch in e->act, the sequences' caches bound per layer. The residual
- * stream stays on the host between layers, so layers may change home. */
-static moira_status_t run_layers(moira_executor_t *e, int64_t t, const moira_tensor_t *positions,
-                                 const moira_exec_sequence_t *sequences, bool check_devices,
-                                 moira_tensor_t *layer_inputs) {
+moira_status_t moira_exec_run_layers(moira_executor_t *e, int64_t t,
+                                     const moira_tensor_t *positions,
+                                     const moira_exec_sequence_t *sequences, bool check_devices,
+                                     moira_tensor_t *layer_inputs) {
     int64_t d = e->model->hidden_size;
     e->forwards++;
     for (int i = 0; i < e->n_targets; i++)
@@ -190,7 +224,7 @@ static moira_status_t run_layers(moira_executor_t *e, int64_t t, const moira_ten
         double layer_start = moira_now_seconds();
         if (layer->is_moe) {
             status = run_moe_layer(e, layer, t, positions, check_devices, stats);
-        } else {
+        } else if (t > 0) {
             status = run_dense_layer(e, layer, t, positions);
             stats->home_s += moira_now_seconds() - layer_start;
         }
@@ -220,7 +254,9 @@ moira_status_t moira_executor_forward(moira_executor_t *e, const moira_tensor_t 
     memcpy(e->act, x->data, bytes);
     e->n_batch = 1;
     e->batch[0] = (moira_program_sequence_t){.first_row = 0, .rows = t};
-    MOIRA_RETURN_IF_ERROR(run_layers(e, t, positions, NULL, check_devices, layer_inputs));
+    moira_exec_announce(e, check_devices);
+    MOIRA_RETURN_IF_ERROR(moira_exec_settle(
+        e, moira_exec_run_layers(e, t, positions, NULL, check_devices, layer_inputs)));
     memcpy(out->data, e->act, bytes);
     return MOIRA_OK_STATUS;
 }
@@ -250,7 +286,9 @@ moira_status_t moira_executor_step(moira_executor_t *e, const moira_tensor_t *x,
     int64_t t = x->shape[0];
     size_t bytes = (size_t)(t * e->model->hidden_size) * sizeof(float);
     memcpy(e->act, x->data, bytes);
-    MOIRA_RETURN_IF_ERROR(run_layers(e, t, positions, sequences, false, NULL));
+    moira_exec_announce(e, false);
+    MOIRA_RETURN_IF_ERROR(
+        moira_exec_settle(e, moira_exec_run_layers(e, t, positions, sequences, false, NULL)));
     memcpy(out->data, e->act, bytes);
     return MOIRA_OK_STATUS;
 }

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "placement/network_cost.h"
 #include "runtime/executor/executor_internal.h"
 
 /* The prediction uses the load the layer really saw, so predicted and measured compare like with
@@ -11,8 +12,23 @@ void moira_exec_measure_layer(moira_executor_t *e, const exec_layer_t *layer,
                               moira_exec_layer_stats_t *stats) {
     const moira_plan_layer_t *plan = layer->plan;
     moira_layer_cost_t cost;
+    /* What this rank's routing and the rows it served put on each replica. */
+    for (int r = 0; r < plan->n_replicas; r++)
+        layer->routed_load[r] = layer->replica_rows[r] + layer->sent_rows[r];
     moira_cost_layer(&e->cost, e->topology, plan->n_replicas, plan->replica_target,
-                     plan->replica_expert, layer->replica_rows, e->cost_scratch, &cost);
+                     plan->replica_expert, layer->routed_load, e->cost_scratch, &cost);
+    if (e->exchange.cluster) {
+        /* The network cost of the tokens this rank owns: their load alone. */
+        for (int r = 0; r < plan->n_replicas; r++)
+            layer->routed_load[r] -= layer->received_rows[r];
+        double crossings = moira_network_crossings(
+            &e->cost, e->topology, plan->n_replicas, plan->replica_target, plan->replica_expert,
+            layer->routed_load, e->exchange.host, e->network_scratch);
+        int64_t d = e->model->hidden_size, k = e->model->num_experts_per_tok;
+        stats->predicted_network_bytes +=
+            crossings *
+            (double)(moira_network_dispatch_row_bytes(d, k) + moira_network_return_row_bytes(d));
+    }
     stats->predicted_us += cost.predicted_us;
     stats->plan_predicted_us = plan->cost.predicted_us;
     for (int i = 0; i < e->n_targets; i++) {
@@ -41,11 +57,12 @@ const moira_exec_stats_t *moira_executor_stats(const moira_executor_t *e) {
 /* Keeps what describes the executor (targets, layers, homes, check results); zeroes the rest. */
 void moira_executor_reset_stats(moira_executor_t *e) {
     moira_exec_stats_t *s = &e->stats;
+    e->stats_reset_pending = e->exchange.cluster != NULL;
     s->forwards = 0;
     s->tokens = 0;
     s->wall_s = 0;
     s->home_bytes = 0;
-    for (int i = 0; i < s->n_targets; i++) {
+    for (int i = 0; i < e->n_targets; i++) {
         moira_exec_target_stats_t *t = &s->targets[i];
         t->assignments = t->tokens = 0;
         t->busy_s = t->bytes_to_device = t->bytes_from_device = 0;
@@ -56,6 +73,7 @@ void moira_executor_reset_stats(moira_executor_t *e) {
     for (int l = 0; l < s->n_layers; l++) {
         moira_exec_layer_stats_t *layer = &s->layers[l];
         layer->wall_s = layer->home_s = layer->experts_s = layer->predicted_us = 0;
+        layer->network_bytes = layer->exchange_s = layer->predicted_network_bytes = 0;
     }
 }
 

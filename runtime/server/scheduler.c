@@ -399,7 +399,7 @@ int serve_scheduler_read_device_busy(serve_scheduler_t *s, serve_device_busy_t *
     pthread_mutex_lock(&s->step_lock);
     const moira_exec_stats_t *stats = moira_engine_placement_stats(s->engine);
     for (int t = 0; stats && t < stats->n_targets; t++) {
-        const char *name = moira_device_info(stats->targets[t].device)->name;
+        const char *name = stats->targets[t].device_name;
         int k = 0;
         while (k < n && strcmp(out[k].device, name))
             k++;

@@ -1,0 +1,287 @@
+/* The cluster over Open MPI (runtime/cluster/cluster.h). Waits are MPI_Test loops against a
+ * deadline rather than blocking calls, because a blocking MPI call waits forever for a peer
+ * that has stopped; past the deadline the job is aborted with the silent peer named. */
+#include <mpi.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "runtime/clock.h"
+#include "runtime/cluster/cluster.h"
+
+enum { TAG_COUNTS = 1, TAG_GATHER = 2 };
+
+struct moira_cluster {
+    int rank, size;
+    double timeout_s;
+    const char *const *host_names; /* borrowed; NULL: ranks named by number */
+    int n_host_names;
+    /* Per peer, allocated at join (owned): the requests and counts of one exchange. */
+    MPI_Request *requests;
+    int64_t *count_out, *count_in;
+    int *send_counts, *send_displs, *recv_counts, *recv_displs;
+    MPI_Request payload; /* the exchange in flight, MPI_REQUEST_NULL when none */
+};
+
+static moira_cluster_t *current;
+
+/* The environment variables Open MPI, MPICH/Hydra, PMIx launchers and Slurm set in every rank. */
+bool moira_cluster_launched(void) {
+    static const char *const markers[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE",
+                                          "PMI_RANK"};
+    for (size_t i = 0; i < sizeof(markers) / sizeof(markers[0]); i++)
+        if (getenv(markers[i])) return true;
+    return false;
+}
+
+moira_cluster_t *moira_cluster_current(void) {
+    return current;
+}
+
+moira_status_t moira_cluster_join(int *argc, char ***argv) {
+    int provided = 0;
+    if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+        return moira_status_make(MOIRA_CODE_UNSUPPORTED, "MPI could not start this rank");
+    /* Errors come back as codes, so a failed call is reported by Moira, not by MPI's handler
+     * printing a stack and aborting. */
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    moira_cluster_t *c = calloc(1, sizeof(*c));
+    if (!c) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "out of memory");
+    MPI_Comm_rank(MPI_COMM_WORLD, &c->rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &c->size);
+    size_t n = (size_t)c->size;
+    c->timeout_s = 60;
+    c->payload = MPI_REQUEST_NULL;
+    c->requests = calloc(2 * n, sizeof(MPI_Request));
+    c->count_out = calloc(n, sizeof(int64_t));
+    c->count_in = calloc(n, sizeof(int64_t));
+    c->send_counts = calloc(n, sizeof(int));
+    c->send_displs = calloc(n, sizeof(int));
+    c->recv_counts = calloc(n, sizeof(int));
+    c->recv_displs = calloc(n, sizeof(int));
+    current = c;
+    if (!c->requests || !c->count_out || !c->count_in || !c->send_counts || !c->send_displs ||
+        !c->recv_counts || !c->recv_displs)
+        return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "out of memory");
+    return MOIRA_OK_STATUS;
+}
+
+void moira_cluster_leave(void) {
+    moira_cluster_t *c = current;
+    if (!c) return;
+    MPI_Finalize();
+    free(c->requests);
+    free(c->count_out);
+    free(c->count_in);
+    free(c->send_counts);
+    free(c->send_displs);
+    free(c->recv_counts);
+    free(c->recv_displs);
+    free(c);
+    current = NULL;
+}
+
+int moira_cluster_rank(const moira_cluster_t *c) {
+    return c->rank;
+}
+
+int moira_cluster_size(const moira_cluster_t *c) {
+    return c->size;
+}
+
+void moira_cluster_name_hosts(moira_cluster_t *c, const char *const *host_names, int n) {
+    c->host_names = host_names;
+    c->n_host_names = n;
+}
+
+void moira_cluster_set_timeout(moira_cluster_t *c, double seconds) {
+    c->timeout_s = seconds;
+}
+
+double moira_cluster_timeout(const moira_cluster_t *c) {
+    return c->timeout_s;
+}
+
+/* "rank 1 (node1)", or "rank 1" before the topology is read. */
+static const char *rank_name(const moira_cluster_t *c, int rank, char *buffer, size_t size) {
+    if (c->host_names && rank < c->n_host_names)
+        snprintf(buffer, size, "rank %d (%s)", rank, c->host_names[rank]);
+    else
+        snprintf(buffer, size, "rank %d", rank);
+    return buffer;
+}
+
+/* Who a collective waits for when it cannot say which rank is late: in a job of two, the other
+ * one by name. */
+static const char *others(const moira_cluster_t *c, char *buffer, size_t size) {
+    if (c->size != 2) return "one of the other ranks";
+    return rank_name(c, 1 - c->rank, buffer, size);
+}
+
+_Noreturn void moira_cluster_abort(moira_cluster_t *c, int exit_code, const char *fmt, ...) {
+    char me[96];
+    fprintf(stderr, "moira: %s: ", rank_name(c, c->rank, me, sizeof(me)));
+    va_list args;
+    va_start(args, fmt);
+    vfprintf(stderr, fmt, args);
+    va_end(args);
+    fprintf(stderr, "; ending every rank\n");
+    moira_cluster_exit(exit_code);
+}
+
+/* _exit, not exit or MPI_Abort: no MPI_Finalize (which would wait for the others) and no
+ * atexit work in a half-finished process; mpirun then ends the rest and says which rank left. */
+_Noreturn void moira_cluster_exit(int exit_code) {
+    fflush(stdout);
+    fflush(stderr);
+    _exit(exit_code);
+}
+
+/* Pauses between polls: a few tight polls first (a decode step's exchange takes microseconds),
+ * then sleeps growing to half a millisecond, so a rank waiting on a slow peer leaves the cores
+ * to the work it waits for. */
+static void back_off(int polls) {
+    if (polls < 64) return;
+    long ns = polls < 256 ? 10000 : polls < 1024 ? 100000 : 500000;
+    struct timespec pause = {0, ns};
+    nanosleep(&pause, NULL);
+}
+
+/* Waits for `n` requests against the timeout; past it, aborts naming the peers of the requests
+ * still pending (peers[i], or -1 when a request has no single peer). */
+static void wait_all(moira_cluster_t *c, MPI_Request *requests, const int *peers, int n,
+                     double started_s, double timeout_s, const char *what) {
+    for (int polls = 0;; polls++) {
+        int done = 0;
+        if (MPI_Testall(n, requests, &done, MPI_STATUSES_IGNORE) != MPI_SUCCESS)
+            moira_cluster_abort(c, 1, "MPI failed during %s", what);
+        if (done) return;
+        if (moira_now_seconds() - started_s > timeout_s) break;
+        back_off(polls);
+    }
+    char names[512] = "", one[96];
+    size_t used = 0;
+    for (int i = 0; i < n && used < sizeof(names); i++) {
+        if (requests[i] == MPI_REQUEST_NULL) continue;
+        int flag = 0;
+        MPI_Test(&requests[i], &flag, MPI_STATUS_IGNORE);
+        if (flag) continue;
+        const char *name = peers && peers[i] >= 0 ? rank_name(c, peers[i], one, sizeof(one))
+                                                  : others(c, one, sizeof(one));
+        if (strstr(names, name)) continue;
+        used +=
+            (size_t)snprintf(names + used, sizeof(names) - used, "%s%s", used ? ", " : "", name);
+    }
+    moira_cluster_abort(c, 1, "no answer from %s within %.0f s during %s (stalled or gone)",
+                        used ? names : others(c, one, sizeof(one)), timeout_s, what);
+}
+
+void moira_cluster_barrier(moira_cluster_t *c, double timeout_s, const char *what) {
+    MPI_Request request;
+    if (MPI_Ibarrier(MPI_COMM_WORLD, &request) != MPI_SUCCESS)
+        moira_cluster_abort(c, 1, "MPI failed during %s", what);
+    wait_all(c, &request, NULL, 1, moira_now_seconds(), timeout_s, what);
+}
+
+void moira_cluster_broadcast(moira_cluster_t *c, int root, void *data, size_t bytes,
+                             const char *what) {
+    MPI_Request request;
+    if (MPI_Ibcast(data, (int)bytes, MPI_BYTE, root, MPI_COMM_WORLD, &request) != MPI_SUCCESS)
+        moira_cluster_abort(c, 1, "MPI failed during %s", what);
+    int peer = c->rank == root ? -1 : root;
+    wait_all(c, &request, &peer, 1, moira_now_seconds(), c->timeout_s, what);
+}
+
+void moira_cluster_gather(moira_cluster_t *c, int root, const void *data, size_t bytes, void *out,
+                          const char *what) {
+    int peers[2 * 64];
+    int n = 0;
+    MPI_Request *requests = c->requests;
+    if (c->rank == root) {
+        memcpy((char *)out + (size_t)root * bytes, data, bytes);
+        for (int r = 0; r < c->size; r++) {
+            if (r == root) continue;
+            if (MPI_Irecv((char *)out + (size_t)r * bytes, (int)bytes, MPI_BYTE, r, TAG_GATHER,
+                          MPI_COMM_WORLD, &requests[n]) != MPI_SUCCESS)
+                moira_cluster_abort(c, 1, "MPI failed during %s", what);
+            peers[n < 128 ? n : 127] = r;
+            n++;
+        }
+    } else {
+        if (MPI_Isend(data, (int)bytes, MPI_BYTE, root, TAG_GATHER, MPI_COMM_WORLD, &requests[0]) !=
+            MPI_SUCCESS)
+            moira_cluster_abort(c, 1, "MPI failed during %s", what);
+        peers[0] = root;
+        n = 1;
+    }
+    wait_all(c, requests, c->size <= 64 ? peers : NULL, n, moira_now_seconds(), c->timeout_s, what);
+}
+
+/* A byte count as MPI's int, or the end of the job. */
+static int mpi_count(moira_cluster_t *c, int64_t bytes, const char *what) {
+    if (bytes < 0 || bytes > INT32_MAX)
+        moira_cluster_abort(c, 1, "%s would move %lld bytes in one message (the most is %d)", what,
+                            (long long)bytes, INT32_MAX);
+    return (int)bytes;
+}
+
+/* Counts first, point to point: each rank learns what every peer sends it, and a peer that never
+ * answers is named. */
+static void exchange_counts(moira_cluster_t *c, const int64_t *send_bytes, int64_t *recv_bytes,
+                            const char *what) {
+    int peers[2 * 64], n = 0;
+    for (int r = 0; r < c->size; r++) {
+        if (r == c->rank) {
+            recv_bytes[r] = send_bytes[r];
+            continue;
+        }
+        c->count_out[r] = send_bytes[r];
+        if (MPI_Irecv(&recv_bytes[r], 1, MPI_INT64_T, r, TAG_COUNTS, MPI_COMM_WORLD,
+                      &c->requests[n]) != MPI_SUCCESS ||
+            MPI_Isend(&c->count_out[r], 1, MPI_INT64_T, r, TAG_COUNTS, MPI_COMM_WORLD,
+                      &c->requests[n + 1]) != MPI_SUCCESS)
+            moira_cluster_abort(c, 1, "MPI failed during %s", what);
+        if (n + 1 < 128) peers[n] = peers[n + 1] = r;
+        n += 2;
+    }
+    wait_all(c, c->requests, c->size <= 64 ? peers : NULL, n, moira_now_seconds(), c->timeout_s,
+             what);
+}
+
+void moira_cluster_exchange_start(moira_cluster_t *c, const void *send, const int64_t *send_bytes,
+                                  const int64_t *send_offsets, void *recv, int64_t *recv_bytes,
+                                  const int64_t *recv_offsets, int64_t recv_capacity, int64_t unit,
+                                  const char *what, moira_cluster_exchange_t *out) {
+    if (c->payload != MPI_REQUEST_NULL)
+        moira_cluster_abort(c, 1, "%s started while another exchange is in flight", what);
+    exchange_counts(c, send_bytes, recv_bytes, what);
+    char name[96];
+    for (int r = 0; r < c->size; r++)
+        if (recv_bytes[r] < 0 || recv_bytes[r] > recv_capacity || recv_bytes[r] % unit)
+            moira_cluster_abort(c, 1,
+                                "%s: %s announces %lld bytes, where %lld rows of %lld bytes at "
+                                "most fit (do the ranks run the same command?)",
+                                what, rank_name(c, r, name, sizeof(name)), (long long)recv_bytes[r],
+                                (long long)(recv_capacity / unit), (long long)unit);
+    for (int r = 0; r < c->size; r++) {
+        c->send_counts[r] = mpi_count(c, send_bytes[r], what);
+        c->send_displs[r] = mpi_count(c, send_offsets[r], what);
+        c->recv_counts[r] = mpi_count(c, recv_bytes[r], what);
+        c->recv_displs[r] = mpi_count(c, recv_offsets[r], what);
+    }
+    out->what = what;
+    out->started_s = moira_now_seconds();
+    out->request = 1;
+    if (MPI_Ialltoallv(send, c->send_counts, c->send_displs, MPI_BYTE, recv, c->recv_counts,
+                       c->recv_displs, MPI_BYTE, MPI_COMM_WORLD, &c->payload) != MPI_SUCCESS)
+        moira_cluster_abort(c, 1, "MPI failed during %s", what);
+}
+
+void moira_cluster_exchange_wait(moira_cluster_t *c, moira_cluster_exchange_t *exchange) {
+    if (!exchange->request) return;
+    wait_all(c, &c->payload, NULL, 1, exchange->started_s, c->timeout_s, exchange->what);
+    exchange->request = 0;
+}

@@ -1,0 +1,163 @@
+/* Driving a cluster: rank 0 owns the tokens and tells the other ranks when a forward starts;
+ * they serve the rows sent to their experts until it says stop, then send it what they
+ * measured (runtime/executor/executor.h). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/executor/executor_internal.h"
+
+enum { STEP_FORWARD = 1, STEP_CHECKED_FORWARD = 2, STEP_STOP = 3 };
+/* Or'ed into a forward's step when rank 0 reset its figures since the last one (after a warm-up
+ * forward), so every rank counts the same forwards. */
+enum { STEP_RESET_STATS = 16 };
+
+/* What one rank measured of one target, as it travels to rank 0: plain bytes, since every rank
+ * runs the same build. */
+typedef struct wire_target {
+    int32_t present, target, has_modelled, checked;
+    int64_t replicas, assignments, tokens;
+    double busy_s, bytes_to_device, bytes_from_device, predicted_us, modelled_us;
+    double check_nmse, check_limit, nmse_limit;
+    char device_name[64];
+} wire_target_t;
+
+typedef struct wire_layer {
+    double network_bytes, exchange_s, predicted_network_bytes;
+} wire_layer_t;
+
+bool moira_executor_leads(const moira_executor_t *e) {
+    return !e->exchange.cluster || moira_cluster_rank(e->exchange.cluster) == 0;
+}
+
+/* The command of a step, from rank 0 to every rank. */
+static int32_t broadcast_step(moira_executor_t *e, int32_t step) {
+    moira_cluster_broadcast(e->exchange.cluster, 0, &step, sizeof(step), "the next step's start");
+    return step;
+}
+
+void moira_exec_announce(moira_executor_t *e, bool check_devices) {
+    if (!e->exchange.cluster) return;
+    int32_t step = check_devices ? STEP_CHECKED_FORWARD : STEP_FORWARD;
+    if (e->stats_reset_pending) step |= STEP_RESET_STATS;
+    e->stats_reset_pending = false;
+    broadcast_step(e, step);
+}
+
+moira_status_t moira_exec_settle(moira_executor_t *e, moira_status_t status) {
+    if (status && e->exchange.cluster)
+        moira_cluster_abort(e->exchange.cluster, 1, "%s", moira_status_message(status));
+    return status;
+}
+
+/* This rank's figures in wire form: one record per topology target (present where it is this
+ * rank's), then one per layer. */
+static void pack(const moira_executor_t *e, wire_target_t *targets, wire_layer_t *layers) {
+    memset(targets, 0, (size_t)e->topology->n_targets * sizeof(*targets));
+    for (int i = 0; i < e->stats.n_targets; i++) {
+        const moira_exec_target_stats_t *s = &e->stats.targets[i];
+        wire_target_t *w = &targets[s->target];
+        *w = (wire_target_t){.present = 1,
+                             .target = s->target,
+                             .has_modelled = s->has_modelled,
+                             .checked = s->checked,
+                             .replicas = s->replicas,
+                             .assignments = s->assignments,
+                             .tokens = s->tokens,
+                             .busy_s = s->busy_s,
+                             .bytes_to_device = s->bytes_to_device,
+                             .bytes_from_device = s->bytes_from_device,
+                             .predicted_us = s->predicted_us,
+                             .modelled_us = s->modelled_us,
+                             .check_nmse = s->check_nmse,
+                             .check_limit = s->check_limit,
+                             .nmse_limit = s->nmse_limit};
+        memcpy(w->device_name, s->device_name, sizeof(w->device_name));
+    }
+    for (int l = 0; l < e->stats.n_layers; l++)
+        layers[l] = (wire_layer_t){e->stats.layers[l].network_bytes, e->stats.layers[l].exchange_s,
+                                   e->stats.layers[l].predicted_network_bytes};
+}
+
+/* Rank 0 adds the other ranks' targets after its own, and their network bytes and predictions
+ * to its layers' (its exchange time stays its own: the wait the token owner saw). */
+static void merge(moira_executor_t *e, const wire_target_t *targets, const wire_layer_t *layers,
+                  int ranks) {
+    int n_topology = e->topology->n_targets;
+    for (int r = 1; r < ranks; r++) {
+        for (int t = 0; t < n_topology; t++) {
+            const wire_target_t *w = &targets[(size_t)r * (size_t)n_topology + (size_t)t];
+            if (!w->present || e->stats.n_targets >= n_topology) continue;
+            moira_exec_target_stats_t *s = &e->stats.targets[e->stats.n_targets++];
+            *s = (moira_exec_target_stats_t){.target = w->target,
+                                             .replicas = w->replicas,
+                                             .assignments = w->assignments,
+                                             .tokens = w->tokens,
+                                             .busy_s = w->busy_s,
+                                             .bytes_to_device = w->bytes_to_device,
+                                             .bytes_from_device = w->bytes_from_device,
+                                             .predicted_us = w->predicted_us,
+                                             .has_modelled = w->has_modelled,
+                                             .modelled_us = w->modelled_us,
+                                             .checked = w->checked,
+                                             .check_nmse = w->check_nmse,
+                                             .check_limit = w->check_limit,
+                                             .nmse_limit = w->nmse_limit};
+            memcpy(s->device_name, w->device_name, sizeof(s->device_name));
+            s->device_name[sizeof(s->device_name) - 1] = '\0';
+        }
+        for (int l = 0; l < e->stats.n_layers; l++) {
+            const wire_layer_t *w = &layers[(size_t)r * (size_t)e->stats.n_layers + (size_t)l];
+            e->stats.layers[l].network_bytes += w->network_bytes;
+            e->stats.layers[l].predicted_network_bytes += w->predicted_network_bytes;
+        }
+    }
+}
+
+/* Every rank's figures to rank 0. Allocates: it runs once, after the last forward. */
+static void gather_stats(moira_executor_t *e) {
+    moira_cluster_t *c = e->exchange.cluster;
+    int ranks = moira_cluster_size(c), n_topology = e->topology->n_targets;
+    size_t target_bytes = (size_t)n_topology * sizeof(wire_target_t);
+    size_t layer_bytes = (size_t)e->stats.n_layers * sizeof(wire_layer_t);
+    wire_target_t *mine = calloc((size_t)n_topology + 1, sizeof(wire_target_t));
+    wire_layer_t *my_layers = calloc((size_t)e->stats.n_layers + 1, sizeof(wire_layer_t));
+    wire_target_t *all = calloc((size_t)ranks * (size_t)n_topology + 1, sizeof(wire_target_t));
+    wire_layer_t *all_layers =
+        calloc((size_t)ranks * (size_t)e->stats.n_layers + 1, sizeof(wire_layer_t));
+    if (!mine || !my_layers || !all || !all_layers)
+        moira_cluster_abort(c, 1, "out of memory gathering the ranks' measurements");
+    pack(e, mine, my_layers);
+    moira_cluster_gather(c, 0, mine, target_bytes, all, "gathering the devices' measurements");
+    moira_cluster_gather(c, 0, my_layers, layer_bytes, all_layers,
+                         "gathering the layers' measurements");
+    if (moira_cluster_rank(c) == 0) merge(e, all, all_layers, ranks);
+    free(mine);
+    free(my_layers);
+    free(all);
+    free(all_layers);
+}
+
+moira_status_t moira_executor_follow(moira_executor_t *e) {
+    if (!e->exchange.cluster || moira_executor_leads(e)) return MOIRA_OK_STATUS;
+    for (;;) {
+        int32_t step = broadcast_step(e, 0);
+        if (step == STEP_STOP) break;
+        if (step & STEP_RESET_STATS) moira_executor_reset_stats(e);
+        step &= ~STEP_RESET_STATS;
+        if (step != STEP_FORWARD && step != STEP_CHECKED_FORWARD)
+            moira_cluster_abort(e->exchange.cluster, 1, "rank 0 sent step %d, which is none",
+                                (int)step);
+        moira_exec_settle(
+            e, moira_exec_run_layers(e, 0, NULL, NULL, step == STEP_CHECKED_FORWARD, NULL));
+    }
+    e->released = true;
+    gather_stats(e);
+    return MOIRA_OK_STATUS;
+}
+
+void moira_executor_release(moira_executor_t *e) {
+    if (!e->exchange.cluster || e->released || !moira_executor_leads(e)) return;
+    e->released = true;
+    broadcast_step(e, STEP_STOP);
+    gather_stats(e);
+}

@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Across hosts (issue 18): `mpirun -np 2` on this machine with a two-host topology over local
+# devices (alpha: CPU memory; beta: the npu emulator and CPU memory). A two-rank run or greedy
+# generation equals the single-process run of the same placement (one-host.yaml: the same
+# experts on the same devices) bit for bit; the network bytes a run reports equal the bytes
+# its rows must take (hand-computed below) and the cost model's prediction; a rank count that is
+# not the topology's host count exits 2; a rank killed mid-run, or one that stops answering,
+# ends every rank within 30 s with a message naming it.
+set -u
+moira="$1"
+data="$2"
+work=$(mktemp -d)
+source "$(dirname "$0")/lib/expect.bash"
+source "$(dirname "$0")/lib/model_refs.bash"
+cluster="$data/cluster"
+golden="$data/golden"
+launched=()
+trap 'for p in "${launched[@]}"; do kill -9 "$p" 2>/dev/null; done; rm -rf "$work"' EXIT
+
+if ! command -v mpirun >/dev/null; then
+    echo "SKIP: mpirun is not installed (make deps installs openmpi-bin)"
+    exit 77
+fi
+mpi=(mpirun --oversubscribe --bind-to none)
+[ "$(id -u)" = 0 ] && mpi+=(--allow-run-as-root)
+# Shared memory between the ranks without the kernel's cross-memory attach, which containers
+# often forbid; the exchange is small and either path carries it.
+export OMPI_MCA_btl_vader_single_copy_mechanism=none
+
+fail() {
+    failed=$((failed + 1))
+    echo "FAIL: $*"
+}
+
+# A plan over `topology` for a model with `layers` (MoE layer numbers) and `experts`: even experts
+# in alpha's memory, odd ones and a second replica of expert 0 on npu0.
+split_plan() { # split_plan TOPOLOGY MODEL "LAYERS" EXPERTS
+    echo "moira_plan: 1"
+    echo "topology: $1"
+    echo "model: $2"
+    echo "layers:"
+    for l in $3; do
+        local even odd
+        even=$(seq -s ', ' 0 2 $(($4 - 1)))
+        odd=$(seq -s ', ' 1 2 $(($4 - 1)))
+        printf '  - layer: %s\n    devices:\n' "$l"
+        printf '      alpha/numa0: {experts: [%s]}\n      npu0: {experts: [0, %s]}\n' "$even" "$odd"
+    done
+}
+
+# --- moira run --inputs -o: two ranks write what one process writes --------------------------
+split_plan two-host-local layer_v3 "0 1" 32 >"$work/v3-two.yaml"
+split_plan one-host-local layer_v3 "0 1" 32 >"$work/v3-one.yaml"
+v3=(run --model "$golden/layer_v3.json" --inputs "$golden/layer_v3.inputs.safetensors" --iters 1)
+expect 0 "run, one process" -- "$moira" "${v3[@]}" --topology "$cluster/one-host.yaml" \
+    --plan "$work/v3-one.yaml" -o "$work/one.safetensors"
+expect 0 "run, two ranks" -- "${mpi[@]}" -np 2 "$moira" "${v3[@]}" \
+    --topology "$cluster/two-host.yaml" --plan "$work/v3-two.yaml" -o "$work/two.safetensors"
+check "the report names both hosts" "2 devices hold experts on 2 hosts" "$work/out"
+check "network table" "^LAYER +NETWORK KB +PREDICTED KB +EXCHANGE ms" "$work/out"
+check "the npu on rank 1 is in the device table" "^npu0 +npu:0 " "$work/out"
+check "its check agreed" "^npu0 +npu:0 .* agreed$" "$work/out"
+cmp -s "$work/one.safetensors" "$work/two.safetensors" && passed=$((passed + 1)) ||
+    fail "two ranks' output differs from one process's"
+check "and agreed with the fp64 reference" "^check +every layer vs the reference .* -> agreed" "$work/out"
+
+# --- network bytes: every routed expert on beta, so every token crosses once per MoE layer ----
+# moira-tiny: D = 256, k = 4. A dispatched row is D f32 + k replica numbers + k weights, a
+# returned row D f32: (256 + 8) * 4 + 256 * 4 = 2080 bytes per token, 16 tokens: 33280 per layer.
+expect 0 "run with every expert on beta" -- "${mpi[@]}" -np 2 "$moira" run --tokens 16 --iters 2 \
+    --topology "$cluster/two-host.yaml" --plan "$cluster/remote-two-host.yaml" --json
+cp "$work/out" "$work/remote.json"
+python3 - "$work/remote.json" <<'PY' && passed=$((passed + 1)) || fail "network bytes"
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["ranks"] == 2, r["ranks"]
+moe = [l for l in r["layers"] if l["kind"] == "moe"]
+assert len(moe) == 3
+for l in moe:
+    assert l["network_bytes"] == 16 * 2080, (l["layer"], l["network_bytes"])
+    assert l["predicted_network_bytes"] == l["network_bytes"], l
+PY
+
+# --- greedy generation: two ranks generate what one process generates ----------------------
+"$bin/moira-test-checkpoint" --out "$work/bf16" --dtype bf16 --seed 3 --tokenizer "$tokenizer" \
+    >/dev/null || { echo "FAIL: writing the checkpoint"; exit 1; }
+split_plan two-host-local bf16 "1 2" 16 >"$work/gen-two.yaml"
+split_plan one-host-local bf16 "1 2" 16 >"$work/gen-one.yaml"
+gen=(generate --model "$work/bf16" --temperature 0 --max-tokens 12 --json --prompt "Moira spins")
+expect 0 "generate, one process" -- "$moira" "${gen[@]}" --topology "$cluster/one-host.yaml" \
+    --plan "$work/gen-one.yaml" --logits-out "$work/one-logits.safetensors"
+cp "$work/out" "$work/one.json"
+expect 0 "generate, two ranks" -- "${mpi[@]}" -np 2 "$moira" "${gen[@]}" \
+    --topology "$cluster/two-host.yaml" --plan "$work/gen-two.yaml" \
+    --logits-out "$work/two-logits.safetensors"
+cp "$work/out" "$work/two.json"
+python3 - "$work/one.json" "$work/two.json" <<'PY' && passed=$((passed + 1)) || fail "generated ids"
+import json, sys
+one, two = (json.load(open(p)) for p in sys.argv[1:])
+assert len(one["ids"]) == 12 and one["ids"] == two["ids"], (one["ids"], two["ids"])
+PY
+cmp -s "$work/one-logits.safetensors" "$work/two-logits.safetensors" &&
+    passed=$((passed + 1)) || fail "two ranks' logits differ from one process's"
+
+# --- bad starts: exit 2 ---------------------------------------------------------------------
+expect 2 "three ranks for two hosts" -- "${mpi[@]}" -np 3 "$moira" run --tokens 4 --iters 1 \
+    --topology "$cluster/two-host.yaml" --plan "$cluster/split-two-host.yaml"
+expect_stderr "3 ranks were started for a topology of 2 hosts .*mpirun -np 2" "rank count named"
+expect 2 "a two-host plan in one process" -- "$moira" run --tokens 4 --iters 1 \
+    --topology "$cluster/two-host.yaml" --plan "$cluster/split-two-host.yaml"
+expect_stderr "places experts on hosts \"alpha\" and \"beta\".*mpirun -np 2" "one process refuses"
+expect 2 "a verb that runs on one host" -- "${mpi[@]}" -np 2 "$moira" devices
+expect_stderr "runs on one host" "devices under mpirun"
+
+# --- faults: a rank killed, a rank stalled ----------------------------------------------------
+# The rank of a process under mpirun, from its environment.
+rank_pid() { # rank_pid RANK: the pid of that rank of the job started last
+    local pid
+    for pid in $(pgrep -f "moira run --tokens 16 --iters 1000000"); do
+        tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$1" &&
+            { echo "$pid"; return; }
+    done
+}
+
+# Starts a run that would go on for hours, waits until rank 1 is serving, applies SIGNAL to it,
+# then gives the job 30 s to end.
+fault() { # fault NAME SIGNAL PATTERN
+    "${mpi[@]}" -np 2 "$moira" run --tokens 16 --iters 1000000 --network-timeout 5 \
+        --topology "$cluster/two-host.yaml" --plan "$cluster/split-two-host.yaml" \
+        >"$work/fault.out" 2>"$work/fault.err" &
+    local job=$! target="" waited
+    launched+=("$job")
+    for waited in $(seq 1 100); do
+        target=$(rank_pid 1)
+        [ -n "$target" ] && [ -n "$(rank_pid 0)" ] && break
+        sleep 0.1
+    done
+    [ -n "$target" ] || { fail "$1: rank 1 never started"; kill -9 "$job"; return; }
+    sleep 1.5 # both ranks loaded and exchanging
+    launched+=("$target")
+    local start=$SECONDS
+    kill -"$2" "$target"
+    for waited in $(seq 1 300); do
+        kill -0 "$job" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$job" 2>/dev/null; then
+        fail "$1: the job still runs 30 s after rank 1 was sent SIG$2"
+        pkill -9 -f "moira run --tokens 16 --iters 1000000"
+        return
+    fi
+    wait "$job"
+    local code=$?
+    [ "$code" -ne 0 ] && passed=$((passed + 1)) || fail "$1: mpirun exited 0"
+    echo "$1: ended in $((SECONDS - start)) s, exit $code" >>"$work/fault.times"
+    grep -qE -- "$3" "$work/fault.err" && passed=$((passed + 1)) ||
+        { fail "$1: stderr lacks /$3/"; sed 's/^/  | /' "$work/fault.err" | head -8; }
+    [ -z "$(pgrep -f "moira run --tokens 16 --iters 1000000")" ] && passed=$((passed + 1)) ||
+        { fail "$1: a rank outlived the job"; pkill -9 -f "moira run --tokens 16 --iters 1000000"; }
+}
+fault "rank 1 killed" KILL "rank 1 .*(exited on signal 9|Killed)"
+fault "rank 1 stalled" STOP "rank 0 \(alpha\): no answer from rank 1 \(beta\) within 5 s"
+
+echo "cluster: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
