@@ -36,14 +36,12 @@ double moira_cost_target_us(const moira_cost_model_t *cost, const moira_target_t
                             double tokens, double active_replicas) {
     if (tokens <= 0 && active_replicas <= 0) return 0;
     double peak = moira_target_peak_tflops(target, cost->weight_dtype);
+    double bandwidth = moira_target_bandwidth_gbs(target), link = moira_target_link_gbs(target);
     double compute_us = peak > 0 ? tokens * cost->flops_per_token / (peak * 1e6) : 1e30;
-    double memory_us = target->bandwidth_gbs > 0
-                           ? active_replicas * cost->expert_bytes / (target->bandwidth_gbs * 1e3)
-                           : 1e30;
-    double link_us = target->link_gbs > 0
-                         ? moira_cost_link_bytes(cost, target, tokens) / (target->link_gbs * 1e3)
-                         : 0;
-    return (compute_us > memory_us ? compute_us : memory_us) + link_us;
+    double memory_us =
+        bandwidth > 0 ? active_replicas * cost->expert_bytes / (bandwidth * 1e3) : 1e30;
+    double link_us = link > 0 ? moira_cost_link_bytes(cost, target, tokens) / (link * 1e3) : 0;
+    return target->measured.launch_us + (compute_us > memory_us ? compute_us : memory_us) + link_us;
 }
 
 size_t moira_cost_scratch_doubles(const moira_cost_model_t *cost,

@@ -1,6 +1,9 @@
 /* The cost model: how long one MoE layer takes on a placement (DESIGN.md §5, issue #5).
  *
- * Per target: max(compute, weight bytes touched / bandwidth) + activation transfer over its link.
+ * Per target: launch + max(compute, weight bytes touched / bandwidth) + activation transfer over
+ * its link. Each figure is the measured one when `moira calibrate` gave it (moira_measured_t),
+ * else the topology's; launch is 0 without calibration.
+ *   launch           = the measured fixed cost of one layer's expert work on the target
  *   compute          = routed tokens x 6 D I flops / peak (the three expert matmuls)
  *   weights touched  = expected replicas read x expert bytes: loads are expected loads, so a
  *                      replica expecting l of the batch's T tokens is read with the probability

@@ -5,20 +5,36 @@
 
 #include "placement/reserve.h"
 
-/* Bandwidth (GB/s) and peak (TFLOP/s for the model's weights) the home would compute with. */
+/* The target whose calibrated home figures apply: the device itself, or for CPU memory the
+ * host's first NUMA node, where `moira calibrate` writes the whole host's (the cpu device runs
+ * the home on every core). */
+static const moira_target_t *home_measured_at(const moira_topology_t *topology, int home) {
+    const moira_target_t *h = &topology->targets[home];
+    if (h->kind != MOIRA_TARGET_NUMA) return h;
+    for (int i = 0; i < topology->n_targets; i++)
+        if (topology->targets[i].kind == MOIRA_TARGET_NUMA && topology->targets[i].host == h->host)
+            return &topology->targets[i];
+    return h;
+}
+
+/* Bandwidth (GB/s) and peak (TFLOP/s for the model's weights) the home would compute with: the
+ * calibrated home throughput when there is one. */
 static void home_speed(const moira_topology_t *topology, int home, moira_dtype_t dtype,
                        double *out_gbs, double *out_tflops) {
     const moira_target_t *h = &topology->targets[home];
-    *out_gbs = h->bandwidth_gbs;
+    *out_gbs = moira_target_bandwidth_gbs(h);
     *out_tflops = moira_target_peak_tflops(h, dtype);
-    if (h->kind != MOIRA_TARGET_NUMA) return;
-    *out_gbs = *out_tflops = 0;
-    for (int i = 0; i < topology->n_targets; i++) {
-        const moira_target_t *t = &topology->targets[i];
-        if (t->kind != MOIRA_TARGET_NUMA || t->host != h->host) continue;
-        *out_gbs += t->bandwidth_gbs;
-        *out_tflops += moira_target_peak_tflops(t, dtype);
+    if (h->kind == MOIRA_TARGET_NUMA) {
+        *out_gbs = *out_tflops = 0;
+        for (int i = 0; i < topology->n_targets; i++) {
+            const moira_target_t *t = &topology->targets[i];
+            if (t->kind != MOIRA_TARGET_NUMA || t->host != h->host) continue;
+            *out_gbs += moira_target_bandwidth_gbs(t);
+            *out_tflops += moira_target_peak_tflops(t, dtype);
+        }
     }
+    const moira_target_t *measured = home_measured_at(topology, home);
+    if (measured->measured.home_tflops > 0) *out_tflops = measured->measured.home_tflops;
 }
 
 double moira_home_layer_us(const moira_topology_t *topology, int home,
@@ -29,7 +45,8 @@ double moira_home_layer_us(const moira_topology_t *topology, int home,
     double params = rest / (double)moira_dtype_size(model->weight_dtype);
     double memory_us = gbs > 0 ? rest / (gbs * 1e3) : 1e30;
     double compute_us = tflops > 0 ? 2.0 * params * tokens / (tflops * 1e6) : 1e30;
-    return memory_us > compute_us ? memory_us : compute_us;
+    double launch_us = home_measured_at(topology, home)->measured.home_launch_us;
+    return launch_us + (memory_us > compute_us ? memory_us : compute_us);
 }
 
 int moira_home_choose(const moira_topology_t *topology, const moira_model_config_t *model,

@@ -8,9 +8,11 @@
 #include "runtime/model_config.h"
 
 /* Microseconds the home needs for decoder layer `layer` over `tokens` tokens on target `home`:
- * max(its weights (moira_model_layer_bytes' rest) / bandwidth, 2 x their parameters x tokens /
- * peak). CPU memory as home is the whole host's CPU memory (the cpu device uses every core and
- * node): the host's NUMA targets' bandwidths and peaks summed. */
+ * launch + max(its weights (moira_model_layer_bytes' rest) / bandwidth, 2 x their parameters x
+ * tokens / peak). CPU memory as home is the whole host's CPU memory (the cpu device uses every
+ * core and node): the host's NUMA targets' bandwidths and peaks summed. Calibrated figures
+ * (measured home_launch_us and home_tflops; for CPU memory the host's first NUMA node's) win;
+ * launch is 0 without them. */
 double moira_home_layer_us(const moira_topology_t *topology, int home,
                            const moira_model_config_t *model, int64_t layer, double tokens);
 

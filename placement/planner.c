@@ -257,7 +257,8 @@ static int by_speed_descending(const void *pa, const void *pb, void *context) {
     const layer_state_t *s = context;
     int a = *(const int *)pa, b = *(const int *)pb;
     if (s->peak[a] != s->peak[b]) return s->peak[a] > s->peak[b] ? -1 : 1;
-    double ba = s->topology->targets[a].bandwidth_gbs, bb = s->topology->targets[b].bandwidth_gbs;
+    double ba = moira_target_bandwidth_gbs(&s->topology->targets[a]);
+    double bb = moira_target_bandwidth_gbs(&s->topology->targets[b]);
     if (ba != bb) return ba > bb ? -1 : 1;
     return a - b;
 }

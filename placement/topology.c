@@ -36,13 +36,31 @@ int moira_topology_find_target(const moira_topology_t *topology, const char *nam
     return -1;
 }
 
-double moira_target_peak_tflops(const moira_target_t *target, moira_dtype_t weight_dtype) {
-    if (weight_dtype < MOIRA_DTYPE_COUNT && target->peak_tflops[weight_dtype] > 0)
-        return target->peak_tflops[weight_dtype];
+/* A peak table's figure for `weight_dtype`, widening as moira_target_peak_tflops says. */
+static double peak_of(const double *peaks, moira_dtype_t weight_dtype) {
+    if (weight_dtype < MOIRA_DTYPE_COUNT && peaks[weight_dtype] > 0) return peaks[weight_dtype];
     static const moira_dtype_t widening[] = {MOIRA_DTYPE_BF16, MOIRA_DTYPE_F16, MOIRA_DTYPE_F32};
     for (size_t i = 0; i < sizeof(widening) / sizeof(widening[0]); i++)
-        if (target->peak_tflops[widening[i]] > 0) return target->peak_tflops[widening[i]];
+        if (peaks[widening[i]] > 0) return peaks[widening[i]];
     return 0;
+}
+
+/* Measured throughput first: what the device delivered beats what its data sheet says. */
+double moira_target_peak_tflops(const moira_target_t *target, moira_dtype_t weight_dtype) {
+    double measured = peak_of(target->measured.tflops, weight_dtype);
+    return measured > 0 ? measured : peak_of(target->peak_tflops, weight_dtype);
+}
+
+/* Measured bandwidth first, as for the peak. */
+double moira_target_bandwidth_gbs(const moira_target_t *target) {
+    return target->measured.bandwidth_gbs > 0 ? target->measured.bandwidth_gbs
+                                              : target->bandwidth_gbs;
+}
+
+/* CPU memory has no link (its activations are already there), whatever a file says. */
+double moira_target_link_gbs(const moira_target_t *target) {
+    if (target->kind == MOIRA_TARGET_NUMA) return 0;
+    return target->measured.link_gbs > 0 ? target->measured.link_gbs : target->link_gbs;
 }
 
 /* The array grows by doubling; a topology has at most a few hundred targets. */
@@ -64,10 +82,12 @@ typedef struct parse_ctx {
     const moira_discovery_devices_t *devices;
 } parse_ctx_t;
 
-/* `peak_tflops: {f32: 2.5, bf16: 10}`; keys are Moira's dtype names (fp8 for fp8_e4m3). */
-static moira_status_t parse_peaks(parse_ctx_t *ctx, const yaml_node_t *node, moira_target_t *t) {
+/* `peak_tflops: {f32: 2.5, bf16: 10}` (or measured `tflops:`, named `what` in messages); keys are
+ * Moira's dtype names (fp8 for fp8_e4m3). */
+static moira_status_t parse_peaks(parse_ctx_t *ctx, const yaml_node_t *node, const char *what,
+                                  double *peaks) {
     moira_yaml_doc_t *doc = ctx->doc;
-    MOIRA_RETURN_IF_ERROR(moira_yaml_expect_mapping(doc, node, "peak_tflops"));
+    MOIRA_RETURN_IF_ERROR(moira_yaml_expect_mapping(doc, node, what));
     static const char *const keys[] = {"f32", "f16", "bf16", "fp8", "fp8_e4m3", NULL};
     static const moira_dtype_t dtypes[] = {MOIRA_DTYPE_F32, MOIRA_DTYPE_F16, MOIRA_DTYPE_BF16,
                                            MOIRA_DTYPE_F8_E4M3, MOIRA_DTYPE_F8_E4M3};
@@ -76,12 +96,12 @@ static moira_status_t parse_peaks(parse_ctx_t *ctx, const yaml_node_t *node, moi
     for (int k = 0; keys[k]; k++) {
         yaml_node_t *value = moira_yaml_get(doc, node, keys[k]);
         if (!value) continue;
-        char what[48];
-        snprintf(what, sizeof(what), "peak_tflops.%s", keys[k]);
-        MOIRA_RETURN_IF_ERROR(moira_yaml_number(doc, value, what, 0, &t->peak_tflops[dtypes[k]]));
-        any = any || t->peak_tflops[dtypes[k]] > 0;
+        char name[48];
+        snprintf(name, sizeof(name), "%s.%s", what, keys[k]);
+        MOIRA_RETURN_IF_ERROR(moira_yaml_number(doc, value, name, 0, &peaks[dtypes[k]]));
+        any = any || peaks[dtypes[k]] > 0;
     }
-    if (!any) return moira_yaml_fail(doc, node, "peak_tflops needs at least one positive value");
+    if (!any) return moira_yaml_fail(doc, node, "%s needs at least one positive value", what);
     return MOIRA_OK_STATUS;
 }
 
@@ -106,11 +126,42 @@ static moira_status_t check_unique_name(parse_ctx_t *ctx, const yaml_node_t *at,
     return moira_yaml_fail(ctx->doc, at, "duplicate name \"%s\"", name);
 }
 
+/* `measured: {bandwidth_gbs, tflops: {f32, bf16}, launch_us, link_gbs, home_launch_us,
+ * home_tflops}` as `moira calibrate` writes it; every key optional, none negative, rates positive.
+ */
+static moira_status_t parse_measured(parse_ctx_t *ctx, const yaml_node_t *node,
+                                     moira_measured_t *m) {
+    moira_yaml_doc_t *doc = ctx->doc;
+    static const char *const keys[] = {"bandwidth_gbs",  "tflops",      "launch_us", "link_gbs",
+                                       "home_launch_us", "home_tflops", NULL};
+    MOIRA_RETURN_IF_ERROR(moira_yaml_expect_mapping(doc, node, "measured"));
+    MOIRA_RETURN_IF_ERROR(moira_yaml_check_keys(doc, node, keys));
+    static const char *const rates[] = {"bandwidth_gbs", "link_gbs", "home_tflops"};
+    double *rate_values[] = {&m->bandwidth_gbs, &m->link_gbs, &m->home_tflops};
+    for (int i = 0; i < 3; i++) {
+        yaml_node_t *v = moira_yaml_get(doc, node, rates[i]);
+        if (!v) continue;
+        char what[48];
+        snprintf(what, sizeof(what), "measured.%s", rates[i]);
+        MOIRA_RETURN_IF_ERROR(moira_yaml_number(doc, v, what, 0, rate_values[i]));
+        if (!(*rate_values[i] > 0)) return moira_yaml_fail(doc, v, "%s must be positive", what);
+    }
+    yaml_node_t *v = moira_yaml_get(doc, node, "launch_us");
+    if (v) MOIRA_RETURN_IF_ERROR(moira_yaml_number(doc, v, "measured.launch_us", 0, &m->launch_us));
+    if ((v = moira_yaml_get(doc, node, "home_launch_us")))
+        MOIRA_RETURN_IF_ERROR(
+            moira_yaml_number(doc, v, "measured.home_launch_us", 0, &m->home_launch_us));
+    if ((v = moira_yaml_get(doc, node, "tflops"))) {
+        MOIRA_RETURN_IF_ERROR(parse_peaks(ctx, v, "measured.tflops", m->tflops));
+    }
+    return MOIRA_OK_STATUS;
+}
+
 /* One NUMA node of a host: a CPU-memory target named HOST/numaID. */
 static moira_status_t parse_numa_node(parse_ctx_t *ctx, int host, const yaml_node_t *node) {
     moira_yaml_doc_t *doc = ctx->doc;
-    static const char *const keys[] = {"id",    "memory_gib",  "bandwidth_gbs",
-                                       "cores", "peak_tflops", NULL};
+    static const char *const keys[] = {
+        "id", "memory_gib", "bandwidth_gbs", "cores", "peak_tflops", "measured", NULL};
     MOIRA_RETURN_IF_ERROR(moira_yaml_expect_mapping(doc, node, "a NUMA node"));
     MOIRA_RETURN_IF_ERROR(moira_yaml_check_keys(doc, node, keys));
     moira_target_t t;
@@ -136,7 +187,9 @@ static moira_status_t parse_numa_node(parse_ctx_t *ctx, int host, const yaml_nod
     MOIRA_RETURN_IF_ERROR(moira_yaml_int(doc, v, "cores", 0, 1 << 20, &cores));
     t.cores = (int)cores;
     MOIRA_RETURN_IF_ERROR(moira_yaml_require(doc, node, "peak_tflops", "a NUMA node", &v));
-    MOIRA_RETURN_IF_ERROR(parse_peaks(ctx, v, &t));
+    MOIRA_RETURN_IF_ERROR(parse_peaks(ctx, v, "peak_tflops", t.peak_tflops));
+    if ((v = moira_yaml_get(doc, node, "measured")))
+        MOIRA_RETURN_IF_ERROR(parse_measured(ctx, v, &t.measured));
     return moira_topology_add_target(ctx->topology, &t);
 }
 
@@ -186,7 +239,7 @@ static moira_status_t parse_device(parse_ctx_t *ctx, int host, const yaml_node_t
     moira_yaml_doc_t *doc = ctx->doc;
     static const char *const keys[] = {"name",       "kind",          "backend",     "select",
                                        "memory_gib", "bandwidth_gbs", "peak_tflops", "numa",
-                                       "link_gbs",   "pci_bus_id",    NULL};
+                                       "link_gbs",   "pci_bus_id",    "measured",    NULL};
     MOIRA_RETURN_IF_ERROR(moira_yaml_expect_mapping(doc, node, "a device"));
     MOIRA_RETURN_IF_ERROR(moira_yaml_check_keys(doc, node, keys));
     moira_target_t t;
@@ -228,7 +281,7 @@ static moira_status_t parse_device(parse_ctx_t *ctx, int host, const yaml_node_t
     MOIRA_RETURN_IF_ERROR(moira_yaml_number(doc, v, "bandwidth_gbs", 0, &t.bandwidth_gbs));
     if (t.bandwidth_gbs <= 0) return moira_yaml_fail(doc, v, "bandwidth_gbs must be positive");
     MOIRA_RETURN_IF_ERROR(moira_yaml_require(doc, node, "peak_tflops", "a device", &v));
-    MOIRA_RETURN_IF_ERROR(parse_peaks(ctx, v, &t));
+    MOIRA_RETURN_IF_ERROR(parse_peaks(ctx, v, "peak_tflops", t.peak_tflops));
     MOIRA_RETURN_IF_ERROR(moira_yaml_require(doc, node, "link_gbs", "a device", &v));
     MOIRA_RETURN_IF_ERROR(moira_yaml_number(doc, v, "link_gbs", 0, &t.link_gbs));
     if (t.link_gbs <= 0) return moira_yaml_fail(doc, v, "link_gbs must be positive");
@@ -243,6 +296,8 @@ static moira_status_t parse_device(parse_ctx_t *ctx, int host, const yaml_node_t
                                    (long long)numa, ctx->topology->hosts[host].name);
         t.numa = (int)numa;
     }
+    if ((v = moira_yaml_get(doc, node, "measured")))
+        MOIRA_RETURN_IF_ERROR(parse_measured(ctx, v, &t.measured));
     return moira_topology_add_target(ctx->topology, &t);
 }
 

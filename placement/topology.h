@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "runtime/device.h"
 #include "runtime/dtype.h"
@@ -27,6 +28,17 @@ typedef enum moira_target_kind {
 /* "numa", "gpu", "npu". Static storage. */
 const char *moira_target_kind_name(moira_target_kind_t kind);
 
+/* What `moira calibrate` timed on the real device (DESIGN.md §5 `measured:`); 0 where nothing was
+ * measured. The cost model prefers each measured figure to the specified one. A plain value. */
+typedef struct moira_measured {
+    double bandwidth_gbs;             /* expert weight reads, GB/s */
+    double tflops[MOIRA_DTYPE_COUNT]; /* expert FFN throughput by weight dtype, TFLOP/s */
+    double launch_us;                 /* fixed cost of one layer's expert work on it */
+    double link_gbs;                  /* host <-> device copies, GB/s */
+    double home_launch_us;            /* fixed cost of one layer's home work run here */
+    double home_tflops;               /* the home's throughput (attention, shared experts) */
+} moira_measured_t;
+
 typedef struct moira_target {
     char name[MOIRA_TARGET_NAME_MAX]; /* "gpu0", or "node0/numa1" for CPU memory */
     char backend[16];                 /* "opencl", "npu"; "cpu" for NUMA targets */
@@ -40,8 +52,9 @@ typedef struct moira_target {
     uint64_t reserve_bytes; /* kept free of experts by the planner (placement/reserve.h); 0 none */
     double bandwidth_gbs;   /* memory bandwidth, GB/s (1e9 bytes/s) */
     double peak_tflops[MOIRA_DTYPE_COUNT]; /* by compute dtype; 0 = not supported or unknown */
-    double link_gbs;  /* device <-> host memory link; 0 for CPU memory (activations are local) */
-    int line, column; /* where the file declared it; 0 when discovered or built in code */
+    double link_gbs; /* device <-> host memory link; 0 for CPU memory (activations are local) */
+    moira_measured_t measured; /* calibrated figures; zeroed when not calibrated */
+    int line, column;          /* where the file declared it; 0 when discovered or built in code */
 } moira_target_t;
 
 typedef struct moira_host {
@@ -127,9 +140,19 @@ moira_status_t moira_topology_add_target(moira_topology_t *topology, const moira
 int moira_topology_find_target(const moira_topology_t *topology, const char *name);
 
 /* The peak TFLOP/s a target reaches on experts stored as `weight_dtype`: that dtype's peak when
- * the target has one, else bf16, f16, f32 in that order (weights are widened to compute). 0 when
- * it reports none. */
+ * the target has one, else bf16, f16, f32 in that order (weights are widened to compute); the
+ * measured figures when calibration gave any, else the specified ones. 0 when it reports none. */
 double moira_target_peak_tflops(const moira_target_t *target, moira_dtype_t weight_dtype);
+
+/* The figures the cost model uses: the measured one where calibration gave it, else the
+ * specified one. Link: 0 for CPU memory. */
+double moira_target_bandwidth_gbs(const moira_target_t *target);
+double moira_target_link_gbs(const moira_target_t *target);
+
+/* Writes `topology` as a topology file (YAML, or JSON with `json`) that moira_topology_load reads
+ * back to the same targets: discovered hosts are written out as what was found, with each
+ * target's `measured:` figures. `out` is borrowed. False when a write failed. */
+bool moira_topology_write_stream(const moira_topology_t *topology, FILE *out, bool json);
 
 /* Releases a topology's arrays and zeroes it. Accepts a zeroed topology. */
 void moira_topology_free(moira_topology_t *topology);

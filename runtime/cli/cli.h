@@ -22,6 +22,7 @@ int moira_cli_chat(int argc, char **argv);
 int moira_cli_serve(int argc, char **argv);
 int moira_cli_compare(int argc, char **argv);
 int moira_cli_quantize(int argc, char **argv);
+int moira_cli_calibrate(int argc, char **argv);
 
 /* Prints a usage error ("moira VERB: message; see moira VERB --help") and returns exit code 2. */
 int moira_cli_usage_error(const char *verb, const char *fmt, ...)
@@ -38,6 +39,13 @@ moira_status_t moira_cli_device_infos(moira_device_info_t **out_infos, int *out_
 /* The registered backends' names (static storage) into `names`, at most `capacity`; returns how
  * many. What topology loading checks a device's `backend:` against. */
 int moira_cli_backend_names(const char **names, int capacity);
+
+/* The topology at `path` (NULL: this machine, discovered), its devices' backends checked against
+ * the registered ones; emulated devices included with `with_emulated` or MOIRA_NPU_DEVICES.
+ * Caller frees *out with moira_topology_free. */
+struct moira_topology;
+moira_status_t moira_cli_load_topology(const char *path, bool with_emulated,
+                                       struct moira_topology *out);
 
 /* Writes `text` as a JSON string literal (quotes and escapes included). */
 void moira_cli_json_string(FILE *out, const char *text);

@@ -278,19 +278,9 @@ static moira_status_t rescore(const plan_args_t *a, moira_plan_t *plan,
 
 /* Loads the inputs, plans (or checks a plan), writes what was asked for. */
 static moira_status_t run_plan(const plan_args_t *a) {
-    moira_device_info_t *infos = NULL;
-    int n_infos = 0;
-    MOIRA_RETURN_IF_ERROR(moira_cli_device_infos(&infos, &n_infos));
-    const char *backends[16];
-    moira_discovery_devices_t devices = {infos, n_infos, backends,
-                                         moira_cli_backend_names(backends, 16),
-                                         a->with_emulated || getenv("MOIRA_NPU_DEVICES")};
     moira_topology_t topology;
-    moira_status_t status = a->topology_path
-                                ? moira_topology_load(a->topology_path, &devices, &topology)
-                                : moira_topology_discover_local(&devices, &topology);
-    free(infos);
-    if (status) return status;
+    MOIRA_RETURN_IF_ERROR(moira_cli_load_topology(a->topology_path, a->with_emulated, &topology));
+    moira_status_t status = MOIRA_OK_STATUS;
     moira_model_config_t model;
     if (a->model_path)
         status = moira_model_config_load(a->model_path, &model);

@@ -25,6 +25,8 @@ static const verb_t verbs[] = {
      "run a model, its experts where a plan puts them (bare: the default model, planned "
      "here)"},
     {"plan", moira_cli_plan, "place expert replicas on a topology's devices and CPU memory"},
+    {"calibrate", moira_cli_calibrate,
+     "time each device on a model's shapes and write the topology with measured figures"},
     {"bench", moira_cli_bench, "run a named benchmark against its peer (moira bench --help)"},
     {"generate", moira_cli_generate,
      "continue a prompt or a conversation with a Hugging Face model directory"},

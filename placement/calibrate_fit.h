@@ -1,0 +1,40 @@
+/* Calibration's arithmetic (DESIGN.md §6 `moira calibrate`): from busy times measured on a device
+ * at a few batch sizes, the figures of the cost model's form that reproduce them best.
+ *
+ * The form is the cost model's (placement/cost_model.h): a layer's work on a device takes
+ *   launch + max(reads x us_per_read, tokens x us_per_token)
+ * where reads are the expert replicas it reads and tokens the (token, expert) assignments it
+ * computes (for the home: one read of its weights and the batch's tokens). A memory-bound point
+ * fixes us_per_read, a compute-bound one us_per_token, and two points in one regime the launch.
+ * Which point is in which regime is not known beforehand, so every consistent choice is tried and
+ * the one whose worst ratio of predicted to measured time is nearest 1 wins. */
+#ifndef MOIRA_PLACEMENT_CALIBRATE_FIT_H
+#define MOIRA_PLACEMENT_CALIBRATE_FIT_H
+
+#include "runtime/status.h"
+
+/* One measurement, per layer. A plain value. */
+typedef struct moira_calibration_point {
+    double reads;   /* replicas read (> 0) */
+    double tokens;  /* assignments computed (> 0) */
+    double busy_us; /* measured time, transfers over the link already taken out (> 0) */
+} moira_calibration_point_t;
+
+/* A plain value. */
+typedef struct moira_calibration_fit {
+    double launch_us;    /* >= 0 */
+    double us_per_read;  /* > 0 */
+    double us_per_token; /* > 0 */
+    double worst_ratio;  /* max over the points of max(predicted/measured, measured/predicted) */
+} moira_calibration_fit_t;
+
+/* Fits `n` (2 to 8) points. With fixed_us_per_read > 0 that figure is kept (the home's weights
+ * read at a bandwidth the experts measured) and only launch and us_per_token are fitted.
+ * INVALID_ARGUMENT when a point is not positive or n is out of range. */
+moira_status_t moira_calibration_fit(const moira_calibration_point_t *points, int n,
+                                     double fixed_us_per_read, moira_calibration_fit_t *out);
+
+/* What the fitted form predicts for one point. */
+double moira_calibration_predict(const moira_calibration_fit_t *fit, double reads, double tokens);
+
+#endif
