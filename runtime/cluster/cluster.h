@@ -57,6 +57,10 @@ _Noreturn void moira_cluster_abort(moira_cluster_t *cluster, int exit_code, cons
  * setting up, which takes each rank its own time (loading weights). */
 void moira_cluster_barrier(moira_cluster_t *cluster, double timeout_s, const char *what);
 
+/* Every rank offers `value` (a fingerprint of what it is about to run); returns the first rank
+ * whose value differs from rank 0's, or -1 when all agree. Bounded by the timeout. */
+int moira_cluster_first_different(moira_cluster_t *cluster, uint64_t value, const char *what);
+
 /* Rank `root` sends `bytes` at `data` to every other rank, which receive them into `data`;
  * bounded by the cluster's timeout (aborts the job past it, naming the root). */
 void moira_cluster_broadcast(moira_cluster_t *cluster, int root, void *data, size_t bytes,

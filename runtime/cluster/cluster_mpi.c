@@ -186,6 +186,21 @@ void moira_cluster_barrier(moira_cluster_t *c, double timeout_s, const char *wha
     wait_all(c, &request, NULL, 1, moira_now_seconds(), timeout_s, what);
 }
 
+int moira_cluster_first_different(moira_cluster_t *c, uint64_t value, const char *what) {
+    uint64_t *all = calloc((size_t)c->size, sizeof(uint64_t));
+    if (!all) moira_cluster_abort(c, 1, "out of memory during %s", what);
+    MPI_Request request;
+    if (MPI_Iallgather(&value, 1, MPI_UINT64_T, all, 1, MPI_UINT64_T, MPI_COMM_WORLD, &request) !=
+        MPI_SUCCESS)
+        moira_cluster_abort(c, 1, "MPI failed during %s", what);
+    wait_all(c, &request, NULL, 1, moira_now_seconds(), c->timeout_s, what);
+    int first = -1;
+    for (int r = 1; r < c->size && first < 0; r++)
+        if (all[r] != all[0]) first = r;
+    free(all);
+    return first;
+}
+
 void moira_cluster_broadcast(moira_cluster_t *c, int root, void *data, size_t bytes,
                              const char *what) {
     MPI_Request request;

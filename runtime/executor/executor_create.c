@@ -6,6 +6,7 @@
 
 #include "placement/network_cost.h"
 #include "runtime/executor/executor_internal.h"
+#include "runtime/hash.h"
 
 #define EXEC_ALIGN 256
 
@@ -267,6 +268,41 @@ static moira_status_t open_all(moira_executor_t *e, const moira_exec_config_t *c
     return status;
 }
 
+/* What every rank must agree on: the model's shape, the largest batch, the topology's targets and
+ * hosts, and every replica of the plan. */
+static uint64_t run_fingerprint(const moira_executor_t *e) {
+    const moira_model_config_t *m = e->model;
+    int64_t shape[] = {m->hidden_size,         m->num_hidden_layers,     m->n_routed_experts,
+                       m->num_experts_per_tok, m->moe_intermediate_size, e->max_tokens,
+                       e->topology->n_targets, e->topology->n_hosts,     e->plan->n_layers};
+    uint64_t h = moira_fnv1a64(MOIRA_FNV1A64_BASIS, shape, sizeof(shape));
+    for (int t = 0; t < e->topology->n_targets; t++) {
+        const moira_target_t *target = &e->topology->targets[t];
+        h = moira_fnv1a64(h, target->name, strlen(target->name));
+        h = moira_fnv1a64(h, &target->host, sizeof(target->host));
+    }
+    for (int l = 0; l < e->plan->n_layers; l++) {
+        const moira_plan_layer_t *layer = &e->plan->layers[l];
+        h = moira_fnv1a64(h, &layer->layer, sizeof(layer->layer));
+        h = moira_fnv1a64(h, layer->replica_target, (size_t)layer->n_replicas * sizeof(int));
+        h = moira_fnv1a64(h, layer->replica_expert, (size_t)layer->n_replicas * sizeof(int32_t));
+    }
+    return h;
+}
+
+/* A rank given another plan, topology or batch size would send rows the others misread; every
+ * rank finds out here and exits 2 (INVALID_ARGUMENT), naming the first rank that differs. */
+static moira_status_t check_same_run(moira_executor_t *e) {
+    int other = moira_cluster_first_different(e->exchange.cluster, run_fingerprint(e),
+                                              "comparing the ranks' plans");
+    if (other < 0) return MOIRA_OK_STATUS;
+    return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
+                             "rank %d (host %s) runs another plan, topology, model or batch size "
+                             "than rank 0 (host %s): give every rank the same --topology, --plan "
+                             "and options",
+                             other, e->topology->hosts[other].name, e->topology->hosts[0].name);
+}
+
 /* Everything is built up front so a forward allocates nothing; a failure part way tears down what
  * was built. */
 moira_status_t moira_executor_create(const moira_exec_config_t *config, moira_executor_t **out) {
@@ -294,11 +330,14 @@ moira_status_t moira_executor_create(const moira_exec_config_t *config, moira_ex
      * fails to build exits, and mpirun ends the others (runtime/cluster/cluster.h). */
     e->released = true;
     moira_status_t status = open_all(e, config);
-    e->released = status != MOIRA_OK_STATUS;
     /* Every rank's weights are in place before the first exchange starts its clock: ranks load at
-     * their own pace, so this one wait is long (an hour). */
-    if (!status && e->exchange.cluster)
+     * their own pace, so this one wait is long (an hour). Then the ranks check they run the same
+     * thing: rows name replicas by their number in the plan. */
+    if (!status && e->exchange.cluster) {
         moira_cluster_barrier(e->exchange.cluster, 3600, "loading the weights on every rank");
+        status = check_same_run(e);
+    }
+    e->released = status != MOIRA_OK_STATUS;
     if (status) {
         moira_executor_destroy(e);
         return status;

@@ -113,6 +113,12 @@ expect_stderr "3 ranks were started for a topology of 2 hosts .*mpirun -np 2" "r
 expect 2 "a two-host plan in one process" -- "$moira" run --tokens 4 --iters 1 \
     --topology "$cluster/two-host.yaml" --plan "$cluster/split-two-host.yaml"
 expect_stderr "places experts on hosts \"alpha\" and \"beta\".*mpirun -np 2" "one process refuses"
+# Ranks given different runs (MPMD: another batch size on rank 1) would misread each other's rows.
+two=(run --iters 1 --topology "$cluster/two-host.yaml" --plan "$cluster/split-two-host.yaml")
+expect 2 "ranks given different batch sizes" -- "${mpi[@]}" -np 1 "$moira" "${two[@]}" --tokens 8 \
+    : -np 1 "$moira" "${two[@]}" --tokens 16
+expect_stderr "rank 1 \(host beta\) runs another plan, topology, model or batch size" \
+    "the differing rank named"
 expect 2 "a verb that runs on one host" -- "${mpi[@]}" -np 2 "$moira" devices
 expect_stderr "runs on one host" "devices under mpirun"
 
