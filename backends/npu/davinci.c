@@ -95,8 +95,8 @@ moira_npu_region_t moira_npu_alloc(moira_npu_core_t *core, moira_npu_mem_t mem, 
 
 /* The one place local addresses are formed: the region must start on the buffer's alignment,
  * and `bytes` must fit both the region and the physical buffer. */
-static void *checked(moira_npu_core_t *core, moira_npu_region_t region, moira_npu_mem_t want,
-                     size_t bytes, const char *instruction) {
+void *moira_npu_checked(moira_npu_core_t *core, moira_npu_region_t region, moira_npu_mem_t want,
+                        size_t bytes, const char *instruction) {
     if (!moira_npu_ok(core)) return NULL;
     if (region.mem != want) {
         moira_npu_fault(core, "%s: operand in %s, expected %s", instruction,
@@ -121,7 +121,7 @@ static void *checked(moira_npu_core_t *core, moira_npu_region_t region, moira_np
 
 /* The scalar unit reads and writes local memory through the same checks as instructions. */
 void *moira_npu_scalar_ptr(moira_npu_core_t *core, moira_npu_region_t region, size_t bytes) {
-    return checked(core, region, region.mem, bytes, "scalar access");
+    return moira_npu_checked(core, region, region.mem, bytes, "scalar access");
 }
 
 /* ---- Data movement ---- */
@@ -129,7 +129,7 @@ void *moira_npu_scalar_ptr(moira_npu_core_t *core, moira_npu_region_t region, si
 void moira_npu_copy_gm_to_ub(moira_npu_core_t *core, moira_npu_region_t dst, const void *gm,
                              size_t bytes) {
     size_t padded = (bytes + 31) / 32 * 32;
-    unsigned char *ub = checked(core, dst, MOIRA_NPU_UB, padded, "DataCopyPad GM->UB");
+    unsigned char *ub = moira_npu_checked(core, dst, MOIRA_NPU_UB, padded, "DataCopyPad GM->UB");
     if (!ub) return;
     if (bytes) memcpy(ub, gm, bytes);
     memset(ub + bytes, 0, padded - bytes);
@@ -139,7 +139,7 @@ void moira_npu_copy_gm_to_ub(moira_npu_core_t *core, moira_npu_region_t dst, con
 /* Only the bytes asked for leave the UB, so padding never reaches GM. */
 void moira_npu_copy_ub_to_gm(moira_npu_core_t *core, void *gm, moira_npu_region_t src,
                              size_t bytes) {
-    unsigned char *ub = checked(core, src, MOIRA_NPU_UB, bytes, "DataCopyPad UB->GM");
+    unsigned char *ub = moira_npu_checked(core, src, MOIRA_NPU_UB, bytes, "DataCopyPad UB->GM");
     if (!ub) return;
     if (bytes) memcpy(gm, ub, bytes);
     core->cost.mte3_bytes += bytes;
@@ -196,7 +196,7 @@ void moira_npu_load_nd2nz(moira_npu_core_t *core, moira_npu_region_t dst, moira_
                           int64_t rows, int64_t cols) {
     if (!moira_npu_ok(core) || !cube_type_ok(core, cube_dtype, "ND2NZ")) return;
     size_t bytes = (size_t)moira_npu_nz_elements(rows, cols) * 2;
-    uint16_t *l1 = checked(core, dst, MOIRA_NPU_L1, bytes, "DataCopy GM->L1 (ND2NZ)");
+    uint16_t *l1 = moira_npu_checked(core, dst, MOIRA_NPU_L1, bytes, "DataCopy GM->L1 (ND2NZ)");
     if (!l1) return;
     if (cols > ND2NZ_MAX_COLS || row0 < 0 || col0 < 0 || row0 + rows > src->rows ||
         col0 + cols > src->cols) {
@@ -231,8 +231,8 @@ void moira_npu_load_nd2nz(moira_npu_core_t *core, moira_npu_region_t dst, moira_
 void moira_npu_load_l0a(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu_region_t src,
                         int64_t m, int64_t k) {
     size_t bytes = (size_t)moira_npu_nz_elements(m, k) * 2;
-    const uint16_t *l1 = checked(core, src, MOIRA_NPU_L1, bytes, "LoadData L1->L0A");
-    uint16_t *l0a = checked(core, dst, MOIRA_NPU_L0A, bytes, "LoadData L1->L0A");
+    const uint16_t *l1 = moira_npu_checked(core, src, MOIRA_NPU_L1, bytes, "LoadData L1->L0A");
+    uint16_t *l0a = moira_npu_checked(core, dst, MOIRA_NPU_L0A, bytes, "LoadData L1->L0A");
     if (!l1 || !l0a) return;
     int64_t m1 = moira_npu_round16(m) / 16, k1 = moira_npu_round16(k) / 16;
     for (int64_t mi = 0; mi < m1; mi++)
@@ -248,8 +248,8 @@ void moira_npu_load_l0a(moira_npu_core_t *core, moira_npu_region_t dst, moira_np
 void moira_npu_load_l0b(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu_region_t src,
                         int64_t k, int64_t n, bool src_is_nk) {
     size_t bytes = (size_t)moira_npu_nz_elements(k, n) * 2;
-    const uint16_t *l1 = checked(core, src, MOIRA_NPU_L1, bytes, "LoadData L1->L0B");
-    uint16_t *l0b = checked(core, dst, MOIRA_NPU_L0B, bytes, "LoadData L1->L0B");
+    const uint16_t *l1 = moira_npu_checked(core, src, MOIRA_NPU_L1, bytes, "LoadData L1->L0B");
+    uint16_t *l0b = moira_npu_checked(core, dst, MOIRA_NPU_L0B, bytes, "LoadData L1->L0B");
     if (!l1 || !l0b) return;
     int64_t k1 = moira_npu_round16(k) / 16, n1 = moira_npu_round16(n) / 16;
     for (int64_t ki = 0; ki < k1; ki++)
@@ -273,9 +273,11 @@ void moira_npu_mmad(moira_npu_core_t *core, moira_npu_region_t c, moira_npu_regi
     if (!moira_npu_ok(core) || !cube_type_ok(core, cube_dtype, "Mmad")) return;
     int64_t m1 = moira_npu_round16(m) / 16, k1 = moira_npu_round16(k) / 16;
     int64_t n1 = moira_npu_round16(n) / 16;
-    const uint16_t *l0a = checked(core, a, MOIRA_NPU_L0A, (size_t)(m1 * k1) * 512, "Mmad A");
-    const uint16_t *l0b = checked(core, b, MOIRA_NPU_L0B, (size_t)(k1 * n1) * 512, "Mmad B");
-    float *l0c = checked(core, c, MOIRA_NPU_L0C, (size_t)(m1 * n1) * 1024, "Mmad C");
+    const uint16_t *l0a =
+        moira_npu_checked(core, a, MOIRA_NPU_L0A, (size_t)(m1 * k1) * 512, "Mmad A");
+    const uint16_t *l0b =
+        moira_npu_checked(core, b, MOIRA_NPU_L0B, (size_t)(k1 * n1) * 512, "Mmad B");
+    float *l0c = moira_npu_checked(core, c, MOIRA_NPU_L0C, (size_t)(m1 * n1) * 1024, "Mmad C");
     if (!l0a || !l0b || !l0c) return;
     int64_t rows = m1 * 16;
     float fa[FRACTAL_ELEMS], fb[FRACTAL_ELEMS];
@@ -311,7 +313,7 @@ void moira_npu_fixpipe(moira_npu_core_t *core, void *gm, moira_dtype_t dtype, in
                        moira_npu_region_t src, int64_t tile_rows, int64_t m, int64_t n,
                        bool atomic_add) {
     size_t bytes = (size_t)moira_npu_nz_elements(tile_rows, n) * 4;
-    const float *l0c = checked(core, src, MOIRA_NPU_L0C, bytes, "Fixpipe L0C->GM");
+    const float *l0c = moira_npu_checked(core, src, MOIRA_NPU_L0C, bytes, "Fixpipe L0C->GM");
     if (!l0c) return;
     if (m > moira_npu_round16(tile_rows) ||
         (dtype != MOIRA_DTYPE_F32 && dtype != MOIRA_DTYPE_F16 && dtype != MOIRA_DTYPE_BF16) ||
@@ -345,7 +347,7 @@ static uint64_t repeats(int64_t count) {
 /* f32 vector operands are checked like every other local access. */
 static float *vector_operand(moira_npu_core_t *core, moira_npu_region_t region, int64_t count,
                              const char *instruction) {
-    return checked(core, region, MOIRA_NPU_UB, (size_t)count * 4, instruction);
+    return moira_npu_checked(core, region, MOIRA_NPU_UB, (size_t)count * 4, instruction);
 }
 
 /* One lane of a binary vector instruction. */
@@ -377,9 +379,9 @@ void moira_npu_vbinary(moira_npu_core_t *core, moira_npu_vop_t op, moira_dtype_t
         return;
     }
     size_t bytes = (size_t)count * moira_dtype_size(dtype);
-    void *d = checked(core, dst, MOIRA_NPU_UB, bytes, names[op]);
-    const void *x = checked(core, a, MOIRA_NPU_UB, bytes, names[op]);
-    const void *y = checked(core, b, MOIRA_NPU_UB, bytes, names[op]);
+    void *d = moira_npu_checked(core, dst, MOIRA_NPU_UB, bytes, names[op]);
+    const void *x = moira_npu_checked(core, a, MOIRA_NPU_UB, bytes, names[op]);
+    const void *y = moira_npu_checked(core, b, MOIRA_NPU_UB, bytes, names[op]);
     if (!d || !x || !y) return;
     if (dtype == MOIRA_DTYPE_F32) {
         for (int64_t i = 0; i < count; i++)
@@ -403,7 +405,7 @@ void moira_npu_vcompare_scalar(moira_npu_core_t *core, moira_npu_region_t mask,
                                moira_npu_region_t src, moira_npu_cmp_t cmp, float scalar,
                                int64_t count) {
     const float *s = vector_operand(core, src, count, "CompareScalar");
-    uint8_t *m = checked(core, mask, MOIRA_NPU_UB, mask_bytes(count), "CompareScalar");
+    uint8_t *m = moira_npu_checked(core, mask, MOIRA_NPU_UB, mask_bytes(count), "CompareScalar");
     if (!s || !m) return;
     memset(m, 0, mask_bytes(count));
     for (int64_t i = 0; i < count; i++) {
@@ -435,7 +437,7 @@ void moira_npu_vselect(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu
                        moira_npu_region_t src, float otherwise, int64_t count) {
     float *d = vector_operand(core, dst, count, "Select");
     const float *s = vector_operand(core, src, count, "Select");
-    const uint8_t *m = checked(core, mask, MOIRA_NPU_UB, mask_bytes(count), "Select");
+    const uint8_t *m = moira_npu_checked(core, mask, MOIRA_NPU_UB, mask_bytes(count), "Select");
     if (!d || !s || !m) return;
     for (int64_t i = 0; i < count; i++)
         d[i] = (m[i / 8] >> (i % 8)) & 1 ? s[i] : otherwise;
@@ -542,7 +544,7 @@ void moira_npu_vgather(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu
                        moira_npu_region_t index, int64_t count) {
     float *d = vector_operand(core, dst, count, "Gather");
     const int32_t *idx = (const int32_t *)vector_operand(core, index, count, "Gather");
-    const float *s = checked(core, src, MOIRA_NPU_UB, 4, "Gather");
+    const float *s = moira_npu_checked(core, src, MOIRA_NPU_UB, 4, "Gather");
     if (!d || !idx || !s) return;
     int64_t limit = src.bytes / 4;
     for (int64_t i = 0; i < count; i++) {
@@ -570,9 +572,10 @@ void moira_npu_vcast(moira_npu_core_t *core, moira_npu_region_t dst, moira_dtype
                         moira_dtype_name(dst_dtype));
         return;
     }
-    void *d = checked(core, dst, MOIRA_NPU_UB, (size_t)count * moira_dtype_size(dst_dtype), "Cast");
-    const void *s =
-        checked(core, src, MOIRA_NPU_UB, (size_t)count * moira_dtype_size(src_dtype), "Cast");
+    void *d = moira_npu_checked(core, dst, MOIRA_NPU_UB,
+                                (size_t)count * moira_dtype_size(dst_dtype), "Cast");
+    const void *s = moira_npu_checked(core, src, MOIRA_NPU_UB,
+                                      (size_t)count * moira_dtype_size(src_dtype), "Cast");
     if (!d || !s) return;
     if (int_to_f32) {
         for (int64_t i = 0; i < count; i++)

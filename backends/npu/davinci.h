@@ -128,6 +128,39 @@ void moira_npu_load_nd2nz(moira_npu_core_t *core, moira_npu_region_t dst, moira_
                           const moira_npu_gm_matrix_t *src, int64_t row0, int64_t col0,
                           int64_t rows, int64_t cols);
 
+/* The host address of `bytes` at `region`, which must be in `want`, aligned and within both
+ * the region and the buffer; NULL (and a fault naming `instruction`) otherwise. */
+void *moira_npu_checked(moira_npu_core_t *core, moira_npu_region_t region, moira_npu_mem_t want,
+                        size_t bytes, const char *instruction);
+
+/* ---- The Cube's int8 mode (davinci_int8.c): s8 x s8 into s32, fractals of 16 x 32 bytes for
+ * A ([m, k]: 16 rows by 32 k) and 32 x 16 for B ([k, n]), L0C 16 x 16 s32, as on Ascend 910B.
+ * Both operands are INT8 matrices with one f32 scale per row (weights as stored; activations
+ * quantised per token by moira_npu_quantize_rows), applied by FIXPIPE's dequantisation. ---- */
+
+/* GM -> L1: rows [row0, row0 + rows) and columns [col0, col0 + cols) of an INT8 `src` (through
+ * its row map) as an int8 NZ tile of round16(rows) x round32(cols) bytes, zero padded. */
+void moira_npu_load_nd2nz_s8(moira_npu_core_t *core, moira_npu_region_t dst,
+                             const moira_npu_gm_matrix_t *src, int64_t row0, int64_t col0,
+                             int64_t rows, int64_t cols);
+
+/* L1 -> L0A / L0B for int8 tiles; B's L1 tile holds [n, k] (a weight as nn.Linear stores it). */
+void moira_npu_load_l0a_s8(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu_region_t src,
+                           int64_t m, int64_t k);
+void moira_npu_load_l0b_s8(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu_region_t src,
+                           int64_t k, int64_t n);
+
+/* Cube int8: C[m, n] (s32, NZ in L0C) = (accumulate ? C : 0) + A[m, k] B[k, n], exactly. */
+void moira_npu_mmad_s8(moira_npu_core_t *core, moira_npu_region_t c, moira_npu_region_t a,
+                       moira_npu_region_t b, int64_t m, int64_t k, int64_t n, bool accumulate);
+
+/* L0C -> GM with dequantisation: the [m, n] corner of an s32 tile of `tile_rows` rows, as f32
+ * s32 x row_scale[r] x col_scale[j] (FIXPIPE's per-channel scale times the per-token one the
+ * vector unit applies), written or atomically added with `gm_stride`. Scales are GM f32. */
+void moira_npu_fixpipe_deq(moira_npu_core_t *core, float *gm, int64_t gm_stride,
+                           moira_npu_region_t src, int64_t tile_rows, int64_t m, int64_t n,
+                           const float *row_scale, const float *col_scale, bool atomic_add);
+
 /* L1 -> L0A (LoadData): an NZ tile [m, k] becomes the Cube's left operand. */
 void moira_npu_load_l0a(moira_npu_core_t *core, moira_npu_region_t dst, moira_npu_region_t src,
                         int64_t m, int64_t k);

@@ -56,6 +56,31 @@ static void gemm_item(moira_npu_core_t *core, const moira_npu_gemm_group_t *g, i
                       n, accumulate);
 }
 
+/* The same block in the Cube's int8 mode, both operands INT8 with per-row scales (W8A8): K
+ * slices of s8 into an s32 L0C block, dequantised by FIXPIPE with the tokens' and the weight
+ * rows' scales. */
+static void gemm_item_s8(moira_npu_core_t *core, const moira_npu_gemm_group_t *g, int64_t m0,
+                         int64_t n0, int64_t tile_n, bool accumulate,
+                         const moira_npu_region_t l1_a[2], const moira_npu_region_t l1_b[2],
+                         const moira_npu_region_t l0a[2], const moira_npu_region_t l0b[2],
+                         moira_npu_region_t l0c) {
+    int64_t m = g->m - m0 < TILE_M ? g->m - m0 : TILE_M;
+    int64_t n = g->n - n0 < tile_n ? g->n - n0 : tile_n;
+    int ping = 0;
+    for (int64_t k0 = 0; k0 < g->k && moira_npu_ok(core); k0 += TILE_K, ping ^= 1) {
+        int64_t k = g->k - k0 < TILE_K ? g->k - k0 : TILE_K;
+        moira_npu_load_nd2nz_s8(core, l1_a[ping], &g->a, m0, k0, m, k);
+        moira_npu_load_nd2nz_s8(core, l1_b[ping], &g->b, n0, k0, n, k);
+        moira_npu_load_l0a_s8(core, l0a[ping], l1_a[ping], m, k);
+        moira_npu_load_l0b_s8(core, l0b[ping], l1_b[ping], k, n);
+        moira_npu_mmad_s8(core, l0c, l0a[ping], l0b[ping], m, k, n, k0 > 0);
+    }
+    const float *row_scale = (const float *)g->a.format_scales + g->a.row_base + m0;
+    const float *col_scale = (const float *)g->b.format_scales + g->b.row_base + n0;
+    moira_npu_fixpipe_deq(core, g->c + m0 * g->c_stride + n0, g->c_stride, l0c, m, m, n, row_scale,
+                          col_scale, accumulate);
+}
+
 /* Each core takes every n_blocks-th output block across all groups, so busy experts spread. */
 static void gemm_block(moira_npu_core_t *core, int block, int n_blocks, void *raw) {
     const gemm_job_t *job = raw;
@@ -76,8 +101,10 @@ static void gemm_block(moira_npu_core_t *core, int block, int n_blocks, void *ra
         int64_t local = item - job->first_item[group];
         int64_t n_tiles = ceil_div(g->n, job->tile_n);
         moira_npu_scalar(core, 8); /* tiling arithmetic */
-        gemm_item(core, g, local / n_tiles * TILE_M, local % n_tiles * job->tile_n, job->tile_n,
-                  job->accumulate, l1_a, l1_b, l0a, l0b, l0c);
+        bool s8 = g->a.dtype == MOIRA_DTYPE_INT8 && g->b.dtype == MOIRA_DTYPE_INT8;
+        (s8 ? gemm_item_s8 : gemm_item)(core, g, local / n_tiles * TILE_M,
+                                        local % n_tiles * job->tile_n, job->tile_n, job->accumulate,
+                                        l1_a, l1_b, l0a, l0b, l0c);
     }
 }
 
@@ -94,6 +121,36 @@ static int64_t count_items(const moira_npu_gemm_group_t *groups, int n_groups, i
     return first_item[n_groups];
 }
 
+/* W8A8: a group whose weight is INT8 (as stored, [n, k]) has its f32 activations quantised per
+ * token (gathered through the row map) into one GM workspace and runs in the Cube's int8 mode.
+ * *out_groups is then a copy of `groups` with those operands (NULL when no group has one); the
+ * caller frees it and the workspace. */
+static moira_status_t int8_operands(moira_npu_machine_t *machine,
+                                    const moira_npu_gemm_group_t *groups, int n_groups,
+                                    moira_npu_launch_report_t *report,
+                                    moira_npu_gemm_group_t **out_groups, void **out_workspace) {
+    size_t bytes = 0;
+    for (int g = 0; g < n_groups; g++)
+        if (groups[g].b.dtype == MOIRA_DTYPE_INT8 && groups[g].a.dtype == MOIRA_DTYPE_F32 &&
+            groups[g].b_is_nk)
+            bytes += moira_npu_int8_rows_bytes(groups[g].a.rows, groups[g].a.cols);
+    if (!bytes) return MOIRA_OK_STATUS;
+    moira_npu_gemm_group_t *copy = malloc((size_t)n_groups * sizeof(*copy));
+    if (!copy) return moira_acl_status(MOIRA_ACL_ERROR_BAD_ALLOC, "int8 gemm groups");
+    *out_groups = copy;
+    MOIRA_RETURN_IF_ERROR(moira_npu_workspace(machine, bytes, out_workspace));
+    unsigned char *at = *out_workspace;
+    for (int g = 0; g < n_groups; g++) {
+        copy[g] = groups[g];
+        if (groups[g].b.dtype != MOIRA_DTYPE_INT8 || groups[g].a.dtype != MOIRA_DTYPE_F32 ||
+            !groups[g].b_is_nk)
+            continue;
+        MOIRA_RETURN_IF_ERROR(moira_npu_int8_rows(machine, &groups[g].a, at, report, &copy[g].a));
+        at += moira_npu_int8_rows_bytes(groups[g].a.rows, groups[g].a.cols);
+    }
+    return MOIRA_OK_STATUS;
+}
+
 /* Few output blocks (a decode step's handful of tokens) would leave cores idle: narrower blocks,
  * down to one fractal wide, spread the weight's rows over more cores. */
 moira_status_t moira_npu_gemm(moira_npu_machine_t *machine, const char *kernel,
@@ -105,12 +162,17 @@ moira_status_t moira_npu_gemm(moira_npu_machine_t *machine, const char *kernel,
     while (tile_n > MOIRA_NPU_FRACTAL &&
            count_items(groups, n_groups, tile_n, first_item) < machine->spec.ai_cores)
         tile_n /= 2;
-    gemm_job_t job = {groups, n_groups,   accumulate,
-                      tile_n, first_item, count_items(groups, n_groups, tile_n, first_item)};
-    moira_status_t status = MOIRA_OK_STATUS;
-    if (job.n_items > 0)
+    moira_npu_gemm_group_t *s8 = NULL;
+    void *workspace = NULL;
+    moira_status_t status = int8_operands(machine, groups, n_groups, report, &s8, &workspace);
+    gemm_job_t job = {s8 ? s8 : groups, n_groups,
+                      accumulate,       tile_n,
+                      first_item,       count_items(groups, n_groups, tile_n, first_item)};
+    if (!status && job.n_items > 0)
         status = moira_npu_launch(machine, kernel, moira_npu_blocks_for(machine, job.n_items),
                                   gemm_block, &job, report);
+    if (workspace) moira_npu_workspace_free(machine, workspace);
+    free(s8);
     free(first_item);
     return status;
 }

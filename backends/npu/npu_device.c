@@ -226,6 +226,8 @@ static void describe(moira_device_info_t *info, int index, const moira_npu_spec_
     info->bandwidth_gbs = spec->hbm_gbs;
     info->numa_node = -1;
     info->compute_precision = MOIRA_DTYPE_BF16;
+    /* INT8 weights meet activations quantised per token in the Cube's int8 mode (W8A8). */
+    info->quantized_precision = MOIRA_DTYPE_INT8;
     moira_device_info_add_detail(info, "emulated", true, "true");
     moira_device_info_add_detail(info, "ai_cores", true, "%d", spec->ai_cores);
     moira_device_info_add_detail(info, "cube_units_per_core", true, "%d",

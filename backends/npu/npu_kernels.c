@@ -41,8 +41,9 @@ moira_status_t moira_npu_run_op(moira_npu_machine_t *machine, const moira_op_lau
 bool moira_npu_supports_op(int op, moira_dtype_t weight_dtype) {
     if (op < 0 || op >= MOIRA_OP_COUNT || !kernels[op]) return false;
     if (op == MOIRA_OP_MLA_DECODE_ATTENTION) return weight_dtype == MOIRA_DTYPE_F32;
-    /* The grouped FFN and the dense projections expand MXFP4 and INT8 weights to bf16 on their
-     * way into L1 (davinci.h). */
+    /* The grouped FFN and the dense projections expand MXFP4 weights to bf16 on their way into
+     * L1 (davinci.h) and run INT8 ones in the Cube's int8 mode on activations quantised per
+     * token (kernels_gemm.c, W8A8). */
     if (moira_dtype_is_quantized(weight_dtype))
         return op == MOIRA_OP_MOE_FFN || op == MOIRA_OP_LINEAR || op == MOIRA_OP_SWIGLU;
     return moira_dtype_is_float(weight_dtype);

@@ -86,6 +86,19 @@ moira_status_t moira_npu_swiglu_activation(moira_npu_machine_t *machine, const f
                                            const float *up, float *h, int64_t rows, int64_t cols,
                                            moira_npu_launch_report_t *report);
 
+/* ---- W8A8 (kernels_quant.c): activations quantised per token for the Cube's int8 mode ---- */
+
+/* GM bytes moira_npu_int8_rows needs for `rows` rows of `cols`. */
+size_t moira_npu_int8_rows_bytes(int64_t rows, int64_t cols);
+
+/* Quantises the rows of the f32 operand `a` (through its row map) per token on the vector units,
+ * scale = amax / 127 and q = rint(x / scale), into `workspace` (moira_npu_int8_rows_bytes,
+ * borrowed), and describes them in *out as an INT8 Cube operand with per-row scales: the layout
+ * of an INT8 weight. */
+moira_status_t moira_npu_int8_rows(moira_npu_machine_t *machine, const moira_npu_gm_matrix_t *a,
+                                   void *workspace, moira_npu_launch_report_t *report,
+                                   moira_npu_gm_matrix_t *out);
+
 /* ---- Kernels, one per op (launch validated) ---- */
 
 typedef moira_status_t (*moira_npu_kernel_fn)(moira_npu_machine_t *machine,

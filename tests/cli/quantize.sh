@@ -84,7 +84,8 @@ expect 0 "quantize bf16 to mxfp4 again" -- "$moira" quantize --model "$work/bf16
     -o "$work/bf16-mxfp4-again"
 check "a projection MXFP4 cannot store is kept" "3 projection\(s\) kept as they were" "$work/out"
 # OpenCL reads both formats in its grouped FFN kernels (f32 on the dequantised weights); the npu
-# expands them to bf16 on their way into the Cube (bf16's precision, within the 1e-4 rule here).
+# expands MXFP4 to bf16 on its way into the Cube and runs INT8 in the Cube's int8 mode on
+# activations quantised per token (both within the 1e-4 rule here).
 if "$moira" devices 2>/dev/null | grep -q '^opencl:0'; then
     same_tokens "bf16 as mxfp4 on opencl:0" "$work/bf16-mxfp4" --backend opencl:0
     same_tokens "bf16 as int8 on opencl:0" "$work/bf16-int8" --backend opencl:0
@@ -94,7 +95,8 @@ same_tokens "bf16 as mxfp4 on npu:0" "$work/bf16-mxfp4" --backend npu:0
 same_tokens "bf16 as mxfp4 placed on the local topology" "$work/bf16-mxfp4" \
     --topology "$root/configs/topologies/local-cpu.yaml"
 same_tokens "bf16 as int8 on npu:0" "$work/bf16-int8" --backend npu:0
-# Quantised projections: opencl decodes them in f32, the npu expands them to bf16 (davinci.h).
+# Quantised projections: opencl decodes them in f32; the npu expands MXFP4 to bf16 and runs INT8
+# in the Cube's int8 mode on activations quantised per token (W8A8).
 if "$moira" devices 2>/dev/null | grep -q '^opencl:0'; then
     same_tokens "bf16 as mxfp4 with projections on opencl:0" "$work/bf16-mxfp4-all" \
         --backend opencl:0

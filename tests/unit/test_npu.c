@@ -134,6 +134,60 @@ static void check_cube_on_core(moira_npu_core_t *core, moira_dtype_t cube_dtype)
     CHECK_MSG(wrong == 0, "%d of %d Cube results differ from the exact product", wrong, N * N);
 }
 
+/* The Cube's int8 mode: M = 40, K = 72, N = 24 (none a multiple of its fractal side, so every
+ * tile is padded) through ND2NZ s8 -> L0A/L0B -> Mmad s8 -> FIXPIPE's dequantisation, against
+ * the fp64 sum of the products times both scales: the s32 sums are exact, so the only rounding
+ * is the final f32 scaling (relative 2^-22 with the two scale factors). 2 x 3 x 2 fractal steps
+ * of 16 x 32 x 16. */
+static void check_cube_int8(moira_npu_core_t *core) {
+    enum { M = 40, K = 72, N = 24 };
+    static int8_t a[M * K], b[N * K];
+    static float a_scale[M], b_scale[N], c[M * N];
+    for (int i = 0; i < M * K; i++)
+        a[i] = (int8_t)((i * 37) % 255 - 127);
+    for (int i = 0; i < N * K; i++)
+        b[i] = (int8_t)((i * 53) % 255 - 127);
+    for (int i = 0; i < M; i++)
+        a_scale[i] = 0.001f * (float)(i + 1);
+    for (int i = 0; i < N; i++)
+        b_scale[i] = 0.5f / (float)(i + 3);
+    moira_npu_core_begin(core, "test_mmad_s8");
+    moira_npu_region_t l1_a = moira_npu_alloc(core, MOIRA_NPU_L1, 48 * 96);
+    moira_npu_region_t l1_b = moira_npu_alloc(core, MOIRA_NPU_L1, 32 * 96);
+    moira_npu_region_t l0a = moira_npu_alloc(core, MOIRA_NPU_L0A, 48 * 96);
+    moira_npu_region_t l0b = moira_npu_alloc(core, MOIRA_NPU_L0B, 32 * 96);
+    moira_npu_region_t l0c = moira_npu_alloc(core, MOIRA_NPU_L0C, 48 * 32 * 4);
+    moira_npu_gm_matrix_t ga = {.data = (const unsigned char *)a,
+                                .dtype = MOIRA_DTYPE_INT8,
+                                .rows = M,
+                                .cols = K,
+                                .row_stride = K,
+                                .format_scales = (const unsigned char *)a_scale,
+                                .row_map_div = 1};
+    moira_npu_gm_matrix_t gb = ga;
+    gb.data = (const unsigned char *)b;
+    gb.rows = N;
+    gb.format_scales = (const unsigned char *)b_scale;
+    moira_npu_load_nd2nz_s8(core, l1_a, &ga, 0, 0, M, K);
+    moira_npu_load_nd2nz_s8(core, l1_b, &gb, 0, 0, N, K);
+    moira_npu_load_l0a_s8(core, l0a, l1_a, M, K);
+    moira_npu_load_l0b_s8(core, l0b, l1_b, K, N);
+    moira_npu_mmad_s8(core, l0c, l0a, l0b, M, K, N, false);
+    moira_npu_fixpipe_deq(core, c, N, l0c, M, M, N, a_scale, b_scale, false);
+    CHECK_MSG(moira_npu_ok(core), "%s", moira_status_message(core->fault));
+    CHECK(core->cost.cube_fractals == 3 * 3 * 2);
+    int wrong = 0;
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double want = 0;
+            for (int k = 0; k < K; k++)
+                want += (double)a[i * K + k] * b[j * K + k];
+            want *= (double)a_scale[i] * b_scale[j];
+            wrong += fabs(c[i * N + j] - want) > 4e-7 * fabs(want) + 1e-30;
+        }
+    CHECK_MSG(wrong == 0, "%d of %d int8 Cube results differ from the fp64 product", wrong, M * N);
+}
+
 /* The Cube's input rounding: 1 + 2^-10 survives in f16 (10 fraction bits) but is 1 in bf16 (7),
  * so 16 of them sum to 16.015625 or 16; an f32 Cube input is refused. [k, n] operands in L1 go
  * through the transposing L0B move. */
@@ -459,6 +513,7 @@ int main(void) {
     check_cube_on_core(&core, MOIRA_DTYPE_BF16);
     check_cube_on_core(&core, MOIRA_DTYPE_F16);
     check_cube_rounding(&core);
+    check_cube_int8(&core);
     check_vector(&core);
     moira_npu_core_release(&core);
     CHECK_OK(moira_runtime_init());
