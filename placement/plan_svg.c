@@ -1,12 +1,15 @@
 /* The plan as a picture: targets as columns (grouped by host), MoE layers as rows, each cell
  * shaded by the tokens the target receives in that layer (its load) and labelled with its replica
  * count; a memory bar above each column and the layer's predicted time to the right of each row.
- * Hovering a cell shows its predicted time. */
+ * Hovering a cell shows its predicted time. The home device's column is framed and labelled
+ * "home", and in each layer the device that sets the layer's time (the slowest target, or the
+ * home when its share is longer) is outlined in red. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "placement/home.h"
 #include "placement/plan.h"
 
 #define LEFT_MARGIN 56
@@ -23,6 +26,9 @@ typedef struct svg_ctx {
     double *time_us; /* layers x targets */
     double *tokens;  /* layers x targets */
     int *replicas;   /* layers x targets */
+    int *bottleneck; /* layers: the target that sets the layer's time */
+    double *home_us; /* layers: the home's share (0 without a home) */
+    int home;        /* target index of the plan's home; -1 none */
     double max_tokens;
     double max_layer_us;
     int cell_w, cell_h;
@@ -85,6 +91,29 @@ static void draw_header(FILE *out, const svg_ctx_t *ctx) {
             "%.3f; %.3g link bytes and %.3g network bytes per token</text>\n",
             LEFT_MARGIN, summary.max_over_mean, summary.link_bytes_per_token,
             summary.network_bytes_per_token);
+    if (ctx->home < 0) return;
+    fprintf(out, "<text x=\"%d\" y=\"70\" font-size=\"12\" fill=\"#6a3d9a\">home: ", LEFT_MARGIN);
+    escaped(out, ctx->topology->targets[ctx->home].name);
+    fputs(" (attention, router, shared experts, dense layers); red outline: the device that sets "
+          "each layer's time</text>\n",
+          out);
+}
+
+/* The home's column: framed in purple from its name to the last layer, labelled "home". */
+static void draw_home(FILE *out, const svg_ctx_t *ctx) {
+    if (ctx->home < 0) return;
+    int x = column_x(ctx, ctx->home);
+    int grid_bottom = TOP_MARGIN + NAME_BAND + MEMORY_BAND + ctx->plan->n_layers * ctx->cell_h;
+    fprintf(out,
+            "<rect class=\"home\" x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" "
+            "stroke=\"#6a3d9a\" stroke-width=\"2\"><title>home: ",
+            x, TOP_MARGIN + 14, ctx->cell_w, grid_bottom - TOP_MARGIN - 14);
+    escaped(out, ctx->topology->targets[ctx->home].name);
+    fputs("</title></rect>\n", out);
+    fprintf(out,
+            "<text x=\"%d\" y=\"%d\" font-size=\"9\" text-anchor=\"middle\" "
+            "fill=\"#6a3d9a\">home</text>\n",
+            x + ctx->cell_w / 2, TOP_MARGIN + NAME_BAND + MEMORY_BAND - 2);
 }
 
 /* Column heads: target names, memory bars (used / total), and host boundaries in red. */
@@ -170,6 +199,20 @@ static void draw_grid(FILE *out, const svg_ctx_t *ctx) {
                         ctx->cell_h >= 12 ? 9 : 7, dark ? "#fff" : "#222", ctx->replicas[i]);
             }
         }
+        int b = ctx->bottleneck[l];
+        if (b >= 0) {
+            fprintf(out,
+                    "<rect class=\"bottleneck\" x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" "
+                    "fill=\"none\" stroke=\"#e31a1c\" stroke-width=\"2\"><title>layer %lld: ",
+                    column_x(ctx, b) + 1, y + 1, ctx->cell_w - 2, ctx->cell_h - 2,
+                    (long long)layer->layer);
+            escaped(out, topo->targets[b].name);
+            fprintf(out, " sets the layer's time (%s)</title></rect>\n",
+                    b == ctx->home &&
+                            ctx->home_us[l] >= ctx->time_us[(size_t)l * topo->n_targets + b]
+                        ? "the home's share"
+                        : "its experts");
+        }
         double fraction = ctx->max_layer_us > 0 ? layer->cost.predicted_us / ctx->max_layer_us : 0;
         fprintf(out, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"#d95f02\"/>\n",
                 right + 8, y + 1, (int)lround(fraction * 80), ctx->cell_h - 2);
@@ -227,9 +270,25 @@ static bool write_svg(FILE *out, void *context) {
     draw_header(out, ctx);
     draw_columns(out, ctx);
     draw_grid(out, ctx);
+    draw_home(out, ctx);
     draw_legend(out, ctx, TOP_MARGIN + NAME_BAND + MEMORY_BAND + grid_h + 6);
     fputs("</svg>\n", out);
     return !ferror(out);
+}
+
+/* The target that sets layer l's time: the slowest one, or the home when its share (which the
+ * layer adds to the slowest target's time) is longer; -1 when nothing takes time. */
+static int bottleneck_of(const svg_ctx_t *ctx, int l) {
+    int n = ctx->topology->n_targets, slowest = -1;
+    double slowest_us = 0;
+    for (int t = 0; t < n; t++) {
+        double us = ctx->time_us[(size_t)l * n + t];
+        if (us > slowest_us) {
+            slowest_us = us;
+            slowest = t;
+        }
+    }
+    return ctx->home >= 0 && ctx->home_us[l] > slowest_us ? ctx->home : slowest;
 }
 
 moira_status_t moira_plan_write_svg_stream(const moira_plan_t *plan,
@@ -244,19 +303,18 @@ moira_status_t moira_plan_write_svg_stream(const moira_plan_t *plan,
     ctx.time_us = calloc(cells, sizeof(double));
     ctx.tokens = calloc(cells, sizeof(double));
     ctx.replicas = calloc(cells, sizeof(int));
+    ctx.bottleneck = calloc((size_t)plan->n_layers + 1, sizeof(int));
+    ctx.home_us = calloc((size_t)plan->n_layers + 1, sizeof(double));
+    ctx.home = plan->home[0] ? moira_topology_find_target(topology, plan->home) : -1;
     double *tokens = calloc((size_t)topology->n_targets + 1, sizeof(double));
     int *active = calloc((size_t)topology->n_targets + 1, sizeof(int));
-    if (!ctx.time_us || !ctx.tokens || !ctx.replicas || !tokens || !active) {
-        free(ctx.time_us);
-        free(ctx.tokens);
-        free(ctx.replicas);
-        free(tokens);
-        free(active);
-        return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "svg: out of memory");
-    }
+    moira_status_t status = MOIRA_OK_STATUS;
+    if (!ctx.time_us || !ctx.tokens || !ctx.replicas || !ctx.bottleneck || !ctx.home_us ||
+        !tokens || !active)
+        status = moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "svg: out of memory");
     moira_cost_model_t cost;
     moira_cost_model_init(model, &cost);
-    for (int l = 0; l < plan->n_layers; l++) {
+    for (int l = 0; !status && l < plan->n_layers; l++) {
         const moira_plan_layer_t *layer = &plan->layers[l];
         memset(tokens, 0, (size_t)topology->n_targets * sizeof(double));
         memset(active, 0, (size_t)topology->n_targets * sizeof(int));
@@ -272,6 +330,8 @@ moira_status_t moira_plan_write_svg_stream(const moira_plan_t *plan,
             ctx.tokens[(size_t)l * topology->n_targets + t] = tokens[t];
             if (tokens[t] > ctx.max_tokens) ctx.max_tokens = tokens[t];
         }
+        ctx.home_us[l] = ctx.home >= 0 ? layer->cost.home_us : 0;
+        ctx.bottleneck[l] = bottleneck_of(&ctx, l);
         if (layer->cost.predicted_us > ctx.max_layer_us)
             ctx.max_layer_us = layer->cost.predicted_us;
     }
@@ -283,9 +343,10 @@ moira_status_t moira_plan_write_svg_stream(const moira_plan_t *plan,
     ctx.cell_h = 900 / rows;
     if (ctx.cell_h > 22) ctx.cell_h = 22;
     if (ctx.cell_h < 6) ctx.cell_h = 6;
-    moira_status_t status = write_svg(out, &ctx)
-                                ? MOIRA_OK_STATUS
-                                : moira_status_make(MOIRA_CODE_IO, "cannot write the plan picture");
+    if (!status && !write_svg(out, &ctx))
+        status = moira_status_make(MOIRA_CODE_IO, "cannot write the plan picture");
+    free(ctx.bottleneck);
+    free(ctx.home_us);
     free(ctx.time_us);
     free(ctx.tokens);
     free(ctx.replicas);

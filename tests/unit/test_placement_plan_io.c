@@ -300,7 +300,60 @@ static void test_design_keys_only(void) {
     moira_topology_free(&t);
 }
 
+/* The SVG frames the home's column and outlines, in each layer, the device that sets its time,
+ * worked out by hand: moira-tiny, 32 tokens (4 per expert, 128 assignments), slow CPU memory
+ * (0.01 TFLOP/s: 128 x 196608 FLOP = 2516 us) and a fast GPU (reads 32 x 196608 B / 1000 GB/s =
+ * 6.3 us, link 1.3 us) that is home with a measured 500 us launch. Layer 1's experts in CPU
+ * memory: CPU memory sets it (2516 us > the home's 500). Layers 2 and 3 on the GPU: the home's
+ * share (500 us > 8 us) sets them, on gpu g. */
+static void test_svg_home_and_bottleneck(void) {
+    const char *topology =
+        "name: svg\nhosts:\n  - name: h\n    numa_nodes:\n"
+        "      - {id: 0, memory_gib: 64, bandwidth_gbs: 10, cores: 2, peak_tflops: {f32: 0.01}}\n"
+        "    devices:\n"
+        "      - {name: g, kind: gpu, backend: opencl, memory_gib: 16, bandwidth_gbs: 1000,\n"
+        "         peak_tflops: {bf16: 100}, link_gbs: 100, measured: {home_launch_us: 500}}\n";
+    char plan_text[4096], experts[256] = "", load[256] = "";
+    for (int e = 0; e < 32; e++) {
+        snprintf(experts + strlen(experts), sizeof(experts) - strlen(experts), "%s%d",
+                 e ? ", " : "", e);
+        snprintf(load + strlen(load), sizeof(load) - strlen(load), "%s4", e ? ", " : "");
+    }
+    snprintf(plan_text, sizeof(plan_text),
+             "moira_plan: 1\ntopology: svg\nmodel: moira-tiny\nhome: g\nlayers:\n"
+             "  - layer: 1\n    devices:\n      h/numa0: {experts: [%s], load: [%s]}\n"
+             "  - layer: 2\n    devices:\n      g: {experts: [%s], load: [%s]}\n"
+             "  - layer: 3\n    devices:\n      g: {experts: [%s], load: [%s]}\n",
+             experts, load, experts, load, experts, load);
+    moira_topology_t t;
+    moira_model_config_t m;
+    moira_plan_t plan;
+    moira_model_config_default(&m);
+    CHECK_OK(moira_topology_parse(topology, strlen(topology), "svg.yaml", NULL, &t));
+    CHECK_OK(
+        moira_plan_parse_for_model(plan_text, strlen(plan_text), "svg-plan.yaml", &t, &m, &plan));
+    moira_plan_evaluate(&plan, &t, &m);
+    char *svg = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&svg, &len);
+    CHECK(out != NULL);
+    CHECK_OK(moira_plan_write_svg_stream(&plan, &t, &m, out));
+    fclose(out);
+    CHECK(strstr(svg, "<rect class=\"home\"") && strstr(svg, "<title>home: g</title>"));
+    CHECK(strstr(svg, "layer 1: h/numa0 sets the layer's time (its experts)") != NULL);
+    CHECK(strstr(svg, "layer 2: g sets the layer's time (the home's share)") != NULL);
+    CHECK(strstr(svg, "layer 3: g sets the layer's time (the home's share)") != NULL);
+    int outlines = 0;
+    for (const char *at = svg; (at = strstr(at, "class=\"bottleneck\"")); at++)
+        outlines++;
+    CHECK(outlines == 3);
+    free(svg);
+    moira_plan_free(&plan);
+    moira_topology_free(&t);
+}
+
 int main(void) {
+    test_svg_home_and_bottleneck();
     test_round_trip(false);
     test_round_trip(true);
     test_hand_written();
