@@ -24,6 +24,7 @@ int moira_bench_linear(const moira_bench_args_t *args);
 int moira_bench_tokenize(const moira_bench_args_t *args);
 int moira_bench_generate(const moira_bench_args_t *args);
 int moira_bench_serve(const moira_bench_args_t *args);
+int moira_bench_alltoall(const moira_bench_args_t *args);
 
 /* Seconds from a monotonic clock. */
 double moira_bench_seconds(void);

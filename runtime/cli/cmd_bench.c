@@ -7,6 +7,7 @@
 
 #include "runtime/cli/bench.h"
 #include "runtime/cli/cli.h"
+#include "runtime/cluster/cluster.h"
 
 typedef struct bench {
     const char *name;
@@ -36,6 +37,10 @@ static const bench_t benches[] = {
      "moira serve under 1, 4 and 16 streaming clients (512-token prompts, 128 tokens each,\n"
      "         or --model DIR): aggregate decode tokens/s against one client's, TTFT and\n"
      "         inter-token latency p50/p99"},
+    {"alltoall", moira_bench_alltoall,
+     "the expert exchange between hosts on 2 ranks of this machine (starts mpirun): dispatch\n"
+     "         + combine per MoE layer against message size, against memcpy of the same bytes,\n"
+     "         and the share of a layer's time in communication at 1, 16 and 512 tokens"},
     {"tokenize", moira_bench_tokenize,
      "load a model directory's tokenizer and encode a text (--model DIR --text FILE);\n"
      "         bench/tokenize.sh runs it against Hugging Face's tokenizers.js"},
@@ -117,6 +122,15 @@ int moira_cli_bench(int argc, char **argv) {
         }
     }
     if (optind != argc - 1) return moira_cli_usage_error("bench", "give one bench NAME");
+    moira_cluster_t *cluster = moira_cluster_current();
+    if (cluster && moira_cluster_size(cluster) > 1 && strcmp(argv[optind], "alltoall")) {
+        if (moira_cluster_rank(cluster) == 0)
+            fprintf(stderr,
+                    "moira bench %s: runs on one host; under mpirun only the alltoall "
+                    "bench spreads over several ranks\n",
+                    argv[optind]);
+        return 2;
+    }
     for (size_t i = 0; i < sizeof(benches) / sizeof(benches[0]); i++)
         if (!strcmp(argv[optind], benches[i].name)) return benches[i].run(&args);
     return moira_cli_usage_error("bench", "unknown bench \"%s\"", argv[optind]);

@@ -2,6 +2,7 @@
  * deadline rather than blocking calls, because a blocking MPI call waits forever for a peer
  * that has stopped; past the deadline the job is aborted with the silent peer named. */
 #include <mpi.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -140,12 +141,17 @@ _Noreturn void moira_cluster_exit(int exit_code) {
     _exit(exit_code);
 }
 
-/* Pauses between polls: a few tight polls first (a decode step's exchange takes microseconds),
- * then sleeps growing to half a millisecond, so a rank waiting on a slow peer leaves the cores
- * to the work it waits for. */
-static void back_off(int polls) {
-    if (polls < 64) return;
-    long ns = polls < 256 ? 10000 : polls < 1024 ? 100000 : 500000;
+/* Pauses between polls, by how long the wait has lasted: polling alone for the first 50 us (a
+ * decode step's exchange takes tens of microseconds, and a sleep costs about as much), then
+ * yielding the core until 2 ms, then sleeping up to half a millisecond at a time, so a rank
+ * waiting on a slow peer leaves the cores to the work it waits for. */
+static void back_off(double waited_s) {
+    if (waited_s < 50e-6) return;
+    if (waited_s < 2e-3) {
+        sched_yield();
+        return;
+    }
+    long ns = waited_s < 20e-3 ? 50000 : 500000;
     struct timespec pause = {0, ns};
     nanosleep(&pause, NULL);
 }
@@ -154,13 +160,14 @@ static void back_off(int polls) {
  * still pending (peers[i], or -1 when a request has no single peer). */
 static void wait_all(moira_cluster_t *c, MPI_Request *requests, const int *peers, int n,
                      double started_s, double timeout_s, const char *what) {
-    for (int polls = 0;; polls++) {
+    for (;;) {
         int done = 0;
         if (MPI_Testall(n, requests, &done, MPI_STATUSES_IGNORE) != MPI_SUCCESS)
             moira_cluster_abort(c, 1, "MPI failed during %s", what);
         if (done) return;
-        if (moira_now_seconds() - started_s > timeout_s) break;
-        back_off(polls);
+        double waited = moira_now_seconds() - started_s;
+        if (waited > timeout_s) break;
+        back_off(waited);
     }
     char names[512] = "", one[96];
     size_t used = 0;
