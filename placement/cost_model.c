@@ -41,7 +41,9 @@ double moira_cost_target_us(const moira_cost_model_t *cost, const moira_target_t
     double memory_us =
         bandwidth > 0 ? active_replicas * cost->expert_bytes / (bandwidth * 1e3) : 1e30;
     double link_us = link > 0 ? moira_cost_link_bytes(cost, target, tokens) / (link * 1e3) : 0;
-    return target->measured.launch_us + (compute_us > memory_us ? compute_us : memory_us) + link_us;
+    double scale = target->time_scale > 0 ? target->time_scale : 1;
+    return scale * (target->measured.launch_us + (compute_us > memory_us ? compute_us : memory_us) +
+                    link_us);
 }
 
 size_t moira_cost_scratch_doubles(const moira_cost_model_t *cost,

@@ -4,6 +4,8 @@
  * its link. Each figure is the measured one when `moira calibrate` gave it (moira_measured_t),
  * else the topology's; launch is 0 without calibration.
  *   launch           = the measured fixed cost of one layer's expert work on the target
+ * The whole is multiplied by the target's time_scale when a recorded run's speeds say it ran
+ * slower or faster than predicted (placement/speed.h).
  *   compute          = routed tokens x 6 D I flops / peak (the three expert matmuls)
  *   weights touched  = expected replicas read x expert bytes: loads are expected loads, so a
  *                      replica expecting l of the batch's T tokens is read with the probability

@@ -11,7 +11,25 @@
 void moira_profile_free(moira_profile_t *profile) {
     free(profile->layers);
     free(profile->load);
+    free(profile->speeds);
     memset(profile, 0, sizeof(*profile));
+}
+
+/* The array grows by one: a run has a handful of devices. */
+moira_status_t moira_profile_add_speed(moira_profile_t *profile, const char *device, double busy_us,
+                                       double predicted_us) {
+    if (!(busy_us > 0 && predicted_us > 0))
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
+                                 "profile: %s's busy and predicted times must be positive", device);
+    moira_profile_speed_t *grown =
+        realloc(profile->speeds, (size_t)(profile->n_speeds + 1) * sizeof(*grown));
+    if (!grown) return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "profile: out of memory");
+    profile->speeds = grown;
+    moira_profile_speed_t *speed = &grown[profile->n_speeds++];
+    snprintf(speed->device, sizeof(speed->device), "%s", device);
+    speed->busy_us = busy_us;
+    speed->predicted_us = predicted_us;
+    return MOIRA_OK_STATUS;
 }
 
 const double *moira_profile_layer_load(const moira_profile_t *profile, int64_t layer) {
@@ -90,11 +108,36 @@ static void fill_missing_layers(parse_ctx_t *ctx, int given) {
     }
 }
 
+/* `speeds: [{device: NAME, busy_us: X, predicted_us: Y}, ...]`: each entry a mapping with the
+ * three keys, the times positive. */
+static moira_status_t parse_speeds(parse_ctx_t *ctx, const yaml_node_t *speeds) {
+    moira_yaml_doc_t *doc = ctx->doc;
+    static const char *const keys[] = {"device", "busy_us", "predicted_us", NULL};
+    MOIRA_RETURN_IF_ERROR(moira_yaml_expect_sequence(doc, speeds, "speeds"));
+    for (int i = 0; i < moira_yaml_length(speeds); i++) {
+        yaml_node_t *node = moira_yaml_item(doc, speeds, i), *v = NULL;
+        MOIRA_RETURN_IF_ERROR(moira_yaml_expect_mapping(doc, node, "a speed"));
+        MOIRA_RETURN_IF_ERROR(moira_yaml_check_keys(doc, node, keys));
+        char device[MOIRA_PROFILE_DEVICE_NAME_MAX];
+        double times[2] = {0, 0};
+        MOIRA_RETURN_IF_ERROR(moira_yaml_require(doc, node, "device", "a speed", &v));
+        MOIRA_RETURN_IF_ERROR(moira_yaml_string(doc, v, "device", device, sizeof(device)));
+        for (int k = 0; k < 2; k++) {
+            MOIRA_RETURN_IF_ERROR(moira_yaml_require(doc, node, keys[k + 1], "a speed", &v));
+            MOIRA_RETURN_IF_ERROR(moira_yaml_number(doc, v, keys[k + 1], 0, &times[k]));
+            if (!(times[k] > 0)) return moira_yaml_fail(doc, v, "%s must be positive", keys[k + 1]);
+        }
+        MOIRA_RETURN_IF_ERROR(moira_profile_add_speed(ctx->profile, device, times[0], times[1]));
+    }
+    return MOIRA_OK_STATUS;
+}
+
 /* The whole document: format version, expert count matching the model, then the layers. */
 static moira_status_t parse_profile(parse_ctx_t *ctx) {
     moira_yaml_doc_t *doc = ctx->doc;
     yaml_node_t *root = moira_yaml_root(doc), *v = NULL, *layers = NULL;
-    static const char *const keys[] = {"moira_profile", "experts", "layers", "model", NULL};
+    static const char *const keys[] = {"moira_profile", "experts", "layers",
+                                       "model",         "speeds",  NULL};
     MOIRA_RETURN_IF_ERROR(moira_yaml_expect_mapping(doc, root, "a profile"));
     MOIRA_RETURN_IF_ERROR(moira_yaml_check_keys(doc, root, keys));
     int64_t version = 0, experts = 0;
@@ -121,7 +164,8 @@ static moira_status_t parse_profile(parse_ctx_t *ctx) {
     for (int i = 0; i < n; i++)
         MOIRA_RETURN_IF_ERROR(parse_layer(ctx, moira_yaml_item(doc, layers, i)));
     fill_missing_layers(ctx, n);
-    return MOIRA_OK_STATUS;
+    yaml_node_t *speeds = moira_yaml_get(doc, root, "speeds");
+    return speeds ? parse_speeds(ctx, speeds) : MOIRA_OK_STATUS;
 }
 
 /* Shared tail of _load and _parse. */

@@ -14,19 +14,36 @@
  * enough that sums of counts stay exact in a double. */
 #define MOIRA_MAX_TOKEN_COUNT 1e15
 
+#define MOIRA_PROFILE_DEVICE_NAME_MAX 96
+
+/* How fast one device ran the recorded batch: its busy time next to what the cost model
+ * predicted for the same load, per batch. A plain value. */
+typedef struct moira_profile_speed {
+    char device[MOIRA_PROFILE_DEVICE_NAME_MAX]; /* a topology target's name */
+    double busy_us, predicted_us;               /* both > 0 */
+} moira_profile_speed_t;
+
 /* Owns its arrays; release with moira_profile_free. */
 typedef struct moira_profile {
     int64_t experts; /* loads per layer */
     int n_layers;
     int64_t *layers; /* owned: the model layer index of each profiled layer, ascending */
     double *load;    /* owned: n_layers x experts, row-major */
+    int n_speeds;
+    moira_profile_speed_t *speeds; /* owned: measured speeds (`speeds:`), NULL when none */
 } moira_profile_t;
+
+/* Appends a device's measured speed (a recorded run's). INVALID_ARGUMENT unless both times are
+ * positive; the name is cut to fit. */
+moira_status_t moira_profile_add_speed(moira_profile_t *profile, const char *device, double busy_us,
+                                       double predicted_us);
 
 /* Reads a profile and checks it against `model`: `model` (optional) names it, `experts` equals
  * n_routed_experts, every layer is an MoE layer of the model and appears once, each load list has
- * one non-negative count per expert. MoE layers the file leaves out get the mean load of the layers
- * it gives, so a profile of a few layers still plans a whole model. Caller owns *out. Errors:
- * NOT_FOUND, IO, INVALID_INPUT at file:line:col. */
+ * one non-negative count per expert; optional `speeds:` lists {device, busy_us, predicted_us}
+ * (both positive), how fast each device ran the recorded batch. MoE layers the file leaves out get
+ * the mean load of the layers it gives, so a profile of a few layers still plans a whole model.
+ * Caller owns *out. Errors: NOT_FOUND, IO, INVALID_INPUT at file:line:col. */
 moira_status_t moira_profile_load(const char *path, const moira_model_config_t *model,
                                   moira_profile_t *out);
 

@@ -12,7 +12,7 @@ typedef struct profile_write_ctx {
 } profile_write_ctx_t;
 
 /* One `{layer, load}` line per profiled layer, in the file's flow style so a layer of hundreds
- * of experts stays one readable line. */
+ * of experts stays one readable line; then the devices' measured speeds when there are any. */
 static bool write_profile_to(FILE *out, void *context) {
     const profile_write_ctx_t *ctx = context;
     const moira_profile_t *p = ctx->profile;
@@ -41,6 +41,21 @@ static bool write_profile_to(FILE *out, void *context) {
         moira_tree_close(&w, true);
     }
     moira_tree_close(&w, false);
+    if (p->n_speeds > 0) {
+        moira_tree_key(&w, "speeds");
+        moira_tree_list(&w, false);
+        for (int i = 0; i < p->n_speeds; i++) {
+            moira_tree_map(&w, true);
+            moira_tree_key(&w, "device");
+            moira_tree_string(&w, p->speeds[i].device);
+            moira_tree_key(&w, "busy_us");
+            moira_tree_double(&w, p->speeds[i].busy_us);
+            moira_tree_key(&w, "predicted_us");
+            moira_tree_double(&w, p->speeds[i].predicted_us);
+            moira_tree_close(&w, true);
+        }
+        moira_tree_close(&w, false);
+    }
     moira_tree_close(&w, true);
     return moira_tree_end(&w);
 }

@@ -8,6 +8,7 @@
 #include "placement/plan.h"
 #include "placement/profile.h"
 #include "placement/reserve.h"
+#include "placement/speed.h"
 #include "placement/topology.h"
 #include "runtime/atomic_file.h"
 #include "runtime/backend.h"
@@ -254,20 +255,24 @@ static double profile_tokens(const moira_profile_t *profile, const moira_model_c
 
 /* The profile --profile or --skew describes (uniform over --tokens when neither is given). */
 static moira_status_t make_profile(const plan_args_t *a, const moira_model_config_t *model,
-                                   moira_profile_t *out) {
-    return a->profile_path
-               ? moira_profile_load(a->profile_path, model, out)
-               : moira_profile_synthesise(model, a->skew ? a->skew : "uniform", a->tokens, out);
+                                   moira_topology_t *topology, moira_profile_t *out) {
+    MOIRA_RETURN_IF_ERROR(
+        a->profile_path
+            ? moira_profile_load(a->profile_path, model, out)
+            : moira_profile_synthesise(model, a->skew ? a->skew : "uniform", a->tokens, out));
+    /* A recorded run's speeds: each device is costed as fast as it really ran. */
+    moira_topology_apply_speeds(topology, out, stderr);
+    return MOIRA_OK_STATUS;
 }
 
 /* --check with --model: the plan must be for the model; its predictions are recomputed, for the
  * loads of --profile or --skew when given (or when the plan gives none). */
-static moira_status_t rescore(const plan_args_t *a, moira_plan_t *plan,
-                              const moira_topology_t *topology, const moira_model_config_t *model) {
+static moira_status_t rescore(const plan_args_t *a, moira_plan_t *plan, moira_topology_t *topology,
+                              const moira_model_config_t *model) {
     MOIRA_RETURN_IF_ERROR(moira_plan_check_model(plan, model, a->check));
     if (a->profile_path || a->skew || !moira_plan_has_load(plan)) {
         moira_profile_t profile;
-        MOIRA_RETURN_IF_ERROR(make_profile(a, model, &profile));
+        MOIRA_RETURN_IF_ERROR(make_profile(a, model, topology, &profile));
         moira_status_t status = moira_plan_apply_profile(plan, &profile);
         moira_profile_free(&profile);
         MOIRA_RETURN_IF_ERROR(status);
@@ -290,7 +295,7 @@ static moira_status_t run_plan(const plan_args_t *a) {
     memset(&profile, 0, sizeof(profile));
     moira_plan_t plan;
     memset(&plan, 0, sizeof(plan));
-    if (!status && !a->check) status = make_profile(a, &model, &profile);
+    if (!status && !a->check) status = make_profile(a, &model, &topology, &profile);
     int home = !status && !a->check
                    ? moira_home_choose(&topology, &model, profile_tokens(&profile, &model))
                    : -1;

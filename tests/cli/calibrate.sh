@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `moira calibrate` as a user meets it (issue 15): on this machine it times CPU memory (and a
 # topology's opencl:0 where PoCL is here) on moira-tiny in seconds, prints the fitted figures and
-# writes a topology with `measured:` entries that plan and run then read; a topology with bad
+# writes a topology with `measured:` entries that plan and run then read; run --record-profile
+# records each device's speed and plan --profile costs the device by it; a topology with bad
 # measured figures exits 2 at its file:line:col; a failed write leaves nothing behind. How close
 # the calibrated predictions come to measured times is tests/cli/calibrate_predicts.sh.
 set -u
@@ -31,6 +32,15 @@ expect 0 "run over the calibrated topology" -- "$moira" run --topology "$work/lo
 expect 0 "calibrate --json" -- "$moira" calibrate --topology "$work/local.yaml" --json --iters 1
 check "json figures" '"launch_us": [0-9.e+-]+, "bandwidth_gbs": [0-9.e+]+' "$work/out"
 check "json points" '"points": \[\{"tokens": 1, ' "$work/out"
+
+# The loop closes on speed: a recorded profile says how fast each device ran, and planning with
+# it says how it costs them.
+expect 0 "run --record-profile" -- "$moira" run --topology "$work/local.yaml" --tokens 8 --iters 1 \
+    --record-profile "$work/profile.yaml"
+check "speeds recorded" "^- \{device: [^,]+/numa0, busy_us: [0-9.e+]+, predicted_us: [0-9.e+]+\}" "$work/profile.yaml"
+expect 0 "plan --profile with speeds" -- "$moira" plan --topology "$work/local.yaml" --profile "$work/profile.yaml"
+expect_stderr "note: [^ ]+/numa0 ran [0-9.e+]+ x its predicted time in the recorded run; planned so" "speed applied"
+rm -f "$work/profile.yaml"
 
 # A bad measured figure: exit 2 at its line and column, nothing written.
 sed 's/measured: {bandwidth_gbs: [0-9.e+]*/measured: {bandwidth_gbs: -4/' "$work/local.yaml" >"$work/bad.yaml"

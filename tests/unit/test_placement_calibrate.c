@@ -10,7 +10,10 @@
 #include "placement/calibrate_fit.h"
 #include "placement/cost_model.h"
 #include "placement/home.h"
+#include "placement/plan.h"
+#include "placement/profile.h"
 #include "placement/reserve.h"
+#include "placement/speed.h"
 #include "placement/topology.h"
 #include "testing.h"
 
@@ -162,10 +165,60 @@ static void test_bad_measured(void) {
     expect_error("[1, 2]", "[1");
 }
 
+/* The loop closes on speed: a recorded profile's `speeds:` read back (located errors), and a
+ * device that ran 50x its prediction scales its cost by 50 and is given fewer experts. */
+static void test_recorded_speeds(void) {
+    moira_model_config_t model;
+    moira_model_config_default(&model);
+    char text[2048] = "moira_profile: 1\nexperts: 32\nlayers:\n  - {layer: 1, load: [";
+    for (int e = 0; e < 32; e++)
+        strcat(text, e ? ", 64" : "64");
+    strcat(text, "]}\nspeeds:\n  - {device: g, busy_us: 5000, predicted_us: 100}\n"
+                 "  - {device: elsewhere, busy_us: 1, predicted_us: 2}\n");
+    moira_profile_t profile;
+    CHECK_OK(moira_profile_parse(text, strlen(text), "p.yaml", &model, &profile));
+    CHECK(profile.n_speeds == 2 && !strcmp(profile.speeds[0].device, "g"));
+    CHECK(profile.speeds[0].busy_us == 5000 && profile.speeds[0].predicted_us == 100);
+    moira_topology_t t;
+    CHECK_OK(moira_topology_parse(calibrated, strlen(calibrated), "c.yaml", NULL, &t));
+    moira_cost_model_t cost;
+    moira_cost_model_init(&model, &cost);
+    double before = moira_cost_target_us(&cost, &t.targets[1], 2048, 32);
+    moira_plan_options_t options = {0, 0, MOIRA_PLAN_BALANCED};
+    moira_plan_t fast, slow;
+    CHECK_OK(moira_plan_make(&t, &model, &profile, &options, &fast));
+    /* Only g is in this topology: one speed applied. */
+    CHECK(moira_topology_apply_speeds(&t, &profile, NULL) == 1);
+    CHECK_NEAR(t.targets[1].time_scale, 50, 0);
+    CHECK_NEAR(moira_cost_target_us(&cost, &t.targets[1], 2048, 32), 50 * before, 1e-9);
+    CHECK_OK(moira_plan_make(&t, &model, &profile, &options, &slow));
+    int64_t on_fast = moira_plan_target_used_bytes(&fast, 1);
+    int64_t on_slow = moira_plan_target_used_bytes(&slow, 1);
+    printf("  g holds %lld bytes of experts as planned, %lld after running 50x slower\n",
+           (long long)on_fast, (long long)on_slow);
+    CHECK(on_slow < on_fast);
+    moira_plan_free(&fast);
+    moira_plan_free(&slow);
+    moira_topology_free(&t);
+    moira_profile_free(&profile);
+    /* Bad speeds: at their line and column. */
+    char full[1024] = "moira_profile: 1\nexperts: 32\nlayers:\n  - {layer: 1, load: [";
+    for (int e = 0; e < 32; e++)
+        strcat(full, e ? ", 1" : "1");
+    strcat(full, "]}\nspeeds:\n  - {device: g, busy_us: 0, predicted_us: 1}\n");
+    moira_status_t status = moira_profile_parse(full, strlen(full), "bad.yaml", &model, &profile);
+    CHECK_MSG(moira_status_code(status) == MOIRA_CODE_INVALID_INPUT &&
+                  strstr(moira_status_message(status), "bad.yaml:6:26: busy_us must be positive"),
+              "%s", moira_status_message(status));
+    printf("  rejected: %s\n", moira_status_message(status));
+    moira_status_free(status);
+}
+
 int main(void) {
     test_fit_recovers_figures();
     test_cost_prefers_measured();
     test_write_round_trip();
     test_bad_measured();
+    test_recorded_speeds();
     return moira_test_finish("test_placement_calibrate");
 }
