@@ -97,16 +97,17 @@ static void print_layers(const run_result_t *r) {
 static void print_network(const run_result_t *r) {
     const moira_exec_stats_t *s = r->stats;
     if (s->ranks < 2) return;
-    printf("\n%-6s %14s %14s %12s   (per batch; EXCHANGE includes waiting for the other hosts' "
-           "experts)\n",
-           "LAYER", "NETWORK KB", "PREDICTED KB", "EXCHANGE ms");
+    printf("\n%-6s %14s %14s %12s %14s   (per batch; EXCHANGE includes waiting for the other "
+           "hosts' experts)\n",
+           "LAYER", "NETWORK KB", "PREDICTED KB", "EXCHANGE ms", "PREDICTED ms");
     for (int l = 0; l < s->n_layers; l++) {
         const moira_exec_layer_stats_t *layer = &s->layers[l];
         if (!layer->is_moe) continue;
-        printf("%-6lld %14.3f %14.3f %12.3f\n", (long long)layer->layer,
+        printf("%-6lld %14.3f %14.3f %12.3f %14.3f\n", (long long)layer->layer,
                per_batch(s, layer->network_bytes) / 1e3,
                per_batch(s, layer->predicted_network_bytes) / 1e3,
-               1e3 * per_batch(s, layer->exchange_s));
+               1e3 * per_batch(s, layer->exchange_s),
+               1e-3 * per_batch(s, layer->predicted_network_us));
     }
 }
 
@@ -225,6 +226,8 @@ static void json_layers(moira_tree_writer_t *w, const run_result_t *r) {
                 json_number(w, "predicted_network_bytes",
                             per_batch(s, layer->predicted_network_bytes));
                 json_number(w, "exchange_ms", 1e3 * per_batch(s, layer->exchange_s));
+                json_number(w, "predicted_network_ms",
+                            1e-3 * per_batch(s, layer->predicted_network_us));
             }
         }
         moira_tree_close(w, true);

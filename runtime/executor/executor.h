@@ -156,6 +156,7 @@ typedef struct moira_exec_layer_stats {
     double network_bytes;
     double exchange_s;
     double predicted_network_bytes;
+    double predicted_network_us; /* those bytes over the topology's network, plus its latency */
 } moira_exec_layer_stats_t;
 
 typedef struct moira_exec_stats {

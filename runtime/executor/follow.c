@@ -22,7 +22,7 @@ typedef struct wire_target {
 } wire_target_t;
 
 typedef struct wire_layer {
-    double network_bytes, exchange_s, predicted_network_bytes;
+    double network_bytes, exchange_s, predicted_network_bytes, predicted_network_us;
 } wire_layer_t;
 
 bool moira_executor_leads(const moira_executor_t *e) {
@@ -74,8 +74,11 @@ static void pack(const moira_executor_t *e, wire_target_t *targets, wire_layer_t
         memcpy(w->device_name, s->device_name, sizeof(w->device_name));
     }
     for (int l = 0; l < e->stats.n_layers; l++)
-        layers[l] = (wire_layer_t){e->stats.layers[l].network_bytes, e->stats.layers[l].exchange_s,
-                                   e->stats.layers[l].predicted_network_bytes};
+        layers[l] =
+            (wire_layer_t){.network_bytes = e->stats.layers[l].network_bytes,
+                           .exchange_s = e->stats.layers[l].exchange_s,
+                           .predicted_network_bytes = e->stats.layers[l].predicted_network_bytes,
+                           .predicted_network_us = e->stats.layers[l].predicted_network_us};
 }
 
 /* Rank 0 adds the other ranks' targets after its own, and their network bytes and predictions
@@ -109,6 +112,7 @@ static void merge(moira_executor_t *e, const wire_target_t *targets, const wire_
             const wire_layer_t *w = &layers[(size_t)r * (size_t)e->stats.n_layers + (size_t)l];
             e->stats.layers[l].network_bytes += w->network_bytes;
             e->stats.layers[l].predicted_network_bytes += w->predicted_network_bytes;
+            e->stats.layers[l].predicted_network_us += w->predicted_network_us;
         }
     }
 }

@@ -25,9 +25,13 @@ void moira_exec_measure_layer(moira_executor_t *e, const exec_layer_t *layer,
             &e->cost, e->topology, plan->n_replicas, plan->replica_target, plan->replica_expert,
             layer->routed_load, e->exchange.host, e->network_scratch);
         int64_t d = e->model->hidden_size, k = e->model->num_experts_per_tok;
-        stats->predicted_network_bytes +=
-            crossings *
-            (double)(moira_network_dispatch_row_bytes(d, k) + moira_network_return_row_bytes(d));
+        double bytes = crossings * (double)(moira_network_dispatch_row_bytes(d, k) +
+                                            moira_network_return_row_bytes(d));
+        stats->predicted_network_bytes += bytes;
+        /* Out and back: the bytes over the network's bandwidth, and its latency twice. */
+        if (bytes > 0 && e->topology->network_gbs > 0)
+            stats->predicted_network_us +=
+                bytes / (e->topology->network_gbs * 1e3) + 2 * e->topology->network_latency_us;
     }
     stats->predicted_us += cost.predicted_us;
     stats->plan_predicted_us = plan->cost.predicted_us;
@@ -74,6 +78,7 @@ void moira_executor_reset_stats(moira_executor_t *e) {
         moira_exec_layer_stats_t *layer = &s->layers[l];
         layer->wall_s = layer->home_s = layer->experts_s = layer->predicted_us = 0;
         layer->network_bytes = layer->exchange_s = layer->predicted_network_bytes = 0;
+        layer->predicted_network_us = 0;
     }
 }
 

@@ -70,7 +70,8 @@ check "and agreed with the fp64 reference" "^check +every layer vs the reference
 
 # --- network bytes: every routed expert on beta, so every token crosses once per MoE layer ----
 # moira-tiny: D = 256, k = 4. A dispatched row is D f32 + k replica numbers + k weights, a
-# returned row D f32: (256 + 8) * 4 + 256 * 4 = 2080 bytes per token, 16 tokens: 33280 per layer.
+# returned row D f32: (256 + 8) * 4 + 256 * 4 = 2080 bytes per token, 16 tokens: 33280 per layer;
+# predicted time: those bytes at the topology's 10 GB/s plus its 20 us latency out and back.
 expect 0 "run with every expert on beta" -- "${mpi[@]}" -np 2 "$moira" run --tokens 16 --iters 2 \
     --topology "$cluster/two-host.yaml" --plan "$cluster/remote-two-host.yaml" --json
 cp "$work/out" "$work/remote.json"
@@ -83,6 +84,9 @@ assert len(moe) == 3
 for l in moe:
     assert l["network_bytes"] == 16 * 2080, (l["layer"], l["network_bytes"])
     assert l["predicted_network_bytes"] == l["network_bytes"], l
+    # two-host.yaml's network: 10 GB/s and 20 us each way.
+    want_ms = (16 * 2080 / (10 * 1e3) + 2 * 20) / 1e3
+    assert abs(l["predicted_network_ms"] - want_ms) < 1e-9, (l["predicted_network_ms"], want_ms)
 PY
 
 # --- greedy generation: two ranks generate what one process generates ----------------------
