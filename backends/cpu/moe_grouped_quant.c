@@ -76,7 +76,12 @@ static void run_item(ctx_t *ctx, const item_t *item, bool pairs) {
     const moira_cpu_grouped_ffn_t *job = ctx->job;
     int32_t row_begin = job->offsets[item->expert], row_end = job->offsets[item->expert + 1];
     for (int32_t row = row_begin; row < row_end; row += MOIRA_CPU_QTILE_ROWS) {
-        moira_cpu_qtile_t tile = {.blocks = (pairs ? job->w1 : job->w2)->depth, .swiglu = pairs};
+        moira_cpu_qtile_t tile = {
+            .blocks = (pairs ? job->w1 : job->w2)->depth,
+            .swiglu = pairs,
+            .exact_scales = pairs ? job->w1->extreme_scales || job->w3->extreme_scales
+                                  : job->w2->extreme_scales,
+        };
         tile.rows = row_end - row < MOIRA_CPU_QTILE_ROWS ? row_end - row : MOIRA_CPU_QTILE_ROWS;
         for (int r = 0; r < tile.rows; r++) {
             if (pairs)

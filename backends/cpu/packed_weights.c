@@ -166,6 +166,8 @@ static moira_status_t acquire(moira_threadpool_t *pool, const moira_dtensor_t *w
                               (const float *)(base + found->scale_offset)};
             moira_threadpool_parallel_for(pool, found->matrices * found->panels, 4, pack_panels,
                                           &ctx);
+            found->extreme_scales = moira_cpu_quant_extreme(
+                found->dtype, base + found->scale_offset, found->scale_bytes);
             atomic_store(&found->refs, 1); /* the list's */
             found->next = atomic_load(&buffer->packed);
             atomic_store(&buffer->packed, found);

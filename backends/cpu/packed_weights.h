@@ -32,8 +32,9 @@ struct moira_cpu_packed {
                                   panels: quant_panels.h; depth counts 32-input blocks) */
     /* Panels: matrix m's panel p (outputs 16p .. 16p+15) at data + (m * panels + p) * panel_bytes.
      */
-    int64_t panels; /* per matrix: rows rounded up to 16, over 16 */
-    int64_t depth;  /* steps: cols (f32 panels), cols rounded up to even over 2 (bf16 panels) */
+    bool extreme_scales; /* MXFP4: a scale byte is 0 or 255 (moira_cpu_quant_extreme) */
+    int64_t panels;      /* per matrix: rows rounded up to 16, over 16 */
+    int64_t depth; /* steps: cols (f32 panels), cols rounded up to even over 2 (bf16 panels) */
     size_t panel_bytes;
     moira_cpu_host_region_t memory; /* owned */
     atomic_int refs;

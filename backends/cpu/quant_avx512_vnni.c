@@ -73,8 +73,11 @@ static inline __m512 e8m0_to_ps(__m512i e) {
     return _mm512_castsi512_ps(bits);
 }
 
-static inline __attribute__((always_inline)) void mxfp4_tile(const moira_cpu_qtile_t *t, int rows,
-                                                             int streams) {
+/* `exact`: decode scale bytes 0 and 255 as OCP MX says (e8m0_to_ps), for panels that hold one;
+ * every other byte is exact with the bare shift, which costs four instructions less per block
+ * and panel (8-10% of a decode step). */
+static inline __attribute__((always_inline)) void
+mxfp4_tile_scales(const moira_cpu_qtile_t *t, int rows, int streams, bool exact) {
     const __m512i table = _mm512_broadcast_i32x4(
         _mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
     __m512 acc[MOIRA_CPU_QTILE_ROWS][MOIRA_CPU_QTILE_STREAMS];
@@ -104,11 +107,23 @@ static inline __attribute__((always_inline)) void mxfp4_tile(const moira_cpu_qti
         __m512 weight_scale[MOIRA_CPU_QTILE_STREAMS];
         for (int s = 0; s < streams; s++) {
             __m128i e = _mm_loadu_si128((const __m128i *)(t->panels[s] + blocks * 256 + b * 16));
-            weight_scale[s] = e8m0_to_ps(_mm512_cvtepu8_epi32(e));
+            __m512i e32 = _mm512_cvtepu8_epi32(e);
+            weight_scale[s] =
+                exact ? e8m0_to_ps(e32) : _mm512_castsi512_ps(_mm512_slli_epi32(e32, 23));
         }
         fold_block(t, b, sums, acc, weight_scale, rows, streams);
     }
     store(t, acc, rows, streams);
+}
+
+static inline __attribute__((always_inline)) void mxfp4_tile(const moira_cpu_qtile_t *t, int rows,
+                                                             int streams) {
+    mxfp4_tile_scales(t, rows, streams, false);
+}
+
+static inline __attribute__((always_inline)) void mxfp4_exact_tile(const moira_cpu_qtile_t *t,
+                                                                   int rows, int streams) {
+    mxfp4_tile_scales(t, rows, streams, true);
 }
 
 static inline __attribute__((always_inline)) void int8_tile(const moira_cpu_qtile_t *t, int rows,
@@ -167,7 +182,13 @@ static inline __attribute__((always_inline)) void int8_tile(const moira_cpu_qtil
     }
 
 QTILE_TABLE(mxfp4_tile)
+QTILE_TABLE(mxfp4_exact_tile)
 QTILE_TABLE(int8_tile)
 
-const moira_cpu_qtile_fn moira_cpu_qtile_avx512_vnni_mxfp4 = mxfp4_tile_any;
+/* Panels with a scale byte of 0 or 255 (t->exact_scales) take the exact decoding. */
+static void mxfp4_any(const moira_cpu_qtile_t *t) {
+    (t->exact_scales ? mxfp4_exact_tile_any : mxfp4_tile_any)(t);
+}
+
+const moira_cpu_qtile_fn moira_cpu_qtile_avx512_vnni_mxfp4 = mxfp4_any;
 const moira_cpu_qtile_fn moira_cpu_qtile_avx512_vnni_int8 = int8_tile_any;

@@ -45,7 +45,12 @@ static void run_items(void *raw, int64_t begin, int64_t end, int thread) {
         int64_t first = item * ctx->per_item, last = first + ctx->per_item;
         if (last > job->packed->panels) last = job->packed->panels;
         for (int64_t t0 = 0; t0 < job->tokens; t0 += MOIRA_CPU_QTILE_ROWS) {
-            moira_cpu_qtile_t tile = {.blocks = ctx->blocks, .swiglu = ctx->pairs};
+            moira_cpu_qtile_t tile = {
+                .blocks = ctx->blocks,
+                .swiglu = ctx->pairs,
+                .exact_scales =
+                    job->packed->extreme_scales || (ctx->pairs && job->packed_up->extreme_scales),
+            };
             tile.rows = (int)(job->tokens - t0 < MOIRA_CPU_QTILE_ROWS ? job->tokens - t0
                                                                       : MOIRA_CPU_QTILE_ROWS);
             for (int r = 0; r < tile.rows; r++) {

@@ -81,6 +81,14 @@ void moira_cpu_quantize_row(const float *x, int64_t n, int64_t blocks, int32_t o
     }
 }
 
+/* One pass over the scales at packing time, so tiles know before they run. */
+bool moira_cpu_quant_extreme(moira_dtype_t dtype, const unsigned char *scales, size_t bytes) {
+    if (dtype != MOIRA_DTYPE_MXFP4) return false;
+    for (size_t i = 0; i < bytes; i++)
+        if (scales[i] == 0 || scales[i] == 255) return true;
+    return false;
+}
+
 moira_cpu_qtile_fn moira_cpu_qtile_kernel(moira_dtype_t dtype) {
     __builtin_cpu_init();
     if (moira_cpu_isa_best() < MOIRA_CPU_ISA_AVX512 || !__builtin_cpu_supports("avx512vnni") ||

@@ -41,6 +41,11 @@ void moira_cpu_quant_pack_panel(moira_dtype_t dtype, const unsigned char *data,
                                 const unsigned char *scales, int64_t rows, int64_t cols,
                                 int64_t panel, unsigned char *dst);
 
+/* Whether `bytes` E8M0 scale bytes hold a 0 (2^-127) or 255 (NaN): the tile then decodes scales
+ * exactly (moira_cpu_qtile_t.exact_scales), slower; a bare shift is exact for every other byte.
+ * False for INT8. */
+bool moira_cpu_quant_extreme(moira_dtype_t dtype, const unsigned char *scales, size_t bytes);
+
 /* The weights' offset the activations' `corr` removes: 12 (MXFP4), 128 (INT8). */
 int32_t moira_cpu_quant_offset(moira_dtype_t dtype);
 
@@ -64,6 +69,7 @@ typedef struct moira_cpu_qtile {
     int64_t out_stride;
     int out_cols;
     bool swiglu;
+    bool exact_scales; /* MXFP4: some panel holds a scale byte 0 or 255 (moira_cpu_quant_extreme) */
 } moira_cpu_qtile_t;
 
 typedef void (*moira_cpu_qtile_fn)(const moira_cpu_qtile_t *tile);

@@ -89,8 +89,10 @@ static void check_shape(moira_dtype_t dtype, int64_t cols, int n_rows, int strea
 }
 
 /* E8M0 scale bytes 0 and 255 are 2^-127 and NaN (OCP MX), not the 0 and inf a bare shift of the
- * byte into an f32 exponent gives. Rows of 32 weights of 1.0 (E2M1 code 2) against activations
- * of 1.0: row 0 (scale byte 0) sums to 32 * 2^-127, row 1 (255) is NaN, row 2 (127) is 32. */
+ * byte into an f32 exponent gives: panels holding one are found at packing time
+ * (moira_cpu_quant_extreme) and run the exact tile. Rows of 32 weights of 1.0 (E2M1 code 2) against
+ * activations of 1.0: row 0 (scale byte 0) sums to 32 * 2^-127, row 1 (255) is NaN, row 2 (127)
+ * is 32. */
 static void check_scale_extremes(void) {
     moira_cpu_qtile_fn tile = moira_cpu_qtile_kernel(MOIRA_DTYPE_MXFP4);
     unsigned char data[16 * 16], scales[16];
@@ -107,7 +109,10 @@ static void check_scale_extremes(void) {
     for (int k = 0; k < 32; k++)
         x[k] = 1.0f;
     moira_cpu_quantize_row(x, 32, 1, moira_cpu_quant_offset(MOIRA_DTYPE_MXFP4), 0.5f, xq, xs, xc);
-    moira_cpu_qtile_t t = {.rows = 1, .streams = 1, .blocks = 1, .out = out, .out_cols = 16};
+    CHECK(moira_cpu_quant_extreme(MOIRA_DTYPE_MXFP4, scales, sizeof(scales)));
+    CHECK(!moira_cpu_quant_extreme(MOIRA_DTYPE_MXFP4, scales + 2, sizeof(scales) - 2));
+    moira_cpu_qtile_t t = {
+        .rows = 1, .streams = 1, .blocks = 1, .out = out, .out_cols = 16, .exact_scales = true};
     t.xq[0] = xq, t.xs[0] = xs, t.xc[0] = xc, t.panels[0] = panel;
     tile(&t);
     double tiny = 32.0 * ldexp(1.0, -127);
