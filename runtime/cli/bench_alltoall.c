@@ -245,14 +245,15 @@ static moira_status_t layer_share(moira_cluster_t *cluster, const char *dir, boo
         }
         moira_executor_release(ex);
     } else if (!status) {
-        status = moira_executor_follow(ex);
+        status = moira_executor_follow(ex, moira_cluster_timeout(cluster));
     }
     moira_executor_destroy(ex);
     run_placement_free(&p);
     run_model_release(&m);
     if (status) return status;
     /* The same messages alone: rank 0 sends the rows that crossed, rank 1 returns their sums. */
-    moira_cluster_broadcast(cluster, 0, crossed, sizeof(crossed), "bench row counts");
+    moira_cluster_broadcast(cluster, 0, crossed, sizeof(crossed), moira_cluster_timeout(cluster),
+                            "bench row counts");
     exchange_case_t c;
     if (!case_alloc(&c, moira_cluster_size(cluster), dispatch, back, 512))
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "bench alltoall: out of memory");

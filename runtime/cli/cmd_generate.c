@@ -38,10 +38,7 @@ static void print_help(void) {
            "                     (stop|length), prefill_tokens_per_s, decode_tokens_per_s\n"
            "  --logits-out F     also write the logits each token was chosen from, `logits` F32\n"
            "                     [steps, vocab], and the ids, `ids` I32 [steps], to safetensors F\n"
-           "                     (for moira compare against a PyTorch dump)\n"
-           "  --network-timeout S  under mpirun (one rank per host of --topology, docs/cluster.md):\n"
-           "                     seconds a rank waits for another before it ends the job\n"
-           "                     (default 60)\n");
+           "                     (for moira compare against a PyTorch dump)\n");
     generate_print_common_help(true);
     printf("\nexit codes: 0 success, 1 a device failed, 2 bad usage or bad input (a model\n"
            "Moira does not implement, malformed files, a prompt longer than the context)\n");
@@ -61,12 +58,6 @@ static int parse_args(int argc, char **argv, generate_args_t *a) {
         if (value) {
             if (i + 1 >= argc) return moira_cli_usage_error(VERB, "%s needs a value", arg);
             *value = argv[++i];
-        } else if (!strcmp(arg, "--network-timeout")) {
-            long long seconds = 0;
-            if (i + 1 >= argc) return moira_cli_usage_error(VERB, "%s needs a value", arg);
-            if (!moira_cli_parse_int(VERB, arg, argv[++i], 1, 86400, &seconds)) return 2;
-            if (moira_cluster_current())
-                moira_cluster_set_timeout(moira_cluster_current(), (double)seconds);
         } else if (!strcmp(arg, "--json")) {
             a->json = true;
         } else if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
@@ -191,7 +182,7 @@ static moira_status_t run(const generate_args_t *a) {
     moira_status_t status = generate_session_open(VERB, &a->common, &s);
     if (!status && !moira_engine_leads(s.engine)) {
         /* Another host's rank (mpirun): it serves its experts while rank 0 generates. */
-        status = moira_engine_follow(s.engine);
+        status = moira_engine_follow(s.engine, moira_cluster_timeout(moira_cluster_current()));
         generate_session_close(&s);
         return status;
     }

@@ -270,7 +270,7 @@ static moira_status_t run_model(const run_args_t *a, int *out_exit) {
     result.load_s = moira_now_seconds() - start;
     if (!status && !moira_executor_leads(ex)) {
         /* Another host's rank: it serves its experts; rank 0 checks, writes and reports. */
-        status = moira_executor_follow(ex);
+        status = moira_executor_follow(ex, (double)a->network_timeout);
         moira_executor_destroy(ex);
         run_placement_free(&p);
         run_model_release(&m);

@@ -4,6 +4,7 @@
  * SIGINT or SIGTERM stops accepting, lets running requests finish (for --shutdown-grace seconds)
  * and exits 0. */
 #include <libgen.h>
+#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -16,6 +17,7 @@
 #include "runtime/cli/cli.h"
 #include "runtime/cli/generate.h"
 #include "runtime/clock.h"
+#include "runtime/cluster/cluster.h"
 #include "runtime/server/expert_load.h"
 #include "runtime/server/http_server.h"
 
@@ -192,10 +194,24 @@ static int wait_for_signal(const server_t *s) {
     return signal;
 }
 
+/* Another host's rank under mpirun: no HTTP; it loads the model, then serves its experts to rank
+ * 0's engine for as long as rank 0 runs, however long it waits for requests. */
+static int follow(server_t *s) {
+    serve_args_t *a = s->args;
+    a->common.max_sequences = (int)a->cache_slots;
+    a->common.max_rows = a->chunk;
+    a->common.record_expert_load = true;
+    moira_status_t status = generate_session_start_engine(VERB, &a->common, &s->session);
+    if (!status) status = moira_engine_follow(s->session.engine, HUGE_VAL);
+    return status ? moira_status_report(status) : 0;
+}
+
 static int run(server_t *s) {
     serve_args_t *a = s->args;
     moira_status_t status = generate_session_open_model(&a->common, &s->session);
     if (status) return moira_status_report(status);
+    moira_cluster_t *cluster = moira_cluster_current();
+    if (cluster && moira_cluster_rank(cluster) > 0) return follow(s);
     if (!a->model_name) {
         s->default_name = strdup(a->common.model);
         a->model_name = s->default_name ? basename(s->default_name) : "model";

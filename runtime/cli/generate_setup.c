@@ -27,7 +27,7 @@ int generate_parse_option(const char *verb, int argc, char **argv, int *i, gener
     static const char *const with_value[] = {
         "--model",       "--backend", "--chat-format", "--max-tokens",     "--ctx",
         "--temperature", "--top-p",   "--top-k",       "--seed",           "--stop",
-        "--topology",    "--plan",    "--cache-dtype"};
+        "--topology",    "--plan",    "--cache-dtype", "--network-timeout"};
     bool known = false;
     for (size_t k = 0; k < sizeof(with_value) / sizeof(with_value[0]); k++)
         known |= !strcmp(arg, with_value[k]);
@@ -51,6 +51,11 @@ int generate_parse_option(const char *verb, int argc, char **argv, int *i, gener
         if (strcmp(v, "f32") && strcmp(v, "bf16"))
             return moira_cli_usage_error(verb, "--cache-dtype expects f32 or bf16, got \"%s\"", v);
         o->cache_dtype = strcmp(v, "f32") ? MOIRA_DTYPE_BF16 : MOIRA_DTYPE_F32;
+    } else if (!strcmp(arg, "--network-timeout")) {
+        long long seconds = 0;
+        ok = moira_cli_parse_int(verb, arg, v, 1, 86400, &seconds);
+        if (ok && moira_cluster_current())
+            moira_cluster_set_timeout(moira_cluster_current(), (double)seconds);
     } else if (!strcmp(arg, "--ctx")) {
         ok = moira_cli_parse_int(verb, arg, v, 2, 1 << 24, &o->context);
     } else if (!strcmp(arg, "--temperature")) {
@@ -80,7 +85,10 @@ void generate_print_common_help(bool with_request_options) {
            "                     shared experts and lm_head\n"
            "  --topology FILE    the machine (default: this one, discovered); without --plan a\n"
            "                     plan for a uniform load is made here\n"
-           "  --plan FILE        routed experts where the plan (moira plan -o) puts them\n");
+           "  --plan FILE        routed experts where the plan (moira plan -o) puts them\n"
+           "  --network-timeout S  under mpirun (one rank per host of the topology,\n"
+           "                     docs/cluster.md): seconds a rank waits for another in a step\n"
+           "                     before it ends the job (default 60)\n");
     if (with_request_options)
         printf("  --max-tokens N     generate at most N tokens (default: until the context is "
                "full)\n");
@@ -111,6 +119,12 @@ moira_status_t generate_session_open_model(const generate_options_t *o, generate
 
 moira_status_t generate_session_start_engine(const char *verb, const generate_options_t *o,
                                              generate_session_t *s) {
+    moira_cluster_t *cluster = moira_cluster_current();
+    if (cluster && moira_cluster_size(cluster) > 1 && !o->topology && !o->plan)
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
+                                 "%s under mpirun needs --topology and --plan: the ranks are the "
+                                 "topology's hosts",
+                                 verb);
     MOIRA_RETURN_IF_ERROR(moira_runtime_init());
     moira_device_t *device = NULL;
     MOIRA_RETURN_IF_ERROR(moira_device_find(o->backend ? o->backend : "cpu:0", &device));

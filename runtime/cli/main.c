@@ -114,12 +114,13 @@ static void print_version(void) {
 static int run_verb(const verb_t *verb, int argc, char **argv) {
     moira_cluster_t *cluster = moira_cluster_current();
     bool spreads = !strcmp(verb->name, "run") || !strcmp(verb->name, "generate") ||
+                   !strcmp(verb->name, "serve") ||
                    !strcmp(verb->name, "bench"); /* bench alltoall; the others refuse */
     if (cluster && moira_cluster_size(cluster) > 1 && !spreads) {
         if (moira_cluster_rank(cluster) == 0)
             fprintf(stderr,
-                    "moira %s: runs on one host; under mpirun only run and generate "
-                    "spread over several ranks (start it with -np 1)\n",
+                    "moira %s: runs on one host; under mpirun only run, generate, serve and "
+                    "bench alltoall spread over several ranks (start it with -np 1)\n",
                     verb->name);
         moira_cluster_exit(2);
     }

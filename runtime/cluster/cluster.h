@@ -4,8 +4,8 @@
  * each wait bounded by a timeout so that a stalled peer ends the job with a message naming it
  * instead of hanging every rank. A rank that dies is mpirun's to notice: it ends the others.
  *
- * Every call below is made from the thread that joined, one at a time (MPI_THREAD_FUNNELED); the
- * executor's device workers never touch MPI. */
+ * The calls below are made one at a time (MPI_THREAD_SERIALIZED), from whichever thread drives
+ * the executor (a server's engine thread, say); the executor's device workers never touch MPI. */
 #ifndef MOIRA_RUNTIME_CLUSTER_CLUSTER_H
 #define MOIRA_RUNTIME_CLUSTER_CLUSTER_H
 
@@ -61,10 +61,11 @@ void moira_cluster_barrier(moira_cluster_t *cluster, double timeout_s, const cha
  * whose value differs from rank 0's, or -1 when all agree. Bounded by the timeout. */
 int moira_cluster_first_different(moira_cluster_t *cluster, uint64_t value, const char *what);
 
-/* Rank `root` sends `bytes` at `data` to every other rank, which receive them into `data`;
- * bounded by the cluster's timeout (aborts the job past it, naming the root). */
+/* Rank `root` sends `bytes` at `data` to every other rank, which receive them into `data`,
+ * waiting at most `timeout_s` (the job ends past it, naming the root); HUGE_VAL waits as long as
+ * it takes (a server's other ranks between requests). */
 void moira_cluster_broadcast(moira_cluster_t *cluster, int root, void *data, size_t bytes,
-                             const char *what);
+                             double timeout_s, const char *what);
 
 /* Each rank sends `bytes` to rank `root`, which receives rank r's into out + r * bytes (its own
  * included). Bounded by the timeout (the root names the rank it waits for). */

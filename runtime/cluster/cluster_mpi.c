@@ -44,8 +44,12 @@ moira_cluster_t *moira_cluster_current(void) {
 
 moira_status_t moira_cluster_join(int *argc, char ***argv) {
     int provided = 0;
-    if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+    if (MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided) != MPI_SUCCESS)
         return moira_status_make(MOIRA_CODE_UNSUPPORTED, "MPI could not start this rank");
+    if (provided < MPI_THREAD_SERIALIZED)
+        return moira_status_make(MOIRA_CODE_UNSUPPORTED,
+                                 "this MPI library cannot be called from more than one thread "
+                                 "(MPI_THREAD_SERIALIZED), which Moira needs");
     /* Errors come back as codes, so a failed call is reported by Moira, not by MPI's handler
      * printing a stack and aborting. */
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
@@ -209,12 +213,12 @@ int moira_cluster_first_different(moira_cluster_t *c, uint64_t value, const char
 }
 
 void moira_cluster_broadcast(moira_cluster_t *c, int root, void *data, size_t bytes,
-                             const char *what) {
+                             double timeout_s, const char *what) {
     MPI_Request request;
     if (MPI_Ibcast(data, (int)bytes, MPI_BYTE, root, MPI_COMM_WORLD, &request) != MPI_SUCCESS)
         moira_cluster_abort(c, 1, "MPI failed during %s", what);
     int peer = c->rank == root ? -1 : root;
-    wait_all(c, &request, &peer, 1, moira_now_seconds(), c->timeout_s, what);
+    wait_all(c, &request, &peer, 1, moira_now_seconds(), timeout_s, what);
 }
 
 void moira_cluster_gather(moira_cluster_t *c, int root, const void *data, size_t bytes, void *out,

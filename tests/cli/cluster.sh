@@ -110,7 +110,55 @@ PY
 cmp -s "$work/one-logits.safetensors" "$work/two-logits.safetensors" &&
     passed=$((passed + 1)) || fail "two ranks' logits differ from one process's"
 
+# --- serve: rank 0 answers HTTP, its steps run across both ranks ---------------------------
+# The completion equals one process's greedy generation; the other rank waits through an idle
+# spell longer than --network-timeout; SIGTERM to rank 0 stops the job with exit 0.
+port_file="$work/serve.err"
+"${mpi[@]}" -np 2 "$moira" serve --model "$work/bf16" --topology "$cluster/two-host.yaml" \
+    --plan "$work/gen-two.yaml" --port 0 --network-timeout 2 >"$work/serve.out" 2>"$port_file" &
+serve_job=$!
+launched+=("$serve_job")
+port=""
+for waited in $(seq 1 150); do
+    port=$(sed -n 's/.*listening on http:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$port_file" | head -1)
+    [ -n "$port" ] && grep -q "ready" "$port_file" && break
+    sleep 0.1
+done
+if [ -z "$port" ]; then
+    fail "serve under mpirun never got ready"
+    sed 's/^/  | /' "$port_file" | head -8
+else
+    sleep 3 # idle for longer than --network-timeout
+    python3 - "$port" "$work/one.json" <<'PY' && passed=$((passed + 1)) || fail "served text"
+import json, sys, urllib.request
+port, one = sys.argv[1], json.load(open(sys.argv[2]))
+body = json.dumps({"model": "bf16", "prompt": "Moira spins", "max_tokens": 12,
+                   "temperature": 0}).encode()
+request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body,
+                                 {"Content-Type": "application/json"})
+answer = json.load(urllib.request.urlopen(request, timeout=60))
+text = answer["choices"][0]["text"]
+assert text == one["text"], (text, one["text"])
+PY
+    for pid in $(pgrep -f "moira serve --model $work/bf16"); do
+        tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=0" &&
+            kill -TERM "$pid"
+    done
+fi
+for waited in $(seq 1 300); do
+    kill -0 "$serve_job" 2>/dev/null || break
+    sleep 0.1
+done
+if kill -0 "$serve_job" 2>/dev/null; then
+    fail "serve under mpirun still runs 30 s after SIGTERM"
+    kill -9 "$serve_job"
+else
+    wait "$serve_job" && passed=$((passed + 1)) || fail "serve under mpirun exited $? after SIGTERM"
+fi
+
 # --- bad starts: exit 2 ---------------------------------------------------------------------
+expect 2 "generate under mpirun without a plan" -- "${mpi[@]}" -np 2 "$moira" "${gen[@]}"
+expect_stderr "generate under mpirun needs --topology and --plan" "missing plan named"
 expect 2 "three ranks for two hosts" -- "${mpi[@]}" -np 3 "$moira" run --tokens 4 --iters 1 \
     --topology "$cluster/two-host.yaml" --plan "$cluster/split-two-host.yaml"
 expect_stderr "3 ranks were started for a topology of 2 hosts .*mpirun -np 2" "rank count named"
