@@ -198,7 +198,7 @@ fault() { # fault NAME SIGNAL PATTERN
         sleep 0.1
     done
     [ -n "$target" ] || { fail "$1: rank 1 never started"; kill -9 "$job"; return; }
-    sleep 1.5 # both ranks loaded and exchanging
+    sleep 3 # both ranks loaded (moira-tiny: a tenth of a second) and exchanging
     launched+=("$target")
     local start=$SECONDS
     kill -"$2" "$target"
