@@ -174,6 +174,16 @@ moira_status_t moira_topology_discover_local(const moira_discovery_devices_t *de
     return status;
 }
 
+/* An emulated device alone (`--backend npu:0`) has no NUMA targets to be costed as: it gets the
+ * host CPU's fallbacks - one DDR channel's bandwidth and every online core's fallback peak - not
+ * the figures of the device it models (an Ascend 910B's 1600 GB/s and 354 TFLOP/s). */
+static void emulated_as_host(moira_target_t *t) {
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    t->bandwidth_gbs = FALLBACK_NUMA_BANDWIDTH_GBS;
+    for (int d = 0; d < MOIRA_DTYPE_COUNT; d++)
+        t->peak_tflops[d] = FALLBACK_CORE_TFLOPS * (double)(cores > 0 ? cores : 1);
+}
+
 /* Whatever figure a device cannot report gets discovery's conservative fallback, so that even
  * a device that reports nothing (PoCL) can be costed when the user asks to run on it alone. */
 moira_status_t moira_topology_for_device(const moira_device_info_t *info, moira_topology_t *out) {
@@ -201,6 +211,7 @@ moira_status_t moira_topology_for_device(const moira_device_info_t *info, moira_
         t.peak_tflops[MOIRA_DTYPE_F32] = FALLBACK_CORE_TFLOPS * units;
     }
     t.link_gbs = cpu ? 0 : FALLBACK_LINK_GBS;
+    if (info->emulated) emulated_as_host(&t);
     moira_status_t status = moira_topology_add_target(out, &t);
     if (status) moira_topology_free(out);
     return status;

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "placement/profile.h"
 #include "placement/topology.h"
@@ -224,6 +225,13 @@ static void test_discovery(void) {
     n = moira_topology_find_target(&t, "npu:0");
     CHECK(n >= 0 && t.targets[n].bandwidth_gbs == numa_bandwidth &&
           moira_target_peak_tflops(&t.targets[n], MOIRA_DTYPE_BF16) == 2.0);
+    moira_topology_free(&t);
+    /* Alone (run --backend npu:0) it is costed as the host too: one DDR channel (25.6 GB/s)
+     * and 0.064 TFLOP/s per online core, not the 100 GB/s it reports. */
+    CHECK_OK(moira_topology_for_device(&infos[1], &t));
+    double cores = (double)sysconf(_SC_NPROCESSORS_ONLN);
+    CHECK(t.n_targets == 1 && t.targets[0].bandwidth_gbs == 25.6);
+    CHECK_NEAR(moira_target_peak_tflops(&t.targets[0], MOIRA_DTYPE_BF16), 0.064 * cores, 1e-12);
     moira_topology_free(&t);
     devices.with_emulated = false;
     infos[1].emulated = false;
