@@ -7,6 +7,14 @@
 #include "placement/tree_writer.h"
 #include "placement/yaml_doc.h"
 
+/* What a plan may fill on a target: its memory less the reserve the caller set
+ * (moira_topology_reserve: workspaces, the home's weights, --reserve). */
+static uint64_t usable_bytes(const moira_target_t *target) {
+    return target->memory_bytes > target->reserve_bytes
+               ? target->memory_bytes - target->reserve_bytes
+               : 0;
+}
+
 #define MAX_PLAN_EXPERTS (1 << 20)
 
 /* The plan's device list: every target with its host, where its host buffers go and how much of
@@ -185,12 +193,14 @@ moira_status_t moira_plan_validate(const moira_plan_t *plan, const moira_topolog
     }
     for (int t = 0; !status && t < topology->n_targets; t++) {
         int64_t used = moira_plan_target_used_bytes(plan, t);
-        if ((uint64_t)used > topology->targets[t].memory_bytes)
+        const moira_target_t *target = &topology->targets[t];
+        if ((uint64_t)used > usable_bytes(target))
             status = moira_status_make(MOIRA_CODE_INVALID_INPUT,
                                        "%s: %s holds %lld bytes of experts but has %llu bytes of "
-                                       "memory",
-                                       name, topology->targets[t].name, (long long)used,
-                                       (unsigned long long)topology->targets[t].memory_bytes);
+                                       "memory (%llu of them kept in reserve)",
+                                       name, target->name, (long long)used,
+                                       (unsigned long long)target->memory_bytes,
+                                       (unsigned long long)target->reserve_bytes);
     }
     free(covered);
     free(per_target);
@@ -346,14 +356,16 @@ static moira_status_t load_layer_device(load_ctx_t *ctx, moira_plan_layer_t *lay
                                (long long)plan->slots);
     /* Compared as counts so that no product can overflow: used_bytes never exceeds memory. */
     const moira_target_t *target = &ctx->topology->targets[t];
-    uint64_t room =
-        (target->memory_bytes - (uint64_t)ctx->used_bytes[t]) / (uint64_t)plan->expert_bytes;
+    uint64_t usable = usable_bytes(target), used = (uint64_t)ctx->used_bytes[t];
+    uint64_t room = usable > used ? (usable - used) / (uint64_t)plan->expert_bytes : 0;
     if ((uint64_t)n > room)
         return moira_yaml_fail(doc, experts,
                                "\"%s\" would hold %lld more experts by layer %lld, but its memory "
-                               "(%llu bytes, %lld already used) has room for %llu",
+                               "(%llu bytes, %llu kept in reserve, %lld already used) has room "
+                               "for %llu",
                                name, (long long)n, (long long)layer->layer,
                                (unsigned long long)target->memory_bytes,
+                               (unsigned long long)target->reserve_bytes,
                                (long long)ctx->used_bytes[t], (unsigned long long)room);
     ctx->used_bytes[t] += (int64_t)n * plan->expert_bytes;
     MOIRA_RETURN_IF_ERROR(reserve_replicas(layer, n));

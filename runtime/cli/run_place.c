@@ -78,6 +78,8 @@ moira_status_t run_place(const run_args_t *a, const moira_model_config_t *model,
     bool single_device = a->backend && !a->topology && !a->plan;
     moira_status_t status = load_topology(a, single_device, &out->topology);
     if (!status && a->plan) {
+        /* A plan from a file keeps the same reserve free as one made here (its home unknown). */
+        moira_topology_reserve(&out->topology, model, (double)a->reserve_gib * 1073741824.0, -1);
         status = moira_plan_load_for_model(a->plan, &out->topology, model, &out->plan);
         if (!status) moira_plan_evaluate(&out->plan, &out->topology, model);
         snprintf(out->source, sizeof(out->source), "%s (topology %s)", a->plan, out->topology.name);

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "placement/plan.h"
+#include "placement/reserve.h"
 #include "tests/unit/testing.h"
 
 #define CONFIGS MOIRA_TEST_DATA_DIR "/../../configs/"
@@ -352,7 +353,46 @@ static void test_svg_home_and_bottleneck(void) {
     moira_topology_free(&t);
 }
 
+/* A plan from a file is held to the reserve a plan made here keeps (issue 15: it was checked
+ * against raw memory): moira-tiny's 96 replicas x 196608 bytes = 18874368 fill 98.75% of
+ * 0.0178 GiB (19112604 bytes), which fits the memory but not memory less 3% and the home's
+ * weights. */
+static void test_loaded_plan_keeps_reserve(void) {
+    const char *topology = "name: r\nhosts:\n  - name: h\n    numa_nodes:\n"
+                           "      - {id: 0, memory_gib: 0.0178, bandwidth_gbs: 10, cores: 1, "
+                           "peak_tflops: {f32: 1}}\n";
+    char experts[256] = "", text[2048];
+    for (int e = 0; e < 32; e++)
+        snprintf(experts + strlen(experts), sizeof(experts) - strlen(experts), "%s%d",
+                 e ? ", " : "", e);
+    snprintf(text, sizeof(text),
+             "moira_plan: 1\ntopology: r\nmodel: moira-tiny\nlayers:\n"
+             "  - {layer: 1, devices: {h/numa0: {experts: [%s]}}}\n"
+             "  - {layer: 2, devices: {h/numa0: {experts: [%s]}}}\n"
+             "  - {layer: 3, devices: {h/numa0: {experts: [%s]}}}\n",
+             experts, experts, experts);
+    moira_topology_t t;
+    moira_model_config_t m;
+    moira_plan_t plan;
+    moira_model_config_default(&m);
+    CHECK_OK(moira_topology_parse(topology, strlen(topology), "r.yaml", NULL, &t));
+    CHECK(t.targets[0].memory_bytes == 19112604);
+    CHECK_OK(moira_plan_parse_for_model(text, strlen(text), "full.yaml", &t, &m, &plan));
+    moira_plan_free(&plan);
+    moira_topology_reserve(&t, &m, 0, -1);
+    CHECK(t.targets[0].reserve_bytes > 19112604 - 18874368);
+    moira_status_t status =
+        moira_plan_parse_for_model(text, strlen(text), "full.yaml", &t, &m, &plan);
+    CHECK_MSG(moira_status_code(status) == MOIRA_CODE_INVALID_INPUT &&
+                  strstr(moira_status_message(status), "kept in reserve"),
+              "%s", moira_status_message(status));
+    printf("  rejected: %s\n", moira_status_message(status));
+    moira_status_free(status);
+    moira_topology_free(&t);
+}
+
 int main(void) {
+    test_loaded_plan_keeps_reserve();
     test_svg_home_and_bottleneck();
     test_round_trip(false);
     test_round_trip(true);
