@@ -37,4 +37,30 @@ moira_status_t moira_calibration_fit(const moira_calibration_point_t *points, in
 /* What the fitted form predicts for one point. */
 double moira_calibration_predict(const moira_calibration_fit_t *fit, double reads, double tokens);
 
+/* The home's form (placement/home.h): launch + max(memory_us, flops x us_per_flop) +
+ * attention_flops x us_per_attention_flop, the attention growing with the square of the batch.
+ * A point per batch size, per layer; a plain value. */
+typedef struct moira_home_point {
+    double flops;           /* 2 x the home's parameters x T (> 0) */
+    double attention_flops; /* moira_home_attention_flops (>= 0) */
+    double busy_us;         /* > 0 */
+} moira_home_point_t;
+
+/* A plain value. */
+typedef struct moira_home_fit {
+    double launch_us, us_per_flop, us_per_attention_flop; /* >= 0; attention 0: not resolved */
+    double worst_ratio;
+} moira_home_fit_t;
+
+/* Fits launch, us_per_flop and us_per_attention_flop to 2-8 points with the weights' read time
+ * `memory_us` fixed: every choice of three points and of which are memory-bound is solved
+ * exactly, and so is the form without attention; the best worst ratio wins. INVALID_ARGUMENT for
+ * points that are not positive or a count out of range. */
+moira_status_t moira_calibration_fit_home(const moira_home_point_t *points, int n, double memory_us,
+                                          moira_home_fit_t *out);
+
+/* What the fitted home form predicts. */
+double moira_home_fit_predict(const moira_home_fit_t *fit, double memory_us, double flops,
+                              double attention_flops);
+
 #endif

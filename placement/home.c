@@ -37,6 +37,11 @@ static void home_speed(const moira_topology_t *topology, int home, moira_dtype_t
     if (measured->measured.home_tflops > 0) *out_tflops = measured->measured.home_tflops;
 }
 
+double moira_home_attention_flops(const moira_model_config_t *model, double tokens) {
+    double dims = (double)(model->qk_nope_head_dim + model->qk_rope_head_dim + model->v_head_dim);
+    return (double)model->num_attention_heads * dims * tokens * (tokens + 1);
+}
+
 double moira_home_layer_us(const moira_topology_t *topology, int home,
                            const moira_model_config_t *model, int64_t layer, double tokens) {
     double experts = 0, rest = 0, gbs = 0, tflops = 0;
@@ -45,8 +50,13 @@ double moira_home_layer_us(const moira_topology_t *topology, int home,
     double params = rest / (double)moira_dtype_size(model->weight_dtype);
     double memory_us = gbs > 0 ? rest / (gbs * 1e3) : 1e30;
     double compute_us = tflops > 0 ? 2.0 * params * tokens / (tflops * 1e6) : 1e30;
-    double launch_us = home_measured_at(topology, home)->measured.home_launch_us;
-    return launch_us + (memory_us > compute_us ? memory_us : compute_us);
+    const moira_measured_t *measured = &home_measured_at(topology, home)->measured;
+    double attention_us =
+        measured->home_attention_tflops > 0
+            ? moira_home_attention_flops(model, tokens) / (measured->home_attention_tflops * 1e6)
+            : 0;
+    return measured->home_launch_us + (memory_us > compute_us ? memory_us : compute_us) +
+           attention_us;
 }
 
 int moira_home_choose(const moira_topology_t *topology, const moira_model_config_t *model,

@@ -12,9 +12,15 @@
  * tokens / peak). CPU memory as home is the whole host's CPU memory (the cpu device uses every
  * core and node): the host's NUMA targets' bandwidths and peaks summed. Calibrated figures
  * (measured home_launch_us and home_tflops; for CPU memory the host's first NUMA node's) win;
- * launch is 0 without them. */
+ * launch is 0 without them. A measured home_attention_tflops adds the attention's FLOPs
+ * (moira_home_attention_flops) at that rate on top. */
 double moira_home_layer_us(const moira_topology_t *topology, int home,
                            const moira_model_config_t *model, int64_t layer, double tokens);
+
+/* FLOPs of causal attention over a prefill of `tokens` tokens: every head scores each query
+ * against it and the tokens before it (qk_nope + qk_rope dims) and sums their values (v dims):
+ * heads x (qk + v) x T x (T + 1). What grows with the square of the batch. */
+double moira_home_attention_flops(const moira_model_config_t *model, double tokens);
 
 /* The target of the first host whose home time over all layers for `tokens` is least among those
  * with memory for the home's weights (plus the 3% headroom); CPU memory on a tie. -1 when none

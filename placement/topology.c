@@ -127,18 +127,22 @@ static moira_status_t check_unique_name(parse_ctx_t *ctx, const yaml_node_t *at,
 }
 
 /* `measured: {bandwidth_gbs, tflops: {f32, bf16}, launch_us, link_gbs, home_launch_us,
- * home_tflops}` as `moira calibrate` writes it; every key optional, none negative, rates positive.
+ * home_tflops, home_attention_tflops}` as `moira calibrate` writes it; every key optional, none
+ * negative, rates positive.
  */
 static moira_status_t parse_measured(parse_ctx_t *ctx, const yaml_node_t *node,
                                      moira_measured_t *m) {
     moira_yaml_doc_t *doc = ctx->doc;
-    static const char *const keys[] = {"bandwidth_gbs",  "tflops",      "launch_us", "link_gbs",
-                                       "home_launch_us", "home_tflops", NULL};
+    static const char *const keys[] = {"bandwidth_gbs",  "tflops",      "launch_us",
+                                       "link_gbs",       "home_tflops", "home_attention_tflops",
+                                       "home_launch_us", NULL};
     MOIRA_RETURN_IF_ERROR(moira_yaml_expect_mapping(doc, node, "measured"));
     MOIRA_RETURN_IF_ERROR(moira_yaml_check_keys(doc, node, keys));
-    static const char *const rates[] = {"bandwidth_gbs", "link_gbs", "home_tflops"};
-    double *rate_values[] = {&m->bandwidth_gbs, &m->link_gbs, &m->home_tflops};
-    for (int i = 0; i < 3; i++) {
+    static const char *const rates[] = {"bandwidth_gbs", "link_gbs", "home_tflops",
+                                        "home_attention_tflops"};
+    double *rate_values[] = {&m->bandwidth_gbs, &m->link_gbs, &m->home_tflops,
+                             &m->home_attention_tflops};
+    for (int i = 0; i < 4; i++) {
         yaml_node_t *v = moira_yaml_get(doc, node, rates[i]);
         if (!v) continue;
         char what[48];

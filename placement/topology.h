@@ -36,7 +36,8 @@ typedef struct moira_measured {
     double launch_us;                 /* fixed cost of one layer's expert work on it */
     double link_gbs;                  /* host <-> device copies, GB/s */
     double home_launch_us;            /* fixed cost of one layer's home work run here */
-    double home_tflops;               /* the home's throughput (attention, shared experts) */
+    double home_tflops;               /* the home's projections and shared experts, TFLOP/s */
+    double home_attention_tflops;     /* the home's attention scores and sums (grow with T^2) */
 } moira_measured_t;
 
 typedef struct moira_target {
@@ -55,7 +56,7 @@ typedef struct moira_target {
     double link_gbs; /* device <-> host memory link; 0 for CPU memory (activations are local) */
     moira_measured_t measured; /* calibrated figures; zeroed when not calibrated */
     double time_scale; /* measured / predicted in a recorded run (placement/speed.h); 0: none */
-    int line, column;          /* where the file declared it; 0 when discovered or built in code */
+    int line, column;  /* where the file declared it; 0 when discovered or built in code */
 } moira_target_t;
 
 typedef struct moira_host {

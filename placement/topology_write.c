@@ -38,7 +38,8 @@ static void write_figure(moira_tree_writer_t *w, const char *key, double value) 
 /* `measured: {...}` when calibration gave the target anything; nothing otherwise. */
 static void write_measured(moira_tree_writer_t *w, const moira_measured_t *m) {
     bool any = m->bandwidth_gbs > 0 || m->launch_us > 0 || m->link_gbs > 0 ||
-               m->home_launch_us > 0 || m->home_tflops > 0 || any_positive(m->tflops);
+               m->home_launch_us > 0 || m->home_tflops > 0 || m->home_attention_tflops > 0 ||
+               any_positive(m->tflops);
     if (!any) return;
     moira_tree_key(w, "measured");
     moira_tree_map(w, true);
@@ -52,6 +53,7 @@ static void write_measured(moira_tree_writer_t *w, const moira_measured_t *m) {
         moira_tree_double(w, m->home_launch_us);
     }
     write_figure(w, "home_tflops", m->home_tflops);
+    write_figure(w, "home_attention_tflops", m->home_attention_tflops);
     moira_tree_close(w, true);
 }
 

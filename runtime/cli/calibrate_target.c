@@ -154,8 +154,8 @@ static moira_status_t fit_experts(const moira_cost_model_t *cost, const moira_ta
     return MOIRA_OK_STATUS;
 }
 
-/* The home figures: its weights read at the bandwidth the experts measured, launch and
- * throughput fitted to the home's times (moira_home_layer_us' form). */
+/* The home figures: its weights read at the bandwidth the experts measured; launch, throughput
+ * and attention throughput fitted to the home's times (moira_home_layer_us' form). */
 static moira_status_t fit_home(const moira_model_config_t *model, const one_forward_t *f, int n,
                                const int64_t *tokens, calibrate_result_t *out) {
     int64_t layer =
@@ -163,14 +163,18 @@ static moira_status_t fit_home(const moira_model_config_t *model, const one_forw
     double experts = 0, rest = 0;
     moira_model_layer_bytes(model, layer, model->weight_dtype, &experts, &rest);
     double params = rest / (double)moira_dtype_size(model->weight_dtype);
-    moira_calibration_point_t points[CALIBRATE_MAX_POINTS];
+    moira_home_point_t points[CALIBRATE_MAX_POINTS];
     for (int i = 0; i < n; i++)
-        points[i] = (moira_calibration_point_t){1, (double)tokens[i], f[i].home_us};
-    moira_calibration_fit_t fit;
+        points[i] = (moira_home_point_t){2.0 * params * (double)tokens[i],
+                                         moira_home_attention_flops(model, (double)tokens[i]),
+                                         f[i].home_us};
+    moira_home_fit_t fit;
     MOIRA_RETURN_IF_ERROR(
-        moira_calibration_fit(points, n, rest / (out->figures.bandwidth_gbs * 1e3), &fit));
+        moira_calibration_fit_home(points, n, rest / (out->figures.bandwidth_gbs * 1e3), &fit));
     out->figures.home_launch_us = fit.launch_us;
-    out->figures.home_tflops = 2.0 * params / (fit.us_per_token * 1e6);
+    out->figures.home_tflops = 1.0 / (fit.us_per_flop * 1e6);
+    out->figures.home_attention_tflops =
+        fit.us_per_attention_flop > 0 ? 1.0 / (fit.us_per_attention_flop * 1e6) : 0;
     out->home_worst_ratio = fit.worst_ratio;
     return MOIRA_OK_STATUS;
 }

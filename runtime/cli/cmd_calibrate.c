@@ -20,8 +20,9 @@ static const char calibrate_help[] =
     "at many tokens; the home path (attention, router, shared experts) where the device can run\n"
     "it; host <-> device copies - and fits the cost model's figures to what it measured:\n"
     "launch_us + max(expert reads / bandwidth_gbs, FLOPs / tflops) per layer, link_gbs, and the\n"
-    "home's launch and throughput. -o writes the topology with a measured: entry per device\n"
-    "(docs/formats.md); moira plan, run and generate then cost with those figures.\n\n"
+    "home's launch, throughput and attention throughput. -o writes the topology with a\n"
+    "measured: entry per device (docs/formats.md); moira plan, run and generate then cost with\n"
+    "those figures.\n\n"
     "  --topology FILE   machine to calibrate (default: this machine, discovered)\n"
     "  --model FILE      model config whose shapes are timed (default: moira-tiny)\n"
     "  -o FILE           the topology with measured figures (written whole or not at all)\n"
@@ -110,8 +111,9 @@ static void print_text(const moira_topology_t *topology, const calibrate_result_
         if (f->link_gbs > 0) printf(", link %.3g GB/s", f->link_gbs);
         printf(" (fit within %.2fx)", r->worst_ratio);
         if (r->home_measured)
-            printf("; home launch %.1f us, %.3g TFLOP/s (within %.2fx)", f->home_launch_us,
-                   f->home_tflops, r->home_worst_ratio);
+            printf("; home launch %.1f us, %.3g TFLOP/s, attention %.3g TFLOP/s (within %.2fx)",
+                   f->home_launch_us, f->home_tflops, f->home_attention_tflops,
+                   r->home_worst_ratio);
         printf("\n    tokens/busy us:");
         for (int p = 0; p < r->n_points; p++)
             printf(" %g/%.1f", r->tokens[p], r->busy_us[p]);
@@ -144,8 +146,10 @@ static void print_json(const moira_topology_t *topology, const calibrate_result_
                "%.6g, \"worst_ratio\": %.6g",
                f->launch_us, f->bandwidth_gbs, f->tflops[dtype], f->link_gbs, r->worst_ratio);
         if (r->home_measured)
-            printf(", \"home_launch_us\": %.6g, \"home_tflops\": %.6g, \"home_worst_ratio\": %.6g",
-                   f->home_launch_us, f->home_tflops, r->home_worst_ratio);
+            printf(", \"home_launch_us\": %.6g, \"home_tflops\": %.6g, "
+                   "\"home_attention_tflops\": %.6g, \"home_worst_ratio\": %.6g",
+                   f->home_launch_us, f->home_tflops, f->home_attention_tflops,
+                   r->home_worst_ratio);
         printf(", \"points\": [");
         for (int p = 0; p < r->n_points; p++)
             printf("%s{\"tokens\": %g, \"busy_us\": %.6g, \"home_us\": %.6g}", p ? ", " : "",
@@ -169,6 +173,7 @@ static void apply(moira_topology_t *topology, const calibrate_result_t *results,
         if (r->home_measured) {
             m->home_launch_us = r->figures.home_launch_us;
             m->home_tflops = r->figures.home_tflops;
+            m->home_attention_tflops = r->figures.home_attention_tflops;
         }
     }
 }

@@ -44,6 +44,18 @@ static void test_fit_recovers_figures(void) {
     moira_calibration_point_t noisy[3] = {{4, 4, 20}, {32, 64, 70}, {32, 2048, 1100}};
     CHECK_OK(moira_calibration_fit(noisy, 3, 0, &fit));
     CHECK(fit.worst_ratio >= 1 && fit.worst_ratio < 1.1);
+    /* The home with attention, by hand: memory 30 us, launch 100, 1e-6 us per FLOP, 1e-4 us per
+     * attention FLOP. T=1 (1e7 FLOPs, 1e4 attention): 100 + max(30, 10) + 1 = 131; T=16 (1.6e8,
+     * 2.72e5): 100 + 160 + 27.2 = 287.2; T=512 (5.12e9, 2.62656e8): 100 + 5120 + 26265.6. */
+    moira_home_point_t hp[3] = {
+        {1e7, 1e4, 131}, {1.6e8, 2.72e5, 287.2}, {5.12e9, 2.62656e8, 31485.6}};
+    moira_home_fit_t hf;
+    CHECK_OK(moira_calibration_fit_home(hp, 3, 30, &hf));
+    CHECK_NEAR(hf.launch_us, 100, 1e-6);
+    CHECK_NEAR(hf.us_per_flop, 1e-6, 1e-15);
+    CHECK_NEAR(hf.us_per_attention_flop, 1e-4, 1e-15);
+    CHECK_NEAR(hf.worst_ratio, 1, 1e-9);
+    CHECK_NEAR(moira_home_fit_predict(&hf, 30, 3.2e8, 1.056e6), 100 + 320 + 105.6, 1e-6);
     moira_calibration_point_t zero[2] = {{1, 1, 0}, {2, 2, 5}};
     CHECK_CODE(moira_calibration_fit(zero, 2, 0, &fit), MOIRA_CODE_INVALID_ARGUMENT);
     CHECK_CODE(moira_calibration_fit(points, 1, 0, &fit), MOIRA_CODE_INVALID_ARGUMENT);
@@ -56,7 +68,7 @@ static const char calibrated[] =
     "    numa_nodes:\n"
     "      - {id: 0, memory_gib: 64, bandwidth_gbs: 100, cores: 8, peak_tflops: {f32: 1},\n"
     "         measured: {bandwidth_gbs: 20, tflops: {bf16: 0.1}, launch_us: 50,\n"
-    "                    home_launch_us: 300, home_tflops: 0.02}}\n"
+    "                    home_launch_us: 300, home_tflops: 0.02, home_attention_tflops: 0.001}}\n"
     "    devices:\n"
     "      - {name: g, kind: gpu, backend: opencl, memory_gib: 16, bandwidth_gbs: 1000,\n"
     "         peak_tflops: {bf16: 100}, link_gbs: 32,\n"
@@ -95,11 +107,14 @@ static void test_cost_prefers_measured(void) {
                20 + 2048 * flops / 2e6 + 2048 * 512.0 * 2 / 8e3, 1e-9);
     /* Nothing to do costs nothing: no launch without work. */
     CHECK(moira_cost_target_us(&cost, &t.targets[1], 0, 0) == 0);
-    /* The home on CPU memory: launch 300 + max(rest / 20 GB/s, 2 x params x T / 0.02 TFLOP/s). */
+    /* The home on CPU memory: launch 300 + max(rest / 20 GB/s, 2 x params x T / 0.02 TFLOP/s) */
     double experts = 0, rest = 0;
     moira_model_layer_bytes(&model, 1, model.weight_dtype, &experts, &rest);
-    double params = rest / 2, want1 = 300 + fmax(rest / 20e3, 2 * params / 0.02e6);
-    double want512 = 300 + fmax(rest / 20e3, 2 * params * 512 / 0.02e6);
+    /* ... + attention: 4 heads x (32 + 16 + 32) dims x T (T + 1) FLOPs at 0.001 TFLOP/s. */
+    double params = rest / 2, attention1 = 4.0 * 80 * 1 * 2, attention512 = 4.0 * 80 * 512 * 513;
+    CHECK_NEAR(moira_home_attention_flops(&model, 512), attention512, 0);
+    double want1 = 300 + fmax(rest / 20e3, 2 * params / 0.02e6) + attention1 / 0.001e6;
+    double want512 = 300 + fmax(rest / 20e3, 2 * params * 512 / 0.02e6) + attention512 / 0.001e6;
     CHECK_NEAR(moira_home_layer_us(&t, 0, &model, 1, 1), want1, 1e-9);
     CHECK_NEAR(moira_home_layer_us(&t, 0, &model, 1, 512), want512, 1e-6);
     moira_topology_free(&t);
