@@ -105,6 +105,34 @@ static void cost_as_host(const moira_topology_t *topology, int host, const moira
         t->peak_tflops[d] = peak > 0 ? peak : FALLBACK_CORE_TFLOPS;
 }
 
+/* An emulated device keeps its buffers in host memory, which the host's NUMA targets already
+ * count: each emulated device gets an equal share of it (at most what it reports) and the NUMA
+ * targets keep the rest, in proportion, so the plan never places the host's memory twice. */
+static void share_host_memory(moira_topology_t *topology, int host) {
+    double host_bytes = 0, emulated_bytes = 0;
+    int emulated = 0;
+    for (int i = 0; i < topology->n_targets; i++) {
+        const moira_target_t *t = &topology->targets[i];
+        if (t->host != host) continue;
+        if (t->kind == MOIRA_TARGET_NUMA) host_bytes += (double)t->memory_bytes;
+        emulated += t->emulated;
+    }
+    if (!emulated || !(host_bytes > 0)) return;
+    double share = host_bytes / (emulated + 1);
+    for (int i = 0; i < topology->n_targets; i++) {
+        moira_target_t *t = &topology->targets[i];
+        if (t->host != host || !t->emulated) continue;
+        if ((double)t->memory_bytes > share) t->memory_bytes = (uint64_t)share;
+        emulated_bytes += (double)t->memory_bytes;
+    }
+    double keep = (host_bytes - emulated_bytes) / host_bytes;
+    for (int i = 0; i < topology->n_targets; i++) {
+        moira_target_t *t = &topology->targets[i];
+        if (t->host == host && t->kind == MOIRA_TARGET_NUMA)
+            t->memory_bytes = (uint64_t)((double)t->memory_bytes * keep);
+    }
+}
+
 /* Every non-CPU device the backends enumerated becomes a target with the figures it reports,
  * placed on the NUMA node its PCI bus id leads to. */
 static moira_status_t add_device_targets(moira_topology_t *topology, int host, hwloc_topology_t hw,
@@ -133,6 +161,7 @@ static moira_status_t add_device_targets(moira_topology_t *topology, int host, h
         t.numa = info->numa_node >= 0 ? info->numa_node : first_numa;
         locate_by_pci(hw, &t);
         if (info->emulated) cost_as_host(topology, host, cpu, &t);
+        t.emulated = info->emulated;
         /* A device that cannot say how fast it is cannot be costed; leave it out of plans. */
         if (t.bandwidth_gbs <= 0 || moira_target_peak_tflops(&t, MOIRA_DTYPE_F32) <= 0) continue;
         if (moira_topology_find_target(topology, t.name) >= 0)
@@ -147,7 +176,9 @@ moira_status_t moira_topology_discover_host(moira_topology_t *topology, int host
     hwloc_topology_t hw;
     MOIRA_RETURN_IF_ERROR(moira_hwloc_topology(&hw));
     MOIRA_RETURN_IF_ERROR(add_numa_targets(topology, host_index, hw, devices));
-    return add_device_targets(topology, host_index, hw, devices);
+    MOIRA_RETURN_IF_ERROR(add_device_targets(topology, host_index, hw, devices));
+    share_host_memory(topology, host_index);
+    return MOIRA_OK_STATUS;
 }
 
 /* A topology of one host named after this machine, with no targets yet. */

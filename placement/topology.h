@@ -56,6 +56,7 @@ typedef struct moira_target {
     double link_gbs; /* device <-> host memory link; 0 for CPU memory (activations are local) */
     moira_measured_t measured; /* calibrated figures; zeroed when not calibrated */
     double time_scale; /* measured / predicted in a recorded run (placement/speed.h); 0: none */
+    bool emulated;     /* runs on the host's cores in host memory (the npu emulator) */
     int line, column;  /* where the file declared it; 0 when discovered or built in code */
 } moira_target_t;
 

@@ -219,12 +219,23 @@ static void test_discovery(void) {
     double numa_bandwidth = 0;
     for (int i = 0; i < t.n_targets; i++)
         numa_bandwidth += t.targets[i].kind == MOIRA_TARGET_NUMA ? t.targets[i].bandwidth_gbs : 0;
+    double host_bytes = 0;
+    for (int i = 0; i < t.n_targets; i++)
+        host_bytes +=
+            t.targets[i].kind == MOIRA_TARGET_NUMA ? (double)t.targets[i].memory_bytes : 0;
     moira_topology_free(&t);
     devices.with_emulated = true;
     CHECK_OK(moira_topology_discover_local(&devices, &t));
     n = moira_topology_find_target(&t, "npu:0");
     CHECK(n >= 0 && t.targets[n].bandwidth_gbs == numa_bandwidth &&
           moira_target_peak_tflops(&t.targets[n], MOIRA_DTYPE_BF16) == 2.0);
+    /* Its memory is the host's: the NUMA targets and it share the host's bytes, not twice. */
+    double shared = 0;
+    for (int i = 0; i < t.n_targets; i++)
+        if (t.targets[i].kind == MOIRA_TARGET_NUMA || i == n)
+            shared += (double)t.targets[i].memory_bytes;
+    CHECK(n >= 0 && t.targets[n].emulated && t.targets[n].memory_bytes > 0);
+    CHECK_MSG(shared <= host_bytes && shared > host_bytes - 16, "%.0f of %.0f", shared, host_bytes);
     moira_topology_free(&t);
     /* Alone (run --backend npu:0) it is costed as the host too: one DDR channel (25.6 GB/s)
      * and 0.064 TFLOP/s per online core, not the 100 GB/s it reports. */
