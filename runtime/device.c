@@ -133,6 +133,7 @@ moira_status_t moira_queue_launch(moira_queue_t *queue, const moira_op_launch_t 
                 launch->op, i, queue->device->info.name, moira_dtype_name(t->dtype));
     }
     MOIRA_RETURN_IF_ERROR(moira_fault_device_lost(queue->device, "launching a kernel"));
+    moira_fault_slow_launch(queue->device);
     return queue->device->vtable->enqueue_op(queue, launch);
 }
 

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define MAX_LOST_DEVICES 8
 
@@ -15,6 +16,8 @@ static struct {
     bool opencl_build;
     int n_lost;
     char lost[MAX_LOST_DEVICES][32];
+    char slow[32]; /* the device slow:DEVICE:MS names, "" when none */
+    long slow_ms;
 } faults;
 
 static pthread_once_t parse_once = PTHREAD_ONCE_INIT;
@@ -39,6 +42,15 @@ static bool parse_entry(const char *entry) {
         snprintf(faults.lost[faults.n_lost++], sizeof(faults.lost[0]), "%s", entry + 5);
         return true;
     }
+    const char *colon = !strncmp(entry, "slow:", 5) ? strrchr(entry + 5, ':') : NULL;
+    if (colon && colon > entry + 5 && (size_t)(colon - entry - 5) < sizeof(faults.slow)) {
+        char *end = NULL;
+        long ms = strtol(colon + 1, &end, 10);
+        if (end == colon + 1 || *end || ms < 1 || ms > 600000) return false;
+        snprintf(faults.slow, sizeof(faults.slow), "%.*s", (int)(colon - entry - 5), entry + 5);
+        faults.slow_ms = ms;
+        return true;
+    }
     return false;
 }
 
@@ -53,7 +65,7 @@ static void parse_faults(void) {
         if (!parse_entry(entry))
             fprintf(stderr,
                     "moira: warning: MOIRA_FAULT entry \"%s\" is not one of alloc:N, "
-                    "alloc:N+, opencl-build, lost:DEVICE; ignored\n",
+                    "alloc:N+, opencl-build, lost:DEVICE, slow:DEVICE:MS; ignored\n",
                     entry);
     free(copy);
 }
@@ -80,6 +92,14 @@ moira_status_t moira_fault_device_lost(const moira_device_t *device, const char 
                                      "MOIRA_FAULT=lost:%s)",
                                      device->info.name, doing, device->info.name);
     return MOIRA_OK_STATUS;
+}
+
+void moira_fault_slow_launch(const moira_device_t *device) {
+    pthread_once(&parse_once, parse_faults);
+    if (!faults.slow_ms || strcmp(faults.slow, device->info.name)) return;
+    struct timespec pause = {faults.slow_ms / 1000, (faults.slow_ms % 1000) * 1000000L};
+    while (nanosleep(&pause, &pause))
+        ;
 }
 
 const char *moira_fault_opencl_build_options(void) {

@@ -9,6 +9,8 @@
  *                  a broken driver or compiler would (the build log reaches the user)
  *   lost:DEVICE    DEVICE ("npu:0") is gone after enumeration, as a GPU that fell off the bus:
  *                  queues, buffers and launches on it fail with MOIRA_CODE_DEVICE
+ *   slow:DEVICE:MS every kernel launch on DEVICE first waits MS milliseconds, as a device far
+ *                  slower than its figures would (a peer rank must wait for it, not give up)
  *
  * Without MOIRA_FAULT every hook returns at once and changes nothing. An entry Moira does not
  * understand is reported once on stderr and ignored. */
@@ -25,6 +27,9 @@ moira_status_t moira_fault_alloc(const moira_device_t *device, size_t bytes);
 /* Called where work reaches a device (queue creation, allocation, launches): DEVICE when
  * `device` was declared lost, else OK. `doing` names the attempted action in the message. */
 moira_status_t moira_fault_device_lost(const moira_device_t *device, const char *doing);
+
+/* Called before each kernel launch: waits the launch delay slow:DEVICE:MS sets for `device`. */
+void moira_fault_slow_launch(const moira_device_t *device);
 
 /* Extra OpenCL build options: the define that switches on a deliberate #error in the kernel
  * source when opencl-build is set, else "". Static storage. */

@@ -139,13 +139,19 @@ void moira_status_free(moira_status_t status) {
     free(status);
 }
 
+static char report_origin[64];
+
+void moira_status_set_origin(const char *origin) {
+    snprintf(report_origin, sizeof(report_origin), "%s%s", origin, *origin ? ": " : "");
+}
+
 int moira_status_report(moira_status_t status) {
     int exit_code = moira_status_exit_code(status);
     /* Allocation failures name what could not be allocated; say plainly what that means. */
     if (status && status->code == MOIRA_CODE_OUT_OF_MEMORY && !strstr(status->message, "memory"))
-        fprintf(stderr, "moira: out of memory: %s\n", status->message);
+        fprintf(stderr, "moira: %sout of memory: %s\n", report_origin, status->message);
     else if (status)
-        fprintf(stderr, "moira: %s\n", status->message);
+        fprintf(stderr, "moira: %s%s\n", report_origin, status->message);
     moira_status_free(status);
     return exit_code;
 }

@@ -69,9 +69,13 @@ moira_status_t moira_thread_start_error(int err, const char *what);
 /* Releases a status. Accepts MOIRA_OK_STATUS. */
 void moira_status_free(moira_status_t status);
 
-/* Releases a status after printing it to stderr as "moira: CODE: message"; returns its exit code.
- */
+/* Releases a status after printing it to stderr as "moira: message" (with the origin set below,
+ * if any, before the message); returns its exit code. */
 int moira_status_report(moira_status_t status);
+
+/* Names the process in every report ("rank 1": under mpirun several ranks print to one
+ * terminal). "" for none; copied. Set once, before threads start. */
+void moira_status_set_origin(const char *origin);
 
 #define MOIRA_RETURN_IF_ERROR(expr)                                                                \
     do {                                                                                           \

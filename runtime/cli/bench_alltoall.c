@@ -245,15 +245,14 @@ static moira_status_t layer_share(moira_cluster_t *cluster, const char *dir, boo
         }
         moira_executor_release(ex);
     } else if (!status) {
-        status = moira_executor_follow(ex, moira_cluster_timeout(cluster));
+        status = moira_executor_follow(ex);
     }
     moira_executor_destroy(ex);
     run_placement_free(&p);
     run_model_release(&m);
     if (status) return status;
     /* The same messages alone: rank 0 sends the rows that crossed, rank 1 returns their sums. */
-    moira_cluster_broadcast(cluster, 0, crossed, sizeof(crossed), moira_cluster_timeout(cluster),
-                            "bench row counts");
+    moira_cluster_broadcast(cluster, 0, crossed, sizeof(crossed), "bench row counts");
     exchange_case_t c;
     if (!case_alloc(&c, moira_cluster_size(cluster), dispatch, back, 512))
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "bench alltoall: out of memory");
@@ -318,8 +317,8 @@ static int start_under_mpirun(const moira_bench_args_t *args) {
 int moira_bench_alltoall(const moira_bench_args_t *args) {
     moira_cluster_t *cluster = moira_cluster_current();
     if (!cluster) return start_under_mpirun(args);
-    if (moira_cluster_size(cluster) < 2) {
-        fprintf(stderr, "moira bench alltoall: needs at least 2 ranks (mpirun -np 2)\n");
+    if (moira_cluster_size(cluster) < 2 || moira_cluster_size(cluster) > 64) {
+        fprintf(stderr, "moira bench alltoall: runs on 2 to 64 ranks (mpirun -np 2)\n");
         return 2;
     }
     bool print = moira_cluster_rank(cluster) == 0;

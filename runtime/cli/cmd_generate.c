@@ -179,15 +179,21 @@ static moira_status_t write_logits(const char *path, const logits_log_t *log,
 
 static moira_status_t run(const generate_args_t *a) {
     generate_session_t s;
-    moira_status_t status = generate_session_open(VERB, &a->common, &s);
+    moira_status_t status = generate_session_open_model(&a->common, &s);
+    /* The prompt before the weights: reading it (stdin, a large file) may take a while, and under
+     * mpirun the other ranks start waiting for steps once the engine is up. Only rank 0 reads it.
+     */
+    moira_cluster_t *cluster = moira_cluster_current();
+    bool reads_prompt = !cluster || moira_cluster_rank(cluster) == 0;
+    moira_token_ids_t prompt = {0};
+    if (!status && reads_prompt) status = prompt_ids(a, s.model.tokenizer, &prompt);
+    if (!status) status = generate_session_start_engine(VERB, &a->common, &s);
     if (!status && !moira_engine_leads(s.engine)) {
         /* Another host's rank (mpirun): it serves its experts while rank 0 generates. */
-        status = moira_engine_follow(s.engine, moira_cluster_timeout(moira_cluster_current()));
+        status = moira_engine_follow(s.engine);
         generate_session_close(&s);
         return status;
     }
-    moira_token_ids_t prompt = {0};
-    if (!status) status = prompt_ids(a, s.model.tokenizer, &prompt);
     moira_generation_result_t result;
     memset(&result, 0, sizeof(result));
     logits_log_t log = {0};

@@ -45,8 +45,8 @@ static const char run_help[] =
     "                    setting MOIRA_NPU_DEVICES does; they run on the host's cores\n"
     "  --reserve GIB     memory a plan made here leaves free on each device, besides what it\n"
     "                    keeps for the home's weights and workspaces (default 0)\n"
-    "  --network-timeout S  under mpirun: seconds a rank waits for another before it ends\n"
-    "                    the job, naming the silent rank (default 60)\n"
+    "  --network-timeout S  under mpirun: seconds of silence from another rank after which\n"
+    "                    a rank waiting for it ends the job, naming it (default 60)\n"
     "  --json            machine-readable summary\n"
     "In the device table TOKENS is the tokens a device received per batch and ASSIGNED the\n"
     "(token, expert) pairs it computed, which is what load profiles count.\n";
@@ -270,7 +270,7 @@ static moira_status_t run_model(const run_args_t *a, int *out_exit) {
     result.load_s = moira_now_seconds() - start;
     if (!status && !moira_executor_leads(ex)) {
         /* Another host's rank: it serves its experts; rank 0 checks, writes and reports. */
-        status = moira_executor_follow(ex, (double)a->network_timeout);
+        status = moira_executor_follow(ex);
         moira_executor_destroy(ex);
         run_placement_free(&p);
         run_model_release(&m);

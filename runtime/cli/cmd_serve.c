@@ -4,7 +4,6 @@
  * SIGINT or SIGTERM stops accepting, lets running requests finish (for --shutdown-grace seconds)
  * and exits 0. */
 #include <libgen.h>
-#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -195,14 +194,14 @@ static int wait_for_signal(const server_t *s) {
 }
 
 /* Another host's rank under mpirun: no HTTP; it loads the model, then serves its experts to rank
- * 0's engine for as long as rank 0 runs, however long it waits for requests. */
+ * 0's engine for as long as rank 0 runs, however long it idles between requests. */
 static int follow(server_t *s) {
     serve_args_t *a = s->args;
     a->common.max_sequences = (int)a->cache_slots;
     a->common.max_rows = a->chunk;
     a->common.record_expert_load = true;
     moira_status_t status = generate_session_start_engine(VERB, &a->common, &s->session);
-    if (!status) status = moira_engine_follow(s->session.engine, HUGE_VAL);
+    if (!status) status = moira_engine_follow(s->session.engine);
     return status ? moira_status_report(status) : 0;
 }
 

@@ -87,8 +87,8 @@ void generate_print_common_help(bool with_request_options) {
            "                     plan for a uniform load is made here\n"
            "  --plan FILE        routed experts where the plan (moira plan -o) puts them\n"
            "  --network-timeout S  under mpirun (one rank per host of the topology,\n"
-           "                     docs/cluster.md): seconds a rank waits for another in a step\n"
-           "                     before it ends the job (default 60)\n");
+           "                     docs/cluster.md): seconds of silence from another rank after\n"
+           "                     which a rank waiting for it ends the job (default 60)\n");
     if (with_request_options)
         printf("  --max-tokens N     generate at most N tokens (default: until the context is "
                "full)\n");

@@ -108,9 +108,18 @@ static void print_version(void) {
     printf("\n");
 }
 
-/* Under mpirun (DESIGN.md §6, "Multi-host") each rank joins the job first; `run` and `generate`
- * spread over the ranks, and any other verb runs only in a job of one rank. A rank that fails
- * leaves without finishing the job, so mpirun ends the others (runtime/cluster/cluster.h). */
+/* How the process ends. Under mpirun a rank that succeeded leaves the job (MPI_Finalize); one
+ * that failed exits at once, and mpirun ends the others (runtime/cluster/cluster.h). */
+static int leave(int code) {
+    if (!moira_cluster_current()) return code;
+    if (code) moira_cluster_exit(code);
+    moira_cluster_leave();
+    return 0;
+}
+
+/* Under mpirun (DESIGN.md §6, "Multi-host") each rank joins the job first; `run`, `generate`,
+ * `serve` and `bench alltoall` spread over the ranks, and any other verb runs only in a job of
+ * one rank. */
 static int run_verb(const verb_t *verb, int argc, char **argv) {
     moira_cluster_t *cluster = moira_cluster_current();
     bool spreads = !strcmp(verb->name, "run") || !strcmp(verb->name, "generate") ||
@@ -122,41 +131,43 @@ static int run_verb(const verb_t *verb, int argc, char **argv) {
                     "moira %s: runs on one host; under mpirun only run, generate, serve and "
                     "bench alltoall spread over several ranks (start it with -np 1)\n",
                     verb->name);
-        moira_cluster_exit(2);
+        return leave(2);
     }
     int code = verb->run(argc, argv);
     moira_runtime_shutdown();
-    code = finish_stdout(code);
-    if (!cluster) return code;
-    if (code) moira_cluster_exit(code);
-    moira_cluster_leave();
-    return 0;
+    return leave(finish_stdout(code));
 }
 
 int main(int argc, char **argv) {
     if (moira_cluster_launched()) {
         moira_status_t status = moira_cluster_join(&argc, &argv);
-        if (status) return moira_status_report(status);
+        if (status) return leave(moira_status_report(status));
+        moira_cluster_t *cluster = moira_cluster_current();
+        if (moira_cluster_size(cluster) > 1) {
+            char origin[32];
+            snprintf(origin, sizeof(origin), "rank %d", moira_cluster_rank(cluster));
+            moira_status_set_origin(origin);
+        }
     }
     if (argc < 2) {
         print_usage(stderr);
-        return 2;
+        return leave(2);
     }
     if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
         moira_status_t status = moira_runtime_init();
-        if (status) return moira_status_report(status);
+        if (status) return leave(moira_status_report(status));
         print_version();
         moira_runtime_shutdown();
-        return finish_stdout(0);
+        return leave(finish_stdout(0));
     }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         print_usage(stdout);
-        return finish_stdout(0);
+        return leave(finish_stdout(0));
     }
     for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
         if (!strcmp(argv[1], verbs[i].name)) return run_verb(&verbs[i], argc - 1, argv + 1);
     }
     fprintf(stderr, "moira: unknown verb \"%s\"\n\n", argv[1]);
     print_usage(stderr);
-    return 2;
+    return leave(2);
 }

@@ -10,6 +10,7 @@
 #include "runtime/backend.h"
 #include "runtime/cli/cli.h"
 #include "runtime/cli/run.h"
+#include "runtime/cluster/cluster.h"
 
 /* Accepts a zeroed or half-filled placement. */
 void run_placement_free(run_placement_t *p) {
@@ -59,6 +60,19 @@ static moira_status_t find_home(const run_args_t *a, const run_placement_t *p,
     if (a->backend) return moira_device_find(a->backend, out);
     int home = p->plan.home[0] ? moira_topology_find_target(&p->topology, p->plan.home) : -1;
     const moira_target_t *t = home >= 0 ? &p->topology.targets[home] : NULL;
+    moira_cluster_t *cluster = moira_cluster_current();
+    if (t && cluster && t->host != moira_cluster_rank(cluster)) {
+        /* Across hosts rank 0 owns the tokens, so the plan's home is one of its devices; the
+         * other ranks' home (holding weights they do not run) is their cpu:0. */
+        if (moira_cluster_rank(cluster) == 0)
+            return moira_status_make(MOIRA_CODE_INVALID_INPUT,
+                                     "the plan's home \"%s\" is on host \"%s\"; under mpirun "
+                                     "rank 0 (host \"%s\") runs attention for every token, so "
+                                     "the home must be one of its devices",
+                                     t->name, p->topology.hosts[t->host].name,
+                                     p->topology.hosts[0].name);
+        return moira_device_find("cpu:0", out);
+    }
     if (t && t->kind != MOIRA_TARGET_NUMA && t->select[0]) {
         moira_status_t status = moira_device_find(t->select, out);
         if (!status) return MOIRA_OK_STATUS;

@@ -31,7 +31,8 @@ static void print_header(const run_result_t *r) {
            (long long)c->num_attention_heads);
     printf("weights %s (%s), loaded and uploaded in %.3f s\n",
            r->args->weights ? r->args->weights : "seeded random", weights_dtype_name(r), r->load_s);
-    printf("plan    %s: %d devices hold experts", r->placement->source, s->n_targets);
+    printf("plan    %s: %d device%s experts", r->placement->source, s->n_targets,
+           s->n_targets == 1 ? " holds" : "s hold");
     if (s->ranks > 1) printf(" on %d hosts, one rank each (mpirun)", s->ranks);
     printf("\n");
     printf("home    %s (%s): attention, router and shared experts of every layer; dense layers "

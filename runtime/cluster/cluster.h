@@ -1,11 +1,13 @@
 /* The cluster: one Moira process per host of a topology, started by mpirun (DESIGN.md §6,
  * "Multi-host"). Rank r runs hosts[r]. This is the whole of what Moira asks of MPI: who is who,
- * a few small messages, and the expert exchange of an MoE layer (moira_cluster_exchange_*),
- * each wait bounded by a timeout so that a stalled peer ends the job with a message naming it
- * instead of hanging every rank. A rank that dies is mpirun's to notice: it ends the others.
+ * a few small messages, and the expert exchange of an MoE layer (moira_cluster_exchange_*).
+ * Every wait is bounded: a thread of each rank sends beacons to the others, and a rank waits for
+ * a peer only while it hears from it; past the timeout of silence, it ends the job with a message
+ * naming the peer instead of hanging every rank. A peer that is slow but alive (a long prefill, a
+ * slow device) is waited for. A rank that dies is mpirun's to notice: it ends the others.
  *
- * The calls below are made one at a time (MPI_THREAD_SERIALIZED), from whichever thread drives
- * the executor (a server's engine thread, say); the executor's device workers never touch MPI. */
+ * The calls below are made one at a time, from whichever thread drives the executor (a server's
+ * engine thread, say); the executor's device workers never touch MPI. */
 #ifndef MOIRA_RUNTIME_CLUSTER_CLUSTER_H
 #define MOIRA_RUNTIME_CLUSTER_CLUSTER_H
 
@@ -41,7 +43,7 @@ void moira_cluster_name_hosts(moira_cluster_t *cluster, const char *const *host_
 /* Ends this rank with `exit_code` without leaving the job, so mpirun ends the others. */
 _Noreturn void moira_cluster_exit(int exit_code);
 
-/* Seconds a rank waits for a peer once work has started (default 60). */
+/* Seconds of silence from a peer after which a wait for it ends the job (default 60). */
 void moira_cluster_set_timeout(moira_cluster_t *cluster, double seconds);
 double moira_cluster_timeout(const moira_cluster_t *cluster);
 
@@ -53,19 +55,17 @@ double moira_cluster_timeout(const moira_cluster_t *cluster);
 _Noreturn void moira_cluster_abort(moira_cluster_t *cluster, int exit_code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Waits until every rank got here, for at most `timeout_s` (then ends the job): for the end of
- * setting up, which takes each rank its own time (loading weights). */
+/* Waits until every rank got here (the end of setting up, which takes each rank its own time),
+ * ending the job after `timeout_s` of silence from a rank that has not. */
 void moira_cluster_barrier(moira_cluster_t *cluster, double timeout_s, const char *what);
 
 /* Every rank offers `value` (a fingerprint of what it is about to run); returns the first rank
  * whose value differs from rank 0's, or -1 when all agree. Bounded by the timeout. */
 int moira_cluster_first_different(moira_cluster_t *cluster, uint64_t value, const char *what);
 
-/* Rank `root` sends `bytes` at `data` to every other rank, which receive them into `data`,
- * waiting at most `timeout_s` (the job ends past it, naming the root); HUGE_VAL waits as long as
- * it takes (a server's other ranks between requests). */
+/* Rank `root` sends `bytes` at `data` to every other rank, which receive them into `data`. */
 void moira_cluster_broadcast(moira_cluster_t *cluster, int root, void *data, size_t bytes,
-                             double timeout_s, const char *what);
+                             const char *what);
 
 /* Each rank sends `bytes` to rank `root`, which receives rank r's into out + r * bytes (its own
  * included). Bounded by the timeout (the root names the rank it waits for). */

@@ -1,6 +1,8 @@
 /* The cluster over Open MPI (runtime/cluster/cluster.h). Waits are MPI_Test loops against a
  * deadline rather than blocking calls, because a blocking MPI call waits forever for a peer
- * that has stopped; past the deadline the job is aborted with the silent peer named. */
+ * that has stopped. The deadline counts from the last sign of life of the peer waited for
+ * (beacon.c), so a peer that is slow but alive is waited for, and one that has stopped is named
+ * once the timeout has passed without a word from it. */
 #include <mpi.h>
 #include <sched.h>
 #include <stdarg.h>
@@ -11,21 +13,7 @@
 #include <unistd.h>
 
 #include "runtime/clock.h"
-#include "runtime/cluster/cluster.h"
-
-enum { TAG_COUNTS = 1, TAG_GATHER = 2 };
-
-struct moira_cluster {
-    int rank, size;
-    double timeout_s;
-    const char *const *host_names; /* borrowed; NULL: ranks named by number */
-    int n_host_names;
-    /* Per peer, allocated at join (owned): the requests and counts of one exchange. */
-    MPI_Request *requests;
-    int64_t *count_out, *count_in;
-    int *send_counts, *send_displs, *recv_counts, *recv_displs;
-    MPI_Request payload; /* the exchange in flight, MPI_REQUEST_NULL when none */
-};
+#include "runtime/cluster/cluster_internal.h"
 
 static moira_cluster_t *current;
 
@@ -44,12 +32,13 @@ moira_cluster_t *moira_cluster_current(void) {
 
 moira_status_t moira_cluster_join(int *argc, char ***argv) {
     int provided = 0;
-    if (MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided) != MPI_SUCCESS)
+    /* MULTIPLE: the beacon thread talks while the executor's thread exchanges. */
+    if (MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS)
         return moira_status_make(MOIRA_CODE_UNSUPPORTED, "MPI could not start this rank");
-    if (provided < MPI_THREAD_SERIALIZED)
+    if (provided < MPI_THREAD_MULTIPLE)
         return moira_status_make(MOIRA_CODE_UNSUPPORTED,
-                                 "this MPI library cannot be called from more than one thread "
-                                 "(MPI_THREAD_SERIALIZED), which Moira needs");
+                                 "this MPI library cannot be called from several threads at once "
+                                 "(MPI_THREAD_MULTIPLE), which Moira needs");
     /* Errors come back as codes, so a failed call is reported by Moira, not by MPI's handler
      * printing a stack and aborting. */
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
@@ -67,16 +56,18 @@ moira_status_t moira_cluster_join(int *argc, char ***argv) {
     c->send_displs = calloc(n, sizeof(int));
     c->recv_counts = calloc(n, sizeof(int));
     c->recv_displs = calloc(n, sizeof(int));
+    c->heard_s = calloc(n, sizeof(*c->heard_s));
     current = c;
     if (!c->requests || !c->count_out || !c->count_in || !c->send_counts || !c->send_displs ||
-        !c->recv_counts || !c->recv_displs)
+        !c->recv_counts || !c->recv_displs || !c->heard_s)
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "out of memory");
-    return MOIRA_OK_STATUS;
+    return moira_cluster_beacon_start(c);
 }
 
 void moira_cluster_leave(void) {
     moira_cluster_t *c = current;
     if (!c) return;
+    moira_cluster_beacon_stop(c);
     MPI_Finalize();
     free(c->requests);
     free(c->count_out);
@@ -85,6 +76,7 @@ void moira_cluster_leave(void) {
     free(c->send_displs);
     free(c->recv_counts);
     free(c->recv_displs);
+    free((void *)c->heard_s);
     free(c);
     current = NULL;
 }
@@ -117,13 +109,6 @@ static const char *rank_name(const moira_cluster_t *c, int rank, char *buffer, s
     else
         snprintf(buffer, size, "rank %d", rank);
     return buffer;
-}
-
-/* Who a collective waits for when it cannot say which rank is late: in a job of two, the other
- * one by name. */
-static const char *others(const moira_cluster_t *c, char *buffer, size_t size) {
-    if (c->size != 2) return "one of the other ranks";
-    return rank_name(c, 1 - c->rank, buffer, size);
 }
 
 _Noreturn void moira_cluster_abort(moira_cluster_t *c, int exit_code, const char *fmt, ...) {
@@ -160,34 +145,46 @@ static void back_off(double waited_s) {
     nanosleep(&pause, NULL);
 }
 
-/* Waits for `n` requests against the timeout; past it, aborts naming the peers of the requests
- * still pending (peers[i], or -1 when a request has no single peer). */
+/* The rank holding up the requests still pending, when it has been silent for longer than the
+ * timeout: a request's own peer, or for one without a single peer (a collective) any other rank
+ * (-1 when none has been). Silence counts from `started_s` or the rank's last beacon, whichever
+ * is later. */
+static int silent_rank(const moira_cluster_t *c, const MPI_Request *requests, const int *peers,
+                       int n, double started_s, double timeout_s, double now) {
+    for (int i = 0; i < n; i++) {
+        if (requests[i] == MPI_REQUEST_NULL) continue;
+        int first = peers && peers[i] >= 0 ? peers[i] : 0;
+        int last = peers && peers[i] >= 0 ? peers[i] : c->size - 1;
+        for (int r = first; r <= last; r++)
+            if (r != c->rank && now - moira_cluster_heard_since(c, r, started_s) > timeout_s)
+                return r;
+    }
+    return -1;
+}
+
+/* Waits for `n` requests (each completed as it finishes, so those left are the pending ones);
+ * past the timeout of silence from a rank they wait on, ends this rank naming it. */
 static void wait_all(moira_cluster_t *c, MPI_Request *requests, const int *peers, int n,
                      double started_s, double timeout_s, const char *what) {
     for (;;) {
-        int done = 0;
-        if (MPI_Testall(n, requests, &done, MPI_STATUSES_IGNORE) != MPI_SUCCESS)
-            moira_cluster_abort(c, 1, "MPI failed during %s", what);
-        if (done) return;
-        double waited = moira_now_seconds() - started_s;
-        if (waited > timeout_s) break;
-        back_off(waited);
+        int pending = 0;
+        for (int i = 0; i < n; i++) {
+            if (requests[i] == MPI_REQUEST_NULL) continue;
+            int done = 0;
+            if (MPI_Test(&requests[i], &done, MPI_STATUS_IGNORE) != MPI_SUCCESS)
+                moira_cluster_abort(c, 1, "MPI failed during %s", what);
+            pending += !done;
+        }
+        if (!pending) return;
+        double now = moira_now_seconds();
+        int silent = silent_rank(c, requests, peers, n, started_s, timeout_s, now);
+        if (silent >= 0) {
+            char name[96];
+            moira_cluster_abort(c, 1, "no answer from %s within %.0f s during %s (stalled or gone)",
+                                rank_name(c, silent, name, sizeof(name)), timeout_s, what);
+        }
+        back_off(now - started_s);
     }
-    char names[512] = "", one[96];
-    size_t used = 0;
-    for (int i = 0; i < n && used < sizeof(names); i++) {
-        if (requests[i] == MPI_REQUEST_NULL) continue;
-        int flag = 0;
-        MPI_Test(&requests[i], &flag, MPI_STATUS_IGNORE);
-        if (flag) continue;
-        const char *name = peers && peers[i] >= 0 ? rank_name(c, peers[i], one, sizeof(one))
-                                                  : others(c, one, sizeof(one));
-        if (strstr(names, name)) continue;
-        used +=
-            (size_t)snprintf(names + used, sizeof(names) - used, "%s%s", used ? ", " : "", name);
-    }
-    moira_cluster_abort(c, 1, "no answer from %s within %.0f s during %s (stalled or gone)",
-                        used ? names : others(c, one, sizeof(one)), timeout_s, what);
 }
 
 void moira_cluster_barrier(moira_cluster_t *c, double timeout_s, const char *what) {
@@ -213,12 +210,12 @@ int moira_cluster_first_different(moira_cluster_t *c, uint64_t value, const char
 }
 
 void moira_cluster_broadcast(moira_cluster_t *c, int root, void *data, size_t bytes,
-                             double timeout_s, const char *what) {
+                             const char *what) {
     MPI_Request request;
     if (MPI_Ibcast(data, (int)bytes, MPI_BYTE, root, MPI_COMM_WORLD, &request) != MPI_SUCCESS)
         moira_cluster_abort(c, 1, "MPI failed during %s", what);
     int peer = c->rank == root ? -1 : root;
-    wait_all(c, &request, &peer, 1, moira_now_seconds(), timeout_s, what);
+    wait_all(c, &request, &peer, 1, moira_now_seconds(), c->timeout_s, what);
 }
 
 void moira_cluster_gather(moira_cluster_t *c, int root, const void *data, size_t bytes, void *out,

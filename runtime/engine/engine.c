@@ -468,6 +468,6 @@ bool moira_engine_leads(const moira_engine_t *e) {
     return !e->executor || moira_executor_leads(e->executor);
 }
 
-moira_status_t moira_engine_follow(moira_engine_t *e, double idle_timeout_s) {
-    return e->executor ? moira_executor_follow(e->executor, idle_timeout_s) : MOIRA_OK_STATUS;
+moira_status_t moira_engine_follow(moira_engine_t *e) {
+    return e->executor ? moira_executor_follow(e->executor) : MOIRA_OK_STATUS;
 }

@@ -99,9 +99,8 @@ const moira_exec_stats_t *moira_engine_placement_stats(const moira_engine_t *eng
 
 /* Across hosts (mpirun, one rank per host; runtime/executor/executor.h): rank 0 leads and
  * generates; on any other rank the engine only serves its host's experts, in
- * moira_engine_follow, until rank 0's engine is destroyed (waiting `idle_timeout_s` at most for
- * each step: moira_executor_follow). Leads is true in one process. */
+ * moira_engine_follow, until rank 0's engine is destroyed. Leads is true in one process. */
 bool moira_engine_leads(const moira_engine_t *engine);
-moira_status_t moira_engine_follow(moira_engine_t *engine, double idle_timeout_s);
+moira_status_t moira_engine_follow(moira_engine_t *engine);
 
 #endif

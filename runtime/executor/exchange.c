@@ -7,6 +7,7 @@
  *
  * All of it is laid out once for the largest batch: one block of `capacity` rows per rank in
  * every buffer, so an exchange allocates nothing. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,6 +27,15 @@ moira_status_t moira_exec_exchange_open(moira_executor_t *e) {
     int64_t d = e->model->hidden_size, k = e->model->num_experts_per_tok;
     size_t hosts = (size_t)x->n_hosts, rows = hosts * (size_t)x->capacity;
     x->row_bytes = moira_network_dispatch_row_bytes(d, k);
+    /* MPI counts and displacements are int: every rank's block must start below 2 GiB. */
+    int64_t most = INT32_MAX / ((int64_t)x->n_hosts * x->row_bytes);
+    if (x->capacity > most)
+        return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
+                                 "a batch of %lld tokens is more than one exchange between %d "
+                                 "ranks carries (at most %lld tokens of %lld bytes); use a "
+                                 "smaller batch",
+                                 (long long)x->capacity, x->n_hosts, (long long)most,
+                                 (long long)x->row_bytes);
     x->send = malloc(rows * (size_t)x->row_bytes);
     x->recv = malloc(rows * (size_t)x->row_bytes);
     x->back_send = malloc(rows * (size_t)d * sizeof(float));

@@ -179,10 +179,9 @@ const moira_exec_stats_t *moira_executor_stats(const moira_executor_t *executor)
  * The other ranks call moira_executor_follow, which serves the rows sent to their experts,
  * layer by layer, until rank 0 calls moira_executor_release (or destroys its executor). Release
  * also brings every rank's target and network figures to rank 0's stats, so its report covers
- * the whole cluster. Both are no-ops without a cluster; release runs once. A follower waits
- * `idle_timeout_s` for rank 0's next step (past it the job ends): the cluster's timeout when rank
- * 0 never idles (run, generate), HUGE_VAL for a server waiting for requests. */
-moira_status_t moira_executor_follow(moira_executor_t *executor, double idle_timeout_s);
+ * the whole cluster. Both are no-ops without a cluster; release runs once. A follower waits for
+ * rank 0's next step as long as rank 0 is alive (a server idles between requests). */
+moira_status_t moira_executor_follow(moira_executor_t *executor);
 void moira_executor_release(moira_executor_t *executor);
 
 /* Whether this executor runs the rank that drives (true in one process). */

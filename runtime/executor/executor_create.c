@@ -268,8 +268,19 @@ static moira_status_t open_all(moira_executor_t *e, const moira_exec_config_t *c
     return status;
 }
 
+/* A tensor's dtype, shape and first 64 KiB: enough to tell two checkpoints or two seeds apart
+ * without reading every byte of a large model. NULL adds nothing. */
+static uint64_t digest_tensor(uint64_t h, const moira_tensor_t *t) {
+    if (!t) return h;
+    h = moira_fnv1a64(h, &t->dtype, sizeof(t->dtype));
+    h = moira_fnv1a64(h, t->shape, (size_t)t->rank * sizeof(t->shape[0]));
+    size_t bytes = moira_tensor_nbytes(t);
+    return moira_fnv1a64(h, t->data, bytes < 65536 ? bytes : 65536);
+}
+
 /* What every rank must agree on: the model's shape, the largest batch, the topology's targets and
- * hosts, and every replica of the plan. */
+ * hosts, every replica of the plan, and the weights (each layer's norm, router and first routed
+ * expert, sampled). */
 static uint64_t run_fingerprint(const moira_executor_t *e) {
     const moira_model_config_t *m = e->model;
     int64_t shape[] = {m->hidden_size,         m->num_hidden_layers,     m->n_routed_experts,
@@ -287,6 +298,14 @@ static uint64_t run_fingerprint(const moira_executor_t *e) {
         h = moira_fnv1a64(h, layer->replica_target, (size_t)layer->n_replicas * sizeof(int));
         h = moira_fnv1a64(h, layer->replica_expert, (size_t)layer->n_replicas * sizeof(int32_t));
     }
+    for (int64_t l = 0; l < e->n_layers; l++) {
+        const moira_layer_weights_t *w = &e->weights[l];
+        h = digest_tensor(h, w->input_layernorm);
+        h = digest_tensor(h, w->moe.gate);
+        h = digest_tensor(h, w->mlp.gate_proj);
+        if (w->moe.expert_gate_proj && w->moe.n_experts > 0)
+            h = digest_tensor(h, w->moe.expert_gate_proj[0]);
+    }
     return h;
 }
 
@@ -297,9 +316,9 @@ static moira_status_t check_same_run(moira_executor_t *e) {
                                               "comparing the ranks' plans");
     if (other < 0) return MOIRA_OK_STATUS;
     return moira_status_make(MOIRA_CODE_INVALID_ARGUMENT,
-                             "rank %d (host %s) runs another plan, topology, model or batch size "
-                             "than rank 0 (host %s): give every rank the same --topology, --plan "
-                             "and options",
+                             "rank %d (host %s) runs another plan, topology, model, weights or "
+                             "batch size than rank 0 (host %s): give every rank the same model, "
+                             "--topology, --plan and options",
                              other, e->topology->hosts[other].name, e->topology->hosts[0].name);
 }
 
@@ -330,11 +349,12 @@ moira_status_t moira_executor_create(const moira_exec_config_t *config, moira_ex
      * fails to build exits, and mpirun ends the others (runtime/cluster/cluster.h). */
     e->released = true;
     moira_status_t status = open_all(e, config);
-    /* Every rank's weights are in place before the first exchange starts its clock: ranks load at
-     * their own pace, so this one wait is long (an hour). Then the ranks check they run the same
-     * thing: rows name replicas by their number in the plan. */
+    /* Every rank's weights are in place before the first exchange (ranks load at their own pace;
+     * a rank still loading is alive and keeps its peers waiting). Then the ranks check they run
+     * the same thing: rows name replicas by their number in the plan. */
     if (!status && e->exchange.cluster) {
-        moira_cluster_barrier(e->exchange.cluster, 3600, "loading the weights on every rank");
+        moira_cluster_barrier(e->exchange.cluster, moira_cluster_timeout(e->exchange.cluster),
+                              "loading the weights on every rank");
         status = check_same_run(e);
     }
     e->released = status != MOIRA_OK_STATUS;

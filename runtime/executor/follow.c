@@ -29,10 +29,10 @@ bool moira_executor_leads(const moira_executor_t *e) {
     return !e->exchange.cluster || moira_cluster_rank(e->exchange.cluster) == 0;
 }
 
-/* The command of a step, from rank 0 to every rank; the others wait `timeout_s` for it. */
-static int32_t broadcast_step(moira_executor_t *e, int32_t step, double timeout_s) {
-    moira_cluster_broadcast(e->exchange.cluster, 0, &step, sizeof(step), timeout_s,
-                            "the next step's start");
+/* The command of a step, from rank 0 to every rank. The others wait for it as long as rank 0
+ * is alive (a server idles between requests; runtime/cluster/beacon.c). */
+static int32_t broadcast_step(moira_executor_t *e, int32_t step) {
+    moira_cluster_broadcast(e->exchange.cluster, 0, &step, sizeof(step), "the next step's start");
     return step;
 }
 
@@ -41,7 +41,7 @@ void moira_exec_announce(moira_executor_t *e, bool check_devices) {
     int32_t step = check_devices ? STEP_CHECKED_FORWARD : STEP_FORWARD;
     if (e->stats_reset_pending) step |= STEP_RESET_STATS;
     e->stats_reset_pending = false;
-    broadcast_step(e, step, moira_cluster_timeout(e->exchange.cluster));
+    broadcast_step(e, step);
 }
 
 moira_status_t moira_exec_settle(moira_executor_t *e, moira_status_t status) {
@@ -142,10 +142,10 @@ static void gather_stats(moira_executor_t *e) {
     free(all_layers);
 }
 
-moira_status_t moira_executor_follow(moira_executor_t *e, double idle_timeout_s) {
+moira_status_t moira_executor_follow(moira_executor_t *e) {
     if (!e->exchange.cluster || moira_executor_leads(e)) return MOIRA_OK_STATUS;
     for (;;) {
-        int32_t step = broadcast_step(e, 0, idle_timeout_s);
+        int32_t step = broadcast_step(e, 0);
         if (step == STEP_STOP) break;
         if (step & STEP_RESET_STATS) moira_executor_reset_stats(e);
         step &= ~STEP_RESET_STATS;
@@ -163,6 +163,6 @@ moira_status_t moira_executor_follow(moira_executor_t *e, double idle_timeout_s)
 void moira_executor_release(moira_executor_t *e) {
     if (!e->exchange.cluster || e->released || !moira_executor_leads(e)) return;
     e->released = true;
-    broadcast_step(e, STEP_STOP, moira_cluster_timeout(e->exchange.cluster));
+    broadcast_step(e, STEP_STOP);
     gather_stats(e);
 }

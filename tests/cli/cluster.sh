@@ -89,6 +89,15 @@ for l in moe:
     assert abs(l["predicted_network_ms"] - want_ms) < 1e-9, (l["predicted_network_ms"], want_ms)
 PY
 
+# A peer that is slow but alive is waited for: rank 1's cpu:0 takes 400 ms per kernel launch
+# (MOIRA_FAULT=slow), 1.2 s per MoE layer, longer than --network-timeout 1; its beacons keep
+# rank 0 waiting.
+slow=(run --tokens 8 --iters 1 --network-timeout 1 --topology "$cluster/two-host.yaml"
+    --plan "$cluster/remote-two-host.yaml")
+expect 0 "a peer slower than the timeout" -- "${mpi[@]}" -np 1 "$moira" "${slow[@]}" \
+    : -np 1 env MOIRA_FAULT=slow:cpu:0:400 "$moira" "${slow[@]}"
+check "the slow peer computed it" "^beta/numa0 +cpu:0 .* agreed$" "$work/out"
+
 # --- greedy generation: two ranks generate what one process generates ----------------------
 "$bin/moira-test-checkpoint" --out "$work/bf16" --dtype bf16 --seed 3 --tokenizer "$tokenizer" \
     >/dev/null || { echo "FAIL: writing the checkpoint"; exit 1; }
@@ -114,6 +123,7 @@ cmp -s "$work/one-logits.safetensors" "$work/two-logits.safetensors" &&
 # The completion equals one process's greedy generation; the other rank waits through an idle
 # spell longer than --network-timeout; SIGTERM to rank 0 stops the job with exit 0.
 port_file="$work/serve.err"
+: >"$port_file"
 "${mpi[@]}" -np 2 "$moira" serve --model "$work/bf16" --topology "$cluster/two-host.yaml" \
     --plan "$work/gen-two.yaml" --port 0 --network-timeout 2 >"$work/serve.out" 2>"$port_file" &
 serve_job=$!
@@ -169,8 +179,18 @@ expect_stderr "places experts on hosts \"alpha\" and \"beta\".*mpirun -np 2" "on
 two=(run --iters 1 --topology "$cluster/two-host.yaml" --plan "$cluster/split-two-host.yaml")
 expect 2 "ranks given different batch sizes" -- "${mpi[@]}" -np 1 "$moira" "${two[@]}" --tokens 8 \
     : -np 1 "$moira" "${two[@]}" --tokens 16
-expect_stderr "rank 1 \(host beta\) runs another plan, topology, model or batch size" \
+expect_stderr "rank 1 \(host beta\) runs another plan, topology, model, weights or batch size" \
     "the differing rank named"
+expect 2 "ranks given different weights (seeds)" -- "${mpi[@]}" -np 1 "$moira" "${two[@]}" \
+    --tokens 8 : -np 1 "$moira" "${two[@]}" --tokens 8 --seed 2
+expect_stderr "rank 1 \(host beta\) runs another plan, topology, model, weights" \
+    "the rank with other weights named"
+sed 's#^home: .*#home: npu0#' "$cluster/split-two-host.yaml" >"$work/home-beta.yaml"
+expect 2 "a home on another host than rank 0's" -- "${mpi[@]}" -np 2 "$moira" run --tokens 4 \
+    --iters 1 --topology "$cluster/two-host.yaml" --plan "$work/home-beta.yaml"
+expect_stderr "the plan's home \"npu0\" is on host \"beta\"; under mpirun rank 0" "home named"
+expect 0 "moira --version under mpirun" -- "${mpi[@]}" -np 2 "$moira" --version
+check "both ranks print the version" "^moira .*git" "$work/out"
 expect 2 "a verb that runs on one host" -- "${mpi[@]}" -np 2 "$moira" devices
 expect_stderr "runs on one host" "devices under mpirun"
 
