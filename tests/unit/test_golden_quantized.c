@@ -1,10 +1,11 @@
-/* The golden moe and layer cases (tests/data/golden) re-run with their routed experts quantised
- * here to MXFP4 and to INT8, written as the DeepSeek-V4 layout (X.weight + X.scale, or
+/* The golden moe and layer cases (tests/data/golden) re-run with their routed and shared experts
+ * quantised here to MXFP4 and to INT8 as `moira quantize` would (write_quantized says why not the
+ * attention), written as the DeepSeek-V4 layout (X.weight + X.scale, or
  * X.weight_scale), read back through the safetensors reader, and run through `moira op` on every
  * device this build finds. Each output is held to the fp64 reference (ops/reference.c) on the
- * dequantised weights, at int8's limit where the device quantises activations (DESIGN.md §4),
- * and must differ from the unquantised golden answer (so the quantised weights were really
- * used). */
+ * dequantised weights, at the limit of what the device computes activations in (int8's where it
+ * quantises them, DESIGN.md §4), and must differ from the unquantised golden answer (so the
+ * quantised weights were really used). */
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -35,7 +36,28 @@ static char *scale_name(const char *name, moira_dtype_t dtype) {
     return out;
 }
 
-/* The case's inputs with every routed expert quantised, written to `path`. */
+/* Whether `moira quantize` quantises the bare-named tensor: a routed expert, a shared expert,
+ * a dense MLP or (with `attention`) an attention projection other than kv_b_proj (docs/cli.md);
+ * the router, norms and kv_b_proj stay as they are. */
+static bool quantized_name(const char *tensor, bool attention) {
+    static const char *const projections[] = {
+        "self_attn.q_proj.weight",   "self_attn.q_a_proj.weight",
+        "self_attn.q_b_proj.weight", "self_attn.kv_a_proj_with_mqa.weight",
+        "self_attn.o_proj.weight",   "mlp.gate_proj.weight",
+        "mlp.up_proj.weight",        "mlp.down_proj.weight"};
+    if (strstr(tensor, "mlp.experts.") || strstr(tensor, "mlp.shared_experts."))
+        return strstr(tensor, "_proj.weight") != NULL;
+    if (!attention && !strncmp(tensor, "self_attn.", 10)) return false;
+    for (size_t i = 0; i < sizeof(projections) / sizeof(projections[0]); i++)
+        if (!strcmp(tensor, projections[i])) return true;
+    return false;
+}
+
+/* The case's inputs with every routed and shared expert quantised (a projection the format
+ * cannot store kept, as `moira quantize` keeps it), written to `path`. The attention projections
+ * stay f32 here: with them quantised too, layer_v3 routes tokens at near ties to other experts
+ * than the reference (NMSE 7.5e-3 on cpu:0), which only test_conformance's tie rule tells apart
+ * from an error; it checks layers with quantised attention. */
 static bool write_quantized(const char *name, moira_dtype_t dtype, const char *path) {
     char in_path[PATH_MAX + 64];
     snprintf(in_path, sizeof(in_path), "%s/golden/%s.inputs.safetensors", MOIRA_TEST_DATA_DIR,
@@ -53,7 +75,8 @@ static bool write_quantized(const char *name, moira_dtype_t dtype, const char *p
         const moira_tensor_t *t = NULL;
         CHECK_OK(moira_safetensors_find(in, tensor, &t));
         if (!t) continue;
-        if (!strstr(tensor, "mlp.experts.") || !strstr(tensor, "_proj.weight")) {
+        bool fits = t->rank == 2 && moira_weight_shape_fits(dtype, t->shape[0], t->shape[1]);
+        if (!quantized_name(tensor, false) || !fits) {
             out[n_out++] = (moira_named_tensor_t){tensor, t};
             continue;
         }
@@ -133,7 +156,7 @@ static void check(const char *name, moira_dtype_t dtype, const moira_device_info
     if (g && w && moira_tensor_same_shape(g, &ref)) {
         size_t n = (size_t)moira_tensor_numel(&ref);
         double limit = fmax(moira_precision_nmse_limit(device->compute_precision),
-                            moira_precision_nmse_limit(MOIRA_DTYPE_INT8));
+                            moira_precision_nmse_limit(device->quantized_precision));
         double nmse = moira_test_nmse_f32(g->data, ref.data, n);
         double moved = moira_test_nmse_f32(ref.data, w->data, n);
         CHECK_MSG(nmse <= limit, "%s %s %s: NMSE %.3g > %.3g", device->name, name, format, nmse,
