@@ -5,9 +5,9 @@
  * compute in a narrower type, within DESIGN.md §4's limits for it). Weight operands ("W") may be
  * F32, F16, BF16 or F8_E4M3 (with block scales, see moira_dtensor_t), and for MOE_FFN, LINEAR and
  * SWIGLU also MXFP4 or INT8 where the device says so (moira_device_supports); norm weights and
- * biases are always f32. A latent cache (the rows MLA_DECODE_ATTENTION reads as c and k_pe, and the RMSNORM
- * and ROPE outputs that write them) is F32 or BF16 ("cache" below): a bf16 cache halves the bytes
- * decode streams, and its limit is bf16's (DESIGN.md §4). A device keeps a bf16 cache where
+ * biases are always f32. A latent cache (the rows MLA_DECODE_ATTENTION reads as c and k_pe, and the
+ * RMSNORM and ROPE outputs that write them) is F32 or BF16 ("cache" below): a bf16 cache halves the
+ * bytes decode streams, and its limit is bf16's (DESIGN.md §4). A device keeps a bf16 cache where
  * moira_device_supports(device, MOIRA_OP_MLA_DECODE_ATTENTION, MOIRA_DTYPE_BF16) says so (for that
  * op, which has no weights, the dtype asked about is the cache's); it then also writes BF16 from
  * RMSNORM and ROPE. Operands marked (strided) may have a row_stride; all others are contiguous.
