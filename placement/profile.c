@@ -15,6 +15,26 @@ void moira_profile_free(moira_profile_t *profile) {
     memset(profile, 0, sizeof(*profile));
 }
 
+moira_status_t moira_profile_from_totals(const moira_model_config_t *model, const double *totals,
+                                         moira_profile_t *out) {
+    memset(out, 0, sizeof(*out));
+    int64_t layers = model->num_hidden_layers, experts = model->n_routed_experts;
+    out->experts = experts;
+    out->layers = calloc((size_t)layers + 1, sizeof(int64_t));
+    out->load = calloc((size_t)(layers * experts) + 1, sizeof(double));
+    if (!out->layers || !out->load) {
+        moira_profile_free(out);
+        return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "profile: out of memory");
+    }
+    for (int64_t l = 0; l < layers; l++) {
+        if (!moira_model_config_is_moe_layer(model, l)) continue;
+        memcpy(out->load + (size_t)out->n_layers * (size_t)experts, totals + l * experts,
+               (size_t)experts * sizeof(double));
+        out->layers[out->n_layers++] = l;
+    }
+    return MOIRA_OK_STATUS;
+}
+
 /* The array grows by one: a run has a handful of devices. */
 moira_status_t moira_profile_add_speed(moira_profile_t *profile, const char *device, double busy_us,
                                        double predicted_us) {

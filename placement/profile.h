@@ -78,4 +78,9 @@ moira_status_t moira_profile_write_stream(const moira_profile_t *profile, const 
 
 void moira_profile_free(moira_profile_t *profile);
 
+/* A profile of counts kept per model layer: `totals` [num_hidden_layers, n_routed_experts]
+ * row-major (what the engine and the executor count), its MoE layers' rows. Caller frees *out. */
+moira_status_t moira_profile_from_totals(const moira_model_config_t *model, const double *totals,
+                                         moira_profile_t *out);
+
 #endif

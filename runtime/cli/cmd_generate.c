@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/atomic_file.h"
 #include "runtime/cli/cli.h"
 #include "runtime/cli/generate.h"
 #include "runtime/cluster/cluster.h"
@@ -18,7 +19,7 @@
 
 typedef struct generate_args {
     generate_options_t common;
-    const char *prompt, *prompt_file, *messages, *logits_out;
+    const char *prompt, *prompt_file, *messages, *logits_out, *record_profile;
     bool json;
 } generate_args_t;
 
@@ -38,7 +39,10 @@ static void print_help(void) {
            "                     (stop|length), prefill_tokens_per_s, decode_tokens_per_s\n"
            "  --logits-out F     also write the logits each token was chosen from, `logits` F32\n"
            "                     [steps, vocab], and the ids, `ids` I32 [steps], to safetensors F\n"
-           "                     (for moira compare against a PyTorch dump)\n");
+           "                     (for moira compare against a PyTorch dump)\n"
+           "  --record-profile F  write the tokens routed to each expert over the generation\n"
+           "                     (prompt and generated tokens) as a load profile for moira plan\n"
+           "                     --profile; with a placement also each device's measured speed\n");
     generate_print_common_help(true);
     printf("\nexit codes: 0 success, 1 a device failed, 2 bad usage or bad input (a model\n"
            "Moira does not implement, malformed files, a prompt longer than the context)\n");
@@ -50,11 +54,12 @@ static int parse_args(int argc, char **argv, generate_args_t *a) {
         if (common == 2) return 2;
         if (common == 1) continue;
         const char *arg = argv[i];
-        const char **value = !strcmp(arg, "--prompt")        ? &a->prompt
-                             : !strcmp(arg, "--prompt-file") ? &a->prompt_file
-                             : !strcmp(arg, "--messages")    ? &a->messages
-                             : !strcmp(arg, "--logits-out")  ? &a->logits_out
-                                                             : NULL;
+        const char **value = !strcmp(arg, "--prompt")           ? &a->prompt
+                             : !strcmp(arg, "--prompt-file")    ? &a->prompt_file
+                             : !strcmp(arg, "--messages")       ? &a->messages
+                             : !strcmp(arg, "--logits-out")     ? &a->logits_out
+                             : !strcmp(arg, "--record-profile") ? &a->record_profile
+                                                                : NULL;
         if (value) {
             if (i + 1 >= argc) return moira_cli_usage_error(VERB, "%s needs a value", arg);
             *value = argv[++i];
@@ -177,9 +182,34 @@ static moira_status_t write_logits(const char *path, const logits_log_t *log,
     return moira_safetensors_write(path, tensors, 2);
 }
 
+/* The profile of what the generation routed, with each expert device's speed when placed;
+ * written whole or not at all. */
+static moira_status_t write_profile(const char *path, const generate_session_t *s) {
+    moira_profile_t profile;
+    MOIRA_RETURN_IF_ERROR(
+        moira_profile_from_totals(&s->model.config, moira_engine_expert_load(s->engine), &profile));
+    moira_status_t status = MOIRA_OK_STATUS;
+    const moira_exec_stats_t *stats = moira_engine_placement_stats(s->engine);
+    if (stats && s->placed)
+        status = moira_exec_stats_add_speeds(stats, &s->placement.topology, &profile);
+    moira_atomic_file_t file;
+    memset(&file, 0, sizeof(file));
+    if (!status) status = moira_atomic_open(path, &file);
+    if (!status)
+        status = moira_profile_write_stream(&profile, s->model.config.name, path, file.stream);
+    if (!status)
+        status = moira_atomic_commit(&file);
+    else
+        moira_atomic_abort(&file);
+    moira_profile_free(&profile);
+    return status;
+}
+
 static moira_status_t run(const generate_args_t *a) {
     generate_session_t s;
-    moira_status_t status = generate_session_open_model(&a->common, &s);
+    generate_options_t common = a->common;
+    common.record_expert_load = a->record_profile != NULL;
+    moira_status_t status = generate_session_open_model(&common, &s);
     /* The prompt before the weights: reading it (stdin, a large file) may take a while, and under
      * mpirun the other ranks start waiting for steps once the engine is up. Only rank 0 reads it.
      */
@@ -187,7 +217,7 @@ static moira_status_t run(const generate_args_t *a) {
     bool reads_prompt = !cluster || moira_cluster_rank(cluster) == 0;
     moira_token_ids_t prompt = {0};
     if (!status && reads_prompt) status = prompt_ids(a, s.model.tokenizer, &prompt);
-    if (!status) status = generate_session_start_engine(VERB, &a->common, &s);
+    if (!status) status = generate_session_start_engine(VERB, &common, &s);
     if (!status && !moira_engine_leads(s.engine)) {
         /* Another host's rank (mpirun): it serves its experts while rank 0 generates. */
         status = moira_engine_follow(s.engine);
@@ -207,7 +237,9 @@ static moira_status_t run(const generate_args_t *a) {
         status =
             moira_generate(s.engine, &s.model, 0, &r, a->json ? NULL : print_text, NULL, &result);
     }
+    if (!status) moira_engine_release(s.engine); /* the other ranks' figures, for the profile */
     if (!status && a->logits_out) status = write_logits(a->logits_out, &log, &result.ids);
+    if (!status && a->record_profile) status = write_profile(a->record_profile, &s);
     free(log.values);
     if (!status && a->json) print_json(&prompt, &result);
     if (!status && !a->json) {

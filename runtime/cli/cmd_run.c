@@ -167,22 +167,6 @@ static void judge(const run_model_t *m, const moira_exec_stats_t *stats, run_res
     r->agreed = devices_agreed && r->layer_nmse <= r->limit;
 }
 
-/* Each device's busy time next to its prediction, per batch, in the recorded profile, so that
- * `moira plan --profile` plans each device as fast as it really ran. */
-static moira_status_t add_speeds(const moira_executor_t *executor, const moira_topology_t *topology,
-                                 moira_profile_t *profile) {
-    const moira_exec_stats_t *stats = moira_executor_stats(executor);
-    double batches = stats->forwards > 0 ? (double)stats->forwards : 1;
-    for (int i = 0; i < stats->n_targets; i++) {
-        const moira_exec_target_stats_t *t = &stats->targets[i];
-        if (t->busy_s > 0 && t->predicted_us > 0)
-            MOIRA_RETURN_IF_ERROR(
-                moira_profile_add_speed(profile, topology->targets[t->target].name,
-                                        t->busy_s * 1e6 / batches, t->predicted_us / batches));
-    }
-    return MOIRA_OK_STATUS;
-}
-
 /* What the run leaves behind on request: the output tensor and the observed load profile,
  * written together or not at all (both temporaries are written before either is renamed, and a
  * failed second rename puts the first back), so a failure never leaves one without the other.
@@ -197,7 +181,8 @@ static moira_status_t write_outputs(const run_args_t *a, run_model_t *m,
     memset(&profile, 0, sizeof(profile));
     moira_status_t status = MOIRA_OK_STATUS;
     if (a->record_profile) status = moira_executor_observed_profile(executor, &profile);
-    if (!status && a->record_profile) status = add_speeds(executor, topology, &profile);
+    if (!status && a->record_profile)
+        status = moira_exec_stats_add_speeds(moira_executor_stats(executor), topology, &profile);
     if (!status && a->output) status = moira_atomic_open(a->output, &output_file);
     if (!status && a->record_profile) status = moira_atomic_open(a->record_profile, &profile_file);
     if (!status && a->output) {

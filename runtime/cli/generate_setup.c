@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ops/device_layer.h"
 #include "runtime/backend.h"
 #include "runtime/cli/cli.h"
 #include "runtime/cli/generate.h"
@@ -138,7 +139,13 @@ moira_status_t generate_session_start_engine(const char *verb, const generate_op
                                       .progress_context = &s->progress};
     if (o->topology || o->plan) {
         /* The plan is made or checked for a prefill chunk's worth of tokens. */
-        run_args_t where = {.topology = o->topology, .plan = o->plan, .backend = o->backend};
+        int64_t slots = options.max_sequences * moira_engine_context(&s->model.config, o->context);
+        run_args_t where = {.topology = o->topology,
+                            .plan = o->plan,
+                            .backend = o->backend,
+                            .home_cache_bytes = (double)s->model.config.num_hidden_layers *
+                                                (double)moira_mla_cache_bytes(
+                                                    &s->model.config, slots, o->cache_dtype)};
         MOIRA_RETURN_IF_ERROR(run_place(&where, &s->model.config, 256, &s->placement));
         s->placed = true;
         s->engine_placement = (moira_engine_placement_t){.topology = &s->placement.topology,

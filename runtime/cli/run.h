@@ -18,6 +18,7 @@ typedef struct run_args {
     long long tokens, iters, seed;
     long long reserve_gib; /* --reserve: GiB per device a plan made here leaves free */
     long long network_timeout; /* --network-timeout: seconds a rank waits for another (mpirun) */
+    double home_cache_bytes;   /* latent caches the home keeps besides its weights (generate) */
     bool json;
     bool with_emulated; /* --with-emulated: plans made here may use emulated devices */
 } run_args_t;
@@ -34,11 +35,12 @@ typedef struct run_placement {
 } run_placement_t;
 
 /* Refuses (INVALID_INPUT, exit 2, with the numbers) a placement whose host-memory devices (the
- * CPU ones and emulated ones) and home together need more than the host has available now, so
- * that a model too large for this machine fails before reading a weight rather than minutes
- * into loading. */
+ * CPU ones and emulated ones) and home together need more than the host has available now, or
+ * whose home device cannot hold its weights and `home_cache_bytes` of latent caches, so that a
+ * model too large for this machine fails before reading a weight rather than minutes into
+ * loading. */
 moira_status_t run_check_host_memory(const run_placement_t *placement,
-                                     const moira_model_config_t *model);
+                                     const moira_model_config_t *model, double home_cache_bytes);
 
 /* Decides where everything runs, before any weight is loaded:
  *   --backend D alone          every layer and every expert on D;

@@ -26,8 +26,26 @@ static bool in_host_memory(const moira_device_t *device) {
     return info->kind == MOIRA_DEVICE_KIND_CPU || info->emulated;
 }
 
-moira_status_t run_check_host_memory(const run_placement_t *p, const moira_model_config_t *model) {
-    double experts = 0, home = in_host_memory(p->home) ? moira_model_home_bytes(model) : 0;
+/* A home device of its own memory (a GPU) must hold the home's weights and latent caches. */
+static moira_status_t check_home_device(const run_placement_t *p, const moira_model_config_t *model,
+                                        double caches) {
+    const moira_device_info_t *info = moira_device_info(p->home);
+    double weights = moira_model_home_bytes(model), need = weights + caches;
+    if (in_host_memory(p->home) || !info->memory_bytes || need <= (double)info->memory_bytes)
+        return MOIRA_OK_STATUS;
+    return moira_status_make(MOIRA_CODE_INVALID_INPUT,
+                             "the home %s needs %.2f GiB (%.2f GiB of %s weights, %.2f GiB of "
+                             "latent caches) but has %.2f GiB; use fewer sequences or a shorter "
+                             "context (--ctx), or another home",
+                             info->name, need / 1073741824.0, weights / 1073741824.0, model->name,
+                             caches / 1073741824.0, (double)info->memory_bytes / 1073741824.0);
+}
+
+moira_status_t run_check_host_memory(const run_placement_t *p, const moira_model_config_t *model,
+                                     double home_cache_bytes) {
+    MOIRA_RETURN_IF_ERROR(check_home_device(p, model, home_cache_bytes));
+    double experts = 0,
+           home = in_host_memory(p->home) ? moira_model_home_bytes(model) + home_cache_bytes : 0;
     for (int t = 0; t < p->binding.n_targets; t++)
         if (p->binding.devices[t] && in_host_memory(p->binding.devices[t]))
             experts += (double)p->binding.replicas[t] * (double)p->plan.expert_bytes;
@@ -35,8 +53,9 @@ moira_status_t run_check_host_memory(const run_placement_t *p, const moira_model
     if (available <= 0 || experts + home <= available) return MOIRA_OK_STATUS;
     return moira_status_make(MOIRA_CODE_INVALID_INPUT,
                              "the plan needs %.2f GiB of host memory (%.2f GiB of experts on "
-                             "devices that keep them there, %.2f GiB of %s weights besides "
-                             "them on %s), but %.2f GiB is available; nothing was loaded",
+                             "devices that keep them there, %.2f GiB of %s weights and latent "
+                             "caches besides them on %s), but %.2f GiB is available; nothing was "
+                             "loaded",
                              (experts + home) / 1073741824.0, experts / 1073741824.0,
                              home / 1073741824.0, model->name, moira_device_info(p->home)->name,
                              available / 1073741824.0);

@@ -110,7 +110,7 @@ moira_status_t run_place(const run_args_t *a, const moira_model_config_t *model,
         status = moira_exec_bind(&out->topology, &out->plan, model, a->plan, &out->binding);
     if (!status) status = find_home(a, out, &out->home);
     if (!status) status = moira_exec_check_home(out->home, model);
-    if (!status) status = run_check_host_memory(out, model);
+    if (!status) status = run_check_host_memory(out, model, a->home_cache_bytes);
     if (!status) {
         out->homes = calloc((size_t)model->num_hidden_layers + 1, sizeof(*out->homes));
         if (!out->homes) status = moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "out of memory");

@@ -57,13 +57,16 @@ static moira_dtensor_t rows_of(const moira_dtensor_t *t, int64_t first, int64_t 
     return out;
 }
 
+int64_t moira_engine_context(const moira_model_config_t *config, int64_t requested) {
+    if (requested > 0) return requested;
+    int64_t context = config->max_position_embeddings;
+    return context > DEFAULT_CONTEXT_LIMIT ? DEFAULT_CONTEXT_LIMIT : context;
+}
+
 static void fill_defaults(const moira_model_config_t *config, moira_engine_options_t *o) {
     if (o->max_rows <= 0) o->max_rows = DEFAULT_MAX_ROWS;
     if (o->max_sequences <= 0) o->max_sequences = DEFAULT_MAX_SEQUENCES;
-    if (o->context <= 0) {
-        o->context = config->max_position_embeddings;
-        if (o->context > DEFAULT_CONTEXT_LIMIT) o->context = DEFAULT_CONTEXT_LIMIT;
-    }
+    o->context = moira_engine_context(config, o->context);
 }
 
 static size_t workspace_bytes(const moira_engine_t *e) {
@@ -466,6 +469,10 @@ int64_t moira_engine_vocab(const moira_engine_t *e) {
 
 bool moira_engine_leads(const moira_engine_t *e) {
     return !e->executor || moira_executor_leads(e->executor);
+}
+
+void moira_engine_release(moira_engine_t *e) {
+    if (e->executor) moira_executor_release(e->executor);
 }
 
 moira_status_t moira_engine_follow(moira_engine_t *e) {

@@ -101,6 +101,15 @@ const moira_exec_stats_t *moira_engine_placement_stats(const moira_engine_t *eng
  * generates; on any other rank the engine only serves its host's experts, in
  * moira_engine_follow, until rank 0's engine is destroyed. Leads is true in one process. */
 bool moira_engine_leads(const moira_engine_t *engine);
+
+/* The context a sequence gets: `requested` when positive, else the model's
+ * max_position_embeddings, at most 4096. */
+int64_t moira_engine_context(const moira_model_config_t *config, int64_t requested);
 moira_status_t moira_engine_follow(moira_engine_t *engine);
+
+/* On rank 0, once it has no more steps to run: releases the other ranks and brings their
+ * devices' figures into moira_engine_placement_stats (moira_executor_release). Destroying the
+ * engine does it too. */
+void moira_engine_release(moira_engine_t *engine);
 
 #endif

@@ -187,6 +187,13 @@ void moira_executor_release(moira_executor_t *executor);
 /* Whether this executor runs the rank that drives (true in one process). */
 bool moira_executor_leads(const moira_executor_t *executor);
 
+/* Adds each target's measured speed to `profile` (moira_profile_add_speed): its busy time next
+ * to the cost model's prediction per forward, named by its topology target, for every target that
+ * did work; so `moira plan --profile` plans each device as fast as it ran (placement/speed.h). */
+moira_status_t moira_exec_stats_add_speeds(const moira_exec_stats_t *stats,
+                                           const moira_topology_t *topology,
+                                           moira_profile_t *profile);
+
 /* Zeroes the timings and counters (not the check results): after a warm-up forward. */
 void moira_executor_reset_stats(moira_executor_t *executor);
 

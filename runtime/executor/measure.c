@@ -53,6 +53,20 @@ void moira_exec_measure_layer(moira_executor_t *e, const exec_layer_t *layer,
     }
 }
 
+moira_status_t moira_exec_stats_add_speeds(const moira_exec_stats_t *stats,
+                                           const moira_topology_t *topology,
+                                           moira_profile_t *profile) {
+    double forwards = stats->forwards > 0 ? (double)stats->forwards : 1;
+    for (int i = 0; i < stats->n_targets; i++) {
+        const moira_exec_target_stats_t *t = &stats->targets[i];
+        if (t->busy_s > 0 && t->predicted_us > 0)
+            MOIRA_RETURN_IF_ERROR(
+                moira_profile_add_speed(profile, topology->targets[t->target].name,
+                                        t->busy_s * 1e6 / forwards, t->predicted_us / forwards));
+    }
+    return MOIRA_OK_STATUS;
+}
+
 /* Borrowed, so a report reads the numbers without copying the arrays. */
 const moira_exec_stats_t *moira_executor_stats(const moira_executor_t *e) {
     return &e->stats;

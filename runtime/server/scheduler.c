@@ -394,6 +394,17 @@ bool serve_scheduler_read_expert_load(serve_scheduler_t *s, double *out, size_t 
     return load != NULL;
 }
 
+moira_status_t serve_scheduler_add_speeds(serve_scheduler_t *s, moira_profile_t *profile) {
+    pthread_mutex_lock(&s->step_lock);
+    const moira_exec_stats_t *stats = moira_engine_placement_stats(s->engine);
+    const moira_engine_placement_t *placement = moira_engine_options(s->engine)->placement;
+    moira_status_t status = stats && placement
+                                ? moira_exec_stats_add_speeds(stats, placement->topology, profile)
+                                : MOIRA_OK_STATUS;
+    pthread_mutex_unlock(&s->step_lock);
+    return status;
+}
+
 int serve_scheduler_read_device_busy(serve_scheduler_t *s, serve_device_busy_t *out, int max) {
     int n = 0;
     pthread_mutex_lock(&s->step_lock);

@@ -47,6 +47,10 @@ serve_submit_result_t serve_scheduler_submit(serve_scheduler_t *scheduler,
  * between two steps; false when the engine does not record it. */
 bool serve_scheduler_read_expert_load(serve_scheduler_t *scheduler, double *out, size_t count);
 
+/* With a placement, adds each expert device's measured speed per step since the start to
+ * `profile` (moira_exec_stats_add_speeds); nothing on one device. */
+moira_status_t serve_scheduler_add_speeds(serve_scheduler_t *scheduler, moira_profile_t *profile);
+
 /* Time the devices of a placement spent on routed experts since start (the executor's busy time of
  * each expert device, targets on one device summed), copied between two steps into `out`
  * (at most `max`); returns how many. 0 on one device. */

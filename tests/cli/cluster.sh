@@ -118,6 +118,28 @@ assert len(one["ids"]) == 12 and one["ids"] == two["ids"], (one["ids"], two["ids
 PY
 cmp -s "$work/one-logits.safetensors" "$work/two-logits.safetensors" &&
     passed=$((passed + 1)) || fail "two ranks' logits differ from one process's"
+# The recorded profile: the same loads as one process routed, (prompt + generated - 1) x k = 4
+# assignments per token fed in each MoE layer, and both hosts' devices' speeds.
+expect 0 "generate --record-profile, one process" -- "$moira" "${gen[@]}" \
+    --topology "$cluster/one-host.yaml" --plan "$work/gen-one.yaml" --record-profile "$work/one.yaml"
+expect 0 "generate --record-profile, two ranks" -- "${mpi[@]}" -np 2 "$moira" "${gen[@]}" \
+    --topology "$cluster/two-host.yaml" --plan "$work/gen-two.yaml" --record-profile "$work/two.yaml"
+python3 - "$work/one.yaml" "$work/two.yaml" "$work/one.json" <<'PY' && passed=$((passed + 1)) ||
+import json, re, sys
+def loads(path):
+    text = open(path).read()
+    return {int(m[0]): [float(x) for x in m[1].split(",")]
+            for m in re.findall(r"\{layer: (\d+), load: \[([^\]]*)\]\}", text)}, text
+(one, _), (two, text) = loads(sys.argv[1]), loads(sys.argv[2])
+run = json.load(open(sys.argv[3]))
+fed = len(run["prompt_ids"]) + len(run["ids"]) - 1
+assert sorted(two) == [1, 2] and one == two, (one, two)
+for layer, load in two.items():
+    assert sum(load) == fed * 4, (layer, sum(load), fed)
+assert re.search(r"device: alpha/numa0, busy_us: [0-9.e+]+, predicted_us", text), text
+assert re.search(r"device: npu0, busy_us: [0-9.e+]+, predicted_us", text), text
+PY
+    fail "recorded profiles"
 
 # --- serve: rank 0 answers HTTP, its steps run across both ranks ---------------------------
 # The completion equals one process's greedy generation; the other rank waits through an idle
@@ -167,6 +189,13 @@ else
 fi
 
 # --- bad starts: exit 2 ---------------------------------------------------------------------
+# (One process.) The home's latent caches count against memory before any weight is read: 256
+# sequences of 16M tokens of this model's caches need 1.9 TiB on cpu:0.
+expect 2 "serve whose caches the host cannot hold" -- "$moira" serve --model "$work/bf16" \
+    --topology "$cluster/one-host.yaml" --plan "$work/gen-one.yaml" --ctx 16777216 \
+    --max-batch 256 --port 0
+expect_stderr "GiB of bf16 weights and latent caches besides them on cpu:0.*nothing was loaded" \
+    "caches counted"
 expect 2 "generate under mpirun without a plan" -- "${mpi[@]}" -np 2 "$moira" "${gen[@]}"
 expect_stderr "generate under mpirun needs --topology and --plan" "missing plan named"
 expect 2 "three ranks for two hosts" -- "${mpi[@]}" -np 3 "$moira" run --tokens 4 --iters 1 \

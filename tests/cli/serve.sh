@@ -335,6 +335,9 @@ assert got["choices"][0]["text"] == want["text"], (got, want["text"])
 ran = len(want["prompt_ids"]) + len(want["ids"]) - 1
 sums = [sum(float(x) for x in load.split(",")) for load in re.findall(r"load: \[([^\]]*)\]", open(sys.argv[3]).read())]
 assert sums and all(s == ran * k for s in sums), (sums, ran)
+# Each expert device's speed per step, which plan --profile costs it with.
+assert re.search(r"speeds:\n- \{device: [^,]+, busy_us: [0-9.e+]+, predicted_us: [0-9.e+]+\}",
+                 open(sys.argv[3]).read()), open(sys.argv[3]).read()
 print("ok")
 PY
     check "a placed model answers as generate does, and counts its expert load" '^ok$' "$work/placed.check"
