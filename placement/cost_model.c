@@ -1,4 +1,5 @@
 #include "placement/cost_model.h"
+#include "placement/network_cost.h"
 
 #include <math.h>
 #include <string.h>
@@ -9,6 +10,7 @@ void moira_cost_model_init(const moira_model_config_t *model, moira_cost_model_t
     out->expert_bytes =
         (double)moira_model_config_expert_bytes(model, moira_model_config_expert_dtype(model));
     out->activation_bytes = 2.0 * (double)model->hidden_size;
+    out->hidden = model->hidden_size;
     out->weight_dtype = model->weight_dtype;
     out->experts = model->n_routed_experts;
     int64_t groups = model->n_group > 1 ? model->n_group : 1;
@@ -54,26 +56,17 @@ size_t moira_cost_scratch_doubles(const moira_cost_model_t *cost,
 
 /* Inbound network bytes of the busiest host, from group-on-host loads (see the header). */
 static void network_traffic(const moira_cost_model_t *cost, const moira_topology_t *topology,
-                            const double *group_host_load, int64_t groups, double *out_total,
+                            const double *group_host_load, double tokens, double *out_total,
                             double *out_busiest) {
     *out_total = 0;
     *out_busiest = 0;
     int hosts = topology->n_hosts;
     if (hosts < 2) return;
-    double m = cost->experts_per_group_per_token;
     double remote = (double)(hosts - 1) / hosts;
+    double crossing = moira_network_crossing_bytes(cost->hidden, cost->experts_per_token);
     for (int h = 0; h < hosts; h++) {
-        double host_bytes = 0;
-        for (int64_t g = 0; g < groups; g++) {
-            double group_load = 0;
-            for (int o = 0; o < hosts; o++)
-                group_load += group_host_load[(size_t)o * groups + g];
-            double on_host = group_host_load[(size_t)h * groups + g];
-            if (on_host <= 0) continue;
-            double share = on_host / group_load * m;
-            double tokens = group_load / m * (share < 1 ? share : 1);
-            host_bytes += tokens * cost->activation_bytes * 2.0 * remote;
-        }
+        double host_bytes =
+            moira_network_tokens_into(cost, group_host_load, hosts, h, tokens) * crossing * remote;
         *out_total += host_bytes;
         if (host_bytes > *out_busiest) *out_busiest = host_bytes;
     }
@@ -114,7 +107,7 @@ void moira_cost_layer(const moira_cost_model_t *cost, const moira_topology_t *to
         }
     }
     double busiest = 0;
-    network_traffic(cost, topology, group_host_load, groups, &out->network_bytes, &busiest);
+    network_traffic(cost, topology, group_host_load, batch, &out->network_bytes, &busiest);
     if (busiest > 0)
         out->network_us = busiest / (topology->network_gbs * 1e3) + topology->network_latency_us;
     out->predicted_us = out->slowest_target_us + out->network_us;

@@ -17,10 +17,12 @@
  *                      / link bandwidth; none for CPU memory, whose activations are already there
  * Per layer: the slowest target, plus network time when experts span hosts. Tokens start evenly
  * spread over hosts, so a fraction (H-1)/H of the traffic into a host crosses the network. A token
- * whose experts of one group sit on one host is sent there once: group g on host h receives
- * tokens_g x min(1, f x m) tokens, where tokens_g = load_g / m, m = k / topk_group experts per
- * selected group, and f the share of g's load on h. Keeping groups whole is what saves traffic.
- * Network time = the busiest host's inbound bytes / network bandwidth + latency. */
+ * goes to a host once however many of its experts the host holds (placement/network_cost.h: its
+ * f32 row with the replicas and weights there, and the partial sum back): group g on host h
+ * receives tokens_g x min(1, f x m) tokens, where tokens_g = load_g / m, m = k / topk_group
+ * experts per selected group (k without groups), and f the share of g's load on h; no host
+ * receives more tokens than the batch has. Keeping groups whole is what saves traffic. Network
+ * time = the busiest host's inbound bytes / network bandwidth + latency. */
 #ifndef MOIRA_PLACEMENT_COST_MODEL_H
 #define MOIRA_PLACEMENT_COST_MODEL_H
 
@@ -34,6 +36,7 @@ typedef struct moira_cost_model {
     double flops_per_token;  /* 6 D I */
     double expert_bytes;     /* one routed expert's weights in weight_dtype (fp8 + scales) */
     double activation_bytes; /* D x 2: one token's hidden state in bf16, one way */
+    int64_t hidden;          /* D */
     moira_dtype_t weight_dtype;
     int64_t experts;                    /* E */
     int64_t experts_per_group;          /* E / n_group (E when there are no groups) */

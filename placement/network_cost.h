@@ -26,6 +26,17 @@ int64_t moira_network_return_row_bytes(int64_t hidden);
 size_t moira_network_scratch_doubles(const moira_cost_model_t *cost,
                                      const moira_topology_t *topology);
 
+/* The tokens expected to go to `host` out of `tokens` held elsewhere, by the group rule above:
+ * `group_host_load` [hosts, groups] holds each host's load of each expert group. */
+double moira_network_tokens_into(const moira_cost_model_t *cost, const double *group_host_load,
+                                 int hosts, int host, double tokens);
+
+/* Bytes one crossing moves out and back: a dispatched row and a returned one. */
+static inline double moira_network_crossing_bytes(int64_t hidden, int64_t experts_per_token) {
+    return (double)(moira_network_dispatch_row_bytes(hidden, experts_per_token) +
+                    moira_network_return_row_bytes(hidden));
+}
+
 /* Expected crossings of one layer whose load (replica r of expert replica_expert[r] on target
  * replica_target[r] serving replica_load[r] assignments) all comes from tokens held by
  * `origin_host`: the tokens sent to every other host, summed. */

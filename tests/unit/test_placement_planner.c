@@ -70,14 +70,16 @@ static void test_cost_model(void) {
 }
 
 /* Network bytes by hand. Two hosts with one GPU each; 4 experts in 2 groups, k = 2, one group
- * per token (m = k / topk_group = 2 experts of a group per token); D = 1024, so a token's hidden
- * state is 2048 bytes each way, 4096 there and back, and half the tokens start on the other host.
- * Loads 10, 10, 20, 20: group 0 is 20 assignments = 10 tokens, group 1 is 20 tokens.
- *   Groups whole (0 on host 0, 1 on host 1): host 0 receives 10 tokens x 4096 x 1/2 = 20480
- *   bytes, host 1 40960; 61440 in all; network time = busiest 40960 B / 10 GB/s = 4.096 us + 5.
+ * per token (m = k / topk_group = 2 experts of a group per token); D = 1024, so a token crossing
+ * to a host moves its row, (1024 + 2 x 2) x 4 = 4112 bytes, and its partial sum back, 4096: 8208
+ * bytes; half the tokens start on the other host. Loads 10, 10, 20, 20: group 0 is 20 assignments
+ * = 10 tokens, group 1 is 20 tokens; the batch is 60 / 2 = 30 tokens.
+ *   Groups whole (0 on host 0, 1 on host 1): host 0 receives 10 tokens x 8208 x 1/2 = 41040
+ *   bytes, host 1 82080; 123120 in all; network time = busiest 82080 B / 10 GB/s = 8.208 us + 5.
  *   Groups split (one expert of each on each host): each host receives, per group, a share
- *   f x m = 1/2 x 2 = 1 of the group's tokens: 10 + 20 = 30 tokens x 2048 = 61440 bytes; 122880
- *   in all: splitting groups doubles the traffic. */
+ *   f x m = 1/2 x 2 = 1 of the group's tokens: 10 + 20 = 30 tokens (all of the batch, the most a
+ *   host can receive) x 8208 x 1/2 = 123120 bytes; 246240 in all: splitting groups doubles the
+ *   traffic. */
 static void test_network_by_hand(void) {
     const char *topo = "name: two\nhosts:\n"
                        "  - name: a\n    numa_nodes: [{id: 0, memory_gib: 0, bandwidth_gbs: 1, "
@@ -105,11 +107,11 @@ static void test_network_by_hand(void) {
     const int whole[4] = {ga, ga, gb, gb}, split[4] = {ga, gb, ga, gb};
     moira_layer_cost_t c;
     moira_cost_layer(&cost, &t, 4, whole, experts, load, scratch, &c);
-    CHECK_NEAR(c.network_bytes, 61440, 1e-6);
-    CHECK_NEAR(c.network_us, 40960 / 10e3 + 5, 1e-9);
+    CHECK_NEAR(c.network_bytes, 123120, 1e-6);
+    CHECK_NEAR(c.network_us, 82080 / 10e3 + 5, 1e-9);
     CHECK_NEAR(c.tokens, 30, 1e-12);
     moira_cost_layer(&cost, &t, 4, split, experts, load, scratch, &c);
-    CHECK_NEAR(c.network_bytes, 122880, 1e-6);
+    CHECK_NEAR(c.network_bytes, 246240, 1e-6);
     free(scratch);
     moira_topology_free(&t);
 }
@@ -406,6 +408,10 @@ static void test_groups_and_determinism(void) {
     t.network_gbs = 1; /* a slow network makes splitting groups expensive */
     moira_model_config_t m;
     CHECK_OK(moira_model_config_load(CONFIGS "models/deepseek-v3.yaml", &m));
+    /* Each token's experts in one group: a token goes to one host when its group is whole there,
+     * to both when its group is split, so splitting doubles the traffic. (With V3's four groups
+     * per token of eight, on two hosts nearly every token reaches both hosts either way.) */
+    m.topk_group = 1;
     moira_profile_t p;
     CHECK_OK(moira_profile_synthesise(&m, "zipf:0.8", 4096, &p));
     moira_plan_t a, b;
