@@ -18,7 +18,7 @@ static const char run_help[] =
     "usage: moira run [--topology FILE] [--model FILE] [--plan FILE] [--weights PATH]\n"
     "                 [--tokens N] [--iters N] [--backend DEVICE] [--inputs FILE -o OUT]\n"
     "                 [--record-profile FILE] [--seed N] [--with-emulated] [--reserve GIB]\n"
-    "                 [--network-timeout S] [--json]\n"
+    "                 [--network-timeout S] [--data-parallel] [--json]\n"
     "       mpirun -np H moira run --topology F --plan P ...   (one rank per host of F)\n\n"
     "Runs every decoder layer of a model (prefill over N tokens) with each MoE layer's routed\n"
     "experts on the devices a placement plan names - GPUs, NPUs, CPU NUMA memory - all at once,\n"
@@ -45,6 +45,9 @@ static const char run_help[] =
     "                    setting MOIRA_NPU_DEVICES does; they run on the host's cores\n"
     "  --reserve GIB     memory a plan made here leaves free on each device, besides what it\n"
     "                    keeps for the home's weights and workspaces (default 0)\n"
+    "  --data-parallel   under mpirun: every rank runs --tokens random tokens of its own\n"
+    "                    (attention on its own home, experts where the plan puts them), as\n"
+    "                    DeepSeek deploys; each rank's batch is checked\n"
     "  --network-timeout S  under mpirun: seconds of silence from another rank after which\n"
     "                    a rank waiting for it ends the job, naming it (default 60)\n"
     "  --json            machine-readable summary\n"
@@ -68,6 +71,7 @@ static int parse_run_args(int argc, char **argv, run_args_t *a) {
                                             {"with-emulated", no_argument, NULL, 'E'},
                                             {"reserve", required_argument, NULL, 'V'},
                                             {"network-timeout", required_argument, NULL, 'N'},
+                                            {"data-parallel", no_argument, NULL, 'D'},
                                             {"help", no_argument, NULL, 'h'},
                                             {NULL, 0, NULL, 0}};
     memset(a, 0, sizeof(*a));
@@ -109,6 +113,9 @@ static int parse_run_args(int argc, char **argv, run_args_t *a) {
         case 'E':
             a->with_emulated = true;
             break;
+        case 'D':
+            a->data_parallel = true;
+            break;
         case 'V':
             if (!moira_cli_parse_int("run", "--reserve", optarg, 0, 1 << 20, &a->reserve_gib))
                 return 2;
@@ -137,6 +144,9 @@ static int parse_run_args(int argc, char **argv, run_args_t *a) {
     if (optind < argc) return moira_cli_usage_error("run", "unexpected \"%s\"", argv[optind]);
     if (!a->inputs != !a->output)
         return moira_cli_usage_error("run", "--inputs and -o go together");
+    if (a->data_parallel && (a->inputs || a->record_profile))
+        return moira_cli_usage_error("run", "--data-parallel runs a random batch on every rank; "
+                                            "--inputs, -o and --record-profile are for one batch");
     return 0;
 }
 
@@ -217,6 +227,34 @@ static moira_status_t run_forwards(const run_args_t *a, run_model_t *m, moira_ex
     return MOIRA_OK_STATUS;
 }
 
+/* One rank's verdict on its own batch, as it travels to rank 0. */
+typedef struct rank_verdict {
+    int32_t agreed, near_ties;
+    int64_t worst_layer;
+    double layer_nmse, nmse;
+} rank_verdict_t;
+
+/* Data-parallel: every rank checked its own batch; rank 0's result becomes the worst of them
+ * (agreed only when all did), which its report prints. */
+static void combine_verdicts(moira_cluster_t *cluster, run_result_t *r) {
+    int ranks = moira_cluster_size(cluster);
+    rank_verdict_t mine = {r->agreed, r->near_ties, r->worst_layer, r->layer_nmse, r->nmse};
+    rank_verdict_t *all = calloc((size_t)ranks, sizeof(*all));
+    if (!all) moira_cluster_abort(cluster, 1, "out of memory gathering the ranks' checks");
+    moira_cluster_gather(cluster, 0, &mine, sizeof(mine), all, "gathering the ranks' checks");
+    r->data_parallel_ranks = ranks;
+    for (int i = 1; moira_cluster_rank(cluster) == 0 && i < ranks; i++) {
+        r->agreed = r->agreed && all[i].agreed;
+        r->near_ties += all[i].near_ties;
+        if (!(all[i].layer_nmse <= r->layer_nmse)) {
+            r->layer_nmse = all[i].layer_nmse;
+            r->worst_layer = all[i].worst_layer;
+        }
+        if (!(all[i].nmse <= r->nmse)) r->nmse = all[i].nmse;
+    }
+    free(all);
+}
+
 /* Config, batch and placement first (a bad plan stops here, before any weight is read), then
  * the weights, the executor, the forwards, the reference and the summary. */
 static moira_status_t run_model(const run_args_t *a, int *out_exit) {
@@ -234,7 +272,13 @@ static moira_status_t run_model(const run_args_t *a, int *out_exit) {
     if (!status) status = moira_runtime_init();
     if (!status) status = moira_device_find(a->backend ? a->backend : "cpu:0", &home);
     if (!status) status = run_model_check_fits(&m.config, a, home);
-    if (!status) status = run_model_load_inputs(&m, a);
+    /* Data-parallel: each rank its own batch (rank 0's is the one a single process would run),
+     * the same weights. */
+    moira_cluster_t *cluster = moira_cluster_current();
+    bool data_parallel = a->data_parallel && cluster && moira_cluster_size(cluster) > 1;
+    run_args_t batch_args = *a;
+    if (data_parallel) batch_args.seed += 1000003LL * moira_cluster_rank(cluster);
+    if (!status) status = run_model_load_inputs(&m, &batch_args);
     if (!status) status = run_place(a, &m.config, m.x.shape[0], &p);
     double start = moira_now_seconds();
     run_progress_context_t progress = {"run", run_model_weight_bytes(&m.config)};
@@ -248,7 +292,8 @@ static moira_status_t run_model(const run_args_t *a, int *out_exit) {
                                       .home_devices = p.homes,
                                       .max_tokens = m.x.shape[0],
                                       .progress = run_progress,
-                                      .progress_context = &progress};
+                                      .progress_context = &progress,
+                                      .data_parallel = data_parallel};
         status = moira_executor_create(&config, &ex);
     }
     run_result_t result = {.args = a, .model = &m, .placement = &p};
@@ -270,6 +315,18 @@ static moira_status_t run_model(const run_args_t *a, int *out_exit) {
                                        &result.near_ties);
     }
     if (!status) judge(&m, result.stats, &result);
+    if (!status && data_parallel) {
+        bool own = result.agreed;
+        combine_verdicts(cluster, &result);
+        if (moira_cluster_rank(cluster) > 0) {
+            /* Rank 0 reports for every rank; this one exits on its own batch's verdict. */
+            *out_exit = own ? 0 : 1;
+            moira_executor_destroy(ex);
+            run_placement_free(&p);
+            run_model_release(&m);
+            return MOIRA_OK_STATUS;
+        }
+    }
     /* A run that disagreed with the reference exits 1 and writes nothing: its output is wrong,
      * and a profile beside no output would break "both or neither". */
     if (!status && result.agreed) status = write_outputs(a, &m, ex, &p.topology);

@@ -21,6 +21,7 @@ typedef struct run_args {
     double home_cache_bytes;   /* latent caches the home keeps besides its weights (generate) */
     bool json;
     bool with_emulated; /* --with-emulated: plans made here may use emulated devices */
+    bool data_parallel; /* --data-parallel: under mpirun every rank runs a batch of its own */
 } run_args_t;
 
 /* Where everything runs: the topology, the plan over it, the plan's targets bound to devices,
@@ -121,6 +122,7 @@ typedef struct run_result {
     int near_ties; /* tokens set aside as near ties in the layer check (run_model_layer_check) */
     double nmse;   /* the output against the end-to-end reference (informative) */
     bool agreed;   /* every layer and every device's check within their limits */
+    int data_parallel_ranks; /* ranks that each ran a batch of their own (0: rank 0 alone) */
 } run_result_t;
 
 /* The readable summary: model, plan, the device table (experts held, tokens served, busy ms,

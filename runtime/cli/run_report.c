@@ -39,6 +39,10 @@ static void print_header(const run_result_t *r) {
            "whole\n",
            home->name, home->model);
     double ms = 1e3 * per_batch(s, s->wall_s);
+    if (r->data_parallel_ranks > 1)
+        printf("data    every rank ran a batch of its own (data-parallel, %d ranks); the timings "
+               "are rank 0's, the check covers every rank's batch\n",
+               r->data_parallel_ranks);
     printf("run     %lld tokens x %lld iters: %.3f ms per batch, %.1f tokens/s\n\n",
            (long long)r->model->x.shape[0], (long long)s->forwards, ms,
            s->wall_s > 0 ? (double)s->tokens / s->wall_s : 0);
@@ -248,6 +252,7 @@ moira_status_t run_report_json(const run_result_t *r) {
     json_number(&w, "tokens", (double)r->model->x.shape[0]);
     json_number(&w, "iters", (double)s->forwards);
     json_number(&w, "ranks", (double)s->ranks);
+    json_number(&w, "data_parallel_ranks", (double)r->data_parallel_ranks);
     json_string(&w, "weight_dtype", weights_dtype_name(r));
     json_string(&w, "plan", r->placement->source);
     json_string(&w, "topology", r->placement->topology.name);

@@ -83,6 +83,10 @@ typedef struct moira_exec_config {
     int max_sequences;
     int64_t context;
     moira_dtype_t cache_dtype; /* F32 (0) or BF16, on homes that keep one (ops/op.h) */
+    /* Across hosts: every rank owns tokens of its own and calls forward (or step) itself, the
+     * same number of times as the others, instead of rank 0 driving (data-parallel attention;
+     * moira run --data-parallel). Then every rank leads and release is called by all. */
+    bool data_parallel;
 } moira_exec_config_t;
 
 typedef struct moira_executor moira_executor_t;
@@ -180,7 +184,8 @@ const moira_exec_stats_t *moira_executor_stats(const moira_executor_t *executor)
  * layer by layer, until rank 0 calls moira_executor_release (or destroys its executor). Release
  * also brings every rank's target and network figures to rank 0's stats, so its report covers
  * the whole cluster. Both are no-ops without a cluster; release runs once. A follower waits for
- * rank 0's next step as long as rank 0 is alive (a server idles between requests). */
+ * rank 0's next step as long as rank 0 is alive (a server idles between requests). With
+ * data_parallel every rank drives its own forwards and every rank calls release, together. */
 moira_status_t moira_executor_follow(moira_executor_t *executor);
 void moira_executor_release(moira_executor_t *executor);
 

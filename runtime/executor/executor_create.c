@@ -342,6 +342,7 @@ moira_status_t moira_executor_create(const moira_exec_config_t *config, moira_ex
     e->rows_capacity =
         config->max_tokens * (e->exchange.cluster ? moira_cluster_size(e->exchange.cluster) : 1);
     e->max_sequences = config->max_sequences;
+    e->data_parallel = config->data_parallel;
     e->context = config->context;
     e->cache_dtype = config->cache_dtype;
     moira_cost_model_init(config->model, &e->cost);

@@ -122,6 +122,7 @@ struct moira_executor {
     int64_t forwards;         /* ever run, for positions_written */
     bool released;            /* moira_executor_release has run */
     bool stats_reset_pending; /* rank 0 reset its figures; the next forward tells the others */
+    bool data_parallel;       /* every rank drives its own forwards (moira_exec_config_t) */
     moira_exec_stats_t stats;
 };
 

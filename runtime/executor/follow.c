@@ -26,7 +26,7 @@ typedef struct wire_layer {
 } wire_layer_t;
 
 bool moira_executor_leads(const moira_executor_t *e) {
-    return !e->exchange.cluster || moira_cluster_rank(e->exchange.cluster) == 0;
+    return !e->exchange.cluster || e->data_parallel || moira_cluster_rank(e->exchange.cluster) == 0;
 }
 
 /* The command of a step, from rank 0 to every rank. The others wait for it as long as rank 0
@@ -37,7 +37,7 @@ static int32_t broadcast_step(moira_executor_t *e, int32_t step) {
 }
 
 void moira_exec_announce(moira_executor_t *e, bool check_devices) {
-    if (!e->exchange.cluster) return;
+    if (!e->exchange.cluster || e->data_parallel) return;
     int32_t step = check_devices ? STEP_CHECKED_FORWARD : STEP_FORWARD;
     if (e->stats_reset_pending) step |= STEP_RESET_STATS;
     e->stats_reset_pending = false;
@@ -163,6 +163,6 @@ moira_status_t moira_executor_follow(moira_executor_t *e) {
 void moira_executor_release(moira_executor_t *e) {
     if (!e->exchange.cluster || e->released || !moira_executor_leads(e)) return;
     e->released = true;
-    broadcast_step(e, STEP_STOP);
+    if (!e->data_parallel) broadcast_step(e, STEP_STOP);
     gather_stats(e);
 }

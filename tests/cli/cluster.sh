@@ -98,6 +98,31 @@ expect 0 "a peer slower than the timeout" -- "${mpi[@]}" -np 1 "$moira" "${slow[
     : -np 1 env MOIRA_FAULT=slow:cpu:0:400 "$moira" "${slow[@]}"
 check "the slow peer computed it" "^beta/numa0 +cpu:0 .* agreed$" "$work/out"
 
+# --- data-parallel: every rank runs a batch of its own ------------------------------------
+# Each rank's 16 tokens run attention on its own home; rows cross both ways; every rank's layers
+# are checked against the fp64 reference (a rank serving its own tokens and the other rank's rows
+# in one stage). With every expert on beta: rank 0's 16 tokens cross (16 x 2080 bytes per layer),
+# rank 1's stay, and beta/numa0 serves 32 tokens per layer, 96 over the three MoE layers.
+expect 0 "data-parallel over the split plan" -- "${mpi[@]}" -np 2 "$moira" run --data-parallel \
+    --tokens 16 --iters 1 --topology "$cluster/two-host.yaml" --plan "$cluster/split-two-host.yaml"
+check "data-parallel said" "^data +every rank ran a batch of its own \(data-parallel, 2 ranks\)" \
+    "$work/out"
+check "every rank's batch agreed" "^check +every layer vs the reference .* -> agreed" "$work/out"
+expect 0 "data-parallel with every expert on beta" -- "${mpi[@]}" -np 2 "$moira" run \
+    --data-parallel --tokens 16 --iters 2 --topology "$cluster/two-host.yaml" \
+    --plan "$cluster/remote-two-host.yaml" --json
+python3 - "$work/out" <<'PY' && passed=$((passed + 1)) || fail "data-parallel figures"
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["data_parallel_ranks"] == 2 and r["agreed"], r
+beta = [d for d in r["devices"] if d["name"] == "beta/numa0"][0]
+assert beta["tokens"] == 96 and beta["assignments"] == 96 * 4, beta
+for l in [l for l in r["layers"] if l["kind"] == "moe"]:
+    assert l["network_bytes"] == 16 * 2080 == l["predicted_network_bytes"], l
+PY
+expect 2 "--data-parallel with --inputs" -- "$moira" run --data-parallel \
+    --inputs "$golden/layer_v3.inputs.safetensors" -o "$work/x.safetensors"
+
 # --- greedy generation: two ranks generate what one process generates ----------------------
 "$bin/moira-test-checkpoint" --out "$work/bf16" --dtype bf16 --seed 3 --tokenizer "$tokenizer" \
     >/dev/null || { echo "FAIL: writing the checkpoint"; exit 1; }
