@@ -45,7 +45,7 @@ static void print_usage(FILE *out) {
             "Moira runs DeepSeek-style Mixture-of-Experts models on CPUs, OpenCL GPUs and\n"
             "Ascend-style NPUs, and proves every backend computes the same thing.\n\nverbs:\n");
     for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
-        fprintf(out, "  %-8s %s\n", verbs[i].name, verbs[i].summary);
+        fprintf(out, "  %-9s %s\n", verbs[i].name, verbs[i].summary);
     fprintf(out, "\nmoira --version prints the version and the backends this build has.\n");
     fprintf(out, "exit codes: 0 success, 1 a run or check failed, 2 bad usage or bad input\n");
 }
