@@ -13,7 +13,7 @@
 static struct {
     long long alloc_at; /* 0: no allocation fault */
     bool alloc_from_then_on;
-    bool opencl_build;
+    bool kernel_build;
     int n_lost;
     char lost[MAX_LOST_DEVICES][32];
     char slow[32]; /* the device slow:DEVICE:MS names, "" when none */
@@ -25,8 +25,8 @@ static atomic_llong allocations;
 
 /* One entry of MOIRA_FAULT; false when it means nothing. */
 static bool parse_entry(const char *entry) {
-    if (!strcmp(entry, "opencl-build")) {
-        faults.opencl_build = true;
+    if (!strcmp(entry, "kernel-build")) {
+        faults.kernel_build = true;
         return true;
     }
     if (!strncmp(entry, "alloc:", 6)) {
@@ -65,7 +65,7 @@ static void parse_faults(void) {
         if (!parse_entry(entry))
             fprintf(stderr,
                     "moira: warning: MOIRA_FAULT entry \"%s\" is not one of alloc:N, "
-                    "alloc:N+, opencl-build, lost:DEVICE, slow:DEVICE:MS; ignored\n",
+                    "alloc:N+, kernel-build, lost:DEVICE, slow:DEVICE:MS; ignored\n",
                     entry);
     free(copy);
 }
@@ -102,7 +102,7 @@ void moira_fault_slow_launch(const moira_device_t *device) {
         ;
 }
 
-const char *moira_fault_opencl_build_options(void) {
+const char *moira_fault_kernel_build_options(void) {
     pthread_once(&parse_once, parse_faults);
-    return faults.opencl_build ? "-DMOIRA_BUILD_SELFTEST_ERROR" : "";
+    return faults.kernel_build ? "-DMOIRA_BUILD_SELFTEST_ERROR" : "";
 }

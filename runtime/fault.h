@@ -5,8 +5,9 @@
  *   alloc:N        the Nth device buffer allocation of the process fails (1-based, counted over
  *                  all devices), as a driver out of memory would: MOIRA_CODE_OUT_OF_MEMORY
  *   alloc:N+       the Nth allocation and every later one fail
- *   opencl-build   every OpenCL program build fails with a compile error in the kernel source, as
- *                  a broken driver or compiler would (the build log reaches the user)
+ *   kernel-build   every kernel program a backend compiles at run time (OpenCL's) fails with a
+ *                  compile error in its source, as a broken driver or compiler would (the build
+ *                  log reaches the user)
  *   lost:DEVICE    DEVICE ("npu:0") is gone after enumeration, as a GPU that fell off the bus:
  *                  queues, buffers and launches on it fail with MOIRA_CODE_DEVICE
  *   slow:DEVICE:MS every kernel launch on DEVICE first waits MS milliseconds, as a device far
@@ -31,8 +32,8 @@ moira_status_t moira_fault_device_lost(const moira_device_t *device, const char 
 /* Called before each kernel launch: waits the launch delay slow:DEVICE:MS sets for `device`. */
 void moira_fault_slow_launch(const moira_device_t *device);
 
-/* Extra OpenCL build options: the define that switches on a deliberate #error in the kernel
- * source when opencl-build is set, else "". Static storage. */
-const char *moira_fault_opencl_build_options(void);
+/* Extra build options for a backend that compiles kernels at run time: the define that switches
+ * on a deliberate #error in the kernel source when kernel-build is set, else "". Static storage. */
+const char *moira_fault_kernel_build_options(void);
 
 #endif

@@ -28,10 +28,10 @@ static const char base_program_options[] = "-cl-std=CL1.2";
 
 /* The build options: the base ones plus MOIRA_OPENCL_BUILD_OPTIONS (extra defines or driver
  * flags; part of the cache key like everything else that changes the binary) and the define an
- * injected build fault (MOIRA_FAULT=opencl-build, runtime/fault.h) switches on. */
+ * injected build fault (MOIRA_FAULT=kernel-build, runtime/fault.h) switches on. */
 static void program_options(char *out, size_t size) {
     const char *extra = getenv("MOIRA_OPENCL_BUILD_OPTIONS");
-    const char *fault = moira_fault_opencl_build_options();
+    const char *fault = moira_fault_kernel_build_options();
     snprintf(out, size, "%s%s%s%s%s", base_program_options, extra ? " " : "", extra ? extra : "",
              *fault ? " " : "", fault);
 }

@@ -128,15 +128,15 @@ MOIRA_FAULT=bogus run_case 0 'MOIRA_FAULT entry "bogus"' "unknown fault entry" -
 # An OpenCL program that fails to build: the CL error and the driver's log, exit 1, nothing
 # written; other backends are unaffected.
 if echo "$devices" | grep -q opencl:0; then
-    MOIRA_FAULT=opencl-build run_case 1 "CL_BUILD_PROGRAM_FAILURE" "opencl build failure (op)" -- \
+    MOIRA_FAULT=kernel-build run_case 1 "CL_BUILD_PROGRAM_FAILURE" "opencl build failure (op)" -- \
         "$moira" "${op_moe[@]}" --backend opencl:0 -o "$work/out/moe.safetensors"
     grep -q "a deliberate build failure" "$work/err" && passed=$((passed + 1)) ||
         fail "the build log does not reach the user"
-    MOIRA_FAULT=opencl-build run_case 1 "CL_BUILD_PROGRAM_FAILURE" "opencl build failure (check)" -- \
+    MOIRA_FAULT=kernel-build run_case 1 "CL_BUILD_PROGRAM_FAILURE" "opencl build failure (check)" -- \
         "$moira" check --backends opencl:0 --ops gate
-    MOIRA_FAULT=opencl-build run_case 1 "CL_BUILD_PROGRAM_FAILURE" "opencl build failure (run)" -- \
+    MOIRA_FAULT=kernel-build run_case 1 "CL_BUILD_PROGRAM_FAILURE" "opencl build failure (run)" -- \
         "$moira" run --tokens 4 --iters 1 --backend opencl:0
-    MOIRA_FAULT=opencl-build run_case 0 "" "cpu:0 unaffected by an opencl build failure" -- \
+    MOIRA_FAULT=kernel-build run_case 0 "" "cpu:0 unaffected by an opencl build failure" -- \
         "$moira" "${op_moe[@]}" --backend cpu:0 -o "$work/out/moe.safetensors"
 else
     echo "no opencl:0: the OpenCL build fault is not tested here"
