@@ -288,7 +288,7 @@ fault() { # fault NAME SIGNAL PATTERN
     wait "$job"
     local code=$?
     [ "$code" -ne 0 ] && passed=$((passed + 1)) || fail "$1: mpirun exited 0"
-    echo "$1: ended in $((SECONDS - start)) s, exit $code" >>"$work/fault.times"
+    echo "$1: every rank ended $((SECONDS - start)) s after the signal, mpirun exit $code"
     grep -qE -- "$3" "$work/fault.err" && passed=$((passed + 1)) ||
         { fail "$1: stderr lacks /$3/"; sed 's/^/  | /' "$work/fault.err" | head -8; }
     [ -z "$(pgrep -f "moira run --tokens 16 --iters 1000000")" ] && passed=$((passed + 1)) ||
