@@ -159,8 +159,8 @@ moira_status_t moira_cpu_grouped_qffn_run(moira_threadpool_t *pool,
         .job = job, .tile = tile, .row0 = job->offsets[0], .h_stride = job->w1->panels * 16};
     int64_t x_blocks = moira_cpu_quant_blocks(job->hidden), h_blocks = job->w2->depth;
     bool decode = job->tokens <= DECODE_TOKENS;
-    int64_t pairs_per_item = decode ? 2 : PAIRS_PER_ITEM;
-    int64_t panels_per_item = decode ? 4 : PANELS_PER_ITEM;
+    int64_t pairs_per_item = decode ? 3 : PAIRS_PER_ITEM;
+    int64_t panels_per_item = decode ? 6 : PANELS_PER_ITEM;
     int64_t per1 = (job->w1->panels + pairs_per_item - 1) / pairs_per_item;
     int64_t per2 = (job->w2->panels + panels_per_item - 1) / panels_per_item;
     size_t items_bytes =

@@ -157,7 +157,7 @@ static inline __attribute__((always_inline)) void int8_tile(const moira_cpu_qtil
 }
 
 /* One instance per (rows, streams), so the accumulators of each stay in registers: 1-4 rows of
- * 1 or 2 panels, and 1-2 rows of 4 (32 accumulators would not fit). */
+ * 1 or 2 panels, 1-2 rows of 4 and one row of 6 (32 accumulators would not fit). */
 #define QTILE_INSTANCE(kind, m, s)                                                                 \
     static void kind##_##m##x##s(const moira_cpu_qtile_t *t) {                                     \
         kind(t, m, s);                                                                             \
@@ -166,6 +166,7 @@ static inline __attribute__((always_inline)) void int8_tile(const moira_cpu_qtil
     QTILE_INSTANCE(kind, 1, 1)                                                                     \
     QTILE_INSTANCE(kind, 1, 2)                                                                     \
     QTILE_INSTANCE(kind, 1, 4)                                                                     \
+    QTILE_INSTANCE(kind, 1, 6)                                                                     \
     QTILE_INSTANCE(kind, 2, 1)                                                                     \
     QTILE_INSTANCE(kind, 2, 2)                                                                     \
     QTILE_INSTANCE(kind, 2, 4)                                                                     \
@@ -174,10 +175,11 @@ static inline __attribute__((always_inline)) void int8_tile(const moira_cpu_qtil
     QTILE_INSTANCE(kind, 4, 1)                                                                     \
     QTILE_INSTANCE(kind, 4, 2)                                                                     \
     static void kind##_any(const moira_cpu_qtile_t *t) {                                           \
-        static const moira_cpu_qtile_fn table[4][4] = {{kind##_1x1, kind##_1x2, NULL, kind##_1x4}, \
-                                                       {kind##_2x1, kind##_2x2, NULL, kind##_2x4}, \
-                                                       {kind##_3x1, kind##_3x2, NULL, NULL},       \
-                                                       {kind##_4x1, kind##_4x2, NULL, NULL}};      \
+        static const moira_cpu_qtile_fn table[4][6] = {                                            \
+            {kind##_1x1, kind##_1x2, NULL, kind##_1x4, NULL, kind##_1x6},                          \
+            {kind##_2x1, kind##_2x2, NULL, kind##_2x4, NULL, NULL},                                \
+            {kind##_3x1, kind##_3x2, NULL, NULL, NULL, NULL},                                      \
+            {kind##_4x1, kind##_4x2, NULL, NULL, NULL, NULL}};                                     \
         table[t->rows - 1][t->streams - 1](t);                                                     \
     }
 

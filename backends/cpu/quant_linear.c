@@ -122,7 +122,7 @@ moira_status_t moira_cpu_quant_linear_run(moira_threadpool_t *pool,
     ctx.out_stride = direct ? job->y_stride : job->out_features;
     moira_threadpool_parallel_for(pool, job->tokens, 16, quantise_tokens, &ctx);
     bool decode = job->tokens <= DECODE_TOKENS;
-    ctx.per_item = ctx.pairs ? (decode ? 2 : 8) : (decode ? 4 : 16);
+    ctx.per_item = ctx.pairs ? (decode ? 3 : 8) : (decode ? 6 : 16);
     int64_t items = (job->packed->panels + ctx.per_item - 1) / ctx.per_item;
     moira_threadpool_parallel_for(pool, items, 1, run_items, &ctx);
     if (!direct) accumulate(&ctx);

@@ -3,7 +3,8 @@
  * step of amax / 127) and the weights dequantised by runtime/weight_format.h, multiplied in
  * double. What is left is only f32 rounding, so the NMSE bound is tight (1e-10): a wrong
  * nibble, scale or offset anywhere shows. Odd shapes: rows not a multiple of 16, an INT8 depth
- * not a multiple of 32, 1 to 4 rows, 1, 2 and 4 panels, SwiGLU pairs. Skips (77) without VNNI. */
+ * not a multiple of 32, 1 to 4 rows, 1, 2, 4 and 6 panels, SwiGLU pairs. Skips (77) without VNNI.
+ */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,7 +30,7 @@ static void check_shape(moira_dtype_t dtype, int64_t cols, int n_rows, int strea
     moira_test_fill_uniform(w.data, (size_t)(rows * cols), seed, -1, 1);
     CHECK_OK(moira_tensor_convert(&w, dtype, &q, &scale));
     size_t panel_bytes = moira_cpu_quant_panel_bytes(dtype, cols);
-    unsigned char *panels = aligned_alloc(64, 4 * panel_bytes);
+    unsigned char *panels = aligned_alloc(64, 6 * panel_bytes);
     for (int s = 0; s < streams; s++)
         moira_cpu_quant_pack_panel(dtype, q.data, scale.data, rows, cols, s,
                                    panels + s * panel_bytes);
@@ -38,9 +39,9 @@ static void check_shape(moira_dtype_t dtype, int64_t cols, int n_rows, int strea
     float xs[4][8];
     int32_t xc[4][8];
     moira_cpu_qtile_t t = {.rows = n_rows, .streams = streams, .blocks = blocks, .swiglu = swiglu};
-    float out[4][64];
+    float out[4][96];
     t.out = &out[0][0];
-    t.out_stride = 64;
+    t.out_stride = 96;
     t.out_cols = swiglu ? 16 * pairs - short_by : (int)rows;
     for (int s = 0; s < streams; s++)
         t.panels[s] = panels + s * panel_bytes;
@@ -54,7 +55,7 @@ static void check_shape(moira_dtype_t dtype, int64_t cols, int n_rows, int strea
     memset(out, 0, sizeof(out));
     tile(&t);
     /* The reference: exactly dequantised weights times exactly dequantised activations. */
-    double ref[4][64];
+    double ref[4][96];
     float wrow[256];
     for (int r = 0; r < n_rows; r++) {
         for (int64_t j = 0; j < rows; j++) {
@@ -68,8 +69,8 @@ static void check_shape(moira_dtype_t dtype, int64_t cols, int n_rows, int strea
             ref[r][j] = sum;
         }
     }
-    float got[256];
-    double want[256];
+    float got[384];
+    double want[384];
     int n = 0;
     for (int r = 0; r < n_rows; r++) {
         for (int c = 0; c < t.out_cols; c++) {
@@ -139,6 +140,10 @@ int main(void) {
                 check_shape(dtypes[d], cols, rows, 1, false, 3, seed++);
                 check_shape(dtypes[d], cols, rows, 2, false, 5, seed++);
                 check_shape(dtypes[d], cols, rows, 2, true, 0, seed++);
+                if (rows == 1) { /* 6 panels: the decode tile */
+                    check_shape(dtypes[d], cols, rows, 6, false, 9, seed++);
+                    check_shape(dtypes[d], cols, rows, 6, true, 0, seed++);
+                }
                 if (rows > 2) continue; /* 4 panels: tiles of 1 and 2 rows */
                 check_shape(dtypes[d], cols, rows, 4, false, 7, seed++);
                 check_shape(dtypes[d], cols, rows, 4, true, 0, seed++);
