@@ -214,13 +214,7 @@ static moira_status_t layer_share(moira_cluster_t *cluster, const char *dir, boo
     if (!status) status = run_place(&a, &m.config, 512, &p);
     if (!status) status = run_model_load_weights(&m, &a);
     if (!status) {
-        moira_exec_config_t config = {.model = &m.config,
-                                      .weights = m.layers,
-                                      .topology = &p.topology,
-                                      .plan = &p.plan,
-                                      .binding = &p.binding,
-                                      .home_devices = p.homes,
-                                      .max_tokens = 512};
+        moira_exec_config_t config = run_exec_config(&m.config, m.layers, &p, 512);
         status = moira_executor_create(&config, &ex);
     }
     int64_t d = m.config.hidden_size, k = m.config.num_experts_per_tok;

@@ -295,16 +295,10 @@ static moira_status_t run_model(const run_args_t *a, int *out_exit) {
     run_progress_context_t progress = {"run", run_model_weight_bytes(&m.config)};
     if (!status) status = run_model_load_weights(&m, a);
     if (!status) {
-        moira_exec_config_t config = {.model = &m.config,
-                                      .weights = m.layers,
-                                      .topology = &p.topology,
-                                      .plan = &p.plan,
-                                      .binding = &p.binding,
-                                      .home_devices = p.homes,
-                                      .max_tokens = m.x.shape[0],
-                                      .progress = run_progress,
-                                      .progress_context = &progress,
-                                      .data_parallel = data_parallel};
+        moira_exec_config_t config = run_exec_config(&m.config, m.layers, &p, m.x.shape[0]);
+        config.progress = run_progress;
+        config.progress_context = &progress;
+        config.data_parallel = data_parallel;
         status = moira_executor_create(&config, &ex);
     }
     run_result_t result = {.args = a, .model = &m, .placement = &p};

@@ -16,7 +16,7 @@ typedef struct run_args {
     const char *model, *weights, *backend, *inputs, *output;
     const char *topology, *plan, *record_profile;
     long long tokens, iters, seed;
-    long long reserve_gib; /* --reserve: GiB per device a plan made here leaves free */
+    long long reserve_gib;     /* --reserve: GiB per device a plan made here leaves free */
     long long network_timeout; /* --network-timeout: seconds a rank waits for another (mpirun) */
     double home_cache_bytes;   /* latent caches the home keeps besides its weights (generate) */
     bool json;
@@ -53,6 +53,12 @@ moira_status_t run_check_host_memory(const run_placement_t *placement,
 moira_status_t run_place(const run_args_t *args, const moira_model_config_t *model, int64_t tokens,
                          run_placement_t *out);
 void run_placement_free(run_placement_t *placement);
+
+/* The executor's configuration for `weights` (one per decoder layer) of `model` where the
+ * placement puts them, for batches of up to `max_tokens`; the rest of the fields zero. */
+moira_exec_config_t run_exec_config(const moira_model_config_t *model,
+                                    const moira_layer_weights_t *weights,
+                                    const run_placement_t *placement, int64_t max_tokens);
 
 /* The model on the host: its layers' weights (a checkpoint's, borrowed from the mapped file, or
  * seeded random ones), the batch and its positions, and the output. */

@@ -85,6 +85,18 @@ static moira_status_t find_home(const run_args_t *a, const run_placement_t *p,
     return moira_device_find("cpu:0", out);
 }
 
+moira_exec_config_t run_exec_config(const moira_model_config_t *model,
+                                    const moira_layer_weights_t *weights, const run_placement_t *p,
+                                    int64_t max_tokens) {
+    return (moira_exec_config_t){.model = model,
+                                 .weights = weights,
+                                 .topology = &p->topology,
+                                 .plan = &p->plan,
+                                 .binding = &p->binding,
+                                 .home_devices = p->homes,
+                                 .max_tokens = max_tokens};
+}
+
 /* Everything here reads files and the device list only; no weight has been read yet. */
 moira_status_t run_place(const run_args_t *a, const moira_model_config_t *model, int64_t tokens,
                          run_placement_t *out) {

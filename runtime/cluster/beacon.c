@@ -45,12 +45,14 @@ static void receive_beacons(moira_cluster_t *c) {
 
 static void *beacon_loop(void *arg) {
     moira_cluster_t *c = arg;
-    double next_send = 0;
+    double last_send = -1e30;
     while (!atomic_load(&c->beacon_stop)) {
+        /* The interval is read afresh each time: the command line sets the timeout after this
+         * thread started with the default one. */
         double now = moira_now_seconds();
-        if (now >= next_send) {
+        if (now - last_send >= beacon_interval(c)) {
             send_beacons(c);
-            next_send = now + beacon_interval(c);
+            last_send = now;
         }
         receive_beacons(c);
         struct timespec pause = {0, 20 * 1000 * 1000};
