@@ -81,7 +81,7 @@ void moira_cluster_gather(moira_cluster_t *cluster, int root, const void *data, 
  * the job before anything is received. Buffers stay untouched until wait returns. Counts above
  * INT32_MAX bytes abort the job (MPI counts are int). */
 typedef struct moira_cluster_exchange {
-    int64_t request; /* the pending payload, while started */
+    bool pending; /* started and not yet waited for (the cluster holds the request) */
     double started_s;
     const char *what; /* for the timeout's message; static */
 } moira_cluster_exchange_t;

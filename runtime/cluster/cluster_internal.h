@@ -18,6 +18,7 @@ struct moira_cluster {
     int n_host_names;
     /* Per peer, allocated at join (owned): the requests and counts of one exchange. */
     MPI_Request *requests;
+    int *request_peer; /* [2 * size]: the rank each of `requests` waits on, to name it */
     int64_t *count_out, *count_in;
     int *send_counts, *send_displs, *recv_counts, *recv_displs;
     MPI_Request payload; /* the exchange in flight, MPI_REQUEST_NULL when none */

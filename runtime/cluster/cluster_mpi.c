@@ -50,6 +50,7 @@ moira_status_t moira_cluster_join(int *argc, char ***argv) {
     c->timeout_s = 60;
     c->payload = MPI_REQUEST_NULL;
     c->requests = calloc(2 * n, sizeof(MPI_Request));
+    c->request_peer = calloc(2 * n, sizeof(int));
     c->count_out = calloc(n, sizeof(int64_t));
     c->count_in = calloc(n, sizeof(int64_t));
     c->send_counts = calloc(n, sizeof(int));
@@ -58,8 +59,8 @@ moira_status_t moira_cluster_join(int *argc, char ***argv) {
     c->recv_displs = calloc(n, sizeof(int));
     c->heard_s = calloc(n, sizeof(*c->heard_s));
     current = c;
-    if (!c->requests || !c->count_out || !c->count_in || !c->send_counts || !c->send_displs ||
-        !c->recv_counts || !c->recv_displs || !c->heard_s)
+    if (!c->requests || !c->request_peer || !c->count_out || !c->count_in || !c->send_counts ||
+        !c->send_displs || !c->recv_counts || !c->recv_displs || !c->heard_s)
         return moira_status_make(MOIRA_CODE_OUT_OF_MEMORY, "out of memory");
     return moira_cluster_beacon_start(c);
 }
@@ -70,6 +71,7 @@ void moira_cluster_leave(void) {
     moira_cluster_beacon_stop(c);
     MPI_Finalize();
     free(c->requests);
+    free(c->request_peer);
     free(c->count_out);
     free(c->count_in);
     free(c->send_counts);
@@ -220,8 +222,7 @@ void moira_cluster_broadcast(moira_cluster_t *c, int root, void *data, size_t by
 
 void moira_cluster_gather(moira_cluster_t *c, int root, const void *data, size_t bytes, void *out,
                           const char *what) {
-    int peers[2 * 64];
-    int n = 0;
+    int n = 0, *peers = c->request_peer;
     MPI_Request *requests = c->requests;
     if (c->rank == root) {
         memcpy((char *)out + (size_t)root * bytes, data, bytes);
@@ -230,8 +231,7 @@ void moira_cluster_gather(moira_cluster_t *c, int root, const void *data, size_t
             if (MPI_Irecv((char *)out + (size_t)r * bytes, (int)bytes, MPI_BYTE, r, TAG_GATHER,
                           MPI_COMM_WORLD, &requests[n]) != MPI_SUCCESS)
                 moira_cluster_abort(c, 1, "MPI failed during %s", what);
-            peers[n < 128 ? n : 127] = r;
-            n++;
+            peers[n++] = r;
         }
     } else {
         if (MPI_Isend(data, (int)bytes, MPI_BYTE, root, TAG_GATHER, MPI_COMM_WORLD, &requests[0]) !=
@@ -240,7 +240,7 @@ void moira_cluster_gather(moira_cluster_t *c, int root, const void *data, size_t
         peers[0] = root;
         n = 1;
     }
-    wait_all(c, requests, c->size <= 64 ? peers : NULL, n, moira_now_seconds(), c->timeout_s, what);
+    wait_all(c, requests, peers, n, moira_now_seconds(), c->timeout_s, what);
 }
 
 /* A byte count as MPI's int, or the end of the job. */
@@ -255,7 +255,7 @@ static int mpi_count(moira_cluster_t *c, int64_t bytes, const char *what) {
  * answers is named. */
 static void exchange_counts(moira_cluster_t *c, const int64_t *send_bytes, int64_t *recv_bytes,
                             const char *what) {
-    int peers[2 * 64], n = 0;
+    int n = 0, *peers = c->request_peer;
     for (int r = 0; r < c->size; r++) {
         if (r == c->rank) {
             recv_bytes[r] = send_bytes[r];
@@ -267,11 +267,10 @@ static void exchange_counts(moira_cluster_t *c, const int64_t *send_bytes, int64
             MPI_Isend(&c->count_out[r], 1, MPI_INT64_T, r, TAG_COUNTS, MPI_COMM_WORLD,
                       &c->requests[n + 1]) != MPI_SUCCESS)
             moira_cluster_abort(c, 1, "MPI failed during %s", what);
-        if (n + 1 < 128) peers[n] = peers[n + 1] = r;
+        peers[n] = peers[n + 1] = r;
         n += 2;
     }
-    wait_all(c, c->requests, c->size <= 64 ? peers : NULL, n, moira_now_seconds(), c->timeout_s,
-             what);
+    wait_all(c, c->requests, peers, n, moira_now_seconds(), c->timeout_s, what);
 }
 
 void moira_cluster_exchange_start(moira_cluster_t *c, const void *send, const int64_t *send_bytes,
@@ -297,14 +296,14 @@ void moira_cluster_exchange_start(moira_cluster_t *c, const void *send, const in
     }
     out->what = what;
     out->started_s = moira_now_seconds();
-    out->request = 1;
+    out->pending = true;
     if (MPI_Ialltoallv(send, c->send_counts, c->send_displs, MPI_BYTE, recv, c->recv_counts,
                        c->recv_displs, MPI_BYTE, MPI_COMM_WORLD, &c->payload) != MPI_SUCCESS)
         moira_cluster_abort(c, 1, "MPI failed during %s", what);
 }
 
 void moira_cluster_exchange_wait(moira_cluster_t *c, moira_cluster_exchange_t *exchange) {
-    if (!exchange->request) return;
+    if (!exchange->pending) return;
     wait_all(c, &c->payload, NULL, 1, exchange->started_s, c->timeout_s, exchange->what);
-    exchange->request = 0;
+    exchange->pending = false;
 }

@@ -84,8 +84,7 @@ static char *row_at(const exec_exchange_t *x, char *base, int host, int64_t row)
     return base + (size_t)x->offsets[host] + (size_t)(row * x->row_bytes);
 }
 
-static int32_t *row_replicas(const exec_exchange_t *x, char *row, int64_t d) {
-    (void)x;
+static int32_t *row_replicas(char *row, int64_t d) {
     return (int32_t *)(row + d * (int64_t)sizeof(float));
 }
 
@@ -104,21 +103,18 @@ void moira_exec_route_remote(moira_executor_t *e, int host, int32_t token, int64
         tokens[row] = token;
         char *fresh = row_at(x, x->send, host, row);
         for (int64_t i = 0; i < k; i++) {
-            row_replicas(x, fresh, d)[i] = -1;
+            row_replicas(fresh, d)[i] = -1;
             row_weights(fresh, d, k)[i] = 0;
         }
         x->send_rows[host] = ++row;
     }
     char *at = row_at(x, x->send, host, row - 1);
-    row_replicas(x, at, d)[j] = replica;
+    row_replicas(at, d)[j] = replica;
     row_weights(at, d, k)[j] = weight;
 }
 
 /* Each row's activations go in last, once every assignment of the batch has been routed. */
-void moira_exec_dispatch(moira_executor_t *e, const exec_layer_t *layer, int64_t tokens,
-                         moira_exec_layer_stats_t *stats) {
-    (void)layer;
-    (void)tokens;
+void moira_exec_dispatch(moira_executor_t *e, moira_exec_layer_stats_t *stats) {
     exec_exchange_t *x = &e->exchange;
     int64_t d = e->model->hidden_size;
     double start = moira_now_seconds();
@@ -157,7 +153,7 @@ void moira_exec_receive(moira_executor_t *e, exec_layer_t *layer, int64_t tokens
             char *row = row_at(x, x->recv, h, i);
             int64_t local = tokens + x->recv_first[h] + i;
             memcpy(e->normed + local * d, row, (size_t)d * sizeof(float));
-            const int32_t *replicas = row_replicas(x, row, d);
+            const int32_t *replicas = row_replicas(row, d);
             const float *weights = row_weights(row, d, k);
             for (int64_t j = 0; j < k; j++) {
                 int32_t r = replicas[j];
@@ -176,8 +172,7 @@ void moira_exec_receive(moira_executor_t *e, exec_layer_t *layer, int64_t tokens
 
 /* After the targets ran: the sums of received rows go back to their owners, and the sums other
  * hosts computed for this rank's tokens come in and join the residual stream. */
-void moira_exec_give_back(moira_executor_t *e, int64_t tokens, moira_exec_layer_stats_t *stats) {
-    (void)tokens;
+void moira_exec_give_back(moira_executor_t *e, moira_exec_layer_stats_t *stats) {
     exec_exchange_t *x = &e->exchange;
     int64_t d = e->model->hidden_size;
     int64_t row_bytes = moira_network_return_row_bytes(d);

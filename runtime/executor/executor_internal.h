@@ -146,12 +146,10 @@ moira_status_t moira_exec_exchange_open(moira_executor_t *executor);
 void moira_exec_exchange_close(moira_executor_t *executor);
 void moira_exec_route_remote(moira_executor_t *executor, int host, int32_t token, int64_t j,
                              int32_t replica, float weight);
-void moira_exec_dispatch(moira_executor_t *executor, const exec_layer_t *layer, int64_t tokens,
-                         moira_exec_layer_stats_t *stats);
+void moira_exec_dispatch(moira_executor_t *executor, moira_exec_layer_stats_t *stats);
 void moira_exec_receive(moira_executor_t *executor, exec_layer_t *layer, int64_t tokens,
                         moira_exec_layer_stats_t *stats);
-void moira_exec_give_back(moira_executor_t *executor, int64_t tokens,
-                          moira_exec_layer_stats_t *stats);
+void moira_exec_give_back(moira_executor_t *executor, moira_exec_layer_stats_t *stats);
 
 /* The layers over the batch in executor->act (t rows; 0 on a rank that only serves other ranks'
  * rows), the sequences' caches bound per layer (forward.c). The residual stream stays on the

@@ -11,20 +11,6 @@ enum { STEP_FORWARD = 1, STEP_CHECKED_FORWARD = 2, STEP_STOP = 3 };
  * forward), so every rank counts the same forwards. */
 enum { STEP_RESET_STATS = 16 };
 
-/* What one rank measured of one target, as it travels to rank 0: plain bytes, since every rank
- * runs the same build. */
-typedef struct wire_target {
-    int32_t present, target, has_modelled, checked;
-    int64_t replicas, assignments, tokens;
-    double busy_s, bytes_to_device, bytes_from_device, predicted_us, modelled_us;
-    double check_nmse, check_limit, nmse_limit;
-    char device_name[64];
-} wire_target_t;
-
-typedef struct wire_layer {
-    double network_bytes, exchange_s, predicted_network_bytes, predicted_network_us;
-} wire_layer_t;
-
 bool moira_executor_leads(const moira_executor_t *e) {
     return !e->exchange.cluster || e->data_parallel || moira_cluster_rank(e->exchange.cluster) == 0;
 }
@@ -50,67 +36,38 @@ moira_status_t moira_exec_settle(moira_executor_t *e, moira_status_t status) {
     return status;
 }
 
-/* This rank's figures in wire form: one record per topology target (present where it is this
- * rank's), then one per layer. */
-static void pack(const moira_executor_t *e, wire_target_t *targets, wire_layer_t *layers) {
+/* This rank's figures as they travel to rank 0: its stats records themselves (every rank runs the
+ * same build), one per topology target (zero where the target is another rank's), then one per
+ * layer; the device and home pointers mean nothing on another rank and are cleared. */
+static void pack(const moira_executor_t *e, moira_exec_target_stats_t *targets,
+                 moira_exec_layer_stats_t *layers) {
     memset(targets, 0, (size_t)e->topology->n_targets * sizeof(*targets));
     for (int i = 0; i < e->stats.n_targets; i++) {
-        const moira_exec_target_stats_t *s = &e->stats.targets[i];
-        wire_target_t *w = &targets[s->target];
-        *w = (wire_target_t){.present = 1,
-                             .target = s->target,
-                             .has_modelled = s->has_modelled,
-                             .checked = s->checked,
-                             .replicas = s->replicas,
-                             .assignments = s->assignments,
-                             .tokens = s->tokens,
-                             .busy_s = s->busy_s,
-                             .bytes_to_device = s->bytes_to_device,
-                             .bytes_from_device = s->bytes_from_device,
-                             .predicted_us = s->predicted_us,
-                             .modelled_us = s->modelled_us,
-                             .check_nmse = s->check_nmse,
-                             .check_limit = s->check_limit,
-                             .nmse_limit = s->nmse_limit};
-        memcpy(w->device_name, s->device_name, sizeof(w->device_name));
+        targets[e->stats.targets[i].target] = e->stats.targets[i];
+        targets[e->stats.targets[i].target].device = NULL;
     }
-    for (int l = 0; l < e->stats.n_layers; l++)
-        layers[l] =
-            (wire_layer_t){.network_bytes = e->stats.layers[l].network_bytes,
-                           .exchange_s = e->stats.layers[l].exchange_s,
-                           .predicted_network_bytes = e->stats.layers[l].predicted_network_bytes,
-                           .predicted_network_us = e->stats.layers[l].predicted_network_us};
+    for (int l = 0; l < e->stats.n_layers; l++) {
+        layers[l] = e->stats.layers[l];
+        layers[l].home = NULL;
+    }
 }
 
 /* Rank 0 adds the other ranks' targets after its own, and their network bytes and predictions
- * to its layers' (its exchange time stays its own: the wait the token owner saw). */
-static void merge(moira_executor_t *e, const wire_target_t *targets, const wire_layer_t *layers,
-                  int ranks) {
-    int n_topology = e->topology->n_targets;
+ * to its layers' (its exchange time stays its own: the wait the token owner saw). A target a rank
+ * holds carries its device's name. */
+static void merge(moira_executor_t *e, const moira_exec_target_stats_t *targets,
+                  const moira_exec_layer_stats_t *layers, int ranks) {
+    int n_topology = e->topology->n_targets, n_layers = e->stats.n_layers;
     for (int r = 1; r < ranks; r++) {
         for (int t = 0; t < n_topology; t++) {
-            const wire_target_t *w = &targets[(size_t)r * (size_t)n_topology + (size_t)t];
-            if (!w->present || e->stats.n_targets >= n_topology) continue;
+            const moira_exec_target_stats_t *w = &targets[(size_t)r * (size_t)n_topology + t];
+            if (!w->device_name[0] || e->stats.n_targets >= n_topology) continue;
             moira_exec_target_stats_t *s = &e->stats.targets[e->stats.n_targets++];
-            *s = (moira_exec_target_stats_t){.target = w->target,
-                                             .replicas = w->replicas,
-                                             .assignments = w->assignments,
-                                             .tokens = w->tokens,
-                                             .busy_s = w->busy_s,
-                                             .bytes_to_device = w->bytes_to_device,
-                                             .bytes_from_device = w->bytes_from_device,
-                                             .predicted_us = w->predicted_us,
-                                             .has_modelled = w->has_modelled,
-                                             .modelled_us = w->modelled_us,
-                                             .checked = w->checked,
-                                             .check_nmse = w->check_nmse,
-                                             .check_limit = w->check_limit,
-                                             .nmse_limit = w->nmse_limit};
-            memcpy(s->device_name, w->device_name, sizeof(s->device_name));
+            *s = *w;
             s->device_name[sizeof(s->device_name) - 1] = '\0';
         }
-        for (int l = 0; l < e->stats.n_layers; l++) {
-            const wire_layer_t *w = &layers[(size_t)r * (size_t)e->stats.n_layers + (size_t)l];
+        for (int l = 0; l < n_layers; l++) {
+            const moira_exec_layer_stats_t *w = &layers[(size_t)r * (size_t)n_layers + l];
             e->stats.layers[l].network_bytes += w->network_bytes;
             e->stats.layers[l].predicted_network_bytes += w->predicted_network_bytes;
             e->stats.layers[l].predicted_network_us += w->predicted_network_us;
@@ -122,18 +79,18 @@ static void merge(moira_executor_t *e, const wire_target_t *targets, const wire_
 static void gather_stats(moira_executor_t *e) {
     moira_cluster_t *c = e->exchange.cluster;
     int ranks = moira_cluster_size(c), n_topology = e->topology->n_targets;
-    size_t target_bytes = (size_t)n_topology * sizeof(wire_target_t);
-    size_t layer_bytes = (size_t)e->stats.n_layers * sizeof(wire_layer_t);
-    wire_target_t *mine = calloc((size_t)n_topology + 1, sizeof(wire_target_t));
-    wire_layer_t *my_layers = calloc((size_t)e->stats.n_layers + 1, sizeof(wire_layer_t));
-    wire_target_t *all = calloc((size_t)ranks * (size_t)n_topology + 1, sizeof(wire_target_t));
-    wire_layer_t *all_layers =
-        calloc((size_t)ranks * (size_t)e->stats.n_layers + 1, sizeof(wire_layer_t));
+    size_t n_layers = (size_t)e->stats.n_layers;
+    moira_exec_target_stats_t *mine = calloc((size_t)n_topology + 1, sizeof(*mine));
+    moira_exec_layer_stats_t *my_layers = calloc(n_layers + 1, sizeof(*my_layers));
+    moira_exec_target_stats_t *all = calloc((size_t)ranks * (size_t)n_topology + 1, sizeof(*all));
+    moira_exec_layer_stats_t *all_layers =
+        calloc((size_t)ranks * n_layers + 1, sizeof(*all_layers));
     if (!mine || !my_layers || !all || !all_layers)
         moira_cluster_abort(c, 1, "out of memory gathering the ranks' measurements");
     pack(e, mine, my_layers);
-    moira_cluster_gather(c, 0, mine, target_bytes, all, "gathering the devices' measurements");
-    moira_cluster_gather(c, 0, my_layers, layer_bytes, all_layers,
+    moira_cluster_gather(c, 0, mine, (size_t)n_topology * sizeof(*mine), all,
+                         "gathering the devices' measurements");
+    moira_cluster_gather(c, 0, my_layers, n_layers * sizeof(*my_layers), all_layers,
                          "gathering the layers' measurements");
     if (moira_cluster_rank(c) == 0) merge(e, all, all_layers, ranks);
     free(mine);

@@ -145,7 +145,7 @@ static moira_status_t run_moe_layer(moira_executor_t *e, exec_layer_t *layer, in
         moira_cluster_abort(e->exchange.cluster, 1, "%s", moira_status_message(front));
     if (front) return front;
     moira_exec_route(e, layer, t);
-    if (exchanging) moira_exec_dispatch(e, layer, t, stats);
+    if (exchanging) moira_exec_dispatch(e, stats);
     bool started = !exchanging || e->exchange.foreign == 0;
     double handed = moira_now_seconds();
     if (started) start_targets(e);
@@ -161,7 +161,7 @@ static moira_status_t run_moe_layer(moira_executor_t *e, exec_layer_t *layer, in
         moira_cluster_abort(e->exchange.cluster, 1, "%s", moira_status_message(status));
     if (status) return status;
     combine_on_host(e, t);
-    if (exchanging) moira_exec_give_back(e, t, stats);
+    if (exchanging) moira_exec_give_back(e, stats);
     for (int i = 0; check && i < e->n_targets; i++)
         MOIRA_RETURN_IF_ERROR(moira_exec_check_target(e, layer, &e->targets[i]));
     moira_exec_measure_layer(e, layer, stats);

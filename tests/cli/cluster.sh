@@ -36,6 +36,16 @@ fail() {
     echo "FAIL: $*"
 }
 
+# The pid of one rank of a job under mpirun: among the processes whose command line matches
+# PATTERN, the one whose environment names that rank.
+rank_pid() { # rank_pid PATTERN RANK
+    local pid
+    for pid in $(pgrep -f "$1"); do
+        tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$2" &&
+            { echo "$pid"; return; }
+    done
+}
+
 # A plan over `topology` for a model with `layers` (MoE layer numbers) and `experts`: even experts
 # in alpha's memory, odd ones and a second replica of expert 0 on npu0.
 split_plan() { # split_plan TOPOLOGY MODEL "LAYERS" EXPERTS
@@ -197,10 +207,8 @@ answer = json.load(urllib.request.urlopen(request, timeout=60))
 text = answer["choices"][0]["text"]
 assert text == one["text"], (text, one["text"])
 PY
-    for pid in $(pgrep -f "moira serve --model $work/bf16"); do
-        tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=0" &&
-            kill -TERM "$pid"
-    done
+    rank0=$(rank_pid "moira serve --model $work/bf16" 0)
+    [ -n "$rank0" ] && kill -TERM "$rank0"
 fi
 for waited in $(seq 1 300); do
     kill -0 "$serve_job" 2>/dev/null || break
@@ -249,15 +257,7 @@ expect 2 "a verb that runs on one host" -- "${mpi[@]}" -np 2 "$moira" devices
 expect_stderr "runs on one host" "devices under mpirun"
 
 # --- faults: a rank killed, a rank stalled ----------------------------------------------------
-# The rank of a process under mpirun, from its environment.
-rank_pid() { # rank_pid RANK: the pid of that rank of the job started last
-    local pid
-    for pid in $(pgrep -f "moira run --tokens 16 --iters 1000000"); do
-        tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$1" &&
-            { echo "$pid"; return; }
-    done
-}
-
+long_run="moira run --tokens 16 --iters 1000000"
 # Starts a run that would go on for hours, waits until rank 1 is serving, applies SIGNAL to it,
 # then gives the job 30 s to end.
 fault() { # fault NAME SIGNAL PATTERN
@@ -267,8 +267,8 @@ fault() { # fault NAME SIGNAL PATTERN
     local job=$! target="" waited
     launched+=("$job")
     for waited in $(seq 1 100); do
-        target=$(rank_pid 1)
-        [ -n "$target" ] && [ -n "$(rank_pid 0)" ] && break
+        target=$(rank_pid "$long_run" 1)
+        [ -n "$target" ] && [ -n "$(rank_pid "$long_run" 0)" ] && break
         sleep 0.1
     done
     [ -n "$target" ] || { fail "$1: rank 1 never started"; kill -9 "$job"; return; }
@@ -282,7 +282,7 @@ fault() { # fault NAME SIGNAL PATTERN
     done
     if kill -0 "$job" 2>/dev/null; then
         fail "$1: the job still runs 30 s after rank 1 was sent SIG$2"
-        pkill -9 -f "moira run --tokens 16 --iters 1000000"
+        pkill -9 -f "$long_run"
         return
     fi
     wait "$job"
@@ -293,11 +293,11 @@ fault() { # fault NAME SIGNAL PATTERN
         { fail "$1: stderr lacks /$3/"; sed 's/^/  | /' "$work/fault.err" | head -8; }
     # mpirun has returned; its ranks are gone or being reaped (give them 5 s).
     for waited in $(seq 1 50); do
-        [ -z "$(pgrep -f "moira run --tokens 16 --iters 1000000")" ] && break
+        [ -z "$(pgrep -f "$long_run")" ] && break
         sleep 0.1
     done
-    [ -z "$(pgrep -f "moira run --tokens 16 --iters 1000000")" ] && passed=$((passed + 1)) ||
-        { fail "$1: a rank outlived the job"; pkill -9 -f "moira run --tokens 16 --iters 1000000"; }
+    [ -z "$(pgrep -f "$long_run")" ] && passed=$((passed + 1)) ||
+        { fail "$1: a rank outlived the job"; pkill -9 -f "$long_run"; }
 }
 fault "rank 1 killed" KILL "rank 1 .*(exited on signal 9|Killed)"
 fault "rank 1 stalled" STOP "rank 0 \(alpha\): no answer from rank 1 \(beta\) within 5 s"
